@@ -1,0 +1,97 @@
+"""JSON report, validated by pydantic models and versioned by ``schema_version``."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from safehub import __version__
+from safehub.findings import ScanReport, Verdict
+
+__all__ = ["SCHEMA_VERSION", "JsonReport", "render_json"]
+
+SCHEMA_VERSION = "1"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class JsonFinding(_Model):
+    rule_id: str
+    rule_name: str
+    severity: str
+    blocking: bool
+    message: str
+    location: str
+    offset: int | None
+    subject: str
+    payload: str
+    allowed_by: str
+    fingerprint: str
+
+
+class JsonFile(_Model):
+    path: str
+    format: str
+    size: int
+    verdict: str
+    records: list[str]
+    error: str
+    findings: list[JsonFinding]
+
+
+class JsonSkipped(_Model):
+    path: str
+    reason: str
+
+
+class JsonSummary(_Model):
+    files: int
+    clean: int
+    unsafe: int
+    unknown: int
+    errors: int
+    skipped: int
+
+
+class JsonReport(_Model):
+    schema_version: str
+    tool: dict[str, str]
+    command: str
+    summary: JsonSummary
+    files: list[JsonFile]
+    skipped: list[JsonSkipped]
+
+
+def build_json(report: ScanReport, *, command: str = "scan") -> JsonReport:
+    counts = {v: 0 for v in Verdict}
+    for f in report.files:
+        counts[f.verdict] += 1
+    return JsonReport(
+        schema_version=SCHEMA_VERSION,
+        tool={"name": "safehub", "version": __version__},
+        command=command,
+        summary=JsonSummary(files=len(report.files), clean=counts[Verdict.CLEAN],
+                            unsafe=counts[Verdict.UNSAFE], unknown=counts[Verdict.UNKNOWN],
+                            errors=counts[Verdict.ERROR], skipped=len(report.skipped)),
+        files=[
+            JsonFile(
+                path=f.path, format=f.format, size=f.size, verdict=f.verdict.value,
+                records=list(f.records), error=f.error,
+                findings=[
+                    JsonFinding(rule_id=x.rule_id, rule_name=x.rule_name,
+                                severity=x.severity.value, blocking=x.blocking,
+                                message=x.message, location=x.location, offset=x.offset,
+                                subject=x.subject, payload=x.payload, allowed_by=x.allowed_by,
+                                fingerprint=x.fingerprint())
+                    for x in f.findings
+                ],
+            )
+            for f in report.files
+        ],
+        skipped=[JsonSkipped(path=s.path, reason=s.reason) for s in report.skipped],
+    )
+
+
+def render_json(report: ScanReport, *, command: str = "scan") -> str:
+    return build_json(report, command=command).model_dump_json(indent=2) + "\n"

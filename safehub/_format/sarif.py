@@ -1,0 +1,105 @@
+"""SARIF 2.1.0 report for code-scanning tools (GitHub, GitLab, Azure DevOps).
+
+Paths are relative to the ``SRCROOT`` base (the working directory) when they can
+be; binary files get ``startLine: 1`` and the byte offset as a property; each
+result carries a stable partial fingerprint so findings do not churn between runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from urllib.parse import quote
+
+from safehub import __version__
+from safehub.findings import Finding, ScanReport
+from safehub.rules import RULES, Severity
+
+__all__ = ["render_sarif"]
+
+_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
+_LEVEL = {Severity.CRITICAL: "error", Severity.HIGH: "error", Severity.MEDIUM: "warning",
+          Severity.LOW: "warning", Severity.INFO: "note"}
+# GitHub's security-severity scale (0-10).
+_SECURITY_SEVERITY = {Severity.CRITICAL: "9.8", Severity.HIGH: "8.0", Severity.MEDIUM: "5.5",
+                      Severity.LOW: "3.0", Severity.INFO: "0.0"}
+
+
+def _uri(path: str, root: Path) -> tuple[str, bool]:
+    """(uri, relative?) for a scanned path."""
+    absolute = Path(os.path.abspath(path))
+    try:
+        rel = absolute.relative_to(root)
+        return quote(rel.as_posix()), True
+    except ValueError:
+        return absolute.as_uri(), False
+
+
+def render_sarif(report: ScanReport) -> str:
+    root = Path(os.getcwd())
+    used = sorted({f.rule_id for f in report.findings})
+    index = {rule_id: i for i, rule_id in enumerate(used)}
+    rules = []
+    for rule_id in used:
+        rule = RULES[rule_id]
+        rules.append({
+            "id": rule.id,
+            "name": rule.name,
+            "shortDescription": {"text": rule.summary.split(". ")[0].rstrip(".") + "."},
+            "fullDescription": {"text": rule.summary},
+            "help": {"text": rule.help},
+            "defaultConfiguration": {"level": _LEVEL[rule.severity]},
+            "properties": {"security-severity": _SECURITY_SEVERITY[rule.severity],
+                           "tags": ["security"]},
+        })
+    results = [_result(f, index, root) for f in report.findings]
+    run = {
+        "tool": {"driver": {"name": "safehub", "version": __version__,
+                            "informationUri": "https://github.com/safehub/safehub",
+                            "rules": rules}},
+        "originalUriBaseIds": {"SRCROOT": {"uri": root.as_uri() + "/"}},
+        "results": results,
+        "invocations": [{"executionSuccessful": True}],
+    }
+    doc = {"$schema": _SCHEMA, "version": "2.1.0", "runs": [run]}
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def _location(path: str, root: Path, finding: Finding | None) -> dict[str, object]:
+    uri, relative = _uri(path, root)
+    artifact: dict[str, object] = {"uri": uri}
+    if relative:
+        artifact["uriBaseId"] = "SRCROOT"
+    location: dict[str, object] = {
+        "physicalLocation": {"artifactLocation": artifact, "region": {"startLine": 1}}
+    }
+    if finding is not None:
+        props: dict[str, object] = {}
+        if finding.location:
+            props["record"] = finding.location
+        if finding.offset is not None:
+            props["byteOffset"] = finding.offset
+        if props:
+            location["properties"] = props
+    return location
+
+
+def _result(finding: Finding, index: dict[str, int], root: Path) -> dict[str, object]:
+    text = finding.message
+    if finding.location:
+        text += f" (in {finding.location})"
+    if finding.payload and finding.payload != finding.subject:
+        text += f". Would run: {finding.payload}"
+    result: dict[str, object] = {
+        "ruleId": finding.rule_id,
+        "ruleIndex": index[finding.rule_id],
+        "level": _LEVEL[finding.severity],
+        "message": {"text": text},
+        "locations": [_location(finding.path, root, finding)],
+        "partialFingerprints": {"safehubFinding/v1": finding.fingerprint()},
+        "properties": {"severity": finding.severity.value, "subject": finding.subject},
+    }
+    if finding.allowed_by:
+        result["suppressions"] = [{"kind": "external", "justification": finding.allowed_by}]
+    return result

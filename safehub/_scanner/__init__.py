@@ -1,0 +1,1 @@
+"""The static scanner's internals. The public face is :mod:`safehub.scan`."""

@@ -1,0 +1,128 @@
+"""numpy ``.npy`` arrays: a literal header, then raw data or (object dtype) one pickle."""
+
+from __future__ import annotations
+
+import ast
+import re
+import struct
+
+from safehub._scanner.context import FileScan
+from safehub._scanner.judge import Loader, judge_stream
+from safehub._scanner.pickle_vm import PickleCursor
+from safehub._scanner.source import ByteSource, Truncated
+
+__all__ = ["NPY_MAGIC", "scan_npy"]
+
+NPY_MAGIC = b"\x93NUMPY"
+_MAX_HEADER = 1 << 16  # numpy itself refuses headers over 10,000 bytes by default
+_TYPESTR = re.compile(r"^[<>|=]?([?bBiufcmMOSUVa])(\d*)(?:\[\w+\])?$")
+_FIXED = {"?": 1, "b": 1, "B": 1}
+
+
+class _BadHeader(Exception):
+    pass
+
+
+def scan_npy(scan: FileScan, src: ByteSource, location: str, base: int) -> None:
+    """Check one .npy stream (a file, or a member of an .npz archive)."""
+    cursor = PickleCursor(src, base=base, limits=scan.options.limits)
+    where = location or "npy"
+    try:
+        magic = cursor.take(8)
+        if magic[:6] != NPY_MAGIC:
+            raise _BadHeader("missing the numpy magic string")
+        major = magic[6]
+        if major == 1:
+            header_len = struct.unpack("<H", cursor.take(2))[0]
+        elif major in (2, 3):
+            header_len = struct.unpack("<I", cursor.take(4))[0]
+        else:
+            raise _BadHeader(f"unsupported format version {major}.{magic[7]}")
+        if header_len > _MAX_HEADER:
+            raise _BadHeader(f"header of {header_len} bytes is larger than {_MAX_HEADER}")
+        text = cursor.take(header_len).decode("utf-8" if major == 3 else "latin-1")
+        itemsize, has_object, count = _parse_header(text)
+    except Truncated:
+        scan.add("SH111", "the .npy header is truncated", location=location, offset=base)
+        return
+    except _BadHeader as exc:
+        scan.add("SH131", f".npy header: {exc}", location=location, offset=base)
+        return
+    if has_object:
+        scan.add("SH130", "object array: its data is a pickle", location=location,
+                 offset=cursor.offset(), subject="numpy-object-array")
+        scan.records.append(f"{where} (object data)")
+        result = cursor.stream()
+        judge_stream(scan, result, location, Loader.PICKLE)
+        if result.stopped and not cursor.at_eof():
+            scan.add("SH113", "bytes follow the object array's pickle", location=location,
+                     offset=cursor.offset())
+        return
+    nbytes = count * itemsize
+    try:
+        cursor.skip(nbytes)
+    except Truncated:
+        scan.add("SH111", f"array data is shorter than its header's {nbytes} bytes",
+                 location=location, offset=cursor.offset())
+        return
+    if not cursor.at_eof():
+        scan.add("SH113", "bytes follow the array data", location=location,
+                 offset=cursor.offset())
+
+
+def _parse_header(text: str) -> tuple[int, bool, int]:
+    try:
+        header = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError) as exc:
+        raise _BadHeader(f"not a Python literal ({type(exc).__name__})") from None
+    if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
+        raise _BadHeader("must be a dict with keys descr, fortran_order and shape")
+    shape = header["shape"]
+    if not isinstance(shape, tuple) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise _BadHeader(f"shape {shape!r} is not a tuple of non-negative ints")
+    if not isinstance(header["fortran_order"], bool):
+        raise _BadHeader("fortran_order is not a bool")
+    itemsize, has_object = _descr_size(header["descr"], 0)
+    count = 1
+    for d in shape:
+        count *= d
+    return itemsize, has_object, count
+
+
+def _descr_size(descr: object, depth: int) -> tuple[int, bool]:
+    """(itemsize, contains objects) of a numpy array-protocol type description."""
+    if depth > 32:
+        raise _BadHeader("dtype description is nested too deeply")
+    if isinstance(descr, str):
+        m = _TYPESTR.match(descr)
+        if not m:
+            raise _BadHeader(f"unknown dtype {descr!r}")
+        kind, digits = m.groups()
+        if kind == "O":
+            return 8, True
+        if digits:
+            size = int(digits)
+            return (size * 4 if kind == "U" else size), False
+        if kind in _FIXED:
+            return _FIXED[kind], False
+        raise _BadHeader(f"dtype {descr!r} has no size")
+    if isinstance(descr, list):
+        total, has_object = 0, False
+        for field in descr:
+            if not isinstance(field, tuple) or len(field) not in (2, 3):
+                raise _BadHeader(f"structured dtype field {field!r} is malformed")
+            size, obj = _descr_size(field[1], depth + 1)
+            if len(field) == 3:
+                sub = field[2]
+                sub = (sub,) if isinstance(sub, int) else sub
+                if not isinstance(sub, tuple) or not all(isinstance(d, int) and d >= 0
+                                                         for d in sub):
+                    raise _BadHeader(f"structured dtype field {field!r} has a bad shape")
+                for d in sub:
+                    size *= d
+            total += size
+            has_object = has_object or obj
+        return total, has_object
+    raise _BadHeader(f"dtype description {descr!r} is neither a string nor a list")

@@ -1,0 +1,114 @@
+"""Zip archives: torch checkpoints, TorchScript, torch.package, numpy ``.npz``.
+
+Every record a loader could unpickle is analyzed: all ``*.pkl`` records
+(miniz matches names case-insensitively and any archive prefix works), every
+``.npy`` member, and any other record that begins like a pickle. Tensor data
+records are never read, so the cost does not depend on model size.
+"""
+
+from __future__ import annotations
+
+from typing import BinaryIO
+
+from safehub._scanner.context import FileScan
+from safehub._scanner.fmt_numpy import NPY_MAGIC, scan_npy
+from safehub._scanner.judge import Loader, judge_stream
+from safehub._scanner.pickle_vm import PickleCursor
+from safehub._scanner.zipdir import ZipDirectory, ZipEntry, open_entry
+
+__all__ = ["scan_zip"]
+
+_METADATA = {"version", ".format_version", ".storage_alignment", "byteorder",
+             ".data/serialization_id", ".data/version", ".data/python_version"}
+
+
+def scan_zip(scan: FileScan, fh: BinaryIO, directory: ZipDirectory) -> None:
+    entries = directory.entries
+    names = [e.lower for e in entries]
+    torchscript = any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
+    package = any(n.endswith(".data/extern_modules") for n in names)
+    seen: set[str] = set()
+    for message, offset in directory.anomalies:
+        if message not in seen:
+            seen.add(message)
+            scan.add("SH115", message, offset=offset, subject="zip")
+    if package:
+        scan.format = "torch-package"
+        modules = [e.name for e in entries if e.lower.endswith(".py")]
+        scan.add("SH121", f"torch.package archive with {len(modules)} Python modules",
+                 subject="torch.package", payload=", ".join(modules[:10]))
+    elif torchscript:
+        scan.format = "torchscript"
+        code = [e.name for e in entries if "/code/" in e.lower and not e.lower.endswith(
+            ".debug_pkl")]
+        allowed = scan.options.allowed_by if scan.options.allow_torchscript else ""
+        scan.add("SH120", f"TorchScript archive with {len(code)} code files", subject="torchscript",
+                 payload=", ".join(code[:10]), allowed_by=allowed)
+    loader = Loader.TORCHSCRIPT if torchscript else Loader.TORCH_ZIP
+    analyzed = 0
+    for entry in entries:
+        kind = _record_kind(fh, entry)
+        if kind is None:
+            continue
+        if entry.method not in (0, 8):
+            scan.add("SH116", f"{entry.name}: compression method {entry.method}",
+                     location=entry.name, subject=f"method-{entry.method}")
+            continue
+        analyzed += 1
+        if kind == "npy":
+            src, inflater = open_entry(fh, entry, scan.options.max_record_size)
+            scan.records.append(entry.name)
+            scan_npy(scan, src, entry.name, 0)
+        else:
+            src, inflater = open_entry(fh, entry, scan.options.max_record_size)
+            scan.records.append(entry.name)
+            cursor = PickleCursor(src, limits=scan.options.limits, torch_names=True)
+            result = cursor.stream()
+            # torch.load never reads other pickles in a checkpoint, so they are judged as
+            # plain pickles; torch.jit.load reads its .debug_pkl records itself.
+            hidden = kind == "hidden-pickle" and not torchscript
+            judge_stream(scan, result, entry.name, Loader.PICKLE if hidden else loader)
+            if result.stopped and not cursor.at_eof():
+                scan.add("SH113", "bytes follow the pickle inside the record",
+                         location=entry.name, offset=cursor.offset())
+        if inflater is not None and inflater.error:
+            scan.add("SH110", f"{entry.name}: {inflater.error}", location=entry.name)
+    if scan.format == "unknown":
+        if analyzed == 0:
+            scan.add("SH190", "zip archive without pickle or numpy records")
+            return
+        has_pkl = any(n.endswith(".pkl") for n in names)
+        scan.format = "torch-zip" if has_pkl else "npz"
+    if directory.prefix:
+        scan.add("SH114", f"{directory.prefix} bytes precede the zip archive", offset=0,
+                 subject="data-before-zip")
+    if directory.end < scan.size:
+        scan.add("SH113", "bytes follow the end of the zip archive", offset=directory.end)
+
+
+def _record_kind(fh: BinaryIO, entry: ZipEntry) -> str | None:
+    """What a loader could do with this record: 'pickle', 'npy', 'hidden-pickle' or None."""
+    name = entry.lower
+    if name.endswith(".pkl"):
+        return "pickle"
+    if name.endswith("/"):
+        return None
+    head = _peek(fh, entry)
+    if head.startswith(NPY_MAGIC):
+        return "npy"
+    tail = name.split("/", 1)[-1]
+    if tail.startswith("data/") or tail in _METADATA:
+        return None  # tensor storage bytes or torch's small metadata records
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "hidden-pickle"
+    return None
+
+
+def _peek(fh: BinaryIO, entry: ZipEntry) -> bytes:
+    if entry.method == 0:
+        fh.seek(entry.data_offset)
+        return fh.read(min(8, entry.compressed_size))
+    if entry.method == 8:
+        src, _ = open_entry(fh, entry, 8)
+        return src.read(8)
+    return b""

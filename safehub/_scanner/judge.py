@@ -1,0 +1,151 @@
+"""Judge what a pickle stream would do: allowlist first, knowledge base for severity."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from enum import Enum
+
+from safehub._scanner import knowledge
+from safehub._scanner.allowlist import DEFAULT_ALLOWED, TORCHSCRIPT_ALLOWED, matches
+from safehub._scanner.context import FileScan
+from safehub._scanner.pickle_vm import (
+    Call,
+    ComputedGlobal,
+    Global,
+    Opaque,
+    PersistentRef,
+    StreamResult,
+    render,
+)
+from safehub.rules import Severity
+
+__all__ = ["Loader", "judge_stream"]
+
+
+class Loader(Enum):
+    """Who unpickles the stream, which decides what persistent ids may mean."""
+
+    PICKLE = "pickle"  # pickle.load / joblib.load / numpy allow_pickle: no persistent_load
+    TORCH_ZIP = "torch-zip"  # torch.load of a zip checkpoint: ('storage', type, key, loc, numel)
+    TORCH_LEGACY = "torch-legacy"  # torch.load legacy: storage tuples, or ('module', ...)
+    TORCHSCRIPT = "torchscript"  # torch.jit.load: __torch__ classes resolve to archive code
+
+
+def judge_stream(scan: FileScan, res: StreamResult, location: str, loader: Loader) -> bool:
+    """Add findings for one analyzed stream; returns True when the stream raised none."""
+    before = len(scan.findings)
+    calls_by_func: dict[int, Call] = {}
+    calls_by_arg: dict[int, Call] = {}
+    for call in res.calls:
+        calls_by_func.setdefault(id(call.func), call)
+        if isinstance(call.args, tuple):
+            for arg in call.args:
+                calls_by_arg.setdefault(id(arg), call)
+
+    def payload_of(value: object) -> str:
+        call = calls_by_func.get(id(value)) or calls_by_arg.get(id(value))
+        return render(call) if call is not None else render(value)
+
+    _judge_globals(scan, res.globals, location, loader, payload_of)
+
+    for computed in res.computed:
+        scan.add("SH102", "imports a name computed at load time: "
+                 f"{render(computed.module)}.{render(computed.name)}",
+                 location=location, offset=computed.offset, subject="STACK_GLOBAL",
+                 payload=payload_of(computed))
+    for code, offset in res.extensions:
+        scan.add("SH103", f"imports extension code {code} from the copyreg registry",
+                 location=location, offset=offset, subject=f"EXT:{code}")
+    seen_calls: set[str] = set()
+    for call in res.calls:
+        if isinstance(call.func, (Global, ComputedGlobal, Opaque)):
+            continue
+        text = render(call)
+        if text in seen_calls:
+            continue
+        seen_calls.add(text)
+        scan.add("SH104", f"{call.opcode} calls a computed object: {render(call.func)}",
+                 location=location, offset=call.offset, subject=call.opcode, payload=text)
+    for mutation in res.mutations:
+        if isinstance(mutation.target, (Global, ComputedGlobal)):
+            scan.add("SH105", f"{mutation.opcode} modifies {render(mutation.target)}",
+                     location=location, offset=mutation.offset, subject=mutation.opcode,
+                     payload=render(mutation.target))
+    for ref in res.persistent:
+        problem = _persistent_problem(ref, loader)
+        if problem:
+            scan.add("SH106", problem, location=location, offset=ref.offset,
+                     subject="PERSID", payload=render(ref))
+    for offset in res.out_of_band[:1]:
+        scan.add("SH107", "uses out-of-band buffers (NEXT_BUFFER/READONLY_BUFFER)",
+                 location=location, offset=offset, subject="NEXT_BUFFER")
+    if res.limit:
+        scan.add("SH191", f"pickle analysis stopped: {res.limit}", location=location,
+                 offset=res.error_offset)
+    elif res.error:
+        rule = "SH111" if res.truncated else "SH110"
+        scan.add(rule, f"pickle stream fails to load: {res.error}", location=location,
+                 offset=res.error_offset, subject="pickle")
+    return len(scan.findings) == before
+
+
+def _judge_globals(
+    scan: FileScan,
+    globals_: Iterable[Global],
+    location: str,
+    loader: Loader,
+    payload_of: object,
+) -> None:
+    extra = scan.options.allowed_globals
+    reported: set[str] = set()
+    for g in globals_:
+        name = g.effective
+        if name in reported or name in DEFAULT_ALLOWED:
+            continue
+        if loader is Loader.TORCHSCRIPT and (
+            name in TORCHSCRIPT_ALLOWED or name.startswith("__torch__.")
+        ):
+            continue  # resolved by torch.jit against the archive's code (reported as SH120)
+        reported.add(name)
+        info = knowledge.lookup(name) or knowledge.lookup(g.raw)
+        severity = info.severity if info else Severity.MEDIUM
+        explanation = info.explanation if info else "not needed to rebuild tensors or containers"
+        rule = "SH100" if severity.rank >= Severity.HIGH.rank else "SH101"
+        allowed_by = ""
+        if severity is not Severity.CRITICAL and any(matches(p, name) for p in extra):
+            allowed_by = scan.options.allowed_by
+        spelled = name if g.raw == name else f"{name} (written as {g.raw})"
+        scan.add(rule, f"imports {spelled}: {explanation}", location=location, offset=g.offset,
+                 subject=name, payload=payload_of(g),  # type: ignore[operator]
+                 severity=severity, allowed_by=allowed_by)
+
+
+def _persistent_problem(ref: PersistentRef, loader: Loader) -> str:
+    pid = ref.pid
+    if loader is Loader.PICKLE:
+        return "asks for a persistent object, which plain pickle loading cannot supply"
+    if loader is Loader.TORCHSCRIPT:
+        return "" if isinstance(pid, (str, int)) or _typename(pid) == "storage" else (
+            "persistent id is not a TorchScript tensor reference")
+    typename = _typename(pid)
+    if typename == "storage":
+        expected = 5 if loader is Loader.TORCH_ZIP else 6
+        assert isinstance(pid, tuple)
+        if len(pid) != expected:
+            return f"storage reference has {len(pid)} fields, torch expects {expected}"
+        if not isinstance(pid[1], Global):
+            return "storage reference whose type is not an imported storage class"
+        return ""
+    if typename == "module" and loader is Loader.TORCH_LEGACY:
+        return ""  # legacy module-source record; the class itself is judged as a global
+    return f"persistent id {render(pid)} is not a torch storage reference"
+
+
+def _typename(pid: object) -> str:
+    if isinstance(pid, tuple) and pid:
+        head = pid[0]
+        if isinstance(head, bytes):
+            return head.decode("latin-1")
+        if isinstance(head, str):
+            return head
+    return ""

@@ -1,0 +1,908 @@
+"""Symbolic execution of a pickle stream: what would loading it import, call and mutate?
+
+The machine follows CPython's unpickler (``Modules/_pickle.c``) opcode by
+opcode: the same stack and mark discipline, the same memo rules, the same
+protocol-2 import renames, the same error conditions. It never imports or calls
+anything; values are symbolic (``Global``, ``Call``, containers, small
+constants). Large string and bytes arguments are skipped, not read, so scanning
+cost tracks the number of opcodes, not the size of embedded data.
+
+Where the real loader would stop with an error, the machine stops too and
+reports where: everything before that point would already have run.
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import codecs
+import struct
+from dataclasses import dataclass, field
+
+from safehub._scanner.source import ByteSource, Truncated
+
+__all__ = [
+    "Blob",
+    "Call",
+    "Global",
+    "Limits",
+    "PickleCursor",
+    "PickleError",
+    "StreamResult",
+    "SymDict",
+    "SymList",
+    "SymSet",
+    "render",
+    "run_stream",
+]
+
+_HIGHEST_PROTOCOL = 5
+_TORCH_MODULE_RENAMES = {"torch.tensor": "torch._tensor"}
+JOBLIB_WRAPPER = "joblib.numpy_pickle.NumpyArrayWrapper"
+_ARRAY_HEAD = 1 << 16
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds that keep analysis time and memory finite on any input."""
+
+    max_ops: int = 50_000_000
+    max_values: int = 20_000_000  # container items and memo entries tracked
+    max_line: int = 1 << 20  # text-opcode argument length
+    max_inline: int = 1 << 16  # longer str/bytes arguments are skipped, not kept
+    max_depth: int = 8  # nested streams (joblib object arrays)
+
+
+class PickleError(Exception):
+    """Where and why the real unpickler would stop (internal)."""
+
+    def __init__(self, message: str, offset: int, *, truncated: bool = False):
+        super().__init__(message)
+        self.offset = offset
+        self.truncated = truncated
+
+
+class LimitExceeded(Exception):
+    """An analysis bound was hit (internal)."""
+
+    def __init__(self, message: str, offset: int):
+        super().__init__(message)
+        self.offset = offset
+
+
+# --- symbolic values ------------------------------------------------------------------------
+
+
+class Global:
+    """A name the loader would import: ``find_class(module, name)``."""
+
+    __slots__ = ("effective", "offset", "opcode", "raw")
+
+    def __init__(self, raw: str, effective: str, offset: int, opcode: str):
+        self.raw = raw  # as written in the stream
+        self.effective = effective  # after the loader's renames
+        self.offset = offset
+        self.opcode = opcode
+
+    def __repr__(self) -> str:
+        return f"Global({self.effective!r})"
+
+
+class ComputedGlobal:
+    """STACK_GLOBAL whose operands are not constants: the name is decided at load time."""
+
+    __slots__ = ("module", "name", "offset")
+
+    def __init__(self, module: object, name: object, offset: int):
+        self.module = module
+        self.name = name
+        self.offset = offset
+
+
+class Call:
+    """The result of calling ``func`` (REDUCE, NEWOBJ, NEWOBJ_EX, INST, OBJ)."""
+
+    __slots__ = ("args", "func", "kwargs", "offset", "opcode", "state")
+
+    def __init__(self, func: object, args: object, kwargs: object, offset: int, opcode: str):
+        self.func = func
+        self.args = args
+        self.kwargs = kwargs
+        self.offset = offset
+        self.opcode = opcode
+        self.state: object = None  # last BUILD state applied to the result
+
+
+class Blob:
+    """A str/bytes/int argument too large to keep; only its size is known."""
+
+    __slots__ = ("kind", "length")
+
+    def __init__(self, kind: str, length: int):
+        self.kind = kind
+        self.length = length
+
+
+class PersistentRef:
+    """The result of ``persistent_load(pid)``."""
+
+    __slots__ = ("offset", "pid")
+
+    def __init__(self, pid: object, offset: int):
+        self.pid = pid
+        self.offset = offset
+
+
+class Opaque:
+    """A value whose content does not matter to the analysis."""
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str):
+        self.what = what
+
+
+class SymList:
+    __slots__ = ("items",)
+
+    def __init__(self, items: list[object] | None = None):
+        self.items: list[object] = items if items is not None else []
+
+
+class SymDict:
+    __slots__ = ("items",)
+
+    def __init__(self) -> None:
+        self.items: list[tuple[object, object]] = []
+
+    def get(self, key: str) -> object:
+        for k, v in reversed(self.items):
+            if k == key:
+                return v
+        return None
+
+    def keys(self) -> list[object]:
+        return [k for k, _ in self.items]
+
+
+class SymSet:
+    __slots__ = ("frozen", "items")
+
+    def __init__(self, items: list[object] | None = None, frozen: bool = False):
+        self.items: list[object] = items if items is not None else []
+        self.frozen = frozen
+
+
+@dataclass
+class Mutation:
+    """An opcode that changes an existing object (BUILD, SETITEM(S), APPEND(S), ADDITEMS)."""
+
+    opcode: str
+    target: object
+    offset: int
+
+
+@dataclass
+class StreamResult:
+    """Everything one pickle stream would do, as far as static analysis can tell."""
+
+    start: int
+    end: int = 0  # offset after STOP, or where analysis stopped
+    stopped: bool = False  # reached STOP cleanly
+    value: object = None  # what load() would return
+    protocol: int = 0
+    ops: int = 0
+    globals: list[Global] = field(default_factory=list)
+    computed: list[ComputedGlobal] = field(default_factory=list)
+    calls: list[Call] = field(default_factory=list)
+    mutations: list[Mutation] = field(default_factory=list)
+    persistent: list[PersistentRef] = field(default_factory=list)
+    extensions: list[tuple[int, int]] = field(default_factory=list)  # (code, offset)
+    out_of_band: list[int] = field(default_factory=list)
+    inline_arrays: list[tuple[int, int, bytes]] = field(default_factory=list)  # (at, n, head)
+    error: str = ""
+    error_offset: int | None = None
+    truncated: bool = False
+    limit: str = ""
+
+
+# --- the machine ----------------------------------------------------------------------------
+
+_MARK_ERROR = "could not find MARK"
+
+
+class PickleCursor:
+    """Reads a source as a sequence of pickle streams and raw regions.
+
+    Formats that interleave pickles with raw data (torch legacy, joblib) use one
+    cursor: ``stream()`` analyzes the next pickle, ``take``/``skip`` handle the
+    raw bytes between them, ``at_eof()`` tells whether anything is left.
+    """
+
+    def __init__(
+        self,
+        src: ByteSource,
+        *,
+        base: int = 0,
+        limits: Limits | None = None,
+        torch_names: bool = False,
+        joblib: bool = False,
+    ):
+        self.src = src
+        self.base = base  # absolute offset of the source's start, for reporting
+        self.limits = limits or Limits()
+        self.torch_names = torch_names
+        self.joblib = joblib
+        self.buf = b""
+        self.i = 0
+        self.buf_pos = src.tell()  # source position of buf[0]
+        self.values = 0
+        self.depth = 0
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def offset(self) -> int:
+        """Absolute offset of the next unread byte."""
+        return self.base + self.buf_pos + self.i
+
+    def _fill(self, n: int) -> None:
+        have = len(self.buf) - self.i
+        if have >= n:
+            return
+        chunks = [self.buf[self.i :]]
+        self.buf_pos += self.i
+        self.i = 0
+        want = max(n - have, 1 << 16)
+        while have < n:
+            chunk = self.src.read(want)
+            if not chunk:
+                self.buf = b"".join(chunks)
+                raise Truncated()
+            chunks.append(chunk)
+            have += len(chunk)
+            want = n - have
+        self.buf = b"".join(chunks)
+
+    def take(self, n: int) -> bytes:
+        """Exactly ``n`` bytes, or ``Truncated``."""
+        if len(self.buf) - self.i < n:
+            self._fill(n)
+        j = self.i + n
+        data = self.buf[self.i : j]
+        self.i = j
+        return data
+
+    def skip(self, n: int) -> None:
+        """Advance ``n`` bytes without keeping them (seeks when the source can)."""
+        have = len(self.buf) - self.i
+        if n <= have:
+            self.i += n
+            return
+        rest = n - have
+        self.buf_pos += len(self.buf)
+        self.buf = b""
+        self.i = 0
+        skipped = self.src.skip(rest)
+        self.buf_pos += skipped
+        if skipped < rest:
+            raise Truncated()
+
+    def at_eof(self) -> bool:
+        if self.i < len(self.buf):
+            return False
+        try:
+            self._fill(1)
+        except Truncated:
+            return True
+        return False
+
+    def remaining(self) -> int | None:
+        rem = self.src.remaining()
+        return None if rem is None else rem + len(self.buf) - self.i
+
+    def line(self) -> bytes:
+        """Bytes up to (excluding) the next newline; a missing newline is truncation."""
+        while True:
+            nl = self.buf.find(b"\n", self.i)
+            if nl >= 0:
+                data = self.buf[self.i : nl]
+                self.i = nl + 1
+                return data
+            pending = len(self.buf) - self.i
+            if pending > self.limits.max_line:
+                raise LimitExceeded("text opcode argument is longer than the limit", self.offset())
+            self._fill(pending + 1)
+
+    def sized(self, n: int, kind: str) -> object:
+        """A length-prefixed argument: kept when small, skipped when large."""
+        if n <= self.limits.max_inline:
+            return self.take(n)
+        rem = self.remaining()
+        if rem is not None and n > rem:
+            raise Truncated()
+        self.skip(n)
+        return Blob(kind, n)
+
+    # -- streams -----------------------------------------------------------------------------
+
+    def stream(self) -> StreamResult:
+        """Analyze one pickle stream from the current position up to its STOP."""
+        res = StreamResult(start=self.offset())
+        try:
+            res.value = self._loop(res)
+            res.stopped = True
+        except Truncated:
+            res.error = "pickle data was truncated"
+            res.truncated = True
+            res.error_offset = self.offset()
+        except PickleError as exc:
+            res.error = str(exc)
+            res.error_offset = exc.offset
+            res.truncated = exc.truncated
+        except LimitExceeded as exc:
+            res.limit = str(exc)
+            res.error_offset = exc.offset
+        res.end = self.offset()
+        return res
+
+    def _count(self, n: int = 1) -> None:
+        self.values += n
+        if self.values > self.limits.max_values:
+            raise LimitExceeded("too many values to track", self.offset())
+
+    def _loop(self, res: StreamResult) -> object:  # one branch per opcode, like _pickle.c
+        stack: list[object] = []
+        metastack: list[list[object]] = []
+        memo: dict[int, object] = {}
+        proto = 0
+        max_ops = self.limits.max_ops
+        unpack = struct.unpack
+
+        def pop(at: int) -> object:
+            if not stack:
+                raise PickleError("unpickling stack underflow", at)
+            return stack.pop()
+
+        def pop_mark(at: int) -> list[object]:
+            nonlocal stack
+            if not metastack:
+                raise PickleError(_MARK_ERROR, at)
+            items = stack
+            stack = metastack.pop()
+            return items
+
+        def top(at: int) -> object:
+            if not stack:
+                raise PickleError("unpickling stack underflow", at)
+            return stack[-1]
+
+        while True:
+            at = self.offset()
+            res.ops += 1
+            if res.ops > max_ops:
+                raise LimitExceeded("too many opcodes", at)
+            if self.i >= len(self.buf):
+                self._fill(1)
+            op = self.buf[self.i]
+            self.i += 1
+
+            # --- constants -------------------------------------------------------------
+            if op == 0x4B:  # K BININT1
+                stack.append(self.take(1)[0])
+            elif op == 0x4A:  # J BININT
+                stack.append(unpack("<i", self.take(4))[0])
+            elif op == 0x4D:  # M BININT2
+                stack.append(unpack("<H", self.take(2))[0])
+            elif op == 0x8A:  # LONG1
+                n = self.take(1)[0]
+                stack.append(int.from_bytes(self.take(n), "little", signed=True))
+            elif op == 0x8B:  # LONG4
+                n = unpack("<i", self.take(4))[0]
+                if n < 0:
+                    raise PickleError("LONG pickle has negative byte count", at)
+                data = self.sized(n, "int")
+                stack.append(int.from_bytes(data, "little", signed=True) if isinstance(data, bytes)
+                             else data)
+            elif op == 0x47:  # G BINFLOAT
+                stack.append(unpack(">d", self.take(8))[0])
+            elif op == 0x4E:  # N NONE
+                stack.append(None)
+            elif op == 0x88:  # NEWTRUE
+                stack.append(True)
+            elif op == 0x89:  # NEWFALSE
+                stack.append(False)
+            elif op == 0x49:  # I INT
+                stack.append(_parse_int(self.line(), at))
+            elif op == 0x4C:  # L LONG
+                text = self.line()
+                if text.endswith(b"L"):
+                    text = text[:-1]
+                stack.append(_parse_int(text, at, allow_bool=False))
+            elif op == 0x46:  # F FLOAT
+                try:
+                    stack.append(float(self.line()))
+                except ValueError:
+                    raise PickleError("could not convert string to float", at) from None
+            # --- strings and bytes -------------------------------------------------------
+            elif op == 0x8C:  # SHORT_BINUNICODE
+                stack.append(_utf8(self.take(self.take(1)[0]), at))
+            elif op == 0x58:  # X BINUNICODE
+                data = self.sized(unpack("<I", self.take(4))[0], "str")
+                stack.append(_utf8(data, at) if isinstance(data, bytes) else data)
+            elif op == 0x8D:  # BINUNICODE8
+                data = self.sized(unpack("<Q", self.take(8))[0], "str")
+                stack.append(_utf8(data, at) if isinstance(data, bytes) else data)
+            elif op == 0x56:  # V UNICODE
+                try:
+                    stack.append(self.line().decode("raw-unicode-escape"))
+                except UnicodeDecodeError:
+                    raise PickleError("invalid UNICODE argument", at) from None
+            elif op == 0x43:  # C SHORT_BINBYTES
+                stack.append(self.take(self.take(1)[0]))
+            elif op == 0x42:  # B BINBYTES
+                stack.append(self.sized(unpack("<I", self.take(4))[0], "bytes"))
+            elif op == 0x8E:  # BINBYTES8
+                stack.append(self.sized(unpack("<Q", self.take(8))[0], "bytes"))
+            elif op == 0x96:  # BYTEARRAY8
+                stack.append(self.sized(unpack("<Q", self.take(8))[0], "bytearray"))
+            elif op == 0x55:  # U SHORT_BINSTRING
+                stack.append(_py2str(self.take(self.take(1)[0])))
+            elif op == 0x54:  # T BINSTRING
+                n = unpack("<i", self.take(4))[0]
+                if n < 0:
+                    raise PickleError("BINSTRING pickle has negative byte count", at)
+                data = self.sized(n, "str")
+                stack.append(_py2str(data) if isinstance(data, bytes) else data)
+            elif op == 0x53:  # S STRING
+                stack.append(_parse_string(self.line(), at))
+            # --- containers --------------------------------------------------------------
+            elif op == 0x28:  # ( MARK
+                metastack.append(stack)
+                stack = []
+            elif op == 0x29:  # ) EMPTY_TUPLE
+                stack.append(())
+            elif op == 0x5D:  # ] EMPTY_LIST
+                stack.append(SymList())
+            elif op == 0x7D:  # } EMPTY_DICT
+                stack.append(SymDict())
+            elif op == 0x8F:  # EMPTY_SET
+                stack.append(SymSet())
+            elif op == 0x85:  # TUPLE1
+                stack.append((pop(at),))
+            elif op == 0x86:  # TUPLE2
+                b = pop(at)
+                a = pop(at)
+                stack.append((a, b))
+            elif op == 0x87:  # TUPLE3
+                c = pop(at)
+                b = pop(at)
+                a = pop(at)
+                stack.append((a, b, c))
+            elif op == 0x74:  # t TUPLE
+                items = pop_mark(at)
+                self._count(len(items))
+                stack.append(tuple(items))
+            elif op == 0x6C:  # l LIST
+                items = pop_mark(at)
+                self._count(len(items))
+                stack.append(SymList(items))
+            elif op == 0x64:  # d DICT
+                items = pop_mark(at)
+                if len(items) % 2:
+                    raise PickleError("odd number of items for DICT", at)
+                d = SymDict()
+                d.items = list(zip(items[::2], items[1::2], strict=True))
+                self._count(len(items))
+                stack.append(d)
+            elif op == 0x91:  # FROZENSET
+                items = pop_mark(at)
+                self._count(len(items))
+                stack.append(SymSet(items, frozen=True))
+            elif op == 0x61:  # a APPEND
+                value = pop(at)
+                target = top(at)
+                self._mutate(res, "APPEND", target, at)
+                if isinstance(target, SymList):
+                    self._count()
+                    target.items.append(value)
+            elif op == 0x65:  # e APPENDS
+                items = pop_mark(at)
+                target = top(at)
+                self._mutate(res, "APPENDS", target, at)
+                if isinstance(target, SymList):
+                    self._count(len(items))
+                    target.items.extend(items)
+            elif op == 0x73:  # s SETITEM
+                value = pop(at)
+                key = pop(at)
+                target = top(at)
+                self._mutate(res, "SETITEM", target, at)
+                if isinstance(target, SymDict):
+                    self._count()
+                    target.items.append((key, value))
+            elif op == 0x75:  # u SETITEMS
+                items = pop_mark(at)
+                target = top(at)
+                if len(items) % 2:
+                    raise PickleError("odd number of items for SETITEMS", at)
+                self._mutate(res, "SETITEMS", target, at)
+                if isinstance(target, SymDict):
+                    self._count(len(items))
+                    target.items.extend(zip(items[::2], items[1::2], strict=True))
+            elif op == 0x90:  # ADDITEMS
+                items = pop_mark(at)
+                target = top(at)
+                self._mutate(res, "ADDITEMS", target, at)
+                if isinstance(target, SymSet):
+                    self._count(len(items))
+                    target.items.extend(items)
+            # --- stack and memo ----------------------------------------------------------
+            elif op == 0x30:  # 0 POP
+                if stack:
+                    stack.pop()
+                elif metastack:
+                    stack = metastack.pop()
+                else:
+                    raise PickleError("unpickling stack underflow", at)
+            elif op == 0x31:  # 1 POP_MARK
+                pop_mark(at)
+            elif op == 0x32:  # 2 DUP
+                stack.append(top(at))
+            elif op == 0x70:  # p PUT
+                idx = _parse_int(self.line(), at, allow_bool=False)
+                if not isinstance(idx, int) or idx < 0:
+                    raise PickleError("negative PUT argument", at)
+                self._memo_put(memo, idx, top(at))
+            elif op == 0x71:  # q BINPUT
+                self._memo_put(memo, self.take(1)[0], top(at))
+            elif op == 0x72:  # r LONG_BINPUT
+                self._memo_put(memo, unpack("<I", self.take(4))[0], top(at))
+            elif op == 0x94:  # MEMOIZE
+                self._memo_put(memo, len(memo), top(at))
+            elif op == 0x67:  # g GET
+                stack.append(_memo_get(memo, _parse_int(self.line(), at, allow_bool=False), at))
+            elif op == 0x68:  # h BINGET
+                stack.append(_memo_get(memo, self.take(1)[0], at))
+            elif op == 0x6A:  # j LONG_BINGET
+                stack.append(_memo_get(memo, unpack("<I", self.take(4))[0], at))
+            # --- imports -----------------------------------------------------------------
+            elif op == 0x63:  # c GLOBAL
+                module = _ascii_line(self.line(), at)
+                name = _ascii_line(self.line(), at)
+                stack.append(self._global(res, module, name, proto, at, "GLOBAL"))
+            elif op == 0x93:  # STACK_GLOBAL
+                name_v = pop(at)
+                module_v = pop(at)
+                if isinstance(module_v, str) and isinstance(name_v, str):
+                    stack.append(self._global(res, module_v, name_v, proto, at, "STACK_GLOBAL"))
+                elif isinstance(module_v, (bytes, int, float, type(None), tuple)) or isinstance(
+                    name_v, (bytes, int, float, type(None), tuple)
+                ):
+                    raise PickleError("STACK_GLOBAL requires str", at)
+                else:
+                    computed = ComputedGlobal(module_v, name_v, at)
+                    res.computed.append(computed)
+                    stack.append(computed)
+            elif op in (0x82, 0x83, 0x84):  # EXT1 EXT2 EXT4
+                width = {0x82: 1, 0x83: 2, 0x84: 4}[op]
+                code = int.from_bytes(self.take(width), "little", signed=(width == 4))
+                if code <= 0:
+                    raise PickleError("EXT specifies code <= 0", at)
+                res.extensions.append((code, at))
+                stack.append(Opaque(f"extension {code}"))
+            # --- calls -------------------------------------------------------------------
+            elif op == 0x52:  # R REDUCE
+                args = pop(at)
+                func = pop(at)
+                stack.append(self._call(res, func, args, None, at, "REDUCE"))
+            elif op == 0x81:  # NEWOBJ
+                args = pop(at)
+                cls = pop(at)
+                if not isinstance(args, tuple):
+                    raise PickleError("NEWOBJ expected an arg tuple", at)
+                stack.append(self._call(res, cls, args, None, at, "NEWOBJ"))
+            elif op == 0x92:  # NEWOBJ_EX
+                kwargs = pop(at)
+                args = pop(at)
+                cls = pop(at)
+                if not isinstance(args, tuple):
+                    raise PickleError("NEWOBJ_EX args argument must be a tuple", at)
+                stack.append(self._call(res, cls, args, kwargs, at, "NEWOBJ_EX"))
+            elif op == 0x69:  # i INST
+                module = _ascii_line(self.line(), at)
+                name = _ascii_line(self.line(), at)
+                args_l = pop_mark(at)
+                cls_g = self._global(res, module, name, proto, at, "INST")
+                stack.append(self._call(res, cls_g, tuple(args_l), None, at, "INST"))
+            elif op == 0x6F:  # o OBJ
+                items = pop_mark(at)
+                if not items:
+                    raise PickleError("unpickling stack underflow", at)
+                stack.append(self._call(res, items[0], tuple(items[1:]), None, at, "OBJ"))
+            elif op == 0x62:  # b BUILD
+                state = pop(at)
+                inst = top(at)
+                self._mutate(res, "BUILD", inst, at)
+                if isinstance(inst, Call):
+                    inst.state = state
+                    if self.joblib and _is_global(inst.func, JOBLIB_WRAPPER):
+                        stack[-1] = self._joblib_array(res, inst, at)
+            elif op == 0x50:  # P PERSID
+                try:
+                    pid: object = self.line().decode("ascii")
+                except UnicodeDecodeError:
+                    raise PickleError("persistent IDs in protocol 0 must be ASCII strings",
+                                      at) from None
+                ref = PersistentRef(pid, at)
+                res.persistent.append(ref)
+                stack.append(ref)
+            elif op == 0x51:  # Q BINPERSID
+                ref = PersistentRef(pop(at), at)
+                res.persistent.append(ref)
+                stack.append(ref)
+            elif op == 0x97:  # NEXT_BUFFER
+                res.out_of_band.append(at)
+                stack.append(Opaque("out-of-band buffer"))
+            elif op == 0x98:  # READONLY_BUFFER
+                top(at)
+                res.out_of_band.append(at)
+            # --- framing -------------------------------------------------------------------
+            elif op == 0x80:  # PROTO
+                proto = self.take(1)[0]
+                if proto > _HIGHEST_PROTOCOL:
+                    raise PickleError(f"unsupported pickle protocol: {proto}", at)
+                res.protocol = max(res.protocol, proto)
+            elif op == 0x95:  # FRAME
+                length = unpack("<Q", self.take(8))[0]
+                rem = self.src.remaining()
+                if rem is not None and length > (len(self.buf) - self.i) + rem:
+                    raise PickleError("pickle data was truncated (frame)", at, truncated=True)
+            elif op == 0x2E:  # . STOP
+                return pop(at)
+            else:
+                raise PickleError(f"invalid load key, {bytes([op])!r}", at)
+
+    # -- semantics helpers --------------------------------------------------------------------
+
+    def _memo_put(self, memo: dict[int, object], idx: int, value: object) -> None:
+        if idx not in memo:
+            self._count()
+        memo[idx] = value
+
+    def _global(
+        self, res: StreamResult, module: str, name: str, proto: int, at: int, opcode: str
+    ) -> Global:
+        raw = f"{module}.{name}"
+        if proto < 3:
+            mapped = _compat_pickle.NAME_MAPPING.get((module, name))
+            if mapped is not None:
+                module, name = mapped
+            elif module in _compat_pickle.IMPORT_MAPPING:
+                module = _compat_pickle.IMPORT_MAPPING[module]
+        if self.torch_names:
+            module = _TORCH_MODULE_RENAMES.get(module, module)
+        g = Global(raw, f"{module}.{name}", at, opcode)
+        res.globals.append(g)
+        return g
+
+    def _call(
+        self, res: StreamResult, func: object, args: object, kwargs: object, at: int, opcode: str
+    ) -> Call:
+        call = Call(func, args, kwargs, at, opcode)
+        res.calls.append(call)
+        return call
+
+    def _mutate(self, res: StreamResult, opcode: str, target: object, at: int) -> None:
+        if isinstance(target, (Global, ComputedGlobal, PersistentRef, Opaque)):
+            res.mutations.append(Mutation(opcode, target, at))
+
+    def _joblib_array(self, res: StreamResult, wrapper: Call, at: int) -> object:
+        """Skip (or analyze) the array bytes joblib writes right after its wrapper record."""
+        extent = _joblib_extent(wrapper.state)
+        if extent is None:
+            raise PickleError("joblib array record with an undeterminable size", at)
+        nbytes, has_object, aligned = extent
+        start = self.offset()
+        if has_object:
+            # joblib calls pickle.load() again here: a fresh stream (own stack and memo)
+            # whose imports and calls are recorded with this stream's.
+            if self.depth >= self.limits.max_depth:
+                raise LimitExceeded("joblib object arrays nested too deeply", at)
+            self.depth += 1
+            try:
+                self._loop(res)
+            finally:
+                self.depth -= 1
+            return Opaque("joblib object array")
+        if aligned:
+            self.skip(self.take(1)[0])
+            start = self.offset()
+        # Keep the first bytes: plain pickle.load would parse them as opcodes (see fmt_pickle).
+        head = self.take(min(nbytes, _ARRAY_HEAD))
+        self.skip(nbytes - len(head))
+        res.inline_arrays.append((start, nbytes, head))
+        return Opaque("joblib array")
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _is_global(value: object, name: str) -> bool:
+    return isinstance(value, Global) and value.effective == name
+
+
+def _parse_int(text: bytes, at: int, *, allow_bool: bool = True) -> int | bool:
+    if allow_bool and text == b"00":
+        return False
+    if allow_bool and text == b"01":
+        return True
+    try:
+        return int(text, 0)
+    except ValueError:
+        pass
+    try:
+        return int(text)
+    except ValueError:
+        raise PickleError("invalid literal for int", at) from None
+
+
+def _utf8(data: bytes, at: int) -> str:
+    try:
+        return data.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        raise PickleError("invalid UTF-8 in string argument", at) from None
+
+
+def _py2str(data: bytes) -> str:
+    # Python 2 str: pickle.load decodes it with its `encoding` (ASCII by default, utf-8 in
+    # torch). Latin-1 keeps every byte, so names compare exactly and non-ASCII never matches
+    # an allowlisted name.
+    return data.decode("latin-1")
+
+
+def _parse_string(text: bytes, at: int) -> str:
+    if len(text) >= 2 and text[0] == text[-1] and text[:1] in (b"'", b'"'):
+        try:
+            raw = codecs.escape_decode(text[1:-1])[0]
+        except ValueError:
+            raise PickleError("invalid escape in STRING argument", at) from None
+        return _py2str(raw)
+    raise PickleError("the STRING opcode argument must be quoted", at)
+
+
+def _ascii_line(text: bytes, at: int) -> str:
+    try:
+        return text.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PickleError("invalid UTF-8 in GLOBAL argument", at) from None
+
+
+def _memo_get(memo: dict[int, object], idx: int | bool, at: int) -> object:
+    try:
+        return memo[int(idx)]
+    except KeyError:
+        raise PickleError(f"Memo value not found at index {idx}", at) from None
+
+
+_NUMPY_ITEMSIZE = {"b": 1, "B": 1, "?": 1, "h": 2, "H": 2, "i": 4, "I": 4, "l": 8, "L": 8,
+                   "q": 8, "Q": 8, "e": 2, "f": 4, "d": 8, "g": 16, "F": 8, "D": 16, "G": 32}
+
+
+def _joblib_extent(state: object) -> tuple[int, bool, bool] | None:
+    """(nbytes, has_object, aligned) of a joblib NumpyArrayWrapper, or None if unknowable."""
+    if not isinstance(state, SymDict):
+        return None
+    shape = state.get("shape")
+    dtype = state.get("dtype")
+    aligned = state.get("numpy_array_alignment_bytes") is not None
+    if not isinstance(shape, tuple) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        return None
+    count = 1
+    for d in shape:
+        count *= int(d)
+    info = dtype_info(dtype)
+    if info is None:
+        return None
+    itemsize, has_object = info
+    return count * itemsize, has_object, aligned
+
+
+def dtype_info(dtype: object) -> tuple[int, bool] | None:
+    """(itemsize, has_object) of a pickled ``numpy.dtype(descr, align, copy)`` call."""
+    if not (isinstance(dtype, Call) and _is_global(dtype.func, "numpy.dtype")):
+        return None
+    args = dtype.args
+    if not isinstance(args, tuple) or not args or not isinstance(args[0], str):
+        return None
+    descr = args[0]
+    state = dtype.state
+    elsize = -1
+    flags = 0
+    if isinstance(state, tuple) and len(state) >= 8:
+        if isinstance(state[5], int):
+            elsize = int(state[5])
+        if isinstance(state[7], int):
+            flags = int(state[7])
+    has_object = descr.startswith("O") or bool(flags & 0x01)
+    if has_object:
+        return 8, True
+    if elsize > 0:
+        return elsize, False
+    size = _typestr_itemsize(descr)
+    return None if size is None else (size, False)
+
+
+def _typestr_itemsize(descr: str) -> int | None:
+    kind = descr.lstrip("<>|=")
+    if not kind:
+        return None
+    code, digits = kind[0], kind[1:]
+    if digits:
+        if not digits.isdigit():
+            return None
+        size = int(digits)
+        return size * 4 if code == "U" else size
+    return _NUMPY_ITEMSIZE.get(code)
+
+
+# --- public entry points --------------------------------------------------------------------
+
+
+def run_stream(
+    src: ByteSource,
+    *,
+    base: int = 0,
+    limits: Limits | None = None,
+    torch_names: bool = False,
+    joblib: bool = False,
+) -> StreamResult:
+    """Analyze the one pickle stream at the start of ``src``."""
+    return PickleCursor(src, base=base, limits=limits, torch_names=torch_names,
+                        joblib=joblib).stream()
+
+
+def render(value: object, depth: int = 0, budget: list[int] | None = None) -> str:
+    """Python-like source for a symbolic value: ``posix.system('touch x')``."""
+    if budget is None:
+        budget = [400]
+    budget[0] -= 1
+    if budget[0] < 0 or depth > 6:
+        return "..."
+
+    def r(v: object) -> str:
+        return render(v, depth + 1, budget)
+
+    if isinstance(value, Global):
+        return value.effective
+    if isinstance(value, ComputedGlobal):
+        return f"<import {r(value.module)}.{r(value.name)} computed at load time>"
+    if isinstance(value, Call):
+        args = value.args if isinstance(value.args, tuple) else (value.args,)
+        parts = [r(a) for a in args]
+        if isinstance(value.kwargs, SymDict):
+            parts += [f"{k}={r(v)}" for k, v in value.kwargs.items]
+        text = f"{r(value.func)}({', '.join(parts)})"
+        if value.state is not None:
+            text += f".__setstate__({r(value.state)})"
+        return text
+    if isinstance(value, SymList):
+        return "[" + ", ".join(r(v) for v in value.items[:8]) + (", ..." if len(value.items) > 8
+                                                                  else "") + "]"
+    if isinstance(value, SymDict):
+        items = ", ".join(f"{r(k)}: {r(v)}" for k, v in value.items[:8])
+        return "{" + items + (", ..." if len(value.items) > 8 else "") + "}"
+    if isinstance(value, SymSet):
+        return ("frozenset" if value.frozen else "set") + "({" + ", ".join(
+            r(v) for v in value.items[:8]) + "})"
+    if isinstance(value, tuple):
+        inner = ", ".join(r(v) for v in value[:8])
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    if isinstance(value, Blob):
+        return f"<{value.kind} of {value.length} bytes>"
+    if isinstance(value, PersistentRef):
+        return f"persistent_load({r(value.pid)})"
+    if isinstance(value, Opaque):
+        return f"<{value.what}>"
+    if isinstance(value, (str, bytes)):
+        text = repr(value)
+        return text if len(text) <= 120 else text[:117] + "..."
+    return repr(value)

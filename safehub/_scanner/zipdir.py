@@ -1,0 +1,249 @@
+"""Reading a zip archive's directory the way torch (miniz) and numpy (zipfile) do.
+
+Both loaders trust the central directory: a record's data is found from its
+central entry's local-header offset, and the local header contributes only the
+lengths that say where the data starts. Names, flags and CRCs in local headers
+are ignored by torch, so a scanner that trusts them can be shown different
+content than the loader. Here every discrepancy is recorded as an anomaly, and
+records are always located through the central directory.
+"""
+
+from __future__ import annotations
+
+import itertools
+import struct
+import zlib
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from safehub._scanner.source import ByteSource, FileRegion, StreamSource
+
+__all__ = ["ZipDirectory", "ZipEntry", "ZipError", "find_eocd", "read_directory"]
+
+_EOCD = b"PK\x05\x06"
+_EOCD64_LOCATOR = b"PK\x06\x07"
+_EOCD64 = b"PK\x06\x06"
+_CENTRAL = b"PK\x01\x02"
+_LOCAL = b"PK\x03\x04"
+_MAX_COMMENT = 0xFFFF
+_MAX_ENTRIES = 1_000_000
+
+
+class ZipError(Exception):
+    """The archive's directory cannot be read (internal)."""
+
+
+@dataclass
+class ZipEntry:
+    """One central-directory record and where its data really is."""
+
+    name: str
+    method: int
+    flags: int
+    compressed_size: int
+    size: int
+    header_offset: int  # absolute offset of the local header
+    data_offset: int = -1  # absolute offset of the data, from the local header's lengths
+    local_name: bytes = b""
+    local_flags: int = 0
+
+    @property
+    def lower(self) -> str:
+        return self.name.lower()
+
+
+@dataclass
+class ZipDirectory:
+    """The archive's records in central-directory order, plus what looked wrong."""
+
+    entries: list[ZipEntry]
+    prefix: int  # bytes before the archive (its start offset in the file)
+    anomalies: list[tuple[str, int | None]] = field(default_factory=list)  # (message, offset)
+    end: int = 0  # offset just after the end-of-central-directory record and comment
+
+
+def find_eocd(fh: BinaryIO, size: int) -> int | None:
+    """Offset of the last end-of-central-directory record, as zip readers search for it."""
+    if size < 22:
+        return None
+    tail_len = min(size, 22 + _MAX_COMMENT)
+    fh.seek(size - tail_len)
+    tail = fh.read(tail_len)
+    pos = tail.rfind(_EOCD)
+    while pos >= 0:
+        if pos + 22 <= len(tail):
+            comment_len = struct.unpack_from("<H", tail, pos + 20)[0]
+            if pos + 22 + comment_len <= len(tail):
+                return size - tail_len + pos
+        pos = tail.rfind(_EOCD, 0, pos)
+    return None
+
+
+def read_directory(fh: BinaryIO, size: int, eocd: int) -> ZipDirectory:
+    """Parse the central directory that the record at ``eocd`` describes."""
+    fh.seek(eocd)
+    rec = fh.read(22)
+    (_, disk, cd_disk, n_disk, n_total, cd_size, cd_offset, comment_len) = struct.unpack(
+        "<4sHHHHIIH", rec
+    )
+    anomalies: list[tuple[str, int | None]] = []
+    end = eocd + 22 + comment_len
+    cd_end = eocd
+    # torch writes a zip64 end record even for small archives; readers use it when its
+    # locator sits right before the classic record (zipfile looks exactly 76 bytes back).
+    fh.seek(max(0, eocd - 20))
+    locator = fh.read(20) if eocd >= 20 else b""
+    if locator[:4] == _EOCD64_LOCATOR:
+        rec64_at = eocd - 20 - 56
+        fh.seek(max(0, rec64_at))
+        rec64 = fh.read(56)
+        if rec64_at < 0 or len(rec64) < 56 or rec64[:4] != _EOCD64:
+            raise ZipError("zip64 end-of-directory record is missing")
+        if struct.unpack_from("<Q", locator, 8)[0] != rec64_at:
+            anomalies.append(("zip64 locator points elsewhere than its record", eocd - 20))
+        n_total, cd_size, cd_offset = struct.unpack_from("<QQQ", rec64, 32)
+        n_disk = n_total
+        cd_end = rec64_at
+    elif n_total == 0xFFFF or cd_size == 0xFFFFFFFF or cd_offset == 0xFFFFFFFF:
+        raise ZipError("zip64 archive without its locator")
+    if disk != 0 or cd_disk != 0 or n_disk != n_total:
+        anomalies.append(("multi-disk archive fields are set", eocd))
+    if n_total > _MAX_ENTRIES:
+        raise ZipError(f"archive declares {n_total} entries")
+    # Data before the archive: zipfile shifts every offset by it; torch refuses such files.
+    prefix = cd_end - cd_size - cd_offset
+    if prefix < 0:
+        raise ZipError("central directory lies outside the file")
+    fh.seek(cd_offset + prefix)
+    central = fh.read(cd_size)
+    if len(central) < cd_size:
+        raise ZipError("central directory is truncated")
+    entries = _parse_central(central, n_total, prefix, anomalies, cd_offset + prefix)
+    _read_local_headers(fh, size, entries, anomalies)
+    _check_layout(entries, anomalies, cd_offset + prefix)
+    return ZipDirectory(entries=entries, prefix=prefix, anomalies=anomalies, end=end)
+
+
+def _parse_central(
+    central: bytes, count: int, prefix: int, anomalies: list[tuple[str, int | None]], base: int
+) -> list[ZipEntry]:
+    entries: list[ZipEntry] = []
+    pos = 0
+    for _ in range(count):
+        if central[pos : pos + 4] != _CENTRAL or pos + 46 > len(central):
+            raise ZipError("central directory record is malformed")
+        (flags, method, csize, usize, name_len, extra_len, comment_len, lh_offset) = (
+            struct.unpack_from("<HH8xIIHHH8xI", central, pos + 8)
+        )
+        raw_name = central[pos + 46 : pos + 46 + name_len]
+        extra = central[pos + 46 + name_len : pos + 46 + name_len + extra_len]
+        if csize == 0xFFFFFFFF or usize == 0xFFFFFFFF or lh_offset == 0xFFFFFFFF:
+            usize, csize, lh_offset = _zip64_sizes(extra, usize, csize, lh_offset)
+        name = raw_name.decode("utf-8" if flags & 0x800 else "cp437", "replace")
+        if flags & 0x1:
+            anomalies.append((f"{name}: marked encrypted in the central directory", base + pos))
+        entries.append(ZipEntry(name=name, method=method, flags=flags, compressed_size=csize,
+                                size=usize, header_offset=lh_offset + prefix))
+        pos += 46 + name_len + extra_len + comment_len
+        if pos > len(central):
+            raise ZipError("central directory record is malformed")
+    return entries
+
+
+def _zip64_sizes(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int, int, int]:
+    pos = 0
+    while pos + 4 <= len(extra):
+        tag, length = struct.unpack_from("<HH", extra, pos)
+        if tag == 0x0001:
+            data = extra[pos + 4 : pos + 4 + length]
+            values = [struct.unpack_from("<Q", data, i)[0] for i in range(0, len(data) - 7, 8)]
+            it = iter(values)
+            if usize == 0xFFFFFFFF:
+                usize = next(it, usize)
+            if csize == 0xFFFFFFFF:
+                csize = next(it, csize)
+            if offset == 0xFFFFFFFF:
+                offset = next(it, offset)
+            break
+        pos += 4 + length
+    return usize, csize, offset
+
+
+def _read_local_headers(
+    fh: BinaryIO, size: int, entries: list[ZipEntry], anomalies: list[tuple[str, int | None]]
+) -> None:
+    for entry in entries:
+        fh.seek(entry.header_offset)
+        header = fh.read(30)
+        if len(header) < 30 or header[:4] != _LOCAL:
+            raise ZipError(f"{entry.name}: local header missing at {entry.header_offset}")
+        local_flags, _method = struct.unpack_from("<HH", header, 6)
+        name_len, extra_len = struct.unpack_from("<HH", header, 26)
+        entry.local_flags = local_flags
+        entry.local_name = fh.read(name_len)
+        entry.data_offset = entry.header_offset + 30 + name_len + extra_len
+        if entry.local_name != entry.name.encode("utf-8" if entry.flags & 0x800 else "cp437",
+                                                 "replace"):
+            anomalies.append((f"{entry.name}: local header names it {entry.local_name!r}",
+                              entry.header_offset))
+        if (local_flags ^ entry.flags) & 0x1:
+            anomalies.append((f"{entry.name}: local header encryption flag differs from the "
+                              "central directory", entry.header_offset))
+        if entry.data_offset + entry.compressed_size > size:
+            raise ZipError(f"{entry.name}: data extends past the end of the file")
+
+
+def _check_layout(
+    entries: list[ZipEntry], anomalies: list[tuple[str, int | None]], cd_start: int
+) -> None:
+    seen: dict[str, ZipEntry] = {}
+    for entry in entries:
+        key = entry.lower  # miniz compares names case-insensitively
+        if key in seen:
+            anomalies.append((f"duplicate entry name {entry.name!r}", entry.header_offset))
+        seen[key] = entry
+        if entry.method == 0 and entry.compressed_size != entry.size:
+            anomalies.append((f"{entry.name}: stored entry whose sizes differ",
+                              entry.header_offset))
+    spans = sorted((e.header_offset, e.data_offset + e.compressed_size, e.name) for e in entries)
+    for (_, end_a, name_a), (start_b, _, name_b) in itertools.pairwise(spans):
+        if start_b < end_a:
+            anomalies.append((f"entries {name_a!r} and {name_b!r} overlap", start_b))
+    if spans and spans[-1][1] > cd_start:
+        anomalies.append((f"entry {spans[-1][2]!r} overlaps the central directory", cd_start))
+
+
+class _Inflater:
+    """A raw-deflate stream over a file region, decompressing on demand with bounded output."""
+
+    def __init__(self, region: FileRegion):
+        self._region = region
+        self._z = zlib.decompressobj(-15)
+        self._pending = b""
+        self.error = ""
+
+    def read(self, n: int) -> bytes:
+        out = [self._pending[:n]]
+        have = len(out[0])
+        self._pending = self._pending[have:]
+        while have < n and not self._z.eof:
+            data = self._z.unconsumed_tail or self._region.read(1 << 16)
+            if not data and not self._z.unconsumed_tail:
+                break
+            try:
+                chunk = self._z.decompress(data, n - have)
+            except zlib.error as exc:
+                self.error = f"deflate data is corrupt: {exc}"
+                break
+            out.append(chunk)
+            have += len(chunk)
+        return b"".join(out)
+
+
+def open_entry(fh: BinaryIO, entry: ZipEntry, limit: int) -> tuple[ByteSource, _Inflater | None]:
+    """A source over the entry's uncompressed bytes (method 0 or 8), capped at ``limit``."""
+    region = FileRegion(fh, entry.data_offset, entry.compressed_size)
+    if entry.method == 0:
+        return FileRegion(fh, entry.data_offset, min(entry.size, entry.compressed_size)), None
+    inflater = _Inflater(region)
+    return StreamSource(inflater, min(limit, entry.size)), inflater  # type: ignore[arg-type]

@@ -1,0 +1,78 @@
+"""The ``safehub`` command. Each subcommand lives in its own module.
+
+Exit codes: 0 clean or allowed, 1 findings or denied, 2 error (usage, unreadable
+input, invalid policy, nothing scanned). stdout carries only the report; logs,
+progress and the summary go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+
+from safehub import __version__
+from safehub.cli._common import EXIT_ERROR, EXIT_FINDINGS
+from safehub.errors import IntegrityError, PolicyViolation, SafehubError, UnsafeModel
+
+__all__ = ["main"]
+
+# Subcommand modules, in the order `safehub --help` lists them.
+_COMMANDS = ["scan"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="safehub",
+        description="Use third-party PyTorch models without handing strangers code execution.",
+    )
+    parser.add_argument("--version", action="version", version=f"safehub {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="only errors on stderr; no text report on stdout")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="more detail: every finding, skipped files, debug logs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in _COMMANDS:
+        importlib.import_module(f"safehub.cli.{name}").register(sub)
+    return parser
+
+
+def _configure_logging(quiet: bool, verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("safehub: %(message)s"))
+    root = logging.getLogger("safehub")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (the library itself never exits)."""
+    parser = _parser()
+    # Global options are accepted before or after the subcommand.
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    hoisted = [a for a in args_list if a in ("-q", "--quiet", "-v", "--verbose")]
+    rest = [a for a in args_list if a not in hoisted]
+    try:
+        args = parser.parse_args(hoisted + rest)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
+        return int(exc.code or 0)
+    _configure_logging(args.quiet, args.verbose)
+    log = logging.getLogger("safehub")
+    try:
+        return int(args.run(args))
+    except (PolicyViolation, UnsafeModel, IntegrityError) as exc:
+        log.error("%s", exc.diagnostics())
+        return EXIT_FINDINGS
+    except SafehubError as exc:
+        log.error("%s", exc.diagnostics())
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return EXIT_ERROR
+    except Exception:  # the one catch-all: an internal error is never a clean exit
+        log.error("internal error (please report it):\n%s", traceback.format_exc())
+        return EXIT_ERROR

@@ -1,0 +1,106 @@
+"""What every subcommand shares: exit codes, output options, logging, color, progress."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import TextIO
+
+from safehub._format import OutputFormat, render_report
+from safehub.findings import ScanReport, Verdict
+
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_FINDINGS",
+    "EXIT_OK",
+    "ProgressLine",
+    "add_output_options",
+    "exit_code_for",
+    "use_color",
+    "write_report",
+]
+
+EXIT_OK = 0  # clean, allowed, verified
+EXIT_FINDINGS = 1  # findings, denied, not verified
+EXIT_ERROR = 2  # usage, unreadable input, invalid policy, nothing scanned
+
+log = logging.getLogger("safehub")
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("output")
+    group.add_argument("-f", "--format", choices=[f.value for f in OutputFormat],
+                       default=OutputFormat.TEXT.value, help="report format (default: text)")
+    group.add_argument("-o", "--output", metavar="FILE",
+                       help="write the report to FILE instead of stdout")
+
+
+def use_color(stream: TextIO) -> bool:
+    """Colors only on a terminal, and never when NO_COLOR is set (https://no-color.org)."""
+    return stream.isatty() and not os.environ.get("NO_COLOR")
+
+
+def write_report(report: ScanReport, args: argparse.Namespace, *, command: str) -> None:
+    fmt = OutputFormat(args.format)
+    if args.output:
+        text = render_report(report, fmt, verbose=args.verbose, command=command)
+        tmp = f"{args.output}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, args.output)
+        log.info("report written to %s", args.output)
+        return
+    if args.quiet and fmt is OutputFormat.TEXT:
+        return
+    text = render_report(report, fmt, color=use_color(sys.stdout), verbose=args.verbose,
+                         command=command)
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def exit_code_for(report: ScanReport) -> int:
+    """1 when anything is unsafe; else 2 when something could not be scanned or nothing was;
+    else 0."""
+    if report.unsafe:
+        return EXIT_FINDINGS
+    if not report.files or any(f.verdict is Verdict.ERROR for f in report.files) or any(
+        f.verdict is Verdict.UNKNOWN for f in report.files
+    ):
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+class ProgressLine:
+    """A one-line progress display on stderr, drawn only when stderr is a terminal."""
+
+    def __init__(self, label: str, stream: TextIO | None = None):
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty() and not os.environ.get("SAFEHUB_NO_PROGRESS")
+        self.label = label
+        self.count = 0
+
+    def __call__(self, item: str) -> None:
+        if not self.enabled:
+            return
+        self.count += 1
+        text = f"\r{self.label} {self.count}: {item}"[:100]
+        self.stream.write(text.ljust(100))
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.enabled and self.count:
+            self.stream.write("\r" + " " * 100 + "\r")
+            self.stream.flush()
+
+    def bytes_callback(self, total: int | None) -> Callable[[int], None]:
+        """A callback for byte counts (downloads), drawn as a percentage when total is known."""
+        def update(done: int) -> None:
+            if not self.enabled:
+                return
+            pct = f"{100 * done // total}%" if total else f"{done >> 20} MiB"
+            self.stream.write(f"\r{self.label} {pct}".ljust(60))
+            self.stream.flush()
+        return update

@@ -1,0 +1,44 @@
+"""``safehub scan PATH...``: the static scanner, for people and CI."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from safehub._format.text import summary_line
+from safehub.cli._common import ProgressLine, add_output_options, exit_code_for, write_report
+from safehub.scan import ScanOptions, check_allowable, scan
+
+__all__ = ["register"]
+
+log = logging.getLogger("safehub")
+
+HELP = "scan model files and folders for code that loading them would run"
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("scan", help=HELP, description=HELP + (
+        ". Exit 0 when every file is clean, 1 when any is unsafe, 2 when a file could not "
+        "be scanned or nothing was."))
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (recursive)")
+    p.add_argument("--allow-global", action="append", default=[], metavar="NAME",
+                   help="also allow this global (exact name or module.*); repeatable")
+    p.add_argument("--allow-torchscript", action="store_true",
+                   help="accept TorchScript archives (their code must then run sandboxed)")
+    add_output_options(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    allowed = tuple(args.allow_global)
+    check_allowable(allowed, source="--allow-global")
+    options = ScanOptions(allowed_globals=allowed, allow_torchscript=args.allow_torchscript,
+                          allowed_by="command line")
+    progress = ProgressLine("scanning")
+    report = scan(args.paths, options=options, progress=progress)
+    progress.done()
+    write_report(report, args, command="scan")
+    for item in report.unscanned:
+        log.warning("not scanned: %s (%s)", item.path, item.error or "unrecognized format")
+    log.info("%s", summary_line(report))
+    return exit_code_for(report)

@@ -1,0 +1,138 @@
+"""The exception hierarchy: one root, one type per kind of verdict.
+
+Every error carries ``diagnostics()``: what happened, to which input, and the
+narrowest change that would fix it. The CLI prints it; library callers can show
+it or inspect the structured attributes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "FetchError",
+    "IntegrityError",
+    "PolicyError",
+    "PolicyIssue",
+    "PolicyViolation",
+    "SafehubError",
+    "SandboxError",
+    "UnsafeModel",
+]
+
+
+class SafehubError(Exception):
+    """Root of every error safehub raises on purpose.
+
+    ``subject`` names the input the error is about (a file, a repo, a URL);
+    ``fix`` is the narrowest change that would make the operation succeed.
+    """
+
+    def __init__(self, message: str, *, subject: str | None = None, fix: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.subject = subject
+        self.fix = fix
+
+    def diagnostics(self) -> str:
+        """A multi-line explanation for humans: what, where, and what to do."""
+        lines = [self.message]
+        if self.subject:
+            lines.append(f"  input: {self.subject}")
+        lines.extend(self._details())
+        if self.fix:
+            lines.append(f"  fix: {self.fix}")
+        return "\n".join(lines)
+
+    def _details(self) -> list[str]:
+        return []
+
+
+class PolicyViolation(SafehubError):
+    """The policy denied the request. ``trail`` holds the rules that decided it."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        subject: str | None = None,
+        fix: str | None = None,
+        trail: Sequence[str] = (),
+    ):
+        super().__init__(message, subject=subject, fix=fix)
+        self.trail = list(trail)
+
+    def _details(self) -> list[str]:
+        return [f"  rule: {step}" for step in self.trail]
+
+
+class IntegrityError(SafehubError):
+    """A digest, pin or signature did not match the bytes at hand."""
+
+
+class UnsafeModel(SafehubError):
+    """Scanning found something that deserializing would execute or do.
+
+    ``report`` is the :class:`safehub.scan.ScanReport` (or file report) that
+    holds the findings.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        subject: str | None = None,
+        fix: str | None = None,
+        report: object | None = None,
+    ):
+        super().__init__(message, subject=subject, fix=fix)
+        self.report = report
+
+    def _details(self) -> list[str]:
+        findings = getattr(self.report, "findings", None) or []
+        return [f"  {f.rule_id} {f.severity.value}: {f.message}" for f in findings[:20]]
+
+
+class SandboxError(SafehubError):
+    """The sandboxed child hit a limit, died, or could not be isolated as required."""
+
+
+class FetchError(SafehubError):
+    """Getting code or weights failed (network, HTTP status, size, archive validation)."""
+
+
+class PolicyIssue:
+    """One problem in a policy file: where it is and what is wrong."""
+
+    __slots__ = ("file", "key", "line", "message")
+
+    def __init__(self, file: str, key: str, message: str, line: int | None = None):
+        self.file = file
+        self.key = key
+        self.message = message
+        self.line = line
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where}: {self.key or '<root>'}: {self.message}"
+
+    def __repr__(self) -> str:
+        return f"PolicyIssue({self!s})"
+
+
+class PolicyError(SafehubError):
+    """A policy file is missing or invalid. ``issues`` lists every problem at once."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        subject: str | None = None,
+        fix: str | None = None,
+        issues: Sequence[PolicyIssue] = (),
+    ):
+        super().__init__(message, subject=subject, fix=fix)
+        self.issues = list(issues)
+
+    def _details(self) -> list[str]:
+        return [f"  {issue}" for issue in self.issues]

@@ -1,0 +1,124 @@
+"""Findings and verdicts: the values every stage reports and every formatter renders."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from enum import Enum
+
+from safehub.rules import RULES, Severity
+
+__all__ = ["FileReport", "Finding", "ScanReport", "Severity", "Skipped", "Verdict"]
+
+
+class Verdict(str, Enum):
+    """The outcome for one file."""
+
+    CLEAN = "clean"  # scanned completely; nothing blocking
+    UNSAFE = "unsafe"  # at least one blocking finding
+    UNKNOWN = "unknown"  # not a format safehub can check: never reported as clean
+    ERROR = "error"  # could not be read
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One observation about one input, with where it is and what it means.
+
+    ``location`` is the record inside an archive (``archive/data.pkl``) or empty
+    for the file itself; ``offset`` is the byte offset inside that record or file.
+    ``subject`` is what the finding is about (a global like ``posix.system``, an
+    opcode, a key), ``payload`` a rendering of what loading would do.
+    ``allowed_by`` is set when a policy or option let the finding pass.
+    """
+
+    rule_id: str
+    severity: Severity
+    message: str
+    path: str = ""
+    location: str = ""
+    offset: int | None = None
+    subject: str = ""
+    payload: str = ""
+    allowed_by: str = ""
+
+    @property
+    def rule_name(self) -> str:
+        return RULES[self.rule_id].name
+
+    @property
+    def blocking(self) -> bool:
+        """Whether this finding makes its file unsafe."""
+        return self.severity.blocking and not self.allowed_by
+
+    def fingerprint(self) -> str:
+        """A stable id for the finding that survives re-runs and unrelated edits.
+
+        It hashes what the finding is (rule, path, record, subject), not where the
+        bytes happen to sit, so findings do not churn between runs.
+        """
+        key = "\x1f".join((self.rule_id, self.path, self.location, self.subject))
+        return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+    def with_path(self, path: str) -> Finding:
+        return replace(self, path=path)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An input that was deliberately not scanned, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class FileReport:
+    """Everything the scanner found in one file."""
+
+    path: str
+    format: str
+    size: int
+    findings: tuple[Finding, ...] = ()
+    records: tuple[str, ...] = ()  # pickle-bearing records that were analyzed
+    error: str = ""
+
+    @property
+    def verdict(self) -> Verdict:
+        if self.error:
+            return Verdict.ERROR
+        if self.format == "unknown":
+            return Verdict.UNKNOWN
+        if any(f.blocking for f in self.findings):
+            return Verdict.UNSAFE
+        return Verdict.CLEAN
+
+    @property
+    def max_severity(self) -> Severity | None:
+        blocking = [f.severity for f in self.findings if f.blocking]
+        return max(blocking, key=lambda s: s.rank) if blocking else None
+
+
+@dataclass(frozen=True)
+class ScanReport:
+    """The result of scanning one or more inputs."""
+
+    files: tuple[FileReport, ...] = ()
+    skipped: tuple[Skipped, ...] = ()
+    roots: tuple[str, ...] = field(default=())
+
+    @property
+    def findings(self) -> list[Finding]:
+        return [f for report in self.files for f in report.findings]
+
+    @property
+    def clean(self) -> bool:
+        """True only when something was scanned and every scanned file is clean."""
+        return bool(self.files) and all(r.verdict is Verdict.CLEAN for r in self.files)
+
+    @property
+    def unsafe(self) -> list[FileReport]:
+        return [r for r in self.files if r.verdict is Verdict.UNSAFE]
+
+    @property
+    def unscanned(self) -> list[FileReport]:
+        return [r for r in self.files if r.verdict in (Verdict.UNKNOWN, Verdict.ERROR)]
