@@ -1,0 +1,63 @@
+"""Fixtures shared by every test module."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# ../shared beside the repo (CI always has it); SAFEHUB_SHARED overrides the location.
+SHARED = Path(os.environ.get("SAFEHUB_SHARED", REPO.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The ../shared material; tests that need it skip, saying so, when it is absent."""
+    if not (SHARED / "corpus" / "labels.json").is_file():
+        pytest.skip(f"../shared material not found at {SHARED} (set SAFEHUB_SHARED)")
+    return SHARED
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli() -> Callable[..., CliResult]:
+    """Run ``safehub`` in-process: ``cli("scan", path)`` -> CliResult(code, out, err)."""
+    from safehub.cli import main
+
+    def run(*args: str | os.PathLike[str]) -> CliResult:
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            code = main([os.fspath(a) for a in args])
+        return CliResult(code, out.getvalue(), err.getvalue())
+
+    return run
+
+
+def run_module(*args: str | os.PathLike[str], env: dict[str, str] | None = None,
+               cwd: str | os.PathLike[str] | None = None, timeout: float = 120) -> CliResult:
+    """Run ``python -m safehub ARGS`` in a real subprocess."""
+    proc = subprocess.run([sys.executable, "-m", "safehub", *map(os.fspath, args)],
+                          capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture
+def marker_dir(tmp_path: Path) -> Iterator[Path]:
+    """A private folder where harmless attack payloads drop their marker files."""
+    d = tmp_path / "markers"
+    d.mkdir()
+    yield d
