@@ -28,7 +28,9 @@ class Finding:
     for the file itself; ``offset`` is the byte offset inside that record or file.
     ``subject`` is what the finding is about (a global like ``posix.system``, an
     opcode, a key), ``payload`` a rendering of what loading would do.
-    ``allowed_by`` is set when a policy or option let the finding pass.
+    ``allowed_by`` is set when a policy or option let the finding pass;
+    ``block_at`` is the severity from which findings block (the policy's
+    ``scanner.block_severity``): below it a finding only warns.
     """
 
     rule_id: str
@@ -40,6 +42,7 @@ class Finding:
     subject: str = ""
     payload: str = ""
     allowed_by: str = ""
+    block_at: Severity = Severity.LOW
 
     @property
     def rule_name(self) -> str:
@@ -48,7 +51,7 @@ class Finding:
     @property
     def blocking(self) -> bool:
         """Whether this finding makes its file unsafe."""
-        return self.severity.blocking and not self.allowed_by
+        return not self.allowed_by and self.severity.rank >= self.block_at.rank
 
     def fingerprint(self) -> str:
         """A stable id for the finding that survives re-runs and unrelated edits.

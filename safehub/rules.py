@@ -14,7 +14,7 @@ __all__ = ["RULES", "Rule", "Severity", "rule"]
 
 
 class Severity(str, Enum):
-    """How bad a finding is. Everything from LOW up blocks unless a policy allows it."""
+    """How bad a finding is. By default everything from LOW up blocks (see Finding.block_at)."""
 
     INFO = "info"
     LOW = "low"
@@ -25,11 +25,6 @@ class Severity(str, Enum):
     @property
     def rank(self) -> int:
         return _RANK[self]
-
-    @property
-    def blocking(self) -> bool:
-        """Whether a finding of this severity makes a file unsafe by default."""
-        return self is not Severity.INFO
 
 
 _RANK = {s: i for i, s in enumerate(Severity)}
@@ -181,6 +176,16 @@ RULES: dict[str, Rule] = _rules(
     Rule("SH304", "signature-missing", Severity.MEDIUM,
          "No signature was found where the policy expects one.",
          "Sign the model (`safehub sign`) or place its model.sig beside it."),
+    Rule("SH305", "unsafe-path", Severity.CRITICAL,
+         "The model tree or its signed manifest holds a path safehub refuses to verify: a "
+         "symlink, a special file, an absolute path or one that climbs out with `..`.",
+         "Replace symlinks with the files they point to and re-sign; never load a model whose "
+         "signed manifest names paths outside it."),
+    Rule("SH306", "certificate-invalid", Severity.CRITICAL,
+         "The signing certificate does not chain to a trusted CA, is expired or not yet valid, "
+         "or may not be used for signing.",
+         "Verify against the CA that issued the signer's certificate, or have the model "
+         "re-signed with a currently valid code-signing certificate."),
     # --- SH4xx: cache ----------------------------------------------------------------------
     Rule("SH400", "cache-tampered", Severity.CRITICAL,
          "A cached file changed since it was downloaded and recorded.",

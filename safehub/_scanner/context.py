@@ -29,6 +29,7 @@ class ScanOptions:
     max_record_size: int = 4 << 30  # one pickle record (decompressed)
     limits: Limits = field(default_factory=Limits)
     allowed_by: str = "options"  # named in findings that the options let pass
+    block_severity: Severity = Severity.LOW  # findings below this only warn
 
 
 class FileScan:
@@ -65,5 +66,6 @@ class FileScan:
                 subject=subject,
                 payload=payload,
                 allowed_by=allowed_by,
+                block_at=self.options.block_severity,
             )
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import replace
 
 from safehub._format.text import summary_line
 from safehub.cli._common import ProgressLine, add_output_options, exit_code_for, write_report
@@ -25,15 +26,37 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="also allow this global (exact name or module.*); repeatable")
     p.add_argument("--allow-torchscript", action="store_true",
                    help="accept TorchScript archives (their code must then run sandboxed)")
+    p.add_argument("--policy", metavar="NAME|PATH", help=(
+        "take allowed globals, TorchScript acceptance, size limits and the blocking severity "
+        "from this policy (default: $SAFEHUB_POLICY or [tool.safehub], if set)"))
     add_output_options(p)
     p.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def _options(args: argparse.Namespace) -> ScanOptions:
     allowed = tuple(args.allow_global)
     check_allowable(allowed, source="--allow-global")
     options = ScanOptions(allowed_globals=allowed, allow_torchscript=args.allow_torchscript,
                           allowed_by="command line")
+    # Only a selected policy is loaded: the built-in default adds nothing to the scanner's own
+    # defaults, and skipping it keeps `safehub scan` fast.
+    from safehub._policy.loader import resolve_spec
+
+    spec, why = resolve_spec(args.policy)
+    if why == "the built-in default":
+        return options
+    from safehub.policy import load_policy
+
+    policy = load_policy(spec)
+    log.debug("policy %s (%s)", policy.name, why)
+    base = policy.scan_options()
+    return replace(base, allowed_globals=base.allowed_globals + allowed,
+                   allow_torchscript=base.allow_torchscript or args.allow_torchscript,
+                   allowed_by=base.allowed_by if not allowed else "policy and command line")
+
+
+def run(args: argparse.Namespace) -> int:
+    options = _options(args)
     progress = ProgressLine("scanning")
     report = scan(args.paths, options=options, progress=progress)
     progress.done()

@@ -1,0 +1,1 @@
+"""The policy engine's internals. The public face is :mod:`safehub.policy`."""

@@ -1,0 +1,435 @@
+"""Turning a request into a Decision, with the trail of rules that produced it.
+
+Each kind of request has one function here. They only read the effective policy
+(and, for torch's trusted_list, one small file when the policy says so): no
+network, no scanning. A Decision says allowed or not, which rules matched (file
+and key of each), what is still required (a pin, a signature), and for a denial
+the narrowest change that would allow it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from safehub._policy.loader import LoadedPolicy
+from safehub._policy.schema import REPO_RE, SHA1_RE, RepoRule, SignatureRule
+from safehub._policy.urls import is_loopback_http, url_matches_prefix
+from safehub.errors import PolicyViolation
+from safehub.findings import FileReport, Verdict
+from safehub.rules import Severity
+
+__all__ = [
+    "Decision",
+    "DownloadRequest",
+    "FileRequest",
+    "RepoRequest",
+    "Requirement",
+    "SandboxRequest",
+    "Step",
+    "TrustRepo",
+    "decide",
+]
+
+TrustRepo = bool | Literal["check"] | None
+
+
+@dataclass(frozen=True)
+class RepoRequest:
+    """Use code from a repository: ``owner/name[:ref]``, optionally one entrypoint."""
+
+    repo: str
+    ref: str | None = None
+    entrypoint: str | None = None
+    trust_repo: TrustRepo = None
+    source: Literal["github", "local"] = "github"
+    hub_dir: str | None = None  # torch.hub's directory, for its trusted_list
+
+
+@dataclass(frozen=True)
+class DownloadRequest:
+    """Download a URL (weights), on behalf of a repo or the caller."""
+
+    url: str
+    file_name: str | None = None
+    repo: str | None = None
+    known_digest: str | None = None  # a digest from the lockfile or a signature
+
+
+@dataclass(frozen=True)
+class FileRequest:
+    """Load a file that was scanned (the report holds the findings)."""
+
+    report: FileReport
+    repo: str | None = None
+
+
+@dataclass(frozen=True)
+class SandboxRequest:
+    """Run code in the sandbox given which isolation layers this machine has.
+
+    ``available`` maps layer name -> None when available, or the reason it is not.
+    """
+
+    available: Mapping[str, str | None]
+
+
+Request = RepoRequest | DownloadRequest | FileRequest | SandboxRequest
+
+
+@dataclass(frozen=True)
+class Step:
+    """One rule that took part in a decision."""
+
+    rule: str  # dotted key, e.g. "trust.owners"
+    source: str  # file:line that holds it, or "built-in default"
+    outcome: Literal["allow", "deny", "require", "warn", "note"]
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.outcome:7} {self.rule} ({self.source}): {self.message}"
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """Something that must still hold for the request to go ahead."""
+
+    kind: Literal["commit", "sha256", "signature", "sandbox"]
+    value: str
+    rule: str
+    anchors: tuple[str, ...] = ()  # key / certificate files for signatures
+    ignore_unsigned_files: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The answer to a request, and why."""
+
+    allowed: bool
+    subject: str
+    trail: tuple[Step, ...]
+    requirements: tuple[Requirement, ...] = ()
+    fix: str = ""
+    policy: str = ""
+
+    @property
+    def warnings(self) -> list[Step]:
+        return [s for s in self.trail if s.outcome == "warn"]
+
+    def requirement(self, kind: str) -> Requirement | None:
+        return next((r for r in self.requirements if r.kind == kind), None)
+
+    def raise_if_denied(self) -> Decision:
+        """Raise :class:`PolicyViolation` (with the trail and the fix) when denied."""
+        if not self.allowed:
+            denial = next((s for s in self.trail if s.outcome == "deny"), None)
+            message = denial.message if denial else "denied by policy"
+            raise PolicyViolation(f"policy {self.policy!r} denies {self.subject}: {message}",
+                                  subject=self.subject, fix=self.fix,
+                                  trail=[str(s) for s in self.trail])
+        return self
+
+
+@dataclass
+class _Trail:
+    policy: LoadedPolicy
+    steps: list[Step] = field(default_factory=list)
+    requirements: list[Requirement] = field(default_factory=list)
+    denied: bool = False
+    fix: str = ""
+
+    def add(self, outcome: Literal["allow", "deny", "require", "warn", "note"], message: str,
+            *key: str) -> None:
+        self.steps.append(Step(".".join(key), self.policy.where(*key), outcome, message))
+        if outcome == "deny":
+            self.denied = True
+
+    def deny(self, message: str, fix: str, *key: str) -> None:
+        self.add("deny", message, *key)
+        if not self.fix:
+            self.fix = fix
+
+    def decision(self, subject: str) -> Decision:
+        return Decision(allowed=not self.denied, subject=subject, trail=tuple(self.steps),
+                        requirements=tuple(self.requirements), fix=self.fix,
+                        policy=self.policy.model.name or self.policy.chain[-1])
+
+
+def decide(policy: LoadedPolicy, request: Request) -> Decision:
+    if isinstance(request, RepoRequest):
+        return _decide_repo(policy, request)
+    if isinstance(request, DownloadRequest):
+        return _decide_download(policy, request)
+    if isinstance(request, FileRequest):
+        return _decide_file(policy, request)
+    return _decide_sandbox(policy, request)
+
+
+# --- repositories ----------------------------------------------------------------------------
+
+
+def repo_rule(policy: LoadedPolicy, repo: str) -> tuple[str, RepoRule] | None:
+    """The rule for ``owner/name``: an exact key wins over ``owner/*``."""
+    rules = policy.model.repos
+    if repo in rules:
+        return repo, rules[repo]
+    owner = repo.split("/", 1)[0]
+    wildcard = f"{owner}/*"
+    if wildcard in rules:
+        return wildcard, rules[wildcard]
+    return None
+
+
+def _policy_file(policy: LoadedPolicy) -> str:
+    """Where a fix should go: the leaf file, or a new file extending the preset in use."""
+    leaf = policy.chain[-1]
+    if leaf.startswith("preset:"):
+        return f"a policy file with `extends = \"{leaf[len('preset:'):]}\"`"
+    return leaf
+
+
+def _decide_repo(policy: LoadedPolicy, req: RepoRequest) -> Decision:
+    t = _Trail(policy)
+    m = policy.model
+    subject = req.repo + (f":{req.ref}" if req.ref else "")
+    if req.entrypoint:
+        subject += f" entrypoint {req.entrypoint!r}"
+    pfile = _policy_file(policy)
+    if req.source == "local":
+        t.add("allow", "local folder: its code runs only in the sandbox", "source")
+        _signature_requirements(t, policy, f"path:{req.repo}", local_path=req.repo)
+        t.requirements.append(Requirement("sandbox", "required", "sandbox"))
+        return t.decision(subject)
+    if not REPO_RE.match(req.repo):
+        t.deny(f"{req.repo!r} is not 'owner/name'", "name the repository as owner/name",
+               "repos")
+        return t.decision(subject)
+    owner = req.repo.split("/", 1)[0]
+    if owner in m.trust.denied_owners:
+        t.deny(f"owner {owner!r} is denied", f"remove {owner!r} from trust.denied_owners in "
+               f"{policy.where('trust', 'denied_owners').split(':')[0]}", "trust",
+               "denied_owners")
+        return t.decision(subject)
+    found = repo_rule(policy, req.repo)
+    rule = found[1] if found else None
+    key = found[0] if found else ""
+    if rule is not None and not rule.allow:
+        t.deny(f"repo rule {key!r} denies it", f"set allow = true for {key!r} in [repos]",
+               "repos", key, "allow")
+        return t.decision(subject)
+    _trust(t, policy, req, rule, key, owner, pfile)
+    if t.denied:
+        return t.decision(subject)
+    _commit(t, policy, req, rule, key, pfile)
+    if req.entrypoint and rule is not None and rule.entrypoints is not None:
+        if req.entrypoint in rule.entrypoints:
+            t.add("allow", f"entrypoint {req.entrypoint!r} is listed", "repos", key,
+                  "entrypoints")
+        else:
+            t.deny(f"entrypoint {req.entrypoint!r} is not in {rule.entrypoints}",
+                   f"add {req.entrypoint!r} to repos.{key!r}.entrypoints in {pfile}",
+                   "repos", key, "entrypoints")
+    _signature_requirements(t, policy, req.repo)
+    t.requirements.append(Requirement("sandbox", "required", "sandbox"))
+    if m.sandbox.unsafe_allow_unsandboxed:
+        t.add("warn", "UNSAFE: repo code may run outside the sandbox where none is possible",
+              "sandbox", "unsafe_allow_unsandboxed")
+    return t.decision(subject)
+
+
+def _trust(t: _Trail, policy: LoadedPolicy, req: RepoRequest, rule: RepoRule | None, key: str,
+           owner: str, pfile: str) -> None:
+    m = policy.model
+    if owner in m.trust.owners:
+        t.add("allow", f"owner {owner!r} is trusted", "trust", "owners", owner)
+        return
+    if rule is not None:
+        t.add("allow", f"repo is listed as {key!r}", "repos", key)
+        return
+    if req.trust_repo is True:
+        if m.trust.honor_trust_repo:
+            t.add("allow", "trusted by the caller for this call (trust_repo=True)", "trust",
+                  "honor_trust_repo")
+            return
+        t.add("note", "trust_repo=True is ignored by this policy", "trust", "honor_trust_repo")
+    if (m.trust.read_torch_trusted_list and req.hub_dir
+            and _in_torch_trusted_list(req.hub_dir, req.repo)):
+        t.add("allow", "listed in torch.hub's trusted_list", "trust", "read_torch_trusted_list")
+        return
+    if m.trust.unknown_repos == "sandbox":
+        t.add("warn", f"{req.repo} is not trusted; allowed to run sandboxed only", "trust",
+              "unknown_repos")
+        return
+    hint = " or pass trust_repo=True / --trust-repo" if m.trust.honor_trust_repo else ""
+    t.deny(f"{req.repo} is not trusted (owner {owner!r} is not in trust.owners)",
+           f"add [repos.\"{req.repo}\"] to {pfile}{hint}", "trust", "unknown_repos")
+
+
+def _commit(t: _Trail, policy: LoadedPolicy, req: RepoRequest, rule: RepoRule | None, key: str,
+            pfile: str) -> None:
+    pinned = rule.commit if rule is not None else None
+    if pinned:
+        if req.ref and SHA1_RE.match(req.ref) and req.ref != pinned:
+            t.deny(f"ref {req.ref} differs from the pinned commit {pinned}",
+                   f"use {req.repo}:{pinned}, or change repos.{key!r}.commit in {pfile}",
+                   "repos", key, "commit")
+            return
+        t.requirements.append(Requirement("commit", pinned, f"repos.{key}.commit"))
+        t.add("require", f"the ref must resolve to commit {pinned}", "repos", key, "commit")
+    elif policy.model.trust.require_commit_pin:
+        t.deny(f"{req.repo} is not pinned to a commit",
+               f"set commit = \"<40-hex sha>\" under [repos.\"{req.repo}\"] in {pfile}",
+               "trust", "require_commit_pin")
+
+
+def _in_torch_trusted_list(hub_dir: str, repo: str) -> bool:
+    # torch.hub stores "owner_name" per line in <hub_dir>/trusted_list.
+    path = Path(hub_dir) / "trusted_list"
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return False
+    owner, name = repo.split("/", 1)
+    return f"{owner}_{name}" in {line.strip() for line in lines}
+
+
+def _signature_requirements(t: _Trail, policy: LoadedPolicy, scope: str,
+                            local_path: str | None = None) -> None:
+    for index, rule in enumerate(policy.model.signatures):
+        if _signature_applies(rule, scope, local_path):
+            anchors = tuple(_anchor_path(policy, index, p)
+                            for p in (*rule.public_keys, *rule.certificate_chains))
+            t.requirements.append(Requirement("signature", rule.scope, f"signatures[{index}]",
+                                              anchors, rule.ignore_unsigned_files))
+            t.add("require", f"must be signed by one of {len(anchors)} trusted keys or chains",
+                  "signatures", str(index))
+
+
+def _signature_applies(rule: SignatureRule, scope: str, local_path: str | None) -> bool:
+    if rule.scope.startswith("path:"):
+        if local_path is None:
+            return False
+        pattern = rule.scope[len("path:"):]
+        full = os.path.abspath(local_path)
+        return fnmatch.fnmatch(full, os.path.abspath(pattern)) or fnmatch.fnmatch(
+            local_path, pattern)
+    if local_path is not None:
+        return False
+    owner = scope.split("/", 1)[0]
+    return rule.scope in (scope, f"{owner}/*", "*/*")
+
+
+def _anchor_path(policy: LoadedPolicy, index: int, path: str) -> str:
+    """Key and certificate paths are relative to the policy file that names them."""
+    source = policy.provenance.get(("signatures", str(index)), "")
+    if os.path.isabs(path) or not source or source.startswith("preset:"):
+        return path
+    return str(Path(source).parent / path)
+
+
+# --- downloads --------------------------------------------------------------------------------
+
+
+def _decide_download(policy: LoadedPolicy, req: DownloadRequest) -> Decision:
+    t = _Trail(policy)
+    d = policy.model.downloads
+    pfile = _policy_file(policy)
+    if d.offline or os.environ.get("SAFEHUB_OFFLINE") == "1":
+        t.deny("offline mode: no downloads", "run online, or put the file in the cache first",
+               "downloads", "offline")
+        return t.decision(req.url)
+    scheme = urlsplit(req.url).scheme
+    if scheme != "https":
+        if scheme == "http" and is_loopback_http(req.url) and d.allow_http_loopback:
+            t.add("allow", "plain http to a loopback address", "downloads",
+                  "allow_http_loopback")
+        else:
+            reason = ("plain http (only loopback with downloads.allow_http_loopback)"
+                      if scheme == "http" else f"the {scheme or 'missing'} scheme")
+            t.deny(f"{reason} is not allowed", "use an https:// URL", "downloads",
+                   "allowed_urls")
+            return t.decision(req.url)
+    prefix = next((p for p in d.allowed_urls if url_matches_prefix(req.url, p)), None)
+    if prefix is None:
+        suggestion = _prefix_for(req.url)
+        t.deny("the URL is outside downloads.allowed_urls",
+               f"add {suggestion!r} to downloads.allowed_urls in {pfile}", "downloads",
+               "allowed_urls")
+        return t.decision(req.url)
+    t.add("allow", f"matches allowed prefix {prefix!r}", "downloads", "allowed_urls", prefix)
+    pin_key = req.url if req.url in d.pins else (
+        req.file_name if req.file_name and req.file_name in d.pins else None)
+    if pin_key is not None:
+        t.requirements.append(Requirement("sha256", d.pins[pin_key],
+                                          f"downloads.pins.{pin_key}"))
+        t.add("require", f"SHA-256 must be {d.pins[pin_key]}", "downloads", "pins", pin_key)
+    elif req.known_digest:
+        t.requirements.append(Requirement("sha256", req.known_digest, "lockfile"))
+        t.add("require", f"SHA-256 must be {req.known_digest} (lockfile)", "downloads")
+    elif d.require_digests:
+        t.deny("the file has no SHA-256 pin and the policy requires one",
+               f"add \"{req.url}\" = \"<sha256>\" under [downloads.pins] in {pfile}, or lock "
+               "it with `safehub lock`", "downloads", "require_digests")
+    return t.decision(req.url)
+
+
+def _prefix_for(url: str) -> str:
+    parts = urlsplit(url)
+    directory = parts.path.rsplit("/", 1)[0] + "/"
+    return f"{parts.scheme}://{parts.netloc}{directory}"
+
+
+# --- scanned files ----------------------------------------------------------------------------
+
+
+def _decide_file(policy: LoadedPolicy, req: FileRequest) -> Decision:
+    t = _Trail(policy)
+    report = req.report
+    threshold = Severity(policy.model.scanner.block_severity)
+    if report.verdict in (Verdict.UNKNOWN, Verdict.ERROR):
+        t.deny(f"{report.path} was not scanned ({report.error or 'unrecognized format'})",
+               "convert the file to safetensors or a supported format", "scanner")
+        return t.decision(report.path)
+    for finding in report.findings:
+        what = f"{finding.rule_id} {finding.message}"
+        if finding.allowed_by:
+            t.add("allow", f"{what} (allowed by {finding.allowed_by})", "scanner",
+                  "allowed_globals")
+        elif finding.severity.rank >= threshold.rank:
+            fix = ("allow exactly this global in [scanner] allowed_globals (or the repo's "
+                   f"allowed_globals) if it is a harmless data class: {finding.subject}"
+                   if finding.rule_id == "SH101" else "do not load this file")
+            t.deny(what, fix, "scanner", "block_severity")
+        elif finding.severity is not Severity.INFO or threshold is Severity.INFO:
+            t.add("warn", what, "scanner", "block_severity")
+    if not t.denied:
+        t.add("allow", f"{report.path}: no finding at or above {threshold.value}", "scanner",
+              "block_severity")
+    return t.decision(report.path)
+
+
+# --- sandbox ----------------------------------------------------------------------------------
+
+
+def _decide_sandbox(policy: LoadedPolicy, req: SandboxRequest) -> Decision:
+    t = _Trail(policy)
+    required = policy.model.sandbox.required_layers
+    for layer in required:
+        reason = req.available.get(layer, "not known to this safehub")
+        if reason is None:
+            t.add("allow", f"layer {layer} is available", "sandbox", "required_layers")
+        else:
+            t.deny(f"required layer {layer} is unavailable: {reason}",
+                   f"run on a host that supports {layer} (see `safehub doctor`), or remove it "
+                   f"from sandbox.required_layers in {_policy_file(policy)}",
+                   "sandbox", "required_layers")
+    for layer, reason in req.available.items():
+        if layer not in required and reason is not None:
+            t.add("warn", f"optional layer {layer} is unavailable: {reason}", "sandbox",
+                  "required_layers")
+    return t.decision("sandbox")

@@ -1,0 +1,384 @@
+"""Finding, reading, validating and combining policy files.
+
+A policy is a chain: a preset or file, and the files that ``extends`` it. Each file
+is validated on its own (so errors name the file that has them), then merged over
+its parent. A child may add entries (owners, URLs, pins, repos, allowed globals)
+and tighten settings; it may loosen a setting only if it names the key in
+``loosen``. Every effective value remembers the file that set it, so decisions can
+say which file and key decided them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from safehub._policy.schema import PolicyModel
+from safehub.errors import PolicyError, PolicyIssue
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+
+__all__ = ["PRESETS", "LoadedPolicy", "find_preset", "load_chain", "locate_line", "resolve_spec"]
+
+PRESETS = ("strict", "default", "permissive")
+ENV_VAR = "SAFEHUB_POLICY"
+_MAX_CHAIN = 16
+
+# key path -> (stricter direction). "bool+" means True is stricter, "bool-" False is stricter,
+# "num-" lower is stricter, "order:<a,b,...>" earlier is stricter, "fixed" any change loosens.
+_DIRECTIONS: dict[tuple[str, ...], str] = {
+    ("trust", "unknown_repos"): "order:deny,sandbox",
+    ("trust", "require_commit_pin"): "bool+",
+    ("trust", "honor_trust_repo"): "bool-",
+    ("trust", "read_torch_trusted_list"): "bool-",
+    ("downloads", "allow_http_loopback"): "bool-",
+    ("downloads", "require_digests"): "bool+",
+    ("downloads", "offline"): "bool+",
+    ("downloads", "max_size_mb"): "num-",
+    ("downloads", "github_api"): "fixed",
+    ("scanner", "allow_torchscript"): "bool-",
+    ("scanner", "block_severity"): "order:info,low,medium,high,critical",
+    ("scanner", "max_file_size_mb"): "num-",
+    ("sandbox", "timeout_s"): "num-",
+    ("sandbox", "memory_mb"): "num-",
+    ("sandbox", "cpu_s"): "num-",
+    ("sandbox", "max_processes"): "num-",
+    ("sandbox", "max_file_mb"): "num-",
+    ("sandbox", "max_open_files"): "num-",
+    ("sandbox", "unsafe_allow_unsandboxed"): "bool-",
+}
+_REPO_DIRECTIONS = {"allow": "bool-", "allow_torchscript": "bool-", "commit": "fixed"}
+# Lists that a child extends rather than replaces.
+_UNION_LISTS = {("trust", "owners"), ("trust", "denied_owners"), ("downloads", "allowed_urls"),
+                ("scanner", "allowed_globals"), ("sandbox", "required_layers")}
+
+
+@dataclass
+class LoadedPolicy:
+    """The effective model, the files it came from, and who set what."""
+
+    model: PolicyModel
+    chain: list[str]  # files (or preset names), root first
+    provenance: dict[tuple[str, ...], str] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)  # file -> its text, for line lookup
+
+    def where(self, *key: str) -> str:
+        """``file:line`` (or ``file``) of the value at ``key``, for explanations."""
+        for cut in range(len(key), 0, -1):
+            source = self.provenance.get(tuple(key[:cut]))
+            if source is not None:
+                line = locate_line(self.sources.get(source, ""), key[:cut])
+                return f"{source}:{line}" if line else source
+        return "built-in default"
+
+
+def preset_dir() -> Path:
+    """Where the shipped presets live: inside the wheel, or at the repo root in a checkout."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "policies", here.parent / "policies"):
+        if (candidate / "default.toml").is_file():
+            return candidate
+    raise PolicyError("the shipped policy presets are missing from this installation",
+                      fix="reinstall safehub")
+
+
+def find_preset(name: str) -> Path | None:
+    return preset_dir() / f"{name}.toml" if name in PRESETS else None
+
+
+def resolve_spec(spec: str | os.PathLike[str] | None, *, cwd: Path | None = None,
+                 env: dict[str, str] | None = None) -> tuple[str, str]:
+    """Which policy to use and why: (name-or-path, how it was selected).
+
+    Precedence: the explicit argument, then $SAFEHUB_POLICY, then ``policy`` in the
+    nearest pyproject.toml's ``[tool.safehub]``, then the ``default`` preset.
+    """
+    environ = os.environ if env is None else env
+    if spec is not None:
+        return os.fspath(spec), "selected explicitly"
+    if environ.get(ENV_VAR):
+        return environ[ENV_VAR], f"selected by ${ENV_VAR}"
+    pyproject = _nearest_pyproject(cwd or Path.cwd())
+    if pyproject is not None:
+        try:
+            data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise PolicyError(f"cannot read {pyproject}: {exc}", subject=str(pyproject),
+                              fix="fix the file's TOML syntax") from exc
+        section = data.get("tool", {}).get("safehub", {})
+        if isinstance(section, dict) and "policy" in section:
+            value = section["policy"]
+            if not isinstance(value, str):
+                raise PolicyError("[tool.safehub] policy must be a preset name or a path",
+                                  subject=str(pyproject))
+            if value not in PRESETS:
+                value = str((pyproject.parent / value).resolve())
+            return value, f"selected by [tool.safehub] in {pyproject}"
+    return "default", "the built-in default"
+
+
+def _nearest_pyproject(start: Path) -> Path | None:
+    for directory in (start, *start.parents):
+        candidate = directory / "pyproject.toml"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_chain(spec: str) -> LoadedPolicy:
+    """Load a preset name or a policy file path with everything it extends."""
+    files = _collect(spec)
+    provenance: dict[tuple[str, ...], str] = {}
+    sources: dict[str, str] = {}
+    merged: dict[str, Any] = {}
+    effective = PolicyModel.model_validate({"schema": 1})
+    issues: list[PolicyIssue] = []
+    for label, text, raw in files:
+        sources[label] = text
+        issues.extend(_validate_alone(label, text, raw))
+        if issues:
+            continue
+        issues.extend(_check_tightening(label, text, raw, effective, provenance))
+        _merge(merged, raw, label, provenance, ())
+        try:
+            effective = PolicyModel.model_validate(merged)
+        except ValidationError as exc:
+            issues.extend(_issues(label, text, exc))
+    if issues:
+        raise PolicyError(f"policy {spec!r} is invalid ({len(issues)} problems)",
+                          subject=spec, fix="correct each key listed", issues=issues)
+    return LoadedPolicy(model=effective, chain=[label for label, _, _ in files],
+                        provenance=provenance, sources=sources)
+
+
+def _collect(spec: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """(label, text, raw dict) for the chain, root first; cycles and misses are errors."""
+    chain: list[tuple[str, str, dict[str, Any]]] = []
+    seen: list[str] = []
+    current: str | None = spec
+    base = Path.cwd()
+    while current is not None:
+        path = _spec_path(current, base)
+        label = str(path) if current not in PRESETS else f"preset:{current}"
+        key = str(path.resolve())
+        if key in seen:
+            cycle = " -> ".join([*seen, key])
+            raise PolicyError("policy files extend each other in a cycle", subject=spec,
+                              fix="remove one of the extends keys", issues=[
+                                  PolicyIssue(label, "extends", f"cycle: {cycle}")])
+        if len(seen) >= _MAX_CHAIN:
+            raise PolicyError("policy extends chain is too long", subject=spec)
+        seen.append(key)
+        text = _read(path, label, current, chain)
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            line = _toml_error_line(str(exc))
+            raise PolicyError(f"policy {label} is not valid TOML", subject=label,
+                              fix="fix the TOML syntax", issues=[
+                                  PolicyIssue(label, "", str(exc), line)]) from exc
+        chain.append((label, text, raw))
+        parent = raw.get("extends")
+        if parent is not None and not isinstance(parent, str):
+            raise PolicyError("extends must be a preset name or a path", subject=label,
+                              issues=[PolicyIssue(label, "extends", "not a string",
+                                                  locate_line(text, ("extends",)))])
+        current = parent
+        base = path.parent
+    chain.reverse()
+    return chain
+
+
+def _spec_path(spec: str, base: Path) -> Path:
+    preset = find_preset(spec)
+    if preset is not None:
+        return preset
+    path = Path(spec).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def _read(path: Path, label: str, spec: str, chain: list[Any]) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        where = f" (extended by {chain[-1][0]})" if chain else ""
+        known = ", ".join(PRESETS)
+        raise PolicyError(f"policy {spec!r} not found{where}", subject=str(path),
+                          fix=f"use a preset ({known}) or the path of a policy file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"policy {label} cannot be read: {exc}", subject=str(path),
+                          fix="check the file's permissions and encoding (UTF-8)") from exc
+
+
+def _validate_alone(label: str, text: str, raw: dict[str, Any]) -> list[PolicyIssue]:
+    try:
+        PolicyModel.model_validate(raw)
+    except ValidationError as exc:
+        return _issues(label, text, exc)
+    return []
+
+
+def _issues(label: str, text: str, exc: ValidationError) -> list[PolicyIssue]:
+    out = []
+    for err in exc.errors():
+        loc = tuple(str(p) for p in err["loc"])
+        key = _key_text(err["loc"])
+        message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        message = message.removeprefix("Value error, ")
+        out.append(PolicyIssue(label, key, message, locate_line(text, loc)))
+    return out
+
+
+def _key_text(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            part = "schema" if part == "schema_" else str(part)
+            text += f".{part}" if text else part
+    return text
+
+
+def _merge(into: dict[str, Any], raw: dict[str, Any], label: str,
+           provenance: dict[tuple[str, ...], str], prefix: tuple[str, ...]) -> None:
+    for key, value in raw.items():
+        path = (*prefix, key)
+        if key in ("extends", "loosen") and not prefix:
+            continue  # these describe the file itself, not the effective policy
+        if path == ("downloads", "pins") and isinstance(value, dict):
+            pins = into.setdefault("pins", {})
+            for url, digest in value.items():
+                pins[url] = digest
+                pin_key = (*path, url)
+                provenance[pin_key] = label
+            provenance.setdefault(path, label)
+        elif isinstance(value, dict):
+            _merge(into.setdefault(key, {}), value, label, provenance, path)
+            provenance.setdefault(path, label)
+        elif path in _UNION_LISTS and isinstance(value, list):
+            current = into.setdefault(key, [])
+            for item in value:
+                if item not in current:
+                    current.append(item)
+                    item_key = (*path, str(item))
+                    provenance[item_key] = label
+            provenance[path] = label
+        elif path == ("signatures",) and isinstance(value, list):
+            current = into.setdefault(key, [])
+            for rule in value:
+                provenance[("signatures", str(len(current)))] = label
+                current.append(rule)
+        else:
+            into[key] = value
+            provenance[path] = label
+
+
+def _check_tightening(label: str, text: str, raw: dict[str, Any], parent: PolicyModel,
+                      provenance: dict[tuple[str, ...], str]) -> list[PolicyIssue]:
+    """A child may loosen its parent only where its ``loosen`` list says so."""
+    if not provenance:
+        return []  # the root of the chain has nothing to loosen
+    allowed = set(raw.get("loosen", []))
+    issues: list[PolicyIssue] = []
+
+    def check(path: tuple[str, ...], direction: str, old: Any, new: Any) -> None:
+        dotted = ".".join(path)
+        if dotted in allowed or not _looser(direction, old, new):
+            return
+        issues.append(PolicyIssue(label, dotted, f"loosens {old!r} to {new!r} from the "
+                                  "policy it extends; list the key in `loosen` to allow it",
+                                  locate_line(text, path)))
+
+    for path, direction in _DIRECTIONS.items():
+        section = raw.get(path[0])
+        if isinstance(section, dict) and path[1] in section:
+            old = getattr(getattr(parent, path[0]), path[1])
+            check(path, direction, old, section[path[1]])
+    repos = raw.get("repos")
+    if isinstance(repos, dict):
+        for name, rule in repos.items():
+            before = parent.repos.get(name)
+            if before is None or not isinstance(rule, dict):
+                continue
+            for key, direction in _REPO_DIRECTIONS.items():
+                if key in rule:
+                    check(("repos", name, key), direction, getattr(before, key), rule[key])
+            if "entrypoints" in rule and before.entrypoints is not None:
+                new = rule["entrypoints"]
+                if new is None or not set(new) <= set(before.entrypoints):
+                    check(("repos", name, "entrypoints"), "fixed", before.entrypoints, new)
+    pins = raw.get("downloads", {}).get("pins", {}) if isinstance(raw.get("downloads"),
+                                                                 dict) else {}
+    for url, digest in pins.items():
+        old_pin = parent.downloads.pins.get(url)
+        if old_pin is not None and isinstance(digest, str):
+            check(("downloads", "pins", url), "fixed", old_pin, digest.removeprefix("sha256:"))
+    return issues
+
+
+def _looser(direction: str, old: Any, new: Any) -> bool:
+    if old == new:
+        return False
+    if direction == "bool+":
+        return bool(old) and not bool(new)
+    if direction == "bool-":
+        return not bool(old) and bool(new)
+    if direction == "num-":
+        return isinstance(new, (int, float)) and new > old
+    if direction.startswith("order:"):
+        order = direction[len("order:"):].split(",")
+        return new in order and old in order and order.index(new) > order.index(old)
+    return True  # "fixed": any change needs an explicit loosen
+
+
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_ASSIGN = re.compile(r"^\s*((?:\"[^\"]*\"|'[^']*'|[A-Za-z0-9_-]+)(?:\s*\.\s*(?:\"[^\"]*\"|'[^']*'|"
+                     r"[A-Za-z0-9_-]+))*)\s*=")
+_PART = re.compile(r"\"([^\"]*)\"|'([^']*)'|([A-Za-z0-9_-]+)")
+
+
+def _split_key(text: str) -> tuple[str, ...]:
+    return tuple(next(g for g in m.groups() if g is not None) for m in _PART.finditer(text))
+
+
+def locate_line(text: str, key: tuple[str, ...]) -> int | None:
+    """Best-effort 1-based line of ``key`` (a path like ('repos', 'a/b', 'commit')) in TOML."""
+    if not text or not key:
+        return None
+    key = tuple(str(k) for k in key)
+    table: tuple[str, ...] = ()
+    array_counts: dict[tuple[str, ...], int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = _HEADER.match(line)
+        if header:
+            parts = _split_key(header.group(2))
+            if header.group(1) == "[[":
+                index = array_counts.get(parts, 0)
+                array_counts[parts] = index + 1
+                table = (*parts, str(index))
+            else:
+                table = parts
+            if table == key[: len(table)] and len(table) == len(key):
+                return number
+            continue
+        assign = _ASSIGN.match(line)
+        if assign:
+            full = (*table, *_split_key(assign.group(1)))
+            if full == key[: len(full)] or key == full[: len(key)]:
+                return number
+    return None
+
+
+def _toml_error_line(message: str) -> int | None:
+    match = re.search(r"line (\d+)", message)
+    return int(match.group(1)) if match else None

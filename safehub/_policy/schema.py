@@ -1,0 +1,256 @@
+"""The policy file schema (TOML, validated with pydantic; unknown keys are errors).
+
+Every field says what it controls and which direction is stricter, because a policy
+that ``extends`` another may only tighten it unless it names the keys it loosens.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "LAYERS",
+    "DownloadsSection",
+    "PolicyModel",
+    "RepoRule",
+    "SandboxSection",
+    "ScannerSection",
+    "SignatureRule",
+    "TrustSection",
+]
+
+SCHEMA_VERSION = 1
+
+# Isolation layers a policy can require (see `safehub doctor`).
+LAYERS = ("env", "fds", "pdeathsig", "uid", "userns", "netns", "ipcns", "pidns", "rlimits",
+          "nonewprivs", "landlock", "seccomp")
+
+_OWNER = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})"
+_REPO_NAME = r"[A-Za-z0-9._-]{1,100}"
+REPO_RE = re.compile(rf"^{_OWNER}/{_REPO_NAME}$")
+REPO_PATTERN_RE = re.compile(rf"^(?:{_OWNER}|\*)/(?:{_REPO_NAME}|\*)$")
+OWNER_RE = re.compile(rf"^{_OWNER}$")
+SHA1_RE = re.compile(r"^[0-9a-f]{40}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+GLOBAL_RE = re.compile(r"^[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*(?:\.\*)?$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrustSection(_Section):
+    """Who may supply code at all."""
+
+    owners: list[str] = Field(default_factory=list, description=(
+        "GitHub owners (organisations or users) whose repositories are trusted."))
+    denied_owners: list[str] = Field(default_factory=list, description=(
+        "Owners that are always denied, even if trusted elsewhere."))
+    unknown_repos: Literal["deny", "sandbox"] = Field("deny", description=(
+        "Repos neither trusted nor listed: 'deny', or 'sandbox' (allowed, sandboxed, with a "
+        "warning). 'deny' is stricter."))
+    require_commit_pin: bool = Field(False, description=(
+        "Every repo must be pinned to a full 40-hex commit in [repos]. true is stricter."))
+    honor_trust_repo: bool = Field(True, description=(
+        "Whether hub.load(trust_repo=True) / --trust-repo may trust a repo for that call. "
+        "false is stricter."))
+    read_torch_trusted_list: bool = Field(False, description=(
+        "Also trust repos in torch.hub's trusted_list file. false is stricter."))
+
+    @field_validator("owners", "denied_owners")
+    @classmethod
+    def _owners(cls, values: list[str]) -> list[str]:
+        for v in values:
+            if not OWNER_RE.match(v):
+                raise ValueError(f"{v!r} is not a GitHub owner name")
+        return values
+
+
+class RepoRule(_Section):
+    """Rules for one repository, keyed ``"owner/name"`` (or ``"owner/*"``)."""
+
+    allow: bool = Field(True, description="false denies the repo outright.")
+    commit: str | None = Field(None, description="Required full 40-hex commit SHA.")
+    entrypoints: list[str] | None = Field(None, description=(
+        "Entrypoints that may be called; absent means any."))
+    allowed_globals: list[str] = Field(default_factory=list, description=(
+        "Extra pickle globals allowed in this repo's files."))
+    allow_torchscript: bool = Field(False, description="Accept TorchScript from this repo.")
+
+    @field_validator("commit")
+    @classmethod
+    def _commit(cls, v: str | None) -> str | None:
+        if v is not None and not SHA1_RE.match(v):
+            raise ValueError("must be a full 40-hex commit SHA (lower case), not a branch or tag")
+        return v
+
+    @field_validator("allowed_globals")
+    @classmethod
+    def _globals(cls, values: list[str]) -> list[str]:
+        return _check_globals(values)
+
+
+class DownloadsSection(_Section):
+    """What weights may be downloaded from where, and how they are pinned."""
+
+    allowed_urls: list[str] = Field(default_factory=list, description=(
+        "URL prefixes downloads may come from (https only, unless allow_http_loopback)."))
+    allow_http_loopback: bool = Field(False, description=(
+        "Allow plain http to 127.0.0.1, ::1 and localhost (tests, local mirrors). "
+        "false is stricter."))
+    require_digests: bool = Field(False, description=(
+        "Every downloaded file needs a full SHA-256 pin (here, in the lockfile) or a "
+        "signature. true is stricter."))
+    offline: bool = Field(False, description="Never use the network. true is stricter.")
+    max_size_mb: int = Field(20480, gt=0, description="Largest download. Lower is stricter.")
+    pins: dict[str, str] = Field(default_factory=dict, description=(
+        "URL or file name -> SHA-256 of the file (64 hex)."))
+    github_api: str = Field("https://api.github.com", description=(
+        "Base URL of the GitHub-compatible REST API (GitHub Enterprise, mirrors)."))
+
+    @field_validator("pins")
+    @classmethod
+    def _pins(cls, pins: dict[str, str]) -> dict[str, str]:
+        for key, digest in pins.items():
+            value = digest.removeprefix("sha256:")
+            if not SHA256_RE.match(value):
+                raise ValueError(f"pin for {key!r} must be a 64-hex SHA-256")
+        return {k: v.removeprefix("sha256:") for k, v in pins.items()}
+
+
+class SignatureRule(_Section):
+    """A signature requirement for repos (``owner/name`` patterns) or local paths."""
+
+    scope: str = Field(description=(
+        "'owner/repo', 'owner/*', or 'path:GLOB' for local folders and files."))
+    public_keys: list[str] = Field(default_factory=list, description=(
+        "PEM public keys (paths relative to this policy file)."))
+    certificate_chains: list[str] = Field(default_factory=list, description=(
+        "PEM certificate chains / CA bundles (paths relative to this policy file)."))
+    ignore_unsigned_files: bool = Field(False, description=(
+        "Tolerate unsigned extra non-code files. false is stricter."))
+
+    @model_validator(mode="after")
+    def _anchors(self) -> SignatureRule:
+        if not self.public_keys and not self.certificate_chains:
+            raise ValueError("a signature rule needs public_keys or certificate_chains")
+        if not (self.scope.startswith("path:") or REPO_PATTERN_RE.match(self.scope)):
+            raise ValueError(f"scope {self.scope!r} is neither owner/repo, owner/* nor path:GLOB")
+        return self
+
+
+class ScannerSection(_Section):
+    """How scan findings are treated."""
+
+    allowed_globals: list[str] = Field(default_factory=list, description=(
+        "Extra pickle globals allowed everywhere (exact names or module.*)."))
+    allow_torchscript: bool = Field(False, description=(
+        "Accept TorchScript archives (code then runs only in the sandbox)."))
+    block_severity: Literal["info", "low", "medium", "high", "critical"] = Field(
+        "low", description=("Findings at or above this severity block; lower ones warn. "
+                            "Lower is stricter."))
+    max_file_size_mb: int = Field(65536, gt=0, description="Largest file scanned. Lower is "
+                                  "stricter.")
+
+    @field_validator("allowed_globals")
+    @classmethod
+    def _globals(cls, values: list[str]) -> list[str]:
+        return _check_globals(values)
+
+
+class SandboxSection(_Section):
+    """Limits for repo code, and which isolation layers must be present."""
+
+    timeout_s: float = Field(300, gt=0, description="Wall-clock limit per call.")
+    memory_mb: int = Field(16384, gt=0, description="Address-space limit.")
+    cpu_s: int = Field(600, gt=0, description="CPU-time limit.")
+    max_processes: int = Field(64, gt=0, description="Process/thread limit.")
+    max_file_mb: int = Field(4096, gt=0, description="Largest file the code may write.")
+    max_open_files: int = Field(256, gt=0, description="Open file descriptors.")
+    required_layers: list[str] = Field(default_factory=list, description=(
+        f"Layers that must be available or the call refuses to run: any of {', '.join(LAYERS)}"
+        ", or 'all'. More is stricter."))
+    unsafe_allow_unsandboxed: bool = Field(False, description=(
+        "UNSAFE: run repo code in-process when no sandbox is possible. false is stricter."))
+
+    @field_validator("required_layers")
+    @classmethod
+    def _layers(cls, values: list[str]) -> list[str]:
+        if "all" in values:
+            return list(LAYERS)
+        unknown = [v for v in values if v not in LAYERS]
+        if unknown:
+            raise ValueError(f"unknown layers {unknown}; choose from {', '.join(LAYERS)}")
+        return values
+
+
+class PolicyModel(_Section):
+    """A whole policy file."""
+
+    schema_: int = Field(alias="schema", description="Policy schema version (1).")
+    name: str = Field("", description="A short name shown in decisions.")
+    description: str = ""
+    extends: str | None = Field(None, description=(
+        "A preset name (strict, default, permissive) or a path relative to this file."))
+    loosen: list[str] = Field(default_factory=list, description=(
+        "Dotted keys this file may set looser than the policy it extends, e.g. "
+        "'sandbox.timeout_s'."))
+    trust: TrustSection = Field(default_factory=TrustSection)
+    repos: dict[str, RepoRule] = Field(default_factory=dict)
+    downloads: DownloadsSection = Field(default_factory=DownloadsSection)
+    signatures: list[SignatureRule] = Field(default_factory=list)
+    scanner: ScannerSection = Field(default_factory=ScannerSection)
+    sandbox: SandboxSection = Field(default_factory=SandboxSection)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("schema_")
+    @classmethod
+    def _schema(cls, v: int) -> int:
+        if v != SCHEMA_VERSION:
+            raise ValueError(f"unsupported schema version {v}; this safehub reads {SCHEMA_VERSION}")
+        return v
+
+    @field_validator("repos")
+    @classmethod
+    def _repo_keys(cls, repos: dict[str, RepoRule]) -> dict[str, RepoRule]:
+        for key in repos:
+            if not REPO_PATTERN_RE.match(key):
+                raise ValueError(f"repo key {key!r} is not 'owner/name' or 'owner/*'")
+        return repos
+
+    @model_validator(mode="after")
+    def _contradictions(self) -> PolicyModel:
+        both = sorted(set(self.trust.owners) & set(self.trust.denied_owners))
+        if both:
+            raise ValueError(f"owners both trusted and denied: {', '.join(both)}")
+        for key, rule in self.repos.items():
+            if not rule.allow and (rule.commit or rule.entrypoints or rule.allowed_globals):
+                raise ValueError(f"repo {key!r} is denied (allow = false) but also configured")
+        for url in self.downloads.allowed_urls:
+            if not _url_ok(url, self.downloads.allow_http_loopback):
+                raise ValueError(
+                    f"allowed_urls entry {url!r} must be https:// (plain http only for "
+                    "loopback with allow_http_loopback = true)")
+        return self
+
+
+def _check_globals(values: list[str]) -> list[str]:
+    from safehub.scan import check_allowable
+
+    for v in values:
+        if not GLOBAL_RE.match(v):
+            raise ValueError(f"{v!r} is not a dotted Python name (or module.*)")
+    check_allowable(values)
+    return values
+
+
+def _url_ok(url: str, allow_http_loopback: bool) -> bool:
+    from safehub._policy.urls import is_loopback_http
+
+    if url.startswith("https://"):
+        return True
+    return allow_http_loopback and is_loopback_http(url)

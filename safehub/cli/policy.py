@@ -1,0 +1,168 @@
+"""``safehub policy show|check|explain|schema``: inspect, validate and question policies."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from safehub.cli._common import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
+from safehub.errors import PolicyError
+from safehub.policy import (
+    Decision,
+    DownloadRequest,
+    FileRequest,
+    Policy,
+    RepoRequest,
+    load_policy,
+)
+
+__all__ = ["add_policy_option", "register"]
+
+log = logging.getLogger("safehub")
+SCHEMA_VERSION = "1"
+
+
+def add_policy_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--policy", metavar="NAME|PATH", help=(
+        "policy preset (strict, default, permissive) or file; default: $SAFEHUB_POLICY, "
+        "[tool.safehub] in pyproject.toml, else 'default'"))
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("policy", help="show, check and explain policies",
+                       description="Show, check and explain safehub policies.")
+    psub = p.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
+
+    show = psub.add_parser("show", help="print the effective policy (after extends)")
+    show.add_argument("spec", nargs="?", metavar="NAME|PATH")
+    show.add_argument("-f", "--format", choices=["toml", "json"], default="toml")
+    show.set_defaults(run=_show)
+
+    check = psub.add_parser("check", help="validate policy files (exit 2 when invalid)")
+    check.add_argument("paths", nargs="+", metavar="PATH")
+    check.set_defaults(run=_check)
+
+    explain = psub.add_parser("explain", help="print the decision trail for a request")
+    explain.add_argument("request", nargs="?", metavar="OWNER/REPO[:REF]|DIR",
+                         help="a GitHub repo, or a local folder")
+    explain.add_argument("--entrypoint", metavar="NAME")
+    explain.add_argument("--url", action="append", default=[], metavar="URL",
+                         help="a download to decide (repeatable)")
+    explain.add_argument("--file", action="append", default=[], metavar="PATH",
+                         help="a model file to scan and decide (repeatable)")
+    explain.add_argument("--trust-repo", action="store_true",
+                         help="as hub.load(trust_repo=True)")
+    explain.add_argument("-f", "--format", choices=["text", "json"], default="text")
+    add_policy_option(explain)
+    explain.set_defaults(run=_explain)
+
+    schema = psub.add_parser("schema", help="print the JSON Schema of policy files")
+    schema.set_defaults(run=_schema)
+
+
+def _show(args: argparse.Namespace) -> int:
+    policy = load_policy(args.spec)
+    if args.format == "json":
+        data = policy.model.model_dump(mode="json", by_alias=True)
+        sys.stdout.write(json.dumps({"schema_version": SCHEMA_VERSION, "chain": policy.chain,
+                                     "policy": data}, indent=2) + "\n")
+    else:
+        sys.stdout.write(policy.to_toml())
+    return EXIT_OK
+
+
+def _check(args: argparse.Namespace) -> int:
+    status = EXIT_OK
+    for path in args.paths:
+        if not os.path.exists(path):
+            sys.stdout.write(f"{path}: not found\n")
+            status = EXIT_ERROR
+            continue
+        try:
+            policy = load_policy(path)
+        except PolicyError as exc:
+            status = EXIT_ERROR
+            sys.stdout.write(f"{path}: INVALID: {exc.message}\n")
+            for line in [str(i) for i in exc.issues] or [exc.message]:
+                sys.stdout.write(f"  {line}\n")
+            continue
+        sys.stdout.write(f"{path}: OK (extends: {' <- '.join(reversed(policy.chain))})\n")
+    return status
+
+
+def _schema(args: argparse.Namespace) -> int:
+    sys.stdout.write(json.dumps(Policy.json_schema(), indent=2) + "\n")
+    return EXIT_OK
+
+
+def _explain(args: argparse.Namespace) -> int:
+    policy = load_policy(args.policy)
+    decisions: list[tuple[str, Decision]] = []
+    if args.request:
+        decisions.append(("repo", policy.decide(_repo_request(args))))
+    for url in args.url:
+        repo = args.request if args.request and not os.path.isdir(args.request) else None
+        decisions.append(("download", policy.decide(DownloadRequest(url, repo=repo))))
+    for path in args.file:
+        from safehub.scan import scan
+
+        repo = args.request.split(":", 1)[0] if args.request else None
+        report = scan([path], options=policy.scan_options(repo))
+        for file in report.files:
+            decisions.append(("file", policy.decide(FileRequest(file, repo=repo))))
+    if not decisions:
+        log.error("nothing to explain: give OWNER/REPO[:REF], a folder, --url or --file")
+        return EXIT_ERROR
+    if args.format == "json":
+        sys.stdout.write(json.dumps(_json(policy, decisions), indent=2) + "\n")
+    else:
+        sys.stdout.write(_text(policy, decisions))
+    return EXIT_OK if all(d.allowed for _, d in decisions) else EXIT_FINDINGS
+
+
+def _repo_request(args: argparse.Namespace) -> RepoRequest:
+    spec: str = args.request
+    trust = True if args.trust_repo else None
+    if os.path.isdir(spec):
+        return RepoRequest(spec, entrypoint=args.entrypoint, source="local", trust_repo=trust)
+    repo, _, ref = spec.partition(":")
+    return RepoRequest(repo, ref=ref or None, entrypoint=args.entrypoint, trust_repo=trust)
+
+
+def _text(policy: Policy, decisions: list[tuple[str, Decision]]) -> str:
+    lines = [f"policy: {policy.name} ({' <- '.join(reversed(policy.chain))}; "
+             f"{policy.selected_by})"]
+    for kind, d in decisions:
+        lines.append("")
+        lines.append(f"{kind}: {d.subject}")
+        lines.append(f"decision: {'ALLOWED' if d.allowed else 'DENIED'}")
+        lines.extend(f"  {step}" for step in d.trail)
+        for req in d.requirements:
+            lines.append(f"  requires {req.kind}: {req.value} ({req.rule})")
+        if not d.allowed and d.fix:
+            lines.append(f"  fix: {d.fix}")
+    return "\n".join(lines) + "\n"
+
+
+def _json(policy: Policy, decisions: list[tuple[str, Decision]]) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "policy": {"name": policy.name, "chain": policy.chain, "selected_by": policy.selected_by},
+        "decisions": [
+            {
+                "kind": kind,
+                "subject": d.subject,
+                "allowed": d.allowed,
+                "trail": [{"rule": s.rule, "source": s.source, "outcome": s.outcome,
+                           "message": s.message} for s in d.trail],
+                "requirements": [{"kind": r.kind, "value": r.value, "rule": r.rule}
+                                 for r in d.requirements],
+                "fix": d.fix,
+            }
+            for kind, d in decisions
+        ],
+    }

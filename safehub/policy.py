@@ -1,0 +1,150 @@
+"""Trust decided by policy files: who may supply code, which bytes, under which limits.
+
+>>> from safehub.policy import load_policy, RepoRequest
+>>> policy = load_policy("strict")
+>>> decision = policy.decide(RepoRequest("pytorch/vision", ref="v0.20.0"))
+>>> decision.allowed, [str(step) for step in decision.trail]
+
+Policies are TOML files validated against a schema (``safehub policy schema``).
+Presets ship with safehub: ``strict``, ``default`` and ``permissive``. A policy is
+selected by argument (``--policy``, ``policy=``), else ``$SAFEHUB_POLICY``, else
+``[tool.safehub] policy`` in the nearest pyproject.toml, else ``default``. A
+missing or invalid policy is an error, never a silent fallback.
+
+torch.hub's ``trust_repo`` maps onto the policy: ``True`` trusts the repo for
+that call when ``trust.honor_trust_repo`` allows it; ``False``, ``"check"`` and
+``None`` leave the decision to the policy (``None`` never means silent trust).
+Nothing ever prompts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from safehub._policy.decide import (
+    Decision,
+    DownloadRequest,
+    FileRequest,
+    RepoRequest,
+    Requirement,
+    SandboxRequest,
+    Step,
+    TrustRepo,
+    decide,
+    repo_rule,
+)
+from safehub._policy.loader import PRESETS, LoadedPolicy, load_chain, resolve_spec
+from safehub._policy.schema import PolicyModel
+from safehub._scanner.context import ScanOptions
+from safehub.errors import PolicyError
+from safehub.rules import Severity
+
+__all__ = [
+    "PRESETS",
+    "Decision",
+    "DownloadRequest",
+    "FileRequest",
+    "Policy",
+    "RepoRequest",
+    "Requirement",
+    "SandboxRequest",
+    "Step",
+    "TrustRepo",
+    "load_policy",
+]
+
+
+class Policy:
+    """An effective policy (after ``extends``) that answers requests with Decisions."""
+
+    def __init__(self, loaded: LoadedPolicy, selected_by: str = "selected explicitly"):
+        self._loaded = loaded
+        self.selected_by = selected_by
+
+    @property
+    def model(self) -> PolicyModel:
+        """The validated effective settings."""
+        return self._loaded.model
+
+    @property
+    def name(self) -> str:
+        return self.model.name or self._loaded.chain[-1]
+
+    @property
+    def chain(self) -> list[str]:
+        """The files (or ``preset:NAME``) this policy is made of, root first."""
+        return list(self._loaded.chain)
+
+    def where(self, *key: str) -> str:
+        """The ``file:line`` that set a key (e.g. ``policy.where('trust', 'owners')``)."""
+        return self._loaded.where(*key)
+
+    def decide(
+        self, request: RepoRequest | DownloadRequest | FileRequest | SandboxRequest
+    ) -> Decision:
+        """Decide a request; never raises for a denial (see :meth:`check`)."""
+        return decide(self._loaded, request)
+
+    def check(
+        self, request: RepoRequest | DownloadRequest | FileRequest | SandboxRequest
+    ) -> Decision:
+        """Decide a request and raise :class:`~safehub.errors.PolicyViolation` if denied."""
+        return self.decide(request).raise_if_denied()
+
+    def scan_options(self, repo: str | None = None) -> ScanOptions:
+        """Scanner settings for files in general, or for one repo's files."""
+        scanner = self.model.scanner
+        allowed = list(scanner.allowed_globals)
+        torchscript = scanner.allow_torchscript
+        found = repo_rule(self._loaded, repo) if repo else None
+        if found is not None:
+            allowed += found[1].allowed_globals
+            torchscript = torchscript or found[1].allow_torchscript
+        return ScanOptions(
+            allowed_globals=tuple(dict.fromkeys(allowed)),
+            allow_torchscript=torchscript,
+            max_file_size=scanner.max_file_size_mb << 20,
+            allowed_by=f"policy {self.name}",
+            block_severity=Severity(scanner.block_severity),
+        )
+
+    def to_toml(self) -> str:
+        """The effective policy as TOML (what ``safehub policy show`` prints)."""
+        import tomli_w
+
+        data: dict[str, Any] = self.model.model_dump(by_alias=True, exclude_none=True)
+        data.pop("extends", None)
+        data.pop("loosen", None)
+        header = f"# effective policy {self.name!r} from: {' <- '.join(reversed(self.chain))}\n"
+        return header + tomli_w.dumps(data)
+
+    @staticmethod
+    def json_schema() -> dict[str, Any]:
+        """JSON Schema of policy files, for editors."""
+        schema = PolicyModel.model_json_schema(by_alias=True)
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        schema["title"] = "safehub policy"
+        return schema
+
+    def __repr__(self) -> str:
+        return f"Policy({self.name!r}, chain={self.chain!r})"
+
+
+def load_policy(spec: str | os.PathLike[str] | Policy | None = None, *,
+                cwd: str | os.PathLike[str] | None = None) -> Policy:
+    """The policy named by ``spec`` (preset name or path), or the one selected by default.
+
+    Raises :class:`~safehub.errors.PolicyError` for a missing or invalid policy.
+    """
+    if isinstance(spec, Policy):
+        return spec
+    chosen, why = resolve_spec(spec, cwd=Path(cwd) if cwd else None)
+    try:
+        loaded = load_chain(chosen)
+    except PolicyError as exc:
+        if why != "selected explicitly" and exc.message:
+            exc.message = f"{exc.message} ({why})"
+        raise
+    return Policy(loaded, why)

@@ -1,0 +1,186 @@
+"""Every rule kind, allowed and denied, through Policy.decide."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from safehub.errors import PolicyViolation
+from safehub.findings import FileReport, Finding
+from safehub.policy import (
+    DownloadRequest,
+    FileRequest,
+    Policy,
+    RepoRequest,
+    load_policy,
+)
+from safehub.rules import Severity
+
+PIN = "0123456789abcdef0123456789abcdef01234567"
+OTHER = "f" * 40
+DIGEST = "ab" * 32
+
+
+def policy_from(tmp_path: Path, body: str, extends: str = "default") -> Policy:
+    path = tmp_path / "policy.toml"
+    path.write_text(f'schema = 1\nname = "test"\nextends = "{extends}"\n{body}')
+    return load_policy(path)
+
+
+def test_denied_owner_wins_over_repo_listing(tmp_path: Path) -> None:
+    policy = policy_from(tmp_path, '[trust]\ndenied_owners = ["mallory"]\n'
+                         '[repos."mallory/net"]\nentrypoints = ["net"]\n')
+    decision = policy.decide(RepoRequest("mallory/net", trust_repo=True))
+    assert not decision.allowed
+    assert decision.trail[0].rule == "trust.denied_owners"
+    assert "denied_owners" in decision.fix
+
+
+def test_repo_rule_deny_and_wildcard(tmp_path: Path) -> None:
+    policy = policy_from(tmp_path, '[repos."pytorch/evil"]\nallow = false\n'
+                         '[repos."acme/*"]\nentrypoints = ["small"]\n')
+    assert not policy.decide(RepoRequest("pytorch/evil")).allowed, "deny beats trusted owner"
+    assert policy.decide(RepoRequest("acme/anything", entrypoint="small")).allowed
+    denied = policy.decide(RepoRequest("acme/anything", entrypoint="big"))
+    assert not denied.allowed
+    assert "entrypoints" in denied.fix
+
+
+def test_exact_repo_rule_beats_owner_wildcard(tmp_path: Path) -> None:
+    policy = policy_from(tmp_path, '[repos."acme/*"]\nallow = false\n'
+                         f'[repos."acme/good"]\ncommit = "{PIN}"\n')
+    assert policy.decide(RepoRequest("acme/good")).allowed
+    assert not policy.decide(RepoRequest("acme/other")).allowed
+
+
+def test_commit_pin_requirement_and_mismatch(tmp_path: Path) -> None:
+    policy = policy_from(tmp_path, f'[repos."acme/net"]\ncommit = "{PIN}"\n')
+    by_branch = policy.decide(RepoRequest("acme/net", ref="main"))
+    assert by_branch.allowed
+    assert by_branch.requirement("commit").value == PIN  # type: ignore[union-attr]
+    assert policy.decide(RepoRequest("acme/net", ref=PIN)).allowed
+    mismatch = policy.decide(RepoRequest("acme/net", ref=OTHER))
+    assert not mismatch.allowed
+    assert PIN in mismatch.fix
+
+
+def test_require_commit_pin_for_trusted_owner(tmp_path: Path) -> None:
+    policy = policy_from(tmp_path, "[trust]\nrequire_commit_pin = true\n")
+    assert not policy.decide(RepoRequest("pytorch/vision")).allowed
+
+
+def test_raise_if_denied_carries_trail_and_fix() -> None:
+    with pytest.raises(PolicyViolation) as exc:
+        load_policy("default").check(RepoRequest("nobody/thing"))
+    text = exc.value.diagnostics()
+    assert "nobody/thing" in text
+    assert "trust.unknown_repos" in text
+    assert 'extends = "default"' in text, "the fix names where the change goes"
+
+
+def test_torch_trusted_list_is_read_only_when_the_policy_says_so(tmp_path: Path) -> None:
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    (hub / "trusted_list").write_text("someone_model\n")
+    req = RepoRequest("someone/model", hub_dir=str(hub))
+    assert not load_policy("default").decide(req).allowed
+    reader = policy_from(tmp_path, "loosen = [\"trust.read_torch_trusted_list\"]\n"
+                         "[trust]\nread_torch_trusted_list = true\n")
+    assert reader.decide(req).allowed
+    assert not reader.decide(RepoRequest("someone/other", hub_dir=str(hub))).allowed
+
+
+def test_local_sources_are_allowed_sandboxed(tmp_path: Path) -> None:
+    decision = load_policy("strict").decide(RepoRequest(str(tmp_path), source="local"))
+    assert decision.allowed
+    assert decision.requirement("sandbox") is not None
+
+
+def test_signature_requirements_by_repo_and_path(tmp_path: Path) -> None:
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "ml.pub").write_text("-----BEGIN PUBLIC KEY-----\n")
+    models = tmp_path / "models" / "det"
+    models.mkdir(parents=True)
+    policy = policy_from(tmp_path, '[[signatures]]\nscope = "pytorch/*"\n'
+                         'public_keys = ["keys/ml.pub"]\n'
+                         f'[[signatures]]\nscope = "path:{tmp_path}/models/*"\n'
+                         'certificate_chains = ["/etc/ca.pem"]\n')
+    repo = policy.decide(RepoRequest("pytorch/vision"))
+    req = repo.requirement("signature")
+    assert req is not None and req.anchors == (str(tmp_path / "keys" / "ml.pub"),)
+    local = policy.decide(RepoRequest(str(models), source="local"))
+    assert local.requirement("signature").anchors == ("/etc/ca.pem",)  # type: ignore[union-attr]
+    assert policy.decide(RepoRequest("facebookresearch/x")).requirement("signature") is None
+
+
+@pytest.mark.parametrize(("url", "allowed"), [
+    ("https://download.pytorch.org/models/x.pth", True),
+    ("https://download.pytorch.org.evil.com/models/x.pth", False),
+    ("https://download.pytorch.org@evil.com/models/x.pth", False),
+    ("https://user:pw@download.pytorch.org/models/x.pth", False),
+    ("https://download.pytorch.org:8443/models/x.pth", False),
+    ("http://download.pytorch.org/models/x.pth", False),
+    ("file:///etc/passwd", False),
+    ("ftp://download.pytorch.org/x", False),
+    ("HTTPS://DOWNLOAD.PYTORCH.ORG/models/x.pth", True),  # same host: compared by parts
+])
+def test_download_url_allowlist(url: str, allowed: bool) -> None:
+    assert load_policy("default").decide(DownloadRequest(url)).allowed is allowed
+
+
+def test_prefix_matches_at_path_boundaries(tmp_path: Path) -> None:
+    policy = policy_from(tmp_path, '[downloads]\nallowed_urls = ["https://m.example.com/team"]\n')
+    assert policy.decide(DownloadRequest("https://m.example.com/team/a.pth")).allowed
+    assert not policy.decide(DownloadRequest("https://m.example.com/team-evil/a.pth")).allowed
+
+
+def test_loopback_http_rule(tmp_path: Path) -> None:
+    policy = policy_from(tmp_path, 'loosen = ["downloads.allow_http_loopback"]\n[downloads]\n'
+                         'allow_http_loopback = true\nallowed_urls = ["http://127.0.0.1:8123/"]\n')
+    assert policy.decide(DownloadRequest("http://127.0.0.1:8123/w.pth")).allowed
+    assert not policy.decide(DownloadRequest("http://127.0.0.2:8123/w.pth")).allowed
+    assert not policy.decide(DownloadRequest("http://example.com:8123/w.pth")).allowed
+
+
+def test_pins_by_url_and_by_file_name(tmp_path: Path) -> None:
+    url = "https://download.pytorch.org/models/r.pth"
+    policy = policy_from(tmp_path, f'[downloads.pins]\n"{url}" = "sha256:{DIGEST}"\n'
+                         f'"other.pth" = "{"cd" * 32}"\n')
+    assert policy.decide(DownloadRequest(url)).requirement("sha256").value == DIGEST  # type: ignore[union-attr]
+    by_name = policy.decide(DownloadRequest("https://download.pytorch.org/x/other.pth",
+                                            file_name="other.pth"))
+    assert by_name.requirement("sha256").value == "cd" * 32  # type: ignore[union-attr]
+
+
+def test_offline_by_policy_and_by_environment(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    url = "https://download.pytorch.org/models/r.pth"
+    offline = policy_from(tmp_path, "[downloads]\noffline = true\n")
+    assert not offline.decide(DownloadRequest(url)).allowed
+    monkeypatch.setenv("SAFEHUB_OFFLINE", "1")
+    assert not load_policy("default").decide(DownloadRequest(url)).allowed
+
+
+def test_file_decisions_follow_findings(tmp_path: Path) -> None:
+    finding = Finding("SH101", Severity.LOW, "imports argparse.Namespace: x", path="m.pt",
+                      subject="argparse.Namespace")
+    report = FileReport("m.pt", "torch-zip", 1, findings=(finding,))
+    denied = load_policy("default").decide(FileRequest(report))
+    assert not denied.allowed
+    assert "argparse.Namespace" in denied.fix
+    unknown = FileReport("x.bin", "unknown", 1)
+    assert not load_policy("permissive").decide(FileRequest(unknown)).allowed, (
+        "what was not scanned is never allowed")
+
+
+def test_scan_options_merge_global_and_repo_allowances(tmp_path: Path) -> None:
+    policy = policy_from(tmp_path, '[scanner]\nallowed_globals = ["argparse.Namespace"]\n'
+                         '[repos."acme/net"]\nallowed_globals = ["acme.config.*"]\n'
+                         "allow_torchscript = true\n")
+    general = policy.scan_options()
+    assert general.allowed_globals == ("argparse.Namespace",)
+    assert not general.allow_torchscript
+    repo = policy.scan_options("acme/net")
+    assert repo.allowed_globals == ("argparse.Namespace", "acme.config.*")
+    assert repo.allow_torchscript
