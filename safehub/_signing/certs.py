@@ -1,0 +1,133 @@
+"""Certificate chains for the OMS certificate method, validated at a given time.
+
+The reference tool (model_signing 1.1.1) validates the chain at the leaf's
+``notBefore``, so expired certificates verify forever. safehub validates every
+certificate in the path at the verification time (now, unless the caller says
+otherwise), with the RFC 5280 / CA/B profile that ``cryptography`` implements for
+issuers, and checks that the leaf may sign code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import Sequence
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509 import verification
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from safehub._signing import keys
+
+__all__ = ["CertificateProblem", "load_der", "load_pem_certificates", "validate_chain"]
+
+
+class CertificateProblem(ValueError):
+    """The certificate chain does not establish a trusted, currently valid signer."""
+
+
+def load_pem_certificates(data: bytes) -> list[x509.Certificate]:
+    """Every certificate in a PEM blob; raise :class:`CertificateProblem` if there is none."""
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError as exc:
+        raise CertificateProblem(f"not PEM certificates: {exc}") from exc
+    if not certs:
+        raise CertificateProblem("no certificate found")
+    return certs
+
+
+def load_der(der: bytes) -> x509.Certificate:
+    """A DER certificate from a bundle."""
+    try:
+        return x509.load_der_x509_certificate(der)
+    except ValueError as exc:
+        raise CertificateProblem(f"malformed certificate in the bundle: {exc}") from exc
+
+
+def _validity(cert: x509.Certificate, now: dt.datetime) -> None:
+    name = cert.subject.rfc4514_string()
+    if now < cert.not_valid_before_utc:
+        raise CertificateProblem(
+            f"certificate {name!r} is not valid yet (valid from "
+            f"{cert.not_valid_before_utc.isoformat()}, verification time {now.isoformat()})")
+    if now > cert.not_valid_after_utc:
+        raise CertificateProblem(
+            f"certificate {name!r} expired on {cert.not_valid_after_utc.isoformat()} "
+            f"(verification time {now.isoformat()})")
+
+
+def _check_leaf_usage(leaf: x509.Certificate) -> None:
+    name = leaf.subject.rfc4514_string()
+    ext = leaf.extensions
+    try:
+        if ext.get_extension_for_class(x509.BasicConstraints).value.ca:
+            raise CertificateProblem(f"signing certificate {name!r} is a CA certificate")
+    except x509.ExtensionNotFound:
+        pass
+    usage: x509.KeyUsage | None = None
+    eku: x509.ExtendedKeyUsage | None = None
+    with contextlib.suppress(x509.ExtensionNotFound):
+        usage = ext.get_extension_for_class(x509.KeyUsage).value
+    with contextlib.suppress(x509.ExtensionNotFound):
+        eku = ext.get_extension_for_class(x509.ExtendedKeyUsage).value
+    if usage is None and eku is None:
+        raise CertificateProblem(f"signing certificate {name!r} states neither a key usage nor "
+                                 "an extended key usage allowing signatures")
+    # Where a usage is stated it must allow signing code: a TLS-only certificate from
+    # the same CA must not be able to sign models.
+    if usage is not None and not usage.digital_signature:
+        raise CertificateProblem(f"signing certificate {name!r} key usage lacks "
+                                 "digitalSignature")
+    if eku is not None and not ({ExtendedKeyUsageOID.CODE_SIGNING,
+                                 ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE} & set(eku)):
+        raise CertificateProblem(f"signing certificate {name!r} extended key usage does not "
+                                 "include codeSigning")
+
+
+def validate_chain(leaf: x509.Certificate, intermediates: Sequence[x509.Certificate],
+                   anchors: Sequence[x509.Certificate], now: dt.datetime
+                   ) -> tuple[ec.EllipticCurvePublicKey, list[x509.Certificate]]:
+    """Validate ``leaf`` up to one of ``anchors`` at ``now``.
+
+    ``intermediates`` (from the untrusted bundle) only help to build the path. Every
+    certificate on the path, anchor included, must be valid at ``now``. Returns the
+    leaf's public key and the path from leaf to anchor.
+    """
+    if now.tzinfo is None:
+        raise ValueError("the verification time must be timezone-aware")
+    key = leaf.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise CertificateProblem("the signing certificate's key is not an EC key")
+    try:
+        keys.hash_for(key)
+    except keys.KeyProblem as exc:
+        raise CertificateProblem(str(exc)) from exc
+    _validity(leaf, now)
+    _check_leaf_usage(leaf)
+    # A leaf the caller trusts directly (a pinned signer certificate) needs no path.
+    if any(a == leaf for a in anchors):
+        return key, [leaf]
+    builder = (verification.PolicyBuilder()
+               .store(verification.Store(list(anchors)))
+               .time(now)
+               .extension_policies(
+                   ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(),
+                   # The leaf's usage is checked above for code signing; the web PKI
+                   # end-entity profile (serverAuth/clientAuth, SAN) does not apply.
+                   ee_policy=verification.ExtensionPolicy.permit_all()))
+    try:
+        verified = builder.build_client_verifier().verify(leaf, list(intermediates))
+    except verification.VerificationError as exc:
+        # Say which certificate's validity is the problem, when that is the problem.
+        for cert in [*intermediates, *anchors]:
+            if cert.subject == leaf.issuer:
+                _validity(cert, now)
+        raise CertificateProblem(
+            f"the signing certificate {leaf.subject.rfc4514_string()!r} (issued by "
+            f"{leaf.issuer.rfc4514_string()!r}) does not chain to a trusted CA: {exc}") from exc
+    chain = list(verified.chain)
+    for cert in chain:
+        _validity(cert, now)
+    return key, chain

@@ -1,0 +1,219 @@
+"""The in-toto statement an OMS signature signs, read and written.
+
+Shape (predicate ``https://model_signing/signature/v1.0``)::
+
+    {"_type": "https://in-toto.io/Statement/v1",
+     "subject": [{"name": MODEL, "digest": {"sha256": ROOT}}],
+     "predicateType": "https://model_signing/signature/v1.0",
+     "predicate": {"serialization": {"method": "files"|"shards", "hash_type": "sha256",
+                                     "allow_symlinks": false, "ignore_paths": [...],
+                                     "shard_size": N},
+                   "resources": [{"name": PATH or "PATH:START:END",
+                                  "algorithm": "sha256" or "sha256-sharded-N",
+                                  "digest": HEX}, ...]}}
+
+``ROOT`` is SHA-256 over the resource digests' bytes, in the listed order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from safehub._signing import strictjson
+from safehub._signing.manifest import (
+    DECIMAL,
+    DIGEST_SIZES,
+    HASH_ALIASES,
+    FileEntry,
+    Manifest,
+    ManifestError,
+    Serialization,
+    Shard,
+    UnsafeManifestPath,
+    check_relpath,
+)
+
+__all__ = ["PREDICATE_TYPE", "STATEMENT_TYPE", "dump_statement", "parse_statement"]
+
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+PREDICATE_TYPE = "https://model_signing/signature/v1.0"
+
+
+def _shard_size(value: object) -> int:
+    # Protobuf's Struct holds numbers as doubles, so model_signing writes 512.0.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ManifestError("serialization.shard_size is not a number")
+    if isinstance(value, float) and (not math.isfinite(value) or not value.is_integer()):
+        raise ManifestError(f"serialization.shard_size {value!r} is not an integer")
+    size = int(value)
+    if size <= 0:
+        raise ManifestError(f"serialization.shard_size {size} is not positive")
+    return size
+
+
+def _bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value in ("true", "false"):  # older payloads stored it as a string
+        return value == "true"
+    raise ManifestError("serialization.allow_symlinks is not a boolean")
+
+
+def _ignore_paths(value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ManifestError("serialization.ignore_paths is not a list of strings")
+    out = set()
+    for raw in value:
+        path = raw.strip("/") if raw not in ("", "/") else raw
+        while path.startswith("./"):
+            path = path[2:]
+        try:
+            out.add(check_relpath(path))
+        except UnsafeManifestPath:
+            # Like the reference tool: an ignore path outside the model ignores nothing.
+            continue
+    return tuple(sorted(out))
+
+
+def _serialization(raw: object) -> Serialization:
+    if not isinstance(raw, dict):
+        raise ManifestError("predicate.serialization is missing")
+    method = raw.get("method")
+    hash_type = raw.get("hash_type")
+    if not isinstance(hash_type, str) or hash_type not in HASH_ALIASES:
+        raise ManifestError(f"unsupported serialization.hash_type {hash_type!r}")
+    allow_symlinks = _bool(raw.get("allow_symlinks", False))
+    ignore = _ignore_paths(raw.get("ignore_paths"))
+    if method == "files":
+        return Serialization("files", hash_type, None, allow_symlinks, ignore)
+    if method == "shards":
+        return Serialization("shards", hash_type, _shard_size(raw.get("shard_size")),
+                             allow_symlinks, ignore)
+    raise ManifestError(f"unsupported serialization.method {method!r}")
+
+
+def _algorithm_ok(algorithm: object, ser: Serialization) -> bool:
+    if not isinstance(algorithm, str):
+        return False
+    if ser.method == "files":
+        return HASH_ALIASES.get(algorithm) == HASH_ALIASES[ser.hash_type]
+    prefix, sep, size = algorithm.rpartition("-sharded-")
+    if not sep or HASH_ALIASES.get(prefix) != HASH_ALIASES[ser.hash_type]:
+        return False
+    return size in (str(ser.shard_size), f"{ser.shard_size}.0")
+
+
+def _resources(raw: object, ser: Serialization) -> tuple[dict[str, FileEntry], list[bytes]]:
+    if not isinstance(raw, list):
+        raise ManifestError("predicate.resources is not a list")
+    size = DIGEST_SIZES[HASH_ALIASES[ser.hash_type]]
+    whole: dict[str, str] = {}
+    shards: dict[str, dict[tuple[int, int], str]] = {}
+    digests: list[bytes] = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise ManifestError(f"resource {i} is not an object")
+        name, algorithm, digest = item.get("name"), item.get("algorithm"), item.get("digest")
+        if not isinstance(name, str) or not isinstance(digest, str):
+            raise ManifestError(f"resource {i} lacks a name or digest")
+        if not _algorithm_ok(algorithm, ser):
+            raise ManifestError(f"resource {name!r} has algorithm {algorithm!r}, which does "
+                                f"not match the serialization ({ser.algorithm})")
+        try:
+            value = bytes.fromhex(digest)
+        except ValueError:
+            raise ManifestError(f"resource {name!r} digest is not hex") from None
+        if len(value) != size:
+            raise ManifestError(f"resource {name!r} digest has {len(value)} bytes, "
+                                f"{ser.hash_type} has {size}")
+        digests.append(value)
+        if ser.method == "files":
+            path = check_relpath(name, allow_single=True)
+            if path in whole:
+                raise ManifestError(f"resource {path!r} is listed twice")
+            whole[path] = value.hex()
+            continue
+        path, sep1, rest = name.rpartition(":")
+        path, sep2, start_text = path.rpartition(":")
+        if not (sep1 and sep2 and DECIMAL.fullmatch(start_text) and DECIMAL.fullmatch(rest)):
+            raise ManifestError(f"shard resource {name!r} is not PATH:START:END")
+        path = check_relpath(path, allow_single=True)
+        start, end = int(start_text), int(rest)
+        ranges = shards.setdefault(path, {})
+        if (start, end) in ranges:
+            raise ManifestError(f"shard {name!r} is listed twice")
+        ranges[(start, end)] = value.hex()
+    if ser.method == "files":
+        return {p: FileEntry(p, digest=d) for p, d in whole.items()}, digests
+    entries = {p: FileEntry(p, shards=tuple(Shard(s, e, d) for (s, e), d in sorted(r.items())))
+               for p, r in shards.items()}
+    return entries, digests
+
+
+def parse_statement(payload: bytes) -> Manifest:
+    """The manifest an OMS statement signs; raise :class:`ManifestError` if malformed.
+
+    Call this only on a payload whose signature verified.
+    """
+    try:
+        doc = strictjson.loads(payload)
+    except strictjson.StrictJSONError as exc:
+        raise ManifestError(f"the signed statement is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ManifestError("the signed statement is not a JSON object")
+    if doc.get("_type") != STATEMENT_TYPE:
+        raise ManifestError(f"not an in-toto v1 statement (_type {doc.get('_type')!r})")
+    if doc.get("predicateType") != PREDICATE_TYPE:
+        raise ManifestError(f"predicate type {doc.get('predicateType')!r} is not "
+                            f"{PREDICATE_TYPE}")
+    subjects = doc.get("subject")
+    if not isinstance(subjects, list) or len(subjects) != 1 or not isinstance(subjects[0], dict):
+        raise ManifestError("the statement must have exactly one subject")
+    subject = subjects[0]
+    name = subject.get("name")
+    root = subject.get("digest", {}).get("sha256") if isinstance(subject.get("digest"),
+                                                                  dict) else None
+    if not isinstance(name, str) or not isinstance(root, str):
+        raise ManifestError("the subject lacks a name or a sha256 digest")
+    predicate = doc.get("predicate")
+    if not isinstance(predicate, dict):
+        raise ManifestError("the statement has no predicate")
+    ser = _serialization(predicate.get("serialization"))
+    files, digests = _resources(predicate.get("resources"), ser)
+    if hashlib.sha256(b"".join(digests)).hexdigest() != root.lower():
+        raise ManifestError("the subject digest does not match the listed resources")
+    return Manifest(model_name=name, serialization=ser, files=files)
+
+
+def _path_key(path: str) -> tuple[str, ...]:
+    return tuple(path.split("/"))
+
+
+def dump_statement(model_name: str, ser: Serialization, files: Iterable[FileEntry]) -> bytes:
+    """The statement JSON for signing, resources in model_signing's order (by path
+    components, then shard offset)."""
+    resources: list[dict[str, Any]] = []
+    digests: list[bytes] = []
+    for entry in sorted(files, key=lambda e: _path_key(e.path)):
+        if ser.method == "files":
+            assert entry.digest is not None
+            items = [(entry.path, entry.digest)]
+        else:
+            items = [(f"{entry.path}:{s.start}:{s.end}", s.digest) for s in entry.shards]
+        for name, digest in items:
+            resources.append({"name": name, "algorithm": ser.algorithm, "digest": digest})
+            digests.append(bytes.fromhex(digest))
+    statement = {
+        "_type": STATEMENT_TYPE,
+        "subject": [{"name": model_name,
+                     "digest": {"sha256": hashlib.sha256(b"".join(digests)).hexdigest()}}],
+        "predicateType": PREDICATE_TYPE,
+        "predicate": {"serialization": ser.to_json(), "resources": resources},
+    }
+    return json.dumps(statement, indent=2).encode("utf-8")

@@ -1,0 +1,162 @@
+"""``safehub verify MODEL``: check a model against its OpenSSF Model Signing signature.
+
+Exit 0 verified, 1 not verified (stderr names each file, digest and the key), 2 on
+error (missing model, key or signature file; bad arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from safehub.cli._common import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, ProgressLine, use_color
+from safehub.signing import (
+    Failure,
+    SigstoreIdentity,
+    Trust,
+    TrustedCertificates,
+    TrustedKey,
+    Verification,
+    default_signature_path,
+    verify,
+)
+
+__all__ = ["register", "run"]
+
+log = logging.getLogger("safehub")
+SCHEMA_VERSION = "1"
+HELP = "verify a model against its OpenSSF Model Signing (model.sig) signature"
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("verify", help=HELP, description=HELP + (
+        ". Exit 0 when verified, 1 when not (what failed goes to stderr), 2 on error."))
+    p.add_argument("model", metavar="MODEL", help="model folder, or a single model file")
+    p.add_argument("--signature", metavar="SIG",
+                   help="signature file (default: MODEL/model.sig, or MODEL.sig beside a file)")
+    trust = p.add_mutually_exclusive_group(required=True)
+    # model_signing's spellings (--public_key, --certificate_chain) are accepted too.
+    trust.add_argument("--key", "--public-key", "--public_key", dest="key", metavar="PUB",
+                       help="trusted EC public key (PEM)")
+    trust.add_argument("--certificate-chain", "--certificate_chain", dest="certificate_chain",
+                       action="append", metavar="PEM",
+                       help="trusted CA certificate(s) (PEM); repeatable")
+    trust.add_argument("--sigstore-identity", metavar="ID",
+                       help="keyless: the signer's identity (needs safehub[sigstore] and "
+                            "--sigstore-issuer)")
+    p.add_argument("--sigstore-issuer", metavar="URL", help="keyless: the OIDC issuer")
+    p.add_argument("--ignore-unsigned-files", "--ignore_unsigned_files",
+                   dest="ignore_unsigned_files", action="store_true", help=(
+        "as model_signing: do not fail on files the signature does not cover, code "
+        "included (each ignored code file is warned about)"))
+    p.add_argument("--ignore-path", action="append", default=[], metavar="PATH",
+                   help="model-relative path to skip when unsigned (code still fails); "
+                        "repeatable")
+    group = p.add_argument_group("output")
+    group.add_argument("-f", "--format", choices=["text", "json"], default="text",
+                       help="report format (default: text)")
+    group.add_argument("-o", "--output", metavar="FILE",
+                       help="write the report to FILE instead of stdout")
+    p.set_defaults(run=run)
+
+
+def _trust(args: argparse.Namespace) -> Trust | None:
+    if args.sigstore_issuer and not args.sigstore_identity:
+        log.error("--sigstore-issuer goes with --sigstore-identity")
+        return None
+    if args.key:
+        return TrustedKey.from_path(args.key)
+    if args.certificate_chain:
+        return TrustedCertificates.from_paths(args.certificate_chain)
+    if not args.sigstore_issuer:
+        log.error("--sigstore-identity needs --sigstore-issuer")
+        return None
+    return SigstoreIdentity(identity=args.sigstore_identity, issuer=args.sigstore_issuer)
+
+
+def _describe(result: Verification, failure: Failure, *, with_values: bool = True) -> str:
+    # A single-file model's only resource is named "."; show the file instead.
+    where = "signature" if failure.path is None else \
+        result.model if failure.path == "." else failure.path
+    text = f"{failure.rule_id} {failure.kind.value} {where}: {failure.message}"
+    if with_values and (failure.expected is not None or failure.actual is not None):
+        text += f" (expected {failure.expected}, actual {failure.actual})"
+    return text
+
+
+def _text(result: Verification, trusted: str, verbose: bool, color: bool) -> str:
+    ok = result.ok
+    mark = ("\x1b[32mverified\x1b[0m" if ok else "\x1b[31mNOT verified\x1b[0m") if color \
+        else ("verified" if ok else "NOT verified")
+    lines = [f"{mark}: {result.model}", f"  signature: {result.signature}",
+             f"  trusted: {trusted}"]
+    if result.signer is not None:
+        lines.append(f"  signed by: {result.signer.describe()}")
+    lines.append(f"  files verified: {len(result.files)}")
+    if verbose:
+        lines.extend(f"    {path}  {digest}" for path, digest in sorted(result.files.items()))
+        lines.extend(f"  skipped: {path}" for path in result.skipped)
+    lines.extend(f"  unsigned, ignored: {path}" for path in result.unsigned_ignored)
+    for failure in result.failures:
+        lines.append(f"  {_describe(result, failure, with_values=False)}")
+        if failure.expected is not None or failure.actual is not None:
+            lines.append(f"      expected {failure.expected}")
+            lines.append(f"      actual   {failure.actual}")
+    return "\n".join(lines) + "\n"
+
+
+def _json(result: Verification, trusted: str) -> str:
+    body = {"schema_version": SCHEMA_VERSION, "command": "verify", "trusted": trusted,
+            **result.to_json()}
+    return json.dumps(body, indent=2) + "\n"
+
+
+def _emit(text: str, args: argparse.Namespace) -> None:
+    if args.output:
+        tmp = f"{args.output}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, args.output)
+        return
+    if args.quiet and args.format == "text":
+        return
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    anchor = _trust(args)
+    if anchor is None:
+        return EXIT_ERROR
+    model = Path(args.model)
+    signature = Path(args.signature) if args.signature else default_signature_path(model)
+    progress = ProgressLine("hashing")
+    result = verify(model, signature=signature, trust=anchor,
+                    ignore_unsigned_files=args.ignore_unsigned_files,
+                    unsafe_ignore_unsigned_code=args.ignore_unsigned_files,
+                    ignore_paths=args.ignore_path, progress=progress)
+    progress.done()
+    trusted = anchor.describe()
+    if args.format == "json":
+        _emit(_json(result, trusted), args)
+    else:
+        _emit(_text(result, trusted, args.verbose, use_color(sys.stdout) and not args.output),
+              args)
+    for path in result.unsigned_ignored:
+        log.warning("unsigned file ignored (--ignore-unsigned-files): %s", path)
+    if result.ok:
+        assert result.signer is not None
+        log.info("verified %s: %d files signed by %s", result.model, len(result.files),
+                 result.signer.describe())
+        return EXIT_OK
+    log.error("NOT verified: %s (signature %s, trusted %s)", result.model, result.signature,
+              trusted)
+    if result.signer is not None:
+        log.error("  signed by: %s", result.signer.describe())
+    for failure in result.failures:
+        log.error("  %s", _describe(result, failure))
+    return EXIT_FINDINGS
