@@ -8,7 +8,19 @@ from enum import Enum
 
 from safehub.rules import RULES, Severity
 
-__all__ = ["FileReport", "Finding", "ScanReport", "Severity", "Skipped", "Verdict"]
+__all__ = [
+    "NOT_CHECKED_RULES",
+    "FileReport",
+    "Finding",
+    "ScanReport",
+    "Severity",
+    "Skipped",
+    "Verdict",
+]
+
+# Rules meaning "this was not (fully) checked": unsupported compression, limits, analyzer
+# failure, unreadable input, unknown format.
+NOT_CHECKED_RULES = frozenset({"SH116", "SH190", "SH191", "SH192", "SH193"})
 
 
 class Verdict(str, Enum):
@@ -50,8 +62,14 @@ class Finding:
 
     @property
     def blocking(self) -> bool:
-        """Whether this finding makes its file unsafe."""
-        return not self.allowed_by and self.severity.rank >= self.block_at.rank
+        """Whether this finding makes its file unsafe.
+
+        Findings that say part of the input was not checked block whatever the
+        policy's threshold: nothing unscanned is ever passed as clean.
+        """
+        if self.allowed_by:
+            return False
+        return self.rule_id in NOT_CHECKED_RULES or self.severity.rank >= self.block_at.rank
 
     def fingerprint(self) -> str:
         """A stable id for the finding that survives re-runs and unrelated edits.
@@ -89,6 +107,10 @@ class FileReport:
     def verdict(self) -> Verdict:
         if self.error:
             return Verdict.ERROR
+        # A file can be unknown as a whole yet hold something dangerous (a polyglot):
+        # real findings win over "not recognized".
+        if any(f.blocking and f.rule_id != "SH190" for f in self.findings):
+            return Verdict.UNSAFE
         if self.format == "unknown":
             return Verdict.UNKNOWN
         if any(f.blocking for f in self.findings):

@@ -48,6 +48,9 @@ def _build() -> dict[str, str]:
         "builtins.set": "set container",
         "builtins.frozenset": "immutable set container",
         "builtins.bytearray": "mutable bytes value",
+        # Protocols 0-2 write an empty bytes value as bytes(): torch.save's default protocol
+        # is 2, so state dicts holding b"" carry it.
+        "builtins.bytes": "bytes value (how protocols 0-2 pickle b'')",
         "builtins.complex": "complex number value",
         "_codecs.encode": "how protocol 2 pickles bytes (str -> bytes with a text codec)",
         "torch.Size": "tuple subclass for tensor shapes",

@@ -20,6 +20,8 @@ from safehub._scanner.fmt_pickle import scan_pickle_file
 from safehub._scanner.fmt_safetensors import looks_like_safetensors, scan_safetensors
 from safehub._scanner.fmt_tar import looks_like_tar, scan_tar
 from safehub._scanner.fmt_zip import scan_zip
+from safehub._scanner.judge import Loader, judge_stream
+from safehub._scanner.pickle_vm import PickleCursor
 from safehub._scanner.source import ByteSource, FileRegion
 from safehub._scanner.zipdir import ZipError, find_eocd, read_directory
 from safehub.findings import FileReport, Finding, ScanReport, Skipped, Verdict
@@ -44,6 +46,7 @@ def scan_fileobj(fh: BinaryIO, display: str, size: int, options: ScanOptions) ->
         return _report(scan)
     fh.seek(0)
     head = fh.read(512)
+    container = True  # a format whose loaders do not read the file as a pickle
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         _scan_zip_file(scan, fh, primary=True)
     elif head.startswith(NPY_MAGIC):
@@ -57,7 +60,10 @@ def scan_fileobj(fh: BinaryIO, display: str, size: int, options: ScanOptions) ->
     elif (kind := compression_of(head)) is not None:
         scan_compressed(scan, fh, kind)
     else:
+        container = False
         _scan_pickle_or_unknown(scan, fh, size)
+    if container and not head.startswith(b"PK\x03\x04"):
+        _scan_as_pickle(scan, fh, size)
     if not head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         _scan_hidden_zip(scan, fh)
     return _report(scan)
@@ -72,6 +78,29 @@ def _scan_pickle_or_unknown(scan: FileScan, fh: BinaryIO, size: int) -> None:
         scan.format = "unknown"
         scan.add("SH190", "content is not a recognized model format (pickle, torch, numpy, "
                  "joblib, safetensors)")
+
+
+def _scan_as_pickle(scan: FileScan, fh: BinaryIO, size: int) -> None:
+    """Polyglots: pickle.load, joblib.load and torch.load read anything that is not their own
+    container (a zip for torch, compressor magic for joblib) as a pickle from byte 0.
+
+    A tar header's name field, a safetensors header length or a bzip2 header can hold
+    opcodes. Real headers fail within a few opcodes without importing anything.
+    """
+    probe = PickleCursor(FileRegion(fh, 0, size), limits=scan.options.limits).stream()
+    if not (probe.computed or probe.extensions or any(
+            _importable(g.raw) for g in probe.globals)):
+        return
+    scan.add("SH114", "the file also parses as a pickle that pickle.load, joblib.load or "
+             "torch.load would run", offset=0, subject="pickle-polyglot")
+    judge_stream(scan, probe, "", Loader.PICKLE)
+    if scan.format == "unknown":
+        scan.format = "pickle"
+
+
+def _importable(name: str) -> bool:
+    """Whether an import could succeed: every dotted part a Python identifier."""
+    return all(part.isidentifier() for part in name.split("."))
 
 
 def _scan_zip_file(scan: FileScan, fh: BinaryIO, *, primary: bool) -> None:

@@ -35,8 +35,8 @@ def compression_of(head: bytes) -> str | None:
         return "lzma"
     if head.startswith(b'\x04"M\x18'):
         return "lz4"
-    if head.startswith(_OLD_JOBLIB_PREFIX) and len(head) > 2 and head[2:4] == b"0x":
-        return "joblib-zlib-legacy"
+    if head.startswith(_OLD_JOBLIB_PREFIX):
+        return "joblib-zlib-legacy"  # joblib checks these two bytes alone
     if len(head) >= 2 and head[0] == 0x78 and (head[0] << 8 | head[1]) % 31 == 0:
         return "zlib"
     return None
@@ -60,18 +60,34 @@ class _Decompressor:
 
 
 class _ZlibStream:
+    """zlib data as joblib reads it: concatenated zlib streams are one stream."""
+
     def __init__(self, fh: BinaryIO):
         self._fh = fh
         self._z = zlib.decompressobj()
         self._pending = b""
+        self._done = False
 
     def read(self, n: int) -> bytes:
-        out = []
-        have = 0
-        while have < n and not self._z.eof:
-            data = self._z.unconsumed_tail or self._fh.read(1 << 16)
-            if not data:
-                break
+        out = [self._pending[:n]]
+        have = len(out[0])
+        self._pending = self._pending[have:]
+        while have < n and not self._done:
+            if self._z.eof:
+                rest = self._z.unused_data or self._fh.read(1 << 16)
+                if not rest:
+                    break
+                self._z = zlib.decompressobj()
+                data = rest
+            else:
+                data = self._z.unconsumed_tail or self._fh.read(1 << 16)
+                if not data:
+                    # Input used up: zlib may still hold output (the rest of a long match).
+                    chunk = self._z.flush()
+                    self._done = True
+                    self._pending = chunk[n - have:]
+                    out.append(chunk[: n - have])
+                    break
             chunk = self._z.decompress(data, n - have)
             out.append(chunk)
             have += len(chunk)
@@ -92,7 +108,11 @@ def scan_compressed(scan: FileScan, fh: BinaryIO, kind: str) -> None:
     elif kind == "zlib":
         stream = _ZlibStream(fh)  # type: ignore[assignment]
     elif kind == "joblib-zlib-legacy":
+        # 'ZF', the hex length padded to 19 bytes, then zlib data (after one more space
+        # in files from Python 2 joblib), as joblib's read_zfile does.
         fh.seek(_OLD_JOBLIB_HEADER)
+        if fh.read(1) != b" ":
+            fh.seek(_OLD_JOBLIB_HEADER)
         stream = _ZlibStream(fh)  # type: ignore[assignment]
     else:
         scan.add("SH116", f"{kind}-compressed data cannot be decompressed here",

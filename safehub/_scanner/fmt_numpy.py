@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ast
+import io
 import re
 import struct
+import tokenize
 
 from safehub._scanner.context import FileScan
 from safehub._scanner.judge import Loader, judge_stream
@@ -23,8 +25,14 @@ class _BadHeader(Exception):
     pass
 
 
-def scan_npy(scan: FileScan, src: ByteSource, location: str, base: int) -> None:
-    """Check one .npy stream (a file, or a member of an .npz archive)."""
+def scan_npy(scan: FileScan, src: ByteSource, location: str, base: int, *,
+             declared: int | None = None) -> None:
+    """Check one .npy stream (a file, or a member of an .npz archive).
+
+    ``declared`` is the uncompressed size a zip directory gives a compressed member: numeric
+    data is then checked against it instead of being inflated (numbers cannot run code,
+    and a decompression bomb would cost its full size).
+    """
     cursor = PickleCursor(src, base=base, limits=scan.options.limits)
     where = location or "npy"
     try:
@@ -41,7 +49,7 @@ def scan_npy(scan: FileScan, src: ByteSource, location: str, base: int) -> None:
         if header_len > _MAX_HEADER:
             raise _BadHeader(f"header of {header_len} bytes is larger than {_MAX_HEADER}")
         text = cursor.take(header_len).decode("utf-8" if major == 3 else "latin-1")
-        itemsize, has_object, count = _parse_header(text)
+        itemsize, has_object, count = _parse_header(text, py2=major <= 2)
     except Truncated:
         scan.add("SH111", "the .npy header is truncated", location=location, offset=base)
         return
@@ -59,6 +67,14 @@ def scan_npy(scan: FileScan, src: ByteSource, location: str, base: int) -> None:
                      offset=cursor.offset())
         return
     nbytes = count * itemsize
+    if declared is not None:
+        end = cursor.offset() - base + nbytes
+        if end > declared:
+            scan.add("SH111", f"array data is shorter than its header's {nbytes} bytes",
+                     location=location, offset=cursor.offset())
+        elif end < declared:
+            scan.add("SH113", "bytes follow the array data", location=location, offset=end)
+        return
     try:
         cursor.skip(nbytes)
     except Truncated:
@@ -70,10 +86,15 @@ def scan_npy(scan: FileScan, src: ByteSource, location: str, base: int) -> None:
                  offset=cursor.offset())
 
 
-def _parse_header(text: str) -> tuple[int, bool, int]:
+def _parse_header(text: str, *, py2: bool = False) -> tuple[int, bool, int]:
     try:
         header = ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError) as exc:
+    except SyntaxError:
+        if not py2:
+            raise _BadHeader("not a Python literal (SyntaxError)") from None
+        # Files written by Python 2 spell shapes with longs ("(2L,)"); numpy drops the L.
+        header = _literal(_drop_long_suffixes(text))
+    except (ValueError, MemoryError, RecursionError, TypeError) as exc:
         raise _BadHeader(f"not a Python literal ({type(exc).__name__})") from None
     if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
         raise _BadHeader("must be a dict with keys descr, fortran_order and shape")
@@ -89,6 +110,27 @@ def _parse_header(text: str) -> tuple[int, bool, int]:
     for d in shape:
         count *= d
     return itemsize, has_object, count
+
+
+def _literal(text: str) -> object:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError) as exc:
+        raise _BadHeader(f"not a Python literal ({type(exc).__name__})") from None
+
+
+def _drop_long_suffixes(text: str) -> str:
+    """numpy's ``_filter_header``: a NAME token ``L`` right after a NUMBER is removed."""
+    tokens = []
+    after_number = False
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(text).readline):
+            if not (after_number and token.type == tokenize.NAME and token.string == "L"):
+                tokens.append(token)
+            after_number = token.type == tokenize.NUMBER
+        return str(tokenize.untokenize(tokens))
+    except (tokenize.TokenError, SyntaxError) as exc:
+        raise _BadHeader(f"not a Python literal ({type(exc).__name__})") from None
 
 
 def _descr_size(descr: object, depth: int) -> tuple[int, bool]:

@@ -24,7 +24,25 @@ _MAX_RECORDS = 1_000_000
 
 
 def looks_like_tar(head: bytes) -> bool:
-    return len(head) >= 262 and head[257:262] == b"ustar"
+    """Whether ``tarfile.open(mode="r:")`` (torch's first try) accepts the first header.
+
+    tarfile checks the header checksum, not the ``ustar`` magic: old v7 archives have none.
+    """
+    if len(head) < 512:
+        return False
+    if head[257:262] == b"ustar":
+        return True
+    field = head[148:156]
+    if field[0] in (0o200, 0o377) or head[:512].count(0) == 512:
+        return False
+    try:
+        stored = int(field.split(b"\0", 1)[0].decode("ascii").strip() or "0", 8)
+    except (UnicodeDecodeError, ValueError):
+        return False
+    rest = head[:148] + b" " * 8 + head[156:512]
+    unsigned = sum(rest)
+    signed = sum(b - 256 if b > 127 else b for b in rest)
+    return stored in (unsigned, signed)
 
 
 def scan_tar(scan: FileScan, fh: BinaryIO) -> None:
@@ -43,7 +61,13 @@ def scan_tar(scan: FileScan, fh: BinaryIO) -> None:
         return
     for name in wanted:
         member = members.get(name)
-        if member is None or not member.isfile():
+        if member is None:
+            continue
+        if not member.isfile():
+            # torch extracts the member with tarfile, which follows a hard link to another
+            # member's data (and a symbolic link to wherever it points).
+            scan.add("SH114", f"tar member {name!r} is a link or special file, not the data "
+                     "itself", location=name, subject="tar-link")
             continue
         src = FileRegion(fh, member.offset_data, member.size)
         cursor = PickleCursor(src, limits=scan.options.limits, torch_names=True)

@@ -47,18 +47,22 @@ def scan_zip(scan: FileScan, fh: BinaryIO, directory: ZipDirectory) -> None:
     loader = Loader.TORCHSCRIPT if torchscript else Loader.TORCH_ZIP
     analyzed = 0
     for entry in entries:
-        kind = _record_kind(fh, entry)
-        if kind is None:
-            continue
-        if entry.method not in (0, 8):
+        if entry.method not in (0, 8) and not entry.name.endswith("/"):
+            # Its content cannot be checked; zipfile (numpy) reads bzip2 and lzma members,
+            # so an object array could hide in one.
             scan.add("SH116", f"{entry.name}: compression method {entry.method}",
                      location=entry.name, subject=f"method-{entry.method}")
+            analyzed += 1
+            continue
+        kind = _record_kind(fh, entry)
+        if kind is None:
             continue
         analyzed += 1
         if kind == "npy":
             src, inflater = open_entry(fh, entry, scan.options.max_record_size)
             scan.records.append(entry.name)
-            scan_npy(scan, src, entry.name, 0)
+            scan_npy(scan, src, entry.name, 0,
+                     declared=entry.size if entry.method == 8 else None)
         else:
             src, inflater = open_entry(fh, entry, scan.options.max_record_size)
             scan.records.append(entry.name)

@@ -237,6 +237,9 @@ class PickleCursor:
         self.buf_pos = src.tell()  # source position of buf[0]
         self.values = 0
         self.depth = 0
+        # End of the last FRAME read, for joblib's pure-Python unpickler, which buffers a
+        # whole frame: raw array bytes are read from the file *after* it.
+        self.frame_end = -1
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -411,12 +414,14 @@ class PickleCursor:
             elif op == 0x89:  # NEWFALSE
                 stack.append(False)
             elif op == 0x49:  # I INT
-                stack.append(_parse_int(self.line(), at))
+                stack.append(_load_int(self.line(), at))
             elif op == 0x4C:  # L LONG
                 text = self.line()
+                if not text:
+                    raise PickleError("pickle data was truncated", at, truncated=True)
                 if text.endswith(b"L"):
                     text = text[:-1]
-                stack.append(_parse_int(text, at, allow_bool=False))
+                stack.append(_pylong(text, 0, at))
             elif op == 0x46:  # F FLOAT
                 try:
                     stack.append(float(self.line()))
@@ -548,8 +553,8 @@ class PickleCursor:
             elif op == 0x32:  # 2 DUP
                 stack.append(top(at))
             elif op == 0x70:  # p PUT
-                idx = _parse_int(self.line(), at, allow_bool=False)
-                if not isinstance(idx, int) or idx < 0:
+                idx = _memo_index(self.line(), at)
+                if idx < 0:
                     raise PickleError("negative PUT argument", at)
                 self._memo_put(memo, idx, top(at))
             elif op == 0x71:  # q BINPUT
@@ -559,7 +564,7 @@ class PickleCursor:
             elif op == 0x94:  # MEMOIZE
                 self._memo_put(memo, len(memo), top(at))
             elif op == 0x67:  # g GET
-                stack.append(_memo_get(memo, _parse_int(self.line(), at, allow_bool=False), at))
+                stack.append(_memo_get(memo, _memo_index(self.line(), at), at))
             elif op == 0x68:  # h BINGET
                 stack.append(_memo_get(memo, self.take(1)[0], at))
             elif op == 0x6A:  # j LONG_BINGET
@@ -624,7 +629,7 @@ class PickleCursor:
                 self._mutate(res, "BUILD", inst, at)
                 if isinstance(inst, Call):
                     inst.state = state
-                    if self.joblib and _is_global(inst.func, JOBLIB_WRAPPER):
+                    if self.joblib and _is_joblib_wrapper(inst):
                         stack[-1] = self._joblib_array(res, inst, at)
             elif op == 0x50:  # P PERSID
                 try:
@@ -653,6 +658,7 @@ class PickleCursor:
                 res.protocol = max(res.protocol, proto)
             elif op == 0x95:  # FRAME
                 length = unpack("<Q", self.take(8))[0]
+                self.frame_end = self.offset() + length
                 rem = self.src.remaining()
                 if rem is not None and length > (len(self.buf) - self.i) + rem:
                     raise PickleError("pickle data was truncated (frame)", at, truncated=True)
@@ -702,16 +708,24 @@ class PickleCursor:
             raise PickleError("joblib array record with an undeterminable size", at)
         nbytes, has_object, aligned = extent
         start = self.offset()
+        if start < self.frame_end:
+            # joblib reads the array after the buffered frame and then resumes unpickling
+            # with the rest of the frame: the bytes would be read in another order than
+            # they are stored. joblib's own pickler ends a frame before each array.
+            raise PickleError("a pickle frame continues past a joblib array record", at)
         if has_object:
-            # joblib calls pickle.load() again here: a fresh stream (own stack and memo)
-            # whose imports and calls are recorded with this stream's.
+            # joblib unpickles a nested stream here with a plain pickle Unpickler (own stack
+            # and memo, no array records of its own); its imports and calls are recorded
+            # with this stream's.
             if self.depth >= self.limits.max_depth:
                 raise LimitExceeded("joblib object arrays nested too deeply", at)
             self.depth += 1
+            self.joblib = False
             try:
                 self._loop(res)
             finally:
                 self.depth -= 1
+                self.joblib = True
             return Opaque("joblib object array")
         if aligned:
             self.skip(self.take(1)[0])
@@ -730,19 +744,78 @@ def _is_global(value: object, name: str) -> bool:
     return isinstance(value, Global) and value.effective == name
 
 
-def _parse_int(text: bytes, at: int, *, allow_bool: bool = True) -> int | bool:
-    if allow_bool and text == b"00":
-        return False
-    if allow_bool and text == b"01":
+def _is_joblib_wrapper(inst: Call) -> bool:
+    """Whether joblib would take this object for an array record.
+
+    joblib tests ``isinstance(obj, NumpyArrayWrapper)`` after every BUILD, so an instance
+    made by a factory (``copyreg._reconstructor(NumpyArrayWrapper, ...)``) counts too.
+    """
+    if _is_global(inst.func, JOBLIB_WRAPPER):
         return True
+    args = inst.args
+    return (isinstance(inst.func, Global) and isinstance(args, tuple) and bool(args)
+            and _is_global(args[0], JOBLIB_WRAPPER))
+
+
+# Integers decide what the loader does next (joblib array sizes, memo slots), so the text
+# opcodes are parsed exactly as _pickle.c does, quirks included: INT tries C strtol with
+# base 0 (octal "010" is 8) and falls back to PyLong_FromString; GET and PUT use base 10.
+_C_SPACE = b" \t\n\v\f\r"
+_LONG_MAX = (1 << 63) - 1
+_HEX = b"0123456789abcdefABCDEF"
+
+
+def _pylong(text: bytes, base: int, at: int) -> int:
+    """PyLong_FromString: Python's int() syntax, reading up to the first NUL byte."""
     try:
-        return int(text, 0)
-    except ValueError:
-        pass
-    try:
-        return int(text)
+        return int(text.split(b"\0", 1)[0], base)
     except ValueError:
         raise PickleError("invalid literal for int", at) from None
+
+
+def _strtol(text: bytes) -> tuple[int, int] | None:
+    """C ``strtol(text, &end, 0)`` on LP64: (value, end index), or None on overflow."""
+    i, n = 0, len(text)
+    while i < n and text[i] in _C_SPACE:
+        i += 1
+    negative = i < n and text[i] == 0x2D
+    if i < n and text[i] in b"+-":
+        i += 1
+    base = 10
+    if text[i : i + 2] in (b"0x", b"0X") and i + 2 < n and text[i + 2] in _HEX:
+        base, i = 16, i + 2
+    elif text[i : i + 1] == b"0":
+        base = 8
+    digits = _HEX if base == 16 else _HEX[:base]
+    start = i
+    while i < n and text[i] in digits:
+        i += 1
+    if i == start:
+        return 0, 0  # no conversion: end points at the start of the text
+    value = int(text[start:i], base)
+    if value > _LONG_MAX + negative:
+        return None
+    return (-value if negative else value), i
+
+
+def _load_int(text: bytes, at: int) -> int | bool:
+    """The INT opcode (``load_int``): "00"/"01" and any 2-character 0 or 1 are bools."""
+    if not text:
+        raise PickleError("pickle data was truncated", at, truncated=True)
+    parsed = _strtol(text)
+    if parsed is not None and (parsed[1] == len(text) or text[parsed[1]] == 0):
+        value = parsed[0]
+        if len(text) == 2 and value in (0, 1):
+            return bool(value)
+        return value
+    return _pylong(text, 0, at)
+
+
+def _memo_index(text: bytes, at: int) -> int:
+    """The argument of GET and PUT: a base-10 integer."""
+    if not text:
+        raise PickleError("pickle data was truncated", at, truncated=True)
+    return _pylong(text, 10, at)
 
 
 def _utf8(data: bytes, at: int) -> str:
@@ -776,9 +849,9 @@ def _ascii_line(text: bytes, at: int) -> str:
         raise PickleError("invalid UTF-8 in GLOBAL argument", at) from None
 
 
-def _memo_get(memo: dict[int, object], idx: int | bool, at: int) -> object:
+def _memo_get(memo: dict[int, object], idx: int, at: int) -> object:
     try:
-        return memo[int(idx)]
+        return memo[idx]
     except KeyError:
         raise PickleError(f"Memo value not found at index {idx}", at) from None
 
@@ -807,7 +880,12 @@ def _joblib_extent(state: object) -> tuple[int, bool, bool] | None:
 
 
 def dtype_info(dtype: object) -> tuple[int, bool] | None:
-    """(itemsize, has_object) of a pickled ``numpy.dtype(descr, align, copy)`` call."""
+    """(itemsize, has_object) of a pickled ``numpy.dtype(descr, align, copy)`` call.
+
+    As numpy's ``dtype.__setstate__``: the flags of the state decide ``hasobject`` for
+    every dtype, its element size only for flexible kinds (str, unicode, void). States of
+    other shapes than numpy writes are not guessed at.
+    """
     if not (isinstance(dtype, Call) and _is_global(dtype.func, "numpy.dtype")):
         return None
     args = dtype.args
@@ -817,15 +895,16 @@ def dtype_info(dtype: object) -> tuple[int, bool] | None:
     state = dtype.state
     elsize = -1
     flags = 0
-    if isinstance(state, tuple) and len(state) >= 8:
-        if isinstance(state[5], int):
-            elsize = int(state[5])
-        if isinstance(state[7], int):
-            flags = int(state[7])
-    has_object = descr.startswith("O") or bool(flags & 0x01)
+    if state is not None:
+        if not (isinstance(state, tuple) and len(state) in (8, 9) and state[0] in (3, 4)
+                and isinstance(state[5], int) and isinstance(state[7], int)):
+            return None
+        elsize, flags = int(state[5]), int(state[7])
+    has_object = descr.lstrip("<>|=").startswith("O") or bool(flags & 0x01)
     if has_object:
         return 8, True
-    if elsize > 0:
+    flexible = descr.lstrip("<>|=")[:1] in ("S", "a", "U", "V")
+    if flexible and elsize > 0:
         return elsize, False
     size = _typestr_itemsize(descr)
     return None if size is None else (size, False)

@@ -63,20 +63,19 @@ class ZipDirectory:
 
 
 def find_eocd(fh: BinaryIO, size: int) -> int | None:
-    """Offset of the last end-of-central-directory record, as zip readers search for it."""
+    """Offset of the last end-of-central-directory record, as zip readers search for it.
+
+    Like miniz (torch) and zipfile (numpy): the signature closest to the end wins, whatever
+    its comment length says. Walking back to an earlier record whose comment "fits" would
+    let a decoy directory hide the one the loaders read (the mismatch is an anomaly).
+    """
     if size < 22:
         return None
     tail_len = min(size, 22 + _MAX_COMMENT)
     fh.seek(size - tail_len)
     tail = fh.read(tail_len)
-    pos = tail.rfind(_EOCD)
-    while pos >= 0:
-        if pos + 22 <= len(tail):
-            comment_len = struct.unpack_from("<H", tail, pos + 20)[0]
-            if pos + 22 + comment_len <= len(tail):
-                return size - tail_len + pos
-        pos = tail.rfind(_EOCD, 0, pos)
-    return None
+    pos = tail.rfind(_EOCD, 0, len(tail) - 22 + 4)
+    return None if pos < 0 else size - tail_len + pos
 
 
 def read_directory(fh: BinaryIO, size: int, eocd: int) -> ZipDirectory:
@@ -88,6 +87,9 @@ def read_directory(fh: BinaryIO, size: int, eocd: int) -> ZipDirectory:
     )
     anomalies: list[tuple[str, int | None]] = []
     end = eocd + 22 + comment_len
+    if end > size:
+        anomalies.append(("end-of-directory comment runs past the end of the file", eocd))
+        end = size
     cd_end = eocd
     # torch writes a zip64 end record even for small archives; readers use it when its
     # locator sits right before the classic record (zipfile looks exactly 76 bytes back).
@@ -132,22 +134,42 @@ def _parse_central(
     for _ in range(count):
         if central[pos : pos + 4] != _CENTRAL or pos + 46 > len(central):
             raise ZipError("central directory record is malformed")
-        (flags, method, csize, usize, name_len, extra_len, comment_len, lh_offset) = (
-            struct.unpack_from("<HH8xIIHHH8xI", central, pos + 8)
-        )
-        raw_name = central[pos + 46 : pos + 46 + name_len]
-        extra = central[pos + 46 + name_len : pos + 46 + name_len + extra_len]
-        if csize == 0xFFFFFFFF or usize == 0xFFFFFFFF or lh_offset == 0xFFFFFFFF:
-            usize, csize, lh_offset = _zip64_sizes(extra, usize, csize, lh_offset)
-        name = raw_name.decode("utf-8" if flags & 0x800 else "cp437", "replace")
-        if flags & 0x1:
-            anomalies.append((f"{name}: marked encrypted in the central directory", base + pos))
-        entries.append(ZipEntry(name=name, method=method, flags=flags, compressed_size=csize,
-                                size=usize, header_offset=lh_offset + prefix))
-        pos += 46 + name_len + extra_len + comment_len
-        if pos > len(central):
-            raise ZipError("central directory record is malformed")
+        pos = _parse_record(central, pos, prefix, anomalies, base, entries)
+    # miniz reads as many records as the end record counts, zipfile (numpy) every record in
+    # the directory's byte size: records past the count are seen by numpy alone.
+    extra = 0
+    while central[pos : pos + 4] == _CENTRAL and pos + 46 <= len(central):
+        pos = _parse_record(central, pos, prefix, anomalies, base, entries)
+        extra += 1
+        if len(entries) > _MAX_ENTRIES:
+            raise ZipError(f"archive holds more than {_MAX_ENTRIES} entries")
+    if extra:
+        anomalies.append((f"central directory holds {extra} records more than its end record "
+                          "counts", base))
     return entries
+
+
+def _parse_record(
+    central: bytes, pos: int, prefix: int, anomalies: list[tuple[str, int | None]], base: int,
+    entries: list[ZipEntry],
+) -> int:
+    """Parse the central record at ``pos`` into ``entries``; returns the next position."""
+    (flags, method, csize, usize, name_len, extra_len, comment_len, lh_offset) = (
+        struct.unpack_from("<HH8xIIHHH8xI", central, pos + 8)
+    )
+    raw_name = central[pos + 46 : pos + 46 + name_len]
+    extra = central[pos + 46 + name_len : pos + 46 + name_len + extra_len]
+    if csize == 0xFFFFFFFF or usize == 0xFFFFFFFF or lh_offset == 0xFFFFFFFF:
+        usize, csize, lh_offset = _zip64_sizes(extra, usize, csize, lh_offset)
+    name = raw_name.decode("utf-8" if flags & 0x800 else "cp437", "replace")
+    if flags & 0x1:
+        anomalies.append((f"{name}: marked encrypted in the central directory", base + pos))
+    entries.append(ZipEntry(name=name, method=method, flags=flags, compressed_size=csize,
+                            size=usize, header_offset=lh_offset + prefix))
+    pos += 46 + name_len + extra_len + comment_len
+    if pos > len(central):
+        raise ZipError("central directory record is malformed")
+    return pos
 
 
 def _zip64_sizes(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int, int, int]:
@@ -220,23 +242,29 @@ class _Inflater:
         self._region = region
         self._z = zlib.decompressobj(-15)
         self._pending = b""
+        self._done = False
         self.error = ""
 
     def read(self, n: int) -> bytes:
         out = [self._pending[:n]]
         have = len(out[0])
         self._pending = self._pending[have:]
-        while have < n and not self._z.eof:
+        while have < n and not self._done and not self._z.eof:
             data = self._z.unconsumed_tail or self._region.read(1 << 16)
-            if not data and not self._z.unconsumed_tail:
-                break
             try:
-                chunk = self._z.decompress(data, n - have)
+                if data:
+                    chunk = self._z.decompress(data, n - have)
+                else:
+                    # The input is used up, but zlib may still hold output (the rest of a
+                    # long match); without this a record's last bytes would be lost.
+                    chunk = self._z.flush()
+                    self._done = True
             except zlib.error as exc:
                 self.error = f"deflate data is corrupt: {exc}"
                 break
-            out.append(chunk)
-            have += len(chunk)
+            self._pending = chunk[n - have:]
+            out.append(chunk[: n - have])
+            have += len(out[-1])
         return b"".join(out)
 
 

@@ -1,0 +1,80 @@
+"""torch's legacy formats: the five-pickle stream file and the oldest tar archive."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+
+from safehub.findings import Verdict
+from tests.scanner import _builders as B
+from tests.scanner.conftest import rules, scan_one
+
+torch = pytest.importorskip("torch")
+
+OBJECTS = {
+    "tensor": lambda: torch.arange(6.0).reshape(2, 3),
+    "state_dict": lambda: torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    .state_dict(),
+    "dtypes": lambda: {str(d): torch.zeros(2, dtype=d) for d in
+                       (torch.float16, torch.bfloat16, torch.float64, torch.int8, torch.bool,
+                        torch.complex64, torch.int64, torch.uint8)},
+    "shared": lambda: (lambda t: [t, t[1:], t.view(3, 1)])(torch.ones(3)),
+    "mixed": lambda: {"epoch": 2, "w": torch.ones(2), "names": ["a", "b"], "b": b""},
+    "empty": dict,
+}
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTS))
+def test_legacy_checkpoints_are_clean(name: str, tmp_path: Path) -> None:
+    path = tmp_path / f"{name}.pt"
+    torch.save(OBJECTS[name](), path, _use_new_zipfile_serialization=False)
+    report = scan_one(path)
+    assert report.verdict is Verdict.CLEAN, [f.message for f in report.findings]
+    assert report.format == "torch-legacy"
+
+
+def _legacy() -> bytes:
+    return B.torch_legacy_bytes({"w": torch.ones(4), "b": torch.zeros(2, dtype=torch.int64)})
+
+
+def test_trailing_data_after_storages(tmp_path: Path) -> None:
+    report = scan_one(B.write(tmp_path / "t.pt", _legacy() + B.os_system_p0("x")))
+    assert report.verdict is Verdict.UNSAFE and "SH113" in rules(report)
+
+
+def test_truncated_storage(tmp_path: Path) -> None:
+    report = scan_one(B.write(tmp_path / "t.pt", _legacy()[:-5]))
+    assert report.verdict is Verdict.UNSAFE and "SH111" in rules(report)
+
+
+def test_storage_keys_not_a_list(tmp_path: Path) -> None:
+    streams, rest = B.legacy_streams(_legacy())
+    streams[4] = pickle.dumps("0", 2)
+    report = scan_one(B.write(tmp_path / "t.pt", b"".join(streams) + rest))
+    assert "SH140" in rules(report)
+
+
+def test_wrong_magic_number(tmp_path: Path) -> None:
+    streams, rest = B.legacy_streams(_legacy())
+    streams[0] = pickle.dumps(12345, 2)
+    report = scan_one(B.write(tmp_path / "t.pt", b"".join(streams) + rest))
+    assert "SH110" in rules(report)
+
+
+def test_plain_tar_archive_is_clean(tmp_path: Path) -> None:
+    path = B.write(tmp_path / "t.tar", B.torch_tar_bytes(pickle.dumps({"a": 1}, 2)))
+    assert torch.load(path, weights_only=False) == {"a": 1}
+    report = scan_one(path)
+    assert report.verdict is Verdict.CLEAN and report.format == "torch-tar"
+
+
+def test_tar_without_torch_members_is_unknown(tmp_path: Path) -> None:
+    report = scan_one(B.write(tmp_path / "x.tar", B.tar_bytes([("readme", b"hi")])))
+    assert report.verdict is Verdict.UNKNOWN
+
+
+def test_tar_record_count_out_of_range(tmp_path: Path) -> None:
+    data = B.torch_tar_bytes(pickle.dumps({}, 2), storages=pickle.dumps(-1, 2))
+    assert "SH140" in rules(scan_one(B.write(tmp_path / "x.pt", data)))

@@ -1,0 +1,100 @@
+"""numpy .npy files: real arrays pass, object arrays are judged as pickles, bad headers fail."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from safehub.findings import Verdict
+from safehub.scan import ScanOptions
+from tests.scanner import _builders as B
+from tests.scanner.conftest import rules, scan_one
+
+ARRAYS = {
+    "f2": np.ones(5, "f2"), "f4": np.ones((2, 3), "<f4"), "f8_big_endian": np.ones(3, ">f8"),
+    "i1": np.arange(5, dtype="i1"), "u8": np.arange(5, dtype="u8"), "b1": np.ones(3, bool),
+    "c16": np.ones(2, "c16"), "datetime": np.array(["2020-01-01"], "M8[ns]"),
+    "timedelta": np.array([1], "m8[s]"), "unicode": np.array(["ab", "cde"]),
+    "bytes": np.array([b"ab"]), "void": np.zeros(2, "V7"),
+    "structured": np.zeros(3, [("a", "<i4"), ("b", "<f8", (2,)), ("c", "S3")]),
+    "fortran": np.asfortranarray(np.ones((3, 4))), "scalar": np.array(3.5),
+    "empty": np.zeros((0, 5)), "many_fields": np.zeros(1, [(f"f{i}", "<i2") for i in range(600)]),
+    "object_plain": np.array([1, "a", None, 2.5], dtype=object),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ARRAYS))
+def test_real_arrays_are_clean(name: str, tmp_path: Path) -> None:
+    path = tmp_path / f"{name}.npy"
+    np.save(path, ARRAYS[name], allow_pickle=True)
+    report = scan_one(path)
+    assert report.verdict is Verdict.CLEAN, [f.message for f in report.findings]
+    assert report.format == "npy"
+
+
+def test_object_array_is_reported_and_its_pickle_judged(tmp_path: Path) -> None:
+    path = tmp_path / "o.npy"
+    arr = np.empty(1, dtype=object)
+    arr[0] = range(3)
+    np.save(path, arr, allow_pickle=True)
+    report = scan_one(path)
+    assert "SH130" in {f.rule_id for f in report.findings}
+    assert report.verdict is Verdict.UNSAFE and "SH101" in rules(report)
+    allowed = scan_one(path, ScanOptions(allowed_globals=("builtins.range",)))
+    assert allowed.verdict is Verdict.CLEAN
+
+
+HEADER = "{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }"
+
+
+@pytest.mark.parametrize(("name", "data", "rule"), [
+    ("not_a_literal", B.npy_bytes("{'descr': __import__('os')}", b""), "SH131"),
+    ("missing_key", B.npy_bytes("{'descr': '<f8', 'shape': (2,)}", b""), "SH131"),
+    ("extra_key", B.npy_bytes("{'descr': '<f8', 'fortran_order': False, 'shape': (), 'x': 1}",
+                              b"\0" * 8), "SH131"),
+    ("negative_shape", B.npy_bytes("{'descr': '<f8', 'fortran_order': False, 'shape': (-1,)}",
+                                   b""), "SH131"),
+    ("unknown_dtype", B.npy_bytes("{'descr': 'object', 'fortran_order': False, 'shape': (1,)}",
+                                  b""), "SH131"),
+    ("bad_version", b"\x93NUMPY\x09\x00" + b"\0" * 20, "SH131"),
+    ("huge_header_length", b"\x93NUMPY\x02\x00\xff\xff\xff\x7f" + b"{", "SH131"),
+    ("truncated_data", B.npy_bytes(HEADER, b"\0" * 15), "SH111"),
+    ("trailing_data", B.npy_bytes(HEADER, b"\0" * 16 + b"extra"), "SH113"),
+    ("truncated_header", b"\x93NUMPY\x01\x00\x40\x00{'descr'", "SH111"),
+])
+def test_malformed_npy(name: str, data: bytes, rule: str, tmp_path: Path) -> None:
+    report = scan_one(B.write(tmp_path / f"{name}.npy", data))
+    assert report.verdict is Verdict.UNSAFE
+    assert rule in rules(report)
+
+
+def test_trailing_stream_after_object_pickle(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    np.save(buf, np.array([1, 2], dtype=object), allow_pickle=True)
+    path = B.write(tmp_path / "t.npy", buf.getvalue() + B.os_system_p0("x"))
+    assert "SH113" in rules(scan_one(path))
+
+
+def test_header_versions_2_and_3(tmp_path: Path) -> None:
+    for version in (2, 3):
+        path = B.write(tmp_path / f"v{version}.npy", B.npy_bytes(HEADER, b"\0" * 16,
+                                                                 version=version))
+        assert np.load(path).shape == (2,)
+        assert scan_one(path).verdict is Verdict.CLEAN
+
+
+def test_numpy_real_world_test_data(tmp_path: Path) -> None:
+    """numpy ships .npy files in its test data; the numeric ones are clean."""
+    data = Path(np.__file__).parent / "lib" / "tests" / "data"
+    files = sorted(p for p in data.glob("*.npy") if os.path.getsize(p) < 1 << 20)
+    if not files:
+        pytest.skip("numpy test data not installed")
+    for path in files:
+        report = scan_one(path)
+        assert report.verdict in (Verdict.CLEAN, Verdict.UNSAFE), path
+        if report.verdict is Verdict.UNSAFE:  # object arrays of Python 2 or 3 objects
+            assert "SH130" in {f.rule_id for f in report.findings}, path

@@ -1,0 +1,102 @@
+"""joblib dumps: arrays inline in the pickle, object arrays as nested streams, compression."""
+
+from __future__ import annotations
+
+import io
+import os
+import zlib
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pytest
+
+from safehub.findings import Verdict
+from safehub.scan import ScanOptions
+from tests.scanner import _builders as B
+from tests.scanner.conftest import rules, scan_one
+
+WRAPPER = ScanOptions(allowed_globals=("joblib.numpy_pickle.NumpyArrayWrapper",))
+
+OBJ: dict[str, Any] = {
+    "floats": np.random.default_rng(0).random(1000),
+    "ints": np.arange(12, dtype="i2").reshape(3, 4),
+    "fortran": np.asfortranarray(np.ones((3, 2))), "strings": np.array(["ab", "c"]),
+    "bytes": np.array([b"xy"]), "structured": np.zeros(2, [("a", "i4"), ("b", "f8")]),
+    "objects": np.array([1, "two", None], dtype=object), "datetimes": np.array(["2020"], "M8[D]"),
+    "nested": {"list": [np.ones(2), (np.zeros(1, "c8"),)]}, "scalar": 3.5, "empty": np.zeros(0),
+    "struct_obj": np.zeros(2, [("o", "O"), ("f", "f4")]),
+}
+
+COMPRESS = [0, ("zlib", 3), ("gzip", 3), ("bz2", 3), ("lzma", 3), ("xz", 3)]
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+@pytest.mark.parametrize("compress", COMPRESS, ids=lambda c: str(c[0] if c else "raw"))
+def test_joblib_dumps_are_clean_once_the_wrapper_is_allowed(
+        compress: Any, protocol: int, tmp_path: Path) -> None:
+    path = tmp_path / "d.joblib"
+    joblib.dump(OBJ, path, compress=compress, protocol=protocol)
+    report = scan_one(path, WRAPPER)
+    assert report.verdict is Verdict.CLEAN, [f.message for f in report.findings]
+    assert report.format.startswith("joblib")
+    # By default the wrapper is a finding: joblib.load of any file runs pickle.
+    assert scan_one(path).verdict is Verdict.UNSAFE
+
+
+def test_joblib_without_arrays_needs_no_policy(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.joblib"
+    joblib.dump({"alpha": 0.1, "layers": [3, 4]}, path)
+    assert scan_one(path).verdict is Verdict.CLEAN
+
+
+def test_legacy_zf_container_is_read(tmp_path: Path) -> None:
+    data = b"\x80\x02}q\x00."
+    path = B.write(tmp_path / "old.pkl", b"ZF0x" + f"{len(data):x}".ljust(17).encode()
+                   + zlib.compress(data))
+    report = scan_one(path)
+    assert report.verdict is Verdict.CLEAN and "joblib-zlib-legacy" in report.format
+
+
+def test_concatenated_zlib_streams_are_one_stream(tmp_path: Path) -> None:
+    data = joblib_bytes({"a": 1})
+    half = len(data) // 2
+    path = B.write(tmp_path / "c.joblib", zlib.compress(data[:half]) + zlib.compress(data[half:]))
+    assert scan_one(path).verdict is Verdict.CLEAN
+
+
+def joblib_bytes(obj: object) -> bytes:
+    buf = io.BytesIO()
+    joblib.dump(obj, buf)
+    return buf.getvalue()
+
+
+def test_corrupt_compressed_stream(tmp_path: Path) -> None:
+    data = bytearray(zlib.compress(joblib_bytes({"a": list(range(2000))})))
+    data[len(data) // 2] ^= 0xFF
+    report = scan_one(B.write(tmp_path / "bad.joblib", bytes(data)))
+    assert report.verdict in (Verdict.UNSAFE, Verdict.UNKNOWN)
+
+
+def test_undeterminable_array_size_is_a_finding(tmp_path: Path) -> None:
+    data = (b"\x80\x02" + B.global_op("joblib.numpy_pickle", "NumpyArrayWrapper") + b")\x81"
+            + b"}(" + B.string_op("shape") + b"N" + b"ub" + b".")
+    report = scan_one(B.write(tmp_path / "u.joblib", data), WRAPPER)
+    assert report.verdict is Verdict.UNSAFE and "SH110" in rules(report)
+
+
+def test_decompression_bomb_stops_at_the_record_limit(tmp_path: Path) -> None:
+    import gzip
+
+    head = b"\x80\x04\x8e" + (1 << 33).to_bytes(8, "little")  # 8 GiB of bytes follow
+    path = tmp_path / "bomb.joblib"
+    with gzip.open(path, "wb", compresslevel=1) as fh:
+        fh.write(head)
+        zeros = b"\0" * (1 << 22)
+        for _ in range(16):  # 64 MiB of them are really there
+            fh.write(zeros)
+    assert os.path.getsize(path) < 1 << 20
+    report = scan_one(path, ScanOptions(max_record_size=8 << 20))
+    assert report.verdict is Verdict.UNSAFE
+    assert rules(report) & {"SH191", "SH111"}

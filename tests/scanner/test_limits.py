@@ -1,0 +1,106 @@
+"""Bounded resources: hostile sizes end in bounded time with a finding, never a hang."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import pytest
+
+from safehub.findings import Verdict
+from safehub.scan import Limits, ScanOptions, scan_file
+from tests.scanner import _builders as B
+from tests.scanner.conftest import rules, scan_one
+
+
+def _scan(data: bytes, options: ScanOptions | None = None) -> tuple[object, float]:
+    start = time.perf_counter()
+    report = scan_file(io.BytesIO(data), "x", options=options)
+    return report, time.perf_counter() - start
+
+
+def test_million_opcodes_finish_clean() -> None:
+    report, seconds = _scan(b"N0" * 1_000_000 + b"N.")
+    assert report.verdict is Verdict.CLEAN  # type: ignore[attr-defined]
+    assert seconds < 20
+
+
+def test_opcode_limit_is_a_finding() -> None:
+    report, seconds = _scan(b"N0" * 1_000_000 + b"N.", ScanOptions(limits=Limits(max_ops=10_000)))
+    assert "SH191" in rules(report)  # type: ignore[arg-type]
+    assert seconds < 2
+
+
+def test_value_limit_is_a_finding() -> None:
+    data = b"\x80\x04]" + b"(" + b"N" * 100_000 + b"e."
+    report, _ = _scan(data, ScanOptions(limits=Limits(max_values=1000)))
+    assert "SH191" in rules(report)  # type: ignore[arg-type]
+
+
+def test_deep_nesting_is_fine() -> None:
+    data = b"]" * 200_000 + b"a" * 199_999 + b"."
+    report, seconds = _scan(data)
+    assert report.verdict is Verdict.CLEAN and seconds < 10  # type: ignore[attr-defined]
+
+
+def test_deep_marks_are_fine() -> None:
+    report, _ = _scan(b"(" * 200_000 + b"N" + b"t" * 200_000 + b".")
+    assert report.verdict is Verdict.CLEAN  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("op", [b"\x8e", b"\x8d", b"\x96"])
+def test_huge_declared_length_is_truncation(op: bytes) -> None:
+    report, seconds = _scan(b"\x80\x05" + op + (1 << 62).to_bytes(8, "little") + b"abc.")
+    assert "SH111" in rules(report) and seconds < 1  # type: ignore[arg-type]
+
+
+def test_huge_line_argument_is_bounded() -> None:
+    report, seconds = _scan(b"c" + b"a" * (3 << 20))
+    assert report.verdict is not Verdict.CLEAN and seconds < 2  # type: ignore[attr-defined]
+
+
+def test_zip_with_many_entries(tmp_path: Path) -> None:
+    members = [B.ZipMember(f"archive/data/{i}", b"") for i in range(30_000)]
+    members.append(B.ZipMember("archive/data.pkl", b"\x80\x02}q\x00."))
+    path = B.write(tmp_path / "many.pt", B.build_zip(members).data)
+    start = time.perf_counter()
+    report = scan_one(path)
+    assert report.verdict is Verdict.CLEAN
+    assert time.perf_counter() - start < 10
+
+
+def test_zip_declaring_too_many_entries(tmp_path: Path) -> None:
+    data = bytearray(B.build_zip([B.ZipMember("a.pkl", b"N.")]).data)
+    eocd = data.rfind(b"PK\x05\x06")
+    data[eocd + 8:eocd + 12] = b"\xff\xfe\xff\xfe"
+    assert scan_one(B.write(tmp_path / "z.pt", bytes(data))).verdict is not Verdict.CLEAN
+
+
+def test_npz_decompression_bomb_is_not_inflated(tmp_path: Path) -> None:
+    n = 1 << 25  # 256 MiB of float64 zeros, declared and really compressed
+    header = B.npy_bytes(f"{{'descr': '<f8', 'fortran_order': False, 'shape': ({n},), }}", b"")
+    member = B.ZipMember("a.npy", header, method=8, compressed=B.deflate_bomb(header, n * 8),
+                         size=len(header) + n * 8)
+    path = B.write(tmp_path / "bomb.npz", B.build_zip([member]).data)
+    start = time.perf_counter()
+    report = scan_one(path)
+    assert report.verdict is Verdict.CLEAN  # numbers only: legitimate, if large
+    assert time.perf_counter() - start < 1
+
+
+def test_object_npz_member_bomb_stops_at_the_record_limit(tmp_path: Path) -> None:
+    header = B.npy_bytes("{'descr': '|O', 'fortran_order': False, 'shape': (1,), }", b"")
+    body = b"\x80\x04\x8e" + (1 << 40).to_bytes(8, "little")
+    member = B.ZipMember("a.npy", header + body, method=8,
+                         compressed=B.deflate_bomb(header + body, 64 << 20), size=0xFFFFFFF0)
+    path = B.write(tmp_path / "obj.npz", B.build_zip([member]).data)
+    report = scan_one(path, ScanOptions(max_record_size=16 << 20))
+    assert report.verdict is Verdict.UNSAFE
+    assert rules(report) & {"SH111", "SH191"}
+
+
+def test_file_size_limit(tmp_path: Path) -> None:
+    path = B.write(tmp_path / "big.pkl", b"N." + b"\0" * 4096)
+    report = scan_one(path, ScanOptions(max_file_size=1024))
+    assert "SH191" in rules(report)
