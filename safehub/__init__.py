@@ -28,10 +28,16 @@ _LAZY = {
     "scan": "safehub.scan",
     "ScanReport": "safehub.findings",
     "ScanOptions": "safehub.scan",
+    "Fetcher": "safehub.fetch",
+    "get_dir": "safehub.hub",
+    "set_dir": "safehub.hub",
+    "download_url_to_file": "safehub.hub",
+    "load_state_dict_from_url": "safehub.hub",
 }
 
 __all__ = [
     "FetchError",
+    "Fetcher",
     "IntegrityError",
     "PolicyError",
     "PolicyViolation",
@@ -41,7 +47,11 @@ __all__ = [
     "ScanReport",
     "UnsafeModel",
     "__version__",
+    "download_url_to_file",
+    "get_dir",
+    "load_state_dict_from_url",
     "scan",
+    "set_dir",
 ]
 
 

@@ -1,0 +1,459 @@
+"""A small HTTP client for downloads, on ``http.client``.
+
+What it guarantees, whoever calls it:
+
+- only ``http`` and ``https``; every hop of a redirect chain goes through the
+  caller's ``check`` (the policy) before a connection is opened, and an
+  https -> http hop is refused outright;
+- a token is sent only to the origin it belongs to, and never again in a chain
+  once a hop has left the starting origin;
+- a timeout on connect and on every read; retries with exponential backoff for
+  connection errors, timeouts, truncated bodies, 408/425/429/5xx;
+- a size cap checked against ``Content-Length`` before reading and against the
+  bytes actually read;
+- an interrupted body resumes with ``Range`` when the server advertised
+  ``Accept-Ranges: bytes`` and a validator (strong ETag or Last-Modified) that is
+  sent back as ``If-Range``; otherwise the download restarts from zero.
+
+Proxies: ``https_proxy``/``no_proxy`` are honoured for https through a CONNECT
+tunnel (certificates are still checked end to end); plain http (allowed only to
+loopback) is never proxied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import logging
+import ssl
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any, BinaryIO
+from urllib.parse import urljoin, urlsplit
+
+from safehub import __version__
+from safehub._fetch.credentials import Credentials, Origin
+from safehub._policy.urls import is_loopback_http
+from safehub.errors import FetchError
+
+__all__ = [
+    "DownloadResult",
+    "HopCheck",
+    "HttpClient",
+    "HttpError",
+    "HttpSettings",
+    "Progress",
+    "ProgressCallback",
+]
+
+log = logging.getLogger("safehub.fetch")
+
+CHUNK = 1 << 20
+MAX_REDIRECTS = 8
+_REDIRECTS = {301, 302, 303, 307, 308}
+_RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+_ERROR_BODY_LIMIT = 64 << 10
+
+# (url, previous url or None) -> None; raises to refuse the hop.
+HopCheck = Callable[[str, "str | None"], None]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A progress report for one download: bytes so far and the total when known."""
+
+    url: str
+    done: int
+    total: int | None
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """Network behaviour. ``timeout`` bounds connect and every single read (seconds);
+    ``retries`` is how many times a failed attempt is repeated, waiting ``backoff``
+    seconds, doubling up to ``max_backoff``."""
+
+    timeout: float = 30.0
+    retries: int = 4
+    backoff: float = 0.5
+    max_backoff: float = 30.0
+    user_agent: str = f"safehub/{__version__}"
+    ssl_context: ssl.SSLContext | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    """What a finished download produced."""
+
+    url: str  # the URL asked for
+    final_url: str  # after redirects
+    size: int
+    sha256: str
+    resumed: int  # how many times the body resumed with Range
+
+
+class HttpError(FetchError):
+    """The server answered with an HTTP error status (after any retries)."""
+
+    def __init__(self, message: str, *, status: int, url: str, headers: dict[str, str],
+                 body: bytes = b"", fix: str | None = None):
+        super().__init__(message, subject=url, fix=fix)
+        self.status = status
+        self.url = url
+        self.headers = headers
+        self.body = body
+
+    @property
+    def server_message(self) -> str:
+        """The ``message`` of a GitHub-style JSON error body, or a cleaned text excerpt."""
+        try:
+            data = json.loads(self.body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            text = self.body[:200].decode("utf-8", "replace")
+        else:
+            text = str(data.get("message", "")) if isinstance(data, dict) else ""
+        return "".join(c if c.isprintable() else " " for c in text).strip()[:200]
+
+
+class _Retryable(Exception):
+    """An attempt failed in a way worth repeating."""
+
+    def __init__(self, reason: str, wait: float | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.wait = wait
+
+
+@dataclass
+class _Body:
+    """State of a body across attempts (for Range resume)."""
+
+    sink: BinaryIO
+    hasher: Any = field(default_factory=hashlib.sha256)
+    written: int = 0
+    validator: str | None = None
+    resumable: bool = False
+    total: int | None = None
+    resumed: int = 0
+
+    def reset(self) -> None:
+        """Start the body over (the server will send it from byte 0)."""
+        self.sink.seek(0)
+        self.sink.truncate()
+        self.hasher = hashlib.sha256()
+        self.written = 0
+        self.total = None
+
+
+class HttpClient:
+    """Downloads with the guarantees listed in the module docstring."""
+
+    def __init__(self, settings: HttpSettings, credentials: Credentials):
+        self.settings = settings
+        self.credentials = credentials
+        self.requests = 0  # connections opened, for diagnostics and tests
+
+    # --- public --------------------------------------------------------------------------
+
+    def get_json(self, url: str, *, check: HopCheck, max_bytes: int = 16 << 20,
+                 accept: str = "application/vnd.github+json") -> Any:
+        """GET ``url`` and parse JSON (bounded by ``max_bytes``)."""
+        import io
+
+        buf = io.BytesIO()
+        self.download(url, buf, check=check, max_bytes=max_bytes, accept=accept)
+        try:
+            return json.loads(buf.getvalue().decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise FetchError(f"the server sent invalid JSON: {exc}", subject=url,
+                             fix="check that downloads.github_api points at a "
+                             "GitHub-compatible REST API") from exc
+
+    def download(self, url: str, sink: BinaryIO, *, check: HopCheck, max_bytes: int,
+                 progress: ProgressCallback | None = None,
+                 accept: str = "*/*") -> DownloadResult:
+        """Stream ``url`` into ``sink`` (seekable, truncatable, empty), hashing on the way."""
+        _require_http(url)
+        body = _Body(sink)
+        attempt = 0
+        while True:
+            try:
+                final = self._attempt(url, body, check=check, max_bytes=max_bytes,
+                                      progress=progress, accept=accept)
+                return DownloadResult(url, final, body.written, body.hasher.hexdigest(),
+                                      body.resumed)
+            except _Retryable as exc:
+                attempt += 1
+                if attempt > self.settings.retries:
+                    raise FetchError(
+                        f"download failed after {attempt} attempts: {exc.reason}", subject=url,
+                        fix="retry later; if the network is slow, raise the timeout "
+                        "(Fetcher(http=HttpSettings(timeout=...)))") from exc
+                delay = min(self.settings.backoff * (2 ** (attempt - 1)),
+                            self.settings.max_backoff)
+                if exc.wait is not None:
+                    delay = min(max(delay, exc.wait), self.settings.max_backoff)
+                log.info("%s: %s; retrying in %.1fs (%d/%d)", url, exc.reason, delay, attempt,
+                         self.settings.retries)
+                time.sleep(delay)
+                if not (body.resumable and body.validator):
+                    body.reset()
+
+    # --- one attempt -----------------------------------------------------------------------
+
+    def _attempt(self, url: str, body: _Body, *, check: HopCheck, max_bytes: int,
+                 progress: ProgressCallback | None, accept: str) -> str:
+        extra = {"Accept": accept}
+        resuming = body.written > 0 and body.resumable and body.validator is not None
+        if resuming:
+            extra["Range"] = f"bytes={body.written}-"
+            extra["If-Range"] = str(body.validator)
+        conn: http.client.HTTPConnection | None = None
+        try:
+            conn, resp, final = self._open(url, extra, check)
+            if resp.status == 206 and resuming:
+                if _content_range_start(resp.getheader("Content-Range", "")) != body.written:
+                    body.resumable = False
+                    raise _Retryable("the server answered a Range request with another range")
+                body.resumed += 1
+                log.info("%s: resuming at byte %d", url, body.written)
+            elif resp.status == 200:
+                if body.written:  # the server ignored Range (or the file changed): start over
+                    body.reset()
+                body.validator = _validator(resp)
+                body.resumable = resp.getheader("Accept-Ranges", "").lower() == "bytes"
+            else:
+                raise self._status_error(resp, final, url)
+            length = _content_length(resp)
+            if body.total is None and length is not None:
+                body.total = body.written + length
+            if length is not None and body.written + length > max_bytes:
+                raise FetchError(
+                    f"the file is {body.written + length} bytes, over the limit of "
+                    f"{max_bytes} bytes", subject=url,
+                    fix="raise downloads.max_size_mb in the policy if this size is expected")
+            self._stream(resp, body, url, max_bytes, progress)
+            if body.total is not None and body.written < body.total:
+                raise _Retryable(f"truncated body ({body.written} of {body.total} bytes)")
+            return final
+        except ssl.SSLError as exc:
+            raise FetchError(f"TLS error: {exc}", subject=url,
+                             fix="check the server's certificate and the system CA store"
+                             ) from exc
+        except (OSError, http.client.HTTPException) as exc:  # timeouts, resets, truncation
+            raise _Retryable(_describe(exc)) from exc
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _stream(self, resp: http.client.HTTPResponse, body: _Body, url: str, max_bytes: int,
+                progress: ProgressCallback | None) -> None:
+        while True:
+            chunk = resp.read(CHUNK)
+            if not chunk:
+                return
+            if body.written + len(chunk) > max_bytes:
+                raise FetchError(f"the download exceeded the limit of {max_bytes} bytes",
+                                 subject=url, fix="raise downloads.max_size_mb in the policy "
+                                 "if this size is expected")
+            body.sink.write(chunk)
+            body.hasher.update(chunk)
+            body.written += len(chunk)
+            if progress is not None:
+                progress(Progress(url, body.written, body.total))
+
+    def _open(self, url: str, extra: dict[str, str], check: HopCheck
+              ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse, str]:
+        """Follow redirects, checking each hop; returns the final connection and response."""
+        start = Origin.of(url)
+        left_origin = False
+        previous: str | None = None
+        for _ in range(MAX_REDIRECTS + 1):
+            _require_http(url)
+            if previous is not None and urlsplit(previous).scheme == "https" \
+                    and urlsplit(url).scheme != "https":
+                raise FetchError(f"refused a redirect from https to {url}", subject=previous,
+                                 fix="download from a server that keeps https on every hop")
+            check(url, previous)
+            left_origin = left_origin or Origin.of(url) != start
+            headers = {"User-Agent": self.settings.user_agent, "Accept-Encoding": "identity",
+                       **extra}
+            token = None if left_origin else self.credentials.token_for(url)
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
+            conn = self._connect(url)
+            try:
+                parts = urlsplit(url)
+                target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+                conn.request("GET", target, headers=headers)
+                resp = conn.getresponse()
+            except BaseException:
+                conn.close()
+                raise
+            self.requests += 1
+            if resp.status not in _REDIRECTS:
+                return conn, resp, url
+            location = resp.getheader("Location")
+            resp.read(_ERROR_BODY_LIMIT)
+            conn.close()
+            if not location:
+                raise FetchError(f"HTTP {resp.status} redirect without a Location", subject=url)
+            previous, url = url, urljoin(url, location.strip())
+        raise FetchError(f"more than {MAX_REDIRECTS} redirects", subject=url,
+                         fix="download from the final URL directly")
+
+    def _connect(self, url: str) -> http.client.HTTPConnection:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+        timeout = self.settings.timeout
+        if parts.scheme == "http":
+            return http.client.HTTPConnection(host, port, timeout=timeout)
+        context = self.settings.ssl_context or ssl.create_default_context()
+        proxy = _https_proxy(host)
+        if proxy is None:
+            return http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+        p = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        conn = http.client.HTTPSConnection(p.hostname or "", p.port or 80, timeout=timeout,
+                                           context=context)
+        conn.set_tunnel(host, port)
+        return conn
+
+    # --- errors ----------------------------------------------------------------------------
+
+    def _status_error(self, resp: http.client.HTTPResponse, final: str,
+                      url: str) -> Exception:
+        headers = {k.lower(): v for k, v in resp.getheaders()}
+        try:
+            data = resp.read(_ERROR_BODY_LIMIT)
+        except (OSError, http.client.HTTPException):
+            data = b""
+        status = resp.status
+        where = url if final == url else f"{url} (redirected to {final})"
+        if _is_rate_limited(status, headers):
+            reset = _rate_limit_reset(headers)
+            return HttpError(
+                f"HTTP {status}: rate limit exceeded{reset}", status=status, url=where,
+                headers=headers, body=data,
+                fix="set GITHUB_TOKEN (authenticated requests get a much higher limit), or pin "
+                "the commit (a cached full commit SHA needs no API call)")
+        if status in _RETRY_STATUS:
+            wait = _retry_after(headers.get("retry-after"))
+            return _Retryable(f"HTTP {status} {resp.reason}", wait)
+        error = HttpError(f"HTTP {status} {resp.reason}", status=status, url=where,
+                          headers=headers, body=data)
+        detail = error.server_message
+        if detail:
+            error.message = f"{error.message}: {detail}"
+            error.args = (error.message,)
+        if status in (401, 403):
+            error.fix = ("the server refused the credentials: set a valid GITHUB_TOKEN (for "
+                         f"the API host) or {_env_hint(final)}")
+        elif status == 404:
+            error.fix = "check the URL; a private repository or file needs a token"
+        return error
+
+
+def _require_http(url: str) -> None:
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in ("http", "https"):
+        raise FetchError(f"the {scheme or 'missing'} scheme is not allowed for downloads",
+                         subject=url, fix="use an https:// URL")
+    if scheme == "http" and not is_loopback_http(url):
+        raise FetchError("plain http is allowed only to loopback addresses", subject=url,
+                         fix="use an https:// URL")
+
+
+def _env_hint(url: str) -> str:
+    from safehub._fetch.credentials import env_name_for
+
+    return f"{env_name_for(Origin.of(url).host)} (for that host)"
+
+
+def _content_length(resp: http.client.HTTPResponse) -> int | None:
+    value = resp.getheader("Content-Length")
+    if value is None or resp.getheader("Transfer-Encoding", "").lower() == "chunked":
+        return None
+    try:
+        length = int(value.strip())
+    except ValueError:
+        return None
+    return length if length >= 0 else None
+
+
+def _content_range_start(value: str) -> int | None:
+    # "bytes START-END/TOTAL"
+    try:
+        unit, rest = value.split(" ", 1)
+        if unit.lower() != "bytes":
+            return None
+        return int(rest.split("-", 1)[0])
+    except ValueError:
+        return None
+
+
+def _validator(resp: http.client.HTTPResponse) -> str | None:
+    etag = resp.getheader("ETag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return resp.getheader("Last-Modified")
+
+
+def _is_rate_limited(status: int, headers: dict[str, str]) -> bool:
+    if status not in (403, 429):
+        return False
+    return headers.get("x-ratelimit-remaining") == "0" or (
+        status == 403 and "retry-after" in headers)
+
+
+def _rate_limit_reset(headers: dict[str, str]) -> str:
+    reset = headers.get("x-ratelimit-reset")
+    if reset is not None:
+        try:
+            when = datetime.fromtimestamp(int(reset), tz=timezone.utc)
+        except (ValueError, OverflowError, OSError):
+            return ""
+        minutes = max(0, round((when - datetime.now(timezone.utc)).total_seconds() / 60))
+        return f"; it resets at {when:%Y-%m-%d %H:%M:%S} UTC (in about {minutes} min)"
+    wait = _retry_after(headers.get("retry-after"))
+    return f"; retry after {wait:.0f} s" if wait is not None else ""
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def _https_proxy(host: str) -> str | None:
+    if is_loopback_http(f"http://{host}/"):
+        return None
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get("https")
+    if not proxy or urllib.request.proxy_bypass(host):
+        return None
+    return proxy
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out waiting for the server"
+    if isinstance(exc, http.client.IncompleteRead):
+        return f"truncated body ({len(exc.partial)} bytes in the last read)"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

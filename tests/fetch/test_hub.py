@@ -1,0 +1,178 @@
+"""safehub.hub's torch.hub-compatible functions: signatures, locations, loading."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import safehub
+from safehub.errors import IntegrityError, PolicyViolation
+from tests.fetch.fakehub import FakeHub
+
+FUNCTIONS = ["get_dir", "set_dir", "download_url_to_file", "load_state_dict_from_url"]
+# Where safehub deliberately differs from torch.hub (documented in each docstring).
+DOCUMENTED_DEFAULTS = {("load_state_dict_from_url", "weights_only"): (False, True)}
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_signatures_match_torch_hub(name: str) -> None:
+    import torch.hub
+
+    ours = inspect.signature(getattr(safehub, name)).parameters
+    theirs = inspect.signature(getattr(torch.hub, name)).parameters
+    extra = [p for p in ours if p not in theirs]
+    assert extra in ([], ["policy"])
+    if extra:
+        assert ours["policy"].kind is inspect.Parameter.KEYWORD_ONLY
+        assert ours["policy"].default is None
+    assert [p for p in ours if p != "policy"] == list(theirs), "same names, same order"
+    for pname, theirs_p in theirs.items():
+        ours_p = ours[pname]
+        assert ours_p.kind == theirs_p.kind, pname
+        expected = DOCUMENTED_DEFAULTS.get((name, pname))
+        if expected is not None:
+            assert (theirs_p.default, ours_p.default) == expected
+            assert pname in (getattr(safehub, name).__doc__ or ""), "the difference is documented"
+        else:
+            assert ours_p.default == theirs_p.default, pname
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({"TORCH_HOME": "{tmp}/th"}, "{tmp}/th/hub"),
+    ({"XDG_CACHE_HOME": "{tmp}/xdg"}, "{tmp}/xdg/torch/hub"),
+    ({"HOME": "{tmp}/home"}, "{tmp}/home/.cache/torch/hub"),
+    ({"TORCH_HOME": "~/th", "HOME": "{tmp}/home"}, "{tmp}/home/th/hub"),
+])
+def test_get_dir_follows_torch_hub_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         env: dict[str, str], expected: str) -> None:
+    import torch.hub
+
+    for var in ("TORCH_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v.format(tmp=tmp_path))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    assert safehub.get_dir() == expected.format(tmp=tmp_path) == torch.hub.get_dir()
+
+
+def test_set_dir_overrides_like_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    safehub.set_dir("~/mine")
+    assert safehub.get_dir() == str(tmp_path / "mine")
+    safehub.set_dir(tmp_path / "other")
+    assert safehub.get_dir() == str(tmp_path / "other")
+
+
+def test_load_state_dict_from_url_loads_the_scanned_bytes(
+        hub: FakeHub, policy_file: Path, checkpoint: bytes, tmp_path: Path) -> None:
+    import torch
+
+    digest = hashlib.sha256(checkpoint).hexdigest()
+    url = hub.add_file(f"/models/net-{digest[:8]}.pt", checkpoint)
+    state = safehub.load_state_dict_from_url(url, check_hash=True, policy=policy_file)
+    assert torch.equal(state["weight"], torch.arange(6.0).reshape(2, 3))
+    cached = Path(safehub.get_dir()) / "safehub" / "files"
+    assert cached.is_dir() and str(tmp_path) in str(cached), "the cache is under TORCH_HOME"
+    again = safehub.load_state_dict_from_url(url, check_hash=True, policy=policy_file)
+    assert torch.equal(again["bias"], torch.ones(3)) and hub.count("/models/") == 1
+    model_dir = tmp_path / "models"
+    safehub.load_state_dict_from_url(url, model_dir=str(model_dir), policy=policy_file)
+    assert (model_dir / "safehub" / "files").is_dir()
+
+
+def test_weights_only_false_is_refused(hub: FakeHub, policy_file: Path,
+                                       checkpoint: bytes) -> None:
+    url = hub.add_file("/models/net.pt", checkpoint)
+    with pytest.raises(PolicyViolation) as err:
+        safehub.load_state_dict_from_url(url, weights_only=False, policy=policy_file)
+    assert "weights_only=False" in err.value.message
+    assert hub.count() == 0
+
+
+class _Payload:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_checkpoint_runs_in_torch_hub_and_not_in_safehub(
+        hub: FakeHub, policy_file: Path, marker_dir: Path, tmp_path: Path) -> None:
+    marker = marker_dir / "pwned"
+    url = hub.add_file("/models/evil.pt", pickle.dumps({"state": _Payload(marker)}))
+    # Without safehub: torch.hub with its default weights_only=False runs the payload.
+    script = textwrap.dedent("""
+        import sys, torch.hub
+        torch.hub.set_dir(sys.argv[2])
+        try:
+            torch.hub.load_state_dict_from_url(sys.argv[1], progress=False)
+        except Exception as exc:
+            print(type(exc).__name__, exc)
+    """)
+    subprocess.run([sys.executable, "-c", script, url, str(tmp_path / "torchhub")],
+                   check=True, capture_output=True, timeout=120)
+    assert marker.exists(), "torch.hub executed the pickle"
+    marker.unlink()
+    with pytest.raises(PolicyViolation) as err:
+        safehub.load_state_dict_from_url(url, policy=policy_file)
+    assert "SH100" in err.value.diagnostics()
+    assert not marker.exists()
+
+
+def test_allowed_global_is_passed_to_the_weights_only_loader(
+        tmp_path: Path, hub: FakeHub, checkpoint: bytes) -> None:
+    import argparse
+
+    import torch
+
+    from tests.fetch.helpers import torch_bytes, write_policy
+
+    url = hub.add_file("/models/args.pt", torch_bytes(
+        {"weight": torch.ones(2), "args": argparse.Namespace(lr=0.1)}))
+    plain = write_policy(tmp_path / "plain.toml", hub)
+    with pytest.raises(PolicyViolation):
+        safehub.load_state_dict_from_url(url, policy=plain)
+    allowing = write_policy(tmp_path / "allow.toml", hub,
+                            body='[scanner]\nallowed_globals = ["argparse.Namespace"]\n')
+    state = safehub.load_state_dict_from_url(url, policy=allowing)
+    assert state["args"].lr == 0.1
+    registered = [g[0] if isinstance(g, tuple) else g
+                  for g in torch.serialization.get_safe_globals()]
+    assert argparse.Namespace not in registered, "allowed for that call only"
+
+
+def test_download_url_to_file_verifies_before_writing_dst(
+        hub: FakeHub, policy_file: Path, checkpoint: bytes, tmp_path: Path) -> None:
+    url = hub.add_file("/models/net.pt", checkpoint)
+    dst = tmp_path / "out" / "net.pt"
+    dst.parent.mkdir()
+    dst.write_bytes(b"previous")
+    with pytest.raises(IntegrityError):
+        safehub.download_url_to_file(url, str(dst), hash_prefix="0000", policy=policy_file)
+    assert dst.read_bytes() == b"previous", "dst untouched on failure"
+    digest = hashlib.sha256(checkpoint).hexdigest()
+    safehub.download_url_to_file(url, str(dst), hash_prefix=digest[:10], progress=False,
+                                 policy=policy_file)
+    assert dst.read_bytes() == checkpoint
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["net.pt"], "no .partial left"
+
+
+def test_progress_callable_receives_byte_counts(
+        hub: FakeHub, policy_file: Path, big_checkpoint: bytes, tmp_path: Path) -> None:
+    from safehub.fetch import Progress
+
+    seen: list[Progress] = []
+    url = hub.add_file("/models/big.pt", big_checkpoint)
+    safehub.download_url_to_file(url, str(tmp_path / "big.pt"), progress=seen.append,
+                                 policy=policy_file)
+    assert seen and seen[-1].done == seen[-1].total == len(big_checkpoint)
+    assert [p.done for p in seen] == sorted(p.done for p in seen)

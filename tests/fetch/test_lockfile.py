@@ -1,0 +1,162 @@
+"""safehub.lock: `safehub lock` writes it, locked refs need no API, frozen refuses the rest."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from safehub.errors import IntegrityError, PolicyError, PolicyViolation
+from safehub.fetch import Fetcher, Lockfile
+from tests.conftest import CliResult
+from tests.fetch.fakehub import FakeHub
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def test_lock_cli_writes_commits_and_digests(
+        tmp_path: Path, hub: FakeHub, policy_file: Path, checkpoint: bytes,
+        cli: Callable[..., CliResult]) -> None:
+    sha = hub.add_repo("acme/net", tags=("v1",))
+    url = hub.add_file("/models/net.pt", checkpoint)
+    lock = tmp_path / "safehub.lock"
+    result = cli("lock", "acme/net:v1", "acme/net", "--url", url, "--lockfile", lock,
+                 "--policy", policy_file)
+    assert result.code == 0, result.err
+    assert f"locked acme/net:v1 -> {sha}" in result.out
+    data = tomllib.loads(lock.read_text())
+    assert data["version"] == 1
+    entry = data["repos"]["acme/net:v1"]
+    assert entry["commit"] == sha and entry["ref"] == "v1" and entry["repo"] == "acme/net"
+    assert entry["api"] == hub.api and len(entry["archive_sha256"]) == 64
+    assert data["repos"]["acme/net"]["ref"] == "" and data["repos"]["acme/net"]["commit"] == sha
+    assert data["files"][url] == {"sha256": hashlib.sha256(checkpoint).hexdigest(),
+                                  "size": len(checkpoint)}
+
+
+def test_locked_ref_uses_the_locked_commit_without_an_api_call(
+        tmp_path: Path, hub: FakeHub, policy_file: Path, make_fetcher: Callable[..., Fetcher],
+        cli: Callable[..., CliResult]) -> None:
+    old = hub.add_repo("acme/net", {"hubconf.py": b"old = 1\n"})
+    lock = tmp_path / "safehub.lock"
+    assert cli("lock", "acme/net:main", "--lockfile", lock, "--policy", policy_file).code == 0
+    new = hub.add_repo("acme/net", {"hubconf.py": b"new = 1\n"})  # main moves on
+    hub.log.clear()
+    checkout = make_fetcher(lockfile=lock).fetch_repo("acme/net:main")
+    assert checkout.commit == old and hub.count("/api/repos/acme/net/commits") == 0
+    # `safehub lock` (no arguments) updates every entry to what the refs point at now.
+    assert cli("lock", "--lockfile", lock, "--policy", policy_file).code == 0
+    assert Lockfile.load(lock).repo("acme/net", "main").commit == new  # type: ignore[union-attr]
+
+
+def test_frozen_refuses_anything_not_locked(
+        tmp_path: Path, hub: FakeHub, policy_file: Path, checkpoint: bytes,
+        make_fetcher: Callable[..., Fetcher], cli: Callable[..., CliResult]) -> None:
+    hub.add_repo("acme/net")
+    hub.add_repo("acme/other")
+    url = hub.add_file("/models/net.pt", checkpoint)
+    other_url = hub.add_file("/models/other.pt", checkpoint)
+    lock = tmp_path / "safehub.lock"
+    assert cli("lock", "acme/net:main", "--url", url, "--lockfile", lock,
+               "--policy", policy_file).code == 0
+    hub.log.clear()
+    fetcher = make_fetcher(lockfile=lock, frozen=True)
+    assert fetcher.fetch_repo("acme/net:main").commit
+    assert fetcher.fetch_url(url).from_cache is False
+    with pytest.raises(PolicyViolation) as err:
+        fetcher.fetch_repo("acme/other:main")
+    assert "acme/other:main is not in the frozen lockfile" in err.value.message
+    assert "safehub lock acme/other:main" in (err.value.fix or "")
+    with pytest.raises(PolicyViolation):
+        fetcher.fetch_repo("acme/net:dev")  # another ref of a locked repo is another thing
+    with pytest.raises(PolicyViolation):
+        fetcher.fetch_url(other_url)
+    assert hub.count("/api/repos/acme/other") == 0 and hub.count("/models/other.pt") == 0
+    assert lock.read_text().count("[repos.") == 1, "frozen never writes the lockfile"
+    # The CLI's --frozen verifies and exits 1 for what is not locked.
+    assert cli("lock", "--frozen", "--lockfile", lock, "--policy", policy_file).code == 0
+    result = cli("lock", "--frozen", "acme/other:main", "--lockfile", lock,
+                 "--policy", policy_file)
+    assert result.code == 1 and "not in the frozen lockfile" in result.err
+
+
+def test_frozen_without_a_lockfile_is_an_error(tmp_path: Path, policy_file: Path) -> None:
+    with pytest.raises(PolicyError):
+        Fetcher(policy_file, frozen=True)
+    with pytest.raises(PolicyError):
+        Fetcher(policy_file, lockfile=tmp_path / "missing.lock", frozen=True)
+
+
+def test_locked_files_must_match_the_lockfile(
+        tmp_path: Path, hub: FakeHub, policy_file: Path, checkpoint: bytes,
+        make_fetcher: Callable[..., Fetcher], cli: Callable[..., CliResult],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from tests.fetch.helpers import torch_bytes
+
+    url = hub.add_file("/models/net.pt", checkpoint)
+    lock = tmp_path / "safehub.lock"
+    assert cli("lock", "--url", url, "--lockfile", lock, "--policy", policy_file).code == 0
+    hub.files["/models/net.pt"] = torch_bytes({"weight": torch.zeros(1)})  # swapped upstream
+    with pytest.raises(IntegrityError) as err:
+        make_fetcher(lockfile=lock, cache_dir=tmp_path / "fresh").fetch_url(url)
+    assert "lockfile" in err.value.message
+    # The cached copy still matches the lockfile; a fresh cache gets the swapped file.
+    assert cli("lock", "--frozen", "--lockfile", lock, "--policy", policy_file).code == 0
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "fresh-home"))
+    result = cli("lock", "--frozen", "--lockfile", lock, "--policy", policy_file)
+    assert result.code == 1 and "SH300" in result.err
+
+
+def test_locked_checkout_must_have_the_locked_files(
+        tmp_path: Path, hub: FakeHub, policy_file: Path, make_fetcher: Callable[..., Fetcher],
+        cli: Callable[..., CliResult]) -> None:
+    sha = hub.add_repo("acme/net", {"hubconf.py": b"ok = 1\n"})
+    lock = tmp_path / "safehub.lock"
+    assert cli("lock", f"acme/net:{sha}", "--lockfile", lock, "--policy", policy_file).code == 0
+    # The server now serves different files for the same commit.
+    from tests.fetch.fakehub import make_zip
+
+    hub.repos["acme/net"].archives[sha] = make_zip("acme-net-x", {"hubconf.py": b"evil\n"},
+                                                   comment=sha.encode())
+    with pytest.raises(IntegrityError) as err:
+        make_fetcher(lockfile=lock, cache_dir=tmp_path / "fresh").fetch_repo(f"acme/net:{sha}")
+    assert "differ from" in err.value.message
+    assert not (tmp_path / "fresh" / "repos" / "acme" / "net" / sha).exists(), \
+        "a checkout that does not match the lockfile is not installed"
+
+
+def test_invalid_lockfile_lists_every_problem(tmp_path: Path) -> None:
+    lock = tmp_path / "safehub.lock"
+    lock.write_text('version = 1\n[repos."acme/net"]\nrepo = "acme/net"\napi = "x"\n'
+                    'commit = "main"\narchive_sha256 = "zz"\ntree_sha256 = "' + "a" * 64 + '"\n'
+                    '[files."https://x/y.pt"]\nsha256 = "short"\nsize = -1\n')
+    with pytest.raises(PolicyError) as err:
+        Lockfile.load(lock)
+    keys = {issue.key for issue in err.value.issues}
+    assert {"repos.acme/net.commit", "repos.acme/net.archive_sha256",
+            "files.https://x/y.pt.sha256", "files.https://x/y.pt.size"} <= keys
+
+
+def test_lock_command_exit_codes_and_streams(tmp_path: Path, hub: FakeHub,
+                                             policy_file: Path) -> None:
+    from tests.conftest import run_module
+
+    hub.add_repo("mallory/evil")
+    missing = run_module("lock", "--frozen", "--lockfile", tmp_path / "none.lock",
+                         "--policy", policy_file)
+    assert missing.code == 2 and missing.out == "" and "lockfile not found" in missing.err
+    denied = run_module("lock", "mallory/evil", "--lockfile", tmp_path / "safehub.lock",
+                        "--policy", policy_file)
+    assert denied.code == 1 and denied.out == "" and "mallory/evil" in denied.err
+    assert not (tmp_path / "safehub.lock").exists(), "nothing is written after a failure"
+    empty = run_module("lock", "--lockfile", tmp_path / "safehub.lock", "--policy", policy_file)
+    assert empty.code == 2 and "nothing to lock" in empty.err
+    assert hub.count() == 0
