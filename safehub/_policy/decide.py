@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 TrustRepo = bool | Literal["check"] | None
+TRUE_WORDS = {"1", "true", "yes", "on"}
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class DownloadRequest:
     file_name: str | None = None
     repo: str | None = None
     known_digest: str | None = None  # a digest from the lockfile or a signature
+    from_cache: bool = False  # served from the cache: no network, but every URL rule applies
 
 
 @dataclass(frozen=True)
@@ -339,7 +341,9 @@ def _decide_download(policy: LoadedPolicy, req: DownloadRequest) -> Decision:
     t = _Trail(policy)
     d = policy.model.downloads
     pfile = _policy_file(policy)
-    if d.offline or os.environ.get("SAFEHUB_OFFLINE") == "1":
+    if req.from_cache:
+        t.add("note", "served from the cache (no network)", "downloads", "offline")
+    elif d.offline or os.environ.get("SAFEHUB_OFFLINE", "").strip().lower() in TRUE_WORDS:
         t.deny("offline mode: no downloads", "run online, or put the file in the cache first",
                "downloads", "offline")
         return t.decision(req.url)
