@@ -30,9 +30,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(PY) -m mypy
 
+# The competing scanners get their own virtualenvs under benchmarks/.work/venvs (created
+# by --setup), so their dependencies cannot change .venv.
 bench: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[bench]'
-	$(PY) benchmarks/run.py
+	$(PY) benchmarks/run.py --setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
