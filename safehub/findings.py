@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
@@ -77,6 +76,8 @@ class Finding:
         It hashes what the finding is (rule, path, record, subject), not where the
         bytes happen to sit, so findings do not churn between runs.
         """
+        import hashlib  # only reports with fingerprints need it
+
         key = "\x1f".join((self.rule_id, self.path, self.location, self.subject))
         return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 

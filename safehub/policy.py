@@ -35,8 +35,9 @@ from safehub._policy.decide import (
     decide,
     repo_rule,
 )
-from safehub._policy.loader import PRESETS, LoadedPolicy, load_chain, resolve_spec
+from safehub._policy.loader import LoadedPolicy, load_chain
 from safehub._policy.schema import PolicyModel
+from safehub._policy.select import PRESETS, resolve_spec
 from safehub._scanner.context import ScanOptions
 from safehub.errors import PolicyError
 from safehub.rules import Severity
@@ -109,6 +110,36 @@ class Policy:
             allowed_by=f"policy {self.name}",
             block_severity=Severity(scanner.block_severity),
         )
+
+    def with_download_prefixes(self, prefixes: list[str] | tuple[str, ...]) -> Policy:
+        """This policy with more download URL prefixes, for one run (``--allow-url``).
+
+        Only https prefixes, or plain http to a loopback address, are accepted; the
+        latter turns on ``allow_http_loopback`` for this derived policy only.
+        """
+        if not prefixes:
+            return self
+        from safehub._policy.schema import DownloadsSection
+        from safehub._policy.urls import is_loopback_http
+
+        bad = [p for p in prefixes if not (p.startswith("https://") or is_loopback_http(p))]
+        if bad:
+            raise PolicyError(f"cannot allow downloads from {bad[0]!r}: only https:// prefixes, "
+                              "or plain http to a loopback address", subject=bad[0],
+                              fix="use an https:// URL prefix")
+        downloads = self.model.downloads
+        loopback = downloads.allow_http_loopback or any(p.startswith("http://") for p in prefixes)
+        new = DownloadsSection.model_validate({
+            **downloads.model_dump(), "allowed_urls": [*downloads.allowed_urls, *prefixes],
+            "allow_http_loopback": loopback})
+        loaded = self._loaded
+        provenance = dict(loaded.provenance)
+        for prefix in prefixes:
+            provenance[("downloads", "allowed_urls", prefix)] = "--allow-url"
+        derived = LoadedPolicy(model=self.model.model_copy(update={"downloads": new}),
+                               chain=[*loaded.chain, "--allow-url"], provenance=provenance,
+                               sources=loaded.sources)
+        return Policy(derived, self.selected_by)
 
     def to_toml(self) -> str:
         """The effective policy as TOML (what ``safehub policy show`` prints)."""

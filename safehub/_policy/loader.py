@@ -10,7 +10,6 @@ say which file and key decided them.
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from safehub._policy.schema import PolicyModel
+from safehub._policy.select import PRESETS
 from safehub.errors import PolicyError, PolicyIssue
 
 if sys.version_info >= (3, 11):
@@ -27,10 +27,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
-__all__ = ["PRESETS", "LoadedPolicy", "find_preset", "load_chain", "locate_line", "resolve_spec"]
+__all__ = ["PRESETS", "LoadedPolicy", "find_preset", "load_chain", "locate_line"]
 
-PRESETS = ("strict", "default", "permissive")
-ENV_VAR = "SAFEHUB_POLICY"
 _MAX_CHAIN = 16
 
 # key path -> (stricter direction). "bool+" means True is stricter, "bool-" False is stricter,
@@ -93,45 +91,6 @@ def preset_dir() -> Path:
 
 def find_preset(name: str) -> Path | None:
     return preset_dir() / f"{name}.toml" if name in PRESETS else None
-
-
-def resolve_spec(spec: str | os.PathLike[str] | None, *, cwd: Path | None = None,
-                 env: dict[str, str] | None = None) -> tuple[str, str]:
-    """Which policy to use and why: (name-or-path, how it was selected).
-
-    Precedence: the explicit argument, then $SAFEHUB_POLICY, then ``policy`` in the
-    nearest pyproject.toml's ``[tool.safehub]``, then the ``default`` preset.
-    """
-    environ = os.environ if env is None else env
-    if spec is not None:
-        return os.fspath(spec), "selected explicitly"
-    if environ.get(ENV_VAR):
-        return environ[ENV_VAR], f"selected by ${ENV_VAR}"
-    pyproject = _nearest_pyproject(cwd or Path.cwd())
-    if pyproject is not None:
-        try:
-            data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise PolicyError(f"cannot read {pyproject}: {exc}", subject=str(pyproject),
-                              fix="fix the file's TOML syntax") from exc
-        section = data.get("tool", {}).get("safehub", {})
-        if isinstance(section, dict) and "policy" in section:
-            value = section["policy"]
-            if not isinstance(value, str):
-                raise PolicyError("[tool.safehub] policy must be a preset name or a path",
-                                  subject=str(pyproject))
-            if value not in PRESETS:
-                value = str((pyproject.parent / value).resolve())
-            return value, f"selected by [tool.safehub] in {pyproject}"
-    return "default", "the built-in default"
-
-
-def _nearest_pyproject(start: Path) -> Path | None:
-    for directory in (start, *start.parents):
-        candidate = directory / "pyproject.toml"
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def load_chain(spec: str) -> LoadedPolicy:

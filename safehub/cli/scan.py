@@ -40,10 +40,10 @@ def _options(args: argparse.Namespace) -> ScanOptions:
                           allowed_by="command line")
     # Only a selected policy is loaded: the built-in default adds nothing to the scanner's own
     # defaults, and skipping it keeps `safehub scan` fast.
-    from safehub._policy.loader import resolve_spec
+    from safehub._policy.select import BUILT_IN_DEFAULT, resolve_spec
 
     spec, why = resolve_spec(args.policy)
-    if why == "the built-in default":
+    if why == BUILT_IN_DEFAULT:
         return options
     from safehub.policy import load_policy
 

@@ -1,0 +1,63 @@
+"""Which policy applies: an argument, $SAFEHUB_POLICY, [tool.safehub], or the default.
+
+Kept free of pydantic and the schema so that commands that only need to know
+*whether* a policy was selected (``safehub scan``) stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from safehub.errors import PolicyError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+
+__all__ = ["BUILT_IN_DEFAULT", "ENV_VAR", "PRESETS", "resolve_spec"]
+
+PRESETS = ("strict", "default", "permissive")
+ENV_VAR = "SAFEHUB_POLICY"
+BUILT_IN_DEFAULT = "the built-in default"
+
+
+def resolve_spec(spec: str | os.PathLike[str] | None, *, cwd: Path | None = None,
+                 env: dict[str, str] | None = None) -> tuple[str, str]:
+    """Which policy to use and why: (name-or-path, how it was selected).
+
+    Precedence: the explicit argument, then $SAFEHUB_POLICY, then ``policy`` in the
+    nearest pyproject.toml's ``[tool.safehub]``, then the ``default`` preset.
+    """
+    environ = os.environ if env is None else env
+    if spec is not None:
+        return os.fspath(spec), "selected explicitly"
+    if environ.get(ENV_VAR):
+        return environ[ENV_VAR], f"selected by ${ENV_VAR}"
+    pyproject = _nearest_pyproject(cwd or Path.cwd())
+    if pyproject is not None:
+        try:
+            data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise PolicyError(f"cannot read {pyproject}: {exc}", subject=str(pyproject),
+                              fix="fix the file's TOML syntax") from exc
+        section = data.get("tool", {}).get("safehub", {})
+        if isinstance(section, dict) and "policy" in section:
+            value = section["policy"]
+            if not isinstance(value, str):
+                raise PolicyError("[tool.safehub] policy must be a preset name or a path",
+                                  subject=str(pyproject))
+            if value not in PRESETS:
+                value = str((pyproject.parent / value).resolve())
+            return value, f"selected by [tool.safehub] in {pyproject}"
+    return "default", BUILT_IN_DEFAULT
+
+
+def _nearest_pyproject(start: Path) -> Path | None:
+    for directory in (start, *start.parents):
+        candidate = directory / "pyproject.toml"
+        if candidate.is_file():
+            return candidate
+    return None
