@@ -103,6 +103,8 @@ class FileReport:
     findings: tuple[Finding, ...] = ()
     records: tuple[str, ...] = ()  # pickle-bearing records that were analyzed
     error: str = ""
+    # (record, Python source) for unsafe pickle records, when decompilation was asked for
+    decompiled: tuple[tuple[str, str], ...] = ()
 
     @property
     def verdict(self) -> Verdict:

@@ -38,6 +38,7 @@ class JsonFile(_Model):
     records: list[str]
     error: str
     findings: list[JsonFinding]
+    decompiled: dict[str, str]
 
 
 class JsonSkipped(_Model):
@@ -77,7 +78,7 @@ def build_json(report: ScanReport, *, command: str = "scan") -> JsonReport:
         files=[
             JsonFile(
                 path=f.path, format=f.format, size=f.size, verdict=f.verdict.value,
-                records=list(f.records), error=f.error,
+                records=list(f.records), error=f.error, decompiled=dict(f.decompiled),
                 findings=[
                     JsonFinding(rule_id=x.rule_id, rule_name=x.rule_name,
                                 severity=x.severity.value, blocking=x.blocking,

@@ -41,6 +41,9 @@ def _file_block(file: FileReport, color: bool, verbose: bool) -> list[str]:
     hidden = len(file.findings) - len(shown)
     if hidden:
         lines.append(f"    ({hidden} informational or allowed findings; -v shows them)")
+    for location, source in file.decompiled:
+        lines.append(f"    decompiled {location} (fickling):")
+        lines.extend(f"        {line}" for line in source.splitlines())
     return lines
 
 

@@ -30,6 +30,7 @@ class ScanOptions:
     limits: Limits = field(default_factory=Limits)
     allowed_by: str = "options"  # named in findings that the options let pass
     block_severity: Severity = Severity.LOW  # findings below this only warn
+    decompile: bool = False  # attach fickling's decompilation of unsafe pickle records
 
 
 class FileScan:

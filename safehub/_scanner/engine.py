@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import replace
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
@@ -66,7 +67,7 @@ def scan_fileobj(fh: BinaryIO, display: str, size: int, options: ScanOptions) ->
         _scan_as_pickle(scan, fh, size)
     if not head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         _scan_hidden_zip(scan, fh)
-    return _report(scan)
+    return _report(scan, fh)
 
 
 def _scan_pickle_or_unknown(scan: FileScan, fh: BinaryIO, size: int) -> None:
@@ -138,9 +139,19 @@ def _scan_hidden_zip(scan: FileScan, fh: BinaryIO) -> None:
         _scan_zip_file(scan, fh, primary=False)
 
 
-def _report(scan: FileScan) -> FileReport:
-    return FileReport(path=scan.path, format=scan.format, size=scan.size,
-                      findings=tuple(scan.findings), records=tuple(scan.records))
+def _report(scan: FileScan, fh: BinaryIO | None = None) -> FileReport:
+    report = FileReport(path=scan.path, format=scan.format, size=scan.size,
+                        findings=tuple(scan.findings), records=tuple(scan.records))
+    if fh is None or not scan.options.decompile or report.verdict is not Verdict.UNSAFE:
+        return report
+    from safehub._scanner.explain import decompile, record_bytes
+
+    sources = []
+    for location in dict.fromkeys(f.location for f in report.findings if f.blocking):
+        data = record_bytes(fh, scan.size, location)
+        if data is not None:
+            sources.append((location or "pickle", decompile(data)))
+    return replace(report, decompiled=tuple(sources))
 
 
 def _unreadable(display: str, size: int, error: str) -> FileReport:

@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="also allow this global (exact name or module.*); repeatable")
     p.add_argument("--allow-torchscript", action="store_true",
                    help="accept TorchScript archives (their code must then run sandboxed)")
+    p.add_argument("--decompile", action="store_true", help=(
+        "show unsafe pickle records as the Python they would run (fickling's decompiler)"))
     p.add_argument("--policy", metavar="NAME|PATH", help=(
         "take allowed globals, TorchScript acceptance, size limits and the blocking severity "
         "from this policy (default: $SAFEHUB_POLICY or [tool.safehub], if set)"))
@@ -37,7 +39,7 @@ def _options(args: argparse.Namespace) -> ScanOptions:
     allowed = tuple(args.allow_global)
     check_allowable(allowed, source="--allow-global")
     options = ScanOptions(allowed_globals=allowed, allow_torchscript=args.allow_torchscript,
-                          allowed_by="command line")
+                          allowed_by="command line", decompile=args.decompile)
     # Only a selected policy is loaded: the built-in default adds nothing to the scanner's own
     # defaults, and skipping it keeps `safehub scan` fast.
     from safehub._policy.select import BUILT_IN_DEFAULT, resolve_spec
@@ -52,6 +54,7 @@ def _options(args: argparse.Namespace) -> ScanOptions:
     base = policy.scan_options()
     return replace(base, allowed_globals=base.allowed_globals + allowed,
                    allow_torchscript=base.allow_torchscript or args.allow_torchscript,
+                   decompile=args.decompile,
                    allowed_by=base.allowed_by if not allowed else "policy and command line")
 
 
