@@ -210,6 +210,14 @@ RULES: dict[str, Rule] = _rules(
     Rule("SH503", "bad-result", Severity.HIGH,
          "The sandboxed code returned something other than a mapping of tensors.",
          "Use an entrypoint that returns a state dict of tensors."),
+    Rule("SH504", "sandbox-crashed", Severity.MEDIUM,
+         "The sandboxed child died (killed by a signal, or exited) without returning a result.",
+         "If the model is large, raise policy `[sandbox] memory_mb`; otherwise do not use this "
+         "repository."),
+    Rule("SH505", "repo-code-error", Severity.MEDIUM,
+         "The repository's code raised an exception inside the sandbox (import, entrypoint or "
+         "its arguments).",
+         "Check the entrypoint name and its arguments (`safehub help REPO ENTRY`)."),
 )
 
 

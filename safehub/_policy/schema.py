@@ -24,9 +24,10 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 
-# Isolation layers a policy can require (see `safehub doctor`).
-LAYERS = ("env", "fds", "pdeathsig", "uid", "userns", "netns", "ipcns", "pidns", "rlimits",
-          "nonewprivs", "landlock", "seccomp")
+# Isolation layers a policy can require (see `safehub doctor`); the same names as
+# safehub.sandbox.Layer, without importing the sandbox to validate a policy.
+LAYERS = ("env", "fds", "pdeathsig", "uid", "mountns", "userns", "netns", "ipcns", "pidns",
+          "caps", "rlimits", "nonewprivs", "landlock", "seccomp")
 
 _OWNER = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})"
 _REPO_NAME = r"[A-Za-z0-9._-]{1,100}"

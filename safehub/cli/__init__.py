@@ -21,7 +21,7 @@ from safehub.errors import IntegrityError, PolicyViolation, SafehubError, Unsafe
 __all__ = ["main"]
 
 # Subcommand modules, in the order `safehub --help` lists them.
-_COMMANDS = ["scan", "policy", "verify", "sign", "lock"]
+_COMMANDS = ["scan", "policy", "verify", "sign", "lock", "doctor"]
 
 
 def _parser() -> argparse.ArgumentParser:

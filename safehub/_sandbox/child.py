@@ -1,0 +1,243 @@
+"""What runs inside the sandboxed child, from the zygote's fork to ``os._exit``.
+
+Every module this needs is imported by the zygote before any fork, and before the
+repository is put on ``sys.path``: a repo that ships ``json.py``, ``safetensors/``
+or ``os.py`` finds those names already taken in ``sys.modules``, so it cannot
+replace the code that packs the result (and the parent re-checks the result
+anyway: nothing the child says after repo code ran is trusted).
+
+Exit codes of the inner child: 0 done, 71 a required layer is missing, 72 an
+internal error, 73 the channel was gone. The outer child exits with the inner
+child's code, or 128 + the signal that killed it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import importlib.util
+import os
+import pickle
+import sys
+import time
+import traceback
+from collections.abc import Mapping
+from typing import Any, NoReturn
+
+from safehub._sandbox import broker, layers, writer
+from safehub._sandbox.channel import Channel, ChannelClosed
+
+__all__ = ["run_outer"]
+
+EXIT_SETUP = 71
+EXIT_INTERNAL = 72
+EXIT_CHANNEL = 73
+_MAX_TEXT = 64 << 10
+
+
+def run_outer(config: dict[str, Any], channel_fd: int, zygote_pid: int) -> NoReturn:
+    """The outer child: early layers, namespaces, then fork and wait for the inner child."""
+    code = EXIT_INTERNAL
+    try:
+        started = time.monotonic()
+        setup = layers.Setup(config)
+        try:
+            setup.outer(channel_fd, zygote_pid)
+        except layers.SetupAbort as abort:
+            _report_abort(setup.channel_fd, abort)
+            os._exit(EXIT_SETUP)
+        channel_fd = setup.channel_fd
+        alive_r, alive_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(alive_w)
+            _run_inner(setup, channel_fd, alive_r, started)
+        os.close(alive_r)
+        os.close(channel_fd)  # only the inner child talks to the parent
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        if code < 0:
+            code = 128 - code
+    except BaseException:  # a forked child must never return into the zygote
+        code = EXIT_INTERNAL
+    finally:
+        os._exit(code)
+
+
+def _report_abort(channel_fd: int, abort: layers.SetupAbort) -> None:
+    with contextlib.suppress(OSError, ChannelClosed):
+        Channel.from_fd(channel_fd).send({
+            "t": "setup_failed", "layer": abort.layer.value if abort.layer else None,
+            "reason": abort.reason})
+
+
+def _run_inner(setup: layers.Setup, channel_fd: int, alive_fd: int, started: float) -> NoReturn:
+    code = EXIT_INTERNAL
+    try:
+        try:
+            setup.inner(alive_fd)
+        except layers.SetupAbort as abort:
+            _report_abort(channel_fd, abort)
+            os._exit(EXIT_SETUP)
+        channel = Channel.from_fd(channel_fd)
+        config = setup.config
+        threads = int(config["limits"].get("threads") or 1)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
+        os.chdir(setup.tmp_dir)
+        channel.send({
+            "t": "ready", "pid": os.getpid(), "setup_s": time.monotonic() - started,
+            "applied": {k.value: v for k, v in setup.applied.items()},
+            "missing": {k.value: v for k, v in setup.missing.items()},
+            "notes": setup.notes,
+        })
+        if config["op"] != "probe":
+            _serve(channel, config)
+        code = 0
+    except (ChannelClosed, BrokenPipeError):
+        code = EXIT_CHANNEL
+    except BaseException:  # never unwind into the zygote's loop
+        code = EXIT_INTERNAL
+    finally:
+        os._exit(code)
+
+
+def _serve(channel: Channel, config: dict[str, Any]) -> None:
+    """Run the operation on the repository and send the result. Untrusted code runs here."""
+    broker.install_stubs(channel)
+    _map_loaded_files()
+    sys.dont_write_bytecode = True  # leave the repo's folder as it is
+    repo = config["repo_dir"]
+    op = config["op"]
+    phase = "import"
+    try:
+        sys.path.insert(0, repo)
+        module = _import_hubconf(repo)
+        if op == "list":
+            names = [n for n in dir(module)
+                     if isinstance(n, str) and not n.startswith("_")
+                     and callable(getattr(module, n))]
+            channel.send({"t": "result", "op": "list", "entrypoints": names})
+            return
+        entry = _entry(module, config["entrypoint"])
+        if op == "help":
+            doc = entry.__doc__
+            channel.send({"t": "result", "op": "help",
+                          "doc": None if doc is None else str(doc)[:_MAX_TEXT * 16]})
+            return
+        phase = "call"
+        value = entry(*config["args"], **config["kwargs"])
+        phase = "convert"
+        tensors = _as_tensors(value)
+        del value
+        packed = writer.pack(tensors)
+        try:
+            channel.send({"t": "result", "op": "load", "keys": list(tensors),
+                          "count": packed.count, "size": packed.size,
+                          "aliased": packed.aliased}, [packed.fd])
+        finally:
+            os.close(packed.fd)
+    except writer.TensorProblem as problem:
+        channel.send({"t": "error", "kind": "bad_result", "message": str(problem),
+                      "keys": [str(k)[:200] for k in problem.keys[:100]]})
+    except ChannelClosed:
+        raise
+    except BaseException as exc:  # report any failure of repo code
+        channel.send(_describe(exc, phase))
+
+
+def _map_loaded_files() -> None:
+    """Inside the sandbox, ``torch.load(path)`` maps the file (torch's ``mmap=True``)
+    instead of reading it: the tensors are copied into the result memfd anyway, so
+    this keeps one copy of the weights instead of two. Files torch cannot map (the
+    legacy format) load as before."""
+    import torch
+
+    original = torch.load
+
+    @functools.wraps(original)
+    def load(f: Any, *args: Any, **kwargs: Any) -> Any:
+        if (isinstance(f, (str, os.PathLike)) and kwargs.get("mmap") is None and not args[1:]
+                and kwargs.get("pickle_module") is None):
+            try:
+                return original(f, *args, **{**kwargs, "mmap": True})
+            except (RuntimeError, ValueError, OSError, pickle.UnpicklingError):
+                pass  # not mappable: load it the ordinary way (errors surface from there)
+        return original(f, *args, **kwargs)
+
+    torch.load = load
+
+
+def _import_hubconf(repo: str) -> Any:
+    # As torch.hub._import_module: a fresh module named "hubconf.py" (torch.hub's name).
+    spec = importlib.util.spec_from_file_location("hubconf.py",
+                                                  os.path.join(repo, "hubconf.py"))
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load hubconf.py from {repo}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _entry(module: Any, name: str) -> Any:
+    # As torch.hub._load_entry_from_hubconf, dependencies check included.
+    dependencies = getattr(module, "dependencies", None)
+    if dependencies is not None:
+        missing = [p for p in dependencies if importlib.util.find_spec(p) is None]
+        if missing:
+            raise RuntimeError(f"Missing dependencies: {', '.join(missing)}")
+    func = getattr(module, name, None)
+    if func is None or not callable(func):
+        raise RuntimeError(f"Cannot find callable {name} in hubconf")
+    return func
+
+
+def _as_tensors(value: Any) -> dict[str, Any]:
+    import torch
+
+    if isinstance(value, torch.nn.Module):
+        value = value.state_dict()
+    if isinstance(value, Mapping):
+        return writer.check_tensors(value)
+    kind = f"{type(value).__module__}.{type(value).__qualname__}"
+    raise writer.TensorProblem(
+        f"the entrypoint returned a {kind}; only an nn.Module (its state_dict is kept) or a "
+        "mapping of names to tensors can leave the sandbox", [])
+
+
+def _describe(exc: BaseException, phase: str) -> dict[str, Any]:
+    kind = type(exc)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else (
+        f"{kind.__module__}.{kind.__qualname__}")
+    try:
+        message = str(exc)
+    except BaseException:  # a hostile __str__
+        message = "<unprintable>"
+    try:
+        tb = "".join(traceback.format_exception(kind, exc, exc.__traceback__))
+    except BaseException:  # a hostile traceback
+        tb = ""
+    code = getattr(exc, "errno", None)
+    ref = None
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            break
+        if isinstance(seen, broker.DownloadRefused):
+            ref = seen.request_id
+            break
+        seen = seen.__cause__ or seen.__context__
+    return {"t": "error", "kind": "exception", "phase": phase, "type": str(name)[:200],
+            "message": message[:_MAX_TEXT], "traceback": tb[-_MAX_TEXT:],
+            "errno": code if isinstance(code, int) and not isinstance(code, bool) else None,
+            "errno_name": errno.errorcode.get(code, "") if isinstance(code, int) else "",
+            "broker_ref": ref, "memory": isinstance(exc, MemoryError)}
+
+
+def preload() -> None:
+    """Import and initialise what the child needs, in the zygote, before any fork."""
+    from safehub._sandbox import seccomp
+
+    seccomp.library()
+    layers.python_read_roots()

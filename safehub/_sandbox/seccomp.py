@@ -1,0 +1,147 @@
+"""A seccomp filter built with libseccomp through ctypes.
+
+libseccomp (a C library present on most distributions) turns syscall names into
+numbers for the running architecture, adds the architecture check, and rejects the
+x32 and foreign-ABI entry points that a hand-written BPF filter easily forgets.
+
+The filter allows by default and denies, with EPERM, what repository code never
+needs and sandbox escapes use: starting programs, new sockets, ptrace and other
+processes' memory, namespaces and mounts, io_uring, the kernel keyring, bpf,
+perf, userfaultfd, leaving the process group (setsid, setpgid, which would escape
+the kill of the whole tree), making itself dumpable again, and terminal input
+injection. ``clone`` with namespace flags is denied; ``clone3`` answers ENOSYS so
+that glibc falls back to ``clone``, whose flags the filter can inspect.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+from dataclasses import dataclass
+
+__all__ = ["DENIED_SYSCALLS", "SeccompApplied", "apply_filter", "library"]
+
+_ACT_ALLOW = 0x7FFF0000
+_CMP_EQ = 4
+_CMP_MASKED_EQ = 7
+
+
+def _act_errno(code: int) -> int:
+    return 0x00050000 | (code & 0xFFFF)
+
+
+# Each denied call, grouped by what it would let the code do.
+DENIED_SYSCALLS: dict[str, tuple[str, ...]] = {
+    "run programs": ("execve", "execveat", "uselib"),
+    "open network or local sockets": ("socket", "socketpair", "connect", "bind", "listen",
+                                      "accept", "accept4"),
+    "inspect or control other processes": ("ptrace", "process_vm_readv", "process_vm_writev",
+                                           "pidfd_getfd", "kcmp"),
+    "change namespaces or mounts": ("unshare", "setns", "mount", "umount2", "pivot_root",
+                                    "chroot", "open_tree", "move_mount", "fsopen", "fsconfig",
+                                    "fsmount", "fspick", "mount_setattr"),
+    "use io_uring": ("io_uring_setup", "io_uring_enter", "io_uring_register"),
+    "use the kernel keyring": ("keyctl", "add_key", "request_key"),
+    "load kernel programs or profile": ("bpf", "perf_event_open", "userfaultfd"),
+    "leave the process group": ("setsid", "setpgid"),
+    "open files by handle": ("open_by_handle_at", "name_to_handle_at"),
+    "administer the machine": ("kexec_load", "kexec_file_load", "init_module", "finit_module",
+                               "delete_module", "reboot", "swapon", "swapoff", "acct",
+                               "quotactl", "syslog", "iopl", "ioperm", "modify_ldt", "vhangup",
+                               "lookup_dcookie"),
+}
+
+_NS_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000,
+             0x40000000)  # CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET
+_PR_SET_DUMPABLE = 4
+_TIOCSTI = 0x5412
+_TIOCLINUX = 0x541C
+
+
+class _ArgCmp(ctypes.Structure):
+    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("datum_a", ctypes.c_uint64),
+                ("datum_b", ctypes.c_uint64)]
+
+
+@dataclass(frozen=True)
+class SeccompApplied:
+    """What a successful :func:`apply_filter` installed."""
+
+    denied: tuple[str, ...]
+    unknown: tuple[str, ...]  # names this architecture does not have
+
+
+_lib: ctypes.CDLL | None = None
+_lib_error = ""
+
+
+def library() -> ctypes.CDLL | None:
+    """libseccomp, loaded once (the zygote loads it before forking); None if absent."""
+    global _lib, _lib_error
+    if _lib is None and not _lib_error:
+        name = ctypes.util.find_library("seccomp") or "libseccomp.so.2"
+        try:
+            lib = ctypes.CDLL(name, use_errno=True)
+        except OSError as exc:
+            _lib_error = f"libseccomp could not be loaded ({exc}); install libseccomp2"
+            return None
+        lib.seccomp_init.restype = ctypes.c_void_p
+        lib.seccomp_init.argtypes = [ctypes.c_uint32]
+        lib.seccomp_rule_add_array.restype = ctypes.c_int
+        lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
+                                               ctypes.c_uint, ctypes.POINTER(_ArgCmp)]
+        lib.seccomp_syscall_resolve_name.restype = ctypes.c_int
+        lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+        lib.seccomp_load.restype = ctypes.c_int
+        lib.seccomp_load.argtypes = [ctypes.c_void_p]
+        lib.seccomp_release.argtypes = [ctypes.c_void_p]
+        _lib = lib
+    return _lib
+
+
+def unavailable_reason() -> str:
+    """Why :func:`library` returned None (empty when it did not)."""
+    library()
+    return _lib_error
+
+
+def apply_filter() -> SeccompApplied:
+    """Install the filter on the calling thread; raises OSError on failure."""
+    lib = library()
+    if lib is None:
+        raise OSError(errno.ENOSYS, _lib_error)
+    ctx = lib.seccomp_init(_ACT_ALLOW)
+    if not ctx:
+        raise OSError(errno.ENOMEM, "seccomp_init failed")
+    denied: list[str] = []
+    unknown: list[str] = []
+
+    def add(name: str, action: int, *cmps: tuple[int, int, int, int]) -> None:
+        nr = lib.seccomp_syscall_resolve_name(name.encode())
+        if nr < 0:
+            unknown.append(name)
+            return
+        array = (_ArgCmp * max(1, len(cmps)))(*(_ArgCmp(*c) for c in cmps))
+        rc = lib.seccomp_rule_add_array(ctx, action, nr, len(cmps), array)
+        if rc < 0:
+            raise OSError(-rc, f"seccomp rule for {name}: {errno.errorcode.get(-rc, rc)}")
+        denied.append(name)
+
+    try:
+        eperm = _act_errno(errno.EPERM)
+        for names in DENIED_SYSCALLS.values():
+            for name in names:
+                add(name, eperm)
+        for flag in _NS_FLAGS:
+            add("clone", eperm, (0, _CMP_MASKED_EQ, flag, flag))
+        add("clone3", _act_errno(errno.ENOSYS))
+        add("prctl", eperm, (0, _CMP_EQ, _PR_SET_DUMPABLE, 0))
+        for request in (_TIOCSTI, _TIOCLINUX):
+            add("ioctl", eperm, (1, _CMP_MASKED_EQ, 0xFFFFFFFF, request))
+        rc = lib.seccomp_load(ctx)
+        if rc < 0:
+            raise OSError(-rc, f"seccomp_load: {errno.errorcode.get(-rc, rc)}")
+    finally:
+        lib.seccomp_release(ctx)
+    return SeccompApplied(denied=tuple(sorted(set(denied))), unknown=tuple(unknown))

@@ -1,0 +1,695 @@
+"""The parent side: start the zygote, run one request, enforce the deadline, serve the
+broker, turn what comes back into a result or a precise error.
+
+Everything the child sends after it reported ``ready`` comes from a process that
+ran repository code: each frame is checked for type and shape, the result memfd
+is validated by :mod:`result` before it is mapped, and a child that breaks the
+protocol is killed and reported (SH503), never believed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import errno
+import logging
+import os
+import select
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, NoReturn, TypeGuard
+
+from safehub._sandbox.broker import Broker, BrokerService
+from safehub._sandbox.channel import Channel, ChannelClosed, ProtocolError
+from safehub._sandbox.errors import (
+    BadResult,
+    ChildCrashed,
+    IsolationUnavailable,
+    LimitExceeded,
+    RepoCodeError,
+    SandboxFailure,
+    SandboxViolation,
+    clean_text,
+)
+from safehub._sandbox.result import read_tensors
+from safehub._sandbox.spec import (
+    Layer,
+    LayerStatus,
+    Operation,
+    SandboxLimits,
+    SandboxRequest,
+    SandboxResult,
+)
+from safehub.errors import SafehubError, SandboxError
+
+__all__ = ["Sandbox", "default_sandbox", "probe_layers", "run_sandboxed"]
+
+log = logging.getLogger("safehub")
+
+_EXIT_WAIT_S = 10.0
+_GRACE_S = 1.0
+_PROBE_S = 60.0
+_MAX_ENTRYPOINTS = 10_000
+_MAX_DOC = 1 << 20
+_VIOLATION_ERRNOS = {errno.EPERM, errno.EACCES, errno.ENETUNREACH, errno.EAFNOSUPPORT,
+                     errno.EROFS, errno.ENOSYS}
+_MEMORY_ERRORS = {"MemoryError", "torch.OutOfMemoryError"}
+_LIMIT_ERRNOS = {errno.EFBIG: "file size", errno.ENOSPC: "file size",
+                 errno.EMFILE: "open files", errno.EAGAIN: "processes"}
+_LIMIT_FIELDS = {"timeout": "timeout_s", "memory": "memory_mb", "cpu": "cpu_s",
+                 "processes": "max_processes", "file size": "max_file_mb",
+                 "open files": "max_open_files"}
+_ROOT_CHECK_MAX = 200_000
+
+
+def _zygote_env() -> dict[str, str]:
+    # Nothing of the caller's environment: no tokens, no cloud credentials. Forked
+    # children keep the zygote's environment strings in memory, so it must hold none.
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/nonexistent",
+           "TORCH_HOME": "/nonexistent"}
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                 "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS"):
+        env[name] = "1"
+    if "LD_LIBRARY_PATH" in os.environ:  # a Python or torch built against private libraries
+        env["LD_LIBRARY_PATH"] = os.environ["LD_LIBRARY_PATH"]
+    return env
+
+
+class Sandbox:
+    """A zygote process and the means to run sandboxed requests through it.
+
+    Use as a context manager (or call :meth:`close`). The zygote starts on first
+    use; it imports torch once (about 2 s), after which each request costs tens of
+    milliseconds. Requests through one Sandbox run one at a time; use several
+    Sandbox objects to run in parallel.
+    """
+
+    def __init__(self, *, preload_torch: bool = True, start_timeout_s: float = 120.0):
+        self.preload_torch = preload_torch
+        self.start_timeout_s = start_timeout_s
+        self._lock = threading.RLock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._control: Channel | None = None
+        self._stderr: Any = None
+        self._next_id = 0
+        self._exits: dict[int, dict[str, Any]] = {}
+        self._layers: dict[Layer, LayerStatus] | None = None
+        self._owner = os.getpid()
+
+    def __enter__(self) -> Sandbox:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def zygote_pid(self) -> int | None:
+        """The zygote's process id while it runs."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    def start(self) -> None:
+        """Start the zygote (no-op while it runs)."""
+        with self._lock:
+            if self._owner != os.getpid():
+                # A fork of the process that started the zygote: that zygote and its
+                # socket belong to the parent process; this one starts its own.
+                self._proc = self._control = self._stderr = None
+                self._owner = os.getpid()
+            if self.zygote_pid is not None and self._control is not None:
+                return
+            self._shutdown()
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            root = str(Path(__file__).resolve().parents[2])
+            code = (f"import sys; sys.path.append({root!r}); "
+                    "from safehub._sandbox.zygote import main; "
+                    f"main({theirs.fileno()}, preload_torch={self.preload_torch!r})")
+            self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives with the zygote
+            try:
+                self._proc = subprocess.Popen(
+                    [sys.executable, "-I", "-c", code], env=_zygote_env(), cwd="/",
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr,
+                    pass_fds=(theirs.fileno(),), start_new_session=True)
+            finally:
+                theirs.close()
+            self._control = Channel(ours)
+            try:
+                hello, fds = self._control.recv(time.monotonic() + self.start_timeout_s)
+            except (TimeoutError, ChannelClosed, ProtocolError) as exc:
+                detail = self._stderr_tail()
+                self._shutdown()
+                raise IsolationUnavailable(
+                    "the sandbox could not start its zygote process", layer=None,
+                    reason=f"{exc}; {detail}" if detail else str(exc),
+                    fix="check that `python -I -c 'import torch, safehub'` works") from None
+            for fd in fds:
+                os.close(fd)
+            if hello.get("t") != "hello":
+                self._shutdown()
+                raise IsolationUnavailable("the sandbox zygote sent no greeting", layer=None,
+                                           reason=repr(hello)[:200])
+
+    def close(self) -> None:
+        """Stop the zygote and every child it still has."""
+        with self._lock:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+        self._exits.clear()
+
+    def _stderr_tail(self) -> str:
+        if self._stderr is None:
+            return ""
+        self._stderr.seek(0, os.SEEK_END)
+        size = self._stderr.tell()
+        self._stderr.seek(max(0, size - 2000))
+        return clean_text(self._stderr.read().decode(errors="replace").strip(), 2000)
+
+    # --- probing ------------------------------------------------------------------------
+
+    def layers(self) -> dict[Layer, LayerStatus]:
+        """Which layers a child of this sandbox gets on this machine (probed once)."""
+        with self._lock:
+            if self._layers is None:
+                self._layers = self._probe()
+            return dict(self._layers)
+
+    def _probe(self) -> dict[Layer, LayerStatus]:
+        run = _Run(self, None, None)
+        ready = run.execute_probe()
+        status = {layer: LayerStatus(layer, True, detail)
+                  for layer, detail in ready["applied"].items()}
+        for layer, reason in ready["missing"].items():
+            status[layer] = LayerStatus(layer, False, reason)
+        return {layer: status.get(layer, LayerStatus(layer, False, "not reported"))
+                for layer in Layer}
+
+    # --- running ------------------------------------------------------------------------
+
+    def run(self, request: SandboxRequest, broker: Broker | None = None) -> SandboxResult:
+        """Run ``request`` in a fresh sandboxed child; raises a SandboxError subclass when
+        it cannot run, hits a limit, fails, or returns something that is not tensors."""
+        with self._lock:
+            return _Run(self, request, broker).execute()
+
+
+class _Run:
+    """One request's life: spawn, handshake, broker, result, cleanup."""
+
+    def __init__(self, sandbox: Sandbox, request: SandboxRequest | None, broker: Broker | None):
+        self.sb = sandbox
+        self.request = request
+        self.limits = request.limits if request else SandboxLimits()
+        self.workdir = Path(tempfile.mkdtemp(prefix="safehub-sandbox-"))
+        self.service = BrokerService(broker, self.workdir / "grants")
+        self.channel: Channel | None = None
+        self.rid = -1
+        self.exit: dict[str, Any] | None = None
+        self.ready: dict[str, Any] | None = None
+        self.times: dict[str, float] = {}
+        if request is None:
+            self.subject = "layer probe"
+        else:
+            self.subject = str(request.repo_dir) + (
+                f":{request.entrypoint}" if request.entrypoint else "")
+
+    # entry points
+
+    def execute_probe(self) -> dict[str, Any]:
+        try:
+            self._spawn({"op": "probe", "repo_dir": None, "required": [], "skip": []})
+            deadline = time.monotonic() + _PROBE_S
+            while self.ready is None:
+                if time.monotonic() > deadline:
+                    self._kill()
+                    raise ChildCrashed("the sandbox's layer probe did not answer",
+                                       subject=self.subject, fix="run `safehub doctor` again")
+                self._step(deadline)
+            return self.ready
+        finally:
+            self._finish()
+
+    def execute(self) -> SandboxResult:
+        request = self.request
+        assert request is not None
+        try:
+            self._check_request(request)
+            if request.unsafe_skip_layers:
+                log.warning("UNSAFE: sandbox layers skipped on request: %s",
+                            ", ".join(sorted(x.value for x in request.unsafe_skip_layers)))
+            limits = asdict(self.limits)
+            limits["threads"] = self.limits.effective_threads
+            self._spawn({
+                "op": request.op.value, "repo_dir": str(request.repo_dir),
+                "entrypoint": request.entrypoint, "args": list(request.args),
+                "kwargs": dict(request.kwargs), "limits": limits,
+                "required": sorted(x.value for x in request.required_layers),
+                "skip": sorted(x.value for x in request.unsafe_skip_layers)})
+            return self._loop()
+        finally:
+            self._finish()
+
+    # steps
+
+    def _check_request(self, request: SandboxRequest) -> None:
+        repo = request.repo_dir
+        if not (repo / "hubconf.py").is_file():
+            raise SandboxError(f"no hubconf.py in {repo}", subject=str(repo),
+                               fix="point at the folder that holds the repo's hubconf.py")
+        if os.geteuid() == 0 and Layer.UID not in request.unsafe_skip_layers:
+            unreadable = _not_world_readable(repo)
+            if unreadable:
+                raise SandboxError(
+                    "the repo is not readable by the sandbox's unprivileged user "
+                    f"(for example {unreadable})", subject=str(repo),
+                    fix=f"make it readable: chmod -R a+rX {repo}")
+
+    def _spawn(self, config: dict[str, Any]) -> None:
+        self.sb.start()
+        control = self.sb._control
+        assert control is not None
+        (self.workdir / "tmp").mkdir(mode=0o700)
+        (self.workdir / "grants").mkdir(mode=0o755)
+        os.chmod(self.workdir, 0o755)  # the unprivileged uid must pass through it
+        config.setdefault("limits", {**asdict(self.limits), "threads": 1})
+        config.update(tmp_dir=str(self.workdir / "tmp"), grants_dir=str(self.workdir / "grants"))
+        self.sb._next_id += 1
+        self.rid = self.sb._next_id
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.channel = Channel(ours)
+        started = time.monotonic()
+        try:
+            control.send({"t": "spawn", "id": self.rid, "config": config}, [theirs.fileno()])
+        except ChannelClosed:
+            self._zygote_died()
+        finally:
+            theirs.close()
+        while True:
+            try:
+                message = self._control_message(started + 30)
+            except TimeoutError:
+                self._zygote_died()
+            if message.get("id") != self.rid:
+                continue
+            if message["t"] == "spawned":
+                break
+            if message["t"] == "spawn_failed":
+                raise IsolationUnavailable("the sandbox could not start a child", layer=None,
+                                           reason=clean_text(message.get("reason"), 500),
+                                           subject=self.subject)
+        self.t_spawned = time.monotonic()
+        self.times["spawn_s"] = self.t_spawned - started
+
+    def _control_message(self, deadline: float) -> dict[str, Any]:
+        control = self.sb._control
+        if control is None:
+            self._zygote_died()
+        try:
+            message, fds = control.recv(deadline)
+        except TimeoutError:
+            raise
+        except (ChannelClosed, ProtocolError, OSError):
+            self._zygote_died()
+        for fd in fds:
+            os.close(fd)
+        if message["t"] == "exit":
+            if message.get("id") == self.rid:
+                self.exit = message
+            elif isinstance(message.get("id"), int):
+                self.sb._exits[message["id"]] = message
+        return message
+
+    def _zygote_died(self) -> NoReturn:
+        tail = self.sb._stderr_tail()
+        self.sb._shutdown()
+        raise ChildCrashed("the sandbox's zygote process died", subject=self.subject,
+                           details=[tail] if tail else [],
+                           fix="run the call again (a new zygote starts)")
+
+    def _deadline(self) -> float:
+        return self.t_spawned + self.limits.timeout_s + self.service.elapsed
+
+    def _loop(self) -> SandboxResult:
+        result: SandboxResult | None = None
+        while result is None:
+            if time.monotonic() >= self._deadline():
+                self._kill()
+                raise self._limit("timeout", f"the sandboxed code ran longer than "
+                                  f"{self.limits.timeout_s:g} s; it was killed with every "
+                                  "process it started")
+            result = self._step(self._deadline())
+        return result
+
+    def _step(self, deadline: float) -> SandboxResult | None:
+        """Wait for one event (a frame, the child's exit) and act on it."""
+        control, channel = self.sb._control, self.channel
+        assert control is not None and channel is not None
+        if self.exit is not None and channel.sock.fileno() < 0:
+            raise self._crash()
+        watch = [control.sock] + ([channel.sock] if channel.sock.fileno() >= 0 else [])
+        remaining = max(0.0, deadline - time.monotonic())
+        readable = select.select(watch, [], [], remaining)[0]
+        if control.sock in readable:
+            self._control_message(time.monotonic() + 5)
+        if channel.sock in readable:
+            try:
+                message, fds = channel.recv(deadline)
+            except ChannelClosed:
+                channel.close()
+                self._await_exit()
+                raise self._crash() from None
+            except TimeoutError:
+                return None
+            except ProtocolError as exc:
+                self._kill()
+                raise self._protocol(str(exc)) from None
+            return self._on_frame(message, fds)
+        return None
+
+    def _on_frame(self, message: dict[str, Any], fds: list[int]) -> SandboxResult | None:
+        kind = message["t"]
+        try:
+            if self.ready is None:
+                if kind == "setup_failed":
+                    self._refuse(message)
+                if kind != "ready":
+                    raise self._protocol(f"'{kind}' before the sandbox was ready")
+                self._on_ready(message)
+                return None
+            if kind in ("fetch", "hub_load"):
+                reply, reply_fds = self.service.handle(message)
+                try:
+                    assert self.channel is not None
+                    # A child that stops reading must not block the parent: the send
+                    # is bounded by the deadline.
+                    self.channel.sock.settimeout(max(0.1, self._deadline() - time.monotonic()))
+                    try:
+                        self.channel.send(reply, reply_fds)
+                    except TimeoutError:
+                        raise self._protocol("the child stopped reading its replies") from None
+                    finally:
+                        self.channel.sock.settimeout(None)
+                finally:
+                    for fd in reply_fds:
+                        os.close(fd)
+                return None
+            if kind == "result":
+                return self._result(message, fds)
+            if kind == "error":
+                raise self._error(message)
+            raise self._protocol(f"unexpected frame '{kind}'")
+        except (ChannelClosed, BrokenPipeError):
+            return None
+        except ValueError as exc:
+            raise self._protocol(str(exc)) from None
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _refuse(self, message: dict[str, Any]) -> NoReturn:
+        try:
+            layer: Layer | None = Layer(message.get("layer"))
+        except ValueError:
+            layer = None
+        reason = clean_text(message.get("reason"), 1000)
+        name = layer.value if layer else "setup"
+        raise IsolationUnavailable(
+            f"required sandbox layer '{name}' is not available here, so nothing was run",
+            layer=layer, reason=reason, subject=self.subject,
+            fix=(f"run on a host that supports it (see `safehub doctor`), or remove '{name}' "
+                 "from policy [sandbox] required_layers"))
+
+    def _on_ready(self, message: dict[str, Any]) -> None:
+        applied, missing = message.get("applied"), message.get("missing")
+        if not isinstance(applied, dict) or not isinstance(missing, dict):
+            raise self._protocol("malformed ready frame")
+        message["applied"] = {Layer(k): clean_text(v, 300) for k, v in applied.items()}
+        message["missing"] = {Layer(k): clean_text(v, 300) for k, v in missing.items()}
+        self.ready = message
+        self.t_ready = time.monotonic()
+        self.times["setup_s"] = self.t_ready - self.t_spawned
+        required = self.request.required_layers if self.request else frozenset()
+        absent = sorted(x.value for x in required - set(message["applied"]))
+        if absent:  # the child enforces this itself; checked again here
+            self._kill()
+            raise IsolationUnavailable(f"required sandbox layers missing: {', '.join(absent)}",
+                                       layer=Layer(absent[0]), reason="not applied",
+                                       subject=self.subject)
+
+    def _result(self, message: dict[str, Any], fds: list[int]) -> SandboxResult:
+        request = self.request
+        assert request is not None and self.ready is not None
+        if message.get("op") != request.op.value:
+            raise self._protocol("result for another operation")
+        received = time.monotonic()
+        tensors: dict[str, Any] = {}
+        entrypoints: tuple[str, ...] = ()
+        doc: str | None = None
+        aliased: tuple[tuple[str, ...], ...] = ()
+        if request.op is Operation.LOAD:
+            keys, groups = message.get("keys"), message.get("aliased", [])
+            if len(fds) != 1 or not _str_list(keys) or not isinstance(groups, list) or not all(
+                    _str_list(g) for g in groups):
+                raise self._protocol("malformed load result")
+            fd = fds.pop()
+            tensors = read_tensors(fd, order=keys)
+            aliased = tuple(tuple(clean_text(k, 200) for k in g) for g in groups[:1000])
+        elif request.op is Operation.LIST:
+            names = message.get("entrypoints")
+            if not _str_list(names) or len(names) > _MAX_ENTRYPOINTS:
+                raise self._protocol("malformed list result")
+            entrypoints = tuple(clean_text(n, 200) for n in names)
+        else:
+            raw = message.get("doc")
+            if raw is not None and not isinstance(raw, str):
+                raise self._protocol("malformed help result")
+            doc = None if raw is None else clean_text(raw, _MAX_DOC)
+        done = time.monotonic()
+        self.times["run_s"] = received - self.t_ready
+        self.times["receive_s"] = done - received
+        # The child ends by itself right after sending; give it a moment (its usage is
+        # only counted once it is reaped), then the tree goes regardless.
+        self._await_exit(_GRACE_S)
+        self._kill()
+        self._await_exit()
+        self.times["total_s"] = time.monotonic() - self.t_spawned + self.times["spawn_s"]
+        usage = {}
+        if self.exit is not None:
+            usage = {"cpu_s": float(self.exit.get("cpu_s") or 0.0),
+                     "max_rss_mb": float(self.exit.get("max_rss_kb") or 0) / 1024}
+        return SandboxResult(
+            op=request.op, tensors=tensors, entrypoints=entrypoints, doc=doc,
+            layers_applied=dict(self.ready["applied"]), layers_missing=dict(self.ready["missing"]),
+            timings=dict(self.times), usage=usage, aliased=aliased,
+            fetched=tuple(self.service.fetched))
+
+    # failures
+
+    def _limit(self, limit: str, message: str, details: list[str] | None = None) -> LimitExceeded:
+        name = _LIMIT_FIELDS[limit]
+        value = getattr(self.limits, name)
+        return LimitExceeded(message, limit=limit, value=value, subject=self.subject,
+                             details=details or [],
+                             fix=(f"if the model legitimately needs more, raise policy "
+                                  f"[sandbox] {name} (now {value})"))
+
+    def _protocol(self, what: str) -> BadResult:
+        self._kill()
+        return BadResult(f"the sandboxed code broke the result protocol: {clean_text(what, 300)}",
+                         subject=self.subject,
+                         fix="do not use this repository; its code tampered with the sandbox")
+
+    def _error(self, message: dict[str, Any]) -> SafehubError:
+        if message.get("kind") == "bad_result":
+            raw_keys = message.get("keys")
+            keys = raw_keys if _str_list(raw_keys) else []
+            return BadResult(
+                f"the entrypoint's result cannot leave the sandbox: "
+                f"{clean_text(message.get('message'), 1500)}",
+                keys=[clean_text(k, 200) for k in keys], subject=self.subject,
+                fix="use an entrypoint that returns an nn.Module or a dict of tensors")
+        ref = message.get("broker_ref")
+        if isinstance(ref, int) and ref in self.service.failures:
+            return self.service.failures[ref]  # the broker's own verdict, not the child's story
+        exc_type = clean_text(message.get("type"), 200)
+        exc_message = clean_text(message.get("message"), 2000)
+        tb = clean_text(message.get("traceback") or "", 8000)
+        code = message.get("errno")
+        code = code if isinstance(code, int) and not isinstance(code, bool) else None
+        phase = str(message.get("phase"))
+        where = {"import": "importing hubconf.py", "convert": "converting the result"}.get(
+            phase, "running the entrypoint")
+        text = f"{exc_type}: {exc_message}"
+        if (message.get("memory") is True or exc_type in _MEMORY_ERRORS or code == errno.ENOMEM
+                or "can't allocate memory" in exc_message):
+            return self._limit("memory", f"the sandboxed code ran out of its memory limit "
+                               f"({self.limits.memory_mb} MiB of address space) while {where}",
+                               [text])
+        if code in _LIMIT_ERRNOS and (code != errno.EAGAIN or exc_type == "BlockingIOError"):
+            limit = _LIMIT_ERRNOS[code]
+            return self._limit(limit, f"the sandboxed code hit its {limit} limit while {where}",
+                               [text])
+        if code in _VIOLATION_ERRNOS or exc_type == "PermissionError":
+            return SandboxViolation(
+                f"the repository's code attempted something the sandbox forbids while {where}: "
+                f"{text}", exc_type=exc_type, exc_message=exc_message, traceback=tb,
+                subject=self.subject,
+                fix=("do not use this repository; code that only computes tensors needs no "
+                     "files outside its folder, no network and no other programs"))
+        return RepoCodeError(f"the repository's code failed while {where}: {text}",
+                             exc_type=exc_type, exc_message=exc_message, traceback=tb,
+                             subject=self.subject,
+                             fix="check the entrypoint name and arguments (see `safehub help`)")
+
+    def _crash(self) -> SandboxFailure:
+        info = self.exit or {}
+        code = info.get("code")
+        cpu = float(info.get("cpu_s") or 0.0)
+        details = [f"child CPU time {cpu:.2f} s, peak memory "
+                   f"{float(info.get('max_rss_kb') or 0) / 1024:.0f} MiB"]
+        if not isinstance(code, int):
+            return ChildCrashed("the sandboxed child ended without a result",
+                                subject=self.subject, details=details)
+        sig = -code if code < 0 else code - 128 if code > 128 else None
+        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= self.limits.cpu_s - 0.1):
+            return self._limit("cpu", f"the sandboxed code used more than "
+                               f"{self.limits.cpu_s} s of CPU time and was killed", details)
+        if sig == signal.SIGXFSZ:
+            return self._limit("file size", "the sandboxed code wrote a file larger than "
+                               f"{self.limits.max_file_mb} MiB", details)
+        if sig is not None:
+            name = signal.Signals(sig).name if sig in signal.Signals.__members__.values() \
+                else f"signal {sig}"
+            hint = (f"; running out of its memory limit ({self.limits.memory_mb} MiB) can end "
+                    "this way" if sig in (signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS,
+                                          signal.SIGKILL) else "")
+            return ChildCrashed(f"the sandboxed code was killed by {name}{hint}", signal=sig,
+                                subject=self.subject, details=details,
+                                fix="do not use this repository, or raise the memory limit if "
+                                    "the model is large")
+        if self.ready is None:
+            return ChildCrashed(f"the sandbox failed while setting up (exit {code})",
+                                exit_code=code, subject=self.subject, details=details,
+                                fix="run `safehub doctor`; report it if it persists")
+        return ChildCrashed(f"the sandboxed code exited (code {code}) without a result",
+                            exit_code=code, subject=self.subject, details=details,
+                            fix="do not use this repository; its code ends the process")
+
+    # cleanup
+
+    def _kill(self) -> None:
+        control = self.sb._control
+        if self.exit is None and control is not None and self.rid > 0:
+            with contextlib.suppress(ChannelClosed, OSError):
+                control.send({"t": "kill", "id": self.rid})
+
+    def _await_exit(self, wait_s: float = _EXIT_WAIT_S) -> None:
+        deadline = time.monotonic() + wait_s
+        if self.rid in self.sb._exits:
+            self.exit = self.sb._exits.pop(self.rid)
+        while self.exit is None and time.monotonic() < deadline:
+            try:
+                self._control_message(deadline)
+            except TimeoutError:
+                break
+
+    def _finish(self) -> None:
+        try:
+            if self.channel is not None:
+                self.channel.close()
+            if self.rid > 0 and self.exit is None and self.sb._control is not None:
+                self._kill()
+                with contextlib.suppress(SafehubError):
+                    self._await_exit()
+        finally:
+            _remove_tree(self.workdir)
+
+
+def _str_list(value: object) -> TypeGuard[list[str]]:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _not_world_readable(repo: Path) -> str | None:
+    seen = 0
+    for dirpath, _, filenames in os.walk(repo):
+        st = os.stat(dirpath)
+        if st.st_mode & 0o005 != 0o005:
+            return dirpath
+        for name in filenames:
+            seen += 1
+            if seen > _ROOT_CHECK_MAX:
+                return None
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and not st.st_mode & stat.S_IROTH:
+                return path
+    return None
+
+
+def _remove_tree(path: Path) -> None:
+    def retry(func: Any, target: str, _exc: object) -> None:
+        try:
+            os.chmod(os.path.dirname(target), 0o700)
+            func(target)
+        except OSError:
+            log.debug("could not remove %s", target)
+
+    shutil.rmtree(path, onerror=retry)
+
+
+# --- module-level convenience ------------------------------------------------------------
+
+_default: Sandbox | None = None
+_default_lock = threading.Lock()
+
+
+def default_sandbox() -> Sandbox:
+    """The process-wide Sandbox (one zygote, started on first use, closed at exit)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Sandbox()
+            atexit.register(_default.close)
+        return _default
+
+
+def run_sandboxed(request: SandboxRequest, broker: Broker | None = None) -> SandboxResult:
+    """Run ``request`` through the process-wide Sandbox."""
+    return default_sandbox().run(request, broker)
+
+
+def probe_layers() -> dict[Layer, LayerStatus]:
+    """Which isolation layers a sandboxed child gets on this machine, and why not.
+
+    Uses the running process-wide Sandbox if there is one, else a short-lived
+    zygote that does not import torch (a fraction of a second).
+    """
+    if _default is not None and _default.zygote_pid is not None:
+        return _default.layers()
+    with Sandbox(preload_torch=False) as sandbox:
+        return sandbox.layers()
