@@ -33,9 +33,13 @@ _LAZY = {
     "set_dir": "safehub.hub",
     "download_url_to_file": "safehub.hub",
     "load_state_dict_from_url": "safehub.hub",
+    "AuditReport": "safehub.audit",
+    "Conversion": "safehub.convert",
 }
 
 __all__ = [
+    "AuditReport",
+    "Conversion",
     "FetchError",
     "Fetcher",
     "IntegrityError",

@@ -21,7 +21,8 @@ from safehub.errors import IntegrityError, PolicyViolation, SafehubError, Unsafe
 __all__ = ["main"]
 
 # Subcommand modules, in the order `safehub --help` lists them.
-_COMMANDS = ["scan", "policy", "verify", "sign", "lock", "doctor"]
+_COMMANDS = ["scan", "policy", "verify", "sign", "lock", "doctor", "audit",
+             "convert"]
 
 
 def _parser() -> argparse.ArgumentParser:

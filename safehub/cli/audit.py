@@ -1,0 +1,105 @@
+"""``safehub audit [PATH...]``: what is already on disk, against scan, policy and records."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from safehub.cli._common import EXIT_ERROR, EXIT_OK, ProgressLine, exit_code_for, use_color
+
+__all__ = ["register", "run"]
+
+log = logging.getLogger("safehub")
+
+HELP = "audit model caches and folders: scan verdicts, tampering, policy, provenance"
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("audit", help=HELP, description=HELP + (
+        ". Without PATH: torch's hub directory and the Hugging Face cache. Exit 0 when "
+        "everything is clean, 1 when anything is unsafe, tampered or against the policy, 2 "
+        "when something could not be checked or nothing was found."))
+    p.add_argument("paths", nargs="*", metavar="PATH",
+                   help="caches or folders to audit (default: the torch and Hugging Face "
+                        "caches)")
+    p.add_argument("--policy", metavar="NAME|PATH",
+                   help="policy to check against (default: $SAFEHUB_POLICY, [tool.safehub], "
+                        "else the built-in default)")
+    p.add_argument("--lockfile", metavar="PATH",
+                   help="pins to check against (default: the nearest safehub.lock, if any)")
+    state = p.add_mutually_exclusive_group()
+    state.add_argument("--state", metavar="PATH",
+                       help="incremental state file (default: "
+                            "$XDG_STATE_HOME/safehub/audit-state.json)")
+    state.add_argument("--no-state", action="store_true",
+                       help="neither read nor write the incremental state")
+    p.add_argument("--rescan", action="store_true",
+                   help="hash and scan every file again, even if unchanged since the last "
+                        "audit")
+    p.add_argument("-j", "--jobs", type=int, metavar="N",
+                   help="worker processes (default: one per CPU)")
+    p.add_argument("--fix", action="store_true",
+                   help="convert clean pickle checkpoints to safetensors (in the sandbox) and "
+                        "move the originals to the quarantine folder")
+    p.add_argument("--quarantine", metavar="DIR",
+                   help="where --fix moves originals (default: "
+                        "$XDG_STATE_HOME/safehub/quarantine)")
+    group = p.add_argument_group("output")
+    group.add_argument("-f", "--format", choices=["text", "json", "sarif"], default="text",
+                       help="report format (default: text)")
+    group.add_argument("-o", "--output", metavar="FILE",
+                       help="write the report to FILE instead of stdout")
+    p.set_defaults(run=run)
+
+
+def _emit(text: str, args: argparse.Namespace) -> None:
+    if args.output:
+        tmp = f"{args.output}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, args.output)
+        log.info("report written to %s", args.output)
+        return
+    if args.quiet and args.format == "text":
+        return
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    from safehub.audit import audit, render_audit
+
+    if args.jobs is not None and args.jobs < 1:
+        log.error("--jobs must be at least 1")
+        return EXIT_ERROR
+    if args.quarantine and not args.fix:
+        log.error("--quarantine goes with --fix")
+        return EXIT_ERROR
+    progress = ProgressLine("auditing")
+    result = audit(args.paths or None, policy=args.policy, lockfile=args.lockfile,
+                   state_file=args.state, incremental=not args.no_state, rescan=args.rescan,
+                   workers=args.jobs, progress=progress)
+    progress.done()
+    failed_fixes = False
+    if args.fix:
+        from safehub.audit import fix
+
+        result = fix(result, quarantine=args.quarantine, policy=args.policy)
+        failed_fixes = any(f.action == "failed" for f in result.fixes)
+        for record in result.fixes:
+            if record.action == "converted":
+                log.info("fixed %s -> %s; original moved to %s", record.original,
+                         record.converted, record.quarantined)
+            elif record.action == "failed":
+                log.error("could not fix %s: %s", record.original, record.reason)
+    color = use_color(sys.stdout) and not args.output
+    _emit(render_audit(result, args.format, color=color, verbose=args.verbose), args)
+    for entry in result.report.unscanned:
+        log.warning("not checked: %s (%s)", entry.path, entry.error or "unrecognized format")
+    if not result.report.files:
+        log.warning("nothing to audit in %s", ", ".join(result.report.roots) or "-")
+    log.info("%s", result.summary())
+    code = exit_code_for(result.report)
+    return EXIT_ERROR if code == EXIT_OK and failed_fixes else code

@@ -1,0 +1,264 @@
+"""Convert pickle-based checkpoints to safetensors (or numpy ``.npz``), so the pickle can go.
+
+>>> from safehub.convert import convert, save
+>>> result = convert("resnet18-f37072fd.pth")              # -> resnet18-f37072fd.safetensors
+>>> result = convert("model.pth", "model.npz", format="npz", upcast_bfloat16=True)
+>>> save(safehub.load("pytorch/vision", "resnet18"), "resnet18.safetensors")
+
+``convert`` never unpickles in this process. The file is opened once, hashed and
+scanned; a file with blocking findings is refused (:class:`~safehub.errors.UnsafeModel`)
+unless ``unsafe_full_unpickle`` is set. It is then loaded in the sandbox
+(:mod:`safehub.sandbox`) with ``torch.load(weights_only=True)`` and the globals the
+policy allows; with ``unsafe_full_unpickle`` it is unpickled in full there, running
+whatever code it carries inside the sandbox (use it to rescue the weights of a file
+whose pickle needs arbitrary classes; the tensors are whatever that code produced).
+Only tensors and plain data come back. A safetensors file is read directly (it holds
+no code) and can be written as ``.npz``.
+
+Output: tensor names are kept (nested checkpoints get dotted names, list items their
+index); the rest of the checkpoint, where it is plain data (numbers, strings, lists,
+string-keyed dicts), is written beside the output as ``<output>.metadata.json``: the
+original structure with each tensor as ``{"$tensor": name}``; anything else is dropped
+and listed there. Nothing is written when the checkpoint is a plain mapping of tensors.
+
+Formats: ``safetensors`` keeps every dtype (bfloat16 and float8 too; MLX reads
+bfloat16 natively and float8 as uint8). ``npz`` is what numpy and MLX
+(``mlx.core.load``) read directly; numpy has no bfloat16, so bfloat16 tensors are
+refused unless ``upcast_bfloat16`` asks for float32 (exact, twice the size); float8
+tensors are always refused for npz. Writes are atomic (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from safehub._convert.entry import flatten
+from safehub._convert.writers import (
+    OutputFormat,
+    file_sha256,
+    prepare,
+    write_json,
+    write_tensors,
+)
+from safehub.errors import SafehubError, UnsafeModel
+from safehub.policy import Policy, load_policy
+
+__all__ = ["Conversion", "OutputFormat", "convert", "default_output", "metadata_path", "save"]
+
+log = logging.getLogger("safehub.convert")
+
+PathArg = str | os.PathLike[str]
+METADATA_SCHEMA = "1"
+# Scanner formats torch.load reads (and so can be converted in the sandbox).
+TORCH_FORMATS = ("torch-zip", "torch-legacy", "torch-tar")
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """What a conversion wrote.
+
+    ``metadata`` is the JSON file with the checkpoint's plain data (None when the
+    checkpoint was only tensors); ``upcast`` the keys stored as float32 instead of
+    bfloat16; ``dropped`` what was neither tensor nor plain data; ``aliased`` groups of
+    keys whose tensors shared storage (each now has its own copy).
+    """
+
+    source: Path
+    output: Path
+    format: OutputFormat
+    tensors: int
+    source_sha256: str
+    output_sha256: str
+    metadata: Path | None = None
+    upcast: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()
+    aliased: tuple[tuple[str, ...], ...] = ()
+
+
+def default_output(source: PathArg, fmt: OutputFormat | str = OutputFormat.SAFETENSORS) -> Path:
+    """``model.pth`` -> ``model.safetensors`` (or ``model.npz``), beside the source."""
+    src = Path(source)
+    return src.with_name(src.stem + OutputFormat(fmt).suffix)
+
+
+def metadata_path(output: PathArg) -> Path:
+    """Where the plain data of a conversion to ``output`` goes:
+    ``model.safetensors`` -> ``model.safetensors.metadata.json``."""
+    out = Path(output)
+    return out.with_name(out.name + ".metadata.json")
+
+
+def _is_plain_mapping(structure: Any) -> bool:
+    return isinstance(structure, dict) and all(
+        isinstance(v, dict) and v == {"$tensor": k} for k, v in structure.items())
+
+
+def _check_output(source: Path | None, output: Path, overwrite: bool) -> None:
+    if source is not None and os.path.abspath(output) == os.path.abspath(source):
+        raise SafehubError("the output would replace the source", subject=str(output),
+                           fix="name another output file")
+    if not output.parent.is_dir():
+        raise SafehubError("the output folder does not exist", subject=str(output.parent),
+                           fix="create it first")
+    if not overwrite:
+        for path in (output, metadata_path(output)):
+            if os.path.lexists(path):
+                raise SafehubError("the output exists already", subject=str(path),
+                                   fix="remove it, choose another name, or pass --force "
+                                       "(overwrite=True)")
+
+
+def _write(tensors: Mapping[str, Any], structure: Any, dropped: list[str], output: Path,
+           fmt: OutputFormat, *, upcast_bfloat16: bool, source: Path | None,
+           source_sha256: str | None, aliased: tuple[tuple[str, ...], ...] = ()
+           ) -> tuple[Path | None, list[str]]:
+    ready, upcast = prepare(tensors, fmt, upcast_bfloat16=upcast_bfloat16, subject=str(output))
+    metadata: Path | None = None
+    if not _is_plain_mapping(structure) or dropped:
+        metadata = metadata_path(output)
+        write_json(metadata, {
+            "schema_version": METADATA_SCHEMA, "tool": "safehub convert",
+            "tensors_file": output.name,
+            "source": str(source) if source is not None else None,
+            "source_sha256": source_sha256, "structure": structure, "dropped": dropped,
+            "upcast_from_bfloat16": upcast, "aliased": [list(g) for g in aliased]})
+    write_tensors(ready, output, fmt)
+    return metadata, upcast
+
+
+def save(state_dict: Mapping[str, Any] | Any, path: PathArg, *,
+         format: OutputFormat | str | None = None, upcast_bfloat16: bool = False,
+         overwrite: bool = True) -> Path:
+    """Save tensors (a state dict returned by ``safehub.load``, or any checkpoint-like
+    object already in memory) as safetensors or ``.npz``, with the same rules as
+    :func:`convert`. ``format`` defaults to the path's suffix. Returns the path written.
+
+    Raises :class:`~safehub.errors.SafehubError` for dtypes the format cannot hold.
+    """
+    output = Path(path)
+    fmt = OutputFormat(format) if format is not None else _format_of(output)
+    _check_output(None, output, overwrite)
+    tensors, structure, dropped = flatten(state_dict)
+    _write(tensors, structure, dropped, output, fmt, upcast_bfloat16=upcast_bfloat16,
+           source=None, source_sha256=None)
+    return output
+
+
+def _format_of(path: Path) -> OutputFormat:
+    for fmt in OutputFormat:
+        if path.suffix.lower() == fmt.suffix:
+            return fmt
+    raise SafehubError(f"cannot tell the format from the name {path.name!r}", subject=str(path),
+                       fix="name the file *.safetensors or *.npz, or pass format=")
+
+
+def _stat_key(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def convert(source: PathArg, output: PathArg | None = None, *,
+            format: OutputFormat | str = OutputFormat.SAFETENSORS,
+            upcast_bfloat16: bool = False, policy: Policy | PathArg | None = None,
+            overwrite: bool = False, unsafe_full_unpickle: bool = False,
+            sandbox: Any | None = None) -> Conversion:
+    """Convert the checkpoint ``source`` to ``output`` (default :func:`default_output`).
+
+    ``policy`` supplies the scanner options (allowed globals) and the sandbox's limits and
+    required layers. ``sandbox``: a :class:`safehub.sandbox.Sandbox` to run in (default:
+    the process-wide one). Raises :class:`~safehub.errors.UnsafeModel` for a file with
+    blocking findings (unless ``unsafe_full_unpickle``),
+    :class:`~safehub.errors.SandboxError` when the sandbox cannot load it, and
+    :class:`~safehub.errors.SafehubError` for unsupported input or output.
+    """
+    from safehub._scanner.engine import scan_fileobj
+
+    fmt = OutputFormat(format)
+    src = Path(source)
+    out = Path(output) if output is not None else default_output(src, fmt)
+    chosen = load_policy(policy)
+    _check_output(src, out, overwrite)
+    real = Path(os.path.realpath(src))
+    try:
+        fh = open(real, "rb")  # noqa: SIM115 - closed in the finally below
+    except OSError as exc:
+        raise SafehubError(f"cannot open the checkpoint: {exc.strerror}", subject=str(src),
+                           fix="check the path and its permissions") from exc
+    try:
+        before = os.fstat(fh.fileno())
+        if not stat.S_ISREG(before.st_mode):
+            raise SafehubError("not a regular file", subject=str(src))
+        report = scan_fileobj(fh, str(src), before.st_size, chosen.scan_options())
+        source_sha256 = _sha256_fd(fh.fileno())
+    finally:
+        fh.close()
+    if report.verdict.value == "unsafe" and not unsafe_full_unpickle:
+        raise UnsafeModel(f"refusing to convert {src}: scanning found what loading it would do",
+                          subject=str(src), report=report,
+                          fix="do not convert it; if you must rescue its tensors, "
+                          "unsafe_full_unpickle (--unsafe-full-unpickle) unpickles it in full "
+                          "inside the sandbox")
+    dropped: list[str] = []
+    aliased: tuple[tuple[str, ...], ...] = ()
+    if report.format == "safetensors":
+        if fmt is OutputFormat.SAFETENSORS:
+            raise SafehubError("the file is safetensors already", subject=str(src),
+                               fix="pass --format npz to write numpy's format")
+        tensors = _read_safetensors(real)
+        structure: Any = {k: {"$tensor": k} for k in tensors}
+    elif report.format in TORCH_FORMATS:
+        if unsafe_full_unpickle:
+            log.warning("UNSAFE: %s is unpickled in full inside the sandbox; the code it "
+                        "carries runs there, and the tensors are whatever it produced", src)
+        from safehub._convert.sandboxed import load_in_sandbox
+
+        allowed = sorted({f.subject for f in report.findings
+                          if f.rule_id == "SH101" and f.allowed_by and f.subject})
+        loaded = load_in_sandbox(real, policy=chosen, allowed_globals=allowed,
+                                 full_unpickle=unsafe_full_unpickle, sandbox=sandbox)
+        tensors, structure = loaded.tensors, loaded.structure
+        dropped, aliased = loaded.dropped, loaded.aliased
+    else:
+        raise SafehubError(f"not a torch checkpoint (the content is {report.format})",
+                           subject=str(src),
+                           fix="convert files written by torch.save, or safetensors to npz")
+    after = os.stat(real)
+    if _stat_key(after) != _stat_key(before):
+        raise SafehubError("the checkpoint changed while it was converted", subject=str(src),
+                           fix="convert it again once nothing writes to it")
+    metadata, upcast = _write(tensors, structure, dropped, out, fmt,
+                              upcast_bfloat16=upcast_bfloat16, source=src,
+                              source_sha256=source_sha256, aliased=aliased)
+    for item in dropped:
+        log.warning("%s: not tensor or plain data, not kept: %s", src, item)
+    return Conversion(source=src, output=out, format=fmt, tensors=len(tensors),
+                      source_sha256=source_sha256, output_sha256=file_sha256(out),
+                      metadata=metadata, upcast=tuple(upcast), dropped=tuple(dropped),
+                      aliased=aliased)
+
+
+def _sha256_fd(fd: int) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    offset = 0
+    while chunk := os.pread(fd, 1 << 20, offset):
+        h.update(chunk)
+        offset += len(chunk)
+    return h.hexdigest()
+
+
+def _read_safetensors(path: Path) -> dict[str, Any]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return dict(load_file(str(path)))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise SafehubError(f"cannot read the safetensors file: {exc}", subject=str(path),
+                           fix="re-save it with the safetensors library") from exc
