@@ -12,21 +12,31 @@ own cache is its ``safehub/`` subfolder, keyed by URL (files) and commit (repos)
 
 from __future__ import annotations
 
+import builtins
+import logging
 import os
 import shutil
 import uuid
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from safehub._fetch import location as _location
 from safehub._fetch.http import Progress, ProgressCallback
+from safehub._hub.safe_globals import torch_safe_globals
 from safehub.errors import FetchError, PolicyViolation, UnsafeModel
-from safehub.policy import Policy
+from safehub.policy import Policy, TrustRepo
 
 if TYPE_CHECKING:
     from safehub.fetch import OpenedFile
-    from safehub.findings import FileReport
 
-__all__ = ["download_url_to_file", "get_dir", "load_state_dict_from_url", "set_dir"]
+__all__ = [
+    "download_url_to_file",
+    "get_dir",
+    "help",
+    "list",
+    "load",
+    "load_state_dict_from_url",
+    "set_dir",
+]
 
 PolicyArg = Policy | str | os.PathLike[str] | None
 ProgressArg = bool | ProgressCallback
@@ -130,7 +140,114 @@ def load_state_dict_from_url(url: str, model_dir: str | None = None,
     with fetcher.open_url(url, file_name=file_name, check_hash=check_hash) as opened:
         return _load_weights(opened, map_location)
 
-# `load`, `list` and `help` (they run repo code, so they need the sandbox) come here.
+def load(repo_or_dir: str, model: str, *args: Any, source: str = "github",
+         trust_repo: TrustRepo = None, force_reload: bool = False, verbose: bool = True,
+         skip_validation: bool = False, policy: PolicyArg = None, into: Any = None,
+         **kwargs: Any) -> Any:
+    """Load a model from a torch.hub repository, running its code in the sandbox.
+
+    ``repo_or_dir`` is ``owner/repo[:ref]`` (``source="github"``) or a folder with a
+    ``hubconf.py`` (``source="local"``). The repository is decided by the policy,
+    fetched as a verified read-only checkout (or used in place for local folders),
+    checked against any signature the policy requires, and ``hubconf.py`` is
+    imported and ``model(*args, **kwargs)`` called inside the sandbox. Weights the
+    code downloads come through the policy, the fetch layer and the scanner.
+
+    Returns the model's tensors as ``dict[str, torch.Tensor]`` (its ``state_dict()``
+    when the entrypoint returns a module). With ``into=module`` (a module you built
+    from trusted code), the tensors are loaded into it with ``strict=False`` and the
+    module is returned; missing and unexpected keys are logged as a warning.
+
+    Differences from ``torch.hub.load``:
+
+    - repo code never runs in your process, so what comes back is tensors, not the
+      repo's model object; build the architecture yourself and pass ``into=``;
+    - ``args``/``kwargs`` must be JSON values (None, bool, int, float, str, lists,
+      string-keyed dicts): nothing crosses the sandbox boundary as a pickle;
+    - trust comes from the policy: ``trust_repo=True`` trusts the repo for this call
+      only where the policy honours it; ``None``, ``False`` and ``"check"`` never
+      trust silently, and nothing prompts;
+    - ``skip_validation`` is accepted and ignored: refs are always resolved to a full
+      commit through the API (or the lockfile), never trusted from the cache name;
+    - ``verbose`` only controls logging (``safehub`` logger); nothing is printed;
+    - keyword-only ``policy`` selects the policy; ``into`` is described above.
+      Entrypoint keyword arguments named ``policy`` or ``into`` cannot be passed.
+    """
+    from safehub._hub.runner import HubCall, run_hub_call
+    from safehub._sandbox.spec import check_json
+    from safehub.sandbox import Operation
+
+    del skip_validation
+    _log_level(verbose)
+    call = HubCall(repo_or_dir, Operation.LOAD, model,
+                   args=tuple(check_json(builtins.list(args), "args") or ()),  # type: ignore[arg-type]
+                   kwargs=check_json(kwargs, "kwargs"),  # type: ignore[arg-type]
+                   source=_source(source), trust_repo=trust_repo, force_reload=force_reload)
+    tensors = run_hub_call(call, policy).tensors
+    if into is None:
+        return tensors
+    return _load_into(into, tensors, f"{repo_or_dir}:{model}")
+
+
+def list(github: str, force_reload: bool = False, skip_validation: bool = False,
+         trust_repo: TrustRepo = None, verbose: bool = True, *, source: str = "github",
+         policy: PolicyArg = None) -> builtins.list[str]:
+    """The entrypoints of a repository's ``hubconf.py``, found by importing it in the sandbox.
+
+    Differences from ``torch.hub.list``: ``hubconf.py`` is imported in the sandbox, not
+    in your process (import-time code is contained); ``source="local"`` (keyword-only)
+    lists a local folder; trust, ``skip_validation`` and ``verbose`` as in :func:`load`.
+    """
+    from safehub._hub.runner import HubCall, run_hub_call
+    from safehub.sandbox import Operation
+
+    del skip_validation
+    _log_level(verbose)
+    call = HubCall(github, Operation.LIST, source=_source(source), trust_repo=trust_repo,
+                   force_reload=force_reload)
+    return builtins.list(run_hub_call(call, policy).entrypoints)
+
+
+def help(github: str, model: str, force_reload: bool = False,
+         skip_validation: bool = False, trust_repo: TrustRepo = None, *,
+         source: str = "github", policy: PolicyArg = None) -> str:
+    """The docstring of one entrypoint, read by importing ``hubconf.py`` in the sandbox.
+
+    Differences from ``torch.hub.help``: as for :func:`list`.
+    """
+    from safehub._hub.runner import HubCall, run_hub_call
+    from safehub.sandbox import Operation
+
+    del skip_validation
+    call = HubCall(github, Operation.HELP, model, source=_source(source), trust_repo=trust_repo,
+                   force_reload=force_reload)
+    return run_hub_call(call, policy).doc or ""
+
+
+def _source(source: str) -> Literal["github", "local"]:
+    if source not in ("github", "local"):
+        raise ValueError(f'Unknown source: "{source}". Allowed values: "github" | "local".')
+    return "github" if source == "github" else "local"
+
+
+def _log_level(verbose: bool) -> None:
+    if not verbose:
+        logging.getLogger("safehub").setLevel(logging.WARNING)
+
+
+def _load_into(module: Any, tensors: dict[str, Any], subject: str) -> Any:
+    import torch
+
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"into= must be a torch.nn.Module, not {type(module).__name__}")
+    result = module.load_state_dict(tensors, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        logging.getLogger("safehub").warning(
+            "%s: loaded into %s with missing keys %s and unexpected keys %s", subject,
+            type(module).__name__, result.missing_keys, result.unexpected_keys)
+    return module
+
+
 
 
 def _load_weights(opened: OpenedFile, map_location: Any) -> dict[str, Any]:
@@ -138,7 +255,7 @@ def _load_weights(opened: OpenedFile, map_location: Any) -> dict[str, Any]:
 
     import torch
 
-    allowed = _allowed_globals(opened.info.report)
+    allowed = torch_safe_globals(opened.info.report)
     fh: BinaryIO = opened.file
     try:
         with torch.serialization.safe_globals(allowed):
@@ -153,30 +270,6 @@ def _load_weights(opened: OpenedFile, map_location: Any) -> dict[str, Any]:
                          subject=opened.info.url,
                          fix="check that the URL points at a PyTorch checkpoint") from exc
     return result  # type: ignore[no-any-return]
-
-
-def _allowed_globals(report: FileReport) -> list[Any]:
-    """The objects for globals the policy allowed in this file (torch's safe_globals)."""
-    import importlib
-
-    found: list[Any] = []
-    for finding in report.findings:
-        if not finding.allowed_by or finding.rule_id != "SH101" or not finding.subject:
-            continue
-        parts = finding.subject.split(".")
-        for cut in range(len(parts) - 1, 0, -1):
-            try:
-                obj: Any = importlib.import_module(".".join(parts[:cut]))
-            except ImportError:
-                continue
-            try:
-                for attr in parts[cut:]:
-                    obj = getattr(obj, attr)
-            except AttributeError:
-                break
-            found.append((obj, finding.subject))
-            break
-    return found
 
 
 def _progress(progress: ProgressArg) -> ProgressCallback | None:

@@ -16,16 +16,26 @@ from collections.abc import Sequence
 
 from safehub import __version__
 from safehub.cli._common import EXIT_ERROR, EXIT_FINDINGS
-from safehub.errors import IntegrityError, PolicyViolation, SafehubError, UnsafeModel
+from safehub.errors import (
+    IntegrityError,
+    PolicyViolation,
+    SafehubError,
+    SandboxError,
+    UnsafeModel,
+)
 
 __all__ = ["main"]
 
-# Subcommand modules, in the order `safehub --help` lists them.
-_COMMANDS = ["scan", "policy", "verify", "sign", "lock", "doctor", "audit",
-             "convert"]
+# Subcommand -> its module in safehub.cli, in the order `safehub --help` lists them. (`list`
+# and `help` live in hub_*.py: a submodule named like a builtin would shadow it here.)
+_COMMANDS = {"scan": "scan", "load": "load", "list": "hub_list", "help": "hub_help",
+             "policy": "policy", "verify": "verify", "sign": "sign", "lock": "lock",
+             "doctor": "doctor", "audit": "audit", "convert": "convert"}
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The CLI's parser; given the subcommand being run, only that one is imported, so that
+    `safehub scan` does not pay for the policy engine's or the signer's imports."""
     parser = argparse.ArgumentParser(
         prog="safehub",
         description="Use third-party PyTorch models without handing strangers code execution.",
@@ -36,8 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="more detail: every finding, skipped files, debug logs")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in _COMMANDS:
-        importlib.import_module(f"safehub.cli.{name}").register(sub)
+    for name in [command] if command in _COMMANDS else _COMMANDS:
+        importlib.import_module(f"safehub.cli.{_COMMANDS[name]}").register(sub)
     return parser
 
 
@@ -50,13 +60,22 @@ def _configure_logging(quiet: bool, verbose: bool) -> None:
     root.propagate = False
 
 
+def _sandbox_exit(exc: SandboxError) -> int:
+    """The sandbox refusing or containing the code (limits, violations, failing or bad
+    results, a missing required layer) exits 1; the sandbox itself failing exits 2."""
+    from safehub._sandbox.errors import SandboxFailure
+
+    return EXIT_ERROR if type(exc) is SandboxFailure else EXIT_FINDINGS
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (the library itself never exits)."""
-    parser = _parser()
     # Global options are accepted before or after the subcommand.
     args_list = list(sys.argv[1:] if argv is None else argv)
     hoisted = [a for a in args_list if a in ("-q", "--quiet", "-v", "--verbose")]
     rest = [a for a in args_list if a not in hoisted]
+    # No global option takes a value, so the first non-option word names the subcommand.
+    parser = _parser(next((a for a in rest if not a.startswith("-")), None))
     try:
         args = parser.parse_args(hoisted + rest)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
@@ -68,6 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PolicyViolation, UnsafeModel, IntegrityError) as exc:
         log.error("%s", exc.diagnostics())
         return EXIT_FINDINGS
+    except SandboxError as exc:
+        log.error("%s", exc.diagnostics())
+        return _sandbox_exit(exc)
     except SafehubError as exc:
         log.error("%s", exc.diagnostics())
         return EXIT_ERROR

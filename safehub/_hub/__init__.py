@@ -1,0 +1,1 @@
+"""Internals of the torch.hub-compatible API (:mod:`safehub.hub`)."""

@@ -1,0 +1,175 @@
+"""Running repository code the safe way: policy -> fetch -> verify -> sandbox.
+
+This is where the stages meet for ``load``, ``list`` and ``help``: the policy
+decides the repo (and, for local folders, the path), the fetch layer supplies a
+verified read-only checkout, required signatures are checked on exactly that
+tree, the policy decides whether this machine's isolation is enough, and the
+sandbox runs the code with the policy's limits. Downloads the code asks for are
+brokered back through the same policy and fetch layer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from safehub.errors import FetchError, IntegrityError, SafehubError
+from safehub.policy import Decision, Policy, RepoRequest, SandboxRequest, TrustRepo, load_policy
+
+if TYPE_CHECKING:
+    from safehub.fetch import Fetcher
+    from safehub.sandbox import JSONValue, Operation, SandboxLimits, SandboxResult
+
+__all__ = ["HubCall", "PolicyBroker", "run_hub_call", "verify_signatures"]
+
+log = logging.getLogger("safehub")
+
+Source = Literal["github", "local"]
+
+
+@dataclass(frozen=True)
+class HubCall:
+    """One torch.hub-style call: which repo, which operation, with which arguments."""
+
+    repo_or_dir: str
+    op: Operation
+    entrypoint: str | None = None
+    args: Sequence[JSONValue] = ()
+    kwargs: Mapping[str, JSONValue] = field(default_factory=dict)
+    source: Source = "github"
+    trust_repo: TrustRepo = None
+    force_reload: bool = False
+    timeout_s: float | None = None  # can only tighten the policy's limit
+    memory_mb: int | None = None  # can only tighten the policy's limit
+
+
+class PolicyBroker:
+    """The sandbox's download broker: every request goes through the policy and fetch layer.
+
+    Repo code asks by URL (weights) or ``owner/repo[:ref]`` (other repos); what is
+    returned has been policy-decided, pinned, hashed and scanned.
+    """
+
+    def __init__(self, fetcher: Fetcher, requester: str | None):
+        self.fetcher = fetcher
+        self.requester = requester
+        self.served: list[str] = []
+
+    def fetch(self, url: str, *, file_name: str | None, check_hash: bool) -> Path:
+        cached = self.fetcher.fetch_url(url, file_name=file_name, check_hash=check_hash,
+                                        repo=self.requester)
+        self.served.append(url)
+        return cached.path
+
+    def fetch_repo(self, repo: str, *, force_reload: bool) -> Path:
+        checkout = self.fetcher.fetch_repo(repo, force_reload=force_reload)
+        verify_signatures(checkout.decision, checkout.path, checkout.repo)
+        self.served.append(repo)
+        return checkout.path
+
+
+def verify_signatures(decision: Decision, tree: Path, subject: str) -> list[str]:
+    """Check every signature the decision requires on ``tree``; returns the signers."""
+    from safehub import signing
+
+    signers = []
+    for req in decision.requirements:
+        if req.kind != "signature":
+            continue
+        keys = [a for a in req.anchors if _looks_like_key(a)]
+        chains = [a for a in req.anchors if a not in keys]
+        errors: list[str] = []
+        verified = None
+        for anchor in (*keys, *chains):
+            try:
+                result = signing.verify(
+                    tree, public_key=anchor if anchor in keys else None,
+                    certificate_chain=[anchor] if anchor in chains else None,
+                    ignore_unsigned_files=req.ignore_unsigned_files)
+            except SafehubError as exc:  # missing signature, unreadable key
+                errors.append(f"{anchor}: {exc.message}")
+                continue
+            if result.ok:
+                verified = result
+                break
+            errors.append(f"{anchor}: " + "; ".join(f.message for f in result.failures[:3]))
+        if verified is None:
+            raise IntegrityError(
+                f"SH301 {subject} is not signed by a key the policy trusts ({req.rule})",
+                subject=subject,
+                fix=f"obtain a copy signed by one of: {', '.join(req.anchors)}; "
+                f"details: {' | '.join(errors)}")
+        signer = verified.signer.describe() if verified.signer else "unknown signer"
+        log.info("%s: signature by %s verified (%s)", subject, signer, req.rule)
+        signers.append(signer)
+    return signers
+
+
+def _looks_like_key(path: str) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+    except OSError:
+        return True  # let the signer report it as an unreadable key
+    return b"PUBLIC KEY" in head
+
+
+def _limits(policy: Policy, call: HubCall) -> SandboxLimits:
+    from safehub.sandbox import SandboxLimits
+
+    s = policy.model.sandbox
+    limits = SandboxLimits(timeout_s=s.timeout_s, memory_mb=s.memory_mb, cpu_s=s.cpu_s,
+                           max_processes=s.max_processes, max_file_mb=s.max_file_mb,
+                           max_open_files=s.max_open_files)
+    return limits.tightened(timeout_s=call.timeout_s, memory_mb=call.memory_mb)
+
+
+def _local_repo(policy: Policy, call: HubCall) -> Path:
+    path = Path(os.path.expanduser(call.repo_or_dir))
+    if not (path / "hubconf.py").is_file():
+        raise FetchError(f"{path} has no hubconf.py", subject=str(path),
+                         fix="point at a torch.hub repository folder (one with hubconf.py)")
+    decision = policy.check(RepoRequest(str(path), entrypoint=call.entrypoint, source="local"))
+    verify_signatures(decision, path, str(path))
+    return path
+
+
+def run_hub_call(call: HubCall, policy: Policy | str | os.PathLike[str] | None = None, *,
+                 fetcher: Fetcher | None = None) -> SandboxResult:
+    """Decide, fetch, verify and run one hub call in the sandbox."""
+    from safehub.fetch import Fetcher
+    from safehub.hub import get_dir
+    from safehub.sandbox import Layer, default_sandbox
+    from safehub.sandbox import SandboxRequest as RunRequest
+
+    policy = load_policy(policy)
+    fetcher = fetcher or Fetcher(policy, hub_dir=get_dir())
+    requester: str | None
+    if call.source == "local":
+        repo_dir = _local_repo(policy, call)
+        requester = None
+    elif call.source == "github":
+        checkout = fetcher.fetch_repo(call.repo_or_dir, force_reload=call.force_reload,
+                                      trust_repo=call.trust_repo, entrypoint=call.entrypoint)
+        verify_signatures(checkout.decision, checkout.path, checkout.repo)
+        repo_dir, requester = checkout.path, checkout.repo
+    else:
+        raise SafehubError(f"unknown source {call.source!r}", subject=call.repo_or_dir,
+                           fix="use source='github' or source='local'")
+    sandbox = default_sandbox()
+    layers = sandbox.layers()
+    policy.check(SandboxRequest({layer.value: None if status.available else status.detail
+                                 for layer, status in layers.items()}))
+    request = RunRequest(repo_dir, call.op, call.entrypoint, tuple(call.args), dict(call.kwargs),
+                         limits=_limits(policy, call),
+                         required_layers=frozenset(Layer(name) for name in
+                                                   policy.model.sandbox.required_layers))
+    broker = PolicyBroker(fetcher, requester)
+    result = sandbox.run(request, broker)
+    for layer, reason in result.layers_missing.items():
+        log.warning("sandbox layer %s was not applied: %s", layer.value, reason)
+    return replace(result, fetched=tuple(broker.served)) if broker.served else result

@@ -1,0 +1,61 @@
+"""What torch's weights-only unpickler must also accept to load a file safehub has scanned.
+
+safehub's default allowlist includes numpy's array reconstruction, which torch's does
+not; and a policy may allow more globals. After a scan passes, the same names are
+handed to ``torch.serialization.safe_globals`` for that one load, so torch's loader
+stays a second line of defence rather than a source of false refusals.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from safehub.findings import FileReport
+
+__all__ = ["numpy_safe_globals", "torch_safe_globals"]
+
+
+def torch_safe_globals(report: FileReport) -> list[Any]:
+    """Objects for torch's ``safe_globals``: what the scan allowed beyond torch's own set.
+
+    That is numpy's array reconstruction (in safehub's default allowlist, not in
+    torch's) and the globals the policy allowed in this file.
+    """
+    names = [f.subject for f in report.findings
+             if f.allowed_by and f.rule_id == "SH101" and f.subject]
+    return numpy_safe_globals() + [pair for pair in map(_resolve, names) if pair is not None]
+
+
+def numpy_safe_globals() -> list[Any]:
+    """numpy's reconstruction functions and dtype classes, as (object, name) pairs."""
+    from safehub._scanner.allowlist import DEFAULT_ALLOWED
+
+    try:
+        import numpy
+    except ImportError:
+        return []
+    pairs = [pair for pair in map(_resolve, [n for n in DEFAULT_ALLOWED if n.startswith("numpy.")])
+             if pair is not None]
+    dtypes = getattr(numpy, "dtypes", None)
+    for name in getattr(dtypes, "__all__", ()):
+        pairs.append((getattr(dtypes, name), f"numpy.dtypes.{name}"))
+    return pairs
+
+
+def _resolve(name: str) -> tuple[Any, str] | None:
+    """The object a dotted global names, imported the way the unpickler would, or None."""
+    import importlib
+
+    parts = name.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            obj: Any = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        try:
+            for attr in parts[cut:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            return None
+        return obj, name
+    return None

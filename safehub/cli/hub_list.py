@@ -1,0 +1,37 @@
+"""``safehub list``: a repository's entrypoints, found by importing hubconf.py in the sandbox."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from safehub.cli._common import EXIT_OK
+from safehub.cli._hubargs import add_repo_options, policy_for
+
+__all__ = ["register"]
+
+HELP = "list the entrypoints of a torch.hub repository (hubconf.py imported in the sandbox)"
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("list", help=HELP, description=HELP + ". Exit 0 on success, 1 when the "
+                       "policy or the sandbox refused, 2 on error.")
+    add_repo_options(p)
+    p.add_argument("-f", "--format", choices=["text", "json"], default="text")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from safehub._hub.runner import HubCall, run_hub_call
+    from safehub.sandbox import Operation
+
+    call = HubCall(args.repo, Operation.LIST, source=args.source,
+                   trust_repo=True if args.trust_repo else None, force_reload=args.force_reload)
+    names = list(run_hub_call(call, policy_for(args)).entrypoints)
+    if args.format == "json":
+        sys.stdout.write(json.dumps({"schema_version": "1", "repo": args.repo,
+                                     "entrypoints": names}, indent=2) + "\n")
+    else:
+        sys.stdout.write("".join(f"{name}\n" for name in names))
+    return EXIT_OK

@@ -1,0 +1,59 @@
+"""``safehub load``: run a hub entrypoint in the sandbox and save its tensors as safetensors."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from safehub.cli._common import EXIT_ERROR, EXIT_OK
+from safehub.cli._hubargs import add_repo_options, parse_kwargs, policy_for
+
+__all__ = ["register"]
+
+log = logging.getLogger("safehub")
+
+HELP = "run a torch.hub entrypoint in the sandbox and save the tensors it returns"
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("load", help=HELP, description=HELP + (
+        ". Exit 0 on success, 1 when the policy or the sandbox refused (a limit, a forbidden "
+        "operation, a failing or malformed entrypoint), 2 on error."))
+    add_repo_options(p)
+    p.add_argument("entry", metavar="ENTRY", help="the entrypoint in hubconf.py")
+    p.add_argument("kwargs", nargs="*", metavar="KEY=VALUE",
+                   help="entrypoint keyword arguments; values are JSON if they parse, else text")
+    p.add_argument("--out", required=True, metavar="FILE.safetensors",
+                   help="where to write the tensors")
+    p.add_argument("--timeout", type=float, metavar="S",
+                   help="wall-clock limit in seconds (can only tighten the policy's)")
+    p.add_argument("--max-memory", type=int, metavar="MB",
+                   help="memory limit in MiB (can only tighten the policy's)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from safehub._hub.runner import HubCall, run_hub_call
+    from safehub.sandbox import Operation
+
+    try:
+        kwargs = parse_kwargs(args.kwargs)
+    except argparse.ArgumentTypeError as exc:
+        log.error("%s", exc)
+        return EXIT_ERROR
+    for name, value in (("--timeout", args.timeout), ("--max-memory", args.max_memory)):
+        if value is not None and value <= 0:
+            log.error("%s must be positive", name)
+            return EXIT_ERROR
+    call = HubCall(args.repo, Operation.LOAD, args.entry, kwargs=kwargs,  # type: ignore[arg-type]
+                   source=args.source, trust_repo=True if args.trust_repo else None,
+                   force_reload=args.force_reload, timeout_s=args.timeout,
+                   memory_mb=args.max_memory)
+    result = run_hub_call(call, policy_for(args))
+    from safehub.convert import save
+
+    save(result.tensors, args.out, format="safetensors")
+    log.info("%s: %d tensors written to %s", args.entry, len(result.tensors), args.out)
+    for layer, reason in result.layers_missing.items():
+        log.info("note: layer %s was not applied (%s)", layer.value, reason)
+    return EXIT_OK
