@@ -38,6 +38,7 @@ _LAZY = {
     "help": "safehub.hub",
     "AuditReport": "safehub.audit",
     "Conversion": "safehub.convert",
+    "enforce": "safehub.enforce",
 }
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "UnsafeModel",
     "__version__",
     "download_url_to_file",
+    "enforce",
     "get_dir",
     "help",
     "list",

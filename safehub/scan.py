@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable, Iterable
 from typing import BinaryIO
 
+from safehub._callable_module import make_module_callable
 from safehub._scanner import knowledge
 from safehub._scanner.context import ScanOptions
 from safehub._scanner.engine import scan_fileobj, scan_paths
@@ -85,3 +86,7 @@ def check_allowable(names: Iterable[str], *, source: str = "allowed_globals") ->
         raise PolicyError("some allowed globals can never be allowed", subject=source,
                           fix="remove them; load such files only in the sandbox",
                           issues=issues)
+
+
+# `import safehub.scan` makes `safehub.scan` this module: keep `safehub.scan(...)` working.
+make_module_callable(__name__, scan)

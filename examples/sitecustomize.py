@@ -1,0 +1,14 @@
+"""Protect every Python program in an environment: put this folder on PYTHONPATH
+(or copy this file into site-packages) and torch.load / torch.hub go through safehub.
+
+The policy comes from $SAFEHUB_POLICY, [tool.safehub] in the nearest pyproject.toml, or
+safehub's default preset. If enforcement cannot be set up, the program does not start:
+Python would otherwise print a warning and run unprotected.
+"""
+
+try:
+    import safehub
+
+    safehub.enforce()
+except Exception as exc:  # fail closed: never run unprotected
+    raise SystemExit(f"safehub: enforcement could not be set up, refusing to run: {exc}") from exc
