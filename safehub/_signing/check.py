@@ -140,7 +140,10 @@ def check_model(manifest: Manifest, model: Path, *, signer: Signer,
     present = dict(tree.files)
     for rel in provided:
         present.setdefault(rel, -1)
-    unsafe = {rel: reason for rel, reason in tree.unsafe}
+    # A path the caller supplies a descriptor for is read through that descriptor, not
+    # the tree: a link there (a Hugging Face snapshot pointing at its blob) is the caller's
+    # business, since it opened the file itself.
+    unsafe = {rel: reason for rel, reason in tree.unsafe if rel not in provided}
 
     to_hash: list[str] = []
     for rel in sorted(present, key=lambda p: -present[p]):  # largest first: better balance

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from typing import TextIO
 
@@ -18,6 +19,7 @@ __all__ = [
     "EXIT_OK",
     "ProgressLine",
     "add_output_options",
+    "emit",
     "exit_code_for",
     "use_color",
     "write_report",
@@ -43,22 +45,30 @@ def use_color(stream: TextIO) -> bool:
     return stream.isatty() and not os.environ.get("NO_COLOR")
 
 
-def write_report(report: ScanReport, args: argparse.Namespace, *, command: str) -> None:
-    fmt = OutputFormat(args.format)
+def emit(text: str, args: argparse.Namespace) -> None:
+    """The report goes to ``--output`` (written atomically) or stdout (unless ``-q`` text)."""
     if args.output:
-        text = render_report(report, fmt, verbose=args.verbose, command=command)
-        tmp = f"{args.output}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, args.output)
+        directory = os.path.dirname(os.path.abspath(args.output))
+        fd, tmp = tempfile.mkstemp(prefix=".safehub-report-", dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            os.replace(tmp, args.output)
+        except BaseException:
+            os.unlink(tmp)
+            raise
         log.info("report written to %s", args.output)
         return
-    if args.quiet and fmt is OutputFormat.TEXT:
+    if args.quiet and args.format == "text":
         return
-    text = render_report(report, fmt, color=use_color(sys.stdout), verbose=args.verbose,
-                         command=command)
     sys.stdout.write(text)
     sys.stdout.flush()
+
+
+def write_report(report: ScanReport, args: argparse.Namespace, *, command: str) -> None:
+    fmt = OutputFormat(args.format)
+    color = not args.output and use_color(sys.stdout)
+    emit(render_report(report, fmt, color=color, verbose=args.verbose, command=command), args)
 
 
 def exit_code_for(report: ScanReport) -> int:

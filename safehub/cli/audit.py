@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
-from safehub.cli._common import EXIT_ERROR, EXIT_OK, ProgressLine, exit_code_for, use_color
+from safehub.cli._common import (
+    EXIT_ERROR,
+    EXIT_OK,
+    ProgressLine,
+    emit,
+    exit_code_for,
+    use_color,
+)
 
 __all__ = ["register", "run"]
 
@@ -54,20 +60,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(run=run)
 
 
-def _emit(text: str, args: argparse.Namespace) -> None:
-    if args.output:
-        tmp = f"{args.output}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, args.output)
-        log.info("report written to %s", args.output)
-        return
-    if args.quiet and args.format == "text":
-        return
-    sys.stdout.write(text)
-    sys.stdout.flush()
-
-
 def run(args: argparse.Namespace) -> int:
     from safehub.audit import audit, render_audit
 
@@ -95,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
             elif record.action == "failed":
                 log.error("could not fix %s: %s", record.original, record.reason)
     color = use_color(sys.stdout) and not args.output
-    _emit(render_audit(result, args.format, color=color, verbose=args.verbose), args)
+    emit(render_audit(result, args.format, color=color, verbose=args.verbose), args)
     for entry in result.report.unscanned:
         log.warning("not checked: %s (%s)", entry.path, entry.error or "unrecognized format")
     if not result.report.files:

@@ -9,11 +9,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
-from safehub.cli._common import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, ProgressLine, use_color
+from safehub.cli._common import (
+    EXIT_ERROR,
+    EXIT_FINDINGS,
+    EXIT_OK,
+    ProgressLine,
+    emit,
+    use_color,
+)
 from safehub.signing import (
     Failure,
     SigstoreIdentity,
@@ -115,19 +121,6 @@ def _json(result: Verification, trusted: str) -> str:
     return json.dumps(body, indent=2) + "\n"
 
 
-def _emit(text: str, args: argparse.Namespace) -> None:
-    if args.output:
-        tmp = f"{args.output}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, args.output)
-        return
-    if args.quiet and args.format == "text":
-        return
-    sys.stdout.write(text)
-    sys.stdout.flush()
-
-
 def run(args: argparse.Namespace) -> int:
     anchor = _trust(args)
     if anchor is None:
@@ -142,9 +135,9 @@ def run(args: argparse.Namespace) -> int:
     progress.done()
     trusted = anchor.describe()
     if args.format == "json":
-        _emit(_json(result, trusted), args)
+        emit(_json(result, trusted), args)
     else:
-        _emit(_text(result, trusted, args.verbose, use_color(sys.stdout) and not args.output),
+        emit(_text(result, trusted, args.verbose, use_color(sys.stdout) and not args.output),
               args)
     for path in result.unsigned_ignored:
         log.warning("unsigned file ignored (--ignore-unsigned-files): %s", path)

@@ -240,3 +240,19 @@ def test_other_hashes(tmp_path: Path, key: KeyPair) -> None:
     result = verify(m, public_key=key.public_path)
     assert kinds(result) == [("signature-invalid", None)]
     assert "md5" in result.failures[0].message
+
+
+def test_open_files_cover_a_snapshot_of_links(tmp_path: Path, key: KeyPair) -> None:
+    # A Hugging Face snapshot: every file is a link to a blob. Verifying in place refuses
+    # the links; passing the blobs as descriptors verifies exactly those bytes.
+    m = make_model(tmp_path / "m")
+    sign(m, private_key=key.private_path)
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    blob = blobs / "0123abcd"
+    os.replace(m / "model.pt", blob)
+    os.symlink(blob, m / "model.pt")
+    assert kinds(verify(m, public_key=key.public_path)) == [("unsafe-path", "model.pt")]
+    with open(blob, "rb") as fh:
+        result = verify(m, public_key=key.public_path, open_files={"model.pt": fh})
+    assert result.ok, result.failures
