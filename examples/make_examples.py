@@ -7,6 +7,7 @@
   also calls ``os.system`` while loading (a harmless ``echo``), the way real attacks hide
   in otherwise valid checkpoints.
 - ``models/config.pkl``: a plain pickle of configuration values (clean).
+- ``hubrepo/tiny_cnn.safetensors``: the weights the example torch.hub repo ships.
 """
 
 from __future__ import annotations
@@ -45,8 +46,20 @@ def _poisoned(path: Path) -> None:
         assert any(n.endswith("data.pkl") for n in z.namelist())
 
 
+def _hubrepo_weights(path: Path) -> None:
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(8, 10))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    path.chmod(0o644)  # readable by the sandbox's unprivileged user
+
+
 def main() -> None:
     HERE.mkdir(exist_ok=True)
+    _hubrepo_weights(HERE.parent / "hubrepo" / "tiny_cnn.safetensors")
     torch.save(_block().state_dict(), HERE / "resnet_block_state_dict.pt")
     _poisoned(HERE / "poisoned_checkpoint.pt")
     with open(HERE / "config.pkl", "wb") as fh:
