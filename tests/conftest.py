@@ -61,3 +61,19 @@ def marker_dir(tmp_path: Path) -> Iterator[Path]:
     d = tmp_path / "markers"
     d.mkdir()
     yield d
+
+
+@pytest.fixture
+def isolated_torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """TORCH_HOME in a tmp dir, no tokens, offline switches or selected policy from the
+    environment, and no set_dir override: nothing touches the real ~/.cache."""
+    from safehub._fetch import location
+
+    home = tmp_path / "torch"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    for var in ("GITHUB_TOKEN", "GH_TOKEN", "SAFEHUB_OFFLINE", "SAFEHUB_POLICY"):
+        monkeypatch.delenv(var, raising=False)
+    for var in [v for v in os.environ if v.startswith("SAFEHUB_TOKEN_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setattr(location, "_override", None)
+    return home

@@ -8,10 +8,10 @@ tolerates silently: duplicate keys in the JSON (loaders disagree on which wins).
 
 from __future__ import annotations
 
-import json
 import struct
 from typing import BinaryIO
 
+from safehub import _strictjson as strictjson
 from safehub._scanner.context import FileScan
 
 __all__ = ["DTYPE_BITS", "MAX_HEADER", "check_header", "scan_safetensors"]
@@ -52,24 +52,12 @@ def scan_safetensors(scan: FileScan, fh: BinaryIO) -> None:
 
 def check_header(header: bytes, data_len: int) -> dict[str, object]:
     """Validate a safetensors header against the data length; returns the parsed header."""
-    try:
-        text = header.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise HeaderError(f"header is not UTF-8 ({exc.reason})") from None
-    if not text.startswith("{"):
+    if not header.startswith(b"{"):
         raise HeaderError("header does not start with '{'")
-
-    def no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
-        out: dict[str, object] = {}
-        for key, value in pairs:
-            if key in out:
-                raise HeaderError(f"key {key!r} appears twice")
-            out[key] = value
-        return out
-
     try:
-        parsed = json.loads(text.rstrip(" "), object_pairs_hook=no_duplicates)
-    except (json.JSONDecodeError, RecursionError) as exc:
+        # The reference implementation pads headers with spaces; duplicate keys are refused.
+        parsed = strictjson.loads(header.rstrip(b" "))
+    except strictjson.StrictJSONError as exc:
         raise HeaderError(f"header is not valid JSON ({exc})") from None
     if not isinstance(parsed, dict):
         raise HeaderError("header is not a JSON object")

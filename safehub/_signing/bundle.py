@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from safehub._signing import strictjson
+from safehub import _strictjson as strictjson
 from safehub._signing.dsse import Envelope, EnvelopeSignature
 
 __all__ = [

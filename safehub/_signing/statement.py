@@ -23,7 +23,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from safehub._signing import strictjson
+from safehub import _strictjson as strictjson
 from safehub._signing.manifest import (
     DECIMAL,
     DIGEST_SIZES,

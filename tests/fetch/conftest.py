@@ -6,27 +6,20 @@ settings from the environment, so nothing touches the real ~/.cache.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from safehub._fetch import location
 from safehub.fetch import ArchiveLimits, Fetcher
 from tests.fetch.fakehub import FakeHub
 from tests.fetch.helpers import FAST, torch_bytes, write_policy
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    for var in ("GITHUB_TOKEN", "GH_TOKEN", "SAFEHUB_OFFLINE", "SAFEHUB_POLICY"):
-        monkeypatch.delenv(var, raising=False)
-    for var in [v for v in os.environ if v.startswith("SAFEHUB_TOKEN_")]:
-        monkeypatch.delenv(var)
-    monkeypatch.setattr(location, "_override", None)
+def _isolated(isolated_torch_home: Path) -> None:
+    """Every test here runs against its own torch home (see tests/conftest.py)."""
 
 
 @pytest.fixture

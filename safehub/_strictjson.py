@@ -1,7 +1,8 @@
 """JSON parsing that refuses what parsers disagree on: duplicate keys and non-finite numbers.
 
-A signed document with two ``"digest"`` keys would mean one thing to a verifier that
-keeps the first and another to one that keeps the last; refusing it closes that gap.
+A signed document (or a safetensors header) with two ``"digest"`` keys would mean one
+thing to a reader that keeps the first and another to one that keeps the last; refusing
+it closes that gap. Shared by the signature verifier and the safetensors checks.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
-            raise StrictJSONError(f"duplicate key {key!r}")
+            raise StrictJSONError(f"duplicate key {key!r} (it appears twice)")
         result[key] = value
     return result
 
