@@ -238,9 +238,6 @@ def _decide_repo(policy: LoadedPolicy, req: RepoRequest) -> Decision:
                    "repos", key, "entrypoints")
     _signature_requirements(t, policy, req.repo)
     t.requirements.append(Requirement("sandbox", "required", "sandbox"))
-    if m.sandbox.unsafe_allow_unsandboxed:
-        t.add("warn", "UNSAFE: repo code may run outside the sandbox where none is possible",
-              "sandbox", "unsafe_allow_unsandboxed")
     return t.decision(subject)
 
 

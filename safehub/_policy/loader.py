@@ -52,7 +52,6 @@ _DIRECTIONS: dict[tuple[str, ...], str] = {
     ("sandbox", "max_processes"): "num-",
     ("sandbox", "max_file_mb"): "num-",
     ("sandbox", "max_open_files"): "num-",
-    ("sandbox", "unsafe_allow_unsandboxed"): "bool-",
 }
 _REPO_DIRECTIONS = {"allow": "bool-", "allow_torchscript": "bool-", "commit": "fixed"}
 # Lists that a child extends rather than replaces.
@@ -74,7 +73,11 @@ class LoadedPolicy:
         for cut in range(len(key), 0, -1):
             source = self.provenance.get(tuple(key[:cut]))
             if source is not None:
-                line = locate_line(self.sources.get(source, ""), key[:cut])
+                in_file = tuple(key[:cut])
+                if in_file[:1] == ("signatures",) and len(in_file) > 1:
+                    local = self.provenance.get(("signatures", in_file[1], "#local"))
+                    in_file = ("signatures", local or in_file[1], *in_file[2:])
+                line = locate_line(self.sources.get(source, ""), in_file)
                 return f"{source}:{line}" if line else source
         return "built-in default"
 
@@ -234,8 +237,10 @@ def _merge(into: dict[str, Any], raw: dict[str, Any], label: str,
             provenance[path] = label
         elif path == ("signatures",) and isinstance(value, list):
             current = into.setdefault(key, [])
-            for rule in value:
+            for local, rule in enumerate(value):
+                # The effective index, and where the rule sits in its own file ("#local").
                 provenance[("signatures", str(len(current)))] = label
+                provenance[("signatures", str(len(current)), "#local")] = str(local)
                 current.append(rule)
         else:
             into[key] = value

@@ -174,8 +174,6 @@ class SandboxSection(_Section):
     required_layers: list[str] = Field(default_factory=list, description=(
         f"Layers that must be available or the call refuses to run: any of {', '.join(LAYERS)}"
         ", or 'all'. More is stricter."))
-    unsafe_allow_unsandboxed: bool = Field(False, description=(
-        "UNSAFE: run repo code in-process when no sandbox is possible. false is stricter."))
 
     @field_validator("required_layers")
     @classmethod

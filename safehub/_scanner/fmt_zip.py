@@ -58,14 +58,12 @@ def scan_zip(scan: FileScan, fh: BinaryIO, directory: ZipDirectory) -> None:
         if kind is None:
             continue
         analyzed += 1
+        src, inflater = open_entry(fh, entry, scan.options.max_record_size)
+        scan.records.append(entry.name)
         if kind == "npy":
-            src, inflater = open_entry(fh, entry, scan.options.max_record_size)
-            scan.records.append(entry.name)
             scan_npy(scan, src, entry.name, 0,
                      declared=entry.size if entry.method == 8 else None)
         else:
-            src, inflater = open_entry(fh, entry, scan.options.max_record_size)
-            scan.records.append(entry.name)
             cursor = PickleCursor(src, limits=scan.options.limits, torch_names=True)
             result = cursor.stream()
             # torch.load never reads other pickles in a checkpoint, so they are judged as

@@ -207,3 +207,14 @@ def test_default_when_nothing_selects(tmp_path: Path, monkeypatch: pytest.Monkey
     policy = load_policy(cwd=tmp_path)
     assert policy.name == "default"
     assert policy.selected_by == "the built-in default"
+
+
+def test_signature_rules_point_at_their_own_file_and_line(tmp_path: Path) -> None:
+    base = write(tmp_path / "base.toml", 'schema = 1\nextends = "default"\n\n'
+                 '[[signatures]]\nscope = "acme/*"\npublic_keys = ["a.pub"]\n')
+    leaf = write(tmp_path / "leaf.toml", 'schema = 1\nextends = "base.toml"\n'
+                 '[[signatures]]\nscope = "other/*"\npublic_keys = ["b.pub"]\n')
+    policy = load_policy(leaf)
+    assert [r.scope for r in policy.model.signatures] == ["acme/*", "other/*"]
+    assert policy.where("signatures", "0") == f"{base}:4"
+    assert policy.where("signatures", "1") == f"{leaf}:3"
