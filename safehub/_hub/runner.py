@@ -10,8 +10,11 @@ brokered back through the same policy and fetch layer.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -128,14 +131,36 @@ def _limits(policy: Policy, call: HubCall) -> SandboxLimits:
     return limits.tightened(timeout_s=call.timeout_s, memory_mb=call.memory_mb)
 
 
-def _local_repo(policy: Policy, call: HubCall) -> Path:
+def _local_repo(policy: Policy, call: HubCall, stack: contextlib.ExitStack) -> Path:
+    """The folder to run. When a signature is required, a private read-only copy is made
+    and verified, and the sandbox runs that copy: what was verified is what runs, whatever
+    happens to the original folder in between."""
     path = Path(os.path.expanduser(call.repo_or_dir))
     if not (path / "hubconf.py").is_file():
         raise FetchError(f"{path} has no hubconf.py", subject=str(path),
                          fix="point at a torch.hub repository folder (one with hubconf.py)")
     decision = policy.check(RepoRequest(str(path), entrypoint=call.entrypoint, source="local"))
-    verify_signatures(decision, path, str(path))
-    return path
+    if decision.requirement("signature") is None:
+        return path
+    private = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="safehub-repo-")))
+    copy = private / path.name
+    # Links are copied as links: the verifier refuses them rather than following them.
+    shutil.copytree(path, copy, symlinks=True)
+    _read_only(copy)
+    verify_signatures(decision, copy, str(path))
+    return copy
+
+
+def _read_only(tree: Path) -> None:
+    private = tree.parent
+    private.chmod(0o755)  # the sandbox's unprivileged uid must reach the copy
+    for directory, dirs, files in os.walk(tree):
+        for name in files:
+            target = Path(directory) / name
+            if not target.is_symlink():
+                target.chmod(0o444)
+        Path(directory).chmod(0o555)
+        del dirs
 
 
 def run_hub_call(call: HubCall, policy: Policy | str | os.PathLike[str] | None = None, *,
@@ -148,28 +173,29 @@ def run_hub_call(call: HubCall, policy: Policy | str | os.PathLike[str] | None =
 
     policy = load_policy(policy)
     fetcher = fetcher or Fetcher(policy, hub_dir=get_dir())
-    requester: str | None
-    if call.source == "local":
-        repo_dir = _local_repo(policy, call)
-        requester = None
-    elif call.source == "github":
-        checkout = fetcher.fetch_repo(call.repo_or_dir, force_reload=call.force_reload,
-                                      trust_repo=call.trust_repo, entrypoint=call.entrypoint)
-        verify_signatures(checkout.decision, checkout.path, checkout.repo)
-        repo_dir, requester = checkout.path, checkout.repo
-    else:
-        raise SafehubError(f"unknown source {call.source!r}", subject=call.repo_or_dir,
-                           fix="use source='github' or source='local'")
-    sandbox = default_sandbox()
-    layers = sandbox.layers()
-    policy.check(SandboxRequest({layer.value: None if status.available else status.detail
-                                 for layer, status in layers.items()}))
-    request = RunRequest(repo_dir, call.op, call.entrypoint, tuple(call.args), dict(call.kwargs),
-                         limits=_limits(policy, call),
-                         required_layers=frozenset(Layer(name) for name in
-                                                   policy.model.sandbox.required_layers))
-    broker = PolicyBroker(fetcher, requester)
-    result = sandbox.run(request, broker)
-    for layer, reason in result.layers_missing.items():
-        log.warning("sandbox layer %s was not applied: %s", layer.value, reason)
-    return replace(result, fetched=tuple(broker.served)) if broker.served else result
+    with contextlib.ExitStack() as stack:
+        requester: str | None
+        if call.source == "local":
+            repo_dir = _local_repo(policy, call, stack)
+            requester = None
+        elif call.source == "github":
+            checkout = fetcher.fetch_repo(call.repo_or_dir, force_reload=call.force_reload,
+                                          trust_repo=call.trust_repo, entrypoint=call.entrypoint)
+            verify_signatures(checkout.decision, checkout.path, checkout.repo)
+            repo_dir, requester = checkout.path, checkout.repo
+        else:
+            raise SafehubError(f"unknown source {call.source!r}", subject=call.repo_or_dir,
+                               fix="use source='github' or source='local'")
+        sandbox = default_sandbox()
+        layers = sandbox.layers()
+        policy.check(SandboxRequest({layer.value: None if status.available else status.detail
+                                     for layer, status in layers.items()}))
+        request = RunRequest(repo_dir, call.op, call.entrypoint, tuple(call.args),
+                             dict(call.kwargs), limits=_limits(policy, call),
+                             required_layers=frozenset(Layer(name) for name in
+                                                       policy.model.sandbox.required_layers))
+        broker = PolicyBroker(fetcher, requester)
+        result = sandbox.run(request, broker)
+        for layer, reason in result.layers_missing.items():
+            log.warning("sandbox layer %s was not applied: %s", layer.value, reason)
+        return replace(result, fetched=tuple(broker.served)) if broker.served else result

@@ -321,3 +321,50 @@ def test_sandbox_errors_are_safehub_errors(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo", HUBCONF + "\n\ndef broken():\n    raise ValueError('x')\n")
     with pytest.raises(SandboxError, match="ValueError"):
         safehub.load(str(repo), "broken", source="local")
+
+
+def test_local_signed_repo_runs_the_verified_copy(tmp_path: Path, marker_dir: Path) -> None:
+    from safehub.signing import sign
+
+    policy, private = _signed_policy(tmp_path, FakeHubStub())
+    body = policy.read_text().replace('scope = "acme/*"', f'scope = "path:{tmp_path}/*"')
+    policy.write_text(body)
+    repo = make_repo(tmp_path / "local")
+    sign(repo, private_key=private)
+    assert safehub.load(str(repo), "linear", source="local", policy=str(policy))
+    (repo / "hubconf.py").write_text(HUBCONF + f"\nimport os\nos.system('touch {marker_dir}/x')\n")
+    with pytest.raises(IntegrityError):
+        safehub.load(str(repo), "linear", source="local", policy=str(policy))
+    assert not (marker_dir / "x").exists()
+
+
+class FakeHubStub:
+    """Enough of FakeHub for write_policy when no server is needed."""
+
+    url = "https://example.invalid"
+    api = "https://example.invalid/api"
+
+
+def test_verified_local_copy_is_private_and_read_only(tmp_path: Path) -> None:
+    import contextlib
+
+    from safehub._hub.runner import HubCall, _local_repo
+    from safehub.policy import load_policy
+    from safehub.sandbox import Operation
+    from safehub.signing import sign
+
+    policy_path, private = _signed_policy(tmp_path, FakeHubStub())
+    policy_path.write_text(policy_path.read_text().replace(
+        'scope = "acme/*"', f'scope = "path:{tmp_path}/*"'))
+    repo = make_repo(tmp_path / "local")
+    sign(repo, private_key=private)
+    call = HubCall(str(repo), Operation.LIST, source="local")
+    with contextlib.ExitStack() as stack:
+        copy = _local_repo(load_policy(policy_path), call, stack)
+        assert copy != repo and copy.name == repo.name
+        assert (copy / "hubconf.py").read_text() == HUBCONF
+        (repo / "hubconf.py").write_text("import os  # changed after verification\n")
+        assert (copy / "hubconf.py").read_text() == HUBCONF, "the run uses the verified bytes"
+        assert not os.access(copy / "hubconf.py", os.W_OK) or os.geteuid() == 0
+        assert oct((copy / "hubconf.py").stat().st_mode & 0o777) == "0o444"
+    assert not copy.exists(), "the private copy is removed after the call"
