@@ -122,12 +122,12 @@ class Enforcement:
             return hub.load(repo_or_dir, model, *args, policy=policy, **kwargs)
 
         def hub_list(github: str, force_reload: bool = False, skip_validation: bool = False,
-                     trust_repo: Any = None, verbose: bool = True) -> list[str]:
+                     trust_repo: Any = "check", verbose: bool = True) -> list[str]:
             return hub.list(github, force_reload, skip_validation, trust_repo, verbose,
                             policy=policy)
 
         def hub_help(github: str, model: str, force_reload: bool = False,
-                     skip_validation: bool = False, trust_repo: Any = None) -> str:
+                     skip_validation: bool = False, trust_repo: Any = "check") -> str:
             return hub.help(github, model, force_reload, skip_validation, trust_repo,
                             policy=policy)
 

@@ -141,7 +141,7 @@ def load_state_dict_from_url(url: str, model_dir: str | None = None,
         return _load_weights(opened, map_location)
 
 def load(repo_or_dir: str, model: str, *args: Any, source: str = "github",
-         trust_repo: TrustRepo = None, force_reload: bool = False, verbose: bool = True,
+         trust_repo: TrustRepo = "check", force_reload: bool = False, verbose: bool = True,
          skip_validation: bool = False, policy: PolicyArg = None, into: Any = None,
          **kwargs: Any) -> Any:
     """Load a model from a torch.hub repository, running its code in the sandbox.
@@ -190,7 +190,7 @@ def load(repo_or_dir: str, model: str, *args: Any, source: str = "github",
 
 
 def list(github: str, force_reload: bool = False, skip_validation: bool = False,
-         trust_repo: TrustRepo = None, verbose: bool = True, *, source: str = "github",
+         trust_repo: TrustRepo = "check", verbose: bool = True, *, source: str = "github",
          policy: PolicyArg = None) -> builtins.list[str]:
     """The entrypoints of a repository's ``hubconf.py``, found by importing it in the sandbox.
 
@@ -209,7 +209,7 @@ def list(github: str, force_reload: bool = False, skip_validation: bool = False,
 
 
 def help(github: str, model: str, force_reload: bool = False,
-         skip_validation: bool = False, trust_repo: TrustRepo = None, *,
+         skip_validation: bool = False, trust_repo: TrustRepo = "check", *,
          source: str = "github", policy: PolicyArg = None) -> str:
     """The docstring of one entrypoint, read by importing ``hubconf.py`` in the sandbox.
 

@@ -17,7 +17,11 @@ import safehub
 from safehub.errors import IntegrityError, PolicyViolation
 from tests.fetch.fakehub import FakeHub
 
-FUNCTIONS = ["get_dir", "set_dir", "download_url_to_file", "load_state_dict_from_url"]
+FUNCTIONS = ["get_dir", "set_dir", "download_url_to_file", "load_state_dict_from_url", "load",
+             "list", "help"]
+# Keyword-only additions: every function takes policy=; load takes into=; list and help take
+# source= (torch.hub's only read GitHub; safehub's also read local folders).
+EXTRAS = {"load": ["policy", "into"], "list": ["source", "policy"], "help": ["source", "policy"]}
 # Where safehub deliberately differs from torch.hub (documented in each docstring).
 DOCUMENTED_DEFAULTS = {("load_state_dict_from_url", "weights_only"): (False, True)}
 
@@ -29,11 +33,11 @@ def test_signatures_match_torch_hub(name: str) -> None:
     ours = inspect.signature(getattr(safehub, name)).parameters
     theirs = inspect.signature(getattr(torch.hub, name)).parameters
     extra = [p for p in ours if p not in theirs]
-    assert extra in ([], ["policy"])
-    if extra:
-        assert ours["policy"].kind is inspect.Parameter.KEYWORD_ONLY
-        assert ours["policy"].default is None
-    assert [p for p in ours if p != "policy"] == list(theirs), "same names, same order"
+    assert extra in ([], ["policy"], EXTRAS.get(name))
+    for added in extra:
+        assert ours[added].kind is inspect.Parameter.KEYWORD_ONLY, added
+        assert ours[added].default in (None, "github"), added
+    assert [p for p in ours if p not in extra] == list(theirs), "same names, same order"
     for pname, theirs_p in theirs.items():
         ours_p = ours[pname]
         assert ours_p.kind == theirs_p.kind, pname
