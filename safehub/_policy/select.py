@@ -9,13 +9,9 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from safehub.errors import PolicyError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
 __all__ = ["BUILT_IN_DEFAULT", "ENV_VAR", "PRESETS", "resolve_spec"]
 
@@ -39,8 +35,8 @@ def resolve_spec(spec: str | os.PathLike[str] | None, *, cwd: Path | None = None
     pyproject = _nearest_pyproject(cwd or Path.cwd())
     if pyproject is not None:
         try:
-            data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            data = _toml().loads(pyproject.read_text(encoding="utf-8"))
+        except (OSError, _toml().TOMLDecodeError, UnicodeDecodeError) as exc:
             raise PolicyError(f"cannot read {pyproject}: {exc}", subject=str(pyproject),
                               fix="fix the file's TOML syntax") from exc
         section = data.get("tool", {}).get("safehub", {})
@@ -61,3 +57,14 @@ def _nearest_pyproject(start: Path) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def _toml() -> Any:
+    """tomllib (tomli before 3.11), imported only when a pyproject.toml is found."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+
+        return tomllib
+    import tomli  # type: ignore[import-not-found,unused-ignore]  # pragma: no cover
+
+    return tomli  # pragma: no cover

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import io
 import re
 import struct
@@ -87,6 +86,8 @@ def scan_npy(scan: FileScan, src: ByteSource, location: str, base: int, *,
 
 
 def _parse_header(text: str, *, py2: bool = False) -> tuple[int, bool, int]:
+    import ast  # imported here: most scans never meet a .npy header
+
     try:
         header = ast.literal_eval(text)
     except SyntaxError:
@@ -113,6 +114,8 @@ def _parse_header(text: str, *, py2: bool = False) -> tuple[int, bool, int]:
 
 
 def _literal(text: str) -> object:
+    import ast
+
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError) as exc:

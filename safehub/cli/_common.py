@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Callable
 from typing import TextIO
 
@@ -48,6 +47,8 @@ def use_color(stream: TextIO) -> bool:
 def emit(text: str, args: argparse.Namespace) -> None:
     """The report goes to ``--output`` (written atomically) or stdout (unless ``-q`` text)."""
     if args.output:
+        import tempfile
+
         directory = os.path.dirname(os.path.abspath(args.output))
         fd, tmp = tempfile.mkstemp(prefix=".safehub-report-", dir=directory)
         try:
