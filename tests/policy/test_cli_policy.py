@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import CliResult, run_module
 
 GOLDEN = Path(__file__).parent / "golden"
-UPDATE = os.environ.get("SAFEHUB_UPDATE_GOLDEN") == "1"
+UPDATE = os.environ.get("SAFEHUB_REGEN_GOLDEN") == "1"
 
 Cli = Callable[..., CliResult]
 
@@ -21,7 +21,7 @@ def check_golden(name: str, text: str) -> None:
     path = GOLDEN / name
     if UPDATE:
         path.write_text(text)
-    assert path.is_file(), f"missing golden file {path} (run with SAFEHUB_UPDATE_GOLDEN=1)"
+    assert path.is_file(), f"missing golden file {path} (run with SAFEHUB_REGEN_GOLDEN=1)"
     assert text == path.read_text()
 
 
