@@ -30,6 +30,7 @@ STORAGE_ELEMENT_SIZE = {
     "QUInt2x4": 1, "QUInt4x2": 1, "QUInt8": 1, "Short": 2, "Untyped": 1,
 }
 _MAX_EXTRA_STREAMS = 64
+_TO_THE_END = 1 << 62  # a region length that lets a probe read on to the end of the file
 
 
 def scan_pickle_file(scan: FileScan, src: ByteSource, *, location: str = "", base: int = 0,
@@ -151,16 +152,18 @@ def _probe_inline_arrays(scan: FileScan, stream: StreamResult, location: str,
                          reopen: Reopen | None) -> None:
     """joblib skips its raw array bytes; plain ``pickle.load`` would run them as opcodes.
 
-    Each array region is analyzed as the start of a pickle. Ordinary numbers fail to
-    parse within a few bytes; a region that imports or calls anything is a polyglot.
-    Without a way to re-read the source (compressed files), the kept head of the
-    region is probed instead.
+    Each array region is analyzed the way ``pickle.load`` would read it: as opcodes
+    continuing from the unpickler's state at the wrapper's BUILD, and on past the region
+    to the end of the file. Ordinary numbers fail to parse within a few bytes; a region
+    that imports or calls anything is a polyglot. Without a way to re-read the source
+    (compressed files), the kept head of the region is probed instead.
     """
-    for start, nbytes, head in stream.inline_arrays:
-        if not head:
+    for array in stream.inline_arrays:
+        if not array.head:
             continue
-        src = reopen(start, nbytes) if reopen is not None else BytesSource(head)
-        probe = PickleCursor(src, base=start, limits=scan.options.limits).stream()
+        start = array.offset
+        src = reopen(start, _TO_THE_END) if reopen is not None else BytesSource(array.head)
+        probe = PickleCursor(src, base=start, limits=scan.options.limits).stream(array.state)
         if probe.globals or probe.computed or probe.calls or probe.extensions:
             scan.add("SH114", "joblib array bytes also parse as a pickle that plain "
                      "pickle.load would run", location=location, offset=start,

@@ -181,6 +181,31 @@ class Mutation:
     offset: int
 
 
+@dataclass(frozen=True)
+class MachineState:
+    """A copy of the unpickler's state (stack, marks, memo, protocol) at some opcode."""
+
+    stack: list[object]
+    metastack: list[list[object]]
+    memo: dict[int, object]
+    proto: int
+
+
+@dataclass(frozen=True)
+class InlineArray:
+    """Raw array bytes joblib reads right after its wrapper's BUILD.
+
+    ``offset`` is where plain ``pickle.load`` would read its next opcode instead (the
+    alignment padding, then the data), ``head`` the first bytes from there, ``state``
+    the unpickler's state at that point: plain loading would go on from it.
+    """
+
+    offset: int
+    nbytes: int
+    head: bytes
+    state: MachineState
+
+
 @dataclass
 class StreamResult:
     """Everything one pickle stream would do, as far as static analysis can tell."""
@@ -198,7 +223,7 @@ class StreamResult:
     persistent: list[PersistentRef] = field(default_factory=list)
     extensions: list[tuple[int, int]] = field(default_factory=list)  # (code, offset)
     out_of_band: list[int] = field(default_factory=list)
-    inline_arrays: list[tuple[int, int, bytes]] = field(default_factory=list)  # (at, n, head)
+    inline_arrays: list[InlineArray] = field(default_factory=list)
     error: str = ""
     error_offset: int | None = None
     truncated: bool = False
@@ -327,11 +352,15 @@ class PickleCursor:
 
     # -- streams -----------------------------------------------------------------------------
 
-    def stream(self) -> StreamResult:
-        """Analyze one pickle stream from the current position up to its STOP."""
+    def stream(self, state: MachineState | None = None) -> StreamResult:
+        """Analyze one pickle stream from the current position up to its STOP.
+
+        With ``state``, analysis resumes an unpickler already in that state (a copy is
+        used), as ``pickle.load`` would continue after bytes joblib treats as data.
+        """
         res = StreamResult(start=self.offset())
         try:
-            res.value = self._loop(res)
+            res.value = self._loop(res, state)
             res.stopped = True
         except Truncated:
             res.error = "pickle data was truncated"
@@ -352,11 +381,12 @@ class PickleCursor:
         if self.values > self.limits.max_values:
             raise LimitExceeded("too many values to track", self.offset())
 
-    def _loop(self, res: StreamResult) -> object:  # one branch per opcode, like _pickle.c
-        stack: list[object] = []
-        metastack: list[list[object]] = []
-        memo: dict[int, object] = {}
-        proto = 0
+    def _loop(self, res: StreamResult, state: MachineState | None = None) -> object:
+        # One branch per opcode, like _pickle.c.
+        stack: list[object] = list(state.stack) if state else []
+        metastack: list[list[object]] = [list(m) for m in state.metastack] if state else []
+        memo: dict[int, object] = dict(state.memo) if state else {}
+        proto = state.proto if state else 0
         max_ops = self.limits.max_ops
         unpack = struct.unpack
 
@@ -624,13 +654,15 @@ class PickleCursor:
                     raise PickleError("unpickling stack underflow", at)
                 stack.append(self._call(res, items[0], tuple(items[1:]), None, at, "OBJ"))
             elif op == 0x62:  # b BUILD
-                state = pop(at)
+                build_state = pop(at)
                 inst = top(at)
                 self._mutate(res, "BUILD", inst, at)
                 if isinstance(inst, Call):
-                    inst.state = state
+                    inst.state = build_state
                     if self.joblib and _is_joblib_wrapper(inst):
-                        stack[-1] = self._joblib_array(res, inst, at)
+                        here = MachineState(list(stack), [list(m) for m in metastack],
+                                            dict(memo), proto)
+                        stack[-1] = self._joblib_array(res, inst, at, here)
             elif op == 0x50:  # P PERSID
                 try:
                     pid: object = self.line().decode("ascii")
@@ -701,7 +733,8 @@ class PickleCursor:
         if isinstance(target, (Global, ComputedGlobal, PersistentRef, Opaque)):
             res.mutations.append(Mutation(opcode, target, at))
 
-    def _joblib_array(self, res: StreamResult, wrapper: Call, at: int) -> object:
+    def _joblib_array(self, res: StreamResult, wrapper: Call, at: int,
+                      state: MachineState) -> object:
         """Skip (or analyze) the array bytes joblib writes right after its wrapper record."""
         extent = _joblib_extent(wrapper.state)
         if extent is None:
@@ -727,13 +760,15 @@ class PickleCursor:
                 self.depth -= 1
                 self.joblib = True
             return Opaque("joblib object array")
+        prefix = b""
         if aligned:
-            self.skip(self.take(1)[0])
-            start = self.offset()
-        # Keep the first bytes: plain pickle.load would parse them as opcodes (see fmt_pickle).
+            pad = self.take(1)
+            prefix = pad + self.take(pad[0])
+        # Keep the first bytes: plain pickle.load would parse them, padding included, as
+        # opcodes from the state at this point (see fmt_pickle).
         head = self.take(min(nbytes, _ARRAY_HEAD))
         self.skip(nbytes - len(head))
-        res.inline_arrays.append((start, nbytes, head))
+        res.inline_arrays.append(InlineArray(start, len(prefix) + nbytes, prefix + head, state))
         return Opaque("joblib array")
 
 

@@ -179,3 +179,42 @@ def test_pickle_loads_joblib_array_bytes_as_opcodes(tmp_path: Path, fire: object
     report = scan_one(path, WRAPPER)
     assert report.verdict is Verdict.UNSAFE
     assert {"SH114", "SH100"} <= rules(report)
+
+
+def _aligned_wrapper(descr: str, n: int) -> bytes:
+    """A wrapper record that says its data is aligned (joblib >= 1.2 writes a padding
+    length byte, then that many padding bytes, before the data)."""
+    return _wrapper(descr, n).replace(
+        B.string_op("allow_mmap") + b"\x89" + b"ub",
+        B.string_op("allow_mmap") + b"\x89" + B.string_op("numpy_array_alignment_bytes")
+        + b"K\x10" + b"ub")
+
+
+def test_array_bytes_resume_the_stack_plain_pickle_load_sees(tmp_path: Path,
+                                                            fire: object) -> None:
+    """pickle.load reads array bytes as opcodes *continuing* the stream: a region starting with
+    POP (which pops the wrapper) fails a fresh-stream probe but runs under pickle.load."""
+    region = b"0" + B.call_prefix("popfirst") + b"N"
+    data = b"\x80\x02" + _wrapper("u1", len(region)) + region + b"."
+    path = B.write(tmp_path / "popfirst.joblib", data)
+    assert "popfirst" in fire([(path, "pickle")])  # type: ignore[operator]
+    report = scan_one(path, WRAPPER)
+    assert report.verdict is Verdict.UNSAFE
+    assert {"SH114", "SH100"} <= rules(report)
+
+
+def test_payload_hidden_in_alignment_padding(tmp_path: Path, fire: object) -> None:
+    """joblib skips 'padding' whose length is its first byte; pickle.load runs that byte and
+    the padding as opcodes. A padding length of 0x30 (POP) hides a payload in the padding."""
+    payload = B.call_prefix("padding")
+    pad = payload + b"N" * (0x30 - len(payload))
+    assert len(pad) == 0x30
+    data = b"\x80\x02" + _aligned_wrapper("u1", 3) + bytes([0x30]) + pad + b"abc" + b"."
+    path = B.write(tmp_path / "padding.joblib", data)
+    import joblib
+
+    assert list(joblib.load(path)) == [97, 98, 99], "joblib reads a normal array"
+    assert "padding" in fire([(path, "pickle")])  # type: ignore[operator]
+    report = scan_one(path, WRAPPER)
+    assert report.verdict is Verdict.UNSAFE
+    assert {"SH114", "SH100"} <= rules(report)
