@@ -120,12 +120,6 @@ class FileReport:
             return Verdict.UNSAFE
         return Verdict.CLEAN
 
-    @property
-    def max_severity(self) -> Severity | None:
-        blocking = [f.severity for f in self.findings if f.blocking]
-        return max(blocking, key=lambda s: s.rank) if blocking else None
-
-
 @dataclass(frozen=True)
 class ScanReport:
     """The result of scanning one or more inputs."""

@@ -169,7 +169,8 @@ def load(repo_or_dir: str, model: str, *args: Any, source: str = "github",
       trust silently, and nothing prompts;
     - ``skip_validation`` is accepted and ignored: refs are always resolved to a full
       commit through the API (or the lockfile), never trusted from the cache name;
-    - ``verbose`` only controls logging (``safehub`` logger); nothing is printed;
+    - ``verbose`` is accepted and ignored: safehub never prints, it logs to the
+      ``safehub`` logger, which the application configures;
     - keyword-only ``policy`` selects the policy; ``into`` is described above.
       Entrypoint keyword arguments named ``policy`` or ``into`` cannot be passed.
     """
@@ -177,8 +178,7 @@ def load(repo_or_dir: str, model: str, *args: Any, source: str = "github",
     from safehub._sandbox.spec import check_json
     from safehub.sandbox import Operation
 
-    del skip_validation
-    _log_level(verbose)
+    del skip_validation, verbose
     call = HubCall(repo_or_dir, Operation.LOAD, model,
                    args=tuple(check_json(builtins.list(args), "args") or ()),  # type: ignore[arg-type]
                    kwargs=check_json(kwargs, "kwargs"),  # type: ignore[arg-type]
@@ -201,8 +201,7 @@ def list(github: str, force_reload: bool = False, skip_validation: bool = False,
     from safehub._hub.runner import HubCall, run_hub_call
     from safehub.sandbox import Operation
 
-    del skip_validation
-    _log_level(verbose)
+    del skip_validation, verbose
     call = HubCall(github, Operation.LIST, source=_source(source), trust_repo=trust_repo,
                    force_reload=force_reload)
     return builtins.list(run_hub_call(call, policy).entrypoints)
@@ -228,11 +227,6 @@ def _source(source: str) -> Literal["github", "local"]:
     if source not in ("github", "local"):
         raise ValueError(f'Unknown source: "{source}". Allowed values: "github" | "local".')
     return "github" if source == "github" else "local"
-
-
-def _log_level(verbose: bool) -> None:
-    if not verbose:
-        logging.getLogger("safehub").setLevel(logging.WARNING)
 
 
 def _load_into(module: Any, tensors: dict[str, Any], subject: str) -> Any:

@@ -34,6 +34,7 @@ from safehub._policy.decide import (
     TrustRepo,
     decide,
     repo_rule,
+    signature_requirements,
 )
 from safehub._policy.loader import LoadedPolicy, load_chain
 from safehub._policy.schema import PolicyModel
@@ -93,6 +94,11 @@ class Policy:
     ) -> Decision:
         """Decide a request and raise :class:`~safehub.errors.PolicyViolation` if denied."""
         return self.decide(request).raise_if_denied()
+
+    def signature_requirements(self, repo: str) -> list[Requirement]:
+        """The signature rules covering ``owner/name``, whether or not the repo is trusted
+        (the audit applies them to models already in a cache)."""
+        return signature_requirements(self._loaded, repo)
 
     def scan_options(self, repo: str | None = None) -> ScanOptions:
         """Scanner settings for files in general, or for one repo's files."""

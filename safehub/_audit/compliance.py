@@ -14,10 +14,7 @@ the fact and turns each denial into a finding on the folder or file it concerns:
 
 from __future__ import annotations
 
-import fnmatch
 import os
-import re
-from pathlib import Path
 
 from safehub._audit.context import Context
 from safehub._audit.model import FileTarget, RepoTarget
@@ -139,33 +136,10 @@ def _hf_snapshot(repo: RepoTarget, ctx: Context, state: State, *,
     # Digests are per file: blobs are content-addressed, other files get SH401 of their own.
     findings = _denials(decision, repo.path, ctx, repo_id, ignore=("downloads.require_digests",))
     requirements = [*ctx.policy.decide(RepoRequest(repo.path, source="local")).requirements,
-                    *_scoped_signature_rules(repo_id, ctx)]
+                    # Rules scoped owner/name apply to a cached repo by its id.
+                    *ctx.policy.signature_requirements(repo_id)]
     findings.extend(_signatures(repo, tuple(requirements), ctx, state, rescan=rescan))
     return findings
-
-
-def _scoped_signature_rules(repo_id: str, ctx: Context) -> list[Requirement]:
-    """Signature rules whose ``owner/name`` scope covers a Hugging Face repo id.
-
-    (The policy engine applies these to GitHub repos it was asked to trust; for models
-    already in a cache the audit applies them by id.) Key paths are relative to the
-    policy file that names them.
-    """
-    owner = repo_id.split("/", 1)[0]
-    out = []
-    for index, rule in enumerate(ctx.policy.model.signatures):
-        if rule.scope.startswith("path:") or not (
-                rule.scope in (repo_id, f"{owner}/*", "*/*") or
-                fnmatch.fnmatchcase(repo_id, rule.scope)):
-            continue
-        source = re.sub(r":\d+$", "", ctx.policy.where("signatures", str(index)))
-        base = None if source.startswith("preset:") or source == "built-in default" else \
-            Path(source).parent
-        anchors = tuple(p if os.path.isabs(p) or base is None else str(base / p)
-                        for p in (*rule.public_keys, *rule.certificate_chains))
-        out.append(Requirement("signature", rule.scope, f"signatures[{index}]", anchors,
-                               rule.ignore_unsigned_files))
-    return out
 
 
 def _signatures(repo: RepoTarget, requirements: tuple[Requirement, ...] | list[Requirement],

@@ -46,17 +46,12 @@ __all__ = ["signature_findings"]
 def _anchors(requirement: Requirement) -> list[Trust]:
     anchors: list[Trust] = []
     for path in requirement.anchors:
-        try:
-            with open(path, "rb") as fh:
-                head = fh.read(1 << 20)
-        except OSError as exc:
-            raise PolicyError(f"cannot read a trust anchor of {requirement.rule}: "
-                              f"{exc.strerror}", subject=path,
-                              fix=f"fix the path in the policy's {requirement.rule}") from exc
-        if b"-----BEGIN CERTIFICATE-----" in head:
-            anchors.append(TrustedCertificates.from_paths([path]))
-        else:
-            anchors.append(TrustedKey.from_path(path))
+        if not os.access(path, os.R_OK):
+            raise PolicyError(f"cannot read a trust anchor of {requirement.rule}",
+                              subject=path,
+                              fix=f"fix the path in the policy's {requirement.rule}")
+        anchors.append(TrustedKey.from_path(path) if path in requirement.public_keys
+                       else TrustedCertificates.from_paths([path]))
     return anchors
 
 

@@ -189,14 +189,6 @@ class FileCache:
             raise _tampered(path, f"it cannot be opened as a plain file ({exc})") from exc
         return OpenedEntry(os.fdopen(fd, "rb"), path, record, from_cache=True)
 
-    def cached_record(self, url: str) -> FileRecord | None:
-        """The record of ``url`` if it is cached (not verified)."""
-        try:
-            data = read_record(self.layout.file_record(url))
-            return None if data is None else FileRecord.from_json(data)
-        except (ValueError, KeyError, TypeError):
-            return None
-
 
 def _reopen_same(written: BinaryIO, path: Path) -> BinaryIO:
     """A read-only descriptor on the file just written and hashed (the same inode), so

@@ -83,15 +83,14 @@ def verify_signatures(decision: Decision, tree: Path, subject: str) -> list[str]
     for req in decision.requirements:
         if req.kind != "signature":
             continue
-        keys = [a for a in req.anchors if _looks_like_key(a)]
-        chains = [a for a in req.anchors if a not in keys]
         errors: list[str] = []
         verified = None
-        for anchor in (*keys, *chains):
+        for anchor in req.anchors:
+            is_key = anchor in req.public_keys
             try:
                 result = signing.verify(
-                    tree, public_key=anchor if anchor in keys else None,
-                    certificate_chain=[anchor] if anchor in chains else None,
+                    tree, public_key=anchor if is_key else None,
+                    certificate_chain=None if is_key else [anchor],
                     ignore_unsigned_files=req.ignore_unsigned_files)
             except SafehubError as exc:  # missing signature, unreadable key
                 errors.append(f"{anchor}: {exc.message}")
@@ -110,15 +109,6 @@ def verify_signatures(decision: Decision, tree: Path, subject: str) -> list[str]
         log.info("%s: signature by %s verified (%s)", subject, signer, req.rule)
         signers.append(signer)
     return signers
-
-
-def _looks_like_key(path: str) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(64)
-    except OSError:
-        return True  # let the signer report it as an unreadable key
-    return b"PUBLIC KEY" in head
 
 
 def _limits(policy: Policy, call: HubCall) -> SandboxLimits:
@@ -154,13 +144,12 @@ def _local_repo(policy: Policy, call: HubCall, stack: contextlib.ExitStack) -> P
 def _read_only(tree: Path) -> None:
     private = tree.parent
     private.chmod(0o755)  # the sandbox's unprivileged uid must reach the copy
-    for directory, dirs, files in os.walk(tree):
+    for directory, _dirs, files in os.walk(tree):
         for name in files:
             target = Path(directory) / name
             if not target.is_symlink():
                 target.chmod(0o444)
         Path(directory).chmod(0o555)
-        del dirs
 
 
 def run_hub_call(call: HubCall, policy: Policy | str | os.PathLike[str] | None = None, *,

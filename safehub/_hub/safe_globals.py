@@ -8,6 +8,7 @@ stays a second line of defence rather than a source of false refusals.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from safehub.findings import FileReport
@@ -23,23 +24,27 @@ def torch_safe_globals(report: FileReport) -> list[Any]:
     """
     names = [f.subject for f in report.findings
              if f.allowed_by and f.rule_id == "SH101" and f.subject]
-    return numpy_safe_globals() + [pair for pair in map(_resolve, names) if pair is not None]
+    return [*numpy_safe_globals(), *(pair for pair in map(_resolve, names) if pair is not None)]
 
 
-def numpy_safe_globals() -> list[Any]:
-    """numpy's reconstruction functions and dtype classes, as (object, name) pairs."""
+@functools.lru_cache(maxsize=1)
+def numpy_safe_globals() -> tuple[Any, ...]:
+    """numpy's reconstruction functions and dtype classes, as (object, name) pairs.
+
+    Resolved once per process: every weights-only load under safehub needs them.
+    """
     from safehub._scanner.allowlist import DEFAULT_ALLOWED
 
     try:
         import numpy
     except ImportError:
-        return []
+        return ()
     pairs = [pair for pair in map(_resolve, [n for n in DEFAULT_ALLOWED if n.startswith("numpy.")])
              if pair is not None]
     dtypes = getattr(numpy, "dtypes", None)
     for name in getattr(dtypes, "__all__", ()):
         pairs.append((getattr(dtypes, name), f"numpy.dtypes.{name}"))
-    return pairs
+    return tuple(pairs)
 
 
 def _resolve(name: str) -> tuple[Any, str] | None:

@@ -34,6 +34,7 @@ __all__ = [
     "Step",
     "TrustRepo",
     "decide",
+    "signature_requirements",
 ]
 
 TrustRepo = bool | Literal["check"] | None
@@ -104,8 +105,16 @@ class Requirement:
     kind: Literal["commit", "sha256", "signature", "sandbox"]
     value: str
     rule: str
-    anchors: tuple[str, ...] = ()  # key / certificate files for signatures
+    # For signatures: PEM public keys and certificate chains (paths resolved against the
+    # policy file that names them).
+    public_keys: tuple[str, ...] = ()
+    certificate_chains: tuple[str, ...] = ()
     ignore_unsigned_files: bool = False
+
+    @property
+    def anchors(self) -> tuple[str, ...]:
+        """Every key and certificate file the requirement trusts."""
+        return (*self.public_keys, *self.certificate_chains)
 
 
 @dataclass(frozen=True)
@@ -297,16 +306,27 @@ def _in_torch_trusted_list(hub_dir: str, repo: str) -> bool:
     return f"{owner}_{name}" in {line.strip() for line in lines}
 
 
-def _signature_requirements(t: _Trail, policy: LoadedPolicy, scope: str,
-                            local_path: str | None = None) -> None:
+def signature_requirements(policy: LoadedPolicy, scope: str,
+                           local_path: str | None = None) -> list[Requirement]:
+    """The signature rules covering a repo id (``owner/name``) or a local path."""
+    found = []
     for index, rule in enumerate(policy.model.signatures):
         if _signature_applies(rule, scope, local_path):
-            anchors = tuple(_anchor_path(policy, index, p)
-                            for p in (*rule.public_keys, *rule.certificate_chains))
-            t.requirements.append(Requirement("signature", rule.scope, f"signatures[{index}]",
-                                              anchors, rule.ignore_unsigned_files))
-            t.add("require", f"must be signed by one of {len(anchors)} trusted keys or chains",
-                  "signatures", str(index))
+            found.append(Requirement(
+                "signature", rule.scope, f"signatures[{index}]",
+                public_keys=tuple(_anchor_path(policy, index, p) for p in rule.public_keys),
+                certificate_chains=tuple(_anchor_path(policy, index, p)
+                                         for p in rule.certificate_chains),
+                ignore_unsigned_files=rule.ignore_unsigned_files))
+    return found
+
+
+def _signature_requirements(t: _Trail, policy: LoadedPolicy, scope: str,
+                            local_path: str | None = None) -> None:
+    for req in signature_requirements(policy, scope, local_path):
+        t.requirements.append(req)
+        t.add("require", f"must be signed by one of {len(req.anchors)} trusted keys or chains",
+              "signatures", req.rule[len("signatures["):-1])
 
 
 def _signature_applies(rule: SignatureRule, scope: str, local_path: str | None) -> bool:
@@ -317,10 +337,8 @@ def _signature_applies(rule: SignatureRule, scope: str, local_path: str | None) 
         full = os.path.abspath(local_path)
         return fnmatch.fnmatch(full, os.path.abspath(pattern)) or fnmatch.fnmatch(
             local_path, pattern)
-    if local_path is not None:
-        return False
-    owner = scope.split("/", 1)[0]
-    return rule.scope in (scope, f"{owner}/*", "*/*")
+    # owner/name, owner/*, */name or */*: a '*' stands for a whole part, never for a '/'.
+    return local_path is None and fnmatch.fnmatchcase(scope, rule.scope)
 
 
 def _anchor_path(policy: LoadedPolicy, index: int, path: str) -> str:

@@ -100,12 +100,6 @@ def library() -> ctypes.CDLL | None:
     return _lib
 
 
-def unavailable_reason() -> str:
-    """Why :func:`library` returned None (empty when it did not)."""
-    library()
-    return _lib_error
-
-
 def apply_filter() -> SeccompApplied:
     """Install the filter on the calling thread; raises OSError on failure."""
     lib = library()

@@ -123,12 +123,11 @@ def _scan_zip_file(scan: FileScan, fh: BinaryIO, *, primary: bool) -> None:
             return
         scan.add("SH114", "a zip archive is hidden in this file; zip readers (numpy, zipfile) "
                  "would load it", offset=directory.prefix, subject="hidden-zip")
-        previous_format = scan.format
-        scan.format = "unknown"
-        scan_zip(scan, fh, directory)
-        scan.format = previous_format if previous_format != "unknown" else scan.format
+        hidden_format = scan_zip(scan, fh, directory)
+        if scan.format == "unknown":
+            scan.format = hidden_format
         return
-    scan_zip(scan, fh, directory)
+    scan.format = scan_zip(scan, fh, directory)
 
 
 def _scan_hidden_zip(scan: FileScan, fh: BinaryIO) -> None:

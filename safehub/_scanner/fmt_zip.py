@@ -22,7 +22,8 @@ _METADATA = {"version", ".format_version", ".storage_alignment", "byteorder",
              ".data/serialization_id", ".data/version", ".data/python_version"}
 
 
-def scan_zip(scan: FileScan, fh: BinaryIO, directory: ZipDirectory) -> None:
+def scan_zip(scan: FileScan, fh: BinaryIO, directory: ZipDirectory) -> str:
+    """Check every record of the archive; returns its format (``unknown`` without records)."""
     entries = directory.entries
     names = [e.lower for e in entries]
     torchscript = any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
@@ -32,13 +33,14 @@ def scan_zip(scan: FileScan, fh: BinaryIO, directory: ZipDirectory) -> None:
         if message not in seen:
             seen.add(message)
             scan.add("SH115", message, offset=offset, subject="zip")
+    fmt: str | None = None
     if package:
-        scan.format = "torch-package"
+        fmt = "torch-package"
         modules = [e.name for e in entries if e.lower.endswith(".py")]
         scan.add("SH121", f"torch.package archive with {len(modules)} Python modules",
                  subject="torch.package", payload=", ".join(modules[:10]))
     elif torchscript:
-        scan.format = "torchscript"
+        fmt = "torchscript"
         code = [e.name for e in entries if "/code/" in e.lower and not e.lower.endswith(
             ".debug_pkl")]
         allowed = scan.options.allowed_by if scan.options.allow_torchscript else ""
@@ -75,17 +77,17 @@ def scan_zip(scan: FileScan, fh: BinaryIO, directory: ZipDirectory) -> None:
                          location=entry.name, offset=cursor.offset())
         if inflater is not None and inflater.error:
             scan.add("SH110", f"{entry.name}: {inflater.error}", location=entry.name)
-    if scan.format == "unknown":
+    if fmt is None:
         if analyzed == 0:
             scan.add("SH190", "zip archive without pickle or numpy records")
-            return
-        has_pkl = any(n.endswith(".pkl") for n in names)
-        scan.format = "torch-zip" if has_pkl else "npz"
+            return "unknown"
+        fmt = "torch-zip" if any(n.endswith(".pkl") for n in names) else "npz"
     if directory.prefix:
         scan.add("SH114", f"{directory.prefix} bytes precede the zip archive", offset=0,
                  subject="data-before-zip")
     if directory.end < scan.size:
         scan.add("SH113", "bytes follow the end of the zip archive", offset=directory.end)
+    return fmt
 
 
 def _record_kind(fh: BinaryIO, entry: ZipEntry) -> str | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from enum import Enum
 
 from safehub._scanner import knowledge
@@ -94,7 +94,7 @@ def _judge_globals(
     globals_: Iterable[Global],
     location: str,
     loader: Loader,
-    payload_of: object,
+    payload_of: Callable[[object], str],
 ) -> None:
     extra = scan.options.allowed_globals
     reported: set[str] = set()
@@ -116,7 +116,7 @@ def _judge_globals(
             allowed_by = scan.options.allowed_by
         spelled = name if g.raw == name else f"{name} (written as {g.raw})"
         scan.add(rule, f"imports {spelled}: {explanation}", location=location, offset=g.offset,
-                 subject=name, payload=payload_of(g),  # type: ignore[operator]
+                 subject=name, payload=payload_of(g),
                  severity=severity, allowed_by=allowed_by)
 
 

@@ -68,11 +68,6 @@ class FileRegion:
     def remaining(self) -> int | None:
         return self._length - self._pos
 
-    @property
-    def absolute_start(self) -> int:
-        return self._start
-
-
 class BytesSource:
     """An in-memory source (decompressed records, nested payloads)."""
 

@@ -6,11 +6,10 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable
 from typing import TextIO
 
 from safehub._format import OutputFormat, render_report
-from safehub.findings import ScanReport, Verdict
+from safehub.findings import ScanReport
 
 __all__ = [
     "EXIT_ERROR",
@@ -77,9 +76,7 @@ def exit_code_for(report: ScanReport) -> int:
     else 0."""
     if report.unsafe:
         return EXIT_FINDINGS
-    if not report.files or any(f.verdict is Verdict.ERROR for f in report.files) or any(
-        f.verdict is Verdict.UNKNOWN for f in report.files
-    ):
+    if not report.files or report.unscanned:
         return EXIT_ERROR
     return EXIT_OK
 
@@ -106,12 +103,10 @@ class ProgressLine:
             self.stream.write("\r" + " " * 100 + "\r")
             self.stream.flush()
 
-    def bytes_callback(self, total: int | None) -> Callable[[int], None]:
-        """A callback for byte counts (downloads), drawn as a percentage when total is known."""
-        def update(done: int) -> None:
-            if not self.enabled:
-                return
-            pct = f"{100 * done // total}%" if total else f"{done >> 20} MiB"
-            self.stream.write(f"\r{self.label} {pct}".ljust(60))
-            self.stream.flush()
-        return update
+    def bytes_done(self, done: int, total: int | None) -> None:
+        """Draw a byte count (downloads), as a percentage when the total is known."""
+        if not self.enabled:
+            return
+        pct = f"{100 * done // total}%" if total else f"{done >> 20} MiB"
+        self.stream.write(f"\r{self.label} {pct}".ljust(60))
+        self.stream.flush()

@@ -10,6 +10,7 @@ from safehub.cli._common import (
     EXIT_ERROR,
     EXIT_OK,
     ProgressLine,
+    add_output_options,
     emit,
     exit_code_for,
     use_color,
@@ -52,11 +53,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--quarantine", metavar="DIR",
                    help="where --fix moves originals (default: "
                         "$XDG_STATE_HOME/safehub/quarantine)")
-    group = p.add_argument_group("output")
-    group.add_argument("-f", "--format", choices=["text", "json", "sarif"], default="text",
-                       help="report format (default: text)")
-    group.add_argument("-o", "--output", metavar="FILE",
-                       help="write the report to FILE instead of stdout")
+    add_output_options(p)
     p.set_defaults(run=run)
 
 

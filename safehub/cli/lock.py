@@ -65,7 +65,7 @@ def _progress() -> tuple[ProgressLine, ProgressCallback]:
     line = ProgressLine("downloading")
 
     def report(p: Progress) -> None:
-        line.bytes_callback(p.total)(p.done)
+        line.bytes_done(p.done, p.total)
     return line, report
 
 

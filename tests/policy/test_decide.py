@@ -184,3 +184,12 @@ def test_scan_options_merge_global_and_repo_allowances(tmp_path: Path) -> None:
     repo = policy.scan_options("acme/net")
     assert repo.allowed_globals == ("argparse.Namespace", "acme.config.*")
     assert repo.allow_torchscript
+
+
+def test_signature_scope_wildcard_owner(tmp_path: Path) -> None:
+    policy = policy_from(tmp_path, '[[signatures]]\nscope = "*/vision"\n'
+                         'public_keys = ["/keys/k.pub"]\n')
+    assert policy.decide(RepoRequest("pytorch/vision")).requirement("signature") is not None
+    assert policy.decide(RepoRequest("pytorch/audio")).requirement("signature") is None
+    req = policy.signature_requirements("anyone/vision")[0]
+    assert req.public_keys == ("/keys/k.pub",) and req.certificate_chains == ()
