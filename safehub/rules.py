@@ -128,6 +128,11 @@ RULES: dict[str, Rule] = _rules(
     Rule("SH150", "malformed-safetensors", Severity.MEDIUM,
          "The safetensors header is invalid (length, JSON, dtypes, shapes or offsets).",
          "Re-save the file with the safetensors library."),
+    Rule("SH160", "pickle-frame-split", Severity.HIGH,
+         "A pickle FRAME ends in the middle of an opcode (or before STOP). Picklers never write "
+         "this; unpicklers then read different bytes (reading from a file drops the rest of the "
+         "frame, reading from memory does not), so each loader sees another program.",
+         "Do not load this file; re-save it with pickle or torch.save."),
     Rule("SH190", "unknown-format", Severity.MEDIUM,
          "The content is not a format safehub can check, so it was not scanned.",
          "Convert the file to safetensors, or check it by other means."),

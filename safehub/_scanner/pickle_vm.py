@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import _compat_pickle
 import codecs
+import re
 import struct
 from dataclasses import dataclass, field
 
 from safehub._scanner.source import ByteSource, Truncated
 
 __all__ = [
+    "FRAMES_BYTES",
+    "FRAMES_FILE",
     "Blob",
     "Call",
     "Global",
@@ -36,6 +39,10 @@ __all__ = [
 ]
 
 _HIGHEST_PROTOCOL = 5
+# How the unpickler meets a FRAME (see ``PickleCursor``): "file" is _pickle.c reading a file
+# object (torch.load's io.BytesIO of data.pkl, pickle.load), "bytes" is pickle.loads.
+FRAMES_FILE = "file"
+FRAMES_BYTES = "bytes"
 _TORCH_MODULE_RENAMES = {"torch.tensor": "torch._tensor"}
 JOBLIB_WRAPPER = "joblib.numpy_pickle.NumpyArrayWrapper"
 _ARRAY_HEAD = 1 << 16
@@ -224,6 +231,9 @@ class StreamResult:
     extensions: list[tuple[int, int]] = field(default_factory=list)  # (code, offset)
     out_of_band: list[int] = field(default_factory=list)
     inline_arrays: list[InlineArray] = field(default_factory=list)
+    # Where a read crossed the end of a FRAME (or STOP came before it): real picklers never
+    # write that, and loaders then read different bytes (see PickleCursor).
+    frame_splits: list[int] = field(default_factory=list)
     error: str = ""
     error_offset: int | None = None
     truncated: bool = False
@@ -241,6 +251,17 @@ class PickleCursor:
     Formats that interleave pickles with raw data (torch legacy, joblib) use one
     cursor: ``stream()`` analyzes the next pickle, ``take``/``skip`` handle the
     raw bytes between them, ``at_eof()`` tells whether anything is left.
+
+    Frames are read as ``_pickle.c`` reads them. From a file object without ``peek``
+    (``frames="file"``: torch.load's ``io.BytesIO`` of data.pkl, ``pickle.load``) the
+    FRAME opcode reads its whole frame into the unpickler's buffer; a read that does
+    not fit in what is left of the buffer *drops* those bytes and reads on from the
+    file after the frame, and a FRAME inside a frame that does not fit does the same.
+    After STOP the file is positioned at the end of the buffer. From bytes
+    (``frames="bytes"``, ``pickle.loads``) a FRAME only checks that its bytes exist.
+    Picklers never split an opcode across a frame's end, so every such split is
+    recorded (``frame_splits``) and the stream is analyzed a second time under the
+    other reading when the source can be re-read (loaders with ``peek`` mix both).
     """
 
     def __init__(
@@ -251,8 +272,14 @@ class PickleCursor:
         limits: Limits | None = None,
         torch_names: bool = False,
         joblib: bool = False,
+        frames: str = FRAMES_FILE,
     ):
         self.src = src
+        self.frames = frames
+        # Source position (like buf_pos) where the unpickler's frame buffer ends; -1 when
+        # no frame is being read.
+        self.frame_stop = -1
+        self.splits: list[int] = []
         self.base = base  # absolute offset of the source's start, for reporting
         self.limits = limits or Limits()
         self.torch_names = torch_names
@@ -265,6 +292,66 @@ class PickleCursor:
         # End of the last FRAME read, for joblib's pure-Python unpickler, which buffers a
         # whole frame: raw array bytes are read from the file *after* it.
         self.frame_end = -1
+        self.alternate = False  # this cursor is the second reading of a split stream
+
+    # -- frames ------------------------------------------------------------------------------
+
+    def _frame_read(self, n: int) -> None:
+        """Before reading ``n`` bytes inside a frame: drop its rest if they do not fit."""
+        pos = self.buf_pos + self.i
+        stop = self.frame_stop
+        if pos + n <= stop:
+            return
+        self.frame_stop = -1
+        if pos >= stop:
+            return  # the frame was used up exactly: the unpickler reads on from the file
+        self.splits.append(self.base + pos)
+        if self.frames == FRAMES_FILE:
+            self._skip_raw(stop - pos)
+
+    def _frame_line(self) -> None:
+        """Before a text argument inside a frame: its newline must be inside the frame."""
+        pos = self.buf_pos + self.i
+        stop = self.frame_stop
+        if pos >= stop:
+            self.frame_stop = -1
+            return
+        nl = self._find_nl()
+        if self.buf_pos + nl < stop:
+            return
+        self.frame_stop = -1
+        self.splits.append(self.base + pos)
+        if self.frames == FRAMES_FILE:
+            self._skip_raw(stop - pos)
+
+    def _frame(self, length: int, at: int) -> None:
+        """The FRAME opcode, after its 8-byte length."""
+        pos = self.buf_pos + self.i
+        stop = self.frame_stop
+        if stop > pos:
+            if pos + length <= stop:
+                return  # served from the current buffer, then rewound: nothing changes
+            # The new frame does not fit in the buffer: its rest is dropped (file) and the
+            # frame is read from after it.
+            self.splits.append(self.base + pos)
+            if self.frames == FRAMES_FILE:
+                self._skip_raw(stop - pos)
+                pos = stop
+        rem = self.src.remaining()
+        if rem is not None and length > (len(self.buf) - self.i) + rem:
+            raise PickleError("pickle data was truncated (frame)", at, truncated=True)
+        self.frame_stop = pos + length
+        self.frame_end = self.base + pos + length
+
+    def _end_frame(self) -> None:
+        """After STOP: a file-reading unpickler leaves the file at the end of its buffer."""
+        pos = self.buf_pos + self.i
+        stop = self.frame_stop
+        self.frame_stop = -1
+        if stop > pos:
+            self.splits.append(self.base + pos)
+            if self.frames == FRAMES_FILE:
+                self._skip_raw(stop - pos)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -292,6 +379,8 @@ class PickleCursor:
 
     def take(self, n: int) -> bytes:
         """Exactly ``n`` bytes, or ``Truncated``."""
+        if self.frame_stop >= 0:
+            self._frame_read(n)
         if len(self.buf) - self.i < n:
             self._fill(n)
         j = self.i + n
@@ -301,6 +390,11 @@ class PickleCursor:
 
     def skip(self, n: int) -> None:
         """Advance ``n`` bytes without keeping them (seeks when the source can)."""
+        if self.frame_stop >= 0:
+            self._frame_read(n)
+        self._skip_raw(n)
+
+    def _skip_raw(self, n: int) -> None:
         have = len(self.buf) - self.i
         if n <= have:
             self.i += n
@@ -329,19 +423,30 @@ class PickleCursor:
 
     def line(self) -> bytes:
         """Bytes up to (excluding) the next newline; a missing newline is truncation."""
+        if self.frame_stop >= 0:
+            self._frame_line()
+        nl = self._find_nl()
+        data = self.buf[self.i : nl]
+        self.i = nl + 1
+        return data
+
+    def _find_nl(self) -> int:
+        """Index in ``buf`` of the next newline, reading on as needed."""
+        start = self.i
         while True:
-            nl = self.buf.find(b"\n", self.i)
+            nl = self.buf.find(b"\n", start)
             if nl >= 0:
-                data = self.buf[self.i : nl]
-                self.i = nl + 1
-                return data
+                return nl
             pending = len(self.buf) - self.i
             if pending > self.limits.max_line:
                 raise LimitExceeded("text opcode argument is longer than the limit", self.offset())
             self._fill(pending + 1)
+            start = self.i + pending  # _fill moved the pending bytes to buf[i:]
 
     def sized(self, n: int, kind: str) -> object:
         """A length-prefixed argument: kept when small, skipped when large."""
+        if self.frame_stop >= 0:
+            self._frame_read(n)
         if n <= self.limits.max_inline:
             return self.take(n)
         rem = self.remaining()
@@ -359,6 +464,9 @@ class PickleCursor:
         used), as ``pickle.load`` would continue after bytes joblib treats as data.
         """
         res = StreamResult(start=self.offset())
+        start_pos = self.buf_pos + self.i
+        self.splits = []
+        self.frame_stop = -1
         try:
             res.value = self._loop(res, state)
             res.stopped = True
@@ -373,8 +481,43 @@ class PickleCursor:
         except LimitExceeded as exc:
             res.limit = str(exc)
             res.error_offset = exc.offset
+        self.frame_stop = -1
         res.end = self.offset()
+        res.frame_splits = self.splits
+        self.splits = []
+        if res.frame_splits and not self.alternate:
+            self._other_reading(res, start_pos, state)
         return res
+
+    def _other_reading(self, res: StreamResult, start_pos: int, state: MachineState | None
+                       ) -> None:
+        """Analyze a stream with split frames again as the other reading would see it."""
+        src = self.src.reopen()
+        if src is None:
+            return  # a forward-only source; the split itself is reported
+        other = PickleCursor(src, base=self.base, limits=self.limits,
+                             torch_names=self.torch_names, joblib=self.joblib,
+                             frames=FRAMES_BYTES if self.frames == FRAMES_FILE else FRAMES_FILE)
+        other.alternate = True
+        other.depth = self.depth
+        try:
+            other.skip(start_pos)
+        except Truncated:
+            return
+        alt = other.stream(state)
+        self.values += other.values
+        res.ops += alt.ops
+        for name in ("globals", "computed", "calls", "persistent", "inline_arrays"):
+            mine: list[object] = getattr(res, name)
+            seen = {(getattr(x, "offset", None), type(x)) for x in mine}
+            mine.extend(x for x in getattr(alt, name)
+                        if (getattr(x, "offset", None), type(x)) not in seen)
+        seen_m = {(m.offset, m.opcode) for m in res.mutations}
+        res.mutations.extend(m for m in alt.mutations if (m.offset, m.opcode) not in seen_m)
+        res.extensions.extend(e for e in alt.extensions if e not in res.extensions)
+        res.out_of_band.extend(o for o in alt.out_of_band if o not in res.out_of_band)
+        if alt.limit and not res.limit:
+            res.limit = alt.limit
 
     def _count(self, n: int = 1) -> None:
         self.values += n
@@ -453,10 +596,7 @@ class PickleCursor:
                     text = text[:-1]
                 stack.append(_pylong(text, 0, at))
             elif op == 0x46:  # F FLOAT
-                try:
-                    stack.append(float(self.line()))
-                except ValueError:
-                    raise PickleError("could not convert string to float", at) from None
+                stack.append(_load_float(self.line(), at))
             # --- strings and bytes -------------------------------------------------------
             elif op == 0x8C:  # SHORT_BINUNICODE
                 stack.append(_utf8(self.take(self.take(1)[0]), at))
@@ -689,13 +829,12 @@ class PickleCursor:
                     raise PickleError(f"unsupported pickle protocol: {proto}", at)
                 res.protocol = max(res.protocol, proto)
             elif op == 0x95:  # FRAME
-                length = unpack("<Q", self.take(8))[0]
-                self.frame_end = self.offset() + length
-                rem = self.src.remaining()
-                if rem is not None and length > (len(self.buf) - self.i) + rem:
-                    raise PickleError("pickle data was truncated (frame)", at, truncated=True)
+                self._frame(unpack("<Q", self.take(8))[0], at)
             elif op == 0x2E:  # . STOP
-                return pop(at)
+                value = pop(at)
+                if self.frame_stop >= 0:
+                    self._end_frame()
+                return value
             else:
                 raise PickleError(f"invalid load key, {bytes([op])!r}", at)
 
@@ -798,6 +937,7 @@ def _is_joblib_wrapper(inst: Call) -> bool:
 _C_SPACE = b" \t\n\v\f\r"
 _LONG_MAX = (1 << 63) - 1
 _HEX = b"0123456789abcdefABCDEF"
+_INF = float("inf")
 
 
 def _pylong(text: bytes, base: int, at: int) -> int:
@@ -846,6 +986,26 @@ def _load_int(text: bytes, at: int) -> int | bool:
     return _pylong(text, 0, at)
 
 
+# FLOAT is read by PyOS_string_to_double (no spaces, no underscores, no hex), which stops at
+# the first NUL or the newline; an overflow to infinity is an error.
+_C_FLOAT = re.compile(
+    rb"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|(?i:inf|infinity|nan))")
+_C_INF = re.compile(rb"[+-]?(?i:inf|infinity)")
+
+
+def _load_float(text: bytes, at: int) -> float:
+    """The FLOAT opcode (``load_float``)."""
+    if not text:
+        raise PickleError("pickle data was truncated", at, truncated=True)
+    number = text.split(b"\0", 1)[0]
+    if _C_FLOAT.fullmatch(number) is None:
+        raise PickleError("could not convert string to float", at)
+    value = float(number)
+    if value in (_INF, -_INF) and _C_INF.fullmatch(number) is None:
+        raise PickleError("value too large to convert to float", at)
+    return value
+
+
 def _memo_index(text: bytes, at: int) -> int:
     """The argument of GET and PUT: a base-10 integer."""
     if not text:
@@ -878,6 +1038,9 @@ def _parse_string(text: bytes, at: int) -> str:
 
 
 def _ascii_line(text: bytes, at: int) -> str:
+    """A GLOBAL/INST line: non-empty UTF-8 (``load_global`` reads NUL bytes as they are)."""
+    if not text:
+        raise PickleError("pickle data was truncated", at, truncated=True)
     try:
         return text.decode("utf-8")
     except UnicodeDecodeError:
@@ -968,10 +1131,11 @@ def run_stream(
     limits: Limits | None = None,
     torch_names: bool = False,
     joblib: bool = False,
+    frames: str = FRAMES_FILE,
 ) -> StreamResult:
     """Analyze the one pickle stream at the start of ``src``."""
     return PickleCursor(src, base=base, limits=limits, torch_names=torch_names,
-                        joblib=joblib).stream()
+                        joblib=joblib, frames=frames).stream()
 
 
 def render(value: object, depth: int = 0, budget: list[int] | None = None) -> str:

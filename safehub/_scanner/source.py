@@ -9,6 +9,7 @@ Non-seekable sources (decompressors) skip by reading and discarding.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from typing import BinaryIO, Protocol
 
 __all__ = ["ByteSource", "BytesSource", "FileRegion", "StreamSource", "Truncated"]
@@ -34,6 +35,9 @@ class ByteSource(Protocol):
 
     def remaining(self) -> int | None:
         """Bytes left, when known."""
+
+    def reopen(self) -> ByteSource | None:
+        """A fresh source over the same bytes from their start, or None if forward-only."""
 
 
 class FileRegion:
@@ -68,6 +72,9 @@ class FileRegion:
     def remaining(self) -> int | None:
         return self._length - self._pos
 
+    def reopen(self) -> ByteSource | None:
+        return FileRegion(self._fh, self._start, self._length)
+
 class BytesSource:
     """An in-memory source (decompressed records, nested payloads)."""
 
@@ -91,14 +98,19 @@ class BytesSource:
     def remaining(self) -> int | None:
         return len(self._data) - self._pos
 
+    def reopen(self) -> ByteSource | None:
+        return BytesSource(self._data)
+
 
 class StreamSource:
     """A forward-only stream, e.g. a decompressor; ``limit`` bounds how much is consumed."""
 
-    def __init__(self, stream: io.BufferedIOBase | BinaryIO, limit: int):
+    def __init__(self, stream: io.BufferedIOBase | BinaryIO, limit: int,
+                 restart: Callable[[], io.BufferedIOBase | BinaryIO] | None = None):
         self._stream = stream
         self._limit = limit
         self._pos = 0
+        self._restart = restart  # opens the stream again from its start (a new decompressor)
 
     def read(self, n: int) -> bytes:
         n = max(0, min(n, self._limit - self._pos))
@@ -122,6 +134,11 @@ class StreamSource:
 
     def remaining(self) -> int | None:
         return None
+
+    def reopen(self) -> ByteSource | None:
+        if self._restart is None:
+            return None
+        return StreamSource(self._restart(), self._limit, self._restart)
 
     @property
     def exhausted_limit(self) -> bool:

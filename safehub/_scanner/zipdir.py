@@ -274,4 +274,9 @@ def open_entry(fh: BinaryIO, entry: ZipEntry, limit: int) -> tuple[ByteSource, _
     if entry.method == 0:
         return FileRegion(fh, entry.data_offset, min(entry.size, entry.compressed_size)), None
     inflater = _Inflater(region)
-    return StreamSource(inflater, min(limit, entry.size)), inflater  # type: ignore[arg-type]
+
+    def restart() -> _Inflater:
+        return _Inflater(FileRegion(fh, entry.data_offset, entry.compressed_size))
+
+    return (StreamSource(inflater, min(limit, entry.size), restart),  # type: ignore[arg-type]
+            inflater)

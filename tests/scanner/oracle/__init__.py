@@ -1,0 +1,151 @@
+"""The oracle: the loaders' own parsers, run on the same bytes as the scanner.
+
+``run_real`` runs the real parsers (``child.py``) in a child process under rlimits with
+every capability stubbed, and returns what each resolved and where each record ended.
+``stream_differences`` and ``file_differences`` compare that ground truth with the
+scanner: the scanner is wrong when a real parser resolves a name the scanner did not
+report, or ends a record where the scanner did not, or when a file whose loader resolves
+a name outside the allowlist is called clean.
+
+Readers (how a loader calls the parser):
+
+- ``c_file``: ``_pickle.c`` reading a file object without ``peek`` (``pickle.load`` of an
+  ``io.BytesIO``; torch.load reads data.pkl this way),
+- ``c_bytes``: ``_pickle.c`` reading bytes (``pickle.loads``),
+- ``py``: ``pickle._Unpickler`` (joblib's unpickler),
+- ``torch_zip``: torch.serialization's zip path (PyTorchFileReader, data.pkl in BytesIO),
+- ``numpy``: ``numpy.load(allow_pickle=True)``, every member of an npz,
+- ``joblib``: ``joblib.load``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import resource
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from safehub._scanner.allowlist import DEFAULT_ALLOWED
+from safehub._scanner.pickle_vm import FRAMES_BYTES, FRAMES_FILE, StreamResult, run_stream
+from safehub._scanner.source import BytesSource
+from safehub.findings import FileReport, Verdict
+from safehub.scan import scan_file
+
+__all__ = ["PICKLE_READERS", "FILE_READERS", "Real", "Record", "file_differences",
+           "run_real", "scan_bytes", "scanner_stream", "stream_differences"]
+
+PICKLE_READERS = ("c_file", "c_bytes", "py")
+FILE_READERS = ("torch_zip", "numpy", "joblib")
+_ROOT = Path(__file__).resolve().parents[3]
+CPU_SECONDS = 120  # for a whole batch
+ADDRESS_SPACE = 6 << 30
+
+
+@dataclass
+class Record:
+    names: list[str]  # "module.name" as find_class received them, in order
+    ok: bool  # the unpickler returned
+    end: int | None  # file position after load() (where the next read would start)
+    error: str = ""
+
+
+@dataclass
+class Real:
+    records: list[Record] = field(default_factory=list)
+    crashed: str = ""  # the child died on this input (rlimit, crash)
+
+    @property
+    def names(self) -> list[str]:
+        return [n for r in self.records for n in r.names]
+
+
+def _limits() -> None:
+    resource.setrlimit(resource.RLIMIT_CPU, (CPU_SECONDS, CPU_SECONDS))
+    resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def run_real(items: list[tuple[str, bytes]]) -> list[Real]:
+    """The real parsers' view of each ``(reader, data)``, in a rlimited child process."""
+    results: list[Real] = []
+    pending = list(items)
+    while pending:
+        env = dict(os.environ, PYTHONPATH=str(_ROOT), PYTHONWARNINGS="ignore")
+        proc = subprocess.run(
+            [sys.executable, "-m", "tests.scanner.oracle.child"],
+            input=pickle.dumps(pending), capture_output=True, cwd=_ROOT, env=env,
+            preexec_fn=_limits, check=False)
+        lines = proc.stdout.decode().splitlines()
+        for line in lines:
+            raw = json.loads(line)
+            results.append(Real([Record(r["names"] and [f"{m}.{n}" for m, n in r["names"]],
+                                        r["ok"], r["end"], r["error"])
+                                 for r in raw["records"]]))
+        pending = pending[len(lines):]
+        if pending:  # the child died on the next input: record it, go on with the rest
+            results.append(Real(crashed=f"child exited {proc.returncode}: "
+                                f"{proc.stderr.decode(errors='replace')[-300:]}"))
+            pending = pending[1:]
+    return results
+
+
+def scanner_stream(reader: str, data: bytes) -> StreamResult:
+    """The scanner's analysis of one stream as ``reader`` reads it."""
+    frames = FRAMES_BYTES if reader == "c_bytes" else FRAMES_FILE
+    return run_stream(BytesSource(data), frames=frames)
+
+
+def stream_differences(reader: str, data: bytes, real: Real,
+                       res: StreamResult | None = None) -> list[str]:
+    """Where the scanner's stream analysis misses what the real parser did."""
+    if real.crashed or not real.records:
+        return [f"real parser: {real.crashed or 'no record'}"] if real.crashed else []
+    rec = real.records[0]
+    res = res if res is not None else scanner_stream(reader, data)
+    seen = {g.raw for g in res.globals}
+    out = []
+    for name in rec.names:
+        if name.startswith("__ext__.") and res.extensions:
+            continue
+        if name.startswith("<persistent_load>") and res.persistent:
+            continue
+        if name not in seen and not res.computed and not res.limit:
+            out.append(f"{reader}: real parser resolves {name!r}, scanner does not")
+    if rec.ok and not res.limit:
+        if not res.stopped:
+            out.append(f"{reader}: real parser loads to the end, scanner stops: {res.error}")
+        elif rec.end is not None and rec.end != res.end:
+            out.append(f"{reader}: record ends at {rec.end}, scanner says {res.end}")
+    return out
+
+
+def _allowed(name: str) -> bool:
+    import _compat_pickle
+
+    if name in DEFAULT_ALLOWED:
+        return True
+    module, _, attr = name.rpartition(".")
+    mapped = _compat_pickle.NAME_MAPPING.get((module, attr))
+    if mapped is None:
+        mapped = (_compat_pickle.IMPORT_MAPPING.get(module, module), attr)
+    return ".".join(mapped) in DEFAULT_ALLOWED
+
+
+def scan_bytes(data: bytes) -> FileReport:
+    return scan_file(io.BytesIO(data), "oracle-input")
+
+
+def file_differences(reader: str, real: Real, report: FileReport) -> list[str]:
+    """A file is called clean although its loader resolves a name outside the allowlist."""
+    if report.verdict is not Verdict.CLEAN:
+        return []
+    if real.crashed:
+        return [f"{reader}: clean, but the real loader crashed: {real.crashed}"]
+    bad = [n for n in real.names if not _allowed(n) and not (
+        reader == "torch_zip" and n == "<persistent_load>.")]
+    return [f"{reader}: clean, but the loader resolves {n!r}" for n in dict.fromkeys(bad)]

@@ -1,0 +1,217 @@
+"""The oracle's child process: the loaders' own parsers on untrusted bytes, every capability
+replaced by an inert stub.
+
+Run as ``python -m tests.scanner.oracle.child``: reads a pickled list of ``(reader, bytes)``
+from stdin (written by the parent, trusted) and writes one JSON line per input:
+``{"records": [{"names": [...], "ok": bool, "end": int|None, "error": str}, ...]}``.
+Each record is one unpickler run, in the order the loader runs them. A name is the
+``(module, name)`` pair ``find_class`` received, before any rename: every global the real
+parser resolves. Nothing the bytes name is imported or called: ``find_class`` returns
+``Stub``, a class that accepts any arguments and does nothing, so REDUCE, NEWOBJ, BUILD,
+SETITEM and APPEND proceed as far as the parser itself allows.
+
+The child runs under rlimits (CPU seconds, address space) set by the parent.
+"""
+
+from __future__ import annotations
+
+import copyreg
+import io
+import json
+import pickle
+import sys
+from typing import Any
+
+# EXT1/EXT2/EXT4 resolve through copyreg's registry, whose contents belong to the loading
+# process: register every short code (and the long ones the generator uses) to a marker
+# name so the parser goes on and the name is recorded.
+EXT_CODES = [*range(1, 1 << 16), 1 << 16, (1 << 31) - 1]
+for _code in EXT_CODES:
+    copyreg._extension_registry[_code] = ("__ext__", str(_code))  # type: ignore[attr-defined]
+
+
+class Stub:
+    """Whatever the pickle asked for: accepts any arguments, does nothing."""
+
+    def __new__(cls, *args: object, **kwargs: object) -> Stub:
+        return object.__new__(cls)
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def __call__(self, *args: object, **kwargs: object) -> Stub:
+        return Stub()
+
+    def __setstate__(self, state: object) -> None:
+        pass
+
+    def __setitem__(self, key: object, value: object) -> None:
+        pass
+
+    def append(self, item: object) -> None:
+        pass
+
+    def extend(self, items: object) -> None:
+        pass
+
+    def add(self, item: object) -> None:
+        pass
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+        self.names: list[list[str]] = []
+
+    def start(self) -> None:
+        self.names = []
+        self.records.append({"names": self.names, "ok": False, "end": None, "error": ""})
+
+    def finish(self, end: int | None) -> None:
+        self.records[-1].update(ok=True, end=end)
+
+    def fail(self, exc: BaseException) -> None:
+        if self.records:
+            self.records[-1]["error"] = f"{type(exc).__name__}: {exc}"[:200]
+
+
+REC = Recorder()
+
+# Names joblib's reader must see as the real thing to take its array path; constructing
+# them reaches no code (a dtype, joblib's own record of an array's shape).
+_PASS_THROUGH: dict[tuple[str, str], Any] = {}
+
+
+def _find(module: str, name: str) -> Any:
+    REC.names.append([module, name])
+    return _PASS_THROUGH.get((module, name), Stub)
+
+
+def _persistent(pid: object) -> Any:
+    REC.names.append(["<persistent_load>", ""])
+    return Stub()
+
+
+class CUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        return _find(module, name)
+
+    def persistent_load(self, pid: object) -> Any:
+        return _persistent(pid)
+
+
+class PyUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
+    def find_class(self, module: str, name: str) -> Any:
+        return _find(module, name)
+
+    def persistent_load(self, pid: object) -> Any:
+        return _persistent(pid)
+
+
+class PeekAll(io.RawIOBase):
+    """A file whose ``peek`` returns everything left: _pickle.c then buffers the whole
+    input and reads it exactly as ``pickle.loads`` reads bytes."""
+
+    def __init__(self, data: bytes):
+        self._data = data
+        self._pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self._data) if n is None or n < 0 else self._pos + n
+        out = self._data[self._pos : end]
+        self._pos += len(out)
+        return out
+
+    def readline(self, limit: int = -1) -> bytes:
+        nl = self._data.find(b"\n", self._pos)
+        end = len(self._data) if nl < 0 else nl + 1
+        out = self._data[self._pos : end]
+        self._pos = end
+        return out
+
+    def peek(self, n: int = 0) -> bytes:
+        return self._data[self._pos :]
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readable(self) -> bool:
+        return True
+
+
+def _one(make: Any, fh: Any) -> None:
+    REC.start()
+    make(fh).load()
+    REC.finish(fh.tell())
+
+
+def read_pickle(reader: str, data: bytes) -> None:
+    if reader == "c_file":
+        _one(CUnpickler, io.BytesIO(data))
+    elif reader == "c_bytes":
+        _one(CUnpickler, PeekAll(data))
+    elif reader == "py":
+        _one(PyUnpickler, io.BytesIO(data))
+    elif reader == "torch_zip":
+        import torch.serialization as ts
+
+        # As torch.serialization._load: the record's bytes in an io.BytesIO, read by the
+        # C unpickler (torch's UnpicklerWrapper subclasses it).
+        with ts._open_zipfile_reader(io.BytesIO(data)) as zf:
+            record = zf.get_record("data.pkl")
+        _one(CUnpickler, io.BytesIO(record))
+    elif reader == "numpy":
+        import numpy as np
+
+        # numpy.load(allow_pickle=True) calls pickle.load(fp) for object arrays.
+        def load(fp: Any, **kwargs: Any) -> Any:
+            REC.start()
+            value = CUnpickler(fp, **kwargs).load()
+            REC.finish(None)
+            return value
+
+        pickle.load = load  # type: ignore[assignment]
+        loaded = np.load(io.BytesIO(data), allow_pickle=True)
+        if hasattr(loaded, "files"):
+            for key in loaded.files:
+                loaded[key]
+    elif reader == "joblib":
+        import joblib
+        import joblib.numpy_pickle as jnp
+        import numpy as np
+
+        _PASS_THROUGH.update({("joblib.numpy_pickle", "NumpyArrayWrapper"):
+                              jnp.NumpyArrayWrapper, ("numpy", "dtype"): np.dtype})
+        jnp.NumpyUnpickler.find_class = PyUnpickler.find_class  # type: ignore[method-assign]
+        jnp.NumpyUnpickler.persistent_load = PyUnpickler.persistent_load
+        pickle.load = lambda fp, **kw: _load_nested(fp, kw)  # type: ignore[assignment]
+        REC.start()
+        joblib.load(io.BytesIO(data))
+        REC.finish(None)
+    else:
+        raise ValueError(f"unknown reader {reader}")
+
+
+def _load_nested(fp: Any, kwargs: dict[str, Any]) -> Any:
+    # joblib reads object arrays with pickle.load on the same file: their names are
+    # recorded with the outer record's.
+    return CUnpickler(fp, **kwargs).load()
+
+
+def main() -> None:
+    items: list[tuple[str, bytes]] = pickle.loads(sys.stdin.buffer.read())
+    out = sys.stdout
+    for reader, data in items:
+        REC.records = []
+        try:
+            read_pickle(reader, data)
+        except RecursionError as exc:
+            REC.fail(exc)
+        except Exception as exc:  # the parser stopped: what it resolved before still counts
+            REC.fail(exc)
+        out.write(json.dumps({"records": REC.records}) + "\n")
+        out.flush()
+
+
+if __name__ == "__main__":
+    main()
