@@ -17,7 +17,9 @@ import _compat_pickle
 import codecs
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from safehub._scanner.source import ByteSource, Truncated
 
@@ -280,6 +282,10 @@ class PickleCursor:
         # no frame is being read.
         self.frame_stop = -1
         self.splits: list[int] = []
+        # pickle._Unpickler's reading (joblib.load) instead of _pickle.c's
+        self.py = False
+        # Where _pickle.c's and pickle._Unpickler's readings part (C reading only)
+        self.divergent: list[int] = []
         self.base = base  # absolute offset of the source's start, for reporting
         self.limits = limits or Limits()
         self.torch_names = torch_names
@@ -305,12 +311,16 @@ class PickleCursor:
         self.frame_stop = -1
         if pos >= stop:
             return  # the frame was used up exactly: the unpickler reads on from the file
+        if self.py:
+            raise PickleError("pickle exhausted before end of frame", self.offset())
         self.splits.append(self.base + pos)
         if self.frames == FRAMES_FILE:
             self._skip_raw(stop - pos)
 
     def _frame_line(self) -> None:
         """Before a text argument inside a frame: its newline must be inside the frame."""
+        if self.py:
+            return  # _py_line reads frames itself
         pos = self.buf_pos + self.i
         stop = self.frame_stop
         if pos >= stop:
@@ -328,6 +338,14 @@ class PickleCursor:
         """The FRAME opcode, after its 8-byte length."""
         pos = self.buf_pos + self.i
         stop = self.frame_stop
+        if self.py:
+            if stop > pos:
+                raise PickleError("beginning of a new frame before end of current frame", at)
+            # pickle._Unpickler reads what there is of the frame, without complaint
+            rem = self.remaining()
+            self.frame_stop = pos + (length if rem is None else min(length, rem))
+            self.frame_end = self.base + self.frame_stop
+            return
         if stop > pos:
             if pos + length <= stop:
                 return  # served from the current buffer, then rewound: nothing changes
@@ -339,6 +357,7 @@ class PickleCursor:
                 pos = stop
         rem = self.src.remaining()
         if rem is not None and length > (len(self.buf) - self.i) + rem:
+            self.divergent.append(at)  # pickle._Unpickler reads the short frame
             raise PickleError("pickle data was truncated (frame)", at, truncated=True)
         self.frame_stop = pos + length
         self.frame_end = self.base + pos + length
@@ -349,9 +368,77 @@ class PickleCursor:
         stop = self.frame_stop
         self.frame_stop = -1
         if stop > pos:
-            self.splits.append(self.base + pos)
-            if self.frames == FRAMES_FILE:
+            if not self.py:
+                self.splits.append(self.base + pos)
+            if self.frames == FRAMES_FILE or self.py:
                 self._skip_raw(stop - pos)
+
+    # -- text arguments ------------------------------------------------------------------------
+
+    def _text_arg(self, parse_c: Callable[[bytes, int], Any], parse_py: Callable[[bytes], Any],
+                  at: int, *, full_line: bool = False) -> Any:
+        """A text opcode's argument as this reading parses it.
+
+        The C reading also parses it as pickle._Unpickler would; where the two disagree
+        (accepted or not, or the value), the stream is marked divergent and analyzed again
+        as pickle._Unpickler reads it (see ``stream``).
+        """
+        if self.py:
+            text, has_nl = self._py_line()
+            if not has_nl and not full_line:
+                text = text[:-1]  # readline()[:-1] at the end of the file
+            elif has_nl and full_line:
+                text += b"\n"
+            try:
+                return parse_py(text)
+            except (ValueError, OverflowError):
+                raise PickleError("invalid text argument", at) from None
+        try:
+            text = self.line()
+        except Truncated:
+            self.divergent.append(at)  # pickle._Unpickler reads a last line without newline
+            raise
+        try:
+            value = parse_c(text, at)
+        except PickleError:
+            try:
+                parse_py(text + b"\n" if full_line else text)
+            except (ValueError, OverflowError):
+                pass
+            else:
+                self.divergent.append(at)
+            raise
+        try:
+            same = parse_py(text + b"\n" if full_line else text) == value
+        except (ValueError, OverflowError):
+            same = False
+        if not same and value == value:  # NaN compares unequal to itself
+            self.divergent.append(at)
+        return value
+
+    def _py_line(self) -> tuple[bytes, bool]:
+        """pickle._Unpickler's readline: (line without newline, whether it had one)."""
+        stop = self.frame_stop
+        if stop >= 0:
+            pos = self.buf_pos + self.i
+            if pos >= stop:
+                self.frame_stop = -1
+            else:
+                nl = self._find_nl()
+                if self.buf_pos + nl >= stop:
+                    raise PickleError("pickle exhausted before end of frame", self.offset())
+                data = self.buf[self.i : nl]
+                self.i = nl + 1
+                return data, True
+        try:
+            nl = self._find_nl()
+        except Truncated:
+            rest = self.buf[self.i :]
+            self.i = len(self.buf)
+            return rest, False
+        data = self.buf[self.i : nl]
+        self.i = nl + 1
+        return data, True
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -466,6 +553,7 @@ class PickleCursor:
         res = StreamResult(start=self.offset())
         start_pos = self.buf_pos + self.i
         self.splits = []
+        self.divergent = []
         self.frame_stop = -1
         try:
             res.value = self._loop(res, state)
@@ -485,19 +573,28 @@ class PickleCursor:
         res.end = self.offset()
         res.frame_splits = self.splits
         self.splits = []
-        if res.frame_splits and not self.alternate:
-            self._other_reading(res, start_pos, state)
+        if not self.alternate:
+            if res.frame_splits:
+                other = FRAMES_BYTES if self.frames == FRAMES_FILE else FRAMES_FILE
+                self._other_reading(res, start_pos, state, other, py=False)
+            if self.divergent and self.joblib:
+                self._other_reading(res, start_pos, state, self.frames, py=True)
         return res
 
-    def _other_reading(self, res: StreamResult, start_pos: int, state: MachineState | None
-                       ) -> None:
-        """Analyze a stream with split frames again as the other reading would see it."""
+    def _other_reading(self, res: StreamResult, start_pos: int, state: MachineState | None,
+                       frames: str, *, py: bool) -> None:
+        """Analyze a stream again as another reader reads it; its findings join ``res``.
+
+        Streams with split frames are read the other way too (file or bytes); streams
+        whose text arguments pickle._Unpickler parses otherwise are read as it reads them
+        when joblib would load the file.
+        """
         src = self.src.reopen()
         if src is None:
             return  # a forward-only source; the split itself is reported
         other = PickleCursor(src, base=self.base, limits=self.limits,
-                             torch_names=self.torch_names, joblib=self.joblib,
-                             frames=FRAMES_BYTES if self.frames == FRAMES_FILE else FRAMES_FILE)
+                             torch_names=self.torch_names, joblib=self.joblib, frames=frames)
+        other.py = py
         other.alternate = True
         other.depth = self.depth
         try:
@@ -587,16 +684,11 @@ class PickleCursor:
             elif op == 0x89:  # NEWFALSE
                 stack.append(False)
             elif op == 0x49:  # I INT
-                stack.append(_load_int(self.line(), at))
+                stack.append(self._text_arg(_load_int, _py_int, at, full_line=True))
             elif op == 0x4C:  # L LONG
-                text = self.line()
-                if not text:
-                    raise PickleError("pickle data was truncated", at, truncated=True)
-                if text.endswith(b"L"):
-                    text = text[:-1]
-                stack.append(_pylong(text, 0, at))
+                stack.append(self._text_arg(_load_long, _py_long, at))
             elif op == 0x46:  # F FLOAT
-                stack.append(_load_float(self.line(), at))
+                stack.append(self._text_arg(_load_float, _py_float, at))
             # --- strings and bytes -------------------------------------------------------
             elif op == 0x8C:  # SHORT_BINUNICODE
                 stack.append(_utf8(self.take(self.take(1)[0]), at))
@@ -723,7 +815,7 @@ class PickleCursor:
             elif op == 0x32:  # 2 DUP
                 stack.append(top(at))
             elif op == 0x70:  # p PUT
-                idx = _memo_index(self.line(), at)
+                idx = self._text_arg(_memo_index, _py_memo_index, at)
                 if idx < 0:
                     raise PickleError("negative PUT argument", at)
                 self._memo_put(memo, idx, top(at))
@@ -734,15 +826,16 @@ class PickleCursor:
             elif op == 0x94:  # MEMOIZE
                 self._memo_put(memo, len(memo), top(at))
             elif op == 0x67:  # g GET
-                stack.append(_memo_get(memo, _memo_index(self.line(), at), at))
+                stack.append(_memo_get(memo, self._text_arg(_memo_index, _py_memo_index, at),
+                                       at))
             elif op == 0x68:  # h BINGET
                 stack.append(_memo_get(memo, self.take(1)[0], at))
             elif op == 0x6A:  # j LONG_BINGET
                 stack.append(_memo_get(memo, unpack("<I", self.take(4))[0], at))
             # --- imports -----------------------------------------------------------------
             elif op == 0x63:  # c GLOBAL
-                module = _ascii_line(self.line(), at)
-                name = _ascii_line(self.line(), at)
+                module = self._text_arg(_ascii_line, _py_utf8_line, at)
+                name = self._text_arg(_ascii_line, _py_utf8_line, at)
                 stack.append(self._global(res, module, name, proto, at, "GLOBAL"))
             elif op == 0x93:  # STACK_GLOBAL
                 name_v = pop(at)
@@ -773,20 +866,31 @@ class PickleCursor:
                 args = pop(at)
                 cls = pop(at)
                 if not isinstance(args, tuple):
-                    raise PickleError("NEWOBJ expected an arg tuple", at)
+                    if not self.py:  # pickle._Unpickler takes any iterable
+                        self.divergent.append(at)
+                        raise PickleError("NEWOBJ expected an arg tuple", at)
                 stack.append(self._call(res, cls, args, None, at, "NEWOBJ"))
             elif op == 0x92:  # NEWOBJ_EX
                 kwargs = pop(at)
                 args = pop(at)
                 cls = pop(at)
                 if not isinstance(args, tuple):
-                    raise PickleError("NEWOBJ_EX args argument must be a tuple", at)
+                    if not self.py:
+                        self.divergent.append(at)
+                        raise PickleError("NEWOBJ_EX args argument must be a tuple", at)
                 stack.append(self._call(res, cls, args, kwargs, at, "NEWOBJ_EX"))
             elif op == 0x69:  # i INST
-                module = _ascii_line(self.line(), at)
-                name = _ascii_line(self.line(), at)
-                args_l = pop_mark(at)
-                cls_g = self._global(res, module, name, proto, at, "INST")
+                if not metastack and not self.py:
+                    # pickle._Unpickler reads the lines and imports before it looks for MARK
+                    self.divergent.append(at)
+                module = self._text_arg(_ascii_line, _py_ascii_line, at)
+                name = self._text_arg(_ascii_line, _py_ascii_line, at)
+                if self.py:
+                    cls_g = self._global(res, module, name, proto, at, "INST")
+                    args_l = pop_mark(at)
+                else:
+                    args_l = pop_mark(at)
+                    cls_g = self._global(res, module, name, proto, at, "INST")
                 stack.append(self._call(res, cls_g, tuple(args_l), None, at, "INST"))
             elif op == 0x6F:  # o OBJ
                 items = pop_mark(at)
@@ -1006,6 +1110,52 @@ def _load_float(text: bytes, at: int) -> float:
     return value
 
 
+def _load_long(text: bytes, at: int) -> int:
+    """The LONG opcode (``load_long``): an optional trailing L, then PyLong_FromString."""
+    if not text:
+        raise PickleError("pickle data was truncated", at, truncated=True)
+    if text.endswith(b"L"):
+        text = text[:-1]
+    return _pylong(text, 0, at)
+
+
+# pickle._Unpickler's parsers (joblib.load): Python's int() and float() on the line.
+def _py_int(line: bytes) -> int | bool:
+    if line == b"00\n":
+        return False
+    if line == b"01\n":
+        return True
+    return int(line, 0)
+
+
+def _py_long(text: bytes) -> int:
+    if text.endswith(b"L"):
+        text = text[:-1]
+    return int(text, 0)
+
+
+def _py_float(text: bytes) -> float:
+    return float(text)
+
+
+def _py_memo_index(text: bytes) -> int:
+    return int(text)
+
+
+def _py_utf8_line(text: bytes) -> str:
+    try:
+        return text.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("invalid UTF-8") from None
+
+
+def _py_ascii_line(text: bytes) -> str:
+    try:
+        return text.decode("ascii")
+    except UnicodeDecodeError:
+        raise ValueError("not ASCII") from None
+
+
 def _memo_index(text: bytes, at: int) -> int:
     """The argument of GET and PUT: a base-10 integer."""
     if not text:
@@ -1132,10 +1282,14 @@ def run_stream(
     torch_names: bool = False,
     joblib: bool = False,
     frames: str = FRAMES_FILE,
+    python: bool = False,
 ) -> StreamResult:
-    """Analyze the one pickle stream at the start of ``src``."""
-    return PickleCursor(src, base=base, limits=limits, torch_names=torch_names,
-                        joblib=joblib, frames=frames).stream()
+    """Analyze the one pickle stream at the start of ``src`` (``python``: as
+    pickle._Unpickler reads it, otherwise as _pickle.c does)."""
+    cursor = PickleCursor(src, base=base, limits=limits, torch_names=torch_names,
+                          joblib=joblib, frames=frames)
+    cursor.py = python
+    return cursor.stream()
 
 
 def render(value: object, depth: int = 0, budget: list[int] | None = None) -> str:

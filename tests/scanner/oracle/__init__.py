@@ -97,7 +97,7 @@ def run_real(items: list[tuple[str, bytes]]) -> list[Real]:
 def scanner_stream(reader: str, data: bytes) -> StreamResult:
     """The scanner's analysis of one stream as ``reader`` reads it."""
     frames = FRAMES_BYTES if reader == "c_bytes" else FRAMES_FILE
-    return run_stream(BytesSource(data), frames=frames)
+    return run_stream(BytesSource(data), frames=frames, python=reader == "py")
 
 
 def stream_differences(reader: str, data: bytes, real: Real,
