@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup lint typecheck bench clean
+.PHONY: demo test setup lint typecheck bench fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(PY) -m mypy
+
+# The differential fuzzer (scanner against the loaders' own parsers) for FUZZ_SECONDS;
+# `make test` runs it with fixed seeds and a fixed budget (tests/scanner/test_oracle.py).
+FUZZ_SECONDS ?= 300
+fuzz: $(STAMP)
+	$(PY) -m tests.scanner.oracle.fuzz --seconds $(FUZZ_SECONDS)
 
 # The competing scanners get their own virtualenvs under benchmarks/.work/venvs (created
 # by --setup), so their dependencies cannot change .venv.

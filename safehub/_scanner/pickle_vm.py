@@ -17,6 +17,7 @@ import _compat_pickle
 import codecs
 import re
 import struct
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -1180,7 +1181,9 @@ def _py2str(data: bytes) -> str:
 def _parse_string(text: bytes, at: int) -> str:
     if len(text) >= 2 and text[0] == text[-1] and text[:1] in (b"'", b'"'):
         try:
-            raw = codecs.escape_decode(text[1:-1])[0]
+            with warnings.catch_warnings():  # "invalid escape sequence" is data, not our code
+                warnings.simplefilter("ignore", DeprecationWarning)
+                raw = codecs.escape_decode(text[1:-1])[0]
         except ValueError:
             raise PickleError("invalid escape in STRING argument", at) from None
         return _py2str(raw)

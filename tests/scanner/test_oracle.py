@@ -1,0 +1,162 @@
+"""The scanner against the loaders' own parsers (tests/scanner/oracle).
+
+Each family of parser differential is rebuilt here from what the real parser does: the
+oracle shows the real unpickler resolving ``os.system`` (a stub stands in for it), the
+``fire`` fixture shows the real loader running a harmless marker payload, and the
+scanner must report it. The differential fuzzer then runs derandomized: fixed seeds, a
+fixed number of inputs, no differential allowed.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests.scanner.conftest import rules, scan_one
+from tests.scanner.oracle import (
+    PICKLE_READERS,
+    run_real,
+    scan_bytes,
+    stream_differences,
+)
+from tests.scanner.oracle import gen
+from tests.scanner.oracle.counterexamples import COUNTEREXAMPLES
+from tests.scanner.oracle.families import (
+    float_nul_pickle,
+    frame_split_pickle,
+    npy_object,
+    safetensors_polyglot,
+    torch_zip,
+)
+from tests.scanner.oracle.fuzz import run_round
+
+SYSTEM = "os.system"
+
+
+def _real(reader: str, data: bytes) -> list[str]:
+    (real,) = run_real([(reader, data)])
+    return real.names
+
+
+def _blocked(data: bytes, *extra: str) -> set[str]:
+    report = scan_bytes(data)
+    found = rules(report)
+    assert report.verdict.value == "unsafe", [f.message for f in report.findings]
+    assert "SH100" in found and any(SYSTEM in f.message for f in report.findings)
+    for rule in extra:
+        assert rule in found
+    return found
+
+
+def test_frame_split_torch_zip(tmp_path: Path, fire: object) -> None:
+    """Family 1: torch.load (C unpickler on a BytesIO) drops the rest of a split frame."""
+    data = torch_zip(frame_split_pickle())
+    assert _real("torch_zip", data) == [SYSTEM]
+    # Read from memory, the same stream is a harmless bytes object: the differential.
+    assert _real("c_bytes", frame_split_pickle()) == []
+    _blocked(data, "SH160")
+    path = tmp_path / "model.pt"
+    path.write_bytes(torch_zip(frame_split_pickle(arg="touch framesplit")))
+    assert "framesplit" in fire([(path, "torch")])  # type: ignore[operator]
+    assert "SH160" in rules(scan_one(path))
+
+
+def test_frame_split_deflated_record_is_read_both_ways() -> None:
+    data = torch_zip(frame_split_pickle(), compress=True)
+    assert _real("torch_zip", data) == [SYSTEM]
+    _blocked(data, "SH160")
+
+
+def test_float_with_nul(tmp_path: Path, fire: object) -> None:
+    """Family 2: FLOAT+NUL is accepted by _pickle.c, rejected by Python's float()."""
+    data = float_nul_pickle()
+    assert _real("c_file", data) == [SYSTEM]
+    assert _real("py", data) == []  # joblib's unpickler stops there
+    _blocked(data)
+    _blocked(torch_zip(data, compress=True))
+    _blocked(npy_object(data))
+    path = tmp_path / "f.pkl"
+    path.write_bytes(float_nul_pickle(arg="touch floatnul"))
+    assert "floatnul" in fire([(path, "pickle")])  # type: ignore[operator]
+
+
+def test_safetensors_that_is_also_a_pickle(tmp_path: Path, fire: object) -> None:
+    """A valid safetensors file whose header length and padding are a FLOAT+NUL pickle."""
+    data = safetensors_polyglot()
+    assert _real("c_file", data) == [SYSTEM]
+    _blocked(data, "SH114")
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(safetensors_polyglot(arg="touch stpoly"))
+    assert "stpoly" in fire([(path, "safetensors"), (path, "pickle")])  # type: ignore[operator]
+
+
+def test_tar_whose_first_header_is_a_pickle(tmp_path: Path, fire: object) -> None:
+    """A tar (torch's legacy container) whose first header, read from byte 0, is FLOAT+NUL:
+    the FLOAT line runs to the member's first byte, the rest of the member is the call."""
+    call = float_nul_pickle(arg="touch tarpoly")[len(b"\x80\x04F1.0\x00\n"):]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        info = tarfile.TarInfo("F1")
+        member = b"\n" + call
+        info.size = len(member)
+        tf.addfile(info, io.BytesIO(member))
+    data = buf.getvalue()
+    assert tarfile.open(fileobj=io.BytesIO(data)).getnames() == ["F1"]
+    assert _real("c_file", data) == [SYSTEM]
+    report = scan_bytes(data)
+    assert report.verdict.value == "unsafe"
+    assert any(SYSTEM in f.message for f in report.findings)
+    path = tmp_path / "legacy.tar"
+    path.write_bytes(data)
+    assert "tarpoly" in fire([(path, "pickle")])  # type: ignore[operator]
+
+
+_TEXT_OPS = [(b"F", gen.FLOATS), (b"I", gen.INTS), (b"L", gen.LONGS), (b"S", gen.STRINGS),
+             (b"V", gen.UNICODES), (b"Np", gen.MEMO), (b"Np0\ng", gen.MEMO),
+             (b"NP", [b"x", b"\xff", b""])]
+
+
+def _text_cases() -> list[bytes]:
+    marker = b"\x8c\x02os\x8c\x06system\x93."
+    cases = []
+    for op, tokens in _TEXT_OPS:
+        for token in tokens:
+            cases.append(op + token + b"\n0" + marker)
+            cases.append(b"\x80\x04" + op + token + b"\n0" + marker)
+    for variant in gen.LINE_VARIANTS:
+        cases.append(b"cos" + variant + b"\nsystem\n.")
+        cases.append(b"cos\nsystem" + variant + b"\n.")
+        cases.append(b"(ios" + variant + b"\nsystem\n.")
+        cases.append(b"ios\nsystem" + variant + b"\n.")
+    cases += [b"cos\nsystem", b"cos\nsystemX", b"cos\n", b"c", b"\x80\x02cos\nsystem\x00\n."]
+    return cases
+
+
+def test_text_arguments_parse_as_every_reader_parses_them() -> None:
+    """Every syntax corner of every text-argument opcode, in all three pickle readers."""
+    cases = _text_cases()
+    items = [(reader, data) for data in cases for reader in PICKLE_READERS]
+    problems = []
+    for (reader, data), real in zip(items, run_real(items), strict=True):
+        problems += [f"{data!r}: {d}" for d in stream_differences(reader, data, real)]
+    assert not problems, "\n".join(problems)
+
+
+def test_counterexamples_stay_fixed() -> None:
+    items = [(reader, data) for _, data in COUNTEREXAMPLES for reader in PICKLE_READERS]
+    problems = []
+    for (reader, data), real in zip(items, run_real(items), strict=True):
+        problems += [f"{data!r}: {d}" for d in stream_differences(reader, data, real)]
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("seed", [101, 202])
+def test_differential_fuzz_fixed_budget(seed: int) -> None:
+    """The fuzzer, derandomized: fixed seeds and input counts, zero differentials."""
+    outcome = run_round(seed, n=120, containers=16)
+    assert outcome.inputs == 136
+    assert not outcome.differentials, "\n".join(
+        f"{reader} {data!r}: {diffs}" for reader, data, diffs in outcome.differentials)
