@@ -18,11 +18,11 @@ import pytest
 from tests.scanner.conftest import rules, scan_one
 from tests.scanner.oracle import (
     PICKLE_READERS,
+    gen,
     run_real,
     scan_bytes,
     stream_differences,
 )
-from tests.scanner.oracle import gen
 from tests.scanner.oracle.counterexamples import COUNTEREXAMPLES
 from tests.scanner.oracle.families import (
     float_nul_pickle,
@@ -104,7 +104,8 @@ def test_tar_whose_first_header_is_a_pickle(tmp_path: Path, fire: object) -> Non
         info.size = len(member)
         tf.addfile(info, io.BytesIO(member))
     data = buf.getvalue()
-    assert tarfile.open(fileobj=io.BytesIO(data)).getnames() == ["F1"]
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        assert tf.getnames() == ["F1"]
     assert _real("c_file", data) == [SYSTEM]
     report = scan_bytes(data)
     assert report.verdict.value == "unsafe"

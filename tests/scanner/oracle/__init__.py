@@ -25,6 +25,7 @@ import json
 import os
 import pickle
 import resource
+import struct
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -36,13 +37,22 @@ from safehub._scanner.source import BytesSource
 from safehub.findings import FileReport, Verdict
 from safehub.scan import scan_file
 
-__all__ = ["PICKLE_READERS", "FILE_READERS", "Real", "Record", "file_differences",
-           "run_real", "scan_bytes", "scanner_stream", "stream_differences"]
+__all__ = [
+    "FILE_READERS",
+    "PICKLE_READERS",
+    "Real",
+    "Record",
+    "file_differences",
+    "run_real",
+    "scan_bytes",
+    "scanner_stream",
+    "stream_differences",
+]
 
 PICKLE_READERS = ("c_file", "c_bytes", "py")
 FILE_READERS = ("torch_zip", "numpy", "joblib")
 _ROOT = Path(__file__).resolve().parents[3]
-CPU_SECONDS = 120  # for a whole batch
+CPU_SECONDS = 60  # per input; the child raises its soft limit input by input
 ADDRESS_SPACE = 6 << 30
 
 
@@ -65,9 +75,49 @@ class Real:
 
 
 def _limits() -> None:
-    resource.setrlimit(resource.RLIMIT_CPU, (CPU_SECONDS, CPU_SECONDS))
+    resource.setrlimit(resource.RLIMIT_CPU, (CPU_SECONDS, 24 * 3600))
     resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+class _Child:
+    """One long-lived child (imports torch, numpy and joblib once), restarted when it dies."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        env = dict(os.environ, PYTHONPATH=str(_ROOT), PYTHONWARNINGS="ignore")
+        return subprocess.Popen(
+            [sys.executable, "-m", "tests.scanner.oracle.child"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=_ROOT, env=env,
+            preexec_fn=_limits)
+
+    def run(self, items: list[tuple[str, bytes]]) -> tuple[list[str], int | None]:
+        """JSON lines for a prefix of ``items``; the exit status if the child died."""
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = self._start()
+        proc = self.proc
+        assert proc.stdin is not None and proc.stdout is not None
+        blob = pickle.dumps(items)
+        lines: list[str] = []
+        try:
+            proc.stdin.write(struct.pack("<I", len(blob)) + blob)
+            proc.stdin.flush()
+            for _ in items:
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                lines.append(line.decode())
+        except BrokenPipeError:
+            pass
+        if len(lines) < len(items):
+            proc.kill()
+            return lines, proc.wait()
+        return lines, None
+
+
+_CHILD = _Child()
 
 
 def run_real(items: list[tuple[str, bytes]]) -> list[Real]:
@@ -75,21 +125,15 @@ def run_real(items: list[tuple[str, bytes]]) -> list[Real]:
     results: list[Real] = []
     pending = list(items)
     while pending:
-        env = dict(os.environ, PYTHONPATH=str(_ROOT), PYTHONWARNINGS="ignore")
-        proc = subprocess.run(
-            [sys.executable, "-m", "tests.scanner.oracle.child"],
-            input=pickle.dumps(pending), capture_output=True, cwd=_ROOT, env=env,
-            preexec_fn=_limits, check=False)
-        lines = proc.stdout.decode().splitlines()
+        lines, died = _CHILD.run(pending)
         for line in lines:
             raw = json.loads(line)
-            results.append(Real([Record(r["names"] and [f"{m}.{n}" for m, n in r["names"]],
+            results.append(Real([Record([f"{m}.{n}" for m, n in r["names"]],
                                         r["ok"], r["end"], r["error"])
                                  for r in raw["records"]]))
         pending = pending[len(lines):]
         if pending:  # the child died on the next input: record it, go on with the rest
-            results.append(Real(crashed=f"child exited {proc.returncode}: "
-                                f"{proc.stderr.decode(errors='replace')[-300:]}"))
+            results.append(Real(crashed=f"child exited {died}"))
             pending = pending[1:]
     return results
 

@@ -1,8 +1,9 @@
 """The oracle's child process: the loaders' own parsers on untrusted bytes, every capability
 replaced by an inert stub.
 
-Run as ``python -m tests.scanner.oracle.child``: reads a pickled list of ``(reader, bytes)``
-from stdin (written by the parent, trusted) and writes one JSON line per input:
+Run as ``python -m tests.scanner.oracle.child``: reads batches, each a pickled list of
+``(reader, bytes)`` from stdin (written by the parent, trusted), and writes one JSON line
+per input:
 ``{"records": [{"names": [...], "ok": bool, "end": int|None, "error": str}, ...]}``.
 Each record is one unpickler run, in the order the loader runs them. A name is the
 ``(module, name)`` pair ``find_class`` received, before any rename: every global the real
@@ -10,7 +11,8 @@ parser resolves. Nothing the bytes name is imported or called: ``find_class`` re
 ``Stub``, a class that accepts any arguments and does nothing, so REDUCE, NEWOBJ, BUILD,
 SETITEM and APPEND proceed as far as the parser itself allows.
 
-The child runs under rlimits (CPU seconds, address space) set by the parent.
+The child runs under rlimits set by the parent (address space) and itself (CPU seconds
+per input); the parent starts a new one when an input kills it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import copyreg
 import io
 import json
 import pickle
+import resource
+import struct
 import sys
 from typing import Any
 
@@ -198,19 +202,39 @@ def _load_nested(fp: Any, kwargs: dict[str, Any]) -> Any:
     return CUnpickler(fp, **kwargs).load()
 
 
+CPU_PER_INPUT = 20  # seconds; past it the kernel ends the child (SIGXCPU)
+
+
+def _cpu_budget() -> None:
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    spent = int(used.ru_utime + used.ru_stime) + 1
+    hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+    soft = spent + CPU_PER_INPUT
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
 def main() -> None:
-    items: list[tuple[str, bytes]] = pickle.loads(sys.stdin.buffer.read())
+    """Serve batches: a 4-byte length and a pickled list in, one JSON line per input out."""
+    inp = sys.stdin.buffer
     out = sys.stdout
-    for reader, data in items:
-        REC.records = []
-        try:
-            read_pickle(reader, data)
-        except RecursionError as exc:
-            REC.fail(exc)
-        except Exception as exc:  # the parser stopped: what it resolved before still counts
-            REC.fail(exc)
-        out.write(json.dumps({"records": REC.records}) + "\n")
-        out.flush()
+    while True:
+        head = inp.read(4)
+        if len(head) < 4:
+            return
+        items: list[tuple[str, bytes]] = pickle.loads(inp.read(struct.unpack("<I", head)[0]))
+        for reader, data in items:
+            REC.records = []
+            _cpu_budget()
+            try:
+                read_pickle(reader, data)
+            except RecursionError as exc:
+                REC.fail(exc)
+            except Exception as exc:  # the parser stopped: what it resolved before counts
+                REC.fail(exc)
+            out.write(json.dumps({"records": REC.records}) + "\n")
+            out.flush()
 
 
 if __name__ == "__main__":

@@ -8,8 +8,13 @@ import zipfile
 
 import numpy as np
 
-__all__ = ["float_nul_pickle", "frame_split_pickle", "safetensors_polyglot", "torch_zip",
-           "npy_object"]
+__all__ = [
+    "float_nul_pickle",
+    "frame_split_pickle",
+    "npy_object",
+    "safetensors_polyglot",
+    "torch_zip",
+]
 
 
 def _call(module: str, name: str, arg: str) -> bytes:

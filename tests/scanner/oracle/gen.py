@@ -11,6 +11,7 @@ byte level.
 from __future__ import annotations
 
 import io
+import itertools
 import random
 import struct
 import zipfile
@@ -230,7 +231,7 @@ def _frame(rng: random.Random, body: bytes, ops: list[bytes]) -> bytes:
     cuts = sorted({rng.choice(bounds) if rng.random() < 0.5 else rng.randrange(len(body) + 1)
                    for _ in range(rng.randrange(1, 4))} | {0, len(body)})
     out = []
-    for a, b in zip(cuts, cuts[1:], strict=False):
+    for a, b in itertools.pairwise(cuts):
         length = b - a
         if rng.random() < 0.1:
             length += rng.choice([-2, -1, 1, 2, 9])
