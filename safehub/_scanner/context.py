@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from safehub._scanner.pickle_vm import Limits
+from safehub._scanner.pickle_vm import Limits, OpBudget
 from safehub.findings import Finding
 from safehub.rules import RULES, Severity
 
@@ -39,7 +39,9 @@ class FileScan:
     def __init__(self, path: str, size: int, options: ScanOptions):
         self.path = path
         self.size = size
-        self.options = options
+        # One opcode budget for the whole file, however many records and readings it has.
+        limits = replace(options.limits, budget=OpBudget(options.limits.max_ops))
+        self.options = replace(options, limits=limits)
         self.findings: list[Finding] = []
         self.records: list[str] = []
         self.format = "unknown"

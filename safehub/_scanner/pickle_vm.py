@@ -31,6 +31,7 @@ __all__ = [
     "Call",
     "Global",
     "Limits",
+    "OpBudget",
     "PickleCursor",
     "PickleError",
     "StreamResult",
@@ -51,15 +52,33 @@ JOBLIB_WRAPPER = "joblib.numpy_pickle.NumpyArrayWrapper"
 _ARRAY_HEAD = 1 << 16
 
 
+class OpBudget:
+    """Opcodes left to one file's analysis, shared by all its streams and readings."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, left: int):
+        self.left = left
+
+
 @dataclass(frozen=True)
 class Limits:
-    """Bounds that keep analysis time and memory finite on any input."""
+    """Bounds that keep analysis time and memory finite on any input.
 
-    max_ops: int = 50_000_000
+    ``max_ops`` bounds the opcodes analyzed per file (all its pickle streams together).
+    Real checkpoints need far fewer: data.pkl of Llama-7B is 5k opcodes, Mixtral-8x7B
+    17k, a 61-layer 256-expert MoE (47k tensors) 0.85M, the same with its Adam state
+    (141k tensors) 3.3M. Five million is 1.5 times the largest, and analyzed in a few
+    seconds: a deflate bomb of opcodes ends in SH191 instead of minutes of work.
+    """
+
+    max_ops: int = 5_000_000
     max_values: int = 20_000_000  # container items and memo entries tracked
     max_line: int = 1 << 20  # text-opcode argument length
     max_inline: int = 1 << 16  # longer str/bytes arguments are skipped, not kept
     max_depth: int = 8  # nested streams (joblib object arrays)
+    # The file's shared budget (FileScan gives each file its own); None: max_ops per stream
+    budget: OpBudget | None = field(default=None, compare=False)
 
 
 class PickleError(Exception):
@@ -262,6 +281,7 @@ class PickleCursor:
     file after the frame, and a FRAME inside a frame that does not fit does the same.
     After STOP the file is positioned at the end of the buffer. From bytes
     (``frames="bytes"``, ``pickle.loads``) a FRAME only checks that its bytes exist.
+    The data of the bytes opcodes is the exception: ``_Unpickler_ReadInto`` joins it.
     Picklers never split an opcode across a frame's end, so every such split is
     recorded (``frame_splits``) and the stream is analyzed a second time under the
     other reading when the source can be re-read (loaders with ``peek`` mix both).
@@ -531,10 +551,28 @@ class PickleCursor:
             self._fill(pending + 1)
             start = self.i + pending  # _fill moved the pending bytes to buf[i:]
 
-    def sized(self, n: int, kind: str) -> object:
+    def _frame_join(self, n: int) -> None:
+        """Before the data of BINBYTES, SHORT_BINBYTES, BINBYTES8 and BYTEARRAY8 in a frame.
+
+        _pickle.c reads these with ``_Unpickler_ReadInto``, which takes what is left of
+        the frame and the rest from the file: joined, as from bytes (pickle._Unpickler
+        stops instead).
+        """
+        pos = self.buf_pos + self.i
+        stop = self.frame_stop
+        if pos + n <= stop:
+            return
+        self.frame_stop = -1
+        if pos < stop and self.py:
+            raise PickleError("pickle exhausted before end of frame", self.offset())
+
+    def sized(self, n: int, kind: str, *, joined: bool = False) -> object:
         """A length-prefixed argument: kept when small, skipped when large."""
         if self.frame_stop >= 0:
-            self._frame_read(n)
+            if joined:
+                self._frame_join(n)
+            else:
+                self._frame_read(n)
         if n <= self.limits.max_inline:
             return self.take(n)
         rem = self.remaining()
@@ -628,7 +666,10 @@ class PickleCursor:
         metastack: list[list[object]] = [list(m) for m in state.metastack] if state else []
         memo: dict[int, object] = dict(state.memo) if state else {}
         proto = state.proto if state else 0
-        max_ops = self.limits.max_ops
+        budget = self.limits.budget
+        max_ops = self.limits.max_ops if budget is None else budget.left
+        if max_ops <= 0:
+            raise LimitExceeded("the file's opcode budget is spent", self.offset())
         unpack = struct.unpack
 
         def pop(at: int) -> object:
@@ -661,7 +702,7 @@ class PickleCursor:
                 at = self.base + self.buf_pos + i
                 ops += 1
                 if ops > max_ops:
-                    raise LimitExceeded("too many opcodes", at)
+                    raise LimitExceeded(f"more than {self.limits.max_ops} opcodes", at)
                 op = buf[i]
                 i += 1
                 self.i = i
@@ -843,13 +884,14 @@ class PickleCursor:
                 elif op == 0x56:  # V UNICODE
                     stack.append(self._text_arg(_load_unicode, _py_unicode, at))
                 elif op == 0x43:  # C SHORT_BINBYTES
-                    stack.append(self.take(self.take(1)[0]))
+                    stack.append(self.sized(self.take(1)[0], "bytes", joined=True))
                 elif op == 0x42:  # B BINBYTES
-                    stack.append(self.sized(unpack("<I", self.take(4))[0], "bytes"))
+                    stack.append(self.sized(unpack("<I", self.take(4))[0], "bytes", joined=True))
                 elif op == 0x8E:  # BINBYTES8
-                    stack.append(self.sized(unpack("<Q", self.take(8))[0], "bytes"))
+                    stack.append(self.sized(unpack("<Q", self.take(8))[0], "bytes", joined=True))
                 elif op == 0x96:  # BYTEARRAY8
-                    stack.append(self.sized(unpack("<Q", self.take(8))[0], "bytearray"))
+                    stack.append(self.sized(unpack("<Q", self.take(8))[0], "bytearray",
+                                            joined=True))
                 elif op == 0x55:  # U SHORT_BINSTRING
                     stack.append(_py2str(self.take(self.take(1)[0])))
                 elif op == 0x54:  # T BINSTRING
@@ -975,6 +1017,8 @@ class PickleCursor:
                     raise PickleError(f"invalid load key, {bytes([op])!r}", at)
         finally:
             res.ops += ops
+            if budget is not None:
+                budget.left -= ops
 
     # -- semantics helpers --------------------------------------------------------------------
 

@@ -104,3 +104,40 @@ def test_file_size_limit(tmp_path: Path) -> None:
     path = B.write(tmp_path / "big.pkl", b"N." + b"\0" * 4096)
     report = scan_one(path, ScanOptions(max_file_size=1024))
     assert "SH191" in rules(report)
+
+
+def _deflated_zip(chunk: bytes, count: int, records: int = 1) -> bytes:
+    """A torch zip whose data.pkl records inflate to ``chunk * count`` (streamed, not built)."""
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for r in range(records):
+            name = "archive/data.pkl" if r == 0 else f"archive/extra{r}.pkl"
+            with zf.open(name, "w", force_zip64=True) as out:
+                out.write(b"\x80\x02")
+                block = chunk * 65536
+                for _ in range(count // 65536):
+                    out.write(block)
+                out.write(chunk * (count % 65536) + b"N.")
+        zf.writestr("archive/version", b"3\n")
+    return buf.getvalue()
+
+
+def test_deflate_bomb_of_opcodes_ends_in_sh191() -> None:
+    """data.pkl inflating to 200 MB of opcodes: analysis stops at the opcode budget."""
+    data = _deflated_zip(b"N0", 100_000_000)
+    assert len(data) < 1 << 20
+    report, _ = _scan(data)
+    found = [f for f in report.findings if f.rule_id == "SH191"]  # type: ignore[attr-defined]
+    assert found and f"more than {Limits().max_ops} opcodes" in found[0].message
+
+
+def test_opcode_budget_is_per_file_not_per_record() -> None:
+    """Many records under the limit each still spend one budget for the file."""
+    limits = Limits(max_ops=50_000)
+    data = _deflated_zip(b"N0", 20_000, records=6)  # 40k opcodes a record, 240k in all
+    one, _ = _scan(_deflated_zip(b"N0", 20_000), ScanOptions(limits=limits))
+    assert "SH191" not in rules(one)  # type: ignore[arg-type]
+    many, _ = _scan(data, ScanOptions(limits=limits))
+    assert "SH191" in rules(many)  # type: ignore[arg-type]

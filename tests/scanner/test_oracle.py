@@ -146,6 +146,39 @@ def test_text_arguments_parse_as_every_reader_parses_them() -> None:
     assert not problems, "\n".join(problems)
 
 
+_COUNTED = [b"X%(4)s", b"\x8c%(1)s", b"\x8d%(8)s", b"B%(4)s", b"C%(1)s", b"\x8e%(8)s",
+            b"\x96%(8)s", b"T%(4)s", b"U%(1)s", b"\x8a%(1)s", b"\x8b%(4)s", b"J\x01\x02\x03",
+            b"M\x01\x02", b"G" + b"\x00" * 8, b"h\x00", b"j\x00\x00\x00\x00",
+            b"r\x01\x00\x00\x00", b"\x95%(8)s", b"I12345\n", b"cos\nsystem\n", b"g0\n"]
+
+
+def _frame_cases() -> list[bytes]:
+    """Every argument kind, with a frame that ends at each byte inside the opcode."""
+    call = b"\x8c\x02os\x8c\x06system\x93\x8c\x01x\x85R"
+    cases = []
+    for template in _COUNTED:
+        for width in (1, 4, 8):
+            template = template.replace(b"%%(%d)s" % width,
+                                        (4).to_bytes(width, "little") + b"ab\x00c")
+        op = b"N\x94" + template
+        for cut in range(1, len(op)):
+            inner = op[:cut]
+            frame = b"\x95" + len(inner).to_bytes(8, "little") + inner
+            for after in (b"", b"0"):
+                cases.append(b"\x80\x04" + frame + op[cut:] + after + call + b".")
+    return cases
+
+
+def test_frames_cut_inside_every_argument_kind() -> None:
+    """Family 1, systematically: a frame ending inside each opcode's argument, read by the
+    C unpickler from a file and from bytes and by pickle._Unpickler."""
+    items = [(reader, data) for data in _frame_cases() for reader in PICKLE_READERS]
+    problems = []
+    for (reader, data), real in zip(items, run_real(items), strict=True):
+        problems += [f"{data!r}: {d}" for d in stream_differences(reader, data, real)]
+    assert not problems, "\n".join(problems[:20])
+
+
 def test_counterexamples_stay_fixed() -> None:
     items = [(reader, data) for _, data in COUNTEREXAMPLES for reader in PICKLE_READERS]
     problems = []

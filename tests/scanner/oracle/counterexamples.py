@@ -25,3 +25,9 @@ COUNTEREXAMPLES: list[tuple[str, bytes]] = [
     ("py", b"\x80\x05\x954\x00\x00\x00\x00\x00\x00\x00((C\x03\x90L\rQicopy_reg\xc3\xa9\n"
            b"_reconstructor\nibuiltins\neval\n."),
 ]
+COUNTEREXAMPLES += [
+    # _pickle.c reads the data of SHORT_BINBYTES (and BINBYTES, BINBYTES8, BYTEARRAY8) with
+    # _Unpickler_ReadInto: the rest of the frame joined with the file, not dropped
+    ("c_file", b"\x80\x05\x95\x10\x00\x00\x00\x00\x00\x00\x00K\x94p1_0\n\x8c\x01aq\x01C\x04\x8b"
+               b"\xb5b\x17p1_0\nL 5\n0."),
+]
