@@ -101,4 +101,6 @@ class Pins:
         """Lockfile entries for ``repo`` locked to ``commit``."""
         if self.lockfile is None:
             return []
-        return [e for e in self.lockfile.repos.values() if e.repo == repo and e.commit == commit]
+        key = repo.casefold()  # repository names are case-insensitive
+        return [e for e in self.lockfile.repos.values()
+                if e.repo.casefold() == key and e.commit == commit]
