@@ -9,6 +9,11 @@ read-only and passes the descriptor; the child then loads it with
 ``torch.load(weights_only=True)``. An approved repo is copied into a folder the
 child may only read, and loaded from there, still inside the sandbox.
 
+The URL a child sends is put in canonical form (:mod:`safehub._policy.urls`)
+before anything else: the broker decides on, fetches and records that one
+string; a malformed URL (encoded ``/``, ``%2e%2e``, userinfo, control
+characters, ...) is refused without a request.
+
 A refusal becomes a :class:`DownloadRefused` in the child (repo code may catch
 it); when the call then fails, the parent raises the broker's own exception, not
 the child's account of it.
@@ -24,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from safehub._policy.urls import canonical_url
 from safehub._sandbox.channel import Channel
 from safehub._sandbox.errors import clean_text
 from safehub.errors import FetchError, PolicyViolation, SafehubError
@@ -114,6 +120,7 @@ class BrokerService:
                                       message.get("check_hash"))
         if not isinstance(url, str) or not url or len(url) > _MAX_URL:
             raise PolicyViolation("malformed download request (url)", fix="do not use this repo")
+        url = canonical_url(url)  # InvalidIdentifier (refused) for a malformed URL
         if file_name is not None and (not isinstance(file_name, str) or not file_name
                                       or "/" in file_name or "\x00" in file_name
                                       or file_name in (".", "..") or len(file_name) > 255):
