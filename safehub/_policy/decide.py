@@ -399,7 +399,7 @@ def _decide_download(policy: LoadedPolicy, req: DownloadRequest) -> Decision:
     elif d.offline or os.environ.get("SAFEHUB_OFFLINE", "").strip().lower() in TRUE_WORDS:
         t.deny("offline mode: no downloads", "run online, or put the file in the cache first",
                "downloads", "offline")
-        return t.decision(url, url)
+        return t.decision(req.url, url)
     if parsed.scheme != "https":
         if is_loopback_http(url) and d.allow_http_loopback:
             t.add("allow", "plain http to a loopback address", "downloads",
@@ -407,20 +407,20 @@ def _decide_download(policy: LoadedPolicy, req: DownloadRequest) -> Decision:
         else:
             t.deny("plain http (only loopback with downloads.allow_http_loopback) is not "
                    "allowed", "use an https:// URL", "downloads", "allowed_urls")
-            return t.decision(url, url)
+            return t.decision(req.url, url)
     prefix = next((p for p in d.allowed_urls if url_matches_prefix(url, p)), None)
     if prefix is None:
         suggestion = _prefix_for(parsed)
         t.deny("the URL is outside downloads.allowed_urls",
                f"add {suggestion!r} to downloads.allowed_urls in {pfile}", "downloads",
                "allowed_urls")
-        return t.decision(url, url)
+        return t.decision(req.url, url)
     t.add("allow", f"matches allowed prefix {prefix!r}", "downloads", "allowed_urls", prefix)
     keys = _pin_keys(d.pins, url)
     if len({d.pins[k] for k in keys}) > 1:
         t.deny(f"downloads.pins {', '.join(repr(k) for k in keys)} all name {url} with "
                "different digests", f"keep one pin for {url} in {pfile}", "downloads", "pins")
-        return t.decision(url, url)
+        return t.decision(req.url, url)
     pin_key = keys[0] if keys else (
         req.file_name if req.file_name and req.file_name in d.pins else None)
     if pin_key is not None:
@@ -434,7 +434,7 @@ def _decide_download(policy: LoadedPolicy, req: DownloadRequest) -> Decision:
         t.deny("the file has no SHA-256 pin and the policy requires one",
                f"add \"{url}\" = \"<sha256>\" under [downloads.pins] in {pfile}, or lock "
                "it with `safehub lock`", "downloads", "require_digests")
-    return t.decision(url, url)
+    return t.decision(req.url, url)
 
 
 def _pin_keys(pins: Mapping[str, str], url: str) -> list[str]:

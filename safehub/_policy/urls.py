@@ -12,7 +12,8 @@ Spellings that servers read in different ways are refused instead of guessed:
 userinfo (``user@host``), backslashes, encoded ``/`` or ``\\`` (``%2F``,
 ``%5C``), dot segments that appear only once decoded (``%2e%2e``) or that a
 server may read as one (``..;``), double-encoded dots and separators
-(``%252e``), empty path segments (``//``, which some servers merge before
+(``%252e``), segments made only of dots and spaces once decoded (``...``,
+``..%20``, which Windows servers trim), empty path segments (``//``, which some servers merge before
 resolving ``..``), control characters, whitespace and any non-ASCII character
 (hosts must be given in their ASCII ``xn--`` form: no IDNA mapping is applied),
 malformed percent-escapes, ports and IPv6 literals, and IPv4 addresses in any
@@ -24,6 +25,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from safehub.errors import InvalidIdentifier
 
@@ -192,8 +194,6 @@ def _escapes(url: str, text: str, allowed: frozenset[str] | set[str], part: str)
                            "in the path: servers disagree on what it means")
             elif value < 0x20 or value == 0x7F:
                 raise _bad(url, f"an encoded control character (%{pair})")
-            elif value == 0x25 and text[i + 3:i + 5].upper() in ("2E", "2F", "5C"):
-                raise _bad(url, f"a double-encoded '.', '/' or '\\' (%25{text[i + 3:i + 5]})")
             else:
                 out.append("%" + pair.upper())
             i += 3
@@ -202,7 +202,12 @@ def _escapes(url: str, text: str, allowed: frozenset[str] | set[str], part: str)
             raise _bad(url, f"{ch!r} is not allowed in a URL {part}", "percent-encode it")
         out.append(ch)
         i += 1
-    return "".join(out)
+    result = "".join(out)
+    # Checked on the result, so that "%25%32%65" (which becomes "%252e") is caught too: a
+    # server that decodes twice would read it as '.', '/' or '\'.
+    if re.search(r"%25(?:2[EF]|5C)", result, re.IGNORECASE):
+        raise _bad(url, f"a double-encoded '.', '/' or '\\' in the {part}")
+    return result
 
 
 def _path(url: str, raw: str) -> str:
@@ -217,8 +222,12 @@ def _path(url: str, raw: str) -> str:
         segment = _escapes(url, raw_segment, _PCHAR, "path")
         if segment in (".", "..") and raw_segment != segment:
             raise _bad(url, f"an encoded dot segment ({raw_segment!r})")
-        if segment.split(";", 1)[0] in (".", "..") and ";" in segment:
-            raise _bad(url, f"a dot segment with parameters ({raw_segment!r})")
+        # What a server that decodes everything, drops ";params" (Tomcat) or trims trailing
+        # dots and spaces (Windows) could read as "." or "..": refused, not guessed.
+        seen = unquote(segment).split(";", 1)[0]
+        if segment not in (".", "..") and seen and not seen.strip(". "):
+            raise _bad(url, f"a path segment that servers may read as a dot segment "
+                       f"({raw_segment!r})")
         out.append(segment)
     return _remove_dot_segments(out)
 
