@@ -4,6 +4,8 @@ and tests/fetch/test_canonical_urls.py.)"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from safehub._policy.repo_id import RepoId
 from safehub._policy.urls import canonical_url, url_matches_prefix
 from safehub.errors import InvalidIdentifier, PolicyError, SafehubError
 from safehub.policy import DownloadRequest, Policy, RepoRequest, load_policy
+from tests.conftest import CliResult, run_module
 
 PIN = "0123456789abcdef0123456789abcdef01234567"
 DIGEST = "ab" * 32
@@ -201,3 +204,62 @@ def test_canonicalisation_is_idempotent(url: str) -> None:
         return
     assert canonical_url(once) == once
     assert "#" not in once and "/./" not in once and "/../" not in once
+
+
+# --- the CLI and the hub facade ----------------------------------------------------------------
+
+
+@pytest.fixture
+def clean_cwd(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No policy chosen by the environment or a pyproject.toml around the working folder."""
+    monkeypatch.delenv("SAFEHUB_POLICY", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.mark.usefixtures("clean_cwd")
+def test_explain_shows_canonical_identities(cli: Callable[..., CliResult]) -> None:
+    result = cli("policy", "explain", "PyTorch/Vision:main", "--entrypoint", "net",
+                 "--url", "HTTPS://Download.PyTorch.org:443/models/x/../r.pth?#frag",
+                 "-f", "json")
+    assert result.code == 0, result.err
+    data = json.loads(result.out)
+    identities = [d["identity"] for d in data["decisions"]]
+    assert identities == ["pytorch/vision", "https://download.pytorch.org/models/r.pth"]
+    text = cli("policy", "explain", "PyTorch/Vision", "--url",
+               "HTTPS://Download.PyTorch.org/models/r.pth#x").out
+    assert "identity: pytorch/vision\n" in text
+    assert "identity: https://download.pytorch.org/models/r.pth\n" in text
+
+
+@pytest.mark.parametrize("args", [
+    ("--url", "https://[::1/x.pth"), ("--url", "https://h.example/a/%2e%2e/b"),
+    ("acme/model\n",), ("acme/model:ma\nin",),
+])
+@pytest.mark.usefixtures("clean_cwd")
+def test_explain_malformed_input_is_a_one_line_error(cli: Callable[..., CliResult],
+                                                     args: tuple[str, ...]) -> None:
+    result = cli("policy", "explain", *args)
+    assert result.code == 2 and result.out == ""
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.err, result.err
+
+
+def test_explain_malformed_url_in_a_real_process(tmp_path: Path) -> None:
+    result = run_module("policy", "explain", "--url", "https://[::1/x.pth", cwd=tmp_path)
+    assert result.code == 2 and "Traceback" not in result.err
+    assert len(result.err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("url", ["https://[::1/x.pth", "https://user@h.example/x.pth",
+                                 "https://h.example/a/%2e%2e/x.pth"])
+@pytest.mark.usefixtures("clean_cwd")
+def test_hub_functions_raise_a_safehub_error_for_malformed_urls(url: str, tmp_path: Path
+                                                                ) -> None:
+    import safehub.hub
+
+    with pytest.raises(InvalidIdentifier) as err:
+        safehub.hub.load_state_dict_from_url(url, model_dir=str(tmp_path))
+    assert isinstance(err.value, SafehubError) and isinstance(err.value, ValueError)
+    with pytest.raises(InvalidIdentifier):
+        safehub.hub.download_url_to_file(url, str(tmp_path / "x.pth"))
+    assert not (tmp_path / "x.pth").exists()
