@@ -71,10 +71,10 @@ class RepoSpec:
         try:
             rid = RepoId.parse(repo)
         except InvalidIdentifier as exc:
-            raise InvalidIdentifier(f"{ascii(spec)} is not 'owner/repo[:ref]': {exc.message}",
+            raise InvalidIdentifier(f"{spec!a} is not 'owner/repo[:ref]': {exc.message}",
                                     subject=ascii(spec)[1:-1], fix=exc.fix) from None
         if sep and not _valid_ref(ref):
-            raise InvalidIdentifier(f"invalid ref {ascii(ref)}", subject=ascii(spec)[1:-1],
+            raise InvalidIdentifier(f"invalid ref {ref!a}", subject=ascii(spec)[1:-1],
                                     fix="use a branch, tag or commit SHA as the ref")
         return cls(rid, normalize_ref(ref) if sep else None)
 

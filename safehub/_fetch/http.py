@@ -362,7 +362,7 @@ class HttpClient:
                 raise FetchError(f"HTTP {resp.status} redirect without a Location", subject=url)
             # urljoin would silently drop tabs and newlines: refuse them in the raw header.
             if any(not ("!" <= c <= "~") for c in location.strip(" ")):
-                raise FetchError(f"refused a redirect to {ascii(location)}: it holds control "
+                raise FetchError(f"refused a redirect to {location!a}: it holds control "
                                  "characters, whitespace or non-ASCII text", subject=url,
                                  fix="download from the final URL directly")
             previous, url = url, urljoin(url, location.strip(" "))

@@ -193,7 +193,8 @@ def repo_rule(policy: LoadedPolicy, repo: str | RepoId) -> tuple[str, RepoRule] 
     casefolded (GitHub names are case-insensitive). Two keys naming the same repo (or
     owner) in different cases make the policy ambiguous: :class:`PolicyError`."""
     rid = repo if isinstance(repo, RepoId) else RepoId.parse(repo)
-    exact, owner_wide = [], []
+    exact: list[tuple[str, RepoRule]] = []
+    owner_wide: list[tuple[str, RepoRule]] = []
     for key, rule in policy.model.repos.items():
         owner, _, name = key.partition("/")
         if owner == "*" or not rid.matches(key):
@@ -234,7 +235,7 @@ def _decide_repo(policy: LoadedPolicy, req: RepoRequest) -> Decision:
     try:
         rid = RepoId.parse(req.repo)
     except InvalidIdentifier as exc:
-        t.deny(f"{ascii(req.repo)} is not a valid 'owner/name': {exc.message}",
+        t.deny(f"{req.repo!a} is not a valid 'owner/name': {exc.message}",
                exc.fix or "name the repository as owner/name", "repos")
         return t.decision(ascii(subject)[1:-1] if not subject.isprintable() else subject)
     req = replace(req, ref=ref)

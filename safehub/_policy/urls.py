@@ -96,7 +96,7 @@ def parse_url(url: str) -> CanonicalURL:
         raise _bad(repr(url), "not a string")
     for ch in url:
         if not ("!" <= ch <= "~"):
-            raise _bad(url, f"it holds {ascii(ch)} (control characters, whitespace and "
+            raise _bad(url, f"it holds {ch!a} (control characters, whitespace and "
                        "non-ASCII characters are refused)", "percent-encode it")
     if "\\" in url:
         raise _bad(url, "it holds a backslash (servers read it as '/' or as data)")
