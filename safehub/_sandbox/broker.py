@@ -9,7 +9,7 @@ read-only and passes the descriptor; the child then loads it with
 ``torch.load(weights_only=True)``. An approved repo is copied into a folder the
 child may only read, and loaded from there, still inside the sandbox.
 
-The URL a child sends is put in canonical form (:mod:`safehub._policy.urls`)
+An http(s) URL a child sends is put in canonical form (:mod:`safehub._policy.urls`)
 before anything else: the broker decides on, fetches and records that one
 string; a malformed URL (encoded ``/``, ``%2e%2e``, userinfo, control
 characters, ...) is refused without a request.
@@ -120,7 +120,11 @@ class BrokerService:
                                       message.get("check_hash"))
         if not isinstance(url, str) or not url or len(url) > _MAX_URL:
             raise PolicyViolation("malformed download request (url)", fix="do not use this repo")
-        url = canonical_url(url)  # InvalidIdentifier (refused) for a malformed URL
+        if url.partition(":")[0].lower() in ("http", "https"):
+            # InvalidIdentifier (refused) for a malformed one. Other schemes go to the broker
+            # as sent: safehub's own brokers serve one internal URL (conversion) or refuse
+            # them (the fetch layer takes http and https only).
+            url = canonical_url(url)
         if file_name is not None and (not isinstance(file_name, str) or not file_name
                                       or "/" in file_name or "\x00" in file_name
                                       or file_name in (".", "..") or len(file_name) > 255):
