@@ -363,8 +363,8 @@ def _signature_applies(rule: SignatureRule, scope: str, local_path: str | None) 
         full = os.path.abspath(local_path)
         return fnmatch.fnmatch(full, os.path.abspath(pattern)) or fnmatch.fnmatch(
             local_path, pattern)
-    # owner/name, owner/*, */name or */*: a '*' stands for a whole part, never for a '/';
-    # compared casefolded. A scope that is no valid repo gets every repo rule (fail closed).
+    # owner/name, owner/*, */name or */*: a '*' stands for a whole part, never for a '/'.
+    # Compared casefolded; a scope that is no valid repo gets every repo rule (fail closed).
     if local_path is not None:
         return False
     try:

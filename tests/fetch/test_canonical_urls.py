@@ -54,7 +54,7 @@ def norm(checkpoint: bytes) -> Iterator[NormalisingServer]:
 def _policy(path: Path, server_url: str, body: str = "") -> Path:
     path.write_text(
         'schema = 1\nname = "test"\nextends = "default"\n'
-        'loosen = ["downloads.allow_http_loopback"]\n'
+        'loosen = ["downloads.allow_http_loopback", "downloads.allowed_urls"]\n'
         f'[downloads]\nallow_http_loopback = true\nallowed_urls = ["{server_url}/allowed/"]\n'
         f"{body}", encoding="utf-8")
     return path

@@ -20,7 +20,8 @@ def _policy(path: Path, hub: FakeHub, *, extends: str = "default", trust: str = 
             body: str = "") -> Path:
     path.write_text(
         f'schema = 1\nname = "test"\nextends = "{extends}"\n'
-        'loosen = ["downloads.allow_http_loopback", "downloads.github_api"]\n'
+        'loosen = ["downloads.allow_http_loopback", "downloads.github_api", "trust.owners", '
+        '"downloads.allowed_urls", "repos"]\n'
         f"[trust]\n{trust}\n"
         f'[downloads]\nallow_http_loopback = true\ngithub_api = "{hub.api}"\n'
         f'allowed_urls = ["{hub.url}/"]\n{body}', encoding="utf-8")
