@@ -37,8 +37,9 @@ from safehub.errors import FetchError, PolicyViolation, SafehubError
 __all__ = ["Broker", "BrokerService", "DownloadRefused", "install_stubs"]
 
 _MAX_URL = 8192
+# A first filter only (full match: no trailing newline); the fetch layer validates the name.
 _REPO = re.compile(
-    r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}/[A-Za-z0-9_.-]{1,100}(:[^\x00-\x20]{1,255})?$")
+    r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}/[A-Za-z0-9_.-]{1,100}(:[^\x00-\x20]{1,255})?")
 
 
 @runtime_checkable
@@ -148,7 +149,7 @@ class BrokerService:
 
     def _repo(self, message: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
         repo, force_reload = message.get("repo"), message.get("force_reload")
-        if not isinstance(repo, str) or not _REPO.match(repo):
+        if not isinstance(repo, str) or not _REPO.fullmatch(repo):
             raise PolicyViolation("malformed repo request", subject=clean_text(repo, 300),
                                   fix="use owner/name[:ref]")
         assert self.broker is not None

@@ -264,3 +264,20 @@ def test_hub_functions_raise_a_safehub_error_for_malformed_urls(url: str, tmp_pa
     with pytest.raises(InvalidIdentifier):
         safehub.hub.download_url_to_file(url, str(tmp_path / "x.pth"))
     assert not (tmp_path / "x.pth").exists()
+
+
+def test_audit_finds_policy_pins_and_locked_repos_by_canonical_identity(tmp_path: Path) -> None:
+    from safehub._audit.pins import Pins
+    from safehub._fetch.lockfile import LockedRepo, Lockfile
+
+    url = "https://download.pytorch.org/models/r.pth"
+    policy = policy_from(tmp_path, f'[downloads.pins]\n"{url}" = "{DIGEST}"\n')
+    lock = Lockfile(tmp_path / "safehub.lock")
+    lock.add_repo(LockedRepo(repo="Acme/Net", api="https://api.github.com", ref="v1",
+                             commit=PIN, archive_sha256=DIGEST, tree_sha256=DIGEST))
+    pins = Pins(lockfile=lock, policy=policy)
+    found = pins.for_url("HTTPS://Download.PyTorch.org:443/models/./r.pth#x")
+    assert [e.digest for e in found] == [DIGEST]
+    assert pins.for_url(url + "?a=1") == []
+    assert [e.repo for e in pins.repo("acme/net", PIN)] == ["Acme/Net"]
+    assert lock.repo("ACME/net", "v1") is not None and lock.repo("acme/net", "V1") is None
