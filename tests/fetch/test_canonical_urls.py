@@ -97,7 +97,9 @@ def test_old_prefix_check_was_bypassable_and_the_canonical_one_is_not(
 
 
 @pytest.mark.parametrize("location", ["/allowed/%2e%2e/private/w.pt", "/allowed/../private/w.pt",
-                                      "/allowed/..;/private/w.pt", "/allowed//../private/w.pt"])
+                                      "/allowed/..;/private/w.pt", "/allowed//../private/w.pt",
+                                      "/allowed/.\t./private/w.pt", "/allowed/..%2fprivate/w.pt",
+                                      "http://user@127.0.0.1/private/w.pt"])
 def test_redirect_hops_are_canonical_too(location: str, norm: NormalisingServer,
                                          tmp_path: Path, cache_dir: Path) -> None:
     norm.redirects["/allowed/jump.pt"] = location
