@@ -12,6 +12,7 @@ from collections.abc import Sequence
 __all__ = [
     "FetchError",
     "IntegrityError",
+    "InvalidIdentifier",
     "PolicyError",
     "PolicyIssue",
     "PolicyViolation",
@@ -99,6 +100,13 @@ class SandboxError(SafehubError):
 
 class FetchError(SafehubError):
     """Getting code or weights failed (network, HTTP status, size, archive validation)."""
+
+
+class InvalidIdentifier(FetchError, ValueError):
+    """A repository name, ref or URL has no canonical form (malformed or ambiguous).
+
+    Also a ``ValueError``, which is what torch.hub raises for a URL it cannot parse.
+    """
 
 
 class PolicyIssue:

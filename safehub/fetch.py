@@ -58,6 +58,7 @@ from safehub._fetch.lockfile import LOCKFILE_NAME, LockedFile, LockedRepo, Lockf
 from safehub._fetch.offline import cached_download_decision, offline_requested
 from safehub._fetch.repos import Checkout, RepoCache, RepoSource
 from safehub._fetch.weights import Expected, FileCache, hash_prefix_of
+from safehub._policy.urls import canonical_url
 from safehub.errors import FetchError, IntegrityError, PolicyError, PolicyViolation
 from safehub.findings import FileReport
 from safehub.policy import (
@@ -218,7 +219,7 @@ class Fetcher:
             self._refuse_unlocked(repo_key(parsed.repo, parsed.ref),
                                   f"`safehub lock {parsed}`")
         pin = decision.requirement("commit")
-        commit = self._commit_for(parsed, pin.value if pin else None, locked)
+        commit, parsed = self._commit_for(parsed, pin.value if pin else None, locked)
         if pin is not None and commit != pin.value:
             raise IntegrityError(
                 f"SH300 {parsed} resolved to commit {commit}, but the policy pins {pin.value}",
@@ -259,28 +260,30 @@ class Fetcher:
         return tuple(reports)
 
     def _commit_for(self, spec: RepoSpec, pinned: str | None,
-                    locked: LockedRepo | None) -> str:
-        if spec.pinned:
-            assert spec.ref is not None
-            return spec.ref
+                    locked: LockedRepo | None) -> tuple[str, RepoSpec]:
+        """The commit to use, and the spec spelled as the API (or the lockfile) names it."""
+        if spec.pinned and spec.ref is not None:
+            return spec.ref, spec
         if locked is not None:
-            return locked.commit
+            return locked.commit, RepoSpec(spec.id.confirmed_by(locked.repo), spec.ref)
         if spec.ref is None and pinned is not None:
-            return pinned  # the policy pins it: no default-branch lookup
+            return pinned, spec  # the policy pins it: no default-branch lookup
         if self.offline:
             ref = spec.ref or ""
             for record in self._repos.records(spec.owner, spec.name):
                 if record.ref == ref:
                     log.info("offline: %s resolves to %s (cached %s)", spec, record.commit,
                              record.time)
-                    return record.commit
+                    return record.commit, spec
             raise FetchError(
                 f"offline: cannot resolve {spec}: no cached checkout of "
                 f"{'the default branch' if not spec.ref else repr(spec.ref)}",
                 subject=str(spec), fix=f"run once online, lock it (`safehub lock {spec}`), or "
                 "ask for a full commit SHA that is cached")
-        ref = spec.ref or self._github.default_branch(spec)
-        return self._github.resolve(spec, ref)
+        # The API names the repository (its full_name must be this one) before any ref of
+        # it is resolved.
+        confirmed, default_branch = self._github.identify(spec)
+        return self._github.resolve(confirmed, spec.ref or default_branch), confirmed
 
     def _archive_downloader(self, spec: RepoSpec, commit: str
                             ) -> Callable[[BinaryIO], DownloadResult]:
@@ -311,7 +314,13 @@ class Fetcher:
         (``hash_prefix`` gives one directly). The cache itself is keyed by URL.
         ``repo`` is the ``owner/name`` on whose behalf the file is fetched: its
         policy rules (extra allowed globals) apply to the scan.
+
+        ``url`` is canonicalised first (:func:`safehub._policy.urls.canonical_url`):
+        that one string is decided on, looked up in pins and the lockfile, used as
+        the cache key and requested. A malformed URL raises
+        :class:`~safehub.errors.InvalidIdentifier`.
         """
+        url = canonical_url(url)
         locked = self.lockfile.file(url) if self.lockfile else None
         if self.frozen and locked is None:
             self._refuse_unlocked(url, f"`safehub lock --url {url}`")

@@ -87,6 +87,8 @@ class Pins:
             return []
         pins = self.policy.model.downloads.pins
         for key in keys:
+            if key not in pins and "://" in key:
+                key = _canonical_pin_key(pins, key)  # URLs are compared in canonical form
             if key in pins:
                 return [Expectation("sha256", pins[key].lower(),
                                     f"policy {self.policy.name} downloads.pins.{key!r}",
@@ -101,4 +103,24 @@ class Pins:
         """Lockfile entries for ``repo`` locked to ``commit``."""
         if self.lockfile is None:
             return []
-        return [e for e in self.lockfile.repos.values() if e.repo == repo and e.commit == commit]
+        key = repo.casefold()  # repository names are case-insensitive
+        return [e for e in self.lockfile.repos.values()
+                if e.repo.casefold() == key and e.commit == commit]
+
+
+def _canonical_pin_key(pins: dict[str, str], url: str) -> str:
+    """The ``downloads.pins`` key naming ``url`` once both are canonical, else ``url``."""
+    from safehub._policy.urls import canonical_url
+    from safehub.errors import InvalidIdentifier
+
+    try:
+        wanted = canonical_url(url)
+    except InvalidIdentifier:
+        return url
+    for key in pins:
+        try:
+            if "://" in key and canonical_url(key) == wanted:
+                return key
+        except InvalidIdentifier:
+            continue
+    return url

@@ -210,7 +210,8 @@ def _checkout(repo: str, checkout: str, has_record: bool, ctx: Context) -> Disco
                             ref=record.ref or None, revision=record.commit,
                             record=record_path, downloaded=record.time)
     repo_findings: list[Finding] = []
-    if f"{record.owner}/{record.name}" != repo or record.commit != commit:
+    # Checkout folders are named by the casefolded owner/name (one identity per repository).
+    if f"{record.owner}/{record.name}".casefold() != repo or record.commit != commit:
         repo_findings.append(ctx.finding(
             "SH400", f"the record is for {record.owner}/{record.name}@{record.commit}, not "
             f"this checkout ({repo}@{commit})", checkout))

@@ -10,7 +10,10 @@ Layout (``<root>`` is ``<hub_dir>/safehub`` unless the caller chose another)::
     <root>/locks/<entry>.lock             per-entry inter-process locks
     <root>/tmp/<entry>.<pid>.<random>...  work in progress (downloads, extractions)
 
-Files are keyed by URL (two URLs with the same basename never collide). An entry
+Files are keyed by canonical URL (two URLs with the same basename never collide;
+two spellings of one URL share one entry). Checkouts are keyed by the casefolded
+``owner/name`` (GitHub names are case-insensitive): ``Owner/Repo`` and
+``owner/repo`` are one folder; the record keeps the API's spelling. An entry
 exists only when its record does: a record is written last, with an atomic
 rename, so a crash at any point leaves either a complete entry or nothing that
 is ever served. Records carry what ``safehub audit`` needs to detect tampering.
@@ -18,6 +21,7 @@ is ever served. Records carry what ``safehub audit`` needs to detect tampering.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -53,7 +57,14 @@ FileDigests = dict[str, tuple[str, int]]  # relative path -> (sha256, size)
 
 
 def url_key(url: str) -> str:
-    """The cache key of a URL."""
+    """The cache key of a URL (its canonical form, see :mod:`safehub._policy.urls`)."""
+    from safehub._policy.urls import canonical_url
+    from safehub.errors import InvalidIdentifier
+
+    # A malformed URL is never fetched (the fetch layer only uses canonical URLs), but a
+    # record naming one (tampered) still needs a key for the audit to compare.
+    with contextlib.suppress(InvalidIdentifier):
+        url = canonical_url(url)
     return hashlib.sha256(url.encode("utf-8")).hexdigest()
 
 
@@ -259,26 +270,34 @@ class CacheLayout:
 
     # --- repos ---------------------------------------------------------------------------
 
+    def _repo_folder(self, owner: str, name: str) -> Path:
+        from safehub._policy.repo_id import RepoId
+
+        rid = RepoId(owner, name)  # validated: no separator or dot segment reaches a path
+        return self.repos / rid.owner_key / rid.name_key
+
     def repo_dir(self, owner: str, name: str, commit: str) -> Path:
         """The checkout of ``owner/name@commit``."""
-        return self.repos / owner / name / commit
+        return self._repo_folder(owner, name) / commit
 
     def repo_record(self, owner: str, name: str, commit: str) -> Path:
         """The record of that checkout."""
-        return self.repos / owner / name / f"{commit}.json"
+        return self._repo_folder(owner, name) / f"{commit}.json"
 
     def repo_records(self, owner: str, name: str) -> list[Path]:
         """Every record of ``owner/name`` (any commit)."""
-        folder = self.repos / owner / name
+        folder = self._repo_folder(owner, name)
         return sorted(folder.glob("*.json")) if folder.is_dir() else []
 
     def repo_lock(self, owner: str, name: str, commit: str) -> Path:
         """The lock file guarding that checkout."""
-        return self.locks / f"repo-{owner}-{name}-{commit}.lock"
+        folder = self._repo_folder(owner, name)
+        return self.locks / f"repo-{folder.parent.name}-{folder.name}-{commit}.lock"
 
     def repo_tag(self, owner: str, name: str, commit: str) -> str:
         """The prefix of temporary files for that checkout."""
-        return f"repo-{hashlib.sha256(f'{owner}/{name}@{commit}'.encode()).hexdigest()[:32]}"
+        key = f"{owner}/{name}".casefold()
+        return f"repo-{hashlib.sha256(f'{key}@{commit}'.encode()).hexdigest()[:32]}"
 
     # --- temporary area ------------------------------------------------------------------
 

@@ -2,10 +2,15 @@
 
 Endpoints used (relative to the policy's ``downloads.github_api``):
 
-- ``GET /repos/{owner}/{repo}`` for ``default_branch`` when no ref is given
-  (the API says which branch is the default; nothing probes ``main``/``master``);
+- ``GET /repos/{owner}/{repo}`` for ``full_name`` (which must name the same
+  repository, compared case-insensitively: a renamed or moved repository is
+  refused, not followed) and, when no ref is given, ``default_branch`` (nothing
+  probes ``main``/``master``);
 - ``GET /repos/{owner}/{repo}/commits/{ref}`` for the commit a branch, tag or
-  short SHA points at (``sha`` in the JSON answer);
+  short SHA points at (``sha`` in the JSON answer). A ref that looks like an
+  abbreviated SHA (4-39 hex digits) must be a prefix of the answer: a branch or
+  tag named like the reviewed commit's prefix is refused, not followed (name it
+  ``heads/NAME`` or ``tags/NAME``). Short SHAs are never pins: a pin is a full SHA;
 - ``GET /repos/{owner}/{repo}/zipball/{commit}`` for the archive (GitHub
   redirects it to its archive host).
 
@@ -19,58 +24,63 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from safehub._fetch.http import HopCheck, HttpClient, HttpError
-from safehub._policy.schema import REPO_RE, SHA1_RE
-from safehub.errors import FetchError
+from safehub._policy.repo_id import RepoId, is_full_sha, looks_like_sha, normalize_ref
+from safehub._policy.schema import SHA1_RE
+from safehub.errors import FetchError, IntegrityError, InvalidIdentifier
 
 __all__ = ["GitHubAPI", "RepoSpec"]
 
 # What git accepts in a ref, minus what would be ambiguous in a URL path.
-_REF_RE = re.compile(r"^[A-Za-z0-9._/+@-]{1,255}$")
+_REF_RE = re.compile(r"[A-Za-z0-9._/+@-]{1,255}")
 
 
 @dataclass(frozen=True)
 class RepoSpec:
-    """A parsed ``owner/repo[:ref]``."""
+    """A parsed ``owner/repo[:ref]``: the repository's identity and the ref asked for."""
 
-    owner: str
-    name: str
+    id: RepoId
     ref: str | None
 
     @property
+    def owner(self) -> str:
+        """The owner, as displayed."""
+        return self.id.owner
+
+    @property
+    def name(self) -> str:
+        """The repository name, as displayed."""
+        return self.id.name
+
+    @property
     def repo(self) -> str:
-        """``owner/name``."""
-        return f"{self.owner}/{self.name}"
+        """``owner/name`` as displayed (the API's ``full_name`` once confirmed)."""
+        return self.id.full_name
 
     @property
     def pinned(self) -> bool:
         """Whether the ref is a full commit SHA."""
-        return self.ref is not None and bool(SHA1_RE.match(self.ref))
+        return self.ref is not None and bool(SHA1_RE.fullmatch(self.ref))
 
     def __str__(self) -> str:
         return self.repo + (f":{self.ref}" if self.ref else "")
 
     @classmethod
     def parse(cls, spec: str) -> RepoSpec:
-        """Parse ``owner/repo[:ref]``; raises :class:`FetchError` for anything else."""
+        """Parse ``owner/repo[:ref]``; raises :class:`InvalidIdentifier` for anything else."""
         repo, sep, ref = spec.partition(":")
-        if not REPO_RE.match(repo):
-            raise FetchError(f"{spec!r} is not 'owner/repo[:ref]'", subject=spec,
-                             fix="name the repository as owner/repo, optionally :branch, :tag "
-                             "or :commit")
-        owner, name = repo.split("/", 1)
-        if name in (".", ".."):
-            raise FetchError(f"{spec!r} is not a repository name", subject=spec,
-                             fix="name the repository as owner/repo")
+        try:
+            rid = RepoId.parse(repo)
+        except InvalidIdentifier as exc:
+            raise InvalidIdentifier(f"{spec!a} is not 'owner/repo[:ref]': {exc.message}",
+                                    subject=ascii(spec)[1:-1], fix=exc.fix) from None
         if sep and not _valid_ref(ref):
-            raise FetchError(f"invalid ref {ref!r}", subject=spec,
-                             fix="use a branch, tag or commit SHA as the ref")
-        if sep and SHA1_RE.match(ref.lower()):
-            ref = ref.lower()
-        return cls(owner, name, ref if sep else None)
+            raise InvalidIdentifier(f"invalid ref {ref!a}", subject=ascii(spec)[1:-1],
+                                    fix="use a branch, tag or commit SHA as the ref")
+        return cls(rid, normalize_ref(ref) if sep else None)
 
 
 def _valid_ref(ref: str) -> bool:
-    if not _REF_RE.match(ref) or ref.startswith(("/", "-", ".")) or ref.endswith(("/", ".")):
+    if not _REF_RE.fullmatch(ref) or ref.startswith(("/", "-", ".")) or ref.endswith(("/", ".")):
         return False
     return ".." not in ref and "//" not in ref and "@{" not in ref and not ref.endswith(".lock")
 
@@ -86,26 +96,41 @@ class GitHubAPI:
     def _repo_url(self, spec: RepoSpec) -> str:
         return f"{self.base}/repos/{quote(spec.owner, safe='')}/{quote(spec.name, safe='')}"
 
-    def default_branch(self, spec: RepoSpec) -> str:
-        """The repository's default branch, as the API reports it."""
-        data = self._get(self._repo_url(spec), spec)
-        branch = data.get("default_branch") if isinstance(data, dict) else None
+    def identify(self, spec: RepoSpec) -> tuple[RepoSpec, str]:
+        """The repository as the API names it (its ``full_name``, which must be the same
+        repository) and its default branch."""
+        data = self._get(self._repo_url(spec), spec, spec.ref)
+        if not isinstance(data, dict):
+            raise FetchError(f"the API gave no repository for {spec.repo}",
+                             subject=self._repo_url(spec),
+                             fix="check downloads.github_api points at a GitHub-compatible API")
+        confirmed = spec.id.confirmed_by(data.get("full_name"))
+        branch = data.get("default_branch")
         if not isinstance(branch, str) or not _valid_ref(branch):
             raise FetchError(f"the API gave no usable default_branch for {spec.repo}",
                              subject=self._repo_url(spec),
                              fix=f"name the ref explicitly: {spec.repo}:<branch>")
-        return branch
+        return RepoSpec(confirmed, spec.ref), branch
+
+    def default_branch(self, spec: RepoSpec) -> str:
+        """The repository's default branch, as the API reports it."""
+        return self.identify(spec)[1]
 
     def resolve(self, spec: RepoSpec, ref: str) -> str:
         """The full commit SHA that ``ref`` (branch, tag or SHA) points at."""
         url = f"{self._repo_url(spec)}/commits/{quote(ref, safe='/')}"
         data = self._get(url, spec, ref)
         sha = data.get("sha") if isinstance(data, dict) else None
-        if not isinstance(sha, str) or not SHA1_RE.match(sha):
+        if not isinstance(sha, str) or not SHA1_RE.fullmatch(sha):
             raise FetchError(f"the API gave no commit SHA for {spec.repo}:{ref}", subject=url,
                              fix="check downloads.github_api points at a GitHub-compatible API")
-        if SHA1_RE.match(ref) and sha != ref:
-            raise FetchError(f"the API resolved commit {ref} to {sha}", subject=url)
+        if (is_full_sha(ref) and sha != ref.lower()) or (
+                looks_like_sha(ref) and not sha.startswith(ref.lower())):
+            raise IntegrityError(
+                f"SH300 the API resolved {spec.repo}:{ref} to commit {sha}, which does not "
+                f"start with {ref}", subject=url,
+                fix=f"pin the full 40-hex commit SHA; a branch or tag named {ref!r} must be "
+                f"asked for as heads/{ref} or tags/{ref}")
         return sha
 
     def archive_url(self, spec: RepoSpec, commit: str) -> str:

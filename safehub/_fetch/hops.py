@@ -14,12 +14,12 @@ for the public GitHub API only, to GitHub's archive host ``codeload.github.com``
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from typing import NoReturn
 
 from safehub._fetch.credentials import Origin
 from safehub._fetch.http import HopCheck
-from safehub._policy.urls import is_loopback_http, url_matches_prefix
-from safehub.errors import PolicyViolation
+from safehub._policy.urls import CanonicalURL, is_loopback_http, parse_url, url_matches_prefix
+from safehub.errors import InvalidIdentifier, PolicyViolation
 from safehub.policy import Policy
 
 __all__ = ["GITHUB_ARCHIVE_HOSTS", "api_hops", "refusal", "weights_hops"]
@@ -29,9 +29,15 @@ GITHUB_ARCHIVE_HOSTS = {"api.github.com": ("https://codeload.github.com/",)}
 
 
 def refusal(policy: Policy, url: str) -> str | None:
-    """Why ``url`` may not be fetched under ``policy`` (scheme and allowlist), or None."""
+    """Why ``url`` may not be fetched under ``policy`` (scheme and allowlist), or None.
+
+    ``url`` is judged in canonical form (the HTTP client requests exactly that form)."""
     downloads = policy.model.downloads
-    scheme = urlsplit(url).scheme.lower()
+    try:
+        url = str(parse_url(url))
+    except InvalidIdentifier as exc:
+        return exc.message
+    scheme = parse_url(url).scheme
     if scheme == "http":
         if not (downloads.allow_http_loopback and is_loopback_http(url)):
             return "plain http (only loopback with downloads.allow_http_loopback)"
@@ -42,14 +48,17 @@ def refusal(policy: Policy, url: str) -> str | None:
     return None
 
 
-def _deny(policy: Policy, url: str, previous: str | None, reason: str, fix: str) -> None:
+def _deny(policy: Policy, url: str, previous: str | None, reason: str, fix: str) -> NoReturn:
     what = f"redirect from {previous} to {url}" if previous else url
     raise PolicyViolation(f"policy {policy.name!r} denies {what}: {reason}", subject=url,
                           fix=fix, trail=[f"deny    downloads.allowed_urls: {reason}"])
 
 
 def _prefix_of(url: str) -> str:
-    parts = urlsplit(url)
+    try:
+        parts: CanonicalURL = parse_url(url)
+    except InvalidIdentifier:
+        return url
     return f"{parts.scheme}://{parts.netloc}/"
 
 
@@ -70,7 +79,10 @@ def api_hops(policy: Policy, api_base: str) -> HopCheck:
     allow_http = policy.model.downloads.allow_http_loopback
 
     def check(url: str, previous: str | None) -> None:
-        scheme = urlsplit(url).scheme.lower()
+        try:
+            scheme = parse_url(url).scheme
+        except InvalidIdentifier as exc:
+            _deny(policy, url, previous, exc.message, exc.fix or "use a well-formed URL")
         if scheme != "https" and not (scheme == "http" and allow_http
                                       and is_loopback_http(url)):
             _deny(policy, url, previous, f"the {scheme or 'missing'} scheme",

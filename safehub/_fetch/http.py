@@ -2,13 +2,18 @@
 
 What it guarantees, whoever calls it:
 
-- only ``http`` and ``https``; every hop of a redirect chain goes through the
-  caller's ``check`` (the policy) before a connection is opened, and an
-  https -> http hop is refused outright;
+- only ``http`` and ``https``; every URL, the first and every redirect hop, is
+  put in canonical form (:mod:`safehub._policy.urls`; a malformed one is
+  refused) and that exact string goes through the caller's ``check`` (the
+  policy) and is then requested; an https -> http hop is refused outright;
 - a token is sent only to the origin it belongs to, and never again in a chain
   once a hop has left the starting origin;
-- a timeout on connect and on every read; retries with exponential backoff for
-  connection errors, timeouts, truncated bodies, 408/425/429/5xx;
+- a timeout on connect and on every read, and an overall deadline per request
+  (redirects and retries included) of ``HttpSettings.deadline`` seconds plus the
+  time the body takes at ``HttpSettings.min_rate`` bytes per second, so a server
+  that trickles bytes cannot hold a download open forever; retries with
+  exponential backoff for connection errors, timeouts, truncated bodies,
+  408/425/429/5xx;
 - a size cap checked against ``Content-Length`` before reading and against the
   bytes actually read;
 - an interrupted body resumes with ``Range`` when the server advertised
@@ -37,9 +42,9 @@ from typing import Any, BinaryIO
 from urllib.parse import urljoin, urlsplit
 
 from safehub import __version__
-from safehub._fetch.credentials import Credentials, Origin
-from safehub._policy.urls import is_loopback_http
-from safehub.errors import FetchError
+from safehub._fetch.credentials import ENV_PREFIX, Credentials, Origin
+from safehub._policy.urls import CanonicalURL, is_loopback_http, parse_url
+from safehub.errors import FetchError, InvalidIdentifier
 
 __all__ = [
     "DownloadResult",
@@ -79,12 +84,17 @@ ProgressCallback = Callable[[Progress], None]
 class HttpSettings:
     """Network behaviour. ``timeout`` bounds connect and every single read (seconds);
     ``retries`` is how many times a failed attempt is repeated, waiting ``backoff``
-    seconds, doubling up to ``max_backoff``."""
+    seconds, doubling up to ``max_backoff``. ``deadline`` and ``min_rate`` bound a
+    whole request (API call or download, redirects and retries included): it must
+    finish within ``deadline + size / min_rate`` seconds, ``size`` being the body's
+    announced length or, without one, the bytes received so far."""
 
     timeout: float = 30.0
     retries: int = 4
     backoff: float = 0.5
     max_backoff: float = 30.0
+    deadline: float = 300.0
+    min_rate: float = 64 * 1024
     user_agent: str = f"safehub/{__version__}"
     ssl_context: ssl.SSLContext | None = field(default=None, compare=False)
 
@@ -153,6 +163,36 @@ class _Body:
         self.total = None
 
 
+class _Deadline:
+    """The overall time limit of one request (see :class:`HttpSettings`)."""
+
+    def __init__(self, url: str, settings: HttpSettings):
+        self.url = url
+        self.settings = settings
+        self.started = time.monotonic()
+
+    def allowed(self, size: int) -> float:
+        return self.settings.deadline + size / self.settings.min_rate
+
+    def remaining(self, size: int) -> float:
+        return self.started + self.allowed(size) - time.monotonic()
+
+    def check(self, size: int, received: int) -> None:
+        if self.remaining(size) <= 0:
+            s = self.settings
+            raise FetchError(
+                f"{self.url} did not finish within its overall deadline of "
+                f"{self.allowed(size):.1f} s (HttpSettings.deadline = {s.deadline:g} s plus "
+                f"the body at HttpSettings.min_rate = {s.min_rate:g} bytes/s); {received} "
+                "bytes received", subject=self.url,
+                fix="download from a faster server, or raise HttpSettings(deadline=..., "
+                "min_rate=...) if this server is known to be this slow")
+
+    def timeout(self, size: int) -> float:
+        """A socket timeout that never outlasts the deadline."""
+        return max(0.001, min(self.settings.timeout, self.remaining(size)))
+
+
 class HttpClient:
     """Downloads with the guarantees listed in the module docstring."""
 
@@ -181,17 +221,19 @@ class HttpClient:
                  progress: ProgressCallback | None = None,
                  accept: str = "*/*") -> DownloadResult:
         """Stream ``url`` into ``sink`` (seekable, truncatable, empty), hashing on the way."""
-        _require_http(url)
+        url = str(_canonical(url))
         body = _Body(sink)
+        deadline = _Deadline(url, self.settings)
         attempt = 0
         while True:
             try:
                 final = self._attempt(url, body, check=check, max_bytes=max_bytes,
-                                      progress=progress, accept=accept)
+                                      progress=progress, accept=accept, deadline=deadline)
                 return DownloadResult(url, final, body.written, body.hasher.hexdigest(),
                                       body.resumed)
             except _Retryable as exc:
                 attempt += 1
+                deadline.check(body.total or body.written, body.written)
                 if attempt > self.settings.retries:
                     raise FetchError(
                         f"download failed after {attempt} attempts: {exc.reason}", subject=url,
@@ -203,14 +245,15 @@ class HttpClient:
                     delay = min(max(delay, exc.wait), self.settings.max_backoff)
                 log.info("%s: %s; retrying in %.1fs (%d/%d)", url, exc.reason, delay, attempt,
                          self.settings.retries)
-                time.sleep(delay)
+                time.sleep(max(0.0, min(delay, deadline.remaining(body.total or body.written))))
+                deadline.check(body.total or body.written, body.written)
                 if not (body.resumable and body.validator):
                     body.reset()
 
     # --- one attempt -----------------------------------------------------------------------
 
     def _attempt(self, url: str, body: _Body, *, check: HopCheck, max_bytes: int,
-                 progress: ProgressCallback | None, accept: str) -> str:
+                 progress: ProgressCallback | None, accept: str, deadline: _Deadline) -> str:
         extra = {"Accept": accept}
         resuming = body.written > 0 and body.resumable and body.validator is not None
         if resuming:
@@ -218,7 +261,7 @@ class HttpClient:
             extra["If-Range"] = str(body.validator)
         conn: http.client.HTTPConnection | None = None
         try:
-            conn, resp, final = self._open(url, extra, check)
+            conn, resp, final = self._open(url, extra, check, deadline, body)
             if resp.status == 206 and resuming:
                 if _content_range_start(resp.getheader("Content-Range", "")) != body.written:
                     body.resumable = False
@@ -240,7 +283,7 @@ class HttpClient:
                     f"the file is {body.written + length} bytes, over the limit of "
                     f"{max_bytes} bytes", subject=url,
                     fix="raise downloads.max_size_mb in the policy if this size is expected")
-            self._stream(resp, body, url, max_bytes, progress)
+            self._stream(conn, resp, body, url, max_bytes, progress, deadline)
             if body.total is not None and body.written < body.total:
                 raise _Retryable(f"truncated body ({body.written} of {body.total} bytes)")
             return final
@@ -254,10 +297,17 @@ class HttpClient:
             if conn is not None:
                 conn.close()
 
-    def _stream(self, resp: http.client.HTTPResponse, body: _Body, url: str, max_bytes: int,
-                progress: ProgressCallback | None) -> None:
+    def _stream(self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse,
+                body: _Body, url: str, max_bytes: int, progress: ProgressCallback | None,
+                deadline: _Deadline) -> None:
         while True:
-            chunk = resp.read(CHUNK)
+            # read1: at most one read from the socket, so a server sending a byte at a time
+            # is seen (and timed) read by read instead of filling a whole chunk unnoticed.
+            size = body.total or body.written
+            deadline.check(size, body.written)
+            if conn.sock is not None:
+                conn.sock.settimeout(deadline.timeout(size))
+            chunk = resp.read1(CHUNK)
             if not chunk:
                 return
             if body.written + len(chunk) > max_bytes:
@@ -270,30 +320,34 @@ class HttpClient:
             if progress is not None:
                 progress(Progress(url, body.written, body.total))
 
-    def _open(self, url: str, extra: dict[str, str], check: HopCheck
-              ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse, str]:
-        """Follow redirects, checking each hop; returns the final connection and response."""
+    def _open(self, url: str, extra: dict[str, str], check: HopCheck, deadline: _Deadline,
+              body: _Body) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse, str]:
+        """Follow redirects, checking each hop; returns the final connection and response.
+
+        Every hop is the canonical URL: that string is checked, requested, and decides
+        whether a token may go with it."""
         start = Origin.of(url)
         left_origin = False
         previous: str | None = None
         for _ in range(MAX_REDIRECTS + 1):
+            parsed = _canonical(url, previous)
+            url = str(parsed)
             _require_http(url)
-            if previous is not None and urlsplit(previous).scheme == "https" \
-                    and urlsplit(url).scheme != "https":
+            if previous is not None and parse_url(previous).scheme == "https" \
+                    and parsed.scheme != "https":
                 raise FetchError(f"refused a redirect from https to {url}", subject=previous,
                                  fix="download from a server that keeps https on every hop")
             check(url, previous)
+            deadline.check(body.total or body.written, body.written)
             left_origin = left_origin or Origin.of(url) != start
             headers = {"User-Agent": self.settings.user_agent, "Accept-Encoding": "identity",
                        **extra}
             token = None if left_origin else self.credentials.token_for(url)
             if token:
                 headers["Authorization"] = f"Bearer {token}"
-            conn = self._connect(url)
+            conn = self._connect(parsed, deadline.timeout(body.total or body.written))
             try:
-                parts = urlsplit(url)
-                target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-                conn.request("GET", target, headers=headers)
+                conn.request("GET", parsed.target, headers=headers)
                 resp = conn.getresponse()
             except BaseException:
                 conn.close()
@@ -306,19 +360,21 @@ class HttpClient:
             conn.close()
             if not location:
                 raise FetchError(f"HTTP {resp.status} redirect without a Location", subject=url)
-            previous, url = url, urljoin(url, location.strip())
+            # urljoin would silently drop tabs and newlines: refuse them in the raw header.
+            if any(not ("!" <= c <= "~") for c in location.strip(" ")):
+                raise FetchError(f"refused a redirect to {location!a}: it holds control "
+                                 "characters, whitespace or non-ASCII text", subject=url,
+                                 fix="download from the final URL directly")
+            previous, url = url, urljoin(url, location.strip(" "))
         raise FetchError(f"more than {MAX_REDIRECTS} redirects", subject=url,
                          fix="download from the final URL directly")
 
-    def _connect(self, url: str) -> http.client.HTTPConnection:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = parts.port
-        timeout = self.settings.timeout
+    def _connect(self, parts: CanonicalURL, timeout: float) -> http.client.HTTPConnection:
+        host, port = parts.hostname, parts.port
         if parts.scheme == "http":
             return http.client.HTTPConnection(host, port, timeout=timeout)
         context = self.settings.ssl_context or ssl.create_default_context()
-        proxy = _https_proxy(host)
+        proxy = _https_proxy(parts.host)
         if proxy is None:
             return http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
         p = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
@@ -362,20 +418,28 @@ class HttpClient:
         return error
 
 
+def _canonical(url: str, previous: str | None = None) -> CanonicalURL:
+    """The canonical form of a URL to request; a malformed one is refused."""
+    try:
+        return parse_url(url)
+    except InvalidIdentifier as exc:
+        if previous is None:
+            raise
+        raise InvalidIdentifier(f"refused a redirect from {previous}: {exc.message}",
+                                subject=exc.subject, fix="download from the final URL "
+                                "directly") from None
+
+
 def _require_http(url: str) -> None:
-    scheme = urlsplit(url).scheme.lower()
-    if scheme not in ("http", "https"):
-        raise FetchError(f"the {scheme or 'missing'} scheme is not allowed for downloads",
-                         subject=url, fix="use an https:// URL")
-    if scheme == "http" and not is_loopback_http(url):
+    if parse_url(url).scheme == "http" and not is_loopback_http(url):
         raise FetchError("plain http is allowed only to loopback addresses", subject=url,
                          fix="use an https:// URL")
 
 
 def _env_hint(url: str) -> str:
-    from safehub._fetch.credentials import env_name_for
-
-    return f"{env_name_for(Origin.of(url).host)} (for that host)"
+    origin = Origin.of(url)
+    return (f"{ENV_PREFIX}<ID> with {ENV_PREFIX}<ID>_ORIGIN={origin.scheme}://{origin.host}"
+            f":{origin.port} (for that origin)")
 
 
 def _content_length(resp: http.client.HTTPResponse) -> int | None:
@@ -442,11 +506,12 @@ def _retry_after(value: str | None) -> float | None:
 
 
 def _https_proxy(host: str) -> str | None:
+    """The proxy for ``host`` (as in a URL: IPv6 in brackets), or None."""
     if is_loopback_http(f"http://{host}/"):
         return None
     proxies = urllib.request.getproxies()
     proxy = proxies.get("https")
-    if not proxy or urllib.request.proxy_bypass(host):
+    if not proxy or urllib.request.proxy_bypass(host.strip("[]")):
         return None
     return proxy
 

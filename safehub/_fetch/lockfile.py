@@ -19,6 +19,11 @@
     size = 46830571
     repo = "pytorch/vision"               # optional: the repo that asked for it
 
+Repositories are looked up by their casefolded ``owner/name`` (``Owner/Repo:v1``
+finds the entry locked as ``owner/repo:v1``; refs stay case-sensitive) and
+files by canonical URL (see :mod:`safehub._policy.urls`); entries are written
+under those canonical forms (a repository spelled as the API's ``full_name``).
+
 With a lockfile, a locked ref resolves to its locked commit without an API call,
 and locked files must have their locked SHA-256. The checkout is bound by
 ``tree_sha256`` (a digest over every extracted file's path, size and SHA-256):
@@ -38,8 +43,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from safehub._policy.schema import REPO_RE, SHA1_RE, SHA256_RE
-from safehub.errors import PolicyError, PolicyIssue
+from safehub._policy.repo_id import RepoId, normalize_ref
+from safehub._policy.schema import SHA1_RE, SHA256_RE
+from safehub._policy.urls import canonical_url
+from safehub.errors import InvalidIdentifier, PolicyError, PolicyIssue
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -78,14 +85,14 @@ class LockedRepo(_Entry):
     @field_validator("repo")
     @classmethod
     def _repo(cls, v: str) -> str:
-        if not REPO_RE.match(v):
+        if not RepoId.valid(v):
             raise ValueError("must be owner/name")
         return v
 
     @field_validator("commit")
     @classmethod
     def _commit(cls, v: str) -> str:
-        if not SHA1_RE.match(v):
+        if not SHA1_RE.fullmatch(v):
             raise ValueError("must be a full 40-hex commit SHA")
         return v
 
@@ -107,7 +114,7 @@ class LockedFile(_Entry):
     @field_validator("sha256")
     @classmethod
     def _digest(cls, v: str) -> str:
-        if not SHA256_RE.match(v):
+        if not SHA256_RE.fullmatch(v):
             raise ValueError("must be a 64-hex SHA-256")
         return v
 
@@ -172,28 +179,53 @@ class Lockfile:
     # --- lookups -------------------------------------------------------------------------
 
     def repo(self, repo: str, ref: str | None) -> LockedRepo | None:
-        """The entry for ``repo`` at ``ref`` (a full SHA matches any entry locked to it)."""
-        entry = self.repos.get(repo_key(repo, ref))
-        if entry is not None or ref is None or not SHA1_RE.match(ref):
+        """The entry for ``repo`` at ``ref`` (a full SHA matches any entry locked to it);
+        the repository is compared casefolded, the ref exactly."""
+        rid = RepoId.parse(repo)
+        ref = normalize_ref(ref) if ref else None
+        same = [e for e in self.repos.values() if RepoId.valid(e.repo)
+                and RepoId.parse(e.repo) == rid]
+        entry = next((e for e in same if (e.ref or None) == ref), None)
+        if entry is not None or ref is None or not SHA1_RE.fullmatch(ref):
             return entry
-        return next((e for e in self.repos.values() if e.repo == repo and e.commit == ref),
-                    None)
+        return next((e for e in same if e.commit == ref), None)
 
     def file(self, url: str) -> LockedFile | None:
-        """The entry for ``url``."""
-        return self.files.get(url)
+        """The entry for ``url``, both compared in canonical form."""
+        try:
+            url = canonical_url(url)
+        except InvalidIdentifier:
+            return None
+        if url in self.files:
+            return self.files[url]
+        for key, entry in self.files.items():
+            try:
+                if canonical_url(key) == url:
+                    return entry
+            except InvalidIdentifier:
+                continue
+        return None
 
     # --- updates -------------------------------------------------------------------------
 
     def add_repo(self, entry: LockedRepo) -> None:
-        """Add or replace the entry for its repo and ref."""
+        """Add or replace the entry for its repo and ref (any spelling of the repo)."""
         key = repo_key(entry.repo, entry.ref or None)
+        rid = RepoId.parse(entry.repo)
+        for old in [k for k, e in self.repos.items() if k != key and (e.ref or None) ==
+                    (entry.ref or None) and RepoId.valid(e.repo) and RepoId.parse(e.repo) == rid]:
+            del self.repos[old]
+            self.changed = True
         if self.repos.get(key) != entry:
             self.repos[key] = entry
             self.changed = True
 
     def add_file(self, url: str, entry: LockedFile) -> None:
-        """Add or replace the entry for ``url``."""
+        """Add or replace the entry for ``url`` (stored under its canonical form)."""
+        url = canonical_url(url)
+        for old in [k for k in self.files if k != url and _canonical_or_none(k) == url]:
+            del self.files[old]
+            self.changed = True
         if self.files.get(url) != entry:
             self.files[url] = entry
             self.changed = True
@@ -225,3 +257,10 @@ class Lockfile:
 
     def __repr__(self) -> str:
         return f"Lockfile({str(self.path)!r}, repos={len(self.repos)}, files={len(self.files)})"
+
+
+def _canonical_or_none(url: str) -> str | None:
+    try:
+        return canonical_url(url)
+    except InvalidIdentifier:
+        return None

@@ -156,7 +156,8 @@ class RepoCache:
         record = _read(record_path, final)
         if record is None or not final.is_dir() or final.is_symlink():
             return None
-        if (record.owner, record.name, record.commit) != (owner, name, commit):
+        if (f"{record.owner}/{record.name}".casefold(), record.commit) != (
+                f"{owner}/{name}".casefold(), commit):
             raise _tampered(final, f"its record names {record.owner}/{record.name}@"
                             f"{record.commit}")
         files, odd = hash_tree(final)

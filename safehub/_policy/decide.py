@@ -12,15 +12,15 @@ from __future__ import annotations
 import fnmatch
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
 
 from safehub._policy.loader import LoadedPolicy
-from safehub._policy.schema import REPO_RE, SHA1_RE, RepoRule, SignatureRule
-from safehub._policy.urls import is_loopback_http, url_matches_prefix
-from safehub.errors import PolicyViolation
+from safehub._policy.repo_id import RepoId, looks_like_sha, normalize_ref
+from safehub._policy.schema import SHA1_RE, RepoRule, SignatureRule
+from safehub._policy.urls import CanonicalURL, is_loopback_http, parse_url, url_matches_prefix
+from safehub.errors import InvalidIdentifier, PolicyError, PolicyViolation
 from safehub.findings import FileReport, Verdict
 from safehub.rules import Severity
 
@@ -127,6 +127,9 @@ class Decision:
     requirements: tuple[Requirement, ...] = ()
     fix: str = ""
     policy: str = ""
+    # The canonical identity decided on: the casefolded ``owner/name`` of a repo, the
+    # canonical URL of a download ("" when the request named nothing valid).
+    identity: str = ""
 
     @property
     def warnings(self) -> list[Step]:
@@ -165,10 +168,11 @@ class _Trail:
         if not self.fix:
             self.fix = fix
 
-    def decision(self, subject: str) -> Decision:
+    def decision(self, subject: str, identity: str = "") -> Decision:
         return Decision(allowed=not self.denied, subject=subject, trail=tuple(self.steps),
                         requirements=tuple(self.requirements), fix=self.fix,
-                        policy=self.policy.model.name or self.policy.chain[-1])
+                        policy=self.policy.model.name or self.policy.chain[-1],
+                        identity=identity)
 
 
 def decide(policy: LoadedPolicy, request: Request) -> Decision:
@@ -184,15 +188,26 @@ def decide(policy: LoadedPolicy, request: Request) -> Decision:
 # --- repositories ----------------------------------------------------------------------------
 
 
-def repo_rule(policy: LoadedPolicy, repo: str) -> tuple[str, RepoRule] | None:
-    """The rule for ``owner/name``: an exact key wins over ``owner/*``."""
-    rules = policy.model.repos
-    if repo in rules:
-        return repo, rules[repo]
-    owner = repo.split("/", 1)[0]
-    wildcard = f"{owner}/*"
-    if wildcard in rules:
-        return wildcard, rules[wildcard]
+def repo_rule(policy: LoadedPolicy, repo: str | RepoId) -> tuple[str, RepoRule] | None:
+    """The rule for ``owner/name``: an exact key wins over ``owner/*``, both compared
+    casefolded (GitHub names are case-insensitive). Two keys naming the same repo (or
+    owner) in different cases make the policy ambiguous: :class:`PolicyError`."""
+    rid = repo if isinstance(repo, RepoId) else RepoId.parse(repo)
+    exact: list[tuple[str, RepoRule]] = []
+    owner_wide: list[tuple[str, RepoRule]] = []
+    for key, rule in policy.model.repos.items():
+        owner, _, name = key.partition("/")
+        if owner == "*" or not rid.matches(key):
+            continue
+        (owner_wide if name == "*" else exact).append((key, rule))
+    for found in (exact, owner_wide):
+        if len(found) > 1:
+            keys = ", ".join(repr(k) for k, _ in found)
+            raise PolicyError(f"[repos] keys {keys} all name {rid} (names are compared "
+                              "case-insensitively)", subject=policy.chain[-1],
+                              fix="keep one [repos] entry per repository")
+        if found:
+            return found[0]
     return None
 
 
@@ -207,7 +222,8 @@ def _policy_file(policy: LoadedPolicy) -> str:
 def _decide_repo(policy: LoadedPolicy, req: RepoRequest) -> Decision:
     t = _Trail(policy)
     m = policy.model
-    subject = req.repo + (f":{req.ref}" if req.ref else "")
+    ref = normalize_ref(req.ref) if req.ref else None
+    subject = req.repo + (f":{ref}" if ref else "")
     if req.entrypoint:
         subject += f" entrypoint {req.entrypoint!r}"
     pfile = _policy_file(policy)
@@ -216,26 +232,29 @@ def _decide_repo(policy: LoadedPolicy, req: RepoRequest) -> Decision:
         _signature_requirements(t, policy, f"path:{req.repo}", local_path=req.repo)
         t.requirements.append(Requirement("sandbox", "required", "sandbox"))
         return t.decision(subject)
-    if not REPO_RE.match(req.repo):
-        t.deny(f"{req.repo!r} is not 'owner/name'", "name the repository as owner/name",
-               "repos")
-        return t.decision(subject)
-    owner = req.repo.split("/", 1)[0]
-    if owner in m.trust.denied_owners:
+    try:
+        rid = RepoId.parse(req.repo)
+    except InvalidIdentifier as exc:
+        t.deny(f"{req.repo!a} is not a valid 'owner/name': {exc.message}",
+               exc.fix or "name the repository as owner/name", "repos")
+        return t.decision(ascii(subject)[1:-1] if not subject.isprintable() else subject)
+    req = replace(req, ref=ref)
+    owner = rid.owner
+    if rid.owned_by(m.trust.denied_owners):
         t.deny(f"owner {owner!r} is denied", f"remove {owner!r} from trust.denied_owners in "
                f"{policy.where('trust', 'denied_owners').split(':')[0]}", "trust",
                "denied_owners")
-        return t.decision(subject)
-    found = repo_rule(policy, req.repo)
+        return t.decision(subject, rid.key)
+    found = repo_rule(policy, rid)
     rule = found[1] if found else None
     key = found[0] if found else ""
     if rule is not None and not rule.allow:
         t.deny(f"repo rule {key!r} denies it", f"set allow = true for {key!r} in [repos]",
                "repos", key, "allow")
-        return t.decision(subject)
-    _trust(t, policy, req, rule, key, owner, pfile)
+        return t.decision(subject, rid.key)
+    _trust(t, policy, req, rid, rule, key, pfile)
     if t.denied:
-        return t.decision(subject)
+        return t.decision(subject, rid.key)
     _commit(t, policy, req, rule, key, pfile)
     if req.entrypoint and rule is not None and rule.entrypoints is not None:
         if req.entrypoint in rule.entrypoints:
@@ -245,16 +264,18 @@ def _decide_repo(policy: LoadedPolicy, req: RepoRequest) -> Decision:
             t.deny(f"entrypoint {req.entrypoint!r} is not in {rule.entrypoints}",
                    f"add {req.entrypoint!r} to repos.{key!r}.entrypoints in {pfile}",
                    "repos", key, "entrypoints")
-    _signature_requirements(t, policy, req.repo)
+    _signature_requirements(t, policy, rid.key)
     t.requirements.append(Requirement("sandbox", "required", "sandbox"))
-    return t.decision(subject)
+    return t.decision(subject, rid.key)
 
 
-def _trust(t: _Trail, policy: LoadedPolicy, req: RepoRequest, rule: RepoRule | None, key: str,
-           owner: str, pfile: str) -> None:
+def _trust(t: _Trail, policy: LoadedPolicy, req: RepoRequest, rid: RepoId,
+           rule: RepoRule | None, key: str, pfile: str) -> None:
     m = policy.model
-    if owner in m.trust.owners:
-        t.add("allow", f"owner {owner!r} is trusted", "trust", "owners", owner)
+    owner = rid.owner
+    trusted = next((o for o in m.trust.owners if o.casefold() == rid.owner_key), None)
+    if trusted is not None:
+        t.add("allow", f"owner {trusted!r} is trusted", "trust", "owners", trusted)
         return
     if rule is not None:
         t.add("allow", f"repo is listed as {key!r}", "repos", key)
@@ -266,7 +287,7 @@ def _trust(t: _Trail, policy: LoadedPolicy, req: RepoRequest, rule: RepoRule | N
             return
         t.add("note", "trust_repo=True is ignored by this policy", "trust", "honor_trust_repo")
     if (m.trust.read_torch_trusted_list and req.hub_dir
-            and _in_torch_trusted_list(req.hub_dir, req.repo)):
+            and _in_torch_trusted_list(req.hub_dir, rid)):
         t.add("allow", "listed in torch.hub's trusted_list", "trust", "read_torch_trusted_list")
         return
     if m.trust.unknown_repos == "sandbox":
@@ -282,7 +303,12 @@ def _commit(t: _Trail, policy: LoadedPolicy, req: RepoRequest, rule: RepoRule | 
             pfile: str) -> None:
     pinned = rule.commit if rule is not None else None
     if pinned:
-        if req.ref and SHA1_RE.match(req.ref) and req.ref != pinned:
+        # A full SHA must be the pin; a SHA-looking ref must be a prefix of it (a branch or
+        # tag named like one would resolve elsewhere, and is then refused by the fetch).
+        differs = (SHA1_RE.fullmatch(req.ref) is not None and req.ref != pinned) or (
+            looks_like_sha(req.ref) and not pinned.startswith(req.ref.lower())) \
+            if req.ref else False
+        if differs:
             t.deny(f"ref {req.ref} differs from the pinned commit {pinned}",
                    f"use {req.repo}:{pinned}, or change repos.{key!r}.commit in {pfile}",
                    "repos", key, "commit")
@@ -295,15 +321,15 @@ def _commit(t: _Trail, policy: LoadedPolicy, req: RepoRequest, rule: RepoRule | 
                "trust", "require_commit_pin")
 
 
-def _in_torch_trusted_list(hub_dir: str, repo: str) -> bool:
-    # torch.hub stores "owner_name" per line in <hub_dir>/trusted_list.
+def _in_torch_trusted_list(hub_dir: str, rid: RepoId) -> bool:
+    # torch.hub stores "owner_name" per line in <hub_dir>/trusted_list, as the caller spelled
+    # it; an owner never holds '_', so the line names one repository.
     path = Path(hub_dir) / "trusted_list"
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError):
         return False
-    owner, name = repo.split("/", 1)
-    return f"{owner}_{name}" in {line.strip() for line in lines}
+    return f"{rid.owner}_{rid.name}".casefold() in {line.strip().casefold() for line in lines}
 
 
 def signature_requirements(policy: LoadedPolicy, scope: str,
@@ -338,7 +364,13 @@ def _signature_applies(rule: SignatureRule, scope: str, local_path: str | None) 
         return fnmatch.fnmatch(full, os.path.abspath(pattern)) or fnmatch.fnmatch(
             local_path, pattern)
     # owner/name, owner/*, */name or */*: a '*' stands for a whole part, never for a '/'.
-    return local_path is None and fnmatch.fnmatchcase(scope, rule.scope)
+    # Compared casefolded; a scope that is no valid repo gets every repo rule (fail closed).
+    if local_path is not None:
+        return False
+    try:
+        return RepoId.parse(scope).matches(rule.scope)
+    except InvalidIdentifier:
+        return True
 
 
 def _anchor_path(policy: LoadedPolicy, index: int, path: str) -> str:
@@ -356,32 +388,41 @@ def _decide_download(policy: LoadedPolicy, req: DownloadRequest) -> Decision:
     t = _Trail(policy)
     d = policy.model.downloads
     pfile = _policy_file(policy)
+    # Everything below is decided on the canonical URL, which is also the one requested.
+    try:
+        parsed = parse_url(req.url)
+    except InvalidIdentifier as exc:
+        t.deny(exc.message, exc.fix or "use an https:// URL", "downloads", "allowed_urls")
+        return t.decision(exc.subject or "")
+    url = str(parsed)
     if req.from_cache:
         t.add("note", "served from the cache (no network)", "downloads", "offline")
     elif d.offline or os.environ.get("SAFEHUB_OFFLINE", "").strip().lower() in TRUE_WORDS:
         t.deny("offline mode: no downloads", "run online, or put the file in the cache first",
                "downloads", "offline")
-        return t.decision(req.url)
-    scheme = urlsplit(req.url).scheme
-    if scheme != "https":
-        if scheme == "http" and is_loopback_http(req.url) and d.allow_http_loopback:
+        return t.decision(req.url, url)
+    if parsed.scheme != "https":
+        if is_loopback_http(url) and d.allow_http_loopback:
             t.add("allow", "plain http to a loopback address", "downloads",
                   "allow_http_loopback")
         else:
-            reason = ("plain http (only loopback with downloads.allow_http_loopback)"
-                      if scheme == "http" else f"the {scheme or 'missing'} scheme")
-            t.deny(f"{reason} is not allowed", "use an https:// URL", "downloads",
-                   "allowed_urls")
-            return t.decision(req.url)
-    prefix = next((p for p in d.allowed_urls if url_matches_prefix(req.url, p)), None)
+            t.deny("plain http (only loopback with downloads.allow_http_loopback) is not "
+                   "allowed", "use an https:// URL", "downloads", "allowed_urls")
+            return t.decision(req.url, url)
+    prefix = next((p for p in d.allowed_urls if url_matches_prefix(url, p)), None)
     if prefix is None:
-        suggestion = _prefix_for(req.url)
+        suggestion = _prefix_for(parsed)
         t.deny("the URL is outside downloads.allowed_urls",
                f"add {suggestion!r} to downloads.allowed_urls in {pfile}", "downloads",
                "allowed_urls")
-        return t.decision(req.url)
+        return t.decision(req.url, url)
     t.add("allow", f"matches allowed prefix {prefix!r}", "downloads", "allowed_urls", prefix)
-    pin_key = req.url if req.url in d.pins else (
+    keys = _pin_keys(d.pins, url)
+    if len({d.pins[k] for k in keys}) > 1:
+        t.deny(f"downloads.pins {', '.join(repr(k) for k in keys)} all name {url} with "
+               "different digests", f"keep one pin for {url} in {pfile}", "downloads", "pins")
+        return t.decision(req.url, url)
+    pin_key = keys[0] if keys else (
         req.file_name if req.file_name and req.file_name in d.pins else None)
     if pin_key is not None:
         t.requirements.append(Requirement("sha256", d.pins[pin_key],
@@ -392,15 +433,29 @@ def _decide_download(policy: LoadedPolicy, req: DownloadRequest) -> Decision:
         t.add("require", f"SHA-256 must be {req.known_digest} (lockfile)", "downloads")
     elif d.require_digests:
         t.deny("the file has no SHA-256 pin and the policy requires one",
-               f"add \"{req.url}\" = \"<sha256>\" under [downloads.pins] in {pfile}, or lock "
+               f"add \"{url}\" = \"<sha256>\" under [downloads.pins] in {pfile}, or lock "
                "it with `safehub lock`", "downloads", "require_digests")
-    return t.decision(req.url)
+    return t.decision(req.url, url)
 
 
-def _prefix_for(url: str) -> str:
-    parts = urlsplit(url)
-    directory = parts.path.rsplit("/", 1)[0] + "/"
-    return f"{parts.scheme}://{parts.netloc}{directory}"
+def _pin_keys(pins: Mapping[str, str], url: str) -> list[str]:
+    """The pins keys that name ``url`` once both are canonical (``url#x``, ``url?`` and
+    ``HTTPS://HOST/...`` are the same URL; ``url?a=1`` is another one)."""
+    found = []
+    for key in pins:
+        if "://" not in key:
+            continue  # a file name
+        try:
+            if str(parse_url(key)) == url:
+                found.append(key)
+        except InvalidIdentifier:
+            continue
+    return found
+
+
+def _prefix_for(parsed: CanonicalURL) -> str:
+    directory = parsed.path.rsplit("/", 1)[0] + "/"
+    return f"{parsed.scheme}://{parsed.netloc}{directory}"
 
 
 # --- scanned files ----------------------------------------------------------------------------

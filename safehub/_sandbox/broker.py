@@ -9,6 +9,11 @@ read-only and passes the descriptor; the child then loads it with
 ``torch.load(weights_only=True)``. An approved repo is copied into a folder the
 child may only read, and loaded from there, still inside the sandbox.
 
+An http(s) URL a child sends is put in canonical form (:mod:`safehub._policy.urls`)
+before anything else: the broker decides on, fetches and records that one
+string; a malformed URL (encoded ``/``, ``%2e%2e``, userinfo, control
+characters, ...) is refused without a request.
+
 A refusal becomes a :class:`DownloadRefused` in the child (repo code may catch
 it); when the call then fails, the parent raises the broker's own exception, not
 the child's account of it.
@@ -24,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from safehub._policy.urls import canonical_url
 from safehub._sandbox.channel import Channel
 from safehub._sandbox.errors import clean_text
 from safehub.errors import FetchError, PolicyViolation, SafehubError
@@ -31,8 +37,9 @@ from safehub.errors import FetchError, PolicyViolation, SafehubError
 __all__ = ["Broker", "BrokerService", "DownloadRefused", "install_stubs"]
 
 _MAX_URL = 8192
+# A first filter only (full match: no trailing newline); the fetch layer validates the name.
 _REPO = re.compile(
-    r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}/[A-Za-z0-9_.-]{1,100}(:[^\x00-\x20]{1,255})?$")
+    r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}/[A-Za-z0-9_.-]{1,100}(:[^\x00-\x20]{1,255})?")
 
 
 @runtime_checkable
@@ -114,6 +121,11 @@ class BrokerService:
                                       message.get("check_hash"))
         if not isinstance(url, str) or not url or len(url) > _MAX_URL:
             raise PolicyViolation("malformed download request (url)", fix="do not use this repo")
+        if url.partition(":")[0].lower() in ("http", "https"):
+            # InvalidIdentifier (refused) for a malformed one. Other schemes go to the broker
+            # as sent: safehub's own brokers serve one internal URL (conversion) or refuse
+            # them (the fetch layer takes http and https only).
+            url = canonical_url(url)
         if file_name is not None and (not isinstance(file_name, str) or not file_name
                                       or "/" in file_name or "\x00" in file_name
                                       or file_name in (".", "..") or len(file_name) > 255):
@@ -137,7 +149,7 @@ class BrokerService:
 
     def _repo(self, message: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
         repo, force_reload = message.get("repo"), message.get("force_reload")
-        if not isinstance(repo, str) or not _REPO.match(repo):
+        if not isinstance(repo, str) or not _REPO.fullmatch(repo):
             raise PolicyViolation("malformed repo request", subject=clean_text(repo, 300),
                                   fix="use owner/name[:ref]")
         assert self.broker is not None

@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from safehub.cli._common import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
-from safehub.errors import PolicyError
+from safehub.errors import InvalidIdentifier, PolicyError
 from safehub.policy import (
     Decision,
     DownloadRequest,
@@ -99,8 +99,27 @@ def _schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _invalid_input(args: argparse.Namespace) -> str | None:
+    """Why a URL or repo named on the command line has no canonical form (one line)."""
+    from safehub._fetch.github import RepoSpec
+    from safehub._policy.urls import canonical_url
+
+    try:
+        for url in args.url:
+            canonical_url(url)
+        if args.request and not os.path.isdir(args.request):
+            RepoSpec.parse(args.request)
+    except InvalidIdentifier as exc:
+        return f"{exc.message} (input: {exc.subject})"
+    return None
+
+
 def _explain(args: argparse.Namespace) -> int:
     policy = load_policy(args.policy)
+    invalid = _invalid_input(args)
+    if invalid is not None:
+        log.error("%s", invalid)
+        return EXIT_ERROR
     decisions: list[tuple[str, Decision]] = []
     if args.request:
         decisions.append(("repo", policy.decide(_repo_request(args))))
@@ -139,6 +158,8 @@ def _text(policy: Policy, decisions: list[tuple[str, Decision]]) -> str:
     for kind, d in decisions:
         lines.append("")
         lines.append(f"{kind}: {d.subject}")
+        if d.identity:
+            lines.append(f"identity: {d.identity}")
         lines.append(f"decision: {'ALLOWED' if d.allowed else 'DENIED'}")
         lines.extend(f"  {step}" for step in d.trail)
         for req in d.requirements:
@@ -156,6 +177,7 @@ def _json(policy: Policy, decisions: list[tuple[str, Decision]]) -> dict[str, An
             {
                 "kind": kind,
                 "subject": d.subject,
+                "identity": d.identity,
                 "allowed": d.allowed,
                 "trail": [{"rule": s.rule, "source": s.source, "outcome": s.outcome,
                            "message": s.message} for s in d.trail],

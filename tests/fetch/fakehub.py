@@ -107,6 +107,7 @@ class FakeHub:
         self.sent: dict[str, int] = {}  # path -> body bytes sent so far
         self.api_token: str | None = None  # the API answers 404 without it (private repos)
         self.archive_base: str | None = None  # codeload on another server
+        self.moved: dict[str, str] = {}  # "owner/name" (any case) -> the full_name answered
         self.lock = threading.Lock()
         hub = self
 
@@ -236,14 +237,18 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(404, {"message": "Not Found"})
             return
         m = re.match(r"^/repos/([^/]+)/([^/]+)(?:/(commits|zipball|tarball)/(.+))?$", path)
-        repo = hub.repos.get(f"{m.group(1)}/{m.group(2)}") if m else None
-        if m is None or repo is None:
+        # As GitHub: owner/name is found case-insensitively and answered with its full_name.
+        asked = f"{m.group(1)}/{m.group(2)}" if m else ""
+        full_name = next((k for k in hub.repos if k.lower() == asked.lower()), None)
+        full_name = next((v for k, v in hub.moved.items() if k.lower() == asked.lower()),
+                         full_name)
+        repo = hub.repos.get(full_name) if full_name else None
+        if m is None or repo is None or full_name is None:
             self._json(404, {"message": "Not Found"})
             return
         what, ref = m.group(3), m.group(4)
         if what is None:
-            self._json(200, {"full_name": f"{m.group(1)}/{m.group(2)}",
-                             "default_branch": repo.default_branch})
+            self._json(200, {"full_name": full_name, "default_branch": repo.default_branch})
             return
         sha = repo.refs.get(ref) or (ref if ref in repo.archives else None)
         if sha is None:
@@ -255,7 +260,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         base = hub.archive_base or hub.url
         self.send_response(302)
-        self.send_header("Location", f"{base}/codeload/{m.group(1)}/{m.group(2)}/legacy.zip/{sha}")
+        self.send_header("Location", f"{base}/codeload/{full_name}/legacy.zip/{sha}")
         self.send_header("Content-Length", "0")
         self.end_headers()
 

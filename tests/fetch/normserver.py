@@ -1,0 +1,87 @@
+"""A loopback HTTP server that normalises request paths the way CDNs and app servers do.
+
+Before looking a path up it decodes percent-escapes (twice, as some servers do),
+reads ``\\`` as ``/``, drops ``;params`` from segments (Tomcat), reads a segment
+of dots as ``..`` (Windows trims trailing dots and spaces), merges repeated
+slashes and resolves ``.``/``..``. Files it knows are served; redirects are
+answered; any other path is answered ``404`` with the path it resolved to in
+``X-Resolved`` (so tests can ask what the server made of a URL). Every request's
+raw target and resolution is logged.
+"""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote
+
+__all__ = ["NormalisingServer", "server_view"]
+
+
+def server_view(target: str) -> str:
+    """The path such a server serves for a raw request target."""
+    path = target.split("?", 1)[0].split("#", 1)[0]
+    path = unquote(unquote(path)).replace("\\", "/")
+    out: list[str] = []
+    for segment in path.split("/"):
+        segment = segment.split(";", 1)[0].rstrip(" ")
+        if segment and not segment.strip("."):
+            segment = "." if segment == "." else ".."
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if out:
+                out.pop()
+            continue
+        out.append(segment)
+    return "/" + "/".join(out)
+
+
+class NormalisingServer:
+    """The server on 127.0.0.1; ``url`` is its base."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.redirects: dict[str, str] = {}
+        self.log: list[tuple[str, str]] = []  # (raw target, resolved path)
+        self.lock = threading.Lock()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                resolved = server_view(self.path)
+                with owner.lock:
+                    owner.log.append((self.path, resolved))
+                if resolved in owner.redirects:
+                    self.send_response(302)
+                    self.send_header("Location", owner.redirects[resolved])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                body = owner.files.get(resolved)
+                self.send_response(200 if body is not None else 404)
+                self.send_header("X-Resolved", resolved)
+                self.send_header("Content-Length", str(len(body or b"")))
+                self.end_headers()
+                self.wfile.write(body or b"")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,),
+                                       daemon=True)
+        self.thread.start()
+
+    def served(self, path: str) -> bool:
+        """Whether any request resolved to ``path``."""
+        with self.lock:
+            return any(resolved == path for _, resolved in self.log)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,90 @@
+"""An overall deadline per download and per API call: a server that trickles bytes (each
+read well within the per-read timeout) ends in a FetchError naming the URL and the setting,
+with nothing left in the cache. No timing is asserted: only how it ends."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from safehub.errors import FetchError
+from safehub.fetch import Fetcher, HttpSettings
+from tests.fetch.helpers import leftovers, write_policy
+
+# A per-read timeout the trickle never hits, and a deadline it always does.
+TRICKLE = HttpSettings(timeout=5.0, retries=3, backoff=0.01, max_backoff=0.05, deadline=1.0,
+                       min_rate=1 << 20)
+
+
+class _Trickle:
+    """Answers every GET with a 200 and a body of ``size`` bytes, one byte every 0.2 s
+    (with Content-Length, or without one). The API paths answer the same way."""
+
+    def __init__(self, size: int = 200, with_length: bool = True):
+        owner = self
+        self.requests = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                owner.requests += 1
+                self.send_response(200)
+                if with_length:
+                    self.send_header("Content-Length", str(size))
+                self.end_headers()
+                with contextlib.suppress(OSError):  # the client gave up
+                    for _ in range(size):
+                        self.wfile.write(b"{")
+                        self.wfile.flush()
+                        time.sleep(0.2)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.api = f"{self.url}/api"
+        threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(params=[True, False], ids=["length", "no-length"])
+def trickle(request: pytest.FixtureRequest) -> Iterator[_Trickle]:
+    server = _Trickle(with_length=request.param)
+    yield server
+    server.close()
+
+
+def test_trickling_download_hits_the_deadline(trickle: _Trickle, tmp_path: Path,
+                                              cache_dir: Path) -> None:
+    fetcher = Fetcher(write_policy(tmp_path / "p.toml", trickle), cache_dir=cache_dir,  # type: ignore[arg-type]
+                      http=TRICKLE)
+    url = f"{trickle.url}/w.pt"
+    with pytest.raises(FetchError) as err:
+        fetcher.fetch_url(url)
+    assert url in err.value.message and "HttpSettings.deadline" in err.value.message
+    assert "deadline" in (err.value.fix or "")
+    assert trickle.requests == 1, "a missed deadline is not retried"
+    assert leftovers(cache_dir) == []
+
+
+def test_trickling_api_call_hits_the_deadline(trickle: _Trickle, tmp_path: Path,
+                                              cache_dir: Path) -> None:
+    fetcher = Fetcher(write_policy(tmp_path / "p.toml", trickle), cache_dir=cache_dir,  # type: ignore[arg-type]
+                      http=TRICKLE)
+    with pytest.raises(FetchError) as err:
+        fetcher.fetch_repo("acme/net:main")
+    assert f"{trickle.api}/repos/acme/net" in err.value.diagnostics()
+    assert "HttpSettings.deadline" in err.value.diagnostics()
+    assert leftovers(cache_dir) == []
