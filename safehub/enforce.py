@@ -131,11 +131,11 @@ class _State:
         self.allowed = tuple(p.scan_options().allowed_globals for p in self.policies)
 
     def _install_base(self) -> None:
-        from safehub._enforce import unpickler
-
         # multiprocessing binds pickle.loads when it is imported: bind torch's and Python's
         # own first, so that inter-process traffic of this program is not restricted.
         import multiprocessing.reduction  # noqa: F401
+
+        from safehub._enforce import unpickler
 
         patches = unpickler.pickle_patches()
         for patch in patches:
@@ -179,7 +179,7 @@ def _check_global(name: str) -> None:
     """Refuse a global that any active policy does not allow (the restricted unpickler)."""
     from safehub._scanner.allowlist import allowed_reason
 
-    for policy, extra in zip(_state.policies, _state.allowed):
+    for policy, extra in zip(_state.policies, _state.allowed, strict=True):
         if allowed_reason(name, extra) is None:
             raise UnsafeModel(
                 f"SH122 enforce-global-refused: the pickle imports {name}, which policy "

@@ -16,7 +16,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["AttrPatch", "CodePatch", "DISPATCH"]
+__all__ = ["DISPATCH", "AttrPatch", "CodePatch"]
 
 # The name the trampolines look up in the patched function's module globals.
 DISPATCH = "__safehub_enforce_dispatch__"
@@ -80,9 +80,13 @@ def _trampoline(fn: types.FunctionType, key: str) -> types.CodeType:
     source = (f"def trampoline(*args, **kwargs):\n"
               f"    return {DISPATCH}[{key!r}](*args, **kwargs)\n")
     namespace: dict[str, Any] = {}
-    exec(compile(source, f"<safehub enforce: {key}>", "exec"), namespace)  # noqa: S102
+    exec(compile(source, f"<safehub enforce: {key}>", "exec"), namespace)
     code: types.CodeType = namespace["trampoline"].__code__
-    return code.replace(co_name=fn.__code__.co_name, co_qualname=fn.__code__.co_qualname)
+    code = code.replace(co_name=fn.__code__.co_name)
+    qualname = getattr(fn.__code__, "co_qualname", None)  # Python 3.11+
+    if qualname is not None:
+        code = code.replace(co_qualname=qualname)  # type: ignore[call-arg,unused-ignore]
+    return code
 
 
 class AttrPatch:

@@ -69,23 +69,22 @@ def load_state_dict_from_url(original: Callable[..., Any], policies: Policies, u
 
     cache_dir = os.path.join(os.path.expanduser(model_dir), "safehub") if model_dir else None
     fetcher = Fetcher(chosen[-1], cache_dir=cache_dir)
-    with fetcher.open_url(url, file_name=file_name, check_hash=check_hash) as opened:
-        # The fetch layer serves a private snapshot: it is scanned again here, under the
-        # outer policies, and loaded from the same bytes.
-        with Snapshot.of_fileobj(opened.file, url) as snap:
-            reports = [opened.info.report, *scan_snapshot(snap, url, chosen[:-1])]
-            try:
-                with scoped_globals(weights_only_globals(reports)), snap.open() as fh:
-                    return _torch_load_original()(fh, map_location=map_location,
-                                                  weights_only=True)
-            except pickle.UnpicklingError as exc:
-                raise UnsafeModel(f"torch's weights-only loader refused the file: {exc}",
-                                  subject=url, fix="allow the exact harmless classes it needs "
-                                  "in [scanner] allowed_globals") from exc
-            except (RuntimeError, ValueError, EOFError, OSError) as exc:
-                raise FetchError(f"the downloaded file could not be loaded: {exc}",
-                                 subject=url, fix="check that the URL points at a PyTorch "
-                                 "checkpoint") from exc
+    # The fetch layer serves a private snapshot; it is copied once more here (the reader
+    # is not a Snapshot), scanned under the outer policies, and loaded from those bytes.
+    with fetcher.open_url(url, file_name=file_name, check_hash=check_hash) as opened, \
+            Snapshot.of_fileobj(opened.file, url) as snap:
+        reports = [opened.info.report, *scan_snapshot(snap, url, chosen[:-1])]
+        try:
+            with scoped_globals(weights_only_globals(reports)), snap.open() as fh:
+                return _torch_load_original()(fh, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise UnsafeModel(f"torch's weights-only loader refused the file: {exc}",
+                              subject=url, fix="allow the exact harmless classes it needs "
+                              "in [scanner] allowed_globals") from exc
+        except (RuntimeError, ValueError, EOFError, OSError) as exc:
+            raise FetchError(f"the downloaded file could not be loaded: {exc}",
+                             subject=url, fix="check that the URL points at a PyTorch "
+                             "checkpoint") from exc
 
 
 def _torch_load_original() -> Callable[..., Any]:
@@ -94,10 +93,10 @@ def _torch_load_original() -> Callable[..., Any]:
 
     for patch in _state.torch_patches:
         if getattr(patch, "key", None) == "torch.load":
-            return patch.original  # type: ignore[union-attr,no-any-return]
+            return patch.original  # type: ignore[union-attr]
     import torch
 
-    return torch.load  # type: ignore[no-any-return]
+    return torch.load
 
 
 def download_url_to_file(original: Callable[..., Any], policies: Policies, url: str, dst: str,

@@ -43,11 +43,15 @@ class Snapshot:
         """Snapshot the regular file at ``path`` (opened once)."""
         name = os.fspath(path)
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
+            # O_NONBLOCK: a FIFO in the file's place must not block the open.
+            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as exc:
             raise SafehubError(f"cannot open the file: {exc.strerror}", subject=name,
                                fix="check the path and its permissions") from exc
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise SafehubError("not a regular file", subject=name,
+                                   fix="load a regular file")
             return cls.of_fd(fd, name)
         finally:
             os.close(fd)

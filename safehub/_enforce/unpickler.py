@@ -136,7 +136,7 @@ def _guard_class(cls: type) -> None:
 
 def _subclasses(base: type) -> list[type]:
     found: list[type] = []
-    todo = list(base.__subclasses__())
+    todo: list[type] = list(base.__subclasses__())
     while todo:
         cls = todo.pop()
         if cls in found:
@@ -154,7 +154,7 @@ def pickle_patches() -> list[AttrPatch]:
                                    ("Unpickler", RestrictedUnpickler))]
     patches.append(AttrPatch(pickle._Unpickler, "find_class", _python_find_class))
 
-    def init_subclass(cls: type, **kwargs: Any) -> None:
+    def init_subclass(cls: type, /, **kwargs: Any) -> None:
         _guard_class(cls)
 
     patches.append(AttrPatch(pickle._Unpickler, "__init_subclass__",
@@ -167,7 +167,7 @@ def pickle_patches() -> list[AttrPatch]:
             own = vars(cls).get("find_class")
             if own is not None and not getattr(own, _WRAPPED, None):
                 patches.append(AttrPatch(cls, "find_class", _wrap(own)))
-            elif own is None and cls.find_class is _pickle.Unpickler.find_class:
+            elif own is None and getattr(cls, "find_class", None) is _pickle.Unpickler.find_class:
                 # C's default find_class cannot be patched; give the subclass a checked one.
                 patches.append(AttrPatch(cls, "find_class", _wrap(_pickle.Unpickler.find_class)))
     return patches
