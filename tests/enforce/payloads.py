@@ -76,7 +76,7 @@ def _torchscript(path: Path, marker: Path) -> None:
 
 
 def _package(path: Path, marker: Path) -> None:
-    from torch.package import PackageExporter
+    from torch.package import PackageExporter  # type: ignore[attr-defined]
 
     with PackageExporter(str(path)) as exporter:
         exporter.save_source_string("evil", f"open({str(marker)!r}, 'w').close()\n")
@@ -91,7 +91,7 @@ def _dcp(path: Path, marker: Path) -> None:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dcp.save({"w": torch.ones(2)}, checkpoint_id=str(path))
+        dcp.save({"w": torch.ones(2)}, checkpoint_id=str(path))  # type: ignore[attr-defined]
     (path / ".metadata").write_bytes(pickle.dumps(_System(marker)))
 
 
@@ -109,7 +109,7 @@ def _numpy(path: Path, marker: Path) -> None:
 
 
 def _joblib(path: Path, marker: Path) -> None:
-    import joblib
+    import joblib  # type: ignore[import-untyped]
 
     joblib.dump({"x": _System(marker)}, path)
 

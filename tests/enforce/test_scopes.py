@@ -94,7 +94,7 @@ def test_undoing_the_outer_scope_first_keeps_the_inner(tmp_path: Path) -> None:
 
 
 def test_clean_data_still_loads_through_every_pickle_entry_point(tmp_path: Path) -> None:
-    import joblib
+    import joblib  # type: ignore[import-untyped]
     import numpy as np
 
     data = {"a": [1, 2.5, "x", None, (True, b"y")], "s": {1, 2}, "od": {"k": 1}}
@@ -135,7 +135,7 @@ def test_extra_globals_are_not_visible_to_other_threads(tmp_path: Path) -> None:
 
     gated = tmp_path / "gate.pt"
     held = gate.Gate()
-    held.x = 1  # a state, so that unpickling calls __setstate__
+    held.x = 1  # type: ignore[attr-defined]  # a state: unpickling calls __setstate__
     # Namespace first: it is allowed for this load and resolved before the gate blocks.
     torch.save({"ns": argparse.Namespace(lr=0.1), "g": held, "w": torch.ones(1)}, gated)
     policy = _policy(tmp_path, "gate", ["tests.enforce.gate.Gate", "argparse.Namespace"])
@@ -156,7 +156,7 @@ def test_extra_globals_are_not_visible_to_other_threads(tmp_path: Path) -> None:
         try:
             assert gate.entered.wait(120), results.get("a")
             # Thread A is inside torch's unpickler with Gate and Namespace allowed.
-            with pytest.raises(pickle.UnpicklingError, match="argparse.Namespace"):
+            with pytest.raises(pickle.UnpicklingError, match=r"argparse\.Namespace"):
                 _weights_only_unpickler.load(io.BytesIO(namespace_pickle))
             process_wide = torch.serialization.get_safe_globals()
             assert gate.Gate not in process_wide and argparse.Namespace not in process_wide
