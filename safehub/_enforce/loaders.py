@@ -106,6 +106,10 @@ def torch_load(original: Callable[..., Any], policies: Policies, f: Any,
                                   "enforcement: their code would run here", subject=name,
                                   fix="convert it in the sandbox: safehub convert FILE")
         source = _source(snap)
+        if mmap is None:
+            # The snapshot is private and sealed: mapping it (copy-on-write) spares a
+            # second copy of every tensor. torch maps only its zip format.
+            mmap = reports[0].format == "torch-zip" if reports else False
         try:
             with scoped_globals(weights_only_globals(reports)):
                 return original(source, map_location=map_location, weights_only=True,
