@@ -164,3 +164,45 @@ def test_extra_globals_are_not_visible_to_other_threads(tmp_path: Path) -> None:
             gate.release.set()
             thread.join(120)
     assert isinstance(results["a"], dict) and isinstance(results["a"]["g"], gate.Gate), results
+
+
+def test_model_zoo_and_hub_urls_are_decided_by_every_active_policy(
+        tmp_path: Path, isolated_torch_home: Path) -> None:
+    import torch.utils.model_zoo
+
+    from tests.fetch.fakehub import FakeHub
+    from tests.fetch.helpers import torch_bytes, write_policy
+
+    server = FakeHub("127.0.0.1")
+    try:
+        url = server.add_file("/models/net.pt", torch_bytes({"w": torch.ones(2)}))
+        allows = write_policy(tmp_path / "allows.toml", server)
+        also = write_policy(tmp_path / "also.toml", server, body="[scanner]\nallowed_globals = []\n")
+        with safehub.enforce("default"), pytest.raises(PolicyViolation):
+            torch.utils.model_zoo.load_url(url)  # http on loopback is not in `default`
+        with safehub.enforce(allows):
+            assert torch.equal(torch.utils.model_zoo.load_url(url)["w"], torch.ones(2))
+            with safehub.enforce("default"), pytest.raises(PolicyViolation):
+                lsdfu_bound_early(url)  # the inner scope tightens
+            with safehub.enforce(also):  # two policies: both decide, both scan
+                assert torch.equal(lsdfu_bound_early(url)["w"], torch.ones(2))
+            assert torch.equal(torch.hub.load_state_dict_from_url(url)["w"], torch.ones(2))
+    finally:
+        server.close()
+
+
+def test_torchscript_loads_from_the_snapshot_only_when_every_policy_allows_it(
+        tmp_path: Path) -> None:
+    scripted = torch.jit.script(torch.nn.Linear(2, 2))
+    path = tmp_path / "ts.pt"
+    torch.jit.save(scripted, str(path))
+    allows = tmp_path / "ts.toml"
+    allows.write_text('schema = 1\nextends = "default"\nloosen = ["scanner.allow_torchscript"]\n'
+                      '[scanner]\nallow_torchscript = true\n')
+    with safehub.enforce("default"), pytest.raises(PolicyViolation, match="TorchScript"):
+        torch.jit.load(path)
+    with safehub.enforce(allows):
+        loaded = torch.jit.load(path)
+        assert torch.equal(loaded.weight, scripted.weight)
+        with safehub.enforce("default"), pytest.raises(PolicyViolation, match="TorchScript"):
+            torch.jit.load(path)
