@@ -177,7 +177,8 @@ def test_model_zoo_and_hub_urls_are_decided_by_every_active_policy(
     try:
         url = server.add_file("/models/net.pt", torch_bytes({"w": torch.ones(2)}))
         allows = write_policy(tmp_path / "allows.toml", server)
-        also = write_policy(tmp_path / "also.toml", server, body="[scanner]\nallowed_globals = []\n")
+        also = write_policy(tmp_path / "also.toml", server,
+                            body="[scanner]\nallowed_globals = []\n")
         with safehub.enforce("default"), pytest.raises(PolicyViolation):
             torch.utils.model_zoo.load_url(url)  # http on loopback is not in `default`
         with safehub.enforce(allows):
