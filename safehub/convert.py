@@ -19,7 +19,10 @@ Output: tensor names are kept (nested checkpoints get dotted names, list items t
 index); the rest of the checkpoint, where it is plain data (numbers, strings, lists,
 string-keyed dicts), is written beside the output as ``<output>.metadata.json``: the
 original structure with each tensor as ``{"$tensor": name}``; anything else is dropped
-and listed there. Nothing is written when the checkpoint is a plain mapping of tensors.
+and listed there. The checkpoint's own dict keys that start with ``$`` are stored with
+one more ``$`` (``"$tensor"`` -> ``"$$tensor"``), so data can never pass for a marker;
+:func:`restore` rebuilds the structure from the JSON and the tensors. Nothing is written
+when the checkpoint is a plain mapping of tensors.
 
 Formats: ``safetensors`` keeps every dtype (bfloat16 and float8 too; MLX reads
 bfloat16 natively and float8 as uint8). ``npz`` is what numpy and MLX
@@ -32,13 +35,12 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safehub._convert.entry import flatten
+from safehub._convert.entry import escape_key, flatten
 from safehub._convert.writers import (
     OutputFormat,
     file_sha256,
@@ -49,12 +51,13 @@ from safehub._convert.writers import (
 from safehub.errors import SafehubError, UnsafeModel
 from safehub.policy import Policy, load_policy
 
-__all__ = ["Conversion", "OutputFormat", "convert", "default_output", "metadata_path", "save"]
+__all__ = ["Conversion", "OutputFormat", "convert", "default_output", "metadata_path", "restore",
+           "save"]
 
 log = logging.getLogger("safehub.convert")
 
 PathArg = str | os.PathLike[str]
-METADATA_SCHEMA = "1"
+METADATA_SCHEMA = "2"  # 2: user keys starting with "$" are escaped
 # Scanner formats torch.load reads (and so can be converted in the sandbox).
 TORCH_FORMATS = ("torch-zip", "torch-legacy", "torch-tar")
 
@@ -94,9 +97,56 @@ def metadata_path(output: PathArg) -> Path:
     return out.with_name(out.name + ".metadata.json")
 
 
+def tensor_ref(name: str) -> dict[str, str]:
+    """The skeleton's marker for the tensor stored under ``name``."""
+    return {"$tensor": name}
+
+
 def _is_plain_mapping(structure: Any) -> bool:
     return isinstance(structure, dict) and all(
-        isinstance(v, dict) and v == {"$tensor": k} for k, v in structure.items())
+        isinstance(v, dict) and v == tensor_ref(_unescape(k)) for k, v in structure.items())
+
+
+def _unescape(key: str) -> str:
+    return key[1:] if key.startswith("$$") else key
+
+
+def restore(structure: Any, tensors: Mapping[str, Any]) -> Any:
+    """Rebuild a checkpoint's structure from its ``.metadata.json`` ``structure`` and the
+    tensors read from the output file. Dropped values come back as None; ``$float``
+    values as floats, ``$dtype`` as ``torch.dtype``; ``$module`` as its state dict.
+
+    Raises :class:`~safehub.errors.SafehubError` for a marker it does not know or a
+    tensor reference that is not in ``tensors``.
+    """
+    if isinstance(structure, list):
+        return [restore(v, tensors) for v in structure]
+    if not isinstance(structure, dict):
+        return structure
+    markers = [k for k in structure if k.startswith("$") and not k.startswith("$$")]
+    if not markers:
+        return {_unescape(k): restore(v, tensors) for k, v in structure.items()}
+    marker = markers[0]
+    value = structure[marker]
+    if marker == "$tensor" and len(structure) == 1:
+        if not isinstance(value, str) or value not in tensors:
+            raise SafehubError(f"the metadata refers to a tensor that is not there: {value!r}",
+                               fix="use the metadata file written with this tensors file")
+        return tensors[value]
+    if marker == "$float" and len(structure) == 1 and value in ("nan", "inf", "-inf"):
+        return float(value)
+    if marker == "$dtype" and len(structure) == 1 and isinstance(value, str):
+        import torch
+
+        found = getattr(torch, value.removeprefix("torch."), None)
+        if isinstance(found, torch.dtype):
+            return found
+    if marker == "$dropped" and len(structure) == 1:
+        return None
+    if marker == "$module" and set(structure) == {"$module", "state_dict"}:
+        return restore(structure["state_dict"], tensors)
+    raise SafehubError(f"unknown marker in the metadata: {marker!r}",
+                       fix="use the metadata file written with this tensors file")
 
 
 def _check_output(source: Path | None, output: Path, overwrite: bool) -> None:
@@ -158,10 +208,6 @@ def _format_of(path: Path) -> OutputFormat:
                        fix="name the file *.safetensors or *.npz, or pass format=")
 
 
-def _stat_key(st: os.stat_result) -> tuple[int, ...]:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
 def convert(source: PathArg, output: PathArg | None = None, *,
             format: OutputFormat | str = OutputFormat.SAFETENSORS,
             upcast_bfloat16: bool = False, policy: Policy | PathArg | None = None,
@@ -183,54 +229,43 @@ def convert(source: PathArg, output: PathArg | None = None, *,
     out = Path(output) if output is not None else default_output(src, fmt)
     chosen = load_policy(policy)
     _check_output(src, out, overwrite)
-    real = Path(os.path.realpath(src))
-    try:
-        fh = open(real, "rb")  # noqa: SIM115 - closed in the finally below
-    except OSError as exc:
-        raise SafehubError(f"cannot open the checkpoint: {exc.strerror}", subject=str(src),
-                           fix="check the path and its permissions") from exc
-    try:
-        before = os.fstat(fh.fileno())
-        if not stat.S_ISREG(before.st_mode):
-            raise SafehubError("not a regular file", subject=str(src))
-        report = scan_fileobj(fh, str(src), before.st_size, chosen.scan_options())
-        source_sha256 = _sha256_fd(fh.fileno())
-    finally:
-        fh.close()
-    if report.verdict.value == "unsafe" and not unsafe_full_unpickle:
-        raise UnsafeModel(f"refusing to convert {src}: scanning found what loading it would do",
-                          subject=str(src), report=report,
-                          fix="do not convert it; if you must rescue its tensors, "
-                          "unsafe_full_unpickle (--unsafe-full-unpickle) unpickles it in full "
-                          "inside the sandbox")
-    dropped: list[str] = []
-    aliased: tuple[tuple[str, ...], ...] = ()
-    if report.format == "safetensors":
-        if fmt is OutputFormat.SAFETENSORS:
-            raise SafehubError("the file is safetensors already", subject=str(src),
-                               fix="pass --format npz to write numpy's format")
-        tensors = _read_safetensors(real)
-        structure: Any = {k: {"$tensor": k} for k in tensors}
-    elif report.format in TORCH_FORMATS:
-        if unsafe_full_unpickle:
-            log.warning("UNSAFE: %s is unpickled in full inside the sandbox; the code it "
-                        "carries runs there, and the tensors are whatever it produced", src)
-        from safehub._convert.sandboxed import load_in_sandbox
+    from safehub._enforce.snapshot import Snapshot
 
-        allowed = sorted({f.subject for f in report.findings
-                          if f.rule_id == "SH101" and f.allowed_by and f.subject})
-        loaded = load_in_sandbox(real, policy=chosen, allowed_globals=allowed,
-                                 full_unpickle=unsafe_full_unpickle, sandbox=sandbox)
-        tensors, structure = loaded.tensors, loaded.structure
-        dropped, aliased = loaded.dropped, loaded.aliased
-    else:
-        raise SafehubError(f"not a torch checkpoint (the content is {report.format})",
-                           subject=str(src),
-                           fix="convert files written by torch.save, or safetensors to npz")
-    after = os.stat(real)
-    if _stat_key(after) != _stat_key(before):
-        raise SafehubError("the checkpoint changed while it was converted", subject=str(src),
-                           fix="convert it again once nothing writes to it")
+    # One private, sealed copy: hashed, scanned and handed to the sandbox as a descriptor.
+    with Snapshot.of_path(src) as snap:
+        with snap.open() as fh:
+            report = scan_fileobj(fh, str(src), snap.size, chosen.scan_options())
+        source_sha256 = snap.sha256
+        if report.verdict.value == "unsafe" and not unsafe_full_unpickle:
+            raise UnsafeModel(f"refusing to convert {src}: scanning found what loading it "
+                              "would do", subject=str(src), report=report,
+                              fix="do not convert it; if you must rescue its tensors, "
+                              "unsafe_full_unpickle (--unsafe-full-unpickle) unpickles it in "
+                              "full inside the sandbox")
+        dropped: list[str] = []
+        aliased: tuple[tuple[str, ...], ...] = ()
+        if report.format == "safetensors":
+            if fmt is OutputFormat.SAFETENSORS:
+                raise SafehubError("the file is safetensors already", subject=str(src),
+                                   fix="pass --format npz to write numpy's format")
+            tensors = _read_safetensors(snap, src)
+            structure: Any = {escape_key(k): tensor_ref(k) for k in tensors}
+        elif report.format in TORCH_FORMATS:
+            if unsafe_full_unpickle:
+                log.warning("UNSAFE: %s is unpickled in full inside the sandbox; the code it "
+                            "carries runs there, and the tensors are whatever it produced", src)
+            from safehub._convert.sandboxed import load_in_sandbox
+
+            allowed = sorted({f.subject for f in report.findings
+                              if f.rule_id == "SH101" and f.allowed_by and f.subject})
+            loaded = load_in_sandbox(snap, src.name, policy=chosen, allowed_globals=allowed,
+                                     full_unpickle=unsafe_full_unpickle, sandbox=sandbox)
+            tensors, structure = loaded.tensors, loaded.structure
+            dropped, aliased = loaded.dropped, loaded.aliased
+        else:
+            raise SafehubError(f"not a torch checkpoint (the content is {report.format})",
+                               subject=str(src),
+                               fix="convert files written by torch.save, or safetensors to npz")
     metadata, upcast = _write(tensors, structure, dropped, out, fmt,
                               upcast_bfloat16=upcast_bfloat16, source=src,
                               source_sha256=source_sha256, aliased=aliased)
@@ -242,23 +277,15 @@ def convert(source: PathArg, output: PathArg | None = None, *,
                       aliased=aliased)
 
 
-def _sha256_fd(fd: int) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    offset = 0
-    while chunk := os.pread(fd, 1 << 20, offset):
-        h.update(chunk)
-        offset += len(chunk)
-    return h.hexdigest()
-
-
-def _read_safetensors(path: Path) -> dict[str, Any]:
+def _read_safetensors(snap: Any, src: Path) -> dict[str, Any]:
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load, load_file
 
     try:
-        return dict(load_file(str(path)))
+        if snap.path is not None:
+            return dict(load_file(snap.path))
+        with snap.open() as fh:
+            return dict(load(fh.read()))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise SafehubError(f"cannot read the safetensors file: {exc}", subject=str(path),
+        raise SafehubError(f"cannot read the safetensors file: {exc}", subject=str(src),
                            fix="re-save it with the safetensors library") from exc

@@ -1,24 +1,36 @@
-"""Protect unmodified programs: route torch's loaders through safehub's policy.
+"""Protect unmodified programs: route every PyTorch and pickle loader through safehub's policy.
 
 >>> import safehub
 >>> safehub.enforce()            # policy: $SAFEHUB_POLICY, [tool.safehub], else default
->>> torch.load("model.pt")       # scanned, decided by the policy, then loaded weights-only
+>>> torch.load("model.pt")       # snapshotted, scanned, decided, then loaded weights-only
 
 After :func:`enforce`:
 
-- ``torch.load`` (and ``torch.serialization.load``) opens the file once, scans
-  exactly those bytes, asks the policy, and loads them with torch's weights-only
-  unpickler (plus the numpy reconstruction and the globals the policy allows). A
-  ``pickle_module`` other than ``pickle`` is refused; ``weights_only=False`` is
-  ignored (the file is loaded weights-only); TorchScript archives are refused
-  in-process (convert them in the sandbox with ``safehub convert``).
-- ``torch.hub.load_state_dict_from_url`` (and ``torch.utils.model_zoo.load_url``)
-  and ``torch.hub.download_url_to_file`` go through :mod:`safehub.hub`: the URL
-  and every redirect decided by the policy, pins checked, the file scanned.
-- ``torch.hub.load``, ``list`` and ``help`` run the repository's code in the
-  sandbox. ``torch.hub.load`` then returns the model's **state dict**, not the
-  repo's model object (which would be the repo's code running in your process):
-  build the model from trusted code and call ``load_state_dict``.
+- ``torch.load`` copies the file once into a private sealed snapshot, scans exactly
+  those bytes, asks the policy, and loads the same snapshot with torch's weights-only
+  unpickler (plus numpy's array reconstruction and the globals the policy allows, for
+  that call only). A ``pickle_module`` other than ``pickle`` is refused;
+  ``weights_only=False`` is ignored; TorchScript archives are refused.
+- ``torch.jit.load`` and ``torch.package.PackageImporter`` run code stored in the file:
+  refused, unless the policy allows TorchScript (``scanner.allow_torchscript``) and
+  the scan of the snapshot passes (a package's Python modules are always findings).
+- ``pickle.load``, ``pickle.loads``, ``pickle.Unpickler`` (and so ``numpy.load`` with
+  ``allow_pickle=True``, ``joblib.load`` and ``torch.distributed.checkpoint``'s
+  metadata) resolve only the globals every policy allows: the scanner's default
+  allowlist plus ``[scanner] allowed_globals``.
+- ``torch.hub.load_state_dict_from_url`` (``torch.utils.model_zoo.load_url``) and
+  ``download_url_to_file`` go through :mod:`safehub.hub`: the URL and every redirect
+  decided by the policy, pins checked, the file scanned.
+- ``torch.hub.load``, ``list`` and ``help`` run the repository's code in the sandbox.
+  ``torch.hub.load`` then returns the model's **state dict**, not the repo's model
+  object: build the model from trusted code and call ``load_state_dict``.
+
+Python functions are patched in their ``__code__``, so names bound before
+:func:`enforce` (``from torch import load``) are covered too.
+
+Enforcement only tightens: calls stack, and a load must satisfy every active policy.
+Leaving a scope (``with safehub.enforce(p):`` or ``undo()``) removes that scope's
+policy only; torch's own functions come back when no enforcement is left.
 
 Process-wide, without touching the program (a ``sitecustomize.py`` on
 ``PYTHONPATH``)::
@@ -26,8 +38,8 @@ Process-wide, without touching the program (a ``sitecustomize.py`` on
     import safehub
     safehub.enforce()
 
-torch is not imported by :func:`enforce`: if it is not loaded yet, the patches are
-applied the moment it is. :meth:`Enforcement.undo` restores torch's functions.
+torch is not imported by :func:`enforce`: if it is not loaded yet, the torch patches
+are applied the moment it is.
 """
 
 from __future__ import annotations
@@ -36,32 +48,30 @@ import importlib.abc
 import importlib.machinery
 import logging
 import os
-import pickle
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from types import ModuleType
-from typing import Any, BinaryIO
+from typing import Any
 
 from safehub._callable_module import make_module_callable
-from safehub.errors import PolicyViolation, UnsafeModel
-from safehub.policy import FileRequest, Policy, load_policy
+from safehub._enforce.hooks import AttrPatch, CodePatch
+from safehub.errors import UnsafeModel
+from safehub.policy import Policy, load_policy
 
 __all__ = ["Enforcement", "enforce"]
 
 log = logging.getLogger("safehub")
 
-_lock = threading.Lock()
-_active: Enforcement | None = None
+_lock = threading.RLock()
 
 
 class Enforcement:
-    """The patches one :func:`enforce` call installed; ``undo()`` removes them."""
+    """One :func:`enforce` call: its policy on the enforcement stack until ``undo()``."""
 
     def __init__(self, policy: Policy):
         self.policy = policy
-        self._saved: list[tuple[Any, str, Any]] = []
-        self._finder: _TorchImportHook | None = None
+        self._on_stack = False
 
     def __enter__(self) -> Enforcement:
         return self
@@ -71,106 +81,127 @@ class Enforcement:
 
     @property
     def active(self) -> bool:
-        return bool(self._saved) or self._finder is not None
+        """Whether this enforcement's policy still applies."""
+        return self._on_stack
 
     def undo(self) -> None:
-        """Restore torch's own functions."""
-        global _active
+        """Remove this enforcement's policy. Other enforcements (an outer scope, the
+        process-wide one from sitecustomize) stay in force; torch's own functions come
+        back only when none is left."""
+        _state.remove(self)
+
+
+class _State:
+    """The enforcement stack and the patches it keeps installed while it is not empty."""
+
+    def __init__(self) -> None:
+        self.stack: list[Enforcement] = []
+        self.policies: tuple[Policy, ...] = ()
+        self.allowed: tuple[tuple[str, ...], ...] = ()
+        self.base_patches: list[AttrPatch] = []
+        self.torch_patches: list[CodePatch | AttrPatch] = []
+        self.finder: _TorchImportHook | None = None
+
+    def push(self, enforcement: Enforcement) -> None:
         with _lock:
-            for owner, name, original in reversed(self._saved):
-                setattr(owner, name, original)
-            self._saved.clear()
-            if self._finder is not None and self._finder in sys.meta_path:
-                sys.meta_path.remove(self._finder)
-            self._finder = None
-            if _active is self:
-                _active = None
+            self.stack.append(enforcement)
+            enforcement._on_stack = True
+            self._changed()
+            if not self.base_patches:
+                self._install_base()
+            if not self.torch_patches and self.finder is None:
+                torch = sys.modules.get("torch")
+                if torch is not None and hasattr(torch, "serialization"):
+                    self.install_torch(torch)
+                else:
+                    self.finder = _TorchImportHook()
+                    sys.meta_path.insert(0, self.finder)
 
-    def _set(self, owner: Any, name: str, value: Any) -> None:
-        self._saved.append((owner, name, getattr(owner, name)))
-        setattr(owner, name, value)
+    def remove(self, enforcement: Enforcement) -> None:
+        with _lock:
+            if enforcement in self.stack:
+                self.stack.remove(enforcement)
+            enforcement._on_stack = False
+            self._changed()
+            if not self.stack:
+                self._uninstall()
 
-    def _patch(self, torch: ModuleType) -> None:
-        import torch.hub
-        import torch.serialization
-        import torch.utils.model_zoo
+    def _changed(self) -> None:
+        self.policies = tuple(e.policy for e in self.stack)
+        self.allowed = tuple(p.scan_options().allowed_globals for p in self.policies)
 
-        from safehub import hub
+    def _install_base(self) -> None:
+        # multiprocessing binds pickle.loads when it is imported: bind torch's and Python's
+        # own first, so that inter-process traffic of this program is not restricted.
+        import multiprocessing.reduction  # noqa: F401
 
-        original_load = torch.serialization.load
-        policy = self.policy
+        from safehub._enforce import unpickler
 
-        def load(f: Any, map_location: Any = None, pickle_module: Any = None, *,
-                 weights_only: bool | None = None, mmap: bool | None = None,
-                 **pickle_load_args: Any) -> Any:
-            return _checked_load(original_load, policy, f, map_location, pickle_module,
-                                 weights_only, mmap, pickle_load_args)
+        patches = unpickler.pickle_patches()
+        for patch in patches:
+            patch.install()
+        self.base_patches = patches
+        unpickler.set_check(_check_global)
 
-        def load_state_dict_from_url(url: str, model_dir: str | None = None,
-                                     map_location: Any = None, progress: bool = True,
-                                     check_hash: bool = False, file_name: str | None = None,
-                                     weights_only: bool = False) -> Any:
-            del weights_only  # always weights-only, after the scan
-            return hub.load_state_dict_from_url(url, model_dir, map_location, progress,
-                                                check_hash, file_name, True, policy=policy)
+    def install_torch(self, torch: ModuleType) -> None:
+        with _lock:
+            if self.torch_patches or not self.stack:
+                return
+            self.torch_patches = _torch_patches(torch)
+            for patch in self.torch_patches:
+                patch.install()
+            log.debug("safehub enforcement active (policies %s)",
+                      ", ".join(p.name for p in self.policies))
 
-        def download_url_to_file(url: str, dst: str, hash_prefix: str | None = None,
-                                 progress: bool = True) -> None:
-            hub.download_url_to_file(url, dst, hash_prefix, progress, policy=policy)
+    def _uninstall(self) -> None:
+        from safehub._enforce import unpickler
 
-        def hub_load(repo_or_dir: str, model: str, *args: Any, **kwargs: Any) -> Any:
-            return hub.load(repo_or_dir, model, *args, policy=policy, **kwargs)
+        unpickler.set_check(None)
+        for patch in reversed(self.torch_patches):
+            patch.uninstall()
+        for patch in reversed(self.base_patches):
+            patch.uninstall()
+        self.torch_patches = []
+        self.base_patches = []
+        if self.finder is not None and self.finder in sys.meta_path:
+            sys.meta_path.remove(self.finder)
+        self.finder = None
 
-        def hub_list(github: str, force_reload: bool = False, skip_validation: bool = False,
-                     trust_repo: Any = "check", verbose: bool = True) -> list[str]:
-            return hub.list(github, force_reload, skip_validation, trust_repo, verbose,
-                            policy=policy)
 
-        def hub_help(github: str, model: str, force_reload: bool = False,
-                     skip_validation: bool = False, trust_repo: Any = "check") -> str:
-            return hub.help(github, model, force_reload, skip_validation, trust_repo,
-                            policy=policy)
+_state = _State()
 
-        self._set(torch, "load", load)
-        self._set(torch.serialization, "load", load)
-        self._set(torch.hub, "load_state_dict_from_url", load_state_dict_from_url)
-        self._set(torch.utils.model_zoo, "load_url", load_state_dict_from_url)
-        self._set(torch.hub, "download_url_to_file", download_url_to_file)
-        self._set(torch.hub, "load", hub_load)
-        self._set(torch.hub, "list", hub_list)
-        self._set(torch.hub, "help", hub_help)
-        log.debug("safehub enforcement active (policy %s)", policy.name)
+
+def _policies() -> tuple[Policy, ...]:
+    return _state.policies
+
+
+def _check_global(name: str) -> None:
+    """Refuse a global that any active policy does not allow (the restricted unpickler)."""
+    from safehub._scanner.allowlist import allowed_reason
+
+    for policy, extra in zip(_state.policies, _state.allowed, strict=True):
+        if allowed_reason(name, extra) is None:
+            raise UnsafeModel(
+                f"SH122 enforce-global-refused: the pickle imports {name}, which policy "
+                f"{policy.name} does not allow", subject=name,
+                fix=f"if {name} is a harmless data class, allow this exact name in the "
+                "policy's [scanner] allowed_globals; otherwise do not load this file")
 
 
 def enforce(policy: Policy | str | os.PathLike[str] | None = None) -> Enforcement:
-    """Route torch.load and torch.hub through safehub's policy, process-wide.
+    """Route torch's, torch.hub's and pickle's loaders through safehub's policy.
 
-    Returns the :class:`Enforcement` (a context manager; ``undo()`` restores
-    torch). Calling it again replaces the previous enforcement.
+    Enforcement stacks: while several are active, every load must satisfy all of their
+    policies (an inner scope can tighten, never loosen). Returns the
+    :class:`Enforcement`, a context manager; ``undo()`` removes this one only.
     """
-    global _active
-    chosen = load_policy(policy)
-    with _lock:
-        previous = _active
-    if previous is not None:
-        previous.undo()
-    enforcement = Enforcement(chosen)
-    with _lock:
-        _active = enforcement
-        torch = sys.modules.get("torch")
-        if torch is not None and hasattr(torch, "serialization"):
-            enforcement._patch(torch)
-        else:
-            enforcement._finder = _TorchImportHook(enforcement)
-            sys.meta_path.insert(0, enforcement._finder)
+    enforcement = Enforcement(load_policy(policy))
+    _state.push(enforcement)
     return enforcement
 
 
 class _TorchImportHook(importlib.abc.MetaPathFinder):
-    """Applies the patches right after ``import torch`` finishes (torch is heavy to import)."""
-
-    def __init__(self, enforcement: Enforcement):
-        self.enforcement = enforcement
+    """Applies the torch patches right after ``import torch`` finishes."""
 
     def find_spec(self, fullname: str, path: Sequence[str] | None,
                   target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
@@ -186,75 +217,61 @@ class _TorchImportHook(importlib.abc.MetaPathFinder):
                     if spec is not None:
                         break
         finally:
-            self.enforcement._finder = None
+            with _lock:
+                if _state.finder is self:
+                    _state.finder = None
         if spec is None or spec.loader is None:
             return spec
         loader = spec.loader
         exec_module = loader.exec_module
-        enforcement = self.enforcement
 
         def exec_and_patch(module: ModuleType) -> None:
             exec_module(module)
-            enforcement._patch(module)
+            _state.install_torch(module)
 
         loader.exec_module = exec_and_patch  # type: ignore[method-assign]
         return spec
 
 
-def _checked_load(original: Callable[..., Any], policy: Policy, f: Any, map_location: Any,
-                  pickle_module: Any, weights_only: bool | None, mmap: bool | None,
-                  pickle_load_args: dict[str, Any]) -> Any:
-    from safehub._hub.safe_globals import torch_safe_globals
-    from safehub.scan import scan_file
+def _enforced(impl: Callable[..., Any]) -> Callable[..., Any]:
+    """``impl(original, policies, ...)`` while enforcement is active, else the original."""
 
-    if pickle_module is not None and pickle_module is not pickle:
-        raise PolicyViolation(
-            f"torch.load with pickle_module={getattr(pickle_module, '__name__', pickle_module)!r}"
-            " is refused: a custom unpickler bypasses the weights-only loader",
-            subject=_name(f), fix="call torch.load without pickle_module",
-            trail=["deny    enforce: custom pickle_module"])
-    if weights_only is False:
-        log.warning("%s: weights_only=False ignored under safehub enforcement", _name(f))
-    fh, owned = _open(f)
-    try:
-        report = scan_file(fh, _name(f), options=policy.scan_options())
-        policy.check(FileRequest(report))
-        if report.format == "torchscript":
-            raise PolicyViolation("TorchScript archives are not loaded in-process under "
-                                  "enforcement: their code would run here", subject=_name(f),
-                                  fix="convert it in the sandbox: safehub convert FILE")
-        import torch
+    def replacement(original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        policies = _state.policies
+        if not policies:
+            return original(*args, **kwargs)
+        return impl(original, policies, *args, **kwargs)
 
-        fh.seek(0)
-        source: Any = fh
-        if mmap and owned:
-            # torch maps a path: give it our descriptor's path, so it maps what was scanned.
-            source = f"/proc/self/fd/{fh.fileno()}"
-        with torch.serialization.safe_globals(torch_safe_globals(report)):
-            return original(source, map_location=map_location, weights_only=True, mmap=mmap,
-                            **pickle_load_args)
-    except pickle.UnpicklingError as exc:
-        raise UnsafeModel(f"torch's weights-only loader refused {_name(f)}: {exc}",
-                          subject=_name(f), fix="allow the exact harmless classes it needs in "
-                          "the policy's [scanner] allowed_globals") from exc
-    finally:
-        if owned:
-            fh.close()
+    return replacement
 
 
-def _open(f: Any) -> tuple[BinaryIO, bool]:
-    if isinstance(f, (str, os.PathLike)):
-        return open(os.fspath(f), "rb"), True
-    if hasattr(f, "read") and hasattr(f, "seek"):
-        return f, False
-    raise TypeError(f"torch.load under safehub needs a path or a seekable binary file, not "
-                    f"{type(f).__name__}")
+def _torch_patches(torch: ModuleType) -> list[CodePatch | AttrPatch]:
+    import torch.hub
+    import torch.jit
+    import torch.package
+    import torch.serialization
 
+    from safehub._enforce import hub_calls, loaders
 
-def _name(f: Any) -> str:
-    if isinstance(f, (str, os.PathLike)):
-        return os.fspath(f)
-    return str(getattr(f, "name", "<file object>"))
+    patches: list[CodePatch | AttrPatch] = [
+        CodePatch(torch.serialization.load, "torch.load", _enforced(loaders.torch_load)),
+        CodePatch(torch.jit.load, "torch.jit.load", _enforced(loaders.jit_load)),
+    ]
+    for name, impl in (("load_state_dict_from_url", hub_calls.load_state_dict_from_url),
+                       ("download_url_to_file", hub_calls.download_url_to_file),
+                       ("load", hub_calls.hub_load), ("list", hub_calls.hub_list),
+                       ("help", hub_calls.hub_help)):
+        patches.append(CodePatch(getattr(torch.hub, name), f"torch.hub.{name}",
+                                 _enforced(impl)))
+    importer = torch.package.PackageImporter
+    original_init = importer.__init__
+    enforced_init = _enforced(loaders.package_importer_init)
+
+    def package_init(self: Any, file_or_buffer: Any, *rest: Any, **kwargs: Any) -> None:
+        enforced_init(original_init, self, file_or_buffer, *rest, **kwargs)
+
+    patches.append(AttrPatch(importer, "__init__", package_init))
+    return patches
 
 
 # `import safehub.enforce` makes `safehub.enforce` this module: keep `safehub.enforce(...)` working.

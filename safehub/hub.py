@@ -249,10 +249,13 @@ def _load_weights(opened: OpenedFile, map_location: Any) -> dict[str, Any]:
 
     import torch
 
+    from safehub._enforce.scoped_globals import scoped_globals
+
     allowed = torch_safe_globals(opened.info.report)
     fh: BinaryIO = opened.file
     try:
-        with torch.serialization.safe_globals(allowed):
+        # Extra globals for this call (this thread) only, never process-wide.
+        with scoped_globals(allowed):
             result = torch.load(fh, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         raise UnsafeModel(f"torch's weights-only loader refused the file: {exc}",

@@ -114,6 +114,12 @@ RULES: dict[str, Rule] = _rules(
          "The file is a torch.package archive: it carries Python modules that are imported "
          "when it is loaded.",
          "Do not load it outside the sandbox; ask for the weights as safetensors."),
+    Rule("SH122", "enforce-global-refused", Severity.CRITICAL,
+         "Under safehub.enforce(), a pickle loaded through pickle, numpy, joblib or "
+         "torch.distributed.checkpoint imports a global that an active policy does not allow; "
+         "it was refused before its module was imported.",
+         "Allow the exact name in the policy's [scanner] allowed_globals if it is a harmless "
+         "data class; otherwise do not load the file."),
     Rule("SH130", "numpy-object-array", Severity.INFO,
          "A numpy array of Python objects: numpy loads it only with allow_pickle=True, and its "
          "pickle was checked like any other.",

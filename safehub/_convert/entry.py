@@ -12,8 +12,12 @@ names; nested containers get dotted names (``model.layer.weight``, list items by
 index). Everything else that is plain data (numbers, strings, booleans, None, lists,
 string-keyed dicts, ``torch.Size``, dtypes) is kept in a JSON skeleton of the original
 structure, where each tensor is ``{"$tensor": name}``; anything else is dropped and
-listed. The skeleton travels as the bytes of a uint8 tensor under :data:`META_KEY`,
-because only tensors leave the sandbox.
+listed. Markers are dicts with a key that starts with one ``$`` (``$tensor``,
+``$float``, ``$dtype``, ``$module``, ``$dropped``); every key of the checkpoint's own
+dicts that starts with ``$`` gets one more ``$`` (``"$tensor"`` -> ``"$$tensor"``), so
+user data can never look like a marker (:func:`escape_key`). The skeleton travels as
+the bytes of a uint8 tensor under :data:`META_KEY`, because only tensors leave the
+sandbox.
 """
 
 from __future__ import annotations
@@ -26,6 +30,11 @@ import tempfile
 from typing import Any
 
 META_KEY = "__safehub_convert_metadata__"
+
+
+def escape_key(key: str) -> str:
+    """A checkpoint's dict key as stored in the skeleton: ``$`` keys get one more ``$``."""
+    return "$" + key if key.startswith("$") else key
 
 
 def _resolve(names: list[str]) -> list[Any]:
@@ -94,7 +103,7 @@ class _Flattener:
                     self.dropped.append(f"{key}[{k!r}] (key of type {type(k).__name__})")
                     continue
                 sk = str(k)  # JSON keys are strings; integer keys (optimizer state) too
-                out[sk] = self.walk(v, f"{key}.{sk}" if key else sk, depth + 1)
+                out[escape_key(sk)] = self.walk(v, f"{key}.{sk}" if key else sk, depth + 1)
             return out
         kind = f"{type(value).__module__}.{type(value).__qualname__}"
         self.dropped.append(f"{key or '<root>'} ({kind})")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from safehub._convert import entry
+from safehub._enforce.snapshot import Snapshot
 from safehub.errors import PolicyViolation, SandboxError
 from safehub.policy import Policy
 
@@ -45,17 +46,24 @@ class Loaded:
 
 
 class _OneFile:
-    """A broker that serves one file under one URL and refuses everything else."""
+    """A broker that serves one snapshot under one URL and refuses everything else.
 
-    def __init__(self, url: str, path: Path):
+    The sandbox receives a read-only descriptor on the snapshot that was hashed and
+    scanned, never a path that could be swapped in between."""
+
+    def __init__(self, url: str, snapshot: Snapshot):
         self.url = url
-        self.path = path
+        self.snapshot = snapshot
 
-    def fetch(self, url: str, *, file_name: str | None, check_hash: bool) -> Path:
+    def fetch(self, url: str, *, file_name: str | None, check_hash: bool) -> Path | int:
         if url != self.url:
             raise PolicyViolation("a conversion downloads nothing", subject=url[:300],
                                   fix="convert a checkpoint that does not refer to others")
-        return self.path
+        if self.snapshot.fd is None:
+            raise SandboxError("no descriptor to hand to the sandbox (memfd_create is not "
+                               "available)", subject=self.snapshot.name,
+                               fix="convert on Linux 3.17 or later")
+        return self.snapshot.reader_fd()
 
     def fetch_repo(self, repo: str, *, force_reload: bool) -> Path:
         raise PolicyViolation("a conversion loads no repository", subject=repo[:300],
@@ -76,12 +84,14 @@ def sandbox_settings(policy: Policy) -> dict[str, Any]:
     return {"limits": limits, "required_layers": required}
 
 
-def load_in_sandbox(path: Path, *, policy: Policy, allowed_globals: list[str],
-                    full_unpickle: bool, sandbox: Any | None = None) -> Loaded:
-    """Load ``path`` in the sandbox (the process-wide one unless ``sandbox`` is given)."""
+def load_in_sandbox(snapshot: Snapshot, name: str, *, policy: Policy,
+                    allowed_globals: list[str], full_unpickle: bool,
+                    sandbox: Any | None = None) -> Loaded:
+    """Load the snapshot in the sandbox (the process-wide one unless ``sandbox`` is
+    given); ``name`` is the file's name, for messages."""
     from safehub.sandbox import SandboxRequest, default_sandbox
 
-    url = f"safehub-convert://{secrets.token_hex(16)}/{path.name}"
+    url = f"safehub-convert://{secrets.token_hex(16)}/{name}"
     repo = Path(tempfile.mkdtemp(prefix="safehub-convert-"))
     try:
         # The sandbox's unprivileged user must be able to read the entrypoint.
@@ -95,7 +105,7 @@ def load_in_sandbox(path: Path, *, policy: Policy, allowed_globals: list[str],
                     "full_unpickle": bool(full_unpickle)},
             **sandbox_settings(policy))
         runner = sandbox if sandbox is not None else default_sandbox()
-        result = runner.run(request, _OneFile(url, path))
+        result = runner.run(request, _OneFile(url, snapshot))
     finally:
         shutil.rmtree(repo, ignore_errors=True)
     for layer, reason in result.layers_missing.items():
@@ -104,12 +114,12 @@ def load_in_sandbox(path: Path, *, policy: Policy, allowed_globals: list[str],
     raw = tensors.pop(entry.META_KEY, None)
     if raw is None or raw.dim() != 1 or raw.numel() > _MAX_META:
         raise SandboxError("the conversion returned no readable metadata",
-                           subject=str(path), fix="report this as a safehub bug")
+                           subject=name, fix="report this as a safehub bug")
     try:
         meta = json.loads(raw.numpy().tobytes().decode("utf-8"))
         structure = meta["structure"]
         dropped = [str(x) for x in meta["dropped"]][:10_000]
     except (ValueError, KeyError, TypeError) as exc:
         raise SandboxError(f"the conversion returned malformed metadata: {exc}",
-                           subject=str(path), fix="do not use this checkpoint") from exc
+                           subject=name, fix="do not use this checkpoint") from exc
     return Loaded(tensors, structure, dropped, tuple(tuple(g) for g in result.aliased))

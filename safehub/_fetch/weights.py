@@ -158,7 +158,7 @@ class FileCache:
             record = FileRecord(url=url, name=name, sha256=result.sha256, size=result.size,
                                 time=now_iso(), final_url=result.final_url, repo=repo)
             write_json_atomic(record_path, record)
-            reader = _reopen_same(fh, final)
+            reader = _reopen_same(fh, final, result.sha256)
         except BaseException:
             fh.close()
             partial.unlink(missing_ok=True)
@@ -187,19 +187,37 @@ class FileCache:
             return None
         except OSError as exc:  # a symlink (ELOOP) or worse where the file should be
             raise _tampered(path, f"it cannot be opened as a plain file ({exc})") from exc
-        return OpenedEntry(os.fdopen(fd, "rb"), path, record, from_cache=True)
+        return OpenedEntry(_snapshot_reader(fd, path), path, record, from_cache=True)
 
 
-def _reopen_same(written: BinaryIO, path: Path) -> BinaryIO:
-    """A read-only descriptor on the file just written and hashed (the same inode), so
-    that nobody loading from it can write to it and it needs no second hashing pass."""
+def _snapshot_reader(fd: int, path: Path) -> BinaryIO:
+    """A reader over a private sealed copy of ``fd``'s bytes (closes ``fd``): hashing,
+    scanning and loading then read the same bytes, whatever happens to the file."""
+    from safehub._enforce.snapshot import Snapshot
+
+    try:
+        with Snapshot.of_fd(fd, str(path)) as snap:
+            return snap.open()
+    finally:
+        os.close(fd)
+
+
+def _reopen_same(written: BinaryIO, path: Path, sha256: str) -> BinaryIO:
+    """A reader over a private snapshot of the file just written and hashed (the same
+    inode, and the same SHA-256: a rewrite after the download is caught here)."""
+    from safehub._enforce.snapshot import Snapshot
+
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    reader: BinaryIO = os.fdopen(fd, "rb")
-    a, b = os.fstat(written.fileno()), os.fstat(fd)
-    if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino):
-        reader.close()
-        raise _tampered(path, "it was replaced while it was being installed")
-    return reader
+    try:
+        a, b = os.fstat(written.fileno()), os.fstat(fd)
+        if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino):
+            raise _tampered(path, "it was replaced while it was being installed")
+        with Snapshot.of_fd(fd, str(path)) as snap:
+            if snap.sha256 != sha256:
+                raise _tampered(path, f"its SHA-256 became {snap.sha256} after the download")
+            return snap.open()
+    finally:
+        os.close(fd)
 
 
 def _check_hit(hit: OpenedEntry, expected: list[Expected]) -> str:

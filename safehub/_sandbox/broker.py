@@ -51,8 +51,9 @@ class Broker(Protocol):
     handed to the child read-only.
     """
 
-    def fetch(self, url: str, *, file_name: str | None, check_hash: bool) -> Path:
-        """Download (or find in the cache) the file at ``url``; return its local path.
+    def fetch(self, url: str, *, file_name: str | None, check_hash: bool) -> Path | int:
+        """Download (or find in the cache) the file at ``url``; return its local path (or
+        a read-only descriptor, which the broker service takes over).
 
         ``file_name`` and ``check_hash`` have torch.hub's meaning: the cache name,
         and whether the name's hash prefix must match the content.
@@ -137,7 +138,9 @@ class BrokerService:
         assert self.broker is not None
         path = self.broker.fetch(url, file_name=file_name, check_hash=check_hash)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            # A broker may hand over a descriptor it owns (a private snapshot), not a path.
+            fd = path if isinstance(path, int) else os.open(
+                path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except OSError as exc:
             raise FetchError(f"the approved file cannot be opened: {exc}", subject=str(path),
                              fix="check the download cache") from exc

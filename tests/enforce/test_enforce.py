@@ -74,7 +74,7 @@ def test_clean_checkpoints_still_load_weights_only(tmp_path: Path) -> None:
     program = f"""
         import torch
         state = torch.load({str(ckpt)!r}, weights_only=False, mmap=True)
-        print(state["w"].tolist(), state["step"], torch.load.__module__)
+        print(state["w"].tolist(), state["step"], torch.load.__code__.co_filename)
     """
     result = _run(program, tmp_path, enforced=True)
     assert result.returncode == 0, result.stderr
@@ -85,9 +85,9 @@ def test_clean_checkpoints_still_load_weights_only(tmp_path: Path) -> None:
 def test_enforce_in_process_and_undo(tmp_path: Path, marker_dir: Path) -> None:
     marker = marker_dir / "fired"
     ckpt = _malicious_checkpoint(tmp_path / "ckpt.pt", marker)
-    original = torch.load
+    original = torch.load.__code__
     with safehub.enforce("default") as enforcement:
-        assert torch.load is not original
+        assert torch.load.__code__ is not original
         with pytest.raises(PolicyViolation, match=r"posix\.system"):
             torch.load(ckpt, weights_only=False)
         with pytest.raises(PolicyViolation, match="pickle_module"):
@@ -97,7 +97,7 @@ def test_enforce_in_process_and_undo(tmp_path: Path, marker_dir: Path) -> None:
         with open(clean, "rb") as fh:
             assert torch.equal(torch.load(fh)["w"], torch.ones(2))
         assert enforcement.active
-    assert torch.load is original
+    assert torch.load.__code__ is original and not enforcement.active
     assert not marker.exists()
 
 

@@ -1,0 +1,147 @@
+"""``torch.hub``'s functions under enforcement, with torch.hub's signatures.
+
+They run through :mod:`safehub.hub` with the innermost policy. When enforcements are
+nested with different policies, the outer policies decide the same request first
+(the URL, or the repository), and a downloaded checkpoint must pass every policy's
+scan before it is loaded: a nested scope never loosens what an outer one refuses.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from safehub._enforce.loaders import distinct, scan_snapshot, weights_only_globals
+from safehub._enforce.scoped_globals import scoped_globals
+from safehub._enforce.snapshot import Snapshot
+from safehub.errors import FetchError, UnsafeModel
+from safehub.policy import Policy
+
+__all__ = ["download_url_to_file", "hub_help", "hub_list", "hub_load",
+           "load_state_dict_from_url"]
+
+Policies = Sequence[Policy]
+
+
+def _outer_download_checks(policies: Policies, url: str, file_name: str | None) -> None:
+    from safehub.policy import DownloadRequest
+
+    for policy in distinct(policies)[:-1]:
+        policy.check(DownloadRequest(url, file_name=file_name))
+
+
+def _outer_repo_checks(policies: Policies, repo_or_dir: str, source: str,
+                       entrypoint: str | None, trust_repo: Any) -> None:
+    from safehub.policy import RepoRequest
+
+    outer = distinct(policies)[:-1]
+    if not outer:
+        return
+    if source == "local":
+        request = RepoRequest(os.path.realpath(repo_or_dir), entrypoint=entrypoint,
+                              source="local")
+    else:
+        from safehub._fetch.github import RepoSpec
+
+        spec = RepoSpec.parse(repo_or_dir)
+        request = RepoRequest(spec.repo, ref=spec.ref, entrypoint=entrypoint,
+                              trust_repo=trust_repo)
+    for policy in outer:
+        policy.check(request)
+
+
+def load_state_dict_from_url(original: Callable[..., Any], policies: Policies, url: str,
+                             model_dir: str | None = None, map_location: Any = None,
+                             progress: bool = True, check_hash: bool = False,
+                             file_name: str | None = None, weights_only: bool = False) -> Any:
+    """Always weights-only, after the scan (``weights_only`` is ignored)."""
+    del original, weights_only
+    from safehub import hub
+
+    chosen = distinct(policies)
+    if len(chosen) == 1:
+        return hub.load_state_dict_from_url(url, model_dir, map_location, progress,
+                                            check_hash, file_name, True, policy=chosen[0])
+    _outer_download_checks(chosen, url, file_name)
+    from safehub.fetch import Fetcher
+
+    cache_dir = os.path.join(os.path.expanduser(model_dir), "safehub") if model_dir else None
+    fetcher = Fetcher(chosen[-1], cache_dir=cache_dir)
+    # The fetch layer serves a private snapshot; it is copied once more here (the reader
+    # is not a Snapshot), scanned under the outer policies, and loaded from those bytes.
+    with fetcher.open_url(url, file_name=file_name, check_hash=check_hash) as opened, \
+            Snapshot.of_fileobj(opened.file, url) as snap:
+        reports = [opened.info.report, *scan_snapshot(snap, url, chosen[:-1])]
+        try:
+            with scoped_globals(weights_only_globals(reports)), snap.open() as fh:
+                return _torch_load_original()(fh, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise UnsafeModel(f"torch's weights-only loader refused the file: {exc}",
+                              subject=url, fix="allow the exact harmless classes it needs "
+                              "in [scanner] allowed_globals") from exc
+        except (RuntimeError, ValueError, EOFError, OSError) as exc:
+            raise FetchError(f"the downloaded file could not be loaded: {exc}",
+                             subject=url, fix="check that the URL points at a PyTorch "
+                             "checkpoint") from exc
+
+
+def _torch_load_original() -> Callable[..., Any]:
+    """torch's own ``torch.load`` (the file was scanned by every policy already)."""
+    from safehub.enforce import _state
+
+    for patch in _state.torch_patches:
+        if getattr(patch, "key", None) == "torch.load":
+            return patch.original  # type: ignore[union-attr]
+    import torch
+
+    return torch.load
+
+
+def download_url_to_file(original: Callable[..., Any], policies: Policies, url: str, dst: str,
+                         hash_prefix: str | None = None, progress: bool = True) -> None:
+    del original
+    from safehub import hub
+
+    chosen = distinct(policies)
+    _outer_download_checks(chosen, url, None)
+    hub.download_url_to_file(url, dst, hash_prefix, progress, policy=chosen[-1])
+
+
+def hub_load(original: Callable[..., Any], policies: Policies, repo_or_dir: str, model: str,
+             *args: Any, source: str = "github", trust_repo: Any = None,
+             force_reload: bool = False, verbose: bool = True, skip_validation: bool = False,
+             **kwargs: Any) -> Any:
+    del original
+    from safehub import hub
+
+    chosen = distinct(policies)
+    _outer_repo_checks(chosen, repo_or_dir, source, model, trust_repo)
+    return hub.load(repo_or_dir, model, *args, source=source, trust_repo=trust_repo,
+                    force_reload=force_reload, verbose=verbose,
+                    skip_validation=skip_validation, policy=chosen[-1], **kwargs)
+
+
+def hub_list(original: Callable[..., Any], policies: Policies, github: str,
+             force_reload: bool = False, skip_validation: bool = False, trust_repo: Any = None,
+             verbose: bool = True) -> list[str]:
+    del original
+    from safehub import hub
+
+    chosen = distinct(policies)
+    _outer_repo_checks(chosen, github, "github", None, trust_repo)
+    return hub.list(github, force_reload, skip_validation, trust_repo, verbose,
+                    policy=chosen[-1])
+
+
+def hub_help(original: Callable[..., Any], policies: Policies, github: str, model: str,
+             force_reload: bool = False, skip_validation: bool = False,
+             trust_repo: Any = None) -> str:
+    del original
+    from safehub import hub
+
+    chosen = distinct(policies)
+    _outer_repo_checks(chosen, github, "github", model, trust_repo)
+    return hub.help(github, model, force_reload, skip_validation, trust_repo,
+                    policy=chosen[-1])

@@ -1,0 +1,167 @@
+"""The enforced loaders: what ``torch.load``, ``torch.jit.load``, ``torch.package`` and
+``torch.hub`` do under :func:`safehub.enforce`.
+
+Each takes the active policies (outermost first) and torch's original function. A
+file is snapshotted once (:mod:`safehub._enforce.snapshot`); every policy scans that
+snapshot and must allow it; the loader then reads the same snapshot. Globals beyond
+torch's own allowlist reach torch's weights-only loader for this call only
+(:mod:`safehub._enforce.scoped_globals`), and only those every policy allowed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from safehub._enforce.scoped_globals import scoped_globals
+from safehub._enforce.snapshot import Snapshot
+from safehub.errors import PolicyViolation, UnsafeModel
+from safehub.findings import FileReport
+from safehub.policy import FileRequest, Policy
+
+__all__ = ["jit_load", "package_importer_init", "scan_snapshot", "snapshot_of", "torch_load",
+           "weights_only_globals"]
+
+log = logging.getLogger("safehub")
+
+Policies = Sequence[Policy]
+
+
+def distinct(policies: Policies) -> list[Policy]:
+    """The policies, each object once, outermost first."""
+    out: list[Policy] = []
+    for policy in policies:
+        if not any(policy is seen for seen in out):
+            out.append(policy)
+    return out
+
+
+def snapshot_of(f: Any) -> Snapshot:
+    """The one private copy of what the loader would read from ``f``."""
+    if isinstance(f, (str, os.PathLike)):
+        return Snapshot.of_path(f)
+    if hasattr(f, "read"):
+        return Snapshot.of_fileobj(f, name_of(f))
+    raise TypeError(f"safehub enforcement loads a path or a binary file object, not "
+                    f"{type(f).__name__}")
+
+
+def name_of(f: Any) -> str:
+    if isinstance(f, (str, os.PathLike)):
+        return os.fspath(f)
+    return str(getattr(f, "name", "<file object>"))
+
+
+def scan_snapshot(snap: Snapshot, name: str, policies: Policies,
+                  repo: str | None = None) -> list[FileReport]:
+    """Scan the snapshot under every policy; each must allow it (PolicyViolation if not)."""
+    from safehub.scan import scan_file
+
+    reports = []
+    for policy in distinct(policies):
+        with snap.open() as fh:
+            report = scan_file(fh, name, options=policy.scan_options(repo))
+        policy.check(FileRequest(report, repo))
+        reports.append(report)
+    return reports
+
+
+def weights_only_globals(reports: Sequence[FileReport]) -> list[tuple[Any, str]]:
+    """The extra globals for torch's weights-only loader that every report allowed."""
+    from safehub._hub.safe_globals import torch_safe_globals
+
+    per_report = [torch_safe_globals(report) for report in reports]
+    if not per_report:
+        return []
+    common = set.intersection(*({name for _, name in pairs} for pairs in per_report))
+    return [(obj, name) for obj, name in per_report[0] if name in common]
+
+
+def _source(snap: Snapshot) -> Any:
+    # torch reads a path with C stdio (fast); the memfd's /proc path reopens the snapshot.
+    return snap.path if snap.path is not None else snap.open()
+
+
+def torch_load(original: Callable[..., Any], policies: Policies, f: Any,
+               map_location: Any = None, pickle_module: Any = None, *,
+               weights_only: bool | None = None, mmap: bool | None = None,
+               **pickle_load_args: Any) -> Any:
+    """``torch.load`` under enforcement: snapshot, scan, decide, load weights-only."""
+    name = name_of(f)
+    if pickle_module is not None and pickle_module is not pickle:
+        raise PolicyViolation(
+            f"torch.load with pickle_module={getattr(pickle_module, '__name__', pickle_module)!r}"
+            " is refused: a custom unpickler bypasses the weights-only loader",
+            subject=name, fix="call torch.load without pickle_module",
+            trail=["deny    enforce: custom pickle_module"])
+    if weights_only is False:
+        log.warning("%s: weights_only=False ignored under safehub enforcement", name)
+    with snapshot_of(f) as snap:
+        reports = scan_snapshot(snap, name, policies)
+        if reports and reports[0].format == "torchscript":
+            raise PolicyViolation("TorchScript archives are not loaded by torch.load under "
+                                  "enforcement: their code would run here", subject=name,
+                                  fix="convert it in the sandbox: safehub convert FILE")
+        source = _source(snap)
+        if mmap is None:
+            # The snapshot is private and sealed: mapping it (copy-on-write) spares a
+            # second copy of every tensor. torch maps only its zip format.
+            mmap = reports[0].format == "torch-zip" if reports else False
+        try:
+            with scoped_globals(weights_only_globals(reports)):
+                return original(source, map_location=map_location, weights_only=True,
+                                mmap=bool(mmap) and isinstance(source, str),
+                                **pickle_load_args)
+        except pickle.UnpicklingError as exc:
+            raise UnsafeModel(f"torch's weights-only loader refused {name}: {exc}",
+                              subject=name, fix="allow the exact harmless classes it needs in "
+                              "the policy's [scanner] allowed_globals") from exc
+        finally:
+            if not isinstance(source, str):
+                source.close()
+
+
+def jit_load(original: Callable[..., Any], policies: Policies, f: Any,
+             map_location: Any = None, _extra_files: Any = None,
+             _restore_shapes: bool = False) -> Any:
+    """``torch.jit.load`` under enforcement: refused unless every policy accepts
+    TorchScript and the scan of the snapshot passes; then loaded from the snapshot."""
+    name = name_of(f)
+    with snapshot_of(f) as snap:
+        refused = [p.name for p in distinct(policies) if not p.scan_options().allow_torchscript]
+        if refused:
+            raise PolicyViolation(
+                "torch.jit.load is refused under enforcement: a TorchScript archive carries "
+                f"code that runs in this process (policy {', '.join(refused)} does not allow "
+                "TorchScript)", subject=name,
+                fix="convert it in the sandbox (safehub convert FILE) and load the tensors",
+                trail=[f"deny    policy {n}: scanner.allow_torchscript = false"
+                       for n in refused])
+        scan_snapshot(snap, name, policies)
+        source = _source(snap)
+        try:
+            return original(source, map_location, _extra_files, _restore_shapes)
+        finally:
+            if not isinstance(source, str):
+                source.close()
+
+
+def package_importer_init(original: Callable[..., Any], policies: Policies, importer: Any,
+                          file_or_buffer: Any, *rest: Any, **kwargs: Any) -> None:
+    """``torch.package.PackageImporter(...)`` under enforcement: the package is scanned
+    (its Python modules are findings) and must be allowed by every policy; it is then
+    read from the snapshot."""
+    import torch
+
+    if isinstance(file_or_buffer, torch._C.PyTorchFileReader):
+        raise PolicyViolation("PackageImporter over an open PyTorchFileReader is refused "
+                              "under enforcement: its bytes cannot be scanned",
+                              subject="<PyTorchFileReader>", fix="pass the package's path")
+    name = name_of(file_or_buffer)
+    with snapshot_of(file_or_buffer) as snap:
+        scan_snapshot(snap, name, policies)
+        # The reader keeps the snapshot alive for as long as the importer reads it.
+        original(importer, snap.open(), *rest, **kwargs)

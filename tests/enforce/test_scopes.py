@@ -1,0 +1,209 @@
+"""Enforcement that only tightens, names bound before enforce(), and extra globals that
+belong to one call (one thread), never to the process."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import pickle
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import load as load_bound_early  # bound before any enforce()
+from torch.hub import load_state_dict_from_url as lsdfu_bound_early
+
+import safehub
+from safehub.errors import PolicyViolation, UnsafeModel
+from tests.enforce import gate
+from tests.enforce.payloads import _torch_checkpoint
+
+
+def _policy(tmp_path: Path, name: str, allowed: list[str], extends: str = "default") -> Path:
+    path = tmp_path / f"{name}.toml"
+    names = ", ".join(f'"{n}"' for n in allowed)
+    path.write_text(f'schema = 1\nextends = "{extends}"\n[scanner]\nallowed_globals = [{names}]\n')
+    return path
+
+
+def _namespace_checkpoint(path: Path) -> Path:
+    torch.save({"args": argparse.Namespace(lr=0.1), "w": torch.ones(1)}, path)
+    return path
+
+
+def test_names_bound_before_enforce_are_covered(tmp_path: Path, marker_dir: Path) -> None:
+    marker = marker_dir / "fired"
+    ckpt = tmp_path / "evil.pt"
+    _torch_checkpoint(ckpt, marker)
+    with safehub.enforce("default"):
+        with pytest.raises(PolicyViolation, match=r"posix\.system"):
+            load_bound_early(ckpt, weights_only=False)
+        assert lsdfu_bound_early.__code__.co_filename.startswith("<safehub enforce")
+    assert not marker.exists()
+    # Torch's own code again once no enforcement is left.
+    assert load_bound_early.__code__.co_filename.endswith("serialization.py")
+    import _pickle
+
+    assert pickle.load is _pickle.load and pickle.Unpickler is _pickle.Unpickler
+
+
+def test_inner_scope_cannot_loosen_and_leaving_it_keeps_the_outer(tmp_path: Path) -> None:
+    ckpt = _namespace_checkpoint(tmp_path / "ns.pt")
+    loose = _policy(tmp_path, "loose", ["argparse.Namespace"])
+    with safehub.enforce("default") as outer:
+        with safehub.enforce(loose) as inner:
+            with pytest.raises(PolicyViolation, match=r"argparse\.Namespace"):
+                torch.load(ckpt)  # the outer policy still refuses it
+            with pytest.raises(UnsafeModel, match="SH122"):
+                pickle.loads(pickle.dumps(argparse.Namespace(a=1)))
+        assert not inner.active and outer.active
+        with pytest.raises(PolicyViolation):
+            torch.load(ckpt)
+        with pytest.raises(UnsafeModel, match="SH122"):
+            pickle.loads(pickle.dumps(argparse.Namespace(a=1)))
+
+
+def test_inner_scope_tightens_and_leaving_it_restores_the_outer(tmp_path: Path) -> None:
+    ckpt = _namespace_checkpoint(tmp_path / "ns.pt")
+    loose = _policy(tmp_path, "loose", ["argparse.Namespace"])
+    with safehub.enforce(loose):
+        assert torch.load(ckpt)["args"].lr == 0.1
+        assert pickle.loads(pickle.dumps(argparse.Namespace(a=1))).a == 1
+        with safehub.enforce("default"):
+            with pytest.raises(PolicyViolation):
+                torch.load(ckpt)
+            with pytest.raises(UnsafeModel):
+                pickle.loads(pickle.dumps(argparse.Namespace(a=1)))
+        assert torch.load(ckpt)["args"].lr == 0.1
+
+
+def test_undoing_the_outer_scope_first_keeps_the_inner(tmp_path: Path) -> None:
+    ckpt = _namespace_checkpoint(tmp_path / "ns.pt")
+    outer = safehub.enforce(_policy(tmp_path, "loose", ["argparse.Namespace"]))
+    inner = safehub.enforce("default")
+    try:
+        outer.undo()
+        with pytest.raises(PolicyViolation):
+            torch.load(ckpt)
+    finally:
+        inner.undo()
+        outer.undo()
+    assert torch.load(ckpt, weights_only=False)["args"].lr == 0.1  # torch's own again
+
+
+def test_clean_data_still_loads_through_every_pickle_entry_point(tmp_path: Path) -> None:
+    import joblib  # type: ignore[import-untyped]
+    import numpy as np
+
+    data = {"a": [1, 2.5, "x", None, (True, b"y")], "s": {1, 2}, "od": {"k": 1}}
+    blob = pickle.dumps(data, protocol=2)
+    arr = np.array([1, "two", 3.0], dtype=object)
+    npy = tmp_path / "a.npy"
+    np.save(npy, arr, allow_pickle=True)
+    jl = tmp_path / "a.joblib"
+    joblib.dump({"x": [1, 2]}, jl)
+    with safehub.enforce("default"):
+        assert pickle.loads(blob) == data
+        assert pickle.load(io.BytesIO(blob)) == data
+        assert pickle.Unpickler(io.BytesIO(blob)).load() == data
+        assert np.load(npy, allow_pickle=True).tolist() == arr.tolist()
+        assert joblib.load(jl) == {"x": [1, 2]}
+
+
+def test_a_custom_unpickler_subclass_is_checked_too(tmp_path: Path, marker_dir: Path) -> None:
+    from tests.enforce.payloads import _System
+
+    blob = pickle.dumps(_System(marker_dir / "fired"))
+
+    class Permissive(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            import importlib
+
+            return getattr(importlib.import_module(module), name)
+
+    with safehub.enforce("default"), pytest.raises(UnsafeModel, match="SH122"):
+        Permissive(io.BytesIO(blob)).load()
+    assert not (marker_dir / "fired").exists()
+
+
+def test_extra_globals_are_not_visible_to_other_threads(tmp_path: Path) -> None:
+    """While an enforced load runs with a policy's extra globals, torch's weights-only
+    unpickler in another thread does not accept them."""
+    from torch import _weights_only_unpickler
+
+    gated = tmp_path / "gate.pt"
+    held = gate.Gate()
+    held.x = 1  # type: ignore[attr-defined]  # a state: unpickling calls __setstate__
+    # Namespace first: it is allowed for this load and resolved before the gate blocks.
+    torch.save({"ns": argparse.Namespace(lr=0.1), "g": held, "w": torch.ones(1)}, gated)
+    policy = _policy(tmp_path, "gate", ["tests.enforce.gate.Gate", "argparse.Namespace"])
+    namespace_pickle = pickle.dumps(argparse.Namespace(lr=0.1), protocol=2)
+    gate.entered.clear()
+    gate.release.clear()
+    results: dict[str, Any] = {}
+
+    def enforced_load() -> None:
+        try:
+            results["a"] = torch.load(gated)
+        except Exception as exc:  # reported below
+            results["a"] = exc
+
+    with safehub.enforce(policy):
+        thread = threading.Thread(target=enforced_load)
+        thread.start()
+        try:
+            assert gate.entered.wait(120), results.get("a")
+            # Thread A is inside torch's unpickler with Gate and Namespace allowed.
+            with pytest.raises(pickle.UnpicklingError, match=r"argparse\.Namespace"):
+                _weights_only_unpickler.load(io.BytesIO(namespace_pickle))
+            process_wide = torch.serialization.get_safe_globals()
+            assert gate.Gate not in process_wide and argparse.Namespace not in process_wide
+        finally:
+            gate.release.set()
+            thread.join(120)
+    assert isinstance(results["a"], dict) and isinstance(results["a"]["g"], gate.Gate), results
+
+
+def test_model_zoo_and_hub_urls_are_decided_by_every_active_policy(
+        tmp_path: Path, isolated_torch_home: Path) -> None:
+    import torch.utils.model_zoo
+
+    from tests.fetch.fakehub import FakeHub
+    from tests.fetch.helpers import torch_bytes, write_policy
+
+    server = FakeHub("127.0.0.1")
+    try:
+        url = server.add_file("/models/net.pt", torch_bytes({"w": torch.ones(2)}))
+        allows = write_policy(tmp_path / "allows.toml", server)
+        also = write_policy(tmp_path / "also.toml", server,
+                            body="[scanner]\nallowed_globals = []\n")
+        with safehub.enforce("default"), pytest.raises(PolicyViolation):
+            torch.utils.model_zoo.load_url(url)  # http on loopback is not in `default`
+        with safehub.enforce(allows):
+            assert torch.equal(torch.utils.model_zoo.load_url(url)["w"], torch.ones(2))
+            with safehub.enforce("default"), pytest.raises(PolicyViolation):
+                lsdfu_bound_early(url)  # the inner scope tightens
+            with safehub.enforce(also):  # two policies: both decide, both scan
+                assert torch.equal(lsdfu_bound_early(url)["w"], torch.ones(2))
+            assert torch.equal(torch.hub.load_state_dict_from_url(url)["w"], torch.ones(2))
+    finally:
+        server.close()
+
+
+def test_torchscript_loads_from_the_snapshot_only_when_every_policy_allows_it(
+        tmp_path: Path) -> None:
+    scripted = torch.jit.script(torch.nn.Linear(2, 2))
+    path = tmp_path / "ts.pt"
+    torch.jit.save(scripted, str(path))
+    allows = tmp_path / "ts.toml"
+    allows.write_text('schema = 1\nextends = "default"\nloosen = ["scanner.allow_torchscript"]\n'
+                      '[scanner]\nallow_torchscript = true\n')
+    with safehub.enforce("default"), pytest.raises(PolicyViolation, match="TorchScript"):
+        torch.jit.load(path)
+    with safehub.enforce(allows):
+        loaded = torch.jit.load(path)
+        assert torch.equal(loaded.weight, scripted.weight)
+        with safehub.enforce("default"), pytest.raises(PolicyViolation, match="TorchScript"):
+            torch.jit.load(path)
