@@ -35,13 +35,20 @@ class SafehubError(Exception):
         self.fix = fix
 
     def diagnostics(self) -> str:
-        """A multi-line explanation for humans: what, where, and what to do."""
-        lines = [self.message]
+        """A multi-line explanation for humans: what, where, and what to do.
+
+        Messages, inputs and details often quote text from files, repositories or servers,
+        so each line is escaped on its own (``safehub._format.escape``): none of it can
+        start a line of its own, move the cursor or reorder the text.
+        """
+        from safehub._format.escape import escape_line
+
+        lines = [escape_line(self.message)]
         if self.subject:
-            lines.append(f"  input: {self.subject}")
-        lines.extend(self._details())
+            lines.append(f"  input: {escape_line(self.subject)}")
+        lines.extend(escape_line(line) for line in self._details())
         if self.fix:
-            lines.append(f"  fix: {self.fix}")
+            lines.append(f"  fix: {escape_line(self.fix)}")
         return "\n".join(lines)
 
     def _details(self) -> list[str]:

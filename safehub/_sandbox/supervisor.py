@@ -480,6 +480,12 @@ class _Run:
             names = message.get("entrypoints")
             if not _str_list(names) or len(names) > _MAX_ENTRYPOINTS:
                 raise self._protocol("malformed list result")
+            # torch.hub's entrypoints are hubconf attributes: Python identifiers, nothing
+            # else (a name is printed one per line; it must not carry a line of its own).
+            bad = [n for n in names if not n.isidentifier()]
+            if bad:
+                raise self._protocol(f"entrypoint name '{clean_text(bad[0], 200)}' is not "
+                                     f"a Python identifier")
             entrypoints = tuple(clean_text(n, 200) for n in names)
         else:
             raw = message.get("doc")

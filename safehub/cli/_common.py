@@ -14,6 +14,7 @@ from safehub.findings import ScanReport
 __all__ = [
     "EXIT_ERROR",
     "EXIT_FINDINGS",
+    "EXIT_INTERRUPTED",
     "EXIT_OK",
     "ProgressLine",
     "add_output_options",
@@ -26,6 +27,7 @@ __all__ = [
 EXIT_OK = 0  # clean, allowed, verified
 EXIT_FINDINGS = 1  # findings, denied, not verified
 EXIT_ERROR = 2  # usage, unreadable input, invalid policy, nothing scanned
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 
 log = logging.getLogger("safehub")
 
@@ -44,19 +46,12 @@ def use_color(stream: TextIO) -> bool:
 
 
 def emit(text: str, args: argparse.Namespace) -> None:
-    """The report goes to ``--output`` (written atomically) or stdout (unless ``-q`` text)."""
-    if args.output:
-        import tempfile
+    """The report goes to ``--output`` (see ``safehub.cli._output``) or stdout (unless
+    ``-q`` text)."""
+    if args.output is not None:
+        from safehub.cli._output import write_text
 
-        directory = os.path.dirname(os.path.abspath(args.output))
-        fd, tmp = tempfile.mkstemp(prefix=".safehub-report-", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            os.replace(tmp, args.output)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        write_text(args.output, text)
         log.info("report written to %s", args.output)
         return
     if args.quiet and args.format == "text":
