@@ -113,5 +113,6 @@ def _result(finding: Finding, index: dict[str, int], root: Path) -> dict[str, ob
                        "subject": json_text(finding.subject)},
     }
     if finding.allowed_by:
-        result["suppressions"] = [{"kind": "external", "justification": escape_line(finding.allowed_by)}]
+        result["suppressions"] = [{"kind": "external",
+                                   "justification": escape_line(finding.allowed_by)}]
     return result

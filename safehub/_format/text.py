@@ -6,7 +6,8 @@ texts) goes through ``escape_line``; decompiled source is a marked block (``esca
 
 from __future__ import annotations
 
-from safehub._format.escape import escape_block, escape_line as _e
+from safehub._format.escape import escape_block
+from safehub._format.escape import escape_line as _e
 from safehub.findings import FileReport, Finding, ScanReport, Verdict
 from safehub.rules import RULES, Severity
 
@@ -28,7 +29,8 @@ def render_text(report: ScanReport, *, color: bool = False, verbose: bool = Fals
         lines.extend(_file_block(file, color, verbose))
     if verbose:
         for skipped in report.skipped:
-            lines.append(f"{_paint('SKIPPED', '2', color)}  {_e(skipped.path)}: {_e(skipped.reason)}")
+            lines.append(f"{_paint('SKIPPED', '2', color)}  {_e(skipped.path)}: "
+                         f"{_e(skipped.reason)}")
     return "\n".join(lines) + ("\n" if lines else "")
 
 

@@ -1,8 +1,8 @@
 """The ``safehub`` command. Each subcommand lives in its own module.
 
 Exit codes: 0 clean or allowed, 1 findings or denied, 2 error (usage, unreadable
-input, invalid policy, nothing scanned), 130 interrupted (Ctrl-C). stdout carries only the report; logs,
-progress and the summary go to stderr.
+input, invalid policy, nothing scanned), 130 interrupted (Ctrl-C). stdout carries
+only the report; logs, progress and the summary go to stderr.
 """
 
 from __future__ import annotations
