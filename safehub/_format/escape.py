@@ -132,8 +132,8 @@ class LogFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         args = record.args
         if isinstance(args, tuple):
-            args = tuple(a if isinstance(a, Block) or not isinstance(a, str)
-                         else escape_line(a) for a in args)
+            args = tuple(a if isinstance(a, (Block, int, float)) else escape_line(a)
+                         for a in args)
         try:
             message = str(record.msg) % args if args else str(record.msg)
         except (TypeError, ValueError):

@@ -13,9 +13,10 @@ import logging
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
 from safehub import __version__
-from safehub._format.escape import Block, escape_block
+from safehub._format.escape import Block, escape_block, escape_line
 from safehub.cli._common import EXIT_ERROR, EXIT_FINDINGS, EXIT_INTERRUPTED
 from safehub.errors import (
     IntegrityError,
@@ -34,10 +35,19 @@ _COMMANDS = {"scan": "scan", "load": "load", "list": "hub_list", "help": "hub_he
              "doctor": "doctor", "audit": "audit", "convert": "convert"}
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors as one escaped line on stderr (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {escape_line(message)} "
+                         f"(see '{self.prog} --help')\n")
+        raise SystemExit(EXIT_ERROR)
+
+
 def _parser(command: str | None = None) -> argparse.ArgumentParser:
     """The CLI's parser; given the subcommand being run, only that one is imported, so that
     `safehub scan` does not pay for the policy engine's or the signer's imports."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="safehub",
         description="Use third-party PyTorch models without handing strangers code execution.",
     )

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from safehub._format.escape import escape_line, json_text
 from safehub.cli._common import EXIT_OK
 from safehub.cli._hubargs import add_repo_options, policy_for
 
@@ -30,8 +31,11 @@ def run(args: argparse.Namespace) -> int:
                    trust_repo=True if args.trust_repo else None, force_reload=args.force_reload)
     names = list(run_hub_call(call, policy_for(args)).entrypoints)
     if args.format == "json":
-        sys.stdout.write(json.dumps({"schema_version": "1", "repo": args.repo,
-                                     "entrypoints": names}, indent=2) + "\n")
+        body = {"schema_version": "1", "repo": json_text(args.repo),
+                "entrypoints": [json_text(n) for n in names]}
+        sys.stdout.write(json.dumps(body, indent=2) + "\n")
     else:
-        sys.stdout.write("".join(f"{name}\n" for name in names))
+        # Names are Python identifiers (the sandbox result is refused otherwise); escaped
+        # all the same, so one name is always one line.
+        sys.stdout.write("".join(f"{escape_line(name)}\n" for name in names))
     return EXIT_OK

@@ -6,7 +6,7 @@ import argparse
 import logging
 
 from safehub.cli._common import EXIT_ERROR, EXIT_OK
-from safehub.cli._hubargs import add_repo_options, parse_kwargs, policy_for
+from safehub.cli._hubargs import add_repo_options, entrypoint_name, parse_kwargs, policy_for
 
 __all__ = ["register"]
 
@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         ". Exit 0 on success, 1 when the policy or the sandbox refused (a limit, a forbidden "
         "operation, a failing or malformed entrypoint), 2 on error."))
     add_repo_options(p)
-    p.add_argument("entry", metavar="ENTRY", help="the entrypoint in hubconf.py")
+    p.add_argument("entry", metavar="ENTRY", type=entrypoint_name,
+                   help="the entrypoint in hubconf.py")
     p.add_argument("kwargs", nargs="*", metavar="KEY=VALUE",
                    help="entrypoint keyword arguments; values are JSON if they parse, else text")
     p.add_argument("--out", required=True, metavar="FILE.safetensors",
