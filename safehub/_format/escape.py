@@ -20,6 +20,7 @@ import base64
 import logging
 import re
 import unicodedata
+from typing import Any
 
 __all__ = [
     "BLOCK_MARK",
@@ -28,7 +29,9 @@ __all__ = [
     "escape_block",
     "escape_char",
     "escape_line",
+    "inert_json",
     "is_inert",
+    "json_clean",
     "json_text",
     "raw_bytes_b64",
 ]
@@ -103,6 +106,37 @@ def json_text(text: str) -> str:
     if not any(0xD800 <= ord(ch) <= 0xDFFF for ch in text):
         return text
     return "".join(escape_char(ch) if 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in text)
+
+
+def _json_escape(ch: str) -> str:
+    code = ord(ch)
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+def inert_json(document: str) -> str:
+    """A serialized JSON document with every remaining unsafe character (bidi controls,
+    C1, line separators...) written as a ``\\uXXXX`` escape: the same values for any JSON
+    parser, and nothing that reorders or breaks lines when the file is shown as text.
+    (JSON's structure is ASCII, so such characters can only sit inside strings.)"""
+    if document.isascii():
+        return document
+    return "".join(_json_escape(ch) if _unsafe(ch) else ch for ch in document)
+
+
+def json_clean(value: Any) -> Any:
+    """``value`` (parsed JSON: dicts, lists, strings, numbers) with :func:`json_text`
+    applied to every string and key."""
+    if isinstance(value, str):
+        return json_text(value)
+    if isinstance(value, dict):
+        return {json_text(k) if isinstance(k, str) else k: json_clean(v)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_clean(v) for v in value]
+    return value
 
 
 def raw_bytes_b64(path: str) -> str | None:

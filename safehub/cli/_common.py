@@ -48,6 +48,10 @@ def use_color(stream: TextIO) -> bool:
 def emit(text: str, args: argparse.Namespace) -> None:
     """The report goes to ``--output`` (see ``safehub.cli._output``) or stdout (unless
     ``-q`` text)."""
+    if getattr(args, "format", "text") in ("json", "sarif"):
+        from safehub._format.escape import inert_json
+
+        text = inert_json(text)
     if args.output is not None:
         from safehub.cli._output import write_text
 

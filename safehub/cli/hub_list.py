@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from safehub._format.escape import escape_line, json_text
+from safehub._format.escape import escape_line, inert_json, json_text
 from safehub.cli._common import EXIT_OK
 from safehub.cli._hubargs import add_repo_options, policy_for
 
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "json":
         body = {"schema_version": "1", "repo": json_text(args.repo),
                 "entrypoints": [json_text(n) for n in names]}
-        sys.stdout.write(json.dumps(body, indent=2) + "\n")
+        sys.stdout.write(inert_json(json.dumps(body, indent=2)) + "\n")
     else:
         # Names are Python identifiers (the sandbox result is refused otherwise); escaped
         # all the same, so one name is always one line.
