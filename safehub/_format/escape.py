@@ -123,7 +123,10 @@ def inert_json(document: str) -> str:
     (JSON's structure is ASCII, so such characters can only sit inside strings.)"""
     if document.isascii():
         return document
-    return "".join(_json_escape(ch) if _unsafe(ch) else ch for ch in document)
+    # Raw LF, CR and TAB can only be the document's own whitespace (inside strings JSON
+    # requires them escaped), so they stay.
+    return "".join(_json_escape(ch) if ch not in "\n\r\t" and _unsafe(ch) else ch
+                   for ch in document)
 
 
 def json_clean(value: Any) -> Any:
