@@ -110,8 +110,9 @@ def _check_output(source: Path | None, output: Path, overwrite: bool) -> None:
         for path in (output, metadata_path(output)):
             if os.path.lexists(path):
                 raise SafehubError("the output exists already", subject=str(path),
-                                   fix="remove it, choose another name, or pass --force "
-                                       "(overwrite=True)")
+                                   fix="remove it, choose another name, or pass "
+                                       "overwrite=True",
+                                   cli_fix="remove it, choose another name, or pass --force")
 
 
 def _write(tensors: Mapping[str, Any], structure: Any, dropped: list[str], output: Path,

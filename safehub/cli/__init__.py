@@ -110,13 +110,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_outputs(args)
         return int(args.run(args))
     except (PolicyViolation, UnsafeModel, IntegrityError) as exc:
-        log.error("%s", Block(exc.diagnostics()))
+        log.error("%s", Block(exc.diagnostics(surface="cli")))
         return EXIT_FINDINGS
     except SandboxError as exc:
-        log.error("%s", Block(exc.diagnostics()))
+        log.error("%s", Block(exc.diagnostics(surface="cli")))
         return _sandbox_exit(exc)
     except SafehubError as exc:
-        log.error("%s", Block(exc.diagnostics()))
+        log.error("%s", Block(exc.diagnostics(surface="cli")))
         return EXIT_ERROR
     except KeyboardInterrupt:
         # As shells report SIGINT (128 + 2); reports are written atomically, so nothing

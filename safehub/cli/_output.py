@@ -32,7 +32,8 @@ class OutputTargetError(SafehubError):
 
 
 def _refuse(path: str, why: str, flag: str) -> OutputTargetError:
-    return OutputTargetError(f"cannot write the report to {escape_line(path)} ({flag}): {why}")
+    what = "the tensors" if flag == "--out" else "the report"
+    return OutputTargetError(f"cannot write {what} to {escape_line(path)} ({flag}): {why}")
 
 
 def check_target(path: str, *, flag: str = "-o") -> tuple[str, bool]:
