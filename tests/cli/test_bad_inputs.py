@@ -172,6 +172,14 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 def _interrupt_when_busy(proc: subprocess.Popen[str], busy: Callable[[], bool]) -> None:
     for _ in range(1200):  # polls, not a timing assertion: waits for the state to appear
         if proc.poll() is not None or busy():
@@ -199,12 +207,26 @@ def test_ctrl_c_during_a_sandboxed_load_exits_130_leaving_nothing(
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env, start_new_session=True)
     # Busy once the sandbox is up: the CLI has a child (the zygote) with a child of its own.
-    _interrupt_when_busy(proc, lambda: any(_children(c) for c in _children(proc.pid)))
-    out, err = proc.communicate(timeout=120)
+    spawned: set[int] = set()
+
+    def busy() -> bool:
+        for child in _children(proc.pid):
+            spawned.add(child)
+            spawned.update(_children(child))
+        return len(spawned) > 1
+
+    _interrupt_when_busy(proc, busy)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == "safehub: interrupted"
     assert "Traceback" not in err
     assert list(out_dir.iterdir()) == []
+    for _ in range(600):  # the sandbox's processes go with the CLI (waits, not timing)
+        alive = [pid for pid in spawned if _running(pid)]
+        if not alive:
+            break
+        time.sleep(0.1)
+    assert not alive, f"sandbox processes left running: {alive}"
 
 
 def test_ctrl_c_while_writing_the_report_exits_130_leaving_nothing(tmp_path: Path) -> None:
