@@ -166,9 +166,11 @@ def test_usage_errors_are_one_line(cli: Cli) -> None:
 
 def _children(pid: int) -> list[int]:
     found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
-        found.extend(int(t) for t in text)
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found.extend(int(t) for t in (task / "children").read_text().split())
+    except OSError:  # the process or a thread ended meanwhile
+        pass
     return found
 
 
