@@ -178,7 +178,9 @@ def convert(source: PathArg, output: PathArg | None = None, *,
     :class:`~safehub.errors.SafehubError` for unsupported input or output.
     """
     from safehub._scanner.engine import scan_fileobj
+    from safehub._torchdep import require_torch
 
+    require_torch("safehub.convert")
     fmt = OutputFormat(format)
     src = Path(source)
     out = Path(output) if output is not None else default_output(src, fmt)

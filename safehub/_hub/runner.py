@@ -169,6 +169,9 @@ def run_hub_call(call: HubCall, policy: Policy | str | os.PathLike[str] | None =
     from safehub.sandbox import Layer, default_sandbox
     from safehub.sandbox import SandboxRequest as RunRequest
 
+    from safehub._torchdep import require_torch
+
+    require_torch(f"hub.{call.op.value}")
     policy = load_policy(policy)
     fetcher = fetcher or Fetcher(policy, hub_dir=get_dir())
     with contextlib.ExitStack() as stack:

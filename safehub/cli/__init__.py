@@ -81,6 +81,11 @@ def _sandbox_exit(exc: SandboxError) -> int:
     return EXIT_ERROR if type(exc) is SandboxFailure else EXIT_FINDINGS
 
 
+# Subcommands that run PyTorch (in the sandbox or here); the others never import it.
+_NEEDS_TORCH = {"load": "safehub load", "list": "safehub list", "help": "safehub help",
+                "convert": "safehub convert"}
+
+
 def _check_outputs(args: argparse.Namespace) -> None:
     """Refuse an unusable report or tensor target before any work is done."""
     from safehub.cli._output import check_target
@@ -107,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.quiet, args.verbose)
     log = logging.getLogger("safehub")
     try:
+        if args.command in _NEEDS_TORCH:
+            from safehub._torchdep import require_torch
+
+            require_torch(_NEEDS_TORCH[args.command])
         _check_outputs(args)
         return int(args.run(args))
     except (PolicyViolation, UnsafeModel, IntegrityError) as exc:
