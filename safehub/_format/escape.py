@@ -162,9 +162,10 @@ class LogFormatter(logging.Formatter):
     another record.
     """
 
-    def __init__(self, prefix: str = "safehub: "):
+    def __init__(self, prefix: str = "safehub: ", *, clear_line: bool = False):
         super().__init__()
-        self.prefix = prefix
+        # On a terminal, a record first erases the line a progress bar or status is on.
+        self.prefix = ("\r\x1b[K" if clear_line else "") + prefix
 
     def format(self, record: logging.LogRecord) -> str:
         args = record.args
@@ -178,7 +179,7 @@ class LogFormatter(logging.Formatter):
         if record.exc_info and record.levelno >= logging.ERROR:
             message += "\n" + self.formatException(record.exc_info)
         lines = message.split("\n")
-        out = [self.prefix + escape_line(lines[0])]
+        out = [self.prefix + escape_line(lines[0])]  # (the prefix is ours, not escaped)
         out.extend(escape_line(line if line[:1].isspace() else "  " + line)
                    for line in lines[1:])
         return "\n".join(out)

@@ -164,12 +164,11 @@ def _read_only(tree: Path) -> None:
 def run_hub_call(call: HubCall, policy: Policy | str | os.PathLike[str] | None = None, *,
                  fetcher: Fetcher | None = None) -> SandboxResult:
     """Decide, fetch, verify and run one hub call in the sandbox."""
+    from safehub._torchdep import require_torch
     from safehub.fetch import Fetcher
     from safehub.hub import get_dir
     from safehub.sandbox import Layer, default_sandbox
     from safehub.sandbox import SandboxRequest as RunRequest
-
-    from safehub._torchdep import require_torch
 
     require_torch(f"hub.{call.op.value}")
     policy = load_policy(policy)

@@ -64,9 +64,10 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def _configure_logging(quiet: bool, verbose: bool) -> None:
     from safehub._format.escape import LogFormatter
+    from safehub._progress import on_terminal
 
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(LogFormatter())
+    handler.setFormatter(LogFormatter(clear_line=on_terminal(sys.stderr)))
     root = logging.getLogger("safehub")
     root.handlers[:] = [handler]
     root.setLevel(logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO)

@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from typing import TYPE_CHECKING
 
 from safehub._format.escape import escape_line
 from safehub.policy import Policy, load_policy
 
-__all__ = ["add_repo_options", "entrypoint_name", "parse_kwargs", "policy_for"]
+__all__ = ["add_repo_options", "entrypoint_name", "parse_kwargs", "policy_for", "run_call"]
+
+if TYPE_CHECKING:
+    from safehub._hub.runner import HubCall
+    from safehub.sandbox import SandboxResult
 
 log = logging.getLogger("safehub")
 
@@ -43,6 +48,30 @@ def entrypoint_name(value: str) -> str:
 def policy_for(args: argparse.Namespace) -> Policy:
     policy = load_policy(args.policy)
     return policy.with_download_prefixes(list(args.allow_url))
+
+
+def run_call(call: HubCall, args: argparse.Namespace) -> SandboxResult:
+    """Run a hub call for the CLI: on a terminal, say what is happening while the sandbox
+    starts and runs, and draw a bar for each download the code asks for."""
+    from safehub._hub.runner import run_hub_call
+    from safehub._progress import DownloadBars, Status
+    from safehub.cli._common import progress_enabled
+    from safehub.fetch import Fetcher
+    from safehub.hub import get_dir
+
+    policy = policy_for(args)
+    enabled = progress_enabled()
+    bars = DownloadBars() if enabled else None
+    fetcher = Fetcher(policy, hub_dir=get_dir(), progress=bars)
+    what = {"list": "listing the entrypoints of", "help": "reading the docstring from",
+            "load": f"running {call.entrypoint} from"}.get(call.op.value, "running")
+    status = Status(f"starting the sandbox and {what} {call.repo_or_dir}", enabled=enabled)
+    try:
+        return run_hub_call(call, policy, fetcher=fetcher)
+    finally:
+        status.done()
+        if bars is not None:
+            bars.close()
 
 
 def parse_kwargs(items: list[str]) -> dict[str, object]:

@@ -8,7 +8,7 @@ import sys
 
 from safehub._format.escape import escape_block, escape_line
 from safehub.cli._common import EXIT_OK
-from safehub.cli._hubargs import add_repo_options, entrypoint_name, policy_for
+from safehub.cli._hubargs import add_repo_options, entrypoint_name, run_call
 
 __all__ = ["register"]
 
@@ -25,12 +25,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from safehub._hub.runner import HubCall, run_hub_call
+    from safehub._hub.runner import HubCall
     from safehub.sandbox import Operation
 
     call = HubCall(args.repo, Operation.HELP, args.entry, source=args.source,
                    trust_repo=True if args.trust_repo else None, force_reload=args.force_reload)
-    doc = run_hub_call(call, policy_for(args)).doc
+    doc = run_call(call, args).doc
     # The docstring is the repository's text: shown as a marked block, every line escaped,
     # so none of it can pass for a line of safehub's own.
     if not doc:

@@ -8,7 +8,7 @@ import sys
 
 from safehub._format.escape import escape_line, inert_json, json_text
 from safehub.cli._common import EXIT_OK
-from safehub.cli._hubargs import add_repo_options, policy_for
+from safehub.cli._hubargs import add_repo_options, run_call
 
 __all__ = ["register"]
 
@@ -24,12 +24,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from safehub._hub.runner import HubCall, run_hub_call
+    from safehub._hub.runner import HubCall
     from safehub.sandbox import Operation
 
     call = HubCall(args.repo, Operation.LIST, source=args.source,
                    trust_repo=True if args.trust_repo else None, force_reload=args.force_reload)
-    names = list(run_hub_call(call, policy_for(args)).entrypoints)
+    names = list(run_call(call, args).entrypoints)
     if args.format == "json":
         body = {"schema_version": "1", "repo": json_text(args.repo),
                 "entrypoints": [json_text(n) for n in names]}

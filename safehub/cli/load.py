@@ -6,7 +6,7 @@ import argparse
 import logging
 
 from safehub.cli._common import EXIT_ERROR, EXIT_OK
-from safehub.cli._hubargs import add_repo_options, entrypoint_name, parse_kwargs, policy_for
+from safehub.cli._hubargs import add_repo_options, entrypoint_name, parse_kwargs, run_call
 
 __all__ = ["register"]
 
@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from safehub._hub.runner import HubCall, run_hub_call
+    from safehub._hub.runner import HubCall
     from safehub.sandbox import Operation
 
     try:
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
                    source=args.source, trust_repo=True if args.trust_repo else None,
                    force_reload=args.force_reload, timeout_s=args.timeout,
                    memory_mb=args.max_memory)
-    result = run_hub_call(call, policy_for(args))
+    result = run_call(call, args)
     from safehub.convert import save
 
     save(result.tensors, args.out, format="safetensors")

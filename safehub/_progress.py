@@ -1,0 +1,108 @@
+"""Progress on a terminal: download bars, counters for long scans, a status line while the
+sandbox starts. Drawn with tqdm on stderr, and only when stderr is a terminal: never on
+stdout (the report), never into a pipe or a log file, never with ``-q``.
+
+The library reports progress through callbacks (``Progress`` for downloads) and logging;
+these classes are such callbacks, used by the CLI and by the torch.hub-compatible functions
+when the caller asked for ``progress=True`` (torch.hub draws a bar there too).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from safehub._fetch.http import Progress
+
+__all__ = ["CountBar", "DownloadBars", "Status", "on_terminal"]
+
+
+def on_terminal(stream: TextIO | None = None) -> bool:
+    """Whether progress may be drawn on ``stream`` (default stderr)."""
+    stream = stream or sys.stderr
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):  # closed or replaced streams
+        return False
+    return tty and not os.environ.get("SAFEHUB_NO_PROGRESS")
+
+
+def _tqdm(**kwargs: Any) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(file=kwargs.pop("file", None) or sys.stderr, leave=False,
+                dynamic_ncols=True, **kwargs)
+
+
+def _label(text: str, width: int = 40) -> str:
+    from safehub._format.escape import escape_line
+
+    text = escape_line(text)
+    return text if len(text) <= width else "..." + text[-(width - 3):]
+
+
+class DownloadBars:
+    """A ``ProgressCallback``: one byte bar per URL, closed when the download completes."""
+
+    def __init__(self, stream: TextIO | None = None):
+        self.stream = stream or sys.stderr
+        self.bars: dict[str, Any] = {}
+
+    def __call__(self, report: Progress) -> None:
+        bar = self.bars.get(report.url)
+        if bar is None:
+            name = report.url.rstrip("/").rpartition("/")[2] or report.url
+            bar = self.bars[report.url] = _tqdm(
+                file=self.stream, total=report.total, unit="B", unit_scale=True,
+                unit_divisor=1024, desc=_label(name, 30))
+        bar.update(report.done - bar.n)
+        if report.total is not None and report.done >= report.total:
+            bar.close()
+            del self.bars[report.url]
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.bars.clear()
+
+
+class CountBar:
+    """Counts items of long work (files scanned, hashed) with the current one's name."""
+
+    def __init__(self, label: str, *, enabled: bool, stream: TextIO | None = None):
+        self.label = label
+        self.enabled = enabled
+        self.stream = stream
+        self.bar: Any = None  # drawn from the first item on
+
+    def __call__(self, item: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            self.bar = _tqdm(file=self.stream, desc=self.label, unit=" files")
+        self.bar.set_postfix_str(_label(item), refresh=False)
+        self.bar.update(1)
+
+    def done(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class Status:
+    """A one-line status (``safehub: starting the sandbox...``), erased when work ends."""
+
+    def __init__(self, text: str, *, enabled: bool, stream: TextIO | None = None):
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        if enabled:
+            self.stream.write(f"safehub: {_label(text, 100)}...")
+            self.stream.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self.enabled = False
