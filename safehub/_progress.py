@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 if TYPE_CHECKING:
     from safehub._fetch.http import Progress
 
-__all__ = ["CountBar", "DownloadBars", "Status", "on_terminal"]
+__all__ = ["CountBar", "DownloadBars", "Status", "label", "on_terminal"]
 
 
 def on_terminal(stream: TextIO | None = None) -> bool:
@@ -32,11 +32,22 @@ def on_terminal(stream: TextIO | None = None) -> bool:
 def _tqdm(**kwargs: Any) -> Any:
     from tqdm import tqdm
 
-    return tqdm(file=kwargs.pop("file", None) or sys.stderr, leave=False,
-                dynamic_ncols=True, **kwargs)
+    stream = kwargs.pop("file", None) or sys.stderr
+    try:
+        size = os.get_terminal_size(stream.fileno())
+        columns, rows = size.columns, size.lines
+    except (AttributeError, ValueError, OSError):
+        columns = rows = 0
+    # A terminal that reports no size (a fresh pty, some CI consoles) gets 80x24; tqdm
+    # would otherwise hide the bar (it draws none past the last row).
+    sizing: dict[str, Any] = {"dynamic_ncols": True} if columns else {"ncols": 80}
+    if not rows:
+        sizing["nrows"] = 24
+    return tqdm(file=stream, leave=False, **sizing, **kwargs)
 
 
-def _label(text: str, width: int = 40) -> str:
+def label(text: str, width: int = 40) -> str:
+    """``text`` escaped to one line and cut (from the left) to ``width`` characters."""
     from safehub._format.escape import escape_line
 
     text = escape_line(text)
@@ -56,7 +67,7 @@ class DownloadBars:
             name = report.url.rstrip("/").rpartition("/")[2] or report.url
             bar = self.bars[report.url] = _tqdm(
                 file=self.stream, total=report.total, unit="B", unit_scale=True,
-                unit_divisor=1024, desc=_label(name, 30))
+                unit_divisor=1024, desc=label(name, 30))
         bar.update(report.done - bar.n)
         if report.total is not None and report.done >= report.total:
             bar.close()
@@ -82,7 +93,7 @@ class CountBar:
             return
         if self.bar is None:
             self.bar = _tqdm(file=self.stream, desc=self.label, unit=" files")
-        self.bar.set_postfix_str(_label(item), refresh=False)
+        self.bar.set_postfix_str(label(item), refresh=False)
         self.bar.update(1)
 
     def done(self) -> None:
@@ -92,13 +103,14 @@ class CountBar:
 
 
 class Status:
-    """A one-line status (``safehub: starting the sandbox...``), erased when work ends."""
+    """A one-line status (``safehub: starting the sandbox...``), erased when work ends.
+    ``text`` is shown as given: escape what came from outside (``label``)."""
 
     def __init__(self, text: str, *, enabled: bool, stream: TextIO | None = None):
         self.stream = stream or sys.stderr
         self.enabled = enabled
         if enabled:
-            self.stream.write(f"safehub: {_label(text, 100)}...")
+            self.stream.write(f"safehub: {text}...")
             self.stream.flush()
 
     def done(self) -> None:

@@ -54,7 +54,7 @@ def run_call(call: HubCall, args: argparse.Namespace) -> SandboxResult:
     """Run a hub call for the CLI: on a terminal, say what is happening while the sandbox
     starts and runs, and draw a bar for each download the code asks for."""
     from safehub._hub.runner import run_hub_call
-    from safehub._progress import DownloadBars, Status
+    from safehub._progress import DownloadBars, Status, label
     from safehub.cli._common import progress_enabled
     from safehub.fetch import Fetcher
     from safehub.hub import get_dir
@@ -64,8 +64,9 @@ def run_call(call: HubCall, args: argparse.Namespace) -> SandboxResult:
     bars = DownloadBars() if enabled else None
     fetcher = Fetcher(policy, hub_dir=get_dir(), progress=bars)
     what = {"list": "listing the entrypoints of", "help": "reading the docstring from",
-            "load": f"running {call.entrypoint} from"}.get(call.op.value, "running")
-    status = Status(f"starting the sandbox and {what} {call.repo_or_dir}", enabled=enabled)
+            "load": f"running {label(call.entrypoint or '')} from"}.get(call.op.value, "running")
+    status = Status(f"starting the sandbox and {what} {label(call.repo_or_dir)}",
+                    enabled=enabled)
     try:
         return run_hub_call(call, policy, fetcher=fetcher)
     finally:

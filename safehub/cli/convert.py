@@ -41,11 +41,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from safehub._progress import Status
+    from safehub._progress import Status, label
     from safehub.cli._common import progress_enabled
     from safehub.convert import convert
 
-    status = Status(f"scanning {args.source} and loading it in the sandbox",
+    status = Status(f"scanning {label(args.source)} and loading it in the sandbox",
                     enabled=progress_enabled())
     try:
         result = convert(args.source, args.output, format=args.format,
