@@ -39,7 +39,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, with usage errors as one escaped line on stderr (exit 2)."""
 
     def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: error: {escape_line(message)} "
+        sys.stderr.write(f"{self.prog}: usage error: {escape_line(message)} "
                          f"(see '{self.prog} --help')\n")
         raise SystemExit(EXIT_ERROR)
 
