@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The CPU build of torch; an unpinned torch would pull a multi-GB CUDA build.
+# The CPU build of torch, pinned and installed first, so that the `torch` extra (pulled in
+# by `dev`) is already satisfied; an unpinned torch would pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=

@@ -160,8 +160,9 @@ def _check_output(source: Path | None, output: Path, overwrite: bool) -> None:
         for path in (output, metadata_path(output)):
             if os.path.lexists(path):
                 raise SafehubError("the output exists already", subject=str(path),
-                                   fix="remove it, choose another name, or pass --force "
-                                       "(overwrite=True)")
+                                   fix="remove it, choose another name, or pass "
+                                       "overwrite=True",
+                                   cli_fix="remove it, choose another name, or pass --force")
 
 
 def _write(tensors: Mapping[str, Any], structure: Any, dropped: list[str], output: Path,
@@ -223,7 +224,9 @@ def convert(source: PathArg, output: PathArg | None = None, *,
     :class:`~safehub.errors.SafehubError` for unsupported input or output.
     """
     from safehub._scanner.engine import scan_fileobj
+    from safehub._torchdep import require_torch
 
+    require_torch("safehub.convert")
     fmt = OutputFormat(format)
     src = Path(source)
     out = Path(output) if output is not None else default_output(src, fmt)

@@ -29,20 +29,37 @@ class SafehubError(Exception):
     ``fix`` is the narrowest change that would make the operation succeed.
     """
 
-    def __init__(self, message: str, *, subject: str | None = None, fix: str | None = None):
+    # The fix in the CLI's words (flags, not keyword arguments), where it differs.
+    cli_fix: str | None = None
+
+    def __init__(self, message: str, *, subject: str | None = None, fix: str | None = None,
+                 cli_fix: str | None = None):
         super().__init__(message)
         self.message = message
         self.subject = subject
         self.fix = fix
+        if cli_fix is not None:
+            self.cli_fix = cli_fix
 
-    def diagnostics(self) -> str:
-        """A multi-line explanation for humans: what, where, and what to do."""
-        lines = [self.message]
+    def diagnostics(self, surface: str = "api") -> str:
+        """A multi-line explanation for humans: what, where, and what to do.
+
+        ``surface="cli"`` words the fix for the command line (``cli_fix``) where the
+        Python wording (keyword arguments, classes) would not help a CLI user.
+
+        Messages, inputs and details often quote text from files, repositories or servers,
+        so each line is escaped on its own (``safehub._format.escape``): none of it can
+        start a line of its own, move the cursor or reorder the text.
+        """
+        from safehub._format.escape import escape_line
+
+        lines = [escape_line(self.message)]
         if self.subject:
-            lines.append(f"  input: {self.subject}")
-        lines.extend(self._details())
-        if self.fix:
-            lines.append(f"  fix: {self.fix}")
+            lines.append(f"  input: {escape_line(self.subject)}")
+        lines.extend(escape_line(line) for line in self._details())
+        fix = self.cli_fix if surface == "cli" and self.cli_fix else self.fix
+        if fix:
+            lines.append(f"  fix: {escape_line(fix)}")
         return "\n".join(lines)
 
     def _details(self) -> list[str]:

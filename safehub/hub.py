@@ -75,8 +75,9 @@ def download_url_to_file(url: str, dst: str, hash_prefix: str | None = None,
       only model formats safehub can check are accepted;
     - the bytes come from safehub's URL-keyed cache (downloaded there first, verified
       on every use), then are copied to ``dst`` atomically (``.partial`` + rename);
-    - ``progress`` never draws: ``True`` reports through the ``safehub.fetch``
-      logger, a callable receives :class:`~safehub.fetch.Progress` reports.
+    - ``progress=True`` draws a bar on stderr when stderr is a terminal (as torch.hub
+      does) and otherwise reports through the ``safehub.fetch`` logger; a callable
+      receives :class:`~safehub.fetch.Progress` reports and nothing is drawn.
     """
     from safehub.fetch import Fetcher
 
@@ -124,7 +125,7 @@ def load_state_dict_from_url(url: str, model_dir: str | None = None,
       :func:`download_url_to_file`); unscannable or unsafe files are refused;
     - torch's legacy single-file zip checkpoints (before PyTorch 1.6) are not
       extracted: convert them with a current ``torch.save``;
-    - ``progress`` never draws (see :func:`download_url_to_file`).
+    - ``progress`` draws only on a terminal (see :func:`download_url_to_file`).
     """
     if not weights_only:
         raise PolicyViolation(
@@ -274,6 +275,10 @@ def _progress(progress: ProgressArg) -> ProgressCallback | None:
         return progress
     if not progress:
         return None
+    from safehub._progress import DownloadBars, on_terminal
+
+    if on_terminal():  # as torch.hub: a bar on stderr, here only when it is a terminal
+        return DownloadBars()
     import logging
 
     log = logging.getLogger("safehub.fetch")

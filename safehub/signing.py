@@ -339,7 +339,10 @@ def sign(model_path: PathLike, *, private_key: bytes | PathLike,
     except keys.KeyProblem as exc:
         raise SafehubError(f"unusable private key: {exc}", subject=source,
                            fix="pass an unencrypted PEM EC private key on P-256, P-384 or "
-                               "P-521 (or its password)") from exc
+                               "P-521 (or its password)",
+                           cli_fix="pass an unencrypted PEM EC private key on P-256, P-384 or "
+                                   "P-521 to --key (decrypt one with `openssl pkey -in KEY "
+                                   "-out PLAIN.pem`)") from exc
     chain = _signing_chain(key, certificate_chain)
     if shard_size is not None and shard_size <= 0:
         raise SafehubError(f"shard size must be positive, got {shard_size}")

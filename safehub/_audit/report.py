@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from safehub._audit.model import Provenance
+from safehub._format.escape import escape_line, json_clean
 from safehub.findings import FileReport, ScanReport, Verdict
 
 __all__ = ["AUDIT_SCHEMA_VERSION", "AuditReport", "AuditStats", "FixRecord", "render_audit"]
@@ -136,15 +137,18 @@ def _text(audit: AuditReport, *, color: bool, verbose: bool) -> str:
         lines.append(block.rstrip("\n"))
         provenance = audit.provenance.get(entry.path)
         if verbose and provenance is not None:
-            lines.append(f"    from: {provenance.describe()}")
+            lines.append(f"    from: {escape_line(provenance.describe())}")
     if verbose:
-        lines.extend(f"SKIPPED  {s.path}: {s.reason}" for s in audit.report.skipped)
+        lines.extend(f"SKIPPED  {escape_line(s.path)}: {escape_line(s.reason)}"
+                     for s in audit.report.skipped)
     for fix in audit.fixes:
         if fix.action == "converted":
-            lines.append(f"FIXED    {fix.original} -> {fix.converted} (original moved to "
-                         f"{fix.quarantined})")
+            lines.append(f"FIXED    {escape_line(fix.original)} -> "
+                         f"{escape_line(fix.converted)} (original moved to "
+                         f"{escape_line(fix.quarantined)})")
         else:
-            lines.append(f"{fix.action.upper():8} {fix.original}: {fix.reason}")
+            lines.append(f"{fix.action.upper():8} {escape_line(fix.original)}: "
+                         f"{escape_line(fix.reason)}")
     if hidden:
         lines.append(f"({hidden} clean entries not shown; -v shows them with their provenance)")
     return "\n".join(lines) + ("\n" if lines else "")
@@ -169,7 +173,7 @@ def _json(audit: AuditReport) -> str:
     from safehub._format.json_report import build_json
 
     body: dict[str, Any] = build_json(audit.report, command="audit").model_dump(mode="json")
-    body["audit"] = audit_section(audit)
+    body["audit"] = json_clean(audit_section(audit))
     return json.dumps(body, indent=2) + "\n"
 
 
@@ -182,8 +186,10 @@ def _sarif(audit: AuditReport) -> str:
     for result, finding in zip(results, audit.report.findings, strict=True):
         provenance = audit.provenance.get(finding.path)
         if provenance is not None:
-            result.setdefault("properties", {})["provenance"] = provenance.to_json()
+            result.setdefault("properties", {})["provenance"] = json_clean(
+                provenance.to_json())
     run["properties"] = {"safehub.audit": {
         "policy": audit.policy, "lockfile": audit.lockfile,
-        "caches": [{"layout": layout, "path": path} for layout, path in audit.caches]}}
+        "caches": json_clean([{"layout": layout, "path": path}
+                              for layout, path in audit.caches])}}
     return json.dumps(doc, indent=2) + "\n"

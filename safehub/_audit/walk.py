@@ -7,6 +7,8 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from safehub._tree import walk
+
 __all__ = ["Entry", "walk_files"]
 
 
@@ -24,7 +26,7 @@ def walk_files(root: str, prune: Callable[[str, str], bool] | None = None) -> It
     """Every non-folder entry below ``root``, in a stable order. Folders are entered
     unless they are links or ``prune(rel, name)`` says so; links to folders are reported
     as links."""
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+    for dirpath, dirnames, filenames in walk(root):
         rel_dir = os.path.relpath(dirpath, root)
         rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/")
         dirnames.sort()

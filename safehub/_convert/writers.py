@@ -102,11 +102,14 @@ def prepare(tensors: Mapping[str, Any], fmt: OutputFormat, *, upcast_bfloat16: b
     if problems:
         lines = "; ".join(f"{why}: {_keys_list(keys)}" for why, keys in problems.items())
         bf16 = any("bfloat16" in why for why in problems)
-        fix = ("pass --upcast-bfloat16 (upcast_bfloat16=True) to store bfloat16 as float32 "
-               "(exact, twice the size), or write safetensors, which keeps bfloat16 (torch, "
-               "MLX and numpy-free loaders read it)" if bf16 else
-               "write safetensors (--format safetensors), which keeps every torch dtype")
-        raise SafehubError(f"cannot write {fmt.value}: {lines}", subject=subject, fix=fix)
+        keeps = ("which keeps bfloat16 (torch, MLX and numpy-free loaders read it)" if bf16
+                 else "which keeps every torch dtype")
+        fix = (("pass upcast_bfloat16=True to store bfloat16 as float32 (exact, twice the "
+                "size), or " if bf16 else "") + f"write format='safetensors', {keeps}")
+        cli_fix = (("pass --upcast-bfloat16 to store bfloat16 as float32 (exact, twice the "
+                    "size), or " if bf16 else "") + f"write --format safetensors, {keeps}")
+        raise SafehubError(f"cannot write {fmt.value}: {lines}", subject=subject, fix=fix,
+                           cli_fix=cli_fix)
     return out, upcast
 
 

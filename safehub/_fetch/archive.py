@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from safehub._fetch.cache import FileDigests, remove_tree, tree_digest
+from safehub._tree import walk
 from safehub.errors import FetchError
 
 __all__ = ["ArchiveLimits", "Extracted", "extract_archive", "seal_tree"]
@@ -112,7 +113,7 @@ def extract_archive(archive: Path, dest: Path, limits: ArchiveLimits, *,
 
 def seal_tree(root: Path) -> None:
     """Make an extracted tree read-only: files 0444, folders 0555 (root included)."""
-    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+    for dirpath, dirnames, filenames in walk(root, topdown=False):
         for name in filenames:
             os.chmod(os.path.join(dirpath, name), 0o444)
         for name in dirnames:

@@ -25,7 +25,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import stat
 import uuid
 from collections.abc import Mapping
@@ -34,6 +33,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
+
+from safehub._tree import remove_tree as _remove
+from safehub._tree import walk
 
 __all__ = [
     "RECORD_SCHEMA",
@@ -201,13 +203,13 @@ def remove_tree(path: Path) -> None:
         return
     if not path.exists():
         return
-    for dirpath, dirnames, _ in os.walk(path):
+    for dirpath, dirnames, _ in walk(path):
         for d in dirnames:
             full = os.path.join(dirpath, d)
             if not os.path.islink(full):
                 os.chmod(full, 0o700)
     os.chmod(path, 0o700)
-    shutil.rmtree(path)
+    _remove(path)
 
 
 def hash_tree(root: Path) -> tuple[FileDigests, list[str]]:
@@ -215,7 +217,7 @@ def hash_tree(root: Path) -> tuple[FileDigests, list[str]]:
     regular file nor a folder (links, devices), which no checkout ever holds."""
     files: FileDigests = {}
     odd: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in walk(root):
         for name in [*dirnames, *filenames]:
             full = os.path.join(dirpath, name)
             rel = os.path.relpath(full, root).replace(os.sep, "/")

@@ -238,7 +238,8 @@ class HttpClient:
                     raise FetchError(
                         f"download failed after {attempt} attempts: {exc.reason}", subject=url,
                         fix="retry later; if the network is slow, raise the timeout "
-                        "(Fetcher(http=HttpSettings(timeout=...)))") from exc
+                        "(Fetcher(http=HttpSettings(timeout=...)))",
+                        cli_fix="retry later, on a faster or less busy network") from exc
                 delay = min(self.settings.backoff * (2 ** (attempt - 1)),
                             self.settings.max_backoff)
                 if exc.wait is not None:

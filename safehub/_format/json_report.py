@@ -1,10 +1,17 @@
-"""JSON report, validated by pydantic models and versioned by ``schema_version``."""
+"""JSON report, validated by pydantic models and versioned by ``schema_version``.
+
+Every string is valid Unicode (JSON escapes controls itself). A file name that is not valid
+UTF-8 is shown with its undecodable bytes as ``\\xNN`` in ``path``, and ``path_bytes`` holds
+the name's exact bytes, base64-encoded (null when ``path`` is the name as it is).
+"""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
 from safehub import __version__
+from safehub._format.escape import json_text as _j
+from safehub._format.escape import raw_bytes_b64
 from safehub.findings import ScanReport, Verdict
 
 __all__ = ["SCHEMA_VERSION", "JsonReport", "render_json"]
@@ -32,6 +39,7 @@ class JsonFinding(_Model):
 
 class JsonFile(_Model):
     path: str
+    path_bytes: str | None
     format: str
     size: int
     verdict: str
@@ -43,6 +51,7 @@ class JsonFile(_Model):
 
 class JsonSkipped(_Model):
     path: str
+    path_bytes: str | None
     reason: str
 
 
@@ -77,20 +86,23 @@ def build_json(report: ScanReport, *, command: str = "scan") -> JsonReport:
                             errors=counts[Verdict.ERROR], skipped=len(report.skipped)),
         files=[
             JsonFile(
-                path=f.path, format=f.format, size=f.size, verdict=f.verdict.value,
-                records=list(f.records), error=f.error, decompiled=dict(f.decompiled),
+                path=_j(f.path), path_bytes=raw_bytes_b64(f.path), format=_j(f.format),
+                size=f.size, verdict=f.verdict.value, records=[_j(r) for r in f.records],
+                error=_j(f.error), decompiled={_j(k): _j(v) for k, v in f.decompiled},
                 findings=[
                     JsonFinding(rule_id=x.rule_id, rule_name=x.rule_name,
                                 severity=x.severity.value, blocking=x.blocking,
-                                message=x.message, location=x.location, offset=x.offset,
-                                subject=x.subject, payload=x.payload, allowed_by=x.allowed_by,
+                                message=_j(x.message), location=_j(x.location),
+                                offset=x.offset, subject=_j(x.subject),
+                                payload=_j(x.payload), allowed_by=_j(x.allowed_by),
                                 fingerprint=x.fingerprint())
                     for x in f.findings
                 ],
             )
             for f in report.files
         ],
-        skipped=[JsonSkipped(path=s.path, reason=s.reason) for s in report.skipped],
+        skipped=[JsonSkipped(path=_j(s.path), path_bytes=raw_bytes_b64(s.path),
+                             reason=_j(s.reason)) for s in report.skipped],
     )
 
 

@@ -3,6 +3,8 @@
 Paths are relative to the ``SRCROOT`` base (the working directory) when they can
 be; binary files get ``startLine: 1`` and the byte offset as a property; each
 result carries a stable partial fingerprint so findings do not churn between runs.
+Text from the scanned files is escaped to one line (``escape_line``); URIs percent-encode
+the path's bytes, so a name that is not UTF-8 keeps its exact bytes.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from safehub import __version__
+from safehub._format.escape import escape_line, json_text
 from safehub.findings import Finding, ScanReport
 from safehub.rules import RULES, Severity
 
@@ -31,9 +34,16 @@ def _uri(path: str, root: Path) -> tuple[str, bool]:
     absolute = Path(os.path.abspath(path))
     try:
         rel = absolute.relative_to(root)
-        return quote(rel.as_posix()), True
+        return quote(_path_bytes(rel.as_posix())), True
     except ValueError:
-        return absolute.as_uri(), False
+        return "file://" + quote(_path_bytes(absolute.as_posix())), False
+
+
+def _path_bytes(path: str) -> bytes:
+    try:
+        return path.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that is not an escaped byte
+        return path.encode("utf-8", "surrogatepass")
 
 
 def render_sarif(report: ScanReport) -> str:
@@ -58,7 +68,8 @@ def render_sarif(report: ScanReport) -> str:
         "tool": {"driver": {"name": "safehub", "version": __version__,
                             "informationUri": "https://github.com/safehub/safehub",
                             "rules": rules}},
-        "originalUriBaseIds": {"SRCROOT": {"uri": root.as_uri() + "/"}},
+        "originalUriBaseIds": {"SRCROOT": {
+            "uri": "file://" + quote(_path_bytes(root.as_posix().rstrip("/"))) + "/"}},
         "results": results,
         "invocations": [{"executionSuccessful": True}],
     }
@@ -77,7 +88,7 @@ def _location(path: str, root: Path, finding: Finding | None) -> dict[str, objec
     if finding is not None:
         props: dict[str, object] = {}
         if finding.location:
-            props["record"] = finding.location
+            props["record"] = json_text(finding.location)
         if finding.offset is not None:
             props["byteOffset"] = finding.offset
         if props:
@@ -86,11 +97,11 @@ def _location(path: str, root: Path, finding: Finding | None) -> dict[str, objec
 
 
 def _result(finding: Finding, index: dict[str, int], root: Path) -> dict[str, object]:
-    text = finding.message
+    text = escape_line(finding.message)
     if finding.location:
-        text += f" (in {finding.location})"
+        text += f" (in {escape_line(finding.location)})"
     if finding.payload and finding.payload != finding.subject:
-        text += f". Would run: {finding.payload}"
+        text += f". Would run: {escape_line(finding.payload)}"
     result: dict[str, object] = {
         "ruleId": finding.rule_id,
         "ruleIndex": index[finding.rule_id],
@@ -98,8 +109,10 @@ def _result(finding: Finding, index: dict[str, int], root: Path) -> dict[str, ob
         "message": {"text": text},
         "locations": [_location(finding.path, root, finding)],
         "partialFingerprints": {"safehubFinding/v1": finding.fingerprint()},
-        "properties": {"severity": finding.severity.value, "subject": finding.subject},
+        "properties": {"severity": finding.severity.value,
+                       "subject": json_text(finding.subject)},
     }
     if finding.allowed_by:
-        result["suppressions"] = [{"kind": "external", "justification": finding.allowed_by}]
+        result["suppressions"] = [{"kind": "external",
+                                   "justification": escape_line(finding.allowed_by)}]
     return result

@@ -1,7 +1,13 @@
-"""Human-readable report: one block per file, findings with what they would do and the fix."""
+"""Human-readable report: one block per file, findings with what they would do and the fix.
+
+Everything that came from the scanned files (names, record locations, payloads, error
+texts) goes through ``escape_line``; decompiled source is a marked block (``escape_block``).
+"""
 
 from __future__ import annotations
 
+from safehub._format.escape import escape_block
+from safehub._format.escape import escape_line as _e
 from safehub.findings import FileReport, Finding, ScanReport, Verdict
 from safehub.rules import RULES, Severity
 
@@ -23,18 +29,19 @@ def render_text(report: ScanReport, *, color: bool = False, verbose: bool = Fals
         lines.extend(_file_block(file, color, verbose))
     if verbose:
         for skipped in report.skipped:
-            lines.append(f"{_paint('SKIPPED', '2', color)}  {skipped.path}: {skipped.reason}")
+            lines.append(f"{_paint('SKIPPED', '2', color)}  {_e(skipped.path)}: "
+                         f"{_e(skipped.reason)}")
     return "\n".join(lines) + ("\n" if lines else "")
 
 
 def _file_block(file: FileReport, color: bool, verbose: bool) -> list[str]:
     verdict = file.verdict
     label = _paint(f"{verdict.value.upper():7}", _VERDICT_COLOR[verdict], color)
-    head = f"{label}  {file.path}  ({file.format}"
+    head = f"{label}  {_e(file.path)}  ({_e(file.format)}"
     head += f", {len(file.records)} records)" if verbose and file.records else ")"
     lines = [head]
     if file.error:
-        lines.append(f"    error: {file.error}")
+        lines.append(f"    error: {_e(file.error)}")
     shown = [f for f in file.findings if verbose or f.blocking or verdict is Verdict.UNKNOWN]
     for finding in shown:
         lines.extend(_finding_lines(finding, color))
@@ -42,8 +49,8 @@ def _file_block(file: FileReport, color: bool, verbose: bool) -> list[str]:
     if hidden:
         lines.append(f"    ({hidden} informational or allowed findings; -v shows them)")
     for location, source in file.decompiled:
-        lines.append(f"    decompiled {location} (fickling):")
-        lines.extend(f"        {line}" for line in source.splitlines())
+        lines.append(f"    decompiled {_e(location)} (fickling):")
+        lines.extend(escape_block(source, indent="        "))
     return lines
 
 
@@ -51,15 +58,15 @@ def _finding_lines(finding: Finding, color: bool) -> list[str]:
     sev = _paint(f"{finding.severity.value:8}", _SEVERITY_COLOR[finding.severity], color)
     where = []
     if finding.location:
-        where.append(finding.location)
+        where.append(_e(finding.location))
     if finding.offset is not None:
         where.append(f"offset {finding.offset}")
     place = f"  [{', '.join(where)}]" if where else ""
-    lines = [f"    {finding.rule_id} {sev} {finding.message}{place}"]
+    lines = [f"    {finding.rule_id} {sev} {_e(finding.message)}{place}"]
     if finding.payload and finding.payload != finding.subject:
-        lines.append(f"        would run: {finding.payload}")
+        lines.append(f"        would run: {_e(finding.payload)}")
     if finding.allowed_by:
-        lines.append(f"        allowed by: {finding.allowed_by}")
+        lines.append(f"        allowed by: {_e(finding.allowed_by)}")
     elif finding.blocking:
         lines.append(f"        fix: {RULES[finding.rule_id].help}")
     return lines

@@ -13,13 +13,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from safehub._tree import copy_tree, links_leaving, walk
 from safehub.errors import FetchError, IntegrityError, SafehubError
 from safehub.policy import Decision, Policy, RepoRequest, SandboxRequest, TrustRepo, load_policy
 
@@ -129,13 +129,22 @@ def _local_repo(policy: Policy, call: HubCall, stack: contextlib.ExitStack) -> P
     if not (path / "hubconf.py").is_file():
         raise FetchError(f"{path} has no hubconf.py", subject=str(path),
                          fix="point at a torch.hub repository folder (one with hubconf.py)")
+    # Landlock grants the sandbox the folder by path; a hard link in it to a file elsewhere
+    # (a key, a token) would be readable through that grant. Refuse such links.
+    leaving = links_leaving(path)
+    if leaving:
+        raise FetchError(
+            f"{leaving[0]} is hard-linked to a file outside {path}"
+            + (f" (and {len(leaving) - 1} more files)" if len(leaving) > 1 else ""),
+            subject=str(path),
+            fix="load a copy without hard links (cp -r, or git clone --no-hardlinks)")
     decision = policy.check(RepoRequest(str(path), entrypoint=call.entrypoint, source="local"))
     if decision.requirement("signature") is None:
         return path
     private = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="safehub-repo-")))
     copy = private / path.name
     # Links are copied as links: the verifier refuses them rather than following them.
-    shutil.copytree(path, copy, symlinks=True)
+    copy_tree(path, copy)
     _read_only(copy)
     verify_signatures(decision, copy, str(path))
     return copy
@@ -144,7 +153,7 @@ def _local_repo(policy: Policy, call: HubCall, stack: contextlib.ExitStack) -> P
 def _read_only(tree: Path) -> None:
     private = tree.parent
     private.chmod(0o755)  # the sandbox's unprivileged uid must reach the copy
-    for directory, _dirs, files in os.walk(tree):
+    for directory, _dirs, files in walk(tree):
         for name in files:
             target = Path(directory) / name
             if not target.is_symlink():
@@ -155,11 +164,13 @@ def _read_only(tree: Path) -> None:
 def run_hub_call(call: HubCall, policy: Policy | str | os.PathLike[str] | None = None, *,
                  fetcher: Fetcher | None = None) -> SandboxResult:
     """Decide, fetch, verify and run one hub call in the sandbox."""
+    from safehub._torchdep import require_torch
     from safehub.fetch import Fetcher
     from safehub.hub import get_dir
     from safehub.sandbox import Layer, default_sandbox
     from safehub.sandbox import SandboxRequest as RunRequest
 
+    require_torch(f"hub.{call.op.value}")
     policy = load_policy(policy)
     fetcher = fetcher or Fetcher(policy, hub_dir=get_dir())
     with contextlib.ExitStack() as stack:

@@ -32,6 +32,7 @@ from typing import Any, Protocol, runtime_checkable
 from safehub._policy.urls import canonical_url
 from safehub._sandbox.channel import Channel
 from safehub._sandbox.errors import clean_text
+from safehub._tree import copy_tree
 from safehub.errors import FetchError, PolicyViolation, SafehubError
 
 __all__ = ["Broker", "BrokerService", "DownloadRefused", "install_stubs"]
@@ -161,8 +162,8 @@ class BrokerService:
             raise FetchError("the approved repo is not a folder", subject=str(source))
         # A folder the child can only read (Landlock: read-only; created by the parent).
         target = self.grants_dir / f"{len(self.fetched)}-{re.sub(r'[^A-Za-z0-9_.-]', '_', repo)}"
-        shutil.copytree(source, target, symlinks=True, copy_function=shutil.copyfile,
-                        ignore=shutil.ignore_patterns(".git"))
+        copy_tree(source, target, copy_function=shutil.copyfile,
+                  ignore=shutil.ignore_patterns(".git"))
         self.fetched.append(repo)
         return {"dir": str(target)}, []
 

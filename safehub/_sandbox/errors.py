@@ -7,7 +7,6 @@ characters before it lands in a message.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 from safehub._sandbox.spec import Layer
@@ -24,14 +23,14 @@ __all__ = [
     "clean_text",
 ]
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
 def clean_text(text: object, limit: int = 2000) -> str:
-    """Untrusted text made safe to print: control characters escaped, length bounded."""
+    """Untrusted text made safe to keep: every control, format, separator and surrogate
+    character escaped except LF (docstrings and tracebacks keep their lines; whoever shows
+    them renders the lines as a marked block), length bounded."""
+    from safehub._format.escape import escape_line
+
     s = text if isinstance(text, str) else repr(text)
-    s = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256
-                     else f"\\u{ord(m.group()):04x}", s)
+    s = "\n".join(escape_line(part) for part in s.replace("\r\n", "\n").split("\n"))
     return s if len(s) <= limit else s[:limit] + f"... [{len(s) - limit} more characters]"
 
 
@@ -89,8 +88,12 @@ class RepoCodeError(SandboxFailure):
     def _details(self) -> list[str]:
         lines = super()._details()
         if self.traceback:
+            from safehub._format.escape import escape_block
+
+            # The child's own text, as a marked block: it cannot pass for safehub's lines.
             lines.append("  traceback (from the sandbox):")
-            lines.extend(f"    {line}" for line in self.traceback.splitlines()[-12:])
+            tail = "\n".join(self.traceback.replace("\r", "\n").split("\n")[-12:])
+            lines.extend(escape_block(tail))
         return lines
 
 

@@ -25,8 +25,9 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
+from safehub._format.escape import escape_line
 from safehub._sandbox import dtypes
-from safehub._sandbox.errors import BadResult
+from safehub._sandbox.errors import BadResult, clean_text
 from safehub._sandbox.writer import SEALS
 from safehub._scanner.fmt_safetensors import HeaderError, check_header
 
@@ -34,6 +35,8 @@ __all__ = ["MAX_HEADER_BYTES", "MAX_TENSORS", "read_tensors"]
 
 MAX_HEADER_BYTES = 16 << 20  # ~100 bytes per tensor: room for 100k+ tensors, parsed in ~0.1 s
 MAX_TENSORS = 100_000
+MAX_DIMS = 64  # torch's own limit on dimensions
+_INT64_MAX = (1 << 63) - 1
 
 
 def read_tensors(fd: int, *, order: Sequence[str] | None = None,
@@ -50,9 +53,40 @@ def read_tensors(fd: int, *, order: Sequence[str] | None = None,
         os.close(fd)
 
 
-def _bad(message: str) -> BadResult:
+def _bad(message: str, key: str | None = None) -> BadResult:
     return BadResult(f"the sandbox returned a malformed result: {message}",
+                     keys=() if key is None else (escape_line(key, 200),),
                      fix="do not use this repository; its code tampered with the result")
+
+
+def _show(name: str) -> str:
+    return f"'{escape_line(name, 200)}'"
+
+
+def _check_name(name: str) -> None:
+    """A key must survive being written back out: safetensors keys are UTF-8, so a lone
+    surrogate (valid in JSON escapes, not in UTF-8) is refused here, by name."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _bad(f"tensor {_show(name)}: the name is not valid Unicode (lone surrogate)",
+                   name) from None
+
+
+def _check_shape(name: str, shape: list[int], itemsize: int) -> None:
+    """Refuse shapes whose sizes overflow what torch (int64 sizes, and the running
+    product of sizes times the item size) can represent. A shape holding a 0 describes
+    no bytes, so it passes the byte-range checks whatever its other sizes are."""
+    if len(shape) > MAX_DIMS:
+        raise _bad(f"tensor {_show(name)}: {len(shape)} dimensions (at most {MAX_DIMS})",
+                   name)
+    product = itemsize
+    for d in shape:
+        if d > _INT64_MAX:
+            raise _bad(f"tensor {_show(name)}: size {d} overflows 64 bits", name)
+        product *= max(d, 1)
+        if product > _INT64_MAX:
+            raise _bad(f"tensor {_show(name)}: shape {shape} overflows 64 bits", name)
 
 
 def _read(fd: int, order: Sequence[str] | None, max_header: int,
@@ -97,14 +131,17 @@ def _read(fd: int, order: Sequence[str] | None, max_header: int,
     specs: list[tuple[str, Any, list[int], int, int]] = []
     for name in names:
         info: Any = parsed[name]
+        _check_name(name)
         try:
             dtype = dtypes.from_name(info["dtype"])
         except KeyError:
-            raise _bad(f"tensor {name!r}: dtype {info['dtype']} is not accepted") from None
+            raise _bad(f"tensor {_show(name)}: dtype {info['dtype']} is not accepted",
+                       name) from None
+        _check_shape(name, info["shape"], dtype.itemsize)
         begin, end = info["data_offsets"]
         itemsize = dtype.itemsize
         if (start + begin) % itemsize:
-            raise _bad(f"tensor {name!r} is not aligned for {info['dtype']}")
+            raise _bad(f"tensor {_show(name)} is not aligned for {info['dtype']}", name)
         specs.append((name, dtype, info["shape"], begin, (end - begin) // itemsize))
 
     data = size - start
@@ -112,12 +149,18 @@ def _read(fd: int, order: Sequence[str] | None, max_header: int,
                if data else None)
     tensors: dict[str, Any] = {}
     for name, dtype, shape, begin, count in specs:
-        if count == 0 or mapping is None:
-            tensors[name] = torch.empty(shape, dtype=dtype)
-            continue
-        t = torch.frombuffer(mapping, dtype=dtype, count=count, offset=start + begin)
-        t = t.view(shape)
+        try:
+            if count == 0 or mapping is None:
+                tensors[name] = torch.empty(shape, dtype=dtype)
+                continue
+            t = torch.frombuffer(mapping, dtype=dtype, count=count, offset=start + begin)
+            t = t.view(shape)
+        except (RuntimeError, TypeError, ValueError, OverflowError) as exc:
+            # The checks above should leave torch nothing to refuse; if it still does, the
+            # result is refused by name rather than crashing the parent.
+            raise _bad(f"tensor {_show(name)}: torch refused it ({clean_text(exc, 300)})",
+                       name) from None
         if dtype == torch.bool and bool((t.view(torch.uint8) > 1).any()):
-            raise _bad(f"tensor {name!r}: booleans other than 0 and 1")
+            raise _bad(f"tensor {_show(name)}: booleans other than 0 and 1", name)
         tensors[name] = t
     return tensors

@@ -15,7 +15,6 @@ import errno
 import logging
 import os
 import select
-import shutil
 import signal
 import socket
 import stat
@@ -49,6 +48,7 @@ from safehub._sandbox.spec import (
     SandboxRequest,
     SandboxResult,
 )
+from safehub._tree import remove_tree, walk
 from safehub.errors import SafehubError, SandboxError
 
 __all__ = ["Sandbox", "default_sandbox", "probe_layers", "run_sandboxed"]
@@ -480,6 +480,12 @@ class _Run:
             names = message.get("entrypoints")
             if not _str_list(names) or len(names) > _MAX_ENTRYPOINTS:
                 raise self._protocol("malformed list result")
+            # torch.hub's entrypoints are hubconf attributes: Python identifiers, nothing
+            # else (a name is printed one per line; it must not carry a line of its own).
+            bad = [n for n in names if not n.isidentifier()]
+            if bad:
+                raise self._protocol(f"entrypoint name '{clean_text(bad[0], 200)}' is not "
+                                     f"a Python identifier")
             entrypoints = tuple(clean_text(n, 200) for n in names)
         else:
             raw = message.get("doc")
@@ -633,7 +639,7 @@ def _str_list(value: object) -> TypeGuard[list[str]]:
 
 def _not_world_readable(repo: Path) -> str | None:
     seen = 0
-    for dirpath, _, filenames in os.walk(repo):
+    for dirpath, _, filenames in walk(repo):
         st = os.stat(dirpath)
         if st.st_mode & 0o005 != 0o005:
             return dirpath
@@ -652,14 +658,7 @@ def _not_world_readable(repo: Path) -> str | None:
 
 
 def _remove_tree(path: Path) -> None:
-    def retry(func: Any, target: str, _exc: object) -> None:
-        try:
-            os.chmod(os.path.dirname(target), 0o700)
-            func(target)
-        except OSError:
-            log.debug("could not remove %s", target)
-
-    shutil.rmtree(path, onerror=retry)
+    remove_tree(path)  # iterative: a repo tree can be deeper than the recursion limit
 
 
 # --- module-level convenience ------------------------------------------------------------

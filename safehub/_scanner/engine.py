@@ -25,6 +25,7 @@ from safehub._scanner.judge import Loader, judge_stream
 from safehub._scanner.pickle_vm import PickleCursor
 from safehub._scanner.source import ByteSource, FileRegion
 from safehub._scanner.zipdir import ZipError, find_eocd, read_directory
+from safehub._tree import walk
 from safehub.findings import FileReport, Finding, ScanReport, Skipped, Verdict
 from safehub.rules import RULES
 
@@ -177,7 +178,7 @@ def _scan_path(path: str, display: str, options: ScanOptions) -> FileReport:
 
 def _walk(root: str) -> Iterator[tuple[str, str | None]]:
     """(path, reason to skip or None) for every entry below ``root``, in a stable order."""
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+    for dirpath, dirnames, filenames in walk(root):
         dirnames.sort()
         kept = []
         for d in dirnames:

@@ -1,8 +1,8 @@
 """The ``safehub`` command. Each subcommand lives in its own module.
 
 Exit codes: 0 clean or allowed, 1 findings or denied, 2 error (usage, unreadable
-input, invalid policy, nothing scanned). stdout carries only the report; logs,
-progress and the summary go to stderr.
+input, invalid policy, nothing scanned), 130 interrupted (Ctrl-C). stdout carries
+only the report; logs, progress and the summary go to stderr.
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ import logging
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
 from safehub import __version__
-from safehub.cli._common import EXIT_ERROR, EXIT_FINDINGS
+from safehub._format.escape import Block, escape_block, escape_line
+from safehub.cli._common import EXIT_ERROR, EXIT_FINDINGS, EXIT_INTERRUPTED
 from safehub.errors import (
     IntegrityError,
     PolicyViolation,
@@ -33,10 +35,19 @@ _COMMANDS = {"scan": "scan", "load": "load", "list": "hub_list", "help": "hub_he
              "doctor": "doctor", "audit": "audit", "convert": "convert"}
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors as one escaped line on stderr (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: usage error: {escape_line(message)} "
+                         f"(see '{self.prog} --help')\n")
+        raise SystemExit(EXIT_ERROR)
+
+
 def _parser(command: str | None = None) -> argparse.ArgumentParser:
     """The CLI's parser; given the subcommand being run, only that one is imported, so that
     `safehub scan` does not pay for the policy engine's or the signer's imports."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="safehub",
         description="Use third-party PyTorch models without handing strangers code execution.",
     )
@@ -52,8 +63,11 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def _configure_logging(quiet: bool, verbose: bool) -> None:
+    from safehub._format.escape import LogFormatter
+    from safehub._progress import on_terminal
+
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("safehub: %(message)s"))
+    handler.setFormatter(LogFormatter(clear_line=on_terminal(sys.stderr)))
     root = logging.getLogger("safehub")
     root.handlers[:] = [handler]
     root.setLevel(logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO)
@@ -66,6 +80,22 @@ def _sandbox_exit(exc: SandboxError) -> int:
     from safehub._sandbox.errors import SandboxFailure
 
     return EXIT_ERROR if type(exc) is SandboxFailure else EXIT_FINDINGS
+
+
+# Subcommands that run PyTorch (in the sandbox or here); the others never import it.
+_NEEDS_TORCH = {"load": "safehub load", "list": "safehub list", "help": "safehub help",
+                "convert": "safehub convert"}
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse an unusable report or tensor target before any work is done."""
+    from safehub.cli._output import check_target
+
+    if (getattr(args, "output", None) is not None and hasattr(args, "format")
+            and args.command != "convert"):
+        check_target(args.output, flag="-o")
+    if args.command == "load" and getattr(args, "out", None) is not None:
+        check_target(args.out, flag="--out")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -83,19 +113,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.quiet, args.verbose)
     log = logging.getLogger("safehub")
     try:
+        if args.command in _NEEDS_TORCH:
+            from safehub._torchdep import require_torch
+
+            require_torch(_NEEDS_TORCH[args.command])
+        _check_outputs(args)
         return int(args.run(args))
     except (PolicyViolation, UnsafeModel, IntegrityError) as exc:
-        log.error("%s", exc.diagnostics())
+        log.error("%s", Block(exc.diagnostics(surface="cli")))
         return EXIT_FINDINGS
     except SandboxError as exc:
-        log.error("%s", exc.diagnostics())
+        log.error("%s", Block(exc.diagnostics(surface="cli")))
         return _sandbox_exit(exc)
     except SafehubError as exc:
-        log.error("%s", exc.diagnostics())
+        log.error("%s", Block(exc.diagnostics(surface="cli")))
         return EXIT_ERROR
     except KeyboardInterrupt:
+        # As shells report SIGINT (128 + 2); reports are written atomically, so nothing
+        # half-written is left behind.
         log.error("interrupted")
-        return EXIT_ERROR
+        return EXIT_INTERRUPTED
     except Exception:  # the one catch-all: an internal error is never a clean exit
-        log.error("internal error (please report it):\n%s", traceback.format_exc())
+        log.error("internal error (please report it):\n%s",
+                  Block("\n".join(escape_block(traceback.format_exc(), indent="  "))))
         return EXIT_ERROR

@@ -14,11 +14,13 @@ from safehub.findings import ScanReport
 __all__ = [
     "EXIT_ERROR",
     "EXIT_FINDINGS",
+    "EXIT_INTERRUPTED",
     "EXIT_OK",
     "ProgressLine",
     "add_output_options",
     "emit",
     "exit_code_for",
+    "progress_enabled",
     "use_color",
     "write_report",
 ]
@@ -26,6 +28,7 @@ __all__ = [
 EXIT_OK = 0  # clean, allowed, verified
 EXIT_FINDINGS = 1  # findings, denied, not verified
 EXIT_ERROR = 2  # usage, unreadable input, invalid policy, nothing scanned
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 
 log = logging.getLogger("safehub")
 
@@ -44,19 +47,16 @@ def use_color(stream: TextIO) -> bool:
 
 
 def emit(text: str, args: argparse.Namespace) -> None:
-    """The report goes to ``--output`` (written atomically) or stdout (unless ``-q`` text)."""
-    if args.output:
-        import tempfile
+    """The report goes to ``--output`` (see ``safehub.cli._output``) or stdout (unless
+    ``-q`` text)."""
+    if getattr(args, "format", "text") in ("json", "sarif"):
+        from safehub._format.escape import inert_json
 
-        directory = os.path.dirname(os.path.abspath(args.output))
-        fd, tmp = tempfile.mkstemp(prefix=".safehub-report-", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            os.replace(tmp, args.output)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        text = inert_json(text)
+    if args.output is not None:
+        from safehub.cli._output import write_text
+
+        write_text(args.output, text)
         log.info("report written to %s", args.output)
         return
     if args.quiet and args.format == "text":
@@ -81,32 +81,37 @@ def exit_code_for(report: ScanReport) -> int:
     return EXIT_OK
 
 
+def progress_enabled() -> bool:
+    """Progress is drawn on a terminal only, and not with ``-q``."""
+    from safehub._progress import on_terminal
+
+    return on_terminal(sys.stderr) and log.isEnabledFor(logging.INFO)
+
+
 class ProgressLine:
-    """A one-line progress display on stderr, drawn only when stderr is a terminal."""
+    """Progress of long work on stderr (a tqdm counter with the current item; byte bars
+    for downloads), drawn only on a terminal and not with ``-q``."""
 
     def __init__(self, label: str, stream: TextIO | None = None):
+        from safehub._progress import CountBar, DownloadBars
+
         self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty() and not os.environ.get("SAFEHUB_NO_PROGRESS")
+        self.enabled = progress_enabled()
         self.label = label
-        self.count = 0
+        self._count = CountBar(label, enabled=self.enabled, stream=self.stream)
+        self._bytes = DownloadBars(self.stream) if self.enabled else None
 
     def __call__(self, item: str) -> None:
-        if not self.enabled:
-            return
-        self.count += 1
-        text = f"\r{self.label} {self.count}: {item}"[:100]
-        self.stream.write(text.ljust(100))
-        self.stream.flush()
+        self._count(item)
 
     def done(self) -> None:
-        if self.enabled and self.count:
-            self.stream.write("\r" + " " * 100 + "\r")
-            self.stream.flush()
+        self._count.done()
+        if self._bytes is not None:
+            self._bytes.close()
 
     def bytes_done(self, done: int, total: int | None) -> None:
-        """Draw a byte count (downloads), as a percentage when the total is known."""
-        if not self.enabled:
-            return
-        pct = f"{100 * done // total}%" if total else f"{done >> 20} MiB"
-        self.stream.write(f"\r{self.label} {pct}".ljust(60))
-        self.stream.flush()
+        """Draw a byte count (downloads)."""
+        if self._bytes is not None:
+            from safehub._fetch.http import Progress
+
+            self._bytes(Progress(self.label, done, total))

@@ -5,10 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from typing import TYPE_CHECKING
 
+from safehub._format.escape import escape_line
 from safehub.policy import Policy, load_policy
 
-__all__ = ["add_repo_options", "parse_kwargs", "policy_for"]
+__all__ = ["add_repo_options", "entrypoint_name", "parse_kwargs", "policy_for", "run_call"]
+
+if TYPE_CHECKING:
+    from safehub._hub.runner import HubCall
+    from safehub.sandbox import SandboxResult
 
 log = logging.getLogger("safehub")
 
@@ -31,21 +37,74 @@ def add_repo_options(parser: argparse.ArgumentParser) -> None:
                         "(https, or plain http to a loopback address); repeatable")
 
 
+def entrypoint_name(value: str) -> str:
+    """argparse type for ENTRY: a hubconf entrypoint is a Python identifier."""
+    if not value.isidentifier():
+        raise argparse.ArgumentTypeError(
+            f"'{escape_line(value, 200)}' is not an entrypoint name (a Python identifier)")
+    return value
+
+
 def policy_for(args: argparse.Namespace) -> Policy:
     policy = load_policy(args.policy)
     return policy.with_download_prefixes(list(args.allow_url))
 
 
+def run_call(call: HubCall, args: argparse.Namespace) -> SandboxResult:
+    """Run a hub call for the CLI: on a terminal, say what is happening while the sandbox
+    starts and runs, and draw a bar for each download the code asks for."""
+    from safehub._hub.runner import run_hub_call
+    from safehub._progress import DownloadBars, Status, label
+    from safehub.cli._common import progress_enabled
+    from safehub.fetch import Fetcher
+    from safehub.hub import get_dir
+
+    policy = policy_for(args)
+    enabled = progress_enabled()
+    bars = DownloadBars() if enabled else None
+    fetcher = Fetcher(policy, hub_dir=get_dir(), progress=bars)
+    what = {"list": "listing the entrypoints of", "help": "reading the docstring from",
+            "load": f"running {label(call.entrypoint or '')} from"}.get(call.op.value, "running")
+    status = Status(f"starting the sandbox and {what} {label(call.repo_or_dir)}",
+                    enabled=enabled)
+    try:
+        return run_hub_call(call, policy, fetcher=fetcher)
+    finally:
+        status.done()
+        if bars is not None:
+            bars.close()
+
+
 def parse_kwargs(items: list[str]) -> dict[str, object]:
-    """``key=value`` pairs; values are JSON when they parse as JSON, else strings."""
+    """``key=value`` pairs; values are JSON when they parse as JSON, else strings.
+
+    Only finite, plain JSON crosses into the sandbox: ``NaN``, ``Infinity``, ``1e999``
+    (which parses as infinity), integers past Python's digit limit and nesting deeper than
+    the sandbox accepts are usage errors here, named by their key, not failures later.
+    """
+    from safehub._sandbox.spec import check_json
+
     kwargs: dict[str, object] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key.isidentifier():
             raise argparse.ArgumentTypeError(
-                f"{item!r} is not key=value (keys are Python identifiers)")
+                f"'{escape_line(item, 200)}' is not KEY=VALUE (keys are Python identifiers)")
         try:
-            kwargs[key] = json.loads(raw)
+            value: object = json.loads(raw, parse_constant=_not_finite)
         except json.JSONDecodeError:
-            kwargs[key] = raw
+            value = raw
+        except (ValueError, RecursionError) as exc:
+            raise argparse.ArgumentTypeError(
+                f"{key}: the value is not usable JSON ({escape_line(exc, 200)})") from None
+        try:
+            kwargs[key] = check_json(value, key)
+        except TypeError as exc:
+            raise argparse.ArgumentTypeError(
+                f"{escape_line(exc, 300)} (only finite JSON values cross into the sandbox)"
+            ) from None
     return kwargs
+
+
+def _not_finite(name: str) -> object:
+    raise ValueError(f"{name} is not a finite number")

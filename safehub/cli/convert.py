@@ -41,11 +41,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from safehub._progress import Status, label
+    from safehub.cli._common import progress_enabled
     from safehub.convert import convert
 
-    result = convert(args.source, args.output, format=args.format,
-                     upcast_bfloat16=args.upcast_bfloat16, policy=args.policy,
-                     overwrite=args.force, unsafe_full_unpickle=args.unsafe_full_unpickle)
+    status = Status(f"scanning {label(args.source)} and loading it in the sandbox",
+                    enabled=progress_enabled())
+    try:
+        result = convert(args.source, args.output, format=args.format,
+                         upcast_bfloat16=args.upcast_bfloat16, policy=args.policy,
+                         overwrite=args.force, unsafe_full_unpickle=args.unsafe_full_unpickle)
+    finally:
+        status.done()
     if result.upcast:
         log.info("stored %d bfloat16 tensors as float32 (--upcast-bfloat16)", len(result.upcast))
     if args.json:

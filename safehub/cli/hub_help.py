@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 
+from safehub._format.escape import escape_block, escape_line
 from safehub.cli._common import EXIT_OK
-from safehub.cli._hubargs import add_repo_options, policy_for
+from safehub.cli._hubargs import add_repo_options, entrypoint_name, run_call
 
 __all__ = ["register"]
 
@@ -17,16 +19,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("help", help=HELP, description=HELP + ". Exit 0 on success, 1 when the "
                        "policy or the sandbox refused, 2 on error.")
     add_repo_options(p)
-    p.add_argument("entry", metavar="ENTRY", help="the entrypoint in hubconf.py")
+    p.add_argument("entry", metavar="ENTRY", type=entrypoint_name,
+                   help="the entrypoint in hubconf.py")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from safehub._hub.runner import HubCall, run_hub_call
+    from safehub._hub.runner import HubCall
     from safehub.sandbox import Operation
 
     call = HubCall(args.repo, Operation.HELP, args.entry, source=args.source,
                    trust_repo=True if args.trust_repo else None, force_reload=args.force_reload)
-    doc = run_hub_call(call, policy_for(args)).doc or ""
-    sys.stdout.write(doc if doc.endswith("\n") or not doc else doc + "\n")
+    doc = run_call(call, args).doc
+    # The docstring is the repository's text: shown as a marked block, every line escaped,
+    # so none of it can pass for a line of safehub's own.
+    if not doc:
+        sys.stdout.write(f"{escape_line(args.entry)}: no docstring\n")
+        return EXIT_OK
+    sys.stdout.write(f"{escape_line(args.entry)} (docstring from the repository):\n")
+    sys.stdout.write("".join(line + "\n" for line in escape_block(inspect.cleandoc(doc))))
     return EXIT_OK

@@ -6,8 +6,9 @@ import argparse
 import json
 import sys
 
+from safehub._format.escape import escape_line, inert_json, json_text
 from safehub.cli._common import EXIT_OK
-from safehub.cli._hubargs import add_repo_options, policy_for
+from safehub.cli._hubargs import add_repo_options, run_call
 
 __all__ = ["register"]
 
@@ -23,15 +24,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from safehub._hub.runner import HubCall, run_hub_call
+    from safehub._hub.runner import HubCall
     from safehub.sandbox import Operation
 
     call = HubCall(args.repo, Operation.LIST, source=args.source,
                    trust_repo=True if args.trust_repo else None, force_reload=args.force_reload)
-    names = list(run_hub_call(call, policy_for(args)).entrypoints)
+    names = list(run_call(call, args).entrypoints)
     if args.format == "json":
-        sys.stdout.write(json.dumps({"schema_version": "1", "repo": args.repo,
-                                     "entrypoints": names}, indent=2) + "\n")
+        body = {"schema_version": "1", "repo": json_text(args.repo),
+                "entrypoints": [json_text(n) for n in names]}
+        sys.stdout.write(inert_json(json.dumps(body, indent=2)) + "\n")
     else:
-        sys.stdout.write("".join(f"{name}\n" for name in names))
+        # Names are Python identifiers (the sandbox result is refused otherwise); escaped
+        # all the same, so one name is always one line.
+        sys.stdout.write("".join(f"{escape_line(name)}\n" for name in names))
     return EXIT_OK

@@ -6,7 +6,7 @@ import argparse
 import logging
 
 from safehub.cli._common import EXIT_ERROR, EXIT_OK
-from safehub.cli._hubargs import add_repo_options, parse_kwargs, policy_for
+from safehub.cli._hubargs import add_repo_options, entrypoint_name, parse_kwargs, run_call
 
 __all__ = ["register"]
 
@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         ". Exit 0 on success, 1 when the policy or the sandbox refused (a limit, a forbidden "
         "operation, a failing or malformed entrypoint), 2 on error."))
     add_repo_options(p)
-    p.add_argument("entry", metavar="ENTRY", help="the entrypoint in hubconf.py")
+    p.add_argument("entry", metavar="ENTRY", type=entrypoint_name,
+                   help="the entrypoint in hubconf.py")
     p.add_argument("kwargs", nargs="*", metavar="KEY=VALUE",
                    help="entrypoint keyword arguments; values are JSON if they parse, else text")
     p.add_argument("--out", required=True, metavar="FILE.safetensors",
@@ -33,7 +34,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from safehub._hub.runner import HubCall, run_hub_call
+    from safehub._hub.runner import HubCall
     from safehub.sandbox import Operation
 
     try:
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
                    source=args.source, trust_repo=True if args.trust_repo else None,
                    force_reload=args.force_reload, timeout_s=args.timeout,
                    memory_mb=args.max_memory)
-    result = run_hub_call(call, policy_for(args))
+    result = run_call(call, args)
     from safehub.convert import save
 
     save(result.tensors, args.out, format="safetensors")

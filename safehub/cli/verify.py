@@ -12,6 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
+from safehub._format.escape import escape_line as _e
+from safehub._format.escape import json_clean
 from safehub.cli._common import (
     EXIT_ERROR,
     EXIT_FINDINGS,
@@ -88,9 +90,9 @@ def _describe(result: Verification, failure: Failure, *, with_values: bool = Tru
     # A single-file model's only resource is named "."; show the file instead.
     where = "signature" if failure.path is None else \
         result.model if failure.path == "." else failure.path
-    text = f"{failure.rule_id} {failure.kind.value} {where}: {failure.message}"
+    text = f"{failure.rule_id} {failure.kind.value} {_e(where)}: {_e(failure.message)}"
     if with_values and (failure.expected is not None or failure.actual is not None):
-        text += f" (expected {failure.expected}, actual {failure.actual})"
+        text += f" (expected {_e(failure.expected)}, actual {_e(failure.actual)})"
     return text
 
 
@@ -98,27 +100,28 @@ def _text(result: Verification, trusted: str, verbose: bool, color: bool) -> str
     ok = result.ok
     mark = ("\x1b[32mverified\x1b[0m" if ok else "\x1b[31mNOT verified\x1b[0m") if color \
         else ("verified" if ok else "NOT verified")
-    lines = [f"{mark}: {result.model}", f"  signature: {result.signature}",
-             f"  trusted: {trusted}"]
+    lines = [f"{mark}: {_e(result.model)}", f"  signature: {_e(result.signature)}",
+             f"  trusted: {_e(trusted)}"]
     if result.signer is not None:
-        lines.append(f"  signed by: {result.signer.describe()}")
+        lines.append(f"  signed by: {_e(result.signer.describe())}")
     lines.append(f"  files verified: {len(result.files)}")
     if verbose:
-        lines.extend(f"    {path}  {digest}" for path, digest in sorted(result.files.items()))
-        lines.extend(f"  skipped: {path}" for path in result.skipped)
-    lines.extend(f"  unsigned, ignored: {path}" for path in result.unsigned_ignored)
+        lines.extend(f"    {_e(path)}  {_e(digest)}"
+                     for path, digest in sorted(result.files.items()))
+        lines.extend(f"  skipped: {_e(path)}" for path in result.skipped)
+    lines.extend(f"  unsigned, ignored: {_e(path)}" for path in result.unsigned_ignored)
     for failure in result.failures:
         lines.append(f"  {_describe(result, failure, with_values=False)}")
         if failure.expected is not None or failure.actual is not None:
-            lines.append(f"      expected {failure.expected}")
-            lines.append(f"      actual   {failure.actual}")
+            lines.append(f"      expected {_e(failure.expected)}")
+            lines.append(f"      actual   {_e(failure.actual)}")
     return "\n".join(lines) + "\n"
 
 
 def _json(result: Verification, trusted: str) -> str:
     body = {"schema_version": SCHEMA_VERSION, "command": "verify", "trusted": trusted,
             **result.to_json()}
-    return json.dumps(body, indent=2) + "\n"
+    return json.dumps(json_clean(body), indent=2) + "\n"
 
 
 def run(args: argparse.Namespace) -> int:

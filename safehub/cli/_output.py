@@ -1,0 +1,119 @@
+"""``-o FILE``: write a report where the user pointed, the way shell redirection and common
+tools do, without damaging anything.
+
+- A regular file (or a new name in an existing folder) is replaced atomically: the report is
+  written beside it and renamed over it, so a reader sees the old report or the new one, and
+  Ctrl-C leaves no partial file. A new file gets the umask's mode (0666 & ~umask); an existing
+  one keeps its mode.
+- A symlink is written through to its target, as ``>`` does; the link itself stays.
+- A character device or a FIFO (``/dev/stdout``, ``/dev/null``, a named pipe) is opened and
+  written; it is never replaced by a regular file.
+- A folder, a missing folder, a block device, a socket, or anything under /proc or /sys is
+  refused before any work is done, in one line, and nothing is created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import tempfile
+
+from safehub._format.escape import escape_line
+from safehub.errors import SafehubError
+
+__all__ = ["OutputTargetError", "check_target", "write_text"]
+
+_PSEUDO_FS = ("/proc", "/sys")
+
+
+class OutputTargetError(SafehubError):
+    """The ``-o`` target cannot take a report (a folder, a missing folder, /proc...)."""
+
+
+def _refuse(path: str, why: str, flag: str) -> OutputTargetError:
+    what = "the tensors" if flag == "--out" else "the report"
+    return OutputTargetError(f"cannot write {what} to {escape_line(path)} ({flag}): {why}")
+
+
+def check_target(path: str, *, flag: str = "-o") -> tuple[str, bool]:
+    """Where a report for ``path`` goes: (the real path to write, whether to open it in place
+    rather than replace it). Raises :class:`OutputTargetError` for targets that cannot work."""
+    if not path:
+        raise _refuse(path, "the name is empty", flag)
+    if path.endswith("/"):
+        raise _refuse(path, "the name ends in '/', which names a folder", flag)
+    try:
+        st = os.stat(path)  # follows links: /dev/stdout is whatever stdout is
+    except OSError:
+        pass
+    else:
+        if stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode):
+            return path, True
+        if stat.S_ISREG(st.st_mode) and path.startswith("/dev/"):
+            # /dev/stdout redirected to a file: write it as `>` would; renaming over the
+            # file would leave the shell's descriptor on the old, unlinked one.
+            return path, True
+    real = os.path.realpath(path)  # symlinks are written through to their target
+    if any(real == root or real.startswith(root + "/") for root in _PSEUDO_FS):
+        raise _refuse(path, f"{real} is in a kernel pseudo-filesystem, not a file", flag)
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        folder = os.path.dirname(real) or "."
+        if not os.path.isdir(folder):
+            raise _refuse(path, f"folder {escape_line(folder)} does not exist (create it "
+                          f"first)", flag) from None
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise _refuse(path, f"folder {escape_line(folder)} is not writable", flag) from None
+        return real, False
+    except OSError as exc:
+        raise _refuse(path, exc.strerror or str(exc), flag) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise _refuse(path, "it is a folder; name a file inside it", flag)
+    if stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode):
+        return real, True
+    if not stat.S_ISREG(st.st_mode):
+        kind = "block device" if stat.S_ISBLK(st.st_mode) else "socket or special file"
+        raise _refuse(path, f"it is a {kind}", flag)
+    return real, False
+
+
+def write_text(path: str, text: str, *, flag: str = "-o") -> None:
+    """Write ``text`` (UTF-8) to ``path`` with the semantics in the module docstring."""
+    real, in_place = check_target(path, flag=flag)
+    data = text.encode("utf-8", "surrogateescape")
+    if in_place:
+        try:
+            with open(real, "wb", buffering=0) as fh:
+                view = memoryview(data)
+                while view:
+                    view = view[fh.write(view) or 0:]
+        except OSError as exc:
+            raise _refuse(path, exc.strerror or str(exc), flag) from None
+        return
+    folder = os.path.dirname(real) or "."
+    try:
+        mode = stat.S_IMODE(os.stat(real).st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".safehub-report-", dir=folder)
+    except OSError as exc:
+        raise _refuse(path, exc.strerror or str(exc), flag) from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fchmod(fh.fileno(), mode)
+        os.replace(tmp, real)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise _refuse(path, exc.strerror or str(exc), flag) from None
+    except BaseException:  # Ctrl-C included: no partial or temporary file is left
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
