@@ -128,6 +128,13 @@ RULES: dict[str, Rule] = _rules(
     Rule("SH150", "malformed-safetensors", Severity.MEDIUM,
          "The safetensors header is invalid (length, JSON, dtypes, shapes or offsets).",
          "Re-save the file with the safetensors library."),
+    Rule("SH175", "harmless-data-class", Severity.INFO,
+         "The pickle imports a curated harmless data class (datetime, pathlib paths, "
+         "argparse.Namespace, defaultdict of a value type, joblib's array record, ...): "
+         "constructing it cannot run code.",
+         "Nothing to do under the default policy. A policy blocking info findings "
+         "(strict) refuses it; allow it there by lowering the threshold or re-saving the "
+         "checkpoint without it."),
     Rule("SH190", "unknown-format", Severity.MEDIUM,
          "The content is not a format safehub can check, so it was not scanned.",
          "Convert the file to safetensors, or check it by other means."),

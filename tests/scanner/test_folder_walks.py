@@ -23,6 +23,7 @@ from safehub.findings import Verdict
 from safehub.scan import scan
 from tests.scanner import _builders as B
 
+_UNPICKLE_ERRORS = (pickle.UnpicklingError, ValueError, IndexError, KeyError, EOFError)
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0\0\0\rIHDR" + bytes(40)
 
 
@@ -185,7 +186,7 @@ def test_image_signatures_identified_before_scanning_end_every_unpickler() -> No
     for magic, _ in _DEAD_MAGIC:
         for filler in (b"", b"\n", b"1\n", b"xyz", b"\x00" * 8, b"N" * 9, b"(" * 3):
             for unpickler in (pickle.Unpickler, Lenient, pickle._Unpickler):  # type: ignore[attr-defined]
-                with pytest.raises((pickle.UnpicklingError, ValueError, IndexError, KeyError, EOFError)):
+                with pytest.raises(_UNPICKLE_ERRORS):
                     unpickler(io.BytesIO(magic + filler + tail)).load()
     assert resolved == []
 
