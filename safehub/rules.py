@@ -139,6 +139,13 @@ RULES: dict[str, Rule] = _rules(
          "this; unpicklers then read different bytes (reading from a file drops the rest of the "
          "frame, reading from memory does not), so each loader sees another program.",
          "Do not load this file; re-save it with pickle or torch.save."),
+    Rule("SH175", "harmless-data-class", Severity.INFO,
+         "The pickle imports a curated harmless data class (datetime, pathlib paths, "
+         "argparse.Namespace, defaultdict of a value type, joblib's array record, ...): "
+         "constructing it cannot run code.",
+         "Nothing to do under the default policy. A policy blocking info findings "
+         "(strict) refuses it; allow it there by lowering the threshold or re-saving the "
+         "checkpoint without it."),
     Rule("SH190", "unknown-format", Severity.MEDIUM,
          "The content is not a format safehub can check, so it was not scanned.",
          "Convert the file to safetensors, or check it by other means."),

@@ -20,10 +20,13 @@ def torch_safe_globals(report: FileReport) -> list[Any]:
     """Objects for torch's ``safe_globals``: what the scan allowed beyond torch's own set.
 
     That is numpy's array reconstruction (in safehub's default allowlist, not in
-    torch's) and the globals the policy allowed in this file.
+    torch's), the harmless data classes this file uses and the policy did not block
+    (SH175: datetime, pathlib paths, argparse.Namespace, defaultdict of a value type, ...),
+    and the globals the policy allowed in this file. Only names the scan saw in this file
+    are added, so torch's loader stays as narrow as the scan.
     """
-    names = [f.subject for f in report.findings
-             if f.allowed_by and f.rule_id == "SH101" and f.subject]
+    names = [f.subject for f in report.findings if f.subject and (
+        (f.allowed_by and f.rule_id == "SH101") or (f.rule_id == "SH175" and not f.blocking))]
     return [*numpy_safe_globals(), *(pair for pair in map(_resolve, names) if pair is not None)]
 
 

@@ -4,6 +4,16 @@ Formats are recognized by content, never by name. A file is read through the one
 descriptor opened here, so what is reported on is what was opened. Files that
 other readers would see as a second format (a zip archive hiding behind a
 pickle, say) are analyzed in both readings.
+
+Folder walks fail closed. A file is left out of the verdict only when its content
+is positively identified as not a model (:mod:`safehub._scanner.nonmodel`) and its
+name does not announce one; anything else unrecognized is reported "not scanned".
+Non-regular files (FIFOs, sockets, devices) are never opened: they are skipped with
+a reason inside folders and reported not scanned when named directly. Symbolic links
+to files are followed, because a loader opening the link reads the target: the target's
+content is scanned under the link's name. Links to directories are not followed
+(loops, and trees outside the one asked for): they are listed as skipped. A folder
+that cannot be listed is reported not scanned.
 """
 
 from __future__ import annotations
@@ -19,9 +29,15 @@ from safehub._scanner.fmt_compressed import compression_of, scan_compressed
 from safehub._scanner.fmt_numpy import NPY_MAGIC, scan_npy
 from safehub._scanner.fmt_pickle import scan_pickle_file
 from safehub._scanner.fmt_safetensors import looks_like_safetensors, scan_safetensors
-from safehub._scanner.fmt_tar import looks_like_tar, scan_tar
+from safehub._scanner.fmt_tar import TarProbe, probe_tar, scan_tar
 from safehub._scanner.fmt_zip import scan_zip
 from safehub._scanner.judge import Loader, judge_stream
+from safehub._scanner.nonmodel import (
+    MODEL_NAMES,
+    dead_magic_kind,
+    identify_non_model,
+    is_model_name,
+)
 from safehub._scanner.pickle_vm import PickleCursor
 from safehub._scanner.source import ByteSource, FileRegion
 from safehub._scanner.zipdir import ZipError, find_eocd, read_directory
@@ -31,11 +47,8 @@ from safehub.rules import RULES
 
 __all__ = ["MODEL_SUFFIXES", "scan_fileobj", "scan_paths"]
 
-# Names that announce a model file: in a folder walk, such a file whose content is not
-# recognized is reported as unscanned instead of being skipped silently.
-MODEL_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib", ".npy", ".npz",
-                  ".safetensors", ".pt2", ".pb", ".h5", ".hdf5", ".keras", ".onnx", ".gguf",
-                  ".ggml", ".msgpack", ".mar", ".nemo", ".tar")
+# Names that announce a model file (kept under its old name for the audit).
+MODEL_SUFFIXES = MODEL_NAMES
 
 Progress = Callable[[str], None]
 
@@ -48,17 +61,26 @@ def scan_fileobj(fh: BinaryIO, display: str, size: int, options: ScanOptions) ->
         return _report(scan)
     fh.seek(0)
     head = fh.read(512)
+    # torch.load's order: a zip (by its first four bytes), else whatever tarfile.open
+    # accepts, else a raw pickle. The tar decision is tarfile's own.
+    tar = None if head.startswith(b"PK\x03\x04") else probe_tar(fh)
     container = True  # a format whose loaders do not read the file as a pickle
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         _scan_zip_file(scan, fh, primary=True)
+        if tar is not None and tar.accepted:
+            _scan_tar_polyglot(scan, tar, "a zip archive")
+    elif tar is not None and tar.accepted:
+        scan_tar(scan, tar)
+        other = _other_format(head, size)
+        if other:
+            scan.add("SH114", f"the file is a tar archive torch.load reads and also {other}",
+                     offset=0, subject="tar-polyglot")
     elif head.startswith(NPY_MAGIC):
         scan.format = "npy"
         scan_npy(scan, FileRegion(fh, 0, size), "", 0)
     elif looks_like_safetensors(head, size):
         scan.format = "safetensors"
         scan_safetensors(scan, fh)
-    elif looks_like_tar(head):
-        scan_tar(scan, fh)
     elif (kind := compression_of(head)) is not None:
         scan_compressed(scan, fh, kind)
     else:
@@ -69,6 +91,22 @@ def scan_fileobj(fh: BinaryIO, display: str, size: int, options: ScanOptions) ->
     if not head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         _scan_hidden_zip(scan, fh)
     return _report(scan, fh)
+
+
+def _other_format(head: bytes, size: int) -> str:
+    """Another reader's format that a tar archive's first header also spells, or ""."""
+    if head.startswith(NPY_MAGIC):
+        return "a numpy array file"
+    if looks_like_safetensors(head, size):
+        return "a safetensors file"
+    kind = compression_of(head)
+    return f"{kind} compressed data" if kind is not None else ""
+
+
+def _scan_tar_polyglot(scan: FileScan, tar: TarProbe, other: str) -> None:
+    scan.add("SH114", f"the file is {other} and also a tar archive torch.load reads",
+             offset=0, subject="tar-polyglot")
+    scan_tar(scan, tar)
 
 
 def _scan_pickle_or_unknown(scan: FileScan, fh: BinaryIO, size: int) -> None:
@@ -161,62 +199,126 @@ def _unreadable(display: str, size: int, error: str) -> FileReport:
                       findings=(finding,))
 
 
-def _scan_path(path: str, display: str, options: ScanOptions) -> FileReport:
+def _not_regular(st: os.stat_result) -> str:
+    """Why a file of this mode is not opened, or "" for a regular file."""
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        return ""
+    for test, what in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return f"not a regular file ({what}); not opened"
+    return "not a regular file; not opened"
+
+
+def _scan_path(path: str, display: str, options: ScanOptions,
+               *, walked: bool = False) -> FileReport | Skipped:
+    """Scan one file. A non-regular file is never opened (a FIFO would block the scan):
+    the mode is checked before opening, and the open itself cannot block."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        st = os.stat(path)
+    except OSError as exc:
+        return _unreadable(display, 0, f"cannot open: {exc.strerror}")
+    why = _not_regular(st)
+    if why:
+        return Skipped(display, why) if walked else _unreadable(display, 0, why)
+    try:
+        # O_NONBLOCK: if the path was swapped for a FIFO since the stat, open returns at once.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
     except OSError as exc:
         return _unreadable(display, 0, f"cannot open: {exc.strerror}")
     with os.fdopen(fd, "rb") as fh:
         st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            return _unreadable(display, 0, "not a regular file")
+        why = _not_regular(st)
+        if why:
+            return Skipped(display, why) if walked else _unreadable(display, 0, why)
         try:
-            return scan_fileobj(fh, display, st.st_size, options)
+            os.set_blocking(fd, True)
+            if walked and not is_model_name(display) and _dead_non_model(fh, st.st_size):
+                return Skipped(display, "not a model format")
+            report = scan_fileobj(fh, display, st.st_size, options)
+            if walked and report.verdict is Verdict.UNKNOWN and not report.error:
+                kind = None if is_model_name(display) else identify_non_model(fh, st.st_size)
+                if kind is not None:
+                    return Skipped(display, "not a model format")
+            return report
         except OSError as exc:
             return _unreadable(display, st.st_size, f"read failed: {exc.strerror or exc}")
 
 
+def _dead_non_model(fh: BinaryIO, size: int) -> bool:
+    """An image or document signature that ends every pickle loader in its first bytes,
+    with no zip directory hidden behind it."""
+    fh.seek(0)
+    if dead_magic_kind(fh.read(16)) is None:
+        return False
+    eocd = find_eocd(fh, size) if size >= 22 else None
+    if eocd is None:
+        return True
+    try:
+        return not read_directory(fh, size, eocd).entries
+    except ZipError:
+        return True
+
+
 def _walk(root: str) -> Iterator[tuple[str, str | None]]:
-    """(path, reason to skip or None) for every entry below ``root``, in a stable order."""
-    for dirpath, dirnames, filenames in walk(root):
+    """(path, reason to skip or None) for every entry below ``root``, in a stable order.
+
+    A folder that cannot be listed yields its path with reason "" (reported not scanned).
+    """
+    errors: list[OSError] = []
+    for dirpath, dirnames, filenames in walk(root, onerror=errors.append):
+        while errors:
+            failed = errors.pop(0)
+            yield failed.filename or dirpath, ""
         dirnames.sort()
         kept = []
         for d in dirnames:
             if os.path.islink(os.path.join(dirpath, d)):
-                yield os.path.join(dirpath, d), "symbolic link (not followed)"
+                yield os.path.join(dirpath, d), "symbolic link to a directory (not followed)"
             else:
                 kept.append(d)
         dirnames[:] = kept
         for name in sorted(filenames):
-            full = os.path.join(dirpath, name)
-            if os.path.islink(full):
-                yield full, "symbolic link (not followed)"
-            else:
-                yield full, None
+            yield os.path.join(dirpath, name), None
+    for failed in errors:
+        yield failed.filename or root, ""
 
 
 def scan_paths(
     paths: list[str], options: ScanOptions, progress: Progress | None = None
 ) -> ScanReport:
-    """Scan files and folders (recursively). Unrecognized files inside folders are skipped
-    with a reason unless their name says they are model files."""
+    """Scan files and folders (recursively).
+
+    Inside folders a file is skipped only when its content is positively identified as
+    not a model (and its name does not announce one), or when it is not a regular file
+    (never opened). Everything else is in the report, unrecognized content as not scanned.
+    """
     files: list[FileReport] = []
     skipped: list[Skipped] = []
     for root in paths:
         if not os.path.isdir(root):
             if progress:
                 progress(root)
-            files.append(_scan_path(root, root, options))
+            files.append(_as_report(_scan_path(root, root, options)))
             continue
         for full, reason in _walk(root):
+            if reason == "":
+                files.append(_unreadable(full, 0, "folder cannot be listed"))
+                continue
             if reason is not None:
                 skipped.append(Skipped(full, reason))
                 continue
             if progress:
                 progress(full)
-            report = _scan_path(full, full, options)
-            if report.verdict is Verdict.UNKNOWN and not full.lower().endswith(MODEL_SUFFIXES):
-                skipped.append(Skipped(full, "not a model format"))
+            result = _scan_path(full, full, options, walked=True)
+            if isinstance(result, Skipped):
+                skipped.append(result)
             else:
-                files.append(report)
+                files.append(result)
     return ScanReport(files=tuple(files), skipped=tuple(skipped), roots=tuple(paths))
+
+
+def _as_report(result: FileReport | Skipped) -> FileReport:
+    return result if isinstance(result, FileReport) else _unreadable(result.path, 0, result.reason)

@@ -1,65 +1,147 @@
 """torch's oldest format: a tar archive with ``storages``, ``tensors`` and ``pickle`` members.
 
-``torch.load`` still reads it when ``weights_only=False``. The ``pickle`` member
-is the object; ``storages`` and ``tensors`` interleave small pickles with raw
-records, which are parsed exactly as torch's reader does so that every pickle in
-them is analyzed too.
+``torch.load`` (``_legacy_load``) still reads it when ``weights_only=False``: it calls
+``tarfile.open(fileobj=f, mode="r:")`` and takes the raw-pickle path only when that
+raises ``tarfile.TarError``. The decision "tar or not" and every member's bytes are
+therefore taken from the real ``tarfile`` module, never from a model of it: a header
+whose checksum is written in base-256, PAX and GNU long names, GNU and PAX sparse
+members (read with their holes expanded, as ``extractfile`` returns them) and the
+last-of-duplicate-names lookup of ``getmember`` all follow by construction.
+
+Hostile archives cannot cost unbounded work: a single header read (PAX records, long
+names, sparse maps) is capped and so is the number of members; both end in SH191.
+The ``pickle`` member is the object; ``storages`` and ``tensors`` interleave small
+pickles with raw records, which are parsed exactly as torch's reader does so that
+every pickle in them is analyzed too.
 """
 
 from __future__ import annotations
 
 import struct
 import tarfile
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from safehub._scanner.context import FileScan
 from safehub._scanner.fmt_pickle import STORAGE_ELEMENT_SIZE
 from safehub._scanner.judge import Loader, judge_stream
 from safehub._scanner.pickle_vm import Global, PickleCursor, StreamResult
-from safehub._scanner.source import FileRegion, Truncated
+from safehub._scanner.source import Truncated
 
-__all__ = ["looks_like_tar", "scan_tar"]
+__all__ = ["MAX_HEADER_READ", "MAX_MEMBERS", "TarProbe", "probe_tar", "scan_tar"]
 
 _MAX_RECORDS = 1_000_000
+# One read while tarfile parses headers (a PAX record block, a GNU long name, a sparse
+# map). Real torch tars have three members with short names and no extended headers.
+MAX_HEADER_READ = 16 << 20
+MAX_MEMBERS = 10_000
+_WANTED = ("storages", "tensors", "pickle")
 
 
-def looks_like_tar(head: bytes) -> bool:
-    """Whether ``tarfile.open(mode="r:")`` (torch's first try) accepts the first header.
+class _HeaderTooBig(Exception):
+    """tarfile asked for more header bytes in one read than MAX_HEADER_READ."""
 
-    tarfile checks the header checksum, not the ``ustar`` magic: old v7 archives have none.
-    """
-    if len(head) < 512:
-        return False
-    if head[257:262] == b"ustar":
+
+class _CappedFile:
+    """The scanned file as tarfile sees it: reads are capped while headers are parsed."""
+
+    def __init__(self, fh: BinaryIO):
+        self._fh = fh
+        self.capped = True
+
+    def read(self, n: int = -1) -> bytes:
+        if self.capped and (n is None or n < 0 or n > MAX_HEADER_READ):
+            raise _HeaderTooBig()
+        return self._fh.read(n)
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return self._fh.seek(pos, whence)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+    def seekable(self) -> bool:
         return True
-    field = head[148:156]
-    if field[0] in (0o200, 0o377) or head[:512].count(0) == 512:
-        return False
-    try:
-        stored = int(field.split(b"\0", 1)[0].decode("ascii").strip() or "0", 8)
-    except (UnicodeDecodeError, ValueError):
-        return False
-    rest = head[:148] + b" " * 8 + head[156:512]
-    unsigned = sum(rest)
-    signed = sum(b - 256 if b > 127 else b for b in rest)
-    return stored in (unsigned, signed)
 
 
-def scan_tar(scan: FileScan, fh: BinaryIO) -> None:
-    scan.format = "torch-tar"
+class TarProbe:
+    """The outcome of torch's first step: ``tarfile.open(fileobj=f, mode="r:")``.
+
+    ``tar`` is the open archive when tarfile accepted the file; ``problem`` says why the
+    answer could not be had safely (a header too big to read, or an exception other than
+    ``TarError``, which torch.load would let escape instead of falling back).
+    """
+
+    def __init__(self, tar: tarfile.TarFile | None, capped: _CappedFile | None,
+                 problem: str = ""):
+        self.tar = tar
+        self.capped = capped
+        self.problem = problem
+
+    @property
+    def accepted(self) -> bool:
+        """Whether torch.load would take the tar path (or could not be shown not to)."""
+        return self.tar is not None or bool(self.problem)
+
+
+def probe_tar(fh: BinaryIO) -> TarProbe:
+    """Open ``fh`` exactly as torch's legacy loader does, from offset 0."""
     fh.seek(0)
+    capped = _CappedFile(fh)
     try:
-        with tarfile.open(fileobj=fh, mode="r:") as tar:
-            members = {m.name: m for m in tar.getmembers()}
-    except (tarfile.TarError, EOFError) as exc:
+        # Kept open for scan_tar; the archive wraps the caller's file, which stays open.
+        tar = tarfile.open(  # noqa: SIM115
+            fileobj=capped, mode="r:", format=tarfile.PAX_FORMAT)  # type: ignore[call-overload]
+    except tarfile.TarError:
+        return TarProbe(None, None)
+    except _HeaderTooBig:
+        return TarProbe(None, None, f"a tar header asks for more than {MAX_HEADER_READ} bytes")
+    # tarfile raises assorted types on hostile headers; torch.load would fail with them
+    # rather than fall back, and the scanner cannot say what else a reader would do.
+    except (ValueError, OverflowError, UnicodeError, EOFError, OSError) as exc:
+        return TarProbe(None, None, f"tarfile fails on the first header: {exc!r}")
+    return TarProbe(tar, capped)
+
+
+def scan_tar(scan: FileScan, probe: TarProbe) -> None:
+    """Analyze the members torch's legacy loader reads, as tarfile gives them."""
+    if scan.format == "unknown":
+        scan.format = "torch-tar"
+    tar, capped = probe.tar, probe.capped
+    if tar is None or capped is None:
+        scan.add("SH191", f"tar archive not analyzed: {probe.problem}")
+        return
+    try:
+        count = 0
+        # tar.next() until None is what getmembers() does; counting bounds the work.
+        while tar.next() is not None:
+            count += 1
+            if count > MAX_MEMBERS:
+                scan.add("SH191", f"tar archive has more than {MAX_MEMBERS} members")
+                return
+    except tarfile.TarError as exc:
+        # torch.load gets this TarError from tar.extract() and falls back to reading the
+        # file as a raw pickle; that reading is probed separately.
         scan.add("SH110", f"tar archive cannot be read: {exc}")
         return
-    wanted = ("storages", "tensors", "pickle")
-    if not any(name in members for name in wanted):
-        scan.format = "unknown"
+    except _HeaderTooBig:
+        scan.add("SH191", f"a tar header asks for more than {MAX_HEADER_READ} bytes")
+        return
+    except (ValueError, OverflowError, UnicodeError, EOFError) as exc:
+        scan.add("SH110", f"tar archive cannot be read: {exc!r}")
+        return
+    capped.capped = False
+    members: dict[str, tarfile.TarInfo] = {}
+    for name in _WANTED:
+        try:
+            members[name] = tar.getmember(name)  # the last member of that name, as torch
+        except KeyError:
+            continue
+    if not members:
+        if scan.format == "torch-tar":
+            scan.format = "unknown"
         scan.add("SH190", "tar archive without torch's storages/tensors/pickle members")
         return
-    for name in wanted:
+    for name in _WANTED:
         member = members.get(name)
         if member is None:
             continue
@@ -69,7 +151,11 @@ def scan_tar(scan: FileScan, fh: BinaryIO) -> None:
             scan.add("SH114", f"tar member {name!r} is a link or special file, not the data "
                      "itself", location=name, subject="tar-link")
             continue
-        src = FileRegion(fh, member.offset_data, member.size)
+        data = tar.extractfile(member)
+        if data is None:
+            scan.add("SH110", f"tar member {name!r} has no readable data", location=name)
+            continue
+        src = MemberSource(data, member.size)
         cursor = PickleCursor(src, limits=scan.options.limits, torch_names=True)
         scan.records.append(name)
         if name == "pickle":
@@ -77,6 +163,44 @@ def scan_tar(scan: FileScan, fh: BinaryIO) -> None:
             judge_stream(scan, result, name, Loader.TORCH_LEGACY)
         else:
             _scan_records(scan, cursor, name)
+
+
+class MemberSource:
+    """A tar member's bytes exactly as ``TarFile.extractfile`` returns them.
+
+    Sparse holes read as NUL bytes; skipping seeks (tarfile maps the position through
+    the sparse map), so skipping tensor data costs nothing. A short archive reads as
+    the end of the member (the analyzers report it truncated).
+    """
+
+    def __init__(self, data: IO[bytes], size: int):
+        self._data = data
+        self._size = size
+        self._pos = 0
+
+    def read(self, n: int) -> bytes:
+        n = max(0, min(n, self._size - self._pos))
+        if n == 0:
+            return b""
+        self._data.seek(self._pos)
+        try:
+            chunk = self._data.read(n)
+        except tarfile.ReadError:
+            self._size = self._pos  # "unexpected end of data": nothing more is readable
+            return b""
+        self._pos += len(chunk)
+        return chunk
+
+    def skip(self, n: int) -> int:
+        n = max(0, min(n, self._size - self._pos))
+        self._pos += n
+        return n
+
+    def tell(self) -> int:
+        return self._pos
+
+    def remaining(self) -> int | None:
+        return self._size - self._pos
 
 
 def _scan_records(scan: FileScan, cursor: PickleCursor, name: str) -> None:

@@ -8,6 +8,7 @@ from enum import Enum
 from safehub._scanner import knowledge
 from safehub._scanner.allowlist import DEFAULT_ALLOWED, TORCHSCRIPT_ALLOWED, matches
 from safehub._scanner.context import FileScan
+from safehub._scanner.harmless import DEFAULTDICT, DEFAULTDICT_FACTORIES, HARMLESS
 from safehub._scanner.pickle_vm import (
     Call,
     ComputedGlobal,
@@ -46,7 +47,7 @@ def judge_stream(scan: FileScan, res: StreamResult, location: str, loader: Loade
         call = calls_by_func.get(id(value)) or calls_by_arg.get(id(value))
         return render(call) if call is not None else render(value)
 
-    _judge_globals(scan, res.globals, location, loader, payload_of)
+    _judge_globals(scan, res.globals, location, loader, payload_of, _misused_harmless(res))
 
     for computed in res.computed:
         scan.add("SH102", "imports a name computed at load time: "
@@ -99,12 +100,23 @@ def _judge_globals(
     location: str,
     loader: Loader,
     payload_of: Callable[[object], str],
+    misused: set[int],
 ) -> None:
     extra = scan.options.allowed_globals
     reported: set[str] = set()
+    harmless: set[str] = set()
     for g in globals_:
         name = g.effective
         if name in reported or name in DEFAULT_ALLOWED:
+            continue
+        if name in HARMLESS and id(g) not in misused:
+            if name not in harmless:
+                harmless.add(name)
+                allowed = any(matches(p, name) for p in extra)
+                scan.add("SH175", f"imports {name}: harmless data class ({HARMLESS[name]})",
+                         location=location, offset=g.offset, subject=name,
+                         payload=payload_of(g),
+                         allowed_by=scan.options.allowed_by if allowed else "")
             continue
         if loader is Loader.TORCHSCRIPT and (
             name in TORCHSCRIPT_ALLOWED or name.startswith("__torch__.")
@@ -114,6 +126,9 @@ def _judge_globals(
         info = knowledge.lookup(name) or knowledge.lookup(g.raw)
         severity = info.severity if info else Severity.MEDIUM
         explanation = info.explanation if info else "not needed to rebuild tensors or containers"
+        if id(g) in misused:
+            explanation = ("a defaultdict whose default factory is not a plain value type or "
+                           "is set by BUILD (the factory is called on every missing key)")
         rule = "SH100" if severity.rank >= Severity.HIGH.rank else "SH101"
         allowed_by = ""
         if severity is not Severity.CRITICAL and any(matches(p, name) for p in extra):
@@ -122,6 +137,28 @@ def _judge_globals(
         scan.add(rule, f"imports {spelled}: {explanation}", location=location, offset=g.offset,
                  subject=name, payload=payload_of(g),
                  severity=severity, allowed_by=allowed_by)
+
+
+def _misused_harmless(res: StreamResult) -> set[int]:
+    """ids of the defaultdict globals used other than as ``defaultdict(factory)`` with a
+    plain value-type factory: such a use is judged as any unlisted global."""
+    misused: set[int] = set()
+    for call in res.calls:
+        func = call.func
+        if isinstance(func, Global) and func.effective == DEFAULTDICT and not _plain_defaultdict(
+                call):
+            misused.add(id(func))
+    return misused
+
+
+def _plain_defaultdict(call: Call) -> bool:
+    if call.opcode not in ("REDUCE", "NEWOBJ") or call.kwargs or call.state is not None:
+        return False
+    args = call.args
+    if not isinstance(args, tuple) or len(args) > 1:
+        return False
+    return not args or args[0] is None or (
+        isinstance(args[0], Global) and args[0].effective in DEFAULTDICT_FACTORIES)
 
 
 def _persistent_problem(ref: PersistentRef, loader: Loader) -> str:

@@ -180,6 +180,7 @@ _TABLE: dict[str, Knowledge] = {
     "torch.serialization": _k(C, "nested-loader", "torch's loaders (can disable weights_only)"),
     "torch.jit.load": _k(C, "code-exec", "loads TorchScript, which runs code"),
     "torch.jit.unsupported_tensor_ops": _k(C, "code-exec", "execWrapper runs exec()"),
+    "torch.jit._pickle": _k(L, "data", "TorchScript list and type-tag constructors"),
     "torch.jit": _k(H, "code-exec", "TorchScript compiler and loader"),
     "torch.hub": _k(C, "code-exec", "imports and runs a repository's hubconf.py"),
     "torch.package": _k(C, "code-exec", "imports Python modules from archives"),

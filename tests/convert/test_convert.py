@@ -191,24 +191,24 @@ def test_convert_torch_formats_in_the_sandbox(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_convert_keeps_plain_data_and_names_what_it_drops(tmp_path: Path) -> None:
-    import argparse
+    import fractions
 
     import torch
 
     policy = tmp_path / "p.toml"
     policy.write_text('schema = 1\nextends = "default"\n[scanner]\n'
-                      'allowed_globals = ["argparse.Namespace"]\n')
+                      'allowed_globals = ["fractions.Fraction"]\n')
     src = _torch_file(tmp_path / "ck.pt", {
         "state_dict": {"w": torch.ones(2, 2)}, "optimizer": {"state": {0: {"step": 5}}},
-        "epoch": 4, "args": argparse.Namespace(lr=0.1)})
-    with pytest.raises(UnsafeModel):  # argparse.Namespace is not allowed by default
+        "epoch": 4, "args": fractions.Fraction(1, 10)})
+    with pytest.raises(UnsafeModel):  # fractions.Fraction is not allowed by default
         convert(src)
     result = convert(src, policy=policy)
     meta = json.loads(result.metadata.read_text()) if result.metadata else {}
     assert meta["structure"]["epoch"] == 4
     assert meta["structure"]["optimizer"] == {"state": {"0": {"step": 5}}}
     assert meta["structure"]["state_dict"] == {"w": {"$tensor": "state_dict.w"}}
-    assert meta["dropped"] == ["args (argparse.Namespace)"] == list(result.dropped)
+    assert meta["dropped"] == ["args (fractions.Fraction)"] == list(result.dropped)
     assert meta["source_sha256"] == result.source_sha256
 
 

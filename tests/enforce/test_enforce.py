@@ -102,17 +102,18 @@ def test_enforce_in_process_and_undo(tmp_path: Path, marker_dir: Path) -> None:
 
 
 def test_policy_allowed_globals_reach_torchs_loader(tmp_path: Path) -> None:
-    import argparse
+    import fractions
 
+    # fractions.Fraction: a value class outside the allowlist and the curated harmless set.
     ckpt = tmp_path / "fairseq.pt"
-    torch.save({"args": argparse.Namespace(lr=0.1), "w": torch.ones(1)}, ckpt)
+    torch.save({"args": fractions.Fraction(1, 10), "w": torch.ones(1)}, ckpt)
     policy = tmp_path / "p.toml"
     policy.write_text('schema = 1\nextends = "default"\n[scanner]\n'
-                      'allowed_globals = ["argparse.Namespace"]\n')
-    with safehub.enforce("default"), pytest.raises(PolicyViolation, match=r"argparse\.Namespace"):
+                      'allowed_globals = ["fractions.Fraction"]\n')
+    with safehub.enforce("default"), pytest.raises(PolicyViolation, match=r"fractions\.Fraction"):
         torch.load(ckpt)
     with safehub.enforce(policy):
-        assert torch.load(ckpt)["args"].lr == 0.1
+        assert torch.load(ckpt)["args"] == fractions.Fraction(1, 10)
 
 
 def test_torchscript_is_not_loaded_in_process(tmp_path: Path) -> None:

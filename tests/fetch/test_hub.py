@@ -134,24 +134,24 @@ def test_malicious_checkpoint_runs_in_torch_hub_and_not_in_safehub(
 
 def test_allowed_global_is_passed_to_the_weights_only_loader(
         tmp_path: Path, hub: FakeHub, checkpoint: bytes) -> None:
-    import argparse
+    import fractions
 
     import torch
 
     from tests.fetch.helpers import torch_bytes, write_policy
 
     url = hub.add_file("/models/args.pt", torch_bytes(
-        {"weight": torch.ones(2), "args": argparse.Namespace(lr=0.1)}))
+        {"weight": torch.ones(2), "args": fractions.Fraction(1, 10)}))
     plain = write_policy(tmp_path / "plain.toml", hub)
     with pytest.raises(PolicyViolation):
         safehub.load_state_dict_from_url(url, policy=plain)
     allowing = write_policy(tmp_path / "allow.toml", hub,
-                            body='[scanner]\nallowed_globals = ["argparse.Namespace"]\n')
+                            body='[scanner]\nallowed_globals = ["fractions.Fraction"]\n')
     state = safehub.load_state_dict_from_url(url, policy=allowing)
-    assert state["args"].lr == 0.1
+    assert state["args"] == fractions.Fraction(1, 10)
     registered = [g[0] if isinstance(g, tuple) else g
                   for g in torch.serialization.get_safe_globals()]
-    assert argparse.Namespace not in registered, "allowed for that call only"
+    assert fractions.Fraction not in registered, "allowed for that call only"
 
 
 def test_download_url_to_file_verifies_before_writing_dst(

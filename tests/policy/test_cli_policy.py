@@ -72,9 +72,11 @@ def test_explain_json(cli: Cli) -> None:
 
 def test_explain_file_under_policy(cli: Cli, shared_dir: Path, tmp_path: Path) -> None:
     sample = shared_dir / "corpus" / "benign" / "b_argparse_namespace.pt"
-    assert cli("policy", "explain", "--file", str(sample)).code == 1
+    # argparse.Namespace is a harmless data class: it blocks only under an info threshold.
+    assert cli("policy", "explain", "--file", str(sample)).code == 0
+    assert cli("policy", "explain", "--file", str(sample), "--policy", "strict").code == 1
     policy = tmp_path / "fairseq.toml"
-    policy.write_text('schema = 1\nextends = "default"\n[scanner]\n'
+    policy.write_text('schema = 1\nextends = "default"\n[scanner]\nblock_severity = "info"\n'
                       'allowed_globals = ["argparse.Namespace"]\n')
     result = cli("policy", "explain", "--file", str(sample), "--policy", str(policy))
     assert result.code == 0, result.out
@@ -128,9 +130,12 @@ def test_invalid_policy_is_exit_2_for_every_command(cli: Cli, tmp_path: Path) ->
 def test_scan_uses_the_policy(cli: Cli, shared_dir: Path, tmp_path: Path,
                               monkeypatch: pytest.MonkeyPatch) -> None:
     sample = shared_dir / "corpus" / "benign" / "b_joblib_numeric.joblib"
-    assert cli("scan", str(sample)).code == 1
+    # joblib's array record is a harmless data class: it passes by default and blocks
+    # under a policy that blocks informational findings, until that policy allows it.
+    assert cli("scan", str(sample)).code == 0
+    assert cli("scan", str(sample), "--policy", "strict").code == 1
     policy = tmp_path / "joblib.toml"
-    policy.write_text('schema = 1\nextends = "default"\n[scanner]\n'
+    policy.write_text('schema = 1\nextends = "default"\n[scanner]\nblock_severity = "info"\n'
                       'allowed_globals = ["joblib.numpy_pickle.NumpyArrayWrapper"]\n')
     assert cli("scan", str(sample), "--policy", str(policy)).code == 0
     monkeypatch.setenv("SAFEHUB_POLICY", str(policy))

@@ -140,7 +140,9 @@ def test_folders_are_walked_recursively(cli: Cli, tmp_path: Path) -> None:
         ("README.md", "not a model format")]
 
 
-def test_symlinks_in_folders_are_not_followed(cli: Cli, tmp_path: Path) -> None:
+def test_symlinks_in_folders(cli: Cli, tmp_path: Path) -> None:
+    """A link to a file is what a loader opening the link reads: its target is scanned under
+    the link's name. A link to a directory is not followed, and is listed as skipped."""
     outside = tmp_path / "outside"
     outside.mkdir()
     B.write(outside / "evil.pkl", B.os_system_p0("x"))
@@ -151,11 +153,21 @@ def test_symlinks_in_folders_are_not_followed(cli: Cli, tmp_path: Path) -> None:
     os.symlink(outside, folder / "linkdir")
     r = cli("scan", "-f", "json", folder)
     doc = json.loads(r.out)
-    assert r.code == 0
-    assert [Path(f["path"]).name for f in doc["files"]] == ["ok.pkl"]
+    assert r.code == 1
+    verdicts = {Path(f["path"]).name: f["verdict"] for f in doc["files"]}
+    assert verdicts == {"ok.pkl": "clean", "link.pkl": "unsafe"}
     reasons = {Path(s["path"]).name: s["reason"] for s in doc["skipped"]}
-    assert reasons == {"link.pkl": "symbolic link (not followed)",
-                       "linkdir": "symbolic link (not followed)"}
+    assert reasons == {"linkdir": "symbolic link to a directory (not followed)"}
+
+
+def test_dangling_symlink_in_folder_is_not_scanned(cli: Cli, tmp_path: Path) -> None:
+    B.write(tmp_path / "ok.pkl", pickle.dumps([1], 2))
+    os.symlink(tmp_path / "gone.bin", tmp_path / "pytorch_model.bin")
+    r = cli("scan", "-f", "json", tmp_path)
+    assert r.code == 2
+    doc = json.loads(r.out)
+    assert {Path(f["path"]).name: f["verdict"] for f in doc["files"]} == {
+        "ok.pkl": "clean", "pytorch_model.bin": "error"}
 
 
 def test_named_symlink_is_scanned_as_given(cli: Cli, tmp_path: Path) -> None:
@@ -175,10 +187,11 @@ def _namespace_checkpoint(path: Path) -> Path:
 
 def test_allow_global(cli: Cli, tmp_path: Path) -> None:
     ckpt = _namespace_checkpoint(tmp_path / "fairseq.pt")
-    assert cli("scan", ckpt).code == 1
-    r = cli("-v", "scan", "--allow-global", "argparse.Namespace", ckpt)
+    assert cli("scan", ckpt).code == 0  # a harmless data class: informational by default
+    assert cli("scan", "--policy", "strict", ckpt).code == 1
+    r = cli("-v", "scan", "--policy", "strict", "--allow-global", "argparse.Namespace", ckpt)
     assert r.code == 0
-    assert "allowed by: command line" in r.out
+    assert "allowed by: policy and command line" in r.out
     # A wildcard must name a module below the top level.
     assert cli("scan", "--allow-global", "argparse.*", ckpt).code == 2
 

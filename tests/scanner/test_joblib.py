@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import zlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from safehub.findings import Verdict
+from safehub.rules import Severity
 from safehub.scan import ScanOptions
 from tests.scanner import _builders as B
 from tests.scanner.conftest import rules, scan_one
@@ -34,15 +36,17 @@ COMPRESS = [0, ("zlib", 3), ("gzip", 3), ("bz2", 3), ("lzma", 3), ("xz", 3)]
 
 @pytest.mark.parametrize("protocol", [2, 3, 4, 5])
 @pytest.mark.parametrize("compress", COMPRESS, ids=lambda c: str(c[0] if c else "raw"))
-def test_joblib_dumps_are_clean_once_the_wrapper_is_allowed(
-        compress: Any, protocol: int, tmp_path: Path) -> None:
+def test_joblib_dumps_are_clean(compress: Any, protocol: int, tmp_path: Path) -> None:
     path = tmp_path / "d.joblib"
     joblib.dump(OBJ, path, compress=compress, protocol=protocol)
-    report = scan_one(path, WRAPPER)
+    report = scan_one(path)
     assert report.verdict is Verdict.CLEAN, [f.message for f in report.findings]
     assert report.format.startswith("joblib")
-    # By default the wrapper is a finding: joblib.load of any file runs pickle.
-    assert scan_one(path).verdict is Verdict.UNSAFE
+    # The wrapper is a harmless data class (SH175): a strict threshold blocks it until the
+    # policy allows it by name.
+    strict = replace(WRAPPER, allowed_globals=(), block_severity=Severity.INFO)
+    assert scan_one(path, strict).verdict is Verdict.UNSAFE
+    assert scan_one(path, replace(WRAPPER, block_severity=Severity.INFO)).verdict is Verdict.CLEAN
 
 
 def test_joblib_without_arrays_needs_no_policy(tmp_path: Path) -> None:

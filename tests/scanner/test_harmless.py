@@ -1,0 +1,305 @@
+"""Harmless data classes: right in both directions.
+
+Real checkpoints (optimizers, schedulers, GradScaler, Lightning, fairseq, sklearn-style
+joblib, numpy) are generated here with the real libraries and must be CLEAN; the
+curated classes must be unable to reach code whatever arguments a pickle gives them
+(constructed under an audit hook in a throwaway subprocess); defaultdict is harmless only
+with a value-type factory; ``strict`` still blocks them; and safehub's own weights-only
+load path accepts exactly what the scan let through.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import io
+import json
+import os
+import pathlib
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from safehub._hub.safe_globals import torch_safe_globals
+from safehub._scanner.harmless import DEFAULTDICT_FACTORIES, HARMLESS
+from safehub.findings import FileReport, Verdict
+from safehub.rules import Severity
+from safehub.scan import ScanOptions, scan_file
+
+torch = pytest.importorskip("torch")
+np = pytest.importorskip("numpy")
+
+STRICT = ScanOptions(block_severity=Severity.INFO)
+
+
+def _scan(data: bytes, options: ScanOptions | None = None) -> FileReport:
+    return scan_file(io.BytesIO(data), "ckpt", options=options)
+
+
+def _tsave(obj: object, **kw: object) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf, **kw)
+    return buf.getvalue()
+
+
+def _trained() -> tuple[torch.nn.Module, list[torch.optim.Optimizer]]:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    opts = [torch.optim.Adam(model.parameters(), 1e-3), torch.optim.AdamW(model.parameters()),
+            torch.optim.SGD(model.parameters(), 0.1, momentum=0.9, nesterov=True),
+            torch.optim.RMSprop(model.parameters()), torch.optim.Adagrad(model.parameters())]
+    for opt in opts:
+        model(torch.ones(2, 4)).sum().backward()
+        opt.step()
+    return model, opts
+
+
+def _schedulers() -> list[object]:
+    opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), 0.1)
+    sched = torch.optim.lr_scheduler
+    return [sched.StepLR(opt, 3), sched.OneCycleLR(opt, 1.0, total_steps=10),
+            sched.ReduceLROnPlateau(opt), sched.CosineAnnealingWarmRestarts(opt, 5),
+            sched.LambdaLR(opt, lambda e: 0.9), sched.MultiStepLR(opt, [2, 4]),
+            sched.ExponentialLR(opt, 0.9), sched.CyclicLR(opt, 0.01, 0.1)]
+
+
+def _checkpoints() -> dict[str, object]:
+    model, opts = _trained()
+    scaler = torch.amp.GradScaler("cpu")
+    return {
+        "optimizers": {type(o).__name__: o.state_dict() for o in opts},
+        "schedulers": {type(s).__name__: s.state_dict() for s in _schedulers()},  # type: ignore[attr-defined]
+        "grad_scaler": scaler.state_dict(),
+        # Lightning's checkpoint layout, with the values its callbacks and loggers store.
+        "lightning": {
+            "epoch": 3, "global_step": 120, "pytorch-lightning_version": "2.4.0",
+            "state_dict": model.state_dict(),
+            "optimizer_states": [opts[0].state_dict()],
+            "lr_schedulers": [_schedulers()[0].state_dict()],  # type: ignore[attr-defined]
+            "callbacks": {"ModelCheckpoint{'monitor': 'val_loss'}": {
+                "best_model_score": torch.tensor(0.25),
+                "best_model_path": "/runs/epoch=3.ckpt",
+                "dirpath": pathlib.Path("/runs"),
+                "train_time_interval": datetime.timedelta(hours=1),
+                "best_k_models": {"/runs/a.ckpt": torch.tensor(0.3)}}},
+            "loops": {"fit_loop": {"state_dict": {}, "epoch_progress": {
+                "total": {"ready": 4, "completed": 3}}}},
+            "hparams_name": "kwargs",
+            "hyper_parameters": {"lr": 1e-3, "data_dir": pathlib.PosixPath("/data"),
+                                 "started": datetime.datetime(2024, 5, 1, 12, 0,
+                                                              tzinfo=datetime.timezone.utc)},
+            "counters": collections.defaultdict(int),
+            "buckets": collections.defaultdict(list),
+        },
+        # Filled defaultdicts: harmless, but torch's weights-only loader cannot fill them.
+        "defaultdicts": {"counts": collections.defaultdict(int, {"seen": 7}),
+                         "lists": collections.defaultdict(list, {"a": [1]}),
+                         "nested": collections.defaultdict(collections.defaultdict)},
+        # fairseq's checkpoint layout: the training arguments as an argparse.Namespace.
+        "fairseq": {
+            "args": argparse.Namespace(arch="transformer", lr=[0.0005], max_tokens=4096,
+                                       save_dir=pathlib.PurePosixPath("checkpoints"),
+                                       seed=1, fp16=True),
+            "model": model.state_dict(),
+            "optimizer_history": [{"criterion_name": "CrossEntropyCriterion",
+                                   "optimizer_name": "Adam",
+                                   "lr_scheduler_state": {"best": 3.2}, "num_updates": 10}],
+            "extra_state": {"epoch": 2, "train_iterator": {"epoch": 2, "iterations_in_epoch": 5},
+                            "val_loss": 3.2, "previous_training_time": 10.5},
+            "last_optimizer_state": opts[0].state_dict(),
+        },
+        "numpy_values": {"f": np.float64(1.5), "i": np.int64(3), "dt": np.dtype("f4"),
+                         "arr": np.arange(6).reshape(2, 3), "rec": np.dtype([("a", "<i4")]),
+                         "d64": np.datetime64("2024-01-01"), "b": np.bool_(True)},
+        "dates": {"d": datetime.date(2024, 1, 2), "t": datetime.time(1, 2, 3),
+                  "tz": datetime.timezone(datetime.timedelta(hours=2), "X")},
+    }
+
+
+CHECKPOINTS = sorted(_checkpoints())
+# torch's weights-only unpickler runs SETITEM(S) only on dict, OrderedDict and Counter, so it
+# refuses a filled defaultdict whatever safe_globals says: safehub's load paths refuse it too.
+TORCH_REFUSES = {"defaultdicts"}
+
+
+@pytest.mark.parametrize("name", CHECKPOINTS)
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_real_checkpoint_shapes_are_clean(name: str, zip_format: bool) -> None:
+    obj = _checkpoints()[name]
+    report = _scan(_tsave(obj, _use_new_zipfile_serialization=zip_format))
+    assert report.verdict is Verdict.CLEAN, [f.message for f in report.findings if f.blocking]
+
+
+@pytest.mark.parametrize("name", CHECKPOINTS)
+def test_scan_and_weights_only_load_agree(name: str) -> None:
+    """safehub's own load paths hand torch exactly what the scan let through."""
+    data = _tsave(_checkpoints()[name])
+    report = _scan(data)
+    assert report.verdict is Verdict.CLEAN
+    with torch.serialization.safe_globals(torch_safe_globals(report)):
+        if name in TORCH_REFUSES:
+            with pytest.raises(pickle.UnpicklingError, match="SETITEM"):
+                torch.load(io.BytesIO(data), weights_only=True)
+        else:
+            torch.load(io.BytesIO(data), weights_only=True)
+
+
+def test_harmless_names_are_handed_to_torch_only_when_present() -> None:
+    def handed(report: FileReport) -> set[object]:
+        return {obj for obj, _ in torch_safe_globals(report)}
+
+    assert not {argparse.Namespace, pathlib.PosixPath} & handed(_scan(_tsave({"w": 1})))
+    data = _tsave({"a": argparse.Namespace(x=1)})
+    assert argparse.Namespace in handed(_scan(data))
+    # Under strict the scan blocks it, and it is not handed to the loader either.
+    assert argparse.Namespace not in handed(_scan(data, STRICT))
+
+
+@pytest.mark.parametrize("name", ["lightning", "fairseq", "dates"])
+def test_strict_blocks_harmless_classes(name: str) -> None:
+    report = _scan(_tsave(_checkpoints()[name]), STRICT)
+    assert report.verdict is Verdict.UNSAFE
+    assert {f.rule_id for f in report.findings if f.blocking} == {"SH175"}
+
+
+def test_sklearn_style_joblib_dump_is_clean(tmp_path: Path) -> None:
+    joblib = pytest.importorskip("joblib")
+    path = tmp_path / "model.joblib"
+    joblib.dump({"coef_": np.ones((3, 4)), "intercept_": np.zeros(3),
+                 "classes_": np.array(["a", "b", "c"]), "n_features_in_": 4,
+                 "feature_names_in_": np.array(["w", "x", "y", "z"], dtype=object)}, path)
+    with open(path, "rb") as fh:
+        report = scan_file(fh, "model.joblib")
+    assert report.verdict is Verdict.CLEAN, [f.message for f in report.findings]
+    assert "joblib.numpy_pickle.NumpyArrayWrapper" in {f.subject for f in report.findings}
+
+
+def test_numpy_object_array_of_harmless_values_is_clean(tmp_path: Path) -> None:
+    path = tmp_path / "meta.npy"
+    np.save(path, np.array([{"when": datetime.date(2024, 1, 1), "n": 3}], dtype=object))
+    with open(path, "rb") as fh:
+        assert scan_file(fh, "meta.npy").verdict is Verdict.CLEAN
+
+
+# --- defaultdict: harmless only with a value-type factory ------------------------------------
+
+
+class _Reduce:
+    def __init__(self, func: object, args: tuple[object, ...], state: object = None):
+        self.func, self.args, self.state = func, args, state
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (self.func, self.args) if self.state is None else (self.func, self.args,
+                                                                   self.state)
+
+
+@pytest.mark.parametrize("factory", sorted(DEFAULTDICT_FACTORIES))
+def test_defaultdict_with_value_factory_is_clean(factory: str) -> None:
+    module, _, attr = factory.rpartition(".")
+    cls = getattr(__import__(module), attr)
+    d = collections.defaultdict(cls, {"k": cls()})
+    for proto in (2, 4):
+        report = _scan(pickle.dumps(d, proto))
+        assert report.verdict is Verdict.CLEAN, [f.message for f in report.findings]
+
+
+@pytest.mark.parametrize("bad", [
+    pytest.param(_Reduce(collections.defaultdict, (pathlib.PurePosixPath,)), id="other-class"),
+    pytest.param(_Reduce(collections.defaultdict, (argparse.Namespace,)), id="namespace"),
+    pytest.param(_Reduce(collections.defaultdict, (int, {"a": 1}, 3)), id="extra-args"),
+    # BUILD's slot state sets default_factory after construction (setattr).
+    pytest.param(_Reduce(collections.defaultdict, (int,),
+                         (None, {"default_factory": pathlib.PurePosixPath})), id="build-state"),
+])
+def test_defaultdict_with_other_factory_is_unsafe(bad: _Reduce) -> None:
+    data = pickle.dumps(bad, 2)
+    try:
+        loaded = pickle.loads(data)
+    except TypeError:
+        loaded = None  # too many arguments: refused by defaultdict itself
+    if isinstance(loaded, collections.defaultdict):
+        assert loaded.default_factory not in (int, None)  # the factory really is installed
+    report = _scan(data)
+    assert report.verdict is Verdict.UNSAFE
+    assert "collections.defaultdict" in {f.subject for f in report.findings if f.blocking}
+
+
+# --- construction cannot reach code ----------------------------------------------------------
+
+_CONSTRUCT = r"""
+import importlib, json, pickle, sys
+
+names = json.loads(sys.argv[1])
+import codecs
+codecs.lookup("latin1"); codecs.lookup("utf-8")  # how protocol 2 writes bytes: loaded first
+
+class R:
+    def __init__(self, f, a, st=None):
+        self.f, self.a, self.st = f, a, st
+    def __reduce__(self):
+        return (self.f, self.a) if self.st is None else (self.f, self.a, self.st)
+
+ARGS = [(), ("touch marker",), ("/etc/passwd",), ("marker",), (b"\x00" * 10,), (1, 2, 3),
+        ({"a": 1},), ([1, "x"],), (None,), ("x", "y", "z"), ("a", 1.5), (10 ** 30,),
+        (b"\x07\xe8\x01\x01\x00\x00\x00\x00\x00\x00",), ("touch marker", "utf-8"),
+        (b"touch marker", "latin1")]
+STATES = [None, {"default_factory": None, "x": "touch marker"}, (None, {"x": 1}),
+          ({"a": 1}, {"b": 2}), (None, {"__class__": None})]
+blobs = {}
+resolved = []
+for name in names:
+    module, _, attr = name.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError):
+        continue  # another Python's spelling (pathlib._local before 3.13)
+    resolved.append(name)
+    blobs[name] = [pickle.dumps(R(cls, a, st), p) for a in ARGS for st in STATES
+                   for p in (2, 4)]
+
+events = []
+sys.addaudithook(lambda ev, args: events.append(ev))
+for name, items in blobs.items():
+    for data in items:
+        try:
+            obj = pickle.loads(data)
+            repr(obj); str(obj); hash(obj) if obj.__hash__ else None
+        except Exception:
+            pass
+print(json.dumps({"resolved": resolved, "events": sorted(set(events))}))
+"""
+
+
+def test_harmless_classes_cannot_reach_code(tmp_path: Path) -> None:
+    """Every curated class, called with hostile arguments and BUILD states a pickle can build,
+    runs nothing that Python audits (no import, open, exec, process, socket, file system)."""
+    proc = subprocess.run([sys.executable, "-c", _CONSTRUCT, json.dumps(sorted(HARMLESS))],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    out = json.loads(proc.stdout)
+    assert out["events"] == ["pickle.find_class"], out["events"]
+    assert os.listdir(tmp_path) == []  # no marker, no file created
+    unresolved = set(HARMLESS) - set(out["resolved"])
+    assert all(n.startswith("pathlib._local.") for n in unresolved) or sys.version_info >= (
+        3, 13), unresolved
+
+
+def test_every_harmless_name_is_a_real_class_somewhere() -> None:
+    """No typo'd entries: each resolves in this Python, or is the other spelling of one that
+    does (pathlib's classes live in pathlib._local from Python 3.13)."""
+    import importlib
+
+    for name in HARMLESS:
+        alias = name.replace("pathlib._local.", "pathlib.")
+        for candidate in (name, alias):
+            mod, _, at = candidate.rpartition(".")
+            try:
+                getattr(importlib.import_module(mod), at)
+                break
+            except (ImportError, AttributeError):
+                continue
+        else:
+            pytest.fail(f"{name} does not resolve")
