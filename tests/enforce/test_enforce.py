@@ -107,8 +107,8 @@ def test_policy_allowed_globals_reach_torchs_loader(tmp_path: Path) -> None:
     ckpt = tmp_path / "fairseq.pt"
     torch.save({"args": argparse.Namespace(lr=0.1), "w": torch.ones(1)}, ckpt)
     policy = tmp_path / "p.toml"
-    policy.write_text('schema = 1\nextends = "default"\n[scanner]\n'
-                      'allowed_globals = ["argparse.Namespace"]\n')
+    policy.write_text('schema = 1\nextends = "default"\nloosen = ["scanner.allowed_globals"]\n'
+                      '[scanner]\nallowed_globals = ["argparse.Namespace"]\n')
     with safehub.enforce("default"), pytest.raises(PolicyViolation, match=r"argparse\.Namespace"):
         torch.load(ckpt)
     with safehub.enforce(policy):
