@@ -147,6 +147,8 @@ def _text(audit: AuditReport, *, color: bool, verbose: bool) -> str:
             lines.append(f"{fix.action.upper():8} {fix.original}: {fix.reason}")
     if hidden:
         lines.append(f"({hidden} clean entries not shown; -v shows them with their provenance)")
+    if audit.policy:
+        lines.append(f"policy: {audit.policy}")
     return "\n".join(lines) + ("\n" if lines else "")
 
 
@@ -183,7 +185,7 @@ def _sarif(audit: AuditReport) -> str:
         provenance = audit.provenance.get(finding.path)
         if provenance is not None:
             result.setdefault("properties", {})["provenance"] = provenance.to_json()
-    run["properties"] = {"safehub.audit": {
+    run.setdefault("properties", {})["safehub.audit"] = {
         "policy": audit.policy, "lockfile": audit.lockfile,
-        "caches": [{"layout": layout, "path": path} for layout, path in audit.caches]}}
+        "caches": [{"layout": layout, "path": path} for layout, path in audit.caches]}
     return json.dumps(doc, indent=2) + "\n"

@@ -24,6 +24,8 @@ def render_text(report: ScanReport, *, color: bool = False, verbose: bool = Fals
     if verbose:
         for skipped in report.skipped:
             lines.append(f"{_paint('SKIPPED', '2', color)}  {skipped.path}: {skipped.reason}")
+    if report.policy is not None:
+        lines.append(f"policy: {report.policy.describe()}")
     return "\n".join(lines) + ("\n" if lines else "")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 
 __all__ = [
     "LAYERS",
@@ -54,7 +54,7 @@ GLOBAL_RE = re.compile(r"^[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*(?:\.\*)?$")
 STRICTER = "x-stricter"
 
 
-def _dir(direction: str) -> dict[str, str]:
+def _dir(direction: str) -> dict[str, JsonValue]:
     return {STRICTER: direction}
 
 

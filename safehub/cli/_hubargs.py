@@ -33,6 +33,7 @@ def add_repo_options(parser: argparse.ArgumentParser) -> None:
 
 def policy_for(args: argparse.Namespace) -> Policy:
     policy = load_policy(args.policy)
+    log.info("policy: %s", policy.describe())
     return policy.with_download_prefixes(list(args.allow_url))
 
 

@@ -138,7 +138,9 @@ def test_scan_uses_the_policy(cli: Cli, shared_dir: Path, tmp_path: Path,
                       'allowed_globals = ["joblib.numpy_pickle.NumpyArrayWrapper"]\n')
     assert cli("scan", str(sample), "--policy", str(policy)).code == 0
     monkeypatch.setenv("SAFEHUB_POLICY", str(policy))
-    assert cli("scan", str(sample)).code == 0, "$SAFEHUB_POLICY selects the policy"
+    refused = cli("scan", str(sample))
+    assert refused.code == 2, "an implicit policy may not loosen the default"
+    assert "SAFEHUB_POLICY" in refused.err and "scanner.allowed_globals" in refused.err
     assert cli("scan", str(sample), "--policy", "strict").code == 1
 
 

@@ -195,9 +195,10 @@ def test_selection_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     sub.mkdir(parents=True)
     monkeypatch.delenv("SAFEHUB_POLICY", raising=False)
     assert load_policy(cwd=sub).name == "from-pyproject"
-    monkeypatch.setenv("SAFEHUB_POLICY", "permissive")
-    assert load_policy(cwd=sub).name == "permissive"
-    assert load_policy("strict", cwd=sub).name == "strict"
+    monkeypatch.setenv("SAFEHUB_POLICY", "strict")
+    assert load_policy(cwd=sub).name == "strict"
+    assert load_policy(cwd=sub).selected_by == "selected by $SAFEHUB_POLICY"
+    assert load_policy("permissive", cwd=sub).name == "permissive"
     monkeypatch.setenv("SAFEHUB_POLICY", str(tmp_path / "nope.toml"))
     with pytest.raises(PolicyError) as exc:
         load_policy(cwd=sub)
