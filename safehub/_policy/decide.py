@@ -18,6 +18,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from safehub._policy.loader import LoadedPolicy
+from safehub._policy.paths import path_scope_matches
 from safehub._policy.schema import REPO_RE, SHA1_RE, RepoRule, SignatureRule
 from safehub._policy.urls import is_loopback_http, url_matches_prefix
 from safehub.errors import PolicyViolation
@@ -333,10 +334,8 @@ def _signature_applies(rule: SignatureRule, scope: str, local_path: str | None) 
     if rule.scope.startswith("path:"):
         if local_path is None:
             return False
-        pattern = rule.scope[len("path:"):]
-        full = os.path.abspath(local_path)
-        return fnmatch.fnmatch(full, os.path.abspath(pattern)) or fnmatch.fnmatch(
-            local_path, pattern)
+        # Canonical real paths on both sides: no spelling or symlink dodges the scope.
+        return path_scope_matches(rule.scope[len("path:"):], local_path)
     # owner/name, owner/*, */name or */*: a '*' stands for a whole part, never for a '/'.
     return local_path is None and fnmatch.fnmatchcase(scope, rule.scope)
 
