@@ -96,6 +96,10 @@ class Policy:
         """``NAME (FILES; how it was selected)``, as every report names the policy."""
         return self.source.describe()
 
+    def anchors(self) -> list[tuple[PolicyIssue, str, str]]:
+        """The key and certificate files the signature rules name (for ``policy check``)."""
+        return self._loaded.anchors()
+
     def where(self, *key: str) -> str:
         """The ``file:line`` that set a key (e.g. ``policy.where('trust', 'owners')``)."""
         return self._loaded.where(*key)

@@ -13,6 +13,7 @@ say which file and key decided them.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
-__all__ = ["PRESETS", "LoadedPolicy", "find_preset", "load_chain", "locate_line"]
+__all__ = ["PRESETS", "LoadedPolicy", "anchor_path", "find_preset", "load_chain", "locate_line"]
 
 _MAX_CHAIN = 16
 
@@ -49,6 +50,22 @@ class LoadedPolicy:
     provenance: dict[tuple[str, ...], str] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)  # file -> its text, for line lookup
 
+    def anchors(self) -> list[tuple[PolicyIssue, str, str]]:
+        """Every key and certificate file the signature rules name:
+        (where it is named, ``public_keys`` or ``certificate_chains``, resolved path)."""
+        found = []
+        for index, rule in enumerate(self.model.signatures):
+            source = self.provenance.get(("signatures", str(index)), "")
+            local = self.provenance.get(("signatures", str(index), "#local"), str(index))
+            for kind in ("public_keys", "certificate_chains"):
+                for number, path in enumerate(getattr(rule, kind)):
+                    resolved = anchor_path(source, path)
+                    line = locate_line(self.sources.get(source, ""), ("signatures", local, kind))
+                    found.append((PolicyIssue(source or "built-in default",
+                                              f"signatures[{local}].{kind}[{number}]", "",
+                                              line), kind, resolved))
+        return found
+
     def where(self, *key: str) -> str:
         """``file:line`` (or ``file``) of the value at ``key``, for explanations."""
         for cut in range(len(key), 0, -1):
@@ -61,6 +78,13 @@ class LoadedPolicy:
                 line = locate_line(self.sources.get(source, ""), in_file)
                 return f"{source}:{line}" if line else source
         return "built-in default"
+
+
+def anchor_path(source: str, path: str) -> str:
+    """Key and certificate paths are relative to the policy file that names them."""
+    if os.path.isabs(path) or not source or source.startswith("preset:"):
+        return path
+    return str(Path(source).parent / path)
 
 
 def preset_dir() -> Path:
