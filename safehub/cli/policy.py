@@ -29,7 +29,8 @@ SCHEMA_VERSION = "1"
 def add_policy_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", metavar="NAME|PATH", help=(
         "policy preset (strict, default, permissive) or file; default: $SAFEHUB_POLICY, "
-        "[tool.safehub] in pyproject.toml, else 'default'"))
+        "[tool.safehub] in pyproject.toml (these two may only tighten 'default'), else "
+        "'default'"))
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
