@@ -26,6 +26,9 @@ __all__ = ["verify_signature"]
 
 def _fail(kind: FailureKind, message: str, *, source: str, trust: Trust,
           signer: Signer | None = None) -> SignatureInvalid:
+    # Parts of the message come from the bundle (hints, names, parser errors): escaped once
+    # here, so no failure can carry a control, bidi or lone-surrogate character.
+    message = certs.display(message)
     return SignatureInvalid(
         f"the signature {source} does not verify: {message}", subject=source,
         fix=_FIXES[kind], failures=(Failure(kind, message),), signer=signer,
