@@ -181,42 +181,48 @@ def _probes(keys: Collection[str]) -> set[str]:
     return names
 
 
-def _governing(model: PolicyModel, repo: str) -> tuple[str | None, RepoRule | None, bool]:
-    """(rule key, rule, allowed at all) for ``repo`` as the decision sees it."""
+def _governing(model: PolicyModel, repo: str) -> tuple[str | None, RepoRule | None]:
+    """(rule key, rule) for ``repo`` as the decision finds it."""
     # The decision's own matcher, so this comparison follows however it matches names.
     from safehub._policy.decide import repo_rule
     from safehub._policy.loader import LoadedPolicy
 
-    owner = repo.split("/", 1)[0]
     found = repo_rule(LoadedPolicy(model=model, chain=["<compared>"]), repo)
-    key, rule = found if found is not None else (None, None)
-    denied_owner = owner.casefold() in {o.casefold() for o in model.trust.denied_owners}
-    if denied_owner:
-        return key, rule, False
+    return found if found is not None else (None, None)
+
+
+def _allowed(model: PolicyModel, repo: str, rule: RepoRule | None, trust_repo: bool) -> bool:
+    """Whether ``repo`` can be allowed at all (before pins and entrypoints), with or
+    without the caller's ``trust_repo=True``."""
+    owner = repo.split("/", 1)[0].casefold()
+    if owner in {o.casefold() for o in model.trust.denied_owners}:
+        return False
     if rule is not None:
-        return key, rule, rule.allow
-    trusted = owner.casefold() in {o.casefold() for o in model.trust.owners}
-    return key, rule, trusted or model.trust.unknown_repos == "sandbox"
+        return rule.allow
+    return (owner in {o.casefold() for o in model.trust.owners}
+            or (trust_repo and model.trust.honor_trust_repo)
+            or model.trust.read_torch_trusted_list  # any repo the trusted_list names
+            or model.trust.unknown_repos == "sandbox")
 
 
 def _compare_repos(parent: PolicyModel, child: PolicyModel, out: list[Loosening]) -> None:
     seen: set[tuple[str, ...]] = set()
     for repo in sorted(_probes([*parent.repos, *child.repos])):
-        _, old_rule, old_allowed = _governing(parent, repo)
-        new_key, new_rule, new_allowed = _governing(child, repo)
-        if not new_allowed:
-            continue  # nothing the child allows here
+        _, old_rule = _governing(parent, repo)
+        new_key, new_rule = _governing(child, repo)
         where = ("repos", new_key) if new_key is not None else ("repos",)
         shown = new_key or repo
-        if not old_allowed:
+        modes = (False, True)  # without, and with, the caller's trust_repo=True
+        if any(_allowed(child, repo, new_rule, m) and not _allowed(parent, repo, old_rule, m)
+               for m in modes):
             if where not in seen:
                 seen.add(where)
                 out.append(Loosening(where, f"allows repo {shown!r}, which was denied"))
             continue
-        before = old_rule or RepoRule()
-        after = new_rule or RepoRule()
+        if not any(_allowed(child, repo, new_rule, m) for m in modes):
+            continue  # nothing the child allows here
         found: list[Loosening] = []
-        _compare_model(before, after, where, found)
+        _compare_model(old_rule or RepoRule(), new_rule or RepoRule(), where, found)
         for item in found:
             if item.path not in seen:
                 seen.add(item.path)
