@@ -15,10 +15,18 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from safehub._policy.decide import DownloadRequest, RepoRequest, SandboxRequest, decide
+from safehub._policy.decide import (
+    DownloadRequest,
+    FileRequest,
+    RepoRequest,
+    SandboxRequest,
+    decide,
+)
 from safehub._policy.loader import LoadedPolicy
 from safehub._policy.schema import LAYERS, PolicyModel
 from safehub._policy.tighten import loosenings
+from safehub.findings import FileReport, Finding
+from safehub.rules import Severity
 
 PIN, OTHER = "0" * 40, "f" * 40
 DIGEST = "ab" * 32
@@ -49,6 +57,9 @@ policies = st.fixed_dictionaries({
         "offline": st.booleans(),
         "pins": st.dictionaries(st.just(PIN_URL), st.sampled_from([DIGEST, "cd" * 32])),
     }),
+    "scanner": st.fixed_dictionaries({}, optional={
+        "block_severity": st.sampled_from(["info", "low", "medium", "high", "critical"]),
+    }),
     "sandbox": st.fixed_dictionaries({}, optional={
         "required_layers": st.lists(st.sampled_from(LAYERS[:4]), unique=True),
     }),
@@ -67,6 +78,10 @@ REQUESTS: list[Any] = [
 ] + [
     SandboxRequest({layer: None if i % 2 else "missing" for i, layer in enumerate(LAYERS)}),
     SandboxRequest(dict.fromkeys(LAYERS)),
+] + [
+    FileRequest(FileReport("m.pt", "torch", 1, findings=(
+        Finding("SH101", severity, "a global outside the allowlist", subject="x.Y"),)))
+    for severity in Severity
 ]
 
 
