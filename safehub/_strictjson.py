@@ -40,5 +40,5 @@ def loads(data: bytes) -> Any:
         return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
     except RecursionError as exc:
         raise StrictJSONError("nested too deeply") from exc
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, and int() refusing a 5000-digit number
         raise StrictJSONError(str(exc)) from exc

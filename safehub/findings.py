@@ -11,6 +11,7 @@ __all__ = [
     "NOT_CHECKED_RULES",
     "FileReport",
     "Finding",
+    "PolicySource",
     "ScanReport",
     "Severity",
     "Skipped",
@@ -121,12 +122,29 @@ class FileReport:
         return Verdict.CLEAN
 
 @dataclass(frozen=True)
+class PolicySource:
+    """Which policy decided and how it was selected, for every report to name."""
+
+    name: str
+    chain: tuple[str, ...]  # preset:NAME or file paths, root first
+    selected_by: str  # "selected explicitly", "selected by $SAFEHUB_POLICY", ...
+
+    def describe(self) -> str:
+        """``strict (/p/acme.toml <- preset:strict; selected by $SAFEHUB_POLICY)``."""
+        return f"{self.name} ({' <- '.join(reversed(self.chain))}; {self.selected_by})"
+
+    def to_json(self) -> dict[str, object]:
+        return {"name": self.name, "chain": list(self.chain), "selected_by": self.selected_by}
+
+
+@dataclass(frozen=True)
 class ScanReport:
-    """The result of scanning one or more inputs."""
+    """The result of scanning one or more inputs (``policy``: the policy applied, if any)."""
 
     files: tuple[FileReport, ...] = ()
     skipped: tuple[Skipped, ...] = ()
     roots: tuple[str, ...] = field(default=())
+    policy: PolicySource | None = None
 
     @property
     def findings(self) -> list[Finding]:

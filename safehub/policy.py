@@ -11,6 +11,12 @@ selected by argument (``--policy``, ``policy=``), else ``$SAFEHUB_POLICY``, else
 ``[tool.safehub] policy`` in the nearest pyproject.toml, else ``default``. A
 missing or invalid policy is an error, never a silent fallback.
 
+A policy found implicitly (the environment variable or a pyproject.toml, which an
+attacker controls inside a cloned repository or a pull request's CI checkout) may
+only tighten the built-in default: one that allows anything ``default`` denies is
+refused with an error naming where it was found. Pass a looser policy explicitly.
+Every report names the policy and how it was selected (:attr:`Policy.source`).
+
 torch.hub's ``trust_repo`` maps onto the policy: ``True`` trusts the repo for
 that call when ``trust.honor_trust_repo`` allows it; ``False``, ``"check"`` and
 ``None`` leave the decision to the policy (``None`` never means silent trust).
@@ -38,9 +44,11 @@ from safehub._policy.decide import (
 )
 from safehub._policy.loader import LoadedPolicy, load_chain
 from safehub._policy.schema import PolicyModel
-from safehub._policy.select import PRESETS, resolve_spec
+from safehub._policy.select import BUILT_IN_DEFAULT, EXPLICIT, PRESETS, resolve_spec
+from safehub._policy.tighten import loosenings
 from safehub._scanner.context import ScanOptions
-from safehub.errors import PolicyError
+from safehub.errors import PolicyError, PolicyIssue
+from safehub.findings import PolicySource
 from safehub.rules import Severity
 
 __all__ = [
@@ -61,7 +69,7 @@ __all__ = [
 class Policy:
     """An effective policy (after ``extends``) that answers requests with Decisions."""
 
-    def __init__(self, loaded: LoadedPolicy, selected_by: str = "selected explicitly"):
+    def __init__(self, loaded: LoadedPolicy, selected_by: str = EXPLICIT):
         self._loaded = loaded
         self.selected_by = selected_by
 
@@ -78,6 +86,19 @@ class Policy:
     def chain(self) -> list[str]:
         """The files (or ``preset:NAME``) this policy is made of, root first."""
         return list(self._loaded.chain)
+
+    @property
+    def source(self) -> PolicySource:
+        """The policy's name, files and how it was selected, for reports."""
+        return PolicySource(self.name, tuple(self._loaded.chain), self.selected_by)
+
+    def describe(self) -> str:
+        """``NAME (FILES; how it was selected)``, as every report names the policy."""
+        return self.source.describe()
+
+    def anchors(self) -> list[tuple[PolicyIssue, str, str]]:
+        """The key and certificate files the signature rules name (for ``policy check``)."""
+        return self._loaded.anchors()
 
     def where(self, *key: str) -> str:
         """The ``file:line`` that set a key (e.g. ``policy.where('trust', 'owners')``)."""
@@ -181,7 +202,25 @@ def load_policy(spec: str | os.PathLike[str] | Policy | None = None, *,
     try:
         loaded = load_chain(chosen)
     except PolicyError as exc:
-        if why != "selected explicitly" and exc.message:
+        if why != EXPLICIT and exc.message:
             exc.message = f"{exc.message} ({why})"
         raise
+    if why not in (EXPLICIT, BUILT_IN_DEFAULT):
+        _refuse_looser_than_default(loaded, chosen, why)
     return Policy(loaded, why)
+
+
+def _refuse_looser_than_default(loaded: LoadedPolicy, chosen: str, why: str) -> None:
+    """An implicitly found policy may only tighten the built-in default (its own
+    ``loosen`` list does not count: whoever wrote the file is not the one running)."""
+    found = loosenings(load_chain("default").model, loaded.model)
+    if not found:
+        return
+    keys = ", ".join(item.dotted for item in found[:5]) + (", ..." if len(found) > 5 else "")
+    raise PolicyError(
+        f"policy {chosen!r} ({why}) is looser than the built-in default ({keys}); a policy "
+        "found implicitly may only tighten it", subject=chosen,
+        fix="if you trust that policy, pass it explicitly with --policy (policy= in Python); "
+            "otherwise remove the setting that selects it",
+        issues=[PolicyIssue(why.removeprefix("selected by "), item.dotted, item.message)
+                for item in found])

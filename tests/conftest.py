@@ -17,6 +17,11 @@ REPO = Path(__file__).resolve().parents[1]
 # ../shared beside the repo (CI always has it); SAFEHUB_SHARED overrides the location.
 SHARED = Path(os.environ.get("SAFEHUB_SHARED", REPO.parent / "shared"))
 
+# Some tests build trees deeper than Python's default recursion limit (1000). pytest removes
+# old temporary folders with shutil.rmtree, which recurses once per level on Python 3.11: a
+# tree left by an interrupted run would otherwise crash the whole session at its end.
+sys.setrecursionlimit(max(sys.getrecursionlimit(), 20_000))
+
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:

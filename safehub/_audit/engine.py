@@ -114,14 +114,14 @@ def run_audit(paths: Sequence[str | os.PathLike[str]] | None, *, policy: Policy,
 
     scan_report = ScanReport(files=tuple(entries[k] for k in sorted(entries)),
                              skipped=tuple(sorted(skipped, key=lambda s: s.path)),
-                             roots=tuple(roots))
+                             roots=tuple(roots), policy=policy.source)
     stats = AuditStats(
         scanned=sum(1 for o in outcomes.values() if o.scanned),
         reused=sum(1 for o in outcomes.values() if not o.scanned and o.entry is not None),
         hashed_bytes=sum(o.hashed_bytes for o in outcomes.values()), workers=workers,
         seconds=time.perf_counter() - started)
     return AuditReport(report=scan_report, provenance=provenance, kinds=kinds,
-                       caches=tuple(found.caches), policy=policy.name,
+                       caches=tuple(found.caches), policy=policy.describe(),
                        lockfile=ctx.pins.lockfile_path,
                        state=str(state.path) if state.path else None, stats=stats)
 

@@ -151,6 +151,8 @@ def _text(audit: AuditReport, *, color: bool, verbose: bool) -> str:
                          f"{escape_line(fix.reason)}")
     if hidden:
         lines.append(f"({hidden} clean entries not shown; -v shows them with their provenance)")
+    if audit.policy:
+        lines.append(f"policy: {escape_line(audit.policy)}")
     return "\n".join(lines) + ("\n" if lines else "")
 
 
@@ -188,8 +190,8 @@ def _sarif(audit: AuditReport) -> str:
         if provenance is not None:
             result.setdefault("properties", {})["provenance"] = json_clean(
                 provenance.to_json())
-    run["properties"] = {"safehub.audit": {
+    run.setdefault("properties", {})["safehub.audit"] = {
         "policy": audit.policy, "lockfile": audit.lockfile,
         "caches": json_clean([{"layout": layout, "path": path}
-                              for layout, path in audit.caches])}}
+                              for layout, path in audit.caches])}
     return json.dumps(doc, indent=2) + "\n"

@@ -118,8 +118,7 @@ def _verify(repo: RepoTarget, signature: Path, requirement: Requirement) -> dict
             failures = exc.failures
             continue
         result = _check(signed, repo, signature, requirement)
-        assert result.signer is not None
-        return {"signer": result.signer.describe(),
+        return {"signer": result.signer.describe() if result.signer else None,
                 "failures": [f.to_json() for f in result.failures]}
     if not failures:
         failures = (Failure(FailureKind.SIGNATURE_INVALID,

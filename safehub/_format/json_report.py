@@ -64,10 +64,17 @@ class JsonSummary(_Model):
     skipped: int
 
 
+class JsonPolicy(_Model):
+    name: str
+    chain: list[str]
+    selected_by: str
+
+
 class JsonReport(_Model):
     schema_version: str
     tool: dict[str, str]
     command: str
+    policy: JsonPolicy | None = None  # the policy applied and how it was selected
     summary: JsonSummary
     files: list[JsonFile]
     skipped: list[JsonSkipped]
@@ -81,6 +88,9 @@ def build_json(report: ScanReport, *, command: str = "scan") -> JsonReport:
         schema_version=SCHEMA_VERSION,
         tool={"name": "safehub", "version": __version__},
         command=command,
+        policy=(JsonPolicy(name=report.policy.name, chain=list(report.policy.chain),
+                           selected_by=report.policy.selected_by)
+                if report.policy is not None else None),
         summary=JsonSummary(files=len(report.files), clean=counts[Verdict.CLEAN],
                             unsafe=counts[Verdict.UNSAFE], unknown=counts[Verdict.UNKNOWN],
                             errors=counts[Verdict.ERROR], skipped=len(report.skipped)),
@@ -107,4 +117,6 @@ def build_json(report: ScanReport, *, command: str = "scan") -> JsonReport:
 
 
 def render_json(report: ScanReport, *, command: str = "scan") -> str:
-    return build_json(report, command=command).model_dump_json(indent=2) + "\n"
+    exclude = {"policy"} if report.policy is None else None
+    return build_json(report, command=command).model_dump_json(indent=2,
+                                                               exclude=exclude) + "\n"

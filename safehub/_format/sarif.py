@@ -73,6 +73,8 @@ def render_sarif(report: ScanReport) -> str:
         "results": results,
         "invocations": [{"executionSuccessful": True}],
     }
+    if report.policy is not None:
+        run["properties"] = {"safehub.policy": report.policy.to_json()}
     doc = {"$schema": _SCHEMA, "version": "2.1.0", "runs": [run]}
     return json.dumps(doc, indent=2) + "\n"
 

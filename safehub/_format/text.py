@@ -31,6 +31,8 @@ def render_text(report: ScanReport, *, color: bool = False, verbose: bool = Fals
         for skipped in report.skipped:
             lines.append(f"{_paint('SKIPPED', '2', color)}  {_e(skipped.path)}: "
                          f"{_e(skipped.reason)}")
+    if report.policy is not None:
+        lines.append(f"policy: {_e(report.policy.describe())}")
     return "\n".join(lines) + ("\n" if lines else "")
 
 

@@ -9,7 +9,6 @@ the narrowest change that would allow it.
 
 from __future__ import annotations
 
-import fnmatch
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from safehub._policy.loader import LoadedPolicy
+from safehub._policy.paths import path_scope_matches
 from safehub._policy.repo_id import RepoId, looks_like_sha, normalize_ref
 from safehub._policy.schema import SHA1_RE, RepoRule, SignatureRule
 from safehub._policy.urls import CanonicalURL, is_loopback_http, parse_url, url_matches_prefix
@@ -359,10 +359,8 @@ def _signature_applies(rule: SignatureRule, scope: str, local_path: str | None) 
     if rule.scope.startswith("path:"):
         if local_path is None:
             return False
-        pattern = rule.scope[len("path:"):]
-        full = os.path.abspath(local_path)
-        return fnmatch.fnmatch(full, os.path.abspath(pattern)) or fnmatch.fnmatch(
-            local_path, pattern)
+        # Canonical real paths on both sides: no spelling or symlink dodges the scope.
+        return path_scope_matches(rule.scope[len("path:"):], local_path)
     # owner/name, owner/*, */name or */*: a '*' stands for a whole part, never for a '/'.
     # Compared casefolded; a scope that is no valid repo gets every repo rule (fail closed).
     if local_path is not None:

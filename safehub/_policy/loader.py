@@ -2,14 +2,18 @@
 
 A policy is a chain: a preset or file, and the files that ``extends`` it. Each file
 is validated on its own (so errors name the file that has them), then merged over
-its parent. A child may add entries (owners, URLs, pins, repos, allowed globals)
-and tighten settings; it may loosen a setting only if it names the key in
-``loosen``. Every effective value remembers the file that set it, so decisions can
+its parent. A child may tighten anything (add pins, denied owners, signature rules,
+required layers; lower limits); anything it allows that its parent did not (a
+trusted owner, a repo, a URL prefix, an allowed global, a higher limit) needs the
+key in ``loosen``, as decided by :mod:`safehub._policy.tighten` on the validated
+effective values of both. Every effective value remembers the file that set it, so decisions can
 say which file and key decided them.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -20,6 +24,7 @@ from pydantic import ValidationError
 
 from safehub._policy.schema import PolicyModel
 from safehub._policy.select import PRESETS
+from safehub._policy.tighten import direction_of, loosened_by, loosenings
 from safehub.errors import PolicyError, PolicyIssue
 
 if sys.version_info >= (3, 11):
@@ -27,33 +32,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
-__all__ = ["PRESETS", "LoadedPolicy", "find_preset", "load_chain", "locate_line"]
+__all__ = ["PRESETS", "LoadedPolicy", "anchor_path", "find_preset", "load_chain", "locate_line"]
 
 _MAX_CHAIN = 16
 
-# key path -> (stricter direction). "bool+" means True is stricter, "bool-" False is stricter,
-# "num-" lower is stricter, "order:<a,b,...>" earlier is stricter, "fixed" any change loosens.
-_DIRECTIONS: dict[tuple[str, ...], str] = {
-    ("trust", "unknown_repos"): "order:deny,sandbox",
-    ("trust", "require_commit_pin"): "bool+",
-    ("trust", "honor_trust_repo"): "bool-",
-    ("trust", "read_torch_trusted_list"): "bool-",
-    ("downloads", "allow_http_loopback"): "bool-",
-    ("downloads", "require_digests"): "bool+",
-    ("downloads", "offline"): "bool+",
-    ("downloads", "max_size_mb"): "num-",
-    ("downloads", "github_api"): "fixed",
-    ("scanner", "allow_torchscript"): "bool-",
-    ("scanner", "block_severity"): "order:info,low,medium,high,critical",
-    ("scanner", "max_file_size_mb"): "num-",
-    ("sandbox", "timeout_s"): "num-",
-    ("sandbox", "memory_mb"): "num-",
-    ("sandbox", "cpu_s"): "num-",
-    ("sandbox", "max_processes"): "num-",
-    ("sandbox", "max_file_mb"): "num-",
-    ("sandbox", "max_open_files"): "num-",
-}
-_REPO_DIRECTIONS = {"allow": "bool-", "allow_torchscript": "bool-", "commit": "fixed"}
 # Lists that a child extends rather than replaces.
 _UNION_LISTS = {("trust", "owners"), ("trust", "denied_owners"), ("downloads", "allowed_urls"),
                 ("scanner", "allowed_globals"), ("sandbox", "required_layers")}
@@ -68,6 +50,22 @@ class LoadedPolicy:
     provenance: dict[tuple[str, ...], str] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)  # file -> its text, for line lookup
 
+    def anchors(self) -> list[tuple[PolicyIssue, str, str]]:
+        """Every key and certificate file the signature rules name:
+        (where it is named, ``public_keys`` or ``certificate_chains``, resolved path)."""
+        found = []
+        for index, rule in enumerate(self.model.signatures):
+            source = self.provenance.get(("signatures", str(index)), "")
+            local = self.provenance.get(("signatures", str(index), "#local"), str(index))
+            for kind in ("public_keys", "certificate_chains"):
+                for number, path in enumerate(getattr(rule, kind)):
+                    resolved = anchor_path(source, path)
+                    line = locate_line(self.sources.get(source, ""), ("signatures", local, kind))
+                    found.append((PolicyIssue(source or "built-in default",
+                                              f"signatures[{local}].{kind}[{number}]", "",
+                                              line), kind, resolved))
+        return found
+
     def where(self, *key: str) -> str:
         """``file:line`` (or ``file``) of the value at ``key``, for explanations."""
         for cut in range(len(key), 0, -1):
@@ -80,6 +78,13 @@ class LoadedPolicy:
                 line = locate_line(self.sources.get(source, ""), in_file)
                 return f"{source}:{line}" if line else source
         return "built-in default"
+
+
+def anchor_path(source: str, path: str) -> str:
+    """Key and certificate paths are relative to the policy file that names them."""
+    if os.path.isabs(path) or not source or source.startswith("preset:"):
+        return path
+    return str(Path(source).parent / path)
 
 
 def preset_dir() -> Path:
@@ -109,12 +114,16 @@ def load_chain(spec: str) -> LoadedPolicy:
         issues.extend(_validate_alone(label, text, raw))
         if issues:
             continue
-        issues.extend(_check_tightening(label, text, raw, effective, provenance))
+        is_root = not provenance
         _merge(merged, raw, label, provenance, ())
         try:
-            effective = PolicyModel.model_validate(merged)
+            child = PolicyModel.model_validate(merged)
         except ValidationError as exc:
             issues.extend(_issues(label, text, exc))
+            continue
+        if not is_root:  # the root of the chain has nothing to loosen
+            issues.extend(_check_tightening(label, text, raw, effective, child))
+        effective = child
     if issues:
         raise PolicyError(f"policy {spec!r} is invalid ({len(issues)} problems)",
                           subject=spec, fix="correct each key listed", issues=issues)
@@ -248,61 +257,39 @@ def _merge(into: dict[str, Any], raw: dict[str, Any], label: str,
 
 
 def _check_tightening(label: str, text: str, raw: dict[str, Any], parent: PolicyModel,
-                      provenance: dict[tuple[str, ...], str]) -> list[PolicyIssue]:
-    """A child may loosen its parent only where its ``loosen`` list says so."""
-    if not provenance:
-        return []  # the root of the chain has nothing to loosen
-    allowed = set(raw.get("loosen", []))
-    issues: list[PolicyIssue] = []
+                      child: PolicyModel) -> list[PolicyIssue]:
+    """A child may loosen its parent only where its ``loosen`` list says so.
 
-    def check(path: tuple[str, ...], direction: str, old: Any, new: Any) -> None:
-        dotted = ".".join(path)
-        if dotted in allowed or not _looser(direction, old, new):
-            return
-        issues.append(PolicyIssue(label, dotted, f"loosens {old!r} to {new!r} from the "
-                                  "policy it extends; list the key in `loosen` to allow it",
-                                  locate_line(text, path)))
-
-    for path, direction in _DIRECTIONS.items():
-        section = raw.get(path[0])
-        if isinstance(section, dict) and path[1] in section:
-            old = getattr(getattr(parent, path[0]), path[1])
-            check(path, direction, old, section[path[1]])
-    repos = raw.get("repos")
-    if isinstance(repos, dict):
-        for name, rule in repos.items():
-            before = parent.repos.get(name)
-            if before is None or not isinstance(rule, dict):
-                continue
-            for key, direction in _REPO_DIRECTIONS.items():
-                if key in rule:
-                    check(("repos", name, key), direction, getattr(before, key), rule[key])
-            if "entrypoints" in rule and before.entrypoints is not None:
-                new = rule["entrypoints"]
-                if new is None or not set(new) <= set(before.entrypoints):
-                    check(("repos", name, "entrypoints"), "fixed", before.entrypoints, new)
-    pins = raw.get("downloads", {}).get("pins", {}) if isinstance(raw.get("downloads"),
-                                                                 dict) else {}
-    for url, digest in pins.items():
-        old_pin = parent.downloads.pins.get(url)
-        if old_pin is not None and isinstance(digest, str):
-            check(("downloads", "pins", url), "fixed", old_pin, digest.removeprefix("sha256:"))
+    Decided on the validated effective values of both (see :mod:`safehub._policy.tighten`).
+    """
+    loosen = raw.get("loosen", [])
+    allowed = [entry for entry in loosen if isinstance(entry, str)]
+    issues = [PolicyIssue(label, f"loosen[{i}]", f"{entry!r} names no policy key",
+                          locate_line(text, ("loosen",)))
+              for i, entry in enumerate(allowed) if _split_loosen(entry) not in _KNOWN_ROOTS]
+    for item in loosenings(parent, child):
+        if loosened_by(allowed, item.path):
+            continue
+        issues.append(PolicyIssue(
+            label, item.dotted, f"{item.message}: looser than the policy it extends; list "
+            f"{_loosen_spelling(item.path)} in `loosen` to allow it",
+            locate_line(text, item.path)))
     return issues
 
 
-def _looser(direction: str, old: Any, new: Any) -> bool:
-    if old == new:
-        return False
-    if direction == "bool+":
-        return bool(old) and not bool(new)
-    if direction == "bool-":
-        return not bool(old) and bool(new)
-    if direction == "num-":
-        return isinstance(new, (int, float)) and new > old
-    if direction.startswith("order:"):
-        order = direction[len("order:"):].split(",")
-        return new in order and old in order and order.index(new) > order.index(old)
-    return True  # "fixed": any change needs an explicit loosen
+def _loosen_spelling(path: tuple[str, ...]) -> str:
+    """How to write ``path`` in ``loosen`` (parts with dots or slashes quoted)."""
+    parts = [p if re.fullmatch(r"[A-Za-z0-9_-]+", p) else json.dumps(p) for p in path]
+    return "'" + ".".join(parts) + "'"
+
+
+def _split_loosen(entry: str) -> str:
+    head = entry.strip().split(".", 1)[0]
+    return head.strip("\"'")
+
+
+_KNOWN_ROOTS = frozenset(field.alias or name for name, field in PolicyModel.model_fields.items()
+                         if direction_of(field) != "meta")
 
 
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")

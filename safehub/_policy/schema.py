@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 
 __all__ = [
     "LAYERS",
@@ -39,27 +39,51 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 GLOBAL_RE = re.compile(r"^[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*(?:\.\*)?$")
 
 
+# Which way each setting tightens, read by safehub._policy.tighten (one generic comparison of
+# validated effective values). Every leaf field carries one; tests enforce it.
+#   true / false : that boolean value is the stricter one
+#   lower        : a smaller number is stricter
+#   order        : earlier values of the field's Literal are stricter
+#   subset       : a list of things allowed (adding one loosens); None means "anything"
+#   superset     : a list of things required or denied (removing one loosens)
+#   fixed        : any change loosens (None = unset is the loosest)
+#   pins         : name -> digest; dropping or changing a pin loosens, adding one tightens
+#   rules        : a list of requirements; every parent rule must stay
+#   repos        : repository rules, compared through the decision they produce
+#   meta         : describes the file, not what is allowed
+STRICTER = "x-stricter"
+
+
+def _dir(direction: str) -> dict[str, JsonValue]:
+    return {STRICTER: direction}
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a TOML string is never a bool or a number ("false" is not false).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class TrustSection(_Section):
     """Who may supply code at all."""
 
     owners: list[str] = Field(default_factory=list, description=(
-        "GitHub owners (organisations or users) whose repositories are trusted."))
+        "GitHub owners (organisations or users) whose repositories are trusted."),
+                json_schema_extra=_dir("subset"))
     denied_owners: list[str] = Field(default_factory=list, description=(
-        "Owners that are always denied, even if trusted elsewhere."))
+        "Owners that are always denied, even if trusted elsewhere."),
+                json_schema_extra=_dir("superset"))
     unknown_repos: Literal["deny", "sandbox"] = Field("deny", description=(
         "Repos neither trusted nor listed: 'deny', or 'sandbox' (allowed, sandboxed, with a "
-        "warning). 'deny' is stricter."))
+        "warning). 'deny' is stricter."), json_schema_extra=_dir("order"))
     require_commit_pin: bool = Field(False, description=(
-        "Every repo must be pinned to a full 40-hex commit in [repos]. true is stricter."))
+        "Every repo must be pinned to a full 40-hex commit in [repos]. true is stricter."),
+                json_schema_extra=_dir("true"))
     honor_trust_repo: bool = Field(True, description=(
         "Whether hub.load(trust_repo=True) / --trust-repo may trust a repo for that call. "
-        "false is stricter."))
+        "false is stricter."), json_schema_extra=_dir("false"))
     read_torch_trusted_list: bool = Field(False, description=(
-        "Also trust repos in torch.hub's trusted_list file. false is stricter."))
+        "Also trust repos in torch.hub's trusted_list file. false is stricter."),
+                json_schema_extra=_dir("false"))
 
     @field_validator("owners", "denied_owners")
     @classmethod
@@ -73,13 +97,16 @@ class TrustSection(_Section):
 class RepoRule(_Section):
     """Rules for one repository, keyed ``"owner/name"`` (or ``"owner/*"``)."""
 
-    allow: bool = Field(True, description="false denies the repo outright.")
-    commit: str | None = Field(None, description="Required full 40-hex commit SHA.")
+    allow: bool = Field(True, description="false denies the repo outright.",
+            json_schema_extra=_dir("false"))
+    commit: str | None = Field(None, description="Required full 40-hex commit SHA.",
+            json_schema_extra=_dir("fixed"))
     entrypoints: list[str] | None = Field(None, description=(
-        "Entrypoints that may be called; absent means any."))
+        "Entrypoints that may be called; absent means any."), json_schema_extra=_dir("subset"))
     allowed_globals: list[str] = Field(default_factory=list, description=(
-        "Extra pickle globals allowed in this repo's files."))
-    allow_torchscript: bool = Field(False, description="Accept TorchScript from this repo.")
+        "Extra pickle globals allowed in this repo's files."), json_schema_extra=_dir("subset"))
+    allow_torchscript: bool = Field(False, description="Accept TorchScript from this repo.",
+            json_schema_extra=_dir("false"))
 
     @field_validator("commit")
     @classmethod
@@ -98,19 +125,23 @@ class DownloadsSection(_Section):
     """What weights may be downloaded from where, and how they are pinned."""
 
     allowed_urls: list[str] = Field(default_factory=list, description=(
-        "URL prefixes downloads may come from (https only, unless allow_http_loopback)."))
+        "URL prefixes downloads may come from (https only, unless allow_http_loopback)."),
+                json_schema_extra=_dir("subset"))
     allow_http_loopback: bool = Field(False, description=(
         "Allow plain http to 127.0.0.1, ::1 and localhost (tests, local mirrors). "
-        "false is stricter."))
+        "false is stricter."), json_schema_extra=_dir("false"))
     require_digests: bool = Field(False, description=(
         "Every downloaded file needs a full SHA-256 pin (here, in the lockfile) or a "
-        "signature. true is stricter."))
-    offline: bool = Field(False, description="Never use the network. true is stricter.")
-    max_size_mb: int = Field(20480, gt=0, description="Largest download. Lower is stricter.")
+        "signature. true is stricter."), json_schema_extra=_dir("true"))
+    offline: bool = Field(False, description="Never use the network. true is stricter.",
+            json_schema_extra=_dir("true"))
+    max_size_mb: int = Field(20480, gt=0, description="Largest download. Lower is stricter.",
+            json_schema_extra=_dir("lower"))
     pins: dict[str, str] = Field(default_factory=dict, description=(
-        "URL or file name -> SHA-256 of the file (64 hex)."))
+        "URL or file name -> SHA-256 of the file (64 hex)."), json_schema_extra=_dir("pins"))
     github_api: str = Field("https://api.github.com", description=(
-        "Base URL of the GitHub-compatible REST API (GitHub Enterprise, mirrors)."))
+        "Base URL of the GitHub-compatible REST API (GitHub Enterprise, mirrors)."),
+                json_schema_extra=_dir("fixed"))
 
     @field_validator("pins")
     @classmethod
@@ -126,13 +157,16 @@ class SignatureRule(_Section):
     """A signature requirement for repos (``owner/name`` patterns) or local paths."""
 
     scope: str = Field(description=(
-        "'owner/repo', 'owner/*', or 'path:GLOB' for local folders and files."))
+        "'owner/repo', 'owner/*', or 'path:GLOB' for local folders and files."),
+                json_schema_extra=_dir("fixed"))
     public_keys: list[str] = Field(default_factory=list, description=(
-        "PEM public keys (paths relative to this policy file)."))
+        "PEM public keys (paths relative to this policy file)."), json_schema_extra=_dir("fixed"))
     certificate_chains: list[str] = Field(default_factory=list, description=(
-        "PEM certificate chains / CA bundles (paths relative to this policy file)."))
+        "PEM certificate chains / CA bundles (paths relative to this policy file)."),
+                json_schema_extra=_dir("fixed"))
     ignore_unsigned_files: bool = Field(False, description=(
-        "Tolerate unsigned extra non-code files. false is stricter."))
+        "Tolerate unsigned extra non-code files. false is stricter."),
+                json_schema_extra=_dir("false"))
 
     @model_validator(mode="after")
     def _anchors(self) -> SignatureRule:
@@ -147,14 +181,16 @@ class ScannerSection(_Section):
     """How scan findings are treated."""
 
     allowed_globals: list[str] = Field(default_factory=list, description=(
-        "Extra pickle globals allowed everywhere (exact names or module.*)."))
+        "Extra pickle globals allowed everywhere (exact names or module.*)."),
+                json_schema_extra=_dir("subset"))
     allow_torchscript: bool = Field(False, description=(
-        "Accept TorchScript archives (code then runs only in the sandbox)."))
+        "Accept TorchScript archives (code then runs only in the sandbox)."),
+                json_schema_extra=_dir("false"))
     block_severity: Literal["info", "low", "medium", "high", "critical"] = Field(
         "low", description=("Findings at or above this severity block; lower ones warn. "
-                            "Lower is stricter."))
+                            "Lower is stricter."), json_schema_extra=_dir("order"))
     max_file_size_mb: int = Field(65536, gt=0, description="Largest file scanned. Lower is "
-                                  "stricter.")
+                                  "stricter.", json_schema_extra=_dir("lower"))
 
     @field_validator("allowed_globals")
     @classmethod
@@ -165,15 +201,20 @@ class ScannerSection(_Section):
 class SandboxSection(_Section):
     """Limits for repo code, and which isolation layers must be present."""
 
-    timeout_s: float = Field(300, gt=0, description="Wall-clock limit per call.")
-    memory_mb: int = Field(16384, gt=0, description="Address-space limit.")
-    cpu_s: int = Field(600, gt=0, description="CPU-time limit.")
-    max_processes: int = Field(64, gt=0, description="Process/thread limit.")
-    max_file_mb: int = Field(4096, gt=0, description="Largest file the code may write.")
-    max_open_files: int = Field(256, gt=0, description="Open file descriptors.")
+    timeout_s: float = Field(300, gt=0, description="Wall-clock limit per call.",
+            json_schema_extra=_dir("lower"))
+    memory_mb: int = Field(16384, gt=0, description="Address-space limit.",
+            json_schema_extra=_dir("lower"))
+    cpu_s: int = Field(600, gt=0, description="CPU-time limit.", json_schema_extra=_dir("lower"))
+    max_processes: int = Field(64, gt=0, description="Process/thread limit.",
+            json_schema_extra=_dir("lower"))
+    max_file_mb: int = Field(4096, gt=0, description="Largest file the code may write.",
+            json_schema_extra=_dir("lower"))
+    max_open_files: int = Field(256, gt=0, description="Open file descriptors.",
+            json_schema_extra=_dir("lower"))
     required_layers: list[str] = Field(default_factory=list, description=(
         f"Layers that must be available or the call refuses to run: any of {', '.join(LAYERS)}"
-        ", or 'all'. More is stricter."))
+        ", or 'all'. More is stricter."), json_schema_extra=_dir("superset"))
 
     @field_validator("required_layers")
     @classmethod
@@ -189,22 +230,30 @@ class SandboxSection(_Section):
 class PolicyModel(_Section):
     """A whole policy file."""
 
-    schema_: int = Field(alias="schema", description="Policy schema version (1).")
-    name: str = Field("", description="A short name shown in decisions.")
-    description: str = ""
+    schema_: int = Field(alias="schema", description="Policy schema version (1).",
+                         json_schema_extra=_dir("meta"))
+    name: str = Field("", description="A short name shown in decisions.",
+                      json_schema_extra=_dir("meta"))
+    description: str = Field("", json_schema_extra=_dir("meta"))
     extends: str | None = Field(None, description=(
-        "A preset name (strict, default, permissive) or a path relative to this file."))
+        "A preset name (strict, default, permissive) or a path relative to this file."),
+        json_schema_extra=_dir("meta"))
     loosen: list[str] = Field(default_factory=list, description=(
-        "Dotted keys this file may set looser than the policy it extends, e.g. "
-        "'sandbox.timeout_s'."))
-    trust: TrustSection = Field(default_factory=TrustSection)
-    repos: dict[str, RepoRule] = Field(default_factory=dict)
-    downloads: DownloadsSection = Field(default_factory=DownloadsSection)
-    signatures: list[SignatureRule] = Field(default_factory=list)
-    scanner: ScannerSection = Field(default_factory=ScannerSection)
-    sandbox: SandboxSection = Field(default_factory=SandboxSection)
+        "Keys this file may set looser than the policy it extends, e.g. 'sandbox.timeout_s', "
+        "'downloads.allowed_urls' or 'repos.\"acme/model\"' (a key also covers what is "
+        "below it)."), json_schema_extra=_dir("meta"))
+    trust: TrustSection = Field(default_factory=TrustSection, json_schema_extra=_dir("section"))
+    repos: dict[str, RepoRule] = Field(default_factory=dict, json_schema_extra=_dir("repos"))
+    downloads: DownloadsSection = Field(default_factory=DownloadsSection,
+                                        json_schema_extra=_dir("section"))
+    signatures: list[SignatureRule] = Field(default_factory=list,
+                                            json_schema_extra=_dir("rules"))
+    scanner: ScannerSection = Field(default_factory=ScannerSection,
+                                    json_schema_extra=_dir("section"))
+    sandbox: SandboxSection = Field(default_factory=SandboxSection,
+                                    json_schema_extra=_dir("section"))
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True)
 
     @field_validator("schema_")
     @classmethod
@@ -238,12 +287,18 @@ class PolicyModel(_Section):
 
 
 def _check_globals(values: list[str]) -> list[str]:
+    from safehub.errors import PolicyError
     from safehub.scan import check_allowable
 
     for v in values:
         if not GLOBAL_RE.match(v):
             raise ValueError(f"{v!r} is not a dotted Python name (or module.*)")
-    check_allowable(values)
+    try:
+        check_allowable(values)
+    except PolicyError as exc:
+        # A ValueError keeps pydantic collecting the file's other problems.
+        raise ValueError("; ".join(f"{i.key} {i.message}" for i in exc.issues)
+                         or exc.message) from None
     return values
 
 

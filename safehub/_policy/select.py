@@ -13,11 +13,12 @@ from typing import Any
 
 from safehub.errors import PolicyError
 
-__all__ = ["BUILT_IN_DEFAULT", "ENV_VAR", "PRESETS", "resolve_spec"]
+__all__ = ["BUILT_IN_DEFAULT", "ENV_VAR", "EXPLICIT", "PRESETS", "resolve_spec"]
 
 PRESETS = ("strict", "default", "permissive")
 ENV_VAR = "SAFEHUB_POLICY"
 BUILT_IN_DEFAULT = "the built-in default"
+EXPLICIT = "selected explicitly"
 
 
 def resolve_spec(spec: str | os.PathLike[str] | None, *, cwd: Path | None = None,
@@ -25,11 +26,12 @@ def resolve_spec(spec: str | os.PathLike[str] | None, *, cwd: Path | None = None
     """Which policy to use and why: (name-or-path, how it was selected).
 
     Precedence: the explicit argument, then $SAFEHUB_POLICY, then ``policy`` in the
-    nearest pyproject.toml's ``[tool.safehub]``, then the ``default`` preset.
+    nearest pyproject.toml's ``[tool.safehub]``, then the ``default`` preset. The two
+    implicit sources may only tighten ``default`` (checked by ``load_policy``).
     """
     environ = os.environ if env is None else env
     if spec is not None:
-        return os.fspath(spec), "selected explicitly"
+        return os.fspath(spec), EXPLICIT
     if environ.get(ENV_VAR):
         return environ[ENV_VAR], f"selected by ${ENV_VAR}"
     pyproject = _nearest_pyproject(cwd or Path.cwd())

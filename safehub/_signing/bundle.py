@@ -123,6 +123,12 @@ def parse_bundle(data: bytes) -> Bundle:
         key = _obj(material["publicKey"], "verificationMaterial.publicKey")
         raw_hint = key.get("hint")
         hint = raw_hint if isinstance(raw_hint, str) and raw_hint else None
+        if hint is not None:
+            try:
+                hint.encode("utf-8")
+            except UnicodeEncodeError:
+                raise BundleError("publicKey.hint is not valid Unicode (a lone surrogate "
+                                  "escape)") from None
 
     certs: list[bytes] = []
     if "x509CertificateChain" in material:

@@ -14,17 +14,50 @@ import datetime as dt
 from collections.abc import Sequence
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from safehub._signing import keys
 
-__all__ = ["CertificateProblem", "load_der", "load_pem_certificates", "validate_chain"]
+__all__ = ["CertificateProblem", "display", "load_der", "load_pem_certificates", "name_of",
+           "validate_chain"]
 
 
 class CertificateProblem(ValueError):
     """The certificate chain does not establish a trusted, currently valid signer."""
+
+
+# What cryptography raises, lazily, for a certificate it parsed but cannot use: an
+# unknown key algorithm or curve, a duplicate or malformed extension, a bad name.
+MALFORMED = (ValueError, TypeError, UnsupportedAlgorithm, x509.DuplicateExtension,
+              x509.UnsupportedGeneralNameType)
+
+
+def display(text: str) -> str:
+    """``text`` (from a certificate or a bundle) safe to show: control, bidi, non-ASCII
+    and lone-surrogate characters escaped, so it cannot forge or reorder a line."""
+    return text.encode("ascii", "backslashreplace").decode("ascii").translate(_CONTROLS)
+
+
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+
+
+def name_of(name: x509.Name) -> str:
+    """A certificate name as RFC 4514 text, escaped for display."""
+    return display(name.rfc4514_string())
+
+
+def _ca_key_usage(policy: object, cert: x509.Certificate, usage: x509.KeyUsage | None) -> None:
+    # As OpenSSL (and so the reference tool): a CA may omit keyUsage, as `openssl req
+    # -x509` makes it; where it is stated, it must allow signing certificates.
+    if usage is not None and not usage.key_cert_sign:
+        raise ValueError("the CA's key usage does not include keyCertSign")
+
+
+_CA_POLICY = verification.ExtensionPolicy.webpki_defaults_ca().may_be_present(
+    x509.KeyUsage, verification.Criticality.AGNOSTIC, _ca_key_usage)
 
 
 def load_pem_certificates(data: bytes) -> list[x509.Certificate]:
@@ -47,7 +80,7 @@ def load_der(der: bytes) -> x509.Certificate:
 
 
 def _validity(cert: x509.Certificate, now: dt.datetime) -> None:
-    name = cert.subject.rfc4514_string()
+    name = name_of(cert.subject)
     if now < cert.not_valid_before_utc:
         raise CertificateProblem(
             f"certificate {name!r} is not valid yet (valid from "
@@ -59,7 +92,7 @@ def _validity(cert: x509.Certificate, now: dt.datetime) -> None:
 
 
 def _check_leaf_usage(leaf: x509.Certificate) -> None:
-    name = leaf.subject.rfc4514_string()
+    name = name_of(leaf.subject)
     ext = leaf.extensions
     try:
         if ext.get_extension_for_class(x509.BasicConstraints).value.ca:
@@ -97,6 +130,18 @@ def validate_chain(leaf: x509.Certificate, intermediates: Sequence[x509.Certific
     """
     if now.tzinfo is None:
         raise ValueError("the verification time must be timezone-aware")
+    try:
+        return _validate(leaf, intermediates, anchors, now)
+    except CertificateProblem:
+        raise
+    except MALFORMED as exc:
+        raise CertificateProblem(f"malformed or unsupported certificate: "
+                                 f"{display(str(exc))}") from exc
+
+
+def _validate(leaf: x509.Certificate, intermediates: Sequence[x509.Certificate],
+              anchors: Sequence[x509.Certificate], now: dt.datetime
+              ) -> tuple[ec.EllipticCurvePublicKey, list[x509.Certificate]]:
     key = leaf.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise CertificateProblem("the signing certificate's key is not an EC key")
@@ -113,7 +158,7 @@ def validate_chain(leaf: x509.Certificate, intermediates: Sequence[x509.Certific
                .store(verification.Store(list(anchors)))
                .time(now)
                .extension_policies(
-                   ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(),
+                   ca_policy=_CA_POLICY,
                    # The leaf's usage is checked above for code signing; the web PKI
                    # end-entity profile (serverAuth/clientAuth, SAN) does not apply.
                    ee_policy=verification.ExtensionPolicy.permit_all()))
@@ -125,8 +170,9 @@ def validate_chain(leaf: x509.Certificate, intermediates: Sequence[x509.Certific
             if cert.subject == leaf.issuer:
                 _validity(cert, now)
         raise CertificateProblem(
-            f"the signing certificate {leaf.subject.rfc4514_string()!r} (issued by "
-            f"{leaf.issuer.rfc4514_string()!r}) does not chain to a trusted CA: {exc}") from exc
+            f"the signing certificate {name_of(leaf.subject)!r} (issued by "
+            f"{name_of(leaf.issuer)!r}) does not chain to a trusted CA: "
+            f"{display(str(exc))}") from exc
     chain = list(verified.chain)
     for cert in chain:
         _validity(cert, now)

@@ -17,6 +17,7 @@ file or unreadable folder is a failure of its own.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path, PurePosixPath
 
@@ -106,6 +107,21 @@ def _normalize_provided(provided: Mapping[str, Provided] | None, single_file: bo
     return out
 
 
+def _inside_model(path: str, model: Path, single_file: bool) -> str | None:
+    """A signer's absolute ignore path, relative to the model when it resolves strictly
+    inside it; otherwise None (it ignores nothing: never re-rooted into the model)."""
+    if single_file:
+        return None
+    real, root = os.path.realpath(path), os.path.realpath(model)
+    rel = os.path.relpath(real, root)
+    if rel == "." or rel == ".." or rel.startswith("../") or os.path.isabs(rel):
+        return None
+    try:
+        return check_relpath(rel.replace(os.sep, "/"))
+    except UnsafeManifestPath:
+        return None
+
+
 def check_model(manifest: Manifest, model: Path, *, signer: Signer,
                 signature: Path | None, ignore_unsigned_files: bool = False,
                 unsafe_ignore_unsigned_code: bool = False,
@@ -130,7 +146,12 @@ def check_model(manifest: Manifest, model: Path, *, signer: Signer,
             sig_rel = signature.resolve().relative_to(model.resolve()).as_posix()
         except ValueError:
             sig_rel = None
-    ignores: dict[str, str] = {p: "the signer's ignore_paths" for p in ser.ignore_paths}
+    ignores: dict[str, str] = {}
+    for path in ser.ignore_paths:
+        inside = path if not path.startswith("/") else _inside_model(path, model,
+                                                                     tree.single_file)
+        if inside is not None:
+            ignores[inside] = "the signer's ignore_paths"
     for raw in ignore_paths:
         try:
             ignores.setdefault(check_relpath(raw.strip("/")), "the caller's ignore paths")
@@ -163,16 +184,20 @@ def check_model(manifest: Manifest, model: Path, *, signer: Signer,
             else:
                 skipped.append(rel)
             continue
-        if ser.method == "shards" and present[rel] == 0:
+        if ser.method == "shards" and present[rel] == 0 and not is_code(rel):
             # model_signing gives an empty file no shard, so it cannot be listed: an
-            # empty file is exactly what its (empty) signed shard list describes.
+            # empty data file is exactly what its (empty) signed shard list describes.
+            # Not code: an empty numpy.py or __init__.py changes what imports, and the
+            # signature says nothing about it (as in files mode, it is unsigned code).
             skipped.append(rel)
             continue
         if is_code(rel) and not unsafe_ignore_unsigned_code:
+            empty = " (an empty file has no shard: sign such models with the files method)" \
+                if ser.method == "shards" and present[rel] == 0 else ""
             failures.append(Failure(
                 FailureKind.UNSIGNED_CODE,
                 "unsigned code: the signature does not cover this file, and code is never "
-                "ignored (not even with ignore_unsigned_files)", rel))
+                f"ignored (not even with ignore_unsigned_files){empty}", rel))
         elif ignore_unsigned_files:
             unsigned_ignored.append(rel)
             if is_code(rel):

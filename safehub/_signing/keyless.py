@@ -14,7 +14,7 @@ from types import ModuleType
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from safehub._signing import keys
+from safehub._signing import certs, keys
 from safehub._signing.result import Signer
 from safehub.errors import SafehubError
 
@@ -79,5 +79,5 @@ def verify_keyless(bundle_bytes: bytes, *, identity: str, issuer: str, staging: 
     fingerprint = keys.fingerprint(key) if isinstance(key, ec.EllipticCurvePublicKey) else ""
     # The policy checked the certificate's identity and issuer against these values.
     signer = Signer(kind="sigstore", key_fingerprint=fingerprint,
-                    subject=cert.subject.rfc4514_string(), identity=identity, issuer=issuer)
+                    subject=certs.name_of(cert.subject), identity=identity, issuer=issuer)
     return str(payload_type), bytes(payload), signer

@@ -76,6 +76,10 @@ def build_signature(model: Path, *, private_key: ec.EllipticCurvePrivateKey,
             entries.append(FileEntry(rel, digest=got.digest))
         elif got.shards:
             entries.append(FileEntry(rel, shards=got.shards))
+        elif is_code(rel):
+            raise SignError(f"{rel} is empty code: a shard signature cannot cover an empty "
+                            "file and verifiers refuse unsigned code; sign with the files "
+                            "method (no shard size)")
     ser = Serialization(method="shards" if shard_size else "files", hash_type="sha256",
                         shard_size=shard_size, allow_symlinks=False,
                         ignore_paths=tuple(sorted(ignored)))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import posixpath
 from collections.abc import Iterable
 from typing import Any
 
@@ -41,6 +42,10 @@ __all__ = ["PREDICATE_TYPE", "STATEMENT_TYPE", "dump_statement", "parse_statemen
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://model_signing/signature/v1.0"
+# model_signing 0.2 wrote one subject per file and no serialization (files, SHA-256); the
+# reference tool still verifies such signatures, and so does safehub.
+LEGACY_PREDICATE_TYPE = "https://model_signing/Digests/v0.1"
+LEGACY_MODEL_NAME = "compat-undefined-not-present"
 
 
 def _shard_size(value: object) -> int:
@@ -70,7 +75,12 @@ def _ignore_paths(value: object) -> tuple[str, ...]:
         raise ManifestError("serialization.ignore_paths is not a list of strings")
     out = set()
     for raw in value:
-        path = raw.strip("/") if raw not in ("", "/") else raw
+        if raw.startswith("/"):
+            # Absolute (model_signing records what the signer passed): kept as is and
+            # resolved against the model when checking, never re-rooted into it.
+            out.add(posixpath.normpath(raw))
+            continue
+        path = raw.rstrip("/") if raw else raw
         while path.startswith("./"):
             path = path[2:]
         try:
@@ -169,6 +179,8 @@ def parse_statement(payload: bytes) -> Manifest:
         raise ManifestError("the signed statement is not a JSON object")
     if doc.get("_type") != STATEMENT_TYPE:
         raise ManifestError(f"not an in-toto v1 statement (_type {doc.get('_type')!r})")
+    if doc.get("predicateType") == LEGACY_PREDICATE_TYPE:
+        return _legacy(doc.get("subject"))
     if doc.get("predicateType") != PREDICATE_TYPE:
         raise ManifestError(f"predicate type {doc.get('predicateType')!r} is not "
                             f"{PREDICATE_TYPE}")
@@ -189,6 +201,31 @@ def parse_statement(payload: bytes) -> Manifest:
     if hashlib.sha256(b"".join(digests)).hexdigest() != root.lower():
         raise ManifestError("the subject digest does not match the listed resources")
     return Manifest(model_name=name, serialization=ser, files=files)
+
+
+def _legacy(subjects: object) -> Manifest:
+    """The manifest of a model_signing 0.2 statement: each subject is a file."""
+    if not isinstance(subjects, list) or not subjects:
+        raise ManifestError("the legacy statement lists no subjects")
+    ser = Serialization("files", "sha256", None, False, ())
+    files: dict[str, FileEntry] = {}
+    for i, subject in enumerate(subjects):
+        if not isinstance(subject, dict) or not isinstance(subject.get("digest"), dict):
+            raise ManifestError(f"subject {i} is not an object with a digest")
+        name, digest = subject.get("name"), subject["digest"].get("sha256")
+        if not isinstance(name, str) or not isinstance(digest, str):
+            raise ManifestError(f"subject {i} lacks a name or a sha256 digest")
+        try:
+            value = bytes.fromhex(digest)
+        except ValueError:
+            raise ManifestError(f"subject {name!r} digest is not hex") from None
+        if len(value) != DIGEST_SIZES[HASH_ALIASES["sha256"]]:
+            raise ManifestError(f"subject {name!r} digest is not a SHA-256")
+        path = check_relpath(name, allow_single=True)
+        if path in files:
+            raise ManifestError(f"subject {path!r} is listed twice")
+        files[path] = FileEntry(path, digest=value.hex())
+    return Manifest(model_name=LEGACY_MODEL_NAME, serialization=ser, files=files)
 
 
 def _path_key(path: str) -> tuple[str, ...]:

@@ -26,6 +26,9 @@ __all__ = ["verify_signature"]
 
 def _fail(kind: FailureKind, message: str, *, source: str, trust: Trust,
           signer: Signer | None = None) -> SignatureInvalid:
+    # Parts of the message come from the bundle (hints, names, parser errors): escaped once
+    # here, so no failure can carry a control, bidi or lone-surrogate character.
+    message = certs.display(message)
     return SignatureInvalid(
         f"the signature {source} does not verify: {message}", subject=source,
         fix=_FIXES[kind], failures=(Failure(kind, message),), signer=signer,
@@ -93,7 +96,7 @@ def verify_signature(data: bytes, trust: Trust, *, source: str,
             hint = bundle.key_hint
             if hint and hint.lower() != keys.pem_hint(trust.key):
                 why = (f"it appears signed by a different key: the bundle's (unsigned) key hint is "
-                       f"{hint}, the trusted {trust.describe()} has hint "
+                       f"{certs.display(hint)[:200]}, the trusted {trust.describe()} has hint "
                        f"{keys.pem_hint(trust.key)}")
             else:
                 why = (f"the DSSE signature does not verify with the trusted "
@@ -103,22 +106,28 @@ def verify_signature(data: bytes, trust: Trust, *, source: str,
         return _manifest(envelope.payload_type, envelope.payload, source=source, trust=trust,
                          signer=signer), signer
 
-    assert isinstance(trust, TrustedCertificates)
+    if not isinstance(trust, TrustedCertificates):
+        raise TypeError(f"unknown trust value {type(trust).__name__}")
     if not bundle.certificates:
         raise _fail(FailureKind.CERTIFICATE_INVALID,
                     "the bundle carries no certificate (it was signed with a bare key), but a "
                     "certificate chain is required", source=source, trust=trust)
     when = now or dt.datetime.now(dt.timezone.utc)
+    if when.tzinfo is None:
+        raise ValueError("the verification time must be timezone-aware")
     try:
         leaf = certs.load_der(bundle.certificates[0])
         others = [certs.load_der(der) for der in bundle.certificates[1:]]
         key, chain = certs.validate_chain(leaf, others, trust.certificates, when)
+        signer = Signer(kind="certificate", key_fingerprint=keys.fingerprint(key),
+                        subject=certs.name_of(leaf.subject), issuer=certs.name_of(leaf.issuer),
+                        chain=tuple(certs.name_of(c.subject) for c in chain))
     except certs.CertificateProblem as exc:
         raise _fail(FailureKind.CERTIFICATE_INVALID, str(exc), source=source,
                     trust=trust) from exc
-    signer = Signer(kind="certificate", key_fingerprint=keys.fingerprint(key),
-                    subject=leaf.subject.rfc4514_string(), issuer=leaf.issuer.rfc4514_string(),
-                    chain=tuple(c.subject.rfc4514_string() for c in chain))
+    except certs.MALFORMED as exc:  # a name cryptography parses only when asked
+        raise _fail(FailureKind.CERTIFICATE_INVALID, f"malformed certificate: "
+                    f"{certs.display(str(exc))}", source=source, trust=trust) from exc
     # model_signing 0.2 signed certificate bundles with SHA-256 whatever the curve.
     if not keys.envelope_verifies(envelope, key, legacy_hash=hashes.SHA256()):
         raise _fail(FailureKind.SIGNATURE_INVALID,

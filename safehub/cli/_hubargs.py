@@ -47,6 +47,7 @@ def entrypoint_name(value: str) -> str:
 
 def policy_for(args: argparse.Namespace) -> Policy:
     policy = load_policy(args.policy)
+    log.info("policy: %s", policy.describe())
     return policy.with_download_prefixes(list(args.allow_url))
 
 

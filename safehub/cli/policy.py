@@ -29,7 +29,8 @@ SCHEMA_VERSION = "1"
 def add_policy_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", metavar="NAME|PATH", help=(
         "policy preset (strict, default, permissive) or file; default: $SAFEHUB_POLICY, "
-        "[tool.safehub] in pyproject.toml, else 'default'"))
+        "[tool.safehub] in pyproject.toml (these two may only tighten 'default'), else "
+        "'default'"))
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -90,8 +91,32 @@ def _check(args: argparse.Namespace) -> int:
             for line in [str(i) for i in exc.issues] or [exc.message]:
                 sys.stdout.write(f"  {line}\n")
             continue
+        problems = _anchor_problems(policy)
+        if problems:
+            status = EXIT_ERROR
+            sys.stdout.write(f"{path}: INVALID: {len(problems)} trust anchors are unusable\n")
+            sys.stdout.writelines(f"  {problem}\n" for problem in problems)
+            continue
         sys.stdout.write(f"{path}: OK (extends: {' <- '.join(reversed(policy.chain))})\n")
     return status
+
+
+def _anchor_problems(policy: Policy) -> list[str]:
+    """Every key or certificate file a signature rule names that cannot be used."""
+    from safehub.errors import SafehubError
+    from safehub.signing import TrustedCertificates, TrustedKey
+
+    problems = []
+    for where, kind, path in policy.anchors():
+        try:
+            if kind == "public_keys":
+                TrustedKey.from_path(path)
+            else:
+                TrustedCertificates.from_paths([path])
+        except SafehubError as exc:
+            where.message = f"{path}: {exc.message}"
+            problems.append(str(where))
+    return problems
 
 
 def _schema(args: argparse.Namespace) -> int:

@@ -8,11 +8,14 @@ from dataclasses import replace
 
 from safehub._format.text import summary_line
 from safehub.cli._common import ProgressLine, add_output_options, exit_code_for, write_report
+from safehub.findings import PolicySource
 from safehub.scan import ScanOptions, check_allowable, scan
 
 __all__ = ["register"]
 
 log = logging.getLogger("safehub")
+# What the report names when no policy is selected (the scanner's defaults are default's).
+_DEFAULT_SOURCE = PolicySource("default", ("preset:default",), "the built-in default")
 
 HELP = "scan model files and folders for code that loading them would run"
 
@@ -44,12 +47,13 @@ def _options(args: argparse.Namespace) -> ScanOptions:
     # defaults, and skipping it keeps `safehub scan` fast.
     from safehub._policy.select import BUILT_IN_DEFAULT, resolve_spec
 
-    spec, why = resolve_spec(args.policy)
+    _, why = resolve_spec(args.policy)
     if why == BUILT_IN_DEFAULT:
         return options
     from safehub.policy import load_policy
 
-    policy = load_policy(spec)
+    policy = load_policy(args.policy)  # not the resolved spec: implicit ones may only tighten
+    args.policy_source = policy.source
     log.debug("policy %s (%s)", policy.name, why)
     base = policy.scan_options()
     return replace(base, allowed_globals=base.allowed_globals + allowed,
@@ -63,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     progress = ProgressLine("scanning")
     report = scan(args.paths, options=options, progress=progress)
     progress.done()
+    report = replace(report, policy=getattr(args, "policy_source", None) or _DEFAULT_SOURCE)
     write_report(report, args, command="scan")
     for item in report.unscanned:
         log.warning("not scanned: %s (%s)", item.path, item.error or "unrecognized format")

@@ -121,7 +121,8 @@ class Caches:
 def _policy(path: Path, fake: FakeHub, key: KeyPair) -> Path:
     path.write_text(
         'schema = 1\nname = "audit-test"\nextends = "default"\n'
-        'loosen = ["downloads.allow_http_loopback", "downloads.github_api"]\n'
+        'loosen = ["downloads.allow_http_loopback", "downloads.github_api", "trust.owners", '
+        '"downloads.allowed_urls"]\n'
         '[trust]\nowners = ["pytorch", "acme"]\n'
         f'[downloads]\nallow_http_loopback = true\ngithub_api = "{fake.api}"\n'
         f'allowed_urls = ["{fake.url}/", "https://huggingface.co/"]\n'

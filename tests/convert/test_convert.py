@@ -196,7 +196,8 @@ def test_convert_keeps_plain_data_and_names_what_it_drops(tmp_path: Path) -> Non
     import torch
 
     policy = tmp_path / "p.toml"
-    policy.write_text('schema = 1\nextends = "default"\n[scanner]\n'
+    policy.write_text('schema = 1\nextends = "default"\nloosen = ["scanner.allowed_globals"]\n'
+                      '[scanner]\n'
                       'allowed_globals = ["fractions.Fraction"]\n')
     src = _torch_file(tmp_path / "ck.pt", {
         "state_dict": {"w": torch.ones(2, 2)}, "optimizer": {"state": {0: {"step": 5}}},

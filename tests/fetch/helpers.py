@@ -16,7 +16,8 @@ def write_policy(path: Path, api_hub: FakeHub, *allowed: FakeHub, body: str = ""
     urls = ", ".join(f'"{h.url}/"' for h in (api_hub, *allowed))
     path.write_text(
         'schema = 1\nname = "test"\nextends = "default"\n'
-        'loosen = ["downloads.allow_http_loopback", "downloads.github_api"]\n'
+        'loosen = ["downloads.allow_http_loopback", "downloads.github_api", "trust.owners", '
+        '"downloads.allowed_urls", "repos", "scanner.allowed_globals"]\n'
         f'[trust]\nowners = ["acme"]\n'
         f'[downloads]\nallow_http_loopback = true\ngithub_api = "{api_hub.api}"\n'
         f"allowed_urls = [{urls}]\n{body}", encoding="utf-8")

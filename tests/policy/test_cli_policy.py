@@ -50,6 +50,7 @@ def test_explain_strict_golden(cli: Cli) -> None:
 def test_explain_user_policy_golden(cli: Cli, tmp_path: Path) -> None:
     policy = tmp_path / "acme.toml"
     policy.write_text('schema = 1\nname = "acme"\nextends = "strict"\n'
+                      'loosen = [\'repos."acme/detector"\']\n'
                       '[repos."acme/detector"]\n'
                       'commit = "0123456789abcdef0123456789abcdef01234567"\n'
                       'entrypoints = ["detector"]\n[downloads.pins]\n'
@@ -76,7 +77,8 @@ def test_explain_file_under_policy(cli: Cli, shared_dir: Path, tmp_path: Path) -
     assert cli("policy", "explain", "--file", str(sample)).code == 0
     assert cli("policy", "explain", "--file", str(sample), "--policy", "strict").code == 1
     policy = tmp_path / "fairseq.toml"
-    policy.write_text('schema = 1\nextends = "default"\n[scanner]\nblock_severity = "info"\n'
+    policy.write_text('schema = 1\nextends = "default"\nloosen = ["scanner.allowed_globals"]\n'
+                      '[scanner]\nblock_severity = "info"\n'
                       'allowed_globals = ["argparse.Namespace"]\n')
     result = cli("policy", "explain", "--file", str(sample), "--policy", str(policy))
     assert result.code == 0, result.out
@@ -90,7 +92,8 @@ def test_explain_needs_a_request(cli: Cli) -> None:
 
 def test_show_effective_policy(cli: Cli, tmp_path: Path) -> None:
     policy = tmp_path / "p.toml"
-    policy.write_text('schema = 1\nextends = "default"\n[trust]\nowners = ["acme"]\n')
+    policy.write_text('schema = 1\nextends = "default"\nloosen = ["trust.owners"]\n'
+                      '[trust]\nowners = ["acme"]\n')
     result = cli("policy", "show", str(policy))
     assert result.code == 0
     assert '"acme"' in result.out and '"pytorch"' in result.out
@@ -135,11 +138,14 @@ def test_scan_uses_the_policy(cli: Cli, shared_dir: Path, tmp_path: Path,
     assert cli("scan", str(sample)).code == 0
     assert cli("scan", str(sample), "--policy", "strict").code == 1
     policy = tmp_path / "joblib.toml"
-    policy.write_text('schema = 1\nextends = "default"\n[scanner]\nblock_severity = "info"\n'
+    policy.write_text('schema = 1\nextends = "default"\nloosen = ["scanner.allowed_globals"]\n'
+                      '[scanner]\nblock_severity = "info"\n'
                       'allowed_globals = ["joblib.numpy_pickle.NumpyArrayWrapper"]\n')
     assert cli("scan", str(sample), "--policy", str(policy)).code == 0
     monkeypatch.setenv("SAFEHUB_POLICY", str(policy))
-    assert cli("scan", str(sample)).code == 0, "$SAFEHUB_POLICY selects the policy"
+    refused = cli("scan", str(sample))
+    assert refused.code == 2, "an implicit policy may not loosen the default"
+    assert "SAFEHUB_POLICY" in refused.err and "scanner.allowed_globals" in refused.err
     assert cli("scan", str(sample), "--policy", "strict").code == 1
 
 

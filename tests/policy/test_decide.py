@@ -22,9 +22,15 @@ OTHER = "f" * 40
 DIGEST = "ab" * 32
 
 
+# What these decision tests add to the preset they extend is looser than it (a repo, a URL,
+# an allowed global): declared, as a real policy must (see test_loader for the rule itself).
+LOOSEN = 'loosen = ["repos", "trust.owners", "downloads.allowed_urls", "scanner.allowed_globals"]\n'
+
+
 def policy_from(tmp_path: Path, body: str, extends: str = "default") -> Policy:
     path = tmp_path / "policy.toml"
-    path.write_text(f'schema = 1\nname = "test"\nextends = "{extends}"\n{body}')
+    loosen = "" if body.startswith("loosen") else LOOSEN
+    path.write_text(f'schema = 1\nname = "test"\nextends = "{extends}"\n{loosen}{body}')
     return load_policy(path)
 
 
@@ -136,7 +142,8 @@ def test_prefix_matches_at_path_boundaries(tmp_path: Path) -> None:
 
 
 def test_loopback_http_rule(tmp_path: Path) -> None:
-    policy = policy_from(tmp_path, 'loosen = ["downloads.allow_http_loopback"]\n[downloads]\n'
+    policy = policy_from(tmp_path, 'loosen = ["downloads.allow_http_loopback", '
+                         '"downloads.allowed_urls"]\n[downloads]\n'
                          'allow_http_loopback = true\nallowed_urls = ["http://127.0.0.1:8123/"]\n')
     assert policy.decide(DownloadRequest("http://127.0.0.1:8123/w.pth")).allowed
     assert not policy.decide(DownloadRequest("http://127.0.0.2:8123/w.pth")).allowed

@@ -26,6 +26,7 @@ def test_extends_a_preset_and_adds(tmp_path: Path) -> None:
 schema = 1
 name = "acme"
 extends = "default"
+loosen = ["trust.owners", 'repos."other/detector"']
 [trust]
 owners = ["acme-ml"]
 [repos."other/detector"]
@@ -40,13 +41,14 @@ entrypoints = ["detector"]
     assert decision.allowed
     assert decision.requirement("commit").value.startswith("0123")  # type: ignore[union-attr]
     assert str(p) in policy.where("repos", "other/detector", "commit")
-    assert policy.where("repos", "other/detector", "commit").endswith(":8")
+    assert policy.where("repos", "other/detector", "commit").endswith(":9")
 
 
 def test_extends_chain_of_files_relative_paths(tmp_path: Path) -> None:
     write(tmp_path / "base" / "org.toml", 'schema = 1\nextends = "strict"\n'
           '[sandbox]\ntimeout_s = 60\n')
     leaf = write(tmp_path / "team.toml", 'schema = 1\nextends = "base/org.toml"\n'
+                 'loosen = ["scanner.allowed_globals"]\n'
                  '[scanner]\nallowed_globals = ["argparse.Namespace"]\n')
     policy = load_policy(leaf)
     assert policy.chain == ["preset:strict", str(tmp_path / "base" / "org.toml"), str(leaf)]
@@ -193,9 +195,10 @@ def test_selection_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     sub.mkdir(parents=True)
     monkeypatch.delenv("SAFEHUB_POLICY", raising=False)
     assert load_policy(cwd=sub).name == "from-pyproject"
-    monkeypatch.setenv("SAFEHUB_POLICY", "permissive")
-    assert load_policy(cwd=sub).name == "permissive"
-    assert load_policy("strict", cwd=sub).name == "strict"
+    monkeypatch.setenv("SAFEHUB_POLICY", "strict")
+    assert load_policy(cwd=sub).name == "strict"
+    assert load_policy(cwd=sub).selected_by == "selected by $SAFEHUB_POLICY"
+    assert load_policy("permissive", cwd=sub).name == "permissive"
     monkeypatch.setenv("SAFEHUB_POLICY", str(tmp_path / "nope.toml"))
     with pytest.raises(PolicyError) as exc:
         load_policy(cwd=sub)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from safehub.errors import SafehubError
 from safehub.signing import load_signature, sign, verify
 from tests.signing.helpers import KeyPair, make_key, make_model
 
@@ -65,9 +66,32 @@ def test_sharded_extra_files_still_fail(tmp_path: Path, key: KeyPair) -> None:
     m = make_model(tmp_path / "m")
     sign(m, private_key=key.private_path, shard_size=512)
     (m / "extra.bin").write_bytes(b"x")
-    (m / "empty.py").write_bytes(b"")  # no shard either way: matches the (empty) signature
+    (m / "empty.bin").write_bytes(b"")  # data: what an (empty) shard list describes
     result = verify(m, public_key=key.public_path)
     assert kinds(result) == [("unsigned-file", "extra.bin")]
+
+
+@pytest.mark.parametrize("method", ["files", "shards"])
+def test_empty_new_code_is_unsigned_code_in_both_modes(tmp_path: Path, key: KeyPair,
+                                                       method: str) -> None:
+    m = make_model(tmp_path / "m")
+    sign(m, private_key=key.private_path, shard_size=512 if method == "shards" else None)
+    (m / "numpy.py").write_bytes(b"")  # shadows `import numpy` for code run from the folder
+    (m / "sub").mkdir()
+    (m / "sub" / "__init__.py").write_bytes(b"")
+    for ignore in (False, True):
+        result = verify(m, public_key=key.public_path, ignore_unsigned_files=ignore)
+        assert sorted(kinds(result)) == [("unsigned-code", "numpy.py"),
+                                         ("unsigned-code", "sub/__init__.py")], (ignore, result)
+
+
+def test_shard_signing_refuses_empty_code(tmp_path: Path, key: KeyPair) -> None:
+    m = make_model(tmp_path / "m")
+    (m / "__init__.py").write_bytes(b"")
+    with pytest.raises(SafehubError, match="empty code"):
+        sign(m, private_key=key.private_path, shard_size=512)
+    sign(m, private_key=key.private_path)
+    assert verify(m, public_key=key.public_path).ok
 
 
 def test_single_file_model(tmp_path: Path, key: KeyPair) -> None:
