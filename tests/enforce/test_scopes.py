@@ -228,3 +228,16 @@ def test_a_legitimate_dcp_checkpoint_loads_when_the_policy_allows_its_classes(
         with safehub.enforce(policy):
             dcp.load(state, checkpoint_id=str(folder))  # type: ignore[attr-defined]
     assert torch.equal(state["w"], torch.ones(2))
+
+
+def test_joblib_arrays_load_when_the_policy_allows_the_array_wrapper(tmp_path: Path) -> None:
+    import joblib  # type: ignore[import-untyped]
+    import numpy as np
+
+    path = tmp_path / "a.joblib"
+    joblib.dump({"a": np.arange(5)}, path)
+    policy = _policy(tmp_path, "jl", ["joblib.numpy_pickle.NumpyArrayWrapper"])
+    with safehub.enforce("default"), pytest.raises(UnsafeModel, match="NumpyArrayWrapper"):
+        joblib.load(path)
+    with safehub.enforce(policy):
+        assert joblib.load(path)["a"].tolist() == [0, 1, 2, 3, 4]
