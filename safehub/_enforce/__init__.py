@@ -5,4 +5,5 @@
 - ``unpickler``: the policy-driven restricted unpickler for ``pickle``'s entry points.
 - ``hooks``: patches that every alias of a function reaches (its ``__code__``).
 - ``loaders``: the enforced ``torch.load``, ``torch.jit.load`` and ``torch.package``.
+- ``hub_calls``: ``torch.hub``'s functions, decided by every active policy.
 """

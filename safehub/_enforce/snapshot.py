@@ -86,6 +86,8 @@ class Snapshot:
         reads it), else what is left to read. Its position ends at the end."""
         fileno = _fileno(f)
         if fileno is not None and _seekable(f):
+            if f.writable():
+                f.flush()  # bytes still in the writer's buffer belong to the file too
             snap = cls.of_fd(fileno, name)
             f.seek(0, os.SEEK_END)
             return snap

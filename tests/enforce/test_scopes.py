@@ -207,3 +207,37 @@ def test_torchscript_loads_from_the_snapshot_only_when_every_policy_allows_it(
         assert torch.equal(loaded.weight, scripted.weight)
         with safehub.enforce("default"), pytest.raises(PolicyViolation, match="TorchScript"):
             torch.jit.load(path)
+
+
+def test_a_legitimate_dcp_checkpoint_loads_when_the_policy_allows_its_classes(
+        tmp_path: Path) -> None:
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    folder = tmp_path / "ck"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save({"w": torch.ones(2)}, checkpoint_id=str(folder))  # type: ignore[attr-defined]
+        policy = _policy(tmp_path, "dcp", ["torch.distributed.checkpoint.metadata.*",
+                                           "torch.distributed.checkpoint.filesystem._StorageInfo",
+                                           "pathlib.PosixPath"])
+        with safehub.enforce("default"), pytest.raises(BaseException, match="SH122"):
+            dcp.load({"w": torch.zeros(2)}, checkpoint_id=str(folder))  # type: ignore[attr-defined]
+        state = {"w": torch.zeros(2)}
+        with safehub.enforce(policy):
+            dcp.load(state, checkpoint_id=str(folder))  # type: ignore[attr-defined]
+    assert torch.equal(state["w"], torch.ones(2))
+
+
+def test_joblib_arrays_load_when_the_policy_allows_the_array_wrapper(tmp_path: Path) -> None:
+    import joblib  # type: ignore[import-untyped]
+    import numpy as np
+
+    path = tmp_path / "a.joblib"
+    joblib.dump({"a": np.arange(5)}, path)
+    policy = _policy(tmp_path, "jl", ["joblib.numpy_pickle.NumpyArrayWrapper"])
+    with safehub.enforce("default"), pytest.raises(UnsafeModel, match="NumpyArrayWrapper"):
+        joblib.load(path)
+    with safehub.enforce(policy):
+        assert joblib.load(path)["a"].tolist() == [0, 1, 2, 3, 4]

@@ -214,3 +214,10 @@ def test_snapshot_is_sealed_and_independent_of_the_source(tmp_path: Path) -> Non
     os.mkfifo(fifo)
     with pytest.raises(safehub.errors.SafehubError, match="regular"):
         Snapshot.of_path(fifo)
+
+
+def test_a_file_object_with_unflushed_writes_is_snapshotted_whole(tmp_path: Path) -> None:
+    with open(tmp_path / "f.bin", "w+b") as fh:
+        fh.write(b"written but still buffered")
+        with Snapshot.of_fileobj(fh, "f.bin") as snap:
+            assert snap.open().read() == b"written but still buffered"
