@@ -258,9 +258,9 @@ def convert(source: PathArg, output: PathArg | None = None, *,
                 log.warning("UNSAFE: %s is unpickled in full inside the sandbox; the code it "
                             "carries runs there, and the tensors are whatever it produced", src)
             from safehub._convert.sandboxed import load_in_sandbox
+            from safehub._hub.safe_globals import allowed_global_names
 
-            allowed = sorted({f.subject for f in report.findings
-                              if f.rule_id == "SH101" and f.allowed_by and f.subject})
+            allowed = allowed_global_names(report)
             loaded = load_in_sandbox(snap, src.name, policy=chosen, allowed_globals=allowed,
                                      full_unpickle=unsafe_full_unpickle, sandbox=sandbox)
             tensors, structure = loaded.tensors, loaded.structure

@@ -13,7 +13,7 @@ from typing import Any
 
 from safehub.findings import FileReport
 
-__all__ = ["numpy_safe_globals", "torch_safe_globals"]
+__all__ = ["allowed_global_names", "numpy_safe_globals", "torch_safe_globals"]
 
 
 def torch_safe_globals(report: FileReport) -> list[Any]:
@@ -25,9 +25,16 @@ def torch_safe_globals(report: FileReport) -> list[Any]:
     and the globals the policy allowed in this file. Only names the scan saw in this file
     are added, so torch's loader stays as narrow as the scan.
     """
-    names = [f.subject for f in report.findings if f.subject and (
-        (f.allowed_by and f.rule_id == "SH101") or (f.rule_id == "SH175" and not f.blocking))]
+    names = allowed_global_names(report)
     return [*numpy_safe_globals(), *(pair for pair in map(_resolve, names) if pair is not None)]
+
+
+def allowed_global_names(report: FileReport) -> list[str]:
+    """The global names this file uses that the scan let through beyond the default
+    allowlist: policy-allowed globals (SH101) and unblocked harmless data classes (SH175).
+    Every loader of the file (in-process or in the sandbox) is handed exactly these."""
+    return sorted({f.subject for f in report.findings if f.subject and (
+        (f.allowed_by and f.rule_id == "SH101") or (f.rule_id == "SH175" and not f.blocking))})
 
 
 @functools.lru_cache(maxsize=1)

@@ -3,7 +3,7 @@ belong to one call (one thread), never to the process."""
 
 from __future__ import annotations
 
-import argparse
+import fractions
 import io
 import pickle
 import threading
@@ -24,12 +24,14 @@ from tests.enforce.payloads import _torch_checkpoint
 def _policy(tmp_path: Path, name: str, allowed: list[str], extends: str = "default") -> Path:
     path = tmp_path / f"{name}.toml"
     names = ", ".join(f'"{n}"' for n in allowed)
-    path.write_text(f'schema = 1\nextends = "{extends}"\n[scanner]\nallowed_globals = [{names}]\n')
+    # Allowing globals loosens the parent preset: the policy says so (`loosen`).
+    path.write_text(f'schema = 1\nextends = "{extends}"\nloosen = ["scanner.allowed_globals"]\n'
+                    f'[scanner]\nallowed_globals = [{names}]\n')
     return path
 
 
 def _namespace_checkpoint(path: Path) -> Path:
-    torch.save({"args": argparse.Namespace(lr=0.1), "w": torch.ones(1)}, path)
+    torch.save({"args": fractions.Fraction(1, 10), "w": torch.ones(1)}, path)
     return path
 
 
@@ -51,37 +53,37 @@ def test_names_bound_before_enforce_are_covered(tmp_path: Path, marker_dir: Path
 
 def test_inner_scope_cannot_loosen_and_leaving_it_keeps_the_outer(tmp_path: Path) -> None:
     ckpt = _namespace_checkpoint(tmp_path / "ns.pt")
-    loose = _policy(tmp_path, "loose", ["argparse.Namespace"])
+    loose = _policy(tmp_path, "loose", ["fractions.Fraction"])
     with safehub.enforce("default") as outer:
         with safehub.enforce(loose) as inner:
-            with pytest.raises(PolicyViolation, match=r"argparse\.Namespace"):
+            with pytest.raises(PolicyViolation, match=r"fractions\.Fraction"):
                 torch.load(ckpt)  # the outer policy still refuses it
             with pytest.raises(UnsafeModel, match="SH122"):
-                pickle.loads(pickle.dumps(argparse.Namespace(a=1)))
+                pickle.loads(pickle.dumps(fractions.Fraction(1, 10)))
         assert not inner.active and outer.active
         with pytest.raises(PolicyViolation):
             torch.load(ckpt)
         with pytest.raises(UnsafeModel, match="SH122"):
-            pickle.loads(pickle.dumps(argparse.Namespace(a=1)))
+            pickle.loads(pickle.dumps(fractions.Fraction(1, 10)))
 
 
 def test_inner_scope_tightens_and_leaving_it_restores_the_outer(tmp_path: Path) -> None:
     ckpt = _namespace_checkpoint(tmp_path / "ns.pt")
-    loose = _policy(tmp_path, "loose", ["argparse.Namespace"])
+    loose = _policy(tmp_path, "loose", ["fractions.Fraction"])
     with safehub.enforce(loose):
-        assert torch.load(ckpt)["args"].lr == 0.1
-        assert pickle.loads(pickle.dumps(argparse.Namespace(a=1))).a == 1
+        assert torch.load(ckpt)["args"] == fractions.Fraction(1, 10)
+        assert pickle.loads(pickle.dumps(fractions.Fraction(1, 10))) == fractions.Fraction(1, 10)
         with safehub.enforce("default"):
             with pytest.raises(PolicyViolation):
                 torch.load(ckpt)
             with pytest.raises(UnsafeModel):
-                pickle.loads(pickle.dumps(argparse.Namespace(a=1)))
-        assert torch.load(ckpt)["args"].lr == 0.1
+                pickle.loads(pickle.dumps(fractions.Fraction(1, 10)))
+        assert torch.load(ckpt)["args"] == fractions.Fraction(1, 10)
 
 
 def test_undoing_the_outer_scope_first_keeps_the_inner(tmp_path: Path) -> None:
     ckpt = _namespace_checkpoint(tmp_path / "ns.pt")
-    outer = safehub.enforce(_policy(tmp_path, "loose", ["argparse.Namespace"]))
+    outer = safehub.enforce(_policy(tmp_path, "loose", ["fractions.Fraction"]))
     inner = safehub.enforce("default")
     try:
         outer.undo()
@@ -90,7 +92,8 @@ def test_undoing_the_outer_scope_first_keeps_the_inner(tmp_path: Path) -> None:
     finally:
         inner.undo()
         outer.undo()
-    assert torch.load(ckpt, weights_only=False)["args"].lr == 0.1  # torch's own again
+    # torch's own again:
+    assert torch.load(ckpt, weights_only=False)["args"] == fractions.Fraction(1, 10)
 
 
 def test_clean_data_still_loads_through_every_pickle_entry_point(tmp_path: Path) -> None:
@@ -136,10 +139,10 @@ def test_extra_globals_are_not_visible_to_other_threads(tmp_path: Path) -> None:
     gated = tmp_path / "gate.pt"
     held = gate.Gate()
     held.x = 1  # type: ignore[attr-defined]  # a state: unpickling calls __setstate__
-    # Namespace first: it is allowed for this load and resolved before the gate blocks.
-    torch.save({"ns": argparse.Namespace(lr=0.1), "g": held, "w": torch.ones(1)}, gated)
-    policy = _policy(tmp_path, "gate", ["tests.enforce.gate.Gate", "argparse.Namespace"])
-    namespace_pickle = pickle.dumps(argparse.Namespace(lr=0.1), protocol=2)
+    # Fraction first: it is allowed for this load and resolved before the gate blocks.
+    torch.save({"ns": fractions.Fraction(1, 10), "g": held, "w": torch.ones(1)}, gated)
+    policy = _policy(tmp_path, "gate", ["tests.enforce.gate.Gate", "fractions.Fraction"])
+    namespace_pickle = pickle.dumps(fractions.Fraction(1, 10), protocol=2)
     gate.entered.clear()
     gate.release.clear()
     results: dict[str, Any] = {}
@@ -155,11 +158,11 @@ def test_extra_globals_are_not_visible_to_other_threads(tmp_path: Path) -> None:
         thread.start()
         try:
             assert gate.entered.wait(120), results.get("a")
-            # Thread A is inside torch's unpickler with Gate and Namespace allowed.
-            with pytest.raises(pickle.UnpicklingError, match=r"argparse\.Namespace"):
+            # Thread A is inside torch's unpickler with Gate and Fraction allowed.
+            with pytest.raises(pickle.UnpicklingError, match=r"fractions\.Fraction"):
                 _weights_only_unpickler.load(io.BytesIO(namespace_pickle))
             process_wide = torch.serialization.get_safe_globals()
-            assert gate.Gate not in process_wide and argparse.Namespace not in process_wide
+            assert gate.Gate not in process_wide and fractions.Fraction not in process_wide
         finally:
             gate.release.set()
             thread.join(120)

@@ -2,15 +2,15 @@
 
 A writer thread rewrites the file in place, alternating between a clean checkpoint (A)
 and one of the same size that the scanner refuses and torch's weights-only loader
-refuses too (B, it holds an argparse.Namespace). If a load ever read other bytes than
-the scan, torch's loader would meet B after a scan of A and refuse it: that error (or
+refuses too (B, it holds a fractions.Fraction, outside the allowlist). If a load ever
+read other bytes than the scan, torch's loader would meet B after a scan of A and refuse it: that error (or
 a hash, scan and load that disagree) is what these tests look for, over thousands of
 loads.
 """
 
 from __future__ import annotations
 
-import argparse
+import fractions
 import hashlib
 import io
 import os
@@ -37,7 +37,7 @@ def _bytes(obj: object) -> bytes:
 
 def same_size_variants() -> tuple[bytes, bytes]:
     """(A, B): A clean, B refused by the scanner and by torch's loader; same length."""
-    bad = _bytes({"w": torch.zeros(4), "ns": argparse.Namespace(a=1)})
+    bad = _bytes({"w": torch.zeros(4), "ns": fractions.Fraction(1, 10)})
     for pad in range(0, 2048):
         good = _bytes({"w": torch.zeros(4), "p": "x" * pad})
         if len(good) == len(bad):
