@@ -3,9 +3,9 @@
 A writer thread rewrites the file in place, alternating between a clean checkpoint (A)
 and one of the same size that the scanner refuses and torch's weights-only loader
 refuses too (B, it holds a fractions.Fraction, outside the allowlist). If a load ever
-read other bytes than the scan, torch's loader would meet B after a scan of A and refuse it: that error (or
-a hash, scan and load that disagree) is what these tests look for, over thousands of
-loads.
+read other bytes than the scan, torch's loader would meet B after a scan of A and refuse
+it: that error (or a hash, scan and load that disagree) is what these tests look for,
+over thousands of loads.
 """
 
 from __future__ import annotations
