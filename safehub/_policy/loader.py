@@ -12,6 +12,7 @@ say which file and key decided them.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -109,11 +110,17 @@ def load_chain(spec: str) -> LoadedPolicy:
     merged: dict[str, Any] = {}
     effective = PolicyModel.model_validate({"schema": 1})
     issues: list[PolicyIssue] = []
+    broken = False  # an earlier file could not be read into an effective policy at all
     for label, text, raw in files:
         sources[label] = text
-        issues.extend(_validate_alone(label, text, raw))
-        if issues:
+        found, usable = _validate_alone(label, text, raw)
+        issues.extend(found)
+        if usable is None or broken:
+            broken = True
             continue
+        # The keys in error are left out, so the file's other problems (loosening included)
+        # are still reported in this one pass.
+        raw = usable
         is_root = not provenance
         _merge(merged, raw, label, provenance, ())
         try:
@@ -190,12 +197,55 @@ def _read(path: Path, label: str, spec: str, chain: list[Any]) -> str:
                           fix="check the file's permissions and encoding (UTF-8)") from exc
 
 
-def _validate_alone(label: str, text: str, raw: dict[str, Any]) -> list[PolicyIssue]:
-    try:
-        PolicyModel.model_validate(raw)
-    except ValidationError as exc:
-        return _issues(label, text, exc)
-    return []
+def _validate_alone(label: str, text: str, raw: dict[str, Any]
+                    ) -> tuple[list[PolicyIssue], dict[str, Any] | None]:
+    """The file's own problems, and the file without the keys in error (None when a
+    problem is not tied to a key that can be left out)."""
+    issues: list[PolicyIssue] = []
+    current = copy.deepcopy(raw)
+    for _ in range(_MAX_CLEANUPS):
+        try:
+            PolicyModel.model_validate(current)
+        except ValidationError as exc:
+            for issue in _issues(label, text, exc):
+                if str(issue) not in {str(i) for i in issues}:
+                    issues.append(issue)
+            locs = sorted({tuple(err["loc"]) for err in exc.errors()},
+                          key=lambda loc: [str(part) for part in loc], reverse=True)
+            if not all(_drop(current, loc) for loc in locs):
+                return issues, None
+            continue
+        return issues, current
+    return issues, None
+
+
+_MAX_CLEANUPS = 4
+
+
+def _drop(data: dict[str, Any], loc: tuple[Any, ...]) -> bool:
+    """Remove the value at ``loc`` (a pydantic error location, which may end in type
+    tags that are not keys: the longest prefix that names a value is removed)."""
+    if not loc or loc[0] == "schema":
+        return False
+    return any(_remove(data, loc[:cut]) for cut in range(len(loc), 0, -1))
+
+
+def _remove(data: Any, loc: tuple[Any, ...]) -> bool:
+    parent = data
+    for part in loc[:-1]:
+        if not _has(parent, part):
+            return False
+        parent = parent[part]
+    if not _has(parent, loc[-1]):
+        return False
+    del parent[loc[-1]]
+    return True
+
+
+def _has(container: Any, part: Any) -> bool:
+    if isinstance(container, dict):
+        return part in container
+    return isinstance(container, list) and isinstance(part, int) and 0 <= part < len(container)
 
 
 def _issues(label: str, text: str, exc: ValidationError) -> list[PolicyIssue]:

@@ -160,12 +160,18 @@ def _literal_values(info: FieldInfo) -> list[Any]:
 
 
 def _covered(path: tuple[str, ...], value: Any, allowed: list[Any]) -> bool:
-    """Whether ``value`` is already allowed by ``allowed`` (URL prefixes cover their paths)."""
+    """Whether ``value`` is already allowed by ``allowed`` (URL prefixes cover their paths,
+    ``module.*`` the names defined in that module)."""
     if value in allowed:
         return True
     if path[-1:] == ("allowed_urls",):
         return isinstance(value, str) and any(url_matches_prefix(value, prefix)
                                               for prefix in allowed)
+    if path[-1:] == ("allowed_globals",) and isinstance(value, str) and \
+            not value.endswith(".*"):
+        from safehub._scanner.allowlist import matches  # the scanner's own matcher
+
+        return any(matches(pattern, value) for pattern in allowed)
     return False
 
 

@@ -84,3 +84,16 @@ def test_readme_example_policy_passes_policy_check(cli: Cli, tmp_path: Path) -> 
     result = cli("policy", "check", str(policy))
     assert result.code == 0, result.out + result.err
     assert "OK" in result.out
+
+
+def test_schema_errors_do_not_hide_loosening_in_the_same_file(cli: Cli, tmp_path: Path) -> None:
+    p = tmp_path / "p.toml"
+    p.write_text('schema = 1\nextends = "strict"\n[trust]\nrequire_commit_pin = "false"\n'
+                 '[sandbox]\ntimeout_s = 99999\n[downloads]\nmax_size_mb = "1"\n'
+                 '[repos."evilcorp/x"]\nentrypoints = "all"\n')
+    result = cli("policy", "check", str(p))
+    assert result.code == 2
+    assert "trust.require_commit_pin" in result.out and "downloads.max_size_mb" in result.out
+    assert "repos.evilcorp/x.entrypoints" in result.out
+    assert "sandbox.timeout_s" in result.out and "loosen" in result.out, result.out
+    assert "allows repo 'evilcorp/x'" in result.out, result.out

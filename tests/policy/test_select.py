@@ -140,3 +140,16 @@ def test_ci_templates_pass_the_policy_explicitly() -> None:
     assert steps and all("--policy" in step for step in steps)
     hooks = (root / ".pre-commit-hooks.yaml").read_text()
     assert "args: [--policy, default]" in hooks
+
+
+def test_hub_commands_name_the_policy(cli: Cli, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("torch")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "hubconf.py").write_text("dependencies = []\n\ndef tiny():\n    return None\n")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pyproject.toml").write_text('[tool.safehub]\npolicy = "strict"\n')
+    result = cli("list", str(repo), "--source", "local")
+    expected = f"policy: strict (preset:strict; selected by [tool.safehub] in {tmp_path}"
+    assert expected in result.err, result.err

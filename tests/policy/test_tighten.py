@@ -280,3 +280,16 @@ def test_unknown_loosen_entry_is_reported(tmp_path: Path) -> None:
     p = write(tmp_path / "p.toml", 'schema = 1\nextends = "default"\n'
               'loosen = ["sandbx.timeout_s"]\n')
     assert any("names no policy key" in i for i in issues(p))
+
+
+def test_entries_already_covered_by_the_parent_are_not_loosening() -> None:
+    parent = PolicyModel.model_validate({"schema": 1, "scanner": {
+        "allowed_globals": ["fairseq.data.*"]}, "downloads": {
+        "allowed_urls": ["https://download.pytorch.org/"]}})
+    child = PolicyModel.model_validate({"schema": 1, "scanner": {
+        "allowed_globals": ["fairseq.data.*", "fairseq.data.Dictionary"]}, "downloads": {
+        "allowed_urls": ["https://download.pytorch.org/", "https://download.pytorch.org/m/"]}})
+    assert loosenings(parent, child) == []
+    deeper = PolicyModel.model_validate({"schema": 1, "scanner": {
+        "allowed_globals": ["fairseq.data.sub.Thing"]}})
+    assert [i.dotted for i in loosenings(parent, deeper)] == ["scanner.allowed_globals"]
