@@ -12,6 +12,7 @@ from collections.abc import Sequence
 __all__ = [
     "FetchError",
     "IntegrityError",
+    "InternalError",
     "PolicyError",
     "PolicyIssue",
     "PolicyViolation",
@@ -99,6 +100,15 @@ class SandboxError(SafehubError):
 
 class FetchError(SafehubError):
     """Getting code or weights failed (network, HTTP status, size, archive validation)."""
+
+
+class InternalError(SafehubError):
+    """An invariant of safehub's own code did not hold: a bug. The operation is refused
+    (raised instead of ``assert``, which ``python -O`` removes)."""
+
+    def __init__(self, message: str, *, subject: str | None = None, fix: str | None = None):
+        super().__init__(f"internal error: {message}", subject=subject,
+                         fix=fix or "report this as a safehub bug, with the command and input")
 
 
 class PolicyIssue:

@@ -58,7 +58,7 @@ from safehub._fetch.lockfile import LOCKFILE_NAME, LockedFile, LockedRepo, Lockf
 from safehub._fetch.offline import cached_download_decision, offline_requested
 from safehub._fetch.repos import Checkout, RepoCache, RepoSource
 from safehub._fetch.weights import Expected, FileCache, hash_prefix_of
-from safehub.errors import FetchError, IntegrityError, PolicyError, PolicyViolation
+from safehub.errors import FetchError, IntegrityError, InternalError, PolicyError, PolicyViolation
 from safehub.findings import FileReport
 from safehub.policy import (
     Decision,
@@ -261,7 +261,8 @@ class Fetcher:
     def _commit_for(self, spec: RepoSpec, pinned: str | None,
                     locked: LockedRepo | None) -> str:
         if spec.pinned:
-            assert spec.ref is not None
+            if spec.ref is None:
+                raise InternalError("pinned repository without a ref")
             return spec.ref
         if locked is not None:
             return locked.commit

@@ -24,7 +24,7 @@ from safehub._audit.context import Context
 from safehub._audit.model import RepoTarget
 from safehub._audit.state import State, stat_key
 from safehub._audit.walk import walk_files
-from safehub.errors import PolicyError, SafehubError
+from safehub.errors import InternalError, PolicyError, SafehubError
 from safehub.findings import Finding
 from safehub.policy import Requirement
 from safehub.signing import (
@@ -118,7 +118,8 @@ def _verify(repo: RepoTarget, signature: Path, requirement: Requirement) -> dict
             failures = exc.failures
             continue
         result = _check(signed, repo, signature, requirement)
-        assert result.signer is not None
+        if result.signer is None:
+            raise InternalError("verified signature without a signer")
         return {"signer": result.signer.describe(),
                 "failures": [f.to_json() for f in result.failures]}
     if not failures:

@@ -20,6 +20,7 @@ from safehub._signing.manifest import Manifest, ManifestError, UnsafeManifestPat
 from safehub._signing.result import Failure, FailureKind, SignatureInvalid, Signer
 from safehub._signing.statement import parse_statement
 from safehub._signing.trust import SigstoreIdentity, Trust, TrustedCertificates, TrustedKey
+from safehub.errors import InternalError
 
 __all__ = ["verify_signature"]
 
@@ -103,7 +104,8 @@ def verify_signature(data: bytes, trust: Trust, *, source: str,
         return _manifest(envelope.payload_type, envelope.payload, source=source, trust=trust,
                          signer=signer), signer
 
-    assert isinstance(trust, TrustedCertificates)
+    if not isinstance(trust, TrustedCertificates):
+        raise InternalError(f"unknown trust anchor {type(trust).__name__}")
     if not bundle.certificates:
         raise _fail(FailureKind.CERTIFICATE_INVALID,
                     "the bundle carries no certificate (it was signed with a bare key), but a "
