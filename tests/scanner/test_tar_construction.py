@@ -181,3 +181,24 @@ def test_non_tar_is_decided_by_tarfile(tmp_path: Path) -> None:
     with pytest.raises(tarfile.ReadError), tarfile.open(path, mode="r:"):
         pass
     assert scan_one(path).format != "torch-tar"
+
+
+def test_header_bytes_are_budgeted_across_members(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many members with modest PAX headers add up: the budget is per archive."""
+    out = io.BytesIO()
+    members = [(f"f{i}", b"") for i in range(8)] + [
+        ("storages", pickle.dumps(0, 2) + pickle.dumps([], 2)),
+        ("tensors", pickle.dumps(0, 2)), ("pickle", pickle.dumps({}, 2))]
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.pax_headers = {"comment": "z" * 600}
+            tar.addfile(info, io.BytesIO(data))
+    path = B.write(tmp_path / "many-pax.pt", out.getvalue())
+    assert torch.load(path, weights_only=False) == {}  # tarfile and torch read it fine
+    assert scan_one(path).verdict is Verdict.CLEAN
+    monkeypatch.setattr(fmt_tar, "MAX_HEADER_READ", 4096)
+    report = scan_one(path)
+    assert report.verdict is Verdict.UNSAFE and "SH191" in rules(report)
