@@ -303,3 +303,19 @@ def test_every_harmless_name_is_a_real_class_somewhere() -> None:
                 continue
         else:
             pytest.fail(f"{name} does not resolve")
+
+
+def test_enforced_torch_load_accepts_harmless_classes_and_strict_refuses(tmp_path: Path) -> None:
+    """The real load path: torch.load under safehub.enforce() scans, then loads weights-only
+    with the harmless names the file uses."""
+    import safehub
+    from safehub.errors import PolicyViolation
+
+    ckpt = tmp_path / "fairseq.pt"
+    torch.save(_checkpoints()["fairseq"], ckpt)
+    with safehub.enforce("default"):
+        loaded = torch.load(ckpt)
+    assert loaded["args"].arch == "transformer"
+    assert loaded["args"].save_dir == pathlib.PurePosixPath("checkpoints")
+    with safehub.enforce("strict"), pytest.raises(PolicyViolation, match=r"argparse\.Namespace"):
+        torch.load(ckpt)
