@@ -18,6 +18,7 @@ import json
 import os
 import pathlib
 import pickle
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +115,9 @@ def _checkpoints() -> dict[str, object]:
         "numpy_values": {"f": np.float64(1.5), "i": np.int64(3), "dt": np.dtype("f4"),
                          "arr": np.arange(6).reshape(2, 3), "rec": np.dtype([("a", "<i4")]),
                          "d64": np.datetime64("2024-01-01"), "b": np.bool_(True)},
+        # Hugging Face Trainer's rng_state.pth.
+        "rng_state": {"python": random.getstate(),
+                      "numpy": np.random.get_state(), "cpu": torch.random.get_rng_state()},
         "dates": {"d": datetime.date(2024, 1, 2), "t": datetime.time(1, 2, 3),
                   "tz": datetime.timezone(datetime.timedelta(hours=2), "X")},
     }
