@@ -202,3 +202,46 @@ def test_header_bytes_are_budgeted_across_members(tmp_path: Path,
     monkeypatch.setattr(fmt_tar, "MAX_HEADER_READ", 4096)
     report = scan_one(path)
     assert report.verdict is Verdict.UNSAFE and "SH191" in rules(report)
+
+
+def _checksum_spellings(block: bytes) -> list[bytes]:
+    """The first header with its checksum written every way we know tarfile may accept."""
+    base = bytearray(block[:512])
+    base[148:156] = b" " * 8
+    unsigned = sum(base)
+    signed = sum(b - 256 if b > 127 else b for b in base)
+    fields = [b"%06o\0 " % unsigned, b"%07o\0" % unsigned, b"%o" % unsigned + b" " * 2,
+              b" %06o\0" % unsigned, b"\x80" + unsigned.to_bytes(7, "big"),
+              b"%06o\0 " % (signed & 0o7777777), b"%06o\0 " % (unsigned + 1),
+              b"\xff" + (2 ** 56 - unsigned).to_bytes(7, "big"), b"\0" * 8, b"        "]
+    out = []
+    for field in fields:
+        b = bytearray(base)
+        b[148:156] = field[:8].ljust(8, b"\0")
+        out.append(bytes(b) + block[512:])
+    return out
+
+
+def test_tar_decision_is_tarfiles_own() -> None:
+    """Differential: for header spellings and single-byte mutations of the first header,
+    the scanner takes the tar path exactly when tarfile.open(mode="r:") accepts."""
+    import random
+
+    rng = random.Random(1234)  # derandomized: the same inputs every run
+    data = B.torch_tar_bytes(pickle.dumps({"a": 1}, 2))
+    inputs = _checksum_spellings(data) + _checksum_spellings(B.v7_header(data))
+    for _ in range(300):
+        b = bytearray(data)
+        b[rng.randrange(512)] = rng.randrange(256)
+        inputs.append(bytes(b))
+    agree = {True: 0, False: 0}
+    for blob in inputs:
+        try:
+            with tarfile.open(fileobj=io.BytesIO(blob), mode="r:"):
+                real = True
+        except tarfile.TarError:
+            real = False
+        probe = fmt_tar.probe_tar(io.BytesIO(blob))  # type: ignore[arg-type]
+        assert probe.accepted is real, blob[:512]
+        agree[real] += 1
+    assert agree[True] and agree[False]  # both answers were exercised
