@@ -22,6 +22,7 @@ import random
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,7 +48,7 @@ def _tsave(obj: object, **kw: object) -> bytes:
     return buf.getvalue()
 
 
-def _trained() -> tuple[torch.nn.Module, list[torch.optim.Optimizer]]:
+def _trained() -> tuple[Any, list[Any]]:
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
     opts = [torch.optim.Adam(model.parameters(), 1e-3), torch.optim.AdamW(model.parameters()),
             torch.optim.SGD(model.parameters(), 0.1, momentum=0.9, nesterov=True),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import pickle
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,8 @@ from tests.scanner import _builders as B
 from tests.scanner.conftest import rules, scan_one
 
 torch = pytest.importorskip("torch")
+
+Fire = Callable[..., set[str]]
 
 
 def _base256_checksum(data: bytes) -> bytes:
@@ -77,7 +80,7 @@ def _gnu_sparse_tar(members: list[tuple[str, bytes]], sparse_name: str,
     return out.getvalue()
 
 
-def test_base256_checksum_is_a_tar_torch_loads(tmp_path: Path, fire) -> None:
+def test_base256_checksum_is_a_tar_torch_loads(tmp_path: Path, fire: Fire) -> None:
     # An old v7 header (no ustar magic to recognise) with its checksum in base-256.
     data = _base256_checksum(B.v7_header(B.torch_tar_bytes(B.os_system_p0("b256"))))
     path = B.write(tmp_path / "b256.pt", data)
@@ -97,7 +100,7 @@ def test_base256_checksum_benign_tar_is_clean(tmp_path: Path) -> None:
     assert report.verdict is Verdict.CLEAN and report.format == "torch-tar"
 
 
-def test_gnu_sparse_member_is_read_with_holes_expanded(tmp_path: Path, fire) -> None:
+def test_gnu_sparse_member_is_read_with_holes_expanded(tmp_path: Path, fire: Fire) -> None:
     hole = 256
     payload = B.call_prefix("sparse")
     stored, expanded = _sparse_pickle_member(payload, hole)
@@ -118,7 +121,7 @@ def test_gnu_sparse_member_is_read_with_holes_expanded(tmp_path: Path, fire) -> 
     assert any(f.rule_id == "SH100" and f.location == "pickle" for f in report.findings)
 
 
-def test_pax_long_member_names_resolve_as_tarfile_does(tmp_path: Path, fire) -> None:
+def test_pax_long_member_names_resolve_as_tarfile_does(tmp_path: Path, fire: Fire) -> None:
     """A PAX header renames the next member to ``pickle``; the ustar name says otherwise."""
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -241,7 +244,7 @@ def test_tar_decision_is_tarfiles_own() -> None:
                 real = True
         except tarfile.TarError:
             real = False
-        probe = fmt_tar.probe_tar(io.BytesIO(blob))  # type: ignore[arg-type]
+        probe = fmt_tar.probe_tar(io.BytesIO(blob))
         assert probe.accepted is real, blob[:512]
         agree[real] += 1
     assert agree[True] and agree[False]  # both answers were exercised
