@@ -13,6 +13,7 @@ __all__ = [
     "FetchError",
     "IntegrityError",
     "InvalidIdentifier",
+    "InternalError",
     "PolicyError",
     "PolicyIssue",
     "PolicyViolation",
@@ -124,6 +125,13 @@ class InvalidIdentifier(FetchError, ValueError):
 
     Also a ``ValueError``, which is what torch.hub raises for a URL it cannot parse.
     """
+class InternalError(SafehubError):
+    """An invariant of safehub's own code did not hold: a bug. The operation is refused
+    (raised instead of ``assert``, which ``python -O`` removes)."""
+
+    def __init__(self, message: str, *, subject: str | None = None, fix: str | None = None):
+        super().__init__(f"internal error: {message}", subject=subject,
+                         fix=fix or "report this as a safehub bug, with the command and input")
 
 
 class PolicyIssue:

@@ -76,7 +76,7 @@ from safehub._signing.trust import (
     read_input,
 )
 from safehub._signing.verifier import verify_signature
-from safehub.errors import SafehubError
+from safehub.errors import InternalError, SafehubError
 
 __all__ = [
     "SINGLE_FILE",
@@ -132,7 +132,8 @@ def _trust(public_key: KeyInput | None, certificate_chain: ChainInput | None,
         if isinstance(public_key, bytes):
             return TrustedKey.from_pem(public_key)
         return TrustedKey.from_path(public_key)
-    assert certificate_chain is not None
+    if certificate_chain is None:
+        raise InternalError("neither a public key nor a certificate chain to trust")
     if isinstance(certificate_chain, TrustedCertificates):
         return certificate_chain
     if isinstance(certificate_chain, bytes):

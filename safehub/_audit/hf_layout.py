@@ -20,6 +20,7 @@ import re
 from safehub._audit.context import Context
 from safehub._audit.model import Discovery, Expectation, FileTarget, Provenance, RepoTarget
 from safehub._audit.walk import walk_files
+from safehub.errors import InternalError
 from safehub.findings import Finding, Skipped
 from safehub.rules import Severity
 
@@ -107,7 +108,8 @@ def _blob_expectation(blob: str) -> tuple[Expectation, ...]:
 def _repo(repo_dir: str, ctx: Context) -> Discovery:
     found = Discovery()
     parsed = parse_repo_folder(os.path.basename(os.path.normpath(repo_dir)))
-    assert parsed is not None
+    if parsed is None:
+        raise InternalError("not a Hugging Face repository folder", subject=repo_dir)
     repo_type, repo_id = parsed
     refs = _refs(repo_dir)
     blobs_dir = os.path.join(repo_dir, "blobs")

@@ -31,7 +31,7 @@ from safehub._fetch.cache import (
 from safehub._fetch.http import DownloadResult
 from safehub._fetch.locks import entry_lock
 from safehub._policy.schema import SHA1_RE
-from safehub.errors import FetchError, IntegrityError
+from safehub.errors import FetchError, IntegrityError, InternalError
 
 __all__ = ["Checkout", "RepoCache", "RepoSource"]
 
@@ -102,7 +102,8 @@ class RepoCache:
 
     def _download(self, owner: str, name: str, commit: str, ref: str, source: RepoSource,
                   accept: Accept, tag: str) -> Checkout:
-        assert source.download is not None
+        if source.download is None:
+            raise InternalError("repository download without a download source")
         layout = self.layout
         archive = layout.new_tmp(tag, ".archive")
         tree = layout.new_tmp(tag, ".tree")

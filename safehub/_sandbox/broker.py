@@ -33,7 +33,7 @@ from safehub._policy.urls import canonical_url
 from safehub._sandbox.channel import Channel
 from safehub._sandbox.errors import clean_text
 from safehub._tree import copy_tree
-from safehub.errors import FetchError, PolicyViolation, SafehubError
+from safehub.errors import FetchError, InternalError, PolicyViolation, SafehubError
 
 __all__ = ["Broker", "BrokerService", "DownloadRefused", "install_stubs"]
 
@@ -136,7 +136,8 @@ class BrokerService:
         if not isinstance(check_hash, bool):
             raise PolicyViolation("malformed download request (check_hash)",
                                   subject=clean_text(url, 300), fix="do not use this repo")
-        assert self.broker is not None
+        if self.broker is None:
+            raise InternalError("download request without a broker")
         path = self.broker.fetch(url, file_name=file_name, check_hash=check_hash)
         try:
             # A broker may hand over a descriptor it owns (a private snapshot), not a path.
@@ -156,7 +157,8 @@ class BrokerService:
         if not isinstance(repo, str) or not _REPO.fullmatch(repo):
             raise PolicyViolation("malformed repo request", subject=clean_text(repo, 300),
                                   fix="use owner/name[:ref]")
-        assert self.broker is not None
+        if self.broker is None:
+            raise InternalError("repository request without a broker")
         source = self.broker.fetch_repo(repo, force_reload=bool(force_reload))
         if not source.is_dir():
             raise FetchError("the approved repo is not a folder", subject=str(source))

@@ -14,6 +14,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, TypeAlias
 
+from safehub.errors import InternalError
+
 __all__ = [
     "ALL_LAYERS",
     "JSONValue",
@@ -199,7 +201,8 @@ class SandboxRequest:
         if self.op is not Operation.LOAD and (self.args or self.kwargs):
             raise ValueError(f"{self.op.value} takes no arguments")
         args = check_json(list(self.args), "args")
-        assert isinstance(args, list)
+        if not isinstance(args, list):
+            raise InternalError("entrypoint arguments did not stay a list")
         object.__setattr__(self, "args", tuple(args))
         kwargs = check_json(dict(self.kwargs), "kwargs")
         object.__setattr__(self, "kwargs", kwargs)

@@ -49,7 +49,7 @@ from safehub._sandbox.spec import (
     SandboxResult,
 )
 from safehub._tree import remove_tree, walk
-from safehub.errors import SafehubError, SandboxError
+from safehub.errors import InternalError, SafehubError, SandboxError
 
 __all__ = ["Sandbox", "default_sandbox", "probe_layers", "run_sandboxed"]
 
@@ -253,7 +253,8 @@ class _Run:
 
     def execute(self) -> SandboxResult:
         request = self.request
-        assert request is not None
+        if request is None:
+            raise InternalError("sandbox run without a request")
         try:
             self._check_request(request)
             if request.unsafe_skip_layers:
@@ -289,7 +290,8 @@ class _Run:
     def _spawn(self, config: dict[str, Any]) -> None:
         self.sb.start()
         control = self.sb._control
-        assert control is not None
+        if control is None:
+            raise InternalError("sandbox started without a control channel")
         (self.workdir / "tmp").mkdir(mode=0o700)
         (self.workdir / "grants").mkdir(mode=0o755)
         os.chmod(self.workdir, 0o755)  # the unprivileged uid must pass through it
@@ -365,7 +367,8 @@ class _Run:
     def _step(self, deadline: float) -> SandboxResult | None:
         """Wait for one event (a frame, the child's exit) and act on it."""
         control, channel = self.sb._control, self.channel
-        assert control is not None and channel is not None
+        if control is None or channel is None:
+            raise InternalError("sandbox step without its channels")
         if self.exit is not None and channel.sock.fileno() < 0:
             raise self._crash()
         watch = [control.sock] + ([channel.sock] if channel.sock.fileno() >= 0 else [])
@@ -401,7 +404,8 @@ class _Run:
             if kind in ("fetch", "hub_load"):
                 reply, reply_fds = self.service.handle(message)
                 try:
-                    assert self.channel is not None
+                    if self.channel is None:
+                        raise InternalError("sandbox reply without a channel")
                     # A child that stops reading must not block the parent: the send
                     # is bounded by the deadline.
                     self.channel.sock.settimeout(max(0.1, self._deadline() - time.monotonic()))
@@ -460,7 +464,8 @@ class _Run:
 
     def _result(self, message: dict[str, Any], fds: list[int]) -> SandboxResult:
         request = self.request
-        assert request is not None and self.ready is not None
+        if request is None or self.ready is None:
+            raise InternalError("sandbox result before the child was ready")
         if message.get("op") != request.op.value:
             raise self._protocol("result for another operation")
         received = time.monotonic()

@@ -52,6 +52,10 @@ MODEL_SUFFIXES = MODEL_NAMES
 
 Progress = Callable[[str], None]
 
+# Opening a FIFO for reading blocks until a writer appears; O_NONBLOCK makes the open return
+# at once (there is no such flag, and no FIFO, on Windows).
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+
 
 def scan_fileobj(fh: BinaryIO, display: str, size: int, options: ScanOptions) -> FileReport:
     """Scan an open binary file (seekable) and report under the name ``display``."""
@@ -225,7 +229,7 @@ def _scan_path(path: str, display: str, options: ScanOptions,
         return Skipped(display, why) if walked else _unreadable(display, 0, why)
     try:
         # O_NONBLOCK: if the path was swapped for a FIFO since the stat, open returns at once.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+        fd = os.open(path, os.O_RDONLY | _NONBLOCK | getattr(os, "O_NOCTTY", 0))
     except OSError as exc:
         return _unreadable(display, 0, f"cannot open: {exc.strerror}")
     with os.fdopen(fd, "rb") as fh:
@@ -234,7 +238,8 @@ def _scan_path(path: str, display: str, options: ScanOptions,
         if why:
             return Skipped(display, why) if walked else _unreadable(display, 0, why)
         try:
-            os.set_blocking(fd, True)
+            if _NONBLOCK:
+                os.set_blocking(fd, True)
             if walked and not is_model_name(display) and _dead_non_model(fh, st.st_size):
                 return Skipped(display, "not a model format")
             report = scan_fileobj(fh, display, st.st_size, options)

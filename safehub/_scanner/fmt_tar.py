@@ -8,8 +8,9 @@ whose checksum is written in base-256, PAX and GNU long names, GNU and PAX spars
 members (read with their holes expanded, as ``extractfile`` returns them) and the
 last-of-duplicate-names lookup of ``getmember`` all follow by construction.
 
-Hostile archives cannot cost unbounded work: a single header read (PAX records, long
-names, sparse maps) is capped and so is the number of members; both end in SH191.
+Hostile archives cannot cost unbounded work: the bytes tarfile reads to parse headers
+(PAX records, long names, sparse maps, which it holds in memory) are capped for the whole
+archive, and so is the number of members; both end in SH191.
 The ``pickle`` member is the object; ``storages`` and ``tensors`` interleave small
 pickles with raw records, which are parsed exactly as torch's reader does so that
 every pickle in them is analyzed too.
@@ -30,9 +31,9 @@ from safehub._scanner.source import Truncated
 __all__ = ["MAX_HEADER_READ", "MAX_MEMBERS", "TarProbe", "probe_tar", "scan_tar"]
 
 _MAX_RECORDS = 1_000_000
-# One read while tarfile parses headers (a PAX record block, a GNU long name, a sparse
-# map). Real torch tars have three members with short names and no extended headers.
-MAX_HEADER_READ = 16 << 20
+# Bytes tarfile may read while parsing the headers of one archive (header blocks, PAX
+# records, GNU long names, sparse maps). Real torch tars read about 2 KiB.
+MAX_HEADER_READ = 8 << 20
 MAX_MEMBERS = 10_000
 _WANTED = ("storages", "tensors", "pickle")
 
@@ -42,15 +43,20 @@ class _HeaderTooBig(Exception):
 
 
 class _CappedFile:
-    """The scanned file as tarfile sees it: reads are capped while headers are parsed."""
+    """The scanned file as tarfile sees it: reads are budgeted while headers are parsed."""
 
     def __init__(self, fh: BinaryIO):
         self._fh = fh
         self.capped = True
+        self._used = 0
 
     def read(self, n: int = -1) -> bytes:
-        if self.capped and (n is None or n < 0 or n > MAX_HEADER_READ):
-            raise _HeaderTooBig()
+        if self.capped:
+            if n is None or n < 0:
+                raise _HeaderTooBig()
+            self._used += n
+            if self._used > MAX_HEADER_READ:
+                raise _HeaderTooBig()
         return self._fh.read(n)
 
     def seek(self, pos: int, whence: int = 0) -> int:
@@ -94,7 +100,7 @@ def probe_tar(fh: BinaryIO) -> TarProbe:
     except tarfile.TarError:
         return TarProbe(None, None)
     except _HeaderTooBig:
-        return TarProbe(None, None, f"a tar header asks for more than {MAX_HEADER_READ} bytes")
+        return TarProbe(None, None, f"tar headers take more than {MAX_HEADER_READ} bytes to parse")
     # tarfile raises assorted types on hostile headers; torch.load would fail with them
     # rather than fall back, and the scanner cannot say what else a reader would do.
     except (ValueError, OverflowError, UnicodeError, EOFError, OSError) as exc:
@@ -124,7 +130,7 @@ def scan_tar(scan: FileScan, probe: TarProbe) -> None:
         scan.add("SH110", f"tar archive cannot be read: {exc}")
         return
     except _HeaderTooBig:
-        scan.add("SH191", f"a tar header asks for more than {MAX_HEADER_READ} bytes")
+        scan.add("SH191", f"tar headers take more than {MAX_HEADER_READ} bytes to parse")
         return
     except (ValueError, OverflowError, UnicodeError, EOFError) as exc:
         scan.add("SH110", f"tar archive cannot be read: {exc!r}")

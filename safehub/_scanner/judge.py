@@ -171,7 +171,8 @@ def _persistent_problem(ref: PersistentRef, loader: Loader) -> str:
     typename = _typename(pid)
     if typename == "storage":
         expected = 5 if loader is Loader.TORCH_ZIP else 6
-        assert isinstance(pid, tuple)
+        if not isinstance(pid, tuple):
+            return "storage reference that is not a tuple"
         if len(pid) != expected:
             return f"storage reference has {len(pid)} fields, torch expects {expected}"
         if not isinstance(pid[1], Global):

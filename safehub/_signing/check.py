@@ -33,6 +33,7 @@ from safehub._signing.manifest import (
 )
 from safehub._signing.result import Failure, FailureKind, Signer, Verification
 from safehub._signing.tree import walk
+from safehub.errors import InternalError
 
 __all__ = ["CODE_SUFFIXES", "check_model", "is_code", "under_prefix"]
 
@@ -72,7 +73,8 @@ def _compare(entry: FileEntry, got: FileDigest, algorithm: str,
                             expected=_fmt(algorithm, entry.digest),
                             actual=_fmt(algorithm, got.digest))], ""
         return [], _fmt(algorithm, got.digest)
-    assert shard_size is not None
+    if shard_size is None:
+        raise InternalError("sharded file entry without a shard size")
     expected_ranges = [(s.start, s.end) for s in entry.shards]
     if len(expected_ranges) != -(-got.size // shard_size) or \
             expected_ranges != shard_ranges(got.size, shard_size):

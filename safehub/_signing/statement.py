@@ -37,6 +37,7 @@ from safehub._signing.manifest import (
     UnsafeManifestPath,
     check_relpath,
 )
+from safehub.errors import InternalError
 
 __all__ = ["PREDICATE_TYPE", "STATEMENT_TYPE", "dump_statement", "parse_statement"]
 
@@ -239,7 +240,8 @@ def dump_statement(model_name: str, ser: Serialization, files: Iterable[FileEntr
     digests: list[bytes] = []
     for entry in sorted(files, key=lambda e: _path_key(e.path)):
         if ser.method == "files":
-            assert entry.digest is not None
+            if entry.digest is None:
+                raise InternalError("file entry without a digest", subject=entry.path)
             items = [(entry.path, entry.digest)]
         else:
             items = [(f"{entry.path}:{s.start}:{s.end}", s.digest) for s in entry.shards]

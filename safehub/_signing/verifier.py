@@ -20,6 +20,7 @@ from safehub._signing.manifest import Manifest, ManifestError, UnsafeManifestPat
 from safehub._signing.result import Failure, FailureKind, SignatureInvalid, Signer
 from safehub._signing.statement import parse_statement
 from safehub._signing.trust import SigstoreIdentity, Trust, TrustedCertificates, TrustedKey
+from safehub.errors import InternalError
 
 __all__ = ["verify_signature"]
 
@@ -107,7 +108,7 @@ def verify_signature(data: bytes, trust: Trust, *, source: str,
                          signer=signer), signer
 
     if not isinstance(trust, TrustedCertificates):
-        raise TypeError(f"unknown trust value {type(trust).__name__}")
+        raise InternalError(f"unknown trust anchor {type(trust).__name__}")
     if not bundle.certificates:
         raise _fail(FailureKind.CERTIFICATE_INVALID,
                     "the bundle carries no certificate (it was signed with a bare key), but a "

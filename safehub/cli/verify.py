@@ -22,6 +22,7 @@ from safehub.cli._common import (
     emit,
     use_color,
 )
+from safehub.errors import InternalError
 from safehub.signing import (
     Failure,
     SigstoreIdentity,
@@ -145,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
     for path in result.unsigned_ignored:
         log.warning("unsigned file ignored (--ignore-unsigned-files): %s", path)
     if result.ok:
-        assert result.signer is not None
+        if result.signer is None:
+            raise InternalError("verified signature without a signer")
         log.info("verified %s: %d files signed by %s", result.model, len(result.files),
                  result.signer.describe())
         return EXIT_OK

@@ -14,6 +14,7 @@ import pickle
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,17 +22,20 @@ import pytest
 from safehub._scanner.nonmodel import identify_non_model
 from safehub.findings import Verdict
 from safehub.scan import scan
+from tests.conftest import CliResult
 from tests.scanner import _builders as B
+
+Cli = Callable[..., CliResult]
 
 _UNPICKLE_ERRORS = (pickle.UnpicklingError, ValueError, IndexError, KeyError, EOFError)
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0\0\0\rIHDR" + bytes(40)
 
 
-def _by_name(report_files: list[dict]) -> dict[str, str]:
+def _by_name(report_files: list[dict[str, str]]) -> dict[str, str]:
     return {Path(f["path"]).name: f["verdict"] for f in report_files}
 
 
-def test_unrecognized_model_bin_never_vanishes(cli, tmp_path: Path) -> None:
+def test_unrecognized_model_bin_never_vanishes(cli: Cli, tmp_path: Path) -> None:
     B.write(tmp_path / "ok.pkl", pickle.dumps([1], 2))
     B.write(tmp_path / "pytorch_model.bin", b"\x00\x01\x02 not any format \xff" * 20)
     r = cli("scan", "-f", "json", tmp_path)
@@ -40,7 +44,7 @@ def test_unrecognized_model_bin_never_vanishes(cli, tmp_path: Path) -> None:
     assert _by_name(doc["files"]) == {"ok.pkl": "clean", "pytorch_model.bin": "unknown"}
 
 
-def test_unrecognized_binary_of_any_name_is_not_scanned(cli, tmp_path: Path) -> None:
+def test_unrecognized_binary_of_any_name_is_not_scanned(cli: Cli, tmp_path: Path) -> None:
     """Not only model names: unknown binary content is never silently dropped."""
     B.write(tmp_path / "weights.dat2", bytes(range(256)) * 4)
     r = cli("scan", "-f", "json", tmp_path)
@@ -48,7 +52,7 @@ def test_unrecognized_binary_of_any_name_is_not_scanned(cli, tmp_path: Path) -> 
     assert _by_name(json.loads(r.out)["files"]) == {"weights.dat2": "unknown"}
 
 
-def test_positively_identified_non_models_are_skipped(cli, tmp_path: Path) -> None:
+def test_positively_identified_non_models_are_skipped(cli: Cli, tmp_path: Path) -> None:
     B.write(tmp_path / "ok.pkl", pickle.dumps([1], 2))
     (tmp_path / "README.md").write_text("# model card\n\nHéllo\tworld\r\n")
     (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 8, "act": "gelu"}))
@@ -63,7 +67,7 @@ def test_positively_identified_non_models_are_skipped(cli, tmp_path: Path) -> No
         "README.md", "config.json", "figure.png", "paper.pdf", "tokenizer.model"}
 
 
-def test_model_names_are_never_skipped_even_with_text_content(cli, tmp_path: Path) -> None:
+def test_model_names_are_never_skipped_even_with_text_content(cli: Cli, tmp_path: Path) -> None:
     (tmp_path / "model.pt").write_text("just some text\n")
     r = cli("scan", "-f", "json", tmp_path)
     assert r.code == 2
@@ -87,7 +91,7 @@ def test_protobuf_that_is_not_sentencepiece_is_not_skipped(tmp_path: Path) -> No
         assert identify_non_model(fh, os.path.getsize(path)) is None
 
 
-def test_polyglot_text_pickle_is_still_judged(cli, tmp_path: Path) -> None:
+def test_polyglot_text_pickle_is_still_judged(cli: Cli, tmp_path: Path) -> None:
     """Protocol-0 pickles are text: identification comes after the content scan, never
     instead of it."""
     B.write(tmp_path / "notes.txt", B.os_system_p0("x"))
@@ -98,7 +102,7 @@ def test_polyglot_text_pickle_is_still_judged(cli, tmp_path: Path) -> None:
 def _run_cli(*args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
     # A subprocess, so that a scan that blocks on a FIFO fails the test instead of hanging it.
     return subprocess.run([sys.executable, "-m", "safehub", "scan", "-f", "json",
-                           *map(os.fspath, args)], capture_output=True, text=True,
+                           *(os.fspath(a) for a in args)], capture_output=True, text=True,
                           timeout=300, stdin=subprocess.DEVNULL, check=False)
 
 
@@ -142,17 +146,26 @@ def test_socket_in_folder_is_skipped(tmp_path: Path) -> None:
         ("s.pt", "not a regular file (a socket); not opened")]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can list any folder")
-def test_unlistable_folder_is_not_scanned(cli, tmp_path: Path) -> None:
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    B.write(locked / "evil.pkl", B.os_system_p0("x"))
-    locked.chmod(0)
+def test_unlistable_folder_is_not_scanned(cli: Cli, tmp_path: Path) -> None:
+    """A folder whose path is longer than the OS accepts cannot be listed (even by root):
+    it is reported "not scanned", never silently dropped."""
+    B.write(tmp_path / "ok.pkl", pickle.dumps([1], 2))
+    fd = os.open(tmp_path, os.O_RDONLY)
     try:
-        r = cli("scan", "-f", "json", tmp_path)
+        for _ in range(20):  # 20 x 250 characters: past PATH_MAX (4096)
+            os.mkdir("d" * 250, dir_fd=fd)
+            nxt = os.open("d" * 250, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        evil = os.open("evil.pkl", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(evil, B.os_system_p0("x"))
+        os.close(evil)
     finally:
-        locked.chmod(0o755)
-    assert r.code == 2
+        os.close(fd)
+    r = cli("scan", "-f", "json", tmp_path)
+    assert r.code == 2, r.err
+    verdicts = [f["verdict"] for f in json.loads(r.out)["files"]]
+    assert sorted(verdicts) == ["clean", "error"]
 
 
 def _sentencepiece_model() -> bytes:
@@ -185,7 +198,7 @@ def test_image_signatures_identified_before_scanning_end_every_unpickler() -> No
     tail = B.os_system_p0("x")
     for magic, _ in _DEAD_MAGIC:
         for filler in (b"", b"\n", b"1\n", b"xyz", b"\x00" * 8, b"N" * 9, b"(" * 3):
-            for unpickler in (pickle.Unpickler, Lenient, pickle._Unpickler):  # type: ignore[attr-defined]
+            for unpickler in (pickle.Unpickler, Lenient, pickle._Unpickler):
                 with pytest.raises(_UNPICKLE_ERRORS):
                     unpickler(io.BytesIO(magic + filler + tail)).load()
     assert resolved == []

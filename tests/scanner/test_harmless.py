@@ -18,9 +18,11 @@ import json
 import os
 import pathlib
 import pickle
+import random
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,7 +48,7 @@ def _tsave(obj: object, **kw: object) -> bytes:
     return buf.getvalue()
 
 
-def _trained() -> tuple[torch.nn.Module, list[torch.optim.Optimizer]]:
+def _trained() -> tuple[Any, list[Any]]:
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
     opts = [torch.optim.Adam(model.parameters(), 1e-3), torch.optim.AdamW(model.parameters()),
             torch.optim.SGD(model.parameters(), 0.1, momentum=0.9, nesterov=True),
@@ -114,6 +116,9 @@ def _checkpoints() -> dict[str, object]:
         "numpy_values": {"f": np.float64(1.5), "i": np.int64(3), "dt": np.dtype("f4"),
                          "arr": np.arange(6).reshape(2, 3), "rec": np.dtype([("a", "<i4")]),
                          "d64": np.datetime64("2024-01-01"), "b": np.bool_(True)},
+        # Hugging Face Trainer's rng_state.pth.
+        "rng_state": {"python": random.getstate(),
+                      "numpy": np.random.get_state(), "cpu": torch.random.get_rng_state()},
         "dates": {"d": datetime.date(2024, 1, 2), "t": datetime.time(1, 2, 3),
                   "tz": datetime.timezone(datetime.timedelta(hours=2), "X")},
     }
@@ -303,3 +308,19 @@ def test_every_harmless_name_is_a_real_class_somewhere() -> None:
                 continue
         else:
             pytest.fail(f"{name} does not resolve")
+
+
+def test_enforced_torch_load_accepts_harmless_classes_and_strict_refuses(tmp_path: Path) -> None:
+    """The real load path: torch.load under safehub.enforce() scans, then loads weights-only
+    with the harmless names the file uses."""
+    import safehub
+    from safehub.errors import PolicyViolation
+
+    ckpt = tmp_path / "fairseq.pt"
+    torch.save(_checkpoints()["fairseq"], ckpt)
+    with safehub.enforce("default"):
+        loaded = torch.load(ckpt)
+    assert loaded["args"].arch == "transformer"
+    assert loaded["args"].save_dir == pathlib.PurePosixPath("checkpoints")
+    with safehub.enforce("strict"), pytest.raises(PolicyViolation, match=r"argparse\.Namespace"):
+        torch.load(ckpt)

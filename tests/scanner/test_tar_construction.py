@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import pickle
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,8 @@ from tests.scanner import _builders as B
 from tests.scanner.conftest import rules, scan_one
 
 torch = pytest.importorskip("torch")
+
+Fire = Callable[..., set[str]]
 
 
 def _base256_checksum(data: bytes) -> bytes:
@@ -77,7 +80,7 @@ def _gnu_sparse_tar(members: list[tuple[str, bytes]], sparse_name: str,
     return out.getvalue()
 
 
-def test_base256_checksum_is_a_tar_torch_loads(tmp_path: Path, fire) -> None:
+def test_base256_checksum_is_a_tar_torch_loads(tmp_path: Path, fire: Fire) -> None:
     # An old v7 header (no ustar magic to recognise) with its checksum in base-256.
     data = _base256_checksum(B.v7_header(B.torch_tar_bytes(B.os_system_p0("b256"))))
     path = B.write(tmp_path / "b256.pt", data)
@@ -97,7 +100,7 @@ def test_base256_checksum_benign_tar_is_clean(tmp_path: Path) -> None:
     assert report.verdict is Verdict.CLEAN and report.format == "torch-tar"
 
 
-def test_gnu_sparse_member_is_read_with_holes_expanded(tmp_path: Path, fire) -> None:
+def test_gnu_sparse_member_is_read_with_holes_expanded(tmp_path: Path, fire: Fire) -> None:
     hole = 256
     payload = B.call_prefix("sparse")
     stored, expanded = _sparse_pickle_member(payload, hole)
@@ -118,7 +121,7 @@ def test_gnu_sparse_member_is_read_with_holes_expanded(tmp_path: Path, fire) -> 
     assert any(f.rule_id == "SH100" and f.location == "pickle" for f in report.findings)
 
 
-def test_pax_long_member_names_resolve_as_tarfile_does(tmp_path: Path, fire) -> None:
+def test_pax_long_member_names_resolve_as_tarfile_does(tmp_path: Path, fire: Fire) -> None:
     """A PAX header renames the next member to ``pickle``; the ustar name says otherwise."""
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -181,3 +184,67 @@ def test_non_tar_is_decided_by_tarfile(tmp_path: Path) -> None:
     with pytest.raises(tarfile.ReadError), tarfile.open(path, mode="r:"):
         pass
     assert scan_one(path).format != "torch-tar"
+
+
+def test_header_bytes_are_budgeted_across_members(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many members with modest PAX headers add up: the budget is per archive."""
+    out = io.BytesIO()
+    members = [(f"f{i}", b"") for i in range(8)] + [
+        ("storages", pickle.dumps(0, 2) + pickle.dumps([], 2)),
+        ("tensors", pickle.dumps(0, 2)), ("pickle", pickle.dumps({}, 2))]
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.pax_headers = {"comment": "z" * 600}
+            tar.addfile(info, io.BytesIO(data))
+    path = B.write(tmp_path / "many-pax.pt", out.getvalue())
+    assert torch.load(path, weights_only=False) == {}  # tarfile and torch read it fine
+    assert scan_one(path).verdict is Verdict.CLEAN
+    monkeypatch.setattr(fmt_tar, "MAX_HEADER_READ", 4096)
+    report = scan_one(path)
+    assert report.verdict is Verdict.UNSAFE and "SH191" in rules(report)
+
+
+def _checksum_spellings(block: bytes) -> list[bytes]:
+    """The first header with its checksum written every way we know tarfile may accept."""
+    base = bytearray(block[:512])
+    base[148:156] = b" " * 8
+    unsigned = sum(base)
+    signed = sum(b - 256 if b > 127 else b for b in base)
+    fields = [b"%06o\0 " % unsigned, b"%07o\0" % unsigned, b"%o" % unsigned + b" " * 2,
+              b" %06o\0" % unsigned, b"\x80" + unsigned.to_bytes(7, "big"),
+              b"%06o\0 " % (signed & 0o7777777), b"%06o\0 " % (unsigned + 1),
+              b"\xff" + (2 ** 56 - unsigned).to_bytes(7, "big"), b"\0" * 8, b"        "]
+    out = []
+    for field in fields:
+        b = bytearray(base)
+        b[148:156] = field[:8].ljust(8, b"\0")
+        out.append(bytes(b) + block[512:])
+    return out
+
+
+def test_tar_decision_is_tarfiles_own() -> None:
+    """Differential: for header spellings and single-byte mutations of the first header,
+    the scanner takes the tar path exactly when tarfile.open(mode="r:") accepts."""
+    import random
+
+    rng = random.Random(1234)  # derandomized: the same inputs every run
+    data = B.torch_tar_bytes(pickle.dumps({"a": 1}, 2))
+    inputs = _checksum_spellings(data) + _checksum_spellings(B.v7_header(data))
+    for _ in range(300):
+        b = bytearray(data)
+        b[rng.randrange(512)] = rng.randrange(256)
+        inputs.append(bytes(b))
+    agree = {True: 0, False: 0}
+    for blob in inputs:
+        try:
+            with tarfile.open(fileobj=io.BytesIO(blob), mode="r:"):
+                real = True
+        except tarfile.TarError:
+            real = False
+        probe = fmt_tar.probe_tar(io.BytesIO(blob))
+        assert probe.accepted is real, blob[:512]
+        agree[real] += 1
+    assert agree[True] and agree[False]  # both answers were exercised
