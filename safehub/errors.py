@@ -12,8 +12,8 @@ from collections.abc import Sequence
 __all__ = [
     "FetchError",
     "IntegrityError",
-    "InvalidIdentifier",
     "InternalError",
+    "InvalidIdentifier",
     "PolicyError",
     "PolicyIssue",
     "PolicyViolation",

@@ -59,7 +59,7 @@ from safehub._fetch.offline import cached_download_decision, offline_requested
 from safehub._fetch.repos import Checkout, RepoCache, RepoSource
 from safehub._fetch.weights import Expected, FileCache, hash_prefix_of
 from safehub._policy.urls import canonical_url
-from safehub.errors import FetchError, IntegrityError, InternalError, PolicyError, PolicyViolation
+from safehub.errors import FetchError, IntegrityError, PolicyError, PolicyViolation
 from safehub.findings import FileReport
 from safehub.policy import (
     Decision,
