@@ -132,6 +132,9 @@ def _scan_as_pickle(scan: FileScan, fh: BinaryIO, size: int) -> None:
     opcodes. Real headers fail within a few opcodes without importing anything.
     """
     probe = PickleCursor(FileRegion(fh, 0, size), limits=scan.options.limits).stream()
+    if probe.limit:  # fail closed: the probe could not follow the parser to its end
+        scan.add("SH191", f"reading the file as a pickle stopped: {probe.limit}", offset=0,
+                 subject="pickle-polyglot")
     if not (probe.computed or probe.extensions or any(
             _importable(g.raw) for g in probe.globals)):
         return

@@ -43,7 +43,9 @@ def scan_pickle_file(scan: FileScan, src: ByteSource, *, location: str = "", bas
     """
     cursor = PickleCursor(src, base=base, limits=scan.options.limits, joblib=True)
     first = cursor.stream()
-    if not first.stopped and not _did_anything(first):
+    # The machine stops where the real parsers stop, so bytes that fail early having done
+    # nothing are harmless; a stream stopped by an analysis limit is not known to be.
+    if not first.stopped and not first.limit and not _did_anything(first):
         return cursor, False
     scan.records.append(location or "pickle")
     judge_stream(scan, first, location, Loader.PICKLE)

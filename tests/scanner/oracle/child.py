@@ -104,7 +104,7 @@ class CUnpickler(pickle.Unpickler):
         return _persistent(pid)
 
 
-class PyUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
+class PyUnpickler(pickle._Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         return _find(module, name)
 
@@ -126,7 +126,7 @@ class PeekAll(io.RawIOBase):
         self._pos += len(out)
         return out
 
-    def readline(self, limit: int = -1) -> bytes:
+    def readline(self, limit: int | None = -1) -> bytes:
         nl = self._data.find(b"\n", self._pos)
         end = len(self._data) if nl < 0 else nl + 1
         out = self._data[self._pos : end]
@@ -180,15 +180,15 @@ def read_pickle(reader: str, data: bytes) -> None:
             for key in loaded.files:
                 loaded[key]
     elif reader == "joblib":
-        import joblib
-        import joblib.numpy_pickle as jnp
+        import joblib  # type: ignore[import-untyped]
+        import joblib.numpy_pickle as jnp  # type: ignore[import-untyped]
         import numpy as np
 
         _PASS_THROUGH.update({("joblib.numpy_pickle", "NumpyArrayWrapper"):
                               jnp.NumpyArrayWrapper, ("numpy", "dtype"): np.dtype})
-        jnp.NumpyUnpickler.find_class = PyUnpickler.find_class  # type: ignore[method-assign]
+        jnp.NumpyUnpickler.find_class = PyUnpickler.find_class
         jnp.NumpyUnpickler.persistent_load = PyUnpickler.persistent_load
-        pickle.load = lambda fp, **kw: _load_nested(fp, kw)  # type: ignore[assignment]
+        pickle.load = lambda fp, **kw: _load_nested(fp, kw)
         REC.start()
         joblib.load(io.BytesIO(data))
         REC.finish(None)
