@@ -23,10 +23,11 @@ TRICKLE = HttpSettings(timeout=5.0, retries=3, backoff=0.01, max_backoff=0.05, d
 
 
 class _Trickle:
-    """Answers every GET with a 200 and a body of ``size`` bytes, one byte every 0.2 s
-    (with Content-Length, or without one). The API paths answer the same way."""
+    """Answers every GET slowly, one byte every 0.2 s: a 200 body of ``size`` bytes (with
+    Content-Length or without one), the headers themselves, or a 500's error body. The API
+    paths answer the same way."""
 
-    def __init__(self, size: int = 200, with_length: bool = True):
+    def __init__(self, mode: str, size: int = 200):
         owner = self
         self.requests = 0
 
@@ -38,11 +39,18 @@ class _Trickle:
 
             def do_GET(self) -> None:
                 owner.requests += 1
-                self.send_response(200)
-                if with_length:
-                    self.send_header("Content-Length", str(size))
-                self.end_headers()
                 with contextlib.suppress(OSError):  # the client gave up
+                    if mode == "headers":
+                        self.wfile.write(b"HTTP/1.0 200 OK\r\nX-Slow: ")
+                        for _ in range(size):
+                            self.wfile.write(b"a")
+                            self.wfile.flush()
+                            time.sleep(0.2)
+                        return
+                    self.send_response(500 if mode == "error-body" else 200)
+                    if mode != "no-length":
+                        self.send_header("Content-Length", str(size))
+                    self.end_headers()
                     for _ in range(size):
                         self.wfile.write(b"{")
                         self.wfile.flush()
@@ -59,9 +67,9 @@ class _Trickle:
         self.server.server_close()
 
 
-@pytest.fixture(params=[True, False], ids=["length", "no-length"])
+@pytest.fixture(params=["length", "no-length", "headers", "error-body"])
 def trickle(request: pytest.FixtureRequest) -> Iterator[_Trickle]:
-    server = _Trickle(with_length=request.param)
+    server = _Trickle(request.param)
     yield server
     server.close()
 
