@@ -15,7 +15,7 @@ import pytest
 
 from safehub.errors import FetchError
 from safehub.fetch import Fetcher, HttpSettings
-from tests.fetch.helpers import leftovers, write_policy
+from tests.fetch.helpers import leftovers
 
 # A per-read timeout the trickle never hits, and a deadline it always does.
 TRICKLE = HttpSettings(timeout=5.0, retries=3, backoff=0.01, max_backoff=0.05, deadline=1.0,
@@ -67,6 +67,16 @@ class _Trickle:
         self.server.server_close()
 
 
+def _policy(path: Path, server: _Trickle) -> Path:
+    path.write_text(
+        'schema = 1\nname = "test"\nextends = "default"\n'
+        'loosen = ["downloads.allow_http_loopback", "downloads.github_api", "trust.owners", '
+        '"downloads.allowed_urls"]\n[trust]\nowners = ["acme"]\n'
+        f'[downloads]\nallow_http_loopback = true\ngithub_api = "{server.api}"\n'
+        f'allowed_urls = ["{server.url}/"]\n', encoding="utf-8")
+    return path
+
+
 @pytest.fixture(params=["length", "no-length", "headers", "error-body"])
 def trickle(request: pytest.FixtureRequest) -> Iterator[_Trickle]:
     server = _Trickle(request.param)
@@ -76,8 +86,7 @@ def trickle(request: pytest.FixtureRequest) -> Iterator[_Trickle]:
 
 def test_trickling_download_hits_the_deadline(trickle: _Trickle, tmp_path: Path,
                                               cache_dir: Path) -> None:
-    fetcher = Fetcher(write_policy(tmp_path / "p.toml", trickle), cache_dir=cache_dir,  # type: ignore[arg-type]
-                      http=TRICKLE)
+    fetcher = Fetcher(_policy(tmp_path / "p.toml", trickle), cache_dir=cache_dir, http=TRICKLE)
     url = f"{trickle.url}/w.pt"
     with pytest.raises(FetchError) as err:
         fetcher.fetch_url(url)
@@ -89,8 +98,7 @@ def test_trickling_download_hits_the_deadline(trickle: _Trickle, tmp_path: Path,
 
 def test_trickling_api_call_hits_the_deadline(trickle: _Trickle, tmp_path: Path,
                                               cache_dir: Path) -> None:
-    fetcher = Fetcher(write_policy(tmp_path / "p.toml", trickle), cache_dir=cache_dir,  # type: ignore[arg-type]
-                      http=TRICKLE)
+    fetcher = Fetcher(_policy(tmp_path / "p.toml", trickle), cache_dir=cache_dir, http=TRICKLE)
     with pytest.raises(FetchError) as err:
         fetcher.fetch_repo("acme/net:main")
     assert f"{trickle.api}/repos/acme/net" in err.value.diagnostics()
