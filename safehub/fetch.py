@@ -163,8 +163,9 @@ class Fetcher:
     (``fetcher.lockfile.save()`` writes it). ``frozen``: refuse anything the
     lockfile does not list. ``offline``: no network at all (also on with
     ``SAFEHUB_OFFLINE=1`` or policy ``downloads.offline``). ``progress`` receives
-    :class:`Progress` reports for downloads. ``tokens``: per-host tokens
-    (see :mod:`safehub._fetch.credentials`).
+    :class:`Progress` reports for downloads. ``tokens``: tokens keyed by origin,
+    ``{"https://ghe.example.com:8443": "..."}`` (see :mod:`safehub._fetch.credentials`).
+    ``http``: network settings, including the overall deadline of every request.
     """
 
     def __init__(self, policy: Policy | str | os.PathLike[str] | None = None, *,

@@ -151,7 +151,7 @@ def explain(exc: HttpError, spec: RepoSpec, ref: str | None) -> FetchError:
         return FetchError(
             f"{what} was not found ({exc.message})", subject=exc.subject,
             fix=f"check the owner, name and ref of {what}; a private repository needs "
-            "GITHUB_TOKEN (or a per-host token) set")
+            "GITHUB_TOKEN (or a token for its origin) set")
     if exc.status == 422 and ref:
         return FetchError(f"{what}: no commit matches ref {ref!r} ({exc.message})",
                           subject=exc.subject, fix="use an existing branch, tag or commit")

@@ -27,18 +27,21 @@ loopback) is never proxied.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
 import logging
+import socket
 import ssl
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 from urllib.parse import urljoin, urlsplit
 
 from safehub import __version__
@@ -179,18 +182,64 @@ class _Deadline:
 
     def check(self, size: int, received: int) -> None:
         if self.remaining(size) <= 0:
-            s = self.settings
-            raise FetchError(
-                f"{self.url} did not finish within its overall deadline of "
-                f"{self.allowed(size):.1f} s (HttpSettings.deadline = {s.deadline:g} s plus "
-                f"the body at HttpSettings.min_rate = {s.min_rate:g} bytes/s); {received} "
-                "bytes received", subject=self.url,
-                fix="download from a faster server, or raise HttpSettings(deadline=..., "
-                "min_rate=...) if this server is known to be this slow")
+            self.fail(size, received)
+
+    def fail(self, size: int, received: int) -> NoReturn:
+        s = self.settings
+        raise FetchError(
+            f"{self.url} did not finish within its overall deadline of "
+            f"{self.allowed(size):.1f} s (HttpSettings.deadline = {s.deadline:g} s plus "
+            f"the body at HttpSettings.min_rate = {s.min_rate:g} bytes/s); {received} "
+            "bytes received", subject=self.url,
+            fix="download from a faster server, or raise HttpSettings(deadline=..., "
+            "min_rate=...) if this server is known to be this slow")
 
     def timeout(self, size: int) -> float:
         """A socket timeout that never outlasts the deadline."""
         return max(0.001, min(self.settings.timeout, self.remaining(size)))
+
+
+class _Watchdog:
+    """Shuts the current connection down once the deadline has passed, so that no read
+    (status line, headers, an error or redirect body, a trickled body) can outlast it.
+
+    ``remaining`` is asked again when the timer fires: the deadline grows once the body's
+    length is known."""
+
+    def __init__(self, remaining: Callable[[], float]):
+        self.remaining = remaining
+        # The socket itself: http.client drops ``conn.sock`` once a response will close the
+        # connection, while the response goes on reading from it.
+        self.sock: socket.socket | None = None
+        self.fired = False
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        self._stopped = False
+        self._arm()
+
+    def _arm(self) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            self._timer = threading.Timer(max(0.0, self.remaining()) + 0.01, self._fire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _fire(self) -> None:
+        if self.remaining() > 0:
+            self._arm()
+            return
+        self.fired = True
+        sock = self.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            if self._timer is not None:
+                self._timer.cancel()
 
 
 class HttpClient:
@@ -261,8 +310,9 @@ class HttpClient:
             extra["Range"] = f"bytes={body.written}-"
             extra["If-Range"] = str(body.validator)
         conn: http.client.HTTPConnection | None = None
+        watch = _Watchdog(lambda: deadline.remaining(body.total or body.written))
         try:
-            conn, resp, final = self._open(url, extra, check, deadline, body)
+            conn, resp, final = self._open(url, extra, check, deadline, body, watch)
             if resp.status == 206 and resuming:
                 if _content_range_start(resp.getheader("Content-Range", "")) != body.written:
                     body.resumable = False
@@ -284,30 +334,35 @@ class HttpClient:
                     f"the file is {body.written + length} bytes, over the limit of "
                     f"{max_bytes} bytes", subject=url,
                     fix="raise downloads.max_size_mb in the policy if this size is expected")
-            self._stream(conn, resp, body, url, max_bytes, progress, deadline)
+            self._stream(resp, body, url, max_bytes, progress, deadline, watch)
+            if watch.fired:  # the body "ended" because the watchdog closed the connection
+                deadline.fail(body.total or body.written, body.written)
             if body.total is not None and body.written < body.total:
                 raise _Retryable(f"truncated body ({body.written} of {body.total} bytes)")
             return final
-        except ssl.SSLError as exc:
-            raise FetchError(f"TLS error: {exc}", subject=url,
-                             fix="check the server's certificate and the system CA store"
-                             ) from exc
         except (OSError, http.client.HTTPException) as exc:  # timeouts, resets, truncation
+            if watch.fired:
+                deadline.fail(body.total or body.written, body.written)
+            if isinstance(exc, ssl.SSLError):
+                raise FetchError(f"TLS error: {exc}", subject=url,
+                                 fix="check the server's certificate and the system CA store"
+                                 ) from exc
             raise _Retryable(_describe(exc)) from exc
         finally:
+            watch.stop()
             if conn is not None:
                 conn.close()
 
-    def _stream(self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse,
-                body: _Body, url: str, max_bytes: int, progress: ProgressCallback | None,
-                deadline: _Deadline) -> None:
+    def _stream(self, resp: http.client.HTTPResponse, body: _Body, url: str, max_bytes: int,
+                progress: ProgressCallback | None, deadline: _Deadline,
+                watch: _Watchdog) -> None:
         while True:
             # read1: at most one read from the socket, so a server sending a byte at a time
             # is seen (and timed) read by read instead of filling a whole chunk unnoticed.
             size = body.total or body.written
             deadline.check(size, body.written)
-            if conn.sock is not None:
-                conn.sock.settimeout(deadline.timeout(size))
+            if watch.sock is not None:
+                watch.sock.settimeout(deadline.timeout(size))
             chunk = resp.read1(CHUNK)
             if not chunk:
                 return
@@ -322,7 +377,8 @@ class HttpClient:
                 progress(Progress(url, body.written, body.total))
 
     def _open(self, url: str, extra: dict[str, str], check: HopCheck, deadline: _Deadline,
-              body: _Body) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse, str]:
+              body: _Body, watch: _Watchdog
+              ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse, str]:
         """Follow redirects, checking each hop; returns the final connection and response.
 
         Every hop is the canonical URL: that string is checked, requested, and decides
@@ -349,6 +405,7 @@ class HttpClient:
             conn = self._connect(parsed, deadline.timeout(body.total or body.written))
             try:
                 conn.request("GET", parsed.target, headers=headers)
+                watch.sock = conn.sock
                 resp = conn.getresponse()
             except BaseException:
                 conn.close()

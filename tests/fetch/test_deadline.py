@@ -15,7 +15,7 @@ import pytest
 
 from safehub.errors import FetchError
 from safehub.fetch import Fetcher, HttpSettings
-from tests.fetch.helpers import leftovers, write_policy
+from tests.fetch.helpers import leftovers
 
 # A per-read timeout the trickle never hits, and a deadline it always does.
 TRICKLE = HttpSettings(timeout=5.0, retries=3, backoff=0.01, max_backoff=0.05, deadline=1.0,
@@ -23,10 +23,11 @@ TRICKLE = HttpSettings(timeout=5.0, retries=3, backoff=0.01, max_backoff=0.05, d
 
 
 class _Trickle:
-    """Answers every GET with a 200 and a body of ``size`` bytes, one byte every 0.2 s
-    (with Content-Length, or without one). The API paths answer the same way."""
+    """Answers every GET slowly, one byte every 0.2 s: a 200 body of ``size`` bytes (with
+    Content-Length or without one), the headers themselves, or a 500's error body. The API
+    paths answer the same way."""
 
-    def __init__(self, size: int = 200, with_length: bool = True):
+    def __init__(self, mode: str, size: int = 200):
         owner = self
         self.requests = 0
 
@@ -38,11 +39,18 @@ class _Trickle:
 
             def do_GET(self) -> None:
                 owner.requests += 1
-                self.send_response(200)
-                if with_length:
-                    self.send_header("Content-Length", str(size))
-                self.end_headers()
                 with contextlib.suppress(OSError):  # the client gave up
+                    if mode == "headers":
+                        self.wfile.write(b"HTTP/1.0 200 OK\r\nX-Slow: ")
+                        for _ in range(size):
+                            self.wfile.write(b"a")
+                            self.wfile.flush()
+                            time.sleep(0.2)
+                        return
+                    self.send_response(500 if mode == "error-body" else 200)
+                    if mode != "no-length":
+                        self.send_header("Content-Length", str(size))
+                    self.end_headers()
                     for _ in range(size):
                         self.wfile.write(b"{")
                         self.wfile.flush()
@@ -59,17 +67,26 @@ class _Trickle:
         self.server.server_close()
 
 
-@pytest.fixture(params=[True, False], ids=["length", "no-length"])
+def _policy(path: Path, server: _Trickle) -> Path:
+    path.write_text(
+        'schema = 1\nname = "test"\nextends = "default"\n'
+        'loosen = ["downloads.allow_http_loopback", "downloads.github_api", "trust.owners", '
+        '"downloads.allowed_urls"]\n[trust]\nowners = ["acme"]\n'
+        f'[downloads]\nallow_http_loopback = true\ngithub_api = "{server.api}"\n'
+        f'allowed_urls = ["{server.url}/"]\n', encoding="utf-8")
+    return path
+
+
+@pytest.fixture(params=["length", "no-length", "headers", "error-body"])
 def trickle(request: pytest.FixtureRequest) -> Iterator[_Trickle]:
-    server = _Trickle(with_length=request.param)
+    server = _Trickle(request.param)
     yield server
     server.close()
 
 
 def test_trickling_download_hits_the_deadline(trickle: _Trickle, tmp_path: Path,
                                               cache_dir: Path) -> None:
-    fetcher = Fetcher(write_policy(tmp_path / "p.toml", trickle), cache_dir=cache_dir,  # type: ignore[arg-type]
-                      http=TRICKLE)
+    fetcher = Fetcher(_policy(tmp_path / "p.toml", trickle), cache_dir=cache_dir, http=TRICKLE)
     url = f"{trickle.url}/w.pt"
     with pytest.raises(FetchError) as err:
         fetcher.fetch_url(url)
@@ -81,8 +98,7 @@ def test_trickling_download_hits_the_deadline(trickle: _Trickle, tmp_path: Path,
 
 def test_trickling_api_call_hits_the_deadline(trickle: _Trickle, tmp_path: Path,
                                               cache_dir: Path) -> None:
-    fetcher = Fetcher(write_policy(tmp_path / "p.toml", trickle), cache_dir=cache_dir,  # type: ignore[arg-type]
-                      http=TRICKLE)
+    fetcher = Fetcher(_policy(tmp_path / "p.toml", trickle), cache_dir=cache_dir, http=TRICKLE)
     with pytest.raises(FetchError) as err:
         fetcher.fetch_repo("acme/net:main")
     assert f"{trickle.api}/repos/acme/net" in err.value.diagnostics()
