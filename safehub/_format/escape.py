@@ -54,7 +54,7 @@ def escape_char(ch: str) -> str:
     code = ord(ch)
     if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte, carried by surrogateescape
         return f"\\x{code - 0xDC00:02x}"
-    named = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\x1b": "\\e"}.get(ch)
+    named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(ch)
     if named:
         return named
     if code < 0x100:

@@ -25,12 +25,14 @@ __all__ = [
 
 def clean_text(text: object, limit: int = 2000) -> str:
     """Untrusted text made safe to keep: every control, format, separator and surrogate
-    character escaped except LF (docstrings and tracebacks keep their lines; whoever shows
+    character escaped except LF and TAB (docstrings and tracebacks keep their lines; whoever shows
     them renders the lines as a marked block), length bounded."""
     from safehub._format.escape import escape_line
 
     s = text if isinstance(text, str) else repr(text)
-    s = "\n".join(escape_line(part) for part in s.replace("\r\n", "\n").split("\n"))
+    # Escaped line by line; LF and TAB (which only moves along a line) are kept.
+    s = "\n".join("\t".join(escape_line(cell) for cell in line.split("\t"))
+                  for line in s.replace("\r\n", "\n").split("\n"))
     return s if len(s) <= limit else s[:limit] + f"... [{len(s) - limit} more characters]"
 
 

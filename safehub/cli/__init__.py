@@ -96,6 +96,10 @@ def _check_outputs(args: argparse.Namespace) -> None:
         check_target(args.output, flag="-o")
     if args.command == "load" and getattr(args, "out", None) is not None:
         check_target(args.out, flag="--out")
+    if args.command == "audit" and getattr(args, "fix", False) and args.quarantine is not None:
+        from safehub.cli._output import check_folder
+
+        check_folder(args.quarantine, flag="--quarantine")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

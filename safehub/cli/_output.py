@@ -22,7 +22,7 @@ import tempfile
 from safehub._format.escape import escape_line
 from safehub.errors import SafehubError
 
-__all__ = ["OutputTargetError", "check_target", "write_text"]
+__all__ = ["OutputTargetError", "check_folder", "check_target", "write_text"]
 
 _PSEUDO_FS = ("/proc", "/sys")
 
@@ -77,6 +77,24 @@ def check_target(path: str, *, flag: str = "-o") -> tuple[str, bool]:
         kind = "block device" if stat.S_ISBLK(st.st_mode) else "socket or special file"
         raise _refuse(path, f"it is a {kind}", flag)
     return real, False
+
+
+def check_folder(path: str, *, flag: str) -> None:
+    """A folder option (``--quarantine DIR``): an existing folder, or a new name in an
+    existing folder. Anything else is refused before any work is done."""
+    if not path:
+        raise OutputTargetError(f"{flag}: the folder name is empty")
+    real = os.path.realpath(path)
+    if any(real == root or real.startswith(root + "/") for root in _PSEUDO_FS):
+        raise OutputTargetError(f"{flag} {escape_line(path)}: {real} is in a kernel "
+                                f"pseudo-filesystem, not a folder")
+    if os.path.lexists(real) and not os.path.isdir(real):
+        raise OutputTargetError(f"{flag} {escape_line(path)}: it exists and is not a folder "
+                                f"(name a folder, or a new name in an existing folder)")
+    parent = os.path.dirname(real) or "."
+    if not os.path.exists(real) and not os.path.isdir(parent):
+        raise OutputTargetError(f"{flag} {escape_line(path)}: folder {escape_line(parent)} "
+                                f"does not exist (create it first)")
 
 
 def write_text(path: str, text: str, *, flag: str = "-o") -> None:

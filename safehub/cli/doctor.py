@@ -13,6 +13,7 @@ import os
 import platform
 import sys
 
+from safehub._format.escape import escape_line
 from safehub.cli._common import EXIT_FINDINGS, EXIT_OK
 from safehub.sandbox import Layer, LayerStatus, probe_layers
 
@@ -39,7 +40,7 @@ def _text(status: dict[Layer, LayerStatus], color: bool) -> str:
              f"{'as root' if os.geteuid() == 0 else f'as uid {os.geteuid()}'}:"]
     for layer, st in status.items():
         mark = f"{ok}ok     {reset}" if st.available else f"{bad}MISSING{reset}"
-        lines.append(f"  {mark} {layer.value:<{width}}  {st.detail}")
+        lines.append(f"  {mark} {layer.value:<{width}}  {escape_line(st.detail)}")
         if not st.available:
             lines.append(f"          {'':<{width}}  (protects: {layer.summary})")
     return "\n".join(lines) + "\n"

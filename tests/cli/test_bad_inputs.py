@@ -79,15 +79,21 @@ def test_scan_of_a_fifo_returns(inputs: dict[str, str], tmp_path: Path) -> None:
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
 
 
-def test_audit_fix_with_a_file_as_quarantine(cli: Cli, inputs: dict[str, str],
-                                             tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["file", "missing parent", "proc"])
+def test_audit_fix_with_an_unusable_quarantine(cli: Cli, tmp_path: Path, kind: str) -> None:
+    torch = pytest.importorskip("torch")
+    models = tmp_path / "models"
+    models.mkdir()
+    torch.save({"w": torch.ones(2)}, models / "w.pt")
     not_a_folder = tmp_path / "quarantine.txt"
     not_a_folder.write_text("keep me\n")
-    result = cli("audit", "--no-state", "--fix", "--quarantine", not_a_folder,
-                 str(Path(inputs["missing"]).parent))
-    assert result.code in (0, 1, 2)
-    assert "Traceback" not in result.err and "internal error" not in result.err
+    target = {"file": not_a_folder, "missing parent": tmp_path / "no" / "q",
+              "proc": Path("/proc/self/q")}[kind]
+    result = cli("audit", "--no-state", "--fix", "--quarantine", target, models)
+    assert_clean_failure(result, 2, one_line=True)
+    assert "--quarantine" in result.err
     assert not_a_folder.read_text() == "keep me\n"
+    assert sorted(p.name for p in models.iterdir()) == ["w.pt"]  # nothing converted
 
 
 def test_verify_sign_and_policy_refuse_bad_paths(cli: Cli, inputs: dict[str, str],

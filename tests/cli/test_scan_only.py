@@ -103,3 +103,21 @@ def test_torch_is_an_extra_not_a_dependency() -> None:
     # make test / make demo keep installing the pinned CPU build before the extras.
     makefile = (REPO / "Makefile").read_text()
     assert "TORCH_SPEC ?= torch==2.13.0" in makefile
+
+
+def test_the_hub_api_names_the_extra_without_torch(files: Path) -> None:
+    repo = files / "repo"
+    repo.mkdir()
+    (repo / "hubconf.py").write_text("def linear():\n    return {}\n")
+    code = NO_TORCH.split("from safehub.cli import main")[0] + (
+        "import safehub\n"
+        "from safehub.errors import SafehubError\n"
+        "try:\n"
+        f"    safehub.list({str(repo)!r}, source='local')\n"
+        "except SafehubError as exc:\n"
+        "    print(exc.diagnostics())\n"
+        "assert 'torch' not in sys.modules\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=files, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "safehub[torch]" in proc.stdout and "hub.list" in proc.stdout

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import pickle
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import pytest
 
 from safehub._tree import copy_tree, links_leaving, remove_tree, walk
 from tests.conftest import CliResult
@@ -14,6 +16,17 @@ from tests.conftest import CliResult
 Cli = Callable[..., CliResult]
 
 DEPTH = 1100  # deeper than Python's default recursion limit (1000)
+
+
+@pytest.fixture
+def deep_root(tmp_path: Path) -> Iterator[Path]:
+    """A folder for deep trees, removed iteratively afterwards: pytest's own clean-up of old
+    temporary folders (shutil.rmtree, recursive on Python 3.11) would fail on them, in every
+    later session on this machine."""
+    root = tmp_path / "deep"
+    root.mkdir()
+    yield root
+    remove_tree(root)
 
 
 def _deep(root: Path, depth: int = DEPTH) -> Path:
@@ -25,7 +38,8 @@ def _deep(root: Path, depth: int = DEPTH) -> Path:
     return Path(here)
 
 
-def test_tree_helpers_handle_deep_trees(tmp_path: Path) -> None:
+def test_tree_helpers_handle_deep_trees(deep_root: Path) -> None:
+    tmp_path = deep_root
     src = tmp_path / "src"
     src.mkdir()
     inner = _deep(src)
@@ -53,9 +67,9 @@ def test_walk_matches_os_walk(tmp_path: Path) -> None:
     assert ours == theirs
 
 
-def test_deep_local_repo_lists_scans_and_audits(cli: Cli, tmp_path: Path,
+def test_deep_local_repo_lists_scans_and_audits(cli: Cli, deep_root: Path,
                                                 isolated_torch_home: Path) -> None:
-    repo = tmp_path / "repo"
+    repo = deep_root / "repo"
     repo.mkdir()
     (repo / "hubconf.py").write_text("def linear():\n    return {}\n")
     inner = _deep(repo)
