@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 
 from safehub._audit.model import Discovery, FileTarget, Provenance
 from safehub._audit.walk import walk_files
@@ -13,12 +14,15 @@ __all__ = ["plain_file_targets"]
 
 
 def plain_file_targets(root: str, provenance: Provenance, *,
-                       repo: str | None = None, repo_root: str | None = None) -> Discovery:
+                       repo: str | None = None, repo_root: str | None = None,
+                       prune: Callable[[str, str], bool] | None = None) -> Discovery:
     """A target per regular file under ``root`` (or ``root`` itself when it is a file).
 
     A file named explicitly is always reported; inside folders, content that is not a
     model format is skipped unless its name says it is a model file (as ``scan`` does).
     ``repo_root``: paths below it are recorded as the path in the repository.
+    ``prune(rel, name)``: folders it returns True for are not entered (another layout
+    audits them).
     """
     found = Discovery()
     if not os.path.isdir(root) or os.path.islink(root):
@@ -26,7 +30,7 @@ def plain_file_targets(root: str, provenance: Provenance, *,
         found.files.append(FileTarget(path=root, real=real, provenance=provenance, repo=repo,
                                       model_only=False, name=os.path.basename(root)))
         return found
-    for entry in walk_files(root):
+    for entry in walk_files(root, prune):
         if entry.kind == "link":
             found.skipped.append(Skipped(entry.path, "symbolic link (not followed)"))
             continue
