@@ -38,7 +38,7 @@ from typing import Any
 from safehub._audit.engine import run_audit
 from safehub._audit.locations import default_roots, hf_hub_cache, torch_hub_dir
 from safehub._audit.model import Provenance
-from safehub._audit.quarantine import default_quarantine, fix_report
+from safehub._audit.quarantine import check_quarantine, default_quarantine, fix_report
 from safehub._audit.report import AuditReport, AuditStats, FixRecord, render_audit
 from safehub._audit.runner import default_workers
 from safehub._audit.state import default_state_path
@@ -51,6 +51,7 @@ __all__ = [
     "FixRecord",
     "Provenance",
     "audit",
+    "check_quarantine",
     "default_quarantine",
     "default_roots",
     "default_state_path",
@@ -92,15 +93,21 @@ def audit(paths: Sequence[PathArg] | None = None, *,
 
 def fix(report: AuditReport, *, quarantine: PathArg | None = None,
         policy: Policy | PathArg | None = None, sandbox: Any | None = None,
+        dry_run: bool = False,
         progress: Callable[[str], None] | None = None) -> AuditReport:
     """Convert every clean torch checkpoint of ``report`` to safetensors (in the sandbox) and
     move the original into ``quarantine`` (default :func:`default_quarantine`), recording
     original path, new path, both SHA-256 and the time in the run's ``manifest.json``.
-    Nothing is deleted. Files in the Hugging Face cache and safehub's cache, files with any
-    blocking finding, and files that are not torch checkpoints are left alone, each with
-    the reason. Returns ``report`` with :attr:`AuditReport.fixes` filled in.
+    Nothing is deleted. Files in the Hugging Face cache and safehub's cache, links, files
+    already in a quarantine, files with any blocking finding, and files that are not torch
+    checkpoints are left alone, each with the reason. The converted file's name never
+    carries torch's ``-<hex>.`` digest-prefix pattern, and a ``.safehub-fix.json`` record
+    beside it holds its SHA-256, which later audits check. ``dry_run``: decide the same,
+    record each step as ``planned``, change nothing. Returns ``report`` with
+    :attr:`AuditReport.fixes` filled in. Raises :class:`~safehub.errors.SafehubError`
+    when ``quarantine`` is not a folder that can be written.
     """
     chosen = load_policy(policy)
     return fix_report(report, policy=chosen,
                       quarantine=Path(quarantine) if quarantine is not None else None,
-                      sandbox=sandbox, progress=progress)
+                      sandbox=sandbox, dry_run=dry_run, progress=progress)

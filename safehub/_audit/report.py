@@ -43,7 +43,7 @@ class FixRecord:
     """What ``--fix`` did with one file (or why it left it alone)."""
 
     original: str
-    action: str  # "converted", "skipped" or "failed"
+    action: str  # "converted", "planned" (a dry run), "skipped" or "failed"
     reason: str = ""
     converted: str | None = None
     metadata: str | None = None
@@ -143,6 +143,9 @@ def _text(audit: AuditReport, *, color: bool, verbose: bool) -> str:
         if fix.action == "converted":
             lines.append(f"FIXED    {fix.original} -> {fix.converted} (original moved to "
                          f"{fix.quarantined})")
+        elif fix.action == "planned":
+            lines.append(f"PLANNED  {fix.original} -> {fix.converted} (original would move "
+                         f"to {fix.quarantined})")
         else:
             lines.append(f"{fix.action.upper():8} {fix.original}: {fix.reason}")
     if hidden:

@@ -142,7 +142,7 @@ def _checkpoints(folder: str, ctx: Context) -> Discovery:
     found.skipped.extend(plain.skipped)
     for target in plain.files:
         name = os.path.basename(target.path)
-        expectations: list[Expectation] = []
+        expectations: list[Expectation] = list(target.expectations)  # a --fix record
         prefix = hash_prefix(name)
         if prefix is not None:
             expectations.append(Expectation(

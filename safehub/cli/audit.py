@@ -53,6 +53,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--quarantine", metavar="DIR",
                    help="where --fix moves originals (default: "
                         "$XDG_STATE_HOME/safehub/quarantine)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="with --fix: print what would be converted and moved, change nothing")
     add_output_options(p)
     p.set_defaults(run=run)
 
@@ -66,6 +68,20 @@ def run(args: argparse.Namespace) -> int:
     if args.quarantine and not args.fix:
         log.error("--quarantine goes with --fix")
         return EXIT_ERROR
+    if args.dry_run and not args.fix:
+        log.error("--dry-run goes with --fix")
+        return EXIT_ERROR
+    if args.fix:
+        from pathlib import Path
+
+        from safehub.audit import check_quarantine
+        from safehub.errors import SafehubError
+
+        try:  # before any work: a bad --quarantine must not cost a whole audit
+            check_quarantine(Path(args.quarantine) if args.quarantine else None)
+        except SafehubError as exc:
+            log.error("--quarantine %s: %s", exc.subject or args.quarantine, exc.message)
+            return EXIT_ERROR
     progress = ProgressLine("auditing")
     result = audit(args.paths or None, policy=args.policy, lockfile=args.lockfile,
                    state_file=args.state, incremental=not args.no_state, rescan=args.rescan,
@@ -75,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     if args.fix:
         from safehub.audit import fix
 
-        result = fix(result, quarantine=args.quarantine, policy=args.policy)
+        result = fix(result, quarantine=args.quarantine, policy=args.policy,
+                     dry_run=args.dry_run)
         failed_fixes = any(f.action == "failed" for f in result.fixes)
         for record in result.fixes:
             if record.action == "converted":
