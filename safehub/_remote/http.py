@@ -175,8 +175,11 @@ class HttpRangeClient:
                 return None
             self.multi_range = False
             return None
-        if resp.status == 416:
+        if resp.status == 416:  # nothing satisfiable: an empty file, or asked past its end
             resp.read(1 << 16)
+            found = re.match(r"bytes \*/(\d+)", resp.getheader("Content-Range") or "")
+            if found is not None:
+                self.size = int(found.group(1))
             return []
         if resp.status != 206:
             resp.read(1 << 16)

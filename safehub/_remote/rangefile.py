@@ -44,6 +44,7 @@ class RangeFile(io.RawIOBase):
         self._pos = 0
         self._window = _WINDOW
         self._last_miss_end = -1
+        self._longest = 0
         for start, data in pieces or ():
             self._add(start, data)
 
@@ -52,6 +53,7 @@ class RangeFile(io.RawIOBase):
     def _add(self, start: int, data: bytes) -> None:
         if not data:
             return
+        self._longest = max(self._longest, len(data))
         i = bisect.bisect_left(self._starts, start)
         if i < len(self._starts) and self._starts[i] == start and \
                 len(self._data[i]) >= len(data):
@@ -62,15 +64,49 @@ class RangeFile(io.RawIOBase):
         self._starts.insert(i, start)
         self._data.insert(i, data)
 
+    def _overlapping(self, start: int, end: int) -> list[tuple[int, bytes]]:
+        """Fetched pieces that overlap ``[start, end)``, by start."""
+        i = bisect.bisect_left(self._starts, end)
+        out: list[tuple[int, bytes]] = []
+        for j in range(i - 1, -1, -1):
+            piece_start = self._starts[j]
+            if piece_start + self._longest <= start:
+                break
+            if piece_start + len(self._data[j]) > start:
+                out.append((piece_start, self._data[j]))
+        out.reverse()
+        return out
+
     def _cached(self, start: int, end: int) -> bytes | None:
-        """``[start, end)`` from one cached piece, if one holds it all."""
-        i = bisect.bisect_right(self._starts, start) - 1
-        # Pieces may overlap: look back over a few that start before ``start``.
-        for j in range(i, max(-1, i - 64), -1):
-            piece_start, data = self._starts[j], self._data[j]
-            if piece_start + len(data) >= end:
-                return data[start - piece_start:end - piece_start]
-        return None
+        """``[start, end)`` from the fetched pieces, if they hold all of it."""
+        parts: list[bytes] = []
+        pos = start
+        for piece_start, data in self._overlapping(start, end):
+            if piece_start > pos:
+                return None
+            piece_end = piece_start + len(data)
+            if piece_end > pos:
+                parts.append(data[pos - piece_start:min(end, piece_end) - piece_start])
+                pos = min(end, piece_end)
+            if pos >= end:
+                break
+        if pos < end:
+            return None
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _gaps(self, start: int, end: int) -> list[tuple[int, int]]:
+        """The parts of ``[start, end)`` no fetched piece holds."""
+        gaps: list[tuple[int, int]] = []
+        pos = start
+        for s, d in self._overlapping(start, end):
+            if s > pos:
+                gaps.append((pos, s))
+            pos = max(pos, s + len(d))
+            if pos >= end:
+                break
+        if pos < end:
+            gaps.append((pos, end))
+        return gaps
 
     def covered(self, start: int, end: int) -> bool:
         """Whether ``[start, end)`` is already fetched."""
@@ -78,9 +114,9 @@ class RangeFile(io.RawIOBase):
         return end <= start or self._cached(start, end) is not None
 
     def prefetch(self, ranges: list[tuple[int, int]]) -> None:
-        """Fetch the ranges not yet fetched, together."""
-        missing = sorted((s, min(e, self.size)) for s, e in ranges
-                         if s < self.size and not self.covered(s, e))
+        """Fetch the parts of ``ranges`` not yet fetched, together."""
+        missing = sorted(gap for s, e in ranges if s < self.size
+                         for gap in self._gaps(s, min(e, self.size)))
         for start, data in self.client.fetch(missing):
             self._add(start, data)
 

@@ -264,7 +264,7 @@ def _parse_ranges(header: str, size: int) -> list[tuple[int, int]] | None:
             if not last.isdigit():
                 return None
             n = int(last)
-            if n > 0:
+            if n > 0 and size > 0:
                 out.append((max(0, size - n), size))
             continue
         if not first.isdigit() or (last and not last.isdigit()):
