@@ -21,8 +21,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("scan", help=HELP, description=HELP + (
         ". Exit 0 when every file is clean, 1 when any is unsafe, 2 when a file could not "
         "be scanned or nothing was."))
-    p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (recursive), or https://, hf://owner/name[@rev][/path] "
-                        "and s3://bucket/prefix URLs (read by byte ranges)")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="files or folders (recursive), or https://, hf://owner/name[@rev]"
+                        "[/path] and s3://bucket/prefix URLs (read by byte ranges)")
     p.add_argument("--allow-global", action="append", default=[], metavar="NAME",
                    help="also allow this global (exact name or module.*); repeatable")
     p.add_argument("--allow-torchscript", action="store_true",

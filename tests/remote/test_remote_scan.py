@@ -176,7 +176,7 @@ def test_every_redirect_hop_is_decided(tmp_path: Path, big: dict[str, Path]) -> 
     target.add("/evil.pt", big["evil"])
 
     class Redirect(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self.send_response(302)
             self.send_header("Location", f"{target.url}/evil.pt")
             self.send_header("Content-Length", "0")
