@@ -73,6 +73,7 @@ class AuditReport:
     state: str | None = None
     stats: AuditStats = field(default_factory=AuditStats)
     fixes: tuple[FixRecord, ...] = ()
+    remote: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # requests, bytes
 
     @property
     def files(self) -> list[FileReport]:
@@ -165,6 +166,8 @@ def audit_section(audit: AuditReport) -> dict[str, Any]:
         "folders": dict(sorted(audit.kinds.items())),
         "provenance": {path: p.to_json() for path, p in sorted(audit.provenance.items())},
         "fixes": [f.to_json() for f in audit.fixes],
+        "remote": {path: {"requests": r, "bytes": b}
+                   for path, (r, b) in sorted(audit.remote.items())},
     }
 
 

@@ -18,31 +18,37 @@ from safehub.policy import Policy
 __all__ = ["S3RangeClient", "list_objects", "s3_filesystem"]
 
 
+_FILESYSTEMS: dict[str, Any] = {}
+
+
 def s3_filesystem() -> Any:
-    """An s3fs file system on the configured endpoint; FetchError when the extra is
-    missing."""
+    """An s3fs file system on the configured endpoint (one per endpoint and process);
+    FetchError when the extra is missing."""
     try:
         import s3fs
     except ImportError as exc:
         raise FetchError("reading s3:// needs the s3 extra", subject="s3://",
                          fix="pip install 'safehub[s3]'") from exc
     endpoint = s3_endpoint()
-    kwargs: dict[str, Any] = {"use_listings_cache": False, "skip_instance_cache": True}
-    if endpoint != "https://s3.amazonaws.com":
-        kwargs["endpoint_url"] = endpoint
-    return s3fs.S3FileSystem(**kwargs)
+    fs = _FILESYSTEMS.get(endpoint)
+    if fs is None:
+        kwargs: dict[str, Any] = {"use_listings_cache": False, "skip_instance_cache": True}
+        if endpoint != "https://s3.amazonaws.com":
+            kwargs["endpoint_url"] = endpoint
+        fs = _FILESYSTEMS[endpoint] = s3fs.S3FileSystem(**kwargs)
+    return fs
 
 
 def list_objects(fs: Any, bucket: str, prefix: str, policy: Policy,
-                 stats: Stats) -> list[tuple[str, int]]:
-    """``(key, size)`` of the object ``prefix`` names, or of every object under it."""
+                 stats: Stats) -> list[tuple[str, int, str]]:
+    """``(key, size, ETag)`` of the object ``prefix`` names, or of every object under it."""
     decide_url(policy, s3_object_url(bucket, prefix))
     path = f"{bucket}/{prefix}".rstrip("/")
     stats.requests += 1
     try:
         info = fs.info(path)
         if info.get("type") == "file":
-            return [(prefix, int(info["size"]))]
+            return [(prefix, int(info["size"]), str(info.get("ETag", "")))]
         stats.requests += 1
         found = fs.find(path, detail=True)
     except FileNotFoundError as exc:
@@ -52,7 +58,7 @@ def list_objects(fs: Any, bucket: str, prefix: str, policy: Policy,
     out = []
     for name, meta in sorted(found.items()):
         if meta.get("type") == "file":
-            out.append((name.split("/", 1)[1], int(meta["size"])))
+            out.append((name.split("/", 1)[1], int(meta["size"]), str(meta.get("ETag", ""))))
     return out
 
 

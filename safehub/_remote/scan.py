@@ -27,7 +27,8 @@ from safehub.findings import FileReport, Finding, ScanReport, Skipped, Verdict
 from safehub.policy import Policy
 from safehub.rules import RULES
 
-__all__ = ["RemoteItem", "RemoteScan", "list_remote", "scan_item", "scan_remote"]
+__all__ = ["RemoteItem", "RemoteScan", "is_reported", "list_remote", "scan_batch", "scan_item",
+           "scan_remote"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,17 @@ class RemoteItem:
     key: str = ""
     size: int | None = None  # when a listing said
     listed: bool = False  # found by listing (not named): unknown formats are skipped
+    etag: str = ""  # S3: the listing's ETag
+
+    @property
+    def identity(self) -> str:
+        """What must be unchanged for an earlier result to stand ("" when nothing is
+        known before reading: never reused). A Hugging Face path names its commit."""
+        if self.kind == "s3" and self.etag and self.size is not None:
+            return f"{self.display}\x1f{self.size}\x1f{self.etag}"
+        if self.display.startswith("hf://") and self.size is not None:
+            return f"{self.display}\x1f{self.size}"
+        return ""
 
 
 @dataclass
@@ -102,7 +114,26 @@ def list_remote(spec: str, policy: Policy, stats: Stats, *,
     objects = list_objects(fs, ref.bucket, ref.path, policy, stats)
     named = len(objects) == 1 and objects[0][0] == ref.path
     return [RemoteItem(f"s3://{ref.bucket}/{key}", "s3", bucket=ref.bucket, key=key,
-                       size=size, listed=not named) for key, size in objects]
+                       size=size, listed=not named, etag=etag)
+            for key, size, etag in objects]
+
+
+def is_reported(item: RemoteItem, report: FileReport) -> bool:
+    """Whether a listed file's result belongs in the report (as ``scan`` skips files of
+    unknown content inside folders unless their name says they are models)."""
+    return not (item.listed and report.verdict is Verdict.UNKNOWN and not report.error and
+                not item.display.lower().endswith(MODEL_SUFFIXES))
+
+
+def scan_batch(batch: tuple[list[RemoteItem], Policy, ScanOptions]
+               ) -> list[tuple[RemoteItem, FileReport, Stats]]:
+    """Scan a batch of remote files (what a Dask worker runs)."""
+    items, policy, options = batch
+    out = []
+    for item in items:
+        report, stats = scan_item(item, policy, options)
+        out.append((item, report, stats))
+    return out
 
 
 def scan_item(item: RemoteItem, policy: Policy, options: ScanOptions, *,
@@ -158,8 +189,7 @@ def scan_remote(specs: Sequence[str], *, policy: Policy, options: ScanOptions,
             if progress:
                 progress(item.display)
             report, stats = future.result()
-            if item.listed and report.verdict is Verdict.UNKNOWN and not report.error and \
-                    not item.display.lower().endswith(MODEL_SUFFIXES):
+            if not is_reported(item, report):
                 skipped.append(Skipped(item.display, "not a model format"))
                 continue
             files.append(report)
