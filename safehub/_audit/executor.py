@@ -56,7 +56,7 @@ class DaskExecutor:
             if address == "dask-local":
                 self._cluster = distributed.LocalCluster(
                     n_workers=max(1, workers), threads_per_worker=1, processes=True,
-                    dashboard_address=None, host="127.0.0.1", silence_logs=50)
+                    dashboard_address=":0", host="127.0.0.1", silence_logs=50)
                 self.client = distributed.Client(self._cluster)
             else:
                 self.client = distributed.Client(address, timeout="30s")
