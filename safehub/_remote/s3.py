@@ -21,15 +21,15 @@ __all__ = ["S3RangeClient", "list_objects", "s3_filesystem"]
 _FILESYSTEMS: dict[str, Any] = {}
 
 
-def s3_filesystem() -> Any:
-    """An s3fs file system on the configured endpoint (one per endpoint and process);
-    FetchError when the extra is missing."""
+def s3_filesystem(endpoint: str | None = None) -> Any:
+    """An s3fs file system on ``endpoint`` (default: the configured one), one per
+    endpoint and process; FetchError when the extra is missing."""
     try:
         import s3fs
     except ImportError as exc:
         raise FetchError("reading s3:// needs the s3 extra", subject="s3://",
                          fix="pip install 'safehub[s3]'") from exc
-    endpoint = s3_endpoint()
+    endpoint = endpoint or s3_endpoint()
     fs = _FILESYSTEMS.get(endpoint)
     if fs is None:
         kwargs: dict[str, Any] = {"use_listings_cache": False, "skip_instance_cache": True}
@@ -67,8 +67,9 @@ class S3RangeClient:
 
     multi_range = False
 
-    def __init__(self, fs: Any, bucket: str, key: str, size: int, policy: Policy) -> None:
-        self.url = decide_url(policy, s3_object_url(bucket, key))
+    def __init__(self, fs: Any, bucket: str, key: str, size: int, policy: Policy,
+                 endpoint: str | None = None) -> None:
+        self.url = decide_url(policy, s3_object_url(bucket, key, endpoint))
         self.fs = fs
         self.path = f"{bucket}/{key}"
         self.size: int | None = size

@@ -19,7 +19,7 @@ from urllib.parse import quote
 from safehub._remote.http import HttpRangeClient, Stats, get_json
 from safehub._remote.plan import HEAD, TAIL, zip_plan
 from safehub._remote.rangefile import RangeFile
-from safehub._remote.target import RemoteRef, hf_endpoint, hf_resolve_url, parse
+from safehub._remote.target import RemoteRef, hf_endpoint, hf_resolve_url, parse, s3_endpoint
 from safehub._scanner.context import ScanOptions
 from safehub._scanner.engine import MODEL_SUFFIXES, scan_fileobj
 from safehub.errors import FetchError, PolicyViolation
@@ -43,6 +43,7 @@ class RemoteItem:
     size: int | None = None  # when a listing said
     listed: bool = False  # found by listing (not named): unknown formats are skipped
     etag: str = ""  # S3: the listing's ETag
+    endpoint: str = ""  # S3: the endpoint it was listed on (workers read from the same)
 
     @property
     def identity(self) -> str:
@@ -113,8 +114,9 @@ def list_remote(spec: str, policy: Policy, stats: Stats, *,
     fs = fs or s3_filesystem()
     objects = list_objects(fs, ref.bucket, ref.path, policy, stats)
     named = len(objects) == 1 and objects[0][0] == ref.path
+    endpoint = s3_endpoint()
     return [RemoteItem(f"s3://{ref.bucket}/{key}", "s3", bucket=ref.bucket, key=key,
-                       size=size, listed=not named, etag=etag)
+                       size=size, listed=not named, etag=etag, endpoint=endpoint)
             for key, size, etag in objects]
 
 
@@ -144,8 +146,9 @@ def scan_item(item: RemoteItem, policy: Policy, options: ScanOptions, *,
         if item.kind == "s3":
             from safehub._remote.s3 import S3RangeClient, s3_filesystem
 
-            client = S3RangeClient(fs or s3_filesystem(), item.bucket, item.key,
-                                   item.size or 0, policy)
+            client = S3RangeClient(fs or s3_filesystem(item.endpoint or None), item.bucket,
+                                   item.key, item.size or 0, policy,
+                                   endpoint=item.endpoint or None)
             if item.size is None:
                 raise FetchError("object size unknown", subject=item.display)
         else:

@@ -143,6 +143,6 @@ def hf_resolve_url(repo: str, revision: str, path: str) -> str:
             f"{quote(path, safe='/')}")
 
 
-def s3_object_url(bucket: str, key: str) -> str:
+def s3_object_url(bucket: str, key: str, endpoint: str | None = None) -> str:
     """The path-style URL of an S3 object on the endpoint (what the policy decides on)."""
-    return f"{s3_endpoint()}/{bucket}/{quote(key, safe='/')}"
+    return f"{endpoint or s3_endpoint()}/{bucket}/{quote(key, safe='/')}"
