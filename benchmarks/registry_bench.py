@@ -49,9 +49,10 @@ def log(msg: str) -> None:
 def generate(folder: Path, count: int, mib: float) -> None:
     """``count`` checkpoints under ``folder/<shard>/``, reused when already there."""
     stamp = folder / f".done-{count}-{mib}"
-    if stamp.exists():
+    if stamp.exists() or not count:
         return
     shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
     evil = pickle.dumps({"w": 1, "hook": _Payload()}, protocol=2)
     started = time.perf_counter()
     for i in range(count):
@@ -138,7 +139,7 @@ def main() -> int:
     parser.add_argument("--s3-mib", type=float, default=1.0,
                         help="size of each checkpoint on S3 (MiB)")
     args = parser.parse_args()
-    n_disk = args.disk or (100_000 if args.full else 2_000)
+    n_disk = args.disk if args.disk is not None else (100_000 if args.full else 2_000)
     n_s3 = args.s3 if args.s3 is not None else (2_000 if args.full else 200)
     WORK.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("XDG_STATE_HOME", str(WORK / "state"))
@@ -156,6 +157,8 @@ def main() -> int:
         pol = policy_file(None)
         for name, executor in (("1 process", None), ("Dask, 1 worker", clusters[1][1]),
                                ("Dask, 2 workers", clusters[2][1])):
+            if not n_disk:
+                break
             log(f"disk: {name}")
             rows.append(("disk", name, measure(str(disk), n_disk, executor, pol)))
         if n_s3:

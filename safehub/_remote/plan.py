@@ -104,8 +104,9 @@ def zip_plan(fh: RangeFile, max_record: int = _MAX_PICKLE) -> list[tuple[int, in
             wanted.append((header, end))
         pos += 46 + name_len + extra_len + comment_len
     # One request per range where the server takes one range at a time (S3): merge across
-    # small gaps only, as egress costs more than requests (1 MB ~ 200 GETs on AWS).
-    gap = 1 << 12 if fh.client.multi_range else 1 << 15
+    # gaps up to 128 KiB, about what one request's latency would transfer; wider gaps cost
+    # more in egress than in requests (1 MB ~ 200 GETs at AWS prices).
+    gap = 1 << 12 if fh.client.multi_range else 1 << 17
     return coalesce([(s, min(e, fh.size)) for s, e in wanted if s < fh.size], gap)
 
 
