@@ -80,7 +80,7 @@ def audit_remote(specs: list[str], ctx: Context, *, executor: DaskExecutor | Non
                 done(item, report, stats)
     else:
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            for batch in pool.map(scan_batch, _batches(todo, ctx)):  # type: ignore[arg-type]
+            for batch in pool.map(scan_batch, _batches(todo, ctx)):
                 for item, report, stats in batch:
                     done(item, report, stats)
     return out

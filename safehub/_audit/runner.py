@@ -91,8 +91,9 @@ def run_jobs(jobs: list[Job], *, workers: int,
     if not pending:
         return results
     if executor is not None:
-        for batch in executor.map_unordered(_run_batch, _batches(pending, executor.workers)):
-            for outcome in batch:
+        for done_batch in executor.map_unordered(_run_batch,
+                                                 _batches(pending, executor.workers)):
+            for outcome in done_batch:
                 report(outcome)
         return results
     if workers <= 1 or len(pending) == 1:

@@ -174,3 +174,35 @@ def test_parent_reads_each_layout_as_itself(cli: Cli, tampered: Homes) -> None:
     assert str(tampered.link) in rules
     assert str(tampered.blob) not in rules
     assert not any(p.endswith("token") for p in rules)
+
+
+def test_a_cache_written_by_huggingface_hub_itself(cli: Cli, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``snapshot_download`` from a Hub-compatible server on 127.0.0.1 writes the cache;
+    the audit finds it clean from HF_HOME, then finds a blob changed behind its name."""
+    hub = pytest.importorskip("huggingface_hub")
+    from tests.remote.servers import HfRepo, RangeServer
+
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    repo = tmp_path / "upstream"
+    repo.mkdir()
+    (repo / "pytorch_model.bin").write_bytes(clean_checkpoint(41))
+    (repo / "config.json").write_bytes(b'{"hidden": 4}\n')
+    server = RangeServer()
+    try:
+        server.repos["acme/real"] = HfRepo("d" * 40, {
+            "pytorch_model.bin": repo / "pytorch_model.bin",
+            "config.json": repo / "config.json"})
+        hf_home = tmp_path / "home" / ".cache" / "huggingface"
+        snap = Path(hub.snapshot_download("acme/real", cache_dir=hf_home / "hub",
+                                          endpoint=server.url))
+    finally:
+        server.close()
+    link = snap / "pytorch_model.bin"
+    assert link.is_symlink() and not os.path.isabs(os.readlink(link))
+    code, rules = _audit(cli, hf_home)
+    assert code == 0 and str(link) in rules, rules
+    link.resolve().write_bytes(clean_checkpoint(42))
+    code, rules = _audit(cli, tmp_path / "home")
+    assert code == 1 and "SH400" in rules[str(link)]
