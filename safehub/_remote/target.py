@@ -19,10 +19,13 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from safehub.errors import FetchError, PolicyViolation
-from safehub.policy import DownloadRequest, Policy
+
+if TYPE_CHECKING:  # the policy (pydantic) stays off `safehub scan PATH`'s start-up
+    from safehub.policy import Policy
 
 __all__ = ["RemoteRef", "canonical_url", "decide_url", "hf_endpoint", "hf_resolve_url",
            "is_remote", "parse", "s3_endpoint", "s3_object_url"]
@@ -80,6 +83,8 @@ def decide_url(policy: Policy, url: str) -> str:
     """The canonical ``url`` if the policy allows requesting it; raises
     :class:`~safehub.errors.PolicyViolation` otherwise. A scan loads nothing, so a
     missing digest pin (``downloads.require_digests``) does not deny it."""
+    from safehub.policy import DownloadRequest
+
     canonical = canonical_url(url)
     decision = policy.decide(DownloadRequest(canonical))
     if decision.allowed:

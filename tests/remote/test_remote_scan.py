@@ -292,3 +292,21 @@ def test_cli_scan_url_reports_the_bytes_it_fetched(server: RangeServer, policy: 
     assert f"in 6 requests: {clean}" in ok.err or "requests: " + clean in ok.err
     bad = cli("scan", clean, evil, "--policy", policy, "-f", "json")
     assert bad.code == 1
+
+
+def test_python_m_safehub_scan_url(server: RangeServer, policy: Path,
+                                   big: dict[str, Path]) -> None:
+    """The real entry point in its own process: report on stdout, costs on stderr."""
+    import subprocess
+    import sys
+
+    url = server.add("/proc/evil.pt", big["evil"])
+    proc = subprocess.run([sys.executable, "-m", "safehub", "scan", url, "--policy",
+                           str(policy), "-f", "json"], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "NO_PROXY": "127.0.0.1"})
+    assert proc.returncode == 1, proc.stderr
+    import json
+
+    report = json.loads(proc.stdout)
+    assert [f["path"] for f in report["files"]] == [url]
+    assert "requests: " + url in proc.stderr
