@@ -70,11 +70,14 @@ def discover(roots: list[str], ctx: Context, *, defaults: bool,
                                               error="no such file or folder"))
             continue
         enclosing = enclosing_layout(root, torch_hub=torch_hub)
+        part = None
         if enclosing is not None:
             layout, base = enclosing
-            found.extend(_within(_discover_layout(layout, base, ctx), root))
-        else:
-            found.extend(_discover_tree(root, ctx, torch_hub))
+            part = _within(_discover_layout(layout, base, ctx, torch_hub), root)
+        if part is None or not (part.files or part.repos):
+            # Not the layout's own content (a folder beside its repos): as itself.
+            part = _discover_tree(root, ctx, torch_hub)
+        found.extend(part)
     return found
 
 
@@ -88,8 +91,12 @@ def enclosing_layout(path: str, *, torch_hub: str | None = None) -> tuple[str, s
     absolute = os.path.abspath(path)
     current = os.path.dirname(absolute)
     while True:
+        if is_hf_repo(current):
+            return "huggingface", current
+        # A Hugging Face cache folder owns only its repo folders: what else lies in it is
+        # audited as itself, so only a repo folder encloses.
         layout = layout_of(current, torch_hub=torch_hub)
-        if layout != "plain":
+        if layout in ("torch-hub", "safehub-cache"):
             return layout, current
         parent = os.path.dirname(current)
         if parent == current:
@@ -97,9 +104,11 @@ def enclosing_layout(path: str, *, torch_hub: str | None = None) -> tuple[str, s
         current = parent
 
 
-def _discover_layout(layout: str, root: str, ctx: Context) -> Discovery:
+def _discover_layout(layout: str, root: str, ctx: Context,
+                     torch_hub: str | None = None) -> Discovery:
     if layout == "huggingface":
-        return discover_hf_cache(root, ctx)
+        return discover_hf_cache(root, ctx,
+                                 other=lambda path: _discover_tree(path, ctx, torch_hub))
     if layout == "torch-hub":
         return discover_torch_hub(root, ctx)
     return discover_safehub_cache(root, ctx)
@@ -109,7 +118,7 @@ def _discover_tree(root: str, ctx: Context, torch_hub: str | None) -> Discovery:
     """``root`` as its layout, or as plain files with every layout below it as its own."""
     layout = layout_of(root, torch_hub=torch_hub)
     if layout != "plain":
-        return _discover_layout(layout, root, ctx)
+        return _discover_layout(layout, root, ctx, torch_hub)
     inner: list[str] = []
 
     def prune(rel: str, name: str) -> bool:
@@ -126,7 +135,8 @@ def _discover_tree(root: str, ctx: Context, torch_hub: str | None) -> Discovery:
     found.repos.append(RepoTarget(root, Provenance("local"), kind="folder"
                                   if os.path.isdir(root) else "file"))
     for folder in inner:
-        found.extend(_discover_layout(layout_of(folder, torch_hub=torch_hub), folder, ctx))
+        found.extend(_discover_layout(layout_of(folder, torch_hub=torch_hub), folder, ctx,
+                                      torch_hub))
     return found
 
 

@@ -206,3 +206,20 @@ def test_a_cache_written_by_huggingface_hub_itself(cli: Cli, tmp_path: Path,
     link.resolve().write_bytes(clean_checkpoint(42))
     code, rules = _audit(cli, tmp_path / "home")
     assert code == 1 and "SH400" in rules[str(link)]
+
+
+def test_files_beside_a_cache_are_still_audited(cli: Cli, tmp_path: Path) -> None:
+    """A folder that holds a Hugging Face repo folder next to other files: reading it as
+    a cache must not hide those files, from the folder, a parent or the file itself."""
+    from tests.audit._caches import evil_checkpoint
+
+    data = tmp_path / "data"
+    build_hf_repo(data, "acme/ok", {"pytorch_model.bin": clean_checkpoint(51)})
+    evil = data / "project" / "evil.pt"
+    evil.parent.mkdir()
+    evil.write_bytes(evil_checkpoint(tmp_path / "marker"))
+    (data / "loose.pt").write_bytes(evil_checkpoint(tmp_path / "marker"))
+    for path in (data, tmp_path, evil.parent, evil):
+        code, rules = _audit(cli, path)
+        assert code == 1, (path, rules)
+        assert str(evil) in rules
