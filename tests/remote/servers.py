@@ -48,6 +48,7 @@ class RangeServer:
     """``files``: URL path -> file on disk. ``repos``: Hugging Face repos by id."""
 
     def __init__(self, *, multi_range: bool = True) -> None:
+        self.lfs_cdn: RangeServer | None = None  # LFS files redirect there, as the Hub does
         self.files: dict[str, Path] = {}
         self.repos: dict[str, HfRepo] = {}
         self.multi_range = multi_range
@@ -168,6 +169,10 @@ class RangeServer:
             digest = _sha256(file)
             extra.update({"ETag": f'"{digest}"', "X-Linked-Etag": f'"{digest}"',
                           "X-Linked-Size": str(file.stat().st_size)})
+            if self.lfs_cdn is not None:
+                location = self.lfs_cdn.add(f"/cdn/{digest}", file)
+                self._send(h, 302, b"", head=head, extra={**extra, "Location": location})
+                return
         else:
             extra["ETag"] = f'"{_git_oid(file)}"'
         self._file(h, file, head, extra=extra)

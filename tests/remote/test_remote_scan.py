@@ -310,3 +310,23 @@ def test_python_m_safehub_scan_url(server: RangeServer, policy: Path,
     report = json.loads(proc.stdout)
     assert [f["path"] for f in report["files"]] == [url]
     assert "requests: " + url in proc.stderr
+
+
+def test_hf_lfs_redirects_to_a_cdn_are_decided_by_the_policy(
+        server: RangeServer, hf: dict[str, Path], tmp_path: Path) -> None:
+    """As the Hub does, LFS files redirect to a CDN host: that hop is its own decision."""
+    cdn = RangeServer()
+    server.lfs_cdn = cdn
+    try:
+        only_hub = scan_remote(["hf://acme/detector@main/sub/evil.pt"],
+                               policy=write_policy(tmp_path / "a.toml", server.url))
+        report = only_hub.report.files[0]
+        assert report.format == "unreadable" and "allowed_urls" in report.error
+        assert cdn.served.requests == []
+        both = scan_remote(["hf://acme/detector@main/sub/evil.pt"],
+                           policy=write_policy(tmp_path / "b.toml", server.url, cdn.url))
+        _same(_local(hf["sub/evil.pt"]), both.report.files[0])
+        assert cdn.served.requests
+    finally:
+        server.lfs_cdn = None
+        cdn.close()
