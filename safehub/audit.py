@@ -36,9 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from safehub._audit.engine import run_audit
+from safehub._audit.executor import DaskExecutor, parse_executor
 from safehub._audit.locations import default_roots, hf_hub_cache, torch_hub_dir
 from safehub._audit.model import Provenance
-from safehub._audit.quarantine import default_quarantine, fix_report
+from safehub._audit.quarantine import check_quarantine, default_quarantine, fix_report
 from safehub._audit.report import AuditReport, AuditStats, FixRecord, render_audit
 from safehub._audit.runner import default_workers
 from safehub._audit.state import default_state_path
@@ -51,6 +52,7 @@ __all__ = [
     "FixRecord",
     "Provenance",
     "audit",
+    "check_quarantine",
     "default_quarantine",
     "default_roots",
     "default_state_path",
@@ -69,7 +71,8 @@ def audit(paths: Sequence[PathArg] | None = None, *,
           lockfile: Lockfile | PathArg | None = None,
           state_file: PathArg | None = None, incremental: bool = True,
           rescan: bool = False, workers: int | None = None,
-          progress: Callable[[str], None] | None = None) -> AuditReport:
+          progress: Callable[[str], None] | None = None,
+          executor: str | None = None, journal: PathArg | None = None) -> AuditReport:
     """Audit ``paths`` (default: torch's hub directory and the Hugging Face cache).
 
     ``policy``: a :class:`~safehub.policy.Policy`, preset name or path (None: the default
@@ -77,7 +80,16 @@ def audit(paths: Sequence[PathArg] | None = None, *,
     nearest ``safehub.lock`` in the working folder or above, if any). ``state_file``:
     where the incremental state lives (None: :func:`default_state_path`);
     ``incremental=False`` neither reads nor writes one. ``rescan``: hash and scan
-    everything again. ``workers``: processes (default: one per usable CPU).
+    everything again. ``workers``: processes (default: one per usable CPU; with
+    ``executor="dask-local"``, the local Dask cluster's worker processes).
+
+    ``paths`` may also be remote: ``https://…``, ``hf://owner/name[@rev][/path]``,
+    ``s3://bucket/prefix`` (scanned by range reads, every URL decided by the policy;
+    :attr:`AuditReport.remote` holds each file's requests and bytes).
+    ``executor``: ``None`` (this machine), ``"dask-local"`` or ``"dask://HOST:PORT"``
+    (the ``dask`` extra): files are checked on Dask workers, and the report is the same.
+    ``journal``: a JSON-lines file each file's result is appended to as it is done; a
+    rerun with the same journal does not check again what it holds (unchanged).
 
     Raises :class:`~safehub.errors.PolicyError` for an invalid policy, lockfile or
     trust anchor. Findings never raise: they are in the report.
@@ -86,21 +98,34 @@ def audit(paths: Sequence[PathArg] | None = None, *,
     state: Path | None = None
     if incremental:
         state = Path(state_file) if state_file is not None else default_state_path()
-    return run_audit(paths, policy=chosen, lockfile=lockfile, state_path=state, rescan=rescan,
-                     workers=workers, progress=progress)
+    address = parse_executor(executor)
+    results = Path(journal) if journal is not None else None
+    if address is None:
+        return run_audit(paths, policy=chosen, lockfile=lockfile, state_path=state,
+                         rescan=rescan, workers=workers, progress=progress, journal=results)
+    with DaskExecutor(address, workers=workers or 2) as pool:
+        return run_audit(paths, policy=chosen, lockfile=lockfile, state_path=state,
+                         rescan=rescan, workers=workers, progress=progress, executor=pool,
+                         journal=results)
 
 
 def fix(report: AuditReport, *, quarantine: PathArg | None = None,
         policy: Policy | PathArg | None = None, sandbox: Any | None = None,
+        dry_run: bool = False,
         progress: Callable[[str], None] | None = None) -> AuditReport:
     """Convert every clean torch checkpoint of ``report`` to safetensors (in the sandbox) and
     move the original into ``quarantine`` (default :func:`default_quarantine`), recording
     original path, new path, both SHA-256 and the time in the run's ``manifest.json``.
-    Nothing is deleted. Files in the Hugging Face cache and safehub's cache, files with any
-    blocking finding, and files that are not torch checkpoints are left alone, each with
-    the reason. Returns ``report`` with :attr:`AuditReport.fixes` filled in.
+    Nothing is deleted. Files in the Hugging Face cache and safehub's cache, links, files
+    already in a quarantine, files with any blocking finding, and files that are not torch
+    checkpoints are left alone, each with the reason. The converted file's name never
+    carries torch's ``-<hex>.`` digest-prefix pattern, and a ``.safehub-fix.json`` record
+    beside it holds its SHA-256, which later audits check. ``dry_run``: decide the same,
+    record each step as ``planned``, change nothing. Returns ``report`` with
+    :attr:`AuditReport.fixes` filled in. Raises :class:`~safehub.errors.SafehubError`
+    when ``quarantine`` is not a folder that can be written.
     """
     chosen = load_policy(policy)
     return fix_report(report, policy=chosen,
                       quarantine=Path(quarantine) if quarantine is not None else None,
-                      sandbox=sandbox, progress=progress)
+                      sandbox=sandbox, dry_run=dry_run, progress=progress)

@@ -2,7 +2,16 @@
 
 A root is read as a Hugging Face cache (or one repo of it), as torch's hub directory,
 as safehub's own cache, or as plain files, by what it contains (never by a flag that
-could hide something): a folder that is none of these is audited as plain files.
+could hide something), wherever the path points:
+
+- at a layout's own folder (``HF_HOME/hub``, ``models--org--name``, torch's ``hub``,
+  safehub's ``safehub``): that layout;
+- above one (``HF_HOME``, ``TORCH_HOME``, ``~/.cache``, ``/``): plain files, and every
+  layout found below is audited as that layout (the walk does not enter it as plain);
+- inside one (a snapshot, a blob, ``hub/checkpoints``, one checkpoint file): the
+  enclosing layout is discovered and only what lies under the path is kept, so a blob
+  or a ``-<hash>.pth`` checkpoint is checked against its recorded digest whichever
+  path names it.
 """
 
 from __future__ import annotations
@@ -60,19 +69,94 @@ def discover(roots: list[str], ctx: Context, *, defaults: bool,
                 found.files.append(FileTarget(root, root, Provenance("local"), model_only=False,
                                               error="no such file or folder"))
             continue
-        layout = layout_of(root, torch_hub=torch_hub)
-        if layout == "huggingface":
-            found.extend(discover_hf_cache(root, ctx))
-        elif layout == "torch-hub":
-            found.extend(discover_torch_hub(root, ctx))
-        elif layout == "safehub-cache":
-            found.extend(discover_safehub_cache(root, ctx))
-        else:
-            part = plain_file_targets(root, Provenance("local"))
-            found.extend(part)
-            found.caches.append(("plain", root))
-            # A folder (or file) the user named is a unit of trust for path-scoped
-            # signature rules; it is reported only when something is wrong with it.
-            found.repos.append(RepoTarget(root, Provenance("local"), kind="folder"
-                                          if os.path.isdir(root) else "file"))
+        enclosing = enclosing_layout(root, torch_hub=torch_hub)
+        part = None
+        if enclosing is not None:
+            layout, base = enclosing
+            part = _within(_discover_layout(layout, base, ctx, torch_hub), root)
+        if part is None or not (part.files or part.repos):
+            # Not the layout's own content (a folder beside its repos): as itself.
+            part = _discover_tree(root, ctx, torch_hub)
+        found.extend(part)
     return found
+
+
+def enclosing_layout(path: str, *, torch_hub: str | None = None) -> tuple[str, str] | None:
+    """``(layout, folder)`` of the nearest cache layout strictly above ``path``, or None.
+
+    Folders are compared as the path spells them (links are not resolved: a path that
+    reaches a cache through a link is read where it points only if it names the cache
+    folder itself or goes through it).
+    """
+    absolute = os.path.abspath(path)
+    current = os.path.dirname(absolute)
+    while True:
+        if is_hf_repo(current):
+            return "huggingface", current
+        # A Hugging Face cache folder owns only its repo folders: what else lies in it is
+        # audited as itself, so only a repo folder encloses.
+        layout = layout_of(current, torch_hub=torch_hub)
+        if layout in ("torch-hub", "safehub-cache"):
+            return layout, current
+        parent = os.path.dirname(current)
+        if parent == current:
+            return None
+        current = parent
+
+
+def _discover_layout(layout: str, root: str, ctx: Context,
+                     torch_hub: str | None = None) -> Discovery:
+    if layout == "huggingface":
+        return discover_hf_cache(root, ctx,
+                                 other=lambda path: _discover_tree(path, ctx, torch_hub))
+    if layout == "torch-hub":
+        return discover_torch_hub(root, ctx)
+    return discover_safehub_cache(root, ctx)
+
+
+def _discover_tree(root: str, ctx: Context, torch_hub: str | None) -> Discovery:
+    """``root`` as its layout, or as plain files with every layout below it as its own."""
+    layout = layout_of(root, torch_hub=torch_hub)
+    if layout != "plain":
+        return _discover_layout(layout, root, ctx, torch_hub)
+    inner: list[str] = []
+
+    def prune(rel: str, name: str) -> bool:
+        folder = os.path.join(root, rel)
+        if layout_of(folder, torch_hub=torch_hub) != "plain":
+            inner.append(folder)
+            return True
+        return False
+
+    found = plain_file_targets(root, Provenance("local"), prune=prune)
+    found.caches.append(("plain", root))
+    # A folder (or file) the user named is a unit of trust for path-scoped signature
+    # rules; it is reported only when something is wrong with it.
+    found.repos.append(RepoTarget(root, Provenance("local"), kind="folder"
+                                  if os.path.isdir(root) else "file"))
+    for folder in inner:
+        found.extend(_discover_layout(layout_of(folder, torch_hub=torch_hub), folder, ctx,
+                                      torch_hub))
+    return found
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _within(found: Discovery, root: str) -> Discovery:
+    """What of a layout's discovery lies under ``root`` (or is the file ``root`` names,
+    such as a blob behind a snapshot link)."""
+    absolute = os.path.abspath(root)
+    real = os.path.realpath(root)
+    kept = Discovery(caches=list(found.caches))
+
+    def mine(path: str) -> bool:
+        return _under(os.path.abspath(path), absolute)
+
+    # A blob is reported as the snapshot entry that links to it: keep entries whose
+    # bytes lie under the named path too.
+    kept.files = [t for t in found.files if mine(t.path) or _under(t.real, real)]
+    kept.repos = [r for r in found.repos if mine(r.path)]
+    kept.skipped = [s for s in found.skipped if mine(s.path)]
+    return kept

@@ -12,15 +12,19 @@ from pathlib import Path
 from safehub._audit.compliance import file_findings, repo_findings
 from safehub._audit.context import Context
 from safehub._audit.discover import discover
+from safehub._audit.executor import DaskExecutor
 from safehub._audit.integrity import integrity_findings, needed_digests
+from safehub._audit.journal import Journal
 from safehub._audit.locations import default_roots, torch_hub_dir
 from safehub._audit.model import FileTarget, Provenance
 from safehub._audit.pins import Pins, find_lockfile
+from safehub._audit.remote import RemoteAudit, audit_remote
 from safehub._audit.report import AuditReport, AuditStats
 from safehub._audit.runner import default_workers, run_jobs
 from safehub._audit.state import State
 from safehub._audit.work import Job, Outcome, scan_fingerprint
 from safehub._fetch.lockfile import Lockfile
+from safehub._remote.target import is_remote
 from safehub._scanner.engine import MODEL_SUFFIXES
 from safehub.findings import FileReport, Finding, ScanReport, Skipped, Verdict
 from safehub.policy import Policy
@@ -43,16 +47,23 @@ def run_audit(paths: Sequence[str | os.PathLike[str]] | None, *, policy: Policy,
               lockfile: Lockfile | str | os.PathLike[str] | None = None,
               state_path: Path | None = None, rescan: bool = False,
               workers: int | None = None,
-              progress: Callable[[str], None] | None = None) -> AuditReport:
+              progress: Callable[[str], None] | None = None,
+              executor: DaskExecutor | None = None,
+              journal: Path | None = None) -> AuditReport:
     """See :func:`safehub.audit.audit`."""
     started = time.perf_counter()
     lock = _lockfile(lockfile)
     ctx = Context(policy, Pins(lock, policy))
     defaults = not paths
-    roots = default_roots() if defaults else [os.fspath(p) for p in paths or ()]
+    given = default_roots() if defaults else [os.fspath(p) for p in paths or ()]
+    remote_specs = [r for r in given if is_remote(r)]
+    roots = [r for r in given if not is_remote(r)]
     found = discover(roots, ctx, defaults=defaults, torch_hub=torch_hub_dir())
     state = State.load(state_path)
-    workers = workers or default_workers()
+    workers = executor.workers if executor is not None else (workers or default_workers())
+    results = Journal(journal) if journal is not None else None
+    if results is not None:
+        state.entries.update(results.files)  # a rerun resumes where the journal ends
 
     jobs: dict[str, Job] = {}
     for target in found.files:
@@ -65,7 +76,15 @@ def run_audit(paths: Sequence[str | os.PathLike[str]] | None, *, policy: Policy,
             need = tuple(sorted({*need, *previous.need}))
         jobs[target.real] = Job(target.real, options, scan_fingerprint(options), need,
                                 state.entries.get(target.real), rescan)
-    outcomes = run_jobs(list(jobs.values()), workers=workers, progress=progress)
+    try:
+        outcomes = run_jobs(list(jobs.values()), workers=workers, progress=progress,
+                            executor=executor,
+                            done=results.add_file if results is not None else None)
+        remote = audit_remote(remote_specs, ctx, executor=executor, journal=results,
+                              progress=progress) if remote_specs else RemoteAudit()
+    finally:
+        if results is not None:
+            results.close()
 
     entries: dict[str, FileReport] = {}
     provenance: dict[str, Provenance] = {}
@@ -77,6 +96,10 @@ def run_audit(paths: Sequence[str | os.PathLike[str]] | None, *, policy: Policy,
             continue
         entries[target.path] = report
         provenance[target.path] = target.provenance
+
+    entries.update(remote.entries)
+    provenance.update(remote.provenance)
+    skipped.extend(remote.skipped)
 
     kinds: dict[str, str] = {}
     for repo in found.repos:
@@ -114,16 +137,18 @@ def run_audit(paths: Sequence[str | os.PathLike[str]] | None, *, policy: Policy,
 
     scan_report = ScanReport(files=tuple(entries[k] for k in sorted(entries)),
                              skipped=tuple(sorted(skipped, key=lambda s: s.path)),
-                             roots=tuple(roots), policy=policy.source)
+                             roots=tuple(given), policy=policy.source)
     stats = AuditStats(
-        scanned=sum(1 for o in outcomes.values() if o.scanned),
-        reused=sum(1 for o in outcomes.values() if not o.scanned and o.entry is not None),
+        scanned=sum(1 for o in outcomes.values() if o.scanned) + remote.scanned,
+        reused=sum(1 for o in outcomes.values() if not o.scanned and o.entry is not None)
+        + remote.reused,
         hashed_bytes=sum(o.hashed_bytes for o in outcomes.values()), workers=workers,
         seconds=time.perf_counter() - started)
     return AuditReport(report=scan_report, provenance=provenance, kinds=kinds,
                        caches=tuple(found.caches), policy=policy.describe(),
                        lockfile=ctx.pins.lockfile_path,
-                       state=str(state.path) if state.path else None, stats=stats)
+                       state=str(state.path) if state.path else None, stats=stats,
+                       remote=remote.costs)
 
 
 def _file_report(target: FileTarget, outcome: Outcome | None, ctx: Context) -> FileReport | None:

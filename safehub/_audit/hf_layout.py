@@ -16,9 +16,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Callable
 
 from safehub._audit.context import Context
 from safehub._audit.model import Discovery, Expectation, FileTarget, Provenance, RepoTarget
+from safehub._audit.plain import plain_file_targets
 from safehub._audit.walk import walk_files
 from safehub.errors import InternalError
 from safehub.findings import Finding, Skipped
@@ -58,8 +60,13 @@ def is_hf_cache(root: str) -> bool:
         return False
 
 
-def discover_hf_cache(root: str, ctx: Context) -> Discovery:
-    """Targets in the Hugging Face cache ``root`` (or in one of its repo folders)."""
+def discover_hf_cache(root: str, ctx: Context,
+                      other: Callable[[str], Discovery] | None = None) -> Discovery:
+    """Targets in the Hugging Face cache ``root`` (or in one of its repo folders).
+
+    Anything beside the repo folders is not the cache's, but it is still audited:
+    ``other(path)`` (default: as plain files), so a folder that merely holds a repo
+    folder next to other files hides none of them."""
     if is_hf_repo(root):
         found = Discovery(caches=[("huggingface", os.path.dirname(os.path.normpath(root)))])
         found.extend(_repo(root, ctx))
@@ -71,8 +78,12 @@ def discover_hf_cache(root: str, ctx: Context) -> Discovery:
             continue
         if os.path.isdir(full) and not os.path.islink(full) and is_hf_repo(full):
             found.extend(_repo(full, ctx))
+        elif os.path.islink(full):
+            found.skipped.append(Skipped(full, "symbolic link (not followed)"))
+        elif other is not None:
+            found.extend(other(full))
         else:
-            found.skipped.append(Skipped(full, "not part of the Hugging Face cache layout"))
+            found.extend(plain_file_targets(full, Provenance("local")))
     return found
 
 

@@ -24,7 +24,7 @@ __all__ = [
     "make_finding",
 ]
 
-Source = Literal["torch-hub", "safehub-cache", "huggingface", "local"]
+Source = Literal["torch-hub", "safehub-cache", "huggingface", "local", "remote"]
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ class FixRecord:
     """What ``--fix`` did with one file (or why it left it alone)."""
 
     original: str
-    action: str  # "converted", "skipped" or "failed"
+    action: str  # "converted", "planned" (a dry run), "skipped" or "failed"
     reason: str = ""
     converted: str | None = None
     metadata: str | None = None
@@ -74,6 +74,7 @@ class AuditReport:
     state: str | None = None
     stats: AuditStats = field(default_factory=AuditStats)
     fixes: tuple[FixRecord, ...] = ()
+    remote: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # requests, bytes
 
     @property
     def files(self) -> list[FileReport]:
@@ -146,6 +147,10 @@ def _text(audit: AuditReport, *, color: bool, verbose: bool) -> str:
             lines.append(f"FIXED    {escape_line(fix.original)} -> "
                          f"{escape_line(fix.converted)} (original moved to "
                          f"{escape_line(fix.quarantined)})")
+        elif fix.action == "planned":
+            lines.append(f"PLANNED  {escape_line(fix.original)} -> "
+                         f"{escape_line(fix.converted)} (original would move to "
+                         f"{escape_line(fix.quarantined)})")
         else:
             lines.append(f"{fix.action.upper():8} {escape_line(fix.original)}: "
                          f"{escape_line(fix.reason)}")
@@ -168,6 +173,8 @@ def audit_section(audit: AuditReport) -> dict[str, Any]:
         "folders": dict(sorted(audit.kinds.items())),
         "provenance": {path: p.to_json() for path, p in sorted(audit.provenance.items())},
         "fixes": [f.to_json() for f in audit.fixes],
+        "remote": {path: {"requests": r, "bytes": b}
+                   for path, (r, b) in sorted(audit.remote.items())},
     }
 
 

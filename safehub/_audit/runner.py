@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from multiprocessing.context import BaseContext
 
+from safehub._audit.executor import DaskExecutor
 from safehub._audit.work import Job, Outcome, reuse, run_job
 
 __all__ = ["default_workers", "run_jobs"]
@@ -65,25 +66,39 @@ def _batches(jobs: list[Job], workers: int) -> Iterator[list[Job]]:
 
 
 def run_jobs(jobs: list[Job], *, workers: int,
-             progress: Callable[[str], None] | None = None) -> dict[str, Outcome]:
-    """Outcomes by real path. ``progress`` is called with each path as it is done."""
+             progress: Callable[[str], None] | None = None,
+             executor: DaskExecutor | None = None,
+             done: Callable[[Outcome], None] | None = None) -> dict[str, Outcome]:
+    """Outcomes by real path. ``progress`` is called with each path as it is done, and
+    ``done`` with each outcome (the journal). ``executor``: Dask workers instead of
+    this machine's processes."""
     results: dict[str, Outcome] = {}
     pending: list[Job] = []
+
+    def report(outcome: Outcome) -> None:
+        results[outcome.real] = outcome
+        if done:
+            done(outcome)
+        if progress:
+            progress(outcome.real)
+
     for job in jobs:
         reused = reuse(job)
         if reused is not None:
-            results[job.real] = reused
-            if progress:
-                progress(job.real)
+            report(reused)
         else:
             pending.append(job)
     if not pending:
         return results
+    if executor is not None:
+        for done_batch in executor.map_unordered(_run_batch,
+                                                 _batches(pending, executor.workers)):
+            for outcome in done_batch:
+                report(outcome)
+        return results
     if workers <= 1 or len(pending) == 1:
         for job in pending:
-            results[job.real] = run_job(job)
-            if progress:
-                progress(job.real)
+            report(run_job(job))
         return results
     with ProcessPoolExecutor(max_workers=min(workers, len(pending)),
                              mp_context=_context()) as pool:
@@ -93,19 +108,17 @@ def run_jobs(jobs: list[Job], *, workers: int,
         for batch in batches:
             futures.add(pool.submit(_run_batch, batch))
             if len(futures) >= workers * 4:
-                _, futures = _drain(futures, results, progress)
+                futures = _drain(futures, report)
         while futures:
-            _, futures = _drain(futures, results, progress)
+            futures = _drain(futures, report)
     return results
 
 
-def _drain(futures: set[Future[list[Outcome]]], results: dict[str, Outcome],
-           progress: Callable[[str], None] | None
-           ) -> tuple[set[Future[list[Outcome]]], set[Future[list[Outcome]]]]:
-    done, rest = wait(futures, return_when=FIRST_COMPLETED)
-    for future in done:
+def _drain(futures: set[Future[list[Outcome]]],
+           report: Callable[[Outcome], None]) -> set[Future[list[Outcome]]]:
+    """Report the batches that finished; the ones still running."""
+    finished, rest = wait(futures, return_when=FIRST_COMPLETED)
+    for future in finished:
         for outcome in future.result():
-            results[outcome.real] = outcome
-            if progress:
-                progress(outcome.real)
-    return done, rest
+            report(outcome)
+    return rest

@@ -76,7 +76,10 @@ def parse_repo_folder(folder: str, known: set[str]) -> tuple[str, str] | None:
 
 
 def is_torch_hub_dir(root: str) -> bool:
-    """Whether a folder looks like torch's hub directory."""
+    """Whether a folder looks like torch's hub directory: a ``trusted_list``, safehub's
+    cache, an ``<owner>_<repo>_<ref>/hubconf.py`` checkout, or a ``checkpoints/`` folder
+    that is torch's (the folder is named ``hub``, as ``get_dir`` names it, or a file in
+    it carries torch's ``-<sha256 prefix>.`` download name)."""
     if os.path.isfile(os.path.join(root, "trusted_list")):
         return True
     if is_safehub_cache(os.path.join(root, SAFEHUB_SUBDIR)):
@@ -85,8 +88,20 @@ def is_torch_hub_dir(root: str) -> bool:
         names = os.listdir(root)
     except OSError:
         return False
-    return any(parse_repo_folder(n, set()) is not None and
-               os.path.isfile(os.path.join(root, n, "hubconf.py")) for n in names)
+    if any(parse_repo_folder(n, set()) is not None and
+           os.path.isfile(os.path.join(root, n, "hubconf.py")) for n in names):
+        return True
+    checkpoints = os.path.join(root, "checkpoints")
+    if "checkpoints" not in names or os.path.islink(checkpoints) or \
+            not os.path.isdir(checkpoints):
+        return False
+    if os.path.basename(os.path.normpath(root)) == "hub":
+        return True
+    try:
+        with os.scandir(checkpoints) as it:
+            return any(hash_prefix(e.name) is not None for e in it)
+    except OSError:
+        return False
 
 
 def discover_torch_hub(root: str, ctx: Context) -> Discovery:
@@ -127,7 +142,7 @@ def _checkpoints(folder: str, ctx: Context) -> Discovery:
     found.skipped.extend(plain.skipped)
     for target in plain.files:
         name = os.path.basename(target.path)
-        expectations: list[Expectation] = []
+        expectations: list[Expectation] = list(target.expectations)  # a --fix record
         prefix = hash_prefix(name)
         if prefix is not None:
             expectations.append(Expectation(

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from safehub._remote.target import is_remote
 from safehub.cli._common import (
     EXIT_ERROR,
     EXIT_OK,
@@ -30,7 +31,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "when something could not be checked or nothing was found."))
     p.add_argument("paths", nargs="*", metavar="PATH",
                    help="caches or folders to audit (default: the torch and Hugging Face "
-                        "caches)")
+                        "caches), or https://, hf://owner/name[@rev][/path] and "
+                        "s3://bucket/prefix URLs (read by byte ranges)")
     p.add_argument("--policy", metavar="NAME|PATH",
                    help="policy to check against (default: $SAFEHUB_POLICY, [tool.safehub], "
                         "else the built-in default)")
@@ -47,12 +49,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "audit")
     p.add_argument("-j", "--jobs", type=int, metavar="N",
                    help="worker processes (default: one per CPU)")
+    p.add_argument("--executor", metavar="local|dask-local|dask://HOST:PORT",
+                   help="where files are checked: this machine (default), a local Dask "
+                        "cluster of --jobs worker processes, or a running Dask scheduler")
+    p.add_argument("--journal", metavar="PATH",
+                   help="append each file's result to PATH as a JSON line as it is done; "
+                        "a rerun with the same journal resumes where it stopped")
     p.add_argument("--fix", action="store_true",
                    help="convert clean pickle checkpoints to safetensors (in the sandbox) and "
                         "move the originals to the quarantine folder")
     p.add_argument("--quarantine", metavar="DIR",
                    help="where --fix moves originals (default: "
                         "$XDG_STATE_HOME/safehub/quarantine)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="with --fix: print what would be converted and moved, change nothing")
     add_output_options(p)
     p.set_defaults(run=run)
 
@@ -66,16 +76,42 @@ def run(args: argparse.Namespace) -> int:
     if args.quarantine and not args.fix:
         log.error("--quarantine goes with --fix")
         return EXIT_ERROR
+    if args.dry_run and not args.fix:
+        log.error("--dry-run goes with --fix")
+        return EXIT_ERROR
+    from safehub._audit.executor import parse_executor
+    from safehub.errors import SafehubError
+
+    try:
+        parse_executor(args.executor)
+    except SafehubError as exc:
+        log.error("--executor %s: %s", args.executor, exc.message)
+        return EXIT_ERROR
+    if args.fix and any(is_remote(p) for p in args.paths):
+        log.error("--fix works on files on disk, not on remote URLs")
+        return EXIT_ERROR
+    if args.fix:
+        from pathlib import Path
+
+        from safehub.audit import check_quarantine
+
+        try:  # before any work: a bad --quarantine must not cost a whole audit
+            check_quarantine(Path(args.quarantine) if args.quarantine else None)
+        except SafehubError as exc:
+            log.error("--quarantine %s: %s", exc.subject or args.quarantine, exc.message)
+            return EXIT_ERROR
     progress = ProgressLine("auditing")
     result = audit(args.paths or None, policy=args.policy, lockfile=args.lockfile,
                    state_file=args.state, incremental=not args.no_state, rescan=args.rescan,
-                   workers=args.jobs, progress=progress)
+                   workers=args.jobs, progress=progress, executor=args.executor,
+                   journal=args.journal)
     progress.done()
     failed_fixes = False
     if args.fix:
         from safehub.audit import fix
 
-        result = fix(result, quarantine=args.quarantine, policy=args.policy)
+        result = fix(result, quarantine=args.quarantine, policy=args.policy,
+                     dry_run=args.dry_run)
         failed_fixes = any(f.action == "failed" for f in result.fixes)
         for record in result.fixes:
             if record.action == "converted":
@@ -83,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
                          record.converted, record.quarantined)
             elif record.action == "failed":
                 log.error("could not fix %s: %s", record.original, record.reason)
+    for path, (requests, nbytes) in sorted(result.remote.items()):
+        log.info("fetched %d bytes in %d requests: %s", nbytes, requests, path)
     color = use_color(sys.stdout) and not args.output
     emit(render_audit(result, args.format, color=color, verbose=args.verbose), args)
     for entry in result.report.unscanned:

@@ -9,7 +9,7 @@ from dataclasses import replace
 from safehub._format.text import summary_line
 from safehub.cli._common import ProgressLine, add_output_options, exit_code_for, write_report
 from safehub.findings import PolicySource
-from safehub.scan import ScanOptions, check_allowable, scan
+from safehub.scan import ScanOptions, ScanReport, check_allowable, scan
 
 __all__ = ["register"]
 
@@ -24,7 +24,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("scan", help=HELP, description=HELP + (
         ". Exit 0 when every file is clean, 1 when any is unsafe, 2 when a file could not "
         "be scanned or nothing was."))
-    p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (recursive)")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="files or folders (recursive), or https://, hf://owner/name[@rev]"
+                        "[/path] and s3://bucket/prefix URLs (read by byte ranges)")
     p.add_argument("--allow-global", action="append", default=[], metavar="NAME",
                    help="also allow this global (exact name or module.*); repeatable")
     p.add_argument("--allow-torchscript", action="store_true",
@@ -65,7 +67,15 @@ def _options(args: argparse.Namespace) -> ScanOptions:
 def run(args: argparse.Namespace) -> int:
     options = _options(args)
     progress = ProgressLine("scanning")
-    report = scan(args.paths, options=options, progress=progress)
+    from safehub._remote.target import is_remote
+
+    local = [p for p in args.paths if not is_remote(p)]
+    report = scan(local, options=options, progress=progress) if local else ScanReport()
+    remote = [p for p in args.paths if is_remote(p)]
+    if remote:  # https://, hf://, s3://: range reads, every URL decided by the policy
+        from safehub.cli._remote import scan_urls
+
+        report = scan_urls(remote, args.policy, options, report, progress)
     progress.done()
     report = replace(report, policy=getattr(args, "policy_source", None) or _DEFAULT_SOURCE)
     write_report(report, args, command="scan")

@@ -1,0 +1,197 @@
+"""Registry audit benchmark: a generated registry of sparse torch checkpoints, on disk and on a
+local S3-compatible server (moto), audited in one process and on Dask with 1 and 2 workers.
+
+    .venv/bin/python benchmarks/registry_bench.py               # quick: 2,000 on disk, 200 on S3
+    .venv/bin/python benchmarks/registry_bench.py --full        # 100,000 on disk, 2,000 on S3
+    .venv/bin/python benchmarks/registry_bench.py --disk 500 --s3 100 --mib 64
+
+Each checkpoint is a torch zip as ``torch.save`` lays it out (``data.pkl``, ``byteorder``,
+64-byte aligned ``data/<i>`` members, zip64 records) whose tensor bytes are holes, so a
+registry of terabytes takes little disk. 1 in 50 carries a pickle payload (never run).
+On disk, every file is opened and scanned (``audit --no-state``); on S3 every object is
+read by range requests, and the requests and bytes each file took are reported. Objects on
+S3 are smaller (``--s3-mib``, default 1 MiB) because moto holds what is uploaded.
+
+Prints a markdown table (files/s, bytes and requests per file, speed-up over one process)
+and the cost model for a million files on N machines (README, "Registry audits").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.remote.servers import sparse_torch_zip  # noqa: E402  (the tests' own generator)
+
+WORK = HERE / ".work" / "registry"
+
+
+class _Payload:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.system, ("true",)
+
+
+def log(msg: str) -> None:
+    print(f"registry-bench: {msg}", file=sys.stderr, flush=True)
+
+
+def generate(folder: Path, count: int, mib: float) -> None:
+    """``count`` checkpoints under ``folder/<shard>/``, reused when already there."""
+    stamp = folder / f".done-{count}-{mib}"
+    if stamp.exists() or not count:
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    evil = pickle.dumps({"w": 1, "hook": _Payload()}, protocol=2)
+    started = time.perf_counter()
+    for i in range(count):
+        shard = folder / f"{i // 1000:03d}"
+        shard.mkdir(parents=True, exist_ok=True)
+        sparse_torch_zip(shard / f"model-{i:06d}.pt", gib=mib / 1024, tensors=8 + i % 24,
+                         payload=evil if i % 50 == 49 else None)
+        if i and i % 10000 == 0:
+            log(f"generated {i} files")
+    stamp.write_text("")
+    log(f"generated {count} files in {time.perf_counter() - started:.1f} s")
+
+
+def start_moto() -> tuple[subprocess.Popen[bytes], str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = shutil.which("moto_server", path=str(Path(sys.executable).parent))
+    cmd = [exe] if exe else [sys.executable, "-m", "moto.server"]
+    proc = subprocess.Popen([*cmd, "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(300):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            time.sleep(0.1)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def upload(folder: Path, endpoint: str) -> None:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket="registry")
+    for path in sorted(folder.rglob("*.pt")):
+        client.upload_file(str(path), "registry", f"models/{path.relative_to(folder)}")
+
+
+def policy_file(endpoint: str | None) -> Path:
+    path = WORK / "policy.toml"
+    urls = f'"{endpoint}/"' if endpoint else ""
+    path.write_text('schema = 1\nname = "registry-bench"\nextends = "default"\n'
+                    'loosen = ["downloads.allow_http_loopback"]\n'
+                    f'[downloads]\nallow_http_loopback = true\nallowed_urls = [{urls}]\n')
+    return path
+
+
+def measure(target: str, count: int, executor: str | None, policy: Path) -> dict[str, float]:
+    from safehub.audit import audit
+
+    started = time.perf_counter()
+    result = audit([target], policy=policy, incremental=False, workers=1,
+                   executor=executor)
+    seconds = time.perf_counter() - started
+    files = len(result.files)
+    if files != count or result.report.unscanned:
+        raise SystemExit(f"audited {files} files, expected {count}; not checked: "
+                         f"{[(u.path, u.error) for u in result.report.unscanned[:3]]}")
+    unsafe = len(result.unsafe)
+    costs = list(result.remote.values())
+    return {"files": files, "unsafe": unsafe, "seconds": seconds,
+            "rate": files / seconds,
+            "requests": sum(r for r, _ in costs) / len(costs) if costs else 0.0,
+            "bytes": sum(b for _, b in costs) / len(costs) if costs else 0.0}
+
+
+def cluster(workers: int) -> tuple[object, str]:
+    import distributed
+
+    local = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                     host="127.0.0.1", dashboard_address=":0",
+                                     silence_logs=50)
+    return local, local.scheduler_address
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="100,000 on disk, 2,000 on S3")
+    parser.add_argument("--disk", type=int, help="checkpoints on disk (default 2,000)")
+    parser.add_argument("--s3", type=int, help="checkpoints on S3 (default 200)")
+    parser.add_argument("--mib", type=float, default=256.0,
+                        help="apparent size of each checkpoint on disk (MiB)")
+    parser.add_argument("--s3-mib", type=float, default=1.0,
+                        help="size of each checkpoint on S3 (MiB)")
+    args = parser.parse_args()
+    n_disk = args.disk if args.disk is not None else (100_000 if args.full else 2_000)
+    n_s3 = args.s3 if args.s3 is not None else (2_000 if args.full else 200)
+    WORK.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("XDG_STATE_HOME", str(WORK / "state"))
+    os.environ["SAFEHUB_NO_PROGRESS"] = "1"
+
+    disk = WORK / "disk"
+    generate(disk, n_disk, args.mib)
+    rows: list[tuple[str, str, dict[str, float]]] = []
+    proc, endpoint = start_moto() if n_s3 else (None, "")
+    # Workers read S3 credentials from their own environment, as any AWS client does.
+    os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench",
+                       "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
+    clusters = {k: cluster(k) for k in (1, 2)}
+    try:
+        pol = policy_file(None)
+        for name, executor in (("1 process", None), ("Dask, 1 worker", clusters[1][1]),
+                               ("Dask, 2 workers", clusters[2][1])):
+            if not n_disk:
+                break
+            log(f"disk: {name}")
+            rows.append(("disk", name, measure(str(disk), n_disk, executor, pol)))
+        if n_s3:
+            s3_files = WORK / "s3"
+            generate(s3_files, n_s3, args.s3_mib)
+            log(f"uploading {n_s3} objects to moto")
+            upload(s3_files, endpoint)
+            pol = policy_file(endpoint)
+            for name, executor in (("1 process (8 threads)", None),
+                                   ("Dask, 1 worker", clusters[1][1]),
+                                   ("Dask, 2 workers", clusters[2][1])):
+                log(f"s3: {name}")
+                rows.append(("s3", name, measure("s3://registry/models/", n_s3, executor, pol)))
+    finally:
+        for local, _ in clusters.values():
+            local.close()  # type: ignore[attr-defined]
+        if proc is not None:
+            proc.terminate()
+            proc.wait()
+
+    print(f"Registry: {n_disk} checkpoints of {args.mib:g} MiB (sparse) on disk, {n_s3} of "
+          f"{args.s3_mib:g} MiB on moto S3; {os.cpu_count()} CPUs.\n")
+    print("| where | how | files | unsafe | s | files/s | vs 1 process | requests/file "
+          "| bytes/file |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    base: dict[str, float] = {}
+    for where, name, m in rows:
+        base.setdefault(where, m["rate"])
+        print(f"| {where} | {name} | {m['files']:.0f} | {m['unsafe']:.0f} | "
+              f"{m['seconds']:.1f} | {m['rate']:.0f} | {m['rate'] / base[where]:.2f}x | "
+              f"{m['requests']:.1f} | {m['bytes']:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,395 @@
+"""Real servers on 127.0.0.1 for remote scanning tests.
+
+:class:`RangeServer` serves files from disk (sparse ones included) with ``Range`` as
+RFC 9110 defines it: one range (206 + Content-Range), several (206
+``multipart/byteranges``), suffix ranges (``-N``), 416 past the end; or, with
+``multi_range=False``, as servers that ignore multi-range requests do (200, whole file).
+It also speaks the subset of the Hugging Face Hub API that ``huggingface_hub`` uses to
+download: ``GET /api/models/{repo}/revision/{rev}`` (``sha``),
+``GET /api/models/{repo}/tree/{rev}[/{path}]`` (``recursive``), ``HEAD``/``GET
+/{repo}/resolve/{rev}/{path}`` (with ``X-Repo-Commit``, ``ETag``, ``X-Linked-Etag`` and
+``X-Linked-Size`` for LFS files, as the Hub sends them). Every request is counted, with
+the bytes of body sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+__all__ = ["HfRepo", "RangeServer"]
+
+_LFS = (".bin", ".safetensors", ".pth", ".pt", ".ckpt", ".pkl", ".sig", ".npy", ".npz")
+
+
+@dataclass
+class HfRepo:
+    """A repo at one commit: path in repo -> file on disk."""
+
+    commit: str
+    files: dict[str, Path]
+    branches: tuple[str, ...] = ("main",)
+
+
+@dataclass
+class Served:
+    requests: list[tuple[str, str, str]] = field(default_factory=list)  # method, path, Range
+    body_bytes: int = 0
+
+
+class RangeServer:
+    """``files``: URL path -> file on disk. ``repos``: Hugging Face repos by id."""
+
+    def __init__(self, *, multi_range: bool = True) -> None:
+        self.lfs_cdn: RangeServer | None = None  # LFS files redirect there, as the Hub does
+        self.files: dict[str, Path] = {}
+        self.repos: dict[str, HfRepo] = {}
+        self.multi_range = multi_range
+        self.served = Served()
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_HEAD(self) -> None:
+                server._handle(self, head=True)
+
+            def do_GET(self) -> None:
+                server._handle(self, head=False)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def add(self, url_path: str, file: Path) -> str:
+        self.files[url_path] = file
+        return self.url + url_path
+
+    def reset(self) -> None:
+        with self._lock:
+            self.served = Served()
+
+    # --- dispatch ---------------------------------------------------------------------------
+
+    def _handle(self, h: BaseHTTPRequestHandler, *, head: bool) -> None:
+        parts = urlsplit(h.path)
+        path = unquote(parts.path)
+        with self._lock:
+            self.served.requests.append(("HEAD" if head else "GET", h.path,
+                                         h.headers.get("Range", "")))
+        if path.startswith("/api/models/"):
+            self._api(h, path[len("/api/models/"):], parse_qs(parts.query), head)
+            return
+        found = re.match(r"^/(.+?/.+?)/resolve/([^/]+)/(.+)$", path)
+        if found and found.group(1) in self.repos:
+            self._resolve(h, found.group(1), found.group(2), found.group(3), head)
+            return
+        file = self.files.get(path)
+        if file is None:
+            self._send(h, 404, b"not found", head=head)
+            return
+        self._file(h, file, head)
+
+    def _api(self, h: BaseHTTPRequestHandler, rest: str, query: dict[str, list[str]],
+             head: bool) -> None:
+        for repo_id, repo in self.repos.items():
+            if not rest.startswith(repo_id + "/"):
+                continue
+            tail = rest[len(repo_id) + 1:]
+            kind, _, remainder = tail.partition("/")
+            rev, _, sub = remainder.partition("/")
+            if rev not in (repo.commit, *repo.branches):
+                self._send(h, 404, b'{"error": "Revision Not Found"}', head=head)
+                return
+            if kind == "revision":
+                siblings = [{"rfilename": p} for p in sorted(repo.files)]
+                body = {"id": repo_id, "sha": repo.commit, "siblings": siblings}
+                self._send(h, 200, json.dumps(body).encode(), head=head,
+                           ctype="application/json")
+                return
+            if kind == "tree":
+                recursive = query.get("recursive", ["false"])[0].lower() in ("true", "1")
+                prefix = sub.strip("/")
+                entries: list[dict[str, object]] = []
+                dirs: set[str] = set()
+                for p, file in sorted(repo.files.items()):
+                    if prefix and not p.startswith(prefix + "/"):
+                        continue
+                    rel = p[len(prefix) + 1:] if prefix else p
+                    if not recursive and "/" in rel:
+                        dirs.add((prefix + "/" if prefix else "") + rel.split("/")[0])
+                        continue
+                    entry: dict[str, object] = {"type": "file", "path": p,
+                                                "size": file.stat().st_size,
+                                                "oid": _git_oid(file)}
+                    if p.endswith(_LFS):
+                        entry["lfs"] = {"oid": _sha256(file), "size": file.stat().st_size,
+                                        "pointerSize": 134}
+                    entries.append(entry)
+                if recursive:
+                    for p in repo.files:
+                        parts = p.split("/")[:-1]
+                        for i in range(1, len(parts) + 1):
+                            d = "/".join(parts[:i])
+                            if not prefix or d.startswith(prefix + "/"):
+                                dirs.add(d)
+                entries.extend({"type": "directory", "path": d, "oid": "0" * 40, "size": 0}
+                               for d in sorted(dirs))
+                self._send(h, 200, json.dumps(entries).encode(), head=head,
+                           ctype="application/json")
+                return
+        self._send(h, 404, b'{"error": "Repository Not Found"}', head=head)
+
+    def _resolve(self, h: BaseHTTPRequestHandler, repo_id: str, rev: str, path: str,
+                 head: bool) -> None:
+        repo = self.repos[repo_id]
+        file = repo.files.get(path)
+        if rev not in (repo.commit, *repo.branches) or file is None:
+            self._send(h, 404, b"Entry not found", head=head,
+                       extra={"X-Error-Code": "EntryNotFound"})
+            return
+        extra = {"X-Repo-Commit": repo.commit}
+        if path.endswith(_LFS):
+            digest = _sha256(file)
+            extra.update({"ETag": f'"{digest}"', "X-Linked-Etag": f'"{digest}"',
+                          "X-Linked-Size": str(file.stat().st_size)})
+            if self.lfs_cdn is not None:
+                location = self.lfs_cdn.add(f"/cdn/{digest}", file)
+                self._send(h, 302, b"", head=head, extra={**extra, "Location": location})
+                return
+        else:
+            extra["ETag"] = f'"{_git_oid(file)}"'
+        self._file(h, file, head, extra=extra)
+
+    # --- bytes ------------------------------------------------------------------------------
+
+    def _file(self, h: BaseHTTPRequestHandler, file: Path, head: bool,
+              extra: dict[str, str] | None = None) -> None:
+        size = file.stat().st_size
+        header = h.headers.get("Range")
+        extra = dict(extra or {})
+        extra["Accept-Ranges"] = "bytes"
+        ranges = _parse_ranges(header, size) if header else None
+        if ranges is None or (len(ranges) > 1 and not self.multi_range):
+            self._stream(h, 200, file, [(0, size)], head, extra, size)
+            return
+        if not ranges:
+            self._send(h, 416, b"", head=head, extra={"Content-Range": f"bytes */{size}"})
+            return
+        if len(ranges) == 1:
+            start, end = ranges[0]
+            extra["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+            self._stream(h, 206, file, ranges, head, extra, end - start)
+            return
+        boundary = "SAFEHUBTESTBOUNDARY"
+        chunks: list[bytes] = []
+        with open(file, "rb") as fh:
+            for start, end in ranges:
+                fh.seek(start)
+                chunks.append(f"\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\n"
+                              f"Content-Range: bytes {start}-{end - 1}/{size}\r\n\r\n"
+                              .encode() + fh.read(end - start))
+        chunks.append(f"\r\n--{boundary}--\r\n".encode())
+        self._send(h, 206, b"".join(chunks), head=head, extra=extra,
+                   ctype=f"multipart/byteranges; boundary={boundary}")
+
+    def _stream(self, h: BaseHTTPRequestHandler, status: int, file: Path,
+                ranges: list[tuple[int, int]], head: bool, extra: dict[str, str],
+                length: int) -> None:
+        h.send_response(status)
+        h.send_header("Content-Type", "application/octet-stream")
+        h.send_header("Content-Length", str(length))
+        for k, v in extra.items():
+            h.send_header(k, v)
+        h.end_headers()
+        if head:
+            return
+        start, _ = ranges[0]
+        sent = 0
+        try:
+            with open(file, "rb") as fh:
+                fh.seek(start)
+                while sent < length:
+                    chunk = fh.read(min(1 << 16, length - sent))
+                    if not chunk:
+                        break
+                    h.wfile.write(chunk)
+                    sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            h.close_connection = True
+        finally:
+            with self._lock:
+                self.served.body_bytes += sent
+
+    def _send(self, h: BaseHTTPRequestHandler, status: int, body: bytes, *, head: bool,
+              ctype: str = "text/plain", extra: dict[str, str] | None = None) -> None:
+        h.send_response(status)
+        h.send_header("Content-Type", ctype)
+        h.send_header("Content-Length", str(len(body)))
+        for k, v in (extra or {}).items():
+            h.send_header(k, v)
+        h.end_headers()
+        if not head:
+            try:
+                h.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                h.close_connection = True
+            with self._lock:
+                self.served.body_bytes += len(body)
+
+
+def _parse_ranges(header: str, size: int) -> list[tuple[int, int]] | None:
+    """``[start, end)`` ranges of a ``Range`` header; None when it is not a byte range
+    (serve the whole file), [] when none is satisfiable."""
+    if not header.startswith("bytes="):
+        return None
+    out: list[tuple[int, int]] = []
+    for spec in header[6:].split(","):
+        spec = spec.strip()
+        first, sep, last = spec.partition("-")
+        if not sep:
+            return None
+        if not first:
+            if not last.isdigit():
+                return None
+            n = int(last)
+            if n > 0 and size > 0:
+                out.append((max(0, size - n), size))
+            continue
+        if not first.isdigit() or (last and not last.isdigit()):
+            return None
+        start = int(first)
+        end = min(size, int(last) + 1) if last else size
+        if start < size and end > start:
+            out.append((start, end))
+    return out
+
+
+_DIGESTS: dict[tuple[str, int, float], str] = {}
+
+
+def _sha256(file: Path) -> str:
+    st = file.stat()
+    key = ("sha256:" + str(file), st.st_size, st.st_mtime)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(file, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
+def _git_oid(file: Path) -> str:
+    st = file.stat()
+    key = ("git:" + str(file), st.st_size, st.st_mtime)
+    if key not in _DIGESTS:
+        if st.st_size > (64 << 20):
+            _DIGESTS[key] = "0" * 40  # not hashed: a large sparse test file
+        else:
+            data = file.read_bytes()
+            _DIGESTS[key] = hashlib.sha1(b"blob %d\x00" % len(data) + data).hexdigest()
+    return _DIGESTS[key]
+
+
+def sparse_torch_zip(path: Path, *, gib: float = 10.0, tensors: int = 200,
+                     payload: object | None = None) -> Path:
+    """A torch zip checkpoint of ``gib`` GiB whose tensor data are holes: ``data.pkl``
+    (the real pickle torch writes for ``tensors`` float32 tensors, or ``payload``
+    pickled as torch would), ``byteorder``, ``data/<i>`` stored members at 64-byte
+    aligned offsets, zip64 records, as ``torch.save`` lays them out."""
+    import struct
+    import zlib
+
+    per = int(gib * (1 << 30)) // max(1, tensors)
+    per -= per % 4
+    pickle_bytes = _torch_pickle(tensors, per // 4) if payload is None else payload
+    assert isinstance(pickle_bytes, bytes)
+    entries: list[tuple[bytes, int, int, int]] = []  # name, offset, size, crc
+    with open(path, "wb") as fh:
+        def member(name: str, data: bytes | None, size: int) -> None:
+            offset = fh.tell()
+            full = f"archive/{name}".encode()
+            header_len = 30 + len(full) + 4 + 16  # zip64 extra
+            pad = (-(offset + header_len + 4)) % 64
+            extra = struct.pack("<HHQQ", 1, 16, size, size)
+            extra += struct.pack("<HH", 0x4246, pad) + b"Z" * pad
+            crc = zlib.crc32(data) if data is not None else 0
+            fh.write(struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 45, 0, 0, 0, 0, crc,
+                                 0xFFFFFFFF, 0xFFFFFFFF, len(full), len(extra)))
+            fh.write(full + extra)
+            if data is not None:
+                fh.write(data)
+            else:
+                fh.seek(size, os.SEEK_CUR)
+            entries.append((full, offset, size, crc))
+
+        member("data.pkl", pickle_bytes, len(pickle_bytes))
+        member("byteorder", b"little", 6)
+        for i in range(tensors):
+            member(f"data/{i}", None, per)
+        member("version", b"3\n", 2)
+        member(".data/serialization_id", b"0123456789", 10)
+        cd_start = fh.tell()
+        for full, offset, size, crc in entries:
+            extra = struct.pack("<HHQQQ", 1, 24, size, size, offset)
+            fh.write(struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 45, 45, 0, 0, 0, 0,
+                                 crc, 0xFFFFFFFF, 0xFFFFFFFF, len(full), len(extra), 0, 0, 0,
+                                 0, 0xFFFFFFFF))
+            fh.write(full + extra)
+        cd_end = fh.tell()
+        fh.write(struct.pack("<4sQHHIIQQQQ", b"PK\x06\x06", 44, 45, 45, 0, 0, len(entries),
+                             len(entries), cd_end - cd_start, cd_start))
+        fh.write(struct.pack("<4sIQI", b"PK\x06\x07", 0, cd_end, 1))
+        fh.write(struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF,
+                             0xFFFFFFFF, 0))
+    return path
+
+
+def _torch_pickle(tensors: int, numel: int) -> bytes:
+    """The data.pkl ``torch.save`` writes for ``{"w<i>": float32 tensor of numel}``:
+    ``_rebuild_tensor_v2`` records over persistent storage ids."""
+    import io
+    import pickle
+    from collections import OrderedDict
+
+    import torch
+
+    class _Storage:
+        def __init__(self, key: str) -> None:
+            self.key = key
+
+    class _Tensor:
+        def __init__(self, storage: _Storage) -> None:
+            self.storage = storage
+
+        def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+            return (torch._utils._rebuild_tensor_v2,
+                    (self.storage, 0, (numel,), (1,), False, OrderedDict()))
+
+    class _Pickler(pickle.Pickler):
+        def persistent_id(self, obj: object) -> object:
+            if isinstance(obj, _Storage):
+                return ("storage", torch.FloatStorage, obj.key, "cpu", numel)
+            return None
+
+    buf = io.BytesIO()
+    _Pickler(buf, protocol=2).dump({f"w{i}": _Tensor(_Storage(str(i)))
+                                    for i in range(tensors)})
+    return buf.getvalue()
