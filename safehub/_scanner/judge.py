@@ -81,9 +81,9 @@ def judge_stream(scan: FileScan, res: StreamResult, location: str, loader: Loade
         scan.add("SH107", "uses out-of-band buffers (NEXT_BUFFER/READONLY_BUFFER)",
                  location=location, offset=offset, subject="NEXT_BUFFER")
     for offset in res.frame_splits[:1]:
-        scan.add("SH160", "a pickle frame ends inside an opcode: loaders reading a file and "
-                 "reading memory see different opcodes", location=location, offset=offset,
-                 subject="FRAME")
+        scan.add("SH160", "a pickle frame ends inside an opcode or after STOP: loaders "
+                 "reading a file and reading memory see different opcodes", location=location,
+                 offset=offset, subject="FRAME")
     if res.limit:
         scan.add("SH191", f"pickle analysis stopped: {res.limit}", location=location,
                  offset=res.error_offset)

@@ -765,11 +765,16 @@ class PickleCursor:
                     self._count(len(items))
                     stack.append(tuple(items))
                 elif op == 0x85:  # TUPLE1
-                    stack.append((pop(at),))
+                    if not stack:
+                        raise PickleError("unpickling stack underflow", at)
+                    stack[-1] = (stack[-1],)
                 elif op == 0x52:  # R REDUCE
-                    args = pop(at)
-                    func = pop(at)
-                    stack.append(self._call(res, func, args, None, at, "REDUCE"))
+                    if len(stack) < 2:
+                        raise PickleError("unpickling stack underflow", at)
+                    args = stack.pop()
+                    call = Call(stack[-1], args, None, at, "REDUCE")
+                    res.calls.append(call)
+                    stack[-1] = call
                 elif op == 0x89:  # NEWFALSE
                     stack.append(False)
                 elif op == 0x51:  # Q BINPERSID

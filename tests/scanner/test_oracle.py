@@ -22,6 +22,7 @@ from tests.scanner.oracle import (
     run_real,
     scan_bytes,
     stream_differences,
+    streams_differences,
 )
 from tests.scanner.oracle.counterexamples import COUNTEREXAMPLES
 from tests.scanner.oracle.families import (
@@ -62,6 +63,20 @@ def test_frame_split_torch_zip(tmp_path: Path, fire: object) -> None:
     path.write_bytes(torch_zip(frame_split_pickle(arg="touch framesplit")))
     assert "framesplit" in fire([(path, "torch")])  # type: ignore[operator]
     assert "SH160" in rules(scan_one(path))
+
+
+def test_stop_inside_a_frame_moves_the_next_record() -> None:
+    """After STOP inside a frame, _pickle.c reading a file leaves the file at the frame's
+    end: the next load() (torch's legacy streams, readers that read on) starts there."""
+    inner = b"N.cos\nsystem\n."
+    data = (b"\x80\x04\x95" + len(inner).to_bytes(8, "little") + inner
+            + b"cbuiltins\neval\n.")
+    (real,) = run_real([("c_file_all", data)])
+    assert [r.end for r in real.records] == [11 + len(inner), len(data)]
+    assert real.names == ["builtins.eval"]
+    assert streams_differences(data, real) == []
+    found = rules(scan_bytes(data))
+    assert {"SH160", "SH112", "SH100"} <= found
 
 
 def test_frame_split_deflated_record_is_read_both_ways() -> None:
@@ -190,7 +205,7 @@ def test_counterexamples_stay_fixed() -> None:
 @pytest.mark.parametrize("seed", [101, 202])
 def test_differential_fuzz_fixed_budget(seed: int) -> None:
     """The fuzzer, derandomized: fixed seeds and input counts, zero differentials."""
-    outcome = run_round(seed, n=120, containers=16)
-    assert outcome.inputs == 136
+    outcome = run_round(seed, n=100, containers=16)
+    assert outcome.inputs == 116
     assert not outcome.differentials, "\n".join(
         f"{reader} {data!r}: {diffs}" for reader, data, diffs in outcome.differentials)

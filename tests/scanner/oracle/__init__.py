@@ -13,6 +13,8 @@ Readers (how a loader calls the parser):
   ``io.BytesIO``; torch.load reads data.pkl this way),
 - ``c_bytes``: ``_pickle.c`` reading bytes (``pickle.loads``),
 - ``py``: ``pickle._Unpickler`` (joblib's unpickler),
+- ``c_file_all``: ``c_file`` stream after stream on one file object (torch's legacy
+  format, loaders that read on),
 - ``torch_zip``: torch.serialization's zip path (PyTorchFileReader, data.pkl in BytesIO),
 - ``numpy``: ``numpy.load(allow_pickle=True)``, every member of an npz,
 - ``joblib``: ``joblib.load``.
@@ -32,7 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from safehub._scanner.allowlist import DEFAULT_ALLOWED
-from safehub._scanner.pickle_vm import FRAMES_BYTES, FRAMES_FILE, StreamResult, run_stream
+from safehub._scanner.pickle_vm import (
+    FRAMES_BYTES,
+    FRAMES_FILE,
+    PickleCursor,
+    StreamResult,
+    run_stream,
+)
 from safehub._scanner.source import BytesSource
 from safehub.findings import FileReport, Verdict
 from safehub.scan import scan_file
@@ -47,6 +55,7 @@ __all__ = [
     "scan_bytes",
     "scanner_stream",
     "stream_differences",
+    "streams_differences",
 ]
 
 PICKLE_READERS = ("c_file", "c_bytes", "py")
@@ -165,6 +174,25 @@ def stream_differences(reader: str, data: bytes, real: Real,
             out.append(f"{reader}: real parser loads to the end, scanner stops: {res.error}")
         elif rec.end is not None and rec.end != res.end:
             out.append(f"{reader}: record ends at {rec.end}, scanner says {res.end}")
+    return out
+
+
+def streams_differences(data: bytes, real: Real) -> list[str]:
+    """Stream after stream (``c_file_all``): each record the real parser reads must be one
+    the scanner reads, starting and ending at the same offsets, with its names reported."""
+    if real.crashed:
+        return [f"real parser: {real.crashed}"]
+    cursor = PickleCursor(BytesSource(data))
+    out = []
+    for n, rec in enumerate(real.records):
+        if cursor.at_eof():
+            out.append(f"record {n}: the real parser reads it, the scanner finds no bytes left")
+            break
+        res = cursor.stream()
+        out += [f"record {n}: {d}" for d in stream_differences(
+            "c_file", data, Real([rec]), res)]
+        if not res.stopped:
+            break
     return out
 
 

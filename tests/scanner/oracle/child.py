@@ -156,6 +156,14 @@ def read_pickle(reader: str, data: bytes) -> None:
         _one(CUnpickler, PeekAll(data))
     elif reader == "py":
         _one(PyUnpickler, io.BytesIO(data))
+    elif reader == "c_file_all":
+        # Every stream in turn from one file object, as torch's legacy loader and readers
+        # that read on do: where one load() leaves the file is where the next one starts.
+        fh = io.BytesIO(data)
+        for _ in range(16):
+            if fh.tell() >= len(data):
+                break
+            _one(CUnpickler, fh)
     elif reader == "torch_zip":
         import torch.serialization as ts
 

@@ -31,3 +31,8 @@ COUNTEREXAMPLES += [
     ("c_file", b"\x80\x05\x95\x10\x00\x00\x00\x00\x00\x00\x00K\x94p1_0\n\x8c\x01aq\x01C\x04\x8b"
                b"\xb5b\x17p1_0\nL 5\n0."),
 ]
+COUNTEREXAMPLES += [
+    # PERSID's last line without newline: pickle._Unpickler calls persistent_load on it
+    ("py", b"\x80\x03P\x05"),
+    ("py", b"M\xe0\x1b\x94Px"),
+]

@@ -19,6 +19,7 @@ from tests.scanner.oracle import (
     run_real,
     scan_bytes,
     stream_differences,
+    streams_differences,
 )
 from tests.scanner.oracle.gen import container, mutate, pickle_program
 
@@ -32,7 +33,8 @@ class Outcome:
 
 
 def inputs_for(seed: int, n: int, containers: int) -> list[tuple[str, bytes]]:
-    """``n`` pickle streams (each for every pickle reader) and ``containers`` files."""
+    """``n`` pickle streams (each for every pickle reader, and read stream after stream)
+    and ``containers`` files."""
     rng = random.Random(seed)
     items: list[tuple[str, bytes]] = []
     for _ in range(n):
@@ -40,6 +42,7 @@ def inputs_for(seed: int, n: int, containers: int) -> list[tuple[str, bytes]]:
         if rng.random() < 0.5:
             data = mutate(rng, data)
         items.extend((reader, data) for reader in PICKLE_READERS)
+        items.append(("c_file_all", data))
     for _ in range(containers):
         data = pickle_program(rng)
         if rng.random() < 0.3:
@@ -56,6 +59,8 @@ def run_round(seed: int, n: int = 200, containers: int = 20) -> Outcome:
     for (reader, data), real in zip(items, reals, strict=True):
         if reader in PICKLE_READERS:
             diffs = stream_differences(reader, data, real)
+        elif reader == "c_file_all":
+            diffs = streams_differences(data, real)
         else:
             if data not in reports:
                 reports[data] = scan_bytes(data)
