@@ -33,7 +33,12 @@ def decompile(data: bytes) -> str:
 
 
 def record_bytes(fh: BinaryIO, size: int, location: str) -> bytes | None:
-    """The bytes of the pickle at ``location`` (a zip record name, or "" for the file)."""
+    """The bytes of the pickle at ``location`` (a zip record name, a legacy tar member, or
+    "" for the file)."""
+    if location in ("pickle", "storages", "tensors"):
+        member = _tar_member(fh, location)
+        if member is not None:
+            return member
     if not location or location in ("pickle", "npy"):
         if size > MAX_DECOMPILE:
             return None
@@ -51,3 +56,10 @@ def record_bytes(fh: BinaryIO, size: int, location: str) -> bytes | None:
             src, _ = open_entry(fh, entry, MAX_DECOMPILE)
             return src.read(MAX_DECOMPILE)
     return None
+
+
+
+def _tar_member(fh: BinaryIO, name: str) -> bytes | None:
+    from safehub._scanner.fmt_tar import read_member
+
+    return read_member(fh, name, MAX_DECOMPILE)

@@ -28,7 +28,7 @@ from safehub._scanner.judge import Loader, judge_stream
 from safehub._scanner.pickle_vm import Global, PickleCursor, StreamResult
 from safehub._scanner.source import Truncated
 
-__all__ = ["MAX_HEADER_READ", "MAX_MEMBERS", "TarProbe", "probe_tar", "scan_tar"]
+__all__ = ["MAX_HEADER_READ", "MAX_MEMBERS", "TarProbe", "probe_tar", "read_member", "scan_tar"]
 
 _MAX_RECORDS = 1_000_000
 # Bytes tarfile may read while parsing the headers of one archive (header blocks, PAX
@@ -108,6 +108,39 @@ def probe_tar(fh: BinaryIO) -> TarProbe:
     return TarProbe(tar, capped)
 
 
+def _load_members(tar: tarfile.TarFile) -> None:
+    """Read every header (what getmembers() does), within the member-count bound."""
+    count = 0
+    while tar.next() is not None:
+        count += 1
+        if count > MAX_MEMBERS:
+            raise _TooManyMembers()
+
+
+class _TooManyMembers(Exception):
+    """The archive has more than MAX_MEMBERS members."""
+
+
+def read_member(fh: BinaryIO, name: str, limit: int) -> bytes | None:
+    """Member ``name`` of a legacy torch tar as torch reads it, when ``fh`` is such a tar
+    and the member is a regular file of at most ``limit`` bytes; else None."""
+    probe = probe_tar(fh)
+    tar, capped = probe.tar, probe.capped
+    if tar is None or capped is None:
+        return None
+    try:
+        _load_members(tar)
+        capped.capped = False
+        info = tar.getmember(name)
+        if not info.isfile() or info.size > limit:
+            return None
+        data = tar.extractfile(info)
+        return data.read(limit) if data is not None else None
+    except (KeyError, tarfile.TarError, _HeaderTooBig, _TooManyMembers, ValueError,
+            OverflowError, UnicodeError, EOFError):
+        return None
+
+
 def scan_tar(scan: FileScan, probe: TarProbe) -> None:
     """Analyze the members torch's legacy loader reads, as tarfile gives them."""
     if scan.format == "unknown":
@@ -117,13 +150,10 @@ def scan_tar(scan: FileScan, probe: TarProbe) -> None:
         scan.add("SH191", f"tar archive not analyzed: {probe.problem}")
         return
     try:
-        count = 0
-        # tar.next() until None is what getmembers() does; counting bounds the work.
-        while tar.next() is not None:
-            count += 1
-            if count > MAX_MEMBERS:
-                scan.add("SH191", f"tar archive has more than {MAX_MEMBERS} members")
-                return
+        _load_members(tar)
+    except _TooManyMembers:
+        scan.add("SH191", f"tar archive has more than {MAX_MEMBERS} members")
+        return
     except tarfile.TarError as exc:
         # torch.load gets this TarError from tar.extract() and falls back to reading the
         # file as a raw pickle; that reading is probed separately.

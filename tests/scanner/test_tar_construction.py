@@ -248,3 +248,14 @@ def test_tar_decision_is_tarfiles_own() -> None:
         assert probe.accepted is real, blob[:512]
         agree[real] += 1
     assert agree[True] and agree[False]  # both answers were exercised
+
+
+def test_decompile_shows_the_tar_member_as_tarfile_reads_it(tmp_path: Path) -> None:
+    from safehub.scan import ScanOptions
+
+    data = _base256_checksum(B.v7_header(B.torch_tar_bytes(B.os_system_p0("shown"))))
+    path = B.write(tmp_path / "b256.pt", data)
+    report = scan_one(path, ScanOptions(decompile=True))
+    assert report.verdict is Verdict.UNSAFE
+    [(location, source)] = report.decompiled
+    assert location == "pickle" and "system('touch shown')" in source
