@@ -12,6 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests are reproducible (the same examples on every run, in CI too) and carry no
+# per-example deadline: `make test` must pass on a loaded 2-CPU machine.
+settings.register_profile("safehub", derandomize=True, deadline=None, print_blob=True)
+settings.load_profile("safehub")
 
 REPO = Path(__file__).resolve().parents[1]
 # ../shared beside the repo (CI always has it); SAFEHUB_SHARED overrides the location.

@@ -65,7 +65,10 @@ class NormalisingServer:
                     return
                 body = owner.files.get(resolved)
                 self.send_response(200 if body is not None else 404)
-                self.send_header("X-Resolved", resolved)
+                # Header values are latin-1 on the wire: send the UTF-8 bytes of what the
+                # path decoded to (readers undo it with .encode("latin-1").decode()).
+                self.send_header("X-Resolved", resolved.encode("utf-8", "surrogatepass")
+                                 .decode("latin-1"))
                 self.send_header("Content-Length", str(len(body or b"")))
                 self.end_headers()
                 self.wfile.write(body or b"")

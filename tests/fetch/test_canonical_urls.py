@@ -73,7 +73,9 @@ def _raw_get(server_url: str, target: str) -> tuple[int, bytes, str]:
     try:
         conn.request("GET", target)
         resp = conn.getresponse()
-        return resp.status, resp.read(), resp.getheader("X-Resolved", "")
+        resolved = resp.getheader("X-Resolved", "").encode("latin-1").decode("utf-8",
+                                                                              "surrogatepass")
+        return resp.status, resp.read(), resolved
     finally:
         conn.close()
 

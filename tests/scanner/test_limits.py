@@ -123,7 +123,7 @@ def test_deflate_bomb_of_opcodes_ends_in_sh191() -> None:
     """data.pkl inflating to 200 MB of opcodes: analysis stops at the opcode budget."""
     data = _deflated_zip(b"N0", 100_000_000)
     assert len(data) < 1 << 20
-    report, _ = _scan(data)
+    report = _scan(data)
     found = [f for f in report.findings if f.rule_id == "SH191"]  # type: ignore[attr-defined]
     assert found and f"more than {Limits().max_ops} opcodes" in found[0].message
 
@@ -132,7 +132,7 @@ def test_opcode_budget_is_per_file_not_per_record() -> None:
     """Many records under the limit each still spend one budget for the file."""
     limits = Limits(max_ops=50_000)
     data = _deflated_zip(b"N0", 20_000, records=6)  # 40k opcodes a record, 240k in all
-    one, _ = _scan(_deflated_zip(b"N0", 20_000), ScanOptions(limits=limits))
+    one = _scan(_deflated_zip(b"N0", 20_000), ScanOptions(limits=limits))
     assert "SH191" not in rules(one)  # type: ignore[arg-type]
-    many, _ = _scan(data, ScanOptions(limits=limits))
+    many = _scan(data, ScanOptions(limits=limits))
     assert "SH191" in rules(many)  # type: ignore[arg-type]
