@@ -33,6 +33,10 @@ NEEDS_NETWORK = {
     "safehub audit /srv/models --policy strict --lockfile safehub.lock -f sarif -o audit.sarif",
     "safehub audit",
     "safehub audit --fix",
+    # remote stores and a Dask cluster (tests/remote and tests/audit/test_dask.py run these
+    # against loopback servers and a LocalCluster)
+    "safehub audit hf://acme/detector s3://models/prod/",
+    "safehub audit s3://registry/ --executor dask://10.0.0.5:8786 --journal audit.jsonl",
 }
 
 
@@ -89,8 +93,11 @@ def _scratch(folder: Path) -> Path:
 
 @pytest.fixture
 def env(tmp_path: Path, isolated_torch_home: Path) -> dict[str, str]:
+    home = tmp_path / "home"  # `~/.cache` in the examples: a cache of the test's own
+    (home / ".cache").mkdir(parents=True)
+    shutil.copytree(REPO / "examples" / "models", home / ".cache" / "models")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "XDG_STATE_HOME": str(tmp_path / "state"), "NO_COLOR": "1"}
+           "XDG_STATE_HOME": str(tmp_path / "state"), "NO_COLOR": "1", "HOME": str(home)}
     env.pop("SAFEHUB_POLICY", None)
     return env
 
