@@ -59,6 +59,12 @@ def scan_zip(scan: FileScan, fh: BinaryIO, directory: ZipDirectory) -> str:
         kind = _record_kind(fh, entry)
         if kind is None:
             continue
+        budget = scan.options.limits.budget
+        if budget is not None and budget.left <= 0:
+            scan.add("SH191", f"analysis budget of {scan.options.limits.max_ops} opcodes spent "
+                     f"before record {entry.name}; the rest of the archive was not analyzed",
+                     location=entry.name)
+            break
         analyzed += 1
         src, inflater = open_entry(fh, entry, scan.options.max_record_size)
         scan.records.append(entry.name)

@@ -46,6 +46,9 @@ _HIGHEST_PROTOCOL = 5
 # How the unpickler meets a FRAME (see ``PickleCursor``): "file" is _pickle.c reading a file
 # object (torch.load's io.BytesIO of data.pkl, pickle.load), "bytes" is pickle.loads.
 FRAMES_FILE = "file"
+# What starting a stream costs, in opcodes of the file's budget: a zip of a million tiny
+# pickle records spends it as surely as one record of millions of opcodes.
+STREAM_COST = 64
 FRAMES_BYTES = "bytes"
 _TORCH_MODULE_RENAMES = {"torch.tensor": "torch._tensor"}
 JOBLIB_WRAPPER = "joblib.numpy_pickle.NumpyArrayWrapper"
@@ -667,6 +670,8 @@ class PickleCursor:
         memo: dict[int, object] = dict(state.memo) if state else {}
         proto = state.proto if state else 0
         budget = self.limits.budget
+        if budget is not None:
+            budget.left -= STREAM_COST
         max_ops = self.limits.max_ops if budget is None else budget.left
         if max_ops <= 0:
             raise LimitExceeded("the file's opcode budget is spent", self.offset())

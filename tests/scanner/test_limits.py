@@ -136,3 +136,18 @@ def test_opcode_budget_is_per_file_not_per_record() -> None:
     assert "SH191" not in rules(one)  # type: ignore[arg-type]
     many = _scan(data, ScanOptions(limits=limits))
     assert "SH191" in rules(many)  # type: ignore[arg-type]
+
+
+def test_many_tiny_records_spend_the_budget_once() -> None:
+    """Starting a stream costs budget too: a zip of many tiny pickle records stops with
+    one SH191 instead of analyzing (and reporting) each."""
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in range(2000):
+            zf.writestr(f"a/{i}.pkl", b"N.")
+    report, _ = _scan(buf.getvalue(), ScanOptions(limits=Limits(max_ops=10_000)))
+    limit = [f for f in report.findings if f.rule_id == "SH191"]  # type: ignore[attr-defined]
+    assert 1 <= len(limit) <= 2
+    assert len(report.records) < 2000  # type: ignore[attr-defined]
