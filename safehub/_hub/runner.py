@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from safehub.errors import FetchError, IntegrityError, SafehubError
+from safehub.errors import FetchError, IntegrityError, PolicyViolation, SafehubError
 from safehub.policy import Decision, Policy, RepoRequest, SandboxRequest, TrustRepo, load_policy
 
 if TYPE_CHECKING:
@@ -48,18 +48,26 @@ class HubCall:
     force_reload: bool = False
     timeout_s: float | None = None  # can only tighten the policy's limit
     memory_mb: int | None = None  # can only tighten the policy's limit
+    seed: int | None = None  # torch/random/numpy seeded in the child before the import
+    trust_nested: tuple[str, ...] = ()  # repos the entrypoint may torch.hub.load, this call
 
 
 class PolicyBroker:
     """The sandbox's download broker: every request goes through the policy and fetch layer.
 
     Repo code asks by URL (weights) or ``owner/repo[:ref]`` (other repos); what is
-    returned has been policy-decided, pinned, hashed and scanned.
+    returned has been policy-decided, pinned, hashed and scanned. A nested repo is
+    decided with the outer call's context: it is trusted for this call when the
+    caller named it in ``trust_nested`` (as ``trust_repo=True`` would trust it),
+    and a refusal names the outer repo, the keyword, the flag and the policy line.
     """
 
-    def __init__(self, fetcher: Fetcher, requester: str | None):
+    def __init__(self, fetcher: Fetcher, requester: str | None,
+                 trust_nested: Sequence[str] = (), outer: str | None = None):
         self.fetcher = fetcher
         self.requester = requester
+        self.outer = outer or requester
+        self.trust_nested = tuple(_nested_key(spec) for spec in trust_nested)
         self.served: list[str] = []
 
     def fetch(self, url: str, *, file_name: str | None, check_hash: bool) -> Path:
@@ -68,11 +76,39 @@ class PolicyBroker:
         self.served.append(url)
         return cached.path
 
+    def trusts(self, repo: str) -> bool:
+        """Whether the caller trusted ``owner/name[:ref]`` for this call."""
+        name, ref = _nested_key(repo)
+        return any(t_name == name and (t_ref is None or t_ref == ref)
+                   for t_name, t_ref in self.trust_nested)
+
     def fetch_repo(self, repo: str, *, force_reload: bool) -> Path:
-        checkout = self.fetcher.fetch_repo(repo, force_reload=force_reload)
+        trusted = self.trusts(repo)
+        try:
+            checkout = self.fetcher.fetch_repo(repo, force_reload=force_reload,
+                                               trust_repo=True if trusted else None)
+        except PolicyViolation as exc:
+            if trusted:
+                raise
+            base = (exc.fix or "").replace(" or pass trust_repo=True / --trust-repo", "")
+            name = repo.partition(":")[0]
+            raise PolicyViolation(
+                f"{exc.message} (loaded by the entrypoint of {self.outer or 'the call'} with "
+                "torch.hub.load)", subject=repo, trail=exc.trail,
+                fix=(f"{base}; or trust it for this call only: trust_nested=[{name!r}] "
+                     f"(CLI: --trust-nested {name})")) from exc
         verify_signatures(checkout.decision, checkout.path, checkout.repo)
         self.served.append(repo)
         return checkout.path
+
+
+def _nested_key(spec: str) -> tuple[str, str | None]:
+    # One canonical form for matching: owner/name compared casefolded (GitHub names
+    # are case-insensitive), the ref compared exactly when one is given.
+    from safehub._fetch.github import RepoSpec
+
+    parsed = RepoSpec.parse(spec)
+    return parsed.repo.casefold(), parsed.ref
 
 
 def verify_signatures(decision: Decision, tree: Path, subject: str) -> list[str]:
@@ -162,6 +198,8 @@ def run_hub_call(call: HubCall, policy: Policy | str | os.PathLike[str] | None =
 
     policy = load_policy(policy)
     fetcher = fetcher or Fetcher(policy, hub_dir=get_dir())
+    for spec in call.trust_nested:  # a malformed name is the caller's error, before any work
+        _nested_key(spec)
     with contextlib.ExitStack() as stack:
         requester: str | None
         if call.source == "local":
@@ -182,8 +220,10 @@ def run_hub_call(call: HubCall, policy: Policy | str | os.PathLike[str] | None =
         request = RunRequest(repo_dir, call.op, call.entrypoint, tuple(call.args),
                              dict(call.kwargs), limits=_limits(policy, call),
                              required_layers=frozenset(Layer(name) for name in
-                                                       policy.model.sandbox.required_layers))
-        broker = PolicyBroker(fetcher, requester)
+                                                       policy.model.sandbox.required_layers),
+                             seed=call.seed)
+        broker = PolicyBroker(fetcher, requester, call.trust_nested,
+                              outer=requester or str(repo_dir))
         result = sandbox.run(request, broker)
         for layer, reason in result.layers_missing.items():
             log.warning("sandbox layer %s was not applied: %s", layer.value, reason)

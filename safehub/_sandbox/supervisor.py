@@ -28,6 +28,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NoReturn, TypeGuard
 
+from safehub._sandbox import shape
 from safehub._sandbox.broker import Broker, BrokerService
 from safehub._sandbox.channel import Channel, ChannelClosed, ProtocolError
 from safehub._sandbox.errors import (
@@ -38,6 +39,7 @@ from safehub._sandbox.errors import (
     RepoCodeError,
     SandboxFailure,
     SandboxViolation,
+    UnknownEntrypoint,
     clean_text,
 )
 from safehub._sandbox.result import read_tensors
@@ -261,10 +263,11 @@ class _Run:
                             ", ".join(sorted(x.value for x in request.unsafe_skip_layers)))
             limits = asdict(self.limits)
             limits["threads"] = self.limits.effective_threads
+            # The entrypoint and its arguments are not in this config: the zygote reads
+            # it, and what the zygote reads stays in memory its later children inherit.
+            # They go to the child on its own channel once it is sandboxed (_send_call).
             self._spawn({
-                "op": request.op.value, "repo_dir": str(request.repo_dir),
-                "entrypoint": request.entrypoint, "args": list(request.args),
-                "kwargs": dict(request.kwargs), "limits": limits,
+                "op": request.op.value, "repo_dir": str(request.repo_dir), "limits": limits,
                 "required": sorted(x.value for x in request.required_layers),
                 "skip": sorted(x.value for x in request.unsafe_skip_layers)})
             return self._loop()
@@ -401,16 +404,7 @@ class _Run:
             if kind in ("fetch", "hub_load"):
                 reply, reply_fds = self.service.handle(message)
                 try:
-                    assert self.channel is not None
-                    # A child that stops reading must not block the parent: the send
-                    # is bounded by the deadline.
-                    self.channel.sock.settimeout(max(0.1, self._deadline() - time.monotonic()))
-                    try:
-                        self.channel.send(reply, reply_fds)
-                    except TimeoutError:
-                        raise self._protocol("the child stopped reading its replies") from None
-                    finally:
-                        self.channel.sock.settimeout(None)
+                    self._send(reply, reply_fds)
                 finally:
                     for fd in reply_fds:
                         os.close(fd)
@@ -427,6 +421,27 @@ class _Run:
         finally:
             for fd in fds:
                 os.close(fd)
+
+    def _send(self, message: dict[str, Any], fds: list[int] | tuple[int, ...] = ()) -> None:
+        # A child that stops reading must not block the parent: the send is bounded
+        # by the deadline.
+        channel = self.channel
+        if channel is None:
+            raise self._protocol("no channel to the child")
+        channel.sock.settimeout(max(0.1, self._deadline() - time.monotonic()))
+        try:
+            channel.send(message, fds)
+        except TimeoutError:
+            raise self._protocol("the child stopped reading its replies") from None
+        finally:
+            channel.sock.settimeout(None)
+
+    def _send_call(self) -> None:
+        request = self.request
+        if request is None:
+            return
+        self._send({"t": "call", "entrypoint": request.entrypoint, "args": list(request.args),
+                    "kwargs": dict(request.kwargs), "seed": request.seed})
 
     def _refuse(self, message: dict[str, Any]) -> NoReturn:
         try:
@@ -457,6 +472,7 @@ class _Run:
             raise IsolationUnavailable(f"required sandbox layers missing: {', '.join(absent)}",
                                        layer=Layer(absent[0]), reason="not applied",
                                        subject=self.subject)
+        self._send_call()
 
     def _result(self, message: dict[str, Any], fds: list[int]) -> SandboxResult:
         request = self.request
@@ -468,6 +484,7 @@ class _Run:
         entrypoints: tuple[str, ...] = ()
         doc: str | None = None
         aliased: tuple[tuple[str, ...], ...] = ()
+        result_shape: shape.Node | None = None
         if request.op is Operation.LOAD:
             keys, groups = message.get("keys"), message.get("aliased", [])
             if len(fds) != 1 or not _str_list(keys) or not isinstance(groups, list) or not all(
@@ -475,6 +492,10 @@ class _Run:
                 raise self._protocol("malformed load result")
             fd = fds.pop()
             tensors = read_tensors(fd, order=keys)
+            try:
+                result_shape = shape.parse(message.get("shape"), keys)
+            except shape.ShapeError as exc:
+                raise self._protocol(f"malformed result manifest: {exc}") from None
             aliased = tuple(tuple(clean_text(k, 200) for k in g) for g in groups[:1000])
         elif request.op is Operation.LIST:
             names = message.get("entrypoints")
@@ -503,7 +524,7 @@ class _Run:
             op=request.op, tensors=tensors, entrypoints=entrypoints, doc=doc,
             layers_applied=dict(self.ready["applied"]), layers_missing=dict(self.ready["missing"]),
             timings=dict(self.times), usage=usage, aliased=aliased,
-            fetched=tuple(self.service.fetched))
+            fetched=tuple(self.service.fetched), shape=result_shape)
 
     # failures
 
@@ -522,6 +543,14 @@ class _Run:
                          fix="do not use this repository; its code tampered with the sandbox")
 
     def _error(self, message: dict[str, Any]) -> SafehubError:
+        if message.get("kind") == "unknown_entrypoint":
+            names = message.get("entrypoints")
+            if not _str_list(names):
+                return self._protocol("malformed unknown-entrypoint frame")
+            wanted = self.request.entrypoint if self.request else None
+            return UnknownEntrypoint(clean_text(wanted or "", 200),
+                                     [clean_text(n, 200) for n in names[:_MAX_ENTRYPOINTS]],
+                                     subject=self.subject)
         if message.get("kind") == "bad_result":
             raw_keys = message.get("keys")
             keys = raw_keys if _str_list(raw_keys) else []
@@ -529,7 +558,8 @@ class _Run:
                 f"the entrypoint's result cannot leave the sandbox: "
                 f"{clean_text(message.get('message'), 1500)}",
                 keys=[clean_text(k, 200) for k in keys], subject=self.subject,
-                fix="use an entrypoint that returns an nn.Module or a dict of tensors")
+                fix="use an entrypoint that returns an nn.Module, a dict of tensors, or "
+                    "tuples, lists and dicts of those")
         ref = message.get("broker_ref")
         if isinstance(ref, int) and ref in self.service.failures:
             return self.service.failures[ref]  # the broker's own verdict, not the child's story

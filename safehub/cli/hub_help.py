@@ -26,7 +26,8 @@ def run(args: argparse.Namespace) -> int:
     from safehub.sandbox import Operation
 
     call = HubCall(args.repo, Operation.HELP, args.entry, source=args.source,
-                   trust_repo=True if args.trust_repo else None, force_reload=args.force_reload)
+                   trust_repo=True if args.trust_repo else None, force_reload=args.force_reload,
+                   trust_nested=tuple(args.trust_nested))
     doc = run_hub_call(call, policy_for(args)).doc or ""
     sys.stdout.write(doc if doc.endswith("\n") or not doc else doc + "\n")
     return EXIT_OK
