@@ -370,8 +370,14 @@ def _decide_download(policy: LoadedPolicy, req: DownloadRequest) -> Decision:
         else:
             reason = ("plain http (only loopback with downloads.allow_http_loopback)"
                       if scheme == "http" else f"the {scheme or 'missing'} scheme")
-            t.deny(f"{reason} is not allowed", "use an https:// URL", "downloads",
-                   "allowed_urls")
+            fix = "use an https:// URL"
+            if scheme == "http" and is_loopback_http(req.url):
+                # A local server is a legitimate source: name both ways to allow it.
+                prefix = _prefix_for(req.url)
+                fix = (f"set downloads.allow_http_loopback = true and add {prefix!r} to "
+                       f"downloads.allowed_urls in {pfile}, or pass --allow-url {prefix} "
+                       "for one run")
+            t.deny(f"{reason} is not allowed", fix, "downloads", "allowed_urls")
             return t.decision(req.url)
     prefix = next((p for p in d.allowed_urls if url_matches_prefix(req.url, p)), None)
     if prefix is None:

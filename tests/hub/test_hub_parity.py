@@ -230,3 +230,26 @@ def test_nested_load_needs_explicit_trust_for_the_call(tmp_path: Path, hub: Fake
     # Trust for one call only: the next call without the flag is refused again.
     with pytest.raises(PolicyViolation):
         safehub.load(str(repo), "outer", source="local", policy=str(policy))
+
+
+def test_loopback_http_refusal_names_allow_url_and_the_policy_key(tmp_path: Path, hub: FakeHub,
+                                                                  cli: Cli) -> None:
+    from tests.fetch.helpers import torch_bytes
+
+    url = hub.add_file("/w/linear.pth", torch_bytes({"weight": torch.ones(2, 4),
+                                                     "bias": torch.zeros(2)}))
+    repo = make_repo(tmp_path / "repo", HUBCONF + textwrap.dedent('''
+
+        def from_url(url):
+            model = torch.nn.Linear(4, 2)
+            model.load_state_dict(torch.hub.load_state_dict_from_url(url, progress=False))
+            return model
+    '''))
+    with pytest.raises(PolicyViolation) as info:
+        safehub.load(str(repo), "from_url", url, source="local", policy="default")
+    fix = info.value.fix or ""
+    assert f"--allow-url {hub.url}/w/" in fix
+    assert "downloads.allow_http_loopback = true" in fix and "downloads.allowed_urls" in fix
+    denied = cli("load", repo, "from_url", f"url={url}", "--source", "local",
+                 "--out", tmp_path / "o.safetensors")
+    assert denied.code == 1 and f"--allow-url {hub.url}/w/" in denied.err
