@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from safehub.errors import FetchError, IntegrityError, PolicyViolation, SafehubError
 from safehub.policy import Decision, Policy, RepoRequest, SandboxRequest, TrustRepo, load_policy
@@ -188,18 +188,36 @@ def _read_only(tree: Path) -> None:
         Path(directory).chmod(0o555)
 
 
+def _sandbox_for(repo_dir: Path) -> Any:
+    """The warm sandbox whose zygote preloaded this repo's declared, installed packages."""
+    from safehub._hub.deps import preloadable_dependencies
+    from safehub.sandbox import default_sandbox
+
+    try:
+        packages = preloadable_dependencies(repo_dir)
+    except OSError:
+        packages = ()
+    return default_sandbox(packages)
+
+
 def run_hub_call(call: HubCall, policy: Policy | str | os.PathLike[str] | None = None, *,
                  fetcher: Fetcher | None = None) -> SandboxResult:
     """Decide, fetch, verify and run one hub call in the sandbox."""
     from safehub.fetch import Fetcher
     from safehub.hub import get_dir
-    from safehub.sandbox import Layer, default_sandbox
+    from safehub.sandbox import Layer
     from safehub.sandbox import SandboxRequest as RunRequest
 
-    policy = load_policy(policy)
-    fetcher = fetcher or Fetcher(policy, hub_dir=get_dir())
     for spec in call.trust_nested:  # a malformed name is the caller's error, before any work
         _nested_key(spec)
+    early = None
+    if call.source == "local":
+        # The zygote's start (importing torch and the declared packages, seconds) overlaps
+        # the policy, the signature check and the layer probe's wait below.
+        early = _sandbox_for(Path(os.path.expanduser(call.repo_or_dir)))
+        early.start_in_background()
+    policy = load_policy(policy)
+    fetcher = fetcher or Fetcher(policy, hub_dir=get_dir())
     with contextlib.ExitStack() as stack:
         requester: str | None
         if call.source == "local":
@@ -213,7 +231,8 @@ def run_hub_call(call: HubCall, policy: Policy | str | os.PathLike[str] | None =
         else:
             raise SafehubError(f"unknown source {call.source!r}", subject=call.repo_or_dir,
                                fix="use source='github' or source='local'")
-        sandbox = default_sandbox()
+        sandbox = early if early is not None and repo_dir == Path(
+            os.path.expanduser(call.repo_or_dir)) else _sandbox_for(repo_dir)
         layers = sandbox.layers()
         policy.check(SandboxRequest({layer.value: None if status.available else status.detail
                                      for layer, status in layers.items()}))

@@ -95,8 +95,15 @@ class Sandbox:
     Sandbox objects to run in parallel.
     """
 
-    def __init__(self, *, preload_torch: bool = True, start_timeout_s: float = 120.0):
+    def __init__(self, *, preload_torch: bool = True, start_timeout_s: float = 120.0,
+                 packages: tuple[str, ...] = ()):
         self.preload_torch = preload_torch
+        # Installed packages imported once in the zygote (a hubconf's dependencies, chosen
+        # by the caller from site-packages only); each child starts with them imported.
+        self.packages = tuple(sorted(packages))
+        if not all(isinstance(p, str) and p.isidentifier() for p in self.packages):
+            raise ValueError(f"packages must be top-level module names: {self.packages!r}")
+        self._starter: threading.Thread | None = None
         self.start_timeout_s = start_timeout_s
         self._lock = threading.RLock()
         self._proc: subprocess.Popen[bytes] | None = None
@@ -134,7 +141,8 @@ class Sandbox:
             root = str(Path(__file__).resolve().parents[2])
             code = (f"import sys; sys.path.append({root!r}); "
                     "from safehub._sandbox.zygote import main; "
-                    f"main({theirs.fileno()}, preload_torch={self.preload_torch!r})")
+                    f"main({theirs.fileno()}, preload_torch={self.preload_torch!r}, "
+                    f"packages={self.packages!r})")
             self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives with the zygote
             try:
                 self._proc = subprocess.Popen(
@@ -159,6 +167,33 @@ class Sandbox:
                 self._shutdown()
                 raise IsolationUnavailable("the sandbox zygote sent no greeting", layer=None,
                                            reason=repr(hello)[:200])
+            if hello.get("threads") != 1 and self.packages:
+                # A preloaded package started a thread: fork would copy a process with
+                # threads, which namespaces and Landlock refuse. Start without them.
+                log.info("sandbox: preloading %s started threads; starting without it",
+                         ", ".join(self.packages))
+                self._shutdown()
+                self.packages = ()
+                self.start()
+
+    def start_in_background(self) -> None:
+        """Start the zygote in a thread, so its start overlaps the caller's other work;
+        the next :meth:`run` (or :meth:`start`) waits for it. Errors surface there."""
+        with self._lock:
+            if self._starter is not None and self._starter.is_alive():
+                return
+            if self.zygote_pid is not None and self._control is not None:
+                return
+
+            def start() -> None:
+                try:
+                    self.start()
+                except SafehubError as exc:  # the next start() tries again and raises
+                    log.debug("sandbox: background start failed: %s", exc)
+
+            self._starter = threading.Thread(target=start, name="safehub-zygote-start",
+                                             daemon=True)
+            self._starter.start()
 
     def close(self) -> None:
         """Stop the zygote and every child it still has."""
@@ -192,10 +227,14 @@ class Sandbox:
     # --- probing ------------------------------------------------------------------------
 
     def layers(self) -> dict[Layer, LayerStatus]:
-        """Which layers a child of this sandbox gets on this machine (probed once)."""
+        """Which layers a child of this sandbox gets on this machine (probed once per
+        process: what the kernel offers does not depend on what a zygote preloaded)."""
         with self._lock:
             if self._layers is None:
-                self._layers = self._probe()
+                key = self.preload_torch
+                if key not in _machine_layers:
+                    _machine_layers[key] = self._probe()
+                self._layers = _machine_layers[key]
             return dict(self._layers)
 
     def _probe(self) -> dict[Layer, LayerStatus]:
@@ -696,16 +735,31 @@ def _remove_tree(path: Path) -> None:
 
 _default: Sandbox | None = None
 _default_lock = threading.Lock()
+_machine_layers: dict[bool, dict[Layer, LayerStatus]] = {}
+_warm: dict[tuple[str, ...], Sandbox] = {}
+_MAX_WARM = 4
 
 
-def default_sandbox() -> Sandbox:
-    """The process-wide Sandbox (one zygote, started on first use, closed at exit)."""
+def default_sandbox(packages: tuple[str, ...] = ()) -> Sandbox:
+    """The process-wide Sandbox for this set of preloaded packages (one zygote per set,
+    started on first use, reused by every later call with the same set, closed at exit;
+    at most four sets are kept, the least recently used is closed first)."""
     global _default
+    key = tuple(sorted(packages))
     with _default_lock:
-        if _default is None:
-            _default = Sandbox()
-            atexit.register(_default.close)
-        return _default
+        if not key:
+            if _default is None:
+                _default = Sandbox()
+                atexit.register(_default.close)
+            return _default
+        sandbox = _warm.pop(key, None)
+        if sandbox is None:
+            sandbox = Sandbox(packages=key)
+            atexit.register(sandbox.close)
+            while len(_warm) >= _MAX_WARM:
+                _warm.pop(next(iter(_warm))).close()
+        _warm[key] = sandbox  # most recently used last
+        return sandbox
 
 
 def run_sandboxed(request: SandboxRequest, broker: Broker | None = None) -> SandboxResult:
