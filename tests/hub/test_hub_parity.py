@@ -253,3 +253,23 @@ def test_loopback_http_refusal_names_allow_url_and_the_policy_key(tmp_path: Path
     denied = cli("load", repo, "from_url", f"url={url}", "--source", "local",
                  "--out", tmp_path / "o.safetensors")
     assert denied.code == 1 and f"--allow-url {hub.url}/w/" in denied.err
+
+
+def test_no_network_fails_at_once_naming_the_offline_setting(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from safehub.errors import FetchError
+
+    hub = FakeHub("127.0.0.1")
+    policy = write_policy(tmp_path / "policy.toml", hub)
+    url = f"{hub.url}/w/linear.pth"
+    hub.close()  # nothing listens there now: the connection is refused
+    with caplog.at_level(logging.INFO, logger="safehub"), \
+            pytest.raises(FetchError) as info:
+        safehub.load_state_dict_from_url(url, policy=str(policy), progress=False)
+    assert "no network" in info.value.message
+    assert "SAFEHUB_OFFLINE=1" in (info.value.fix or "")
+    assert "downloads.offline" in (info.value.fix or "")
+    assert not [r for r in caplog.records if "retrying" in r.getMessage()], \
+        "a refused connection was retried"
