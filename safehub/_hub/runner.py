@@ -11,10 +11,13 @@ brokered back through the same policy and fetch layer.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import shutil
+import sys
 import tempfile
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -188,6 +191,17 @@ def _read_only(tree: Path) -> None:
         Path(directory).chmod(0o555)
 
 
+def _import_torch_meanwhile() -> threading.Thread | None:
+    """Import torch (the result is mapped into torch tensors) while the child runs, not
+    after: on a machine with more than one CPU the two overlap."""
+    if "torch" in sys.modules:
+        return None
+    thread = threading.Thread(target=importlib.import_module, args=("torch",),
+                              name="safehub-import-torch", daemon=True)
+    thread.start()
+    return thread
+
+
 def _sandbox_for(repo_dir: Path) -> Any:
     """The warm sandbox whose zygote preloaded this repo's declared, installed packages."""
     from safehub._hub.deps import preloadable_dependencies
@@ -243,7 +257,12 @@ def run_hub_call(call: HubCall, policy: Policy | str | os.PathLike[str] | None =
                              seed=call.seed)
         broker = PolicyBroker(fetcher, requester, call.trust_nested,
                               outer=requester or str(repo_dir))
-        result = sandbox.run(request, broker)
+        importer = _import_torch_meanwhile() if call.op.value == "load" else None
+        try:
+            result = sandbox.run(request, broker)
+        finally:
+            if importer is not None:
+                importer.join()
         for layer, reason in result.layers_missing.items():
             log.warning("sandbox layer %s was not applied: %s", layer.value, reason)
         return replace(result, fetched=tuple(broker.served)) if broker.served else result

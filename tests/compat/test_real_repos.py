@@ -65,7 +65,10 @@ CASES = [
           ("mixnet_s", {"pretrained": False})), help="mixnet_s"),
     Case("snakers4/silero-vad", (("silero_vad", {}),), help="silero_vad",
          needs=("torchaudio",)),
-    Case("isl-org/MiDaS", (("MiDaS_small", {"pretrained": False}),), help="MiDaS_small",
+    # MiDaS_small fetches its backbone's ImageNet weights even with pretrained=False (so
+    # torch.hub fails offline too); DPT_Hybrid builds its timm backbone at random.
+    Case("isl-org/MiDaS", (("MiDaS_small", {"pretrained": False}),
+                           ("DPT_Hybrid", {"pretrained": False})), help="MiDaS_small",
          needs=("timm", "torchvision"),
          nested=(("rwightman/gen-efficientnet-pytorch", "master"),)),
     Case("facebookresearch/detr", (("detr_resnet50", {"pretrained": False}),),
