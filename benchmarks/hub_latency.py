@@ -39,6 +39,7 @@ CASES = [
     ("rwightman_gen-efficientnet-pytorch", "mobilenetv3_large_100", {}, ()),
     ("rwightman_gen-efficientnet-pytorch", "mixnet_s", {"pretrained": False}, ()),
     ("facebookresearch_dinov2", "dinov2_vits14_reg", {"pretrained": False}, ()),
+    ("isl-org_MiDaS", "DPT_Hybrid", {"pretrained": False}, ("timm",)),
     ("snakers4_silero-vad", "silero_vad", {}, ("torchaudio",)),
 ]
 

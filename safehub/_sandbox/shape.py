@@ -78,18 +78,23 @@ class Node:
         """One line per element: where it is, what it was, what became of it."""
         from safehub._sandbox.errors import clean_text
 
+        def one_line(text: str) -> str:  # names and reasons came from the sandbox
+            return clean_text(text, 300).replace("\n", "\\n").replace("\t", "\\t")
+
         lines = []
         for node in self.walk():
-            where = clean_text(node.prefix, 200) or "(top)"
+            where = one_line(node.prefix) or "(top)"
             if node.kind == "module":
                 what = "TorchScript module" if node.script else "module"
-                lines.append(f"{where}: {what} {node.type_name}, {len(node.keys)} tensors")
+                lines.append(f"{where}: {what} {one_line(node.type_name)}, "
+                             f"{len(node.keys)} tensors")
             elif node.kind == "tensor":
                 lines.append(f"{where}: tensor")
             elif node.kind == "value":
-                lines.append(f"{where}: value {node.value!r}"[:300])
+                lines.append(one_line(f"{where}: value {node.value!r}"[:300]))
             elif node.kind == "dropped":
-                lines.append(f"{where}: dropped {node.type_name} ({node.reason})")
+                lines.append(f"{where}: dropped {one_line(node.type_name)} "
+                             f"({one_line(node.reason)})")
             else:
                 lines.append(f"{where}: {node.kind} of {len(node.children)}")
         return lines
