@@ -45,7 +45,8 @@ CASES = [
 
 DRIVER = """
 import json, sys, time
-side, repo, entry, kwargs, calls = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), int(sys.argv[5])
+side, repo, entry = sys.argv[1], sys.argv[2], sys.argv[3]
+kwargs, calls = json.loads(sys.argv[4]), int(sys.argv[5])
 t0 = time.perf_counter()
 if side == "torch.hub":
     import torch

@@ -12,6 +12,7 @@ torch.hub imports the repo's copy, so the child must too).
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib.util
 import os
 import site
@@ -30,10 +31,8 @@ def _site_dirs() -> list[str]:
         with_key = sysconfig.get_paths().get(key)
         if with_key:
             dirs.add(os.path.realpath(with_key))
-    try:
+    with contextlib.suppress(AttributeError):  # embedded interpreters may lack it
         dirs.update(os.path.realpath(d) for d in site.getsitepackages())
-    except AttributeError:  # some embedded interpreters have no getsitepackages
-        pass
     return sorted(dirs)
 
 

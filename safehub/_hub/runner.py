@@ -21,14 +21,14 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from safehub.errors import FetchError, IntegrityError, PolicyViolation, SafehubError
 from safehub.policy import Decision, Policy, RepoRequest, SandboxRequest, TrustRepo, load_policy
 
 if TYPE_CHECKING:
     from safehub.fetch import Fetcher
-    from safehub.sandbox import JSONValue, Operation, SandboxLimits, SandboxResult
+    from safehub.sandbox import JSONValue, Operation, Sandbox, SandboxLimits, SandboxResult
 
 __all__ = ["HubCall", "PolicyBroker", "run_hub_call", "verify_signatures"]
 
@@ -202,7 +202,7 @@ def _import_torch_meanwhile() -> threading.Thread | None:
     return thread
 
 
-def _sandbox_for(repo_dir: Path) -> Any:
+def _sandbox_for(repo_dir: Path) -> Sandbox:
     """The warm sandbox whose zygote preloaded this repo's declared, installed packages."""
     from safehub._hub.deps import preloadable_dependencies
     from safehub.sandbox import default_sandbox

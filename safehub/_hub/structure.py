@@ -97,12 +97,13 @@ def fill_into(into: Any, node: Node, tensors: Mapping[str, Any], subject: str) -
             raise TypeError(
                 f"into=: {subject} returned {_describe(node)} at {where}, which does not match "
                 f"a {type(into).__name__} of {len(into)}")
-        filled = [fill_into(i, c, tensors, subject) for i, c in zip(into, node.children)]
+        filled = [fill_into(i, c, tensors, subject)
+                  for i, c in zip(into, node.children, strict=True)]
         return tuple(filled) if isinstance(into, tuple) else filled
     if isinstance(into, Mapping):
         if node.kind != "dict":
             raise TypeError(f"into=: {subject} returned {_describe(node)} at {where}, not a dict")
-        children = {c.name: c for c in node.children}
+        children = {c.name or "": c for c in node.children}
         unknown = [k for k in into if k not in children]
         if unknown:
             raise KeyError(f"into=: {subject} returned no entries {unknown} at {where} "

@@ -49,7 +49,7 @@ def _preload_packages(names: list[str]) -> list[str]:
     for name in names:
         try:
             importlib.import_module(name)
-        except Exception:  # noqa: BLE001 - any failure leaves it to the child
+        except Exception:  # any failure leaves it to the child
             failed.append(name)
     return failed
 

@@ -36,7 +36,8 @@ def flatten(value: Any, path: str, out: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    request = json.loads(open(sys.argv[1]).read())
+    with open(sys.argv[1]) as fh:
+        request = json.load(fh)
     import torch
     import torch.hub as hub
     from safetensors.torch import save_file

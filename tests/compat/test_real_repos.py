@@ -140,7 +140,7 @@ def test_safehub_matches_torch_hub(case: Case, tmp_path: Path,
         assert safehub.list(repo, source="local", policy=policy) == oracle["entrypoints"]
         if case.help:
             assert safehub.help(repo, case.help, source="local", policy=policy) == oracle["doc"]
-        for (entry, kwargs), want in zip(case.loads, oracle["loads"]):
+        for (entry, kwargs), want in zip(case.loads, oracle["loads"], strict=True):
             if "error" in want:
                 # Plain torch.hub cannot do it here either (it wants the network): not a
                 # difference, but say so.

@@ -222,8 +222,8 @@ def test_limits_validate_and_tighten() -> None:
 
 
 def test_entrypoint_errors_are_reported_with_the_traceback(repo: Path, sandbox: Sandbox) -> None:
-    with pytest.raises(UnknownEntrypoint, match="Cannot find callable nope in hubconf; its "
-                       "entrypoints are: .*linear") as unknown:
+    with pytest.raises(UnknownEntrypoint, match=r"Cannot find callable nope in hubconf; its "
+                       r"entrypoints are: .*linear") as unknown:
         load(sandbox, repo, "nope")
     assert unknown.value.rule_id == "SH520" and "traceback" not in unknown.value.diagnostics()
     with pytest.raises(RepoCodeError, match="TypeError") as info:

@@ -59,7 +59,7 @@ def test_flatten_refuses_collisions_and_bare_values() -> None:
         flatten({"a": torch.nn.Linear(1, 1), "a.weight": torch.ones(1)})
     with pytest.raises(ShapeError, match="builtin_function_or_method"):
         flatten(len)
-    with pytest.raises(ShapeError, match="torch.Tensor"):
+    with pytest.raises(ShapeError, match=r"torch\.Tensor"):
         flatten(torch.ones(1))
 
 
