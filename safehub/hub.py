@@ -144,7 +144,8 @@ def load_state_dict_from_url(url: str, model_dir: str | None = None,
 def load(repo_or_dir: str, model: str, *args: Any, source: str = "github",
          trust_repo: TrustRepo = "check", force_reload: bool = False, verbose: bool = True,
          skip_validation: bool = False, policy: PolicyArg = None, into: Any = None,
-         seed: int | None = None, trust_nested: Sequence[str] = (), **kwargs: Any) -> Any:
+         seed: int | None = None, trust_nested: Sequence[str] | None = None,
+         **kwargs: Any) -> Any:
     """Load a model from a torch.hub repository, running its code in the sandbox.
 
     ``repo_or_dir`` is ``owner/repo[:ref]`` (``source="github"``) or a folder with a
@@ -202,6 +203,7 @@ def load(repo_or_dir: str, model: str, *args: Any, source: str = "github",
     del skip_validation, verbose
     if isinstance(trust_nested, str):
         trust_nested = [trust_nested]
+    trust_nested = trust_nested or ()
     call = HubCall(repo_or_dir, Operation.LOAD, model,
                    args=tuple(check_json(builtins.list(args), "args") or ()),  # type: ignore[arg-type]
                    kwargs=check_json(kwargs, "kwargs"),  # type: ignore[arg-type]
