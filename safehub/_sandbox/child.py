@@ -152,6 +152,8 @@ def _serve(channel: Channel, config: dict[str, Any]) -> None:
     try:
         if op == "load" and isinstance(call.get("seed"), int):
             _seed(call["seed"])
+        if isinstance(config.get("pycache_dir"), str):
+            _use_bytecode(repo, config["pycache_dir"])
         sys.path.insert(0, repo)
         module = _import_hubconf(repo)
         if op == "list":
@@ -188,6 +190,28 @@ def _serve(channel: Channel, config: dict[str, Any]) -> None:
         raise
     except BaseException as exc:  # report any failure of repo code
         channel.send(_describe(exc, phase))
+
+
+def _use_bytecode(repo: str, prefix: str) -> None:
+    """Read the repository's modules from the parent's compiled copy (see ``bytecode``);
+    every other module keeps its own ``__pycache__``."""
+    import importlib._bootstrap_external as external
+
+    original = external.cache_from_source
+    inside = repo.rstrip(os.sep) + os.sep
+
+    def cache_from_source(path: str, debug_override: Any = None, *,
+                          optimization: Any = None) -> str:
+        if not str(path).startswith(inside):
+            return original(path, debug_override, optimization=optimization)
+        saved = sys.pycache_prefix
+        sys.pycache_prefix = prefix
+        try:
+            return original(path, debug_override, optimization=optimization)
+        finally:
+            sys.pycache_prefix = saved
+
+    external.cache_from_source = cache_from_source
 
 
 def _map_loaded_files() -> None:

@@ -28,7 +28,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NoReturn, TypeGuard
 
-from safehub._sandbox import shape
+from safehub._sandbox import bytecode, shape
 from safehub._sandbox.broker import Broker, BrokerService
 from safehub._sandbox.channel import Channel, ChannelClosed, ProtocolError
 from safehub._sandbox.errors import (
@@ -307,6 +307,7 @@ class _Run:
             # They go to the child on its own channel once it is sandboxed (_send_call).
             self._spawn({
                 "op": request.op.value, "repo_dir": str(request.repo_dir), "limits": limits,
+                "pycache_dir": bytecode.compiled(str(request.repo_dir)),
                 "required": sorted(x.value for x in request.required_layers),
                 "skip": sorted(x.value for x in request.unsafe_skip_layers)})
             return self._loop()

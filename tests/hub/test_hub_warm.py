@@ -53,3 +53,26 @@ def test_hubconf_that_does_not_parse_preloads_nothing(tmp_path: Path) -> None:
     repo.mkdir()
     (repo / "hubconf.py").write_text("dependencies = ['safetensors'\n")
     assert preloadable_dependencies(repo) == ()
+
+
+def test_repo_modules_are_read_from_the_parents_compiled_copy(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "helper.py").write_text("VALUE = 3\n")
+    (repo / "hubconf.py").write_text(textwrap.dedent('''
+        import os
+        import torch
+        import helper
+
+
+        def probe():
+            cached = helper.__cached__
+            return {"outside_repo": torch.tensor([not cached.startswith(os.path.dirname(
+                        helper.__file__))]),
+                    "exists": torch.tensor([os.path.exists(cached)]),
+                    "value": torch.tensor([helper.VALUE])}
+    '''))
+    state = safehub.load(str(repo), "probe", source="local")
+    assert state["outside_repo"].item() and state["exists"].item()
+    assert state["value"].item() == 3
+    assert not list(repo.rglob("__pycache__")), "nothing was written into the repo"
