@@ -13,6 +13,7 @@ means no cache: the call goes on without one.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import subprocess
@@ -44,14 +45,14 @@ def compiled(repo_dir: str) -> str | None:
             return _done[repo_dir]
         prefix = os.path.join(_private_root(), str(len(_done)))
         os.mkdir(prefix, 0o755)
-        try:
+        # Whatever was compiled before a failure or the timeout is used; the rest
+        # compiles in the child.
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
             subprocess.run([sys.executable, "-I", "-X", f"pycache_prefix={prefix}", "-m",
                             "compileall", "-q", "-r", "32", repo_dir],
                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, timeout=_TIMEOUT_S, cwd="/",
                            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
-        except (OSError, subprocess.SubprocessError):
-            pass  # whatever was compiled is used; the rest compiles in the child
         for folder, dirs, files in os.walk(prefix):
             for name in dirs:
                 os.chmod(os.path.join(folder, name), 0o755)

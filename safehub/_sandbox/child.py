@@ -211,7 +211,7 @@ def _use_bytecode(repo: str, prefix: str) -> None:
         finally:
             sys.pycache_prefix = saved
 
-    external.cache_from_source = cache_from_source
+    external.cache_from_source = cache_from_source  # type: ignore[assignment]
 
 
 def _map_loaded_files() -> None:
