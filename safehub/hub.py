@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from safehub._fetch import location as _location
@@ -144,6 +145,7 @@ def load_state_dict_from_url(url: str, model_dir: str | None = None,
 def load(repo_or_dir: str, model: str, *args: Any, source: str = "github",
          trust_repo: TrustRepo = "check", force_reload: bool = False, verbose: bool = True,
          skip_validation: bool = False, policy: PolicyArg = None, into: Any = None,
+         seed: int | None = None, trust_nested: Sequence[str] | None = None,
          **kwargs: Any) -> Any:
     """Load a model from a torch.hub repository, running its code in the sandbox.
 
@@ -154,10 +156,29 @@ def load(repo_or_dir: str, model: str, *args: Any, source: str = "github",
     imported and ``model(*args, **kwargs)`` called inside the sandbox. Weights the
     code downloads come through the policy, the fetch layer and the scanner.
 
-    Returns the model's tensors as ``dict[str, torch.Tensor]`` (its ``state_dict()``
-    when the entrypoint returns a module). With ``into=module`` (a module you built
-    from trusted code), the tensors are loaded into it with ``strict=False`` and the
-    module is returned; missing and unexpected keys are logged as a warning.
+    Returns the model's tensors as a :class:`~safehub._hub.structure.LoadedState`, a
+    ``dict[str, torch.Tensor]``: the ``state_dict()`` when the entrypoint returns a
+    module (a TorchScript module included: its weights). When it returns tuples,
+    lists or dicts of modules, tensors and plain values, the keys are prefixed with
+    the element's path (``0.weight`` for element 0 of a tuple, ``head.bias`` for
+    the ``"head"`` entry of a dict), and ``.shape`` describes the structure:
+    which prefix was which element, the plain values, and the leaves that could
+    not cross (functions, classes, other objects) with the reason (``.dropped``).
+
+    ``into=`` takes a module you built from trusted code, or the matching structure
+    of modules and ``None`` (``into=(my_model, None)`` for an entrypoint returning
+    ``(model, utils)``): each module is loaded with ``strict=False`` (missing and
+    unexpected keys are logged as a warning) and the structure is returned, with
+    ``None`` slots holding that element's tensors or value.
+
+    ``seed`` seeds ``torch``, ``random`` and numpy in the sandbox before
+    ``hubconf.py`` is imported, as ``torch.manual_seed(seed)`` before
+    ``torch.hub.load`` would (random-init entrypoints then give torch.hub's values).
+
+    ``trust_nested`` names the repositories (``owner/repo[:ref]``) the entrypoint
+    may itself load with ``torch.hub.load`` during this call, trusted for this call
+    only, as ``trust_repo=True`` would for the outer repo (the policy's pins and
+    denials still apply).
 
     Differences from ``torch.hub.load``:
 
@@ -172,22 +193,30 @@ def load(repo_or_dir: str, model: str, *args: Any, source: str = "github",
       commit through the API (or the lockfile), never trusted from the cache name;
     - ``verbose`` is accepted and ignored: safehub never prints, it logs to the
       ``safehub`` logger, which the application configures;
-    - keyword-only ``policy`` selects the policy; ``into`` is described above.
-      Entrypoint keyword arguments named ``policy`` or ``into`` cannot be passed.
+    - keyword-only ``policy``, ``into``, ``seed`` and ``trust_nested`` are safehub's;
+      entrypoint keyword arguments with those names cannot be passed.
     """
     from safehub._hub.runner import HubCall, run_hub_call
+    from safehub._hub.structure import LoadedState, fill_into
     from safehub._sandbox.spec import check_json
     from safehub.sandbox import Operation
 
     del skip_validation, verbose
+    if isinstance(trust_nested, str):
+        trust_nested = [trust_nested]
+    trust_nested = trust_nested or ()
     call = HubCall(repo_or_dir, Operation.LOAD, model,
                    args=tuple(check_json(builtins.list(args), "args") or ()),  # type: ignore[arg-type]
                    kwargs=check_json(kwargs, "kwargs"),  # type: ignore[arg-type]
-                   source=_source(source), trust_repo=trust_repo, force_reload=force_reload)
-    tensors = run_hub_call(call, policy).tensors
+                   source=_source(source), trust_repo=trust_repo, force_reload=force_reload,
+                   seed=seed, trust_nested=tuple(trust_nested))
+    result = run_hub_call(call, policy)
+    state = LoadedState(result.tensors, result.shape)
     if into is None:
-        return tensors
-    return _load_into(into, tensors, f"{repo_or_dir}:{model}")
+        return state
+    if result.shape is None:
+        return _load_into(into, state, f"{repo_or_dir}:{model}")
+    return fill_into(into, result.shape, state, f"{repo_or_dir}:{model}")
 
 
 def list(github: str, force_reload: bool = False, skip_validation: bool = False,
@@ -210,8 +239,9 @@ def list(github: str, force_reload: bool = False, skip_validation: bool = False,
 
 def help(github: str, model: str, force_reload: bool = False,
          skip_validation: bool = False, trust_repo: TrustRepo = "check", *,
-         source: str = "github", policy: PolicyArg = None) -> str:
-    """The docstring of one entrypoint, read by importing ``hubconf.py`` in the sandbox.
+         source: str = "github", policy: PolicyArg = None) -> str | None:
+    """The docstring of one entrypoint, read by importing ``hubconf.py`` in the sandbox;
+    ``None`` when it has none (as torch.hub's).
 
     Differences from ``torch.hub.help``: as for :func:`list`.
     """
@@ -221,7 +251,7 @@ def help(github: str, model: str, force_reload: bool = False,
     del skip_validation
     call = HubCall(github, Operation.HELP, model, source=_source(source), trust_repo=trust_repo,
                    force_reload=force_reload)
-    return run_hub_call(call, policy).doc or ""
+    return run_hub_call(call, policy).doc
 
 
 def _source(source: str) -> Literal["github", "local"]:

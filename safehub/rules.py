@@ -236,6 +236,9 @@ RULES: dict[str, Rule] = _rules(
          "The repository's code raised an exception inside the sandbox (import, entrypoint or "
          "its arguments).",
          "Check the entrypoint name and its arguments (`safehub help REPO ENTRY`)."),
+    Rule("SH520", "unknown-entrypoint", Severity.LOW,
+         "The repository's hubconf.py has no callable entrypoint of that name.",
+         "Use one of the entrypoints `safehub list REPO` shows."),
 )
 
 

@@ -30,7 +30,9 @@ from safehub._sandbox.errors import (
     RepoCodeError,
     SandboxFailure,
     SandboxViolation,
+    UnknownEntrypoint,
 )
+from safehub._sandbox.shape import Node as ResultShape
 from safehub._sandbox.spec import (
     ALL_LAYERS,
     JSONValue,
@@ -57,6 +59,7 @@ __all__ = [
     "LimitExceeded",
     "Operation",
     "RepoCodeError",
+    "ResultShape",
     "Sandbox",
     "SandboxError",
     "SandboxFailure",
@@ -64,6 +67,7 @@ __all__ = [
     "SandboxRequest",
     "SandboxResult",
     "SandboxViolation",
+    "UnknownEntrypoint",
     "default_sandbox",
     "probe_layers",
     "run_sandboxed",

@@ -137,7 +137,7 @@ def hub_list(original: Callable[..., Any], policies: Policies, github: str,
 
 def hub_help(original: Callable[..., Any], policies: Policies, github: str, model: str,
              force_reload: bool = False, skip_validation: bool = False,
-             trust_repo: Any = None) -> str:
+             trust_repo: Any = None) -> str | None:
     del original
     from safehub import hub
 

@@ -347,6 +347,15 @@ class HttpClient:
                 raise FetchError(f"TLS error: {exc}", subject=url,
                                  fix="check the server's certificate and the system CA store"
                                  ) from exc
+            if _no_network(exc):
+                # Nothing to wait for: retrying a refused connection or an unknown host
+                # only delays the answer. Say how to work from the cache instead.
+                raise FetchError(
+                    f"no network: {_describe(exc)}", subject=url,
+                    fix="work offline from safehub's cache: set SAFEHUB_OFFLINE=1 (or "
+                    "downloads.offline = true in the policy); fill the cache by running the "
+                    "same call once on a machine with network access (it keeps repos and "
+                    "files in <hub dir>/safehub)") from exc
             raise _Retryable(_describe(exc)) from exc
         finally:
             watch.stop()
@@ -572,6 +581,17 @@ def _https_proxy(host: str) -> str | None:
     if not proxy or urllib.request.proxy_bypass(host.strip("[]")):
         return None
     return proxy
+
+
+def _no_network(exc: BaseException) -> bool:
+    """A refused connection, an unknown host or no route: the network is not there."""
+    import errno
+    import socket
+
+    if isinstance(exc, (socket.gaierror, ConnectionRefusedError)):
+        return True
+    return isinstance(exc, OSError) and exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH,
+                                                      errno.ENETDOWN)
 
 
 def _describe(exc: BaseException) -> str:

@@ -11,21 +11,24 @@ brokered back through the same policy and fetch layer.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
+import sys
 import tempfile
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from safehub._tree import copy_tree, links_leaving, walk
-from safehub.errors import FetchError, IntegrityError, SafehubError
+from safehub.errors import FetchError, IntegrityError, PolicyViolation, SafehubError
 from safehub.policy import Decision, Policy, RepoRequest, SandboxRequest, TrustRepo, load_policy
 
 if TYPE_CHECKING:
     from safehub.fetch import Fetcher
-    from safehub.sandbox import JSONValue, Operation, SandboxLimits, SandboxResult
+    from safehub.sandbox import JSONValue, Operation, Sandbox, SandboxLimits, SandboxResult
 
 __all__ = ["HubCall", "PolicyBroker", "run_hub_call", "verify_signatures"]
 
@@ -48,18 +51,26 @@ class HubCall:
     force_reload: bool = False
     timeout_s: float | None = None  # can only tighten the policy's limit
     memory_mb: int | None = None  # can only tighten the policy's limit
+    seed: int | None = None  # torch/random/numpy seeded in the child before the import
+    trust_nested: tuple[str, ...] = ()  # repos the entrypoint may torch.hub.load, this call
 
 
 class PolicyBroker:
     """The sandbox's download broker: every request goes through the policy and fetch layer.
 
     Repo code asks by URL (weights) or ``owner/repo[:ref]`` (other repos); what is
-    returned has been policy-decided, pinned, hashed and scanned.
+    returned has been policy-decided, pinned, hashed and scanned. A nested repo is
+    decided with the outer call's context: it is trusted for this call when the
+    caller named it in ``trust_nested`` (as ``trust_repo=True`` would trust it),
+    and a refusal names the outer repo, the keyword, the flag and the policy line.
     """
 
-    def __init__(self, fetcher: Fetcher, requester: str | None):
+    def __init__(self, fetcher: Fetcher, requester: str | None,
+                 trust_nested: Sequence[str] = (), outer: str | None = None):
         self.fetcher = fetcher
         self.requester = requester
+        self.outer = outer or requester
+        self.trust_nested = tuple(_nested_key(spec) for spec in trust_nested)
         self.served: list[str] = []
 
     def fetch(self, url: str, *, file_name: str | None, check_hash: bool) -> Path:
@@ -68,11 +79,39 @@ class PolicyBroker:
         self.served.append(url)
         return cached.path
 
+    def trusts(self, repo: str) -> bool:
+        """Whether the caller trusted ``owner/name[:ref]`` for this call."""
+        name, ref = _nested_key(repo)
+        return any(t_name == name and (t_ref is None or t_ref == ref)
+                   for t_name, t_ref in self.trust_nested)
+
     def fetch_repo(self, repo: str, *, force_reload: bool) -> Path:
-        checkout = self.fetcher.fetch_repo(repo, force_reload=force_reload)
+        trusted = self.trusts(repo)
+        try:
+            checkout = self.fetcher.fetch_repo(repo, force_reload=force_reload,
+                                               trust_repo=True if trusted else None)
+        except PolicyViolation as exc:
+            if trusted:
+                raise
+            base = (exc.fix or "").replace(" or pass trust_repo=True / --trust-repo", "")
+            name = repo.partition(":")[0]
+            raise PolicyViolation(
+                f"{exc.message} (loaded by the entrypoint of {self.outer or 'the call'} with "
+                "torch.hub.load)", subject=repo, trail=exc.trail,
+                fix=(f"{base}; or trust it for this call only: trust_nested=[{name!r}] "
+                     f"(CLI: --trust-nested {name})")) from exc
         verify_signatures(checkout.decision, checkout.path, checkout.repo)
         self.served.append(repo)
         return checkout.path
+
+
+def _nested_key(spec: str) -> tuple[str, str | None]:
+    # One canonical form for matching: owner/name compared casefolded (GitHub names
+    # are case-insensitive), the ref compared exactly when one is given.
+    from safehub._fetch.github import RepoSpec
+
+    parsed = RepoSpec.parse(spec)
+    return parsed.repo.casefold(), parsed.ref
 
 
 def verify_signatures(decision: Decision, tree: Path, subject: str) -> list[str]:
@@ -161,16 +200,47 @@ def _read_only(tree: Path) -> None:
         Path(directory).chmod(0o555)
 
 
+def _import_torch_meanwhile() -> threading.Thread | None:
+    """Import torch (the result is mapped into torch tensors) while the child runs, not
+    after: on a machine with more than one CPU the two overlap."""
+    if "torch" in sys.modules:
+        return None
+    thread = threading.Thread(target=importlib.import_module, args=("torch",),
+                              name="safehub-import-torch", daemon=True)
+    thread.start()
+    return thread
+
+
+def _sandbox_for(repo_dir: Path) -> Sandbox:
+    """The warm sandbox whose zygote preloaded this repo's declared, installed packages."""
+    from safehub._hub.deps import preloadable_dependencies
+    from safehub.sandbox import default_sandbox
+
+    try:
+        packages = preloadable_dependencies(repo_dir)
+    except OSError:
+        packages = ()
+    return default_sandbox(packages)
+
+
 def run_hub_call(call: HubCall, policy: Policy | str | os.PathLike[str] | None = None, *,
                  fetcher: Fetcher | None = None) -> SandboxResult:
     """Decide, fetch, verify and run one hub call in the sandbox."""
     from safehub._torchdep import require_torch
     from safehub.fetch import Fetcher
     from safehub.hub import get_dir
-    from safehub.sandbox import Layer, default_sandbox
+    from safehub.sandbox import Layer
     from safehub.sandbox import SandboxRequest as RunRequest
 
     require_torch(f"hub.{call.op.value}")
+    for spec in call.trust_nested:  # a malformed name is the caller's error, before any work
+        _nested_key(spec)
+    early = None
+    if call.source == "local":
+        # The zygote's start (importing torch and the declared packages, seconds) overlaps
+        # the policy, the signature check and the layer probe's wait below.
+        early = _sandbox_for(Path(os.path.expanduser(call.repo_or_dir)))
+        early.start_in_background()
     policy = load_policy(policy)
     fetcher = fetcher or Fetcher(policy, hub_dir=get_dir())
     with contextlib.ExitStack() as stack:
@@ -186,16 +256,24 @@ def run_hub_call(call: HubCall, policy: Policy | str | os.PathLike[str] | None =
         else:
             raise SafehubError(f"unknown source {call.source!r}", subject=call.repo_or_dir,
                                fix="use source='github' or source='local'")
-        sandbox = default_sandbox()
+        sandbox = early if early is not None and repo_dir == Path(
+            os.path.expanduser(call.repo_or_dir)) else _sandbox_for(repo_dir)
         layers = sandbox.layers()
         policy.check(SandboxRequest({layer.value: None if status.available else status.detail
                                      for layer, status in layers.items()}))
         request = RunRequest(repo_dir, call.op, call.entrypoint, tuple(call.args),
                              dict(call.kwargs), limits=_limits(policy, call),
                              required_layers=frozenset(Layer(name) for name in
-                                                       policy.model.sandbox.required_layers))
-        broker = PolicyBroker(fetcher, requester)
-        result = sandbox.run(request, broker)
+                                                       policy.model.sandbox.required_layers),
+                             seed=call.seed)
+        broker = PolicyBroker(fetcher, requester, call.trust_nested,
+                              outer=requester or str(repo_dir))
+        importer = _import_torch_meanwhile() if call.op.value == "load" else None
+        try:
+            result = sandbox.run(request, broker)
+        finally:
+            if importer is not None:
+                importer.join()
         for layer, reason in result.layers_missing.items():
             log.warning("sandbox layer %s was not applied: %s", layer.value, reason)
         return replace(result, fetched=tuple(broker.served)) if broker.served else result

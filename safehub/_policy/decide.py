@@ -404,8 +404,16 @@ def _decide_download(policy: LoadedPolicy, req: DownloadRequest) -> Decision:
             t.add("allow", "plain http to a loopback address", "downloads",
                   "allow_http_loopback")
         else:
-            t.deny("plain http (only loopback with downloads.allow_http_loopback) is not "
-                   "allowed", "use an https:// URL", "downloads", "allowed_urls")
+            reason = ("plain http (only loopback with downloads.allow_http_loopback)"
+                      if parsed.scheme == "http" else f"the {parsed.scheme} scheme")
+            fix = "use an https:// URL"
+            if parsed.scheme == "http" and is_loopback_http(url):
+                # A local server is a legitimate source: name both ways to allow it.
+                loopback = _prefix_for(parsed)
+                fix = (f"set downloads.allow_http_loopback = true and add {loopback!r} to "
+                       f"downloads.allowed_urls in {pfile}, or pass --allow-url {loopback} "
+                       "for one run")
+            t.deny(f"{reason} is not allowed", fix, "downloads", "allowed_urls")
             return t.decision(req.url, url)
     prefix = next((p for p in d.allowed_urls if url_matches_prefix(url, p)), None)
     if prefix is None:

@@ -19,13 +19,13 @@ import functools
 import importlib.util
 import os
 import pickle
+import random
 import sys
 import time
 import traceback
-from collections.abc import Mapping
 from typing import Any, NoReturn
 
-from safehub._sandbox import broker, layers, writer
+from safehub._sandbox import broker, layers, shape, writer
 from safehub._sandbox.channel import Channel, ChannelClosed
 
 __all__ = ["run_outer"]
@@ -103,8 +103,46 @@ def _run_inner(setup: layers.Setup, channel_fd: int, alive_fd: int, started: flo
         os._exit(code)
 
 
+class _NoSuchEntrypoint(Exception):
+    def __init__(self, name: str, names: list[str]):
+        super().__init__(f"Cannot find callable {name} in hubconf")
+        self.name = name
+        self.names = names
+
+
+def _receive_call(channel: Channel) -> dict[str, Any]:
+    # The call's arguments come straight from the parent on this child's own channel,
+    # never through the zygote: nothing of one call stays in memory a later child
+    # inherits.
+    message, fds = channel.recv()
+    for fd in fds:
+        os.close(fd)
+    if message.get("t") != "call":
+        raise ChannelClosed("the supervisor sent no call")
+    return message
+
+
+def _seed(seed: int) -> None:
+    """As ``torch.manual_seed(s); random.seed(s); numpy.random.seed(s)`` before torch.hub.load."""
+    import torch
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy
+    except ImportError:
+        return
+    numpy.random.seed(seed % (1 << 32))
+
+
+def _entrypoints(module: Any) -> list[str]:
+    return [n for n in dir(module)
+            if isinstance(n, str) and not n.startswith("_") and callable(getattr(module, n))]
+
+
 def _serve(channel: Channel, config: dict[str, Any]) -> None:
     """Run the operation on the repository and send the result. Untrusted code runs here."""
+    call = _receive_call(channel)
     broker.install_stubs(channel)
     _map_loaded_files()
     sys.dont_write_bytecode = True  # leave the repo's folder as it is
@@ -112,39 +150,68 @@ def _serve(channel: Channel, config: dict[str, Any]) -> None:
     op = config["op"]
     phase = "import"
     try:
+        if op == "load" and isinstance(call.get("seed"), int):
+            _seed(call["seed"])
+        if isinstance(config.get("pycache_dir"), str):
+            _use_bytecode(repo, config["pycache_dir"])
         sys.path.insert(0, repo)
         module = _import_hubconf(repo)
         if op == "list":
-            names = [n for n in dir(module)
-                     if isinstance(n, str) and not n.startswith("_")
-                     and callable(getattr(module, n))]
-            channel.send({"t": "result", "op": "list", "entrypoints": names})
+            channel.send({"t": "result", "op": "list", "entrypoints": _entrypoints(module)})
             return
-        entry = _entry(module, config["entrypoint"])
+        entry = _entry(module, str(call["entrypoint"]))
         if op == "help":
             doc = entry.__doc__
             channel.send({"t": "result", "op": "help",
                           "doc": None if doc is None else str(doc)[:_MAX_TEXT * 16]})
             return
         phase = "call"
-        value = entry(*config["args"], **config["kwargs"])
+        value = entry(*call["args"], **call["kwargs"])
+        del call
         phase = "convert"
-        tensors = _as_tensors(value)
+        flat, manifest = shape.flatten(value)
         del value
+        tensors = writer.check_tensors(flat)
         packed = writer.pack(tensors)
         try:
             channel.send({"t": "result", "op": "load", "keys": list(tensors),
                           "count": packed.count, "size": packed.size,
-                          "aliased": packed.aliased}, [packed.fd])
+                          "aliased": packed.aliased, "shape": manifest}, [packed.fd])
         finally:
             os.close(packed.fd)
-    except writer.TensorProblem as problem:
+    except _NoSuchEntrypoint as missing:
+        channel.send({"t": "error", "kind": "unknown_entrypoint", "name": missing.name[:200],
+                      "entrypoints": [n[:200] for n in missing.names[:1000]]})
+    except (writer.TensorProblem, shape.ShapeError) as problem:
+        keys = problem.keys if isinstance(problem, writer.TensorProblem) else []
         channel.send({"t": "error", "kind": "bad_result", "message": str(problem),
-                      "keys": [str(k)[:200] for k in problem.keys[:100]]})
+                      "keys": [str(k)[:200] for k in keys[:100]]})
     except ChannelClosed:
         raise
     except BaseException as exc:  # report any failure of repo code
         channel.send(_describe(exc, phase))
+
+
+def _use_bytecode(repo: str, prefix: str) -> None:
+    """Read the repository's modules from the parent's compiled copy (see ``bytecode``);
+    every other module keeps its own ``__pycache__``."""
+    import importlib._bootstrap_external as external
+
+    original = external.cache_from_source
+    inside = repo.rstrip(os.sep) + os.sep
+
+    def cache_from_source(path: str, debug_override: Any = None, *,
+                          optimization: Any = None) -> str:
+        if not str(path).startswith(inside):
+            return original(path, debug_override, optimization=optimization)
+        saved = sys.pycache_prefix
+        sys.pycache_prefix = prefix
+        try:
+            return original(path, debug_override, optimization=optimization)
+        finally:
+            sys.pycache_prefix = saved
+
+    external.cache_from_source = cache_from_source  # type: ignore[assignment]
 
 
 def _map_loaded_files() -> None:
@@ -189,21 +256,8 @@ def _entry(module: Any, name: str) -> Any:
             raise RuntimeError(f"Missing dependencies: {', '.join(missing)}")
     func = getattr(module, name, None)
     if func is None or not callable(func):
-        raise RuntimeError(f"Cannot find callable {name} in hubconf")
+        raise _NoSuchEntrypoint(name, _entrypoints(module))
     return func
-
-
-def _as_tensors(value: Any) -> dict[str, Any]:
-    import torch
-
-    if isinstance(value, torch.nn.Module):
-        value = value.state_dict()
-    if isinstance(value, Mapping):
-        return writer.check_tensors(value)
-    kind = f"{type(value).__module__}.{type(value).__qualname__}"
-    raise writer.TensorProblem(
-        f"the entrypoint returned a {kind}; only an nn.Module (its state_dict is kept) or a "
-        "mapping of names to tensors can leave the sandbox", [])
 
 
 def _describe(exc: BaseException, phase: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ __all__ = [
     "RepoCodeError",
     "SandboxFailure",
     "SandboxViolation",
+    "UnknownEntrypoint",
     "clean_text",
 ]
 
@@ -97,6 +98,24 @@ class RepoCodeError(SandboxFailure):
             tail = "\n".join(self.traceback.replace("\r", "\n").split("\n")[-12:])
             lines.extend(escape_block(tail))
         return lines
+
+
+class UnknownEntrypoint(SandboxFailure):
+    """The hubconf has no callable of that name (SH520); ``entrypoints`` lists those it has.
+
+    The message is one line, as torch.hub's ``Cannot find callable NAME in hubconf``,
+    followed by the names that exist.
+    """
+
+    rule_id = "SH520"
+
+    def __init__(self, name: str, entrypoints: Sequence[str], *, subject: str | None = None):
+        shown = ", ".join(entrypoints[:50]) + (" ..." if len(entrypoints) > 50 else "")
+        super().__init__(f"Cannot find callable {name} in hubconf; its entrypoints are: "
+                         f"{shown or '(none)'}", subject=subject,
+                         fix="use one of the listed entrypoints (`safehub list REPO`)")
+        self.name = name
+        self.entrypoints = list(entrypoints)
 
 
 class SandboxViolation(RepoCodeError):

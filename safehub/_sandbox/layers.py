@@ -122,6 +122,7 @@ class Setup:
         self.tmp_dir: str = self.config["tmp_dir"]
         self.grants_dir: str | None = self.config.get("grants_dir")
         self.repo_dir: str | None = self.config.get("repo_dir")
+        self.pycache_dir: str | None = self.config.get("pycache_dir")  # read-only bytecode
         # Technical prerequisites win over a skip: they are noted, not silently dropped.
         if self.wanted & {Layer.SECCOMP, Layer.LANDLOCK}:
             self._force(Layer.NONEWPRIVS, "seccomp and Landlock need no_new_privs")
@@ -195,7 +196,7 @@ class Setup:
 
     def _needed_paths(self) -> list[str]:
         paths = [*python_read_roots(), self.tmp_dir]
-        paths += [p for p in (self.repo_dir, self.grants_dir) if p]
+        paths += [p for p in (self.repo_dir, self.grants_dir, self.pycache_dir) if p]
         return [os.path.realpath(p) for p in paths if os.path.exists(p)]
 
     def _root_mounts(self, sandbox_uid: int | None) -> None:
@@ -351,7 +352,7 @@ class Setup:
                                       "(needs Linux 5.13+ with lsm=landlock)")
             return
         read_only = [*python_read_roots(), *_SYSTEM_READ]
-        read_only += [p for p in (self.repo_dir, self.grants_dir) if p]
+        read_only += [p for p in (self.repo_dir, self.grants_dir, self.pycache_dir) if p]
         try:
             done = landlock.restrict(read_only, [self.tmp_dir], _DEVICES)
         except OSError as exc:

@@ -189,10 +189,16 @@ class SandboxRequest:
     limits: SandboxLimits = field(default_factory=SandboxLimits)
     required_layers: frozenset[Layer] = frozenset()
     unsafe_skip_layers: frozenset[Layer] = frozenset()
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "repo_dir", Path(os.path.abspath(self.repo_dir)))
         object.__setattr__(self, "op", Operation(self.op))
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(
+                self.seed, bool) or not 0 <= self.seed < 2**63):
+            raise ValueError(f"seed must be an integer from 0 to 2**63-1, not {self.seed!r}")
+        if self.seed is not None and self.op is not Operation.LOAD:
+            raise ValueError("only load takes a seed")
         if self.op is Operation.LIST:
             if self.entrypoint is not None:
                 raise ValueError("list takes no entrypoint")
@@ -239,11 +245,14 @@ class SandboxRequest:
                  args: Sequence[JSONValue] = (), kwargs: Mapping[str, JSONValue] | None = None,
                  *, limits: SandboxLimits | None = None,
                  required_layers: Iterable[Layer] = (),
-                 unsafe_skip_layers: Iterable[Layer] = ()) -> SandboxRequest:
-        """A request for torch.hub.load: call the entrypoint, keep only its tensors."""
+                 unsafe_skip_layers: Iterable[Layer] = (),
+                 seed: int | None = None) -> SandboxRequest:
+        """A request for torch.hub.load: call the entrypoint, keep only its tensors.
+
+        ``seed`` seeds torch, ``random`` and numpy in the child before the call."""
         return cls(Path(repo_dir), Operation.LOAD, entrypoint, tuple(args), dict(kwargs or {}),
                    limits=limits or SandboxLimits(), required_layers=frozenset(required_layers),
-                   unsafe_skip_layers=frozenset(unsafe_skip_layers))
+                   unsafe_skip_layers=frozenset(unsafe_skip_layers), seed=seed)
 
 
 @dataclass(frozen=True)
@@ -256,6 +265,8 @@ class SandboxResult:
     parent (seconds); ``usage`` is the child's CPU seconds and peak RSS in MiB.
     ``aliased`` lists groups of keys whose tensors shared storage in the child (each
     now has its own copy); ``fetched`` the URLs and repos the broker served.
+    ``shape`` (load) is the structure the entrypoint returned: which key prefix was
+    which element, which leaves were dropped and why (see :mod:`safehub._sandbox.shape`).
     """
 
     op: Operation
@@ -268,3 +279,4 @@ class SandboxResult:
     usage: Mapping[str, float] = field(default_factory=dict)
     aliased: tuple[tuple[str, ...], ...] = ()
     fetched: tuple[str, ...] = ()
+    shape: Any = None

@@ -27,6 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NoReturn, TypeGuard
 
+from safehub._sandbox import bytecode, shape
 from safehub._sandbox.broker import Broker, BrokerService
 from safehub._sandbox.channel import Channel, ChannelClosed, ProtocolError
 from safehub._sandbox.errors import (
@@ -37,6 +38,7 @@ from safehub._sandbox.errors import (
     RepoCodeError,
     SandboxFailure,
     SandboxViolation,
+    UnknownEntrypoint,
     clean_text,
 )
 from safehub._sandbox.result import read_tensors
@@ -93,8 +95,15 @@ class Sandbox:
     Sandbox objects to run in parallel.
     """
 
-    def __init__(self, *, preload_torch: bool = True, start_timeout_s: float = 120.0):
+    def __init__(self, *, preload_torch: bool = True, start_timeout_s: float = 120.0,
+                 packages: tuple[str, ...] = ()):
         self.preload_torch = preload_torch
+        # Installed packages imported once in the zygote (a hubconf's dependencies, chosen
+        # by the caller from site-packages only); each child starts with them imported.
+        self.packages = tuple(sorted(packages))
+        if not all(isinstance(p, str) and p.isidentifier() for p in self.packages):
+            raise ValueError(f"packages must be top-level module names: {self.packages!r}")
+        self._starter: threading.Thread | None = None
         self.start_timeout_s = start_timeout_s
         self._lock = threading.RLock()
         self._proc: subprocess.Popen[bytes] | None = None
@@ -132,7 +141,8 @@ class Sandbox:
             root = str(Path(__file__).resolve().parents[2])
             code = (f"import sys; sys.path.append({root!r}); "
                     "from safehub._sandbox.zygote import main; "
-                    f"main({theirs.fileno()}, preload_torch={self.preload_torch!r})")
+                    f"main({theirs.fileno()}, preload_torch={self.preload_torch!r}, "
+                    f"packages={self.packages!r})")
             self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives with the zygote
             try:
                 self._proc = subprocess.Popen(
@@ -157,6 +167,33 @@ class Sandbox:
                 self._shutdown()
                 raise IsolationUnavailable("the sandbox zygote sent no greeting", layer=None,
                                            reason=repr(hello)[:200])
+            if hello.get("threads") != 1 and self.packages:
+                # A preloaded package started a thread: fork would copy a process with
+                # threads, which namespaces and Landlock refuse. Start without them.
+                log.info("sandbox: preloading %s started threads; starting without it",
+                         ", ".join(self.packages))
+                self._shutdown()
+                self.packages = ()
+                self.start()
+
+    def start_in_background(self) -> None:
+        """Start the zygote in a thread, so its start overlaps the caller's other work;
+        the next :meth:`run` (or :meth:`start`) waits for it. Errors surface there."""
+        with self._lock:
+            if self._starter is not None and self._starter.is_alive():
+                return
+            if self.zygote_pid is not None and self._control is not None:
+                return
+
+            def start() -> None:
+                try:
+                    self.start()
+                except SafehubError as exc:  # the next start() tries again and raises
+                    log.debug("sandbox: background start failed: %s", exc)
+
+            self._starter = threading.Thread(target=start, name="safehub-zygote-start",
+                                             daemon=True)
+            self._starter.start()
 
     def close(self) -> None:
         """Stop the zygote and every child it still has."""
@@ -190,10 +227,14 @@ class Sandbox:
     # --- probing ------------------------------------------------------------------------
 
     def layers(self) -> dict[Layer, LayerStatus]:
-        """Which layers a child of this sandbox gets on this machine (probed once)."""
+        """Which layers a child of this sandbox gets on this machine (probed once per
+        process: what the kernel offers does not depend on what a zygote preloaded)."""
         with self._lock:
             if self._layers is None:
-                self._layers = self._probe()
+                key = self.preload_torch
+                if key not in _machine_layers:
+                    _machine_layers[key] = self._probe()
+                self._layers = _machine_layers[key]
             return dict(self._layers)
 
     def _probe(self) -> dict[Layer, LayerStatus]:
@@ -262,10 +303,12 @@ class _Run:
                             ", ".join(sorted(x.value for x in request.unsafe_skip_layers)))
             limits = asdict(self.limits)
             limits["threads"] = self.limits.effective_threads
+            # The entrypoint and its arguments are not in this config: the zygote reads
+            # it, and what the zygote reads stays in memory its later children inherit.
+            # They go to the child on its own channel once it is sandboxed (_send_call).
             self._spawn({
-                "op": request.op.value, "repo_dir": str(request.repo_dir),
-                "entrypoint": request.entrypoint, "args": list(request.args),
-                "kwargs": dict(request.kwargs), "limits": limits,
+                "op": request.op.value, "repo_dir": str(request.repo_dir), "limits": limits,
+                "pycache_dir": bytecode.compiled(str(request.repo_dir)),
                 "required": sorted(x.value for x in request.required_layers),
                 "skip": sorted(x.value for x in request.unsafe_skip_layers)})
             return self._loop()
@@ -404,17 +447,7 @@ class _Run:
             if kind in ("fetch", "hub_load"):
                 reply, reply_fds = self.service.handle(message)
                 try:
-                    if self.channel is None:
-                        raise InternalError("sandbox reply without a channel")
-                    # A child that stops reading must not block the parent: the send
-                    # is bounded by the deadline.
-                    self.channel.sock.settimeout(max(0.1, self._deadline() - time.monotonic()))
-                    try:
-                        self.channel.send(reply, reply_fds)
-                    except TimeoutError:
-                        raise self._protocol("the child stopped reading its replies") from None
-                    finally:
-                        self.channel.sock.settimeout(None)
+                    self._send(reply, reply_fds)
                 finally:
                     for fd in reply_fds:
                         os.close(fd)
@@ -431,6 +464,27 @@ class _Run:
         finally:
             for fd in fds:
                 os.close(fd)
+
+    def _send(self, message: dict[str, Any], fds: list[int] | tuple[int, ...] = ()) -> None:
+        # A child that stops reading must not block the parent: the send is bounded
+        # by the deadline.
+        channel = self.channel
+        if channel is None:
+            raise self._protocol("no channel to the child")
+        channel.sock.settimeout(max(0.1, self._deadline() - time.monotonic()))
+        try:
+            channel.send(message, fds)
+        except TimeoutError:
+            raise self._protocol("the child stopped reading its replies") from None
+        finally:
+            channel.sock.settimeout(None)
+
+    def _send_call(self) -> None:
+        request = self.request
+        if request is None:
+            return
+        self._send({"t": "call", "entrypoint": request.entrypoint, "args": list(request.args),
+                    "kwargs": dict(request.kwargs), "seed": request.seed})
 
     def _refuse(self, message: dict[str, Any]) -> NoReturn:
         try:
@@ -461,6 +515,7 @@ class _Run:
             raise IsolationUnavailable(f"required sandbox layers missing: {', '.join(absent)}",
                                        layer=Layer(absent[0]), reason="not applied",
                                        subject=self.subject)
+        self._send_call()
 
     def _result(self, message: dict[str, Any], fds: list[int]) -> SandboxResult:
         request = self.request
@@ -473,6 +528,7 @@ class _Run:
         entrypoints: tuple[str, ...] = ()
         doc: str | None = None
         aliased: tuple[tuple[str, ...], ...] = ()
+        result_shape: shape.Node | None = None
         if request.op is Operation.LOAD:
             keys, groups = message.get("keys"), message.get("aliased", [])
             if len(fds) != 1 or not _str_list(keys) or not isinstance(groups, list) or not all(
@@ -480,6 +536,10 @@ class _Run:
                 raise self._protocol("malformed load result")
             fd = fds.pop()
             tensors = read_tensors(fd, order=keys)
+            try:
+                result_shape = shape.parse(message.get("shape"), keys)
+            except shape.ShapeError as exc:
+                raise self._protocol(f"malformed result manifest: {exc}") from None
             aliased = tuple(tuple(clean_text(k, 200) for k in g) for g in groups[:1000])
         elif request.op is Operation.LIST:
             names = message.get("entrypoints")
@@ -514,7 +574,7 @@ class _Run:
             op=request.op, tensors=tensors, entrypoints=entrypoints, doc=doc,
             layers_applied=dict(self.ready["applied"]), layers_missing=dict(self.ready["missing"]),
             timings=dict(self.times), usage=usage, aliased=aliased,
-            fetched=tuple(self.service.fetched))
+            fetched=tuple(self.service.fetched), shape=result_shape)
 
     # failures
 
@@ -533,6 +593,14 @@ class _Run:
                          fix="do not use this repository; its code tampered with the sandbox")
 
     def _error(self, message: dict[str, Any]) -> SafehubError:
+        if message.get("kind") == "unknown_entrypoint":
+            names = message.get("entrypoints")
+            if not _str_list(names):
+                return self._protocol("malformed unknown-entrypoint frame")
+            wanted = self.request.entrypoint if self.request else None
+            return UnknownEntrypoint(clean_text(wanted or "", 200),
+                                     [clean_text(n, 200) for n in names[:_MAX_ENTRYPOINTS]],
+                                     subject=self.subject)
         if message.get("kind") == "bad_result":
             raw_keys = message.get("keys")
             keys = raw_keys if _str_list(raw_keys) else []
@@ -540,7 +608,8 @@ class _Run:
                 f"the entrypoint's result cannot leave the sandbox: "
                 f"{clean_text(message.get('message'), 1500)}",
                 keys=[clean_text(k, 200) for k in keys], subject=self.subject,
-                fix="use an entrypoint that returns an nn.Module or a dict of tensors")
+                fix="use an entrypoint that returns an nn.Module, a dict of tensors, or "
+                    "tuples, lists and dicts of those")
         ref = message.get("broker_ref")
         if isinstance(ref, int) and ref in self.service.failures:
             return self.service.failures[ref]  # the broker's own verdict, not the child's story
@@ -670,16 +739,31 @@ def _remove_tree(path: Path) -> None:
 
 _default: Sandbox | None = None
 _default_lock = threading.Lock()
+_machine_layers: dict[bool, dict[Layer, LayerStatus]] = {}
+_warm: dict[tuple[str, ...], Sandbox] = {}
+_MAX_WARM = 4
 
 
-def default_sandbox() -> Sandbox:
-    """The process-wide Sandbox (one zygote, started on first use, closed at exit)."""
+def default_sandbox(packages: tuple[str, ...] = ()) -> Sandbox:
+    """The process-wide Sandbox for this set of preloaded packages (one zygote per set,
+    started on first use, reused by every later call with the same set, closed at exit;
+    at most four sets are kept, the least recently used is closed first)."""
     global _default
+    key = tuple(sorted(packages))
     with _default_lock:
-        if _default is None:
-            _default = Sandbox()
-            atexit.register(_default.close)
-        return _default
+        if not key:
+            if _default is None:
+                _default = Sandbox()
+                atexit.register(_default.close)
+            return _default
+        sandbox = _warm.pop(key, None)
+        if sandbox is None:
+            sandbox = Sandbox(packages=key)
+            atexit.register(sandbox.close)
+            while len(_warm) >= _MAX_WARM:
+                _warm.pop(next(iter(_warm))).close()
+        _warm[key] = sandbox  # most recently used last
+        return sandbox
 
 
 def run_sandboxed(request: SandboxRequest, broker: Broker | None = None) -> SandboxResult:

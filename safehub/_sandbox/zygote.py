@@ -39,6 +39,21 @@ def _threads() -> int:
         return 0
 
 
+def _preload_packages(names: list[str]) -> list[str]:
+    """Import installed packages a hubconf declares (chosen by the parent: site-packages
+    only, never the repo's own modules). A package that fails to import is skipped: the
+    child then imports it itself and reports the error where torch.hub would."""
+    import importlib
+
+    failed = []
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception:  # any failure leaves it to the child
+            failed.append(name)
+    return failed
+
+
 def _preload(with_torch: bool) -> None:
     import encodings.idna  # noqa: F401 - socket and urllib use it lazily, on any host name
     if with_torch:
@@ -63,11 +78,13 @@ def _preload(with_torch: bool) -> None:
     child.preload()
 
 
-def main(control_fd: int, *, preload_torch: bool = True) -> None:
+def main(control_fd: int, *, preload_torch: bool = True, packages: tuple[str, ...] = ()) -> None:
     """Serve spawn and kill requests on ``control_fd`` until it closes."""
     _preload(preload_torch)
+    failed = _preload_packages(list(packages)) if preload_torch else []
     control = Channel.from_fd(control_fd)
-    control.send({"t": "hello", "pid": os.getpid(), "threads": _threads()})
+    control.send({"t": "hello", "pid": os.getpid(), "threads": _threads(),
+                  "preload_failed": failed})
     children: dict[int, tuple[int, int]] = {}  # pidfd -> (request id, pid)
     by_id: dict[int, int] = {}  # request id -> pid
     selector = selectors.DefaultSelector()

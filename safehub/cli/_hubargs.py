@@ -27,6 +27,9 @@ def add_repo_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-repo", action="store_true",
                         help="trust this repo for this call, where the policy honours it "
                         "(torch.hub's trust_repo=True)")
+    parser.add_argument("--trust-nested", action="append", default=[], metavar="OWNER/REPO",
+                        help="trust a repo the entrypoint itself loads with torch.hub.load, for "
+                        "this call, where the policy honours trust_repo; repeatable")
     parser.add_argument("--force-reload", action="store_true",
                         help="fetch the repo again even if it is cached")
     parser.add_argument("--policy", metavar="NAME|PATH",

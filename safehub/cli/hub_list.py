@@ -28,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
     from safehub.sandbox import Operation
 
     call = HubCall(args.repo, Operation.LIST, source=args.source,
-                   trust_repo=True if args.trust_repo else None, force_reload=args.force_reload)
+                   trust_repo=True if args.trust_repo else None, force_reload=args.force_reload,
+                   trust_nested=tuple(args.trust_nested))
     names = list(run_call(call, args).entrypoints)
     if args.format == "json":
         body = {"schema_version": "1", "repo": json_text(args.repo),

@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="where to write the tensors")
     p.add_argument("--timeout", type=float, metavar="S",
                    help="wall-clock limit in seconds (can only tighten the policy's)")
+    p.add_argument("--seed", type=int, metavar="N",
+                   help="seed torch, random and numpy in the sandbox before the repo is imported "
+                   "(as torch.manual_seed(N) before torch.hub.load)")
     p.add_argument("--max-memory", type=int, metavar="MB",
                    help="memory limit in MiB (can only tighten the policy's)")
     p.set_defaults(run=run)
@@ -46,15 +49,22 @@ def run(args: argparse.Namespace) -> int:
         if value is not None and value <= 0:
             log.error("%s must be positive", name)
             return EXIT_ERROR
+    if args.seed is not None and not 0 <= args.seed < 2**63:
+        log.error("--seed must be from 0 to 2**63-1")
+        return EXIT_ERROR
     call = HubCall(args.repo, Operation.LOAD, args.entry, kwargs=kwargs,  # type: ignore[arg-type]
                    source=args.source, trust_repo=True if args.trust_repo else None,
                    force_reload=args.force_reload, timeout_s=args.timeout,
-                   memory_mb=args.max_memory)
+                   memory_mb=args.max_memory, seed=args.seed,
+                   trust_nested=tuple(args.trust_nested))
     result = run_call(call, args)
     from safehub.convert import save
 
     save(result.tensors, args.out, format="safetensors")
     log.info("%s: %d tensors written to %s", args.entry, len(result.tensors), args.out)
+    if result.shape is not None and result.shape.kind != "module":
+        for line in result.shape.describe():
+            log.info("  %s", line)
     for layer, reason in result.layers_missing.items():
         log.info("note: layer %s was not applied (%s)", layer.value, reason)
     return EXIT_OK

@@ -21,7 +21,8 @@ FUNCTIONS = ["get_dir", "set_dir", "download_url_to_file", "load_state_dict_from
              "list", "help"]
 # Keyword-only additions: every function takes policy=; load takes into=; list and help take
 # source= (torch.hub's only read GitHub; safehub's also read local folders).
-EXTRAS = {"load": ["policy", "into"], "list": ["source", "policy"], "help": ["source", "policy"]}
+EXTRAS = {"load": ["policy", "into", "seed", "trust_nested"], "list": ["source", "policy"],
+          "help": ["source", "policy"]}
 # Where safehub deliberately differs from torch.hub (documented in each docstring).
 DOCUMENTED_DEFAULTS = {("load_state_dict_from_url", "weights_only"): (False, True)}
 

@@ -29,9 +29,9 @@ HUBCONF = textwrap.dedent('''
     import torch
 
 
-    def linear(out_features=3, seed=0):
+    def linear(out_features=3, init_seed=0):
         """A linear layer with seeded weights."""
-        torch.manual_seed(seed)
+        torch.manual_seed(init_seed)
         return torch.nn.Linear(4, out_features)
 
 
@@ -66,8 +66,8 @@ def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 def test_local_load_gives_torch_hubs_exact_weights(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo")
-    got = safehub.load(str(repo), "linear", source="local", out_features=5, seed=3)
-    expected = torch_hub_state(repo, "linear", {"out_features": 5, "seed": 3},
+    got = safehub.load(str(repo), "linear", source="local", out_features=5, init_seed=3)
+    expected = torch_hub_state(repo, "linear", {"out_features": 5, "init_seed": 3},
                                tmp_path / "torch.safetensors")
     assert same(got, expected)
 
@@ -83,7 +83,7 @@ def test_into_loads_a_module_built_from_trusted_code(tmp_path: Path) -> None:
 def test_arguments_must_be_json_values(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo")
     with pytest.raises(TypeError, match="not a JSON value"):
-        safehub.load(str(repo), "linear", source="local", seed=object())
+        safehub.load(str(repo), "linear", source="local", init_seed=object())
 
 
 def test_list_and_help_of_a_local_folder(tmp_path: Path) -> None:
@@ -211,11 +211,11 @@ def test_required_layer_missing_refuses_to_run(tmp_path: Path) -> None:
 def test_cli_load_local(cli: Cli, tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo")
     out = tmp_path / "out.safetensors"
-    result = cli("load", repo, "linear", "out_features=4", "seed=7", "--source", "local",
+    result = cli("load", repo, "linear", "out_features=4", "init_seed=7", "--source", "local",
                  "--out", out)
     assert result.code == 0, result.err
     assert result.out == ""
-    expected = torch_hub_state(repo, "linear", {"out_features": 4, "seed": 7},
+    expected = torch_hub_state(repo, "linear", {"out_features": 4, "init_seed": 7},
                                tmp_path / "torch.safetensors")
     assert same(load_file(out), expected)
 

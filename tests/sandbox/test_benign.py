@@ -17,6 +17,7 @@ from safehub.sandbox import (
     Sandbox,
     SandboxLimits,
     SandboxRequest,
+    UnknownEntrypoint,
     run_sandboxed,
 )
 from tests.sandbox.conftest import FAST, PlainHub, TestBroker, assert_same_tensors, make_repo
@@ -221,9 +222,10 @@ def test_limits_validate_and_tighten() -> None:
 
 
 def test_entrypoint_errors_are_reported_with_the_traceback(repo: Path, sandbox: Sandbox) -> None:
-    with pytest.raises(RepoCodeError, match="Cannot find callable nope") as info:
+    with pytest.raises(UnknownEntrypoint, match=r"Cannot find callable nope in hubconf; its "
+                       r"entrypoints are: .*linear") as unknown:
         load(sandbox, repo, "nope")
-    assert info.value.rule_id == "SH505"
+    assert unknown.value.rule_id == "SH520" and "traceback" not in unknown.value.diagnostics()
     with pytest.raises(RepoCodeError, match="TypeError") as info:
         load(sandbox, repo, "linear", unknown=1)
     assert "unexpected keyword argument" in info.value.diagnostics()

@@ -1,0 +1,104 @@
+"""Check out snapshots of real public torch.hub repositories into benchmarks/.work/repos.
+
+    python benchmarks/prepare_repos.py [--mirrors DIR]
+
+Each repository is read from a bare git mirror (``DIR/<owner>+<name>/repo``, as the
+session's snapshot tool leaves them; ``git clone --mirror`` makes the same) and its
+HEAD tree is written to ``benchmarks/.work/repos/<owner>_<name>`` with the commit in
+``.commit``. Nothing here touches the network, and the checkouts are git-ignored:
+their code is never committed to this project. Repos without a mirror are listed
+and skipped; the compatibility tests skip them with that reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPOS_DIR = HERE / ".work" / "repos"
+REPOS = ("snakers4/silero-vad", "facebookresearch/dinov2", "facebookresearch/detr",
+         "isl-org/MiDaS", "rwightman/gen-efficientnet-pytorch", "pytorch/vision")
+
+
+def checkout(mirror: Path, target: Path) -> str:
+    """Write the mirror's HEAD tree to ``target``; returns the commit.
+
+    Blobs a snapshot left out (its largest files) are skipped and listed in
+    ``.missing``; links are written as links, modes as the tree says.
+    """
+    git = ["git", f"--git-dir={mirror}"]
+    commit = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True,
+                            text=True).stdout.strip()
+    if (target / ".commit").is_file() and (target / ".commit").read_text().strip() == commit:
+        return commit
+    listing = subprocess.run([*git, "ls-tree", "-r", "-z", commit], check=True,
+                             capture_output=True).stdout
+    entries = []
+    for record in listing.split(b"\0"):
+        if record:
+            meta, _, path = record.partition(b"\t")
+            mode, kind, sha = meta.split()
+            if kind == b"blob":
+                entries.append((mode.decode(), sha.decode(), path.decode()))
+    tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    missing = []
+    batch = subprocess.Popen([*git, "cat-file", "--batch"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE)
+    assert batch.stdin is not None and batch.stdout is not None
+    for mode, sha, path in entries:
+        batch.stdin.write(sha.encode() + b"\n")
+        batch.stdin.flush()
+        header = batch.stdout.readline().split()
+        if header[-1] == b"missing":
+            missing.append(path)
+            continue
+        data = batch.stdout.read(int(header[2]))
+        batch.stdout.read(1)
+        dest = tmp / path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if mode == "120000":
+            dest.symlink_to(data.decode())
+        else:
+            dest.write_bytes(data)
+            dest.chmod(0o755 if mode == "100755" else 0o644)
+    batch.stdin.close()
+    batch.wait()
+    (tmp / ".commit").write_text(commit + "\n")
+    (tmp / ".missing").write_text("".join(f"{p}\n" for p in missing))
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    for folder in [target, *(p for p in target.rglob("*") if p.is_dir() and not p.is_symlink())]:
+        folder.chmod(0o755)
+    return commit
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mirrors", type=Path, default=Path("/work/.mirror"),
+                        help="folder of <owner>+<name>/repo bare mirrors")
+    args = parser.parse_args(argv)
+    REPOS_DIR.mkdir(parents=True, exist_ok=True)
+    missing = []
+    for repo in REPOS:
+        mirror = args.mirrors / repo.replace("/", "+") / "repo"
+        if not (mirror / "HEAD").is_file():
+            missing.append(repo)
+            continue
+        commit = checkout(mirror, REPOS_DIR / repo.replace("/", "_"))
+        folder = REPOS_DIR / repo.replace("/", "_")
+        absent = len((folder / ".missing").read_text().splitlines())
+        print(f"{repo}: {commit[:12]} -> {folder}"
+              + (f" ({absent} large files absent from the snapshot)" if absent else ""))
+    for repo in missing:
+        print(f"{repo}: no mirror under {args.mirrors} (skipped)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

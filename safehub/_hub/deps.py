@@ -1,0 +1,79 @@
+"""Which installed packages a repository's hubconf declares, for a warm zygote.
+
+torch.hub repos name what they need in ``hubconf.py``'s ``dependencies`` list
+(``["torch", "torchvision"]``). Importing those once in the zygote, before any
+fork, saves every call the seconds a fresh child spends importing them. Only
+packages installed in this environment's site-packages qualify: never a module of
+the repository itself (the list is read with ``ast``, nothing of the repo runs in
+this process), and never a name the repository also ships at its top level (there
+torch.hub imports the repo's copy, so the child must too).
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import importlib.util
+import os
+import site
+import sysconfig
+from pathlib import Path
+
+__all__ = ["preloadable_dependencies"]
+
+_MAX_HUBCONF = 4 << 20
+_ALREADY = frozenset({"torch"})  # the zygote imports it anyway
+
+
+def _site_dirs() -> list[str]:
+    dirs = set()
+    for key in ("purelib", "platlib"):
+        with_key = sysconfig.get_paths().get(key)
+        if with_key:
+            dirs.add(os.path.realpath(with_key))
+    with contextlib.suppress(AttributeError):  # embedded interpreters may lack it
+        dirs.update(os.path.realpath(d) for d in site.getsitepackages())
+    return sorted(dirs)
+
+
+def _declared(hubconf: Path) -> list[str]:
+    try:
+        if hubconf.stat().st_size > _MAX_HUBCONF:
+            return []
+        tree = ast.parse(hubconf.read_bytes())
+    except (OSError, SyntaxError, ValueError, RecursionError, MemoryError):
+        return []  # the sandbox reports the real problem when it imports the file
+    names: list[str] = []
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "dependencies" for t in node.targets) \
+                and isinstance(node.value, (ast.List, ast.Tuple)):
+            names = [e.value for e in node.value.elts
+                     if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+    return names
+
+
+def preloadable_dependencies(repo_dir: Path) -> tuple[str, ...]:
+    """The declared dependencies of ``repo_dir/hubconf.py`` that are top-level packages
+    installed in site-packages and not shadowed by the repo, sorted (the zygote key)."""
+    sites = _site_dirs()
+    out = set()
+    for name in _declared(repo_dir / "hubconf.py"):
+        if not name.isidentifier() or name in _ALREADY:
+            continue
+        if (repo_dir / f"{name}.py").exists() or (repo_dir / name).is_dir():
+            continue  # the repo ships its own: torch.hub would import that one
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            continue
+        if spec is None:
+            continue
+        where = spec.origin if spec.origin not in (None, "namespace") else next(
+            iter(spec.submodule_search_locations or []), None)
+        if where is None:
+            continue
+        real = os.path.realpath(where)
+        if any(real.startswith(d + os.sep) for d in sites):
+            out.add(name)
+    return tuple(sorted(out))

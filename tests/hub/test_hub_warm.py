@@ -1,0 +1,78 @@
+"""Warm sandboxes: the installed packages a hubconf declares are imported once in the
+zygote (site-packages only, never the repo's own modules) and reused across calls."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import safehub
+from safehub._hub.deps import preloadable_dependencies
+from safehub._sandbox import supervisor
+
+HUBCONF = textwrap.dedent('''
+    dependencies = ["torch", "safetensors", "math", "os.path"]
+    import sys
+    import torch
+    WAS_LOADED = "safetensors" in sys.modules
+    import safetensors
+
+
+    def probe():
+        return {"preloaded": torch.tensor([WAS_LOADED]),
+                "from_repo": torch.tensor([getattr(safetensors, "FROM_REPO", False)])}
+''')
+
+
+def test_declared_installed_packages_are_preloaded_and_reused(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "hubconf.py").write_text(HUBCONF)
+    # math is stdlib, not site-packages; os.path is not a top-level name.
+    assert preloadable_dependencies(repo) == ("safetensors",)
+    first = safehub.load(str(repo), "probe", source="local")
+    assert first["preloaded"].item() is True and first["from_repo"].item() is False
+    zygote = supervisor._warm[("safetensors",)].zygote_pid
+    safehub.load(str(repo), "probe", source="local")
+    assert supervisor._warm[("safetensors",)].zygote_pid == zygote, "the zygote was reused"
+
+
+def test_a_package_the_repo_ships_is_never_preloaded(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (repo / "safetensors").mkdir(parents=True)
+    (repo / "safetensors" / "__init__.py").write_text("FROM_REPO = True\n")
+    (repo / "hubconf.py").write_text(HUBCONF)
+    assert preloadable_dependencies(repo) == ()
+    state = safehub.load(str(repo), "probe", source="local")
+    # As torch.hub: the repo's own copy is imported, not the installed package.
+    assert state["preloaded"].item() is False and state["from_repo"].item() is True
+
+
+def test_hubconf_that_does_not_parse_preloads_nothing(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "hubconf.py").write_text("dependencies = ['safetensors'\n")
+    assert preloadable_dependencies(repo) == ()
+
+
+def test_repo_modules_are_read_from_the_parents_compiled_copy(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "helper.py").write_text("VALUE = 3\n")
+    (repo / "hubconf.py").write_text(textwrap.dedent('''
+        import os
+        import torch
+        import helper
+
+
+        def probe():
+            cached = helper.__cached__
+            return {"outside_repo": torch.tensor([not cached.startswith(os.path.dirname(
+                        helper.__file__))]),
+                    "exists": torch.tensor([os.path.exists(cached)]),
+                    "value": torch.tensor([helper.VALUE])}
+    '''))
+    state = safehub.load(str(repo), "probe", source="local")
+    assert state["outside_repo"].item() and state["exists"].item()
+    assert state["value"].item() == 3
+    assert not list(repo.rglob("__pycache__")), "nothing was written into the repo"
