@@ -121,7 +121,7 @@ def inert_json(document: str) -> str:
     C1, line separators...) written as a ``\\uXXXX`` escape: the same values for any JSON
     parser, and nothing that reorders or breaks lines when the file is shown as text.
     (JSON's structure is ASCII, so such characters can only sit inside strings.)"""
-    if document.isascii():
+    if document.isascii() and "\x7f" not in document:  # JSON escapes C0 itself, not DEL
         return document
     # Raw LF, CR and TAB can only be the document's own whitespace (inside strings JSON
     # requires them escaped), so they stay.

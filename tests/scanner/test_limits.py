@@ -147,7 +147,7 @@ def test_many_tiny_records_spend_the_budget_once() -> None:
     with zipfile.ZipFile(buf, "w") as zf:
         for i in range(2000):
             zf.writestr(f"a/{i}.pkl", b"N.")
-    report, _ = _scan(buf.getvalue(), ScanOptions(limits=Limits(max_ops=10_000)))
+    report = _scan(buf.getvalue(), ScanOptions(limits=Limits(max_ops=10_000)))
     limit = [f for f in report.findings if f.rule_id == "SH191"]  # type: ignore[attr-defined]
     assert 1 <= len(limit) <= 2
     assert len(report.records) < 2000  # type: ignore[attr-defined]
