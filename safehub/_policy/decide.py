@@ -189,18 +189,18 @@ def decide(policy: LoadedPolicy, request: Request) -> Decision:
 
 
 def repo_rule(policy: LoadedPolicy, repo: str | RepoId) -> tuple[str, RepoRule] | None:
-    """The rule for ``owner/name``: an exact key wins over ``owner/*``, both compared
-    casefolded (GitHub names are case-insensitive). Two keys naming the same repo (or
-    owner) in different cases make the policy ambiguous: :class:`PolicyError`."""
+    """The rule for ``owner/name``, the most specific key first: exact, then ``owner/*``,
+    then ``*/name``, then ``*/*``, all compared casefolded (GitHub names are
+    case-insensitive). Two keys of one rank naming the same repo (or owner) in different
+    cases make the policy ambiguous: :class:`PolicyError`."""
     rid = repo if isinstance(repo, RepoId) else RepoId.parse(repo)
-    exact: list[tuple[str, RepoRule]] = []
-    owner_wide: list[tuple[str, RepoRule]] = []
+    ranks: tuple[list[tuple[str, RepoRule]], ...] = ([], [], [], [])
     for key, rule in policy.model.repos.items():
-        owner, _, name = key.partition("/")
-        if owner == "*" or not rid.matches(key):
+        if not rid.matches(key):
             continue
-        (owner_wide if name == "*" else exact).append((key, rule))
-    for found in (exact, owner_wide):
+        owner, _, name = key.partition("/")
+        ranks[(owner == "*") * 2 + (name == "*")].append((key, rule))
+    for found in ranks:
         if len(found) > 1:
             keys = ", ".join(repr(k) for k, _ in found)
             raise PolicyError(f"[repos] keys {keys} all name {rid} (names are compared "
