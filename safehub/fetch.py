@@ -299,7 +299,7 @@ class Fetcher:
 
             try:
                 return self._http.download(url, fh, check=check, max_bytes=cap,
-                                           progress=self.progress)
+                                           progress=self.progress, authenticate=True)
             except HttpError as exc:
                 raise explain(exc, spec, commit) from exc
         return download

@@ -6,8 +6,9 @@ What it guarantees, whoever calls it:
   put in canonical form (:mod:`safehub._policy.urls`; a malformed one is
   refused) and that exact string goes through the caller's ``check`` (the
   policy) and is then requested; an https -> http hop is refused outright;
-- a token is sent only to the origin it belongs to, and never again in a chain
-  once a hop has left the starting origin;
+- a token is sent only with API and archive requests (``authenticate=True``; never with
+  weights, whose URLs repo code chooses), only to the origin it belongs to, and never
+  again in a chain once a hop has left the starting origin;
 - a timeout on connect and on every read, and an overall deadline per request
   (redirects and retries included) of ``HttpSettings.deadline`` seconds plus the
   time the body takes at ``HttpSettings.min_rate`` bytes per second, so a server
@@ -254,11 +255,13 @@ class HttpClient:
 
     def get_json(self, url: str, *, check: HopCheck, max_bytes: int = 16 << 20,
                  accept: str = "application/vnd.github+json") -> Any:
-        """GET ``url`` and parse JSON (bounded by ``max_bytes``)."""
+        """GET ``url`` (an API request: its origin's token goes with it) and parse JSON
+        (bounded by ``max_bytes``)."""
         import io
 
         buf = io.BytesIO()
-        self.download(url, buf, check=check, max_bytes=max_bytes, accept=accept)
+        self.download(url, buf, check=check, max_bytes=max_bytes, accept=accept,
+                      authenticate=True)
         try:
             return json.loads(buf.getvalue().decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
@@ -268,8 +271,12 @@ class HttpClient:
 
     def download(self, url: str, sink: BinaryIO, *, check: HopCheck, max_bytes: int,
                  progress: ProgressCallback | None = None,
-                 accept: str = "*/*") -> DownloadResult:
-        """Stream ``url`` into ``sink`` (seekable, truncatable, empty), hashing on the way."""
+                 accept: str = "*/*", authenticate: bool = False) -> DownloadResult:
+        """Stream ``url`` into ``sink`` (seekable, truncatable, empty), hashing on the way.
+
+        ``authenticate``: send the origin's token (API and archive requests only). Weights
+        are never authenticated: their URL is chosen by repo code (``hubconf.py``, the
+        sandbox broker), which would otherwise read anything the token can."""
         url = str(_canonical(url))
         body = _Body(sink)
         deadline = _Deadline(url, self.settings)
@@ -277,7 +284,8 @@ class HttpClient:
         while True:
             try:
                 final = self._attempt(url, body, check=check, max_bytes=max_bytes,
-                                      progress=progress, accept=accept, deadline=deadline)
+                                      progress=progress, accept=accept, deadline=deadline,
+                                      authenticate=authenticate)
                 return DownloadResult(url, final, body.written, body.hasher.hexdigest(),
                                       body.resumed)
             except _Retryable as exc:
@@ -303,7 +311,8 @@ class HttpClient:
     # --- one attempt -----------------------------------------------------------------------
 
     def _attempt(self, url: str, body: _Body, *, check: HopCheck, max_bytes: int,
-                 progress: ProgressCallback | None, accept: str, deadline: _Deadline) -> str:
+                 progress: ProgressCallback | None, accept: str, deadline: _Deadline,
+                 authenticate: bool = False) -> str:
         extra = {"Accept": accept}
         resuming = body.written > 0 and body.resumable and body.validator is not None
         if resuming:
@@ -312,7 +321,8 @@ class HttpClient:
         conn: http.client.HTTPConnection | None = None
         watch = _Watchdog(lambda: deadline.remaining(body.total or body.written))
         try:
-            conn, resp, final = self._open(url, extra, check, deadline, body, watch)
+            conn, resp, final = self._open(url, extra, check, deadline, body, watch,
+                                           authenticate)
             if resp.status == 206 and resuming:
                 if _content_range_start(resp.getheader("Content-Range", "")) != body.written:
                     body.resumable = False
@@ -377,7 +387,7 @@ class HttpClient:
                 progress(Progress(url, body.written, body.total))
 
     def _open(self, url: str, extra: dict[str, str], check: HopCheck, deadline: _Deadline,
-              body: _Body, watch: _Watchdog
+              body: _Body, watch: _Watchdog, authenticate: bool = False
               ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse, str]:
         """Follow redirects, checking each hop; returns the final connection and response.
 
@@ -399,7 +409,8 @@ class HttpClient:
             left_origin = left_origin or Origin.of(url) != start
             headers = {"User-Agent": self.settings.user_agent, "Accept-Encoding": "identity",
                        **extra}
-            token = None if left_origin else self.credentials.token_for(url)
+            token = (self.credentials.token_for(url)
+                     if authenticate and not left_origin else None)
             if token:
                 headers["Authorization"] = f"Bearer {token}"
             conn = self._connect(parsed, deadline.timeout(body.total or body.written))
