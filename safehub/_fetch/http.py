@@ -112,6 +112,7 @@ class DownloadResult:
     size: int
     sha256: str
     resumed: int  # how many times the body resumed with Range
+    hops: tuple[str, ...] = ()  # every URL requested after the first (redirects), in order
 
 
 class HttpError(FetchError):
@@ -157,6 +158,7 @@ class _Body:
     resumable: bool = False
     total: int | None = None
     resumed: int = 0
+    hops: list[str] = field(default_factory=list)  # the last attempt's redirect hops
 
     def reset(self) -> None:
         """Start the body over (the server will send it from byte 0)."""
@@ -287,7 +289,7 @@ class HttpClient:
                                       progress=progress, accept=accept, deadline=deadline,
                                       authenticate=authenticate)
                 return DownloadResult(url, final, body.written, body.hasher.hexdigest(),
-                                      body.resumed)
+                                      body.resumed, tuple(body.hops))
             except _Retryable as exc:
                 attempt += 1
                 deadline.check(body.total or body.written, body.written)
@@ -394,6 +396,7 @@ class HttpClient:
         Every hop is the canonical URL: that string is checked, requested, and decides
         whether a token may go with it."""
         start = Origin.of(url)
+        body.hops = []
         left_origin = False
         previous: str | None = None
         for _ in range(MAX_REDIRECTS + 1):
@@ -405,6 +408,8 @@ class HttpClient:
                 raise FetchError(f"refused a redirect from https to {url}", subject=previous,
                                  fix="download from a server that keeps https on every hop")
             check(url, previous)
+            if previous is not None:
+                body.hops.append(url)
             deadline.check(body.total or body.written, body.written)
             left_origin = left_origin or Origin.of(url) != start
             headers = {"User-Agent": self.settings.user_agent, "Accept-Encoding": "identity",
