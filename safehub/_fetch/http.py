@@ -11,8 +11,9 @@ What it guarantees, whoever calls it:
   again in a chain once a hop has left the starting origin;
 - a timeout on connect and on every read, and an overall deadline per request
   (redirects and retries included) of ``HttpSettings.deadline`` seconds plus the
-  time the body takes at ``HttpSettings.min_rate`` bytes per second, so a server
-  that trickles bytes cannot hold a download open forever; retries with
+  time the bytes received so far take at ``HttpSettings.min_rate`` bytes per second
+  (never the announced length), so a server that trickles bytes cannot hold a
+  download open; retries with
   exponential backoff for connection errors, timeouts, truncated bodies,
   408/425/429/5xx;
 - a size cap checked against ``Content-Length`` before reading and against the
@@ -89,9 +90,10 @@ class HttpSettings:
     """Network behaviour. ``timeout`` bounds connect and every single read (seconds);
     ``retries`` is how many times a failed attempt is repeated, waiting ``backoff``
     seconds, doubling up to ``max_backoff``. ``deadline`` and ``min_rate`` bound a
-    whole request (API call or download, redirects and retries included): it must
-    finish within ``deadline + size / min_rate`` seconds, ``size`` being the body's
-    announced length or, without one, the bytes received so far."""
+    whole request (API call or download, redirects and retries included): at every
+    moment, the time spent must stay within ``deadline + received / min_rate`` seconds,
+    ``received`` being the body bytes that actually arrived (never the announced
+    length, which the server chooses): a trickle ends soon after ``deadline``."""
 
     timeout: float = 30.0
     retries: int = 4
@@ -170,7 +172,8 @@ class _Body:
 
 
 class _Deadline:
-    """The overall time limit of one request (see :class:`HttpSettings`)."""
+    """The overall time limit of one request (see :class:`HttpSettings`). ``size`` below
+    is always the bytes received so far: an announced Content-Length earns no time."""
 
     def __init__(self, url: str, settings: HttpSettings):
         self.url = url
@@ -192,8 +195,8 @@ class _Deadline:
         raise FetchError(
             f"{self.url} did not finish within its overall deadline of "
             f"{self.allowed(size):.1f} s (HttpSettings.deadline = {s.deadline:g} s plus "
-            f"the body at HttpSettings.min_rate = {s.min_rate:g} bytes/s); {received} "
-            "bytes received", subject=self.url,
+            f"the {received} bytes received at HttpSettings.min_rate = {s.min_rate:g} "
+            "bytes/s)", subject=self.url,
             fix="download from a faster server, or raise HttpSettings(deadline=..., "
             "min_rate=...) if this server is known to be this slow")
 
@@ -292,7 +295,7 @@ class HttpClient:
                                       body.resumed, tuple(body.hops))
             except _Retryable as exc:
                 attempt += 1
-                deadline.check(body.total or body.written, body.written)
+                deadline.check(body.written, body.written)
                 if attempt > self.settings.retries:
                     raise FetchError(
                         f"download failed after {attempt} attempts: {exc.reason}", subject=url,
@@ -305,8 +308,8 @@ class HttpClient:
                     delay = min(max(delay, exc.wait), self.settings.max_backoff)
                 log.info("%s: %s; retrying in %.1fs (%d/%d)", url, exc.reason, delay, attempt,
                          self.settings.retries)
-                time.sleep(max(0.0, min(delay, deadline.remaining(body.total or body.written))))
-                deadline.check(body.total or body.written, body.written)
+                time.sleep(max(0.0, min(delay, deadline.remaining(body.written))))
+                deadline.check(body.written, body.written)
                 if not (body.resumable and body.validator):
                     body.reset()
 
@@ -321,7 +324,7 @@ class HttpClient:
             extra["Range"] = f"bytes={body.written}-"
             extra["If-Range"] = str(body.validator)
         conn: http.client.HTTPConnection | None = None
-        watch = _Watchdog(lambda: deadline.remaining(body.total or body.written))
+        watch = _Watchdog(lambda: deadline.remaining(body.written))
         try:
             conn, resp, final = self._open(url, extra, check, deadline, body, watch,
                                            authenticate)
@@ -348,13 +351,13 @@ class HttpClient:
                     fix="raise downloads.max_size_mb in the policy if this size is expected")
             self._stream(resp, body, url, max_bytes, progress, deadline, watch)
             if watch.fired:  # the body "ended" because the watchdog closed the connection
-                deadline.fail(body.total or body.written, body.written)
+                deadline.fail(body.written, body.written)
             if body.total is not None and body.written < body.total:
                 raise _Retryable(f"truncated body ({body.written} of {body.total} bytes)")
             return final
         except (OSError, http.client.HTTPException) as exc:  # timeouts, resets, truncation
             if watch.fired:
-                deadline.fail(body.total or body.written, body.written)
+                deadline.fail(body.written, body.written)
             if isinstance(exc, ssl.SSLError):
                 raise FetchError(f"TLS error: {exc}", subject=url,
                                  fix="check the server's certificate and the system CA store"
@@ -371,7 +374,7 @@ class HttpClient:
         while True:
             # read1: at most one read from the socket, so a server sending a byte at a time
             # is seen (and timed) read by read instead of filling a whole chunk unnoticed.
-            size = body.total or body.written
+            size = body.written
             deadline.check(size, body.written)
             if watch.sock is not None:
                 watch.sock.settimeout(deadline.timeout(size))
@@ -410,7 +413,7 @@ class HttpClient:
             check(url, previous)
             if previous is not None:
                 body.hops.append(url)
-            deadline.check(body.total or body.written, body.written)
+            deadline.check(body.written, body.written)
             left_origin = left_origin or Origin.of(url) != start
             headers = {"User-Agent": self.settings.user_agent, "Accept-Encoding": "identity",
                        **extra}
@@ -418,7 +421,7 @@ class HttpClient:
                      if authenticate and not left_origin else None)
             if token:
                 headers["Authorization"] = f"Bearer {token}"
-            conn = self._connect(parsed, deadline.timeout(body.total or body.written))
+            conn = self._connect(parsed, deadline.timeout(body.written))
             try:
                 conn.request("GET", parsed.target, headers=headers)
                 watch.sock = conn.sock
