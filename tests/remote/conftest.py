@@ -29,7 +29,7 @@ def corpus_files() -> list[Path]:
 def write_policy(path: Path, *urls: str) -> Path:
     allowed = ", ".join(f'"{u.rstrip("/")}/"' for u in urls)
     path.write_text('schema = 1\nname = "remote-test"\nextends = "default"\n'
-                    'loosen = ["downloads.allow_http_loopback"]\n'
+                    'loosen = ["downloads.allow_http_loopback", "downloads.allowed_urls"]\n'
                     f'[downloads]\nallow_http_loopback = true\nallowed_urls = [{allowed}]\n',
                     encoding="utf-8")
     return path
