@@ -8,7 +8,8 @@ compared is exactly what decides. Each schema field says which way it tightens
 
 Repository rules are compared through the decision they produce: for every
 repository name a rule of either policy could govern, the governing rule (exact key
-over ``owner/*`` over ``*/name`` over ``*/*``, as :func:`safehub._policy.decide.repo_rule` picks it) and whether
+over ``owner/*`` over ``*/name`` over ``*/*``, as
+:func:`safehub._policy.decide.repo_rule` picks it) and whether
 the repo is allowed at all are compared field by field. So a child's
 ``[repos."evilcorp/malware"]`` under a parent's denying ``evilcorp/*`` loosens
 ``repos."evilcorp/malware"``, and needs ``loosen``.

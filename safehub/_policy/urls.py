@@ -14,12 +14,12 @@ userinfo (``user@host``), backslashes, encoded ``/`` or ``\\`` (``%2F``,
 server may read as one (``..;``), double-encoded dots and separators
 (``%252e``), in the path any escape of an escape (``%25`` then two hex digits, as in
 triple-encoded ``%25252e``), overlong UTF-8 (``%C0%AE``) and characters that Unicode
-NFKC folds to ``.``, ``/``, ``\\`` or ``%`` (fullwidth ``%EF%BC%8E``), segments made only of dots and spaces once decoded (``...``,
-``..%20``, which Windows servers trim), empty path segments (``//``, which some servers merge before
-resolving ``..``), control characters, whitespace and any non-ASCII character
-(hosts must be given in their ASCII ``xn--`` form: no IDNA mapping is applied),
-malformed percent-escapes, ports and IPv6 literals, and IPv4 addresses in any
-form but dotted-quad.
+NFKC folds to ``.``, ``/``, ``\\`` or ``%`` (fullwidth ``%EF%BC%8E``), segments made
+only of dots and spaces once decoded (``...``, ``..%20``, which Windows servers trim),
+empty path segments (``//``, which some servers merge before resolving ``..``),
+control characters, whitespace and any non-ASCII character (hosts must be given in their
+ASCII ``xn--`` form: no IDNA mapping is applied), malformed percent-escapes, ports and
+IPv6 literals, and IPv4 addresses in any form but dotted-quad.
 """
 
 from __future__ import annotations
