@@ -299,7 +299,7 @@ class Fetcher:
 
             try:
                 return self._http.download(url, fh, check=check, max_bytes=cap,
-                                           progress=self.progress)
+                                           progress=self.progress, authenticate=True)
             except HttpError as exc:
                 raise explain(exc, spec, commit) from exc
         return download
@@ -339,8 +339,11 @@ class Fetcher:
         entry = self._files.open(url, expected=expected,
                                  download=None if self.offline else download, repo=repo)
         try:
+            from safehub._fetch.hops import recheck_hops
             from safehub.scan import scan_file
 
+            if entry.from_cache:  # the hops the bytes came through, under today's policy
+                recheck_hops(check, url, entry.record.hops, entry.record.final_url)
             report = scan_file(entry.fh, url, options=self.policy.scan_options(repo))
             file_decision = self.policy.decide(FileRequest(report, repo)).raise_if_denied()
             entry.fh.seek(0)

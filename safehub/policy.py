@@ -45,7 +45,7 @@ from safehub._policy.decide import (
 from safehub._policy.loader import LoadedPolicy, load_chain
 from safehub._policy.schema import PolicyModel
 from safehub._policy.select import BUILT_IN_DEFAULT, EXPLICIT, PRESETS, resolve_spec
-from safehub._policy.tighten import loosenings
+from safehub._policy.tighten import Loosening, loosenings
 from safehub._scanner.context import ScanOptions
 from safehub.errors import PolicyError, PolicyIssue
 from safehub.findings import PolicySource
@@ -210,10 +210,27 @@ def load_policy(spec: str | os.PathLike[str] | Policy | None = None, *,
     return Policy(loaded, why)
 
 
+def _selecting_pins(default: PolicyModel, loaded: LoadedPolicy) -> list[Loosening]:
+    """Commit pins an implicit policy introduces or changes. A pin reads as tightening, but
+    it also *selects* what a ref-less load fetches, and on GitHub a commit pushed to a fork
+    is served through the parent's URLs: a cloned project's pyproject.toml could swap a
+    trusted repo's code for a commit of its choosing. So, for implicit sources, it loosens."""
+    out = []
+    for key, rule in loaded.model.repos.items():
+        before = default.repos.get(key)
+        if rule.commit is not None and (before is None or before.commit != rule.commit):
+            out.append(Loosening(
+                ("repos", key, "commit"),
+                f"pins {key!r} to commit {rule.commit} ({loaded.where('repos', key, 'commit')}),"
+                " which selects the code a ref-less load fetches"))
+    return out
+
+
 def _refuse_looser_than_default(loaded: LoadedPolicy, chosen: str, why: str) -> None:
     """An implicitly found policy may only tighten the built-in default (its own
     ``loosen`` list does not count: whoever wrote the file is not the one running)."""
-    found = loosenings(load_chain("default").model, loaded.model)
+    default = load_chain("default").model
+    found = loosenings(default, loaded.model) + _selecting_pins(default, loaded)
     if not found:
         return
     keys = ", ".join(item.dotted for item in found[:5]) + (", ..." if len(found) > 5 else "")

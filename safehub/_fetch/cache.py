@@ -102,6 +102,7 @@ class FileRecord:
     time: str
     final_url: str = ""
     repo: str | None = None
+    hops: tuple[str, ...] = ()  # the redirect hops the bytes came through, re-decided on a hit
     kind: str = "file"
     schema_version: int = RECORD_SCHEMA
 
@@ -113,7 +114,8 @@ class FileRecord:
         return cls(url=str(data["url"]), name=str(data["name"]), sha256=str(data["sha256"]),
                    size=int(data["size"]), time=str(data["time"]),
                    final_url=str(data.get("final_url", "")),
-                   repo=None if data.get("repo") is None else str(data["repo"]))
+                   repo=None if data.get("repo") is None else str(data["repo"]),
+                   hops=tuple(str(h) for h in data.get("hops", ())))
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from safehub._policy.urls import CanonicalURL, is_loopback_http, parse_url, url_
 from safehub.errors import InvalidIdentifier, PolicyViolation
 from safehub.policy import Policy
 
-__all__ = ["GITHUB_ARCHIVE_HOSTS", "api_hops", "refusal", "weights_hops"]
+__all__ = ["GITHUB_ARCHIVE_HOSTS", "api_hops", "recheck_hops", "refusal", "weights_hops"]
 
 # Where api.github.com sends zipball/tarball requests.
 GITHUB_ARCHIVE_HOSTS = {"api.github.com": ("https://codeload.github.com/",)}
@@ -70,6 +70,19 @@ def weights_hops(policy: Policy) -> HopCheck:
             _deny(policy, url, previous, reason,
                   f"add {_prefix_of(url)!r} to downloads.allowed_urls if you trust that host")
     return check
+
+
+def recheck_hops(check: HopCheck, url: str, hops: tuple[str, ...], final_url: str) -> None:
+    """Re-decide, under the current policy, the redirect chain cached bytes came through.
+
+    A cache hit must be refused wherever a fresh fetch would be: a policy that no longer
+    allows a redirect host must not be served what came from it. Records written before
+    hops were kept name only the final URL, which is then checked alone."""
+    chain = hops if hops else ((final_url,) if final_url and final_url != url else ())
+    previous = url
+    for hop in chain:
+        check(hop, previous)
+        previous = hop
 
 
 def api_hops(policy: Policy, api_base: str) -> HopCheck:

@@ -6,12 +6,14 @@ What it guarantees, whoever calls it:
   put in canonical form (:mod:`safehub._policy.urls`; a malformed one is
   refused) and that exact string goes through the caller's ``check`` (the
   policy) and is then requested; an https -> http hop is refused outright;
-- a token is sent only to the origin it belongs to, and never again in a chain
-  once a hop has left the starting origin;
+- a token is sent only with API and archive requests (``authenticate=True``; never with
+  weights, whose URLs repo code chooses), only to the origin it belongs to, and never
+  again in a chain once a hop has left the starting origin;
 - a timeout on connect and on every read, and an overall deadline per request
   (redirects and retries included) of ``HttpSettings.deadline`` seconds plus the
-  time the body takes at ``HttpSettings.min_rate`` bytes per second, so a server
-  that trickles bytes cannot hold a download open forever; retries with
+  time the bytes received so far take at ``HttpSettings.min_rate`` bytes per second
+  (never the announced length), so a server that trickles bytes cannot hold a
+  download open; retries with
   exponential backoff for connection errors, timeouts, truncated bodies,
   408/425/429/5xx;
 - a size cap checked against ``Content-Length`` before reading and against the
@@ -88,9 +90,10 @@ class HttpSettings:
     """Network behaviour. ``timeout`` bounds connect and every single read (seconds);
     ``retries`` is how many times a failed attempt is repeated, waiting ``backoff``
     seconds, doubling up to ``max_backoff``. ``deadline`` and ``min_rate`` bound a
-    whole request (API call or download, redirects and retries included): it must
-    finish within ``deadline + size / min_rate`` seconds, ``size`` being the body's
-    announced length or, without one, the bytes received so far."""
+    whole request (API call or download, redirects and retries included): at every
+    moment, the time spent must stay within ``deadline + received / min_rate`` seconds,
+    ``received`` being the body bytes that actually arrived (never the announced
+    length, which the server chooses): a trickle ends soon after ``deadline``."""
 
     timeout: float = 30.0
     retries: int = 4
@@ -111,6 +114,7 @@ class DownloadResult:
     size: int
     sha256: str
     resumed: int  # how many times the body resumed with Range
+    hops: tuple[str, ...] = ()  # every URL requested after the first (redirects), in order
 
 
 class HttpError(FetchError):
@@ -156,6 +160,7 @@ class _Body:
     resumable: bool = False
     total: int | None = None
     resumed: int = 0
+    hops: list[str] = field(default_factory=list)  # the last attempt's redirect hops
 
     def reset(self) -> None:
         """Start the body over (the server will send it from byte 0)."""
@@ -167,7 +172,8 @@ class _Body:
 
 
 class _Deadline:
-    """The overall time limit of one request (see :class:`HttpSettings`)."""
+    """The overall time limit of one request (see :class:`HttpSettings`). ``size`` below
+    is always the bytes received so far: an announced Content-Length earns no time."""
 
     def __init__(self, url: str, settings: HttpSettings):
         self.url = url
@@ -189,8 +195,8 @@ class _Deadline:
         raise FetchError(
             f"{self.url} did not finish within its overall deadline of "
             f"{self.allowed(size):.1f} s (HttpSettings.deadline = {s.deadline:g} s plus "
-            f"the body at HttpSettings.min_rate = {s.min_rate:g} bytes/s); {received} "
-            "bytes received", subject=self.url,
+            f"the {received} bytes received at HttpSettings.min_rate = {s.min_rate:g} "
+            "bytes/s)", subject=self.url,
             fix="download from a faster server, or raise HttpSettings(deadline=..., "
             "min_rate=...) if this server is known to be this slow")
 
@@ -254,11 +260,13 @@ class HttpClient:
 
     def get_json(self, url: str, *, check: HopCheck, max_bytes: int = 16 << 20,
                  accept: str = "application/vnd.github+json") -> Any:
-        """GET ``url`` and parse JSON (bounded by ``max_bytes``)."""
+        """GET ``url`` (an API request: its origin's token goes with it) and parse JSON
+        (bounded by ``max_bytes``)."""
         import io
 
         buf = io.BytesIO()
-        self.download(url, buf, check=check, max_bytes=max_bytes, accept=accept)
+        self.download(url, buf, check=check, max_bytes=max_bytes, accept=accept,
+                      authenticate=True)
         try:
             return json.loads(buf.getvalue().decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
@@ -268,8 +276,12 @@ class HttpClient:
 
     def download(self, url: str, sink: BinaryIO, *, check: HopCheck, max_bytes: int,
                  progress: ProgressCallback | None = None,
-                 accept: str = "*/*") -> DownloadResult:
-        """Stream ``url`` into ``sink`` (seekable, truncatable, empty), hashing on the way."""
+                 accept: str = "*/*", authenticate: bool = False) -> DownloadResult:
+        """Stream ``url`` into ``sink`` (seekable, truncatable, empty), hashing on the way.
+
+        ``authenticate``: send the origin's token (API and archive requests only). Weights
+        are never authenticated: their URL is chosen by repo code (``hubconf.py``, the
+        sandbox broker), which would otherwise read anything the token can."""
         url = str(_canonical(url))
         body = _Body(sink)
         deadline = _Deadline(url, self.settings)
@@ -277,12 +289,13 @@ class HttpClient:
         while True:
             try:
                 final = self._attempt(url, body, check=check, max_bytes=max_bytes,
-                                      progress=progress, accept=accept, deadline=deadline)
+                                      progress=progress, accept=accept, deadline=deadline,
+                                      authenticate=authenticate)
                 return DownloadResult(url, final, body.written, body.hasher.hexdigest(),
-                                      body.resumed)
+                                      body.resumed, tuple(body.hops))
             except _Retryable as exc:
                 attempt += 1
-                deadline.check(body.total or body.written, body.written)
+                deadline.check(body.written, body.written)
                 if attempt > self.settings.retries:
                     raise FetchError(
                         f"download failed after {attempt} attempts: {exc.reason}", subject=url,
@@ -295,24 +308,26 @@ class HttpClient:
                     delay = min(max(delay, exc.wait), self.settings.max_backoff)
                 log.info("%s: %s; retrying in %.1fs (%d/%d)", url, exc.reason, delay, attempt,
                          self.settings.retries)
-                time.sleep(max(0.0, min(delay, deadline.remaining(body.total or body.written))))
-                deadline.check(body.total or body.written, body.written)
+                time.sleep(max(0.0, min(delay, deadline.remaining(body.written))))
+                deadline.check(body.written, body.written)
                 if not (body.resumable and body.validator):
                     body.reset()
 
     # --- one attempt -----------------------------------------------------------------------
 
     def _attempt(self, url: str, body: _Body, *, check: HopCheck, max_bytes: int,
-                 progress: ProgressCallback | None, accept: str, deadline: _Deadline) -> str:
+                 progress: ProgressCallback | None, accept: str, deadline: _Deadline,
+                 authenticate: bool = False) -> str:
         extra = {"Accept": accept}
         resuming = body.written > 0 and body.resumable and body.validator is not None
         if resuming:
             extra["Range"] = f"bytes={body.written}-"
             extra["If-Range"] = str(body.validator)
         conn: http.client.HTTPConnection | None = None
-        watch = _Watchdog(lambda: deadline.remaining(body.total or body.written))
+        watch = _Watchdog(lambda: deadline.remaining(body.written))
         try:
-            conn, resp, final = self._open(url, extra, check, deadline, body, watch)
+            conn, resp, final = self._open(url, extra, check, deadline, body, watch,
+                                           authenticate)
             if resp.status == 206 and resuming:
                 if _content_range_start(resp.getheader("Content-Range", "")) != body.written:
                     body.resumable = False
@@ -336,13 +351,13 @@ class HttpClient:
                     fix="raise downloads.max_size_mb in the policy if this size is expected")
             self._stream(resp, body, url, max_bytes, progress, deadline, watch)
             if watch.fired:  # the body "ended" because the watchdog closed the connection
-                deadline.fail(body.total or body.written, body.written)
+                deadline.fail(body.written, body.written)
             if body.total is not None and body.written < body.total:
                 raise _Retryable(f"truncated body ({body.written} of {body.total} bytes)")
             return final
         except (OSError, http.client.HTTPException) as exc:  # timeouts, resets, truncation
             if watch.fired:
-                deadline.fail(body.total or body.written, body.written)
+                deadline.fail(body.written, body.written)
             if isinstance(exc, ssl.SSLError):
                 raise FetchError(f"TLS error: {exc}", subject=url,
                                  fix="check the server's certificate and the system CA store"
@@ -368,7 +383,7 @@ class HttpClient:
         while True:
             # read1: at most one read from the socket, so a server sending a byte at a time
             # is seen (and timed) read by read instead of filling a whole chunk unnoticed.
-            size = body.total or body.written
+            size = body.written
             deadline.check(size, body.written)
             if watch.sock is not None:
                 watch.sock.settimeout(deadline.timeout(size))
@@ -386,13 +401,14 @@ class HttpClient:
                 progress(Progress(url, body.written, body.total))
 
     def _open(self, url: str, extra: dict[str, str], check: HopCheck, deadline: _Deadline,
-              body: _Body, watch: _Watchdog
+              body: _Body, watch: _Watchdog, authenticate: bool = False
               ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse, str]:
         """Follow redirects, checking each hop; returns the final connection and response.
 
         Every hop is the canonical URL: that string is checked, requested, and decides
         whether a token may go with it."""
         start = Origin.of(url)
+        body.hops = []
         left_origin = False
         previous: str | None = None
         for _ in range(MAX_REDIRECTS + 1):
@@ -404,14 +420,17 @@ class HttpClient:
                 raise FetchError(f"refused a redirect from https to {url}", subject=previous,
                                  fix="download from a server that keeps https on every hop")
             check(url, previous)
-            deadline.check(body.total or body.written, body.written)
+            if previous is not None:
+                body.hops.append(url)
+            deadline.check(body.written, body.written)
             left_origin = left_origin or Origin.of(url) != start
             headers = {"User-Agent": self.settings.user_agent, "Accept-Encoding": "identity",
                        **extra}
-            token = None if left_origin else self.credentials.token_for(url)
+            token = (self.credentials.token_for(url)
+                     if authenticate and not left_origin else None)
             if token:
                 headers["Authorization"] = f"Bearer {token}"
-            conn = self._connect(parsed, deadline.timeout(body.total or body.written))
+            conn = self._connect(parsed, deadline.timeout(body.written))
             try:
                 conn.request("GET", parsed.target, headers=headers)
                 watch.sock = conn.sock

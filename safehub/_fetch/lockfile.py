@@ -99,7 +99,7 @@ class LockedRepo(_Entry):
     @field_validator("archive_sha256", "tree_sha256")
     @classmethod
     def _digest(cls, v: str) -> str:
-        if not SHA256_RE.match(v):
+        if not SHA256_RE.fullmatch(v):
             raise ValueError("must be a 64-hex SHA-256")
         return v
 

@@ -111,7 +111,7 @@ class RepoCache:
             with open(archive, "xb") as fh:
                 result = source.download(fh)
             extracted = extract_archive(archive, tree, self.limits, subject=source.archive_url)
-            if SHA1_RE.match(extracted.comment) and extracted.comment != commit:
+            if SHA1_RE.fullmatch(extracted.comment) and extracted.comment != commit:
                 raise IntegrityError(
                     f"the archive is of commit {extracted.comment}, not {commit}",
                     subject=source.archive_url,

@@ -156,7 +156,8 @@ class FileCache:
             os.replace(partial, final)
             fsync_dir(folder)
             record = FileRecord(url=url, name=name, sha256=result.sha256, size=result.size,
-                                time=now_iso(), final_url=result.final_url, repo=repo)
+                                time=now_iso(), final_url=result.final_url, repo=repo,
+                                hops=result.hops)
             write_json_atomic(record_path, record)
             reader = _reopen_same(fh, final, result.sha256)
         except BaseException:

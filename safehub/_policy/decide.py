@@ -189,18 +189,18 @@ def decide(policy: LoadedPolicy, request: Request) -> Decision:
 
 
 def repo_rule(policy: LoadedPolicy, repo: str | RepoId) -> tuple[str, RepoRule] | None:
-    """The rule for ``owner/name``: an exact key wins over ``owner/*``, both compared
-    casefolded (GitHub names are case-insensitive). Two keys naming the same repo (or
-    owner) in different cases make the policy ambiguous: :class:`PolicyError`."""
+    """The rule for ``owner/name``, the most specific key first: exact, then ``owner/*``,
+    then ``*/name``, then ``*/*``, all compared casefolded (GitHub names are
+    case-insensitive). Two keys of one rank naming the same repo (or owner) in different
+    cases make the policy ambiguous: :class:`PolicyError`."""
     rid = repo if isinstance(repo, RepoId) else RepoId.parse(repo)
-    exact: list[tuple[str, RepoRule]] = []
-    owner_wide: list[tuple[str, RepoRule]] = []
+    ranks: tuple[list[tuple[str, RepoRule]], ...] = ([], [], [], [])
     for key, rule in policy.model.repos.items():
-        owner, _, name = key.partition("/")
-        if owner == "*" or not rid.matches(key):
+        if not rid.matches(key):
             continue
-        (owner_wide if name == "*" else exact).append((key, rule))
-    for found in (exact, owner_wide):
+        owner, _, name = key.partition("/")
+        ranks[(owner == "*") * 2 + (name == "*")].append((key, rule))
+    for found in ranks:
         if len(found) > 1:
             keys = ", ".join(repr(k) for k, _ in found)
             raise PolicyError(f"[repos] keys {keys} all name {rid} (names are compared "
@@ -337,7 +337,7 @@ def signature_requirements(policy: LoadedPolicy, scope: str,
     """The signature rules covering a repo id (``owner/name``) or a local path."""
     found = []
     for index, rule in enumerate(policy.model.signatures):
-        if _signature_applies(rule, scope, local_path):
+        if _signature_applies(policy, index, rule, scope, local_path):
             found.append(Requirement(
                 "signature", rule.scope, f"signatures[{index}]",
                 public_keys=tuple(_anchor_path(policy, index, p) for p in rule.public_keys),
@@ -355,12 +355,15 @@ def _signature_requirements(t: _Trail, policy: LoadedPolicy, scope: str,
               "signatures", req.rule[len("signatures["):-1])
 
 
-def _signature_applies(rule: SignatureRule, scope: str, local_path: str | None) -> bool:
+def _signature_applies(policy: LoadedPolicy, index: int, rule: SignatureRule, scope: str,
+                       local_path: str | None) -> bool:
     if rule.scope.startswith("path:"):
         if local_path is None:
             return False
-        # Canonical real paths on both sides: no spelling or symlink dodges the scope.
-        return path_scope_matches(rule.scope[len("path:"):], local_path)
+        # A relative scope is relative to the policy file that names it (as its keys are),
+        # never to the process's working folder. Spelling or real path: either matches.
+        pattern = _anchor_path(policy, index, rule.scope[len("path:"):])
+        return path_scope_matches(pattern, local_path)
     # owner/name, owner/*, */name or */*: a '*' stands for a whole part, never for a '/'.
     # Compared casefolded; a scope that is no valid repo gets every repo rule (fail closed).
     if local_path is not None:

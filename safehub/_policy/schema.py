@@ -89,7 +89,7 @@ class TrustSection(_Section):
     @classmethod
     def _owners(cls, values: list[str]) -> list[str]:
         for v in values:
-            if not OWNER_RE.match(v):
+            if not OWNER_RE.fullmatch(v):
                 raise ValueError(f"{v!r} is not a GitHub owner name")
         return values
 
@@ -111,7 +111,7 @@ class RepoRule(_Section):
     @field_validator("commit")
     @classmethod
     def _commit(cls, v: str | None) -> str | None:
-        if v is not None and not SHA1_RE.match(v):
+        if v is not None and not SHA1_RE.fullmatch(v):
             raise ValueError("must be a full 40-hex commit SHA (lower case), not a branch or tag")
         return v
 
@@ -148,7 +148,7 @@ class DownloadsSection(_Section):
     def _pins(cls, pins: dict[str, str]) -> dict[str, str]:
         for key, digest in pins.items():
             value = digest.removeprefix("sha256:")
-            if not SHA256_RE.match(value):
+            if not SHA256_RE.fullmatch(value):
                 raise ValueError(f"pin for {key!r} must be a 64-hex SHA-256")
         return {k: v.removeprefix("sha256:") for k, v in pins.items()}
 
@@ -172,7 +172,7 @@ class SignatureRule(_Section):
     def _anchors(self) -> SignatureRule:
         if not self.public_keys and not self.certificate_chains:
             raise ValueError("a signature rule needs public_keys or certificate_chains")
-        if not (self.scope.startswith("path:") or REPO_PATTERN_RE.match(self.scope)):
+        if not (self.scope.startswith("path:") or REPO_PATTERN_RE.fullmatch(self.scope)):
             raise ValueError(f"scope {self.scope!r} is neither owner/repo, owner/* nor path:GLOB")
         return self
 
@@ -266,8 +266,9 @@ class PolicyModel(_Section):
     @classmethod
     def _repo_keys(cls, repos: dict[str, RepoRule]) -> dict[str, RepoRule]:
         for key in repos:
-            if not REPO_PATTERN_RE.match(key):
-                raise ValueError(f"repo key {key!r} is not 'owner/name' or 'owner/*'")
+            if not REPO_PATTERN_RE.fullmatch(key):
+                raise ValueError(f"repo key {key!r} is not 'owner/name', 'owner/*', '*/name' "
+                                 "or '*/*'")
         return repos
 
     @model_validator(mode="after")
@@ -291,7 +292,7 @@ def _check_globals(values: list[str]) -> list[str]:
     from safehub.scan import check_allowable
 
     for v in values:
-        if not GLOBAL_RE.match(v):
+        if not GLOBAL_RE.fullmatch(v):
             raise ValueError(f"{v!r} is not a dotted Python name (or module.*)")
     try:
         check_allowable(values)

@@ -8,7 +8,8 @@ compared is exactly what decides. Each schema field says which way it tightens
 
 Repository rules are compared through the decision they produce: for every
 repository name a rule of either policy could govern, the governing rule (exact key
-over ``owner/*``, as :func:`safehub._policy.decide.repo_rule` picks it) and whether
+over ``owner/*`` over ``*/name`` over ``*/*``, as
+:func:`safehub._policy.decide.repo_rule` picks it) and whether
 the repo is allowed at all are compared field by field. So a child's
 ``[repos."evilcorp/malware"]`` under a parent's denying ``evilcorp/*`` loosens
 ``repos."evilcorp/malware"``, and needs ``loosen``.
@@ -179,11 +180,11 @@ def _covered(path: tuple[str, ...], value: Any, allowed: list[Any]) -> bool:
 
 
 def _probes(keys: Collection[str]) -> set[str]:
-    """Repository names that exercise every key: the key itself, or a name under a pattern."""
-    names = set()
-    for key in keys:
-        owner, _, name = key.partition("/")
-        names.add(f"{_PROBE if owner == '*' else owner}/{_PROBE if name == '*' else name}")
+    """Repository names that exercise every key (the key itself, or a name under a
+    pattern) and every overlap of two keys (``acme/*`` with ``*/net``: ``acme/net``)."""
+    parts = [key.partition("/")[::2] for key in keys]
+    names = {f"{_PROBE if o == '*' else o}/{_PROBE if n == '*' else n}" for o, n in parts}
+    names |= {f"{o}/{n}" for o, _ in parts for _, n in parts if "*" not in (o, n)}
     return names
 
 

@@ -12,18 +12,21 @@ Spellings that servers read in different ways are refused instead of guessed:
 userinfo (``user@host``), backslashes, encoded ``/`` or ``\\`` (``%2F``,
 ``%5C``), dot segments that appear only once decoded (``%2e%2e``) or that a
 server may read as one (``..;``), double-encoded dots and separators
-(``%252e``), segments made only of dots and spaces once decoded (``...``,
-``..%20``, which Windows servers trim), empty path segments (``//``, which some servers merge before
-resolving ``..``), control characters, whitespace and any non-ASCII character
-(hosts must be given in their ASCII ``xn--`` form: no IDNA mapping is applied),
-malformed percent-escapes, ports and IPv6 literals, and IPv4 addresses in any
-form but dotted-quad.
+(``%252e``), in the path any escape of an escape (``%25`` then two hex digits, as in
+triple-encoded ``%25252e``), overlong UTF-8 (``%C0%AE``) and characters that Unicode
+NFKC folds to ``.``, ``/``, ``\\`` or ``%`` (fullwidth ``%EF%BC%8E``), segments made
+only of dots and spaces once decoded (``...``, ``..%20``, which Windows servers trim),
+empty path segments (``//``, which some servers merge before resolving ``..``),
+control characters, whitespace and any non-ASCII character (hosts must be given in their
+ASCII ``xn--`` form: no IDNA mapping is applied), malformed percent-escapes, ports and
+IPv6 literals, and IPv4 addresses in any form but dotted-quad.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -207,7 +210,30 @@ def _escapes(url: str, text: str, allowed: frozenset[str] | set[str], part: str)
     # server that decodes twice would read it as '.', '/' or '\'.
     if re.search(r"%25(?:2[EF]|5C)", result, re.IGNORECASE):
         raise _bad(url, f"a double-encoded '.', '/' or '\\' in the {part}")
+    if part == "path":
+        _refuse_folded(url, result)
     return result
+
+
+# Overlong UTF-8 (C0/C1 lead bytes; E0 80-9F and F0 80-8F starts): never valid, but some
+# decoders fold them to ASCII ('%C0%AE' to '.').
+_OVERLONG_RE = re.compile(r"%C[01]|%E0%[89][0-9A-F]|%F0%8[0-9A-F]", re.IGNORECASE)
+_FOLDS_TO = frozenset("./\\%")
+
+
+def _refuse_folded(url: str, segment: str) -> None:
+    """Refuse a path segment that a server decoding more than once, or folding characters,
+    could read as something else: any escape of an escape (``%25`` then two hex digits,
+    e.g. triple-encoded ``%25252e``), overlong UTF-8, or a character that Unicode NFKC
+    maps to '.', '/', '\\' or '%' (fullwidth U+FF0E, one-dot leader U+2024...)."""
+    if re.search(r"%25[0-9A-F]{2}", segment, re.IGNORECASE):
+        raise _bad(url, "a multiply-encoded escape (%25 followed by hex digits) in the path")
+    if _OVERLONG_RE.search(segment):
+        raise _bad(url, "an overlong UTF-8 sequence in the path")
+    for ch in unquote(segment, errors="replace"):
+        if ord(ch) > 0x7F and _FOLDS_TO & set(unicodedata.normalize("NFKC", ch)):
+            raise _bad(url, f"a character that Unicode folding reads as '.', '/', '\\' or '%' "
+                       f"(U+{ord(ch):04X}) in the path")
 
 
 def _path(url: str, raw: str) -> str:

@@ -5,16 +5,25 @@ Several ranges go in one request (``Range: bytes=a-b,c-d``, answered as
 multi-range request with the whole file (200) is hung up on at once, and is then asked
 one range per request. Every URL, the first and every redirect hop, is decided by the
 policy before it is requested. Requests and body bytes are counted.
+
+Each remote file (and each listing request) has the fetch layer's overall deadline:
+``HttpSettings.deadline`` plus the bytes received so far at ``HttpSettings.min_rate``;
+a watchdog shuts the socket once it has passed, so a server trickling bytes (headers
+or body) cannot hold a scan open.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import re
 import ssl
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
+from safehub._fetch.http import HttpSettings, _Watchdog
 from safehub._remote.target import decide_url
 from safehub.errors import FetchError
 from safehub.policy import Policy
@@ -35,17 +44,77 @@ class Stats:
     ranges: list[tuple[int, int]] = field(default_factory=list)  # [start, end) asked for
 
 
+class _Deadline:
+    """``deadline + received / min_rate`` seconds from the start (see HttpSettings)."""
+
+    def __init__(self, url: str, settings: HttpSettings, received: Callable[[], int]):
+        self.url = url
+        self.settings = settings
+        self.received = received
+        self.started = time.monotonic()
+
+    def remaining(self) -> float:
+        allowed = self.settings.deadline + self.received() / self.settings.min_rate
+        return self.started + allowed - time.monotonic()
+
+    def error(self) -> FetchError:
+        s = self.settings
+        return FetchError(
+            f"{self.url} did not finish within its overall deadline (HttpSettings.deadline "
+            f"= {s.deadline:g} s plus the {self.received()} bytes received at min_rate = "
+            f"{s.min_rate:g} bytes/s)", subject=self.url,
+            fix="scan from a faster server, or raise HttpSettings(deadline=..., min_rate=...)")
+
+    @contextlib.contextmanager
+    def watch(self) -> Iterator[_Watchdog]:
+        """A watchdog for one request: set ``.sock``; a read it cut short is a deadline."""
+        if self.remaining() <= 0:
+            raise self.error()
+        watch = _Watchdog(self.remaining)
+        try:
+            yield watch
+        except (OSError, http.client.HTTPException, FetchError) as exc:
+            if watch.fired:
+                raise self.error() from exc
+            raise
+        finally:
+            watch.stop()
+        if watch.fired:
+            raise self.error()
+
+    def read(self, resp: http.client.HTTPResponse, limit: int,
+             count: Callable[[int], None]) -> bytes:
+        """Up to ``limit`` bytes of ``resp``, read by read so that a trickle is timed."""
+        chunks: list[bytes] = []
+        got = 0
+        while got < limit:
+            if self.remaining() <= 0:
+                raise self.error()
+            chunk = resp.read1(min(1 << 16, limit - got))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+            count(len(chunk))
+        if resp.length == 0:
+            resp.read()  # read1 leaves a finished response open: close it for keep-alive
+        return b"".join(chunks)
+
+
 class HttpRangeClient:
     """Reads byte ranges of one URL. ``multi_range``: whether several ranges may go in
     one request (learnt from the server's first answer)."""
 
     def __init__(self, url: str, policy: Policy, *, timeout: float = 60.0,
-                 user_agent: str = "safehub-scan") -> None:
+                 user_agent: str = "safehub-scan", settings: HttpSettings | None = None
+                 ) -> None:
         self.url = decide_url(policy, url)
         self.policy = policy
         self.timeout = timeout
         self.user_agent = user_agent
         self.stats = Stats()
+        self.deadline = _Deadline(self.url, settings or HttpSettings(),
+                                  lambda: self.stats.bytes)
         self.multi_range = True
         self.size: int | None = None
         self._conns: dict[tuple[str, str, int | None], http.client.HTTPConnection] = {}
@@ -79,7 +148,8 @@ class HttpRangeClient:
         if conn is not None:
             conn.close()
 
-    def _get(self, range_header: str) -> tuple[http.client.HTTPResponse, str]:
+    def _get(self, range_header: str, watch: _Watchdog
+             ) -> tuple[http.client.HTTPResponse, str]:
         """GET with ``Range``, following redirects (each hop decided by the policy)."""
         url = self._final or self.url
         for _ in range(_MAX_HOPS + 1):
@@ -90,10 +160,16 @@ class HttpRangeClient:
             self.stats.requests += 1
             try:
                 conn = self._conn(url)
+                conn.timeout = max(0.001, min(self.timeout, self.deadline.remaining()))
+                if conn.sock is not None:
+                    conn.sock.settimeout(conn.timeout)
                 conn.request("GET", target, headers=headers)
+                watch.sock = conn.sock
                 resp = conn.getresponse()
             except (OSError, http.client.HTTPException) as exc:
                 self._drop(url)
+                if watch.fired:
+                    raise self.deadline.error() from exc
                 raise FetchError(f"request failed: {exc}", subject=url) from exc
             if resp.status in (301, 302, 303, 307, 308):
                 location = resp.getheader("Location")
@@ -165,7 +241,16 @@ class HttpRangeClient:
               extra: int = 0) -> list[tuple[int, bytes]] | None:
         """One request; None when the server answered with the whole file (it was hung
         up on) so the caller retries with single ranges."""
-        resp, url = self._get(header)
+        try:
+            with self.deadline.watch() as watch:
+                return self._send_once(header, batch, extra, watch)
+        except FetchError:
+            self.close()  # a connection cut short is never reused
+            raise
+
+    def _send_once(self, header: str, batch: list[tuple[int, int]], extra: int,
+                   watch: _Watchdog) -> list[tuple[int, bytes]] | None:
+        resp, url = self._get(header, watch)
         if resp.status == 200:
             total = resp.getheader("Content-Length")
             self._drop(url)  # never read a whole file that was not asked for
@@ -186,8 +271,7 @@ class HttpRangeClient:
             raise FetchError(f"HTTP {resp.status} {resp.reason}", subject=url)
         ctype = resp.getheader("Content-Type") or ""
         budget = sum(e - s for s, e in batch) + extra + 1024 * (len(batch) + 2)
-        body = resp.read(budget + 1)
-        self.stats.bytes += len(body)
+        body = self.deadline.read(resp, budget + 1, self._count)
         if len(body) > budget:
             self._drop(url)
             raise FetchError("the server sent more than the ranges asked for", subject=url)
@@ -205,6 +289,9 @@ class HttpRangeClient:
         if len(body) != end - start + 1:
             raise FetchError("a range answer of the wrong length", subject=url)
         return [(start, body)]
+
+    def _count(self, n: int) -> None:
+        self.stats.bytes += n
 
     def _parts(self, body: bytes, boundary: bytes, url: str) -> list[tuple[int, bytes]]:
         pieces: list[tuple[int, bytes]] = []
@@ -234,31 +321,51 @@ class HttpRangeClient:
 
 
 def get_json(url: str, policy: Policy, stats: Stats, *, limit: int = 64 << 20,
-             timeout: float = 60.0) -> tuple[object, str | None]:
+             timeout: float = 60.0, settings: HttpSettings | None = None
+             ) -> tuple[object, str | None]:
     """GET a JSON document (an API listing): ``(value, next page URL or None)``. The URL
-    and every redirect hop are decided by the policy."""
+    and every redirect hop are decided by the policy; the whole call has one deadline."""
+    current = decide_url(policy, url)
+    received = [0]
+
+    def count(n: int) -> None:
+        received[0] += n
+        stats.bytes += n
+
+    deadline = _Deadline(current, settings or HttpSettings(), lambda: received[0])
+    with deadline.watch() as watch:
+        return _get_json(current, policy, stats, limit, timeout, deadline, watch, count)
+
+
+def _get_json(current: str, policy: Policy, stats: Stats, limit: int, timeout: float,
+              deadline: _Deadline, watch: _Watchdog, count: Callable[[int], None]
+              ) -> tuple[object, str | None]:
     import json
 
-    current = decide_url(policy, url)
+    url = current
     for _ in range(_MAX_HOPS + 1):
         parts = urlsplit(current)
         cls = http.client.HTTPSConnection if parts.scheme == "https" else \
             http.client.HTTPConnection
-        conn = cls(parts.hostname or "", parts.port, timeout=timeout)
+        conn = cls(parts.hostname or "", parts.port,
+                   timeout=max(0.001, min(timeout, deadline.remaining())))
         stats.requests += 1
         try:
+            conn.connect()
+            watch.sock = conn.sock
             conn.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""),
                          headers={"Accept": "application/json", "User-Agent": "safehub-scan"})
             resp = conn.getresponse()
             if resp.status in (301, 302, 303, 307, 308) and resp.getheader("Location"):
                 current = decide_url(policy, urljoin(current, resp.getheader("Location") or ""))
                 continue
-            body = resp.read(limit + 1)
+            body = deadline.read(resp, limit + 1, count)
         except (OSError, http.client.HTTPException) as exc:
+            if watch.fired:
+                raise deadline.error() from exc
             raise FetchError(f"request failed: {exc}", subject=current) from exc
         finally:
             conn.close()
-        stats.bytes += len(body)
         if resp.status != 200:
             raise FetchError(f"HTTP {resp.status} {resp.reason}", subject=current)
         if len(body) > limit:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+from safehub._fetch.http import HttpSettings
 from safehub._remote.http import HttpRangeClient, Stats, get_json
 from safehub._remote.plan import HEAD, TAIL, zip_plan
 from safehub._remote.rangefile import RangeFile
@@ -72,10 +73,12 @@ def _unreadable(display: str, error: str) -> FileReport:
                       findings=(finding,))
 
 
-def _hf_items(ref: RemoteRef, policy: Policy, stats: Stats) -> list[RemoteItem]:
+def _hf_items(ref: RemoteRef, policy: Policy, stats: Stats,
+              http: HttpSettings | None = None) -> list[RemoteItem]:
     """The files of a Hugging Face repo (or one path), at the commit ``revision`` is now."""
     base = f"{hf_endpoint()}/api/models/{ref.repo}"
-    info, _ = get_json(f"{base}/revision/{quote(ref.revision, safe='')}", policy, stats)
+    info, _ = get_json(f"{base}/revision/{quote(ref.revision, safe='')}", policy, stats,
+                       settings=http)
     commit = info.get("sha") if isinstance(info, dict) else None
     if not isinstance(commit, str) or not commit:
         raise FetchError("the repository's revision has no commit", subject=ref.spec)
@@ -87,7 +90,7 @@ def _hf_items(ref: RemoteRef, policy: Policy, stats: Stats) -> list[RemoteItem]:
         f"/{quote(ref.path.rstrip('/'), safe='/')}" if ref.path else "") + "?recursive=true"
     if not listing:
         while url is not None:
-            page, url = get_json(url, policy, stats)
+            page, url = get_json(url, policy, stats, settings=http)
             if not isinstance(page, list):
                 raise FetchError("the repository tree is not a list", subject=ref.spec)
             for entry in page:
@@ -102,13 +105,13 @@ def _hf_items(ref: RemoteRef, policy: Policy, stats: Stats) -> list[RemoteItem]:
 
 
 def list_remote(spec: str, policy: Policy, stats: Stats, *,
-                fs: Any | None = None) -> list[RemoteItem]:
+                fs: Any | None = None, http: HttpSettings | None = None) -> list[RemoteItem]:
     """The files a remote location names (raises FetchError / PolicyViolation)."""
     ref = parse(spec)
     if ref.kind == "http":
         return [RemoteItem(ref.url, "http", url=ref.url)]
     if ref.kind == "hf":
-        return _hf_items(ref, policy, stats)
+        return _hf_items(ref, policy, stats, http)
     from safehub._remote.s3 import list_objects, s3_filesystem
 
     fs = fs or s3_filesystem()
@@ -139,7 +142,8 @@ def scan_batch(batch: tuple[list[RemoteItem], Policy, ScanOptions]
 
 
 def scan_item(item: RemoteItem, policy: Policy, options: ScanOptions, *,
-              fs: Any | None = None) -> tuple[FileReport, Stats]:
+              fs: Any | None = None, http: HttpSettings | None = None
+              ) -> tuple[FileReport, Stats]:
     """Scan one remote file; errors become an unreadable report (never a pass)."""
     client: Any
     try:
@@ -152,7 +156,7 @@ def scan_item(item: RemoteItem, policy: Policy, options: ScanOptions, *,
             if item.size is None:
                 raise FetchError("object size unknown", subject=item.display)
         else:
-            client = HttpRangeClient(item.url, policy)
+            client = HttpRangeClient(item.url, policy, settings=http)
     except (FetchError, PolicyViolation) as exc:
         return _unreadable(item.display, exc.message), Stats()
     try:
@@ -174,20 +178,22 @@ def scan_item(item: RemoteItem, policy: Policy, options: ScanOptions, *,
 
 def scan_remote(specs: Sequence[str], *, policy: Policy, options: ScanOptions,
                 workers: int = 8, progress: Callable[[str], None] | None = None,
-                fs: Any | None = None) -> RemoteScan:
+                fs: Any | None = None, http: HttpSettings | None = None) -> RemoteScan:
     """Scan every file the remote locations name. A location that cannot be listed is an
-    unreadable entry (exit 2), never skipped."""
+    unreadable entry (exit 2), never skipped. ``http``: the deadline and rate every
+    request and file must keep (the fetch layer's defaults when None)."""
     result = RemoteScan(ScanReport())
     items: list[RemoteItem] = []
     files: list[FileReport] = []
     skipped: list[Skipped] = []
     for spec in specs:
         try:
-            items.extend(list_remote(spec, policy, result.listing, fs=fs))
+            items.extend(list_remote(spec, policy, result.listing, fs=fs, http=http))
         except (FetchError, PolicyViolation) as exc:
             files.append(_unreadable(spec, exc.message))
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = [pool.submit(scan_item, item, policy, options, fs=fs) for item in items]
+        futures = [pool.submit(scan_item, item, policy, options, fs=fs, http=http)
+                   for item in items]
         for item, future in zip(items, futures, strict=True):
             if progress:
                 progress(item.display)

@@ -110,7 +110,7 @@ def parse(spec: str) -> RemoteRef:
         if "@" in name:
             name, _, revision = name.partition("@")
         path = "/".join(parts[2:])
-        if not (_REPO_PART.match(owner) and _REPO_PART.match(name)) or not revision or \
+        if not (_REPO_PART.fullmatch(owner) and _REPO_PART.fullmatch(name)) or not revision or \
                 (path and any(p in ("", ".", "..") for p in path.split("/"))):
             raise FetchError("not a Hugging Face repository: owner/name[@revision][/path]",
                              subject=spec)
@@ -119,7 +119,7 @@ def parse(spec: str) -> RemoteRef:
         return RemoteRef("hf", spec, repo=f"{owner}/{name}", revision=revision, path=path)
     if lower.startswith("s3://"):
         bucket, _, key = spec[5:].partition("/")
-        if not _BUCKET.match(bucket):
+        if not _BUCKET.fullmatch(bucket):
             raise FetchError("not an S3 bucket name", subject=spec)
         if any(p in (".", "..") for p in key.split("/")):
             raise FetchError("an S3 key with . or .. segments is refused", subject=spec)

@@ -7,21 +7,40 @@ slashes and resolves ``.``/``..``. Files it knows are served; redirects are
 answered; any other path is answered ``404`` with the path it resolved to in
 ``X-Resolved`` (so tests can ask what the server made of a URL). Every request's
 raw target and resolution is logged.
+
+With ``folding=True`` it is more lenient still, as some servers are: it decodes until
+nothing changes (any number of times), folds overlong UTF-8 (``%C0%AE`` is '.') and
+applies Unicode NFKC (fullwidth U+FF0E is '.').
 """
 
 from __future__ import annotations
 
+import re
 import threading
+import unicodedata
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_to_bytes
 
 __all__ = ["NormalisingServer", "server_view"]
 
 
-def server_view(target: str) -> str:
+def _fold(path: str) -> str:
+    """Decode until stable, folding overlong UTF-8 and NFKC on every round."""
+    for _ in range(8):
+        raw = unquote_to_bytes(path)
+        raw = re.sub(rb"[\xc0\xc1][\x80-\xbf]",
+                     lambda m: bytes([((m[0][0] & 0x1F) << 6) | (m[0][1] & 0x3F)]), raw)
+        text = unicodedata.normalize("NFKC", raw.decode("utf-8", "replace"))
+        if text == path:
+            break
+        path = text
+    return path
+
+
+def server_view(target: str, folding: bool = False) -> str:
     """The path such a server serves for a raw request target."""
     path = target.split("?", 1)[0].split("#", 1)[0]
-    path = unquote(unquote(path)).replace("\\", "/")
+    path = (_fold(path) if folding else unquote(unquote(path))).replace("\\", "/")
     out: list[str] = []
     for segment in path.split("/"):
         segment = segment.split(";", 1)[0].rstrip(" ")
@@ -40,7 +59,7 @@ def server_view(target: str) -> str:
 class NormalisingServer:
     """The server on 127.0.0.1; ``url`` is its base."""
 
-    def __init__(self) -> None:
+    def __init__(self, folding: bool = False) -> None:
         self.files: dict[str, bytes] = {}
         self.redirects: dict[str, str] = {}
         self.log: list[tuple[str, str]] = []  # (raw target, resolved path)
@@ -54,7 +73,7 @@ class NormalisingServer:
                 pass
 
             def do_GET(self) -> None:
-                resolved = server_view(self.path)
+                resolved = server_view(self.path, folding)
                 with owner.lock:
                     owner.log.append((self.path, resolved))
                 if resolved in owner.redirects:

@@ -138,3 +138,26 @@ def test_unreadable_record_is_tampering(hub: FakeHub, make_fetcher: Callable[...
     info.path.parent.with_suffix(".json").write_text("{not json")
     with pytest.raises(IntegrityError):
         make_fetcher().fetch_url(url)
+
+
+@pytest.mark.parametrize("offline", [True, False])
+def test_a_cache_hit_re_decides_the_redirect_hops_under_the_current_policy(
+        tmp_path: Path, hub: FakeHub, other_hub: FakeHub, cache_dir: Path, checkpoint: bytes,
+        offline: bool) -> None:
+    # Policy A allows hub and other; hub/x.pt redirects to other/y.pt. Policy B drops
+    # 'other': a fresh fetch would refuse the redirect, so the cached copy must be refused.
+    from safehub.errors import PolicyViolation
+    from tests.fetch.helpers import FAST
+
+    final = other_hub.add_file("/y.pt", checkpoint)
+    bounce = hub.add_file("/b.pt", b"", Fault(redirect=final))
+    start = hub.add_file("/x.pt", b"", Fault(redirect=bounce))
+    pol_a = write_policy(tmp_path / "a.toml", hub, other_hub)
+    info = Fetcher(pol_a, cache_dir=cache_dir, http=FAST).fetch_url(start)
+    record = json.loads(info.path.parent.with_suffix(".json").read_text())
+    assert record["hops"] == [bounce, final] and record["final_url"] == final
+    assert Fetcher(pol_a, cache_dir=cache_dir, http=FAST, offline=offline
+                   ).fetch_url(start).from_cache
+    pol_b = write_policy(tmp_path / "b.toml", hub)
+    with pytest.raises(PolicyViolation, match="redirect from .* to " + final):
+        Fetcher(pol_b, cache_dir=cache_dir, http=FAST, offline=offline).fetch_url(start)

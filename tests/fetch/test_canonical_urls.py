@@ -204,3 +204,42 @@ def test_canonical_url_decides_what_the_server_serves(norm: NormalisingServer, p
     if url_matches_prefix(canonical, f"{norm.url}/allowed/"):
         # (the server's view drops a trailing slash: "/allowed/" is "/allowed")
         assert (as_requested + "/").startswith("/allowed/"), (url, canonical, as_requested)
+
+
+# Served as /private/ by a server that decodes any number of times, folds overlong UTF-8
+# or applies NFKC; each is under /allowed/ as a string.
+FOLDING_ATTACKS = [
+    "/allowed/%25252e%25252e/private/w.pt",        # triple-encoded '.'
+    "/allowed/%2525252e%2525252e/private/w.pt",    # four times
+    "/allowed/..%25252fprivate/w.pt",              # a triple-encoded '/'
+    "/allowed/%C0%AE%C0%AE/private/w.pt",          # overlong UTF-8 '.'
+    "/allowed/..%C0%AFprivate/w.pt",               # overlong UTF-8 '/'
+    "/allowed/%EF%BC%8E%EF%BC%8E/private/w.pt",    # fullwidth '.' (U+FF0E)
+    "/allowed/%E2%80%A5/private/w.pt",             # two-dot leader (U+2025) is '..'
+    "/allowed/..%EF%BC%8Fprivate/w.pt",            # fullwidth '/' (U+FF0F)
+]
+
+
+@pytest.mark.parametrize("attack", FOLDING_ATTACKS)
+def test_multiply_encoded_overlong_and_folded_spellings_are_refused(
+        attack: str, checkpoint: bytes, tmp_path: Path, cache_dir: Path) -> None:
+    server = NormalisingServer(folding=True)
+    server.files["/allowed/w.pt"] = checkpoint
+    server.files["/private/w.pt"] = SECRET
+    try:
+        url = server.url + attack
+        assert _old_prefix_check(url, f"{server.url}/allowed/")
+        assert _raw_get(server.url, attack)[:2] == (200, SECRET), "the attack works unguarded"
+        server.log.clear()
+        with pytest.raises(InvalidIdentifier):
+            canonical_url(url)
+        fetcher = Fetcher(_policy(tmp_path / "p.toml", server.url), cache_dir=cache_dir,
+                          http=FAST)
+        with pytest.raises((InvalidIdentifier, PolicyViolation)):
+            fetcher.fetch_url(url)
+        assert server.log == [] and leftovers(cache_dir) == []
+        # Ordinary escapes still pass: a UTF-8 name, a literal '%' before non-hex text.
+        for fine in ("/allowed/caf%C3%A9.pt", "/allowed/100%25off.pt", "/allowed/w.pt?q=%2541"):
+            canonical_url(server.url + fine)
+    finally:
+        server.close()

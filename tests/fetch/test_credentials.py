@@ -52,39 +52,62 @@ def test_github_token_never_reaches_another_port_of_the_api_host(
 
 def test_origin_token_from_the_environment_goes_to_its_origin_only(
         tmp_path: Path, cache_dir: Path, hub: FakeHub, same_host: FakeHub,
-        other_hub: FakeHub, monkeypatch: pytest.MonkeyPatch, checkpoint: bytes) -> None:
+        other_hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SAFEHUB_TOKEN_MIRROR", "mirror-secret")
     monkeypatch.setenv("SAFEHUB_TOKEN_MIRROR_ORIGIN", hub.url)
-    urls = [server.add_file("/w.pt", checkpoint) for server in (hub, same_host, other_hub)]
-    fetcher = _fetcher(tmp_path, cache_dir, hub, same_host, other_hub)
-    for url in urls:
-        fetcher.fetch_url(url)
-    assert _auth(hub) == ["Bearer mirror-secret"]
-    assert _auth(same_host) == [None], "another port of the same host is another origin"
-    assert _auth(other_hub) == [None], "another host"
+    for server in (hub, same_host, other_hub):
+        server.add_repo("acme/net")
+        _fetcher(tmp_path, cache_dir / server.host / str(server.port), server
+                 ).fetch_repo("acme/net:main")
+    assert _auth(hub) and set(_auth(hub)) == {"Bearer mirror-secret"}
+    assert set(_auth(same_host)) == {None}, "another port of the same host is another origin"
+    assert set(_auth(other_hub)) == {None}, "another host"
 
 
 def test_origin_token_passed_in_code(tmp_path: Path, cache_dir: Path, hub: FakeHub,
-                                     same_host: FakeHub, checkpoint: bytes) -> None:
-    url = same_host.add_file("/w.pt", checkpoint, Fault(require_token="code-secret"))
-    other = hub.add_file("/w.pt", checkpoint)
-    fetcher = _fetcher(tmp_path, cache_dir, hub, same_host,
-                       tokens={same_host.url: "code-secret"})
-    fetcher.fetch_url(url)
-    fetcher.fetch_url(other)
-    assert _auth(same_host) == ["Bearer code-secret"] and _auth(hub) == [None]
+                                     same_host: FakeHub) -> None:
+    hub.add_repo("acme/net")
+    same_host.add_repo("acme/net")
+    _fetcher(tmp_path, cache_dir / "a", same_host, tokens={same_host.url: "code-secret"}
+             ).fetch_repo("acme/net:main")
+    _fetcher(tmp_path, cache_dir / "b", hub, tokens={same_host.url: "code-secret"}
+             ).fetch_repo("acme/net:main")
+    assert set(_auth(same_host)) == {"Bearer code-secret"} and set(_auth(hub)) == {None}
     with pytest.raises(InvalidIdentifier):  # a bare host is ambiguous: which scheme, port?
         _fetcher(tmp_path, cache_dir, hub, tokens={hub.host: "x"})
 
 
+@pytest.mark.parametrize("how", ["GITHUB_TOKEN", "origin token"])
+def test_weights_downloads_never_carry_a_token(
+        tmp_path: Path, cache_dir: Path, hub: FakeHub, monkeypatch: pytest.MonkeyPatch,
+        checkpoint: bytes, how: str) -> None:
+    # A weights URL is chosen by repo code (hubconf.py, the sandbox broker): with a token on
+    # the API's origin, it could read anything the token can. API and archive only.
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    tokens = {hub.url: TOKEN} if how == "origin token" else None
+    hub.add_repo("acme/net")
+    url = hub.add_file("/raw/victim/private-repo/main/model.pt", checkpoint)
+    fetcher = _fetcher(tmp_path, cache_dir, hub, tokens=tokens)
+    fetcher.fetch_repo("acme/net:main")
+    fetcher.fetch_url(url)
+    assert {r.headers.get("authorization") for r in hub.requests_to("/raw/")} == {None}
+    api = [r for r in hub.log if not r.path.startswith("/raw/")]
+    assert api and {r.headers.get("authorization") for r in api} == {f"Bearer {TOKEN}"}
+
+
 def test_token_is_dropped_on_a_redirect_to_another_origin_and_after_it(
-        tmp_path: Path, cache_dir: Path, hub: FakeHub, same_host: FakeHub,
-        checkpoint: bytes) -> None:
+        hub: FakeHub, same_host: FakeHub, checkpoint: bytes) -> None:
+    import io
+
+    from safehub._fetch.http import HttpClient
+
     final = hub.add_file("/final.pt", checkpoint)
     bounce = same_host.add_file("/bounce.pt", b"", Fault(redirect=final))  # ... and back
     start = hub.add_file("/start.pt", b"", Fault(redirect=bounce))
-    fetcher = _fetcher(tmp_path, cache_dir, hub, same_host, tokens={hub.url: "hub-secret"})
-    assert fetcher.fetch_url(start).size == len(checkpoint)
+    client = HttpClient(FAST, Credentials(hub.api, tokens={hub.url: "hub-secret"}, environ={}))
+    result = client.download(start, io.BytesIO(), check=lambda url, previous: None,
+                             max_bytes=1 << 20, authenticate=True)
+    assert result.size == len(checkpoint)
     by_path = {r.path: r.headers.get("authorization") for r in hub.log}
     assert by_path == {"/start.pt": "Bearer hub-secret", "/final.pt": None}
     assert _auth(same_host) == [None]

@@ -18,8 +18,10 @@ from safehub.fetch import Fetcher, HttpSettings
 from tests.fetch.helpers import leftovers
 
 # A per-read timeout the trickle never hits, and a deadline it always does.
+# min_rate is low: the allowance grows with the bytes received, never with the announced
+# length ("huge-length" announces 10 MB, 10000 s at this rate, and trickles).
 TRICKLE = HttpSettings(timeout=5.0, retries=3, backoff=0.01, max_backoff=0.05, deadline=1.0,
-                       min_rate=1 << 20)
+                       min_rate=1000)
 
 
 class _Trickle:
@@ -49,7 +51,8 @@ class _Trickle:
                         return
                     self.send_response(500 if mode == "error-body" else 200)
                     if mode != "no-length":
-                        self.send_header("Content-Length", str(size))
+                        announced = 10_000_000 if mode == "huge-length" else size
+                        self.send_header("Content-Length", str(announced))
                     self.end_headers()
                     for _ in range(size):
                         self.wfile.write(b"{")
@@ -77,7 +80,7 @@ def _policy(path: Path, server: _Trickle) -> Path:
     return path
 
 
-@pytest.fixture(params=["length", "no-length", "headers", "error-body"])
+@pytest.fixture(params=["length", "no-length", "huge-length", "headers", "error-body"])
 def trickle(request: pytest.FixtureRequest) -> Iterator[_Trickle]:
     server = _Trickle(request.param)
     yield server

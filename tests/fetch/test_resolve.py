@@ -142,9 +142,10 @@ def test_token_goes_to_the_api_host_and_never_to_another_host_after_a_redirect(
         "the token must not follow a redirect to another host"
 
 
-def test_per_host_token_is_used_only_for_its_host(
+def test_weights_get_no_token_even_on_the_origin_a_token_names(
         tmp_path: Path, hub: FakeHub, other_hub: FakeHub, monkeypatch: pytest.MonkeyPatch,
         cache_dir: Path, checkpoint: bytes) -> None:
+    # Tokens go with API and archive requests only: a weights URL is chosen by repo code.
     from tests.fetch.helpers import FAST
 
     url = other_hub.add_file("/w/model.pt", checkpoint, Fault(require_token="tok2"))
@@ -154,13 +155,10 @@ def test_per_host_token_is_used_only_for_its_host(
     monkeypatch.setenv("SAFEHUB_TOKEN_W_ORIGIN", other_hub.url)
     monkeypatch.setenv("GITHUB_TOKEN", "github-token")
     fetcher = Fetcher(policy, cache_dir=cache_dir, http=FAST)
-    assert fetcher.fetch_url(url).size == len(checkpoint)
-    assert other_hub.log[-1].headers.get("authorization") == "Bearer tok2"
-    # Reached through a redirect from another host, the file gets no token at all.
-    with pytest.raises(FetchError):
-        fetcher.fetch_url(redirect)
-    assert "authorization" not in other_hub.log[-1].headers
-    assert hub.log[-1].headers.get("authorization") == "Bearer github-token"
+    for start in (url, redirect):
+        with pytest.raises(FetchError):
+            fetcher.fetch_url(start)
+    assert all("authorization" not in r.headers for r in [*hub.log, *other_hub.log])
 
 
 def test_model_files_in_a_checkout_are_scanned_and_decided(

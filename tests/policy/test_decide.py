@@ -200,3 +200,44 @@ def test_signature_scope_wildcard_owner(tmp_path: Path) -> None:
     assert policy.decide(RepoRequest("pytorch/audio")).requirement("signature") is None
     req = policy.signature_requirements("anyone/vision")[0]
     assert req.public_keys == ("/keys/k.pub",) and req.certificate_chains == ()
+
+
+def test_wildcard_owner_keys_are_honoured_most_specific_first(tmp_path: Path) -> None:
+    # exact > owner/* > */name > */*: a '*/malware' deny reaches every owner's 'malware';
+    # a '*/*' deny reaches everything no more specific key allows.
+    policy = policy_from(tmp_path, '[repos."*/*"]\nallow = false\n'
+                         '[repos."*/malware"]\nallow = false\n'
+                         '[repos."acme/*"]\nentrypoints = ["small"]\n'
+                         f'[repos."pytorch/vision"]\ncommit = "{PIN}"\n')
+    assert not policy.decide(RepoRequest("someone/malware", trust_repo=True)).allowed
+    assert not policy.decide(RepoRequest("pytorch/malware")).allowed, "*/malware beats */*"
+    assert not policy.decide(RepoRequest("pytorch/audio")).allowed, "*/* denies the rest"
+    assert policy.decide(RepoRequest("acme/malware", entrypoint="small")).allowed, \
+        "owner/* beats */name"
+    assert policy.decide(RepoRequest("pytorch/vision", ref=PIN)).allowed, "exact beats */*"
+    pinned = policy_from(tmp_path, f'[repos."*/net"]\ncommit = "{PIN}"\n')
+    assert not pinned.decide(RepoRequest("pytorch/net", ref=OTHER)).allowed
+
+
+def test_a_wildcard_owner_key_that_loosens_needs_loosen(tmp_path: Path) -> None:
+    from safehub.errors import PolicyError
+
+    path = tmp_path / "p.toml"
+    path.write_text('schema = 1\nextends = "default"\n[repos."*/*"]\nallow = true\n')
+    with pytest.raises(PolicyError) as caught:
+        load_policy(path)
+    assert "allows repo '*/*'" in caught.value.diagnostics()
+
+
+@pytest.mark.parametrize("body, key", [
+    ('[trust]\ndenied_owners = ["evilcorp\\n"]\n', "denied_owners"),
+    ('[[signatures]]\nscope = "acme/*\\n"\npublic_keys = ["k.pem"]\n', "signatures"),
+    ('[repos."badguy/malware\\n"]\nallow = false\n', "repos"),
+    (f'[repos."acme/net"]\ncommit = "{PIN}\\n"\n', "commit"),
+])
+def test_a_trailing_newline_is_a_schema_error(tmp_path: Path, body: str, key: str) -> None:
+    from safehub.errors import PolicyError
+
+    with pytest.raises(PolicyError) as caught:
+        policy_from(tmp_path, body)
+    assert key in caught.value.diagnostics()

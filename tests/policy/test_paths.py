@@ -80,3 +80,37 @@ def test_policy_explain_shows_the_requirement_for_a_symlinked_folder(
     for spelling in (f"/{tree}/protected", str(tree / "alias")):
         result = cli("policy", "explain", spelling, "--policy", str(p))
         assert "requires signature" in result.out, (spelling, result.out, result.err)
+
+
+def test_a_symlink_dropped_under_the_scope_needs_the_signature(tmp_path: Path) -> None:
+    # models/evil -> elsewhere/evil: its real path is outside path:/D/models/*, but the
+    # path the user named is inside, so the signature is required (either form matches).
+    d = tmp_path / "D"
+    (d / "models" / "good").mkdir(parents=True)
+    (d / "elsewhere" / "evil").mkdir(parents=True)
+    (d / "models" / "evil").symlink_to(d / "elsewhere" / "evil")
+    loaded = load_policy(policy(tmp_path, f"{d}/models/*"))
+    for name in ("good", "evil"):
+        decision = loaded.decide(RepoRequest(str(d / "models" / name), source="local"))
+        assert decision.requirement("signature") is not None, name
+    assert path_scope_matches(f"{d}/models/*", d / "models" / "evil")
+    assert not path_scope_matches(f"{d}/models/*", d / "elsewhere" / "evil")
+
+
+def test_a_relative_scope_is_relative_to_the_policy_file_not_the_cwd(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = tmp_path / "proj"
+    (d / "models" / "good").mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "models" / "good").mkdir(parents=True)
+    (d / "k.pub").write_text("not read while deciding\n")
+    path = d / "p.toml"
+    path.write_text('schema = 1\nextends = "default"\n[[signatures]]\n'
+                    'scope = "path:models/*"\npublic_keys = ["k.pub"]\n')
+    for cwd in (d, elsewhere, tmp_path):
+        monkeypatch.chdir(cwd)
+        loaded = load_policy(path)
+        covered = loaded.decide(RepoRequest(str(d / "models" / "good"), source="local"))
+        assert covered.requirement("signature") is not None, cwd
+        other = loaded.decide(RepoRequest(str(elsewhere / "models" / "good"), source="local"))
+        assert other.requirement("signature") is None, cwd

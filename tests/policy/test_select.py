@@ -153,3 +153,29 @@ def test_hub_commands_name_the_policy(cli: Cli, tmp_path: Path,
     result = cli("list", str(repo), "--source", "local")
     expected = f"policy: strict (preset:strict; selected by [tool.safehub] in {tmp_path}"
     assert expected in result.err, result.err
+
+
+IMPOSTOR = "c0ffee" + "0" * 34
+
+
+@pytest.mark.parametrize("via", ["pyproject", "env"])
+def test_an_implicit_policy_cannot_pin_the_commit_a_load_fetches(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, via: str) -> None:
+    # A commit pin reads as tightening, but it selects what a ref-less load downloads (and a
+    # fork's commit is served through the parent's URLs): from an implicit source, refused.
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    pol = proj / "safehub.toml"
+    pol.write_text(f'schema = 1\nextends = "default"\n[repos."pytorch/vision"]\n'
+                   f'commit = "{IMPOSTOR}"\n')
+    if via == "pyproject":
+        (proj / "pyproject.toml").write_text('[tool.safehub]\npolicy = "safehub.toml"\n')
+    else:
+        monkeypatch.setenv("SAFEHUB_POLICY", str(pol))
+    with pytest.raises(PolicyError) as caught:
+        load_policy(cwd=proj)
+    text = caught.value.diagnostics()
+    assert "repos.pytorch/vision.commit" in text and f"{pol}:4" in text, text
+    # Explicitly chosen, the same file is the user's own decision.
+    explicit = load_policy(pol)
+    assert explicit.model.repos["pytorch/vision"].commit == IMPOSTOR

@@ -1,0 +1,77 @@
+"""Remote scans keep the fetch layer's overall deadline (deadline + bytes received /
+min_rate): a server that trickles its headers, a range body or an API listing ends in an
+unreadable entry, never in a scan that runs for hours. No timing is asserted: without the
+deadline these tests would not end (the servers trickle for ~100000 s)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from safehub._fetch.http import HttpSettings
+from safehub._remote.scan import scan_remote
+from safehub.findings import Verdict
+from safehub.policy import load_policy
+from tests.remote.conftest import write_policy
+
+SHORT = HttpSettings(deadline=1.0, min_rate=1000, timeout=30.0)
+BODY = (b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-99999/100000\r\n"
+        b"Content-Length: 100000\r\nAccept-Ranges: bytes\r\n\r\n")
+LISTING = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+
+
+class Trickler:
+    """Answers every request with ``head`` at once, then one byte every 0.2 s."""
+
+    def __init__(self, head: bytes, byte: bytes) -> None:
+        self.head, self.byte = head, byte
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.stopped = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self.stopped.is_set():
+            with contextlib.suppress(OSError):
+                conn, _ = self.sock.accept()
+                threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError), conn:
+            conn.recv(65536)
+            conn.sendall(self.head)
+            while not self.stopped.is_set():
+                conn.sendall(self.byte)
+                time.sleep(0.2)
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.sock.close()
+
+
+@pytest.fixture(params=["headers", "body", "listing"])
+def trickle(request: pytest.FixtureRequest) -> Iterator[tuple[str, Trickler]]:
+    mode = request.param
+    head = {"headers": b"HTTP/1.1 206 Partial Content\r\nX-Slow: ", "body": BODY,
+            "listing": LISTING}[mode]
+    server = Trickler(head, b"a" if mode == "headers" else b" " if mode == "listing" else b"\x80")
+    yield mode, server
+    server.close()
+
+
+def test_a_trickling_server_ends_the_remote_scan_at_the_deadline(
+        trickle: tuple[str, Trickler], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mode, server = trickle
+    policy = load_policy(write_policy(tmp_path / "p.toml", server.url))
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    spec = "hf://acme/detector" if mode == "listing" else f"{server.url}/m.pt"
+    result = scan_remote([spec], policy=policy, options=policy.scan_options(), http=SHORT)
+    (report,) = result.report.files
+    assert report.verdict is not Verdict.CLEAN and report.error, report
+    assert "overall deadline" in report.error and "HttpSettings.deadline" in report.error
