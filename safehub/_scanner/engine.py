@@ -55,6 +55,8 @@ Progress = Callable[[str], None]
 # Opening a FIFO for reading blocks until a writer appears; O_NONBLOCK makes the open return
 # at once (there is no such flag, and no FIFO, on Windows).
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+# Pickles torch's legacy raw reader loads one after another before any raw storage bytes.
+_LEGACY_STREAMS = 5
 
 
 def scan_fileobj(fh: BinaryIO, display: str, size: int, options: ScanOptions) -> FileReport:
@@ -129,18 +131,28 @@ def _scan_as_pickle(scan: FileScan, fh: BinaryIO, size: int) -> None:
     container (a zip for torch, compressor magic for joblib) as a pickle from byte 0.
 
     A tar header's name field, a safetensors header length or a bzip2 header can hold
-    opcodes. Real headers fail within a few opcodes without importing anything.
+    opcodes. Real headers fail within a few opcodes without importing anything. torch.load
+    also falls back to this reading when tarfile accepted the file but extracting a member
+    fails, and then reads up to five consecutive pickles (magic number, protocol, system
+    info, object, storage keys): every one of them is probed.
     """
-    probe = PickleCursor(FileRegion(fh, 0, size), limits=scan.options.limits).stream()
-    if probe.limit:  # fail closed: the probe could not follow the parser to its end
-        scan.add("SH191", f"reading the file as a pickle stopped: {probe.limit}", offset=0,
-                 subject="pickle-polyglot")
-    if not (probe.computed or probe.extensions or any(
-            _importable(g.raw) for g in probe.globals)):
+    cursor = PickleCursor(FileRegion(fh, 0, size), limits=scan.options.limits)
+    streams = [cursor.stream()]
+    while (streams[-1].stopped and not streams[-1].limit and len(streams) < _LEGACY_STREAMS
+           and not cursor.at_eof()):
+        streams.append(cursor.stream())
+    for probe in streams:
+        if probe.limit:  # fail closed: the probe could not follow the parser to its end
+            scan.add("SH191", f"reading the file as a pickle stopped: {probe.limit}",
+                     offset=probe.start, subject="pickle-polyglot")
+    if not any(probe.computed or probe.extensions or any(_importable(g.raw)
+                                                           for g in probe.globals)
+               for probe in streams):
         return
     scan.add("SH114", "the file also parses as a pickle that pickle.load, joblib.load or "
              "torch.load would run", offset=0, subject="pickle-polyglot")
-    judge_stream(scan, probe, "", Loader.PICKLE)
+    for probe in streams:
+        judge_stream(scan, probe, "", Loader.PICKLE)
     if scan.format == "unknown":
         scan.format = "pickle"
 
@@ -257,9 +269,15 @@ def _scan_path(path: str, display: str, options: ScanOptions,
 
 def _dead_non_model(fh: BinaryIO, size: int) -> bool:
     """An image or document signature that ends every pickle loader in its first bytes,
-    with no zip directory hidden behind it."""
+    with no tar archive (torch.load asks tarfile before any pickle reader) and no zip
+    directory hidden behind it."""
     fh.seek(0)
     if dead_magic_kind(fh.read(16)) is None:
+        return False
+    # A tar header's first field is a member name an attacker chooses: it can spell any
+    # signature. Whatever tarfile opens, torch.load reads as a legacy checkpoint.
+    probe = probe_tar(fh)
+    if probe.accepted:
         return False
     eocd = find_eocd(fh, size) if size >= 22 else None
     if eocd is None:

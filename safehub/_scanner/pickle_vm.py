@@ -1002,8 +1002,12 @@ class PickleCursor:
                     inst = top(at)
                     self._mutate(res, "BUILD", inst, at)
                     if isinstance(inst, Call):
-                        inst.state = build_state
-                        if self.joblib and _is_joblib_wrapper(inst):
+                        wrapper = _is_joblib_wrapper(inst)
+                        # NumpyArrayWrapper has no __setstate__: load_build updates the
+                        # instance's __dict__, so attributes of earlier BUILDs remain.
+                        inst.state = (_merge_dict_state(inst.state, build_state) if wrapper
+                                      else build_state)
+                        if self.joblib and wrapper:
                             here = MachineState(list(stack), [list(m) for m in metastack],
                                                 dict(memo), proto)
                             stack[-1] = self._joblib_array(res, inst, at, here)
@@ -1108,6 +1112,30 @@ class PickleCursor:
 
 def _is_global(value: object, name: str) -> bool:
     return isinstance(value, Global) and value.effective == name
+
+
+def _merge_dict_state(old: object, state: object) -> object:
+    """The attributes after ``load_build`` on an object without ``__setstate__``:
+    ``inst.__dict__.update(state)``, then ``setattr`` for each item of a slot state.
+
+    A snapshot is taken (later changes to the state dict do not reach the instance), and
+    a state the default BUILD could not apply is returned as is (an undeterminable size).
+    """
+    merged = SymDict()
+    if isinstance(old, SymDict):
+        merged.items = list(old.items)
+    elif old is not None:
+        return Opaque("instance attributes")
+    parts = state if isinstance(state, tuple) and len(state) == 2 else (state, None)
+    for part in parts:
+        if isinstance(part, SymDict):
+            merged.items.extend(part.items)
+        elif part is None or (isinstance(part, (bool, int, float, str, bytes, tuple))
+                              and not part):
+            continue  # falsy: load_build skips it
+        else:
+            return Opaque("instance attributes")
+    return merged
 
 
 def _is_joblib_wrapper(inst: Call) -> bool:
