@@ -11,9 +11,10 @@ name does not announce one; anything else unrecognized is reported "not scanned"
 Non-regular files (FIFOs, sockets, devices) are never opened: they are skipped with
 a reason inside folders and reported not scanned when named directly. Symbolic links
 to files are followed, because a loader opening the link reads the target: the target's
-content is scanned under the link's name. Links to directories are not followed
-(loops, and trees outside the one asked for): they are listed as skipped. A folder
-that cannot be listed is reported not scanned.
+content is scanned under the link's name. Links to directories are followed when their
+target is inside the scanned folder (each folder entered once, by device and inode, so
+loops end) and reported not scanned when it is outside. A folder that cannot be listed
+is reported not scanned.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ from safehub._scanner.nonmodel import (
 from safehub._scanner.pickle_vm import PickleCursor
 from safehub._scanner.source import ByteSource, FileRegion
 from safehub._scanner.zipdir import ZipError, find_eocd, read_directory
-from safehub._tree import walk
 from safehub.findings import FileReport, Finding, ScanReport, Skipped, Verdict
 from safehub.rules import RULES
 
@@ -288,28 +288,66 @@ def _dead_non_model(fh: BinaryIO, size: int) -> bool:
         return True
 
 
-def _walk(root: str) -> Iterator[tuple[str, str | None]]:
-    """(path, reason to skip or None) for every entry below ``root``, in a stable order.
+# What the walk says about an entry: scan it, leave it out (with a reason), or report it
+# not scanned (with a reason).
+_SCAN, _SKIP, _UNSCANNED = "scan", "skip", "unscanned"
 
-    A folder that cannot be listed yields its path with reason "" (reported not scanned).
+
+def _walk(root: str) -> Iterator[tuple[str, str, str]]:
+    """(path, action, reason) for every entry below ``root``, in a stable order.
+
+    Links to folders are followed as loaders follow them (a sharded checkpoint's index
+    names files through them) when their target lies inside the scanned folder; each
+    folder is entered once, by its (st_dev, st_ino), so link loops end. A link that leads
+    outside it is reported not scanned, and so is a folder that cannot be listed.
     """
-    errors: list[OSError] = []
-    for dirpath, dirnames, filenames in walk(root, onerror=errors.append):
-        while errors:
-            failed = errors.pop(0)
-            yield failed.filename or dirpath, ""
-        dirnames.sort()
-        kept = []
-        for d in dirnames:
-            if os.path.islink(os.path.join(dirpath, d)):
-                yield os.path.join(dirpath, d), "symbolic link to a directory (not followed)"
-            else:
-                kept.append(d)
-        dirnames[:] = kept
-        for name in sorted(filenames):
-            yield os.path.join(dirpath, name), None
-    for failed in errors:
-        yield failed.filename or root, ""
+    real_root = os.path.realpath(root)
+    seen: set[tuple[int, int]] = set()
+    try:
+        st = os.stat(root)
+        seen.add((st.st_dev, st.st_ino))
+    except OSError:
+        pass
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+        except OSError:
+            yield folder, _UNSCANNED, "folder cannot be listed"
+            continue
+        subfolders: list[str] = []
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+            except OSError:
+                is_dir = False
+            if not is_dir:
+                yield entry.path, _SCAN, ""
+                continue
+            if entry.is_symlink() and not _inside(os.path.realpath(entry.path), real_root):
+                yield (entry.path, _UNSCANNED,
+                       "symbolic link to a folder outside the scanned folder (not followed)")
+                continue
+            try:
+                st = os.stat(entry.path)
+            except OSError:
+                yield entry.path, _UNSCANNED, "folder cannot be listed"
+                continue
+            if (st.st_dev, st.st_ino) in seen:
+                yield entry.path, _SKIP, "folder already scanned under another path (link)"
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            subfolders.append(entry.path)
+        stack.extend(reversed(subfolders))
+
+
+def _inside(path: str, root: str) -> bool:
+    try:
+        return os.path.commonpath([path, root]) == root
+    except ValueError:  # different drives
+        return False
 
 
 def scan_paths(
@@ -329,11 +367,11 @@ def scan_paths(
                 progress(root)
             files.append(_as_report(_scan_path(root, root, options)))
             continue
-        for full, reason in _walk(root):
-            if reason == "":
-                files.append(_unreadable(full, 0, "folder cannot be listed"))
+        for full, action, reason in _walk(root):
+            if action == _UNSCANNED:
+                files.append(_unreadable(full, 0, reason))
                 continue
-            if reason is not None:
+            if action == _SKIP:
                 skipped.append(Skipped(full, reason))
                 continue
             if progress:
