@@ -260,7 +260,8 @@ def _scan_path(path: str, display: str, options: ScanOptions,
             report = scan_fileobj(fh, display, st.st_size, options)
             if walked and report.verdict is Verdict.UNKNOWN and not report.error:
                 kind = None if is_model_name(display) else identify_non_model(fh, st.st_size)
-                if kind is not None:
+                # Never skip what tarfile opens: torch.load takes its legacy tar path.
+                if kind is not None and not probe_tar(fh).accepted:
                     return Skipped(display, "not a model format")
             return report
         except OSError as exc:

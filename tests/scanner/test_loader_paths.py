@@ -165,3 +165,14 @@ def test_joblib_wrapper_built_twice_keeps_first_attributes(tmp_path: Path,
     report = scan_one(path)
     assert report.verdict is Verdict.UNSAFE
     assert "SH100" in rules(report)
+
+
+def test_tar_spelling_a_late_signature_is_never_skipped(tmp_path: Path) -> None:
+    """Whatever tarfile opens is not skipped as an image, even when the scan found no torch
+    members (here a first member named like a GIF header)."""
+    folder = tmp_path / "f"
+    folder.mkdir()
+    B.write(folder / "image.gif", B.tar_bytes([("GIF89a-frame", b"x")]))
+    report = scan(folder)
+    assert not report.skipped
+    assert [Path(f.path).name for f in report.files] == ["image.gif"]
