@@ -139,6 +139,12 @@ RULES: dict[str, Rule] = _rules(
          "this; unpicklers then read different bytes (reading from a file drops the rest of the "
          "frame, reading from memory does not), so each loader sees another program.",
          "Do not load this file; re-save it with pickle or torch.save."),
+    Rule("SH161", "tar-sparse-member", Severity.HIGH,
+         "A legacy torch tar checkpoint stores a member torch reads as a sparse file. torch "
+         "extracts such members to disk (every data segment written in order, or a failure "
+         "that makes it re-read the file as raw pickles), which differs from reading them; "
+         "torch.save never writes sparse members.",
+         "Do not load this file; re-save the checkpoint with torch.save."),
     Rule("SH175", "harmless-data-class", Severity.INFO,
          "The pickle imports a curated harmless data class (datetime, pathlib paths, "
          "argparse.Namespace, defaultdict of a value type, joblib's array record, ...): "

@@ -11,9 +11,10 @@ name does not announce one; anything else unrecognized is reported "not scanned"
 Non-regular files (FIFOs, sockets, devices) are never opened: they are skipped with
 a reason inside folders and reported not scanned when named directly. Symbolic links
 to files are followed, because a loader opening the link reads the target: the target's
-content is scanned under the link's name. Links to directories are not followed
-(loops, and trees outside the one asked for): they are listed as skipped. A folder
-that cannot be listed is reported not scanned.
+content is scanned under the link's name. Links to directories are followed when their
+target is inside the scanned folder (each folder entered once, by device and inode, so
+loops end) and reported not scanned when it is outside. A folder that cannot be listed
+is reported not scanned.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ from safehub._scanner.nonmodel import (
 from safehub._scanner.pickle_vm import PickleCursor
 from safehub._scanner.source import ByteSource, FileRegion
 from safehub._scanner.zipdir import ZipError, find_eocd, read_directory
-from safehub._tree import walk
 from safehub.findings import FileReport, Finding, ScanReport, Skipped, Verdict
 from safehub.rules import RULES
 
@@ -55,6 +55,8 @@ Progress = Callable[[str], None]
 # Opening a FIFO for reading blocks until a writer appears; O_NONBLOCK makes the open return
 # at once (there is no such flag, and no FIFO, on Windows).
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+# Pickles torch's legacy raw reader loads one after another before any raw storage bytes.
+_LEGACY_STREAMS = 5
 
 
 def scan_fileobj(fh: BinaryIO, display: str, size: int, options: ScanOptions) -> FileReport:
@@ -129,18 +131,28 @@ def _scan_as_pickle(scan: FileScan, fh: BinaryIO, size: int) -> None:
     container (a zip for torch, compressor magic for joblib) as a pickle from byte 0.
 
     A tar header's name field, a safetensors header length or a bzip2 header can hold
-    opcodes. Real headers fail within a few opcodes without importing anything.
+    opcodes. Real headers fail within a few opcodes without importing anything. torch.load
+    also falls back to this reading when tarfile accepted the file but extracting a member
+    fails, and then reads up to five consecutive pickles (magic number, protocol, system
+    info, object, storage keys): every one of them is probed.
     """
-    probe = PickleCursor(FileRegion(fh, 0, size), limits=scan.options.limits).stream()
-    if probe.limit:  # fail closed: the probe could not follow the parser to its end
-        scan.add("SH191", f"reading the file as a pickle stopped: {probe.limit}", offset=0,
-                 subject="pickle-polyglot")
-    if not (probe.computed or probe.extensions or any(
-            _importable(g.raw) for g in probe.globals)):
+    cursor = PickleCursor(FileRegion(fh, 0, size), limits=scan.options.limits)
+    streams = [cursor.stream()]
+    while (streams[-1].stopped and not streams[-1].limit and len(streams) < _LEGACY_STREAMS
+           and not cursor.at_eof()):
+        streams.append(cursor.stream())
+    for probe in streams:
+        if probe.limit:  # fail closed: the probe could not follow the parser to its end
+            scan.add("SH191", f"reading the file as a pickle stopped: {probe.limit}",
+                     offset=probe.start, subject="pickle-polyglot")
+    if not any(probe.computed or probe.extensions or any(_importable(g.raw)
+                                                           for g in probe.globals)
+               for probe in streams):
         return
     scan.add("SH114", "the file also parses as a pickle that pickle.load, joblib.load or "
              "torch.load would run", offset=0, subject="pickle-polyglot")
-    judge_stream(scan, probe, "", Loader.PICKLE)
+    for probe in streams:
+        judge_stream(scan, probe, "", Loader.PICKLE)
     if scan.format == "unknown":
         scan.format = "pickle"
 
@@ -248,7 +260,8 @@ def _scan_path(path: str, display: str, options: ScanOptions,
             report = scan_fileobj(fh, display, st.st_size, options)
             if walked and report.verdict is Verdict.UNKNOWN and not report.error:
                 kind = None if is_model_name(display) else identify_non_model(fh, st.st_size)
-                if kind is not None:
+                # Never skip what tarfile opens: torch.load takes its legacy tar path.
+                if kind is not None and not probe_tar(fh).accepted:
                     return Skipped(display, "not a model format")
             return report
         except OSError as exc:
@@ -257,9 +270,15 @@ def _scan_path(path: str, display: str, options: ScanOptions,
 
 def _dead_non_model(fh: BinaryIO, size: int) -> bool:
     """An image or document signature that ends every pickle loader in its first bytes,
-    with no zip directory hidden behind it."""
+    with no tar archive (torch.load asks tarfile before any pickle reader) and no zip
+    directory hidden behind it."""
     fh.seek(0)
     if dead_magic_kind(fh.read(16)) is None:
+        return False
+    # A tar header's first field is a member name an attacker chooses: it can spell any
+    # signature. Whatever tarfile opens, torch.load reads as a legacy checkpoint.
+    probe = probe_tar(fh)
+    if probe.accepted:
         return False
     eocd = find_eocd(fh, size) if size >= 22 else None
     if eocd is None:
@@ -270,28 +289,66 @@ def _dead_non_model(fh: BinaryIO, size: int) -> bool:
         return True
 
 
-def _walk(root: str) -> Iterator[tuple[str, str | None]]:
-    """(path, reason to skip or None) for every entry below ``root``, in a stable order.
+# What the walk says about an entry: scan it, leave it out (with a reason), or report it
+# not scanned (with a reason).
+_SCAN, _SKIP, _UNSCANNED = "scan", "skip", "unscanned"
 
-    A folder that cannot be listed yields its path with reason "" (reported not scanned).
+
+def _walk(root: str) -> Iterator[tuple[str, str, str]]:
+    """(path, action, reason) for every entry below ``root``, in a stable order.
+
+    Links to folders are followed as loaders follow them (a sharded checkpoint's index
+    names files through them) when their target lies inside the scanned folder; each
+    folder is entered once, by its (st_dev, st_ino), so link loops end. A link that leads
+    outside it is reported not scanned, and so is a folder that cannot be listed.
     """
-    errors: list[OSError] = []
-    for dirpath, dirnames, filenames in walk(root, onerror=errors.append):
-        while errors:
-            failed = errors.pop(0)
-            yield failed.filename or dirpath, ""
-        dirnames.sort()
-        kept = []
-        for d in dirnames:
-            if os.path.islink(os.path.join(dirpath, d)):
-                yield os.path.join(dirpath, d), "symbolic link to a directory (not followed)"
-            else:
-                kept.append(d)
-        dirnames[:] = kept
-        for name in sorted(filenames):
-            yield os.path.join(dirpath, name), None
-    for failed in errors:
-        yield failed.filename or root, ""
+    real_root = os.path.realpath(root)
+    seen: set[tuple[int, int]] = set()
+    try:
+        st = os.stat(root)
+        seen.add((st.st_dev, st.st_ino))
+    except OSError:
+        pass
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+        except OSError:
+            yield folder, _UNSCANNED, "folder cannot be listed"
+            continue
+        subfolders: list[str] = []
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+            except OSError:
+                is_dir = False
+            if not is_dir:
+                yield entry.path, _SCAN, ""
+                continue
+            if entry.is_symlink() and not _inside(os.path.realpath(entry.path), real_root):
+                yield (entry.path, _UNSCANNED,
+                       "symbolic link to a folder outside the scanned folder (not followed)")
+                continue
+            try:
+                st = os.stat(entry.path)
+            except OSError:
+                yield entry.path, _UNSCANNED, "folder cannot be listed"
+                continue
+            if (st.st_dev, st.st_ino) in seen:
+                yield entry.path, _SKIP, "folder already scanned under another path (link)"
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            subfolders.append(entry.path)
+        stack.extend(reversed(subfolders))
+
+
+def _inside(path: str, root: str) -> bool:
+    try:
+        return os.path.commonpath([path, root]) == root
+    except ValueError:  # different drives
+        return False
 
 
 def scan_paths(
@@ -311,11 +368,11 @@ def scan_paths(
                 progress(root)
             files.append(_as_report(_scan_path(root, root, options)))
             continue
-        for full, reason in _walk(root):
-            if reason == "":
-                files.append(_unreadable(full, 0, "folder cannot be listed"))
+        for full, action, reason in _walk(root):
+            if action == _UNSCANNED:
+                files.append(_unreadable(full, 0, reason))
                 continue
-            if reason is not None:
+            if action == _SKIP:
                 skipped.append(Skipped(full, reason))
                 continue
             if progress:

@@ -187,6 +187,12 @@ def scan_tar(scan: FileScan, probe: TarProbe) -> None:
             scan.add("SH114", f"tar member {name!r} is a link or special file, not the data "
                      "itself", location=name, subject="tar-link")
             continue
+        if member.issparse():
+            # torch extracts storages and tensors to disk (tar.extract): overlapping
+            # segments are written in order (the last wins), a segment past the end
+            # makes torch re-read the whole file as raw pickles. Never written by torch.
+            scan.add("SH161", f"tar member {name!r} is a sparse file, which torch extracts "
+                     "differently from how it reads", location=name, subject="tar-sparse")
         data = tar.extractfile(member)
         if data is None:
             scan.add("SH110", f"tar member {name!r} has no readable data", location=name)

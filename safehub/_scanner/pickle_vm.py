@@ -46,6 +46,10 @@ _HIGHEST_PROTOCOL = 5
 # How the unpickler meets a FRAME (see ``PickleCursor``): "file" is _pickle.c reading a file
 # object (torch.load's io.BytesIO of data.pkl, pickle.load), "bytes" is pickle.loads.
 FRAMES_FILE = "file"
+# What a text-argument opcode (INT, FLOAT, STRING, GET, GLOBAL, ...) costs beyond one opcode
+# of the budget: its line is found and parsed twice (as _pickle.c and as pickle._Unpickler),
+# several times the work of a binary opcode. Five million such opcodes would take minutes.
+TEXT_OP_COST = 4
 # What starting a stream costs, in opcodes of the file's budget: a zip of a million tiny
 # pickle records spends it as surely as one record of millions of opcodes.
 STREAM_COST = 64
@@ -432,6 +436,8 @@ class PickleCursor:
             else:
                 self.divergent.append(at)
             raise
+        if parse_py is _py_parse_string:
+            return value  # both unpicklers parse STRING with the same code
         try:
             same = parse_py(text + b"\n" if full_line else text) == value
         except (ValueError, OverflowError):
@@ -834,6 +840,7 @@ class PickleCursor:
                 elif op == 0x4A:  # J BININT
                     stack.append(unpack("<i", self.take(4))[0])
                 elif op == 0x63:  # c GLOBAL
+                    ops += TEXT_OP_COST  # a text argument costs several binary opcodes
                     module = self._text_arg(_ascii_line, _py_utf8_line, at)
                     name = self._text_arg(_ascii_line, _py_utf8_line, at)
                     stack.append(self._global(res, module, name, proto, at, "GLOBAL"))
@@ -883,15 +890,19 @@ class PickleCursor:
                     stack.append(int.from_bytes(data, "little", signed=True)
                                  if isinstance(data, bytes) else data)
                 elif op == 0x49:  # I INT
+                    ops += TEXT_OP_COST  # a text argument costs several binary opcodes
                     stack.append(self._text_arg(_load_int, _py_int, at, full_line=True))
                 elif op == 0x4C:  # L LONG
+                    ops += TEXT_OP_COST  # a text argument costs several binary opcodes
                     stack.append(self._text_arg(_load_long, _py_long, at))
                 elif op == 0x46:  # F FLOAT
+                    ops += TEXT_OP_COST  # a text argument costs several binary opcodes
                     stack.append(self._text_arg(_load_float, _py_float, at))
                 elif op == 0x8D:  # BINUNICODE8
                     data = self.sized(unpack("<Q", self.take(8))[0], "str")
                     stack.append(_utf8(data, at) if isinstance(data, bytes) else data)
                 elif op == 0x56:  # V UNICODE
+                    ops += TEXT_OP_COST  # a text argument costs several binary opcodes
                     stack.append(self._text_arg(_load_unicode, _py_unicode, at))
                 elif op == 0x43:  # C SHORT_BINBYTES
                     stack.append(self.sized(self.take(1)[0], "bytes", joined=True))
@@ -911,6 +922,7 @@ class PickleCursor:
                     data = self.sized(n, "str")
                     stack.append(_py2str(data) if isinstance(data, bytes) else data)
                 elif op == 0x53:  # S STRING
+                    ops += TEXT_OP_COST  # a text argument costs several binary opcodes
                     stack.append(self._text_arg(_parse_string, _py_parse_string, at))
                 elif op == 0x8F:  # EMPTY_SET
                     stack.append(SymSet())
@@ -949,11 +961,13 @@ class PickleCursor:
                 elif op == 0x32:  # 2 DUP
                     stack.append(top(at))
                 elif op == 0x70:  # p PUT
+                    ops += TEXT_OP_COST  # a text argument costs several binary opcodes
                     idx = self._text_arg(_memo_index, _py_memo_index, at)
                     if idx < 0:
                         raise PickleError("negative PUT argument", at)
                     self._memo_put(memo, idx, top(at))
                 elif op == 0x67:  # g GET
+                    ops += TEXT_OP_COST  # a text argument costs several binary opcodes
                     stack.append(_memo_get(memo, self._text_arg(_memo_index, _py_memo_index, at),
                                            at))
                 elif op in (0x82, 0x83, 0x84):  # EXT1 EXT2 EXT4
@@ -980,6 +994,7 @@ class PickleCursor:
                         raise PickleError("NEWOBJ_EX args argument must be a tuple", at)
                     stack.append(self._call(res, cls, args, kwargs, at, "NEWOBJ_EX"))
                 elif op == 0x69:  # i INST
+                    ops += TEXT_OP_COST  # a text argument costs several binary opcodes
                     if not metastack and not self.py:
                         # pickle._Unpickler reads the lines and imports before it looks for MARK
                         self.divergent.append(at)
@@ -1002,12 +1017,17 @@ class PickleCursor:
                     inst = top(at)
                     self._mutate(res, "BUILD", inst, at)
                     if isinstance(inst, Call):
-                        inst.state = build_state
-                        if self.joblib and _is_joblib_wrapper(inst):
+                        wrapper = _is_joblib_wrapper(inst)
+                        # NumpyArrayWrapper has no __setstate__: load_build updates the
+                        # instance's __dict__, so attributes of earlier BUILDs remain.
+                        inst.state = (_merge_dict_state(inst.state, build_state) if wrapper
+                                      else build_state)
+                        if self.joblib and wrapper:
                             here = MachineState(list(stack), [list(m) for m in metastack],
                                                 dict(memo), proto)
                             stack[-1] = self._joblib_array(res, inst, at, here)
                 elif op == 0x50:  # P PERSID
+                    ops += TEXT_OP_COST  # a text argument costs several binary opcodes
                     pid = self._text_arg(_load_persid, _py_ascii_line, at)
                     ref = PersistentRef(pid, at)
                     res.persistent.append(ref)
@@ -1108,6 +1128,30 @@ class PickleCursor:
 
 def _is_global(value: object, name: str) -> bool:
     return isinstance(value, Global) and value.effective == name
+
+
+def _merge_dict_state(old: object, state: object) -> object:
+    """The attributes after ``load_build`` on an object without ``__setstate__``:
+    ``inst.__dict__.update(state)``, then ``setattr`` for each item of a slot state.
+
+    A snapshot is taken (later changes to the state dict do not reach the instance), and
+    a state the default BUILD could not apply is returned as is (an undeterminable size).
+    """
+    merged = SymDict()
+    if isinstance(old, SymDict):
+        merged.items = list(old.items)
+    elif old is not None:
+        return Opaque("instance attributes")
+    parts = state if isinstance(state, tuple) and len(state) == 2 else (state, None)
+    for part in parts:
+        if isinstance(part, SymDict):
+            merged.items.extend(part.items)
+        elif part is None or (isinstance(part, (bool, int, float, str, bytes, tuple))
+                              and not part):
+            continue  # falsy: load_build skips it
+        else:
+            return Opaque("instance attributes")
+    return merged
 
 
 def _is_joblib_wrapper(inst: Call) -> bool:
@@ -1290,12 +1334,39 @@ def _py2str(data: bytes) -> str:
     return data.decode("latin-1")
 
 
+# Escape sequences escape_decode accepts without a warning, matched left to right as it
+# reads them (so an escaped backslash is consumed whole); a bad \x raises ValueError.
+_VALID_ESCAPES = re.compile(rb"\\[\\'\"abfnrtv\n0-3x]")  # \4xx and up may warn
+
+
+_ESCAPE = re.compile(rb"\\([0-7]{1,3}|.?)", re.DOTALL)
+_TRAILING_BACKSLASHES = re.compile(rb"(?<!\\)(?:\\\\)*\\\Z")
+_ESCAPE_CHARS = frozenset(b"\\'\"abfnrtv\n01234567x")
+
+
+def _quiet_escape(match: re.Match[bytes]) -> bytes:
+    char = match.group(1)
+    if char and 0x30 <= char[0] <= 0x37 and int(char, 8) > 0o377:
+        return b"\\x%02x" % (int(char, 8) & 0xFF)  # escape_decode keeps the low byte
+    return match.group(0) if char and char[0] in _ESCAPE_CHARS else b"\\" + match.group(0)
+
+
 def _parse_string(text: bytes, at: int) -> str:
     if len(text) >= 2 and text[0] == text[-1] and text[:1] in (b"'", b'"'):
+        if b"\\" not in text:
+            return _py2str(text[1:-1])  # escape_decode changes only backslash sequences
+        body = text[1:-1]
         try:
-            with warnings.catch_warnings():  # "invalid escape sequence" is data, not our code
-                warnings.simplefilter("ignore", DeprecationWarning)
-                raw = codecs.escape_decode(text[1:-1])[0]
+            if b"\\" not in _VALID_ESCAPES.sub(b"", body):
+                raw = codecs.escape_decode(body)[0]  # no invalid escape: nothing to warn
+            elif len(body) <= 256 and not _TRAILING_BACKSLASHES.search(body):
+                # An invalid escape decodes to itself: escaping its backslash gives the
+                # same bytes without the warning machinery, which costs more per opcode.
+                raw = codecs.escape_decode(_ESCAPE.sub(_quiet_escape, body))[0]
+            else:
+                with warnings.catch_warnings():  # "invalid escape sequence" is data
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    raw = codecs.escape_decode(body)[0]
         except ValueError:
             raise PickleError("invalid escape in STRING argument", at) from None
         return _py2str(raw)

@@ -215,3 +215,38 @@ def test_image_with_hidden_zip_is_scanned(tmp_path: Path) -> None:
     report = scan(tmp_path)
     assert [Path(f.path).name for f in report.files] == ["figure.png"]
     assert report.files[0].verdict is Verdict.UNSAFE
+
+
+def test_link_to_a_folder_inside_is_followed_once(cli: Cli, tmp_path: Path) -> None:
+    """Loaders follow a link to a folder (a sharded checkpoint's index names shards through
+    it): inside the scanned folder its files are scanned; a loop back up ends."""
+    root = tmp_path / "model"
+    (root / "store").mkdir(parents=True)
+    B.write(root / "store" / "pytorch_model-00002-of-00002.bin", B.os_system_p0("x"))
+    os.symlink(root / "store", root / "shards")  # the same folder under a second name
+    os.symlink(root, root / "store" / "up")  # a loop
+    r = cli("scan", "-f", "json", root)
+    assert r.code == 1, r.err
+    doc = json.loads(r.out)
+    # "shards" sorts first: the folder is scanned through the link, then met again as
+    # "store" and through the loop, and left out with a reason each time.
+    assert [(Path(f["path"]).parent.name, f["verdict"]) for f in doc["files"]] == [
+        ("shards", "unsafe")]
+    assert {Path(s["path"]).name for s in doc["skipped"]} == {"store", "up"}
+
+
+def test_link_to_a_folder_outside_is_not_scanned(cli: Cli, tmp_path: Path) -> None:
+    """walk2 of issue 10: the shards behind a link leading out of the folder were listed
+    as skipped and the folder exited 0; torch.load follows the link."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    B.write(outside / "pytorch_model-00002-of-00002.bin", B.os_system_p0("x"))
+    root = tmp_path / "model"
+    root.mkdir()
+    B.write(root / "pytorch_model-00001-of-00002.bin", pickle.dumps({"w": 1}, 2))
+    os.symlink(os.path.join("..", "outside"), root / "shards")
+    r = cli("scan", "-f", "json", root)
+    assert r.code == 2, r.err
+    doc = json.loads(r.out)
+    assert _by_name(doc["files"]) == {"pytorch_model-00001-of-00002.bin": "clean",
+                                      "shards": "error"}

@@ -151,3 +151,17 @@ def test_many_tiny_records_spend_the_budget_once() -> None:
     limit = [f for f in report.findings if f.rule_id == "SH191"]  # type: ignore[attr-defined]
     assert 1 <= len(limit) <= 2
     assert len(report.records) < 2000  # type: ignore[attr-defined]
+
+
+def test_text_opcodes_cost_more_of_the_budget() -> None:
+    """A text opcode (its line found and parsed twice) is charged more than a binary one:
+    a flood of them ends in SH191 long before the same count of binary opcodes would."""
+    from safehub._scanner.pickle_vm import TEXT_OP_COST
+
+    limits = Limits(max_ops=10_000)
+    count = 10_000 // (2 + TEXT_OP_COST) + 500  # over the budget only when text costs more
+    binary = _scan(b"N0" * (count // 2) + b"N.", ScanOptions(limits=limits))
+    assert "SH191" not in rules(binary)  # type: ignore[arg-type]
+    for op in (b"S''\n", b"F0\n", b"I0\n", b"L0\n", b"V\n", b"S'\\q'\n"):
+        report = _scan(op * count + b".", ScanOptions(limits=limits))
+        assert "SH191" in rules(report, blocking=False), op  # type: ignore[arg-type]

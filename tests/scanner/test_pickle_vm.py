@@ -181,3 +181,32 @@ def test_error_offset_points_at_the_failing_opcode() -> None:
 def test_op_limit_stops_analysis() -> None:
     res = vm(b"N0" * 1000 + b"N.", max_ops=100)
     assert res.limit and not res.stopped
+
+
+def test_string_escapes_match_escape_decode_without_warnings() -> None:
+    """STRING's fast paths (no backslash, only valid escapes, invalid escapes rewritten)
+    give exactly what both unpicklers' escape_decode gives, errors included, and never
+    raise the "invalid escape" warning to the caller (checked with warnings as errors)."""
+    import codecs
+    import itertools
+    import warnings
+
+    from safehub._scanner.pickle_vm import PickleError, _parse_string
+
+    alphabet = [b"\\", b"q", b"x", b"4", b"7", b"0", b"8", b"n", b"\n", b"'", b"a"]
+    for length in range(1, 5):
+        for combo in itertools.product(alphabet, repeat=length):
+            body = b"".join(combo)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    want: str | None = codecs.escape_decode(body)[0].decode("latin-1")
+                except ValueError:
+                    want = None
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                try:
+                    got: str | None = _parse_string(b"'" + body + b"'", 0)
+                except PickleError:
+                    got = None
+            assert got == want, body
