@@ -26,7 +26,7 @@ from safehub._scanner.context import FileScan
 from safehub._scanner.fmt_pickle import STORAGE_ELEMENT_SIZE
 from safehub._scanner.judge import Loader, judge_stream
 from safehub._scanner.pickle_vm import Global, PickleCursor, StreamResult
-from safehub._scanner.source import Truncated
+from safehub._scanner.source import ByteSource, Truncated
 
 __all__ = ["MAX_HEADER_READ", "MAX_MEMBERS", "TarProbe", "probe_tar", "read_member", "scan_tar"]
 
@@ -243,6 +243,11 @@ class MemberSource:
 
     def remaining(self) -> int | None:
         return self._size - self._pos
+
+    def reopen(self) -> ByteSource | None:
+        # Every read seeks to its own position first, so a second view over the same
+        # member file starts at its beginning.
+        return MemberSource(self._data, self._size)
 
 
 def _scan_records(scan: FileScan, cursor: PickleCursor, name: str) -> None:
