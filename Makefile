@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-test: $(STAMP)
+# Lint first: CI runs exactly `make test`, so the lint gate runs in CI too.
+test: $(STAMP) lint
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
 
 demo: $(STAMP)
