@@ -21,7 +21,7 @@ import torch
 
 import safehub
 from safehub.errors import SafehubError
-from tests.enforce.payloads import _torch_checkpoint
+from tests.enforce.payloads import _torchscript
 
 _SITE = Path(__file__).resolve().parents[2] / "examples" / "sitecustomize.py"
 
@@ -64,51 +64,62 @@ _SPELLINGS = {
     "dunder_import": "import importlib.util\nimportlib.util.find_spec('torch')\n"
                      "torch = __import__('torch')",
     "submodule_first": "import importlib.util\nimportlib.util.find_spec('torch')\n"
-                       "import torch.serialization\nfrom torch.serialization import load\n"
-                       "import torch\ntorch.load = load",
+                       "import torch.jit._serialization\n"
+                       "from torch.jit._serialization import load\n"
+                       "import torch",
 }
 
 
-def _import_then_load(spelling: str, ckpt: Path, prefix: str) -> str:
-    return (prefix + "\n" + _SPELLINGS[spelling] + "\n"
-            + _guarded(f"torch.load({str(ckpt)!r}, weights_only=False)"))
+def _import_then_load(spelling: str, path: Path, prefix: str) -> str:
+    # torch.jit.load: only the torch patches stop it (pickle's restrictions do not).
+    bind = "LOAD = load" if spelling == "submodule_first" else "LOAD = torch.jit.load"
+    return (prefix + "\n" + _SPELLINGS[spelling] + "\n" + bind + "\n"
+            + _guarded(f"LOAD({str(path)!r})"))
 
 
-def test_torch_checkpoint_payload_fires_without_safehub(tmp_path: Path,
-                                                        marker_dir: Path) -> None:
-    marker = marker_dir / "fired"
-    ckpt = tmp_path / "ckpt.pt"
-    _torch_checkpoint(ckpt, marker)
-    out = _run(_import_then_load("find_spec", ckpt, ""), tmp_path, site=False)
+@pytest.fixture(scope="module")
+def torchscript(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A TorchScript archive whose __setstate__ creates the marker file at load."""
+    folder = tmp_path_factory.mktemp("ts")
+    marker = folder / "fired"
+    path = folder / "evil.pt"
+    _torchscript(path, marker)
+    return path, marker
+
+
+def test_torchscript_payload_fires_without_safehub(tmp_path: Path,
+                                                   torchscript: tuple[Path, Path]) -> None:
+    path, marker = torchscript
+    marker.unlink(missing_ok=True)
+    out = _run(_import_then_load("find_spec", path, ""), tmp_path, site=False)
     assert "LOADED" in out.stdout, out.stderr
     assert marker.exists()
+    marker.unlink()
 
 
 @pytest.mark.parametrize("spelling", sorted(_SPELLINGS))
 def test_probing_for_torch_before_importing_it_keeps_enforcement(
-        tmp_path: Path, marker_dir: Path, spelling: str) -> None:
-    marker = marker_dir / "fired"
-    ckpt = tmp_path / "ckpt.pt"
-    _torch_checkpoint(ckpt, marker)
-    program = _import_then_load(spelling, ckpt, "import safehub\nsafehub.enforce()")
+        tmp_path: Path, torchscript: tuple[Path, Path], spelling: str) -> None:
+    path, marker = torchscript
+    marker.unlink(missing_ok=True)
+    program = _import_then_load(spelling, path, "import safehub\nsafehub.enforce()")
     out = _run(program, tmp_path, site=False)
-    assert "REFUSED" in out.stdout, (out.stdout, out.stderr)
+    assert "REFUSED PolicyViolation" in out.stdout, (out.stdout, out.stderr)
     assert not marker.exists()
 
 
-def test_probing_for_torch_under_sitecustomize_keeps_every_patch(tmp_path: Path,
-                                                                 marker_dir: Path) -> None:
-    marker = marker_dir / "fired"
-    ckpt = tmp_path / "ckpt.pt"
-    _torch_checkpoint(ckpt, marker)
-    program = _import_then_load("find_spec", ckpt, "") + textwrap.dedent("""
+def test_probing_for_torch_under_sitecustomize_keeps_every_patch(
+        tmp_path: Path, marker_dir: Path, torchscript: tuple[Path, Path]) -> None:
+    path, marker = torchscript
+    marker.unlink(missing_ok=True)
+    program = _import_then_load("find_spec", path, "") + textwrap.dedent("""
         import torch.hub, torch.jit, torch.package
         print("PATCHED", torch.hub.load.__code__.co_filename,
               torch.jit.load.__code__.co_filename,
               torch.package.PackageImporter.__init__.__module__)
     """)
     out = _run(program, tmp_path, site=True)
-    assert "REFUSED" in out.stdout, (out.stdout, out.stderr)
+    assert "REFUSED PolicyViolation" in out.stdout, (out.stdout, out.stderr)
     assert not marker.exists()
     assert ("PATCHED <safehub enforce: torch.hub.load> <safehub enforce: torch.jit.load> "
             "safehub.enforce") in out.stdout
