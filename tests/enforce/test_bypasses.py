@@ -293,7 +293,7 @@ def _dcp_dataclass_pickle(marker: Path) -> bytes:
 def _wildcard_only_dataclass_pickle(marker: Path) -> bytes:
     """Reaches ``dataclasses.dataclass`` through the wildcard alone (no BUILD)."""
     return (b"\x80\x02ctorch.distributed.checkpoint.metadata\ndataclass\n"
-            b"ccollections\nOrderedDict\n\x85R.")
+            b"ccollections\nCounter\n\x85R.")
 
 
 _DCP_POLICY = ('schema = 1\nextends = "default"\nloosen = ["scanner.allowed_globals"]\n'
@@ -360,3 +360,34 @@ def test_build_on_an_allowed_class_or_function_is_refused(tmp_path: Path, entry:
         pickle.loads(_MUTATION)
     assert not hasattr(collections.Counter, "safehub_pwnd")
     assert torch._utils._rebuild_tensor_v2.__defaults__ == defaults
+
+
+def _checkpoint_with_pickle(path: Path, data_pkl: bytes) -> Path:
+    """A torch.save zip whose data.pkl is replaced by ``data_pkl``."""
+    plain = path.with_suffix(".orig")
+    torch.save({"w": torch.ones(1)}, plain)
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            body = src.read(info)
+            dst.writestr(info, data_pkl if info.filename.endswith("/data.pkl") else body)
+    return path
+
+
+def test_torch_load_gets_no_wildcard_import_from_the_policy(tmp_path: Path) -> None:
+    # torch.load hands torch's loader only the names the scan saw allowed; the wildcard
+    # import is not among them, so the weights-only loader refuses it (a regression guard).
+    # dataclass(Counter) rewrites Counter process-wide: the observable effect.
+    ckpt = _checkpoint_with_pickle(tmp_path / "ckpt.pt", _wildcard_only_dataclass_pickle(
+        tmp_path / "unused"))
+    policy = tmp_path / "dcp.toml"
+    policy.write_text(_DCP_POLICY)
+    program = ("import collections, torch\n" + _guarded(
+        f"torch.load({str(ckpt)!r}, weights_only=False)")
+        + "\nprint('MUTATED', '__dataclass_fields__' in vars(collections.Counter))\n")
+    plain = _run(program, tmp_path, site=False)
+    assert "MUTATED True" in plain.stdout, (plain.stdout, plain.stderr)
+
+    enforced = _run(f"import safehub\nsafehub.enforce({str(policy)!r})\n" + program, tmp_path,
+                    site=False)
+    assert "REFUSED" in enforced.stdout, (enforced.stdout, enforced.stderr)
+    assert "MUTATED False" in enforced.stdout
