@@ -55,7 +55,7 @@ from types import ModuleType
 from typing import Any
 
 from safehub._callable_module import make_module_callable
-from safehub._enforce.hooks import AttrPatch, CodePatch
+from safehub._enforce.hooks import AttrPatch, CodePatch, ItemPatch
 from safehub.errors import UnsafeModel
 from safehub.policy import Policy, load_policy
 
@@ -98,7 +98,7 @@ class _State:
         self.stack: list[Enforcement] = []
         self.policies: tuple[Policy, ...] = ()
         self.allowed: tuple[tuple[str, ...], ...] = ()
-        self.base_patches: list[AttrPatch] = []
+        self.base_patches: list[AttrPatch | ItemPatch] = []
         self.torch_patches: list[CodePatch | AttrPatch] = []
         self.finder: _TorchImportHook | None = None
         self.installing = False
@@ -166,10 +166,10 @@ class _State:
         from safehub._enforce import unpickler
 
         unpickler.set_check(None)
-        for patch in reversed(self.torch_patches):
-            patch.uninstall()
-        for patch in reversed(self.base_patches):
-            patch.uninstall()
+        for torch_patch in reversed(self.torch_patches):
+            torch_patch.uninstall()
+        for base_patch in reversed(self.base_patches):
+            base_patch.uninstall()
         self.torch_patches = []
         self.base_patches = []
         if self.finder is not None and self.finder in sys.meta_path:

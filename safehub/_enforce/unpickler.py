@@ -31,7 +31,7 @@ import pickle
 import sys
 import types
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from safehub._enforce.hooks import AttrPatch, ItemPatch
 from safehub.errors import UnsafeModel
@@ -90,7 +90,7 @@ def defined_here(obj: Any, module: str, name: str) -> None:
     """
     if isinstance(obj, types.ModuleType):
         owner: Any = obj.__name__
-    elif isinstance(obj, type) or isinstance(obj, _CODE_OBJECTS):
+    elif isinstance(obj, (type, *_CODE_OBJECTS)):
         owner = getattr(obj, "__module__", None)
     elif callable(obj):
         owner = None
@@ -129,7 +129,7 @@ def _load_build_checked(self: Any) -> None:
     _pure_load_build(self)
 
 
-_pure_load_build = pickle._Unpickler.load_build
+_pure_load_build = pickle._Unpickler.load_build  # type: ignore[attr-defined]
 _BUILD = pickle.BUILD[0]
 
 
@@ -140,7 +140,7 @@ class RestrictedUnpickler(pickle._Unpickler):
     The pure-Python unpickler, because the C one's BUILD cannot be intercepted.
     """
 
-    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch: ClassVar[dict[int, Callable[..., Any]]] = dict(pickle._Unpickler.dispatch)
     dispatch[_BUILD] = _load_build_checked
 
     def find_class(self, module: str, name: str) -> Any:
@@ -213,9 +213,9 @@ def _subclasses(base: type) -> list[type]:
     return found
 
 
-def pickle_patches() -> list[AttrPatch]:
+def pickle_patches() -> list[AttrPatch | ItemPatch]:
     """The patches that route ``pickle``'s entry points through the check."""
-    patches = [AttrPatch(owner, name, value)
+    patches: list[AttrPatch | ItemPatch] = [AttrPatch(owner, name, value)
                for owner in (pickle, _pickle)
                for name, value in (("load", load), ("loads", loads),
                                    ("Unpickler", RestrictedUnpickler))]

@@ -195,7 +195,7 @@ def test_lite_and_flatbuffer_torchscript_are_refused(tmp_path: Path, marker_dir:
     with safehub.enforce():
         namespace: dict[str, object] = {"P": str(path)}
         with pytest.raises(SafehubError):
-            exec(load, namespace)  # noqa: S102 - the program's own load line
+            exec(load, namespace)  # the program's own load line
     assert not marker.exists()
 
 
