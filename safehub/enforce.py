@@ -14,10 +14,16 @@ After :func:`enforce`:
 - ``torch.jit.load`` and ``torch.package.PackageImporter`` run code stored in the file:
   refused, unless the policy allows TorchScript (``scanner.allow_torchscript``) and
   the scan of the snapshot passes (a package's Python modules are always findings).
+  ``torch.jit.mobile._load_for_lite_interpreter`` and
+  ``torch.jit.jit_module_from_flatbuffer`` follow the same rule.
+- AOTInductor packages (``torch._inductor.aoti_load_package``, ``torch.export.load`` of a
+  .pt2 with compiled models, ``torch._export.aot_load``) load a shared library: always
+  refused, at ``torch._C._aoti``'s loader classes.
 - ``pickle.load``, ``pickle.loads``, ``pickle.Unpickler`` (and so ``numpy.load`` with
   ``allow_pickle=True``, ``joblib.load`` and ``torch.distributed.checkpoint``'s
   metadata) resolve only the globals every policy allows: the scanner's default
-  allowlist plus ``[scanner] allowed_globals``.
+  allowlist plus ``[scanner] allowed_globals``; a ``module.*`` allowance reaches only
+  what ``module`` defines, and BUILD never sets attributes on a class or function.
 - ``torch.hub.load_state_dict_from_url`` (``torch.utils.model_zoo.load_url``) and
   ``download_url_to_file`` go through :mod:`safehub.hub`: the URL and every redirect
   decided by the policy, pins checked, the file scanned.
@@ -39,7 +45,7 @@ Process-wide, without touching the program (a ``sitecustomize.py`` on
     safehub.enforce()
 
 torch is not imported by :func:`enforce`: if it is not loaded yet, the torch patches
-are applied the moment it is.
+are applied the moment its import completes (a ``find_spec`` probe does not use them up).
 """
 
 from __future__ import annotations
