@@ -14,10 +14,16 @@ After :func:`enforce`:
 - ``torch.jit.load`` and ``torch.package.PackageImporter`` run code stored in the file:
   refused, unless the policy allows TorchScript (``scanner.allow_torchscript``) and
   the scan of the snapshot passes (a package's Python modules are always findings).
+  ``torch.jit.mobile._load_for_lite_interpreter`` and
+  ``torch.jit.jit_module_from_flatbuffer`` follow the same rule.
+- AOTInductor packages (``torch._inductor.aoti_load_package``, ``torch.export.load`` of a
+  .pt2 with compiled models, ``torch._export.aot_load``) load a shared library: always
+  refused, at ``torch._C._aoti``'s loader classes.
 - ``pickle.load``, ``pickle.loads``, ``pickle.Unpickler`` (and so ``numpy.load`` with
   ``allow_pickle=True``, ``joblib.load`` and ``torch.distributed.checkpoint``'s
   metadata) resolve only the globals every policy allows: the scanner's default
-  allowlist plus ``[scanner] allowed_globals``.
+  allowlist plus ``[scanner] allowed_globals``; a ``module.*`` allowance reaches only
+  what ``module`` defines, and BUILD never sets attributes on a class or function.
 - ``torch.hub.load_state_dict_from_url`` (``torch.utils.model_zoo.load_url``) and
   ``download_url_to_file`` go through :mod:`safehub.hub`: the URL and every redirect
   decided by the policy, pins checked, the file scanned.
@@ -39,7 +45,7 @@ Process-wide, without touching the program (a ``sitecustomize.py`` on
     safehub.enforce()
 
 torch is not imported by :func:`enforce`: if it is not loaded yet, the torch patches
-are applied the moment it is.
+are applied the moment its import completes (a ``find_spec`` probe does not use them up).
 """
 
 from __future__ import annotations
@@ -55,7 +61,7 @@ from types import ModuleType
 from typing import Any
 
 from safehub._callable_module import make_module_callable
-from safehub._enforce.hooks import AttrPatch, CodePatch
+from safehub._enforce.hooks import AttrPatch, CodePatch, ItemPatch
 from safehub.errors import UnsafeModel
 from safehub.policy import Policy, load_policy
 
@@ -98,9 +104,10 @@ class _State:
         self.stack: list[Enforcement] = []
         self.policies: tuple[Policy, ...] = ()
         self.allowed: tuple[tuple[str, ...], ...] = ()
-        self.base_patches: list[AttrPatch] = []
+        self.base_patches: list[AttrPatch | ItemPatch] = []
         self.torch_patches: list[CodePatch | AttrPatch] = []
         self.finder: _TorchImportHook | None = None
+        self.installing = False
 
     def push(self, enforcement: Enforcement) -> None:
         with _lock:
@@ -111,7 +118,8 @@ class _State:
                 self._install_base()
             if not self.torch_patches and self.finder is None:
                 torch = sys.modules.get("torch")
-                if torch is not None and hasattr(torch, "serialization"):
+                initializing = getattr(getattr(torch, "__spec__", None), "_initializing", False)
+                if torch is not None and hasattr(torch, "serialization") and not initializing:
                     self.install_torch(torch)
                 else:
                     self.finder = _TorchImportHook()
@@ -145,11 +153,18 @@ class _State:
 
     def install_torch(self, torch: ModuleType) -> None:
         with _lock:
-            if self.torch_patches or not self.stack:
+            if self.torch_patches or not self.stack or self.installing:
                 return
-            self.torch_patches = _torch_patches(torch)
+            self.installing = True  # the patches import torch submodules: no re-entry
+            try:
+                self.torch_patches = _torch_patches(torch)
+            finally:
+                self.installing = False
             for patch in self.torch_patches:
                 patch.install()
+            if self.finder is not None and self.finder in sys.meta_path:
+                sys.meta_path.remove(self.finder)
+            self.finder = None
             log.debug("safehub enforcement active (policies %s)",
                       ", ".join(p.name for p in self.policies))
 
@@ -157,10 +172,10 @@ class _State:
         from safehub._enforce import unpickler
 
         unpickler.set_check(None)
-        for patch in reversed(self.torch_patches):
-            patch.uninstall()
-        for patch in reversed(self.base_patches):
-            patch.uninstall()
+        for torch_patch in reversed(self.torch_patches):
+            torch_patch.uninstall()
+        for base_patch in reversed(self.base_patches):
+            base_patch.uninstall()
         self.torch_patches = []
         self.base_patches = []
         if self.finder is not None and self.finder in sys.meta_path:
@@ -175,10 +190,15 @@ def _policies() -> tuple[Policy, ...]:
     return _state.policies
 
 
-def _check_global(name: str) -> None:
-    """Refuse a global that any active policy does not allow (the restricted unpickler)."""
-    from safehub._scanner.allowlist import allowed_reason
+def _check_global(name: str) -> bool:
+    """Refuse a global that any active policy does not allow (the restricted unpickler).
 
+    True when some policy allows it only through a ``module.*`` wildcard: the unpickler
+    then checks that the object is defined in that module, not merely imported there.
+    """
+    from safehub._scanner.allowlist import DEFAULT_ALLOWED, allowed_reason
+
+    wildcard = False
     for policy, extra in zip(_state.policies, _state.allowed, strict=True):
         if allowed_reason(name, extra) is None:
             raise UnsafeModel(
@@ -186,6 +206,9 @@ def _check_global(name: str) -> None:
                 f"{policy.name} does not allow", subject=name,
                 fix=f"if {name} is a harmless data class, allow this exact name in the "
                 "policy's [scanner] allowed_globals; otherwise do not load this file")
+        if name not in DEFAULT_ALLOWED and name not in extra:
+            wildcard = True
+    return wildcard
 
 
 def enforce(policy: Policy | str | os.PathLike[str] | None = None) -> Enforcement:
@@ -201,36 +224,82 @@ def enforce(policy: Policy | str | os.PathLike[str] | None = None) -> Enforcemen
 
 
 class _TorchImportHook(importlib.abc.MetaPathFinder):
-    """Applies the torch patches right after ``import torch`` finishes."""
+    """Applies the torch patches the moment ``import torch`` finishes.
+
+    It stays first on ``sys.meta_path`` until torch is patched: a mere lookup
+    (``importlib.util.find_spec("torch")``, as libraries probe for torch) must not
+    consume it. Every spec found for ``torch`` gets its loader's ``exec_module``
+    wrapped; a probe's spec is never executed, the real import's is. Any other lookup
+    first checks whether torch finished importing through another route (a finder
+    placed before this one) and patches it then.
+    """
+
+    def __init__(self) -> None:
+        self._busy = threading.local()
 
     def find_spec(self, fullname: str, path: Sequence[str] | None,
                   target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+        if getattr(self._busy, "on", False):
+            return None
+        _install_if_imported()
         if fullname != "torch":
             return None
-        sys.meta_path.remove(self)  # find the real spec with the other finders
+        self._busy.on = True  # find the real spec with the other finders
         try:
-            spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-            if spec is None:
-                for finder in sys.meta_path:
-                    found = getattr(finder, "find_spec", None)
-                    spec = found(fullname, path, target) if found else None
-                    if spec is not None:
-                        break
+            spec = None
+            for finder in list(sys.meta_path):
+                found = getattr(finder, "find_spec", None)
+                if finder is self or found is None:
+                    continue
+                spec = found(fullname, path, target)
+                if spec is not None:
+                    break
         finally:
-            with _lock:
-                if _state.finder is self:
-                    _state.finder = None
-        if spec is None or spec.loader is None:
-            return spec
-        loader = spec.loader
-        exec_module = loader.exec_module
-
-        def exec_and_patch(module: ModuleType) -> None:
-            exec_module(module)
-            _state.install_torch(module)
-
-        loader.exec_module = exec_and_patch  # type: ignore[method-assign]
+            self._busy.on = False
+        if spec is not None and spec.loader is not None:
+            _patch_after_exec(spec.loader)
         return spec
+
+
+_WRAPPED_EXEC = "_safehub_enforce_exec"
+
+
+def _patch_after_exec(loader: Any) -> None:
+    """Make ``loader.exec_module`` apply the torch patches right after torch's body ran."""
+    if getattr(loader, _WRAPPED_EXEC, False):
+        return
+    own = vars(loader).get("exec_module") if hasattr(loader, "__dict__") else None
+    exec_module = loader.exec_module
+
+    def exec_and_patch(module: ModuleType) -> None:
+        try:
+            if own is None:
+                vars(loader).pop("exec_module", None)
+            else:
+                loader.exec_module = own
+            vars(loader).pop(_WRAPPED_EXEC, None)
+        except (AttributeError, TypeError):
+            pass
+        exec_module(module)
+        _state.install_torch(module)
+
+    try:
+        loader.exec_module = exec_and_patch
+        setattr(loader, _WRAPPED_EXEC, True)
+    except (AttributeError, TypeError):
+        # A loader that cannot be wrapped: the next lookup of any module patches torch.
+        pass
+
+
+def _install_if_imported() -> None:
+    """Patch torch if it finished importing and enforcement still waits for it."""
+    torch = sys.modules.get("torch")
+    if torch is None or _state.torch_patches or not _state.stack:
+        return
+    spec = getattr(torch, "__spec__", None)
+    if getattr(spec, "_initializing", False) or not hasattr(torch, "serialization"):
+        return
+    _state.install_torch(torch)
 
 
 def _enforced(impl: Callable[..., Any]) -> Callable[..., Any]:
@@ -248,6 +317,8 @@ def _enforced(impl: Callable[..., Any]) -> Callable[..., Any]:
 def _torch_patches(torch: ModuleType) -> list[CodePatch | AttrPatch]:
     import torch.hub
     import torch.jit
+    import torch.jit._serialization
+    import torch.jit.mobile
     import torch.package
     import torch.serialization
 
@@ -255,8 +326,19 @@ def _torch_patches(torch: ModuleType) -> list[CodePatch | AttrPatch]:
 
     patches: list[CodePatch | AttrPatch] = [
         CodePatch(torch.serialization.load, "torch.load", _enforced(loaders.torch_load)),
-        CodePatch(torch.jit.load, "torch.jit.load", _enforced(loaders.jit_load)),
+        CodePatch(torch.jit._serialization.load, "torch.jit.load", _enforced(loaders.jit_load)),
+        CodePatch(torch.jit.mobile._load_for_lite_interpreter,
+                  "torch.jit.mobile._load_for_lite_interpreter", _enforced(loaders.lite_load)),
+        CodePatch(torch.jit._serialization.jit_module_from_flatbuffer,
+                  "torch.jit.jit_module_from_flatbuffer", _enforced(loaders.flatbuffer_load)),
     ]
+    # AOTInductor: every Python route (aoti_load_package, torch.export.load, aot_load)
+    # constructs one of these C classes through the module attribute.
+    aoti = getattr(torch._C, "_aoti", None)
+    for name in sorted(vars(aoti)) if aoti is not None else ():
+        if name.startswith("AOTIModel") and isinstance(getattr(aoti, name), type):
+            patches.append(AttrPatch(aoti, name, loaders.RefusedNativeLoader(
+                getattr(aoti, name), f"torch._C._aoti.{name}")))
     for name, impl in (("load_state_dict_from_url", hub_calls.load_state_dict_from_url),
                        ("download_url_to_file", hub_calls.download_url_to_file),
                        ("load", hub_calls.hub_load), ("list", hub_calls.hub_list),

@@ -16,7 +16,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["DISPATCH", "AttrPatch", "CodePatch"]
+__all__ = ["DISPATCH", "AttrPatch", "CodePatch", "ItemPatch"]
 
 # The name the trampolines look up in the patched function's module globals.
 DISPATCH = "__safehub_enforce_dispatch__"
@@ -116,4 +116,29 @@ class AttrPatch:
             delattr(self.owner, self.name)
         else:
             setattr(self.owner, self.name, self._old)
+        self.installed = False
+
+
+class ItemPatch:
+    """Set ``table[key] = value`` (a dispatch table entry); undo restores the old one."""
+
+    def __init__(self, table: dict[Any, Any], key: Any, value: Any):
+        self.table = table
+        self.key = key
+        self.value = value
+        self._old: Any = _MISSING
+        self.installed = False
+
+    def install(self) -> None:
+        self._old = self.table.get(self.key, _MISSING)
+        self.table[self.key] = self.value
+        self.installed = True
+
+    def uninstall(self) -> None:
+        if not self.installed:
+            return
+        if self._old is _MISSING:
+            self.table.pop(self.key, None)
+        else:
+            self.table[self.key] = self._old
         self.installed = False

@@ -22,7 +22,8 @@ from safehub.errors import PolicyViolation, UnsafeModel
 from safehub.findings import FileReport
 from safehub.policy import FileRequest, Policy
 
-__all__ = ["jit_load", "package_importer_init", "scan_snapshot", "snapshot_of", "torch_load",
+__all__ = ["RefusedNativeLoader", "flatbuffer_load", "jit_load", "lite_load",
+           "package_importer_init", "scan_snapshot", "snapshot_of", "torch_load",
            "weights_only_globals"]
 
 log = logging.getLogger("safehub")
@@ -124,29 +125,79 @@ def torch_load(original: Callable[..., Any], policies: Policies, f: Any,
                 source.close()
 
 
+def _refuse_torchscript(loader: str, name: str, policies: Policies) -> None:
+    """Refuse a loader that runs TorchScript unless every policy allows TorchScript."""
+    refused = [p.name for p in distinct(policies) if not p.scan_options().allow_torchscript]
+    if refused:
+        raise PolicyViolation(
+            f"{loader} is refused under enforcement: a TorchScript archive carries "
+            f"code that runs in this process (policy {', '.join(refused)} does not allow "
+            "TorchScript)", subject=name,
+            fix="convert it in the sandbox (safehub convert FILE) and load the tensors",
+            trail=[f"deny    policy {n}: scanner.allow_torchscript = false" for n in refused])
+
+
+def _load_scanned(loader: str, f: Any, policies: Policies,
+                  call: Callable[[Any], Any]) -> Any:
+    """Refuse unless TorchScript is allowed; else scan the snapshot and load it."""
+    name = name_of(f)
+    with snapshot_of(f) as snap:
+        _refuse_torchscript(loader, name, policies)
+        scan_snapshot(snap, name, policies)
+        source = _source(snap)
+        try:
+            return call(source)
+        finally:
+            if not isinstance(source, str):
+                source.close()
+
+
 def jit_load(original: Callable[..., Any], policies: Policies, f: Any,
              map_location: Any = None, _extra_files: Any = None,
              _restore_shapes: bool = False) -> Any:
     """``torch.jit.load`` under enforcement: refused unless every policy accepts
     TorchScript and the scan of the snapshot passes; then loaded from the snapshot."""
-    name = name_of(f)
-    with snapshot_of(f) as snap:
-        refused = [p.name for p in distinct(policies) if not p.scan_options().allow_torchscript]
-        if refused:
-            raise PolicyViolation(
-                "torch.jit.load is refused under enforcement: a TorchScript archive carries "
-                f"code that runs in this process (policy {', '.join(refused)} does not allow "
-                "TorchScript)", subject=name,
-                fix="convert it in the sandbox (safehub convert FILE) and load the tensors",
-                trail=[f"deny    policy {n}: scanner.allow_torchscript = false"
-                       for n in refused])
-        scan_snapshot(snap, name, policies)
-        source = _source(snap)
-        try:
-            return original(source, map_location, _extra_files, _restore_shapes)
-        finally:
-            if not isinstance(source, str):
-                source.close()
+    return _load_scanned("torch.jit.load", f, policies, lambda source: original(
+        source, map_location, _extra_files, _restore_shapes))
+
+
+def lite_load(original: Callable[..., Any], policies: Policies, f: Any,
+              map_location: Any = None) -> Any:
+    """``torch.jit.mobile._load_for_lite_interpreter``: the same rule as ``torch.jit.load``
+    (a mobile archive's bytecode and ``__setstate__`` run at load)."""
+    return _load_scanned("torch.jit.mobile._load_for_lite_interpreter", f, policies,
+                         lambda source: original(source, map_location))
+
+
+def flatbuffer_load(original: Callable[..., Any], policies: Policies, f: Any) -> Any:
+    """``torch.jit.jit_module_from_flatbuffer``: the same rule as ``torch.jit.load``."""
+    return _load_scanned("torch.jit.jit_module_from_flatbuffer", f, policies, original)
+
+
+class RefusedNativeLoader:
+    """Stands in for one of ``torch._C._aoti``'s loader classes under enforcement.
+
+    AOTInductor packages (``torch._inductor.aoti_load_package``, ``torch.export.load`` of
+    a .pt2 with compiled models, ``torch._export.aot_load``) dlopen a shared library from
+    the file: native code that no scan can judge. Constructing one is always refused;
+    its static helpers (reading a package's metadata) still work.
+    """
+
+    def __init__(self, real: Any, key: str):
+        self._real = real
+        self._key = key
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        subject = str(args[0]) if args else "<AOTInductor package>"
+        raise PolicyViolation(
+            f"{self._key} is refused under enforcement: an AOTInductor package loads a "
+            "compiled shared library into this process, and native code cannot be scanned",
+            subject=subject, fix="load the model's weights (safetensors or a weights-only "
+            "checkpoint) into a model built from trusted code",
+            trail=["deny    enforce: native code (AOTInductor) is never loaded"])
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
 
 
 def package_importer_init(original: Callable[..., Any], policies: Policies, importer: Any,

@@ -29,16 +29,18 @@ import importlib
 import io
 import pickle
 import sys
+import types
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
-from safehub._enforce.hooks import AttrPatch
+from safehub._enforce.hooks import AttrPatch, ItemPatch
 from safehub.errors import UnsafeModel
 
 __all__ = ["GlobalCheck", "canonical_global", "pickle_patches"]
 
 # Raises for a global the active policies do not allow; None when nothing is enforced.
-GlobalCheck = Callable[[str], None]
+# Returns True when some policy allowed the name only through a ``module.*`` wildcard.
+GlobalCheck = Callable[[str], bool]
 _check: list[GlobalCheck | None] = [None]
 _WRAPPED = "_safehub_checked"
 
@@ -55,8 +57,9 @@ def canonical_global(module: str, name: str) -> tuple[str, str]:
     return _compat_pickle.IMPORT_MAPPING.get(module, module), name
 
 
-def _checked(module: str, name: str) -> tuple[str, str] | None:
-    """The canonical (module, name) after the check, or None when nothing is enforced."""
+def _checked(module: str, name: str) -> tuple[str, str, bool] | None:
+    """The canonical (module, name, allowed-by-wildcard) after the check, or None when
+    nothing is enforced."""
     check = _check[0]
     if check is None:
         return None
@@ -64,26 +67,87 @@ def _checked(module: str, name: str) -> tuple[str, str] | None:
         raise UnsafeModel("the pickle names a global with a non-string module or name",
                           fix="do not load this file")
     mod, attr = canonical_global(module, name)
-    check(f"{mod}.{attr}")
-    return mod, attr
+    return mod, attr, bool(check(f"{mod}.{attr}"))
 
 
-def _resolve(module: str, name: str) -> Any:
+def _resolve(module: str, name: str, wildcard: bool = False) -> Any:
     obj: Any = importlib.import_module(module)
     for part in name.split("."):
         if part == "<locals>":
             raise pickle.UnpicklingError(f"Can't get local attribute {name!r} on {module!r}")
         obj = getattr(obj, part)
+    if wildcard:
+        defined_here(obj, module, name)
     return obj
 
 
-class RestrictedUnpickler(_pickle.Unpickler):
-    """``pickle.Unpickler`` under enforcement: ``find_class`` resolves allowed names only."""
+def defined_here(obj: Any, module: str, name: str) -> None:
+    """A ``module.*`` allowance covers what ``module`` defines, never what it imports.
+
+    ``torch.distributed.checkpoint.metadata.*`` must not reach ``dataclass`` or ``os``
+    bound there by an import: classes and functions must have been defined in
+    ``module``; modules and other callables are refused; plain values are data.
+    """
+    if isinstance(obj, types.ModuleType):
+        owner: Any = obj.__name__
+    elif isinstance(obj, (type, *_CODE_OBJECTS)):
+        owner = getattr(obj, "__module__", None)
+    elif callable(obj):
+        owner = None
+    else:
+        return
+    if isinstance(obj, types.ModuleType) or owner != module:
+        raise UnsafeModel(
+            f"SH122 enforce-global-refused: the pickle imports {module}.{name}, which a "
+            f"wildcard allowance {module}.* names but {module} does not define (it is "
+            f"{getattr(obj, '__module__', None) or type(obj).__name__}'s, imported there)",
+            subject=f"{module}.{name}",
+            fix="do not load this file; if the object is really needed, allow its defining "
+            "module's exact name in the policy's [scanner] allowed_globals")
+
+
+_CODE_OBJECTS = (types.FunctionType, types.BuiltinFunctionType, types.MethodType,
+                 types.BuiltinMethodType, types.WrapperDescriptorType,
+                 types.MethodDescriptorType, types.ClassMethodDescriptorType)
+
+
+def _load_build_checked(self: Any) -> None:
+    """BUILD under enforcement: never on a class, function or module.
+
+    BUILD sets attributes on the object below it; on an imported class or function
+    (``Counter.__annotations__``, ``_rebuild_tensor_v2.__defaults__``) that rewrites
+    process-wide state, which no legitimate pickle does.
+    """
+    if _check[0] is not None and len(self.stack) >= 2:
+        inst = self.stack[-2]  # the state is on top, the object below it
+        if isinstance(inst, (type, types.ModuleType, *_CODE_OBJECTS)):
+            what = getattr(inst, "__qualname__", None) or getattr(inst, "__name__", "?")
+            raise UnsafeModel(
+                f"the pickle sets attributes on {getattr(inst, '__module__', '')}.{what} "
+                "(BUILD on a class, function or module): it would alter this process's code",
+                subject=str(what), fix="do not load this file")
+    _pure_load_build(self)
+
+
+_pure_load_build = pickle._Unpickler.load_build  # type: ignore[attr-defined]
+_BUILD = pickle.BUILD[0]
+
+
+class RestrictedUnpickler(pickle._Unpickler):
+    """``pickle.Unpickler`` under enforcement: ``find_class`` resolves allowed names only,
+    and BUILD never targets a class, function or module.
+
+    The pure-Python unpickler, because the C one's BUILD cannot be intercepted.
+    """
+
+    dispatch: ClassVar[dict[int, Callable[..., Any]]] = dict(pickle._Unpickler.dispatch)
+    dispatch[_BUILD] = _load_build_checked
 
     def find_class(self, module: str, name: str) -> Any:
         checked = _checked(module, name)
         if checked is None:
-            return super().find_class(module, name)
+            return _pure_find_class(self, module, name)
+        sys.audit("pickle.find_class", checked[0], checked[1])
         return _resolve(*checked)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -121,8 +185,11 @@ def _python_find_class(self: Any, module: str, name: str) -> Any:
 
 def _wrap(find_class: Callable[..., Any]) -> Callable[..., Any]:
     def find_class_checked(self: Any, module: str, name: str) -> Any:
-        _checked(module, name)
-        return find_class(self, module, name)
+        checked = _checked(module, name)
+        obj = find_class(self, module, name)
+        if checked is not None and checked[2]:
+            defined_here(obj, checked[0], checked[1])
+        return obj
 
     setattr(find_class_checked, _WRAPPED, find_class)
     return find_class_checked
@@ -146,13 +213,15 @@ def _subclasses(base: type) -> list[type]:
     return found
 
 
-def pickle_patches() -> list[AttrPatch]:
+def pickle_patches() -> list[AttrPatch | ItemPatch]:
     """The patches that route ``pickle``'s entry points through the check."""
-    patches = [AttrPatch(owner, name, value)
+    patches: list[AttrPatch | ItemPatch] = [AttrPatch(owner, name, value)
                for owner in (pickle, _pickle)
                for name, value in (("load", load), ("loads", loads),
                                    ("Unpickler", RestrictedUnpickler))]
     patches.append(AttrPatch(pickle._Unpickler, "find_class", _python_find_class))
+    # joblib and other pure-Python unpicklers dispatch BUILD through this table.
+    patches.append(ItemPatch(pickle._Unpickler.dispatch, _BUILD, _load_build_checked))
 
     def init_subclass(cls: type, /, **kwargs: Any) -> None:
         _guard_class(cls)

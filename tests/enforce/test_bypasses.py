@@ -1,0 +1,393 @@
+"""Regression tests for the bypasses of issue 12, each with the reviewer's real payload.
+
+Every payload is first shown firing in a plain Python process (its marker file appears),
+then refused under the shipped sitecustomize.py and/or in-process ``safehub.enforce()``.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+import safehub
+from safehub.errors import SafehubError
+from tests.enforce.payloads import _torchscript
+
+_SITE = Path(__file__).resolve().parents[2] / "examples" / "sitecustomize.py"
+
+
+def _run(program: str, tmp_path: Path, *, site: bool) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("SAFEHUB_POLICY", "PYTHONPATH")}
+    env["TORCH_HOME"] = str(tmp_path / "torch")
+    if site:
+        folder = tmp_path / "site"
+        folder.mkdir(exist_ok=True)
+        (folder / "sitecustomize.py").write_text(_SITE.read_text())
+        env["PYTHONPATH"] = str(folder)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(program)], capture_output=True,
+                          text=True, env=env, timeout=300, cwd=tmp_path)
+
+
+_GUARDED = """
+try:
+{body}
+except BaseException as exc:
+    print("REFUSED", type(exc).__name__, str(exc)[:300])
+else:
+    print("LOADED")
+"""
+
+
+def _guarded(body: str) -> str:
+    return _GUARDED.format(body=textwrap.indent(textwrap.dedent(body).strip(), "    "))
+
+
+# --- 1. the torch import hook survives lookups of torch ---------------------------------
+
+_SPELLINGS = {
+    "find_spec": "import importlib.util\nassert importlib.util.find_spec('torch')\n"
+                 "import torch",
+    "find_spec_twice_import_module": "import importlib, importlib.util\n"
+                                     "importlib.util.find_spec('torch')\n"
+                                     "importlib.util.find_spec('torch')\n"
+                                     "torch = importlib.import_module('torch')",
+    "dunder_import": "import importlib.util\nimportlib.util.find_spec('torch')\n"
+                     "torch = __import__('torch')",
+    "submodule_first": "import importlib.util\nimportlib.util.find_spec('torch')\n"
+                       "import torch.jit._serialization\n"
+                       "from torch.jit._serialization import load\n"
+                       "import torch",
+}
+
+
+def _import_then_load(spelling: str, path: Path, prefix: str) -> str:
+    # torch.jit.load: only the torch patches stop it (pickle's restrictions do not).
+    bind = "LOAD = load" if spelling == "submodule_first" else "LOAD = torch.jit.load"
+    return (prefix + "\n" + _SPELLINGS[spelling] + "\n" + bind + "\n"
+            + _guarded(f"LOAD({str(path)!r})"))
+
+
+@pytest.fixture(scope="module")
+def torchscript(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A TorchScript archive whose __setstate__ creates the marker file at load."""
+    folder = tmp_path_factory.mktemp("ts")
+    marker = folder / "fired"
+    path = folder / "evil.pt"
+    _torchscript(path, marker)
+    return path, marker
+
+
+def test_torchscript_payload_fires_without_safehub(tmp_path: Path,
+                                                   torchscript: tuple[Path, Path]) -> None:
+    path, marker = torchscript
+    marker.unlink(missing_ok=True)
+    out = _run(_import_then_load("find_spec", path, ""), tmp_path, site=False)
+    assert "LOADED" in out.stdout, out.stderr
+    assert marker.exists()
+    marker.unlink()
+
+
+@pytest.mark.parametrize("spelling", sorted(_SPELLINGS))
+def test_probing_for_torch_before_importing_it_keeps_enforcement(
+        tmp_path: Path, torchscript: tuple[Path, Path], spelling: str) -> None:
+    path, marker = torchscript
+    marker.unlink(missing_ok=True)
+    program = _import_then_load(spelling, path, "import safehub\nsafehub.enforce()")
+    out = _run(program, tmp_path, site=False)
+    assert "REFUSED PolicyViolation" in out.stdout, (out.stdout, out.stderr)
+    assert not marker.exists()
+
+
+def test_probing_for_torch_under_sitecustomize_keeps_every_patch(
+        tmp_path: Path, marker_dir: Path, torchscript: tuple[Path, Path]) -> None:
+    path, marker = torchscript
+    marker.unlink(missing_ok=True)
+    program = _import_then_load("find_spec", path, "") + textwrap.dedent("""
+        import torch.hub, torch.jit, torch.package
+        print("PATCHED", torch.hub.load.__code__.co_filename,
+              torch.jit.load.__code__.co_filename,
+              torch.package.PackageImporter.__init__.__module__)
+    """)
+    out = _run(program, tmp_path, site=True)
+    assert "REFUSED PolicyViolation" in out.stdout, (out.stdout, out.stderr)
+    assert not marker.exists()
+    assert ("PATCHED <safehub enforce: torch.hub.load> <safehub enforce: torch.jit.load> "
+            "safehub.enforce") in out.stdout
+
+
+# --- 2. TorchScript lite/flatbuffer loaders and AOTInductor packages --------------------
+
+_BUILD_SCRIPT = '''
+import sys
+from typing import Tuple
+import torch
+
+class Writer(torch.nn.Module):
+    def __init__(self, target: str):
+        super().__init__()
+        self.target = target
+        self.n = 0
+
+    @torch.jit.export
+    def __getstate__(self) -> Tuple[str, bool]:
+        return (self.target, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: Tuple[str, bool]) -> None:
+        self.target = state[0]
+        self.training = state[1]
+        self.n = torch.from_file(self.target, shared=True, size=1).numel()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+m = torch.jit.script(Writer(sys.argv[3]))
+if sys.argv[1] == "lite":
+    m._save_for_lite_interpreter(sys.argv[2])
+else:
+    from torch.jit._serialization import save_jit_module_to_flatbuffer
+    save_jit_module_to_flatbuffer(m, sys.argv[2])
+'''
+
+
+def _scripted(kind: str, path: Path, marker: Path) -> Path:
+    script = path.with_suffix(".build.py")
+    script.write_text(_BUILD_SCRIPT)
+    subprocess.run([sys.executable, str(script), kind, str(path), str(marker)], check=True,
+                   capture_output=True, timeout=300)
+    return path
+
+
+_SCRIPT_LOADS = [
+    ("lite", "import torch.jit.mobile; torch.jit.mobile._load_for_lite_interpreter(P)"),
+    ("lite", "from torch.jit.mobile import _load_for_lite_interpreter as L; L(open(P, 'rb'))"),
+    ("flatbuffer", "import torch; torch.jit.jit_module_from_flatbuffer(P)"),
+    ("flatbuffer", "from torch.jit._serialization import jit_module_from_flatbuffer as J; J(P)"),
+]
+
+
+@pytest.mark.parametrize(("kind", "load"), _SCRIPT_LOADS)
+def test_lite_and_flatbuffer_torchscript_are_refused(tmp_path: Path, marker_dir: Path,
+                                                     kind: str, load: str) -> None:
+    marker = marker_dir / "fired"
+    path = _scripted(kind, tmp_path / f"evil.{kind}", marker)
+    # Bound before enforcement, as a program importing it at the top would.
+    program = f"P = {str(path)!r}\n" + load.split(";")[0] + "\n" + _guarded(load)
+    plain = _run(program, tmp_path, site=False)
+    assert "LOADED" in plain.stdout, plain.stderr
+    assert marker.exists()
+    marker.unlink()
+
+    enforced = _run(program, tmp_path, site=True)
+    assert "REFUSED PolicyViolation" in enforced.stdout, (enforced.stdout, enforced.stderr)
+    assert not marker.exists()
+
+    with safehub.enforce():
+        namespace: dict[str, object] = {"P": str(path)}
+        with pytest.raises(SafehubError):
+            exec(load, namespace)  # the program's own load line
+    assert not marker.exists()
+
+
+_AOTI_C = r"""
+#include <stdio.h>
+__attribute__((constructor)) static void fire(void) {
+    FILE *f = fopen(MARKER, "w");
+    if (f) { fputs("native code ran\n", f); fclose(f); }
+}
+"""
+
+
+def _aoti_library(tmp_path: Path, marker: Path) -> Path:
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("gcc is needed to build the AOTInductor payload's shared library")
+    source = tmp_path / "evil.c"
+    source.write_text(_AOTI_C)
+    lib = tmp_path / "evil.so"
+    subprocess.run([gcc, "-shared", "-fPIC", f'-DMARKER="{marker}"', "-o", str(lib),
+                    str(source)], check=True, capture_output=True, timeout=120)
+    return lib
+
+
+def _aoti_package(path: Path, lib: Path, version: str) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("evil/archive_format", "pt2")
+        z.writestr("evil/version", version)
+        if version == "1":
+            z.writestr("evil/archive_version", "0")
+        z.write(lib, "evil/data/aotinductor/model/model.wrapper.so")
+        z.writestr("evil/data/aotinductor/model/model.wrapper.cpp", "")
+        z.writestr("evil/data/aotinductor/model/model.wrapper_metadata.json",
+                   '{"AOTI_DEVICE_KEY": "cpu"}')
+    return path
+
+
+_AOTI_LOADS = {
+    "aoti_load_package": ("0", "import torch._inductor; torch._inductor.aoti_load_package(P)"),
+    "export_load": ("1", "import torch; torch.export.load(P)"),
+    "aot_load_so": ("", "import torch._export; torch._export.aot_load(SO, 'cpu')"),
+}
+
+
+@pytest.mark.parametrize("spelling", sorted(_AOTI_LOADS))
+def test_aotinductor_native_code_is_never_loaded(tmp_path: Path, marker_dir: Path,
+                                                 spelling: str) -> None:
+    marker = marker_dir / "fired"
+    lib = _aoti_library(tmp_path, marker)
+    version, load = _AOTI_LOADS[spelling]
+    pt2 = _aoti_package(tmp_path / "evil.pt2", lib, version or "1")
+    program = f"P = {str(pt2)!r}\nSO = {str(lib)!r}\n" + _guarded(load)
+    plain = _run(program, tmp_path, site=False)
+    assert marker.exists(), (plain.stdout, plain.stderr)  # the library was mapped
+    marker.unlink()
+
+    enforced = _run(program, tmp_path, site=True)
+    assert "REFUSED PolicyViolation" in enforced.stdout, (enforced.stdout, enforced.stderr)
+    assert not marker.exists()
+
+
+def test_aotinductor_is_refused_in_process_even_when_torchscript_is_allowed(
+        tmp_path: Path, marker_dir: Path) -> None:
+    marker = marker_dir / "fired"
+    pt2 = _aoti_package(tmp_path / "evil.pt2", _aoti_library(tmp_path, marker), "0")
+    policy = tmp_path / "ts.toml"
+    policy.write_text('schema = 1\nextends = "default"\nloosen = ["scanner.allow_torchscript"]\n'
+                      "[scanner]\nallow_torchscript = true\n")
+    import torch._inductor
+
+    with safehub.enforce(policy), pytest.raises(SafehubError, match="native code"):
+        torch._inductor.aoti_load_package(str(pt2))
+    assert not marker.exists()
+
+
+# --- 3. wildcard allowances and BUILD on classes or functions ---------------------------
+
+def _binunicode(text: str) -> bytes:
+    data = text.encode()
+    return b"X" + len(data).to_bytes(4, "little") + data
+
+
+def _dcp_dataclass_pickle(marker: Path) -> bytes:
+    """The reviewer's dcp metadata: Counter.__annotations__ set by BUILD to names that
+    inject code into the source dataclass() execs, then dataclass(Counter) through the
+    name ``torch.distributed.checkpoint.metadata.dataclass`` (an import there)."""
+    expr = f'open({str(marker)!r},"w").write("code ran")'
+    n1, n2 = "x:" + expr + " or'''", "y:'''"
+    return (b"\x80\x02ccollections\nCounter\nq\x00"
+            b"N}" + _binunicode("__annotations__") + b"}(" + _binunicode(n1) + b"K\x01"
+            + _binunicode(n2) + b"K\x01u" + b"s\x86b0"
+            b"ctorch.distributed.checkpoint.metadata\ndataclass\nh\x00\x85R.")
+
+
+def _wildcard_only_dataclass_pickle(marker: Path) -> bytes:
+    """Reaches ``dataclasses.dataclass`` through the wildcard alone (no BUILD)."""
+    return (b"\x80\x02ctorch.distributed.checkpoint.metadata\ndataclass\n"
+            b"ccollections\nCounter\n\x85R.")
+
+
+_DCP_POLICY = ('schema = 1\nextends = "default"\nloosen = ["scanner.allowed_globals"]\n'
+               '[scanner]\nallowed_globals = ["torch.distributed.checkpoint.metadata.*", '
+               '"torch.distributed.checkpoint.filesystem._StorageInfo", "pathlib.PosixPath"]\n')
+
+
+def test_dcp_metadata_cannot_reach_imports_through_a_wildcard(tmp_path: Path,
+                                                              marker_dir: Path) -> None:
+    marker = marker_dir / "fired"
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / ".metadata").write_bytes(_dcp_dataclass_pickle(marker))
+    policy = tmp_path / "dcp.toml"
+    policy.write_text(_DCP_POLICY)
+    load = _guarded(f"""
+        import warnings, torch, torch.distributed.checkpoint as dcp
+        warnings.simplefilter("ignore")
+        dcp.load({{"w": torch.zeros(2)}}, checkpoint_id={str(ckpt)!r})
+    """)
+    plain = _run(load, tmp_path, site=False)
+    assert marker.exists(), (plain.stdout, plain.stderr)
+    marker.unlink()
+
+    enforced = _run(f"import safehub\nsafehub.enforce({str(policy)!r})\n" + load, tmp_path,
+                    site=False)
+    assert "REFUSED" in enforced.stdout, (enforced.stdout, enforced.stderr)
+    assert not marker.exists()
+
+    import dataclasses
+
+    with safehub.enforce(policy):
+        with pytest.raises(SafehubError, match="does not define"):
+            pickle.loads(_wildcard_only_dataclass_pickle(marker))
+        with pytest.raises(SafehubError):
+            pickle.loads(_dcp_dataclass_pickle(marker))
+    assert not marker.exists()
+    assert "__annotations__" not in vars(collections.Counter)
+    assert dataclasses.dataclass.__module__ == "dataclasses"
+
+
+_MUTATION = (b"\x80\x02ccollections\nCounter\n"
+             b"N}" + _binunicode("safehub_pwnd") + b"K\x01s\x86b"
+             b"0ctorch._utils\n_rebuild_tensor_v2\nN}" + _binunicode("__defaults__")
+             + b"(K\x07t\x85s\x86b.")
+
+
+@pytest.mark.parametrize("entry", ["pickle.loads(D)", "pickle._loads(D)",
+                                   "pickle.Unpickler(io.BytesIO(D)).load()",
+                                   "numpy.load(io.BytesIO(D), allow_pickle=True)"])
+def test_build_on_an_allowed_class_or_function_is_refused(tmp_path: Path, entry: str) -> None:
+    program = (f"import io, pickle, numpy, collections, torch\nD = {_MUTATION!r}\n"
+               + _guarded(entry) + "\nprint('MUTATED', hasattr(collections.Counter, "
+               "'safehub_pwnd'), torch._utils._rebuild_tensor_v2.__defaults__ == ((7,),))\n")
+    plain = _run(program, tmp_path, site=False)
+    assert "MUTATED True True" in plain.stdout, (plain.stdout, plain.stderr)
+
+    enforced = _run(program, tmp_path, site=True)
+    assert "REFUSED" in enforced.stdout, (enforced.stdout, enforced.stderr)
+    assert "MUTATED False False" in enforced.stdout
+
+    defaults = torch._utils._rebuild_tensor_v2.__defaults__
+    with safehub.enforce(), pytest.raises((SafehubError, pickle.UnpicklingError)):
+        pickle.loads(_MUTATION)
+    assert not hasattr(collections.Counter, "safehub_pwnd")
+    assert torch._utils._rebuild_tensor_v2.__defaults__ == defaults
+
+
+def _checkpoint_with_pickle(path: Path, data_pkl: bytes) -> Path:
+    """A torch.save zip whose data.pkl is replaced by ``data_pkl``."""
+    plain = path.with_suffix(".orig")
+    torch.save({"w": torch.ones(1)}, plain)
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            body = src.read(info)
+            dst.writestr(info, data_pkl if info.filename.endswith("/data.pkl") else body)
+    return path
+
+
+def test_torch_load_gets_no_wildcard_import_from_the_policy(tmp_path: Path) -> None:
+    # torch.load hands torch's loader only the names the scan saw allowed; the wildcard
+    # import is not among them, so the weights-only loader refuses it (a regression guard).
+    # dataclass(Counter) rewrites Counter process-wide: the observable effect.
+    ckpt = _checkpoint_with_pickle(tmp_path / "ckpt.pt", _wildcard_only_dataclass_pickle(
+        tmp_path / "unused"))
+    policy = tmp_path / "dcp.toml"
+    policy.write_text(_DCP_POLICY)
+    program = ("import collections, torch\n" + _guarded(
+        f"torch.load({str(ckpt)!r}, weights_only=False)")
+        + "\nprint('MUTATED', '__dataclass_fields__' in vars(collections.Counter))\n")
+    plain = _run(program, tmp_path, site=False)
+    assert "MUTATED True" in plain.stdout, (plain.stdout, plain.stderr)
+
+    enforced = _run(f"import safehub\nsafehub.enforce({str(policy)!r})\n" + program, tmp_path,
+                    site=False)
+    assert "REFUSED" in enforced.stdout, (enforced.stdout, enforced.stderr)
+    assert "MUTATED False" in enforced.stdout
