@@ -2,8 +2,9 @@
 
 They run through :mod:`safehub.hub` with the innermost policy. When enforcements are
 nested with different policies, the outer policies decide the same request first
-(the URL, or the repository), and a downloaded checkpoint must pass every policy's
-scan before it is loaded: a nested scope never loosens what an outer one refuses.
+(the URL, or the repository), a downloaded checkpoint must pass every policy's scan
+before it is loaded, and repository code runs under the strictest sandbox settings of
+all of them: a nested scope never loosens what an outer one refuses.
 """
 
 from __future__ import annotations
@@ -50,6 +51,36 @@ def _outer_repo_checks(policies: Policies, repo_or_dir: str, source: str,
                               trust_repo=trust_repo)
     for policy in outer:
         policy.check(request)
+
+
+def _strictest_sandbox(policies: Policies) -> Policy:
+    """The innermost policy, with sandbox settings no looser than any active policy's.
+
+    Repository code runs in one sandbox, so it gets every scope's limits at once: each
+    limit the smallest, the required layers the union (the direction each field tightens
+    in is the schema's own).
+    """
+    inner = policies[-1]
+    if len(policies) == 1:
+        return inner
+    from safehub._policy.loader import LoadedPolicy
+    from safehub._policy.schema import STRICTER, SandboxSection
+
+    sections = [p.model.sandbox for p in policies]
+    merged: dict[str, Any] = sections[-1].model_dump()
+    for name, info in SandboxSection.model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        direction = extra.get(STRICTER)
+        values = [getattr(s, name) for s in sections]
+        if direction == "lower":
+            merged[name] = min(values)
+        elif direction == "superset":
+            merged[name] = sorted({item for value in values for item in value})
+    base = inner._loaded
+    loaded = LoadedPolicy(
+        model=inner.model.model_copy(update={"sandbox": SandboxSection.model_validate(merged)}),
+        chain=list(base.chain), provenance=dict(base.provenance), sources=dict(base.sources))
+    return Policy(loaded, inner.selected_by)
 
 
 def load_state_dict_from_url(original: Callable[..., Any], policies: Policies, url: str,
@@ -120,7 +151,7 @@ def hub_load(original: Callable[..., Any], policies: Policies, repo_or_dir: str,
     _outer_repo_checks(chosen, repo_or_dir, source, model, trust_repo)
     return hub.load(repo_or_dir, model, *args, source=source, trust_repo=trust_repo,
                     force_reload=force_reload, verbose=verbose,
-                    skip_validation=skip_validation, policy=chosen[-1], **kwargs)
+                    skip_validation=skip_validation, policy=_strictest_sandbox(chosen), **kwargs)
 
 
 def hub_list(original: Callable[..., Any], policies: Policies, github: str,
@@ -132,7 +163,7 @@ def hub_list(original: Callable[..., Any], policies: Policies, github: str,
     chosen = distinct(policies)
     _outer_repo_checks(chosen, github, "github", None, trust_repo)
     return hub.list(github, force_reload, skip_validation, trust_repo, verbose,
-                    policy=chosen[-1])
+                    policy=_strictest_sandbox(chosen))
 
 
 def hub_help(original: Callable[..., Any], policies: Policies, github: str, model: str,
@@ -144,4 +175,4 @@ def hub_help(original: Callable[..., Any], policies: Policies, github: str, mode
     chosen = distinct(policies)
     _outer_repo_checks(chosen, github, "github", model, trust_repo)
     return hub.help(github, model, force_reload, skip_validation, trust_repo,
-                    policy=chosen[-1])
+                    policy=_strictest_sandbox(chosen))

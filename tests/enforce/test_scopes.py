@@ -244,3 +244,30 @@ def test_joblib_arrays_load_when_the_policy_allows_the_array_wrapper(tmp_path: P
         joblib.load(path)
     with safehub.enforce(policy):
         assert joblib.load(path)["a"].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_hub_loads_run_under_every_scopes_sandbox_limits(tmp_path: Path) -> None:
+    """An inner scope with looser sandbox limits does not loosen the outer scope's: the
+    repository code runs under the smallest limit of all active policies."""
+    from safehub._enforce.hub_calls import _strictest_sandbox
+    from safehub.errors import SandboxError
+
+    outer = tmp_path / "outer.toml"
+    outer.write_text('schema = 1\nextends = "default"\n[sandbox]\ntimeout_s = 4.0\n'
+                     'memory_mb = 4096\nrequired_layers = ["rlimits"]\n')
+    inner = tmp_path / "inner.toml"
+    inner.write_text('schema = 1\nextends = "default"\n[sandbox]\nmax_processes = 16\n'
+                     'required_layers = ["env"]\n')
+    policies = [safehub.policy.load_policy(outer), safehub.policy.load_policy(inner)]
+    merged = _strictest_sandbox(policies).model.sandbox
+    assert (merged.timeout_s, merged.memory_mb, merged.max_processes) == (4.0, 4096, 16)
+    assert set(merged.required_layers) == {
+        layer for p in policies for layer in p.model.sandbox.required_layers}
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "hubconf.py").write_text(
+        "import time\nimport torch\n\n\ndef slow():\n    time.sleep(30)\n"
+        "    return torch.nn.Linear(1, 1)\n")
+    with safehub.enforce(outer), safehub.enforce("default"), pytest.raises(SandboxError):
+        torch.hub.load(str(repo), "slow", source="local", trust_repo=True)
