@@ -14,7 +14,6 @@ enter :func:`scoped_globals` see exactly torch's set.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import threading
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
@@ -76,19 +75,6 @@ def scoped_globals(pairs: Iterable[tuple[Any, str]]) -> Iterator[None]:
 def resolve_globals(names: Iterable[str]) -> list[tuple[Any, str]]:
     """``(object, name)`` for each dotted global name that resolves (as the unpickler would
     import it); names that do not resolve are left out (the load then fails closed)."""
-    found: list[tuple[Any, str]] = []
-    for name in names:
-        parts = name.split(".")
-        for cut in range(len(parts) - 1, 0, -1):
-            try:
-                obj: Any = importlib.import_module(".".join(parts[:cut]))
-            except ImportError:
-                continue
-            try:
-                for attr in parts[cut:]:
-                    obj = getattr(obj, attr)
-            except AttributeError:
-                break
-            found.append((obj, name))
-            break
-    return found
+    from safehub._hub.safe_globals import resolve_global
+
+    return [pair for pair in map(resolve_global, names) if pair is not None]

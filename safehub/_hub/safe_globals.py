@@ -13,7 +13,7 @@ from typing import Any
 
 from safehub.findings import FileReport
 
-__all__ = ["allowed_global_names", "numpy_safe_globals", "torch_safe_globals"]
+__all__ = ["allowed_global_names", "numpy_safe_globals", "resolve_global", "torch_safe_globals"]
 
 
 def torch_safe_globals(report: FileReport) -> list[Any]:
@@ -26,7 +26,8 @@ def torch_safe_globals(report: FileReport) -> list[Any]:
     are added, so torch's loader stays as narrow as the scan.
     """
     names = allowed_global_names(report)
-    return [*numpy_safe_globals(), *(pair for pair in map(_resolve, names) if pair is not None)]
+    pairs = (pair for pair in map(resolve_global, names) if pair is not None)
+    return [*numpy_safe_globals(), *pairs]
 
 
 def allowed_global_names(report: FileReport) -> list[str]:
@@ -49,15 +50,15 @@ def numpy_safe_globals() -> tuple[Any, ...]:
         import numpy
     except ImportError:
         return ()
-    pairs = [pair for pair in map(_resolve, [n for n in DEFAULT_ALLOWED if n.startswith("numpy.")])
-             if pair is not None]
+    numpy_names = [n for n in DEFAULT_ALLOWED if n.startswith("numpy.")]
+    pairs = [pair for pair in map(resolve_global, numpy_names) if pair is not None]
     dtypes = getattr(numpy, "dtypes", None)
     for name in getattr(dtypes, "__all__", ()):
         pairs.append((getattr(dtypes, name), f"numpy.dtypes.{name}"))
     return tuple(pairs)
 
 
-def _resolve(name: str) -> tuple[Any, str] | None:
+def resolve_global(name: str) -> tuple[Any, str] | None:
     """The object a dotted global names, imported the way the unpickler would, or None."""
     import importlib
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import struct
 
 from safehub._remote.rangefile import RangeFile
+from safehub._scanner.zipdir import zip64_sizes
 
 __all__ = ["HEAD", "TAIL", "coalesce", "zip_plan"]
 
@@ -96,7 +97,7 @@ def zip_plan(fh: RangeFile, max_record: int = _MAX_PICKLE) -> list[tuple[int, in
         offset = struct.unpack_from("<I", central, pos + 42)[0]
         name = central[pos + 46:pos + 46 + name_len]
         extra = central[pos + 46 + name_len:pos + 46 + name_len + extra_len]
-        csize, offset = _zip64(extra, usize, csize, offset)
+        _, csize, offset = zip64_sizes(extra, usize, csize, offset)
         header = offset + prefix
         wanted.append((header, header + _HEADER_SLACK + 2 * name_len))
         if name.lower().endswith(b".pkl") or name.lower().endswith(b".npy"):
@@ -108,22 +109,3 @@ def zip_plan(fh: RangeFile, max_record: int = _MAX_PICKLE) -> list[tuple[int, in
     # more in egress than in requests (1 MB ~ 200 GETs at AWS prices).
     gap = 1 << 12 if fh.client.multi_range else 1 << 17
     return coalesce([(s, min(e, fh.size)) for s, e in wanted if s < fh.size], gap)
-
-
-def _zip64(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int, int]:
-    pos = 0
-    while pos + 4 <= len(extra):
-        tag, length = struct.unpack_from("<HH", extra, pos)
-        if tag == 1:
-            data = extra[pos + 4:pos + 4 + length]
-            values = [struct.unpack_from("<Q", data, i)[0] for i in range(0, len(data) - 7, 8)]
-            it = iter(values)
-            if usize == 0xFFFFFFFF:
-                next(it, None)
-            if csize == 0xFFFFFFFF:
-                csize = next(it, csize)
-            if offset == 0xFFFFFFFF:
-                offset = next(it, offset)
-            break
-        pos += 4 + length
-    return csize, offset

@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 from safehub._scanner.source import ByteSource, FileRegion, StreamSource
 
-__all__ = ["ZipDirectory", "ZipEntry", "ZipError", "find_eocd", "read_directory"]
+__all__ = ["ZipDirectory", "ZipEntry", "ZipError", "find_eocd", "read_directory", "zip64_sizes"]
 
 _EOCD = b"PK\x05\x06"
 _EOCD64_LOCATOR = b"PK\x06\x07"
@@ -160,7 +160,7 @@ def _parse_record(
     raw_name = central[pos + 46 : pos + 46 + name_len]
     extra = central[pos + 46 + name_len : pos + 46 + name_len + extra_len]
     if csize == 0xFFFFFFFF or usize == 0xFFFFFFFF or lh_offset == 0xFFFFFFFF:
-        usize, csize, lh_offset = _zip64_sizes(extra, usize, csize, lh_offset)
+        usize, csize, lh_offset = zip64_sizes(extra, usize, csize, lh_offset)
     name = raw_name.decode("utf-8" if flags & 0x800 else "cp437", "replace")
     if flags & 0x1:
         anomalies.append((f"{name}: marked encrypted in the central directory", base + pos))
@@ -172,7 +172,7 @@ def _parse_record(
     return pos
 
 
-def _zip64_sizes(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int, int, int]:
+def zip64_sizes(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int, int, int]:
     pos = 0
     while pos + 4 <= len(extra):
         tag, length = struct.unpack_from("<HH", extra, pos)

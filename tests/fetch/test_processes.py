@@ -66,7 +66,8 @@ def test_eight_processes_download_once_and_load_the_same(
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())))
     deadline = time.monotonic() + 120
     while not all(r.exists() for r, _ in procs):
-        assert time.monotonic() < deadline, "loaders did not start"
+        if time.monotonic() > deadline:
+            pytest.fail("hang guard: the loaders did not start")
         assert all(p.poll() is None for _, p in procs), [p.communicate() for _, p in procs]
         time.sleep(0.02)
     gate.touch()

@@ -185,7 +185,8 @@ def _child_survives_zygote(repo: Path, only: set[Layer] | None, folder: Path) ->
         thread.start()
         deadline = time.monotonic() + 120  # a hang guard, not a timing assertion
         while not pid_path.exists() or not pid_path.read_text():
-            assert time.monotonic() < deadline and thread.is_alive(), errors
+            if time.monotonic() > deadline or not thread.is_alive():
+                pytest.fail(f"hang guard: the child never wrote its pid ({errors})")
             time.sleep(0.02)
         child = int(pid_path.read_text())
         zygote = own.zygote_pid
