@@ -35,9 +35,9 @@ from safehub._audit.fixrecord import TOOL, converted_name, record_path
 from safehub._audit.hf_layout import is_hf_repo
 from safehub._audit.report import AuditReport, FixRecord
 from safehub._convert.writers import write_json
+from safehub._policy.policy import Policy
 from safehub.errors import SafehubError
 from safehub.findings import Verdict
-from safehub.policy import Policy
 
 __all__ = ["check_quarantine", "default_quarantine", "fix_report"]
 

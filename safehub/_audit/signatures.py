@@ -24,9 +24,9 @@ from safehub._audit.context import Context
 from safehub._audit.model import RepoTarget
 from safehub._audit.state import State, stat_key
 from safehub._audit.walk import walk_files
+from safehub._policy.decide import Requirement
 from safehub.errors import PolicyError, SafehubError
 from safehub.findings import Finding
-from safehub.policy import Requirement
 from safehub.signing import (
     Failure,
     FailureKind,

@@ -24,9 +24,9 @@ from safehub._audit.model import Discovery, Expectation, FileTarget, Provenance,
 from safehub._audit.plain import plain_file_targets
 from safehub._audit.safehub_layout import discover_safehub_cache, is_safehub_cache
 from safehub._fetch.location import SAFEHUB_SUBDIR
+from safehub._policy.decide import RepoRequest
 from safehub._policy.schema import SHA1_RE
 from safehub.findings import Skipped
-from safehub.policy import RepoRequest
 from safehub.rules import Severity
 
 __all__ = ["discover_torch_hub", "hash_prefix", "is_torch_hub_dir", "parse_repo_folder"]

@@ -24,8 +24,8 @@ from typing import Any
 
 from safehub._convert import entry
 from safehub._enforce.snapshot import Snapshot
+from safehub._policy.policy import Policy
 from safehub.errors import PolicyViolation, SandboxError
-from safehub.policy import Policy
 
 __all__ = ["Loaded", "load_in_sandbox", "sandbox_settings"]
 

@@ -17,8 +17,8 @@ from typing import Any
 from safehub._enforce.loaders import distinct, scan_snapshot, weights_only_globals
 from safehub._enforce.scoped_globals import scoped_globals
 from safehub._enforce.snapshot import Snapshot
+from safehub._policy.policy import Policy
 from safehub.errors import FetchError, UnsafeModel
-from safehub.policy import Policy
 
 __all__ = ["download_url_to_file", "hub_help", "hub_list", "hub_load",
            "load_state_dict_from_url"]
@@ -27,7 +27,7 @@ Policies = Sequence[Policy]
 
 
 def _outer_download_checks(policies: Policies, url: str, file_name: str | None) -> None:
-    from safehub.policy import DownloadRequest
+    from safehub._policy.decide import DownloadRequest
 
     for policy in distinct(policies)[:-1]:
         policy.check(DownloadRequest(url, file_name=file_name))
@@ -35,7 +35,7 @@ def _outer_download_checks(policies: Policies, url: str, file_name: str | None) 
 
 def _outer_repo_checks(policies: Policies, repo_or_dir: str, source: str,
                        entrypoint: str | None, trust_repo: Any) -> None:
-    from safehub.policy import RepoRequest
+    from safehub._policy.decide import RepoRequest
 
     outer = distinct(policies)[:-1]
     if not outer:

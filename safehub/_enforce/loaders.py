@@ -18,9 +18,10 @@ from typing import Any
 
 from safehub._enforce.scoped_globals import scoped_globals
 from safehub._enforce.snapshot import Snapshot
+from safehub._policy.decide import FileRequest
+from safehub._policy.policy import Policy
 from safehub.errors import PolicyViolation, UnsafeModel
 from safehub.findings import FileReport
-from safehub.policy import FileRequest, Policy
 
 __all__ = ["RefusedNativeLoader", "flatbuffer_load", "jit_load", "lite_load",
            "package_importer_init", "scan_snapshot", "snapshot_of", "torch_load",

@@ -22,9 +22,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from safehub._policy.decide import Decision, RepoRequest, SandboxRequest, TrustRepo
+from safehub._policy.policy import Policy, load_policy
 from safehub._tree import copy_tree, links_leaving, walk
 from safehub.errors import FetchError, IntegrityError, PolicyViolation, SafehubError
-from safehub.policy import Decision, Policy, RepoRequest, SandboxRequest, TrustRepo, load_policy
 
 if TYPE_CHECKING:
     from safehub.fetch import Fetcher

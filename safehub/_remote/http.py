@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
 from safehub._fetch.http import HttpSettings, _Watchdog
+from safehub._policy.policy import Policy
 from safehub._remote.target import decide_url
 from safehub.errors import FetchError
-from safehub.policy import Policy
 
 __all__ = ["HttpRangeClient", "Stats", "get_json"]
 
