@@ -244,7 +244,7 @@ class Fetcher:
 
     def _scan_checkout(self, checkout: Checkout, repo: str) -> tuple[FileReport, ...]:
         """Scan every file of a checkout; model files must be allowed by the policy."""
-        from safehub.scan import scan_file
+        from safehub._scanner.entry import scan_file
 
         options = self.policy.scan_options(repo)
         reports = []
@@ -340,7 +340,7 @@ class Fetcher:
                                  download=None if self.offline else download, repo=repo)
         try:
             from safehub._fetch.hops import recheck_hops
-            from safehub.scan import scan_file
+            from safehub._scanner.entry import scan_file
 
             if entry.from_cache:  # the hops the bytes came through, under today's policy
                 recheck_hops(check, url, entry.record.hops, entry.record.final_url)

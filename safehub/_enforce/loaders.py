@@ -60,7 +60,7 @@ def name_of(f: Any) -> str:
 def scan_snapshot(snap: Snapshot, name: str, policies: Policies,
                   repo: str | None = None) -> list[FileReport]:
     """Scan the snapshot under every policy; each must allow it (PolicyViolation if not)."""
-    from safehub.scan import scan_file
+    from safehub._scanner.entry import scan_file
 
     reports = []
     for policy in distinct(policies):

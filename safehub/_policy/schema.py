@@ -288,8 +288,8 @@ class PolicyModel(_Section):
 
 
 def _check_globals(values: list[str]) -> list[str]:
+    from safehub._scanner.entry import check_allowable
     from safehub.errors import PolicyError
-    from safehub.scan import check_allowable
 
     for v in values:
         if not GLOBAL_RE.fullmatch(v):
