@@ -96,7 +96,7 @@ def load_state_dict_from_url(original: Callable[..., Any], policies: Policies, u
         return hub.load_state_dict_from_url(url, model_dir, map_location, progress,
                                             check_hash, file_name, True, policy=chosen[0])
     _outer_download_checks(chosen, url, file_name)
-    from safehub.fetch import Fetcher
+    from safehub._fetch.fetcher import Fetcher
 
     cache_dir = os.path.join(os.path.expanduser(model_dir), "safehub") if model_dir else None
     fetcher = Fetcher(chosen[-1], cache_dir=cache_dir)
@@ -120,11 +120,11 @@ def load_state_dict_from_url(original: Callable[..., Any], policies: Policies, u
 
 def _torch_load_original() -> Callable[..., Any]:
     """torch's own ``torch.load`` (the file was scanned by every policy already)."""
-    from safehub.enforce import _state
+    from safehub._enforce.hooks import installed_original
 
-    for patch in _state.torch_patches:
-        if getattr(patch, "key", None) == "torch.load":
-            return patch.original  # type: ignore[union-attr]
+    original = installed_original("torch.load")
+    if original is not None:
+        return original
     import torch
 
     return torch.load

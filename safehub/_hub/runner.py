@@ -28,8 +28,9 @@ from safehub._tree import copy_tree, links_leaving, walk
 from safehub.errors import FetchError, IntegrityError, PolicyViolation, SafehubError
 
 if TYPE_CHECKING:
-    from safehub.fetch import Fetcher
-    from safehub.sandbox import JSONValue, Operation, Sandbox, SandboxLimits, SandboxResult
+    from safehub._fetch.fetcher import Fetcher
+    from safehub._sandbox.spec import JSONValue, Operation, SandboxLimits, SandboxResult
+    from safehub._sandbox.supervisor import Sandbox
 
 __all__ = ["HubCall", "PolicyBroker", "run_hub_call", "verify_signatures"]
 
@@ -152,7 +153,7 @@ def verify_signatures(decision: Decision, tree: Path, subject: str) -> list[str]
 
 
 def _limits(policy: Policy, call: HubCall) -> SandboxLimits:
-    from safehub.sandbox import SandboxLimits
+    from safehub._sandbox.spec import SandboxLimits
 
     s = policy.model.sandbox
     limits = SandboxLimits(timeout_s=s.timeout_s, memory_mb=s.memory_mb, cpu_s=s.cpu_s,
@@ -215,7 +216,7 @@ def _import_torch_meanwhile() -> threading.Thread | None:
 def _sandbox_for(repo_dir: Path) -> Sandbox:
     """The warm sandbox whose zygote preloaded this repo's declared, installed packages."""
     from safehub._hub.deps import preloadable_dependencies
-    from safehub.sandbox import default_sandbox
+    from safehub._sandbox.supervisor import default_sandbox
 
     try:
         packages = preloadable_dependencies(repo_dir)
@@ -227,11 +228,11 @@ def _sandbox_for(repo_dir: Path) -> Sandbox:
 def run_hub_call(call: HubCall, policy: Policy | str | os.PathLike[str] | None = None, *,
                  fetcher: Fetcher | None = None) -> SandboxResult:
     """Decide, fetch, verify and run one hub call in the sandbox."""
+    from safehub._fetch.fetcher import Fetcher
+    from safehub._fetch.location import get_dir
+    from safehub._sandbox.spec import Layer
+    from safehub._sandbox.spec import SandboxRequest as RunRequest
     from safehub._torchdep import require_torch
-    from safehub.fetch import Fetcher
-    from safehub.hub import get_dir
-    from safehub.sandbox import Layer
-    from safehub.sandbox import SandboxRequest as RunRequest
 
     require_torch(f"hub.{call.op.value}")
     for spec in call.trust_nested:  # a malformed name is the caller's error, before any work
