@@ -151,7 +151,7 @@ def fix_report(audit: AuditReport, *, policy: Policy, quarantine: Path | None = 
                progress: Callable[[str], None] | None = None) -> AuditReport:
     """Fix what can be fixed (see the module docs); returns the report with ``fixes``."""
     from safehub._audit.compliance import is_pickle_format
-    from safehub.convert import TORCH_FORMATS, OutputFormat, convert
+    from safehub._convert.convert import TORCH_FORMATS, OutputFormat, convert
 
     root = check_quarantine(quarantine)
     run_dir = root / f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{os.getpid()}"
