@@ -89,7 +89,7 @@ def load_state_dict_from_url(original: Callable[..., Any], policies: Policies, u
                              file_name: str | None = None, weights_only: bool = False) -> Any:
     """Always weights-only, after the scan (``weights_only`` is ignored)."""
     del original, weights_only
-    from safehub import hub
+    from safehub._hub import api as hub
 
     chosen = distinct(policies)
     if len(chosen) == 1:
@@ -133,7 +133,7 @@ def _torch_load_original() -> Callable[..., Any]:
 def download_url_to_file(original: Callable[..., Any], policies: Policies, url: str, dst: str,
                          hash_prefix: str | None = None, progress: bool = True) -> None:
     del original
-    from safehub import hub
+    from safehub._hub import api as hub
 
     chosen = distinct(policies)
     _outer_download_checks(chosen, url, None)
@@ -145,7 +145,7 @@ def hub_load(original: Callable[..., Any], policies: Policies, repo_or_dir: str,
              force_reload: bool = False, verbose: bool = True, skip_validation: bool = False,
              **kwargs: Any) -> Any:
     del original
-    from safehub import hub
+    from safehub._hub import api as hub
 
     chosen = distinct(policies)
     _outer_repo_checks(chosen, repo_or_dir, source, model, trust_repo)
@@ -158,7 +158,7 @@ def hub_list(original: Callable[..., Any], policies: Policies, github: str,
              force_reload: bool = False, skip_validation: bool = False, trust_repo: Any = None,
              verbose: bool = True) -> list[str]:
     del original
-    from safehub import hub
+    from safehub._hub import api as hub
 
     chosen = distinct(policies)
     _outer_repo_checks(chosen, github, "github", None, trust_repo)
@@ -170,7 +170,7 @@ def hub_help(original: Callable[..., Any], policies: Policies, github: str, mode
              force_reload: bool = False, skip_validation: bool = False,
              trust_repo: Any = None) -> str | None:
     del original
-    from safehub import hub
+    from safehub._hub import api as hub
 
     chosen = distinct(policies)
     _outer_repo_checks(chosen, github, "github", model, trust_repo)

@@ -118,7 +118,7 @@ def _nested_key(spec: str) -> tuple[str, str | None]:
 
 def verify_signatures(decision: Decision, tree: Path, subject: str) -> list[str]:
     """Check every signature the decision requires on ``tree``; returns the signers."""
-    from safehub import signing
+    from safehub._signing import model as signing
 
     signers = []
     for req in decision.requirements:
