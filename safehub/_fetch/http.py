@@ -46,9 +46,9 @@ from email.utils import parsedate_to_datetime
 from typing import Any, BinaryIO, NoReturn
 from urllib.parse import urljoin, urlsplit
 
-from safehub import __version__
 from safehub._fetch.credentials import ENV_PREFIX, Credentials, Origin
 from safehub._policy.urls import CanonicalURL, is_loopback_http, parse_url
+from safehub._version import __version__
 from safehub.errors import FetchError, InvalidIdentifier
 
 __all__ = [

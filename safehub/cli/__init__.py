@@ -15,8 +15,8 @@ import traceback
 from collections.abc import Sequence
 from typing import NoReturn
 
-from safehub import __version__
 from safehub._format.escape import Block, escape_block, escape_line
+from safehub._version import __version__
 from safehub.cli._common import EXIT_ERROR, EXIT_FINDINGS, EXIT_INTERRUPTED
 from safehub.errors import (
     IntegrityError,
