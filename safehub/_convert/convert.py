@@ -206,7 +206,7 @@ def convert(source: PathArg, output: PathArg | None = None, *,
     out = Path(output) if output is not None else default_output(src, fmt)
     chosen = load_policy(policy)
     _check_output(src, out, overwrite)
-    from safehub._enforce.snapshot import Snapshot
+    from safehub._snapshot import Snapshot
 
     # One private, sealed copy: hashed, scanned and handed to the sandbox as a descriptor.
     with Snapshot.of_path(src) as snap:

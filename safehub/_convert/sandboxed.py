@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from safehub._convert import entry
-from safehub._enforce.snapshot import Snapshot
 from safehub._policy.policy import Policy
+from safehub._snapshot import Snapshot
 from safehub.errors import PolicyViolation, SandboxError
 
 __all__ = ["Loaded", "load_in_sandbox", "sandbox_settings"]

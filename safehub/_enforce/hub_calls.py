@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from safehub._enforce.loaders import distinct, scan_snapshot, weights_only_globals
-from safehub._enforce.scoped_globals import scoped_globals
-from safehub._enforce.snapshot import Snapshot
+from safehub._hub.scoped_globals import scoped_globals
 from safehub._policy.policy import Policy
+from safehub._snapshot import Snapshot
 from safehub.errors import FetchError, UnsafeModel
 
 __all__ = ["download_url_to_file", "hub_help", "hub_list", "hub_load",

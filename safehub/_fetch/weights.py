@@ -194,7 +194,7 @@ class FileCache:
 def _snapshot_reader(fd: int, path: Path) -> BinaryIO:
     """A reader over a private sealed copy of ``fd``'s bytes (closes ``fd``): hashing,
     scanning and loading then read the same bytes, whatever happens to the file."""
-    from safehub._enforce.snapshot import Snapshot
+    from safehub._snapshot import Snapshot
 
     try:
         with Snapshot.of_fd(fd, str(path)) as snap:
@@ -206,7 +206,7 @@ def _snapshot_reader(fd: int, path: Path) -> BinaryIO:
 def _reopen_same(written: BinaryIO, path: Path, sha256: str) -> BinaryIO:
     """A reader over a private snapshot of the file just written and hashed (the same
     inode, and the same SHA-256: a rewrite after the download is caught here)."""
-    from safehub._enforce.snapshot import Snapshot
+    from safehub._snapshot import Snapshot
 
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:

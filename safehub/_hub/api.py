@@ -275,7 +275,7 @@ def _load_weights(opened: OpenedFile, map_location: Any) -> dict[str, Any]:
 
     import torch
 
-    from safehub._enforce.scoped_globals import scoped_globals
+    from safehub._hub.scoped_globals import scoped_globals
 
     allowed = torch_safe_globals(opened.info.report)
     fh: BinaryIO = opened.file
