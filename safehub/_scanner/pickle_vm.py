@@ -97,7 +97,7 @@ class PickleError(Exception):
         self.truncated = truncated
 
 
-class LimitExceeded(Exception):
+class AnalysisLimit(Exception):
     """An analysis bound was hit (internal)."""
 
     def __init__(self, message: str, offset: int):
@@ -556,7 +556,7 @@ class PickleCursor:
                 return nl
             pending = len(self.buf) - self.i
             if pending > self.limits.max_line:
-                raise LimitExceeded("text opcode argument is longer than the limit", self.offset())
+                raise AnalysisLimit("text opcode argument is longer than the limit", self.offset())
             self._fill(pending + 1)
             start = self.i + pending  # _fill moved the pending bytes to buf[i:]
 
@@ -614,7 +614,7 @@ class PickleCursor:
             res.error = str(exc)
             res.error_offset = exc.offset
             res.truncated = exc.truncated
-        except LimitExceeded as exc:
+        except AnalysisLimit as exc:
             res.limit = str(exc)
             res.error_offset = exc.offset
         self.frame_stop = -1
@@ -667,7 +667,7 @@ class PickleCursor:
     def _count(self, n: int = 1) -> None:
         self.values += n
         if self.values > self.limits.max_values:
-            raise LimitExceeded("too many values to track", self.offset())
+            raise AnalysisLimit("too many values to track", self.offset())
 
     def _loop(self, res: StreamResult, state: MachineState | None = None) -> object:
         # One branch per opcode, like _pickle.c.
@@ -680,7 +680,7 @@ class PickleCursor:
             budget.left -= STREAM_COST
         max_ops = self.limits.max_ops if budget is None else budget.left
         if max_ops <= 0:
-            raise LimitExceeded("the file's opcode budget is spent", self.offset())
+            raise AnalysisLimit("the file's opcode budget is spent", self.offset())
         unpack = struct.unpack
 
         def pop(at: int) -> object:
@@ -713,7 +713,7 @@ class PickleCursor:
                 at = self.base + self.buf_pos + i
                 ops += 1
                 if ops > max_ops:
-                    raise LimitExceeded(f"more than {self.limits.max_ops} opcodes", at)
+                    raise AnalysisLimit(f"more than {self.limits.max_ops} opcodes", at)
                 op = buf[i]
                 i += 1
                 self.i = i
@@ -1102,7 +1102,7 @@ class PickleCursor:
             # and memo, no array records of its own); its imports and calls are recorded
             # with this stream's.
             if self.depth >= self.limits.max_depth:
-                raise LimitExceeded("joblib object arrays nested too deeply", at)
+                raise AnalysisLimit("joblib object arrays nested too deeply", at)
             self.depth += 1
             self.joblib = False
             try:
