@@ -25,13 +25,16 @@ Nothing ever prompts.
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 from safehub._policy.decide import (
     Decision,
     DownloadRequest,
     FileRequest,
+    IsolationRequest,
     RepoRequest,
     Requirement,
-    SandboxRequest,
     Step,
     TrustRepo,
 )
@@ -43,11 +46,22 @@ __all__ = [
     "Decision",
     "DownloadRequest",
     "FileRequest",
+    "IsolationRequest",
     "Policy",
     "RepoRequest",
     "Requirement",
-    "SandboxRequest",
     "Step",
     "TrustRepo",
     "load_policy",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The policy's request about isolation layers was also called SandboxRequest, like
+    # safehub.sandbox.SandboxRequest (what the sandbox runs): one class per name now.
+    if name == "SandboxRequest":
+        warnings.warn("safehub.policy.SandboxRequest is now safehub.policy.IsolationRequest "
+                      "(safehub.sandbox.SandboxRequest is the sandbox's run request)",
+                      DeprecationWarning, stacklevel=2)
+        return IsolationRequest
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

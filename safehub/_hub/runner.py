@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from safehub._policy.decide import Decision, RepoRequest, SandboxRequest, TrustRepo
+from safehub._policy.decide import Decision, IsolationRequest, RepoRequest, TrustRepo
 from safehub._policy.policy import Policy, load_policy
 from safehub._tree import copy_tree, links_leaving, walk
 from safehub.errors import FetchError, IntegrityError, PolicyViolation, SafehubError
@@ -230,8 +230,7 @@ def run_hub_call(call: HubCall, policy: Policy | str | os.PathLike[str] | None =
     """Decide, fetch, verify and run one hub call in the sandbox."""
     from safehub._fetch.fetcher import Fetcher
     from safehub._fetch.location import get_dir
-    from safehub._sandbox.spec import Layer
-    from safehub._sandbox.spec import SandboxRequest as RunRequest
+    from safehub._sandbox.spec import Layer, SandboxRequest
     from safehub._torchdep import require_torch
 
     require_torch(f"hub.{call.op.value}")
@@ -261,9 +260,9 @@ def run_hub_call(call: HubCall, policy: Policy | str | os.PathLike[str] | None =
         sandbox = early if early is not None and repo_dir == Path(
             os.path.expanduser(call.repo_or_dir)) else _sandbox_for(repo_dir)
         layers = sandbox.layers()
-        policy.check(SandboxRequest({layer.value: None if status.available else status.detail
+        policy.check(IsolationRequest({layer.value: None if status.available else status.detail
                                      for layer, status in layers.items()}))
-        request = RunRequest(repo_dir, call.op, call.entrypoint, tuple(call.args),
+        request = SandboxRequest(repo_dir, call.op, call.entrypoint, tuple(call.args),
                              dict(call.kwargs), limits=_limits(policy, call),
                              required_layers=frozenset(Layer(name) for name in
                                                        policy.model.sandbox.required_layers),

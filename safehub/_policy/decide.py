@@ -28,9 +28,9 @@ __all__ = [
     "Decision",
     "DownloadRequest",
     "FileRequest",
+    "IsolationRequest",
     "RepoRequest",
     "Requirement",
-    "SandboxRequest",
     "Step",
     "TrustRepo",
     "decide",
@@ -73,7 +73,7 @@ class FileRequest:
 
 
 @dataclass(frozen=True)
-class SandboxRequest:
+class IsolationRequest:
     """Run code in the sandbox given which isolation layers this machine has.
 
     ``available`` maps layer name -> None when available, or the reason it is not.
@@ -82,7 +82,7 @@ class SandboxRequest:
     available: Mapping[str, str | None]
 
 
-Request = RepoRequest | DownloadRequest | FileRequest | SandboxRequest
+Request = RepoRequest | DownloadRequest | FileRequest | IsolationRequest
 
 
 @dataclass(frozen=True)
@@ -499,7 +499,7 @@ def _decide_file(policy: LoadedPolicy, req: FileRequest) -> Decision:
 # --- sandbox ----------------------------------------------------------------------------------
 
 
-def _decide_sandbox(policy: LoadedPolicy, req: SandboxRequest) -> Decision:
+def _decide_sandbox(policy: LoadedPolicy, req: IsolationRequest) -> Decision:
     t = _Trail(policy)
     required = policy.model.sandbox.required_layers
     for layer in required:

@@ -15,9 +15,9 @@ from safehub._policy.decide import (
     Decision,
     DownloadRequest,
     FileRequest,
+    IsolationRequest,
     RepoRequest,
     Requirement,
-    SandboxRequest,
     decide,
     repo_rule,
     signature_requirements,
@@ -73,13 +73,13 @@ class Policy:
         return self._loaded.where(*key)
 
     def decide(
-        self, request: RepoRequest | DownloadRequest | FileRequest | SandboxRequest
+        self, request: RepoRequest | DownloadRequest | FileRequest | IsolationRequest
     ) -> Decision:
         """Decide a request; never raises for a denial (see :meth:`check`)."""
         return decide(self._loaded, request)
 
     def check(
-        self, request: RepoRequest | DownloadRequest | FileRequest | SandboxRequest
+        self, request: RepoRequest | DownloadRequest | FileRequest | IsolationRequest
     ) -> Decision:
         """Decide a request and raise :class:`~safehub.errors.PolicyViolation` if denied."""
         return self.decide(request).raise_if_denied()
