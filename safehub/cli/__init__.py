@@ -17,14 +17,9 @@ from typing import NoReturn
 
 from safehub._format.escape import Block, escape_block, escape_line
 from safehub._version import __version__
-from safehub.cli._common import EXIT_ERROR, EXIT_FINDINGS, EXIT_INTERRUPTED
-from safehub.errors import (
-    IntegrityError,
-    PolicyViolation,
-    SafehubError,
-    SandboxError,
-    UnsafeModel,
-)
+from safehub.cli._common import EXIT_ERROR, EXIT_INTERRUPTED
+from safehub.cli._exitcodes import exit_code
+from safehub.errors import SafehubError
 
 __all__ = ["main"]
 
@@ -74,14 +69,6 @@ def _configure_logging(quiet: bool, verbose: bool) -> None:
     root.propagate = False
 
 
-def _sandbox_exit(exc: SandboxError) -> int:
-    """The sandbox refusing or containing the code (limits, violations, failing or bad
-    results, a missing required layer) exits 1; the sandbox itself failing exits 2."""
-    from safehub._sandbox.errors import SandboxFailure
-
-    return EXIT_ERROR if type(exc) is SandboxFailure else EXIT_FINDINGS
-
-
 # Subcommands that run PyTorch (in the sandbox or here); the others never import it.
 _NEEDS_TORCH = {"load": "safehub load", "list": "safehub list", "help": "safehub help",
                 "convert": "safehub convert"}
@@ -123,15 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             require_torch(_NEEDS_TORCH[args.command])
         _check_outputs(args)
         return int(args.run(args))
-    except (PolicyViolation, UnsafeModel, IntegrityError) as exc:
-        log.error("%s", Block(exc.diagnostics(surface="cli")))
-        return EXIT_FINDINGS
-    except SandboxError as exc:
-        log.error("%s", Block(exc.diagnostics(surface="cli")))
-        return _sandbox_exit(exc)
     except SafehubError as exc:
         log.error("%s", Block(exc.diagnostics(surface="cli")))
-        return EXIT_ERROR
+        return exit_code(exc)
     except KeyboardInterrupt:
         # As shells report SIGINT (128 + 2); reports are written atomically, so nothing
         # half-written is left behind.
