@@ -4,7 +4,6 @@ The public module documents the behaviour; this one holds it so that the audit's
 ``--fix`` (a private package) converts without importing the facade.
 """
 
-
 from __future__ import annotations
 
 import logging

@@ -5,7 +5,6 @@ implementation lives here so that the private packages (the hub runner, enforce)
 depend on it, not on the facade.
 """
 
-
 from __future__ import annotations
 
 import logging

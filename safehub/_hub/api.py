@@ -4,7 +4,6 @@ The public module documents the API; the functions live here so that the private
 packages (enforce's torch.hub patches) call them without importing the facade.
 """
 
-
 from __future__ import annotations
 
 import builtins

@@ -5,7 +5,6 @@ refuses); the implementation lives here so that the private packages (the audit'
 signature checks) use it without importing the facade.
 """
 
-
 from __future__ import annotations
 
 import contextlib
