@@ -52,6 +52,7 @@ from safehub._fetch.http import (
     HttpSettings,
     Progress,
     ProgressCallback,
+    transfer_limits,
 )
 from safehub._fetch.location import SAFEHUB_SUBDIR, get_dir
 from safehub._fetch.lockfile import LOCKFILE_NAME, LockedFile, LockedRepo, Lockfile, repo_key
@@ -165,7 +166,8 @@ class Fetcher:
     ``SAFEHUB_OFFLINE=1`` or policy ``downloads.offline``). ``progress`` receives
     :class:`Progress` reports for downloads. ``tokens``: tokens keyed by origin,
     ``{"https://ghe.example.com:8443": "..."}`` (see :mod:`safehub._fetch.credentials`).
-    ``http``: network settings, including the overall deadline of every request.
+    ``http``: network settings; its ``deadline``/``min_rate`` may only tighten the
+    policy's ``downloads.deadline_s``/``downloads.min_rate_kb_s``.
     """
 
     def __init__(self, policy: Policy | str | os.PathLike[str] | None = None, *,
@@ -194,7 +196,10 @@ class Fetcher:
         downloads = self.policy.model.downloads
         self.api_base = downloads.github_api.rstrip("/")
         self.max_bytes = downloads.max_size_mb << 20
-        self._http = HttpClient(http or HttpSettings(), Credentials(self.api_base, tokens))
+        # Every request keeps the policy's overall deadline (``http`` may only tighten it).
+        settings = http or HttpSettings()
+        self._http = HttpClient(settings, Credentials(self.api_base, tokens),
+                                transfer_limits(settings, self.policy))
         self._layout = CacheLayout(self.cache_dir)
         self._repos = RepoCache(self._layout, archive_limits or ArchiveLimits())
         self._files = FileCache(self._layout)
