@@ -45,7 +45,7 @@ from safehub._fetch.archive import ArchiveLimits
 from safehub._fetch.cache import CacheLayout, RepoRecord
 from safehub._fetch.credentials import Credentials
 from safehub._fetch.github import GitHubAPI, RepoSpec
-from safehub._fetch.hops import api_hops, weights_hops
+from safehub._fetch.hops import api_hops, recheck_hops, weights_hops
 from safehub._fetch.http import (
     DownloadResult,
     HttpClient,
@@ -236,7 +236,12 @@ class Fetcher:
             api=self.api_base, archive_url=self._github.archive_url(parsed, commit),
             download=None if self.offline else self._archive_downloader(parsed, commit))
 
+        hop_check = api_hops(self.policy, self.api_base)
+
         def accept(record: RepoRecord) -> None:
+            # The redirect chain the archive came through, under today's policy: a cached
+            # checkout is refused wherever downloading it again would be.
+            recheck_hops(hop_check, record.archive_url or source.archive_url, record.hops, "")
             if locked is not None:
                 _check_locked_repo(record, locked, self.lockfile)
 
@@ -344,7 +349,6 @@ class Fetcher:
         entry = self._files.open(url, expected=expected,
                                  download=None if self.offline else download, repo=repo)
         try:
-            from safehub._fetch.hops import recheck_hops
             from safehub.scan import scan_file
 
             if entry.from_cache:  # the hops the bytes came through, under today's policy

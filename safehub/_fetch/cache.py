@@ -133,6 +133,8 @@ class RepoRecord:
     tree_sha256: str
     time: str
     files: FileDigests = field(default_factory=dict)
+    archive_url: str = ""  # the archive URL requested
+    hops: tuple[str, ...] = ()  # the redirect hops the archive came through, re-decided on a hit
     kind: str = "repo"
     schema_version: int = RECORD_SCHEMA
 
@@ -146,7 +148,9 @@ class RepoRecord:
                    name=str(data["name"]), ref=str(data["ref"]), commit=str(data["commit"]),
                    archive_sha256=str(data["archive_sha256"]),
                    archive_size=int(data["archive_size"]),
-                   tree_sha256=str(data["tree_sha256"]), time=str(data["time"]), files=files)
+                   tree_sha256=str(data["tree_sha256"]), time=str(data["time"]), files=files,
+                   archive_url=str(data.get("archive_url", "")),
+                   hops=tuple(str(h) for h in data.get("hops", ())))
 
 
 def read_record(path: Path) -> dict[str, Any] | None:

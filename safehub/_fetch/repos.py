@@ -119,7 +119,8 @@ class RepoCache:
             record = RepoRecord(
                 source="github", api=source.api, owner=owner, name=name, ref=ref,
                 commit=commit, archive_sha256=result.sha256, archive_size=result.size,
-                tree_sha256=extracted.tree_sha256, time=now_iso(), files=extracted.files)
+                tree_sha256=extracted.tree_sha256, time=now_iso(), files=extracted.files,
+                archive_url=result.url, hops=result.hops)
             accept(record)
             self._install(tree, record, tag)
             log.info("cached %s/%s@%s (archive sha256 %s)", owner, name, commit, result.sha256)
