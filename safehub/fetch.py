@@ -44,7 +44,7 @@ from urllib.parse import urlsplit
 from safehub._fetch.archive import ArchiveLimits
 from safehub._fetch.cache import CacheLayout, RepoRecord
 from safehub._fetch.credentials import Credentials
-from safehub._fetch.github import GitHubAPI, RepoSpec
+from safehub._fetch.github import GitHubAPI, RepoSpec, names_branch_or_tag
 from safehub._fetch.hops import api_hops, recheck_hops, weights_hops
 from safehub._fetch.http import (
     DownloadResult,
@@ -153,6 +153,10 @@ class OpenedFile:
         return f"OpenedFile({self.info.url!r}, sha256={self.info.sha256})"
 
 
+# A commit the API answered for a branch or tag name, or one a lockfile holds.
+_ESTABLISHED = "<established>"
+
+
 class Fetcher:
     """Fetches repos and files under one policy, cache and (optional) lockfile.
 
@@ -225,7 +229,9 @@ class Fetcher:
             self._refuse_unlocked(repo_key(parsed.repo, parsed.ref),
                                   f"`safehub lock {parsed}`")
         pin = decision.requirement("commit")
-        commit, parsed = self._commit_for(parsed, pin.value if pin else None, locked)
+        commit, parsed, branch = self._commit_for(parsed, pin.value if pin else None, locked)
+        if branch != _ESTABLISHED:  # chosen by SHA: it must be the repo's own, not a fork's
+            parsed = self._require_in_repo(parsed, commit, branch)
         if pin is not None and commit != pin.value:
             raise IntegrityError(
                 f"SH300 {parsed} resolved to commit {commit}, but the policy pins {pin.value}",
@@ -234,6 +240,7 @@ class Fetcher:
                 "the new commit")
         source = RepoSource(
             api=self.api_base, archive_url=self._github.archive_url(parsed, commit),
+            in_repo=True,
             download=None if self.offline else self._archive_downloader(parsed, commit))
 
         hop_check = api_hops(self.policy, self.api_base)
@@ -270,22 +277,27 @@ class Fetcher:
             reports.append(report)
         return tuple(reports)
 
-    def _commit_for(self, spec: RepoSpec, pinned: str | None,
-                    locked: LockedRepo | None) -> tuple[str, RepoSpec]:
-        """The commit to use, and the spec spelled as the API (or the lockfile) names it."""
+    def _commit_for(self, spec: RepoSpec, pinned: str | None, locked: LockedRepo | None
+                    ) -> tuple[str, RepoSpec, str | None]:
+        """The commit to use, the spec spelled as the API (or the lockfile) names it, and
+        whether the commit is known to be the repository's own: ``_ESTABLISHED`` (a branch
+        or tag head the API answered, a lockfile entry), else the default branch when it
+        is already known (None when not)."""
         if spec.pinned and spec.ref is not None:
-            return spec.ref, spec
-        if locked is not None:
-            return locked.commit, RepoSpec(spec.id.confirmed_by(locked.repo), spec.ref)
+            return spec.ref, spec, None
+        if locked is not None:  # checked when it was locked
+            return locked.commit, RepoSpec(spec.id.confirmed_by(locked.repo), spec.ref), \
+                _ESTABLISHED
         if spec.ref is None and pinned is not None:
-            return pinned, spec  # the policy pins it: no default-branch lookup
+            return pinned, spec, None  # the policy pins it: no default-branch lookup
+        by_name = spec.ref is None or names_branch_or_tag(spec.ref)
         if self.offline:
             ref = spec.ref or ""
             for record in self._repos.records(spec.owner, spec.name):
                 if record.ref == ref:
                     log.info("offline: %s resolves to %s (cached %s)", spec, record.commit,
                              record.time)
-                    return record.commit, spec
+                    return record.commit, spec, _ESTABLISHED if by_name else None
             raise FetchError(
                 f"offline: cannot resolve {spec}: no cached checkout of "
                 f"{'the default branch' if not spec.ref else repr(spec.ref)}",
@@ -294,7 +306,26 @@ class Fetcher:
         # The API names the repository (its full_name must be this one) before any ref of
         # it is resolved.
         confirmed, default_branch = self._github.identify(spec)
-        return self._github.resolve(confirmed, spec.ref or default_branch), confirmed
+        commit = self._github.resolve(confirmed, spec.ref or default_branch)
+        return commit, confirmed, _ESTABLISHED if by_name else default_branch
+
+    def _require_in_repo(self, spec: RepoSpec, commit: str, default_branch: str | None
+                         ) -> RepoSpec:
+        """Refuse a commit that only a fork holds (SH307; see safehub._fetch.github). A
+        checkout record that says it was established costs no request."""
+        record = self._repos.record(spec.owner, spec.name, commit)
+        if record is not None and record.in_repo:
+            return spec
+        if self.offline:
+            raise FetchError(
+                f"offline: cannot confirm that commit {commit} belongs to {spec.repo} and not "
+                "to a fork (no checkout of it was cached since safehub checks this)",
+                subject=f"{spec.repo}:{commit}",
+                fix="run once online, or lock it with `safehub lock` and use the lockfile")
+        if default_branch is None:
+            spec, default_branch = self._github.identify(spec)
+        self._github.require_in_repo(spec, commit, default_branch)
+        return spec
 
     def _archive_downloader(self, spec: RepoSpec, commit: str
                             ) -> Callable[[BinaryIO], DownloadResult]:

@@ -210,6 +210,11 @@ RULES: dict[str, Rule] = _rules(
          "or may not be used for signing.",
          "Verify against the CA that issued the signer's certificate, or have the model "
          "re-signed with a currently valid code-signing certificate."),
+    Rule("SH307", "commit-not-in-repo", Severity.CRITICAL,
+         "A commit asked for by SHA (or pinned) is on no branch or tag of the repository: "
+         "GitHub serves a fork's commits under the parent's URLs, so it may be a fork's code.",
+         "Load the fork by its own name (its owner's trust then applies), or name the "
+         "branch or tag of the repository that holds the commit."),
     # --- SH4xx: cache ----------------------------------------------------------------------
     Rule("SH400", "cache-tampered", Severity.CRITICAL,
          "A cached file changed since it was downloaded and recorded.",

@@ -135,6 +135,7 @@ class RepoRecord:
     files: FileDigests = field(default_factory=dict)
     archive_url: str = ""  # the archive URL requested
     hops: tuple[str, ...] = ()  # the redirect hops the archive came through, re-decided on a hit
+    in_repo: bool = False  # the commit is the repository's own, not only a fork's (SH307)
     kind: str = "repo"
     schema_version: int = RECORD_SCHEMA
 
@@ -150,7 +151,8 @@ class RepoRecord:
                    archive_size=int(data["archive_size"]),
                    tree_sha256=str(data["tree_sha256"]), time=str(data["time"]), files=files,
                    archive_url=str(data.get("archive_url", "")),
-                   hops=tuple(str(h) for h in data.get("hops", ())))
+                   hops=tuple(str(h) for h in data.get("hops", ())),
+                   in_repo=data.get("in_repo") is True)
 
 
 def read_record(path: Path) -> dict[str, Any] | None:

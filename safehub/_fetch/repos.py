@@ -48,6 +48,7 @@ class RepoSource:
     api: str
     download: ArchiveDownload | None  # None: offline
     archive_url: str
+    in_repo: bool = False  # the commit was established as the repository's own (not a fork's)
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ class RepoCache:
                 source="github", api=source.api, owner=owner, name=name, ref=ref,
                 commit=commit, archive_sha256=result.sha256, archive_size=result.size,
                 tree_sha256=extracted.tree_sha256, time=now_iso(), files=extracted.files,
-                archive_url=result.url, hops=result.hops)
+                archive_url=result.url, hops=result.hops, in_repo=source.in_repo)
             accept(record)
             self._install(tree, record, tag)
             log.info("cached %s/%s@%s (archive sha256 %s)", owner, name, commit, result.sha256)
@@ -168,6 +169,15 @@ class RepoCache:
         if files != record.files:
             raise _tampered(final, _difference(record.files, files))
         return Checkout(final, record, True)
+
+    def record(self, owner: str, name: str, commit: str) -> RepoRecord | None:
+        """The record of a cached checkout, unverified (None when there is none or it is
+        unreadable); :meth:`obtain` verifies the tree before serving it."""
+        path = self.layout.repo_record(owner, name, commit)
+        try:
+            return _read(path, path.with_suffix(""))
+        except IntegrityError:
+            return None
 
     def records(self, owner: str, name: str) -> list[RepoRecord]:
         """Every readable record of ``owner/name``, newest first."""
