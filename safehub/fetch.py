@@ -55,10 +55,19 @@ from safehub._fetch.http import (
     transfer_limits,
 )
 from safehub._fetch.location import SAFEHUB_SUBDIR, get_dir
-from safehub._fetch.lockfile import LOCKFILE_NAME, LockedFile, LockedRepo, Lockfile, repo_key
+from safehub._fetch.lockfile import (
+    LOCKFILE_NAME,
+    LockedFile,
+    LockedPath,
+    LockedRepo,
+    Lockfile,
+    local_tree_sha256,
+    repo_key,
+)
 from safehub._fetch.offline import cached_download_decision, offline_requested
 from safehub._fetch.repos import Checkout, RepoCache, RepoSource
 from safehub._fetch.weights import Expected, FileCache, hash_prefix_of
+from safehub._policy.paths import canonical_path
 from safehub._policy.urls import canonical_url
 from safehub.errors import FetchError, IntegrityError, PolicyError, PolicyViolation
 from safehub.findings import FileReport
@@ -79,6 +88,7 @@ __all__ = [
     "Fetcher",
     "HttpSettings",
     "LockedFile",
+    "LockedPath",
     "LockedRepo",
     "Lockfile",
     "OpenedFile",
@@ -440,6 +450,30 @@ class Fetcher:
     def lockfile_path(self) -> str:
         """The lockfile's path, or "" without one."""
         return str(self.lockfile.path) if self.lockfile else ""
+
+    # --- local folders ---------------------------------------------------------------------
+
+    def check_local(self, path: str | os.PathLike[str]) -> str | None:
+        """A local repository folder against the lockfile's ``[paths]`` entry (looked up by
+        canonical real path); returns its ``tree_sha256`` when it was hashed.
+
+        A locked folder whose files differ is an :class:`IntegrityError`; with ``frozen``,
+        an unlisted folder is refused. Without a lockfile (or entry) nothing is hashed."""
+        if self.lockfile is None:
+            return None
+        locked = self.lockfile.local(path)
+        if locked is None:
+            if self.frozen:
+                self._refuse_unlocked(canonical_path(path), f"`safehub lock --path {path}`")
+            return None
+        actual = local_tree_sha256(path)
+        if actual != locked.tree_sha256:
+            raise IntegrityError(
+                f"SH300 the files of {canonical_path(path)} differ from {self.lockfile_path} "
+                f"(tree sha256 {actual}, locked {locked.tree_sha256})",
+                subject=os.fspath(path), fix="do not use it; if the change is expected, "
+                "re-lock with `safehub lock --path` after reviewing it")
+        return actual
 
     def _refuse_unlocked(self, what: str, command: str) -> None:
         raise PolicyViolation(

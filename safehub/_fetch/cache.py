@@ -220,12 +220,18 @@ def remove_tree(path: Path) -> None:
     _remove(path)
 
 
-def hash_tree(root: Path) -> tuple[FileDigests, list[str]]:
+def hash_tree(root: Path, *, skip_top: frozenset[str] = frozenset()
+              ) -> tuple[FileDigests, list[str]]:
     """Digests of every regular file under ``root``, and anything that is neither a
-    regular file nor a folder (links, devices), which no checkout ever holds."""
+    regular file nor a folder (links, devices), which no checkout ever holds.
+    ``skip_top``: names of folders directly under ``root`` left out (``.git``)."""
     files: FileDigests = {}
     odd: list[str] = []
     for dirpath, dirnames, filenames in walk(root):
+        if skip_top and dirpath == os.fspath(root):
+            dirnames[:] = [d for d in dirnames if not (
+                d in skip_top and os.path.isdir(os.path.join(dirpath, d))
+                and not os.path.islink(os.path.join(dirpath, d)))]
         for name in [*dirnames, *filenames]:
             full = os.path.join(dirpath, name)
             rel = os.path.relpath(full, root).replace(os.sep, "/")
