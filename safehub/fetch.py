@@ -335,6 +335,8 @@ class Fetcher:
         if default_branch is None:
             spec, default_branch = self._github.identify(spec)
         self._github.require_in_repo(spec, commit, default_branch)
+        if record is not None:  # cached before the check existed: established now
+            self._repos.mark_in_repo(spec.owner, spec.name, commit)
         return spec
 
     def _archive_downloader(self, spec: RepoSpec, commit: str

@@ -179,6 +179,19 @@ class RepoCache:
         except IntegrityError:
             return None
 
+    def mark_in_repo(self, owner: str, name: str, commit: str) -> None:
+        """Note in a cached checkout's record that its commit was established as the
+        repository's own (so later loads need no request for it)."""
+        from dataclasses import replace
+
+        lock = self.layout.repo_lock(owner, name, commit)
+        self.layout.ensure()
+        with entry_lock(lock):
+            record = self.record(owner, name, commit)
+            if record is not None and not record.in_repo:
+                write_json_atomic(self.layout.repo_record(owner, name, commit),
+                                  replace(record, in_repo=True))
+
     def records(self, owner: str, name: str) -> list[RepoRecord]:
         """Every readable record of ``owner/name``, newest first."""
         found = []

@@ -125,3 +125,5 @@ def test_offline_cannot_confirm_an_unchecked_commit(
     with pytest.raises(FetchError, match="cannot confirm"):
         make_fetcher(offline=True).fetch_repo(f"acme/net:{sha}")
     assert make_fetcher().fetch_repo(f"acme/net:{sha}").from_cache  # online: checked again
+    assert json.loads(record_path.read_text())["in_repo"] is True, "and recorded"
+    assert make_fetcher(offline=True).fetch_repo(f"acme/net:{sha}").from_cache
