@@ -57,7 +57,7 @@ from safehub._fetch.location import SAFEHUB_SUBDIR, get_dir
 from safehub._fetch.lockfile import LOCKFILE_NAME, LockedFile, LockedRepo, Lockfile, repo_key
 from safehub._fetch.offline import cached_download_decision, offline_requested
 from safehub._fetch.repos import Checkout, RepoCache, RepoSource
-from safehub._fetch.weights import Expected, FileCache, hash_prefix_of
+from safehub._fetch.weights import Expected, FileCache, LocalSource, hash_prefix_of
 from safehub._policy.urls import canonical_url
 from safehub.errors import FetchError, IntegrityError, PolicyError, PolicyViolation
 from safehub.findings import FileReport
@@ -166,6 +166,9 @@ class Fetcher:
     :class:`Progress` reports for downloads. ``tokens``: tokens keyed by origin,
     ``{"https://ghe.example.com:8443": "..."}`` (see :mod:`safehub._fetch.credentials`).
     ``http``: network settings, including the overall deadline of every request.
+    ``torch_model_dir``: where torch.hub keeps its downloads (default
+    ``<hub_dir>/checkpoints``); a file there is imported, once verified, when the cache
+    misses (see :mod:`safehub._fetch.torch_cache`).
     """
 
     def __init__(self, policy: Policy | str | os.PathLike[str] | None = None, *,
@@ -176,9 +179,12 @@ class Fetcher:
                  progress: ProgressCallback | None = None,
                  http: HttpSettings | None = None,
                  archive_limits: ArchiveLimits | None = None,
-                 tokens: dict[str, str] | None = None):
+                 tokens: dict[str, str] | None = None,
+                 torch_model_dir: str | os.PathLike[str] | None = None):
         self.policy = load_policy(policy)
         self.hub_dir = Path(os.fspath(hub_dir) if hub_dir is not None else get_dir())
+        self.torch_model_dir = Path(os.path.expanduser(os.fspath(torch_model_dir))) \
+            if torch_model_dir is not None else self.hub_dir / "checkpoints"
         self.cache_dir = Path(cache_dir) if cache_dir is not None else \
             self.hub_dir / SAFEHUB_SUBDIR
         if frozen and lockfile is None:
@@ -337,7 +343,8 @@ class Fetcher:
                                        progress=self.progress)
 
         entry = self._files.open(url, expected=expected,
-                                 download=None if self.offline else download, repo=repo)
+                                 download=None if self.offline else download, repo=repo,
+                                 local=self._torch_copy(url, file_name, expected, repo))
         try:
             from safehub._fetch.hops import recheck_hops
             from safehub.scan import scan_file
@@ -358,6 +365,17 @@ class Fetcher:
                           report=report, decision=decision, file_decision=file_decision,
                           from_cache=entry.from_cache)
         return OpenedFile(info, entry.fh)
+
+    def _torch_copy(self, url: str, file_name: str | None, expected: list[Expected],
+                    repo: str | None) -> LocalSource | None:
+        """torch.hub's download of ``url``, if it has one, as a verified source."""
+        from safehub._fetch.torch_cache import checkpoint_path, checkpoint_source
+
+        path = checkpoint_path(self.torch_model_dir, url, file_name)
+        if path is None:
+            return None
+        return checkpoint_source(path, url=url, expected=expected, policy=self.policy,
+                                 repo=repo, offline=self.offline, max_bytes=self.max_bytes)
 
     def fetch_url(self, url: str, *, file_name: str | None = None, check_hash: bool = False,
                   hash_prefix: str | None = None, repo: str | None = None) -> CachedFile:
