@@ -57,6 +57,7 @@ from safehub._fetch.location import SAFEHUB_SUBDIR, get_dir
 from safehub._fetch.lockfile import LOCKFILE_NAME, LockedFile, LockedRepo, Lockfile, repo_key
 from safehub._fetch.offline import cached_download_decision, offline_requested
 from safehub._fetch.repos import Checkout, RepoCache, RepoSource
+from safehub._fetch.torch_repos import LocalTree
 from safehub._fetch.weights import Expected, FileCache, LocalSource, hash_prefix_of
 from safehub._policy.urls import canonical_url
 from safehub.errors import FetchError, IntegrityError, PolicyError, PolicyViolation
@@ -226,7 +227,10 @@ class Fetcher:
             self._refuse_unlocked(repo_key(parsed.repo, parsed.ref),
                                   f"`safehub lock {parsed}`")
         pin = decision.requirement("commit")
-        commit, parsed = self._commit_for(parsed, pin.value if pin else None, locked)
+        try:
+            commit, parsed = self._commit_for(parsed, pin.value if pin else None, locked)
+        except FetchError as exc:
+            raise self._torch_folder_unverified(parsed) or exc from None
         if pin is not None and commit != pin.value:
             raise IntegrityError(
                 f"SH300 {parsed} resolved to commit {commit}, but the policy pins {pin.value}",
@@ -242,11 +246,31 @@ class Fetcher:
                 _check_locked_repo(record, locked, self.lockfile)
 
         checkout = self._repos.obtain(parsed.owner, parsed.name, commit, ref=parsed.ref or "",
-                                      source=source, force_reload=force_reload, accept=accept)
+                                      source=source, force_reload=force_reload, accept=accept,
+                                      local=self._torch_folder(parsed, commit, locked))
         reports = self._scan_checkout(checkout, parsed.repo)
         if self.lockfile is not None and not self.frozen:
             self.lockfile.add_repo(_locked_repo(checkout, parsed.ref))
         return _checkout_result(checkout, parsed, decision, reports)
+
+    def _torch_folder(self, spec: RepoSpec, commit: str,
+                      locked: LockedRepo | None) -> LocalTree | None:
+        """torch.hub's folder of ``spec``, usable only where the lockfile verifies it."""
+        from safehub._fetch.torch_repos import repo_folders, repo_source
+
+        return repo_source(repo_folders(self.hub_dir, spec.owner, spec.name, spec.ref, commit),
+                           repo=spec.repo, ref=spec.ref, commit=commit, locked=locked,
+                           lockfile=self.lockfile_path or "the lockfile", offline=self.offline)
+
+    def _torch_folder_unverified(self, spec: RepoSpec) -> FetchError | None:
+        """Offline, a ref that cannot be resolved: torch.hub's folder for it does not help
+        (a folder name is a ref, not a commit); say so, and how to fill the cache."""
+        from safehub._fetch.torch_repos import repo_folders, unverified
+
+        folders = repo_folders(self.hub_dir, spec.owner, spec.name, spec.ref, None)
+        if not self.offline or not folders:
+            return None
+        return unverified(folders[0], repo=spec.repo, ref=spec.ref, commit=None)
 
     def _scan_checkout(self, checkout: Checkout, repo: str) -> tuple[FileReport, ...]:
         """Scan every file of a checkout; model files must be allowed by the policy."""

@@ -153,6 +153,15 @@ class RepoRecord:
     files: FileDigests = field(default_factory=dict)
     kind: str = "repo"
     schema_version: int = RECORD_SCHEMA
+    # Set when the files came from torch.hub's folder, not an archive (torch_repos).
+    provenance: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as written (no ``provenance`` key for downloaded checkouts)."""
+        out = asdict(self)
+        if not self.provenance:
+            del out["provenance"]
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RepoRecord:
@@ -164,7 +173,8 @@ class RepoRecord:
                    name=str(data["name"]), ref=str(data["ref"]), commit=str(data["commit"]),
                    archive_sha256=str(data["archive_sha256"]),
                    archive_size=int(data["archive_size"]),
-                   tree_sha256=str(data["tree_sha256"]), time=str(data["time"]), files=files)
+                   tree_sha256=str(data["tree_sha256"]), time=str(data["time"]), files=files,
+                   provenance=_str_dict(data.get("provenance", {})))
 
 
 def read_record(path: Path) -> dict[str, Any] | None:

@@ -208,8 +208,7 @@ def test_hostile_checkpoint_with_a_matching_prefix_is_refused_by_the_scan(
         assert info.value.subject == str(checkpoints / name)
         assert any("SH1" in step for step in info.value.trail)
     assert not marker.exists()
-    assert not (safehub_cache / "files").exists() or not list(
-        (safehub_cache / "files").rglob("*.json"))
+    assert leftovers(safehub_cache) == []
 
 
 def test_unvouched_copy_needs_a_pin(hub: FakeHub, tmp_path: Path, checkpoints: Path,
@@ -224,8 +223,7 @@ def test_unvouched_copy_needs_a_pin(hub: FakeHub, tmp_path: Path, checkpoints: P
     with pytest.raises(FetchError, match="SH541") as info:
         hub_load(url, plain)
     assert "pin" in (info.value.fix or "")
-    assert not (safehub_cache / "files").exists() or not list(
-        (safehub_cache / "files").rglob("*.json"))
+    assert leftovers(safehub_cache) == []
     # A policy pin vouches for it: imported, the record naming the pin.
     pinned = write_policy(tmp_path / "pinned.toml", hub, body=(
         f'[downloads.pins]\n"{url}" = "{hashlib.sha256(data).hexdigest()}"\n'))
@@ -263,3 +261,90 @@ def shutil_rm(path: Path) -> None:
         for d in dirnames:
             os.chmod(os.path.join(dirpath, d), 0o700)
     shutil.rmtree(path)
+
+
+# --- repository folders ------------------------------------------------------------------
+
+HUBCONF = b"dependencies = []\n\n\ndef tiny():\n    \"\"\"A tiny model.\"\"\"\n    return 1\n"
+REPO_FILES = {"hubconf.py": HUBCONF, "pkg/util.py": b"X = 1\n", "README.md": b"net\n"}
+
+
+def _torch_checkout(hub: FakeHub, monkeypatch: pytest.MonkeyPatch, spec: str) -> list[str]:
+    """Let the real torch.hub download, extract and import ``spec``'s hubconf, from the
+    fake server (torch.hub only knows github.com's archive URL: that one function is
+    pointed at the loopback server)."""
+    import torch.hub
+
+    monkeypatch.setattr(torch.hub, "_git_archive_link",
+                        lambda owner, name, ref: f"{hub.api}/repos/{owner}/{name}/zipball/{ref}")
+    return list(torch.hub.list(spec, trust_repo=True, skip_validation=True, verbose=False))
+
+
+@pytest.fixture
+def locked_repo(hub: FakeHub, policy_file: Path, tmp_path: Path, checkpoints: Path,
+                monkeypatch: pytest.MonkeyPatch) -> tuple[str, Path, Path]:
+    """acme/net:main checked out by torch.hub, locked by safehub on another machine (its
+    own cache), and the server stopped: (commit, lockfile, torch.hub's folder)."""
+    sha = hub.add_repo("acme/net", dict(REPO_FILES))
+    assert _torch_checkout(hub, monkeypatch, "acme/net:main") == ["tiny"]
+    folder = checkpoints.parent / "acme_net_main"
+    assert (folder / "hubconf.py").read_bytes() == HUBCONF
+    lock = tmp_path / "safehub.lock"
+    elsewhere = Fetcher(policy_file, lockfile=lock, cache_dir=tmp_path / "ci-cache")
+    assert elsewhere.fetch_repo("acme/net:main").commit == sha
+    assert elsewhere.lockfile is not None
+    elsewhere.lockfile.save()
+    hub.close()
+    return sha, lock, folder
+
+
+def test_offline_repo_from_a_torch_hub_folder_the_lockfile_verifies(
+        locked_repo: tuple[str, Path, Path], policy_file: Path, safehub_cache: Path,
+        cli: Callable[..., CliResult]) -> None:
+    sha, lock, folder = locked_repo
+    (folder / "__pycache__").mkdir(exist_ok=True)  # what torch's in-place import leaves
+    (folder / "__pycache__" / "hubconf.cpython-3.pyc").write_bytes(b"bytecode")
+    got = Fetcher(policy_file, lockfile=lock, offline=True).fetch_repo("acme/net:main")
+    assert got.commit == sha and not got.from_cache
+    assert sorted(p.name for p in got.path.iterdir()) == ["README.md", "hubconf.py", "pkg"]
+    [record_path] = (safehub_cache / "repos").glob("*/*/*.json")
+    record = json.loads(record_path.read_text())
+    assert record["provenance"]["path"] == str(folder)
+    assert str(lock) in record["provenance"]["vouched_by"]
+    # The second run is safehub's own verified entry; the audit checks it by its record.
+    again = Fetcher(policy_file, lockfile=lock, offline=True).fetch_repo("acme/net:main")
+    assert again.from_cache
+    os.chmod(got.path, 0o755)
+    os.chmod(got.path / "hubconf.py", 0o644)
+    (got.path / "hubconf.py").write_bytes(HUBCONF + b"import os\n")
+    result = cli("audit", safehub_cache, "--no-state", "-f", "json", "--policy", policy_file)
+    rules = [f["rule_id"] for e in json.loads(result.out)["files"] for f in e["findings"]]
+    assert "SH400" in rules
+    with pytest.raises(IntegrityError, match="SH400"):
+        Fetcher(policy_file, lockfile=lock, offline=True).fetch_repo("acme/net:main")
+
+
+def test_torch_hub_folder_without_a_lockfile_entry_is_refused_offline(
+        locked_repo: tuple[str, Path, Path], policy_file: Path, safehub_cache: Path) -> None:
+    _sha, _lock, folder = locked_repo
+    with pytest.raises(FetchError, match="SH542") as info:
+        Fetcher(policy_file, offline=True).fetch_repo("acme/net:main")
+    assert info.value.subject == str(folder)
+    assert "safehub lock acme/net:main" in (info.value.fix or "")
+    assert "SAFEHUB_OFFLINE" in (info.value.fix or "")
+    assert leftovers(safehub_cache) == []
+
+
+def test_changed_torch_hub_folder_is_refused_and_not_imported(
+        locked_repo: tuple[str, Path, Path], policy_file: Path, safehub_cache: Path) -> None:
+    _sha, lock, folder = locked_repo
+    (folder / "pkg" / "util.py").write_bytes(b"import os; os.system('true')\n")
+    with pytest.raises(IntegrityError, match="SH542") as info:
+        Fetcher(policy_file, lockfile=lock, offline=True).fetch_repo("acme/net:main")
+    assert "tree sha256" in str(info.value) and "not imported" in str(info.value)
+    assert leftovers(safehub_cache) == []
+    # A link smuggled in is refused as well.
+    (folder / "pkg" / "util.py").write_bytes(b"X = 1\n")
+    (folder / "pkg" / "link.py").symlink_to("/etc/hostname")
+    with pytest.raises(IntegrityError, match="link"):
+        Fetcher(policy_file, lockfile=lock, offline=True).fetch_repo("acme/net:main")
