@@ -277,7 +277,9 @@ def _torch_checkout(hub: FakeHub, monkeypatch: pytest.MonkeyPatch, spec: str) ->
 
     monkeypatch.setattr(torch.hub, "_git_archive_link",
                         lambda owner, name, ref: f"{hub.api}/repos/{owner}/{name}/zipball/{ref}")
-    return list(torch.hub.list(spec, trust_repo=True, skip_validation=True, verbose=False))
+    entries = torch.hub.list(spec, trust_repo=True, skip_validation=True,  # type: ignore[no-untyped-call]
+                             verbose=False)
+    return list(entries)
 
 
 @pytest.fixture
