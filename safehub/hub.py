@@ -212,7 +212,7 @@ def load(repo_or_dir: str, model: str, *args: Any, source: str = "github",
                    source=_source(source), trust_repo=trust_repo, force_reload=force_reload,
                    seed=seed, trust_nested=tuple(trust_nested))
     result = run_hub_call(call, policy)
-    state = LoadedState(result.tensors, result.shape)
+    state = LoadedState(result.tensors, result.shape, result.torchscript)
     if into is None:
         return state
     if result.shape is None:

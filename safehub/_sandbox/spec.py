@@ -190,6 +190,9 @@ class SandboxRequest:
     required_layers: frozenset[Layer] = frozenset()
     unsafe_skip_layers: frozenset[Layer] = frozenset()
     seed: int | None = None
+    # load: TorchScript modules also send their archive (the caller scans it; only where
+    # the policy accepts TorchScript)
+    script_archives: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "repo_dir", Path(os.path.abspath(self.repo_dir)))
@@ -280,3 +283,5 @@ class SandboxResult:
     aliased: tuple[tuple[str, ...], ...] = ()
     fetched: tuple[str, ...] = ()
     shape: Any = None
+    # load: TorchScript archives by module prefix, scanned and allowed (safehub._hub.torchscript)
+    torchscript: Mapping[str, bytes] = field(default_factory=dict)
