@@ -77,7 +77,7 @@ def test_archive_crosses_scanned_where_the_policy_accepts_it(tmp_path: Path) -> 
     archive = state.torchscript[""]
     assert archive[:2] == b"PK" and "scanned and allowed" in state.shape.reason
     # The caller may load it (its code then runs in the caller's process: its choice).
-    module = torch.jit.load(io.BytesIO(archive))
+    module = torch.jit.load(io.BytesIO(archive))  # type: ignore[no-untyped-call]
     assert all(torch.equal(module.state_dict()[k], v) for k, v in _expected().items())
 
     pair = safehub.load(str(repo), "pair", source="local", policy=_accepting(tmp_path))
