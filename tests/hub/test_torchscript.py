@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import safehub
-from safehub.errors import PolicyViolation
+from safehub._sandbox.shape import ShapeError, parse
+from safehub.errors import PolicyViolation, SandboxError
 
 HUBCONF = textwrap.dedent('''
     dependencies = ["torch"]
@@ -37,6 +38,15 @@ HUBCONF = textwrap.dedent('''
         def save(module, f, *args, **kwargs):
             f.write(bytes.fromhex(payload))
         torch.jit.save = save
+        return torch.jit.script(torch.nn.Linear(3, 1))
+
+
+    def unasked():
+        # ...and can make the child send an archive the parent did not ask for.
+        import sys
+        shape = sys.modules["safehub._sandbox.shape"]
+        original = shape.flatten
+        shape.flatten = lambda value, scripts=False: original(value, scripts=True)
         return torch.jit.script(torch.nn.Linear(3, 1))
 ''')
 
@@ -105,3 +115,26 @@ def test_forged_archive_is_refused_by_the_scan(tmp_path: Path) -> None:
                      policy=_accepting(tmp_path))
     assert any("SH1" in step for step in info.value.trail)
     assert not marker.exists()
+
+
+def test_unasked_archive_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SandboxError, match="not asked for"):
+        safehub.load(str(_repo(tmp_path)), "unasked", source="local")
+
+
+@pytest.mark.parametrize("node", [
+    {"k": "module", "type": "t", "keys": ["w"], "script": False, "archive": True},
+    {"k": "module", "type": "t", "keys": ["w"], "script": True, "archive": "w"},
+])
+def test_malformed_archive_claims_are_refused(node: dict[str, object]) -> None:
+    with pytest.raises(ShapeError):
+        parse(node, ["w", "#torchscript"])
+
+
+def test_archive_claim_must_match_a_sent_key() -> None:
+    node = {"k": "module", "type": "t", "keys": ["w"], "script": True, "archive": True}
+    assert parse(node, ["w", "#torchscript"]).archive == "#torchscript"
+    with pytest.raises(ShapeError):
+        parse(node, ["w"])  # claims a key that was not sent
+    with pytest.raises(ShapeError):
+        parse(dict(node, archive=False), ["w", "#torchscript"])  # a key nobody claims
