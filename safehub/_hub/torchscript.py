@@ -42,8 +42,6 @@ def take_archives(tensors: dict[str, Any], shape: Node | None, *, policy: Policy
     """
     if shape is None:
         return tensors, shape, {}
-    from safehub.scan import scan_file
-
     accepted = accepts_torchscript(policy, repo)
     archives: dict[str, bytes] = {}
     rest = dict(tensors)
@@ -54,6 +52,8 @@ def take_archives(tensors: dict[str, Any], shape: Node | None, *, policy: Policy
             raise SandboxError(f"the sandbox sent a TorchScript archive for "
                                f"{node.prefix or '(top)'} that was not asked for",
                                subject=subject)
+        from safehub.scan import scan_file
+
         data = _archive_bytes(rest.pop(node.archive), node, subject)
         where = node.prefix or "(top)"
         report = scan_file(io.BytesIO(data), f"{subject} {where} (TorchScript archive)",

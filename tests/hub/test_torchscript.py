@@ -8,6 +8,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ import torch
 import safehub
 from safehub._sandbox.shape import ShapeError, parse
 from safehub.errors import PolicyViolation, SandboxError
+from tests.conftest import CliResult
 
 HUBCONF = textwrap.dedent('''
     dependencies = ["torch"]
@@ -138,3 +140,19 @@ def test_archive_claim_must_match_a_sent_key() -> None:
         parse(node, ["w"])  # claims a key that was not sent
     with pytest.raises(ShapeError):
         parse(dict(node, archive=False), ["w", "#torchscript"])  # a key nobody claims
+
+
+def test_cli_writes_the_archive_only_under_an_accepting_policy(
+        tmp_path: Path, cli: Callable[..., CliResult]) -> None:
+    repo = _repo(tmp_path)
+    out = tmp_path / "out" / "model.safetensors"
+    out.parent.mkdir()
+    plain = cli("load", repo, "scripted", "--source", "local", "--out", out)
+    assert plain.code == 0 and "does not accept TorchScript" in plain.err
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model.safetensors"]
+    accepted = cli("load", repo, "pair", "--source", "local", "--out", out,
+                   "--policy", _accepting(tmp_path))
+    assert accepted.code == 0, accepted.err
+    archive = out.parent / "model.torchscript-0.pt"
+    assert archive.read_bytes()[:2] == b"PK"
+    assert "'0'" in accepted.err and str(archive) in accepted.err
