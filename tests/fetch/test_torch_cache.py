@@ -350,3 +350,33 @@ def test_changed_torch_hub_folder_is_refused_and_not_imported(
     (folder / "pkg" / "link.py").symlink_to("/etc/hostname")
     with pytest.raises(IntegrityError, match="link"):
         Fetcher(policy_file, lockfile=lock, offline=True).fetch_repo("acme/net:main")
+
+
+def test_sandboxed_entrypoint_gets_weights_from_torch_hub_offline(
+        hub: FakeHub, policy_file: Path, checkpoints: Path, safehub_cache: Path,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hubconf's own load_state_dict_from_url, brokered by the parent, is served from
+    what torch.hub downloaded, with the network gone."""
+    data = _checkpoint(9)
+    name = _prefixed("lin", data)
+    url = hub.add_file(f"/models/{name}", data)
+    expected = _torch_download(url, check_hash=True)
+    hub.close()
+    monkeypatch.setenv("SAFEHUB_OFFLINE", "1")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "hubconf.py").write_text(textwrap.dedent(f"""
+        dependencies = ["torch"]
+        import torch
+
+
+        def net():
+            m = torch.nn.Linear(4, 3)
+            m.load_state_dict(torch.hub.load_state_dict_from_url({url!r}, check_hash=True))
+            return m
+    """))
+    state = safehub.load(str(repo), "net", source="local", policy=str(policy_file))
+    assert sorted(state) == ["bias", "weight"]
+    assert all((state[k] == v).all() for k, v in expected.items())  # type: ignore[attr-defined]
+    assert _records(safehub_cache)[0]["provenance"]["path"] == str(  # type: ignore[index]
+        checkpoints / name)
