@@ -377,6 +377,6 @@ def test_sandboxed_entrypoint_gets_weights_from_torch_hub_offline(
     """))
     state = safehub.load(str(repo), "net", source="local", policy=str(policy_file))
     assert sorted(state) == ["bias", "weight"]
-    assert all((state[k] == v).all() for k, v in expected.items())  # type: ignore[attr-defined]
+    assert all((state[k] == v).all() for k, v in expected.items())
     assert _records(safehub_cache)[0]["provenance"]["path"] == str(  # type: ignore[index]
         checkpoints / name)
