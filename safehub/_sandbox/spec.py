@@ -202,6 +202,9 @@ class SandboxRequest:
             raise ValueError(f"seed must be an integer from 0 to 2**63-1, not {self.seed!r}")
         if self.seed is not None and self.op is not Operation.LOAD:
             raise ValueError("only load takes a seed")
+        if self.script_archives is not False and (self.script_archives is not True or
+                                                  self.op is not Operation.LOAD):
+            raise ValueError("script_archives is a bool, and only for load")
         if self.op is Operation.LIST:
             if self.entrypoint is not None:
                 raise ValueError("list takes no entrypoint")
