@@ -285,8 +285,16 @@ def _torch_checkout(hub: FakeHub, monkeypatch: pytest.MonkeyPatch, spec: str) ->
 @pytest.fixture
 def locked_repo(hub: FakeHub, policy_file: Path, tmp_path: Path, checkpoints: Path,
                 monkeypatch: pytest.MonkeyPatch) -> tuple[str, Path, Path]:
+    """As :func:`_lock_torch_checkout`, then the server stopped."""
+    got = _lock_torch_checkout(hub, policy_file, tmp_path, checkpoints, monkeypatch)
+    hub.close()
+    return got
+
+
+def _lock_torch_checkout(hub: FakeHub, policy_file: Path, tmp_path: Path, checkpoints: Path,
+                         monkeypatch: pytest.MonkeyPatch) -> tuple[str, Path, Path]:
     """acme/net:main checked out by torch.hub, locked by safehub on another machine (its
-    own cache), and the server stopped: (commit, lockfile, torch.hub's folder)."""
+    own cache): (commit, lockfile, torch.hub's folder)."""
     sha = hub.add_repo("acme/net", dict(REPO_FILES))
     assert _torch_checkout(hub, monkeypatch, "acme/net:main") == ["tiny"]
     folder = checkpoints.parent / "acme_net_main"
@@ -296,7 +304,6 @@ def locked_repo(hub: FakeHub, policy_file: Path, tmp_path: Path, checkpoints: Pa
     assert elsewhere.fetch_repo("acme/net:main").commit == sha
     assert elsewhere.lockfile is not None
     elsewhere.lockfile.save()
-    hub.close()
     return sha, lock, folder
 
 
@@ -324,6 +331,17 @@ def test_offline_repo_from_a_torch_hub_folder_the_lockfile_verifies(
     assert "SH400" in rules
     with pytest.raises(IntegrityError, match="SH400"):
         Fetcher(policy_file, lockfile=lock, offline=True).fetch_repo("acme/net:main")
+
+
+def test_online_a_verified_torch_hub_folder_is_used_before_the_network(
+        hub: FakeHub, policy_file: Path, tmp_path: Path, checkpoints: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    sha, lock, _folder = _lock_torch_checkout(hub, policy_file, tmp_path, checkpoints,
+                                              monkeypatch)
+    before = hub.count()
+    got = Fetcher(policy_file, lockfile=lock).fetch_repo("acme/net:main")
+    assert hub.count() == before  # the lockfile names the commit, torch.hub has the files
+    assert got.commit == sha and not got.from_cache
 
 
 def test_torch_hub_folder_without_a_lockfile_entry_is_refused_offline(
