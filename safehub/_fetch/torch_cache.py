@@ -36,13 +36,13 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlsplit
 
-from safehub._fetch.cache import now_iso
+from safehub._fetch.cache import FileRecord, now_iso, read_record
 from safehub._fetch.http import DownloadResult
 from safehub._fetch.weights import Expected, Imported, LocalSource
 from safehub.errors import FetchError, IntegrityError, PolicyViolation
 from safehub.policy import FileRequest, Policy
 
-__all__ = ["SOURCE", "checkpoint_path", "checkpoint_source", "name_prefix"]
+__all__ = ["SOURCE", "checkpoint_path", "checkpoint_source", "imported_from", "name_prefix"]
 
 log = logging.getLogger("safehub.fetch")
 
@@ -161,3 +161,24 @@ def _unusable(path: Path, url: str, offline: bool, why: str, fix: str) -> Import
                          f"not used: {why}", subject=str(path), fix=fix)
     log.info("%s: not used as a source for %s: %s", path, url, why)
     return None
+
+
+def imported_from(cache_root: Path) -> dict[str, tuple[str, int, str]]:
+    """What safehub imported from torch.hub's checkpoints into the cache at ``cache_root``:
+    ``{real path of torch.hub's file: (sha256, size, record path)}``. ``safehub audit``
+    holds torch.hub's file to that full digest (its name carries at most a prefix)."""
+    found: dict[str, tuple[str, int, str]] = {}
+    files = cache_root / "files"
+    if not files.is_dir() or files.is_symlink():
+        return found
+    for record_path in sorted(files.glob("*/*.json")):
+        try:
+            data = read_record(record_path)
+            record = None if data is None else FileRecord.from_json(data)
+        except (ValueError, KeyError, TypeError):
+            continue  # the audit of safehub's own cache reports unreadable records
+        if record is not None and record.provenance.get("source") == SOURCE and \
+                record.provenance.get("path"):
+            found[os.path.realpath(record.provenance["path"])] = (
+                record.sha256, record.size, str(record_path))
+    return found

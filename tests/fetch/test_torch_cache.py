@@ -398,3 +398,26 @@ def test_sandboxed_entrypoint_gets_weights_from_torch_hub_offline(
     assert all((state[k] == v).all() for k, v in expected.items())
     assert _records(safehub_cache)[0]["provenance"]["path"] == str(  # type: ignore[index]
         checkpoints / name)
+
+
+def test_audit_holds_the_torch_hub_file_to_the_imported_digest(
+        hub: FakeHub, policy_file: Path, checkpoints: Path,
+        cli: Callable[..., CliResult], monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _checkpoint(10)
+    name = _prefixed("net", data)
+    url = hub.add_file(f"/models/{name}", data)
+    _torch_download(url, check_hash=True)
+    torch_file = checkpoints / name
+
+    def rules() -> list[str]:
+        out = cli("audit", checkpoints.parent, "--no-state", "-f", "json", "--policy",
+                  policy_file).out
+        return [f["rule_id"] for f in _audit_entry(out, torch_file)["findings"]]
+
+    assert "SH401" in rules()  # torch.hub alone: only an 8-hex prefix is known
+    hub.close()
+    monkeypatch.setenv("SAFEHUB_OFFLINE", "1")
+    hub_load(url, policy_file)
+    assert "SH401" not in rules() and "SH400" not in rules()  # the full digest is known now
+    torch_file.write_bytes(data + b"\0")
+    assert "SH400" in rules()
