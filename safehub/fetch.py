@@ -66,7 +66,8 @@ from safehub._fetch.lockfile import (
 )
 from safehub._fetch.offline import cached_download_decision, offline_requested
 from safehub._fetch.repos import Checkout, RepoCache, RepoSource
-from safehub._fetch.weights import Expected, FileCache, hash_prefix_of
+from safehub._fetch.torch_repos import LocalTree
+from safehub._fetch.weights import Expected, FileCache, LocalSource, hash_prefix_of
 from safehub._policy.paths import canonical_path
 from safehub._policy.urls import canonical_url
 from safehub.errors import FetchError, IntegrityError, PolicyError, PolicyViolation
@@ -182,6 +183,9 @@ class Fetcher:
     ``{"https://ghe.example.com:8443": "..."}`` (see :mod:`safehub._fetch.credentials`).
     ``http``: network settings; its ``deadline``/``min_rate`` may only tighten the
     policy's ``downloads.deadline_s``/``downloads.min_rate_kb_s``.
+    ``torch_model_dir``: where torch.hub keeps its downloads (default
+    ``<hub_dir>/checkpoints``); a file there is imported, once verified, when the cache
+    misses (see :mod:`safehub._fetch.torch_cache`).
     """
 
     def __init__(self, policy: Policy | str | os.PathLike[str] | None = None, *,
@@ -192,9 +196,12 @@ class Fetcher:
                  progress: ProgressCallback | None = None,
                  http: HttpSettings | None = None,
                  archive_limits: ArchiveLimits | None = None,
-                 tokens: dict[str, str] | None = None):
+                 tokens: dict[str, str] | None = None,
+                 torch_model_dir: str | os.PathLike[str] | None = None):
         self.policy = load_policy(policy)
         self.hub_dir = Path(os.fspath(hub_dir) if hub_dir is not None else get_dir())
+        self.torch_model_dir = Path(os.path.expanduser(os.fspath(torch_model_dir))) \
+            if torch_model_dir is not None else self.hub_dir / "checkpoints"
         self.cache_dir = Path(cache_dir) if cache_dir is not None else \
             self.hub_dir / SAFEHUB_SUBDIR
         if frozen and lockfile is None:
@@ -239,7 +246,10 @@ class Fetcher:
             self._refuse_unlocked(repo_key(parsed.repo, parsed.ref),
                                   f"`safehub lock {parsed}`")
         pin = decision.requirement("commit")
-        commit, parsed, branch = self._commit_for(parsed, pin.value if pin else None, locked)
+        try:
+            commit, parsed, branch = self._commit_for(parsed, pin.value if pin else None, locked)
+        except FetchError as exc:
+            raise self._torch_folder_unverified(parsed) or exc from None
         if branch != _ESTABLISHED:  # chosen by SHA: it must be the repo's own, not a fork's
             parsed = self._require_in_repo(parsed, commit, branch)
         if pin is not None and commit != pin.value:
@@ -263,11 +273,31 @@ class Fetcher:
                 _check_locked_repo(record, locked, self.lockfile)
 
         checkout = self._repos.obtain(parsed.owner, parsed.name, commit, ref=parsed.ref or "",
-                                      source=source, force_reload=force_reload, accept=accept)
+                                      source=source, force_reload=force_reload, accept=accept,
+                                      local=self._torch_folder(parsed, commit, locked))
         reports = self._scan_checkout(checkout, parsed.repo)
         if self.lockfile is not None and not self.frozen:
             self.lockfile.add_repo(_locked_repo(checkout, parsed.ref))
         return _checkout_result(checkout, parsed, decision, reports)
+
+    def _torch_folder(self, spec: RepoSpec, commit: str,
+                      locked: LockedRepo | None) -> LocalTree | None:
+        """torch.hub's folder of ``spec``, usable only where the lockfile verifies it."""
+        from safehub._fetch.torch_repos import repo_folders, repo_source
+
+        return repo_source(repo_folders(self.hub_dir, spec.owner, spec.name, spec.ref, commit),
+                           repo=spec.repo, ref=spec.ref, commit=commit, locked=locked,
+                           lockfile=self.lockfile_path or "the lockfile", offline=self.offline)
+
+    def _torch_folder_unverified(self, spec: RepoSpec) -> FetchError | None:
+        """Offline, a ref that cannot be resolved: torch.hub's folder for it does not help
+        (a folder name is a ref, not a commit); say so, and how to fill the cache."""
+        from safehub._fetch.torch_repos import repo_folders, unverified
+
+        folders = repo_folders(self.hub_dir, spec.owner, spec.name, spec.ref, None)
+        if not self.offline or not folders:
+            return None
+        return unverified(folders[0], repo=spec.repo, ref=spec.ref, commit=None)
 
     def _scan_checkout(self, checkout: Checkout, repo: str) -> tuple[FileReport, ...]:
         """Scan every file of a checkout; model files must be allowed by the policy."""
@@ -390,7 +420,8 @@ class Fetcher:
                                        progress=self.progress)
 
         entry = self._files.open(url, expected=expected,
-                                 download=None if self.offline else download, repo=repo)
+                                 download=None if self.offline else download, repo=repo,
+                                 local=self._torch_copy(url, file_name, expected, repo))
         try:
             from safehub.scan import scan_file
 
@@ -410,6 +441,17 @@ class Fetcher:
                           report=report, decision=decision, file_decision=file_decision,
                           from_cache=entry.from_cache)
         return OpenedFile(info, entry.fh)
+
+    def _torch_copy(self, url: str, file_name: str | None, expected: list[Expected],
+                    repo: str | None) -> LocalSource | None:
+        """torch.hub's download of ``url``, if it has one, as a verified source."""
+        from safehub._fetch.torch_cache import checkpoint_path, checkpoint_source
+
+        path = checkpoint_path(self.torch_model_dir, url, file_name)
+        if path is None:
+            return None
+        return checkpoint_source(path, url=url, expected=expected, policy=self.policy,
+                                 repo=repo, offline=self.offline, max_bytes=self.max_bytes)
 
     def fetch_url(self, url: str, *, file_name: str | None = None, check_hash: bool = False,
                   hash_prefix: str | None = None, repo: str | None = None) -> CachedFile:

@@ -105,6 +105,16 @@ class FileRecord:
     hops: tuple[str, ...] = ()  # the redirect hops the bytes came through, re-decided on a hit
     kind: str = "file"
     schema_version: int = RECORD_SCHEMA
+    # Set when the bytes came from elsewhere than the network (torch.hub's checkpoints/):
+    # where from, and which check vouched for them (see safehub._fetch.torch_cache).
+    provenance: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as written (no ``provenance`` key for plain downloads)."""
+        out = asdict(self)
+        if not self.provenance:
+            del out["provenance"]
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> FileRecord:
@@ -115,7 +125,15 @@ class FileRecord:
                    size=int(data["size"]), time=str(data["time"]),
                    final_url=str(data.get("final_url", "")),
                    repo=None if data.get("repo") is None else str(data["repo"]),
-                   hops=tuple(str(h) for h in data.get("hops", ())))
+                   hops=tuple(str(h) for h in data.get("hops", ())),
+                   provenance=_str_dict(data.get("provenance", {})))
+
+
+def _str_dict(value: object) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ValueError("provenance is not an object of strings")
+    return dict(value)
 
 
 @dataclass(frozen=True)
@@ -138,6 +156,15 @@ class RepoRecord:
     in_repo: bool = False  # the commit is the repository's own, not only a fork's (SH307)
     kind: str = "repo"
     schema_version: int = RECORD_SCHEMA
+    # Set when the files came from torch.hub's folder, not an archive (torch_repos).
+    provenance: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as written (no ``provenance`` key for downloaded checkouts)."""
+        out = asdict(self)
+        if not self.provenance:
+            del out["provenance"]
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RepoRecord:
@@ -152,7 +179,8 @@ class RepoRecord:
                    tree_sha256=str(data["tree_sha256"]), time=str(data["time"]), files=files,
                    archive_url=str(data.get("archive_url", "")),
                    hops=tuple(str(h) for h in data.get("hops", ())),
-                   in_repo=data.get("in_repo") is True)
+                   in_repo=data.get("in_repo") is True,
+                   provenance=_str_dict(data.get("provenance", {})))
 
 
 def read_record(path: Path) -> dict[str, Any] | None:

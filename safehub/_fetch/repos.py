@@ -30,6 +30,7 @@ from safehub._fetch.cache import (
 )
 from safehub._fetch.http import DownloadResult
 from safehub._fetch.locks import entry_lock
+from safehub._fetch.torch_repos import LocalTree
 from safehub._policy.schema import SHA1_RE
 from safehub.errors import FetchError, IntegrityError, InternalError
 
@@ -68,11 +69,14 @@ class RepoCache:
         self.limits = limits
 
     def obtain(self, owner: str, name: str, commit: str, *, ref: str, source: RepoSource,
-               force_reload: bool, accept: Accept) -> Checkout:
+               force_reload: bool, accept: Accept, local: LocalTree | None = None
+               ) -> Checkout:
         """The verified checkout of ``commit``: from the cache, else downloaded.
 
         ``accept`` sees the record before the checkout is returned or installed and
         raises to refuse it (lockfile digests); a refused download is not installed.
+        ``local`` is tried first on a miss, online or not (torch.hub's folder, see
+        :mod:`safehub._fetch.torch_repos`).
         """
         layout = self.layout
         lock = layout.repo_lock(owner, name, commit)
@@ -83,7 +87,7 @@ class RepoCache:
                 accept(hit.record)
                 return hit
         what = f"{owner}/{name}@{commit}"
-        if source.download is None:
+        if source.download is None and (local is None or force_reload):
             raise FetchError(
                 f"offline: {what} is not in the cache" + (" (force_reload needs the network)"
                                                           if force_reload else ""),
@@ -99,7 +103,34 @@ class RepoCache:
                 if hit is not None:
                     accept(hit.record)
                     return hit
+                if local is not None:
+                    imported = self._import(owner, name, commit, ref, source, accept, tag, local)
+                    if imported is not None:
+                        return imported
+            if source.download is None:
+                raise FetchError(f"offline: {what} is not in the cache",
+                                 subject=str(layout.repo_dir(owner, name, commit)),
+                                 fix=f"run once online to cache {what} (or unset "
+                                 "SAFEHUB_OFFLINE / downloads.offline)")
             return self._download(owner, name, commit, ref, source, accept, tag)
+
+    def _import(self, owner: str, name: str, commit: str, ref: str, source: RepoSource,
+                accept: Accept, tag: str, local: LocalTree) -> Checkout | None:
+        tree = self.layout.new_tmp(tag, ".tree")
+        try:
+            got = local(tree)
+            if got is None:
+                return None
+            record = RepoRecord(
+                source="github", api=source.api, owner=owner, name=name, ref=ref,
+                commit=commit, archive_sha256=got.archive_sha256, archive_size=0,
+                tree_sha256=got.tree_sha256, time=now_iso(), files=got.files,
+                provenance=dict(got.provenance))
+            accept(record)
+            self._install(tree, record, tag)
+            return Checkout(self.layout.repo_dir(owner, name, commit), record, False)
+        finally:
+            remove_tree(tree)
 
     def _download(self, owner: str, name: str, commit: str, ref: str, source: RepoSource,
                   accept: Accept, tag: str) -> Checkout:
@@ -147,7 +178,7 @@ class RepoCache:
             os.rename(final, old)
         os.rename(tree, final)
         os.chmod(final, 0o555)
-        write_json_atomic(record_path, record)
+        write_json_atomic(record_path, record.to_json())
         fsync_dir(final.parent)
         if old is not None:
             remove_tree(old)
