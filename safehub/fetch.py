@@ -36,7 +36,13 @@ from safehub._fetch.archive import ArchiveLimits
 from safehub._fetch.fetcher import CachedFile, Fetcher, OpenedFile, RepoCheckout
 from safehub._fetch.github import RepoSpec
 from safehub._fetch.http import HttpSettings, Progress, ProgressCallback
-from safehub._fetch.lockfile import LOCKFILE_NAME, LockedFile, LockedRepo, Lockfile
+from safehub._fetch.lockfile import (
+    LOCKFILE_NAME,
+    LockedFile,
+    LockedPath,
+    LockedRepo,
+    Lockfile,
+)
 
 __all__ = [
     "LOCKFILE_NAME",
@@ -45,6 +51,7 @@ __all__ = [
     "Fetcher",
     "HttpSettings",
     "LockedFile",
+    "LockedPath",
     "LockedRepo",
     "Lockfile",
     "OpenedFile",

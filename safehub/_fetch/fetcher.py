@@ -19,20 +19,30 @@ from urllib.parse import urlsplit
 from safehub._fetch.archive import ArchiveLimits
 from safehub._fetch.cache import CacheLayout, RepoRecord
 from safehub._fetch.credentials import Credentials
-from safehub._fetch.github import GitHubAPI, RepoSpec
-from safehub._fetch.hops import api_hops, weights_hops
+from safehub._fetch.github import GitHubAPI, RepoSpec, names_branch_or_tag
+from safehub._fetch.hops import api_hops, recheck_hops, weights_hops
 from safehub._fetch.http import (
     DownloadResult,
     HttpClient,
     HttpSettings,
     ProgressCallback,
+    transfer_limits,
 )
 from safehub._fetch.location import SAFEHUB_SUBDIR, get_dir
-from safehub._fetch.lockfile import LOCKFILE_NAME, LockedFile, LockedRepo, Lockfile, repo_key
+from safehub._fetch.lockfile import (
+    LOCKFILE_NAME,
+    LockedFile,
+    LockedRepo,
+    Lockfile,
+    local_tree_sha256,
+    repo_key,
+)
 from safehub._fetch.offline import cached_download_decision, offline_requested
 from safehub._fetch.repos import Checkout, RepoCache, RepoSource
-from safehub._fetch.weights import Expected, FileCache, hash_prefix_of
+from safehub._fetch.torch_repos import LocalTree
+from safehub._fetch.weights import Expected, FileCache, LocalSource, hash_prefix_of
 from safehub._policy.decide import Decision, DownloadRequest, FileRequest, RepoRequest, TrustRepo
+from safehub._policy.paths import canonical_path
 from safehub._policy.policy import Policy, load_policy
 from safehub._policy.urls import canonical_url
 from safehub.errors import FetchError, IntegrityError, PolicyError, PolicyViolation
@@ -105,6 +115,10 @@ class OpenedFile:
         return f"OpenedFile({self.info.url!r}, sha256={self.info.sha256})"
 
 
+# A commit the API answered for a branch or tag name, or one a lockfile holds.
+_ESTABLISHED = "<established>"
+
+
 class Fetcher:
     """Fetches repos and files under one policy, cache and (optional) lockfile.
 
@@ -118,7 +132,11 @@ class Fetcher:
     ``SAFEHUB_OFFLINE=1`` or policy ``downloads.offline``). ``progress`` receives
     :class:`Progress` reports for downloads. ``tokens``: tokens keyed by origin,
     ``{"https://ghe.example.com:8443": "..."}`` (see :mod:`safehub._fetch.credentials`).
-    ``http``: network settings, including the overall deadline of every request.
+    ``http``: network settings; its ``deadline``/``min_rate`` may only tighten the
+    policy's ``downloads.deadline_s``/``downloads.min_rate_kb_s``.
+    ``torch_model_dir``: where torch.hub keeps its downloads (default
+    ``<hub_dir>/checkpoints``); a file there is imported, once verified, when the cache
+    misses (see :mod:`safehub._fetch.torch_cache`).
     """
 
     def __init__(self, policy: Policy | str | os.PathLike[str] | None = None, *,
@@ -129,9 +147,12 @@ class Fetcher:
                  progress: ProgressCallback | None = None,
                  http: HttpSettings | None = None,
                  archive_limits: ArchiveLimits | None = None,
-                 tokens: dict[str, str] | None = None):
+                 tokens: dict[str, str] | None = None,
+                 torch_model_dir: str | os.PathLike[str] | None = None):
         self.policy = load_policy(policy)
         self.hub_dir = Path(os.fspath(hub_dir) if hub_dir is not None else get_dir())
+        self.torch_model_dir = Path(os.path.expanduser(os.fspath(torch_model_dir))) \
+            if torch_model_dir is not None else self.hub_dir / "checkpoints"
         self.cache_dir = Path(cache_dir) if cache_dir is not None else \
             self.hub_dir / SAFEHUB_SUBDIR
         if frozen and lockfile is None:
@@ -147,7 +168,10 @@ class Fetcher:
         downloads = self.policy.model.downloads
         self.api_base = downloads.github_api.rstrip("/")
         self.max_bytes = downloads.max_size_mb << 20
-        self._http = HttpClient(http or HttpSettings(), Credentials(self.api_base, tokens))
+        # Every request keeps the policy's overall deadline (``http`` may only tighten it).
+        settings = http or HttpSettings()
+        self._http = HttpClient(settings, Credentials(self.api_base, tokens),
+                                transfer_limits(settings, self.policy))
         self._layout = CacheLayout(self.cache_dir)
         self._repos = RepoCache(self._layout, archive_limits or ArchiveLimits())
         self._files = FileCache(self._layout)
@@ -173,7 +197,12 @@ class Fetcher:
             self._refuse_unlocked(repo_key(parsed.repo, parsed.ref),
                                   f"`safehub lock {parsed}`")
         pin = decision.requirement("commit")
-        commit, parsed = self._commit_for(parsed, pin.value if pin else None, locked)
+        try:
+            commit, parsed, branch = self._commit_for(parsed, pin.value if pin else None, locked)
+        except FetchError as exc:
+            raise self._torch_folder_unverified(parsed) or exc from None
+        if branch != _ESTABLISHED:  # chosen by SHA: it must be the repo's own, not a fork's
+            parsed = self._require_in_repo(parsed, commit, branch)
         if pin is not None and commit != pin.value:
             raise IntegrityError(
                 f"SH300 {parsed} resolved to commit {commit}, but the policy pins {pin.value}",
@@ -182,18 +211,44 @@ class Fetcher:
                 "the new commit")
         source = RepoSource(
             api=self.api_base, archive_url=self._github.archive_url(parsed, commit),
+            in_repo=True,
             download=None if self.offline else self._archive_downloader(parsed, commit))
 
+        hop_check = api_hops(self.policy, self.api_base)
+
         def accept(record: RepoRecord) -> None:
+            # The redirect chain the archive came through, under today's policy: a cached
+            # checkout is refused wherever downloading it again would be.
+            recheck_hops(hop_check, record.archive_url or source.archive_url, record.hops, "")
             if locked is not None:
                 _check_locked_repo(record, locked, self.lockfile)
 
         checkout = self._repos.obtain(parsed.owner, parsed.name, commit, ref=parsed.ref or "",
-                                      source=source, force_reload=force_reload, accept=accept)
+                                      source=source, force_reload=force_reload, accept=accept,
+                                      local=self._torch_folder(parsed, commit, locked))
         reports = self._scan_checkout(checkout, parsed.repo)
         if self.lockfile is not None and not self.frozen:
             self.lockfile.add_repo(_locked_repo(checkout, parsed.ref))
         return _checkout_result(checkout, parsed, decision, reports)
+
+    def _torch_folder(self, spec: RepoSpec, commit: str,
+                      locked: LockedRepo | None) -> LocalTree | None:
+        """torch.hub's folder of ``spec``, usable only where the lockfile verifies it."""
+        from safehub._fetch.torch_repos import repo_folders, repo_source
+
+        return repo_source(repo_folders(self.hub_dir, spec.owner, spec.name, spec.ref, commit),
+                           repo=spec.repo, ref=spec.ref, commit=commit, locked=locked,
+                           lockfile=self.lockfile_path or "the lockfile", offline=self.offline)
+
+    def _torch_folder_unverified(self, spec: RepoSpec) -> FetchError | None:
+        """Offline, a ref that cannot be resolved: torch.hub's folder for it does not help
+        (a folder name is a ref, not a commit); say so, and how to fill the cache."""
+        from safehub._fetch.torch_repos import repo_folders, unverified
+
+        folders = repo_folders(self.hub_dir, spec.owner, spec.name, spec.ref, None)
+        if not self.offline or not folders:
+            return None
+        return unverified(folders[0], repo=spec.repo, ref=spec.ref, commit=None)
 
     def _scan_checkout(self, checkout: Checkout, repo: str) -> tuple[FileReport, ...]:
         """Scan every file of a checkout; model files must be allowed by the policy."""
@@ -213,22 +268,27 @@ class Fetcher:
             reports.append(report)
         return tuple(reports)
 
-    def _commit_for(self, spec: RepoSpec, pinned: str | None,
-                    locked: LockedRepo | None) -> tuple[str, RepoSpec]:
-        """The commit to use, and the spec spelled as the API (or the lockfile) names it."""
+    def _commit_for(self, spec: RepoSpec, pinned: str | None, locked: LockedRepo | None
+                    ) -> tuple[str, RepoSpec, str | None]:
+        """The commit to use, the spec spelled as the API (or the lockfile) names it, and
+        whether the commit is known to be the repository's own: ``_ESTABLISHED`` (a branch
+        or tag head the API answered, a lockfile entry), else the default branch when it
+        is already known (None when not)."""
         if spec.pinned and spec.ref is not None:
-            return spec.ref, spec
-        if locked is not None:
-            return locked.commit, RepoSpec(spec.id.confirmed_by(locked.repo), spec.ref)
+            return spec.ref, spec, None
+        if locked is not None:  # checked when it was locked
+            return locked.commit, RepoSpec(spec.id.confirmed_by(locked.repo), spec.ref), \
+                _ESTABLISHED
         if spec.ref is None and pinned is not None:
-            return pinned, spec  # the policy pins it: no default-branch lookup
+            return pinned, spec, None  # the policy pins it: no default-branch lookup
+        by_name = spec.ref is None or names_branch_or_tag(spec.ref)
         if self.offline:
             ref = spec.ref or ""
             for record in self._repos.records(spec.owner, spec.name):
                 if record.ref == ref:
                     log.info("offline: %s resolves to %s (cached %s)", spec, record.commit,
                              record.time)
-                    return record.commit, spec
+                    return record.commit, spec, _ESTABLISHED if by_name else None
             raise FetchError(
                 f"offline: cannot resolve {spec}: no cached checkout of "
                 f"{'the default branch' if not spec.ref else repr(spec.ref)}",
@@ -237,7 +297,28 @@ class Fetcher:
         # The API names the repository (its full_name must be this one) before any ref of
         # it is resolved.
         confirmed, default_branch = self._github.identify(spec)
-        return self._github.resolve(confirmed, spec.ref or default_branch), confirmed
+        commit = self._github.resolve(confirmed, spec.ref or default_branch)
+        return commit, confirmed, _ESTABLISHED if by_name else default_branch
+
+    def _require_in_repo(self, spec: RepoSpec, commit: str, default_branch: str | None
+                         ) -> RepoSpec:
+        """Refuse a commit that only a fork holds (SH307; see safehub._fetch.github). A
+        checkout record that says it was established costs no request."""
+        record = self._repos.record(spec.owner, spec.name, commit)
+        if record is not None and record.in_repo:
+            return spec
+        if self.offline:
+            raise FetchError(
+                f"offline: cannot confirm that commit {commit} belongs to {spec.repo} and not "
+                "to a fork (no checkout of it was cached since safehub checks this)",
+                subject=f"{spec.repo}:{commit}",
+                fix="run once online, or lock it with `safehub lock` and use the lockfile")
+        if default_branch is None:
+            spec, default_branch = self._github.identify(spec)
+        self._github.require_in_repo(spec, commit, default_branch)
+        if record is not None:  # cached before the check existed: established now
+            self._repos.mark_in_repo(spec.owner, spec.name, commit)
+        return spec
 
     def _archive_downloader(self, spec: RepoSpec, commit: str
                             ) -> Callable[[BinaryIO], DownloadResult]:
@@ -290,9 +371,9 @@ class Fetcher:
                                        progress=self.progress)
 
         entry = self._files.open(url, expected=expected,
-                                 download=None if self.offline else download, repo=repo)
+                                 download=None if self.offline else download, repo=repo,
+                                 local=self._torch_copy(url, file_name, expected, repo))
         try:
-            from safehub._fetch.hops import recheck_hops
             from safehub._scanner.entry import scan_file
 
             if entry.from_cache:  # the hops the bytes came through, under today's policy
@@ -311,6 +392,17 @@ class Fetcher:
                           report=report, decision=decision, file_decision=file_decision,
                           from_cache=entry.from_cache)
         return OpenedFile(info, entry.fh)
+
+    def _torch_copy(self, url: str, file_name: str | None, expected: list[Expected],
+                    repo: str | None) -> LocalSource | None:
+        """torch.hub's download of ``url``, if it has one, as a verified source."""
+        from safehub._fetch.torch_cache import checkpoint_path, checkpoint_source
+
+        path = checkpoint_path(self.torch_model_dir, url, file_name)
+        if path is None:
+            return None
+        return checkpoint_source(path, url=url, expected=expected, policy=self.policy,
+                                 repo=repo, offline=self.offline, max_bytes=self.max_bytes)
 
     def fetch_url(self, url: str, *, file_name: str | None = None, check_hash: bool = False,
                   hash_prefix: str | None = None, repo: str | None = None) -> CachedFile:
@@ -353,6 +445,30 @@ class Fetcher:
     def lockfile_path(self) -> str:
         """The lockfile's path, or "" without one."""
         return str(self.lockfile.path) if self.lockfile else ""
+
+    # --- local folders ---------------------------------------------------------------------
+
+    def check_local(self, path: str | os.PathLike[str]) -> str | None:
+        """A local repository folder against the lockfile's ``[paths]`` entry (looked up by
+        canonical real path); returns its ``tree_sha256`` when it was hashed.
+
+        A locked folder whose files differ is an :class:`IntegrityError`; with ``frozen``,
+        an unlisted folder is refused. Without a lockfile (or entry) nothing is hashed."""
+        if self.lockfile is None:
+            return None
+        locked = self.lockfile.local(path)
+        if locked is None:
+            if self.frozen:
+                self._refuse_unlocked(canonical_path(path), f"`safehub lock --path {path}`")
+            return None
+        actual = local_tree_sha256(path)
+        if actual != locked.tree_sha256:
+            raise IntegrityError(
+                f"SH300 the files of {canonical_path(path)} differ from {self.lockfile_path} "
+                f"(tree sha256 {actual}, locked {locked.tree_sha256})",
+                subject=os.fspath(path), fix="do not use it; if the change is expected, "
+                "re-lock with `safehub lock --path` after reviewing it")
+        return actual
 
     def _refuse_unlocked(self, what: str, command: str) -> None:
         raise PolicyViolation(

@@ -133,7 +133,8 @@ def load_state_dict_from_url(url: str, model_dir: str | None = None,
     from safehub._fetch.fetcher import Fetcher
 
     cache_dir = os.path.join(os.path.expanduser(model_dir), "safehub") if model_dir else None
-    fetcher = Fetcher(policy, cache_dir=cache_dir, progress=_progress(progress))
+    fetcher = Fetcher(policy, cache_dir=cache_dir, progress=_progress(progress),
+                      torch_model_dir=model_dir)
     with fetcher.open_url(url, file_name=file_name, check_hash=check_hash) as opened:
         return _load_weights(opened, map_location)
 
@@ -205,7 +206,7 @@ def load(repo_or_dir: str, model: str, *args: Any, source: str = "github",
                    source=_source(source), trust_repo=trust_repo, force_reload=force_reload,
                    seed=seed, trust_nested=tuple(trust_nested))
     result = run_hub_call(call, policy)
-    state = LoadedState(result.tensors, result.shape)
+    state = LoadedState(result.tensors, result.shape, result.torchscript)
     if into is None:
         return state
     if result.shape is None:

@@ -230,6 +230,7 @@ def run_hub_call(call: HubCall, policy: Policy | str | os.PathLike[str] | None =
     """Decide, fetch, verify and run one hub call in the sandbox."""
     from safehub._fetch.fetcher import Fetcher
     from safehub._fetch.location import get_dir
+    from safehub._hub.torchscript import accepts_torchscript, take_archives
     from safehub._sandbox.spec import Layer, SandboxRequest
     from safehub._torchdep import require_torch
 
@@ -266,7 +267,9 @@ def run_hub_call(call: HubCall, policy: Policy | str | os.PathLike[str] | None =
                              dict(call.kwargs), limits=_limits(policy, call),
                              required_layers=frozenset(Layer(name) for name in
                                                        policy.model.sandbox.required_layers),
-                             seed=call.seed)
+                             seed=call.seed,
+                             script_archives=call.op.value == "load" and
+                             accepts_torchscript(policy, requester))
         broker = PolicyBroker(fetcher, requester, call.trust_nested,
                               outer=requester or str(repo_dir))
         importer = _import_torch_meanwhile() if call.op.value == "load" else None
@@ -277,4 +280,9 @@ def run_hub_call(call: HubCall, policy: Policy | str | os.PathLike[str] | None =
                 importer.join()
         for layer, reason in result.layers_missing.items():
             log.warning("sandbox layer %s was not applied: %s", layer.value, reason)
+        if call.op.value == "load":
+            tensors, shape, scripts = take_archives(
+                result.tensors, result.shape, policy=policy, repo=requester,
+                subject=f"{call.repo_or_dir}:{call.entrypoint}")
+            result = replace(result, tensors=tensors, shape=shape, torchscript=scripts)
         return replace(result, fetched=tuple(broker.served)) if broker.served else result

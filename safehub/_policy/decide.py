@@ -426,6 +426,8 @@ def _decide_download(policy: LoadedPolicy, req: DownloadRequest) -> Decision:
                "allowed_urls")
         return t.decision(req.url, url)
     t.add("allow", f"matches allowed prefix {prefix!r}", "downloads", "allowed_urls", prefix)
+    t.add("note", f"must finish within {d.deadline_s:g} s plus 1 s per {d.min_rate_kb_s} KiB "
+          "received", "downloads", "deadline_s")
     keys = _pin_keys(d.pins, url)
     if len({d.pins[k] for k in keys}) > 1:
         t.deny(f"downloads.pins {', '.join(repr(k) for k in keys)} all name {url} with "

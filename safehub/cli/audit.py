@@ -16,6 +16,7 @@ from safehub.cli._common import (
     exit_code_for,
     use_color,
 )
+from safehub.cli.scan import add_deadline_option, with_deadline
 
 __all__ = ["register", "run"]
 
@@ -63,6 +64,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "$XDG_STATE_HOME/safehub/quarantine)")
     p.add_argument("--dry-run", action="store_true",
                    help="with --fix: print what would be converted and moved, change nothing")
+    add_deadline_option(p)
     add_output_options(p)
     p.set_defaults(run=run)
 
@@ -101,7 +103,12 @@ def run(args: argparse.Namespace) -> int:
             log.error("--quarantine %s: %s", exc.subject or args.quarantine, exc.message)
             return EXIT_ERROR
     progress = ProgressLine("auditing")
-    result = audit(args.paths or None, policy=args.policy, lockfile=args.lockfile,
+    policy = args.policy
+    if args.deadline is not None:  # --deadline: the policy's downloads.deadline_s, lowered
+        from safehub.policy import load_policy
+
+        policy = with_deadline(load_policy(args.policy), args.deadline)
+    result = audit(args.paths or None, policy=policy, lockfile=args.lockfile,
                    state_file=args.state, incremental=not args.no_state, rescan=args.rescan,
                    workers=args.jobs, progress=progress, executor=args.executor,
                    journal=args.journal)
