@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from safehub.errors import PolicyError
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = ["BUILT_IN_DEFAULT", "ENV_VAR", "EXPLICIT", "PRESETS", "resolve_spec"]
 
@@ -34,15 +36,18 @@ def resolve_spec(spec: str | os.PathLike[str] | None, *, cwd: Path | None = None
         return os.fspath(spec), EXPLICIT
     if environ.get(ENV_VAR):
         return environ[ENV_VAR], f"selected by ${ENV_VAR}"
-    pyproject = _nearest_pyproject(cwd or Path.cwd())
-    if pyproject is not None:
+    found = _nearest_pyproject(os.getcwd() if cwd is None else os.fspath(cwd))
+    if found is not None:
         try:
-            data = _toml().loads(pyproject.read_text(encoding="utf-8"))
+            with open(found, encoding="utf-8") as fh:
+                data = _toml().loads(fh.read())
         except (OSError, _toml().TOMLDecodeError, UnicodeDecodeError) as exc:
+            pyproject = _path(found)
             raise PolicyError(f"cannot read {pyproject}: {exc}", subject=str(pyproject),
                               fix="fix the file's TOML syntax") from exc
         section = data.get("tool", {}).get("safehub", {})
         if isinstance(section, dict) and "policy" in section:
+            pyproject = _path(found)
             value = section["policy"]
             if not isinstance(value, str):
                 raise PolicyError("[tool.safehub] policy must be a preset name or a path",
@@ -53,12 +58,26 @@ def resolve_spec(spec: str | os.PathLike[str] | None, *, cwd: Path | None = None
     return "default", BUILT_IN_DEFAULT
 
 
-def _nearest_pyproject(start: Path) -> Path | None:
-    for directory in (start, *start.parents):
-        candidate = directory / "pyproject.toml"
-        if candidate.is_file():
+def _path(name: str) -> Path:
+    """A Path, imported only where a path is reported: pathlib costs `safehub scan`
+    start-up, and most runs find no [tool.safehub] section."""
+    from pathlib import Path
+
+    return Path(name)
+
+
+def _nearest_pyproject(start: str) -> str | None:
+    """``start`` and its parents (as ``Path.parents`` lists them), the first with a
+    pyproject.toml file."""
+    directory = start
+    while True:
+        candidate = os.path.join(directory, "pyproject.toml")
+        if os.path.isfile(candidate):
             return candidate
-    return None
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return None
+        directory = parent
 
 
 def _toml() -> Any:
