@@ -436,8 +436,14 @@ class PickleCursor:
             else:
                 self.divergent.append(at)
             raise
-        if parse_py is _py_parse_string:
-            return value  # both unpicklers parse STRING with the same code
+        # Parsed once: for what _pickle.c accepted, whether pickle._Unpickler reads the same
+        # value follows from the text alone (``_PY_AGREES``); only INT's rarer spellings
+        # are parsed the second way to find out.
+        agrees = _PY_AGREES[parse_py](text)
+        if agrees is not None:
+            if not agrees:
+                self.divergent.append(at)
+            return value
         try:
             same = parse_py(text + b"\n" if full_line else text) == value
         except (ValueError, OverflowError):
@@ -1209,8 +1215,19 @@ def _strtol(text: bytes) -> tuple[int, int] | None:
     return (-value if negative else value), i
 
 
+def _plain_int(text: bytes) -> bool:
+    """Whether ``text`` is a decimal integer without sign, leading zeros or other syntax
+    (an optional '-' before a nonzero digit) of at most 18 digits: C strtol, Python's
+    int(text, 0) and int(text) all read it as int(text), and it fits in a C long."""
+    digits = text[1:] if text[:1] == b"-" else text
+    return (digits.isdigit() and len(digits) <= 18
+            and (digits[0] != 0x30 or (digits is text and len(text) == 1)))
+
+
 def _load_int(text: bytes, at: int) -> int | bool:
     """The INT opcode (``load_int``): "00"/"01" and any 2-character 0 or 1 are bools."""
+    if _plain_int(text):
+        return int(text)  # no 2-character 0 or 1 is plain: "00", "01" and "-0" are not
     if not text:
         raise PickleError("pickle data was truncated", at, truncated=True)
     parsed = _strtol(text)
@@ -1381,6 +1398,41 @@ def _ascii_line(text: bytes, at: int) -> str:
         return text.decode("utf-8")
     except UnicodeDecodeError:
         raise PickleError("invalid UTF-8 in GLOBAL argument", at) from None
+
+
+# For a text argument _pickle.c accepted: does pickle._Unpickler read the same value (keyed
+# by its parser)? True or False from the text alone, None where only parsing it tells.
+# FLOAT, LONG, GET and PUT: the C reading stops at a NUL, Python's int() and float() refuse
+# one; otherwise both run the same conversion on the same bytes (float's syntax is checked
+# by _C_FLOAT, so PyOS_string_to_double sees what float() would). GLOBAL: the same UTF-8
+# decoding (an empty line is refused by C, so never reaches here). INST and PERSID: ASCII
+# in the Python reader. UNICODE and STRING: the same code in both.
+def _agree_always(text: bytes) -> bool | None:
+    return True
+
+
+def _agree_no_nul(text: bytes) -> bool | None:
+    return b"\0" not in text
+
+
+def _agree_ascii(text: bytes) -> bool | None:
+    return text.isascii()
+
+
+def _agree_int(text: bytes) -> bool | None:
+    return True if _plain_int(text) else None
+
+
+_PY_AGREES: dict[Callable[[bytes], Any], Callable[[bytes], bool | None]] = {
+    _py_int: _agree_int,
+    _py_long: _agree_no_nul,
+    _py_float: _agree_no_nul,
+    _py_memo_index: _agree_no_nul,
+    _py_utf8_line: _agree_always,
+    _py_ascii_line: _agree_ascii,
+    _py_unicode: _agree_always,
+    _py_parse_string: _agree_always,
+}
 
 
 def _memo_get(memo: dict[int, object], idx: int, at: int) -> object:
