@@ -724,7 +724,9 @@ class PickleCursor:
                 i += 1
                 self.i = i
 
-                # Opcodes in order of frequency in real checkpoints: the chain is the dispatch.
+                # The dispatch: the twelve opcodes most frequent in real checkpoints first, then
+                # the rest in four groups by value, each in order of frequency, so that a flood
+                # of the rarest opcode walks 30 comparisons, not 70.
                 # A 1-byte argument never crosses a frame's end (the opcode byte is inside),
                 # and a 4-byte one is read inline when it is inside the buffer and frame.
                 if op == 0x72:  # r LONG_BINPUT
@@ -800,257 +802,269 @@ class PickleCursor:
                     stack.append(ref)
                 elif op == 0x29:  # ) EMPTY_TUPLE
                     stack.append(())
-                elif op == 0x94:  # MEMOIZE
-                    self._memo_put(memo, len(memo), top(at))
-                elif op == 0x8C:  # SHORT_BINUNICODE
-                    stack.append(_utf8(self.take(self.take(1)[0]), at))
-                elif op == 0x5D:  # ] EMPTY_LIST
-                    stack.append(SymList())
-                elif op == 0x65:  # e APPENDS
-                    items = pop_mark(at)
-                    target = top(at)
-                    self._mutate(res, "APPENDS", target, at)
-                    if isinstance(target, SymList):
-                        self._count(len(items))
-                        target.items.extend(items)
-                elif op == 0x7D:  # } EMPTY_DICT
-                    stack.append(SymDict())
-                elif op == 0x75:  # u SETITEMS
-                    items = pop_mark(at)
-                    target = top(at)
-                    if len(items) % 2:
-                        raise PickleError("odd number of items for SETITEMS", at)
-                    self._mutate(res, "SETITEMS", target, at)
-                    if isinstance(target, SymDict):
-                        self._count(len(items))
-                        target.items.extend(zip(items[::2], items[1::2], strict=True))
-                elif op == 0x47:  # G BINFLOAT
-                    stack.append(unpack(">d", self.take(8))[0])
-                elif op == 0x4E:  # N NONE
-                    stack.append(None)
-                elif op == 0x88:  # NEWTRUE
-                    stack.append(True)
-                elif op == 0x86:  # TUPLE2
-                    b = pop(at)
-                    a = pop(at)
-                    stack.append((a, b))
-                elif op == 0x87:  # TUPLE3
-                    c = pop(at)
-                    b = pop(at)
-                    a = pop(at)
-                    stack.append((a, b, c))
-                elif op == 0x6A:  # j LONG_BINGET
-                    stack.append(_memo_get(memo, unpack("<I", self.take(4))[0], at))
-                elif op == 0x4D:  # M BININT2
-                    stack.append(unpack("<H", self.take(2))[0])
-                elif op == 0x4A:  # J BININT
-                    stack.append(unpack("<i", self.take(4))[0])
-                elif op == 0x63:  # c GLOBAL
-                    ops += TEXT_OP_COST  # a text argument costs several binary opcodes
-                    module = self._text_arg(_ascii_line, _py_utf8_line, at)
-                    name = self._text_arg(_ascii_line, _py_utf8_line, at)
-                    stack.append(self._global(res, module, name, proto, at, "GLOBAL"))
-                elif op == 0x93:  # STACK_GLOBAL
-                    name_v = pop(at)
-                    module_v = pop(at)
-                    if isinstance(module_v, str) and isinstance(name_v, str):
-                        stack.append(self._global(res, module_v, name_v, proto, at, "STACK_GLOBAL"))
-                    elif isinstance(module_v, (bytes, int, float, type(None), tuple)) or isinstance(
-                        name_v, (bytes, int, float, type(None), tuple)
-                    ):
-                        raise PickleError("STACK_GLOBAL requires str", at)
+                elif op < 0x4F:
+                    if op == 0x47:  # G BINFLOAT
+                        stack.append(unpack(">d", self.take(8))[0])
+                    elif op == 0x4E:  # N NONE
+                        stack.append(None)
+                    elif op == 0x4D:  # M BININT2
+                        stack.append(unpack("<H", self.take(2))[0])
+                    elif op == 0x4A:  # J BININT
+                        stack.append(unpack("<i", self.take(4))[0])
+                    elif op == 0x2E:  # . STOP
+                        value = pop(at)
+                        if self.frame_stop >= 0:
+                            self._end_frame()
+                        return value
+                    elif op == 0x49:  # I INT
+                        ops += TEXT_OP_COST  # a text argument costs several binary opcodes
+                        stack.append(self._text_arg(_load_int, _py_int, at, full_line=True))
+                    elif op == 0x4C:  # L LONG
+                        ops += TEXT_OP_COST  # a text argument costs several binary opcodes
+                        stack.append(self._text_arg(_load_long, _py_long, at))
+                    elif op == 0x46:  # F FLOAT
+                        ops += TEXT_OP_COST  # a text argument costs several binary opcodes
+                        stack.append(self._text_arg(_load_float, _py_float, at))
+                    elif op == 0x43:  # C SHORT_BINBYTES
+                        stack.append(self.sized(self.take(1)[0], "bytes", joined=True))
+                    elif op == 0x42:  # B BINBYTES
+                        stack.append(self.sized(unpack("<I", self.take(4))[0], "bytes",
+                                                joined=True))
+                    elif op == 0x30:  # 0 POP
+                        if stack:
+                            stack.pop()
+                        elif metastack:
+                            stack = metastack.pop()
+                        else:
+                            raise PickleError("unpickling stack underflow", at)
+                    elif op == 0x31:  # 1 POP_MARK
+                        pop_mark(at)
+                    elif op == 0x32:  # 2 DUP
+                        stack.append(top(at))
                     else:
-                        computed = ComputedGlobal(module_v, name_v, at)
-                        res.computed.append(computed)
-                        stack.append(computed)
-                elif op == 0x61:  # a APPEND
-                    value = pop(at)
-                    target = top(at)
-                    self._mutate(res, "APPEND", target, at)
-                    if isinstance(target, SymList):
-                        self._count()
-                        target.items.append(value)
-                elif op == 0x73:  # s SETITEM
-                    value = pop(at)
-                    key = pop(at)
-                    target = top(at)
-                    self._mutate(res, "SETITEM", target, at)
-                    if isinstance(target, SymDict):
-                        self._count()
-                        target.items.append((key, value))
-                elif op == 0x95:  # FRAME
-                    self._frame(unpack("<Q", self.take(8))[0], at)
-                elif op == 0x2E:  # . STOP
-                    value = pop(at)
-                    if self.frame_stop >= 0:
-                        self._end_frame()
-                    return value
-                elif op == 0x8A:  # LONG1
-                    n = self.take(1)[0]
-                    stack.append(int.from_bytes(self.take(n), "little", signed=True))
-                elif op == 0x8B:  # LONG4
-                    n = unpack("<i", self.take(4))[0]
-                    if n < 0:
-                        raise PickleError("LONG pickle has negative byte count", at)
-                    data = self.sized(n, "int")
-                    stack.append(int.from_bytes(data, "little", signed=True)
-                                 if isinstance(data, bytes) else data)
-                elif op == 0x49:  # I INT
-                    ops += TEXT_OP_COST  # a text argument costs several binary opcodes
-                    stack.append(self._text_arg(_load_int, _py_int, at, full_line=True))
-                elif op == 0x4C:  # L LONG
-                    ops += TEXT_OP_COST  # a text argument costs several binary opcodes
-                    stack.append(self._text_arg(_load_long, _py_long, at))
-                elif op == 0x46:  # F FLOAT
-                    ops += TEXT_OP_COST  # a text argument costs several binary opcodes
-                    stack.append(self._text_arg(_load_float, _py_float, at))
-                elif op == 0x8D:  # BINUNICODE8
-                    data = self.sized(unpack("<Q", self.take(8))[0], "str")
-                    stack.append(_utf8(data, at) if isinstance(data, bytes) else data)
-                elif op == 0x56:  # V UNICODE
-                    ops += TEXT_OP_COST  # a text argument costs several binary opcodes
-                    stack.append(self._text_arg(_load_unicode, _py_unicode, at))
-                elif op == 0x43:  # C SHORT_BINBYTES
-                    stack.append(self.sized(self.take(1)[0], "bytes", joined=True))
-                elif op == 0x42:  # B BINBYTES
-                    stack.append(self.sized(unpack("<I", self.take(4))[0], "bytes", joined=True))
-                elif op == 0x8E:  # BINBYTES8
-                    stack.append(self.sized(unpack("<Q", self.take(8))[0], "bytes", joined=True))
-                elif op == 0x96:  # BYTEARRAY8
-                    stack.append(self.sized(unpack("<Q", self.take(8))[0], "bytearray",
-                                            joined=True))
-                elif op == 0x55:  # U SHORT_BINSTRING
-                    stack.append(_py2str(self.take(self.take(1)[0])))
-                elif op == 0x54:  # T BINSTRING
-                    n = unpack("<i", self.take(4))[0]
-                    if n < 0:
-                        raise PickleError("BINSTRING pickle has negative byte count", at)
-                    data = self.sized(n, "str")
-                    stack.append(_py2str(data) if isinstance(data, bytes) else data)
-                elif op == 0x53:  # S STRING
-                    ops += TEXT_OP_COST  # a text argument costs several binary opcodes
-                    stack.append(self._text_arg(_parse_string, _py_parse_string, at))
-                elif op == 0x8F:  # EMPTY_SET
-                    stack.append(SymSet())
-                elif op == 0x6C:  # l LIST
-                    items = pop_mark(at)
-                    self._count(len(items))
-                    stack.append(SymList(items))
-                elif op == 0x64:  # d DICT
-                    items = pop_mark(at)
-                    if len(items) % 2:
-                        raise PickleError("odd number of items for DICT", at)
-                    d = SymDict()
-                    d.items = list(zip(items[::2], items[1::2], strict=True))
-                    self._count(len(items))
-                    stack.append(d)
-                elif op == 0x91:  # FROZENSET
-                    items = pop_mark(at)
-                    self._count(len(items))
-                    stack.append(SymSet(items, frozen=True))
-                elif op == 0x90:  # ADDITEMS
-                    items = pop_mark(at)
-                    target = top(at)
-                    self._mutate(res, "ADDITEMS", target, at)
-                    if isinstance(target, SymSet):
+                        raise PickleError(f"invalid load key, {bytes([op])!r}", at)
+                elif op < 0x67:
+                    if op == 0x5D:  # ] EMPTY_LIST
+                        stack.append(SymList())
+                    elif op == 0x65:  # e APPENDS
+                        items = pop_mark(at)
+                        target = top(at)
+                        self._mutate(res, "APPENDS", target, at)
+                        if isinstance(target, SymList):
+                            self._count(len(items))
+                            target.items.extend(items)
+                    elif op == 0x63:  # c GLOBAL
+                        ops += TEXT_OP_COST  # a text argument costs several binary opcodes
+                        module = self._text_arg(_ascii_line, _py_utf8_line, at)
+                        name = self._text_arg(_ascii_line, _py_utf8_line, at)
+                        stack.append(self._global(res, module, name, proto, at, "GLOBAL"))
+                    elif op == 0x61:  # a APPEND
+                        value = pop(at)
+                        target = top(at)
+                        self._mutate(res, "APPEND", target, at)
+                        if isinstance(target, SymList):
+                            self._count()
+                            target.items.append(value)
+                    elif op == 0x56:  # V UNICODE
+                        ops += TEXT_OP_COST  # a text argument costs several binary opcodes
+                        stack.append(self._text_arg(_load_unicode, _py_unicode, at))
+                    elif op == 0x55:  # U SHORT_BINSTRING
+                        stack.append(_py2str(self.take(self.take(1)[0])))
+                    elif op == 0x54:  # T BINSTRING
+                        n = unpack("<i", self.take(4))[0]
+                        if n < 0:
+                            raise PickleError("BINSTRING pickle has negative byte count", at)
+                        data = self.sized(n, "str")
+                        stack.append(_py2str(data) if isinstance(data, bytes) else data)
+                    elif op == 0x53:  # S STRING
+                        ops += TEXT_OP_COST  # a text argument costs several binary opcodes
+                        stack.append(self._text_arg(_parse_string, _py_parse_string, at))
+                    elif op == 0x64:  # d DICT
+                        items = pop_mark(at)
+                        if len(items) % 2:
+                            raise PickleError("odd number of items for DICT", at)
+                        d = SymDict()
+                        d.items = list(zip(items[::2], items[1::2], strict=True))
                         self._count(len(items))
-                        target.items.extend(items)
-                elif op == 0x30:  # 0 POP
-                    if stack:
-                        stack.pop()
-                    elif metastack:
-                        stack = metastack.pop()
+                        stack.append(d)
+                    elif op == 0x62:  # b BUILD
+                        build_state = pop(at)
+                        inst = top(at)
+                        self._mutate(res, "BUILD", inst, at)
+                        if isinstance(inst, Call):
+                            wrapper = _is_joblib_wrapper(inst)
+                            # NumpyArrayWrapper has no __setstate__: load_build updates the
+                            # instance's __dict__, so attributes of earlier BUILDs remain.
+                            inst.state = (_merge_dict_state(inst.state, build_state) if wrapper
+                                          else build_state)
+                            if self.joblib and wrapper:
+                                here = MachineState(list(stack), [list(m) for m in metastack],
+                                                    dict(memo), proto)
+                                stack[-1] = self._joblib_array(res, inst, at, here)
+                    elif op == 0x50:  # P PERSID
+                        ops += TEXT_OP_COST  # a text argument costs several binary opcodes
+                        pid = self._text_arg(_load_persid, _py_ascii_line, at)
+                        ref = PersistentRef(pid, at)
+                        res.persistent.append(ref)
+                        stack.append(ref)
                     else:
-                        raise PickleError("unpickling stack underflow", at)
-                elif op == 0x31:  # 1 POP_MARK
-                    pop_mark(at)
-                elif op == 0x32:  # 2 DUP
-                    stack.append(top(at))
-                elif op == 0x70:  # p PUT
-                    ops += TEXT_OP_COST  # a text argument costs several binary opcodes
-                    idx = self._text_arg(_memo_index, _py_memo_index, at)
-                    if idx < 0:
-                        raise PickleError("negative PUT argument", at)
-                    self._memo_put(memo, idx, top(at))
-                elif op == 0x67:  # g GET
-                    ops += TEXT_OP_COST  # a text argument costs several binary opcodes
-                    stack.append(_memo_get(memo, self._text_arg(_memo_index, _py_memo_index, at),
-                                           at))
-                elif op in (0x82, 0x83, 0x84):  # EXT1 EXT2 EXT4
-                    width = {0x82: 1, 0x83: 2, 0x84: 4}[op]
-                    code = int.from_bytes(self.take(width), "little", signed=(width == 4))
-                    if code <= 0:
-                        raise PickleError("EXT specifies code <= 0", at)
-                    res.extensions.append((code, at))
-                    stack.append(Opaque(f"extension {code}"))
-                elif op == 0x81:  # NEWOBJ
-                    args = pop(at)
-                    cls = pop(at)
-                    if not isinstance(args, tuple) and not self.py:
-                        # pickle._Unpickler takes any iterable
-                        self.divergent.append(at)
-                        raise PickleError("NEWOBJ expected an arg tuple", at)
-                    stack.append(self._call(res, cls, args, None, at, "NEWOBJ"))
-                elif op == 0x92:  # NEWOBJ_EX
-                    kwargs = pop(at)
-                    args = pop(at)
-                    cls = pop(at)
-                    if not isinstance(args, tuple) and not self.py:
-                        self.divergent.append(at)
-                        raise PickleError("NEWOBJ_EX args argument must be a tuple", at)
-                    stack.append(self._call(res, cls, args, kwargs, at, "NEWOBJ_EX"))
-                elif op == 0x69:  # i INST
-                    ops += TEXT_OP_COST  # a text argument costs several binary opcodes
-                    if not metastack and not self.py:
-                        # pickle._Unpickler reads the lines and imports before it looks for MARK
-                        self.divergent.append(at)
-                    module = self._text_arg(_ascii_line, _py_ascii_line, at)
-                    name = self._text_arg(_ascii_line, _py_ascii_line, at)
-                    if self.py:
-                        cls_g = self._global(res, module, name, proto, at, "INST")
-                        args_l = pop_mark(at)
+                        raise PickleError(f"invalid load key, {bytes([op])!r}", at)
+                elif op < 0x89:
+                    if op == 0x7D:  # } EMPTY_DICT
+                        stack.append(SymDict())
+                    elif op == 0x75:  # u SETITEMS
+                        items = pop_mark(at)
+                        target = top(at)
+                        if len(items) % 2:
+                            raise PickleError("odd number of items for SETITEMS", at)
+                        self._mutate(res, "SETITEMS", target, at)
+                        if isinstance(target, SymDict):
+                            self._count(len(items))
+                            target.items.extend(zip(items[::2], items[1::2], strict=True))
+                    elif op == 0x88:  # NEWTRUE
+                        stack.append(True)
+                    elif op == 0x86:  # TUPLE2
+                        b = pop(at)
+                        a = pop(at)
+                        stack.append((a, b))
+                    elif op == 0x87:  # TUPLE3
+                        c = pop(at)
+                        b = pop(at)
+                        a = pop(at)
+                        stack.append((a, b, c))
+                    elif op == 0x6A:  # j LONG_BINGET
+                        stack.append(_memo_get(memo, unpack("<I", self.take(4))[0], at))
+                    elif op == 0x73:  # s SETITEM
+                        value = pop(at)
+                        key = pop(at)
+                        target = top(at)
+                        self._mutate(res, "SETITEM", target, at)
+                        if isinstance(target, SymDict):
+                            self._count()
+                            target.items.append((key, value))
+                    elif op == 0x6C:  # l LIST
+                        items = pop_mark(at)
+                        self._count(len(items))
+                        stack.append(SymList(items))
+                    elif op == 0x70:  # p PUT
+                        ops += TEXT_OP_COST  # a text argument costs several binary opcodes
+                        idx = self._text_arg(_memo_index, _py_memo_index, at)
+                        if idx < 0:
+                            raise PickleError("negative PUT argument", at)
+                        self._memo_put(memo, idx, top(at))
+                    elif op == 0x67:  # g GET
+                        ops += TEXT_OP_COST  # a text argument costs several binary opcodes
+                        idx = self._text_arg(_memo_index, _py_memo_index, at)
+                        stack.append(_memo_get(memo, idx, at))
+                    elif op in (0x82, 0x83, 0x84):  # EXT1 EXT2 EXT4
+                        width = {0x82: 1, 0x83: 2, 0x84: 4}[op]
+                        code = int.from_bytes(self.take(width), "little", signed=(width == 4))
+                        if code <= 0:
+                            raise PickleError("EXT specifies code <= 0", at)
+                        res.extensions.append((code, at))
+                        stack.append(Opaque(f"extension {code}"))
+                    elif op == 0x81:  # NEWOBJ
+                        args = pop(at)
+                        cls = pop(at)
+                        if not isinstance(args, tuple) and not self.py:
+                            # pickle._Unpickler takes any iterable
+                            self.divergent.append(at)
+                            raise PickleError("NEWOBJ expected an arg tuple", at)
+                        stack.append(self._call(res, cls, args, None, at, "NEWOBJ"))
+                    elif op == 0x69:  # i INST
+                        ops += TEXT_OP_COST  # a text argument costs several binary opcodes
+                        if not metastack and not self.py:
+                            # pickle._Unpickler reads the lines and imports before it looks for MARK
+                            self.divergent.append(at)
+                        module = self._text_arg(_ascii_line, _py_ascii_line, at)
+                        name = self._text_arg(_ascii_line, _py_ascii_line, at)
+                        if self.py:
+                            cls_g = self._global(res, module, name, proto, at, "INST")
+                            args_l = pop_mark(at)
+                        else:
+                            args_l = pop_mark(at)
+                            cls_g = self._global(res, module, name, proto, at, "INST")
+                        stack.append(self._call(res, cls_g, tuple(args_l), None, at, "INST"))
+                    elif op == 0x6F:  # o OBJ
+                        items = pop_mark(at)
+                        if not items:
+                            raise PickleError("unpickling stack underflow", at)
+                        stack.append(self._call(res, items[0], tuple(items[1:]), None, at, "OBJ"))
+                    elif op == 0x80:  # PROTO
+                        proto = self.take(1)[0]
+                        if proto > _HIGHEST_PROTOCOL:
+                            raise PickleError(f"unsupported pickle protocol: {proto}", at)
+                        res.protocol = max(res.protocol, proto)
                     else:
-                        args_l = pop_mark(at)
-                        cls_g = self._global(res, module, name, proto, at, "INST")
-                    stack.append(self._call(res, cls_g, tuple(args_l), None, at, "INST"))
-                elif op == 0x6F:  # o OBJ
-                    items = pop_mark(at)
-                    if not items:
-                        raise PickleError("unpickling stack underflow", at)
-                    stack.append(self._call(res, items[0], tuple(items[1:]), None, at, "OBJ"))
-                elif op == 0x62:  # b BUILD
-                    build_state = pop(at)
-                    inst = top(at)
-                    self._mutate(res, "BUILD", inst, at)
-                    if isinstance(inst, Call):
-                        wrapper = _is_joblib_wrapper(inst)
-                        # NumpyArrayWrapper has no __setstate__: load_build updates the
-                        # instance's __dict__, so attributes of earlier BUILDs remain.
-                        inst.state = (_merge_dict_state(inst.state, build_state) if wrapper
-                                      else build_state)
-                        if self.joblib and wrapper:
-                            here = MachineState(list(stack), [list(m) for m in metastack],
-                                                dict(memo), proto)
-                            stack[-1] = self._joblib_array(res, inst, at, here)
-                elif op == 0x50:  # P PERSID
-                    ops += TEXT_OP_COST  # a text argument costs several binary opcodes
-                    pid = self._text_arg(_load_persid, _py_ascii_line, at)
-                    ref = PersistentRef(pid, at)
-                    res.persistent.append(ref)
-                    stack.append(ref)
-                elif op == 0x97:  # NEXT_BUFFER
-                    res.out_of_band.append(at)
-                    stack.append(Opaque("out-of-band buffer"))
-                elif op == 0x98:  # READONLY_BUFFER
-                    top(at)
-                    res.out_of_band.append(at)
-                elif op == 0x80:  # PROTO
-                    proto = self.take(1)[0]
-                    if proto > _HIGHEST_PROTOCOL:
-                        raise PickleError(f"unsupported pickle protocol: {proto}", at)
-                    res.protocol = max(res.protocol, proto)
+                        raise PickleError(f"invalid load key, {bytes([op])!r}", at)
                 else:
-                    raise PickleError(f"invalid load key, {bytes([op])!r}", at)
+                    if op == 0x94:  # MEMOIZE
+                        self._memo_put(memo, len(memo), top(at))
+                    elif op == 0x8C:  # SHORT_BINUNICODE
+                        stack.append(_utf8(self.take(self.take(1)[0]), at))
+                    elif op == 0x93:  # STACK_GLOBAL
+                        name_v = pop(at)
+                        module_v = pop(at)
+                        if isinstance(module_v, str) and isinstance(name_v, str):
+                            stack.append(self._global(res, module_v, name_v, proto, at,
+                                                      "STACK_GLOBAL"))
+                        elif (isinstance(module_v, (bytes, int, float, type(None), tuple))
+                              or isinstance(name_v, (bytes, int, float, type(None), tuple))):
+                            raise PickleError("STACK_GLOBAL requires str", at)
+                        else:
+                            computed = ComputedGlobal(module_v, name_v, at)
+                            res.computed.append(computed)
+                            stack.append(computed)
+                    elif op == 0x95:  # FRAME
+                        self._frame(unpack("<Q", self.take(8))[0], at)
+                    elif op == 0x8A:  # LONG1
+                        n = self.take(1)[0]
+                        stack.append(int.from_bytes(self.take(n), "little", signed=True))
+                    elif op == 0x8B:  # LONG4
+                        n = unpack("<i", self.take(4))[0]
+                        if n < 0:
+                            raise PickleError("LONG pickle has negative byte count", at)
+                        data = self.sized(n, "int")
+                        stack.append(int.from_bytes(data, "little", signed=True)
+                                     if isinstance(data, bytes) else data)
+                    elif op == 0x8D:  # BINUNICODE8
+                        data = self.sized(unpack("<Q", self.take(8))[0], "str")
+                        stack.append(_utf8(data, at) if isinstance(data, bytes) else data)
+                    elif op == 0x8E:  # BINBYTES8
+                        stack.append(self.sized(unpack("<Q", self.take(8))[0], "bytes",
+                                                joined=True))
+                    elif op == 0x96:  # BYTEARRAY8
+                        stack.append(self.sized(unpack("<Q", self.take(8))[0], "bytearray",
+                                                joined=True))
+                    elif op == 0x8F:  # EMPTY_SET
+                        stack.append(SymSet())
+                    elif op == 0x91:  # FROZENSET
+                        items = pop_mark(at)
+                        self._count(len(items))
+                        stack.append(SymSet(items, frozen=True))
+                    elif op == 0x90:  # ADDITEMS
+                        items = pop_mark(at)
+                        target = top(at)
+                        self._mutate(res, "ADDITEMS", target, at)
+                        if isinstance(target, SymSet):
+                            self._count(len(items))
+                            target.items.extend(items)
+                    elif op == 0x92:  # NEWOBJ_EX
+                        kwargs = pop(at)
+                        args = pop(at)
+                        cls = pop(at)
+                        if not isinstance(args, tuple) and not self.py:
+                            self.divergent.append(at)
+                            raise PickleError("NEWOBJ_EX args argument must be a tuple", at)
+                        stack.append(self._call(res, cls, args, kwargs, at, "NEWOBJ_EX"))
+                    elif op == 0x97:  # NEXT_BUFFER
+                        res.out_of_band.append(at)
+                        stack.append(Opaque("out-of-band buffer"))
+                    elif op == 0x98:  # READONLY_BUFFER
+                        top(at)
+                        res.out_of_band.append(at)
+                    else:
+                        raise PickleError(f"invalid load key, {bytes([op])!r}", at)
         finally:
             res.ops += ops
             if budget is not None:
