@@ -47,8 +47,8 @@ _HIGHEST_PROTOCOL = 5
 # object (torch.load's io.BytesIO of data.pkl, pickle.load), "bytes" is pickle.loads.
 FRAMES_FILE = "file"
 # What a text-argument opcode (INT, FLOAT, STRING, GET, GLOBAL, ...) costs beyond one opcode
-# of the budget: its line is found and parsed twice (as _pickle.c and as pickle._Unpickler),
-# several times the work of a binary opcode. Five million such opcodes would take minutes.
+# of the budget: its line is found and parsed (and where the readers may part, checked
+# against pickle._Unpickler's rules), several times the work of a binary opcode.
 TEXT_OP_COST = 4
 # What starting a stream costs, in opcodes of the file's budget: a zip of a million tiny
 # pickle records spends it as surely as one record of millions of opcodes.
@@ -407,10 +407,18 @@ class PickleCursor:
                   at: int, *, full_line: bool = False) -> Any:
         """A text opcode's argument as this reading parses it.
 
-        The C reading also parses it as pickle._Unpickler would; where the two disagree
-        (accepted or not, or the value), the stream is marked divergent and analyzed again
-        as pickle._Unpickler reads it (see ``stream``).
+        The C reading also decides whether pickle._Unpickler would read it otherwise
+        (accepted or not, or the value); then the stream is marked divergent and analyzed
+        again as pickle._Unpickler reads it (see ``stream``).
         """
+        if self.frame_stop < 0 and not self.py:
+            # The common case, inline: outside a frame, the newline already buffered.
+            i = self.i
+            nl = self.buf.find(b"\n", i)
+            if nl >= 0:
+                text = self.buf[i:nl]
+                self.i = nl + 1
+                return self._parsed_c(text, parse_c, parse_py, at, full_line)
         if self.py:
             text, has_nl = self._py_line()
             if not has_nl and not full_line:
@@ -426,6 +434,11 @@ class PickleCursor:
         except Truncated:
             self.divergent.append(at)  # pickle._Unpickler reads a last line without newline
             raise
+        return self._parsed_c(text, parse_c, parse_py, at, full_line)
+
+    def _parsed_c(self, text: bytes, parse_c: Callable[[bytes, int], Any],
+                  parse_py: Callable[[bytes], Any], at: int, full_line: bool) -> Any:
+        """A text argument's value as _pickle.c parses it; divergence noted."""
         try:
             value = parse_c(text, at)
         except PickleError:
