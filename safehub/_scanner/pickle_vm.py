@@ -701,6 +701,7 @@ class PickleCursor:
         if max_ops <= 0:
             raise LimitExceeded("the file's opcode budget is spent", self.offset())
         unpack = struct.unpack
+        max_values = self.limits.max_values
 
         def pop(at: int) -> object:
             if not stack:
@@ -751,8 +752,10 @@ class PickleCursor:
                         idx = unpack("<I", self.take(4))[0]
                     if not stack:
                         raise PickleError("unpickling stack underflow", at)
-                    if idx not in memo:
-                        self._count()
+                    if idx not in memo:  # self._count(), inline
+                        self.values += 1
+                        if self.values > max_values:
+                            raise LimitExceeded("too many values to track", self.offset())
                     memo[idx] = stack[-1]
                 elif op == 0x68:  # h BINGET
                     if i < len(buf):
@@ -777,8 +780,10 @@ class PickleCursor:
                         idx = self.take(1)[0]
                     if not stack:
                         raise PickleError("unpickling stack underflow", at)
-                    if idx not in memo:
-                        self._count()
+                    if idx not in memo:  # self._count(), inline
+                        self.values += 1
+                        if self.values > max_values:
+                            raise LimitExceeded("too many values to track", self.offset())
                     memo[idx] = stack[-1]
                 elif op == 0x58:  # X BINUNICODE
                     if i + 4 <= len(buf) and (self.frame_stop < 0
@@ -821,9 +826,19 @@ class PickleCursor:
                     elif op == 0x4E:  # N NONE
                         stack.append(None)
                     elif op == 0x4D:  # M BININT2
-                        stack.append(unpack("<H", self.take(2))[0])
+                        if i + 2 <= len(buf) and (self.frame_stop < 0
+                                                  or self.buf_pos + i + 2 <= self.frame_stop):
+                            stack.append(buf[i] | buf[i + 1] << 8)
+                            self.i = i + 2
+                        else:
+                            stack.append(unpack("<H", self.take(2))[0])
                     elif op == 0x4A:  # J BININT
-                        stack.append(unpack("<i", self.take(4))[0])
+                        if i + 4 <= len(buf) and (self.frame_stop < 0
+                                                  or self.buf_pos + i + 4 <= self.frame_stop):
+                            stack.append(int.from_bytes(buf[i : i + 4], "little", signed=True))
+                            self.i = i + 4
+                        else:
+                            stack.append(unpack("<i", self.take(4))[0])
                     elif op == 0x2E:  # . STOP
                         value = pop(at)
                         if self.frame_stop >= 0:
@@ -946,7 +961,13 @@ class PickleCursor:
                         a = pop(at)
                         stack.append((a, b, c))
                     elif op == 0x6A:  # j LONG_BINGET
-                        stack.append(_memo_get(memo, unpack("<I", self.take(4))[0], at))
+                        if i + 4 <= len(buf) and (self.frame_stop < 0
+                                                  or self.buf_pos + i + 4 <= self.frame_stop):
+                            idx = int.from_bytes(buf[i : i + 4], "little")
+                            self.i = i + 4
+                        else:
+                            idx = unpack("<I", self.take(4))[0]
+                        stack.append(_memo_get(memo, idx, at))
                     elif op == 0x73:  # s SETITEM
                         value = pop(at)
                         key = pop(at)
