@@ -40,7 +40,10 @@ def resolve_spec(spec: str | os.PathLike[str] | None, *, cwd: Path | None = None
     if found is not None:
         try:
             with open(found, encoding="utf-8") as fh:
-                data = _toml().loads(fh.read())
+                text = fh.read()
+            # Only a file that spells "safehub", or could in a quoted key (\u escapes), can
+            # select a policy: the others are not parsed (tomllib costs start-up).
+            data = _toml().loads(text) if _may_name_safehub(text) else {}
         except (OSError, _toml().TOMLDecodeError, UnicodeDecodeError) as exc:
             pyproject = _path(found)
             raise PolicyError(f"cannot read {pyproject}: {exc}", subject=str(pyproject),
@@ -56,6 +59,12 @@ def resolve_spec(spec: str | os.PathLike[str] | None, *, cwd: Path | None = None
                 value = str((pyproject.parent / value).resolve())
             return value, f"selected by [tool.safehub] in {pyproject}"
     return "default", BUILT_IN_DEFAULT
+
+
+def _may_name_safehub(text: str) -> bool:
+    """Whether a TOML document could have a key ``safehub``: spelled out, or in a quoted
+    key through \\u/\\U escapes (TOML's only escapes that make letters)."""
+    return "safehub" in text or "\\u" in text or "\\U" in text
 
 
 def _path(name: str) -> Path:
