@@ -114,11 +114,13 @@ def _options(args: argparse.Namespace) -> ScanOptions:
 def run(args: argparse.Namespace) -> int:
     options = _options(args)
     progress = ProgressLine("scanning")
-    from safehub._remote.target import is_remote
+    remote: list[str] = []
+    if any("://" in p for p in args.paths):  # every remote scheme has one; skip the import
+        from safehub._remote.target import is_remote
 
-    local = [p for p in args.paths if not is_remote(p)]
+        remote = [p for p in args.paths if is_remote(p)]
+    local = [p for p in args.paths if p not in remote]
     report = scan(local, options=options, progress=progress) if local else ScanReport()
-    remote = [p for p in args.paths if is_remote(p)]
     if remote:  # https://, hf://, s3://: range reads, every URL decided by the policy
         from safehub.cli._remote import scan_urls
         from safehub.policy import load_policy
