@@ -50,7 +50,7 @@ def entrypoint_name(value: str) -> str:
 
 def policy_for(args: argparse.Namespace) -> Policy:
     policy = load_policy(args.policy)
-    log.info("policy: %s", policy.describe())
+    log.debug("policy: %s", policy.describe())  # -v; an error stays one line
     return policy.with_download_prefixes(list(args.allow_url))
 
 
