@@ -126,7 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             require_torch(_NEEDS_TORCH[args.command])
         _check_outputs(args)
-        return int(args.run(args))
+        code = int(args.run(args))
+        if getattr(args, "policy_note", None):  # the policy a hub command ran under
+            log.info("policy: %s", args.policy_note)
+        return code
     except (PolicyViolation, UnsafeModel, IntegrityError) as exc:
         _report(exc, args.verbose)
         return EXIT_FINDINGS
