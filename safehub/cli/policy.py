@@ -161,7 +161,7 @@ def _invalid_input(args: argparse.Namespace) -> str | None:
         if args.request and not os.path.isdir(args.request):
             RepoSpec.parse(args.request)
     except InvalidIdentifier as exc:
-        return f"{exc.message} (input: {exc.subject})"
+        return exc.summary(surface="cli")
     return None
 
 
@@ -188,7 +188,9 @@ def _explain(args: argparse.Namespace) -> int:
         log.error("nothing to explain: give OWNER/REPO[:REF], a folder, --url or --file")
         return EXIT_ERROR
     if args.format == "json":
-        sys.stdout.write(json.dumps(_json(policy, decisions), indent=2) + "\n")
+        from safehub._format.escape import json_clean
+
+        sys.stdout.write(json.dumps(json_clean(_json(policy, decisions)), indent=2) + "\n")
     else:
         sys.stdout.write(_text(policy, decisions))
     return EXIT_OK if all(d.allowed for _, d in decisions) else EXIT_FINDINGS
@@ -217,7 +219,8 @@ def _text(policy: Policy, decisions: list[tuple[str, Decision]]) -> str:
             lines.append(f"  requires {req.kind}: {req.value} ({req.rule})")
         if not d.allowed and d.fix:
             lines.append(f"  fix: {d.fix}")
-    return "\n".join(lines) + "\n"
+    # Subjects, trails and fixes quote file names, repos and URLs: each line stays one line.
+    return "\n".join(escape_line(line) for line in lines) + "\n"
 
 
 def _json(policy: Policy, decisions: list[tuple[str, Decision]]) -> dict[str, Any]:
