@@ -80,7 +80,8 @@ class SafehubError(Exception):
             subject = escape_line(self.subject)
             if subject not in message:
                 line = f"{subject}: {message}"
-        extra = [escape_line(d.strip()) for d in self._details() if d.strip()] if details else []
+        extra = ([escape_line(d.lstrip(" ")) for d in self._details() if d.strip()]
+                 if details else [])
         if extra:
             where = " with -v" if surface == "cli" else " in diagnostics()"
             more = f"; {len(extra) - 1} more{where}" if len(extra) > 1 else ""

@@ -264,6 +264,40 @@ def test_convert_refuses_bad_sources_and_targets(cli: Cli, inputs: dict[str, str
     assert not (tmp_path / "o.safetensors").exists()
 
 
+def test_details_come_with_verbose(cli: Cli, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('schema = 1\nextends = "default"\ncolour = 1\n[sandbox]\ntimeout_s = -1\n'
+                   'size = 2\n')
+    terse = cli("scan", tmp_path, "--policy", bad)
+    assert_clean_failure(terse, 2)
+    assert "bad.toml:" in terse.err and "; 2 more with -v]" in terse.err
+    assert "fix: " in terse.err
+    verbose = cli("-v", "scan", tmp_path, "--policy", bad)
+    assert verbose.code == 2
+    lines = verbose.err.splitlines()
+    assert lines[0].startswith("safehub: ") and "more with -v" not in lines[0]
+    assert all(line.startswith("  ") for line in lines[1:])
+    for key in ("colour", "sandbox.timeout_s", "sandbox.size"):
+        assert any(key in line for line in lines[1:]), (key, lines)
+
+
+def test_an_error_line_names_input_and_fix_inertly() -> None:
+    from safehub.errors import PolicyError, PolicyIssue, SafehubError
+
+    plain = SafehubError("cannot open the file", subject="a\nsafehub: forged\u202e",
+                         fix="pass overwrite=True", cli_fix="pass --force")
+    line = plain.summary(surface="cli")
+    assert line == "a\\nsafehub: forged\\u202e: cannot open the file; fix: pass --force"
+    assert plain.summary().endswith("fix: pass overwrite=True")
+    named = SafehubError("p.toml is bad", subject="p.toml")
+    assert named.summary() == "p.toml is bad"  # the message names it: not repeated
+    issues = [PolicyIssue("p.toml", f"k{i}", "unknown key\r", line=i) for i in range(3)]
+    many = PolicyError("invalid", subject="p.toml", issues=issues)
+    assert many.summary(surface="cli") == (
+        "p.toml: invalid [p.toml:0: k0: unknown key\\r; 2 more with -v]")
+    assert "\n" not in many.summary() and len(many.detail_lines()) == 3
+
+
 def test_usage_errors_are_one_line(cli: Cli) -> None:
     for args in (["scan"], ["scan", "x", "-f", "yaml"], ["nope"], ["load", "a/b"],
                  ["scan", "x", "-f", "x\nsafehub: forged"], ["help", "a/b", "not an id"]):
