@@ -298,6 +298,26 @@ def test_an_error_line_names_input_and_fix_inertly() -> None:
     assert "\n" not in many.summary() and len(many.detail_lines()) == 3
 
 
+def test_an_internal_error_is_one_line_and_v_shows_where(
+        cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    import safehub.cli.doctor
+
+    def broken(args: object) -> int:
+        raise ValueError("boom\nsafehub: forged")
+
+    monkeypatch.setattr(safehub.cli.doctor, "run", broken)
+    terse = cli("doctor")
+    assert terse.code == 2
+    assert terse.err.splitlines() == [
+        "safehub: internal error (please report it; -v shows where): ValueError: "
+        "boom\\nsafehub: forged"]
+    verbose = cli("-v", "doctor")
+    assert verbose.code == 2
+    lines = verbose.err.splitlines()
+    assert lines[0].startswith("safehub: internal error") and len(lines) > 2
+    assert all(line.startswith("  | ") for line in lines[1:]), lines
+
+
 def test_usage_errors_are_one_line(cli: Cli) -> None:
     for args in (["scan"], ["scan", "x", "-f", "yaml"], ["nope"], ["load", "a/b"],
                  ["scan", "x", "-f", "x\nsafehub: forged"], ["help", "a/b", "not an id"]):
