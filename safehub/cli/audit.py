@@ -14,6 +14,7 @@ from safehub.cli._common import (
     add_output_options,
     emit,
     exit_code_for,
+    said_it_all,
     use_color,
 )
 from safehub.cli.scan import add_deadline_option, with_deadline
@@ -131,9 +132,10 @@ def run(args: argparse.Namespace) -> int:
     color = use_color(sys.stdout) and not args.output
     emit(render_audit(result, args.format, color=color, verbose=args.verbose), args)
     for entry in result.report.unscanned:
-        log.warning("not checked: %s (%s)", entry.path, entry.error or "unrecognized format")
+        log.warning("%s: not checked: %s", entry.path, entry.error or "unrecognized format")
     if not result.report.files:
         log.warning("nothing to audit in %s", ", ".join(result.report.roots) or "-")
-    log.info("%s", result.summary())
+    elif not said_it_all(result.report):  # one error, one line
+        log.info("%s", result.summary())
     code = exit_code_for(result.report)
     return EXIT_ERROR if code == EXIT_OK and failed_fixes else code

@@ -8,7 +8,13 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from safehub._format.text import summary_line
-from safehub.cli._common import ProgressLine, add_output_options, exit_code_for, write_report
+from safehub.cli._common import (
+    ProgressLine,
+    add_output_options,
+    exit_code_for,
+    said_it_all,
+    write_report,
+)
 from safehub.findings import PolicySource
 from safehub.scan import ScanOptions, ScanReport, check_allowable, scan
 
@@ -131,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
     report = replace(report, policy=getattr(args, "policy_source", None) or _DEFAULT_SOURCE)
     write_report(report, args, command="scan")
     for item in report.unscanned:
-        log.warning("not scanned: %s (%s)", item.path, item.error or "unrecognized format")
-    log.info("%s", summary_line(report))
+        log.warning("%s: not scanned: %s", item.path, item.error or "unrecognized format")
+    if not said_it_all(report):
+        log.info("%s", summary_line(report))
     return exit_code_for(report)
