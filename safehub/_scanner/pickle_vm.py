@@ -755,7 +755,7 @@ class PickleCursor:
                     if idx not in memo:  # self._count(), inline
                         self.values += 1
                         if self.values > max_values:
-                            raise LimitExceeded("too many values to track", self.offset())
+                            raise AnalysisLimit("too many values to track", self.offset())
                     memo[idx] = stack[-1]
                 elif op == 0x68:  # h BINGET
                     if i < len(buf):
@@ -783,7 +783,7 @@ class PickleCursor:
                     if idx not in memo:  # self._count(), inline
                         self.values += 1
                         if self.values > max_values:
-                            raise LimitExceeded("too many values to track", self.offset())
+                            raise AnalysisLimit("too many values to track", self.offset())
                     memo[idx] = stack[-1]
                 elif op == 0x58:  # X BINUNICODE
                     if i + 4 <= len(buf) and (self.frame_stop < 0
