@@ -202,7 +202,7 @@ def scan_tar(scan: FileScan, probe: TarProbe) -> None:
         scan.records.append(name)
         if name == "pickle":
             result = cursor.stream()
-            judge_stream(scan, result, name, Loader.TORCH_LEGACY)
+            judge_stream(scan, result, name, Loader.TORCH_TAR)
         else:
             _scan_records(scan, cursor, name)
 

@@ -29,6 +29,9 @@ class Loader(Enum):
     PICKLE = "pickle"  # pickle.load / joblib.load / numpy allow_pickle: no persistent_load
     TORCH_ZIP = "torch-zip"  # torch.load of a zip checkpoint: ('storage', type, key, loc, numel)
     TORCH_LEGACY = "torch-legacy"  # torch.load legacy: storage tuples, or ('module', ...)
+    # The ``pickle`` member of torch's legacy tar: keys of the storages and tensors records
+    # (``deserialized_objects[int(pid)]``), or (class, source file, source) records.
+    TORCH_TAR = "torch-tar"
     TORCHSCRIPT = "torchscript"  # torch.jit.load: __torch__ classes resolve to archive code
 
 
@@ -168,6 +171,8 @@ def _persistent_problem(ref: PersistentRef, loader: Loader) -> str:
     if loader is Loader.TORCHSCRIPT:
         return "" if isinstance(pid, (str, int)) or _typename(pid) == "storage" else (
             "persistent id is not a TorchScript tensor reference")
+    if loader is Loader.TORCH_TAR:
+        return _tar_persistent_problem(pid)
     typename = _typename(pid)
     if typename == "storage":
         expected = 5 if loader is Loader.TORCH_ZIP else 6
@@ -181,6 +186,23 @@ def _persistent_problem(ref: PersistentRef, loader: Loader) -> str:
     if typename == "module" and loader is Loader.TORCH_LEGACY:
         return ""  # legacy module-source record; the class itself is judged as a global
     return f"persistent id {render(pid)} is not a torch storage reference"
+
+
+def _tar_persistent_problem(pid: object) -> str:
+    """torch's tar reader looks a key up among the records it already read (``int(pid)``),
+    or, for a tuple, compares the source of its first element with the recorded source and
+    returns that element: no call on pickle-built data beyond ``int``. The element itself
+    is built from globals judged on their own."""
+    if isinstance(pid, int) and not isinstance(pid, bool):
+        return ""
+    if isinstance(pid, (str, bytes)):
+        text = pid.decode("latin-1") if isinstance(pid, bytes) else pid
+        if text.strip().lstrip("+-").isdigit() and text.isascii():
+            return ""
+        return f"persistent id {render(pid)} is not a key of the tar's storage records"
+    if isinstance(pid, tuple) and len(pid) == 3:
+        return ""
+    return f"persistent id {render(pid)} is not a legacy tar reference"
 
 
 def _typename(pid: object) -> str:

@@ -272,9 +272,9 @@ LEGACY_SYS_INFO = (b"\x80\x02}q\x00(X\x10\x00\x00\x00protocol_versionq\x01M\xe9\
                    b"\x06K\x04X\x04\x00\x00\x00longq\x07K\x04uu.")
 LEGACY_KEYS = b"\x80\x02]q\x00."
 # A legacy tar's storages member with one float storage of 2 elements, and its tensors
-# member with one 1-d tensor on it (torch's records, as torch < 0.1.10 wrote them).
-_STORAGE_RECORD = b"\x80\x02X\x01\x00\x00\x000X\x03\x00\x00\x00cpuctorch\nFloatStorage\n\x87."
-_TENSOR_RECORD = b"\x80\x02X\x01\x00\x00\x000X\x01\x00\x00\x000ctorch\nFloatTensor\n\x87."
+# member with one 1-d tensor (key 1) on it (torch's records, as torch < 0.1.10 wrote them).
+_STORAGE_RECORD = b"\x80\x02K\x00X\x03\x00\x00\x00cpuctorch\nFloatStorage\n\x87."
+_TENSOR_RECORD = b"\x80\x02K\x01K\x00ctorch\nFloatTensor\n\x87."
 
 
 def legacy_stream(rng: random.Random, pkl: bytes) -> bytes:
