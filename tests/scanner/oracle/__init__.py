@@ -186,12 +186,15 @@ def stream_differences(reader: str, data: bytes, real: Real,
     return out
 
 
-def streams_differences(data: bytes, real: Real) -> list[str]:
+def streams_differences(data: bytes, real: Real, reader: str = "c_file") -> list[str]:
     """Stream after stream (``c_file_all``): each record the real parser reads must be one
-    the scanner reads, starting and ending at the same offsets, with its names reported."""
+    the scanner reads, starting and ending at the same offsets, with its names reported.
+    ``reader="c_bytes"``: the records of a file read through ``peek`` (see
+    :func:`legacy_stream_differences`), which the scanner reads as bytes."""
     if real.crashed:
         return [f"real parser: {real.crashed}"]
-    cursor = PickleCursor(BytesSource(data))
+    cursor = PickleCursor(BytesSource(data),
+                          frames=FRAMES_BYTES if reader == "c_bytes" else FRAMES_FILE)
     out = []
     for n, rec in enumerate(real.records):
         if cursor.at_eof():
@@ -201,7 +204,7 @@ def streams_differences(data: bytes, real: Real) -> list[str]:
             break
         res = cursor.stream()
         out += [f"record {n}: {d}" for d in stream_differences(
-            "c_file", data, Real([rec]), res)]
+            reader, data, Real([rec]), res)]
         if not res.stopped:
             break
     return out
@@ -210,15 +213,17 @@ def streams_differences(data: bytes, real: Real) -> list[str]:
 def legacy_stream_differences(data: bytes, real: Real) -> list[str]:
     """torch's raw legacy stream (read when tarfile refuses the file): each record torch
     reads from the file itself must be one the scanner reads from byte 0, with the same
-    bounds and names. torch reads a file opened with ``open()`` (a buffered reader with
-    ``peek``), so a record with a split frame is compared as the scanner's two readings."""
+    bounds and names. torch reads a file opened with ``open()``, a buffered reader with
+    ``peek``: _pickle.c consumes only what it parsed, so records are bounded as when
+    reading bytes (after a STOP inside a frame the next record starts after the STOP).
+    The scanner reads the file that way too when a frame is split (SH160)."""
     raw = [r for r in real.records if r.where == "input.pt"]
     if real.crashed or not raw or len(raw) != len(real.records):
         return []
     names = [[n for n in r.names if not n.startswith("<storage>.")] for r in raw]
     stripped = Real([Record(n, r.ok, r.end, r.error, r.where) for n, r in zip(names, raw,
                                                                               strict=True)])
-    return [f"torch_legacy {d}" for d in streams_differences(data, stripped)]
+    return [f"torch_legacy {d}" for d in streams_differences(data, stripped, "c_bytes")]
 
 
 def _allowed(name: str) -> bool:
@@ -237,15 +242,27 @@ def scan_bytes(data: bytes) -> FileReport:
     return scan_file(io.BytesIO(data), "oracle-input")
 
 
+# Findings after which the scanner need not name every global: names computed at load
+# time, extension codes, limits hit, analyzer errors.
+_UNNAMED = {"SH102", "SH103", "SH105", "SH191", "SH192"}
+
+
 def file_differences(reader: str, real: Real, report: FileReport) -> list[str]:
-    """A file is called clean although its loader resolves a name outside the allowlist."""
-    if report.verdict is not Verdict.CLEAN:
-        return []
+    """A file is called clean although its loader resolves a name outside the allowlist
+    (for torch.load's legacy reader: or a name it resolves is not named at all)."""
     if real.crashed:
-        return [f"{reader}: clean, but the real loader crashed: {real.crashed}"]
+        return [] if report.verdict is not Verdict.CLEAN else [
+            f"{reader}: clean, but the real loader crashed: {real.crashed}"]
     # torch's own lookups: persistent ids of the zip reader, and StorageType (legacy),
     # which returns only torch's storage classes.
     bad = [n for n in real.names if not _allowed(n) and not (
         reader == "torch_zip" and n == "<persistent_load>.") and not (
         reader == "torch_legacy" and n.startswith("<storage>."))]
+    if report.verdict is not Verdict.CLEAN:
+        if reader != "torch_legacy" or any(f.rule_id in _UNNAMED for f in report.findings):
+            return []
+        # torch.load's records must each be read: every name it resolves is named.
+        said = " ".join(f"{f.subject} {f.message}" for f in report.findings)
+        return [f"{reader}: unsafe, but the loader's {n!r} is not named" for n in
+                dict.fromkeys(bad) if n.rpartition(".")[2] not in said]
     return [f"{reader}: clean, but the loader resolves {n!r}" for n in dict.fromkeys(bad)]
