@@ -70,6 +70,14 @@ def scan_fileobj(fh: BinaryIO, display: str, size: int, options: ScanOptions) ->
         return _report(scan)
     fh.seek(0)
     head = fh.read(512)
+    kind = dead_magic_kind(head)
+    if kind is not None and _dead_non_model(fh, size):
+        # An image named directly: every loader stops inside its signature (the oracle
+        # shows none resolves a name), and no tar or zip reader finds anything in it.
+        scan.format = "non-model"
+        scan.add("SH176", f"not a model: {kind}; every model loader stops in its first "
+                 "bytes", offset=0, subject=kind)
+        return _report(scan, fh)
     # torch.load's order: a zip (by its first four bytes), else whatever tarfile.open
     # accepts, else a raw pickle. The tar decision is tarfile's own.
     tar = None if head.startswith(b"PK\x03\x04") else probe_tar(fh)
