@@ -16,7 +16,8 @@ from typing import Any
 from safehub._scanner.harmless import DEFAULTDICT
 from safehub.findings import FileReport
 
-__all__ = ["allow_filled_defaultdicts", "allowed_global_names", "numpy_safe_globals", "resolve_global", "torch_safe_globals"]
+__all__ = ["allow_filled_defaultdicts", "allowed_global_names", "numpy_safe_globals",
+           "resolve_global", "torch_safe_globals"]
 
 
 def torch_safe_globals(report: FileReport) -> list[Any]:

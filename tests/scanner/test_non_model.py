@@ -81,7 +81,7 @@ def test_no_real_loader_gets_past_a_png_signature() -> None:
         _check_png(data.split(b"IEND\xaeB`\x82")[0] + b"IEND\xaeB`\x82")
     readers = [*PICKLE_READERS, "c_file_all", *FILE_READERS]
     items = [(reader, data) for data in PNGS for reader in readers]
-    for (reader, data), real in zip(items, run_real(items), strict=True):
+    for (reader, _data), real in zip(items, run_real(items), strict=True):
         assert not real.crashed, (reader, real.crashed)
         # The stream readers stub a persistent_load (as torch's zip reader has one), so
         # PERSID "NG\r" reaches it; no loader that reads a whole file from byte 0 has one
