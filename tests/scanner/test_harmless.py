@@ -378,3 +378,24 @@ def test_enforced_torch_load_accepts_harmless_classes_and_strict_refuses(tmp_pat
     assert loaded["args"].save_dir == pathlib.PurePosixPath("checkpoints")
     with safehub.enforce("strict"), pytest.raises(PolicyViolation, match=r"argparse\.Namespace"):
         torch.load(ckpt)
+
+
+def test_convert_child_uses_the_scanner_value_factories() -> None:
+    from safehub._convert.entry import VALUE_FACTORIES
+    from safehub._hub.safe_globals import resolve_global
+
+    resolved = {pair[0] for pair in map(resolve_global, DEFAULTDICT_FACTORIES) if pair}
+    assert set(VALUE_FACTORIES) == resolved
+
+
+@pytest.mark.slow
+def test_convert_loads_a_filled_defaultdict(tmp_path: Path) -> None:
+    """safehub convert (torch's weights-only loader in the sandbox) accepts what the scan
+    passed: a filled defaultdict of a value type."""
+    from safehub.convert import convert
+
+    src = tmp_path / "dd.pt"
+    torch.save({"w": torch.ones(2), "counts": collections.defaultdict(int, {"seen": 7})}, src)
+    result = convert(src)
+    meta = json.loads(result.metadata.read_text()) if result.metadata else {}
+    assert meta["structure"]["counts"] == {"seen": 7}
