@@ -324,6 +324,9 @@ def test_legacy_counterexamples_stay_fixed() -> None:
         diffs += legacy_stream_differences(data, real)
         problems += [f"{data!r}: {d}" for d in diffs]
     assert not problems, "\n".join(problems)
+    # A GLOBAL line that a frame cuts: read from memory it is builtins.eval, and the
+    # scanner names it beside the file reading's name at the same offset.
+    assert "builtins.eval" in {f.subject for f in scan_bytes(LEGACY_COUNTEREXAMPLES[-2]).findings}
     # The last one: the record torch reads after the STOP resolves os.system, and the
     # scanner names it (not only the split frame).
     (real,) = run_real([("torch_legacy", LEGACY_COUNTEREXAMPLES[-1])])

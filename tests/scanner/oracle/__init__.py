@@ -105,7 +105,10 @@ class _Child:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def _start(self) -> subprocess.Popen[bytes]:
-        env = dict(os.environ, PYTHONPATH=str(_ROOT), PYTHONWARNINGS="ignore")
+        # One thread: torch's worker threads would spend the child's CPU budget (RLIMIT_CPU
+        # counts every thread) while the next input runs.
+        env = dict(os.environ, PYTHONPATH=str(_ROOT), PYTHONWARNINGS="ignore",
+                   OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         return subprocess.Popen(
             [sys.executable, "-m", "tests.scanner.oracle.child"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=_ROOT, env=env,

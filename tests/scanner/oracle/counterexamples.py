@@ -61,6 +61,14 @@ LEGACY_COUNTEREXAMPLES: list[bytes] = [
     + b"' '\n0NC\x000\x95\x0c\x00\x00\x00\x00\x00\x00\x00Nu"
     + b'q\x01aJ\x9c\x11\xfe0\x95\x01\x00\x00\x00\x00\x00\x00\x00.B\xf6'
     + b'\xbdD4gd\x88',
+    # a GLOBAL line cut by its frame: each reading names another global at the same
+    # offset, and both must be kept (make fuzz, seed 7057)
+    _LEGACY_HEAD
+    + b'\x80\x05\x95"\x00\x00\x00\x00\x00\x00\x00\x8c\x08UserDic'
+    + b't\x8c\x08UserDict\x93cbuiltin'
+    + b's\neval\n]KFa\x85R\x85R\x94L 5\n'
+    + b'p1\n(.\x80\x02]q\x00.\x82\x8f\xad\x0c\xa9j\x8a\x0ct'
+    + b'\xb7\xcf\xbbk\x7f\xf8x',
     # the storage-keys record hidden in the object's last frame, after its STOP
     _LEGACY_HEAD + b"\x80\x04\x95\x0e\x00\x00\x00\x00\x00\x00\x00N.cos\nsystem\n."
     + b"\x80\x02]q\x00.",
