@@ -27,7 +27,11 @@ from tests.scanner.oracle import (
     stream_differences,
     streams_differences,
 )
-from tests.scanner.oracle.counterexamples import COUNTEREXAMPLES, LEGACY_COUNTEREXAMPLES
+from tests.scanner.oracle.counterexamples import (
+    COUNTEREXAMPLES,
+    LEGACY_COUNTEREXAMPLES,
+    LEGACY_TAR_COUNTEREXAMPLES,
+)
 from tests.scanner.oracle.families import (
     float_nul_pickle,
     frame_split_pickle,
@@ -317,7 +321,8 @@ def test_differential_fuzz_legacy_containers(seed: int) -> None:
 
 def test_legacy_counterexamples_stay_fixed() -> None:
     """torch.load's raw legacy records where the fuzzer once found the scanner wrong."""
-    items = [("torch_legacy", data) for data in LEGACY_COUNTEREXAMPLES]
+    items = [("torch_legacy", data)
+             for data in [*LEGACY_COUNTEREXAMPLES, *LEGACY_TAR_COUNTEREXAMPLES]]
     problems = []
     for (reader, data), real in zip(items, run_real(items), strict=True):
         diffs = file_differences(reader, real, scan_bytes(data))
@@ -327,6 +332,9 @@ def test_legacy_counterexamples_stay_fixed() -> None:
     # A GLOBAL line that a frame cuts: read from memory it is builtins.eval, and the
     # scanner names it beside the file reading's name at the same offset.
     assert "builtins.eval" in {f.subject for f in scan_bytes(LEGACY_COUNTEREXAMPLES[-2]).findings}
+    # A computed storages count: torch reads on, and so does the scanner.
+    found = {f.subject for f in scan_bytes(LEGACY_TAR_COUNTEREXAMPLES[0]).findings}
+    assert {"builtins.eval", "os.path.join"} <= found
     # The last one: the record torch reads after the STOP resolves os.system, and the
     # scanner names it (not only the split frame).
     (real,) = run_real([("torch_legacy", LEGACY_COUNTEREXAMPLES[-1])])
