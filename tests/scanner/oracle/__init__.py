@@ -105,8 +105,8 @@ class _Child:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def _start(self) -> subprocess.Popen[bytes]:
-        # One thread: torch's worker threads would spend the child's CPU budget (RLIMIT_CPU
-        # counts every thread) while the next input runs.
+        # One thread: RLIMIT_CPU counts every thread, and the budget is meant for the
+        # parser of the input at hand.
         env = dict(os.environ, PYTHONPATH=str(_ROOT), PYTHONWARNINGS="ignore",
                    OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         return subprocess.Popen(
