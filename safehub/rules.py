@@ -152,6 +152,18 @@ RULES: dict[str, Rule] = _rules(
          "Nothing to do under the default policy. A policy blocking info findings "
          "(strict) refuses it; allow it there by lowering the threshold or re-saving the "
          "checkpoint without it."),
+    Rule("SH176", "not-a-model", Severity.INFO,
+         "The file was named directly and its content is positively a non-model format (an "
+         "image, a PDF, audio) whose signature ends every model loader (pickle, torch, "
+         "numpy, joblib) within its first bytes, with no tar archive or zip directory in it: "
+         "nothing in it can be loaded, so nothing in it can run.",
+         "Nothing to do; scan the model files instead."),
+    Rule("SH177", "allocation-request", Severity.MEDIUM,
+         "The pickle calls an allowed constructor (bytes, bytearray, a torch storage or "
+         "tensor type, a numpy array) with a size: no code runs, but loading asks the "
+         "process for that much memory. Real checkpoints never do this; a size computed "
+         "at load time cannot be bounded and is reported too.",
+         "Do not load this file; re-save the checkpoint with torch.save or pickle."),
     Rule("SH190", "unknown-format", Severity.MEDIUM,
          "The content is not a format safehub can check, so it was not scanned.",
          "Convert the file to safetensors, or check it by other means."),

@@ -22,6 +22,7 @@ sandbox.
 
 from __future__ import annotations
 
+import collections
 import importlib
 import json
 import math
@@ -55,6 +56,34 @@ def _resolve(names: list[str]) -> list[Any]:
             found.append((obj, name))
             break
     return found
+
+
+# What a defaultdict's factory may be for torch to fill it: the scanner's value types
+# (safehub._scanner.harmless.DEFAULTDICT_FACTORIES; this child imports only the standard
+# library and torch, and a test keeps the two equal).
+VALUE_FACTORIES = (int, float, str, list, dict, tuple, bool, set, frozenset, bytes, complex,
+                   collections.OrderedDict, collections.Counter, collections.defaultdict)
+
+
+def _allow_filled_defaultdicts() -> None:
+    """As safehub._hub.safe_globals.allow_filled_defaultdicts: torch's weights-only loader
+    fills a defaultdict the scan passed (value-type factory) instead of refusing it."""
+    from torch import _weights_only_unpickler as wou
+
+    unpickler = getattr(wou, "Unpickler", None)
+    original = getattr(unpickler, "_check_set_item_target", None)
+    if unpickler is None or not callable(original):
+        return  # fail closed: torch keeps refusing
+
+    def check_set_item_target(self: Any, opcode: str) -> None:
+        target = self.stack[-1] if self.stack else None
+        if type(target) is collections.defaultdict and (
+                target.default_factory is None
+                or any(target.default_factory is f for f in VALUE_FACTORIES)):
+            return
+        original(self, opcode)
+
+    unpickler._check_set_item_target = check_set_item_target
 
 
 class _Flattener:
@@ -132,6 +161,8 @@ def convert_checkpoint(url: str, allowed: list[str] | None = None,
             torch.hub.download_url_to_file(url, local)
             obj = torch.load(local, map_location="cpu", weights_only=False)
     else:
+        if "collections.defaultdict" in (allowed or []):
+            _allow_filled_defaultdicts()
         with torch.serialization.safe_globals(_resolve(list(allowed or []))):
             obj = torch.hub.load_state_dict_from_url(url, map_location="cpu")
     tensors, skeleton, dropped = flatten(obj)

@@ -8,12 +8,16 @@ stays a second line of defence rather than a source of false refusals.
 
 from __future__ import annotations
 
+import collections
 import functools
+import threading
 from typing import Any
 
+from safehub._scanner.harmless import DEFAULTDICT
 from safehub.findings import FileReport
 
-__all__ = ["allowed_global_names", "numpy_safe_globals", "resolve_global", "torch_safe_globals"]
+__all__ = ["allow_filled_defaultdicts", "allowed_global_names", "numpy_safe_globals",
+           "resolve_global", "torch_safe_globals"]
 
 
 def torch_safe_globals(report: FileReport) -> list[Any]:
@@ -26,8 +30,60 @@ def torch_safe_globals(report: FileReport) -> list[Any]:
     are added, so torch's loader stays as narrow as the scan.
     """
     names = allowed_global_names(report)
+    if DEFAULTDICT in names:
+        allow_filled_defaultdicts()
     pairs = (pair for pair in map(resolve_global, names) if pair is not None)
     return [*numpy_safe_globals(), *pairs]
+
+
+_install_lock = threading.Lock()
+_MARK = "_safehub_defaultdict_items"
+
+
+def allow_filled_defaultdicts() -> None:
+    """Let torch's weights-only unpickler fill a ``defaultdict`` whose default factory is a
+    plain value type, as the scan accepts it (SH175).
+
+    torch runs SETITEM(S) only on dict, OrderedDict and Counter, so without this every
+    filled ``defaultdict(int)`` that the scan passes is refused by safehub's own load
+    paths. Filling one is ``dict.__setitem__`` (the factory is not called), and the
+    factory is checked again here, on the object torch built: only the value types of
+    :data:`~safehub._scanner.harmless.DEFAULTDICT_FACTORIES` (or None) pass. torch's own
+    check stays for everything else. The hook is process-wide but can only matter where
+    ``collections.defaultdict`` is already an allowed global, since torch builds no
+    defaultdict otherwise. A torch without the hook point keeps refusing (fail closed).
+    """
+    try:
+        from torch import _weights_only_unpickler as wou
+    except ImportError:
+        return
+    unpickler = getattr(wou, "Unpickler", None)
+    original = getattr(unpickler, "_check_set_item_target", None)
+    if unpickler is None or not callable(original):
+        return
+    with _install_lock:
+        original = unpickler._check_set_item_target
+        if getattr(original, _MARK, False):
+            return
+        factories = _value_factories()
+
+        def check_set_item_target(self: Any, opcode: str) -> None:
+            target = self.stack[-1] if self.stack else None
+            if type(target) is collections.defaultdict and (
+                    target.default_factory is None
+                    or any(target.default_factory is f for f in factories)):
+                return
+            original(self, opcode)
+
+        setattr(check_set_item_target, _MARK, True)
+        unpickler._check_set_item_target = check_set_item_target
+
+
+def _value_factories() -> tuple[Any, ...]:
+    from safehub._scanner.harmless import DEFAULTDICT_FACTORIES
+
+    return tuple(pair[0] for pair in map(resolve_global, sorted(DEFAULTDICT_FACTORIES))
+                 if pair is not None)
 
 
 def allowed_global_names(report: FileReport) -> list[str]:

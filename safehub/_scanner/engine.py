@@ -39,7 +39,7 @@ from safehub._scanner.nonmodel import (
     identify_non_model,
     is_model_name,
 )
-from safehub._scanner.pickle_vm import PickleCursor
+from safehub._scanner.pickle_vm import FRAMES_BYTES, PickleCursor
 from safehub._scanner.source import ByteSource, FileRegion
 from safehub._scanner.zipdir import ZipError, find_eocd, read_directory
 from safehub.findings import FileReport, Finding, ScanReport, Skipped, Verdict
@@ -57,6 +57,9 @@ Progress = Callable[[str], None]
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 # Pickles torch's legacy raw reader loads one after another before any raw storage bytes.
 _LEGACY_STREAMS = 5
+# Pickles read one after another (torch's legacy records, readers that read on) when a
+# frame split makes a reader with ``peek`` start them elsewhere.
+_PEEK_STREAMS = 16
 
 
 def scan_fileobj(fh: BinaryIO, display: str, size: int, options: ScanOptions) -> FileReport:
@@ -67,6 +70,14 @@ def scan_fileobj(fh: BinaryIO, display: str, size: int, options: ScanOptions) ->
         return _report(scan)
     fh.seek(0)
     head = fh.read(512)
+    kind = dead_magic_kind(head)
+    if kind is not None and _dead_non_model(fh, size):
+        # An image named directly: every loader stops inside its signature (the oracle
+        # shows none resolves a name), and no tar or zip reader finds anything in it.
+        scan.format = "non-model"
+        scan.add("SH176", f"not a model: {kind}; every model loader stops in its first "
+                 "bytes", offset=0, subject=kind)
+        return _report(scan, fh)
     # torch.load's order: a zip (by its first four bytes), else whatever tarfile.open
     # accepts, else a raw pickle. The tar decision is tarfile's own.
     tar = None if head.startswith(b"PK\x03\x04") else probe_tar(fh)
@@ -96,7 +107,43 @@ def scan_fileobj(fh: BinaryIO, display: str, size: int, options: ScanOptions) ->
         _scan_as_pickle(scan, fh, size)
     if not head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         _scan_hidden_zip(scan, fh)
+        if any(f.rule_id == "SH160" for f in scan.findings):
+            _scan_peek_reading(scan, fh, size)
     return _report(scan, fh)
+
+
+def _scan_peek_reading(scan: FileScan, fh: BinaryIO, size: int) -> None:
+    """The pickles after a STOP inside a frame, as a reader with ``peek`` reads them.
+
+    ``torch.load(path)`` and ``pickle.load(open(path, "rb"))`` read through a buffered
+    file, which has ``peek``: _pickle.c then consumes only what it parsed, so after a
+    STOP inside a frame the next ``load()`` (torch's next legacy record) starts right
+    after the STOP. Read from an ``io.BytesIO`` (no ``peek``), the next one starts at the
+    frame's end: that is the reading already analyzed. Only files with a split frame
+    (SH160) can differ; the streams this reading starts elsewhere are judged here.
+    """
+    starts = set()
+    cursor = PickleCursor(FileRegion(fh, 0, size), limits=scan.options.limits)
+    for _ in range(_PEEK_STREAMS):
+        if cursor.at_eof():
+            break
+        res = cursor.stream()
+        starts.add(res.start)
+        if not res.stopped or res.limit:
+            break
+    cursor = PickleCursor(FileRegion(fh, 0, size), limits=scan.options.limits,
+                          frames=FRAMES_BYTES)
+    for _ in range(_PEEK_STREAMS):
+        if cursor.at_eof():
+            break
+        res = cursor.stream()
+        if res.start not in starts:
+            judge_stream(scan, res, "", Loader.TORCH_LEGACY)
+            if res.limit:
+                scan.add("SH191", f"reading the file as a pickle stopped: {res.limit}",
+                         offset=res.start, subject="pickle-polyglot")
+        if not res.stopped or res.limit:
+            break
 
 
 def _other_format(head: bytes, size: int) -> str:

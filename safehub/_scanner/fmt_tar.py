@@ -202,7 +202,7 @@ def scan_tar(scan: FileScan, probe: TarProbe) -> None:
         scan.records.append(name)
         if name == "pickle":
             result = cursor.stream()
-            judge_stream(scan, result, name, Loader.TORCH_LEGACY)
+            judge_stream(scan, result, name, Loader.TORCH_TAR)
         else:
             _scan_records(scan, cursor, name)
 
@@ -256,11 +256,17 @@ def _scan_records(scan: FileScan, cursor: PickleCursor, name: str) -> None:
     count = _stream(scan, cursor, name)
     if count is None:
         return
-    if not isinstance(count.value, int) or not 0 <= count.value <= _MAX_RECORDS:
+    unknown = (not isinstance(count.value, int) or isinstance(count.value, bool)
+               or not 0 <= count.value <= _MAX_RECORDS)
+    if unknown:
+        # torch runs range() on whatever the pickle returned (a computed int, a negative
+        # one) and reads on: every record that still parses is analyzed.
         scan.add("SH140", f"{name}: record count is not a small integer", location=name)
-        return
+    total = count.value if isinstance(count.value, int) and not unknown else _MAX_RECORDS
     try:
-        for _ in range(count.value):
+        for _ in range(total):
+            if unknown and cursor.at_eof():
+                return
             args = _stream(scan, cursor, name)
             if args is None:
                 return

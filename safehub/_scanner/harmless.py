@@ -13,9 +13,10 @@ data or an object built from another global, and every other global is judged on
 own. ``tests/scanner/test_harmless.py`` constructs each one with hostile arguments under
 an audit hook, and keeps a golden copy of this table.
 
-torch's weights-only unpickler fills only dict, OrderedDict and Counter (SETITEMS), so a
-*filled* defaultdict is refused by safehub's torch load paths even though the scan passes
-it; ``torch.load(weights_only=False)`` or ``pickle.load`` after a clean scan loads it.
+torch's weights-only unpickler fills only dict, OrderedDict and Counter (SETITEMS); when a
+file's scan passed a defaultdict, safehub's in-process load paths let torch fill one whose
+factory is a value type (:func:`safehub._hub.safe_globals.allow_filled_defaultdicts`), so
+a filled ``defaultdict(int)`` loads where it scans clean.
 
 ``collections.defaultdict`` is harmless only as a plain value: its default factory is
 called on every missing key, so it must be one of :data:`DEFAULTDICT_FACTORIES` (or

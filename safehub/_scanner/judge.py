@@ -29,6 +29,9 @@ class Loader(Enum):
     PICKLE = "pickle"  # pickle.load / joblib.load / numpy allow_pickle: no persistent_load
     TORCH_ZIP = "torch-zip"  # torch.load of a zip checkpoint: ('storage', type, key, loc, numel)
     TORCH_LEGACY = "torch-legacy"  # torch.load legacy: storage tuples, or ('module', ...)
+    # The ``pickle`` member of torch's legacy tar: keys of the storages and tensors records
+    # (``deserialized_objects[int(pid)]``), or (class, source file, source) records.
+    TORCH_TAR = "torch-tar"
     TORCHSCRIPT = "torchscript"  # torch.jit.load: __torch__ classes resolve to archive code
 
 
@@ -72,6 +75,7 @@ def judge_stream(scan: FileScan, res: StreamResult, location: str, loader: Loade
             scan.add("SH105", f"{mutation.opcode} modifies {render(mutation.target)}",
                      location=location, offset=mutation.offset, subject=mutation.opcode,
                      payload=render(mutation.target))
+    _judge_allocations(scan, res, location)
     for ref in res.persistent:
         problem = _persistent_problem(ref, loader)
         if problem:
@@ -139,6 +143,95 @@ def _judge_globals(
                  severity=severity, allowed_by=allowed_by)
 
 
+# Allowed constructors whose arguments size an allocation: (bytes per element, where the
+# size is). "first": the first positional argument (an int, or for numpy a shape tuple);
+# "ints": every int positional argument is a dimension (torch's legacy constructors,
+# ``torch.Tensor(2, 3)``; a list argument is data, bounded by the file); "second": the
+# shape argument of numpy's ``_reconstruct(cls, shape, dtype)``.
+_SIZED: dict[str, tuple[int, str]] = {
+    "builtins.bytes": (1, "first"), "builtins.bytearray": (1, "first"),
+    "numpy.ndarray": (16, "first"),
+    "numpy.core.multiarray._reconstruct": (16, "second"),
+    "numpy._core.multiarray._reconstruct": (16, "second"),
+    "torch.storage.UntypedStorage": (1, "ints"), "torch.storage.TypedStorage": (16, "ints"),
+    "torch.Tensor": (16, "ints"),
+}
+# What a pickle may ask those constructors to allocate, in all (bytes, estimated with the
+# widest element). Real checkpoints ask for nothing: numpy's arrays are reconstructed
+# empty and filled by BUILD, tensors come from storages, bytes from their own data.
+MAX_ALLOCATION = 64 << 20
+
+
+def _sized(name: str) -> tuple[int, str] | None:
+    found = _SIZED.get(name)
+    if found is not None:
+        return found
+    module, _, attr = name.rpartition(".")
+    if module in ("torch", "torch.cuda", "torch.sparse", "torch.cuda.sparse") and (
+            attr.endswith(("Storage", "Tensor")) and name in DEFAULT_ALLOWED):
+        return (16, "ints")
+    return None
+
+
+def _judge_allocations(scan: FileScan, res: StreamResult, location: str) -> None:
+    """Allowed constructors called with a size: ``bytes(10**12)`` runs no code but asks
+    the loading process for a terabyte. Sizes are read from constant arguments; a size
+    computed at load time (another call's result) cannot be bounded and is reported."""
+    total = 0
+    for call in res.calls:
+        func = call.func
+        if not isinstance(func, Global) or not isinstance(call.args, tuple):
+            continue
+        sized = _sized(func.effective)
+        if sized is None:
+            continue
+        width, where = sized
+        args = call.args
+        if where == "ints":
+            dims: list[object] = [a for a in args if isinstance(a, int) or _computed(a)]
+        elif where == "second":
+            dims = _shape(args[1]) if len(args) > 1 else []
+        else:
+            dims = _shape(args[0]) if args else []
+        if any(_computed(d) for d in dims):
+            scan.add("SH177", f"{func.effective} is called with a size computed at load time",
+                     location=location, offset=call.offset, subject=func.effective,
+                     payload=render(call))
+            return
+        count = 1
+        for d in dims:
+            count *= max(int(d), 0)  # type: ignore[call-overload]
+            if count > MAX_ALLOCATION:
+                break
+        total += count * width if dims else 0
+        if total > MAX_ALLOCATION:
+            scan.add("SH177", f"{func.effective} is asked to allocate about {count * width} "
+                     f"bytes (more than {MAX_ALLOCATION} in all)", location=location,
+                     offset=call.offset, subject=func.effective, payload=render(call)[:200])
+            return
+
+
+def _shape(value: object) -> list[object]:
+    """The dimensions a size argument spells: an int, or a tuple/list of ints."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int) or _computed(value):
+        return [value]
+    if isinstance(value, (tuple, list)) and all(
+            (isinstance(v, int) and not isinstance(v, bool)) or _computed(v) for v in value):
+        return list(value)
+    return []
+
+
+def _computed(value: object) -> bool:
+    """A value only known at load time (another call's result, a computed name), except
+    ``_codecs.encode``'s, which is bytes (how protocol 2 spells them), never a size."""
+    if isinstance(value, Call) and isinstance(value.func, Global) and (
+            value.func.effective == "_codecs.encode"):
+        return False
+    return isinstance(value, (Call, ComputedGlobal, Opaque))
+
+
 def _misused_harmless(res: StreamResult) -> set[int]:
     """ids of the defaultdict globals used other than as ``defaultdict(factory)`` with a
     plain value-type factory: such a use is judged as any unlisted global."""
@@ -168,6 +261,8 @@ def _persistent_problem(ref: PersistentRef, loader: Loader) -> str:
     if loader is Loader.TORCHSCRIPT:
         return "" if isinstance(pid, (str, int)) or _typename(pid) == "storage" else (
             "persistent id is not a TorchScript tensor reference")
+    if loader is Loader.TORCH_TAR:
+        return _tar_persistent_problem(pid)
     typename = _typename(pid)
     if typename == "storage":
         expected = 5 if loader is Loader.TORCH_ZIP else 6
@@ -181,6 +276,23 @@ def _persistent_problem(ref: PersistentRef, loader: Loader) -> str:
     if typename == "module" and loader is Loader.TORCH_LEGACY:
         return ""  # legacy module-source record; the class itself is judged as a global
     return f"persistent id {render(pid)} is not a torch storage reference"
+
+
+def _tar_persistent_problem(pid: object) -> str:
+    """torch's tar reader looks a key up among the records it already read (``int(pid)``),
+    or, for a tuple, compares the source of its first element with the recorded source and
+    returns that element: no call on pickle-built data beyond ``int``. The element itself
+    is built from globals judged on their own."""
+    if isinstance(pid, int) and not isinstance(pid, bool):
+        return ""
+    if isinstance(pid, (str, bytes)):
+        text = pid.decode("latin-1") if isinstance(pid, bytes) else pid
+        if text.strip().lstrip("+-").isdigit() and text.isascii():
+            return ""
+        return f"persistent id {render(pid)} is not a key of the tar's storage records"
+    if isinstance(pid, tuple) and len(pid) == 3:
+        return ""
+    return f"persistent id {render(pid)} is not a legacy tar reference"
 
 
 def _typename(pid: object) -> str:

@@ -673,9 +673,13 @@ class PickleCursor:
         res.ops += alt.ops
         for name in ("globals", "computed", "calls", "persistent", "inline_arrays"):
             mine: list[object] = getattr(res, name)
-            seen = {(getattr(x, "offset", None), type(x)) for x in mine}
+            # A GLOBAL at the same offset can name another global in the other reading
+            # (its line joined across a split frame): the name is part of the key.
+            seen = {(getattr(x, "offset", None), type(x), getattr(x, "raw", None))
+                    for x in mine}
             mine.extend(x for x in getattr(alt, name)
-                        if (getattr(x, "offset", None), type(x)) not in seen)
+                        if (getattr(x, "offset", None), type(x), getattr(x, "raw", None))
+                        not in seen)
         seen_m = {(m.offset, m.opcode) for m in res.mutations}
         res.mutations.extend(m for m in alt.mutations if (m.offset, m.opcode) not in seen_m)
         res.extensions.extend(e for e in alt.extensions if e not in res.extensions)

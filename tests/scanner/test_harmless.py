@@ -96,7 +96,8 @@ def _checkpoints() -> dict[str, object]:
             "counters": collections.defaultdict(int),
             "buckets": collections.defaultdict(list),
         },
-        # Filled defaultdicts: harmless, but torch's weights-only loader cannot fill them.
+        # Filled defaultdicts: torch's weights-only loader fills only dict, OrderedDict and
+        # Counter; safehub's load paths let it fill a defaultdict of a value type.
         "defaultdicts": {"counts": collections.defaultdict(int, {"seen": 7}),
                          "lists": collections.defaultdict(list, {"a": [1]}),
                          "nested": collections.defaultdict(collections.defaultdict)},
@@ -125,9 +126,6 @@ def _checkpoints() -> dict[str, object]:
 
 
 CHECKPOINTS = sorted(_checkpoints())
-# torch's weights-only unpickler runs SETITEM(S) only on dict, OrderedDict and Counter, so it
-# refuses a filled defaultdict whatever safe_globals says: safehub's load paths refuse it too.
-TORCH_REFUSES = {"defaultdicts"}
 
 
 @pytest.mark.parametrize("name", CHECKPOINTS)
@@ -145,11 +143,67 @@ def test_scan_and_weights_only_load_agree(name: str) -> None:
     report = _scan(data)
     assert report.verdict is Verdict.CLEAN
     with torch.serialization.safe_globals(torch_safe_globals(report)):
-        if name in TORCH_REFUSES:
-            with pytest.raises(pickle.UnpicklingError, match="SETITEM"):
-                torch.load(io.BytesIO(data), weights_only=True)
-        else:
-            torch.load(io.BytesIO(data), weights_only=True)
+        loaded = torch.load(io.BytesIO(data), weights_only=True)
+    _same_shape(loaded, _checkpoints()[name])
+
+
+def _same_shape(loaded: object, saved: object) -> None:
+    """Same types all the way down (a defaultdict stays one, with its factory)."""
+    assert type(loaded) is type(saved), (type(loaded), type(saved))
+    if isinstance(saved, collections.defaultdict):
+        assert loaded.default_factory is saved.default_factory  # type: ignore[union-attr]
+    if isinstance(saved, dict):
+        assert list(loaded) == list(saved)  # type: ignore[call-overload]
+        for key, value in saved.items():
+            _same_shape(loaded[key], value)  # type: ignore[index]
+    elif isinstance(saved, (list, tuple)) and not hasattr(saved, "_fields"):
+        assert len(loaded) == len(saved)  # type: ignore[arg-type]
+        for a, b in zip(loaded, saved, strict=True):  # type: ignore[call-overload]
+            _same_shape(a, b)
+
+
+def _sh175_shapes() -> list[str]:
+    return [n for n in CHECKPOINTS
+            if "SH175" in {f.rule_id for f in _scan(_tsave(_checkpoints()[n])).findings}]
+
+
+def test_every_sh175_shape_loads_through_safehub_load_paths(tmp_path: Path,
+                                                            isolated_torch_home: Path) -> None:
+    """Every harmless-class checkpoint shape loads through safehub's own load paths, with
+    its types kept: torch.load under enforce() (the drop-in path) and
+    safehub.load_state_dict_from_url (download, scan, weights-only load)."""
+    import safehub
+    from tests.fetch.fakehub import FakeHub
+    from tests.fetch.helpers import write_policy
+
+    shapes = _sh175_shapes()
+    assert {"defaultdicts", "fairseq", "lightning", "dates"} <= set(shapes)
+    server = FakeHub("127.0.0.1")
+    try:
+        policy = safehub.policy.load_policy(write_policy(tmp_path / "p.toml", server))
+        for name in shapes:
+            saved = _checkpoints()[name]
+            path = tmp_path / f"{name}.pt"
+            torch.save(saved, path)
+            with safehub.enforce("default"):
+                _same_shape(torch.load(path), saved)
+            url = server.add_file(f"/models/{name}.pt", path.read_bytes())
+            _same_shape(safehub.load_state_dict_from_url(url, policy=policy), saved)
+    finally:
+        server.close()
+
+
+def test_filled_defaultdict_of_another_factory_is_still_refused_by_torch() -> None:
+    """The hook lets torch fill only a defaultdict of a value type: a factory the pickle
+    took from another allowed global is refused by torch's own check."""
+    data = _tsave({"d": collections.defaultdict(argparse.Namespace, {"a": 1})})
+    report = _scan(data)
+    assert report.verdict is Verdict.UNSAFE
+    allowed = [*torch_safe_globals(_scan(_tsave({"d": collections.defaultdict(
+        int, {"a": 1})}))), (argparse.Namespace, "argparse.Namespace")]
+    with torch.serialization.safe_globals(allowed), \
+            pytest.raises(pickle.UnpicklingError, match="SETITEM"):
+        torch.load(io.BytesIO(data), weights_only=True)
 
 
 def test_harmless_names_are_handed_to_torch_only_when_present() -> None:
@@ -324,3 +378,24 @@ def test_enforced_torch_load_accepts_harmless_classes_and_strict_refuses(tmp_pat
     assert loaded["args"].save_dir == pathlib.PurePosixPath("checkpoints")
     with safehub.enforce("strict"), pytest.raises(PolicyViolation, match=r"argparse\.Namespace"):
         torch.load(ckpt)
+
+
+def test_convert_child_uses_the_scanner_value_factories() -> None:
+    from safehub._convert.entry import VALUE_FACTORIES
+    from safehub._hub.safe_globals import resolve_global
+
+    resolved = {pair[0] for pair in map(resolve_global, DEFAULTDICT_FACTORIES) if pair}
+    assert set(VALUE_FACTORIES) == resolved
+
+
+@pytest.mark.slow
+def test_convert_loads_a_filled_defaultdict(tmp_path: Path) -> None:
+    """safehub convert (torch's weights-only loader in the sandbox) accepts what the scan
+    passed: a filled defaultdict of a value type."""
+    from safehub.convert import convert
+
+    src = tmp_path / "dd.pt"
+    torch.save({"w": torch.ones(2), "counts": collections.defaultdict(int, {"seen": 7})}, src)
+    result = convert(src)
+    meta = json.loads(result.metadata.read_text()) if result.metadata else {}
+    assert meta["structure"]["counts"] == {"seen": 7}

@@ -10,6 +10,7 @@ fixed number of inputs, no differential allowed.
 from __future__ import annotations
 
 import io
+import random
 import tarfile
 from pathlib import Path
 
@@ -18,13 +19,19 @@ import pytest
 from tests.scanner.conftest import rules, scan_one
 from tests.scanner.oracle import (
     PICKLE_READERS,
+    file_differences,
     gen,
+    legacy_stream_differences,
     run_real,
     scan_bytes,
     stream_differences,
     streams_differences,
 )
-from tests.scanner.oracle.counterexamples import COUNTEREXAMPLES
+from tests.scanner.oracle.counterexamples import (
+    COUNTEREXAMPLES,
+    LEGACY_COUNTEREXAMPLES,
+    LEGACY_TAR_COUNTEREXAMPLES,
+)
 from tests.scanner.oracle.families import (
     float_nul_pickle,
     frame_split_pickle,
@@ -209,3 +216,127 @@ def test_differential_fuzz_fixed_budget(seed: int) -> None:
     assert outcome.inputs == 116
     assert not outcome.differentials, "\n".join(
         f"{reader} {data!r}: {diffs}" for reader, data, diffs in outcome.differentials)
+
+
+# --- torch's legacy format, read by torch.load itself (reader "torch_legacy") ------------
+
+
+def _legacy_tar(members: list[tuple[str, bytes]], size_of: dict[str, int] | None = None) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = (size_of or {}).get(name, len(data))
+            tf.addfile(info, io.BytesIO(data.ljust(info.size, b"\0")))
+    return buf.getvalue()
+
+
+def _legacy_members(obj_pickle: bytes) -> list[tuple[str, bytes]]:
+    """A legacy tar as torch < 0.1.10 wrote it, with ``obj_pickle`` as its object."""
+    storages = (b"K\x01." + gen._STORAGE_RECORD + (2).to_bytes(8, "little") + b"\0" * 8 + b"].")
+    tensors = (b"K\x01." + gen._TENSOR_RECORD + (1).to_bytes(4, "little") + b"\0" * 4
+               + (2).to_bytes(8, "little") + (1).to_bytes(8, "little") + b"\0" * 8)
+    return [("storages", storages), ("tensors", tensors), ("pickle", obj_pickle)]
+
+
+def test_legacy_tar_is_read_as_torch_reads_it(tmp_path: Path, fire: object) -> None:
+    """torch.load's tar path, run for real: every pickle_module.load of the storages and
+    tensors members, then its UnpicklerWrapper on the pickle member, in that order."""
+    benign = b"\x80\x02}X\x01\x00\x00\x00wP1\ns."  # {"w": the tensor, persistent id 1}
+    data = _legacy_tar(_legacy_members(benign))
+    (real,) = run_real([("torch_legacy", data)])
+    assert [(r.where, r.ok) for r in real.records] == [
+        ("storages", True), ("storages", True), ("storages", True),
+        ("tensors", True), ("tensors", True), ("pickle", True)]
+    assert real.names == ["torch.FloatStorage", "torch.FloatTensor"]
+    assert [r.end for r in real.records][:3] == [3, 3 + len(gen._STORAGE_RECORD),
+                                                 3 + len(gen._STORAGE_RECORD) + 16 + 2]
+    assert scan_bytes(data).verdict.value == "clean"
+
+    hostile = _legacy_tar(_legacy_members(b"\x80\x02cos\nsystem\nX\x04\x00\x00\x00echo\x85R."))
+    (real,) = run_real([("torch_legacy", hostile)])
+    assert real.records[-1].where == "pickle" and real.records[-1].names == [SYSTEM]
+    _blocked(hostile)
+    path = tmp_path / "legacy.tar"
+    path.write_bytes(_legacy_tar(_legacy_members(
+        b"\x80\x02cos\nsystem\nX\x0c\x00\x00\x00touch legtar\x85R.")))
+    assert "legtar" in fire([(path, "torch")])  # type: ignore[operator]
+
+
+def test_legacy_raw_stream_records_match_the_scanner() -> None:
+    """torch.load's raw legacy stream (tarfile refuses the file): magic number, protocol,
+    system info, the object, storage keys; each record bounded where the scanner bounds it."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({"w": torch.ones(3), "step": 4}, buf, _use_new_zipfile_serialization=False)
+    data = buf.getvalue()
+    (real,) = run_real([("torch_legacy", data)])
+    assert [r.where for r in real.records] == ["input.pt"] * 5
+    assert all(r.ok for r in real.records)
+    assert "torch._utils._rebuild_tensor_v2" in real.names
+    assert legacy_stream_differences(data, real) == []
+    assert scan_bytes(data).verdict.value == "clean"
+
+
+def test_legacy_tar_extraction_failure_falls_back_to_raw_pickles(tmp_path: Path,
+                                                                fire: object) -> None:
+    """tarfile opens the file, extracting ``storages`` fails (its data is cut short): torch
+    re-reads the file from byte 0 as its raw legacy stream, whose first pickle is the tar
+    header (a FLOAT+NUL line through the member name, then the call)."""
+
+    def build(arg: str) -> bytes:
+        call = float_nul_pickle(arg=arg)[len(b"\x80\x04F1.0\x00\n"):]
+        data = _legacy_tar([("F1", b"\n" + call), ("storages", b"K\x00.")], {"storages": 4000})
+        return data[:512 * 3 + 100]
+
+    data = build("echo pwned")
+    (real,) = run_real([("torch_legacy", data)])
+    assert [(r.where, r.names) for r in real.records] == [("input.pt", [SYSTEM])]
+    assert "magic number" in real.records[0].error  # torch ran the call, then gave up
+    _blocked(data, "SH114")
+    path = tmp_path / "fallback.pt"
+    path.write_bytes(build("touch tarfallback"))
+    assert "tarfallback" in fire([(path, "torch")])  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("seed", [303, 404])
+def test_differential_fuzz_legacy_containers(seed: int) -> None:
+    """The fuzzer's legacy tar and raw-stream containers, derandomized."""
+    rng = random.Random(seed)
+    items = []
+    for _ in range(24):
+        pkl = gen.pickle_program(rng)
+        if rng.random() < 0.3:
+            pkl = gen.mutate(rng, pkl)
+        items.append(("torch_legacy", gen.legacy_tar(rng, pkl) if rng.random() < 0.5
+                      else gen.legacy_stream(rng, pkl)))
+    problems = []
+    for (reader, data), real in zip(items, run_real(items), strict=True):
+        diffs = file_differences(reader, real, scan_bytes(data))
+        diffs += legacy_stream_differences(data, real)
+        problems += [f"{data!r}: {d}" for d in diffs]
+    assert not problems, "\n".join(problems)
+
+
+def test_legacy_counterexamples_stay_fixed() -> None:
+    """torch.load's raw legacy records where the fuzzer once found the scanner wrong."""
+    items = [("torch_legacy", data)
+             for data in [*LEGACY_COUNTEREXAMPLES, *LEGACY_TAR_COUNTEREXAMPLES]]
+    problems = []
+    for (reader, data), real in zip(items, run_real(items), strict=True):
+        diffs = file_differences(reader, real, scan_bytes(data))
+        diffs += legacy_stream_differences(data, real)
+        problems += [f"{data!r}: {d}" for d in diffs]
+    assert not problems, "\n".join(problems)
+    # A GLOBAL line that a frame cuts: read from memory it is builtins.eval, and the
+    # scanner names it beside the file reading's name at the same offset.
+    assert "builtins.eval" in {f.subject for f in scan_bytes(LEGACY_COUNTEREXAMPLES[-2]).findings}
+    # A computed storages count: torch reads on, and so does the scanner.
+    found = {f.subject for f in scan_bytes(LEGACY_TAR_COUNTEREXAMPLES[0]).findings}
+    assert {"builtins.eval", "os.path.join"} <= found
+    # The last one: the record torch reads after the STOP resolves os.system, and the
+    # scanner names it (not only the split frame).
+    (real,) = run_real([("torch_legacy", LEGACY_COUNTEREXAMPLES[-1])])
+    assert real.records[4].names == [SYSTEM]
+    _blocked(LEGACY_COUNTEREXAMPLES[-1], "SH160")

@@ -17,7 +17,14 @@ Readers (how a loader calls the parser):
   format, loaders that read on),
 - ``torch_zip``: torch.serialization's zip path (PyTorchFileReader, data.pkl in BytesIO),
 - ``numpy``: ``numpy.load(allow_pickle=True)``, every member of an npz,
-- ``joblib``: ``joblib.load``.
+- ``joblib``: ``joblib.load``,
+- ``torch_legacy``: ``torch.load(path, weights_only=False)`` itself on a file, with a stub
+  ``pickle_module``: the legacy tar path (every ``pickle_module.load`` of the ``storages``
+  and ``tensors`` members, torch's UnpicklerWrapper on ``pickle``) and, when tarfile
+  fails, the raw legacy stream (magic number, protocol, system info, the object, storage
+  keys). Each record's ``where`` names the file it was read from (``storages``,
+  ``tensors``, ``pickle`` for the tar member, ``input.pt`` for the file itself); names
+  torch resolves itself (``StorageType``) are recorded as ``<storage>.NAME``.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ __all__ = [
     "Real",
     "Record",
     "file_differences",
+    "legacy_stream_differences",
     "run_real",
     "scan_bytes",
     "scanner_stream",
@@ -59,7 +67,7 @@ __all__ = [
 ]
 
 PICKLE_READERS = ("c_file", "c_bytes", "py")
-FILE_READERS = ("torch_zip", "numpy", "joblib")
+FILE_READERS = ("torch_zip", "numpy", "joblib", "torch_legacy")
 _ROOT = Path(__file__).resolve().parents[3]
 CPU_SECONDS = 60  # per input; the child raises its soft limit input by input
 ADDRESS_SPACE = 6 << 30
@@ -71,6 +79,7 @@ class Record:
     ok: bool  # the unpickler returned
     end: int | None  # file position after load() (where the next read would start)
     error: str = ""
+    where: str = ""  # the file the record was read from, when a loader reads several
 
 
 @dataclass
@@ -96,7 +105,10 @@ class _Child:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def _start(self) -> subprocess.Popen[bytes]:
-        env = dict(os.environ, PYTHONPATH=str(_ROOT), PYTHONWARNINGS="ignore")
+        # One thread: RLIMIT_CPU counts every thread, and the budget is meant for the
+        # parser of the input at hand.
+        env = dict(os.environ, PYTHONPATH=str(_ROOT), PYTHONWARNINGS="ignore",
+                   OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         return subprocess.Popen(
             [sys.executable, "-m", "tests.scanner.oracle.child"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=_ROOT, env=env,
@@ -138,7 +150,7 @@ def run_real(items: list[tuple[str, bytes]]) -> list[Real]:
         for line in lines:
             raw = json.loads(line)
             results.append(Real([Record([f"{m}.{n}" for m, n in r["names"]],
-                                        r["ok"], r["end"], r["error"])
+                                        r["ok"], r["end"], r["error"], r.get("where", ""))
                                  for r in raw["records"]]))
         pending = pending[len(lines):]
         if pending:  # the child died on the next input: record it, go on with the rest
@@ -177,23 +189,44 @@ def stream_differences(reader: str, data: bytes, real: Real,
     return out
 
 
-def streams_differences(data: bytes, real: Real) -> list[str]:
+def streams_differences(data: bytes, real: Real, reader: str = "c_file") -> list[str]:
     """Stream after stream (``c_file_all``): each record the real parser reads must be one
-    the scanner reads, starting and ending at the same offsets, with its names reported."""
+    the scanner reads, starting and ending at the same offsets, with its names reported.
+    ``reader="c_bytes"``: the records of a file read through ``peek`` (see
+    :func:`legacy_stream_differences`), which the scanner reads as bytes."""
     if real.crashed:
         return [f"real parser: {real.crashed}"]
-    cursor = PickleCursor(BytesSource(data))
+    cursor = PickleCursor(BytesSource(data),
+                          frames=FRAMES_BYTES if reader == "c_bytes" else FRAMES_FILE)
     out = []
     for n, rec in enumerate(real.records):
         if cursor.at_eof():
-            out.append(f"record {n}: the real parser reads it, the scanner finds no bytes left")
+            if rec.ok or rec.names:  # a load() at the end of the file that found nothing
+                out.append(f"record {n}: the real parser reads it, the scanner finds no "
+                           "bytes left")
             break
         res = cursor.stream()
         out += [f"record {n}: {d}" for d in stream_differences(
-            "c_file", data, Real([rec]), res)]
+            reader, data, Real([rec]), res)]
         if not res.stopped:
             break
     return out
+
+
+def legacy_stream_differences(data: bytes, real: Real) -> list[str]:
+    """torch's raw legacy stream (read when tarfile refuses the file): each record torch
+    reads from the file itself must be one the scanner reads from byte 0, with the same
+    bounds and names. torch reads a file opened with ``open()``, a buffered reader with
+    ``peek``: _pickle.c consumes only what it parsed, so records are bounded as when
+    reading bytes (after a STOP inside a frame the next record starts after the STOP).
+    The scanner reads the file that way too when a frame is split (SH160)."""
+    raw = [r for r in real.records if r.where == "input.pt"]
+    if real.crashed or not raw or len(raw) != len(real.records):
+        return []
+    names = [[n for n in r.names if not n.startswith("<storage>.")] for r in raw]
+    stripped = Real([Record(n, r.ok, r.end, r.error, r.where) for n, r in zip(names, raw,
+                                                                              strict=True)])
+    return [f"torch_legacy {d}" for d in streams_differences(data, stripped, "c_bytes")]
 
 
 def _allowed(name: str) -> bool:
@@ -212,12 +245,27 @@ def scan_bytes(data: bytes) -> FileReport:
     return scan_file(io.BytesIO(data), "oracle-input")
 
 
+# Findings after which the scanner need not name every global: names computed at load
+# time, extension codes, limits hit, analyzer errors.
+_UNNAMED = {"SH102", "SH103", "SH105", "SH191", "SH192"}
+
+
 def file_differences(reader: str, real: Real, report: FileReport) -> list[str]:
-    """A file is called clean although its loader resolves a name outside the allowlist."""
-    if report.verdict is not Verdict.CLEAN:
-        return []
+    """A file is called clean although its loader resolves a name outside the allowlist
+    (for torch.load's legacy reader: or a name it resolves is not named at all)."""
     if real.crashed:
-        return [f"{reader}: clean, but the real loader crashed: {real.crashed}"]
+        return [] if report.verdict is not Verdict.CLEAN else [
+            f"{reader}: clean, but the real loader crashed: {real.crashed}"]
+    # torch's own lookups: persistent ids of the zip reader, and StorageType (legacy),
+    # which returns only torch's storage classes.
     bad = [n for n in real.names if not _allowed(n) and not (
-        reader == "torch_zip" and n == "<persistent_load>.")]
+        reader == "torch_zip" and n == "<persistent_load>.") and not (
+        reader == "torch_legacy" and n.startswith("<storage>."))]
+    if report.verdict is not Verdict.CLEAN:
+        if reader != "torch_legacy" or any(f.rule_id in _UNNAMED for f in report.findings):
+            return []
+        # torch.load's records must each be read: every name it resolves is named.
+        said = " ".join(f"{f.subject} {f.message}" for f in report.findings)
+        return [f"{reader}: unsafe, but the loader's {n!r} is not named" for n in
+                dict.fromkeys(bad) if n.rpartition(".")[2] not in said]
     return [f"{reader}: clean, but the loader resolves {n!r}" for n in dict.fromkeys(bad)]

@@ -20,10 +20,12 @@ from __future__ import annotations
 import copyreg
 import io
 import json
+import os
 import pickle
 import resource
 import struct
 import sys
+import tarfile
 from typing import Any
 
 # EXT1/EXT2/EXT4 resolve through copyreg's registry, whose contents belong to the loading
@@ -73,6 +75,10 @@ class Recorder:
 
     def finish(self, end: int | None) -> None:
         self.records[-1].update(ok=True, end=end)
+
+    def where(self, label: str) -> None:
+        """Which file of the loader the current record is read from."""
+        self.records[-1]["where"] = label
 
     def fail(self, exc: BaseException) -> None:
         if self.records:
@@ -200,8 +206,94 @@ def read_pickle(reader: str, data: bytes) -> None:
         REC.start()
         joblib.load(io.BytesIO(data))
         REC.finish(None)
+    elif reader == "torch_legacy":
+        _torch_load(data)
     else:
         raise ValueError(f"unknown reader {reader}")
+
+
+class LegacyUnpickler(pickle.Unpickler):
+    """The C unpickler torch's legacy reader gets as ``pickle_module.Unpickler``.
+
+    Only ``find_class`` and ``load`` are overridden: torch assigns ``persistent_load`` on
+    the instance (its UnpicklerWrapper), and a class attribute here would shadow that.
+    torch's own storage classes pass through (what ``pickle.load`` of a legacy
+    ``storages`` record returns, and what torch then asks for ``_dtype``); every other
+    name is a stub.
+    """
+
+    def __init__(self, file: Any, **kwargs: Any) -> None:
+        super().__init__(file, **kwargs)
+        self._file = file
+
+    def find_class(self, module: str, name: str) -> Any:
+        REC.names.append([module, name])
+        return _torch_storage(module, name) or Stub
+
+    def load(self) -> Any:
+        REC.start()
+        label = getattr(self._file, "name", "")
+        # tar.extractfile's file object carries the archive's name: it is the member "pickle".
+        tar_member = isinstance(self._file, tarfile.ExFileObject)
+        REC.where("pickle" if tar_member or not isinstance(label, str)
+                  else os.path.basename(label))
+        value = super().load()
+        REC.finish(self._file.tell())
+        return value
+
+
+def _torch_storage(module: str, name: str) -> Any:
+    if module != "torch" or not name.endswith("Storage"):
+        return None
+    import torch
+
+    found = getattr(torch, name, None)
+    return found if isinstance(found, type) and issubclass(
+        found, torch.storage._LegacyStorage) else None
+
+
+def _legacy_module() -> Any:
+    import types
+
+    module = types.ModuleType("legacy_stub_pickle")
+    module.Unpickler = LegacyUnpickler  # type: ignore[attr-defined]
+    module.load = lambda fh, **kw: LegacyUnpickler(fh, **kw).load()  # type: ignore[attr-defined]
+    return module
+
+
+def _torch_load(data: bytes) -> None:
+    """``torch.load(path, weights_only=False)`` itself, as a user calls it on a file: the zip
+    check, then the legacy tar path (tarfile members ``storages``, ``tensors``, ``pickle``,
+    extracted to a temporary folder), and when tarfile fails the raw stream (magic number,
+    protocol, system info, the object, storage keys), each a ``pickle_module.load`` call
+    or torch's UnpicklerWrapper. Capabilities: ``map_location`` keeps every storage on the
+    CPU, torch's container-source check (which reads source files and can write a patch
+    file) is stubbed, and the storage names torch's UnpicklerWrapper resolves itself
+    (``StorageType``) are recorded as ``<storage>.NAME``."""
+    import tempfile
+
+    import torch
+    import torch.serialization as ts
+
+    if not getattr(ts, "_oracle_stubbed", False):
+        real_storage_type = ts.StorageType
+
+        def storage_type(name: str) -> Any:
+            REC.names.append(["<storage>", name])
+            return real_storage_type(name)
+
+        def no_source(obj: object) -> Any:
+            raise OSError("stubbed by the oracle")
+
+        ts.StorageType = storage_type  # type: ignore[misc,assignment]
+        ts.get_source_lines_and_file = no_source  # type: ignore[assignment]
+        ts._oracle_stubbed = True  # type: ignore[attr-defined]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "input.pt")
+        with open(path, "wb") as fh:
+            fh.write(data)
+        torch.load(path, map_location=lambda storage, location: storage,
+                   pickle_module=_legacy_module(), weights_only=False)
 
 
 def _load_nested(fp: Any, kwargs: dict[str, Any]) -> Any:

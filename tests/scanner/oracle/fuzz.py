@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from tests.scanner.oracle import (
     PICKLE_READERS,
     file_differences,
+    legacy_stream_differences,
     run_real,
     scan_bytes,
     stream_differences,
@@ -65,6 +66,8 @@ def run_round(seed: int, n: int = 200, containers: int = 20) -> Outcome:
             if data not in reports:
                 reports[data] = scan_bytes(data)
             diffs = file_differences(reader, real, reports[data])
+            if reader == "torch_legacy":
+                diffs += legacy_stream_differences(data, real)
         if diffs:
             out.differentials.append((reader, data, diffs))
     return out

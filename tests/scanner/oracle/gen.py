@@ -14,9 +14,10 @@ import io
 import itertools
 import random
 import struct
+import tarfile
 import zipfile
 
-__all__ = ["container", "mutate", "pickle_program"]
+__all__ = ["container", "legacy_stream", "legacy_tar", "mutate", "pickle_program"]
 
 NAMES = [("os", "system"), ("builtins", "eval"), ("__builtin__", "eval"), ("posix", "system"),
          ("collections", "OrderedDict"), ("copy_reg", "_reconstructor"),
@@ -262,9 +263,75 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
     return bytes(buf)
 
 
+# torch's legacy raw stream: pickled magic number, protocol version and system info.
+LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
+LEGACY_PROTOCOL = b"\x80\x02M\xe9\x03."
+LEGACY_SYS_INFO = (b"\x80\x02}q\x00(X\x10\x00\x00\x00protocol_versionq\x01M\xe9\x03X"
+                   b"\r\x00\x00\x00little_endianq\x02\x88X\n\x00\x00\x00type_sizesq"
+                   b"\x03}q\x04(X\x05\x00\x00\x00shortq\x05K\x02X\x03\x00\x00\x00intq"
+                   b"\x06K\x04X\x04\x00\x00\x00longq\x07K\x04uu.")
+LEGACY_KEYS = b"\x80\x02]q\x00."
+# A legacy tar's storages member with one float storage of 2 elements, and its tensors
+# member with one 1-d tensor (key 1) on it (torch's records, as torch < 0.1.10 wrote them).
+_STORAGE_RECORD = b"\x80\x02K\x00X\x03\x00\x00\x00cpuctorch\nFloatStorage\n\x87."
+_TENSOR_RECORD = b"\x80\x02K\x01K\x00ctorch\nFloatTensor\n\x87."
+
+
+def legacy_stream(rng: random.Random, pkl: bytes) -> bytes:
+    """torch's legacy raw format (``_use_new_zipfile_serialization=False``) around ``pkl``:
+    usually as the object, sometimes in the place of another record."""
+    records = [LEGACY_MAGIC, LEGACY_PROTOCOL, LEGACY_SYS_INFO, pkl, LEGACY_KEYS]
+    if rng.random() < 0.3:
+        records[rng.randrange(5)] = pkl
+    if rng.random() < 0.2:
+        del records[rng.randrange(5)]
+    return b"".join(records) + bytes(rng.randrange(256) for _ in range(rng.randrange(3) * 8))
+
+
+def legacy_tar(rng: random.Random, pkl: bytes) -> bytes:
+    """torch's legacy tar format (members ``storages``, ``tensors``, ``pickle``) with
+    ``pkl`` as one of its pickles; member order, duplicates and formats vary."""
+    storages = (b"K\x01." + _STORAGE_RECORD + struct.pack("<q", 2) + b"\0" * 8 + b"].")
+    tensors = (b"K\x01." + _TENSOR_RECORD + struct.pack("<ii", 1, 0)
+               + struct.pack("<qqq", 2, 1, 0))
+    members = {"storages": storages, "tensors": tensors, "pickle": pkl}
+    where = rng.randrange(6)
+    if where == 1:
+        members["storages"] = pkl + storages
+    elif where == 2:
+        members["storages"] = b"K\x01." + pkl + struct.pack("<q", 2) + b"\0" * 8 + b"]."
+    elif where == 3:
+        members["tensors"] = b"K\x01." + pkl + tensors[3 + len(_TENSOR_RECORD):]
+    elif where == 4:
+        members["storages"] = b"K\x00." + pkl
+    order = list(members.items())
+    if rng.random() < 0.3:
+        rng.shuffle(order)
+    if rng.random() < 0.15:
+        name = rng.choice(list(members))
+        order.append((name, rng.choice([pkl, b"N.", members[name]])))
+    if rng.random() < 0.1:
+        del order[rng.randrange(len(order))]
+    fmt = rng.choice([tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tf:
+        for name, data in order:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    out = buf.getvalue()
+    if rng.random() < 0.3:  # header or data damage: tarfile fails, or reads other bytes
+        out = mutate(rng, out)
+    return out
+
+
 def container(rng: random.Random, pkl: bytes) -> tuple[str, bytes]:
     """``pkl`` inside a container a loader reads: (reader, file bytes)."""
-    kind = rng.randrange(4)
+    kind = rng.randrange(6)
+    if kind == 4:
+        return "torch_legacy", legacy_stream(rng, pkl)
+    if kind == 5:
+        return "torch_legacy", legacy_tar(rng, pkl)
     if kind == 0:
         buf = io.BytesIO()
         method = rng.choice([zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
