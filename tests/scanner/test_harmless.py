@@ -173,6 +173,7 @@ def test_every_sh175_shape_loads_through_safehub_load_paths(tmp_path: Path,
     its types kept: torch.load under enforce() (the drop-in path) and
     safehub.load_state_dict_from_url (download, scan, weights-only load)."""
     import safehub
+    import safehub.policy
     from tests.fetch.fakehub import FakeHub
     from tests.fetch.helpers import write_policy
 
