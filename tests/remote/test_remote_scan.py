@@ -17,13 +17,14 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.sparse_checkpoint import sparse_torch_zip
 from safehub._scanner.context import ScanOptions
 from safehub.findings import FileReport, Verdict
 from safehub.remote import scan_remote
 from safehub.scan import scan
 from tests.conftest import CliResult
 from tests.remote.conftest import corpus_files, write_policy
-from tests.remote.servers import HfRepo, RangeServer, sparse_torch_zip
+from tests.remote.servers import HfRepo, RangeServer
 
 Cli = Callable[..., CliResult]
 
