@@ -15,6 +15,7 @@ the bytes of body sent.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import re
 import threading
@@ -23,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-__all__ = ["HfRepo", "RangeServer"]
+__all__ = ["CountingProxy", "HfRepo", "RangeServer"]
 
 _LFS = (".bin", ".safetensors", ".pth", ".pt", ".ckpt", ".pkl", ".sig", ".npy", ".npz")
 
@@ -249,6 +250,68 @@ class RangeServer:
                 h.wfile.write(body)
             except (BrokenPipeError, ConnectionResetError):
                 h.close_connection = True
+            with self._lock:
+                self.served.body_bytes += len(body)
+
+
+class CountingProxy:
+    """A reverse proxy on 127.0.0.1 in front of ``upstream`` (moto's S3 server): every
+    request is forwarded as it came and counted here, server-side, with the body bytes
+    of every answer (S3 clients sign the path and headers, not the host they connect to,
+    and moto does not check signatures)."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = urlsplit(upstream)
+        self.served = Served()
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                proxy._forward(self, "GET")
+
+            def do_HEAD(self) -> None:
+                proxy._forward(self, "HEAD")
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.served = Served()
+
+    def _forward(self, h: BaseHTTPRequestHandler, method: str) -> None:
+        with self._lock:
+            self.served.requests.append((method, h.path, h.headers.get("Range", "")))
+        conn = http.client.HTTPConnection(self.upstream.hostname or "", self.upstream.port,
+                                          timeout=60)
+        try:
+            headers = {k: v for k, v in h.headers.items() if k.lower() != "connection"}
+            conn.request(method, h.path, headers=headers)
+            resp = conn.getresponse()
+            body = resp.read()
+        finally:
+            conn.close()
+        h.send_response(resp.status)
+        for key, value in resp.getheaders():
+            if key.lower() not in ("connection", "transfer-encoding", "content-length",
+                                   "server", "date"):
+                h.send_header(key, value)
+        length = resp.getheader("Content-Length") if method == "HEAD" else None
+        h.send_header("Content-Length", length or str(len(body)))
+        h.end_headers()
+        if method != "HEAD":
+            h.wfile.write(body)
             with self._lock:
                 self.served.body_bytes += len(body)
 

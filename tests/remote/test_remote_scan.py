@@ -12,7 +12,7 @@ import dataclasses
 import io
 import os
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +24,7 @@ from safehub.remote import scan_remote
 from safehub.scan import scan
 from tests.conftest import CliResult
 from tests.remote.conftest import corpus_files, write_policy
-from tests.remote.servers import HfRepo, RangeServer
+from tests.remote.servers import CountingProxy, HfRepo, RangeServer
 
 Cli = Callable[..., CliResult]
 
@@ -282,6 +282,75 @@ def test_s3_prefix_verdicts_equal_local(s3_env: str, tmp_path: Path,
     denied = scan_remote(["s3://models/registry/"],
                          policy=write_policy(tmp_path / "d.toml", "https://example.org"))
     assert denied.report.files[0].format == "unreadable"
+
+
+@pytest.fixture
+def s3_counted(s3_env: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[CountingProxy]:
+    """Scans go through a proxy that counts what moto was asked, server-side."""
+    proxy = CountingProxy(s3_env)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+def _s3_put(endpoint: str, bucket: str, files: dict[str, Path]) -> None:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    if bucket not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
+        client.create_bucket(Bucket=bucket)
+    for key, path in files.items():
+        client.upload_file(str(path), bucket, key)
+
+
+def _s3_scan(proxy: CountingProxy, tmp_path: Path, url: str) -> tuple[FileReport, int, int]:
+    """One object's report, and the GETs and body bytes moto served for reading it."""
+    pol = write_policy(tmp_path / "p.toml", proxy.url)
+    listed = scan_remote([url], policy=pol)  # the listing is its own cost: count reads only
+    report = listed.report.files[0]
+    gets = [r for r in proxy.served.requests if r[0] == "GET" and "list-type" not in r[1]
+            and r[1].split("?")[0].endswith(url.rsplit("/", 1)[1])]
+    cost = listed.costs[url]
+    assert all(r[2].startswith("bytes=") for r in gets), gets  # ranges only, never all of it
+    assert cost.requests == len(gets)
+    return report, len(gets), cost.bytes
+
+
+@pytest.mark.parametrize("label", ["clean", "evil"])
+def test_s3_large_sparse_torch_zip_in_at_most_8_requests(
+        s3_env: str, s3_counted: CountingProxy, tmp_path: Path, label: str) -> None:
+    """S3 takes one range per GET: head, tail (with the central directory) and one
+    range per group of records; counted by the proxy in front of moto."""
+    evil = pickle.dumps({"w": 1, "hook": _Payload("touch /tmp/safehub-never")}, protocol=2)
+    path = sparse_torch_zip(tmp_path / f"{label}.pt", gib=3 / 64, tensors=4,
+                            payload=evil if label == "evil" else None)
+    _s3_put(s3_env, "big", {f"ckpt/{label}.pt": path})
+    s3_counted.reset()
+    report, gets, fetched = _s3_scan(s3_counted, tmp_path, f"s3://big/ckpt/{label}.pt")
+    _same(_local(path), report)
+    assert report.verdict is (Verdict.CLEAN if label == "clean" else Verdict.UNSAFE)
+    assert gets <= 8 and fetched < 1 << 20 and s3_counted.served.body_bytes < 2 << 20
+
+
+def test_s3_records_further_apart_cost_requests_not_bytes(
+        s3_env: str, s3_counted: CountingProxy, tmp_path: Path) -> None:
+    """40 tensors 1.2 MiB apart: more than 1 MiB between them, so each group of records
+    is its own GET (S3 has no multi-range) and the bytes stay small; small gaps merge."""
+    far = sparse_torch_zip(tmp_path / "far.pt", gib=3 / 64, tensors=40)
+    near = sparse_torch_zip(tmp_path / "near.pt", gib=1 / 256, tensors=20)  # 200 KiB apart
+    _s3_put(s3_env, "apart", {"far.pt": far, "near.pt": near})
+    s3_counted.reset()
+    report, gets, fetched = _s3_scan(s3_counted, tmp_path, "s3://apart/far.pt")
+    _same(_local(far), report)
+    assert gets <= 2 + 40 and fetched < 1 << 20
+    s3_counted.reset()
+    report, gets, fetched = _s3_scan(s3_counted, tmp_path, "s3://apart/near.pt")
+    _same(_local(near), report)
+    # 18 header ranges 200 KiB apart beyond head and tail: 1 MiB of gaps bridged (5 of
+    # them) leaves 13 ranges; before the bridging each range was its own GET (20 in all).
+    assert gets <= 15 and fetched < 2 << 20
 
 
 def test_cli_scan_url_reports_the_bytes_it_fetched(server: RangeServer, policy: Path,
