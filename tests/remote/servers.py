@@ -36,12 +36,14 @@ class HfRepo:
     commit: str
     files: dict[str, Path]
     branches: tuple[str, ...] = ("main",)
+    token: str | None = None  # private: API and resolve answer 401 without this bearer token
 
 
 @dataclass
 class Served:
     requests: list[tuple[str, str, str]] = field(default_factory=list)  # method, path, Range
     body_bytes: int = 0
+    authorization: list[tuple[str, str]] = field(default_factory=list)  # path, header sent
 
 
 class RangeServer:
@@ -93,6 +95,15 @@ class RangeServer:
         with self._lock:
             self.served.requests.append(("HEAD" if head else "GET", h.path,
                                          h.headers.get("Range", "")))
+            if h.headers.get("Authorization"):
+                self.served.authorization.append((h.path, h.headers["Authorization"]))
+        for repo_id, repo in self.repos.items():
+            if repo.token and (path.startswith(f"/api/models/{repo_id}/") or
+                               path.startswith(f"/{repo_id}/resolve/")) and \
+                    h.headers.get("Authorization") != f"Bearer {repo.token}":
+                self._send(h, 401, b'{"error": "Invalid username or password."}', head=head,
+                           ctype="application/json")
+                return
         if path.startswith("/api/models/"):
             self._api(h, path[len("/api/models/"):], parse_qs(parts.query), head)
             return

@@ -255,6 +255,74 @@ def test_the_hf_endpoint_subset_is_what_huggingface_hub_downloads_through(
     assert set(listed) == set(hf)
 
 
+_SECRET = "hf_loopbackSecret0123456789"
+
+
+def test_hf_private_repo_needs_the_token_and_the_cdn_never_gets_it(
+        server: RangeServer, hf: dict[str, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A private repo answers 401 without HF_TOKEN; with it, the API and resolve requests
+    carry it, and the LFS redirect to the CDN (another origin) does not."""
+    server.repos["acme/detector"] = dataclasses.replace(server.repos["acme/detector"],
+                                                        token=_SECRET)
+    cdn = RangeServer()
+    server.lfs_cdn = cdn
+    pol = write_policy(tmp_path / "p.toml", server.url, cdn.url)
+    try:
+        without = scan_remote(["hf://acme/detector"], policy=pol).report.files
+        assert [r.format for r in without] == ["unreadable"] and "401" in (without[0].error or "")
+        assert cdn.served.requests == []
+        server.reset()
+        monkeypatch.setenv("HF_TOKEN", _SECRET)
+        result = scan_remote(["hf://acme/detector"], policy=pol)
+        prefix = f"hf://acme/detector@{'a' * 40}/"
+        by_path = {r.path: r for r in result.report.files}
+        for rel in ("pytorch_model.bin", "sub/evil.pt"):
+            _same(_local(hf[rel]), by_path[prefix + rel])
+        assert cdn.served.requests and cdn.served.authorization == []
+        sent = {path.split("?")[0] for path, _ in server.served.authorization}
+        assert any(p.startswith("/api/models/acme/detector/") for p in sent)
+        assert "/acme/detector/resolve/" + "a" * 40 + "/sub/evil.pt" in sent
+        assert {value for _, value in server.served.authorization} == {f"Bearer {_SECRET}"}
+        # Scanning the CDN's URL directly: another origin, so no token either.
+        cdn.reset()
+        direct = cdn.add("/direct/evil.pt", hf["sub/evil.pt"])
+        assert scan_remote([direct], policy=pol).report.files[0].verdict is Verdict.UNSAFE
+        assert cdn.served.requests and cdn.served.authorization == []
+    finally:
+        server.lfs_cdn = None
+        cdn.close()
+
+
+def test_hf_token_from_the_token_file_bound_to_the_endpoint_origin(
+        server: RangeServer, hf: dict[str, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """huggingface_hub's token file ($HF_HOME/token) is read; a second loopback server on
+    another port is another origin and never receives the token."""
+    server.repos["acme/detector"] = dataclasses.replace(server.repos["acme/detector"],
+                                                        token=_SECRET)
+    home = tmp_path / "hf-home"
+    home.mkdir()
+    (home / "token").write_text(_SECRET + "\n")
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.delenv("HF_TOKEN_PATH")
+    other = RangeServer()
+    try:
+        pol = write_policy(tmp_path / "p.toml", server.url, other.url)
+        one = scan_remote(["hf://acme/detector@main/sub/evil.pt"], policy=pol)
+        assert one.report.files[0].verdict is Verdict.UNSAFE
+        url = other.add("/evil.pt", hf["sub/evil.pt"])
+        assert scan_remote([url], policy=pol).report.files[0].verdict is Verdict.UNSAFE
+        assert other.served.requests and other.served.authorization == []
+        monkeypatch.setenv("HF_HUB_DISABLE_IMPLICIT_TOKEN", "1")
+        off = scan_remote(["hf://acme/detector@main/sub/evil.pt"], policy=pol)
+        assert off.report.files[0].format == "unreadable"
+    finally:
+        server.repos["acme/detector"] = dataclasses.replace(server.repos["acme/detector"],
+                                                            token=None)
+        other.close()
+
+
 # --- S3 -----------------------------------------------------------------------------------
 
 
