@@ -468,3 +468,36 @@ def test_hf_lfs_redirects_to_a_cdn_are_decided_by_the_policy(
     finally:
         server.lfs_cdn = None
         cdn.close()
+
+
+# --- the default policy and Hugging Face's download hosts ---------------------------------
+
+
+@pytest.mark.parametrize(("url", "allowed"), [
+    ("https://huggingface.co/acme/m/resolve/main/model.safetensors", True),
+    ("https://cas-bridge.xethub.hf.co/xet-bridge-us/6512/abc?X-Amz-Signature=1", True),
+    ("https://cas-bridge.xethub-eu.hf.co/xet-bridge-eu/6512/abc", True),
+    ("https://us.aws.cdn.hf.co/repos/ab/cd/abcdef", True),
+    ("https://us.gcp.cdn.hf.co/repos/ab/cd/abcdef", True),
+    ("https://cdn-lfs-us-1.hf.co/repos/ab/cd/abcdef", True),
+    ("https://cdn-lfs-eu-1.hf.co/repos/ab/cd/abcdef", True),
+    ("https://cdn-lfs.hf.co/repos/ab/cd/abcdef", True),
+    # Xet protocol hosts (only the hf_xet client talks to them), look-alikes, other ports.
+    ("https://cas-server.xethub.hf.co/v1/reconstructions/abc", False),
+    ("https://transfer.xethub.hf.co/xorbs/default/abc", False),
+    ("https://evil.hf.co/repos/ab/cd/abcdef", False),
+    ("https://cas-bridge.xethub.hf.co.evil.example/x", False),
+    ("https://us.aws.cdn.hf.co:8443/repos/ab", False),
+    ("http://us.aws.cdn.hf.co/repos/ab", False),
+])
+def test_default_policy_allows_exactly_the_hub_file_hosts(url: str, allowed: bool) -> None:
+    from safehub._remote.target import decide_url
+    from safehub.errors import PolicyViolation
+    from safehub.policy import load_policy
+
+    policy = load_policy("default")
+    if allowed:
+        assert decide_url(policy, url)
+    else:
+        with pytest.raises(PolicyViolation):
+            decide_url(policy, url)
