@@ -140,6 +140,7 @@ def cluster(workers: int) -> tuple[object, str]:
 
 
 def main() -> int:
+    global WORK
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="100,000 on disk, 2,000 on S3")
     parser.add_argument("--disk", type=int, help="checkpoints on disk (default 2,000)")
@@ -147,11 +148,14 @@ def main() -> int:
     parser.add_argument("--dask-disk", type=int,
                         help="checkpoints on disk for the Dask rows (default: all; a multiple "
                              "of 1,000 reads whole shards, to cap the run's length)")
+    parser.add_argument("--work", type=Path, default=HERE / ".work" / "registry",
+                        help="where the generated registry and state live")
     parser.add_argument("--mib", type=float, default=256.0,
                         help="apparent size of each checkpoint on disk (MiB)")
     parser.add_argument("--s3-mib", type=float, default=1.0,
                         help="size of each checkpoint on S3 (MiB)")
     args = parser.parse_args()
+    WORK = args.work
     n_disk = args.disk if args.disk is not None else (100_000 if args.full else 2_000)
     n_s3 = args.s3 if args.s3 is not None else (2_000 if args.full else 200)
     WORK.mkdir(parents=True, exist_ok=True)
