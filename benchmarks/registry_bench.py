@@ -103,8 +103,10 @@ def upload(folder: Path, endpoint: str) -> None:
 def policy_file(endpoint: str | None) -> Path:
     path = WORK / "policy.toml"
     urls = f'"{endpoint}/"' if endpoint else ""
+    loosen = '"downloads.allow_http_loopback", "downloads.allowed_urls"' if endpoint else \
+        '"downloads.allow_http_loopback"'
     path.write_text('schema = 1\nname = "registry-bench"\nextends = "default"\n'
-                    'loosen = ["downloads.allow_http_loopback"]\n'
+                    f'loosen = [{loosen}]\n'
                     f'[downloads]\nallow_http_loopback = true\nallowed_urls = [{urls}]\n')
     return path
 
