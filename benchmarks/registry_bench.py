@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.remote.servers import sparse_torch_zip  # noqa: E402  (the tests' own generator)
+from benchmarks.sparse_checkpoint import sparse_torch_zip  # noqa: E402
 
 WORK = HERE / ".work" / "registry"
 
@@ -66,6 +66,14 @@ def generate(folder: Path, count: int, mib: float) -> None:
     log(f"generated {count} files in {time.perf_counter() - started:.1f} s")
 
 
+def shards(folder: Path, count: int) -> list[str]:
+    """The shard folders holding the first ``count`` files (the whole folder for all)."""
+    every = sorted(p for p in folder.iterdir() if p.is_dir())
+    if count >= sum(1 for _ in folder.rglob("*.pt")):
+        return [str(folder)]
+    return [str(p) for p in every[: -(-count // 1000)]]
+
+
 def start_moto() -> tuple[subprocess.Popen[bytes], str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -95,17 +103,20 @@ def upload(folder: Path, endpoint: str) -> None:
 def policy_file(endpoint: str | None) -> Path:
     path = WORK / "policy.toml"
     urls = f'"{endpoint}/"' if endpoint else ""
+    loosen = '"downloads.allow_http_loopback", "downloads.allowed_urls"' if endpoint else \
+        '"downloads.allow_http_loopback"'
     path.write_text('schema = 1\nname = "registry-bench"\nextends = "default"\n'
-                    'loosen = ["downloads.allow_http_loopback"]\n'
+                    f'loosen = [{loosen}]\n'
                     f'[downloads]\nallow_http_loopback = true\nallowed_urls = [{urls}]\n')
     return path
 
 
-def measure(target: str, count: int, executor: str | None, policy: Path) -> dict[str, float]:
+def measure(targets: list[str], count: int, executor: str | None,
+            policy: Path) -> dict[str, float]:
     from safehub.audit import audit
 
     started = time.perf_counter()
-    result = audit([target], policy=policy, incremental=False, workers=1,
+    result = audit(targets, policy=policy, incremental=False, workers=1,
                    executor=executor)
     seconds = time.perf_counter() - started
     files = len(result.files)
@@ -114,6 +125,7 @@ def measure(target: str, count: int, executor: str | None, policy: Path) -> dict
                          f"{[(u.path, u.error) for u in result.report.unscanned[:3]]}")
     unsafe = len(result.unsafe)
     costs = list(result.remote.values())
+    log(f"{files} files ({unsafe} unsafe) in {seconds:.1f} s: {files / seconds:.1f} files/s")
     return {"files": files, "unsafe": unsafe, "seconds": seconds,
             "rate": files / seconds,
             "requests": sum(r for r, _ in costs) / len(costs) if costs else 0.0,
@@ -130,15 +142,22 @@ def cluster(workers: int) -> tuple[object, str]:
 
 
 def main() -> int:
+    global WORK
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="100,000 on disk, 2,000 on S3")
     parser.add_argument("--disk", type=int, help="checkpoints on disk (default 2,000)")
     parser.add_argument("--s3", type=int, help="checkpoints on S3 (default 200)")
+    parser.add_argument("--dask-disk", type=int,
+                        help="checkpoints on disk for the Dask rows (default: all; a multiple "
+                             "of 1,000 reads whole shards, to cap the run's length)")
+    parser.add_argument("--work", type=Path, default=HERE / ".work" / "registry",
+                        help="where the generated registry and state live")
     parser.add_argument("--mib", type=float, default=256.0,
                         help="apparent size of each checkpoint on disk (MiB)")
     parser.add_argument("--s3-mib", type=float, default=1.0,
                         help="size of each checkpoint on S3 (MiB)")
     args = parser.parse_args()
+    WORK = args.work
     n_disk = args.disk if args.disk is not None else (100_000 if args.full else 2_000)
     n_s3 = args.s3 if args.s3 is not None else (2_000 if args.full else 200)
     WORK.mkdir(parents=True, exist_ok=True)
@@ -159,8 +178,9 @@ def main() -> int:
                                ("Dask, 2 workers", clusters[2][1])):
             if not n_disk:
                 break
-            log(f"disk: {name}")
-            rows.append(("disk", name, measure(str(disk), n_disk, executor, pol)))
+            count = n_disk if executor is None else min(n_disk, args.dask_disk or n_disk)
+            log(f"disk: {name}, {count} files")
+            rows.append(("disk", name, measure(shards(disk, count), count, executor, pol)))
         if n_s3:
             s3_files = WORK / "s3"
             generate(s3_files, n_s3, args.s3_mib)
@@ -171,7 +191,7 @@ def main() -> int:
                                    ("Dask, 1 worker", clusters[1][1]),
                                    ("Dask, 2 workers", clusters[2][1])):
                 log(f"s3: {name}")
-                rows.append(("s3", name, measure("s3://registry/models/", n_s3, executor, pol)))
+                rows.append(("s3", name, measure(["s3://registry/models/"], n_s3, executor, pol)))
     finally:
         for local, _ in clusters.values():
             local.close()  # type: ignore[attr-defined]
@@ -184,7 +204,7 @@ def main() -> int:
     print("| where | how | files | unsafe | s | files/s | vs 1 process | requests/file "
           "| bytes/file |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    base: dict[str, float] = {}
+    base: dict[str, float] = {}  # files/s are compared, so row sizes may differ
     for where, name, m in rows:
         base.setdefault(where, m["rate"])
         print(f"| {where} | {name} | {m['files']:.0f} | {m['unsafe']:.0f} | "

@@ -4,7 +4,9 @@ Several ranges go in one request (``Range: bytes=a-b,c-d``, answered as
 ``multipart/byteranges``) where the server supports it; a server that answers a
 multi-range request with the whole file (200) is hung up on at once, and is then asked
 one range per request. Every URL, the first and every redirect hop, is decided by the
-policy before it is requested. Requests and body bytes are counted.
+policy before it is requested. Requests and body bytes are counted. A token
+(:mod:`safehub._remote.tokens`) goes only to the origin it is bound to, and not for the
+rest of a redirect chain once a hop has left the origin the chain started on.
 
 Each remote file (and each listing request) has the fetch layer's overall deadline:
 the policy's ``downloads.deadline_s`` plus the bytes received so far at
@@ -24,6 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
+from safehub._fetch.credentials import Credentials, Origin
 from safehub._fetch.http import (
     HttpSettings,
     TransferLimits,
@@ -107,9 +110,11 @@ class HttpRangeClient:
     one request (learnt from the server's first answer)."""
 
     def __init__(self, url: str, policy: Policy, *, timeout: float = 60.0,
-                 user_agent: str = "safehub-scan", settings: HttpSettings | None = None
-                 ) -> None:
+                 user_agent: str = "safehub-scan", settings: HttpSettings | None = None,
+                 credentials: Credentials | None = None) -> None:
         self.url = decide_url(policy, url)
+        self._origin = Origin.of(self.url)
+        self._token = _token(credentials, self.url)
         self.policy = policy
         self.timeout = timeout
         self.user_agent = user_agent
@@ -120,6 +125,7 @@ class HttpRangeClient:
         self.size: int | None = None
         self._conns: dict[tuple[str, str, int | None], http.client.HTTPConnection] = {}
         self._final: str | None = None  # where the last redirect chain ended
+        self._final_left = False  # whether that chain left the first URL's origin
 
     # --- connections ----------------------------------------------------------------------
 
@@ -153,11 +159,15 @@ class HttpRangeClient:
              ) -> tuple[http.client.HTTPResponse, str]:
         """GET with ``Range``, following redirects (each hop decided by the policy)."""
         url = self._final or self.url
+        left = self._final_left
         for _ in range(_MAX_HOPS + 1):
             parts = urlsplit(url)
             target = parts.path + (f"?{parts.query}" if parts.query else "")
             headers = {"Range": range_header, "User-Agent": self.user_agent,
                        "Accept-Encoding": "identity"}
+            left = left or Origin.of(url) != self._origin
+            if self._token and not left:
+                headers["Authorization"] = f"Bearer {self._token}"
             self.stats.requests += 1
             try:
                 conn = self._conn(url)
@@ -181,7 +191,7 @@ class HttpRangeClient:
                     raise FetchError(f"HTTP {resp.status} without a Location", subject=url)
                 url = decide_url(self.policy, urljoin(url, location))
                 continue
-            self._final = url
+            self._final, self._final_left = url, left
             return resp, url
         raise FetchError(f"more than {_MAX_HOPS} redirects", subject=self.url)
 
@@ -321,12 +331,22 @@ class HttpRangeClient:
         return pieces
 
 
+def _token(credentials: Credentials | None, url: str) -> str | None:
+    if credentials is None:
+        from safehub._remote.tokens import remote_credentials
+
+        credentials = remote_credentials()
+    return credentials.token_for(url)
+
+
 def get_json(url: str, policy: Policy, stats: Stats, *, limit: int = 64 << 20,
-             timeout: float = 60.0, settings: HttpSettings | None = None
-             ) -> tuple[object, str | None]:
+             timeout: float = 60.0, settings: HttpSettings | None = None,
+             credentials: Credentials | None = None) -> tuple[object, str | None]:
     """GET a JSON document (an API listing): ``(value, next page URL or None)``. The URL
-    and every redirect hop are decided by the policy; the whole call has one deadline."""
+    and every redirect hop are decided by the policy; the whole call has one deadline;
+    the token for the URL's origin goes only to hops that never left it."""
     current = decide_url(policy, url)
+    token = _token(credentials, current)
     received = [0]
 
     def count(n: int) -> None:
@@ -335,16 +355,23 @@ def get_json(url: str, policy: Policy, stats: Stats, *, limit: int = 64 << 20,
 
     deadline = _Deadline(current, transfer_limits(settings, policy), lambda: received[0])
     with deadline.watch() as watch:
-        return _get_json(current, policy, stats, limit, timeout, deadline, watch, count)
+        return _get_json(current, policy, stats, limit, timeout, deadline, watch, count,
+                         token)
 
 
 def _get_json(current: str, policy: Policy, stats: Stats, limit: int, timeout: float,
-              deadline: _Deadline, watch: _Watchdog, count: Callable[[int], None]
-              ) -> tuple[object, str | None]:
+              deadline: _Deadline, watch: _Watchdog, count: Callable[[int], None],
+              token: str | None) -> tuple[object, str | None]:
     import json
 
     url = current
+    origin = Origin.of(current)
+    left = False
     for _ in range(_MAX_HOPS + 1):
+        left = left or Origin.of(current) != origin
+        headers = {"Accept": "application/json", "User-Agent": "safehub-scan"}
+        if token and not left:
+            headers["Authorization"] = f"Bearer {token}"
         parts = urlsplit(current)
         cls = http.client.HTTPSConnection if parts.scheme == "https" else \
             http.client.HTTPConnection
@@ -355,7 +382,7 @@ def _get_json(current: str, policy: Policy, stats: Stats, limit: int, timeout: f
             conn.connect()
             watch.sock = conn.sock
             conn.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""),
-                         headers={"Accept": "application/json", "User-Agent": "safehub-scan"})
+                         headers=headers)
             resp = conn.getresponse()
             if resp.status in (301, 302, 303, 307, 308) and resp.getheader("Location"):
                 current = decide_url(policy, urljoin(current, resp.getheader("Location") or ""))
@@ -367,6 +394,10 @@ def _get_json(current: str, policy: Policy, stats: Stats, limit: int, timeout: f
             raise FetchError(f"request failed: {exc}", subject=current) from exc
         finally:
             conn.close()
+        if resp.status in (401, 403):
+            raise FetchError(f"HTTP {resp.status} {resp.reason}", subject=current,
+                             fix="a private repository needs a token: set HF_TOKEN (or "
+                                 "SAFEHUB_TOKEN_<ID> with SAFEHUB_TOKEN_<ID>_ORIGIN)")
         if resp.status != 200:
             raise FetchError(f"HTTP {resp.status} {resp.reason}", subject=current)
         if len(body) > limit:

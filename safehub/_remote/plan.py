@@ -17,12 +17,14 @@ import struct
 from safehub._remote.rangefile import RangeFile
 from safehub._scanner.zipdir import zip64_sizes
 
-__all__ = ["HEAD", "TAIL", "coalesce", "zip_plan"]
+__all__ = ["BRIDGE", "HEAD", "REQUESTS", "TAIL", "coalesce", "fit", "zip_plan"]
 
 HEAD = 1 << 16
 TAIL = (1 << 16) + 22 + 4096  # the scanner's end-record search window, and a little more
 _HEADER_SLACK = 30 + 160  # fixed local header, an extra field (torch pads to 64), 8 peeked
 _MAX_PICKLE = 64 << 20
+REQUESTS = 8  # the requests a file should take where the server answers one range at a time
+BRIDGE = 1 << 20  # bytes between ranges a file may fetch to stay within REQUESTS
 
 
 def coalesce(ranges: list[tuple[int, int]], gap: int) -> list[tuple[int, int]]:
@@ -33,6 +35,25 @@ def coalesce(ranges: list[tuple[int, int]], gap: int) -> list[tuple[int, int]]:
             out[-1] = (out[-1][0], max(out[-1][1], end))
         else:
             out.append((start, end))
+    return out
+
+
+def fit(ranges: list[tuple[int, int]], requests: int, allowance: int
+        ) -> list[tuple[int, int]]:
+    """Sorted disjoint ``ranges`` merged across their smallest gaps, while more than
+    ``requests`` remain and the bytes between them add up to at most ``allowance``.
+
+    What is left over is fetched as it is: a file whose records lie further apart costs
+    more requests, never a skipped read.
+    """
+    out = list(ranges)
+    spent = 0
+    while len(out) > max(1, requests):
+        gap, i = min((out[j + 1][0] - out[j][1], j) for j in range(len(out) - 1))
+        if spent + gap > allowance:
+            break
+        spent += gap
+        out[i:i + 2] = [(out[i][0], out[i + 1][1])]
     return out
 
 
@@ -104,8 +125,12 @@ def zip_plan(fh: RangeFile, max_record: int = _MAX_PICKLE) -> list[tuple[int, in
             end = header + _HEADER_SLACK + 2 * name_len + min(csize, max_record)
             wanted.append((header, end))
         pos += 46 + name_len + extra_len + comment_len
+    ranges = [(s, min(e, fh.size)) for s, e in wanted if s < fh.size]
+    if fh.client.multi_range:
+        return coalesce(ranges, 1 << 12)
     # One request per range where the server takes one range at a time (S3): merge across
-    # gaps up to 128 KiB, about what one request's latency would transfer; wider gaps cost
-    # more in egress than in requests (1 MB ~ 200 GETs at AWS prices).
-    gap = 1 << 12 if fh.client.multi_range else 1 << 17
-    return coalesce([(s, min(e, fh.size)) for s, e in wanted if s < fh.size], gap)
+    # gaps up to 128 KiB, about what one request's latency would transfer, then across the
+    # smallest wider gaps (up to BRIDGE bytes in all) to stay within REQUESTS for the file;
+    # wider gaps cost more in egress than in requests (1 MB ~ 200 GETs at AWS prices).
+    left = REQUESTS - fh.client.stats.requests
+    return fit(coalesce(ranges, 1 << 17), left, BRIDGE)

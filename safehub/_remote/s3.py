@@ -1,7 +1,10 @@
 """Range reads from S3-compatible stores through fsspec's s3fs (the ``s3`` extra).
 
-S3 answers one range per request, so the plan's ranges are coalesced with a wider gap and
-fetched concurrently. The endpoint is botocore's (``$AWS_ENDPOINT_URL_S3``,
+S3 answers one range per request (GetObject takes a single ``Range``), so a file's reads
+are planned to few ranges (:func:`safehub._remote.plan.fit`): an object up to 1 MiB is read
+whole in one request, a larger one's head and a 256 KiB tail (the end record and, for up
+to about 2,500 members, the central directory) in two, and the records between in ranges
+merged across gaps, all fetched concurrently. The endpoint is botocore's (``$AWS_ENDPOINT_URL_S3``,
 ``$AWS_ENDPOINT_URL``); credentials come from the usual AWS sources, never from safehub.
 Each object's path-style URL on the endpoint is decided by the policy before any request.
 """
@@ -16,6 +19,9 @@ from safehub._remote.target import decide_url, s3_endpoint, s3_object_url
 from safehub.errors import FetchError
 
 __all__ = ["S3RangeClient", "list_objects", "s3_filesystem"]
+
+_WHOLE = 1 << 20  # objects up to this size: one request for all of it
+_TAIL = 1 << 18  # the tail read: end record and, usually, the central directory
 
 
 _FILESYSTEMS: dict[str, Any] = {}
@@ -100,7 +106,8 @@ class S3RangeClient:
 
     def fetch_suffix(self, head: int, tail: int) -> list[tuple[int, bytes]]:
         size = self.size or 0
-        if size <= head + tail:
+        tail = max(tail, _TAIL)
+        if size <= max(head + tail, _WHOLE):
             return self.fetch([(0, size)])
         return self.fetch([(0, head), (size - tail, size)])
 

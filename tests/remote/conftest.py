@@ -38,10 +38,12 @@ def write_policy(path: Path, *urls: str) -> Path:
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("SAFEHUB_POLICY", "SAFEHUB_OFFLINE", "HF_ENDPOINT", "AWS_ENDPOINT_URL",
-                "AWS_ENDPOINT_URL_S3", "HF_HOME", "HF_HUB_CACHE"):
+                "AWS_ENDPOINT_URL_S3", "HF_HOME", "HF_HUB_CACHE", "HF_TOKEN",
+                "HUGGING_FACE_HUB_TOKEN", "HF_HUB_DISABLE_IMPLICIT_TOKEN"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-hf-token"))  # not the user's
     monkeypatch.setenv("SAFEHUB_NO_PROGRESS", "1")
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)

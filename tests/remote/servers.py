@@ -15,8 +15,8 @@ the bytes of body sent.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
-import os
 import re
 import threading
 from dataclasses import dataclass, field
@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-__all__ = ["HfRepo", "RangeServer"]
+__all__ = ["CountingProxy", "HfRepo", "RangeServer"]
 
 _LFS = (".bin", ".safetensors", ".pth", ".pt", ".ckpt", ".pkl", ".sig", ".npy", ".npz")
 
@@ -36,12 +36,14 @@ class HfRepo:
     commit: str
     files: dict[str, Path]
     branches: tuple[str, ...] = ("main",)
+    token: str | None = None  # private: API and resolve answer 401 without this bearer token
 
 
 @dataclass
 class Served:
     requests: list[tuple[str, str, str]] = field(default_factory=list)  # method, path, Range
     body_bytes: int = 0
+    authorization: list[tuple[str, str]] = field(default_factory=list)  # path, header sent
 
 
 class RangeServer:
@@ -93,6 +95,15 @@ class RangeServer:
         with self._lock:
             self.served.requests.append(("HEAD" if head else "GET", h.path,
                                          h.headers.get("Range", "")))
+            if h.headers.get("Authorization"):
+                self.served.authorization.append((h.path, h.headers["Authorization"]))
+        for repo_id, repo in self.repos.items():
+            if repo.token and (path.startswith(f"/api/models/{repo_id}/") or
+                               path.startswith(f"/{repo_id}/resolve/")) and \
+                    h.headers.get("Authorization") != f"Bearer {repo.token}":
+                self._send(h, 401, b'{"error": "Invalid username or password."}', head=head,
+                           ctype="application/json")
+                return
         if path.startswith("/api/models/"):
             self._api(h, path[len("/api/models/"):], parse_qs(parts.query), head)
             return
@@ -254,6 +265,68 @@ class RangeServer:
                 self.served.body_bytes += len(body)
 
 
+class CountingProxy:
+    """A reverse proxy on 127.0.0.1 in front of ``upstream`` (moto's S3 server): every
+    request is forwarded as it came and counted here, server-side, with the body bytes
+    of every answer (S3 clients sign the path and headers, not the host they connect to,
+    and moto does not check signatures)."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = urlsplit(upstream)
+        self.served = Served()
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                proxy._forward(self, "GET")
+
+            def do_HEAD(self) -> None:
+                proxy._forward(self, "HEAD")
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.served = Served()
+
+    def _forward(self, h: BaseHTTPRequestHandler, method: str) -> None:
+        with self._lock:
+            self.served.requests.append((method, h.path, h.headers.get("Range", "")))
+        conn = http.client.HTTPConnection(self.upstream.hostname or "", self.upstream.port,
+                                          timeout=60)
+        try:
+            headers = {k: v for k, v in h.headers.items() if k.lower() != "connection"}
+            conn.request(method, h.path, headers=headers)
+            resp = conn.getresponse()
+            body = resp.read()
+        finally:
+            conn.close()
+        h.send_response(resp.status)
+        for key, value in resp.getheaders():
+            if key.lower() not in ("connection", "transfer-encoding", "content-length",
+                                   "server", "date"):
+                h.send_header(key, value)
+        length = resp.getheader("Content-Length") if method == "HEAD" else None
+        h.send_header("Content-Length", length or str(len(body)))
+        h.end_headers()
+        if method != "HEAD":
+            h.wfile.write(body)
+            with self._lock:
+                self.served.body_bytes += len(body)
+
+
 def _parse_ranges(header: str, size: int) -> list[tuple[int, int]] | None:
     """``[start, end)`` ranges of a ``Range`` header; None when it is not a byte range
     (serve the whole file), [] when none is satisfiable."""
@@ -306,90 +379,3 @@ def _git_oid(file: Path) -> str:
             data = file.read_bytes()
             _DIGESTS[key] = hashlib.sha1(b"blob %d\x00" % len(data) + data).hexdigest()
     return _DIGESTS[key]
-
-
-def sparse_torch_zip(path: Path, *, gib: float = 10.0, tensors: int = 200,
-                     payload: object | None = None) -> Path:
-    """A torch zip checkpoint of ``gib`` GiB whose tensor data are holes: ``data.pkl``
-    (the real pickle torch writes for ``tensors`` float32 tensors, or ``payload``
-    pickled as torch would), ``byteorder``, ``data/<i>`` stored members at 64-byte
-    aligned offsets, zip64 records, as ``torch.save`` lays them out."""
-    import struct
-    import zlib
-
-    per = int(gib * (1 << 30)) // max(1, tensors)
-    per -= per % 4
-    pickle_bytes = _torch_pickle(tensors, per // 4) if payload is None else payload
-    assert isinstance(pickle_bytes, bytes)
-    entries: list[tuple[bytes, int, int, int]] = []  # name, offset, size, crc
-    with open(path, "wb") as fh:
-        def member(name: str, data: bytes | None, size: int) -> None:
-            offset = fh.tell()
-            full = f"archive/{name}".encode()
-            header_len = 30 + len(full) + 4 + 16  # zip64 extra
-            pad = (-(offset + header_len + 4)) % 64
-            extra = struct.pack("<HHQQ", 1, 16, size, size)
-            extra += struct.pack("<HH", 0x4246, pad) + b"Z" * pad
-            crc = zlib.crc32(data) if data is not None else 0
-            fh.write(struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 45, 0, 0, 0, 0, crc,
-                                 0xFFFFFFFF, 0xFFFFFFFF, len(full), len(extra)))
-            fh.write(full + extra)
-            if data is not None:
-                fh.write(data)
-            else:
-                fh.seek(size, os.SEEK_CUR)
-            entries.append((full, offset, size, crc))
-
-        member("data.pkl", pickle_bytes, len(pickle_bytes))
-        member("byteorder", b"little", 6)
-        for i in range(tensors):
-            member(f"data/{i}", None, per)
-        member("version", b"3\n", 2)
-        member(".data/serialization_id", b"0123456789", 10)
-        cd_start = fh.tell()
-        for full, offset, size, crc in entries:
-            extra = struct.pack("<HHQQQ", 1, 24, size, size, offset)
-            fh.write(struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 45, 45, 0, 0, 0, 0,
-                                 crc, 0xFFFFFFFF, 0xFFFFFFFF, len(full), len(extra), 0, 0, 0,
-                                 0, 0xFFFFFFFF))
-            fh.write(full + extra)
-        cd_end = fh.tell()
-        fh.write(struct.pack("<4sQHHIIQQQQ", b"PK\x06\x06", 44, 45, 45, 0, 0, len(entries),
-                             len(entries), cd_end - cd_start, cd_start))
-        fh.write(struct.pack("<4sIQI", b"PK\x06\x07", 0, cd_end, 1))
-        fh.write(struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF,
-                             0xFFFFFFFF, 0))
-    return path
-
-
-def _torch_pickle(tensors: int, numel: int) -> bytes:
-    """The data.pkl ``torch.save`` writes for ``{"w<i>": float32 tensor of numel}``:
-    ``_rebuild_tensor_v2`` records over persistent storage ids."""
-    import io
-    import pickle
-    from collections import OrderedDict
-
-    import torch
-
-    class _Storage:
-        def __init__(self, key: str) -> None:
-            self.key = key
-
-    class _Tensor:
-        def __init__(self, storage: _Storage) -> None:
-            self.storage = storage
-
-        def __reduce__(self) -> tuple[object, tuple[object, ...]]:
-            return (torch._utils._rebuild_tensor_v2,
-                    (self.storage, 0, (numel,), (1,), False, OrderedDict()))
-
-    class _Pickler(pickle.Pickler):
-        def persistent_id(self, obj: object) -> object:
-            if isinstance(obj, _Storage):
-                return ("storage", torch.FloatStorage, obj.key, "cpu", numel)
-            return None
-
-    buf = io.BytesIO()
-    _Pickler(buf, protocol=2).dump({f"w{i}": _Tensor(_Storage(str(i)))
-                                    for i in range(tensors)})
-    return buf.getvalue()

@@ -12,18 +12,19 @@ import dataclasses
 import io
 import os
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from benchmarks.sparse_checkpoint import sparse_torch_zip
 from safehub._scanner.context import ScanOptions
 from safehub.findings import FileReport, Verdict
 from safehub.remote import scan_remote
 from safehub.scan import scan
 from tests.conftest import CliResult
 from tests.remote.conftest import corpus_files, write_policy
-from tests.remote.servers import HfRepo, RangeServer, sparse_torch_zip
+from tests.remote.servers import CountingProxy, HfRepo, RangeServer
 
 Cli = Callable[..., CliResult]
 
@@ -254,6 +255,74 @@ def test_the_hf_endpoint_subset_is_what_huggingface_hub_downloads_through(
     assert set(listed) == set(hf)
 
 
+_SECRET = "hf_loopbackSecret0123456789"
+
+
+def test_hf_private_repo_needs_the_token_and_the_cdn_never_gets_it(
+        server: RangeServer, hf: dict[str, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A private repo answers 401 without HF_TOKEN; with it, the API and resolve requests
+    carry it, and the LFS redirect to the CDN (another origin) does not."""
+    server.repos["acme/detector"] = dataclasses.replace(server.repos["acme/detector"],
+                                                        token=_SECRET)
+    cdn = RangeServer()
+    server.lfs_cdn = cdn
+    pol = write_policy(tmp_path / "p.toml", server.url, cdn.url)
+    try:
+        without = scan_remote(["hf://acme/detector"], policy=pol).report.files
+        assert [r.format for r in without] == ["unreadable"] and "401" in (without[0].error or "")
+        assert cdn.served.requests == []
+        server.reset()
+        monkeypatch.setenv("HF_TOKEN", _SECRET)
+        result = scan_remote(["hf://acme/detector"], policy=pol)
+        prefix = f"hf://acme/detector@{'a' * 40}/"
+        by_path = {r.path: r for r in result.report.files}
+        for rel in ("pytorch_model.bin", "sub/evil.pt"):
+            _same(_local(hf[rel]), by_path[prefix + rel])
+        assert cdn.served.requests and cdn.served.authorization == []
+        sent = {path.split("?")[0] for path, _ in server.served.authorization}
+        assert any(p.startswith("/api/models/acme/detector/") for p in sent)
+        assert "/acme/detector/resolve/" + "a" * 40 + "/sub/evil.pt" in sent
+        assert {value for _, value in server.served.authorization} == {f"Bearer {_SECRET}"}
+        # Scanning the CDN's URL directly: another origin, so no token either.
+        cdn.reset()
+        direct = cdn.add("/direct/evil.pt", hf["sub/evil.pt"])
+        assert scan_remote([direct], policy=pol).report.files[0].verdict is Verdict.UNSAFE
+        assert cdn.served.requests and cdn.served.authorization == []
+    finally:
+        server.lfs_cdn = None
+        cdn.close()
+
+
+def test_hf_token_from_the_token_file_bound_to_the_endpoint_origin(
+        server: RangeServer, hf: dict[str, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """huggingface_hub's token file ($HF_HOME/token) is read; a second loopback server on
+    another port is another origin and never receives the token."""
+    server.repos["acme/detector"] = dataclasses.replace(server.repos["acme/detector"],
+                                                        token=_SECRET)
+    home = tmp_path / "hf-home"
+    home.mkdir()
+    (home / "token").write_text(_SECRET + "\n")
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.delenv("HF_TOKEN_PATH")
+    other = RangeServer()
+    try:
+        pol = write_policy(tmp_path / "p.toml", server.url, other.url)
+        one = scan_remote(["hf://acme/detector@main/sub/evil.pt"], policy=pol)
+        assert one.report.files[0].verdict is Verdict.UNSAFE
+        url = other.add("/evil.pt", hf["sub/evil.pt"])
+        assert scan_remote([url], policy=pol).report.files[0].verdict is Verdict.UNSAFE
+        assert other.served.requests and other.served.authorization == []
+        monkeypatch.setenv("HF_HUB_DISABLE_IMPLICIT_TOKEN", "1")
+        off = scan_remote(["hf://acme/detector@main/sub/evil.pt"], policy=pol)
+        assert off.report.files[0].format == "unreadable"
+    finally:
+        server.repos["acme/detector"] = dataclasses.replace(server.repos["acme/detector"],
+                                                            token=None)
+        other.close()
+
+
 # --- S3 -----------------------------------------------------------------------------------
 
 
@@ -281,6 +350,75 @@ def test_s3_prefix_verdicts_equal_local(s3_env: str, tmp_path: Path,
     denied = scan_remote(["s3://models/registry/"],
                          policy=write_policy(tmp_path / "d.toml", "https://example.org"))
     assert denied.report.files[0].format == "unreadable"
+
+
+@pytest.fixture
+def s3_counted(s3_env: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[CountingProxy]:
+    """Scans go through a proxy that counts what moto was asked, server-side."""
+    proxy = CountingProxy(s3_env)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+def _s3_put(endpoint: str, bucket: str, files: dict[str, Path]) -> None:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    if bucket not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
+        client.create_bucket(Bucket=bucket)
+    for key, path in files.items():
+        client.upload_file(str(path), bucket, key)
+
+
+def _s3_scan(proxy: CountingProxy, tmp_path: Path, url: str) -> tuple[FileReport, int, int]:
+    """One object's report, and the GETs and body bytes moto served for reading it."""
+    pol = write_policy(tmp_path / "p.toml", proxy.url)
+    listed = scan_remote([url], policy=pol)  # the listing is its own cost: count reads only
+    report = listed.report.files[0]
+    gets = [r for r in proxy.served.requests if r[0] == "GET" and "list-type" not in r[1]
+            and r[1].split("?")[0].endswith(url.rsplit("/", 1)[1])]
+    cost = listed.costs[url]
+    assert all(r[2].startswith("bytes=") for r in gets), gets  # ranges only, never all of it
+    assert cost.requests == len(gets)
+    return report, len(gets), cost.bytes
+
+
+@pytest.mark.parametrize("label", ["clean", "evil"])
+def test_s3_large_sparse_torch_zip_in_at_most_8_requests(
+        s3_env: str, s3_counted: CountingProxy, tmp_path: Path, label: str) -> None:
+    """S3 takes one range per GET: head, tail (with the central directory) and one
+    range per group of records; counted by the proxy in front of moto."""
+    evil = pickle.dumps({"w": 1, "hook": _Payload("touch /tmp/safehub-never")}, protocol=2)
+    path = sparse_torch_zip(tmp_path / f"{label}.pt", gib=3 / 64, tensors=4,
+                            payload=evil if label == "evil" else None)
+    _s3_put(s3_env, "big", {f"ckpt/{label}.pt": path})
+    s3_counted.reset()
+    report, gets, fetched = _s3_scan(s3_counted, tmp_path, f"s3://big/ckpt/{label}.pt")
+    _same(_local(path), report)
+    assert report.verdict is (Verdict.CLEAN if label == "clean" else Verdict.UNSAFE)
+    assert gets <= 8 and fetched < 1 << 20 and s3_counted.served.body_bytes < 2 << 20
+
+
+def test_s3_records_further_apart_cost_requests_not_bytes(
+        s3_env: str, s3_counted: CountingProxy, tmp_path: Path) -> None:
+    """40 tensors 1.2 MiB apart: more than 1 MiB between them, so each group of records
+    is its own GET (S3 has no multi-range) and the bytes stay small; small gaps merge."""
+    far = sparse_torch_zip(tmp_path / "far.pt", gib=3 / 64, tensors=40)
+    near = sparse_torch_zip(tmp_path / "near.pt", gib=1 / 256, tensors=20)  # 200 KiB apart
+    _s3_put(s3_env, "apart", {"far.pt": far, "near.pt": near})
+    s3_counted.reset()
+    report, gets, fetched = _s3_scan(s3_counted, tmp_path, "s3://apart/far.pt")
+    _same(_local(far), report)
+    assert gets <= 2 + 40 and fetched < 1 << 20
+    s3_counted.reset()
+    report, gets, fetched = _s3_scan(s3_counted, tmp_path, "s3://apart/near.pt")
+    _same(_local(near), report)
+    # 18 header ranges 200 KiB apart beyond head and tail: 1 MiB of gaps bridged (5 of
+    # them) leaves 13 ranges; before the bridging each range was its own GET (20 in all).
+    assert gets <= 15 and fetched < 2 << 20
 
 
 def test_cli_scan_url_reports_the_bytes_it_fetched(server: RangeServer, policy: Path,
@@ -330,3 +468,36 @@ def test_hf_lfs_redirects_to_a_cdn_are_decided_by_the_policy(
     finally:
         server.lfs_cdn = None
         cdn.close()
+
+
+# --- the default policy and Hugging Face's download hosts ---------------------------------
+
+
+@pytest.mark.parametrize(("url", "allowed"), [
+    ("https://huggingface.co/acme/m/resolve/main/model.safetensors", True),
+    ("https://cas-bridge.xethub.hf.co/xet-bridge-us/6512/abc?X-Amz-Signature=1", True),
+    ("https://cas-bridge.xethub-eu.hf.co/xet-bridge-eu/6512/abc", True),
+    ("https://us.aws.cdn.hf.co/repos/ab/cd/abcdef", True),
+    ("https://us.gcp.cdn.hf.co/repos/ab/cd/abcdef", True),
+    ("https://cdn-lfs-us-1.hf.co/repos/ab/cd/abcdef", True),
+    ("https://cdn-lfs-eu-1.hf.co/repos/ab/cd/abcdef", True),
+    ("https://cdn-lfs.hf.co/repos/ab/cd/abcdef", True),
+    # Xet protocol hosts (only the hf_xet client talks to them), look-alikes, other ports.
+    ("https://cas-server.xethub.hf.co/v1/reconstructions/abc", False),
+    ("https://transfer.xethub.hf.co/xorbs/default/abc", False),
+    ("https://evil.hf.co/repos/ab/cd/abcdef", False),
+    ("https://cas-bridge.xethub.hf.co.evil.example/x", False),
+    ("https://us.aws.cdn.hf.co:8443/repos/ab", False),
+    ("http://us.aws.cdn.hf.co/repos/ab", False),
+])
+def test_default_policy_allows_exactly_the_hub_file_hosts(url: str, allowed: bool) -> None:
+    from safehub._remote.target import decide_url
+    from safehub.errors import PolicyViolation
+    from safehub.policy import load_policy
+
+    policy = load_policy("default")
+    if allowed:
+        assert decide_url(policy, url)
+    else:
+        with pytest.raises(PolicyViolation):
+            decide_url(policy, url)
