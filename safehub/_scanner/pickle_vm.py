@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import _compat_pickle
 import codecs
+import functools
 import re
 import struct
 import warnings
@@ -1424,22 +1425,29 @@ def _parse_string(text: bytes, at: int) -> str:
     if len(text) >= 2 and text[0] == text[-1] and text[:1] in (b"'", b'"'):
         if b"\\" not in text:
             return _py2str(text[1:-1])  # escape_decode changes only backslash sequences
-        body = text[1:-1]
         try:
-            if b"\\" not in _VALID_ESCAPES.sub(b"", body):
-                raw = codecs.escape_decode(body)[0]  # no invalid escape: nothing to warn
-            elif len(body) <= 256 and not _TRAILING_BACKSLASHES.search(body):
-                # An invalid escape decodes to itself: escaping its backslash gives the
-                # same bytes without the warning machinery, which costs more per opcode.
-                raw = codecs.escape_decode(_ESCAPE.sub(_quiet_escape, body))[0]
-            else:
-                with warnings.catch_warnings():  # "invalid escape sequence" is data
-                    warnings.simplefilter("ignore", DeprecationWarning)
-                    raw = codecs.escape_decode(body)[0]
+            return _unescape(text[1:-1])
         except ValueError:
             raise PickleError("invalid escape in STRING argument", at) from None
-        return _py2str(raw)
     raise PickleError("the STRING opcode argument must be quoted", at)
+
+
+# A pure function of the bytes: floods repeat one escaped string millions of times, and
+# the escape handling below costs microseconds per call (errors are not cached).
+@functools.lru_cache(maxsize=4096)
+def _unescape(body: bytes) -> str:
+    """A quoted STRING body as ``codecs.escape_decode`` reads it; ValueError if it refuses."""
+    if b"\\" not in _VALID_ESCAPES.sub(b"", body):
+        raw = codecs.escape_decode(body)[0]  # no invalid escape: nothing to warn
+    elif len(body) <= 256 and not _TRAILING_BACKSLASHES.search(body):
+        # An invalid escape decodes to itself: escaping its backslash gives the
+        # same bytes without the warning machinery, which costs more per opcode.
+        raw = codecs.escape_decode(_ESCAPE.sub(_quiet_escape, body))[0]
+    else:
+        with warnings.catch_warnings():  # "invalid escape sequence" is data
+            warnings.simplefilter("ignore", DeprecationWarning)
+            raw = codecs.escape_decode(body)[0]
+    return _py2str(raw)
 
 
 def _ascii_line(text: bytes, at: int) -> str:
