@@ -53,6 +53,7 @@ class HubCall:
     memory_mb: int | None = None  # can only tighten the policy's limit
     seed: int | None = None  # torch/random/numpy seeded in the child before the import
     trust_nested: tuple[str, ...] = ()  # repos the entrypoint may torch.hub.load, this call
+    as_file: bool = False  # load: the checked safetensors file, not tensors (no torch here)
 
 
 class PolicyBroker:
@@ -265,10 +266,11 @@ def run_hub_call(call: HubCall, policy: Policy | str | os.PathLike[str] | None =
                              dict(call.kwargs), limits=_limits(policy, call),
                              required_layers=frozenset(Layer(name) for name in
                                                        policy.model.sandbox.required_layers),
-                             seed=call.seed)
+                             seed=call.seed, as_file=call.as_file)
         broker = PolicyBroker(fetcher, requester, call.trust_nested,
                               outer=requester or str(repo_dir))
-        importer = _import_torch_meanwhile() if call.op.value == "load" else None
+        importer = (_import_torch_meanwhile() if call.op.value == "load" and not call.as_file
+                    else None)
         try:
             result = sandbox.run(request, broker)
         finally:

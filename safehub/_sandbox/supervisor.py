@@ -41,7 +41,7 @@ from safehub._sandbox.errors import (
     UnknownEntrypoint,
     clean_text,
 )
-from safehub._sandbox.result import read_tensors
+from safehub._sandbox.result import TensorFile, check_result
 from safehub._sandbox.spec import (
     Layer,
     LayerStatus,
@@ -525,6 +525,7 @@ class _Run:
             raise self._protocol("result for another operation")
         received = time.monotonic()
         tensors: dict[str, Any] = {}
+        file: TensorFile | None = None
         entrypoints: tuple[str, ...] = ()
         doc: str | None = None
         aliased: tuple[tuple[str, ...], ...] = ()
@@ -534,8 +535,11 @@ class _Run:
             if len(fds) != 1 or not _str_list(keys) or not isinstance(groups, list) or not all(
                     _str_list(g) for g in groups):
                 raise self._protocol("malformed load result")
-            fd = fds.pop()
-            tensors = read_tensors(fd, order=keys)
+            file = check_result(fds.pop(), order=keys)
+            if not request.as_file:
+                with file:
+                    tensors = file.tensors()
+                file = None
             try:
                 result_shape = shape.parse(message.get("shape"), keys)
             except shape.ShapeError as exc:
@@ -574,7 +578,7 @@ class _Run:
             op=request.op, tensors=tensors, entrypoints=entrypoints, doc=doc,
             layers_applied=dict(self.ready["applied"]), layers_missing=dict(self.ready["missing"]),
             timings=dict(self.times), usage=usage, aliased=aliased,
-            fetched=tuple(self.service.fetched), shape=result_shape)
+            fetched=tuple(self.service.fetched), shape=result_shape, file=file)
 
     # failures
 
