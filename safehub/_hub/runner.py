@@ -28,9 +28,17 @@ from safehub.policy import Decision, Policy, RepoRequest, SandboxRequest, TrustR
 
 if TYPE_CHECKING:
     from safehub.fetch import Fetcher
-    from safehub.sandbox import JSONValue, Operation, Sandbox, SandboxLimits, SandboxResult
+    from safehub.sandbox import (
+        JSONValue,
+        Layer,
+        LayerStatus,
+        Operation,
+        Sandbox,
+        SandboxLimits,
+        SandboxResult,
+    )
 
-__all__ = ["HubCall", "PolicyBroker", "run_hub_call", "verify_signatures"]
+__all__ = ["HubCall", "PolicyBroker", "prestart", "run_hub_call", "verify_signatures"]
 
 log = logging.getLogger("safehub")
 
@@ -213,15 +221,16 @@ def _import_torch_meanwhile() -> threading.Thread | None:
 
 
 def _sandbox_for(repo_dir: Path) -> Sandbox:
-    """The warm sandbox whose zygote preloaded this repo's declared, installed packages."""
-    from safehub._hub.deps import preloadable_dependencies
-    from safehub.sandbox import default_sandbox
+    from safehub._hub.warm import sandbox_for
 
-    try:
-        packages = preloadable_dependencies(repo_dir)
-    except OSError:
-        packages = ()
-    return default_sandbox(packages)
+    return sandbox_for(repo_dir)
+
+
+def prestart(call: HubCall) -> Sandbox | None:
+    """Start the call's zygote and bytecode in the background (see :mod:`warm`)."""
+    from safehub._hub.warm import prestart as start
+
+    return start(call.repo_or_dir, call.source)
 
 
 def run_hub_call(call: HubCall, policy: Policy | str | os.PathLike[str] | None = None, *,
@@ -236,12 +245,11 @@ def run_hub_call(call: HubCall, policy: Policy | str | os.PathLike[str] | None =
     require_torch(f"hub.{call.op.value}")
     for spec in call.trust_nested:  # a malformed name is the caller's error, before any work
         _nested_key(spec)
-    early = None
-    if call.source == "local":
-        # The zygote's start (importing torch and the declared packages, seconds) overlaps
-        # the policy, the signature check and the layer probe's wait below.
-        early = _sandbox_for(Path(os.path.expanduser(call.repo_or_dir)))
-        early.start_in_background()
+    # The zygote's start (importing torch and the declared packages, seconds) and, for
+    # the API, this process's own torch import overlap the policy, fetch and checks.
+    early = prestart(call)
+    importer = (_import_torch_meanwhile() if call.op.value == "load" and not call.as_file
+                else None)
     policy = load_policy(policy)
     fetcher = fetcher or Fetcher(policy, hub_dir=get_dir())
     with contextlib.ExitStack() as stack:
@@ -259,9 +267,13 @@ def run_hub_call(call: HubCall, policy: Policy | str | os.PathLike[str] | None =
                                fix="use source='github' or source='local'")
         sandbox = early if early is not None and repo_dir == Path(
             os.path.expanduser(call.repo_or_dir)) else _sandbox_for(repo_dir)
-        layers = sandbox.layers()
-        policy.check(SandboxRequest({layer.value: None if status.available else status.detail
-                                     for layer, status in layers.items()}))
+
+        def check_layers(layers: dict[Layer, LayerStatus]) -> None:
+            # Judged on the layers of the child that will run the code, before it gets
+            # the call (no separate probe child).
+            policy.check(SandboxRequest({layer.value: None if status.available
+                                         else status.detail for layer, status in layers.items()}))
+
         request = RunRequest(repo_dir, call.op, call.entrypoint, tuple(call.args),
                              dict(call.kwargs), limits=_limits(policy, call),
                              required_layers=frozenset(Layer(name) for name in
@@ -269,10 +281,8 @@ def run_hub_call(call: HubCall, policy: Policy | str | os.PathLike[str] | None =
                              seed=call.seed, as_file=call.as_file)
         broker = PolicyBroker(fetcher, requester, call.trust_nested,
                               outer=requester or str(repo_dir))
-        importer = (_import_torch_meanwhile() if call.op.value == "load" and not call.as_file
-                    else None)
         try:
-            result = sandbox.run(request, broker)
+            result = sandbox.run(request, broker, check_layers=check_layers)
         finally:
             if importer is not None:
                 importer.join()

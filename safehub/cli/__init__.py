@@ -122,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             require_torch(_NEEDS_TORCH[args.command])
         _check_outputs(args)
+        if args.command in _NEEDS_TORCH and hasattr(args, "repo"):
+            from safehub._hub.warm import prestart
+
+            prestart(args.repo, args.source)  # the zygote first; the rest overlaps its start
         return int(args.run(args))
     except (PolicyViolation, UnsafeModel, IntegrityError) as exc:
         log.error("%s", Block(exc.diagnostics(surface="cli")))
