@@ -85,6 +85,13 @@ CASES = [
     Case("mateuszbuda/brain-segmentation-pytorch", (("unet", {}),
                                                     ("unet", {"init_features": 8})),
          help="unet"),
+    Case("chenyaofo/pytorch-cifar-models", (("cifar10_resnet20", {"pretrained": False}),
+                                            ("cifar100_mobilenetv2_x0_5", {"pretrained": False})),
+         help="cifar10_resnet20"),
+    Case("lukemelas/EfficientNet-PyTorch", (("efficientnet_b0", {"pretrained": None}),
+                                            ("efficientnet_b1", {"pretrained": None,
+                                                                 "num_classes": 10})),
+         help="efficientnet_b0"),
     Case("facebookresearch/detr", (("detr_resnet50", {"pretrained": False}),),
          help="detr_resnet50", needs=("torchvision", "scipy")),
 ]
