@@ -46,6 +46,7 @@ CASES = [
     ("mateuszbuda_brain-segmentation-pytorch", "unet", {}, ()),
     ("chenyaofo_pytorch-cifar-models", "cifar10_resnet20", {"pretrained": False}, ()),
     ("lukemelas_EfficientNet-PyTorch", "efficientnet_b0", {"pretrained": None}, ()),
+    ("milesial_Pytorch-UNet", "unet_carvana", {"pretrained": False}, ()),
     ("isl-org_MiDaS", "DPT_Hybrid", {"pretrained": False}, ("timm",)),
 ]
 

@@ -35,7 +35,8 @@ VISION_RELEASE = "torchvision==0.28.0"  # the release built for torch 2.13.0
 REPOS = ("snakers4/silero-vad", "facebookresearch/dinov2", "facebookresearch/detr",
          "isl-org/MiDaS", "rwightman/gen-efficientnet-pytorch", "pytorch/vision",
          "facebookresearch/dino", "mateuszbuda/brain-segmentation-pytorch",
-         "chenyaofo/pytorch-cifar-models", "lukemelas/EfficientNet-PyTorch")
+         "chenyaofo/pytorch-cifar-models", "lukemelas/EfficientNet-PyTorch",
+         "milesial/Pytorch-UNet")
 
 
 def checkout(mirror: Path, target: Path) -> str:

@@ -92,6 +92,8 @@ CASES = [
                                             ("efficientnet_b1", {"pretrained": None,
                                                                  "num_classes": 10})),
          help="efficientnet_b0"),
+    Case("milesial/Pytorch-UNet", (("unet_carvana", {"pretrained": False}),),
+         help="unet_carvana"),
     Case("facebookresearch/detr", (("detr_resnet50", {"pretrained": False}),),
          help="detr_resnet50", needs=("torchvision", "scipy")),
 ]
