@@ -26,8 +26,10 @@ test: $(STAMP) lint
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
+# ruff, then the layer contracts in .importlinter (import-linter).
 lint: $(STAMP)
 	$(PY) -m ruff check safehub tests benchmarks
+	$(VENV)/bin/lint-imports --no-logo
 
 typecheck: $(STAMP)
 	$(PY) -m mypy
@@ -44,4 +46,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/run.py --setup
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .import_linter_cache

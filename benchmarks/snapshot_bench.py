@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import safehub
-    from safehub._enforce.snapshot import Snapshot
+    from safehub._snapshot import Snapshot
 
     with tempfile.TemporaryDirectory(prefix="safehub-snapshot-bench-") as tmp:
         path = Path(tmp) / "model.pt"

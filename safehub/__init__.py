@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from safehub._version import __version__
 from safehub.errors import (
     FetchError,
     IntegrityError,
@@ -20,8 +21,6 @@ from safehub.errors import (
     SandboxError,
     UnsafeModel,
 )
-
-__version__ = "0.1.0"
 
 # name -> module that defines it; resolved lazily by __getattr__.
 _LAZY = {

@@ -46,6 +46,10 @@ Process-wide, without touching the program (a ``sitecustomize.py`` on
 
 torch is not imported by :func:`enforce`: if it is not loaded yet, the torch patches
 are applied the moment its import completes (a ``find_spec`` probe does not use them up).
+Where torch is not installed (``pip install safehub`` without the ``safehub[torch]``
+extra) the pickle loaders are still guarded, and torch's would be if it were imported
+later; ``Enforcement.protects`` and ``waiting_for_torch`` say which, and the call logs it
+(INFO on the ``safehub`` logger).
 """
 
 from __future__ import annotations
@@ -89,6 +93,23 @@ class Enforcement:
     def active(self) -> bool:
         """Whether this enforcement's policy still applies."""
         return self._on_stack
+
+    @property
+    def protects(self) -> tuple[str, ...]:
+        """What this enforcement guards now: ``"pickle"`` (pickle.load/loads/Unpickler and
+        the loaders built on them: numpy.load, joblib.load) and ``"torch"`` once torch is
+        imported and patched; empty once undone. Without torch installed it stays
+        ``("pickle",)``: torch's loaders are patched if torch is imported later."""
+        if not self._on_stack:
+            return ()
+        return ("pickle", "torch") if _state.torch_patches else ("pickle",)
+
+    @property
+    def waiting_for_torch(self) -> bool:
+        """True while torch's loaders are not patched because torch is not imported yet
+        (or not installed: ``pip install 'safehub[torch]'``); they are patched the moment
+        its import completes."""
+        return self._on_stack and not _state.torch_patches
 
     def undo(self) -> None:
         """Remove this enforcement's policy. Other enforcements (an outer scope, the
@@ -220,7 +241,26 @@ def enforce(policy: Policy | str | os.PathLike[str] | None = None) -> Enforcemen
     """
     enforcement = Enforcement(load_policy(policy))
     _state.push(enforcement)
+    _say_what_is_guarded(enforcement)
     return enforcement
+
+
+def _say_what_is_guarded(enforcement: Enforcement) -> None:
+    """Log what this call protects, so that enforcing without torch is never silent."""
+    name = enforcement.policy.name
+    if not enforcement.waiting_for_torch:
+        log.info("safehub.enforce(%s): guarding pickle and torch loaders", name)
+        return
+    from safehub._torchdep import EXTRA, torch_available
+
+    if torch_available():
+        log.info("safehub.enforce(%s): guarding pickle loaders; torch's loaders are guarded "
+                 "when torch is imported", name)
+    else:
+        log.info("safehub.enforce(%s): guarding pickle loaders (pickle, numpy.load, "
+                 "joblib.load); torch is not installed, so torch.load and torch.hub are "
+                 "guarded only if it is installed ('pip install %s') and imported later",
+                 name, EXTRA)
 
 
 class _TorchImportHook(importlib.abc.MetaPathFinder):

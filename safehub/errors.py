@@ -63,6 +63,41 @@ class SafehubError(Exception):
             lines.append(f"  fix: {escape_line(fix)}")
         return "\n".join(lines)
 
+    def summary(self, surface: str = "api", *, details: bool = True) -> str:
+        """The error as ONE escaped line: ``INPUT: MESSAGE [DETAIL; N more]; fix: FIX``.
+
+        The input is named first unless the message already names it; the first detail
+        (a policy problem, a finding, a rule) is kept in brackets with a count of the
+        others, which :meth:`diagnostics` lists (``details=False`` leaves them out). This is
+        what the CLI prints on stderr, so that one error is one line for people, logs and
+        ``grep``; ``surface="cli"`` words the fix and the hint for the command line.
+        """
+        from safehub._format.escape import escape_line
+
+        message = escape_line(self.message)
+        line = message
+        if self.subject:
+            subject = escape_line(self.subject)
+            if subject not in message:
+                line = f"{subject}: {message}"
+        extra = ([escape_line(d.lstrip(" ")) for d in self._details() if d.strip()]
+                 if details else [])
+        if extra:
+            where = " with -v" if surface == "cli" else " in diagnostics()"
+            more = f"; {len(extra) - 1} more{where}" if len(extra) > 1 else ""
+            line += f" [{extra[0]}{more}]"
+        fix = self.cli_fix if surface == "cli" and self.cli_fix else self.fix
+        if fix:
+            line += f"; fix: {escape_line(fix)}"
+        return line
+
+    def detail_lines(self) -> list[str]:
+        """The details :meth:`diagnostics` lists (rules, findings, policy problems, a
+        sandbox traceback as a marked block), each one escaped line, indented."""
+        from safehub._format.escape import escape_line
+
+        return [escape_line(d) for d in self._details() if d.strip()]
+
     def _details(self) -> list[str]:
         return []
 

@@ -210,6 +210,11 @@ RULES: dict[str, Rule] = _rules(
          "or may not be used for signing.",
          "Verify against the CA that issued the signer's certificate, or have the model "
          "re-signed with a currently valid code-signing certificate."),
+    Rule("SH307", "commit-not-in-repo", Severity.CRITICAL,
+         "A commit asked for by SHA (or pinned) is on no branch or tag of the repository: "
+         "GitHub serves a fork's commits under the parent's URLs, so it may be a fork's code.",
+         "Load the fork by its own name (its owner's trust then applies), or name the "
+         "branch or tag of the repository that holds the commit."),
     # --- SH4xx: cache ----------------------------------------------------------------------
     Rule("SH400", "cache-tampered", Severity.CRITICAL,
          "A cached file changed since it was downloaded and recorded.",
@@ -220,6 +225,21 @@ RULES: dict[str, Rule] = _rules(
     Rule("SH402", "unsafe-format", Severity.LOW,
          "The file uses a pickle-based format although it is clean; pickle formats can hide code.",
          "Convert it to safetensors with `safehub convert` (or `safehub audit --fix`)."),
+    Rule("SH540", "torch-cache-mismatch", Severity.CRITICAL,
+         "A file torch.hub downloaded (`<hub_dir>/checkpoints`) does not match the digest that "
+         "vouches for it (the SHA-256 prefix in its name, or a pin): it is not imported into "
+         "safehub's cache.",
+         "Find out what changed it and delete it; run online so safehub downloads the URL and "
+         "verifies it itself."),
+    Rule("SH541", "torch-cache-unvouched", Severity.LOW,
+         "A file torch.hub downloaded is not used as a source: no hash prefix in its name and "
+         "no pin ties its bytes to the URL (or it is a link, not a regular file, or too big).",
+         "Pin its SHA-256 in policy `[downloads.pins]` or the lockfile, or run online."),
+    Rule("SH542", "torch-repo-unverified", Severity.MEDIUM,
+         "A torch.hub repository folder (`<hub_dir>/<owner>_<name>_<ref>`) is not used: the "
+         "commit it holds cannot be verified (no lockfile entry whose tree digest it matches).",
+         "Fill safehub's cache online (`safehub lock owner/name:ref` or one online load), then "
+         "work offline with SAFEHUB_OFFLINE=1."),
     # --- SH5xx: sandbox --------------------------------------------------------------------
     Rule("SH500", "isolation-missing", Severity.HIGH,
          "A mandatory sandbox layer is not available on this machine.",

@@ -87,4 +87,6 @@ def isolated_torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path
     for var in [v for v in os.environ if v.startswith("SAFEHUB_TOKEN_")]:
         monkeypatch.delenv(var)
     monkeypatch.setattr(location, "_override", None)
+    if "torch.hub" in sys.modules:  # torch.hub.set_dir is followed too
+        monkeypatch.setattr(sys.modules["torch.hub"], "_hub_dir", None)
     return home

@@ -20,9 +20,9 @@ from safehub._audit.context import Context
 from safehub._audit.model import FileTarget, RepoTarget
 from safehub._audit.signatures import signature_findings
 from safehub._audit.state import State
+from safehub._policy.decide import Decision, DownloadRequest, RepoRequest, Requirement, Step
 from safehub._policy.schema import SHA1_RE
 from safehub.findings import FileReport, Finding, Verdict
-from safehub.policy import Decision, DownloadRequest, RepoRequest, Requirement, Step
 from safehub.rules import Severity
 
 __all__ = ["PICKLE_FORMATS", "file_findings", "is_pickle_format", "repo_findings"]

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from safehub._audit.model import make_finding
 from safehub._audit.pins import Pins
+from safehub._policy.policy import Policy
 from safehub.findings import Finding
-from safehub.policy import Policy
 from safehub.rules import Severity
 
 __all__ = ["Context"]

@@ -24,10 +24,10 @@ from safehub._audit.runner import default_workers, run_jobs
 from safehub._audit.state import State
 from safehub._audit.work import Job, Outcome, scan_fingerprint
 from safehub._fetch.lockfile import Lockfile
+from safehub._policy.policy import Policy
 from safehub._remote.target import is_remote
 from safehub._scanner.engine import MODEL_SUFFIXES
 from safehub.findings import FileReport, Finding, ScanReport, Skipped, Verdict
-from safehub.policy import Policy
 
 __all__ = ["run_audit"]
 

@@ -19,7 +19,7 @@ __all__ = ["default_roots", "hf_hub_cache", "torch_hub_dir"]
 
 def torch_hub_dir() -> str:
     """torch's hub directory, by torch.hub's rules."""
-    from safehub.hub import get_dir
+    from safehub._fetch.location import get_dir
 
     return get_dir()
 

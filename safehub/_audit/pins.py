@@ -15,7 +15,7 @@ from urllib.parse import unquote, urlsplit
 
 from safehub._audit.model import Expectation
 from safehub._fetch.lockfile import LOCKFILE_NAME, LockedRepo, Lockfile
-from safehub.policy import Policy
+from safehub._policy.policy import Policy
 
 __all__ = ["Pins", "find_lockfile", "url_basename"]
 

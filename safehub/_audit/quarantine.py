@@ -35,9 +35,9 @@ from safehub._audit.fixrecord import TOOL, converted_name, record_path
 from safehub._audit.hf_layout import is_hf_repo
 from safehub._audit.report import AuditReport, FixRecord
 from safehub._convert.writers import write_json
+from safehub._policy.policy import Policy
 from safehub.errors import SafehubError
 from safehub.findings import Verdict
-from safehub.policy import Policy
 
 __all__ = ["check_quarantine", "default_quarantine", "fix_report"]
 
@@ -151,7 +151,7 @@ def fix_report(audit: AuditReport, *, policy: Policy, quarantine: Path | None = 
                progress: Callable[[str], None] | None = None) -> AuditReport:
     """Fix what can be fixed (see the module docs); returns the report with ``fixes``."""
     from safehub._audit.compliance import is_pickle_format
-    from safehub.convert import TORCH_FORMATS, OutputFormat, convert
+    from safehub._convert.convert import TORCH_FORMATS, OutputFormat, convert
 
     root = check_quarantine(quarantine)
     run_dir = root / f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{os.getpid()}"

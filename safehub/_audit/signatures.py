@@ -24,21 +24,12 @@ from safehub._audit.context import Context
 from safehub._audit.model import RepoTarget
 from safehub._audit.state import State, stat_key
 from safehub._audit.walk import walk_files
+from safehub._policy.decide import Requirement
+from safehub._signing.model import SignedManifest, default_signature_path, load_signature
+from safehub._signing.result import Failure, FailureKind, SignatureInvalid, Verification
+from safehub._signing.trust import Trust, TrustedCertificates, TrustedKey
 from safehub.errors import PolicyError, SafehubError
 from safehub.findings import Finding
-from safehub.policy import Requirement
-from safehub.signing import (
-    Failure,
-    FailureKind,
-    SignatureInvalid,
-    SignedManifest,
-    Trust,
-    TrustedCertificates,
-    TrustedKey,
-    Verification,
-    default_signature_path,
-    load_signature,
-)
 
 __all__ = ["signature_findings"]
 

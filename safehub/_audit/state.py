@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safehub import __version__
+from safehub._version import __version__
 from safehub.findings import FileReport, Finding
 from safehub.rules import RULES, Severity
 

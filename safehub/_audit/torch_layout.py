@@ -18,15 +18,17 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 from safehub._audit.context import Context
 from safehub._audit.model import Discovery, Expectation, FileTarget, Provenance, RepoTarget
 from safehub._audit.plain import plain_file_targets
 from safehub._audit.safehub_layout import discover_safehub_cache, is_safehub_cache
 from safehub._fetch.location import SAFEHUB_SUBDIR
+from safehub._fetch.torch_cache import imported_from
+from safehub._policy.decide import RepoRequest
 from safehub._policy.schema import SHA1_RE
 from safehub.findings import Skipped
-from safehub.policy import RepoRequest
 from safehub.rules import Severity
 
 __all__ = ["discover_torch_hub", "hash_prefix", "is_torch_hub_dir", "parse_repo_folder"]
@@ -140,9 +142,15 @@ def _checkpoints(folder: str, ctx: Context) -> Discovery:
     found = Discovery()
     plain = plain_file_targets(folder, Provenance("torch-hub"))
     found.skipped.extend(plain.skipped)
+    # Files safehub imported from here (verified then) must still have the full digest.
+    imported = imported_from(Path(os.path.dirname(os.path.abspath(folder))) / SAFEHUB_SUBDIR)
     for target in plain.files:
         name = os.path.basename(target.path)
         expectations: list[Expectation] = list(target.expectations)  # a --fix record
+        got = imported.get(os.path.realpath(target.path))
+        if got is not None:
+            expectations.append(Expectation(
+                "sha256", got[0], f"safehub's import record {got[2]}", "SH400", got[1]))
         prefix = hash_prefix(name)
         if prefix is not None:
             expectations.append(Expectation(

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from safehub._convert import entry
-from safehub._enforce.snapshot import Snapshot
+from safehub._policy.policy import Policy
+from safehub._snapshot import Snapshot
 from safehub.errors import PolicyViolation, SandboxError
-from safehub.policy import Policy
 
 __all__ = ["Loaded", "load_in_sandbox", "sandbox_settings"]
 
@@ -72,7 +72,7 @@ class _OneFile:
 
 def sandbox_settings(policy: Policy) -> dict[str, Any]:
     """The policy's ``[sandbox]`` section as SandboxRequest options."""
-    from safehub.sandbox import Layer, SandboxLimits
+    from safehub._sandbox.spec import Layer, SandboxLimits
 
     section = policy.model.sandbox
     limits = SandboxLimits(timeout_s=float(section.timeout_s), memory_mb=section.memory_mb,
@@ -89,7 +89,8 @@ def load_in_sandbox(snapshot: Snapshot, name: str, *, policy: Policy,
                     sandbox: Any | None = None) -> Loaded:
     """Load the snapshot in the sandbox (the process-wide one unless ``sandbox`` is
     given); ``name`` is the file's name, for messages."""
-    from safehub.sandbox import SandboxRequest, default_sandbox
+    from safehub._sandbox.spec import SandboxRequest
+    from safehub._sandbox.supervisor import default_sandbox
 
     url = f"safehub-convert://{secrets.token_hex(16)}/{name}"
     repo = Path(tempfile.mkdtemp(prefix="safehub-convert-"))

@@ -16,11 +16,20 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["DISPATCH", "AttrPatch", "CodePatch", "ItemPatch"]
+__all__ = ["DISPATCH", "AttrPatch", "CodePatch", "ItemPatch", "installed_original"]
 
 # The name the trampolines look up in the patched function's module globals.
 DISPATCH = "__safehub_enforce_dispatch__"
 _MISSING = object()
+# The installed CodePatches by key, so that safehub's own code can reach torch's original
+# function (``installed_original``) without going through the enforcement facade.
+_INSTALLED: dict[str, CodePatch] = {}
+
+
+def installed_original(key: str) -> Callable[..., Any] | None:
+    """The original of the function patched under ``key`` while that patch is installed."""
+    patch = _INSTALLED.get(key)
+    return patch.original if patch is not None else None
 
 
 class CodePatch:
@@ -62,6 +71,7 @@ class CodePatch:
         fn.__code__ = self._trampoline
         fn.__signature__ = self._signature  # type: ignore[attr-defined]
         self.installed = True
+        _INSTALLED[self.key] = self
 
     def uninstall(self) -> None:
         if not self.installed:
@@ -72,6 +82,8 @@ class CodePatch:
         fn.__defaults__ = defaults
         fn.__kwdefaults__ = kwdefaults
         fn.__dict__.pop("__signature__", None)
+        if _INSTALLED.get(self.key) is self:
+            del _INSTALLED[self.key]
         # The dispatch entry stays: a call already inside the trampoline still finds it.
         self.installed = False
 

@@ -15,10 +15,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from safehub._enforce.loaders import distinct, scan_snapshot, weights_only_globals
-from safehub._enforce.scoped_globals import scoped_globals
-from safehub._enforce.snapshot import Snapshot
+from safehub._hub.scoped_globals import scoped_globals
+from safehub._policy.policy import Policy
+from safehub._snapshot import Snapshot
 from safehub.errors import FetchError, UnsafeModel
-from safehub.policy import Policy
 
 __all__ = ["download_url_to_file", "hub_help", "hub_list", "hub_load",
            "load_state_dict_from_url"]
@@ -27,7 +27,7 @@ Policies = Sequence[Policy]
 
 
 def _outer_download_checks(policies: Policies, url: str, file_name: str | None) -> None:
-    from safehub.policy import DownloadRequest
+    from safehub._policy.decide import DownloadRequest
 
     for policy in distinct(policies)[:-1]:
         policy.check(DownloadRequest(url, file_name=file_name))
@@ -35,7 +35,7 @@ def _outer_download_checks(policies: Policies, url: str, file_name: str | None) 
 
 def _outer_repo_checks(policies: Policies, repo_or_dir: str, source: str,
                        entrypoint: str | None, trust_repo: Any) -> None:
-    from safehub.policy import RepoRequest
+    from safehub._policy.decide import RepoRequest
 
     outer = distinct(policies)[:-1]
     if not outer:
@@ -89,14 +89,14 @@ def load_state_dict_from_url(original: Callable[..., Any], policies: Policies, u
                              file_name: str | None = None, weights_only: bool = False) -> Any:
     """Always weights-only, after the scan (``weights_only`` is ignored)."""
     del original, weights_only
-    from safehub import hub
+    from safehub._hub import api as hub
 
     chosen = distinct(policies)
     if len(chosen) == 1:
         return hub.load_state_dict_from_url(url, model_dir, map_location, progress,
                                             check_hash, file_name, True, policy=chosen[0])
     _outer_download_checks(chosen, url, file_name)
-    from safehub.fetch import Fetcher
+    from safehub._fetch.fetcher import Fetcher
 
     cache_dir = os.path.join(os.path.expanduser(model_dir), "safehub") if model_dir else None
     fetcher = Fetcher(chosen[-1], cache_dir=cache_dir)
@@ -120,11 +120,11 @@ def load_state_dict_from_url(original: Callable[..., Any], policies: Policies, u
 
 def _torch_load_original() -> Callable[..., Any]:
     """torch's own ``torch.load`` (the file was scanned by every policy already)."""
-    from safehub.enforce import _state
+    from safehub._enforce.hooks import installed_original
 
-    for patch in _state.torch_patches:
-        if getattr(patch, "key", None) == "torch.load":
-            return patch.original  # type: ignore[union-attr]
+    original = installed_original("torch.load")
+    if original is not None:
+        return original
     import torch
 
     return torch.load
@@ -133,7 +133,7 @@ def _torch_load_original() -> Callable[..., Any]:
 def download_url_to_file(original: Callable[..., Any], policies: Policies, url: str, dst: str,
                          hash_prefix: str | None = None, progress: bool = True) -> None:
     del original
-    from safehub import hub
+    from safehub._hub import api as hub
 
     chosen = distinct(policies)
     _outer_download_checks(chosen, url, None)
@@ -145,7 +145,7 @@ def hub_load(original: Callable[..., Any], policies: Policies, repo_or_dir: str,
              force_reload: bool = False, verbose: bool = True, skip_validation: bool = False,
              **kwargs: Any) -> Any:
     del original
-    from safehub import hub
+    from safehub._hub import api as hub
 
     chosen = distinct(policies)
     _outer_repo_checks(chosen, repo_or_dir, source, model, trust_repo)
@@ -158,7 +158,7 @@ def hub_list(original: Callable[..., Any], policies: Policies, github: str,
              force_reload: bool = False, skip_validation: bool = False, trust_repo: Any = None,
              verbose: bool = True) -> list[str]:
     del original
-    from safehub import hub
+    from safehub._hub import api as hub
 
     chosen = distinct(policies)
     _outer_repo_checks(chosen, github, "github", None, trust_repo)
@@ -170,7 +170,7 @@ def hub_help(original: Callable[..., Any], policies: Policies, github: str, mode
              force_reload: bool = False, skip_validation: bool = False,
              trust_repo: Any = None) -> str | None:
     del original
-    from safehub import hub
+    from safehub._hub import api as hub
 
     chosen = distinct(policies)
     _outer_repo_checks(chosen, github, "github", model, trust_repo)

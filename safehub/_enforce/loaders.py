@@ -2,10 +2,10 @@
 ``torch.hub`` do under :func:`safehub.enforce`.
 
 Each takes the active policies (outermost first) and torch's original function. A
-file is snapshotted once (:mod:`safehub._enforce.snapshot`); every policy scans that
+file is snapshotted once (:mod:`safehub._snapshot`); every policy scans that
 snapshot and must allow it; the loader then reads the same snapshot. Globals beyond
 torch's own allowlist reach torch's weights-only loader for this call only
-(:mod:`safehub._enforce.scoped_globals`), and only those every policy allowed.
+(:mod:`safehub._hub.scoped_globals`), and only those every policy allowed.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ import pickle
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from safehub._enforce.scoped_globals import scoped_globals
-from safehub._enforce.snapshot import Snapshot
+from safehub._hub.scoped_globals import scoped_globals
+from safehub._policy.decide import FileRequest
+from safehub._policy.policy import Policy
+from safehub._snapshot import Snapshot
 from safehub.errors import PolicyViolation, UnsafeModel
 from safehub.findings import FileReport
-from safehub.policy import FileRequest, Policy
 
 __all__ = ["RefusedNativeLoader", "flatbuffer_load", "jit_load", "lite_load",
            "package_importer_init", "scan_snapshot", "snapshot_of", "torch_load",
@@ -59,7 +60,7 @@ def name_of(f: Any) -> str:
 def scan_snapshot(snap: Snapshot, name: str, policies: Policies,
                   repo: str | None = None) -> list[FileReport]:
     """Scan the snapshot under every policy; each must allow it (PolicyViolation if not)."""
-    from safehub.scan import scan_file
+    from safehub._scanner.entry import scan_file
 
     reports = []
     for policy in distinct(policies):

@@ -105,6 +105,16 @@ class FileRecord:
     hops: tuple[str, ...] = ()  # the redirect hops the bytes came through, re-decided on a hit
     kind: str = "file"
     schema_version: int = RECORD_SCHEMA
+    # Set when the bytes came from elsewhere than the network (torch.hub's checkpoints/):
+    # where from, and which check vouched for them (see safehub._fetch.torch_cache).
+    provenance: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as written (no ``provenance`` key for plain downloads)."""
+        out = asdict(self)
+        if not self.provenance:
+            del out["provenance"]
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> FileRecord:
@@ -115,7 +125,15 @@ class FileRecord:
                    size=int(data["size"]), time=str(data["time"]),
                    final_url=str(data.get("final_url", "")),
                    repo=None if data.get("repo") is None else str(data["repo"]),
-                   hops=tuple(str(h) for h in data.get("hops", ())))
+                   hops=tuple(str(h) for h in data.get("hops", ())),
+                   provenance=_str_dict(data.get("provenance", {})))
+
+
+def _str_dict(value: object) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ValueError("provenance is not an object of strings")
+    return dict(value)
 
 
 @dataclass(frozen=True)
@@ -133,8 +151,20 @@ class RepoRecord:
     tree_sha256: str
     time: str
     files: FileDigests = field(default_factory=dict)
+    archive_url: str = ""  # the archive URL requested
+    hops: tuple[str, ...] = ()  # the redirect hops the archive came through, re-decided on a hit
+    in_repo: bool = False  # the commit is the repository's own, not only a fork's (SH307)
     kind: str = "repo"
     schema_version: int = RECORD_SCHEMA
+    # Set when the files came from torch.hub's folder, not an archive (torch_repos).
+    provenance: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as written (no ``provenance`` key for downloaded checkouts)."""
+        out = asdict(self)
+        if not self.provenance:
+            del out["provenance"]
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RepoRecord:
@@ -146,7 +176,11 @@ class RepoRecord:
                    name=str(data["name"]), ref=str(data["ref"]), commit=str(data["commit"]),
                    archive_sha256=str(data["archive_sha256"]),
                    archive_size=int(data["archive_size"]),
-                   tree_sha256=str(data["tree_sha256"]), time=str(data["time"]), files=files)
+                   tree_sha256=str(data["tree_sha256"]), time=str(data["time"]), files=files,
+                   archive_url=str(data.get("archive_url", "")),
+                   hops=tuple(str(h) for h in data.get("hops", ())),
+                   in_repo=data.get("in_repo") is True,
+                   provenance=_str_dict(data.get("provenance", {})))
 
 
 def read_record(path: Path) -> dict[str, Any] | None:
@@ -214,12 +248,18 @@ def remove_tree(path: Path) -> None:
     _remove(path)
 
 
-def hash_tree(root: Path) -> tuple[FileDigests, list[str]]:
+def hash_tree(root: Path, *, skip_top: frozenset[str] = frozenset()
+              ) -> tuple[FileDigests, list[str]]:
     """Digests of every regular file under ``root``, and anything that is neither a
-    regular file nor a folder (links, devices), which no checkout ever holds."""
+    regular file nor a folder (links, devices), which no checkout ever holds.
+    ``skip_top``: names of folders directly under ``root`` left out (``.git``)."""
     files: FileDigests = {}
     odd: list[str] = []
     for dirpath, dirnames, filenames in walk(root):
+        if skip_top and dirpath == os.fspath(root):
+            dirnames[:] = [d for d in dirnames if not (
+                d in skip_top and os.path.isdir(os.path.join(dirpath, d))
+                and not os.path.islink(os.path.join(dirpath, d)))]
         for name in [*dirnames, *filenames]:
             full = os.path.join(dirpath, name)
             rel = os.path.relpath(full, root).replace(os.sep, "/")

@@ -14,7 +14,21 @@ Endpoints used (relative to the policy's ``downloads.github_api``):
 - ``GET /repos/{owner}/{repo}/zipball/{commit}`` for the archive (GitHub
   redirects it to its archive host).
 
-A full 40-hex SHA is used as is: no API call.
+A commit chosen by SHA (a full or short SHA, a policy pin, any ref outside the
+branch and tag namespaces such as ``refs/pull/N/head``) must belong to the repository
+itself: GitHub serves every commit of a fork network under the parent's URLs, so
+``pytorch/vision:<sha of a commit pushed to a fork>`` would otherwise run the fork's
+code under the parent's trust. :meth:`GitHubAPI.require_in_repo` asks
+
+- ``GET /repos/{owner}/{repo}/compare/{default branch}...{sha}``: ``status`` ``behind``
+  or ``identical`` means a commit of the default branch;
+- else ``GET /repos/{owner}/{repo}/branches`` and ``/tags`` (one page of 100 each): the
+  head of a branch or tag; else ``compare/{name}...{sha}`` for up to
+  ``MAX_COMPARES`` of those branches and tags.
+
+A commit none of these reaches is refused (SH307). The caller skips the check for a
+branch or tag name (the API answered its head) and for a commit already established
+(a checkout record that says so, a lockfile entry).
 """
 
 from __future__ import annotations
@@ -28,7 +42,10 @@ from safehub._policy.repo_id import RepoId, is_full_sha, looks_like_sha, normali
 from safehub._policy.schema import SHA1_RE
 from safehub.errors import FetchError, IntegrityError, InvalidIdentifier
 
-__all__ = ["GitHubAPI", "RepoSpec"]
+__all__ = ["MAX_COMPARES", "GitHubAPI", "RepoSpec", "names_branch_or_tag"]
+
+# Branches and tags (besides the default branch) a commit is compared with, at most.
+MAX_COMPARES = 8
 
 # What git accepts in a ref, minus what would be ambiguous in a URL path.
 _REF_RE = re.compile(r"[A-Za-z0-9._/+@-]{1,255}")
@@ -77,6 +94,17 @@ class RepoSpec:
             raise InvalidIdentifier(f"invalid ref {ref!a}", subject=ascii(spec)[1:-1],
                                     fix="use a branch, tag or commit SHA as the ref")
         return cls(rid, normalize_ref(ref) if sep else None)
+
+
+def names_branch_or_tag(ref: str) -> bool:
+    """Whether the API resolves ``ref`` only through the repository's own branches and tags
+    (git tries ``refs/NAME`` first: ``pull/1/head`` is a pull request's head, which lives
+    in the fork that opened it)."""
+    if looks_like_sha(ref) or is_full_sha(ref):
+        return False
+    if ref.startswith(("refs/heads/", "refs/tags/")):
+        return True
+    return ref.split("/", 1)[0] not in ("refs", "pull")
 
 
 def _valid_ref(ref: str) -> bool:
@@ -132,6 +160,56 @@ class GitHubAPI:
                 fix=f"pin the full 40-hex commit SHA; a branch or tag named {ref!r} must be "
                 f"asked for as heads/{ref} or tags/{ref}")
         return sha
+
+    def require_in_repo(self, spec: RepoSpec, commit: str, default_branch: str) -> None:
+        """Raise unless a branch or tag of the repository itself reaches ``commit`` (see the
+        module docstring): not a commit that only a fork holds."""
+        if self._reaches(spec, default_branch, commit):
+            return
+        heads = self._heads(spec, "branches") + self._heads(spec, "tags")
+        if any(sha == commit for _, sha in heads):
+            return
+        others = [name for name, _ in heads if name != default_branch]
+        for name in others[:MAX_COMPARES]:
+            if self._reaches(spec, name, commit):
+                return
+        searched = f"the default branch {default_branch!r}" + (
+            f" or {min(len(others), MAX_COMPARES)} other branches and tags" if others else "")
+        raise IntegrityError(
+            f"SH307 commit-not-in-repo: commit {commit} is not on {searched} of "
+            f"{spec.repo}; GitHub serves commits of forks under the parent's URLs, so it "
+            "may be a fork's", subject=f"{spec.repo}:{commit}",
+            fix="load a fork by its own name (OWNER-OF-FORK/REPO:SHA) so that its own "
+            f"trust decision applies; if the commit is on an older branch or tag of "
+            f"{spec.repo}, name that branch or tag instead of the SHA")
+
+    def _reaches(self, spec: RepoSpec, base: str, commit: str) -> bool:
+        """Whether ``commit`` is ``base`` or an ancestor of it (``compare`` status)."""
+        url = (f"{self._repo_url(spec)}/compare/{quote(base, safe='/')}...{commit}"
+               "?per_page=1")
+        try:
+            data = self.http.get_json(url, check=self.check)
+        except HttpError as exc:
+            if exc.status == 404:  # no such base, or no common history
+                return False
+            raise explain(exc, spec, commit) from exc
+        status = data.get("status") if isinstance(data, dict) else None
+        return status in ("behind", "identical")
+
+    def _heads(self, spec: RepoSpec, kind: str) -> list[tuple[str, str]]:
+        """(name, head commit) of the first 100 branches or tags."""
+        url = f"{self._repo_url(spec)}/{kind}?per_page=100"
+        data = self._get(url, spec)
+        heads = []
+        for item in data if isinstance(data, list) else []:
+            if not isinstance(item, dict):
+                continue
+            name, commit = item.get("name"), item.get("commit")
+            sha = commit.get("sha") if isinstance(commit, dict) else None
+            if isinstance(name, str) and _valid_ref(name) and isinstance(sha, str) \
+                    and SHA1_RE.fullmatch(sha):
+                heads.append((name, sha))
+        return heads
 
     def archive_url(self, spec: RepoSpec, commit: str) -> str:
         """Where the zip archive of ``commit`` is downloaded from."""

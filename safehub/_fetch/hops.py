@@ -18,9 +18,9 @@ from typing import NoReturn
 
 from safehub._fetch.credentials import Origin
 from safehub._fetch.http import HopCheck
+from safehub._policy.policy import Policy
 from safehub._policy.urls import CanonicalURL, is_loopback_http, parse_url, url_matches_prefix
 from safehub.errors import InvalidIdentifier, PolicyViolation
-from safehub.policy import Policy
 
 __all__ = ["GITHUB_ARCHIVE_HOSTS", "api_hops", "recheck_hops", "refusal", "weights_hops"]
 

@@ -10,10 +10,10 @@ What it guarantees, whoever calls it:
   weights, whose URLs repo code chooses), only to the origin it belongs to, and never
   again in a chain once a hop has left the starting origin;
 - a timeout on connect and on every read, and an overall deadline per request
-  (redirects and retries included) of ``HttpSettings.deadline`` seconds plus the
-  time the bytes received so far take at ``HttpSettings.min_rate`` bytes per second
-  (never the announced length), so a server that trickles bytes cannot hold a
-  download open; retries with
+  (redirects and retries included) of the policy's ``downloads.deadline_s`` seconds
+  plus the time the bytes received so far take at ``downloads.min_rate_kb_s`` KiB per
+  second (never the announced length), so a server that trickles bytes cannot hold a
+  download open (:class:`TransferLimits`; ``HttpSettings`` may only tighten it); retries with
   exponential backoff for connection errors, timeouts, truncated bodies,
   408/425/429/5xx;
 - a size cap checked against ``Content-Length`` before reading and against the
@@ -43,13 +43,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import Any, BinaryIO, NoReturn
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, Protocol
 from urllib.parse import urljoin, urlsplit
 
-from safehub import __version__
 from safehub._fetch.credentials import ENV_PREFIX, Credentials, Origin
 from safehub._policy.urls import CanonicalURL, is_loopback_http, parse_url
+from safehub._version import __version__
 from safehub.errors import FetchError, InvalidIdentifier
+
+if TYPE_CHECKING:
+    from safehub._policy.schema import PolicyModel
 
 __all__ = [
     "DownloadResult",
@@ -59,6 +62,8 @@ __all__ = [
     "HttpSettings",
     "Progress",
     "ProgressCallback",
+    "TransferLimits",
+    "transfer_limits",
 ]
 
 log = logging.getLogger("safehub.fetch")
@@ -89,20 +94,86 @@ ProgressCallback = Callable[[Progress], None]
 class HttpSettings:
     """Network behaviour. ``timeout`` bounds connect and every single read (seconds);
     ``retries`` is how many times a failed attempt is repeated, waiting ``backoff``
-    seconds, doubling up to ``max_backoff``. ``deadline`` and ``min_rate`` bound a
-    whole request (API call or download, redirects and retries included): at every
-    moment, the time spent must stay within ``deadline + received / min_rate`` seconds,
-    ``received`` being the body bytes that actually arrived (never the announced
-    length, which the server chooses): a trickle ends soon after ``deadline``."""
+    seconds, doubling up to ``max_backoff``. ``deadline`` (seconds) and ``min_rate``
+    (bytes per second) may tighten the policy's overall deadline
+    (``downloads.deadline_s``, ``downloads.min_rate_kb_s``; see :class:`TransferLimits`):
+    the smaller deadline and the higher rate win, None leaves the policy's."""
 
     timeout: float = 30.0
     retries: int = 4
     backoff: float = 0.5
     max_backoff: float = 30.0
-    deadline: float = 300.0
-    min_rate: float = 64 * 1024
+    deadline: float | None = None
+    min_rate: float | None = None
     user_agent: str = f"safehub/{__version__}"
     ssl_context: ssl.SSLContext | None = field(default=None, compare=False)
+
+
+class _PolicyLike(Protocol):
+    """What :func:`transfer_limits` reads of a policy (``safehub.policy.Policy``)."""
+
+    @property
+    def model(self) -> PolicyModel: ...
+
+    def where(self, *key: str) -> str: ...
+
+
+@dataclass(frozen=True)
+class TransferLimits:
+    """The overall time limit of one request (API call or download, redirects and retries
+    included): at every moment, the time spent must stay within ``deadline + received /
+    min_rate`` seconds, ``received`` being the body bytes that actually arrived (never the
+    announced length, which the server chooses): a trickle ends soon after ``deadline``.
+
+    ``deadline_from`` / ``min_rate_from`` name the setting that decided each value (a policy
+    key and where it was set, or ``HttpSettings``), for the error."""
+
+    deadline: float
+    min_rate: float  # bytes per second
+    deadline_from: str = "downloads.deadline_s"
+    min_rate_from: str = "downloads.min_rate_kb_s"
+
+    def allowed(self, received: int) -> float:
+        return self.deadline + received / self.min_rate
+
+    def error(self, url: str, received: int) -> FetchError:
+        """The error for a request that ran past its deadline."""
+        return FetchError(
+            f"{url} did not finish within its overall deadline of "
+            f"{self.allowed(received):.1f} s ({self.deadline_from} = {self.deadline:g} s, "
+            f"plus the {received} bytes received at {self.min_rate_from} = "
+            f"{self.min_rate / 1024:g} KiB/s)", subject=url,
+            fix="use a faster server or network; if this server is known to be this slow, "
+            "raise downloads.deadline_s or lower downloads.min_rate_kb_s in the policy (a "
+            "policy that extends another lists them under loosen)")
+
+
+def transfer_limits(settings: HttpSettings | None = None,
+                    policy: _PolicyLike | None = None) -> TransferLimits:
+    """The deadline a request keeps: the policy's (the schema's defaults without one),
+    tightened by ``settings`` (a smaller deadline, a higher minimum rate)."""
+    from safehub._policy.schema import DownloadsSection
+
+    if policy is not None:
+        downloads = policy.model.downloads
+        deadline, rate = float(downloads.deadline_s), downloads.min_rate_kb_s * 1024.0
+        d_from = _key_from("downloads.deadline_s", policy.where("downloads", "deadline_s"))
+        r_from = _key_from("downloads.min_rate_kb_s",
+                           policy.where("downloads", "min_rate_kb_s"))
+    else:
+        fields = DownloadsSection.model_fields
+        deadline = float(fields["deadline_s"].default)
+        rate = fields["min_rate_kb_s"].default * 1024.0
+        d_from, r_from = "downloads.deadline_s (default)", "downloads.min_rate_kb_s (default)"
+    if settings is not None and settings.deadline is not None and settings.deadline < deadline:
+        deadline, d_from = settings.deadline, "HttpSettings.deadline"
+    if settings is not None and settings.min_rate is not None and settings.min_rate > rate:
+        rate, r_from = settings.min_rate, "HttpSettings.min_rate"
+    return TransferLimits(deadline, rate, d_from, r_from)
+
+
+def _key_from(key: str, where: str) -> str:
+    return f"{key} ({where})" if where else key
 
 
 @dataclass(frozen=True)
@@ -172,16 +243,17 @@ class _Body:
 
 
 class _Deadline:
-    """The overall time limit of one request (see :class:`HttpSettings`). ``size`` below
-    is always the bytes received so far: an announced Content-Length earns no time."""
+    """The running clock of one request under :class:`TransferLimits`. ``size`` below is
+    always the bytes received so far: an announced Content-Length earns no time."""
 
-    def __init__(self, url: str, settings: HttpSettings):
+    def __init__(self, url: str, settings: HttpSettings, limits: TransferLimits):
         self.url = url
         self.settings = settings
+        self.limits = limits
         self.started = time.monotonic()
 
     def allowed(self, size: int) -> float:
-        return self.settings.deadline + size / self.settings.min_rate
+        return self.limits.allowed(size)
 
     def remaining(self, size: int) -> float:
         return self.started + self.allowed(size) - time.monotonic()
@@ -191,14 +263,7 @@ class _Deadline:
             self.fail(size, received)
 
     def fail(self, size: int, received: int) -> NoReturn:
-        s = self.settings
-        raise FetchError(
-            f"{self.url} did not finish within its overall deadline of "
-            f"{self.allowed(size):.1f} s (HttpSettings.deadline = {s.deadline:g} s plus "
-            f"the {received} bytes received at HttpSettings.min_rate = {s.min_rate:g} "
-            "bytes/s)", subject=self.url,
-            fix="download from a faster server, or raise HttpSettings(deadline=..., "
-            "min_rate=...) if this server is known to be this slow")
+        raise self.limits.error(self.url, received)
 
     def timeout(self, size: int) -> float:
         """A socket timeout that never outlasts the deadline."""
@@ -251,9 +316,11 @@ class _Watchdog:
 class HttpClient:
     """Downloads with the guarantees listed in the module docstring."""
 
-    def __init__(self, settings: HttpSettings, credentials: Credentials):
+    def __init__(self, settings: HttpSettings, credentials: Credentials,
+                 limits: TransferLimits | None = None):
         self.settings = settings
         self.credentials = credentials
+        self.limits = limits or transfer_limits(settings)
         self.requests = 0  # connections opened, for diagnostics and tests
 
     # --- public --------------------------------------------------------------------------
@@ -284,7 +351,7 @@ class HttpClient:
         sandbox broker), which would otherwise read anything the token can."""
         url = str(_canonical(url))
         body = _Body(sink)
-        deadline = _Deadline(url, self.settings)
+        deadline = _Deadline(url, self.settings, self.limits)
         attempt = 0
         while True:
             try:

@@ -19,9 +19,14 @@
     size = 46830571
     repo = "pytorch/vision"               # optional: the repo that asked for it
 
+    [paths."/srv/models/detector"]        # a local folder (`safehub lock --path DIR`)
+    tree_sha256 = "<64-hex>"              #  its files, as for a checkout
+
 Repositories are looked up by their casefolded ``owner/name`` (``Owner/Repo:v1``
 finds the entry locked as ``owner/repo:v1``; refs stay case-sensitive) and
-files by canonical URL (see :mod:`safehub._policy.urls`); entries are written
+files by canonical URL (see :mod:`safehub._policy.urls`) and local folders by
+canonical real path (:func:`safehub._policy.paths.canonical_path`: ``//D/x``,
+``D/./x``, ``D/x/`` and a symlink to ``D/x`` are one entry); entries are written
 under those canonical forms (a repository spelled as the API's ``full_name``).
 
 With a lockfile, a locked ref resolves to its locked commit without an API call,
@@ -43,17 +48,19 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from safehub._policy.paths import canonical_path
 from safehub._policy.repo_id import RepoId, normalize_ref
 from safehub._policy.schema import SHA1_RE, SHA256_RE
 from safehub._policy.urls import canonical_url
-from safehub.errors import InvalidIdentifier, PolicyError, PolicyIssue
+from safehub.errors import FetchError, InvalidIdentifier, PolicyError, PolicyIssue
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
-__all__ = ["LOCKFILE_NAME", "LockedFile", "LockedRepo", "Lockfile", "repo_key"]
+__all__ = ["LOCKFILE_NAME", "LockedFile", "LockedPath", "LockedRepo", "Lockfile",
+           "local_tree_sha256", "repo_key"]
 
 LOCKFILE_NAME = "safehub.lock"
 LOCK_VERSION = 1
@@ -119,10 +126,50 @@ class LockedFile(_Entry):
         return v
 
 
+class LockedPath(_Entry):
+    """A local folder and the digest of its files (see ``tree_digest``)."""
+
+    tree_sha256: str
+
+    @field_validator("tree_sha256")
+    @classmethod
+    def _digest(cls, v: str) -> str:
+        if not SHA256_RE.fullmatch(v):
+            raise ValueError("must be a 64-hex SHA-256")
+        return v
+
+
+def local_tree_sha256(path: str | os.PathLike[str]) -> str:
+    """The ``tree_sha256`` of a local folder: every regular file's path, size and SHA-256
+    (a top-level ``.git`` folder left out). A link or special file in it is refused, as
+    in a fetched archive: what is locked is exactly the bytes that run."""
+    from safehub._fetch.cache import hash_tree, tree_digest
+
+    root = Path(canonical_path(path))
+    if not root.is_dir():
+        raise FetchError(f"{root} is not a folder", subject=os.fspath(path),
+                         fix="lock a repository folder (one with hubconf.py)")
+    files, odd = hash_tree(root, skip_top=frozenset({".git"}))
+    if odd:
+        raise FetchError(f"{root} holds links or special files: {', '.join(odd[:5])}",
+                         subject=str(root),
+                         fix="replace links with the files they point to, then lock it")
+    return tree_digest(files)
+
+
 class _LockModel(_Entry):
     version: int
     repos: dict[str, LockedRepo] = Field(default_factory=dict)
     files: dict[str, LockedFile] = Field(default_factory=dict)
+    paths: dict[str, LockedPath] = Field(default_factory=dict)
+
+    @field_validator("paths")
+    @classmethod
+    def _absolute(cls, paths: dict[str, LockedPath]) -> dict[str, LockedPath]:
+        for key in paths:
+            if not os.path.isabs(key):
+                raise ValueError(f"path {key!r} must be absolute")
+        return paths
 
     @field_validator("version")
     @classmethod
@@ -137,10 +184,12 @@ class Lockfile:
     """A lockfile in memory. ``save()`` writes it back atomically."""
 
     def __init__(self, path: str | os.PathLike[str], repos: dict[str, LockedRepo] | None = None,
-                 files: dict[str, LockedFile] | None = None):
+                 files: dict[str, LockedFile] | None = None,
+                 paths: dict[str, LockedPath] | None = None):
         self.path = Path(path)
         self.repos: dict[str, LockedRepo] = dict(repos or {})
         self.files: dict[str, LockedFile] = dict(files or {})
+        self.paths: dict[str, LockedPath] = dict(paths or {})
         self.changed = False
 
     @classmethod
@@ -174,7 +223,7 @@ class Lockfile:
                       for e in exc.errors()]
             raise PolicyError("invalid lockfile", subject=str(p),
                               fix="regenerate it with `safehub lock`", issues=issues) from exc
-        return cls(p, model.repos, model.files)
+        return cls(p, model.repos, model.files, model.paths)
 
     # --- lookups -------------------------------------------------------------------------
 
@@ -206,7 +255,27 @@ class Lockfile:
                 continue
         return None
 
+    def local(self, path: str | os.PathLike[str]) -> LockedPath | None:
+        """The entry for the local folder ``path``, both compared as canonical real paths
+        (any spelling of the folder, or a symlink to it, finds it)."""
+        real = canonical_path(path)
+        if real in self.paths:
+            return self.paths[real]
+        return next((e for k, e in self.paths.items() if canonical_path(k) == real), None)
+
     # --- updates -------------------------------------------------------------------------
+
+    def add_local(self, path: str | os.PathLike[str], entry: LockedPath) -> str:
+        """Add or replace the entry for the local folder ``path``, stored under its canonical
+        real path (an entry under another spelling of it is replaced); returns that key."""
+        real = canonical_path(path)
+        for old in [k for k in self.paths if k != real and canonical_path(k) == real]:
+            del self.paths[old]
+            self.changed = True
+        if self.paths.get(real) != entry:
+            self.paths[real] = entry
+            self.changed = True
+        return real
 
     def add_repo(self, entry: LockedRepo) -> None:
         """Add or replace the entry for its repo and ref (any spelling of the repo)."""
@@ -239,6 +308,8 @@ class Lockfile:
             "repos": {k: self.repos[k].model_dump(exclude_none=True) for k in sorted(self.repos)},
             "files": {k: self.files[k].model_dump(exclude_none=True) for k in sorted(self.files)},
         }
+        if self.paths:
+            data["paths"] = {k: self.paths[k].model_dump() for k in sorted(self.paths)}
         return _HEADER + tomli_w.dumps(data)
 
     def save(self) -> None:
@@ -256,7 +327,8 @@ class Lockfile:
         self.changed = False
 
     def __repr__(self) -> str:
-        return f"Lockfile({str(self.path)!r}, repos={len(self.repos)}, files={len(self.files)})"
+        return (f"Lockfile({str(self.path)!r}, repos={len(self.repos)}, files={len(self.files)}, "
+                f"paths={len(self.paths)})")
 
 
 def _canonical_or_none(url: str) -> str | None:

@@ -17,7 +17,7 @@ import os
 from dataclasses import replace
 
 from safehub._policy.decide import TRUE_WORDS, Decision, DownloadRequest
-from safehub.policy import Policy
+from safehub._policy.policy import Policy
 
 __all__ = ["cached_download_decision", "offline_requested"]
 

@@ -30,6 +30,7 @@ from safehub._fetch.cache import (
 )
 from safehub._fetch.http import DownloadResult
 from safehub._fetch.locks import entry_lock
+from safehub._fetch.torch_repos import LocalTree
 from safehub._policy.schema import SHA1_RE
 from safehub.errors import FetchError, IntegrityError, InternalError
 
@@ -48,6 +49,7 @@ class RepoSource:
     api: str
     download: ArchiveDownload | None  # None: offline
     archive_url: str
+    in_repo: bool = False  # the commit was established as the repository's own (not a fork's)
 
 
 @dataclass(frozen=True)
@@ -67,11 +69,14 @@ class RepoCache:
         self.limits = limits
 
     def obtain(self, owner: str, name: str, commit: str, *, ref: str, source: RepoSource,
-               force_reload: bool, accept: Accept) -> Checkout:
+               force_reload: bool, accept: Accept, local: LocalTree | None = None
+               ) -> Checkout:
         """The verified checkout of ``commit``: from the cache, else downloaded.
 
         ``accept`` sees the record before the checkout is returned or installed and
         raises to refuse it (lockfile digests); a refused download is not installed.
+        ``local`` is tried first on a miss, online or not (torch.hub's folder, see
+        :mod:`safehub._fetch.torch_repos`).
         """
         layout = self.layout
         lock = layout.repo_lock(owner, name, commit)
@@ -82,7 +87,7 @@ class RepoCache:
                 accept(hit.record)
                 return hit
         what = f"{owner}/{name}@{commit}"
-        if source.download is None:
+        if source.download is None and (local is None or force_reload):
             raise FetchError(
                 f"offline: {what} is not in the cache" + (" (force_reload needs the network)"
                                                           if force_reload else ""),
@@ -98,7 +103,34 @@ class RepoCache:
                 if hit is not None:
                     accept(hit.record)
                     return hit
+                if local is not None:
+                    imported = self._import(owner, name, commit, ref, source, accept, tag, local)
+                    if imported is not None:
+                        return imported
+            if source.download is None:
+                raise FetchError(f"offline: {what} is not in the cache",
+                                 subject=str(layout.repo_dir(owner, name, commit)),
+                                 fix=f"run once online to cache {what} (or unset "
+                                 "SAFEHUB_OFFLINE / downloads.offline)")
             return self._download(owner, name, commit, ref, source, accept, tag)
+
+    def _import(self, owner: str, name: str, commit: str, ref: str, source: RepoSource,
+                accept: Accept, tag: str, local: LocalTree) -> Checkout | None:
+        tree = self.layout.new_tmp(tag, ".tree")
+        try:
+            got = local(tree)
+            if got is None:
+                return None
+            record = RepoRecord(
+                source="github", api=source.api, owner=owner, name=name, ref=ref,
+                commit=commit, archive_sha256=got.archive_sha256, archive_size=0,
+                tree_sha256=got.tree_sha256, time=now_iso(), files=got.files,
+                provenance=dict(got.provenance))
+            accept(record)
+            self._install(tree, record, tag)
+            return Checkout(self.layout.repo_dir(owner, name, commit), record, False)
+        finally:
+            remove_tree(tree)
 
     def _download(self, owner: str, name: str, commit: str, ref: str, source: RepoSource,
                   accept: Accept, tag: str) -> Checkout:
@@ -119,7 +151,8 @@ class RepoCache:
             record = RepoRecord(
                 source="github", api=source.api, owner=owner, name=name, ref=ref,
                 commit=commit, archive_sha256=result.sha256, archive_size=result.size,
-                tree_sha256=extracted.tree_sha256, time=now_iso(), files=extracted.files)
+                tree_sha256=extracted.tree_sha256, time=now_iso(), files=extracted.files,
+                archive_url=result.url, hops=result.hops, in_repo=source.in_repo)
             accept(record)
             self._install(tree, record, tag)
             log.info("cached %s/%s@%s (archive sha256 %s)", owner, name, commit, result.sha256)
@@ -145,7 +178,7 @@ class RepoCache:
             os.rename(final, old)
         os.rename(tree, final)
         os.chmod(final, 0o555)
-        write_json_atomic(record_path, record)
+        write_json_atomic(record_path, record.to_json())
         fsync_dir(final.parent)
         if old is not None:
             remove_tree(old)
@@ -167,6 +200,28 @@ class RepoCache:
         if files != record.files:
             raise _tampered(final, _difference(record.files, files))
         return Checkout(final, record, True)
+
+    def record(self, owner: str, name: str, commit: str) -> RepoRecord | None:
+        """The record of a cached checkout, unverified (None when there is none or it is
+        unreadable); :meth:`obtain` verifies the tree before serving it."""
+        path = self.layout.repo_record(owner, name, commit)
+        try:
+            return _read(path, path.with_suffix(""))
+        except IntegrityError:
+            return None
+
+    def mark_in_repo(self, owner: str, name: str, commit: str) -> None:
+        """Note in a cached checkout's record that its commit was established as the
+        repository's own (so later loads need no request for it)."""
+        from dataclasses import replace
+
+        lock = self.layout.repo_lock(owner, name, commit)
+        self.layout.ensure()
+        with entry_lock(lock):
+            record = self.record(owner, name, commit)
+            if record is not None and not record.in_repo:
+                write_json_atomic(self.layout.repo_record(owner, name, commit),
+                                  replace(record, in_repo=True))
 
     def records(self, owner: str, name: str) -> list[RepoRecord]:
         """Every readable record of ``owner/name``, newest first."""

@@ -36,7 +36,8 @@ from safehub._fetch.http import DownloadResult
 from safehub._fetch.locks import entry_lock
 from safehub.errors import FetchError, IntegrityError
 
-__all__ = ["HASH_REGEX", "Expected", "FileCache", "OpenedEntry", "hash_prefix_of"]
+__all__ = ["HASH_REGEX", "Expected", "FileCache", "Imported", "LocalSource", "OpenedEntry",
+           "hash_prefix_of"]
 
 log = logging.getLogger("safehub.fetch")
 
@@ -44,6 +45,20 @@ log = logging.getLogger("safehub.fetch")
 HASH_REGEX = re.compile(r"-([a-f0-9]*)\.")
 
 FileDownload = Callable[[BinaryIO], DownloadResult]
+
+
+@dataclass(frozen=True)
+class Imported:
+    """Bytes a local source (torch.hub's ``checkpoints/``) wrote into a new entry, and the
+    provenance the entry's record keeps: where they came from, which check vouched."""
+
+    result: DownloadResult
+    provenance: dict[str, str]
+
+
+# Fills the entry's file from somewhere other than the network, after verifying it; None
+# when it has nothing usable (the network is then tried, if online).
+LocalSource = Callable[[BinaryIO], "Imported | None"]
 
 
 def hash_prefix_of(file_name: str) -> str | None:
@@ -86,12 +101,13 @@ class FileCache:
         self.layout = layout
 
     def open(self, url: str, *, expected: list[Expected], download: FileDownload | None,
-             repo: str | None = None) -> OpenedEntry:
+             repo: str | None = None, local: LocalSource | None = None) -> OpenedEntry:
         """Open the verified file for ``url``, downloading it first when needed.
 
-        ``download`` is None offline. Raises IntegrityError for a tampered cache
-        entry or a download that misses an expected digest, FetchError when the
-        file is missing offline or the download fails.
+        ``download`` is None offline. ``local`` is tried first on a miss, online or
+        not (see :mod:`safehub._fetch.torch_cache`). Raises IntegrityError for a
+        tampered cache entry or a download that misses an expected digest, FetchError
+        when the file is missing offline or the download fails.
         """
         lock = self.layout.file_lock(url)
         refresh_reason = ""
@@ -106,11 +122,8 @@ class FileCache:
                 raise IntegrityError(
                     f"the cached file does not match: {refresh_reason}", subject=str(hit.path),
                     fix="run online to download it again, or correct the pin")
-        if download is None:
-            raise FetchError(f"offline: {url} is not in the cache",
-                             subject=str(self.layout.file_dir(url)),
-                             fix="run once online to cache it (or unset SAFEHUB_OFFLINE / "
-                             "downloads.offline)")
+        if download is None and local is None:
+            raise self._missing_offline(url)
         self.layout.ensure()
         with entry_lock(lock):
             tag = self.layout.file_tag(url)
@@ -123,19 +136,40 @@ class FileCache:
                         return hit
                     hit.fh.close()
                     refresh_reason = reason
+            if local is not None and not refresh_reason:
+                entry = self._download(url, expected, local, repo, tag)
+                if entry is not None:
+                    return entry
+            if download is None:
+                raise self._missing_offline(url)
             if refresh_reason:
                 log.info("%s: downloading again: %s", url, refresh_reason)
-            return self._download(url, expected, download, repo, tag)
+            net = download
+            got = self._download(url, expected, lambda fh: Imported(net(fh), {}), repo, tag)
+            if got is None:  # a network download always fills the entry or raises
+                raise FetchError("the download produced nothing", subject=url)
+            return got
 
-    def _download(self, url: str, expected: list[Expected], download: FileDownload,
-                  repo: str | None, tag: str) -> OpenedEntry:
+    def _missing_offline(self, url: str) -> FetchError:
+        return FetchError(f"offline: {url} is not in the cache",
+                          subject=str(self.layout.file_dir(url)),
+                          fix="run once online to cache it (or unset SAFEHUB_OFFLINE / "
+                          "downloads.offline)")
+
+    def _download(self, url: str, expected: list[Expected], fill: LocalSource,
+                  repo: str | None, tag: str) -> OpenedEntry | None:
         layout = self.layout
         partial = layout.new_tmp(tag, ".partial")
         fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600)
         fh: BinaryIO = os.fdopen(fd, "w+b")
         try:
-            result = download(fh)
+            got = fill(fh)
+            if got is None:
+                fh.close()
+                partial.unlink(missing_ok=True)
+                return None
+            result = got.result
             fh.flush()
             os.fsync(fh.fileno())
             for exp in expected:
@@ -157,8 +191,8 @@ class FileCache:
             fsync_dir(folder)
             record = FileRecord(url=url, name=name, sha256=result.sha256, size=result.size,
                                 time=now_iso(), final_url=result.final_url, repo=repo,
-                                hops=result.hops)
-            write_json_atomic(record_path, record)
+                                hops=result.hops, provenance=dict(got.provenance))
+            write_json_atomic(record_path, record.to_json())
             reader = _reopen_same(fh, final, result.sha256)
         except BaseException:
             fh.close()
@@ -194,7 +228,7 @@ class FileCache:
 def _snapshot_reader(fd: int, path: Path) -> BinaryIO:
     """A reader over a private sealed copy of ``fd``'s bytes (closes ``fd``): hashing,
     scanning and loading then read the same bytes, whatever happens to the file."""
-    from safehub._enforce.snapshot import Snapshot
+    from safehub._snapshot import Snapshot
 
     try:
         with Snapshot.of_fd(fd, str(path)) as snap:
@@ -206,7 +240,7 @@ def _snapshot_reader(fd: int, path: Path) -> BinaryIO:
 def _reopen_same(written: BinaryIO, path: Path, sha256: str) -> BinaryIO:
     """A reader over a private snapshot of the file just written and hashed (the same
     inode, and the same SHA-256: a rewrite after the download is caught here)."""
-    from safehub._enforce.snapshot import Snapshot
+    from safehub._snapshot import Snapshot
 
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:

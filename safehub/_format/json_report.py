@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from safehub import __version__
 from safehub._format.escape import json_text as _j
 from safehub._format.escape import raw_bytes_b64
+from safehub._version import __version__
 from safehub.findings import ScanReport, Verdict
 
 __all__ = ["SCHEMA_VERSION", "JsonReport", "render_json"]

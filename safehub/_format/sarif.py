@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 from urllib.parse import quote
 
-from safehub import __version__
 from safehub._format.escape import escape_line, json_text
+from safehub._version import __version__
 from safehub.findings import Finding, ScanReport
 from safehub.rules import RULES, Severity
 

@@ -22,21 +22,22 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from safehub._policy.decide import Decision, IsolationRequest, RepoRequest, TrustRepo
+from safehub._policy.policy import Policy, load_policy
 from safehub._tree import copy_tree, links_leaving, walk
 from safehub.errors import FetchError, IntegrityError, PolicyViolation, SafehubError
-from safehub.policy import Decision, Policy, RepoRequest, SandboxRequest, TrustRepo, load_policy
 
 if TYPE_CHECKING:
-    from safehub.fetch import Fetcher
-    from safehub.sandbox import (
+    from safehub._fetch.fetcher import Fetcher
+    from safehub._sandbox.spec import (
         JSONValue,
         Layer,
         LayerStatus,
         Operation,
-        Sandbox,
         SandboxLimits,
         SandboxResult,
     )
+    from safehub._sandbox.supervisor import Sandbox
 
 __all__ = ["HubCall", "PolicyBroker", "prestart", "run_hub_call", "verify_signatures"]
 
@@ -125,7 +126,7 @@ def _nested_key(spec: str) -> tuple[str, str | None]:
 
 def verify_signatures(decision: Decision, tree: Path, subject: str) -> list[str]:
     """Check every signature the decision requires on ``tree``; returns the signers."""
-    from safehub import signing
+    from safehub._signing import model as signing
 
     signers = []
     for req in decision.requirements:
@@ -160,7 +161,7 @@ def verify_signatures(decision: Decision, tree: Path, subject: str) -> list[str]
 
 
 def _limits(policy: Policy, call: HubCall) -> SandboxLimits:
-    from safehub.sandbox import SandboxLimits
+    from safehub._sandbox.spec import SandboxLimits
 
     s = policy.model.sandbox
     limits = SandboxLimits(timeout_s=s.timeout_s, memory_mb=s.memory_mb, cpu_s=s.cpu_s,
@@ -221,6 +222,7 @@ def _import_torch_meanwhile() -> threading.Thread | None:
 
 
 def _sandbox_for(repo_dir: Path) -> Sandbox:
+    """The warm sandbox whose zygote preloaded this repo's declared, installed packages."""
     from safehub._hub.warm import sandbox_for
 
     return sandbox_for(repo_dir)
@@ -236,11 +238,15 @@ def prestart(call: HubCall) -> Sandbox | None:
 def run_hub_call(call: HubCall, policy: Policy | str | os.PathLike[str] | None = None, *,
                  fetcher: Fetcher | None = None) -> SandboxResult:
     """Decide, fetch, verify and run one hub call in the sandbox."""
+    from safehub._fetch.fetcher import Fetcher
+    from safehub._fetch.location import get_dir
+    from safehub._hub.torchscript import (
+        accepts_torchscript,
+        take_archives,
+        take_file_archives,
+    )
+    from safehub._sandbox.spec import Layer, SandboxRequest
     from safehub._torchdep import require_torch
-    from safehub.fetch import Fetcher
-    from safehub.hub import get_dir
-    from safehub.sandbox import Layer
-    from safehub.sandbox import SandboxRequest as RunRequest
 
     require_torch(f"hub.{call.op.value}")
     for spec in call.trust_nested:  # a malformed name is the caller's error, before any work
@@ -271,14 +277,17 @@ def run_hub_call(call: HubCall, policy: Policy | str | os.PathLike[str] | None =
         def check_layers(layers: dict[Layer, LayerStatus]) -> None:
             # Judged on the layers of the child that will run the code, before it gets
             # the call (no separate probe child).
-            policy.check(SandboxRequest({layer.value: None if status.available
-                                         else status.detail for layer, status in layers.items()}))
+            policy.check(IsolationRequest({layer.value: None if status.available
+                                           else status.detail
+                                           for layer, status in layers.items()}))
 
-        request = RunRequest(repo_dir, call.op, call.entrypoint, tuple(call.args),
-                             dict(call.kwargs), limits=_limits(policy, call),
-                             required_layers=frozenset(Layer(name) for name in
-                                                       policy.model.sandbox.required_layers),
-                             seed=call.seed, as_file=call.as_file)
+        request = SandboxRequest(repo_dir, call.op, call.entrypoint, tuple(call.args),
+                                 dict(call.kwargs), limits=_limits(policy, call),
+                                 required_layers=frozenset(Layer(name) for name in
+                                                           policy.model.sandbox.required_layers),
+                                 seed=call.seed, as_file=call.as_file,
+                                 script_archives=call.op.value == "load" and
+                                 accepts_torchscript(policy, requester))
         broker = PolicyBroker(fetcher, requester, call.trust_nested,
                               outer=requester or str(repo_dir))
         try:
@@ -288,4 +297,20 @@ def run_hub_call(call: HubCall, policy: Policy | str | os.PathLike[str] | None =
                 importer.join()
         for layer, reason in result.layers_missing.items():
             log.warning("sandbox layer %s was not applied: %s", layer.value, reason)
+        if call.op.value == "load":
+            subject = f"{call.repo_or_dir}:{call.entrypoint}"
+            if result.file is not None:  # no torch here: the archives leave the checked file
+                try:
+                    shape, scripts = take_file_archives(result.file, result.shape,
+                                                        policy=policy, repo=requester,
+                                                        subject=subject)
+                except BaseException:
+                    result.file.close()
+                    raise
+                result = replace(result, shape=shape, torchscript=scripts)
+            else:
+                tensors, shape, scripts = take_archives(result.tensors, result.shape,
+                                                        policy=policy, repo=requester,
+                                                        subject=subject)
+                result = replace(result, tensors=tensors, shape=shape, torchscript=scripts)
         return replace(result, fetched=tuple(broker.served)) if broker.served else result

@@ -22,13 +22,21 @@ log = logging.getLogger("safehub")
 
 class LoadedState(dict):  # type: ignore[type-arg]
     """``dict[str, torch.Tensor]`` (path-prefixed keys) with the returned structure in
-    ``.shape`` (``None`` when unknown) and the dropped leaves in ``.dropped``."""
+    ``.shape`` (``None`` when unknown) and the dropped leaves in ``.dropped``.
+
+    ``.torchscript`` maps the prefix of each TorchScript module to its archive bytes,
+    scanned and allowed, where the policy accepts TorchScript (empty otherwise; see
+    :mod:`safehub._hub.torchscript`). safehub never loads them: ``torch.jit.load`` would
+    run the archive's code in this process."""
 
     shape: Node | None
+    torchscript: dict[str, bytes]
 
-    def __init__(self, tensors: Mapping[str, Any], shape: Node | None):
+    def __init__(self, tensors: Mapping[str, Any], shape: Node | None,
+                 torchscript: Mapping[str, bytes] | None = None):
         super().__init__(tensors)
         self.shape = shape
+        self.torchscript = dict(torchscript or {})
 
     @property
     def dropped(self) -> list[Node]:

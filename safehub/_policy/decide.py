@@ -28,9 +28,9 @@ __all__ = [
     "Decision",
     "DownloadRequest",
     "FileRequest",
+    "IsolationRequest",
     "RepoRequest",
     "Requirement",
-    "SandboxRequest",
     "Step",
     "TrustRepo",
     "decide",
@@ -73,7 +73,7 @@ class FileRequest:
 
 
 @dataclass(frozen=True)
-class SandboxRequest:
+class IsolationRequest:
     """Run code in the sandbox given which isolation layers this machine has.
 
     ``available`` maps layer name -> None when available, or the reason it is not.
@@ -82,7 +82,7 @@ class SandboxRequest:
     available: Mapping[str, str | None]
 
 
-Request = RepoRequest | DownloadRequest | FileRequest | SandboxRequest
+Request = RepoRequest | DownloadRequest | FileRequest | IsolationRequest
 
 
 @dataclass(frozen=True)
@@ -426,6 +426,8 @@ def _decide_download(policy: LoadedPolicy, req: DownloadRequest) -> Decision:
                "allowed_urls")
         return t.decision(req.url, url)
     t.add("allow", f"matches allowed prefix {prefix!r}", "downloads", "allowed_urls", prefix)
+    t.add("note", f"must finish within {d.deadline_s:g} s plus 1 s per {d.min_rate_kb_s} KiB "
+          "received", "downloads", "deadline_s")
     keys = _pin_keys(d.pins, url)
     if len({d.pins[k] for k in keys}) > 1:
         t.deny(f"downloads.pins {', '.join(repr(k) for k in keys)} all name {url} with "
@@ -499,7 +501,7 @@ def _decide_file(policy: LoadedPolicy, req: FileRequest) -> Decision:
 # --- sandbox ----------------------------------------------------------------------------------
 
 
-def _decide_sandbox(policy: LoadedPolicy, req: SandboxRequest) -> Decision:
+def _decide_sandbox(policy: LoadedPolicy, req: IsolationRequest) -> Decision:
     t = _Trail(policy)
     required = policy.model.sandbox.required_layers
     for layer in required:

@@ -13,9 +13,11 @@ say which file and key decided them.
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import os
 import re
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,6 +178,10 @@ def _collect(spec: str) -> list[tuple[str, str, dict[str, Any]]]:
     return chain
 
 
+# Far above any real policy; a FIFO that never ends cannot exhaust memory.
+_MAX_POLICY_BYTES = 16 << 20
+
+
 def _spec_path(spec: str, base: Path) -> Path:
     preset = find_preset(spec)
     if preset is not None:
@@ -186,14 +192,25 @@ def _spec_path(spec: str, base: Path) -> Path:
 
 def _read(path: Path, label: str, spec: str, chain: list[Any]) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        # O_NONBLOCK: opening a FIFO nobody writes to must not hang (reads block again after,
+        # so `--policy <(command)` works); devices (/dev/zero never ends) are refused.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+            os.close(fd)
+            raise OSError(errno.EISDIR if stat.S_ISDIR(mode) else errno.ENODEV,
+                          "it is a folder" if stat.S_ISDIR(mode) else "not a regular file")
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb") as fh:
+            return fh.read(_MAX_POLICY_BYTES).decode("utf-8")
     except FileNotFoundError:
         where = f" (extended by {chain[-1][0]})" if chain else ""
         known = ", ".join(PRESETS)
         raise PolicyError(f"policy {spec!r} not found{where}", subject=str(path),
                           fix=f"use a preset ({known}) or the path of a policy file") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError(f"policy {label} cannot be read: {exc}", subject=str(path),
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise PolicyError(f"policy {label} cannot be read: {why}", subject=str(path),
                           fix="check the file's permissions and encoding (UTF-8)") from exc
 
 

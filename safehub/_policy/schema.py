@@ -43,6 +43,7 @@ GLOBAL_RE = re.compile(r"^[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*(?:\.\*)?$")
 # validated effective values). Every leaf field carries one; tests enforce it.
 #   true / false : that boolean value is the stricter one
 #   lower        : a smaller number is stricter
+#   higher       : a larger number is stricter
 #   order        : earlier values of the field's Literal are stricter
 #   subset       : a list of things allowed (adding one loosens); None means "anything"
 #   superset     : a list of things required or denied (removing one loosens)
@@ -137,6 +138,15 @@ class DownloadsSection(_Section):
             json_schema_extra=_dir("true"))
     max_size_mb: int = Field(20480, gt=0, description="Largest download. Lower is stricter.",
             json_schema_extra=_dir("lower"))
+    deadline_s: float = Field(300, gt=0, allow_inf_nan=False, description=(
+        "Overall time limit of one download or API call (redirects and retries included), "
+        "in seconds, on top of the time its received bytes take at min_rate_kb_s: a server "
+        "that trickles bytes cannot hold a request open. Lower is stricter."),
+        json_schema_extra=_dir("lower"))
+    min_rate_kb_s: int = Field(64, gt=0, description=(
+        "Each KiB received earns 1/min_rate_kb_s s on top of deadline_s (a slow but steady "
+        "transfer of a big file finishes). Higher is stricter."),
+        json_schema_extra=_dir("higher"))
     pins: dict[str, str] = Field(default_factory=dict, description=(
         "URL or file name -> SHA-256 of the file (64 hex)."), json_schema_extra=_dir("pins"))
     github_api: str = Field("https://api.github.com", description=(
@@ -288,8 +298,8 @@ class PolicyModel(_Section):
 
 
 def _check_globals(values: list[str]) -> list[str]:
+    from safehub._scanner.entry import check_allowable
     from safehub.errors import PolicyError
-    from safehub.scan import check_allowable
 
     for v in values:
         if not GLOBAL_RE.fullmatch(v):

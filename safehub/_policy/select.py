@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from safehub.errors import PolicyError
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = ["BUILT_IN_DEFAULT", "ENV_VAR", "EXPLICIT", "PRESETS", "resolve_spec"]
 
@@ -34,15 +36,21 @@ def resolve_spec(spec: str | os.PathLike[str] | None, *, cwd: Path | None = None
         return os.fspath(spec), EXPLICIT
     if environ.get(ENV_VAR):
         return environ[ENV_VAR], f"selected by ${ENV_VAR}"
-    pyproject = _nearest_pyproject(cwd or Path.cwd())
-    if pyproject is not None:
+    found = _nearest_pyproject(os.getcwd() if cwd is None else os.fspath(cwd))
+    if found is not None:
         try:
-            data = _toml().loads(pyproject.read_text(encoding="utf-8"))
+            with open(found, encoding="utf-8") as fh:
+                text = fh.read()
+            # Only a file that spells "safehub", or could in a quoted key (\u escapes), can
+            # select a policy: the others are not parsed (tomllib costs start-up).
+            data = _toml().loads(text) if _may_name_safehub(text) else {}
         except (OSError, _toml().TOMLDecodeError, UnicodeDecodeError) as exc:
+            pyproject = _path(found)
             raise PolicyError(f"cannot read {pyproject}: {exc}", subject=str(pyproject),
                               fix="fix the file's TOML syntax") from exc
         section = data.get("tool", {}).get("safehub", {})
         if isinstance(section, dict) and "policy" in section:
+            pyproject = _path(found)
             value = section["policy"]
             if not isinstance(value, str):
                 raise PolicyError("[tool.safehub] policy must be a preset name or a path",
@@ -53,12 +61,32 @@ def resolve_spec(spec: str | os.PathLike[str] | None, *, cwd: Path | None = None
     return "default", BUILT_IN_DEFAULT
 
 
-def _nearest_pyproject(start: Path) -> Path | None:
-    for directory in (start, *start.parents):
-        candidate = directory / "pyproject.toml"
-        if candidate.is_file():
+def _may_name_safehub(text: str) -> bool:
+    """Whether a TOML document could have a key ``safehub``: spelled out, or in a quoted
+    key through \\u/\\U escapes (TOML's only escapes that make letters)."""
+    return "safehub" in text or "\\u" in text or "\\U" in text
+
+
+def _path(name: str) -> Path:
+    """A Path, imported only where a path is reported: pathlib costs `safehub scan`
+    start-up, and most runs find no [tool.safehub] section."""
+    from pathlib import Path
+
+    return Path(name)
+
+
+def _nearest_pyproject(start: str) -> str | None:
+    """``start`` and its parents (as ``Path.parents`` lists them), the first with a
+    pyproject.toml file."""
+    directory = start
+    while True:
+        candidate = os.path.join(directory, "pyproject.toml")
+        if os.path.isfile(candidate):
             return candidate
-    return None
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return None
+        directory = parent
 
 
 def _toml() -> Any:

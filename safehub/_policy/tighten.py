@@ -129,6 +129,8 @@ def _looser(direction: str, info: FieldInfo, path: tuple[str, ...], old: Any,
         return f"changes {old!r} to {new!r}" if old is strict and new is not strict else None
     if direction == "lower":
         return f"raises {old!r} to {new!r}" if new > old else None
+    if direction == "higher":
+        return f"lowers {old!r} to {new!r}" if new < old else None
     if direction == "order":
         order = _literal_values(info)
         if old in order and new in order and order.index(new) <= order.index(old):

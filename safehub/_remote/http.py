@@ -7,7 +7,8 @@ one range per request. Every URL, the first and every redirect hop, is decided b
 policy before it is requested. Requests and body bytes are counted.
 
 Each remote file (and each listing request) has the fetch layer's overall deadline:
-``HttpSettings.deadline`` plus the bytes received so far at ``HttpSettings.min_rate``;
+the policy's ``downloads.deadline_s`` plus the bytes received so far at
+``downloads.min_rate_kb_s`` (``HttpSettings`` may only tighten them);
 a watchdog shuts the socket once it has passed, so a server trickling bytes (headers
 or body) cannot hold a scan open.
 """
@@ -23,10 +24,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
-from safehub._fetch.http import HttpSettings, _Watchdog
+from safehub._fetch.http import (
+    HttpSettings,
+    TransferLimits,
+    _Watchdog,
+    transfer_limits,
+)
+from safehub._policy.policy import Policy
 from safehub._remote.target import decide_url
 from safehub.errors import FetchError
-from safehub.policy import Policy
 
 __all__ = ["HttpRangeClient", "Stats", "get_json"]
 
@@ -45,25 +51,20 @@ class Stats:
 
 
 class _Deadline:
-    """``deadline + received / min_rate`` seconds from the start (see HttpSettings)."""
+    """``deadline + received / min_rate`` seconds from the start: the policy's
+    ``downloads.deadline_s`` and ``downloads.min_rate_kb_s`` (see TransferLimits)."""
 
-    def __init__(self, url: str, settings: HttpSettings, received: Callable[[], int]):
+    def __init__(self, url: str, limits: TransferLimits, received: Callable[[], int]):
         self.url = url
-        self.settings = settings
+        self.limits = limits
         self.received = received
         self.started = time.monotonic()
 
     def remaining(self) -> float:
-        allowed = self.settings.deadline + self.received() / self.settings.min_rate
-        return self.started + allowed - time.monotonic()
+        return self.started + self.limits.allowed(self.received()) - time.monotonic()
 
     def error(self) -> FetchError:
-        s = self.settings
-        return FetchError(
-            f"{self.url} did not finish within its overall deadline (HttpSettings.deadline "
-            f"= {s.deadline:g} s plus the {self.received()} bytes received at min_rate = "
-            f"{s.min_rate:g} bytes/s)", subject=self.url,
-            fix="scan from a faster server, or raise HttpSettings(deadline=..., min_rate=...)")
+        return self.limits.error(self.url, self.received())
 
     @contextlib.contextmanager
     def watch(self) -> Iterator[_Watchdog]:
@@ -113,7 +114,7 @@ class HttpRangeClient:
         self.timeout = timeout
         self.user_agent = user_agent
         self.stats = Stats()
-        self.deadline = _Deadline(self.url, settings or HttpSettings(),
+        self.deadline = _Deadline(self.url, transfer_limits(settings, policy),
                                   lambda: self.stats.bytes)
         self.multi_range = True
         self.size: int | None = None
@@ -332,7 +333,7 @@ def get_json(url: str, policy: Policy, stats: Stats, *, limit: int = 64 << 20,
         received[0] += n
         stats.bytes += n
 
-    deadline = _Deadline(current, settings or HttpSettings(), lambda: received[0])
+    deadline = _Deadline(current, transfer_limits(settings, policy), lambda: received[0])
     with deadline.watch() as watch:
         return _get_json(current, policy, stats, limit, timeout, deadline, watch, count)
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from safehub._policy.policy import Policy
 from safehub._remote.http import Stats
 from safehub._remote.target import decide_url, s3_endpoint, s3_object_url
 from safehub.errors import FetchError
-from safehub.policy import Policy
 
 __all__ = ["S3RangeClient", "list_objects", "s3_filesystem"]
 

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from safehub._fetch.http import HttpSettings
+from safehub._policy.policy import Policy
 from safehub._remote.http import HttpRangeClient, Stats, get_json
 from safehub._remote.plan import HEAD, TAIL, zip_plan
 from safehub._remote.rangefile import RangeFile
@@ -25,7 +26,6 @@ from safehub._scanner.context import ScanOptions
 from safehub._scanner.engine import MODEL_SUFFIXES, scan_fileobj
 from safehub.errors import FetchError, PolicyViolation
 from safehub.findings import FileReport, Finding, ScanReport, Skipped, Verdict
-from safehub.policy import Policy
 from safehub.rules import RULES
 
 __all__ = ["RemoteItem", "RemoteScan", "is_reported", "list_remote", "scan_batch", "scan_item",

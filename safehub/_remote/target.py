@@ -26,7 +26,7 @@ from safehub._policy.urls import canonical_url as _policy_canonical_url
 from safehub.errors import FetchError, PolicyViolation
 
 if TYPE_CHECKING:  # the policy (pydantic) stays off `safehub scan PATH`'s start-up
-    from safehub.policy import Policy
+    from safehub._policy.policy import Policy
 
 __all__ = ["RemoteRef", "canonical_url", "decide_url", "hf_endpoint", "hf_resolve_url",
            "is_remote", "parse", "s3_endpoint", "s3_object_url"]
@@ -68,7 +68,7 @@ def decide_url(policy: Policy, url: str) -> str:
     """The canonical ``url`` if the policy allows requesting it; raises
     :class:`~safehub.errors.PolicyViolation` otherwise. A scan loads nothing, so a
     missing digest pin (``downloads.require_digests``) does not deny it."""
-    from safehub.policy import DownloadRequest
+    from safehub._policy.decide import DownloadRequest
 
     canonical = canonical_url(url)
     decision = policy.decide(DownloadRequest(canonical))

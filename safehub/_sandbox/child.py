@@ -167,9 +167,10 @@ def _serve(channel: Channel, config: dict[str, Any]) -> None:
             return
         phase = "call"
         value = entry(*call["args"], **call["kwargs"])
+        scripts = call.get("scripts") is True
         del call
         phase = "convert"
-        flat, manifest = shape.flatten(value)
+        flat, manifest = shape.flatten(value, scripts=scripts)
         del value
         tensors = writer.check_tensors(flat)
         packed = writer.pack(tensors)

@@ -92,7 +92,9 @@ class TensorSpec:
 
 class TensorFile:
     """A validated result file: its tensors as torch views (:meth:`tensors`), or its
-    bytes written out as a safetensors file (:meth:`write`), which needs no torch.
+    bytes written out as a safetensors file (:meth:`write`), which needs no torch. An
+    entry that is not a tensor of the result (a TorchScript archive) is taken out as
+    bytes with :meth:`take`, also without torch.
 
     Owns the memfd; the descriptor is closed by :meth:`close`, by ``with``, or when
     the object is collected.
@@ -103,6 +105,7 @@ class TensorFile:
         self.size = size
         self.start = start
         self.specs = specs
+        self._taken = False  # an entry was taken out: the data section is compacted
         self._closer = weakref.finalize(self, os.close, fd)
 
     def __enter__(self) -> TensorFile:
@@ -117,35 +120,78 @@ class TensorFile:
     def close(self) -> None:
         self._closer()
 
+    def take(self, name: str) -> tuple[TensorSpec, bytes]:
+        """Take the checked entry ``name`` out of the file: it is neither written by
+        :meth:`write` nor mapped by :meth:`tensors`. Returns its spec and its bytes, read
+        from the memfd by the checked offsets (no torch). Raises KeyError if absent."""
+        spec = next((s for s in self.specs if s.name == name), None)
+        if spec is None:
+            raise KeyError(name)
+        length = spec.end - spec.begin
+        chunks, done = [], 0
+        while done < length:  # one pread returns at most ~2 GiB
+            chunk = os.pread(self.fd, min(length - done, 1 << 30), self.start + spec.begin + done)
+            if not chunk:
+                raise _bad(f"tensor {_show(name)}: the file ended early", name)
+            chunks.append(chunk)
+            done += len(chunk)
+        data = b"".join(chunks)
+        self.specs.remove(spec)
+        self._taken = True
+        return spec, data
+
+    def _layout(self) -> list[tuple[TensorSpec, int]]:
+        """Each entry with its offset in the written data section. As checked, unless an
+        entry was taken out: then the rest are packed without the gap, largest item size
+        first (each length is a multiple of its item size, so every entry stays aligned
+        in a data section that starts 8-aligned)."""
+        if not self._taken:
+            return [(spec, spec.begin) for spec in self.specs]
+        offset, layout = 0, []
+        for spec in sorted(self.specs, key=lambda s: (-dtypes.ITEMSIZE[s.dtype], s.begin)):
+            layout.append((spec, offset))
+            offset += spec.end - spec.begin
+        return layout
+
     def header(self) -> bytes:
         """The header safehub writes: rebuilt from the checked entries (never the
         child's own bytes), in the reported order, ``{"format": "pt"}`` metadata as
         ``safetensors.torch.save_file`` writes, padded so the data starts 8-aligned."""
+        return self._header(dict((spec.name, begin) for spec, begin in self._layout()))
+
+    def _header(self, offsets: dict[str, int]) -> bytes:
         entries: dict[str, Any] = {"__metadata__": {"format": "pt"}}
         for spec in self.specs:
+            begin = offsets[spec.name]
             entries[spec.name] = {"dtype": spec.dtype, "shape": list(spec.shape),
-                                  "data_offsets": [spec.begin, spec.end]}
+                                  "data_offsets": [begin, begin + spec.end - spec.begin]}
         head = json.dumps(entries, separators=(",", ":"), ensure_ascii=False).encode()
         return head + b" " * (-(8 + len(head)) % 8)
 
     def write(self, path: str | os.PathLike[str]) -> int:
         """Write the tensors to ``path`` as safetensors, atomically: the rebuilt header,
         then the data section copied from the memfd in the kernel. Returns the size."""
-        from safehub._convert.writers import write_atomic
+        from safehub._tree import write_atomic
 
-        head = self.header()
-        data = self.size - self.start
+        layout = self._layout()
+        head = self._header(dict((spec.name, begin) for spec, begin in layout))
+        # What to copy: the whole checked data section, or (an entry taken out) each
+        # remaining entry's bytes in the new order.
+        ranges = ([(self.start, self.size - self.start)] if not self._taken else
+                  [(self.start + spec.begin, spec.end - spec.begin) for spec, _ in layout])
+        data = sum(length for _, length in ranges)
 
         def write(fh: BinaryIO, _tmp: str) -> None:
             fh.write(struct.pack("<Q", len(head)) + head)
             fh.flush()
-            out, offset, left = fh.fileno(), self.start, data
-            while left:
-                moved = os.sendfile(out, self.fd, offset, min(left, 1 << 30))
-                if moved <= 0:
-                    raise OSError(errno.EIO, "the result file ended early")
-                offset += moved
-                left -= moved
+            out = fh.fileno()
+            for offset, left in ranges:
+                while left:
+                    moved = os.sendfile(out, self.fd, offset, min(left, 1 << 30))
+                    if moved <= 0:
+                        raise OSError(errno.EIO, "the result file ended early")
+                    offset += moved
+                    left -= moved
 
         write_atomic(Path(path), write)
         return 8 + len(head) + data

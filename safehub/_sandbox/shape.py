@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Node", "ShapeError", "flatten", "parse"]
+__all__ = ["ARCHIVE_KEY", "Node", "ShapeError", "flatten", "parse"]
 
 MAX_NODES = 100_000
 MAX_DEPTH = 32
@@ -56,6 +56,9 @@ class Node:
     reason: str = ""
     script: bool = False
     children: tuple[Node, ...] = field(default_factory=tuple)
+    # A TorchScript module's serialized archive crossed too (asked for only when the policy
+    # accepts TorchScript): the key of its uint8 tensor. The parent scans it before use.
+    archive: str = ""
 
     @property
     def prefix(self) -> str:
@@ -86,8 +89,9 @@ class Node:
             where = one_line(node.prefix) or "(top)"
             if node.kind == "module":
                 what = "TorchScript module" if node.script else "module"
+                note = f" ({one_line(node.reason)})" if node.reason else ""
                 lines.append(f"{where}: {what} {one_line(node.type_name)}, "
-                             f"{len(node.keys)} tensors")
+                             f"{len(node.keys)} tensors{note}")
             elif node.kind == "tensor":
                 lines.append(f"{where}: tensor")
             elif node.kind == "value":
@@ -125,8 +129,14 @@ def _dropped_reason(value: object) -> str:
     return "not a module, tensor or plain value: only those cross"
 
 
-def flatten(value: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+ARCHIVE_KEY = "#torchscript"  # appended to a module's prefix; '#' is in no attribute name
+
+
+def flatten(value: Any, *, scripts: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """(child side) ``value`` as a flat ``{key: tensor}`` dict and its manifest (JSON).
+
+    ``scripts``: a TorchScript module also sends its ``torch.jit.save`` archive, as one
+    uint8 tensor under ``<prefix>#torchscript``.
 
     Raises ShapeError when the top-level value has nothing that can cross, when the
     structure is too deep or too large, or when two elements claim the same key.
@@ -161,8 +171,18 @@ def flatten(value: Any) -> tuple[dict[str, Any], dict[str, Any]]:
                 claim(full, where)
                 tensors[full] = tensor
                 keys.append(key)
-            return {"k": "module", "type": _type_name(obj), "keys": keys,
+            node = {"k": "module", "type": _type_name(obj), "keys": keys,
                     "script": isinstance(obj, torch.jit.ScriptModule)}
+            if scripts and node["script"]:
+                import io
+
+                buf = io.BytesIO()
+                torch.jit.save(obj, buf)
+                key = f"{where}{ARCHIVE_KEY}"
+                claim(key, where)
+                tensors[key] = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
+                node["archive"] = True
+            return node
         if isinstance(obj, torch.Tensor):
             if not where:  # a bare tensor has no name: torch.hub users index it as one
                 raise ShapeError("the entrypoint returned a bare torch.Tensor, which has no "
@@ -230,12 +250,17 @@ def parse(raw: object, keys: Sequence[str]) -> Node:
         if kind == "module":
             rel = obj.get("keys")
             script = obj.get("script", False)
+            archive = obj.get("archive", False)
             if not isinstance(rel, list) or not all(isinstance(k, str) for k in rel) or \
-                    not isinstance(script, bool):
+                    not isinstance(script, bool) or archive not in (False, True) or \
+                    (archive and not script):
                 raise ShapeError("a module node is malformed")
             for key in rel:
                 claim(f"{where}.{key}" if where else key)
-            return Node("module", path, name, text(obj.get("type")), tuple(rel), script=script)
+            if archive:
+                claim(f"{where}{ARCHIVE_KEY}")
+            return Node("module", path, name, text(obj.get("type")), tuple(rel), script=script,
+                        archive=f"{where}{ARCHIVE_KEY}" if archive else "")
         if kind == "tensor":
             if not where:
                 raise ShapeError("a tensor node at the top")

@@ -193,6 +193,9 @@ class SandboxRequest:
     unsafe_skip_layers: frozenset[Layer] = frozenset()
     seed: int | None = None
     as_file: bool = False
+    # load: TorchScript modules also send their archive (the caller scans it; only where
+    # the policy accepts TorchScript)
+    script_archives: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "repo_dir", Path(os.path.abspath(self.repo_dir)))
@@ -202,6 +205,9 @@ class SandboxRequest:
             raise ValueError(f"seed must be an integer from 0 to 2**63-1, not {self.seed!r}")
         if self.seed is not None and self.op is not Operation.LOAD:
             raise ValueError("only load takes a seed")
+        if self.script_archives is not False and (self.script_archives is not True or
+                                                  self.op is not Operation.LOAD):
+            raise ValueError("script_archives is a bool, and only for load")
         if self.op is Operation.LIST:
             if self.entrypoint is not None:
                 raise ValueError("list takes no entrypoint")
@@ -286,3 +292,5 @@ class SandboxResult:
     fetched: tuple[str, ...] = ()
     shape: Any = None
     file: Any = None
+    # load: TorchScript archives by module prefix, scanned and allowed (safehub._hub.torchscript)
+    torchscript: Mapping[str, bytes] = field(default_factory=dict)

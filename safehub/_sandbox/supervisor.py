@@ -496,7 +496,8 @@ class _Run:
         if request is None:
             return
         self._send({"t": "call", "entrypoint": request.entrypoint, "args": list(request.args),
-                    "kwargs": dict(request.kwargs), "seed": request.seed})
+                    "kwargs": dict(request.kwargs), "seed": request.seed,
+                    "scripts": request.script_archives})
 
     def _refuse(self, message: dict[str, Any]) -> NoReturn:
         try:

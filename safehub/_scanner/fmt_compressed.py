@@ -8,7 +8,6 @@ decompressed bytes are analyzed as they are produced and never held whole.
 from __future__ import annotations
 
 import bz2
-import gzip
 import lzma
 import zlib
 from typing import BinaryIO
@@ -100,6 +99,8 @@ def scan_compressed(scan: FileScan, fh: BinaryIO, kind: str) -> None:
     stream: BinaryIO
     # The decompressors wrap `fh` without owning it; the caller closes `fh`.
     if kind == "gzip":
+        import gzip  # here: most scans meet no gzip stream, and its import costs start-up
+
         stream = gzip.GzipFile(fileobj=fh, mode="rb")  # type: ignore[assignment]
     elif kind == "bz2":
         stream = bz2.BZ2File(fh, mode="rb")  # type: ignore[assignment]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import struct
 from typing import BinaryIO
 
-from safehub import _strictjson as strictjson
 from safehub._scanner.context import FileScan
 
 __all__ = ["DTYPE_BITS", "MAX_HEADER", "check_header", "scan_safetensors"]
@@ -54,6 +53,9 @@ def check_header(header: bytes, data_len: int) -> dict[str, object]:
     """Validate a safetensors header against the data length; returns the parsed header."""
     if not header.startswith(b"{"):
         raise HeaderError("header does not start with '{'")
+    # Imported here: json costs every `safehub scan` start-up, most meet no safetensors.
+    from safehub import _strictjson as strictjson
+
     try:
         # The reference implementation pads headers with spaces; duplicate keys are refused.
         parsed = strictjson.loads(header.rstrip(b" "))

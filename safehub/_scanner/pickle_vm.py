@@ -47,8 +47,8 @@ _HIGHEST_PROTOCOL = 5
 # object (torch.load's io.BytesIO of data.pkl, pickle.load), "bytes" is pickle.loads.
 FRAMES_FILE = "file"
 # What a text-argument opcode (INT, FLOAT, STRING, GET, GLOBAL, ...) costs beyond one opcode
-# of the budget: its line is found and parsed twice (as _pickle.c and as pickle._Unpickler),
-# several times the work of a binary opcode. Five million such opcodes would take minutes.
+# of the budget: its line is found and parsed (and where the readers may part, checked
+# against pickle._Unpickler's rules), several times the work of a binary opcode.
 TEXT_OP_COST = 4
 # What starting a stream costs, in opcodes of the file's budget: a zip of a million tiny
 # pickle records spends it as surely as one record of millions of opcodes.
@@ -97,7 +97,7 @@ class PickleError(Exception):
         self.truncated = truncated
 
 
-class LimitExceeded(Exception):
+class AnalysisLimit(Exception):
     """An analysis bound was hit (internal)."""
 
     def __init__(self, message: str, offset: int):
@@ -407,10 +407,18 @@ class PickleCursor:
                   at: int, *, full_line: bool = False) -> Any:
         """A text opcode's argument as this reading parses it.
 
-        The C reading also parses it as pickle._Unpickler would; where the two disagree
-        (accepted or not, or the value), the stream is marked divergent and analyzed again
-        as pickle._Unpickler reads it (see ``stream``).
+        The C reading also decides whether pickle._Unpickler would read it otherwise
+        (accepted or not, or the value); then the stream is marked divergent and analyzed
+        again as pickle._Unpickler reads it (see ``stream``).
         """
+        if self.frame_stop < 0 and not self.py:
+            # The common case, inline: outside a frame, the newline already buffered.
+            i = self.i
+            nl = self.buf.find(b"\n", i)
+            if nl >= 0:
+                text = self.buf[i:nl]
+                self.i = nl + 1
+                return self._parsed_c(text, parse_c, parse_py, at, full_line)
         if self.py:
             text, has_nl = self._py_line()
             if not has_nl and not full_line:
@@ -426,6 +434,11 @@ class PickleCursor:
         except Truncated:
             self.divergent.append(at)  # pickle._Unpickler reads a last line without newline
             raise
+        return self._parsed_c(text, parse_c, parse_py, at, full_line)
+
+    def _parsed_c(self, text: bytes, parse_c: Callable[[bytes, int], Any],
+                  parse_py: Callable[[bytes], Any], at: int, full_line: bool) -> Any:
+        """A text argument's value as _pickle.c parses it; divergence noted."""
         try:
             value = parse_c(text, at)
         except PickleError:
@@ -436,8 +449,14 @@ class PickleCursor:
             else:
                 self.divergent.append(at)
             raise
-        if parse_py is _py_parse_string:
-            return value  # both unpicklers parse STRING with the same code
+        # Parsed once: for what _pickle.c accepted, whether pickle._Unpickler reads the same
+        # value follows from the text alone (``_PY_AGREES``); only INT's rarer spellings
+        # are parsed the second way to find out.
+        agrees = _PY_AGREES[parse_py](text)
+        if agrees is not None:
+            if not agrees:
+                self.divergent.append(at)
+            return value
         try:
             same = parse_py(text + b"\n" if full_line else text) == value
         except (ValueError, OverflowError):
@@ -556,7 +575,7 @@ class PickleCursor:
                 return nl
             pending = len(self.buf) - self.i
             if pending > self.limits.max_line:
-                raise LimitExceeded("text opcode argument is longer than the limit", self.offset())
+                raise AnalysisLimit("text opcode argument is longer than the limit", self.offset())
             self._fill(pending + 1)
             start = self.i + pending  # _fill moved the pending bytes to buf[i:]
 
@@ -614,7 +633,7 @@ class PickleCursor:
             res.error = str(exc)
             res.error_offset = exc.offset
             res.truncated = exc.truncated
-        except LimitExceeded as exc:
+        except AnalysisLimit as exc:
             res.limit = str(exc)
             res.error_offset = exc.offset
         self.frame_stop = -1
@@ -667,7 +686,7 @@ class PickleCursor:
     def _count(self, n: int = 1) -> None:
         self.values += n
         if self.values > self.limits.max_values:
-            raise LimitExceeded("too many values to track", self.offset())
+            raise AnalysisLimit("too many values to track", self.offset())
 
     def _loop(self, res: StreamResult, state: MachineState | None = None) -> object:
         # One branch per opcode, like _pickle.c.
@@ -680,8 +699,9 @@ class PickleCursor:
             budget.left -= STREAM_COST
         max_ops = self.limits.max_ops if budget is None else budget.left
         if max_ops <= 0:
-            raise LimitExceeded("the file's opcode budget is spent", self.offset())
+            raise AnalysisLimit("the file's opcode budget is spent", self.offset())
         unpack = struct.unpack
+        max_values = self.limits.max_values
 
         def pop(at: int) -> object:
             if not stack:
@@ -713,12 +733,14 @@ class PickleCursor:
                 at = self.base + self.buf_pos + i
                 ops += 1
                 if ops > max_ops:
-                    raise LimitExceeded(f"more than {self.limits.max_ops} opcodes", at)
+                    raise AnalysisLimit(f"more than {self.limits.max_ops} opcodes", at)
                 op = buf[i]
                 i += 1
                 self.i = i
 
-                # Opcodes in order of frequency in real checkpoints: the chain is the dispatch.
+                # The dispatch: the twelve opcodes most frequent in real checkpoints first, then
+                # the rest in four groups by value, each in order of frequency, so that a flood
+                # of the rarest opcode walks 30 comparisons, not 70.
                 # A 1-byte argument never crosses a frame's end (the opcode byte is inside),
                 # and a 4-byte one is read inline when it is inside the buffer and frame.
                 if op == 0x72:  # r LONG_BINPUT
@@ -730,8 +752,10 @@ class PickleCursor:
                         idx = unpack("<I", self.take(4))[0]
                     if not stack:
                         raise PickleError("unpickling stack underflow", at)
-                    if idx not in memo:
-                        self._count()
+                    if idx not in memo:  # self._count(), inline
+                        self.values += 1
+                        if self.values > max_values:
+                            raise AnalysisLimit("too many values to track", self.offset())
                     memo[idx] = stack[-1]
                 elif op == 0x68:  # h BINGET
                     if i < len(buf):
@@ -756,8 +780,10 @@ class PickleCursor:
                         idx = self.take(1)[0]
                     if not stack:
                         raise PickleError("unpickling stack underflow", at)
-                    if idx not in memo:
-                        self._count()
+                    if idx not in memo:  # self._count(), inline
+                        self.values += 1
+                        if self.values > max_values:
+                            raise AnalysisLimit("too many values to track", self.offset())
                     memo[idx] = stack[-1]
                 elif op == 0x58:  # X BINUNICODE
                     if i + 4 <= len(buf) and (self.frame_stop < 0
@@ -794,257 +820,285 @@ class PickleCursor:
                     stack.append(ref)
                 elif op == 0x29:  # ) EMPTY_TUPLE
                     stack.append(())
-                elif op == 0x94:  # MEMOIZE
-                    self._memo_put(memo, len(memo), top(at))
-                elif op == 0x8C:  # SHORT_BINUNICODE
-                    stack.append(_utf8(self.take(self.take(1)[0]), at))
-                elif op == 0x5D:  # ] EMPTY_LIST
-                    stack.append(SymList())
-                elif op == 0x65:  # e APPENDS
-                    items = pop_mark(at)
-                    target = top(at)
-                    self._mutate(res, "APPENDS", target, at)
-                    if isinstance(target, SymList):
-                        self._count(len(items))
-                        target.items.extend(items)
-                elif op == 0x7D:  # } EMPTY_DICT
-                    stack.append(SymDict())
-                elif op == 0x75:  # u SETITEMS
-                    items = pop_mark(at)
-                    target = top(at)
-                    if len(items) % 2:
-                        raise PickleError("odd number of items for SETITEMS", at)
-                    self._mutate(res, "SETITEMS", target, at)
-                    if isinstance(target, SymDict):
-                        self._count(len(items))
-                        target.items.extend(zip(items[::2], items[1::2], strict=True))
-                elif op == 0x47:  # G BINFLOAT
-                    stack.append(unpack(">d", self.take(8))[0])
-                elif op == 0x4E:  # N NONE
-                    stack.append(None)
-                elif op == 0x88:  # NEWTRUE
-                    stack.append(True)
-                elif op == 0x86:  # TUPLE2
-                    b = pop(at)
-                    a = pop(at)
-                    stack.append((a, b))
-                elif op == 0x87:  # TUPLE3
-                    c = pop(at)
-                    b = pop(at)
-                    a = pop(at)
-                    stack.append((a, b, c))
-                elif op == 0x6A:  # j LONG_BINGET
-                    stack.append(_memo_get(memo, unpack("<I", self.take(4))[0], at))
-                elif op == 0x4D:  # M BININT2
-                    stack.append(unpack("<H", self.take(2))[0])
-                elif op == 0x4A:  # J BININT
-                    stack.append(unpack("<i", self.take(4))[0])
-                elif op == 0x63:  # c GLOBAL
-                    ops += TEXT_OP_COST  # a text argument costs several binary opcodes
-                    module = self._text_arg(_ascii_line, _py_utf8_line, at)
-                    name = self._text_arg(_ascii_line, _py_utf8_line, at)
-                    stack.append(self._global(res, module, name, proto, at, "GLOBAL"))
-                elif op == 0x93:  # STACK_GLOBAL
-                    name_v = pop(at)
-                    module_v = pop(at)
-                    if isinstance(module_v, str) and isinstance(name_v, str):
-                        stack.append(self._global(res, module_v, name_v, proto, at, "STACK_GLOBAL"))
-                    elif isinstance(module_v, (bytes, int, float, type(None), tuple)) or isinstance(
-                        name_v, (bytes, int, float, type(None), tuple)
-                    ):
-                        raise PickleError("STACK_GLOBAL requires str", at)
+                elif op < 0x4F:
+                    if op == 0x47:  # G BINFLOAT
+                        stack.append(unpack(">d", self.take(8))[0])
+                    elif op == 0x4E:  # N NONE
+                        stack.append(None)
+                    elif op == 0x4D:  # M BININT2
+                        if i + 2 <= len(buf) and (self.frame_stop < 0
+                                                  or self.buf_pos + i + 2 <= self.frame_stop):
+                            stack.append(buf[i] | buf[i + 1] << 8)
+                            self.i = i + 2
+                        else:
+                            stack.append(unpack("<H", self.take(2))[0])
+                    elif op == 0x4A:  # J BININT
+                        if i + 4 <= len(buf) and (self.frame_stop < 0
+                                                  or self.buf_pos + i + 4 <= self.frame_stop):
+                            stack.append(int.from_bytes(buf[i : i + 4], "little", signed=True))
+                            self.i = i + 4
+                        else:
+                            stack.append(unpack("<i", self.take(4))[0])
+                    elif op == 0x2E:  # . STOP
+                        value = pop(at)
+                        if self.frame_stop >= 0:
+                            self._end_frame()
+                        return value
+                    elif op == 0x49:  # I INT
+                        ops += TEXT_OP_COST  # a text argument costs several binary opcodes
+                        stack.append(self._text_arg(_load_int, _py_int, at, full_line=True))
+                    elif op == 0x4C:  # L LONG
+                        ops += TEXT_OP_COST  # a text argument costs several binary opcodes
+                        stack.append(self._text_arg(_load_long, _py_long, at))
+                    elif op == 0x46:  # F FLOAT
+                        ops += TEXT_OP_COST  # a text argument costs several binary opcodes
+                        stack.append(self._text_arg(_load_float, _py_float, at))
+                    elif op == 0x43:  # C SHORT_BINBYTES
+                        stack.append(self.sized(self.take(1)[0], "bytes", joined=True))
+                    elif op == 0x42:  # B BINBYTES
+                        stack.append(self.sized(unpack("<I", self.take(4))[0], "bytes",
+                                                joined=True))
+                    elif op == 0x30:  # 0 POP
+                        if stack:
+                            stack.pop()
+                        elif metastack:
+                            stack = metastack.pop()
+                        else:
+                            raise PickleError("unpickling stack underflow", at)
+                    elif op == 0x31:  # 1 POP_MARK
+                        pop_mark(at)
+                    elif op == 0x32:  # 2 DUP
+                        stack.append(top(at))
                     else:
-                        computed = ComputedGlobal(module_v, name_v, at)
-                        res.computed.append(computed)
-                        stack.append(computed)
-                elif op == 0x61:  # a APPEND
-                    value = pop(at)
-                    target = top(at)
-                    self._mutate(res, "APPEND", target, at)
-                    if isinstance(target, SymList):
-                        self._count()
-                        target.items.append(value)
-                elif op == 0x73:  # s SETITEM
-                    value = pop(at)
-                    key = pop(at)
-                    target = top(at)
-                    self._mutate(res, "SETITEM", target, at)
-                    if isinstance(target, SymDict):
-                        self._count()
-                        target.items.append((key, value))
-                elif op == 0x95:  # FRAME
-                    self._frame(unpack("<Q", self.take(8))[0], at)
-                elif op == 0x2E:  # . STOP
-                    value = pop(at)
-                    if self.frame_stop >= 0:
-                        self._end_frame()
-                    return value
-                elif op == 0x8A:  # LONG1
-                    n = self.take(1)[0]
-                    stack.append(int.from_bytes(self.take(n), "little", signed=True))
-                elif op == 0x8B:  # LONG4
-                    n = unpack("<i", self.take(4))[0]
-                    if n < 0:
-                        raise PickleError("LONG pickle has negative byte count", at)
-                    data = self.sized(n, "int")
-                    stack.append(int.from_bytes(data, "little", signed=True)
-                                 if isinstance(data, bytes) else data)
-                elif op == 0x49:  # I INT
-                    ops += TEXT_OP_COST  # a text argument costs several binary opcodes
-                    stack.append(self._text_arg(_load_int, _py_int, at, full_line=True))
-                elif op == 0x4C:  # L LONG
-                    ops += TEXT_OP_COST  # a text argument costs several binary opcodes
-                    stack.append(self._text_arg(_load_long, _py_long, at))
-                elif op == 0x46:  # F FLOAT
-                    ops += TEXT_OP_COST  # a text argument costs several binary opcodes
-                    stack.append(self._text_arg(_load_float, _py_float, at))
-                elif op == 0x8D:  # BINUNICODE8
-                    data = self.sized(unpack("<Q", self.take(8))[0], "str")
-                    stack.append(_utf8(data, at) if isinstance(data, bytes) else data)
-                elif op == 0x56:  # V UNICODE
-                    ops += TEXT_OP_COST  # a text argument costs several binary opcodes
-                    stack.append(self._text_arg(_load_unicode, _py_unicode, at))
-                elif op == 0x43:  # C SHORT_BINBYTES
-                    stack.append(self.sized(self.take(1)[0], "bytes", joined=True))
-                elif op == 0x42:  # B BINBYTES
-                    stack.append(self.sized(unpack("<I", self.take(4))[0], "bytes", joined=True))
-                elif op == 0x8E:  # BINBYTES8
-                    stack.append(self.sized(unpack("<Q", self.take(8))[0], "bytes", joined=True))
-                elif op == 0x96:  # BYTEARRAY8
-                    stack.append(self.sized(unpack("<Q", self.take(8))[0], "bytearray",
-                                            joined=True))
-                elif op == 0x55:  # U SHORT_BINSTRING
-                    stack.append(_py2str(self.take(self.take(1)[0])))
-                elif op == 0x54:  # T BINSTRING
-                    n = unpack("<i", self.take(4))[0]
-                    if n < 0:
-                        raise PickleError("BINSTRING pickle has negative byte count", at)
-                    data = self.sized(n, "str")
-                    stack.append(_py2str(data) if isinstance(data, bytes) else data)
-                elif op == 0x53:  # S STRING
-                    ops += TEXT_OP_COST  # a text argument costs several binary opcodes
-                    stack.append(self._text_arg(_parse_string, _py_parse_string, at))
-                elif op == 0x8F:  # EMPTY_SET
-                    stack.append(SymSet())
-                elif op == 0x6C:  # l LIST
-                    items = pop_mark(at)
-                    self._count(len(items))
-                    stack.append(SymList(items))
-                elif op == 0x64:  # d DICT
-                    items = pop_mark(at)
-                    if len(items) % 2:
-                        raise PickleError("odd number of items for DICT", at)
-                    d = SymDict()
-                    d.items = list(zip(items[::2], items[1::2], strict=True))
-                    self._count(len(items))
-                    stack.append(d)
-                elif op == 0x91:  # FROZENSET
-                    items = pop_mark(at)
-                    self._count(len(items))
-                    stack.append(SymSet(items, frozen=True))
-                elif op == 0x90:  # ADDITEMS
-                    items = pop_mark(at)
-                    target = top(at)
-                    self._mutate(res, "ADDITEMS", target, at)
-                    if isinstance(target, SymSet):
+                        raise PickleError(f"invalid load key, {bytes([op])!r}", at)
+                elif op < 0x67:
+                    if op == 0x5D:  # ] EMPTY_LIST
+                        stack.append(SymList())
+                    elif op == 0x65:  # e APPENDS
+                        items = pop_mark(at)
+                        target = top(at)
+                        self._mutate(res, "APPENDS", target, at)
+                        if isinstance(target, SymList):
+                            self._count(len(items))
+                            target.items.extend(items)
+                    elif op == 0x63:  # c GLOBAL
+                        ops += TEXT_OP_COST  # a text argument costs several binary opcodes
+                        module = self._text_arg(_ascii_line, _py_utf8_line, at)
+                        name = self._text_arg(_ascii_line, _py_utf8_line, at)
+                        stack.append(self._global(res, module, name, proto, at, "GLOBAL"))
+                    elif op == 0x61:  # a APPEND
+                        value = pop(at)
+                        target = top(at)
+                        self._mutate(res, "APPEND", target, at)
+                        if isinstance(target, SymList):
+                            self._count()
+                            target.items.append(value)
+                    elif op == 0x56:  # V UNICODE
+                        ops += TEXT_OP_COST  # a text argument costs several binary opcodes
+                        stack.append(self._text_arg(_load_unicode, _py_unicode, at))
+                    elif op == 0x55:  # U SHORT_BINSTRING
+                        stack.append(_py2str(self.take(self.take(1)[0])))
+                    elif op == 0x54:  # T BINSTRING
+                        n = unpack("<i", self.take(4))[0]
+                        if n < 0:
+                            raise PickleError("BINSTRING pickle has negative byte count", at)
+                        data = self.sized(n, "str")
+                        stack.append(_py2str(data) if isinstance(data, bytes) else data)
+                    elif op == 0x53:  # S STRING
+                        ops += TEXT_OP_COST  # a text argument costs several binary opcodes
+                        stack.append(self._text_arg(_parse_string, _py_parse_string, at))
+                    elif op == 0x64:  # d DICT
+                        items = pop_mark(at)
+                        if len(items) % 2:
+                            raise PickleError("odd number of items for DICT", at)
+                        d = SymDict()
+                        d.items = list(zip(items[::2], items[1::2], strict=True))
                         self._count(len(items))
-                        target.items.extend(items)
-                elif op == 0x30:  # 0 POP
-                    if stack:
-                        stack.pop()
-                    elif metastack:
-                        stack = metastack.pop()
+                        stack.append(d)
+                    elif op == 0x62:  # b BUILD
+                        build_state = pop(at)
+                        inst = top(at)
+                        self._mutate(res, "BUILD", inst, at)
+                        if isinstance(inst, Call):
+                            wrapper = _is_joblib_wrapper(inst)
+                            # NumpyArrayWrapper has no __setstate__: load_build updates the
+                            # instance's __dict__, so attributes of earlier BUILDs remain.
+                            inst.state = (_merge_dict_state(inst.state, build_state) if wrapper
+                                          else build_state)
+                            if self.joblib and wrapper:
+                                here = MachineState(list(stack), [list(m) for m in metastack],
+                                                    dict(memo), proto)
+                                stack[-1] = self._joblib_array(res, inst, at, here)
+                    elif op == 0x50:  # P PERSID
+                        ops += TEXT_OP_COST  # a text argument costs several binary opcodes
+                        pid = self._text_arg(_load_persid, _py_ascii_line, at)
+                        ref = PersistentRef(pid, at)
+                        res.persistent.append(ref)
+                        stack.append(ref)
                     else:
-                        raise PickleError("unpickling stack underflow", at)
-                elif op == 0x31:  # 1 POP_MARK
-                    pop_mark(at)
-                elif op == 0x32:  # 2 DUP
-                    stack.append(top(at))
-                elif op == 0x70:  # p PUT
-                    ops += TEXT_OP_COST  # a text argument costs several binary opcodes
-                    idx = self._text_arg(_memo_index, _py_memo_index, at)
-                    if idx < 0:
-                        raise PickleError("negative PUT argument", at)
-                    self._memo_put(memo, idx, top(at))
-                elif op == 0x67:  # g GET
-                    ops += TEXT_OP_COST  # a text argument costs several binary opcodes
-                    stack.append(_memo_get(memo, self._text_arg(_memo_index, _py_memo_index, at),
-                                           at))
-                elif op in (0x82, 0x83, 0x84):  # EXT1 EXT2 EXT4
-                    width = {0x82: 1, 0x83: 2, 0x84: 4}[op]
-                    code = int.from_bytes(self.take(width), "little", signed=(width == 4))
-                    if code <= 0:
-                        raise PickleError("EXT specifies code <= 0", at)
-                    res.extensions.append((code, at))
-                    stack.append(Opaque(f"extension {code}"))
-                elif op == 0x81:  # NEWOBJ
-                    args = pop(at)
-                    cls = pop(at)
-                    if not isinstance(args, tuple) and not self.py:
-                        # pickle._Unpickler takes any iterable
-                        self.divergent.append(at)
-                        raise PickleError("NEWOBJ expected an arg tuple", at)
-                    stack.append(self._call(res, cls, args, None, at, "NEWOBJ"))
-                elif op == 0x92:  # NEWOBJ_EX
-                    kwargs = pop(at)
-                    args = pop(at)
-                    cls = pop(at)
-                    if not isinstance(args, tuple) and not self.py:
-                        self.divergent.append(at)
-                        raise PickleError("NEWOBJ_EX args argument must be a tuple", at)
-                    stack.append(self._call(res, cls, args, kwargs, at, "NEWOBJ_EX"))
-                elif op == 0x69:  # i INST
-                    ops += TEXT_OP_COST  # a text argument costs several binary opcodes
-                    if not metastack and not self.py:
-                        # pickle._Unpickler reads the lines and imports before it looks for MARK
-                        self.divergent.append(at)
-                    module = self._text_arg(_ascii_line, _py_ascii_line, at)
-                    name = self._text_arg(_ascii_line, _py_ascii_line, at)
-                    if self.py:
-                        cls_g = self._global(res, module, name, proto, at, "INST")
-                        args_l = pop_mark(at)
+                        raise PickleError(f"invalid load key, {bytes([op])!r}", at)
+                elif op < 0x89:
+                    if op == 0x7D:  # } EMPTY_DICT
+                        stack.append(SymDict())
+                    elif op == 0x75:  # u SETITEMS
+                        items = pop_mark(at)
+                        target = top(at)
+                        if len(items) % 2:
+                            raise PickleError("odd number of items for SETITEMS", at)
+                        self._mutate(res, "SETITEMS", target, at)
+                        if isinstance(target, SymDict):
+                            self._count(len(items))
+                            target.items.extend(zip(items[::2], items[1::2], strict=True))
+                    elif op == 0x88:  # NEWTRUE
+                        stack.append(True)
+                    elif op == 0x86:  # TUPLE2
+                        b = pop(at)
+                        a = pop(at)
+                        stack.append((a, b))
+                    elif op == 0x87:  # TUPLE3
+                        c = pop(at)
+                        b = pop(at)
+                        a = pop(at)
+                        stack.append((a, b, c))
+                    elif op == 0x6A:  # j LONG_BINGET
+                        if i + 4 <= len(buf) and (self.frame_stop < 0
+                                                  or self.buf_pos + i + 4 <= self.frame_stop):
+                            idx = int.from_bytes(buf[i : i + 4], "little")
+                            self.i = i + 4
+                        else:
+                            idx = unpack("<I", self.take(4))[0]
+                        stack.append(_memo_get(memo, idx, at))
+                    elif op == 0x73:  # s SETITEM
+                        value = pop(at)
+                        key = pop(at)
+                        target = top(at)
+                        self._mutate(res, "SETITEM", target, at)
+                        if isinstance(target, SymDict):
+                            self._count()
+                            target.items.append((key, value))
+                    elif op == 0x6C:  # l LIST
+                        items = pop_mark(at)
+                        self._count(len(items))
+                        stack.append(SymList(items))
+                    elif op == 0x70:  # p PUT
+                        ops += TEXT_OP_COST  # a text argument costs several binary opcodes
+                        idx = self._text_arg(_memo_index, _py_memo_index, at)
+                        if idx < 0:
+                            raise PickleError("negative PUT argument", at)
+                        self._memo_put(memo, idx, top(at))
+                    elif op == 0x67:  # g GET
+                        ops += TEXT_OP_COST  # a text argument costs several binary opcodes
+                        idx = self._text_arg(_memo_index, _py_memo_index, at)
+                        stack.append(_memo_get(memo, idx, at))
+                    elif op in (0x82, 0x83, 0x84):  # EXT1 EXT2 EXT4
+                        width = {0x82: 1, 0x83: 2, 0x84: 4}[op]
+                        code = int.from_bytes(self.take(width), "little", signed=(width == 4))
+                        if code <= 0:
+                            raise PickleError("EXT specifies code <= 0", at)
+                        res.extensions.append((code, at))
+                        stack.append(Opaque(f"extension {code}"))
+                    elif op == 0x81:  # NEWOBJ
+                        args = pop(at)
+                        cls = pop(at)
+                        if not isinstance(args, tuple) and not self.py:
+                            # pickle._Unpickler takes any iterable
+                            self.divergent.append(at)
+                            raise PickleError("NEWOBJ expected an arg tuple", at)
+                        stack.append(self._call(res, cls, args, None, at, "NEWOBJ"))
+                    elif op == 0x69:  # i INST
+                        ops += TEXT_OP_COST  # a text argument costs several binary opcodes
+                        if not metastack and not self.py:
+                            # pickle._Unpickler reads the lines and imports before it looks for MARK
+                            self.divergent.append(at)
+                        module = self._text_arg(_ascii_line, _py_ascii_line, at)
+                        name = self._text_arg(_ascii_line, _py_ascii_line, at)
+                        if self.py:
+                            cls_g = self._global(res, module, name, proto, at, "INST")
+                            args_l = pop_mark(at)
+                        else:
+                            args_l = pop_mark(at)
+                            cls_g = self._global(res, module, name, proto, at, "INST")
+                        stack.append(self._call(res, cls_g, tuple(args_l), None, at, "INST"))
+                    elif op == 0x6F:  # o OBJ
+                        items = pop_mark(at)
+                        if not items:
+                            raise PickleError("unpickling stack underflow", at)
+                        stack.append(self._call(res, items[0], tuple(items[1:]), None, at, "OBJ"))
+                    elif op == 0x80:  # PROTO
+                        proto = self.take(1)[0]
+                        if proto > _HIGHEST_PROTOCOL:
+                            raise PickleError(f"unsupported pickle protocol: {proto}", at)
+                        res.protocol = max(res.protocol, proto)
                     else:
-                        args_l = pop_mark(at)
-                        cls_g = self._global(res, module, name, proto, at, "INST")
-                    stack.append(self._call(res, cls_g, tuple(args_l), None, at, "INST"))
-                elif op == 0x6F:  # o OBJ
-                    items = pop_mark(at)
-                    if not items:
-                        raise PickleError("unpickling stack underflow", at)
-                    stack.append(self._call(res, items[0], tuple(items[1:]), None, at, "OBJ"))
-                elif op == 0x62:  # b BUILD
-                    build_state = pop(at)
-                    inst = top(at)
-                    self._mutate(res, "BUILD", inst, at)
-                    if isinstance(inst, Call):
-                        wrapper = _is_joblib_wrapper(inst)
-                        # NumpyArrayWrapper has no __setstate__: load_build updates the
-                        # instance's __dict__, so attributes of earlier BUILDs remain.
-                        inst.state = (_merge_dict_state(inst.state, build_state) if wrapper
-                                      else build_state)
-                        if self.joblib and wrapper:
-                            here = MachineState(list(stack), [list(m) for m in metastack],
-                                                dict(memo), proto)
-                            stack[-1] = self._joblib_array(res, inst, at, here)
-                elif op == 0x50:  # P PERSID
-                    ops += TEXT_OP_COST  # a text argument costs several binary opcodes
-                    pid = self._text_arg(_load_persid, _py_ascii_line, at)
-                    ref = PersistentRef(pid, at)
-                    res.persistent.append(ref)
-                    stack.append(ref)
-                elif op == 0x97:  # NEXT_BUFFER
-                    res.out_of_band.append(at)
-                    stack.append(Opaque("out-of-band buffer"))
-                elif op == 0x98:  # READONLY_BUFFER
-                    top(at)
-                    res.out_of_band.append(at)
-                elif op == 0x80:  # PROTO
-                    proto = self.take(1)[0]
-                    if proto > _HIGHEST_PROTOCOL:
-                        raise PickleError(f"unsupported pickle protocol: {proto}", at)
-                    res.protocol = max(res.protocol, proto)
+                        raise PickleError(f"invalid load key, {bytes([op])!r}", at)
                 else:
-                    raise PickleError(f"invalid load key, {bytes([op])!r}", at)
+                    if op == 0x94:  # MEMOIZE
+                        self._memo_put(memo, len(memo), top(at))
+                    elif op == 0x8C:  # SHORT_BINUNICODE
+                        stack.append(_utf8(self.take(self.take(1)[0]), at))
+                    elif op == 0x93:  # STACK_GLOBAL
+                        name_v = pop(at)
+                        module_v = pop(at)
+                        if isinstance(module_v, str) and isinstance(name_v, str):
+                            stack.append(self._global(res, module_v, name_v, proto, at,
+                                                      "STACK_GLOBAL"))
+                        elif (isinstance(module_v, (bytes, int, float, type(None), tuple))
+                              or isinstance(name_v, (bytes, int, float, type(None), tuple))):
+                            raise PickleError("STACK_GLOBAL requires str", at)
+                        else:
+                            computed = ComputedGlobal(module_v, name_v, at)
+                            res.computed.append(computed)
+                            stack.append(computed)
+                    elif op == 0x95:  # FRAME
+                        self._frame(unpack("<Q", self.take(8))[0], at)
+                    elif op == 0x8A:  # LONG1
+                        n = self.take(1)[0]
+                        stack.append(int.from_bytes(self.take(n), "little", signed=True))
+                    elif op == 0x8B:  # LONG4
+                        n = unpack("<i", self.take(4))[0]
+                        if n < 0:
+                            raise PickleError("LONG pickle has negative byte count", at)
+                        data = self.sized(n, "int")
+                        stack.append(int.from_bytes(data, "little", signed=True)
+                                     if isinstance(data, bytes) else data)
+                    elif op == 0x8D:  # BINUNICODE8
+                        data = self.sized(unpack("<Q", self.take(8))[0], "str")
+                        stack.append(_utf8(data, at) if isinstance(data, bytes) else data)
+                    elif op == 0x8E:  # BINBYTES8
+                        stack.append(self.sized(unpack("<Q", self.take(8))[0], "bytes",
+                                                joined=True))
+                    elif op == 0x96:  # BYTEARRAY8
+                        stack.append(self.sized(unpack("<Q", self.take(8))[0], "bytearray",
+                                                joined=True))
+                    elif op == 0x8F:  # EMPTY_SET
+                        stack.append(SymSet())
+                    elif op == 0x91:  # FROZENSET
+                        items = pop_mark(at)
+                        self._count(len(items))
+                        stack.append(SymSet(items, frozen=True))
+                    elif op == 0x90:  # ADDITEMS
+                        items = pop_mark(at)
+                        target = top(at)
+                        self._mutate(res, "ADDITEMS", target, at)
+                        if isinstance(target, SymSet):
+                            self._count(len(items))
+                            target.items.extend(items)
+                    elif op == 0x92:  # NEWOBJ_EX
+                        kwargs = pop(at)
+                        args = pop(at)
+                        cls = pop(at)
+                        if not isinstance(args, tuple) and not self.py:
+                            self.divergent.append(at)
+                            raise PickleError("NEWOBJ_EX args argument must be a tuple", at)
+                        stack.append(self._call(res, cls, args, kwargs, at, "NEWOBJ_EX"))
+                    elif op == 0x97:  # NEXT_BUFFER
+                        res.out_of_band.append(at)
+                        stack.append(Opaque("out-of-band buffer"))
+                    elif op == 0x98:  # READONLY_BUFFER
+                        top(at)
+                        res.out_of_band.append(at)
+                    else:
+                        raise PickleError(f"invalid load key, {bytes([op])!r}", at)
         finally:
             res.ops += ops
             if budget is not None:
@@ -1102,7 +1156,7 @@ class PickleCursor:
             # and memo, no array records of its own); its imports and calls are recorded
             # with this stream's.
             if self.depth >= self.limits.max_depth:
-                raise LimitExceeded("joblib object arrays nested too deeply", at)
+                raise AnalysisLimit("joblib object arrays nested too deeply", at)
             self.depth += 1
             self.joblib = False
             try:
@@ -1209,8 +1263,19 @@ def _strtol(text: bytes) -> tuple[int, int] | None:
     return (-value if negative else value), i
 
 
+def _plain_int(text: bytes) -> bool:
+    """Whether ``text`` is a decimal integer without sign, leading zeros or other syntax
+    (an optional '-' before a nonzero digit) of at most 18 digits: C strtol, Python's
+    int(text, 0) and int(text) all read it as int(text), and it fits in a C long."""
+    digits = text[1:] if text[:1] == b"-" else text
+    return (digits.isdigit() and len(digits) <= 18
+            and (digits[0] != 0x30 or (digits is text and len(text) == 1)))
+
+
 def _load_int(text: bytes, at: int) -> int | bool:
     """The INT opcode (``load_int``): "00"/"01" and any 2-character 0 or 1 are bools."""
+    if _plain_int(text):
+        return int(text)  # no 2-character 0 or 1 is plain: "00", "01" and "-0" are not
     if not text:
         raise PickleError("pickle data was truncated", at, truncated=True)
     parsed = _strtol(text)
@@ -1381,6 +1446,41 @@ def _ascii_line(text: bytes, at: int) -> str:
         return text.decode("utf-8")
     except UnicodeDecodeError:
         raise PickleError("invalid UTF-8 in GLOBAL argument", at) from None
+
+
+# For a text argument _pickle.c accepted: does pickle._Unpickler read the same value (keyed
+# by its parser)? True or False from the text alone, None where only parsing it tells.
+# FLOAT, LONG, GET and PUT: the C reading stops at a NUL, Python's int() and float() refuse
+# one; otherwise both run the same conversion on the same bytes (float's syntax is checked
+# by _C_FLOAT, so PyOS_string_to_double sees what float() would). GLOBAL: the same UTF-8
+# decoding (an empty line is refused by C, so never reaches here). INST and PERSID: ASCII
+# in the Python reader. UNICODE and STRING: the same code in both.
+def _agree_always(text: bytes) -> bool | None:
+    return True
+
+
+def _agree_no_nul(text: bytes) -> bool | None:
+    return b"\0" not in text
+
+
+def _agree_ascii(text: bytes) -> bool | None:
+    return text.isascii()
+
+
+def _agree_int(text: bytes) -> bool | None:
+    return True if _plain_int(text) else None
+
+
+_PY_AGREES: dict[Callable[[bytes], Any], Callable[[bytes], bool | None]] = {
+    _py_int: _agree_int,
+    _py_long: _agree_no_nul,
+    _py_float: _agree_no_nul,
+    _py_memo_index: _agree_no_nul,
+    _py_utf8_line: _agree_always,
+    _py_ascii_line: _agree_ascii,
+    _py_unicode: _agree_always,
+    _py_parse_string: _agree_always,
+}
 
 
 def _memo_get(memo: dict[int, object], idx: int, at: int) -> object:

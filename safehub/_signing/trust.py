@@ -50,7 +50,11 @@ def read_input(path: str | os.PathLike[str], what: str) -> bytes:
     """Read a small trust or key file, turning OS errors into ``SafehubError``."""
     p = Path(path)
     try:
-        with p.open("rb") as fh:
+        # O_NONBLOCK: opening a FIFO nobody writes to must not hang; reads then block again,
+        # so `--key <(command)` still works and a lone FIFO reads as empty.
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb") as fh:
             data = read_capped(fh, _MAX_PEM)
     except FileNotFoundError:
         raise SafehubError(f"{what} not found", subject=str(p),

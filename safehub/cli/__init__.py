@@ -3,6 +3,10 @@
 Exit codes: 0 clean or allowed, 1 findings or denied, 2 error (usage, unreadable
 input, invalid policy, nothing scanned), 130 interrupted (Ctrl-C). stdout carries
 only the report; logs, progress and the summary go to stderr.
+
+An error is ONE line on stderr, ``safehub: INPUT: MESSAGE [FIRST DETAIL; N more with -v];
+fix: FIX``, with every text from a file, repository or server escaped; ``-v`` adds the
+details (rules, findings, policy problems, a sandbox traceback) as indented lines.
 """
 
 from __future__ import annotations
@@ -15,16 +19,11 @@ import traceback
 from collections.abc import Sequence
 from typing import NoReturn
 
-from safehub import __version__
 from safehub._format.escape import Block, escape_block, escape_line
-from safehub.cli._common import EXIT_ERROR, EXIT_FINDINGS, EXIT_INTERRUPTED
-from safehub.errors import (
-    IntegrityError,
-    PolicyViolation,
-    SafehubError,
-    SandboxError,
-    UnsafeModel,
-)
+from safehub._version import __version__
+from safehub.cli._common import EXIT_ERROR, EXIT_INTERRUPTED
+from safehub.cli._exitcodes import exit_code
+from safehub.errors import SafehubError
 
 __all__ = ["main"]
 
@@ -74,14 +73,6 @@ def _configure_logging(quiet: bool, verbose: bool) -> None:
     root.propagate = False
 
 
-def _sandbox_exit(exc: SandboxError) -> int:
-    """The sandbox refusing or containing the code (limits, violations, failing or bad
-    results, a missing required layer) exits 1; the sandbox itself failing exits 2."""
-    from safehub._sandbox.errors import SandboxFailure
-
-    return EXIT_ERROR if type(exc) is SandboxFailure else EXIT_FINDINGS
-
-
 # Subcommands that run PyTorch (in the sandbox or here); the others never import it.
 _NEEDS_TORCH = {"load": "safehub load", "list": "safehub list", "help": "safehub help",
                 "convert": "safehub convert"}
@@ -126,22 +117,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             from safehub._hub.warm import prestart
 
             prestart(args.repo, args.source)  # the zygote first; the rest overlaps its start
-        return int(args.run(args))
-    except (PolicyViolation, UnsafeModel, IntegrityError) as exc:
-        log.error("%s", Block(exc.diagnostics(surface="cli")))
-        return EXIT_FINDINGS
-    except SandboxError as exc:
-        log.error("%s", Block(exc.diagnostics(surface="cli")))
-        return _sandbox_exit(exc)
+        code = int(args.run(args))
+        if getattr(args, "policy_note", None):  # the policy a hub command ran under
+            log.info("policy: %s", args.policy_note)
+        return code
     except SafehubError as exc:
-        log.error("%s", Block(exc.diagnostics(surface="cli")))
-        return EXIT_ERROR
+        _report(exc, args.verbose)
+        return exit_code(exc)
     except KeyboardInterrupt:
         # As shells report SIGINT (128 + 2); reports are written atomically, so nothing
         # half-written is left behind.
         log.error("interrupted")
         return EXIT_INTERRUPTED
-    except Exception:  # the one catch-all: an internal error is never a clean exit
-        log.error("internal error (please report it):\n%s",
-                  Block("\n".join(escape_block(traceback.format_exc(), indent="  "))))
+    except Exception as exc:  # the one catch-all: an internal error is never a clean exit
+        if args.verbose:
+            log.error("internal error (please report it): %s: %s\n%s", type(exc).__name__, exc,
+                      Block("\n".join(escape_block(traceback.format_exc(), indent="  "))))
+        else:
+            log.error("internal error (please report it; -v shows where): %s: %s",
+                      type(exc).__name__, exc)
         return EXIT_ERROR
+
+
+def _report(exc: SafehubError, verbose: bool) -> None:
+    """An error is one line on stderr (input, message, first detail, fix); with ``-v`` the
+    details follow it as indented lines."""
+    log = logging.getLogger("safehub")
+    if not verbose:
+        log.error("%s", Block(exc.summary(surface="cli")))
+        return
+    log.error("%s", Block("\n".join([exc.summary(surface="cli", details=False),
+                                      *exc.detail_lines()])))

@@ -21,6 +21,7 @@ __all__ = [
     "emit",
     "exit_code_for",
     "progress_enabled",
+    "said_it_all",
     "use_color",
     "write_report",
 ]
@@ -79,6 +80,12 @@ def exit_code_for(report: ScanReport) -> int:
     if not report.files or report.unscanned:
         return EXIT_ERROR
     return EXIT_OK
+
+
+def said_it_all(report: ScanReport) -> bool:
+    """True when the one input could not be read: its warning is the whole story, and a
+    summary line would make one error two lines."""
+    return len(report.files) == 1 and bool(report.unscanned)
 
 
 def progress_enabled() -> bool:

@@ -52,7 +52,8 @@ def policy_for(args: argparse.Namespace) -> Policy:
     from safehub.policy import load_policy
 
     policy = load_policy(args.policy)
-    log.info("policy: %s", policy.describe())
+    # Said when the command ends (safehub.cli.main): an error before then stays one line.
+    args.policy_note = policy.describe()
     return policy.with_download_prefixes(list(args.allow_url))
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-import tempfile
 
 from safehub._format.escape import escape_line
 from safehub.errors import SafehubError
@@ -117,6 +116,8 @@ def write_text(path: str, text: str, *, flag: str = "-o") -> None:
         umask = os.umask(0)
         os.umask(umask)
         mode = 0o666 & ~umask
+    import tempfile  # here: most runs write no report file, and tempfile costs start-up
+
     try:
         fd, tmp = tempfile.mkstemp(prefix=".safehub-report-", dir=folder)
     except OSError as exc:

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from safehub._remote.scan import RemoteScan
 from safehub.findings import ScanReport
 from safehub.scan import ScanOptions
+
+if TYPE_CHECKING:
+    from safehub.policy import Policy
 
 __all__ = ["log_costs", "scan_urls"]
 
@@ -24,7 +28,7 @@ def log_costs(result: RemoteScan) -> None:
                  result.listing.bytes)
 
 
-def scan_urls(urls: Sequence[str], policy_spec: str | None, options: ScanOptions,
+def scan_urls(urls: Sequence[str], policy_spec: Policy | str | None, options: ScanOptions,
               local: ScanReport, progress: Callable[[str], None] | None) -> ScanReport:
     """Scan remote URLs and merge them with the local report."""
     from safehub.policy import load_policy

@@ -14,8 +14,10 @@ from safehub.cli._common import (
     add_output_options,
     emit,
     exit_code_for,
+    said_it_all,
     use_color,
 )
+from safehub.cli.scan import add_deadline_option, with_deadline
 
 __all__ = ["register", "run"]
 
@@ -63,6 +65,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "$XDG_STATE_HOME/safehub/quarantine)")
     p.add_argument("--dry-run", action="store_true",
                    help="with --fix: print what would be converted and moved, change nothing")
+    add_deadline_option(p)
     add_output_options(p)
     p.set_defaults(run=run)
 
@@ -101,7 +104,12 @@ def run(args: argparse.Namespace) -> int:
             log.error("--quarantine %s: %s", exc.subject or args.quarantine, exc.message)
             return EXIT_ERROR
     progress = ProgressLine("auditing")
-    result = audit(args.paths or None, policy=args.policy, lockfile=args.lockfile,
+    policy = args.policy
+    if args.deadline is not None:  # --deadline: the policy's downloads.deadline_s, lowered
+        from safehub.policy import load_policy
+
+        policy = with_deadline(load_policy(args.policy), args.deadline)
+    result = audit(args.paths or None, policy=policy, lockfile=args.lockfile,
                    state_file=args.state, incremental=not args.no_state, rescan=args.rescan,
                    workers=args.jobs, progress=progress, executor=args.executor,
                    journal=args.journal)
@@ -124,9 +132,10 @@ def run(args: argparse.Namespace) -> int:
     color = use_color(sys.stdout) and not args.output
     emit(render_audit(result, args.format, color=color, verbose=args.verbose), args)
     for entry in result.report.unscanned:
-        log.warning("not checked: %s (%s)", entry.path, entry.error or "unrecognized format")
+        log.warning("%s: not checked: %s", entry.path, entry.error or "unrecognized format")
     if not result.report.files:
         log.warning("nothing to audit in %s", ", ".join(result.report.roots) or "-")
-    log.info("%s", result.summary())
+    elif not said_it_all(result.report):  # one error, one line
+        log.info("%s", result.summary())
     code = exit_code_for(result.report)
     return EXIT_ERROR if code == EXIT_OK and failed_fixes else code

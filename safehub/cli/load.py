@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Mapping
+from pathlib import Path
 
 from safehub.cli._common import EXIT_ERROR, EXIT_OK
 from safehub.cli._hubargs import add_repo_options, entrypoint_name, parse_kwargs, run_call
@@ -59,13 +61,27 @@ def run(args: argparse.Namespace) -> int:
                    trust_nested=tuple(args.trust_nested), as_file=True)
     result = run_call(call, args)
     # The sandbox's checked safetensors bytes are written as they are: no torch in this
-    # process (the header is rebuilt from the checked entries, the data copied).
+    # process (the header is rebuilt from the checked entries, the data copied). TorchScript
+    # archives were already taken out of the file, scanned and allowed (by offset, no torch).
     with result.file as file:
         file.write(args.out)
     log.info("%s: %d tensors written to %s", args.entry, len(file), args.out)
-    if result.shape is not None and result.shape.kind != "module":
+    _write_archives(result.torchscript, args.out)
+    if result.shape is not None and (result.shape.kind != "module" or result.shape.script):
         for line in result.shape.describe():
             log.info("  %s", line)
     for layer, reason in result.layers_missing.items():
         log.info("note: layer %s was not applied (%s)", layer.value, reason)
     return EXIT_OK
+
+
+def _write_archives(archives: Mapping[str, bytes], out: str) -> None:
+    """TorchScript archives (only where the policy accepts TorchScript, each scanned and
+    allowed) beside ``out`` as ``<stem>.torchscript-<n>.pt``: numbered, since their element
+    names came from the sandbox."""
+    stem = Path(out).with_suffix("")
+    for index, (prefix, data) in enumerate(sorted(archives.items())):
+        path = stem.with_name(f"{stem.name}.torchscript-{index}.pt")
+        path.write_bytes(data)
+        log.info("TorchScript archive of %s (scanned and allowed by the policy; loading it runs "
+                 "its code) written to %s", repr(prefix)[:200] if prefix else "the result", path)

@@ -19,12 +19,14 @@ import argparse
 import logging
 import sys
 
+from safehub._fetch.lockfile import local_tree_sha256
 from safehub.cli._common import EXIT_ERROR, EXIT_OK, ProgressLine
 from safehub.cli.policy import add_policy_option
 from safehub.fetch import (
     LOCKFILE_NAME,
     Fetcher,
     LockedFile,
+    LockedPath,
     LockedRepo,
     Lockfile,
     Progress,
@@ -49,6 +51,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="GitHub repositories to lock (default branch when no ref)")
     p.add_argument("--url", action="append", default=[], metavar="URL",
                    help="a file to download, scan and lock (repeatable)")
+    p.add_argument("--path", action="append", default=[], metavar="DIR",
+                   help="a local repository folder to lock by the digest of its files, under "
+                   "its real path (repeatable)")
     p.add_argument("--lockfile", default=LOCKFILE_NAME, metavar="PATH",
                    help=f"the lockfile (default: ./{LOCKFILE_NAME})")
     p.add_argument("--frozen", action="store_true",
@@ -74,11 +79,13 @@ def run(args: argparse.Namespace) -> int:
     lockfile = Lockfile.load(args.lockfile, missing_ok=not args.frozen)
     specs = [RepoSpec.parse(s) for s in args.repos]
     urls = list(dict.fromkeys(args.url))
-    if not specs and not urls:
+    paths = list(dict.fromkeys(args.path))
+    if not specs and not urls and not paths:
         specs = [RepoSpec.parse(f"{e.repo}:{e.ref}" if e.ref else e.repo)
                  for e in lockfile.repos.values()]
         urls = list(lockfile.files)
-        if not specs and not urls:
+        paths = list(lockfile.paths)
+        if not specs and not urls and not paths:
             log.error("nothing to lock: name repos or --url URLs (the lockfile %s is empty)",
                       lockfile.path)
             return EXIT_ERROR
@@ -106,6 +113,14 @@ def run(args: argparse.Namespace) -> int:
                                                   repo=previous.repo if previous else None))
             verb = "verified" if args.frozen else "locked"
             out.write(f"{verb} {url} -> sha256 {info.sha256}\n")
+        for path in paths:
+            if args.frozen:
+                tree = fetcher.check_local(path)
+                out.write(f"verified {path} -> tree {(tree or '')[:16]}\n")
+            else:
+                tree = local_tree_sha256(path)
+                key = lockfile.add_local(path, LockedPath(tree_sha256=tree))
+                out.write(f"locked {key} -> tree {tree[:16]}\n")
     finally:
         line.done()
     if not args.frozen:

@@ -6,9 +6,11 @@ import argparse
 import json
 import logging
 import os
+import stat
 import sys
 from typing import Any
 
+from safehub._format.escape import escape_line
 from safehub.cli._common import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
 from safehub.errors import InvalidIdentifier, PolicyError
 from safehub.policy import (
@@ -76,28 +78,52 @@ def _show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _unreadable(path: str) -> str | None:
+    """Why ``path`` cannot be read as a policy file (an input error, not an invalid policy),
+    checked without opening it: opening a FIFO would block."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "policy file not found"
+    except OSError as exc:
+        return f"cannot read the policy file: {exc.strerror or exc}"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a folder, not a policy file"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    if not os.access(path, os.R_OK):
+        return "cannot read the policy file: permission denied"
+    return None
+
+
 def _check(args: argparse.Namespace) -> int:
+    # The report (OK / INVALID with every problem) goes to stdout; a path that cannot be read
+    # at all is an input error: one line on stderr, exit 2. Text from the files is escaped.
     status = EXIT_OK
+    out = sys.stdout
     for path in args.paths:
-        if not os.path.exists(path):
-            sys.stdout.write(f"{path}: not found\n")
+        shown = escape_line(path)
+        why = _unreadable(path)
+        if why is not None:
+            log.error("%s: %s; fix: pass the path of a policy TOML file", path, why)
             status = EXIT_ERROR
             continue
         try:
             policy = load_policy(path)
         except PolicyError as exc:
             status = EXIT_ERROR
-            sys.stdout.write(f"{path}: INVALID: {exc.message}\n")
+            out.write(f"{shown}: INVALID: {escape_line(exc.message)}\n")
             for line in [str(i) for i in exc.issues] or [exc.message]:
-                sys.stdout.write(f"  {line}\n")
+                out.write(f"  {escape_line(line)}\n")
             continue
         problems = _anchor_problems(policy)
         if problems:
             status = EXIT_ERROR
-            sys.stdout.write(f"{path}: INVALID: {len(problems)} trust anchors are unusable\n")
-            sys.stdout.writelines(f"  {problem}\n" for problem in problems)
+            out.write(f"{shown}: INVALID: {len(problems)} trust anchors are unusable\n")
+            out.writelines(f"  {escape_line(problem)}\n" for problem in problems)
             continue
-        sys.stdout.write(f"{path}: OK (extends: {' <- '.join(reversed(policy.chain))})\n")
+        chain = escape_line(" <- ".join(reversed(policy.chain)))
+        out.write(f"{shown}: OK (extends: {chain})\n")
     return status
 
 
@@ -135,7 +161,7 @@ def _invalid_input(args: argparse.Namespace) -> str | None:
         if args.request and not os.path.isdir(args.request):
             RepoSpec.parse(args.request)
     except InvalidIdentifier as exc:
-        return f"{exc.message} (input: {exc.subject})"
+        return exc.summary(surface="cli")
     return None
 
 
@@ -162,7 +188,9 @@ def _explain(args: argparse.Namespace) -> int:
         log.error("nothing to explain: give OWNER/REPO[:REF], a folder, --url or --file")
         return EXIT_ERROR
     if args.format == "json":
-        sys.stdout.write(json.dumps(_json(policy, decisions), indent=2) + "\n")
+        from safehub._format.escape import json_clean
+
+        sys.stdout.write(json.dumps(json_clean(_json(policy, decisions)), indent=2) + "\n")
     else:
         sys.stdout.write(_text(policy, decisions))
     return EXIT_OK if all(d.allowed for _, d in decisions) else EXIT_FINDINGS
@@ -191,7 +219,8 @@ def _text(policy: Policy, decisions: list[tuple[str, Decision]]) -> str:
             lines.append(f"  requires {req.kind}: {req.value} ({req.rule})")
         if not d.allowed and d.fix:
             lines.append(f"  fix: {d.fix}")
-    return "\n".join(lines) + "\n"
+    # Subjects, trails and fixes quote file names, repos and URLs: each line stays one line.
+    return "\n".join(escape_line(line) for line in lines) + "\n"
 
 
 def _json(policy: Policy, decisions: list[tuple[str, Decision]]) -> dict[str, Any]:

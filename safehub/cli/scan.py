@@ -5,13 +5,23 @@ from __future__ import annotations
 import argparse
 import logging
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from safehub._format.text import summary_line
-from safehub.cli._common import ProgressLine, add_output_options, exit_code_for, write_report
+from safehub.cli._common import (
+    ProgressLine,
+    add_output_options,
+    exit_code_for,
+    said_it_all,
+    write_report,
+)
 from safehub.findings import PolicySource
 from safehub.scan import ScanOptions, ScanReport, check_allowable, scan
 
-__all__ = ["register"]
+if TYPE_CHECKING:
+    from safehub.policy import Policy
+
+__all__ = ["add_deadline_option", "register", "with_deadline"]
 
 log = logging.getLogger("safehub")
 # What the report names when no policy is selected (the scanner's defaults are default's).
@@ -36,8 +46,51 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--policy", metavar="NAME|PATH", help=(
         "take allowed globals, TorchScript acceptance, size limits and the blocking severity "
         "from this policy (default: $SAFEHUB_POLICY or [tool.safehub], if set)"))
+    add_deadline_option(p)
     add_output_options(p)
     p.set_defaults(run=run)
+
+
+def add_deadline_option(p: argparse.ArgumentParser) -> None:
+    """``--deadline SECONDS``: the policy's ``downloads.deadline_s`` for this run, tightened
+    only (a value above the policy's is ignored with a warning)."""
+    p.add_argument("--deadline", type=_seconds, metavar="SECONDS", help=(
+        "overall time limit per remote request (the policy's downloads.deadline_s for this "
+        "run; it can only be lowered)"))
+
+
+def _seconds(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
+    return value
+
+
+def with_deadline(policy: Policy, seconds: float | None) -> Policy:
+    """``policy`` with ``downloads.deadline_s`` lowered to ``seconds`` for one run
+    (``--deadline``); a value that would raise it changes nothing."""
+    downloads = policy.model.downloads
+    if seconds is None or seconds >= downloads.deadline_s:
+        if seconds is not None:
+            log.warning("--deadline %g is not below the policy's downloads.deadline_s = %g "
+                        "(%s); the policy's applies", seconds, downloads.deadline_s,
+                        policy.where("downloads", "deadline_s") or policy.name)
+        return policy
+    from safehub._policy.loader import LoadedPolicy
+    from safehub.policy import Policy
+
+    loaded = policy._loaded
+    provenance = {**loaded.provenance, ("downloads", "deadline_s"): "--deadline"}
+    model = policy.model.model_copy(update={
+        "downloads": downloads.model_copy(update={"deadline_s": seconds})})
+    derived = LoadedPolicy(model=model, chain=[*loaded.chain, "--deadline"],
+                           provenance=provenance, sources=loaded.sources)
+    return Policy(derived, policy.selected_by)
 
 
 def _options(args: argparse.Namespace) -> ScanOptions:
@@ -67,19 +120,24 @@ def _options(args: argparse.Namespace) -> ScanOptions:
 def run(args: argparse.Namespace) -> int:
     options = _options(args)
     progress = ProgressLine("scanning")
-    from safehub._remote.target import is_remote
+    remote: list[str] = []
+    if any("://" in p for p in args.paths):  # every remote scheme has one; skip the import
+        from safehub._remote.target import is_remote
 
-    local = [p for p in args.paths if not is_remote(p)]
+        remote = [p for p in args.paths if is_remote(p)]
+    local = [p for p in args.paths if p not in remote]
     report = scan(local, options=options, progress=progress) if local else ScanReport()
-    remote = [p for p in args.paths if is_remote(p)]
     if remote:  # https://, hf://, s3://: range reads, every URL decided by the policy
         from safehub.cli._remote import scan_urls
+        from safehub.policy import load_policy
 
-        report = scan_urls(remote, args.policy, options, report, progress)
+        policy = with_deadline(load_policy(args.policy), args.deadline)
+        report = scan_urls(remote, policy, options, report, progress)
     progress.done()
     report = replace(report, policy=getattr(args, "policy_source", None) or _DEFAULT_SOURCE)
     write_report(report, args, command="scan")
     for item in report.unscanned:
-        log.warning("not scanned: %s (%s)", item.path, item.error or "unrecognized format")
-    log.info("%s", summary_line(report))
+        log.warning("%s: not scanned: %s", item.path, item.error or "unrecognized format")
+    if not said_it_all(report):
+        log.info("%s", summary_line(report))
     return exit_code_for(report)

@@ -1,9 +1,11 @@
-"""Every subcommand meets bad input with a clear message, the documented exit code, no
+"""Every subcommand meets bad input with ONE line on stderr, the documented exit code, no
 traceback, and nothing damaged.
 
-The stderr contract checked here: each message is one line starting with ``safehub``; a
-line that belongs to it (``input:``, ``fix:``, a marked block) is indented, so no message can
-be mistaken for two. Usage errors and unusable targets are exactly one line.
+The stderr contract checked here: an error is exactly one line, ``safehub: ...``, naming the
+input and (where there is one) the fix, with every character from the input escaped
+(``-v`` adds detail lines; these runs do not pass it). Inputs of every awkward kind: missing,
+folder, FIFO, device, dangling symlink, symlink to a device, non-UTF-8 and newline names,
+malformed URLs and repository names, hostile sandbox results, Ctrl-C.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+import unicodedata
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,15 +29,40 @@ from tests.conftest import REPO, CliResult
 Cli = Callable[..., CliResult]
 
 
-def assert_clean_failure(result: CliResult, code: int, *, one_line: bool = False) -> None:
+def assert_clean_failure(result: CliResult, code: int) -> None:
+    """The documented exit code and exactly one inert ``safehub`` line on stderr."""
     assert result.code == code, (result.code, result.err)
     lines = result.err.splitlines()
-    assert lines, "no message on stderr"
-    assert "Traceback" not in result.err and "internal error" not in result.err, result.err
-    for line in lines:
-        assert line.startswith("safehub") or line[:1].isspace(), f"stray line: {line!r}"
-    if one_line:
-        assert len(lines) == 1, result.err
+    assert len(lines) == 1, f"not one line on stderr: {result.err!r}"
+    line = lines[0]
+    assert line.startswith("safehub"), f"stray line: {line!r}"
+    assert "Traceback" not in line and "internal error" not in line, line
+    unsafe = [c for c in line if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp")]
+    assert not unsafe, f"unescaped characters {unsafe!r} in {line!r}"
+
+
+class _Hung(BaseException):  # not an Exception: the CLI's catch-all must not swallow it
+    pass
+
+
+@pytest.fixture(autouse=True)
+def hang_guard() -> Iterator[None]:
+    """A command that blocks (a FIFO opened for reading) fails the test instead of hanging
+    it. A guard against hangs, not a timing assertion: the limit is minutes."""
+    def hung(signum: int, frame: object) -> None:
+        raise _Hung("the command blocked (a FIFO or device opened for reading?)")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(600)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+KINDS = ["missing", "directory", "fifo", "device", "dangling symlink", "symlink to device",
+         "non-UTF-8 name", "newline name"]
 
 
 @pytest.fixture
@@ -45,39 +73,49 @@ def inputs(tmp_path: Path) -> dict[str, str]:
     (d / "empty").mkdir()
     os.mkfifo(d / "fifo")
     (d / "dangling").symlink_to(d / "nowhere")
+    (d / "devlink").symlink_to("/dev/null")
     (d / "model.pkl").write_bytes(pickle.dumps({"lr": 0.1}))
     return {
         "missing": str(d / "missing"),
         "directory": str(d / "empty"),
+        "fifo": str(d / "fifo"),
         "device": "/dev/null",
         "dangling symlink": str(d / "dangling"),
+        "symlink to device": str(d / "devlink"),
         "non-UTF-8 name": os.fsdecode(os.fsencode(d) + b"/missing\xff"),
         "newline name": str(d / "missing\nsafehub: forged"),
     }
 
 
-@pytest.mark.parametrize("kind", ["missing", "directory", "device", "dangling symlink",
-                                  "non-UTF-8 name", "newline name"])
+def assert_undamaged(inputs: dict[str, str]) -> None:
+    d = Path(inputs["directory"]).parent
+    assert sorted(os.listdir(d)) == ["dangling", "devlink", "empty", "fifo", "model.pkl"]
+    assert stat.S_ISFIFO(os.lstat(inputs["fifo"]).st_mode)
+    assert stat.S_ISCHR(os.lstat("/dev/null").st_mode)
+    assert os.readlink(d / "devlink") == "/dev/null"
+    assert pickle.loads((d / "model.pkl").read_bytes()) == {"lr": 0.1}
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if k != "directory"] + ["empty folder"])
 @pytest.mark.parametrize("command", ["scan", "audit"])
 def test_scan_and_audit_refuse_what_they_cannot_read(cli: Cli, inputs: dict[str, str],
                                                      kind: str, command: str) -> None:
     extra = ["--no-state"] if command == "audit" else []
+    path = inputs["directory" if kind == "empty folder" else kind]
     for fmt in ("text", "json", "sarif"):
-        result = cli(command, inputs[kind], "-f", fmt, *extra)
+        result = cli(command, path, "-f", fmt, *extra)
         assert_clean_failure(result, 2)
-        assert "forged" not in "".join(line for line in result.err.splitlines()
-                                       if line.startswith("safehub: forged"))
-    assert os.lstat("/dev/null").st_mode & 0o170000 == 0o020000
+    assert_undamaged(inputs)
 
 
 def test_scan_of_a_fifo_returns(inputs: dict[str, str], tmp_path: Path) -> None:
-    fifo = str(Path(inputs["missing"]).parent / "fifo")
+    fifo = inputs["fifo"]
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
     # A FIFO is never opened for reading (that would block until a writer came): "not
     # scanned", exit 2. The timeout is a hang guard, not a timing assertion.
     proc = subprocess.run([sys.executable, "-m", "safehub", "scan", fifo],
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert_clean_failure(CliResult(proc.returncode, proc.stdout, proc.stderr), 2)
 
 
 @pytest.mark.parametrize("kind", ["file", "missing parent", "proc"])
@@ -91,24 +129,46 @@ def test_audit_fix_with_an_unusable_quarantine(cli: Cli, tmp_path: Path, kind: s
     target = {"file": not_a_folder, "missing parent": tmp_path / "no" / "q",
               "proc": Path("/proc/self/q")}[kind]
     result = cli("audit", "--no-state", "--fix", "--quarantine", target, models)
-    assert_clean_failure(result, 2, one_line=True)
+    assert_clean_failure(result, 2)
     assert "--quarantine" in result.err
     assert not_a_folder.read_text() == "keep me\n"
     assert sorted(p.name for p in models.iterdir()) == ["w.pt"]  # nothing converted
 
 
+@pytest.mark.parametrize("kind", KINDS)
 def test_verify_sign_and_policy_refuse_bad_paths(cli: Cli, inputs: dict[str, str],
-                                                 tmp_path: Path) -> None:
+                                                 tmp_path: Path, kind: str) -> None:
     from tests.signing.helpers import make_key
 
     key = make_key(tmp_path, "k")
-    for kind in ("missing", "device", "dangling symlink", "non-UTF-8 name", "newline name"):
+    if kind != "directory":  # a folder is what verify and sign take
         assert_clean_failure(cli("verify", inputs[kind], "--key", key.public_path), 2)
         assert_clean_failure(cli("sign", inputs[kind], "--key", key.private_path), 2)
-        assert_clean_failure(cli("verify", inputs["directory"], "--key", inputs[kind]), 2)
-        # `policy check` reports on stdout (its own contract); exit 2, no traceback.
-        checked = cli("policy", "check", inputs[kind])
-        assert checked.code == 2 and "Traceback" not in checked.out + checked.err
+    assert_clean_failure(cli("verify", inputs["directory"], "--key", inputs[kind]), 2)
+    assert_clean_failure(cli("sign", inputs["directory"], "--key", inputs[kind]), 2)
+    # An unreadable policy path is an input error: one line on stderr, nothing on stdout.
+    checked = cli("policy", "check", inputs[kind])
+    assert_clean_failure(checked, 2)
+    assert checked.out == ""
+    for args in (["policy", "show", inputs[kind]], ["policy", "explain", "a/b", "--policy",
+                                                    inputs[kind]],
+                 ["scan", inputs[kind], "--policy", inputs[kind]]):
+        assert_clean_failure(cli(*args), 2)
+    assert_undamaged(inputs)
+    assert not list(Path(inputs["directory"]).iterdir())  # no signature written
+
+
+URLS = ["https://", "hf://", "s3://", "https://exa mple.com/x", "hf://a/b@\n",
+        "https://x\nsafehub: forged/a.bin", "https://h/\u202emodel.bin", "hf://own\x1b[2K/r",
+        "s3://bucket\r/key"]
+
+
+@pytest.mark.parametrize("url", URLS)
+def test_malformed_urls_are_one_line(cli: Cli, url: str, tmp_path: Path) -> None:
+    # Refused before any connection: nothing here reaches the network.
+    assert_clean_failure(cli("scan", url), 2)
+    assert_clean_failure(cli("audit", "--no-state", url), 2)
+    assert_clean_failure(cli("policy", "explain", "--url", url), 2)
 
 
 REPOS = ["a/b/c", "https://", "https://github.com/", "owner/repo:", ":ref", "owner/",
@@ -120,13 +180,12 @@ def test_hub_commands_refuse_malformed_repos(cli: Cli, spec: str, tmp_path: Path
                                              isolated_torch_home: Path) -> None:
     out = tmp_path / "w.safetensors"
     for args in (["list", spec], ["help", spec, "linear"], ["load", spec, "linear", "--out", out],
-                 ["lock", spec]):
+                 ["lock", spec], ["policy", "explain", spec]):
         assert_clean_failure(cli(*args), 2)
     assert not out.exists()
 
 
-@pytest.mark.parametrize("kind", ["missing", "directory", "device", "dangling symlink",
-                                  "non-UTF-8 name", "newline name"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_hub_commands_refuse_bad_local_folders(cli: Cli, inputs: dict[str, str], kind: str,
                                                tmp_path: Path,
                                                isolated_torch_home: Path) -> None:
@@ -135,6 +194,7 @@ def test_hub_commands_refuse_bad_local_folders(cli: Cli, inputs: dict[str, str],
                  ["load", inputs[kind], "linear", "--out", out]):
         assert_clean_failure(cli(*args, "--source", "local"), 2)
     assert not out.exists()
+    assert_undamaged(inputs)
 
 
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e999", "[" * 40 + "]" * 40,
@@ -145,27 +205,124 @@ def test_load_arguments_must_be_finite_json(cli: Cli, tmp_path: Path, value: str
     (repo / "hubconf.py").write_text("def linear(x=None):\n    return {}\n")
     out = tmp_path / "w.safetensors"
     result = cli("load", repo, "linear", f"x={value}", "--source", "local", "--out", out)
-    assert_clean_failure(result, 2, one_line=True)
+    assert_clean_failure(result, 2)
+    assert not out.exists()
+
+
+HOSTILE_REPO = """
+import torch
+
+FORGED = "tiny\\nsafehub: tiny: 2 tensors written to /tmp/x\\r\\x1b[2K\\u202e\\u2028"
+
+def hostile_key():
+    return {FORGED: torch.ones(1)}
+
+def broken():
+    raise RuntimeError(FORGED)
+
+def linear():
+    return {"w": torch.ones(1)}
+"""
+
+
+def test_hostile_sandbox_results_are_one_line(cli: Cli, tmp_path: Path,
+                                              isolated_torch_home: Path) -> None:
+    pytest.importorskip("torch")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "hubconf.py").write_text(HOSTILE_REPO)
+    out = tmp_path / "w.safetensors"
+    # A hostile tensor name crosses, escaped: no line of its own, nothing unescaped.
+    loaded = cli("load", repo, "hostile_key", "--source", "local", "--out", out)
+    assert loaded.code == 0, loaded.err
+    assert not [line for line in loaded.err.splitlines() if line.startswith("safehub: tiny")]
+    assert not [c for c in loaded.err if c != "\n" and unicodedata.category(c)[0] in "CZ"
+                and c != " "]
+    out.unlink()
+    # The repository's code failing in the sandbox: exit 1, as documented, one line.
+    result = cli("load", repo, "broken", "--source", "local", "--out", out)
+    assert_clean_failure(result, 1)
+    # An unknown entrypoint: one line naming it and the entrypoints that exist.
+    for args in (["load", repo, "nope", "--out", out], ["help", repo, "nope"]):
+        result = cli(*args, "--source", "local")
+        assert result.code in (1, 2)
+        assert_clean_failure(result, result.code)
+        assert "nope" in result.err and "linear" in result.err and "broken" in result.err
     assert not out.exists()
 
 
 def test_convert_refuses_bad_sources_and_targets(cli: Cli, inputs: dict[str, str],
                                                  tmp_path: Path) -> None:
-    for kind in ("missing", "directory", "device", "dangling symlink", "non-UTF-8 name"):
+    for kind in KINDS:
         assert_clean_failure(cli("convert", inputs[kind], tmp_path / "o.safetensors"), 2)
     model = str(Path(inputs["missing"]).parent / "model.pkl")
     assert_clean_failure(cli("convert", model, tmp_path / "missing" / "o.safetensors"), 2)
     result = cli("convert", model, "/dev/null")
     assert_clean_failure(result, 2)
     assert "--force" in result.err and "overwrite=True" not in result.err
-    assert os.lstat("/dev/null").st_mode & 0o170000 == 0o020000
+    assert_undamaged(inputs)
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_details_come_with_verbose(cli: Cli, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('schema = 1\nextends = "default"\ncolour = 1\n[sandbox]\ntimeout_s = -1\n'
+                   'size = 2\n')
+    terse = cli("scan", tmp_path, "--policy", bad)
+    assert_clean_failure(terse, 2)
+    assert "bad.toml:" in terse.err and "; 2 more with -v]" in terse.err
+    assert "fix: " in terse.err
+    verbose = cli("-v", "scan", tmp_path, "--policy", bad)
+    assert verbose.code == 2
+    lines = verbose.err.splitlines()
+    assert lines[0].startswith("safehub: ") and "more with -v" not in lines[0]
+    assert all(line.startswith("  ") for line in lines[1:])
+    for key in ("colour", "sandbox.timeout_s", "sandbox.size"):
+        assert any(key in line for line in lines[1:]), (key, lines)
+
+
+def test_an_error_line_names_input_and_fix_inertly() -> None:
+    from safehub.errors import PolicyError, PolicyIssue, SafehubError
+
+    plain = SafehubError("cannot open the file", subject="a\nsafehub: forged\u202e",
+                         fix="pass overwrite=True", cli_fix="pass --force")
+    line = plain.summary(surface="cli")
+    assert line == "a\\nsafehub: forged\\u202e: cannot open the file; fix: pass --force"
+    assert plain.summary().endswith("fix: pass overwrite=True")
+    named = SafehubError("p.toml is bad", subject="p.toml")
+    assert named.summary() == "p.toml is bad"  # the message names it: not repeated
+    issues = [PolicyIssue("p.toml", f"k{i}", "unknown key\r", line=i) for i in range(3)]
+    many = PolicyError("invalid", subject="p.toml", issues=issues)
+    assert many.summary(surface="cli") == (
+        "p.toml: invalid [p.toml:0: k0: unknown key\\r; 2 more with -v]")
+    assert "\n" not in many.summary() and len(many.detail_lines()) == 3
+
+
+def test_an_internal_error_is_one_line_and_v_shows_where(
+        cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    import safehub.cli.doctor
+
+    def broken(args: object) -> int:
+        raise ValueError("boom\nsafehub: forged")
+
+    monkeypatch.setattr(safehub.cli.doctor, "run", broken)
+    terse = cli("doctor")
+    assert terse.code == 2
+    assert terse.err.splitlines() == [
+        "safehub: internal error (please report it; -v shows where): ValueError: "
+        "boom\\nsafehub: forged"]
+    verbose = cli("-v", "doctor")
+    assert verbose.code == 2
+    lines = verbose.err.splitlines()
+    assert lines[0].startswith("safehub: internal error") and len(lines) > 2
+    assert all(line.startswith("  | ") for line in lines[1:]), lines
 
 
 def test_usage_errors_are_one_line(cli: Cli) -> None:
     for args in (["scan"], ["scan", "x", "-f", "yaml"], ["nope"], ["load", "a/b"],
                  ["scan", "x", "-f", "x\nsafehub: forged"], ["help", "a/b", "not an id"]):
         result = cli(*args)
-        assert_clean_failure(result, 2, one_line=True)
+        assert_clean_failure(result, 2)
 
 
 # --- Ctrl-C ------------------------------------------------------------------------------
@@ -227,8 +384,7 @@ def test_ctrl_c_during_a_sandboxed_load_exits_130_leaving_nothing(
     _interrupt_when_busy(proc, busy)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert err.strip().splitlines()[-1] == "safehub: interrupted"
-    assert "Traceback" not in err
+    assert err.splitlines() == ["safehub: interrupted"]
     assert list(out_dir.iterdir()) == []
     for _ in range(600):  # the sandbox's processes go with the CLI (waits, not timing)
         alive = [pid for pid in spawned if _running(pid)]
@@ -257,5 +413,5 @@ def test_ctrl_c_while_writing_the_report_exits_130_leaving_nothing(tmp_path: Pat
     _interrupt_when_busy(proc, blocked_in_open)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert "Traceback" not in err
+    assert err.splitlines() == ["safehub: interrupted"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pkl", "report.pipe"]

@@ -227,3 +227,29 @@ def test_entry_argument_must_be_an_identifier(cli: Cli, hostile_repo: Path,
     assert result.code == 2
     assert_streams(result, command)
     assert len(result.err.splitlines()) == 1
+
+
+def test_policy_explain_and_check_quote_names_inertly(cli: Cli, hostile_folder: Path,
+                                                      tmp_path: Path) -> None:
+    for fmt in ("text", "json"):
+        explained = cli("-v", "policy", "explain", "--file", hostile_folder, "-f", fmt)
+        assert explained.code == 1, explained.err  # the exploit is denied
+        assert_streams(explained, f"policy explain {fmt}")
+        if fmt == "json":
+            names = {d["subject"] for d in json.loads(explained.out)["decisions"]}
+            assert str(hostile_folder / f"{HOSTILE}.pkl") in names  # the value survives
+    # A policy file whose name and keys are hostile: the report is escaped on stdout...
+    bad = tmp_path / f"{HOSTILE}.toml"
+    bad.write_text('schema = 1\nextends = "default"\n[sandbox]\n'
+                   + "".join(f'"k{i}{ch}" = 1\n' for i, ch in enumerate(CHARS)))
+    checked = cli("policy", "check", bad)
+    assert checked.code == 2
+    assert_streams(checked, "policy check (invalid)")
+    assert "INVALID" in checked.out
+    # ...and a hostile path that cannot be read is one escaped line on stderr.
+    missing = cli("policy", "check", tmp_path / f"missing-{HOSTILE}.toml")
+    assert missing.code == 2 and missing.out == "" and len(missing.err.splitlines()) == 1
+    assert_streams(missing, "policy check (missing)")
+    refused = cli("policy", "explain", "--url", f"https://h/{HOSTILE}")
+    assert refused.code == 2 and len(refused.err.splitlines()) == 1
+    assert_streams(refused, "policy explain (malformed URL)")

@@ -25,7 +25,7 @@ import pytest
 import torch
 
 import safehub
-from safehub._enforce.snapshot import Snapshot
+from safehub._snapshot import Snapshot
 from safehub.errors import IntegrityError, PolicyViolation, UnsafeModel
 
 

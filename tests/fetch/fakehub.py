@@ -56,6 +56,18 @@ class _Repo:
     default_branch: str = "main"
     refs: dict[str, str] = field(default_factory=dict)  # branch/tag/short sha -> sha
     archives: dict[str, bytes] = field(default_factory=dict)  # sha -> archive bytes
+    branches: dict[str, list[str]] = field(default_factory=dict)  # name -> commits, oldest first
+    tags: dict[str, str] = field(default_factory=dict)  # name -> sha
+
+    def history(self, base: str) -> list[str] | None:
+        """The commits ``base`` (a branch, tag or commit of a branch) reaches, oldest first."""
+        if base in self.branches:
+            return self.branches[base]
+        sha = self.tags.get(base, base)
+        for commits in self.branches.values():
+            if sha in commits:
+                return commits[:commits.index(sha) + 1]
+        return None
 
 
 def make_zip(top: str, files: dict[str, bytes], *, comment: bytes = b"",
@@ -149,10 +161,27 @@ class FakeHub:
             archive = (make_zip(top, files, comment=sha.encode() if comment else b"")
                        if kind == "zip" else make_tar(top, files, comment=sha if comment else ""))
         entry.refs[ref] = sha
+        entry.branches.setdefault(ref, []).append(sha)
         for tag in tags:
             entry.refs[tag] = sha
+            entry.tags[tag] = sha
         entry.refs[sha[:7]] = sha
         entry.archives[sha] = archive
+        return sha
+
+    def add_fork_commit(self, repo: str, files: dict[str, bytes], *,
+                        pull: int | None = None) -> str:
+        """A commit pushed to a fork of ``repo``: as on GitHub, the parent's URLs serve it
+        (``commits/SHA``, a short SHA, the archive; ``refs/pull/N/head`` when it is the head
+        of pull request ``pull``), but none of the parent's branches or tags reaches it."""
+        entry = self.repos[repo]
+        sha = fake_sha("fork", repo, sorted(files.items()))
+        top = f"{repo.replace('/', '-')}-{sha[:7]}"
+        entry.archives[sha] = make_zip(top, files, comment=sha.encode())
+        entry.refs[sha[:7]] = sha
+        if pull is not None:
+            entry.refs[f"refs/pull/{pull}/head"] = sha
+            entry.refs[f"pull/{pull}/head"] = sha
         return sha
 
     def add_file(self, path: str, data: bytes, fault: Fault | None = None) -> str:
@@ -236,7 +265,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.headers.get("Authorization") != f"Bearer {hub.api_token}":
             self._json(404, {"message": "Not Found"})
             return
-        m = re.match(r"^/repos/([^/]+)/([^/]+)(?:/(commits|zipball|tarball)/(.+))?$", path)
+        m = re.match(r"^/repos/([^/]+)/([^/]+)(?:/(commits|zipball|tarball|compare)/(.+)"
+                     r"|/(branches|tags))?$", path)
         # As GitHub: owner/name is found case-insensitively and answered with its full_name.
         asked = f"{m.group(1)}/{m.group(2)}" if m else ""
         full_name = next((k for k in hub.repos if k.lower() == asked.lower()), None)
@@ -247,6 +277,24 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(404, {"message": "Not Found"})
             return
         what, ref = m.group(3), m.group(4)
+        if m.group(5) == "branches":
+            self._json(200, [{"name": name, "commit": {"sha": commits[-1]}}
+                             for name, commits in sorted(repo.branches.items())])
+            return
+        if m.group(5) == "tags":
+            self._json(200, [{"name": name, "commit": {"sha": sha}}
+                             for name, sha in sorted(repo.tags.items())])
+            return
+        if what == "compare":  # BASE...HEAD: where HEAD stands relative to BASE
+            base, _, head = ref.partition("...")
+            history = repo.history(base)
+            if history is None or head not in repo.archives:
+                self._json(404, {"message": "Not Found"})
+                return
+            status = ("identical" if head == history[-1] else
+                      "behind" if head in history else "diverged")
+            self._json(200, {"status": status, "commits": []})
+            return
         if what is None:
             self._json(200, {"full_name": full_name, "default_branch": repo.default_branch})
             return

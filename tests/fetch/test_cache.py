@@ -161,3 +161,31 @@ def test_a_cache_hit_re_decides_the_redirect_hops_under_the_current_policy(
     pol_b = write_policy(tmp_path / "b.toml", hub)
     with pytest.raises(PolicyViolation, match="redirect from .* to " + final):
         Fetcher(pol_b, cache_dir=cache_dir, http=FAST, offline=offline).fetch_url(start)
+
+
+@pytest.mark.parametrize("offline", [True, False])
+def test_a_checkout_cache_hit_re_decides_the_archive_redirect_hops(
+        tmp_path: Path, hub: FakeHub, other_hub: FakeHub, cache_dir: Path,
+        offline: bool) -> None:
+    # Policy A allows the archive host (codeload on another origin); policy B does not: a
+    # fresh download would refuse the archive's redirect, so the cached checkout must be
+    # refused too, naming the hop.
+    from safehub.errors import PolicyViolation
+    from tests.fetch.helpers import FAST
+
+    sha = hub.add_repo("acme/net")
+    other_hub.repos = hub.repos
+    hub.archive_base = other_hub.url
+    pol_a = write_policy(tmp_path / "a.toml", hub, other_hub)
+    first = Fetcher(pol_a, cache_dir=cache_dir, http=FAST).fetch_repo(f"acme/net:{sha}")
+    record = json.loads(next((cache_dir / "repos").rglob(f"{sha}.json")).read_text())
+    hop = f"{other_hub.url}/codeload/acme/net/legacy.zip/{sha}"
+    assert record["hops"] == [hop]
+    again = Fetcher(pol_a, cache_dir=cache_dir, http=FAST, offline=offline
+                    ).fetch_repo(f"acme/net:{sha}")
+    assert again.path == first.path
+    pol_b = write_policy(tmp_path / "b.toml", hub)
+    with pytest.raises(PolicyViolation, match="redirect from .* to " + hop):
+        Fetcher(pol_b, cache_dir=cache_dir, http=FAST, offline=offline
+                ).fetch_repo(f"acme/net:{sha}")
+    assert other_hub.count("/codeload/") == 1, "the refusal needs no request"

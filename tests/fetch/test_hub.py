@@ -76,6 +76,23 @@ def test_set_dir_overrides_like_torch(tmp_path: Path, monkeypatch: pytest.Monkey
     assert safehub.get_dir() == str(tmp_path / "other")
 
 
+def test_torch_hub_set_dir_is_followed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.hub.get_dir's rules include its own set_dir: a program that set it gets the
+    same folder from safehub (and its checkpoints/ as the torch.hub source)."""
+    import torch.hub
+
+    from safehub.fetch import Fetcher
+
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    torch.hub.set_dir(str(tmp_path / "torch-chosen"))
+    assert safehub.get_dir() == torch.hub.get_dir() == str(tmp_path / "torch-chosen")
+    fetcher = Fetcher("default")
+    assert fetcher.torch_model_dir == tmp_path / "torch-chosen" / "checkpoints"
+    assert fetcher.cache_dir == tmp_path / "torch-chosen" / "safehub"
+    safehub.set_dir(tmp_path / "safehub-chosen")  # safehub's own set_dir still wins
+    assert safehub.get_dir() == str(tmp_path / "safehub-chosen")
+
+
 def test_load_state_dict_from_url_loads_the_scanned_bytes(
         hub: FakeHub, policy_file: Path, checkpoint: bytes, tmp_path: Path) -> None:
     import torch

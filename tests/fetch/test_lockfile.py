@@ -160,3 +160,75 @@ def test_lock_command_exit_codes_and_streams(tmp_path: Path, hub: FakeHub,
     empty = run_module("lock", "--lockfile", tmp_path / "safehub.lock", "--policy", policy_file)
     assert empty.code == 2 and "nothing to lock" in empty.err
     assert hub.count() == 0
+
+
+# --- local folders: one entry per canonical real path -----------------------------------------
+
+
+def _spellings(tmp_path: Path) -> tuple[Path, list[str]]:
+    """A local repo folder D/x and other spellings of it: //D/x, D/./x, a symlink alias,
+    D/x/ and D/y/../x."""
+    real = tmp_path / "x"
+    real.mkdir()
+    (real / "hubconf.py").write_text("dependencies = []\n")
+    (tmp_path / "y").mkdir()
+    (tmp_path / "alias").symlink_to(real)
+    text = str(real)
+    return real, [text, "/" + text, str(tmp_path) + "/./x", str(tmp_path / "alias"),
+                  text + "/", str(tmp_path) + "/y/../x"]
+
+
+def test_every_spelling_of_a_local_folder_is_one_lockfile_entry(
+        tmp_path: Path, policy_file: Path, cli: Callable[..., CliResult]) -> None:
+    real, spellings = _spellings(tmp_path)
+    lock = tmp_path / "safehub.lock"
+    for spelling in spellings:  # locking each spelling in turn never adds a second entry
+        result = cli("lock", "--path", spelling, "--lockfile", lock, "--policy", policy_file)
+        assert result.code == 0, result.err
+        data = tomllib.loads(lock.read_text())
+        assert list(data["paths"]) == [str(real.resolve())], spelling
+    loaded = Lockfile.load(lock)
+    for spelling in spellings:  # and each one finds it
+        assert loaded.local(spelling) is not None, spelling
+        frozen = cli("lock", "--frozen", "--path", spelling, "--lockfile", lock,
+                     "--policy", policy_file)
+        assert frozen.code == 0 and "verified" in frozen.out, (spelling, frozen.err)
+    assert loaded.local(tmp_path / "y") is None
+
+
+def test_a_hand_written_spelling_is_found_and_replaced(tmp_path: Path) -> None:
+    real, _ = _spellings(tmp_path)
+    digest = "0" * 64
+    lock = tmp_path / "safehub.lock"
+    lock.write_text(f'version = 1\n[paths."/{tmp_path}/alias/"]\ntree_sha256 = "{digest}"\n')
+    loaded = Lockfile.load(lock)
+    assert loaded.local(real) is not None and loaded.local(str(real) + "/.") is not None
+    from safehub.fetch import LockedPath
+
+    loaded.add_local(real, LockedPath(tree_sha256="1" * 64))
+    assert list(loaded.paths) == [str(real.resolve())]
+    lock.write_text('version = 1\n[paths."relative/x"]\ntree_sha256 = "' + digest + '"\n')
+    with pytest.raises(PolicyError):
+        Lockfile.load(lock)
+
+
+def test_a_locked_local_folder_must_keep_its_files(
+        tmp_path: Path, policy_file: Path, cli: Callable[..., CliResult]) -> None:
+    real, spellings = _spellings(tmp_path)
+    lock = tmp_path / "safehub.lock"
+    assert cli("lock", "--path", real, "--lockfile", lock, "--policy", policy_file).code == 0
+    (real / "hubconf.py").write_text("import os\n")
+    for spelling in spellings:
+        result = cli("lock", "--frozen", "--path", spelling, "--lockfile", lock,
+                     "--policy", policy_file)
+        assert result.code == 1 and "SH300" in result.err, (spelling, result)
+    fetcher = Fetcher(policy_file, lockfile=lock, cache_dir=tmp_path / "cache")
+    with pytest.raises(IntegrityError, match="SH300"):
+        fetcher.check_local(tmp_path / "alias")
+    other = tmp_path / "other"
+    other.mkdir()
+    frozen = Fetcher(policy_file, lockfile=lock, frozen=True, cache_dir=tmp_path / "cache")
+    with pytest.raises(PolicyViolation, match="not in the frozen lockfile"):
+        frozen.check_local(other)
+    (other / "link").symlink_to(real / "hubconf.py")
+    assert cli("lock", "--path", other, "--lockfile", lock, "--policy", policy_file).code != 0

@@ -68,7 +68,12 @@ def test_policy_commit_pin_is_used_without_a_ref_and_enforced_with_one(
     fetcher = make_fetcher(policy=policy)
     checkout = fetcher.fetch_repo("acme/net")
     assert checkout.commit == old
-    assert hub.count("/api/") == 1, "only the archive request: the pin needs no resolution"
+    assert hub.count("/api/repos/acme/net/commits") == 0, "the pin needs no resolution"
+    # The pin must be the repo's own commit (not a fork's): the repo and one compare.
+    assert hub.count("/api/") == 3 and hub.count("/api/repos/acme/net/compare/") == 1
+    before = hub.count()
+    assert make_fetcher(policy=policy).fetch_repo("acme/net").from_cache
+    assert hub.count() == before, "a cached, established pin needs no request at all"
     with pytest.raises(IntegrityError) as err:
         fetcher.fetch_repo("acme/net:main")
     assert new in err.value.message and old in err.value.message

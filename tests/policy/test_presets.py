@@ -11,8 +11,8 @@ from safehub.policy import (
     PRESETS,
     DownloadRequest,
     FileRequest,
+    IsolationRequest,
     RepoRequest,
-    SandboxRequest,
     load_policy,
 )
 from safehub.rules import Severity
@@ -102,12 +102,12 @@ def test_sandbox_layers_required_differ() -> None:
     no_userns = {"userns": "forbidden by the host", "netns": "needs userns"}
     available = {layer: None for layer in load_policy("strict").model.sandbox.required_layers}
     available.update(no_userns)
-    assert not load_policy("strict").decide(SandboxRequest(available)).allowed
-    default = load_policy("default").decide(SandboxRequest(available))
+    assert not load_policy("strict").decide(IsolationRequest(available)).allowed
+    default = load_policy("default").decide(IsolationRequest(available))
     assert default.allowed
     assert default.warnings, "a missing optional layer is reported"
     no_seccomp = dict(available, seccomp="libseccomp missing")
-    denied = load_policy("default").decide(SandboxRequest(no_seccomp))
+    denied = load_policy("default").decide(IsolationRequest(no_seccomp))
     assert not denied.allowed
     assert "seccomp" in denied.fix
 

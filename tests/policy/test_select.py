@@ -179,3 +179,18 @@ def test_an_implicit_policy_cannot_pin_the_commit_a_load_fetches(
     # Explicitly chosen, the same file is the user's own decision.
     explicit = load_policy(pol)
     assert explicit.model.repos["pytorch/vision"].commit == IMPOSTOR
+
+
+def test_pyproject_parsed_only_when_it_can_name_safehub(tmp_path: Path) -> None:
+    """A pyproject.toml that cannot have a ``safehub`` key is not parsed (tomllib's import
+    costs every `safehub scan`), so its syntax does not matter; one that can is parsed,
+    also when the key is spelled with a TOML escape."""
+    from safehub._policy.select import BUILT_IN_DEFAULT, resolve_spec
+
+    (tmp_path / "pyproject.toml").write_text('[project\nname = "x"\n')  # broken, no key
+    assert resolve_spec(None, cwd=tmp_path, env={}) == ("default", BUILT_IN_DEFAULT)
+    (tmp_path / "pyproject.toml").write_text('[tool."s\\u0061fehub"]\npolicy = "strict"\n')
+    assert resolve_spec(None, cwd=tmp_path, env={})[0] == "strict"
+    (tmp_path / "pyproject.toml").write_text('[tool.safehub\npolicy = "strict"\n')
+    with pytest.raises(PolicyError, match="cannot read"):
+        resolve_spec(None, cwd=tmp_path, env={})

@@ -122,6 +122,8 @@ def _pair(path: tuple[str, ...]) -> tuple[Any, Any]:
         return strict, not strict
     if direction == "lower":
         return (info.default, info.default * 2)
+    if direction == "higher":
+        return (info.default * 2, info.default)
     if direction == "order":
         values = typing.get_args(info.annotation)
         return values[0], values[-1]

@@ -18,8 +18,8 @@ from pydantic import ValidationError
 from safehub._policy.decide import (
     DownloadRequest,
     FileRequest,
+    IsolationRequest,
     RepoRequest,
-    SandboxRequest,
     decide,
 )
 from safehub._policy.loader import LoadedPolicy
@@ -76,8 +76,8 @@ REQUESTS: list[Any] = [
     DownloadRequest(url) for url in [PIN_URL, "https://a.example/x.pth",
                                      "https://b.example/y.pth", "https://c.example/z.pth"]
 ] + [
-    SandboxRequest({layer: None if i % 2 else "missing" for i, layer in enumerate(LAYERS)}),
-    SandboxRequest(dict.fromkeys(LAYERS)),
+    IsolationRequest({layer: None if i % 2 else "missing" for i, layer in enumerate(LAYERS)}),
+    IsolationRequest(dict.fromkeys(LAYERS)),
 ] + [
     FileRequest(FileReport("m.pt", "torch", 1, findings=(
         Finding("SH101", severity, "a global outside the allowlist", subject="x.Y"),)))

@@ -75,3 +75,51 @@ def test_a_trickling_server_ends_the_remote_scan_at_the_deadline(
     (report,) = result.report.files
     assert report.verdict is not Verdict.CLEAN and report.error, report
     assert "overall deadline" in report.error and "HttpSettings.deadline" in report.error
+
+
+@pytest.mark.parametrize("command", ["scan", "audit"])
+def test_deadline_flag_tightens_the_policy_for_a_remote_scan(
+        command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--deadline`` is the policy's downloads.deadline_s for one run: it ends a trickle
+    that the policy's 300 s would let run, and the error names the flag."""
+    from safehub.cli import main
+
+    server = Trickler(BODY, b"\x80")
+    try:
+        policy = write_policy(tmp_path / "p.toml", server.url)
+        extra = ["--no-state"] if command == "audit" else []
+        code = main([command, f"{server.url}/m.pt", "--policy", str(policy), "--deadline",
+                     "1", "-f", "json", *extra])
+    finally:
+        server.close()
+    captured = capsys.readouterr()
+    assert code == 2, captured
+    assert "downloads.deadline_s (--deadline)" in captured.out + captured.err, captured
+
+
+def test_deadline_flag_cannot_raise_the_policy_deadline(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from safehub.cli import main
+
+    server = Trickler(BODY, b"\x80")
+    try:
+        policy = write_policy(tmp_path / "p.toml", server.url)
+        policy.write_text(policy.read_text(encoding="utf-8") + "deadline_s = 1\n",
+                          encoding="utf-8")
+        code = main(["scan", f"{server.url}/m.pt", "--policy", str(policy), "--deadline",
+                     "100000", "-f", "json"])
+    finally:
+        server.close()
+    captured = capsys.readouterr()
+    assert code == 2, captured
+    assert f"downloads.deadline_s ({policy}" in captured.out, captured.out
+    assert "not below the policy's downloads.deadline_s" in captured.err
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "nan", "inf", "soon"])
+def test_deadline_flag_must_be_a_positive_number(
+        value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from safehub.cli import main
+
+    assert main(["scan", "https://example.com/m.pt", "--deadline", value]) == 2
+    assert "usage error: argument --deadline" in capsys.readouterr().err

@@ -88,6 +88,32 @@ def test_the_header_is_rebuilt_not_copied(tmp_path: Path) -> None:
     assert (8 + n) % 8 == 0
 
 
+def test_an_entry_taken_out_is_neither_written_nor_mapped(tmp_path: Path) -> None:
+    # A TorchScript archive crosses as a uint8 entry: the CLI takes its bytes out by
+    # offset (no torch) and writes the rest, packed without the gap and still aligned.
+    tensors = _tensors()
+    archive = bytes(range(256)) * 3 + b"odd"  # a length that is no multiple of 8
+    sent = {"#torchscript": torch.frombuffer(bytearray(archive), dtype=torch.uint8), **tensors}
+    out = tmp_path / "out.safetensors"
+    with check_result(pack(check_tensors(sent)).fd, order=list(sent)) as checked:
+        spec, data = checked.take("#torchscript")
+        assert (spec.dtype, spec.shape, data) == ("U8", (len(archive),), archive)
+        with pytest.raises(KeyError):
+            checked.take("#torchscript")
+        assert len(checked) == len(tensors)
+        size = checked.write(out)
+        assert_same_tensors(checked.tensors(), tensors)
+    assert out.stat().st_size == size
+    loaded = safetensors_torch.load_file(out)
+    assert_same_tensors(loaded, tensors)
+    (n,) = struct.unpack("<Q", out.read_bytes()[:8])
+    header = json.loads(out.read_bytes()[8:8 + n])
+    assert "#torchscript" not in header
+    for name, info in header.items():
+        if name != "__metadata__":
+            assert (8 + n + info["data_offsets"][0]) % loaded[name].element_size() == 0
+
+
 @pytest.mark.parametrize("data, seals, words", MALFORMED)
 def test_raw_checks_refuse_what_the_torch_path_refuses(data: bytes, seals: int,
                                                        words: str) -> None:

@@ -1,0 +1,122 @@
+"""Exit codes are chosen by error class (an ordered isinstance table), for every
+SafehubError subclass there is, and the README says the same.
+
+A new error class fails here until its exit code is decided: add it to DOCUMENTED (and
+to the README's "Exit codes by error class" line when it exits 1).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import safehub
+from safehub.cli._exitcodes import exit_code, exit_table
+from safehub.errors import SafehubError
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+# Every SafehubError subclass in safehub, by where it is defined, and its documented code.
+DOCUMENTED = {
+    "safehub.errors.SafehubError": 2,
+    "safehub.errors.PolicyViolation": 1,
+    "safehub.errors.IntegrityError": 1,
+    "safehub._signing.result.VerificationFailed": 1,
+    "safehub._signing.result.SignatureInvalid": 1,
+    "safehub.errors.UnsafeModel": 1,
+    "safehub.errors.SandboxError": 1,
+    "safehub._sandbox.errors.SandboxFailure": 2,  # the sandbox itself failed
+    "safehub._sandbox.errors.IsolationUnavailable": 1,
+    "safehub._sandbox.errors.LimitExceeded": 1,
+    "safehub._sandbox.errors.RepoCodeError": 1,
+    "safehub._sandbox.errors.SandboxViolation": 1,
+    "safehub._sandbox.errors.UnknownEntrypoint": 1,
+    "safehub._sandbox.errors.BadResult": 1,
+    "safehub._sandbox.errors.ChildCrashed": 1,
+    "safehub.errors.FetchError": 2,
+    "safehub.errors.InvalidIdentifier": 2,
+    "safehub._fetch.http.HttpError": 2,
+    "safehub.errors.InternalError": 2,
+    "safehub.errors.PolicyError": 2,
+    "safehub._signing.result.SignatureMissing": 2,
+    "safehub._torchdep.TorchMissing": 2,
+    "safehub.cli._output.OutputTargetError": 2,
+}
+
+
+def _import_all() -> None:
+    for info in pkgutil.walk_packages(safehub.__path__, "safehub."):
+        if info.name != "safehub.__main__":  # running it is the CLI
+            importlib.import_module(info.name)
+
+
+def _subclasses(cls: type[SafehubError]) -> Iterator[type[SafehubError]]:
+    yield cls
+    for sub in cls.__subclasses__():
+        yield from _subclasses(sub)
+
+
+def _safehub_errors() -> dict[str, type[SafehubError]]:
+    _import_all()
+    return {f"{c.__module__}.{c.__qualname__}": c for c in _subclasses(SafehubError)
+            if c.__module__.startswith("safehub.")}
+
+
+def test_every_error_class_has_its_documented_exit_code() -> None:
+    found = _safehub_errors()
+    undecided = sorted(set(found) - set(DOCUMENTED))
+    assert not undecided, f"error classes with no documented exit code: {undecided}"
+    for name, cls in found.items():
+        # isinstance is all the table looks at: an instance needs no constructor arguments.
+        assert exit_code(cls.__new__(cls)) == DOCUMENTED[name], name
+    assert not sorted(set(DOCUMENTED) - set(found)), "DOCUMENTED names a class that is gone"
+
+
+def test_the_table_lists_subclasses_before_their_bases() -> None:
+    classes = [cls for cls, _code in exit_table()]
+    for i, cls in enumerate(classes):
+        shadowed = [later.__name__ for later in classes[i + 1:] if issubclass(later, cls)]
+        assert not shadowed, f"{cls.__name__} hides {shadowed} (first match wins)"
+    assert classes[-1] is SafehubError
+
+
+def test_readme_states_the_same_codes() -> None:
+    text = " ".join(README.read_text(encoding="utf-8").split())
+    m = re.search(r"Exit codes by error class[^:]*: (.*?)\. ", text)
+    assert m, "README lost its 'Exit codes by error class' line"
+    line = m.group(1)
+    one, _, _rest = line.partition("`2`")
+    assert one.startswith("`1`"), line
+    named = set(re.findall(r"`([A-Za-z]+)`", line))
+    for name, cls in _safehub_errors().items():
+        # A class the README does not name exits as its nearest named ancestor; one with
+        # no named ancestor is "every other error".
+        said = next((c.__name__ for c in cls.__mro__ if c.__name__ in named), None)
+        readme_code = 1 if said is not None and f"`{said}`" in one else 2
+        assert readme_code == DOCUMENTED[name], f"the README gives {name} exit {readme_code}"
+
+
+@pytest.mark.parametrize(("error", "code"), [
+    (lambda: safehub.sandbox.LimitExceeded("too slow", limit="timeout", value=1), 1),
+    (lambda: safehub.sandbox.SandboxViolation("opened a socket", exc_type="PermissionError",
+                                                 exc_message="denied"), 1),
+    (lambda: safehub.sandbox.SandboxFailure("the supervisor failed"), 2),
+    (lambda: safehub.errors.PolicyViolation("denied"), 1),
+    (lambda: safehub.errors.FetchError("no network"), 2),
+])
+def test_the_cli_exits_by_error_class(error, code, cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    import safehub.cli.doctor
+    import safehub.sandbox
+
+    def run(args: object) -> int:
+        raise error()
+
+    monkeypatch.setattr(safehub.cli.doctor, "run", run)
+    result = cli("doctor")
+    assert result.code == code, result.err
+    assert "Traceback" not in result.err

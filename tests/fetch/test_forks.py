@@ -1,0 +1,129 @@
+"""A commit must belong to the repository it is loaded as, not to a fork of it.
+
+GitHub serves every commit of a fork network under the parent's URLs
+(``/repos/OWNER/REPO/commits/SHA``, the zipball, ``refs/pull/N/head``): without a check,
+``acme/net:<sha pushed to a fork>`` runs the fork's code under ``acme``'s trust. The fake
+hub serves fork commits the same way (the first test shows it); safehub refuses them
+(SH307) and says to load the fork by its own name. Branch and tag names, and commits
+already established (cache record, lockfile), cost no extra request."""
+
+from __future__ import annotations
+
+import http.client
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from safehub.errors import FetchError, IntegrityError
+from safehub.fetch import Fetcher, Lockfile
+from tests.fetch.fakehub import FakeHub
+from tests.fetch.helpers import leftovers, write_policy
+
+EVIL = {"hubconf.py": b"import os\nos.environ['SAFEHUB_FORK_MARKER'] = '1'\n"}
+
+
+def _get(url: str) -> int:
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port)
+    try:
+        conn.request("GET", parts.path)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def fork(hub: FakeHub) -> str:
+    hub.add_repo("acme/net")
+    return hub.add_fork_commit("acme/net", EVIL, pull=7)
+
+
+def test_the_parent_urls_serve_a_fork_commit_as_github_does(hub: FakeHub, fork: str) -> None:
+    # The attack's premise, on the fake as on GitHub: the parent's API answers for it.
+    assert _get(f"{hub.api}/repos/acme/net/commits/{fork}") == 200
+    assert _get(f"{hub.api}/repos/acme/net/zipball/{fork}") == 302
+
+
+@pytest.mark.parametrize("ref", ["full", "short", "refs/pull/7/head", "pull/7/head"])
+def test_a_fork_commit_is_refused_under_the_parent_name(
+        ref: str, hub: FakeHub, fork: str, make_fetcher: Callable[..., Fetcher],
+        cache_dir: Path) -> None:
+    spec = {"full": fork, "short": fork[:7]}.get(ref, ref)
+    with pytest.raises(IntegrityError) as err:
+        make_fetcher().fetch_repo(f"acme/net:{spec}")
+    message = err.value.message
+    assert message.startswith("SH307") and fork in message and "acme/net" in message
+    assert "fork by its own name" in (err.value.fix or "")
+    assert hub.count("/codeload/") == 0, "no archive of the fork commit is downloaded"
+    assert leftovers(cache_dir) == []
+
+
+def test_a_policy_pin_to_a_fork_commit_is_refused(
+        tmp_path: Path, hub: FakeHub, fork: str, make_fetcher: Callable[..., Fetcher]) -> None:
+    policy = write_policy(tmp_path / "pinned.toml", hub,
+                          body=f'[repos."acme/net"]\ncommit = "{fork}"\n')
+    with pytest.raises(IntegrityError, match="SH307"):
+        make_fetcher(policy=policy).fetch_repo("acme/net")
+
+
+def test_own_commits_on_any_branch_or_tag_are_accepted(
+        hub: FakeHub, make_fetcher: Callable[..., Fetcher]) -> None:
+    old = hub.add_repo("acme/net", {"hubconf.py": b"v = 1\n"})  # main, then main moves on
+    hub.add_repo("acme/net", {"hubconf.py": b"v = 2\n"})
+    release = hub.add_repo("acme/net", {"hubconf.py": b"v = 3\n"}, ref="release/1.0",
+                           tags=("v1.0",))  # a tag on a release branch, not on main
+    fix = hub.add_repo("acme/net", {"hubconf.py": b"v = 4\n"}, ref="dev")
+    hub.add_repo("acme/net", {"hubconf.py": b"v = 5\n"}, ref="dev")  # fix is behind dev
+    fetcher = make_fetcher()
+    for sha in (old, release, fix, old[:7]):
+        assert fetcher.fetch_repo(f"acme/net:{sha}").commit.startswith(sha)
+    # old: one compare with main; release: main, then the branch and tag heads; fix: main,
+    # heads, then a compare with the other branches.
+    assert hub.count("/api/repos/acme/net/compare/main...") >= 3
+
+
+def test_branch_and_tag_names_and_established_commits_cost_no_check(
+        tmp_path: Path, hub: FakeHub, make_fetcher: Callable[..., Fetcher]) -> None:
+    sha = hub.add_repo("acme/net", tags=("v1",))
+    fetcher = make_fetcher()
+    fetcher.fetch_repo("acme/net:main")
+    fetcher.fetch_repo("acme/net:v1")
+    fetcher.fetch_repo("acme/net")
+    checks = ("/api/repos/acme/net/compare/", "/api/repos/acme/net/branches",
+              "/api/repos/acme/net/tags")
+    assert sum(hub.count(p) for p in checks) == 0, "a name resolves to its own head"
+    # The checkout downloaded by name is recorded as the repo's own: asking for its SHA
+    # later needs no request at all.
+    before = hub.count()
+    assert fetcher.fetch_repo(f"acme/net:{sha}").from_cache
+    assert hub.count() == before
+    # A locked commit was checked when it was locked.
+    lock = Lockfile(tmp_path / "safehub.lock")
+    make_fetcher(lockfile=lock, cache_dir=tmp_path / "other").fetch_repo("acme/net:main")
+    make_fetcher(lockfile=lock, cache_dir=tmp_path / "third").fetch_repo("acme/net:main")
+    assert sum(hub.count(p) for p in checks) == 0
+
+
+def test_offline_cannot_confirm_an_unchecked_commit(
+        hub: FakeHub, fork: str, make_fetcher: Callable[..., Fetcher], cache_dir: Path) -> None:
+    # A checkout cached without the check (e.g. by an older safehub) cannot be confirmed
+    # offline: refused, not assumed.
+    import json
+
+    sha = hub.add_repo("acme/net", {"hubconf.py": b"x = 1\n"})
+    make_fetcher().fetch_repo(f"acme/net:{sha}")
+    (record_path,) = (cache_dir / "repos").rglob(f"{sha}.json")
+    record = json.loads(record_path.read_text())
+    assert record["in_repo"] is True
+    record_path.chmod(0o644)
+    record["in_repo"] = False
+    record_path.write_text(json.dumps(record))
+    with pytest.raises(FetchError, match="cannot confirm"):
+        make_fetcher(offline=True).fetch_repo(f"acme/net:{sha}")
+    assert make_fetcher().fetch_repo(f"acme/net:{sha}").from_cache  # online: checked again
+    assert json.loads(record_path.read_text())["in_repo"] is True, "and recorded"
+    assert make_fetcher(offline=True).fetch_repo(f"acme/net:{sha}").from_cache
