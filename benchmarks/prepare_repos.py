@@ -8,20 +8,35 @@ HEAD tree is written to ``benchmarks/.work/repos/<owner>_<name>`` with the commi
 ``.commit``. Nothing here touches the network, and the checkouts are git-ignored:
 their code is never committed to this project. Repos without a mirror are listed
 and skipped; the compatibility tests skip them with that reason.
+
+pytorch/vision's full history is too large to mirror here, so without a mirror it is
+assembled as a sparse snapshot of what its hubconf needs: ``hubconf.py`` (from
+``benchmarks/.work/sources/pytorch+vision/hubconf.py``, a copy of the repository's
+file, or ``--vision-hubconf``) and the ``torchvision/`` package's Python sources from
+the pinned ``torchvision`` release built for this torch (downloaded by pip, no deps;
+the compiled ops are left out, as in a source checkout that was never built).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPOS_DIR = HERE / ".work" / "repos"
+WHEELS_DIR = HERE / ".work" / "wheels"
+VISION_HUBCONF = HERE / ".work" / "sources" / "pytorch+vision" / "hubconf.py"
+VISION_RELEASE = "torchvision==0.28.0"  # the release built for torch 2.13.0
 REPOS = ("snakers4/silero-vad", "facebookresearch/dinov2", "facebookresearch/detr",
-         "isl-org/MiDaS", "rwightman/gen-efficientnet-pytorch", "pytorch/vision")
+         "isl-org/MiDaS", "rwightman/gen-efficientnet-pytorch", "pytorch/vision",
+         "facebookresearch/dino", "mateuszbuda/brain-segmentation-pytorch",
+         "chenyaofo/pytorch-cifar-models", "lukemelas/EfficientNet-PyTorch",
+         "milesial/Pytorch-UNet")
 
 
 def checkout(mirror: Path, target: Path) -> str:
@@ -78,16 +93,58 @@ def checkout(mirror: Path, target: Path) -> str:
     return commit
 
 
+def sparse_vision(hubconf: Path, target: Path) -> str:
+    """Assemble pytorch/vision's hubconf.py and the torchvision package's Python files;
+    returns a label standing for the commit (the hubconf's hash and the release)."""
+    WHEELS_DIR.mkdir(parents=True, exist_ok=True)
+    wheels = sorted(WHEELS_DIR.glob("torchvision-0.28.0-*.whl"))
+    if not wheels:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d",
+                        str(WHEELS_DIR), VISION_RELEASE], check=True)
+        wheels = sorted(WHEELS_DIR.glob("torchvision-0.28.0-*.whl"))
+    digest = hashlib.sha256(hubconf.read_bytes()).hexdigest()[:12]
+    label = f"sparse hubconf.py@{digest} + {wheels[0].name}"
+    if (target / ".commit").is_file() and (target / ".commit").read_text().strip() == label:
+        return label
+    tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copyfile(hubconf, tmp / "hubconf.py")
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        for info in wheel.infolist():
+            name = info.filename
+            if not name.startswith("torchvision/") or name.endswith("/") or not name.endswith(
+                    (".py", ".pyi", ".json", ".txt")) or ".." in name.split("/"):
+                continue
+            dest = tmp / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(wheel.read(info))
+            dest.chmod(0o644)
+    (tmp / ".commit").write_text(label + "\n")
+    (tmp / ".missing").write_text("")
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    for folder in [target, *(p for p in target.rglob("*") if p.is_dir())]:
+        folder.chmod(0o755)
+    return label
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mirrors", type=Path, default=Path("/work/.mirror"),
                         help="folder of <owner>+<name>/repo bare mirrors")
+    parser.add_argument("--vision-hubconf", type=Path, default=VISION_HUBCONF,
+                        help="pytorch/vision's hubconf.py, for its sparse snapshot")
     args = parser.parse_args(argv)
     REPOS_DIR.mkdir(parents=True, exist_ok=True)
     missing = []
     for repo in REPOS:
         mirror = args.mirrors / repo.replace("/", "+") / "repo"
         if not (mirror / "HEAD").is_file():
+            if repo == "pytorch/vision" and args.vision_hubconf.is_file():
+                folder = REPOS_DIR / repo.replace("/", "_")
+                print(f"{repo}: {sparse_vision(args.vision_hubconf, folder)} -> {folder}")
+                continue
             missing.append(repo)
             continue
         commit = checkout(mirror, REPOS_DIR / repo.replace("/", "_"))

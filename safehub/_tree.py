@@ -9,6 +9,9 @@ A hard link is the same file under two names. Landlock grants access by path, so
 a repository folder hard-linked to a file elsewhere (a key, a token) is readable through the
 repository's grant. :func:`links_leaving` finds regular files whose links are not all inside
 the tree.
+
+:func:`write_atomic` writes a file under a temporary name beside it and renames it into
+place, so a failure never leaves a partial file under the final name.
 """
 
 from __future__ import annotations
@@ -17,10 +20,14 @@ import contextlib
 import os
 import shutil
 import stat
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
-__all__ = ["copy_tree", "links_leaving", "remove_tree", "walk"]
+from safehub.errors import SafehubError
+
+__all__ = ["copy_tree", "links_leaving", "remove_tree", "walk", "write_atomic"]
 
 
 def walk(top: str | os.PathLike[str], *, topdown: bool = True,
@@ -143,3 +150,41 @@ def links_leaving(root: str | os.PathLike[str], *, limit: int = 1_000_000) -> li
                 names.setdefault(key, []).append(path)
                 counts[key] = st.st_nlink
     return sorted(Path(paths[0]) for key, paths in names.items() if len(paths) < counts[key])
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO, str], None], *,
+                 failures: tuple[type[BaseException], ...] = (OSError,)) -> None:
+    """Call ``write(file, temp_path)`` on a temporary file beside ``path``, then rename it
+    into place; on any error nothing is left behind.
+
+    Raises SafehubError when the file cannot be written (space, permissions, limits):
+    for an OSError, or one of ``failures`` that ``write`` raises.
+    """
+    folder = path.parent
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise SafehubError(f"cannot write here: {exc.strerror}", subject=str(path),
+                           fix="choose a writable folder") from exc
+    try:
+        with os.fdopen(fd, "w+b") as fh:
+            write(fh, tmp)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except failures as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise SafehubError(f"writing failed, nothing was written: {exc}", subject=str(path),
+                           fix="check the free space and the file-size limit") from exc
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):
+        dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)

@@ -14,16 +14,15 @@ final name.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from enum import Enum
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from safehub._tree import write_atomic as _write_atomic
 from safehub.errors import SafehubError
 
 __all__ = ["OutputFormat", "file_sha256", "prepare", "write_atomic", "write_json",
@@ -115,40 +114,13 @@ def prepare(tensors: Mapping[str, Any], fmt: OutputFormat, *, upcast_bfloat16: b
 
 def write_atomic(path: Path, write: Callable[[BinaryIO, str], None]) -> None:
     """Call ``write(file, temp_path)`` on a temporary file beside ``path``, then rename it
-    into place; on any error nothing is left behind.
+    into place; on any error nothing is left behind (:func:`safehub._tree.write_atomic`).
 
     Raises SafehubError when the file cannot be written (space, permissions, limits).
     """
     from safetensors import SafetensorError
 
-    folder = path.parent
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise SafehubError(f"cannot write here: {exc.strerror}", subject=str(path),
-                           fix="choose a writable folder") from exc
-    try:
-        with os.fdopen(fd, "w+b") as fh:
-            write(fh, tmp)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except (OSError, SafetensorError) as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise SafehubError(f"writing failed, nothing was written: {exc}", subject=str(path),
-                           fix="check the free space and the file-size limit") from exc
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):
-        dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    _write_atomic(path, write, failures=(OSError, SafetensorError))
 
 
 def write_tensors(tensors: Mapping[str, Any], path: Path, fmt: OutputFormat,

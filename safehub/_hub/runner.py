@@ -29,10 +29,17 @@ from safehub.errors import FetchError, IntegrityError, PolicyViolation, SafehubE
 
 if TYPE_CHECKING:
     from safehub._fetch.fetcher import Fetcher
-    from safehub._sandbox.spec import JSONValue, Operation, SandboxLimits, SandboxResult
+    from safehub._sandbox.spec import (
+        JSONValue,
+        Layer,
+        LayerStatus,
+        Operation,
+        SandboxLimits,
+        SandboxResult,
+    )
     from safehub._sandbox.supervisor import Sandbox
 
-__all__ = ["HubCall", "PolicyBroker", "run_hub_call", "verify_signatures"]
+__all__ = ["HubCall", "PolicyBroker", "prestart", "run_hub_call", "verify_signatures"]
 
 log = logging.getLogger("safehub")
 
@@ -55,6 +62,7 @@ class HubCall:
     memory_mb: int | None = None  # can only tighten the policy's limit
     seed: int | None = None  # torch/random/numpy seeded in the child before the import
     trust_nested: tuple[str, ...] = ()  # repos the entrypoint may torch.hub.load, this call
+    as_file: bool = False  # load: the checked safetensors file, not tensors (no torch here)
 
 
 class PolicyBroker:
@@ -215,14 +223,16 @@ def _import_torch_meanwhile() -> threading.Thread | None:
 
 def _sandbox_for(repo_dir: Path) -> Sandbox:
     """The warm sandbox whose zygote preloaded this repo's declared, installed packages."""
-    from safehub._hub.deps import preloadable_dependencies
-    from safehub._sandbox.supervisor import default_sandbox
+    from safehub._hub.warm import sandbox_for
 
-    try:
-        packages = preloadable_dependencies(repo_dir)
-    except OSError:
-        packages = ()
-    return default_sandbox(packages)
+    return sandbox_for(repo_dir)
+
+
+def prestart(call: HubCall) -> Sandbox | None:
+    """Start the call's zygote and bytecode in the background (see :mod:`warm`)."""
+    from safehub._hub.warm import prestart as start
+
+    return start(call.repo_or_dir, call.source)
 
 
 def run_hub_call(call: HubCall, policy: Policy | str | os.PathLike[str] | None = None, *,
@@ -230,19 +240,22 @@ def run_hub_call(call: HubCall, policy: Policy | str | os.PathLike[str] | None =
     """Decide, fetch, verify and run one hub call in the sandbox."""
     from safehub._fetch.fetcher import Fetcher
     from safehub._fetch.location import get_dir
-    from safehub._hub.torchscript import accepts_torchscript, take_archives
+    from safehub._hub.torchscript import (
+        accepts_torchscript,
+        take_archives,
+        take_file_archives,
+    )
     from safehub._sandbox.spec import Layer, SandboxRequest
     from safehub._torchdep import require_torch
 
     require_torch(f"hub.{call.op.value}")
     for spec in call.trust_nested:  # a malformed name is the caller's error, before any work
         _nested_key(spec)
-    early = None
-    if call.source == "local":
-        # The zygote's start (importing torch and the declared packages, seconds) overlaps
-        # the policy, the signature check and the layer probe's wait below.
-        early = _sandbox_for(Path(os.path.expanduser(call.repo_or_dir)))
-        early.start_in_background()
+    # The zygote's start (importing torch and the declared packages, seconds) and, for
+    # the API, this process's own torch import overlap the policy, fetch and checks.
+    early = prestart(call)
+    importer = (_import_torch_meanwhile() if call.op.value == "load" and not call.as_file
+                else None)
     policy = load_policy(policy)
     fetcher = fetcher or Fetcher(policy, hub_dir=get_dir())
     with contextlib.ExitStack() as stack:
@@ -260,29 +273,44 @@ def run_hub_call(call: HubCall, policy: Policy | str | os.PathLike[str] | None =
                                fix="use source='github' or source='local'")
         sandbox = early if early is not None and repo_dir == Path(
             os.path.expanduser(call.repo_or_dir)) else _sandbox_for(repo_dir)
-        layers = sandbox.layers()
-        policy.check(IsolationRequest({layer.value: None if status.available else status.detail
-                                     for layer, status in layers.items()}))
+
+        def check_layers(layers: dict[Layer, LayerStatus]) -> None:
+            # Judged on the layers of the child that will run the code, before it gets
+            # the call (no separate probe child).
+            policy.check(IsolationRequest({layer.value: None if status.available
+                                           else status.detail
+                                           for layer, status in layers.items()}))
+
         request = SandboxRequest(repo_dir, call.op, call.entrypoint, tuple(call.args),
-                             dict(call.kwargs), limits=_limits(policy, call),
-                             required_layers=frozenset(Layer(name) for name in
-                                                       policy.model.sandbox.required_layers),
-                             seed=call.seed,
-                             script_archives=call.op.value == "load" and
-                             accepts_torchscript(policy, requester))
+                                 dict(call.kwargs), limits=_limits(policy, call),
+                                 required_layers=frozenset(Layer(name) for name in
+                                                           policy.model.sandbox.required_layers),
+                                 seed=call.seed, as_file=call.as_file,
+                                 script_archives=call.op.value == "load" and
+                                 accepts_torchscript(policy, requester))
         broker = PolicyBroker(fetcher, requester, call.trust_nested,
                               outer=requester or str(repo_dir))
-        importer = _import_torch_meanwhile() if call.op.value == "load" else None
         try:
-            result = sandbox.run(request, broker)
+            result = sandbox.run(request, broker, check_layers=check_layers)
         finally:
             if importer is not None:
                 importer.join()
         for layer, reason in result.layers_missing.items():
             log.warning("sandbox layer %s was not applied: %s", layer.value, reason)
         if call.op.value == "load":
-            tensors, shape, scripts = take_archives(
-                result.tensors, result.shape, policy=policy, repo=requester,
-                subject=f"{call.repo_or_dir}:{call.entrypoint}")
-            result = replace(result, tensors=tensors, shape=shape, torchscript=scripts)
+            subject = f"{call.repo_or_dir}:{call.entrypoint}"
+            if result.file is not None:  # no torch here: the archives leave the checked file
+                try:
+                    shape, scripts = take_file_archives(result.file, result.shape,
+                                                        policy=policy, repo=requester,
+                                                        subject=subject)
+                except BaseException:
+                    result.file.close()
+                    raise
+                result = replace(result, shape=shape, torchscript=scripts)
+            else:
+                tensors, shape, scripts = take_archives(result.tensors, result.shape,
+                                                        policy=policy, repo=requester,
+                                                        subject=subject)
+                result = replace(result, tensors=tensors, shape=shape, torchscript=scripts)
         return replace(result, fetched=tuple(broker.served)) if broker.served else result

@@ -21,12 +21,13 @@ import sys
 import tempfile
 import threading
 
-__all__ = ["compiled"]
+__all__ = ["compile_in_background", "compiled"]
 
 _TIMEOUT_S = 20.0
 _lock = threading.Lock()
 _root: str | None = None
 _done: dict[str, str | None] = {}
+_pending: dict[str, threading.Thread] = {}
 
 
 def _private_root() -> str:
@@ -38,9 +39,26 @@ def _private_root() -> str:
     return _root
 
 
+def compile_in_background(repo_dir: str) -> None:
+    """Start compiling ``repo_dir`` now, so the compile overlaps the zygote's start and
+    the caller's other work; :func:`compiled` then waits for it."""
+    with _lock:
+        if repo_dir in _done or repo_dir in _pending:
+            return
+        thread = threading.Thread(target=compiled, args=(repo_dir,), daemon=True,
+                                  name="safehub-compile")
+        _pending[repo_dir] = thread
+    thread.start()
+
+
 def compiled(repo_dir: str) -> str | None:
     """The pycache prefix holding ``repo_dir``'s bytecode (compiled on first use)."""
     with _lock:
+        pending = _pending.get(repo_dir)
+    if pending is not None and pending is not threading.current_thread():
+        pending.join()
+    with _lock:
+        _pending.pop(repo_dir, None)
         if repo_dir in _done:
             return _done[repo_dir]
         prefix = os.path.join(_private_root(), str(len(_done)))

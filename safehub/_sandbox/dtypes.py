@@ -9,13 +9,21 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["from_name", "name_of"]
+__all__ = ["ITEMSIZE", "from_name", "name_of"]
 
 _NAMES = {
     "BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "U16": "uint16",
     "F16": "float16", "BF16": "bfloat16", "I32": "int32", "U32": "uint32", "F32": "float32",
     "F64": "float64", "I64": "int64", "U64": "uint64", "F8_E5M2": "float8_e5m2",
     "F8_E4M3": "float8_e4m3fn", "F8_E8M0": "float8_e8m0fnu", "C64": "complex64",
+}
+
+# Bytes per element, by safetensors name: what the parent checks a result against
+# without importing torch (the CLI writes the bytes as they are).
+ITEMSIZE = {
+    "BOOL": 1, "U8": 1, "I8": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4,
+    "U32": 4, "F32": 4, "F64": 8, "I64": 8, "U64": 8, "F8_E5M2": 1, "F8_E4M3": 1,
+    "F8_E8M0": 1, "C64": 8,
 }
 
 _by_name: dict[str, Any] | None = None

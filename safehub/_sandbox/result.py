@@ -11,19 +11,29 @@ checked before anything is parsed or mapped, cheapest first:
 3. the header passes the scanner's safetensors consistency checks (known dtypes,
    shapes times sizes equal to each byte range, ranges contiguous and covering the
    data exactly, no duplicate keys), and every tensor is aligned for its type;
-4. only then is the file mapped, copy-on-write, and each tensor is a view of the
+4. booleans are checked on the raw bytes (0 or 1 only);
+5. only then is the file mapped, copy-on-write, and each tensor is a view of the
    mapping: zero copies, and pages are read only when the caller touches them.
+
+Steps 1-4 need no torch (:func:`check_result`): the CLI writes a checked result as a
+safetensors file (a header rebuilt from the checked entries, then the data bytes)
+without importing torch in its own process.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import json
 import mmap
 import os
 import stat
 import struct
+import weakref
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from safehub._format.escape import escape_line
 from safehub._sandbox import dtypes
@@ -31,7 +41,8 @@ from safehub._sandbox.errors import BadResult, clean_text
 from safehub._sandbox.writer import SEALS
 from safehub._scanner.fmt_safetensors import HeaderError, check_header
 
-__all__ = ["MAX_HEADER_BYTES", "MAX_TENSORS", "read_tensors"]
+__all__ = ["MAX_HEADER_BYTES", "MAX_TENSORS", "TensorFile", "TensorSpec", "check_result",
+           "read_tensors"]
 
 MAX_HEADER_BYTES = 16 << 20  # ~100 bytes per tensor: room for 100k+ tensors, parsed in ~0.1 s
 MAX_TENSORS = 100_000
@@ -47,10 +58,168 @@ def read_tensors(fd: int, *, order: Sequence[str] | None = None,
     ``order`` is the key order the child reported; it must name exactly the tensors
     of the header. Raises :class:`BadResult` for anything unexpected.
     """
+    with check_result(fd, order=order, max_header=max_header,
+                      max_tensors=max_tensors) as checked:
+        return checked.tensors()
+
+
+def check_result(fd: int, *, order: Sequence[str] | None = None,
+                 max_header: int = MAX_HEADER_BYTES,
+                 max_tensors: int = MAX_TENSORS) -> TensorFile:
+    """Validate the sealed safetensors memfd ``fd`` without importing torch.
+
+    Returns a :class:`TensorFile` that owns ``fd`` (closed on error, or by
+    :meth:`TensorFile.close`). Raises :class:`BadResult` for anything unexpected.
+    """
     try:
-        return _read(fd, order, max_header, max_tensors)
-    finally:
+        specs, size, start = _check(fd, order, max_header, max_tensors)
+    except BaseException:
         os.close(fd)
+        raise
+    return TensorFile(fd, size, start, specs)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One checked tensor entry: where its bytes lie in the data section."""
+
+    name: str
+    dtype: str  # the safetensors name (F32, BF16...)
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+
+class TensorFile:
+    """A validated result file: its tensors as torch views (:meth:`tensors`), or its
+    bytes written out as a safetensors file (:meth:`write`), which needs no torch. An
+    entry that is not a tensor of the result (a TorchScript archive) is taken out as
+    bytes with :meth:`take`, also without torch.
+
+    Owns the memfd; the descriptor is closed by :meth:`close`, by ``with``, or when
+    the object is collected.
+    """
+
+    def __init__(self, fd: int, size: int, start: int, specs: list[TensorSpec]):
+        self.fd = fd
+        self.size = size
+        self.start = start
+        self.specs = specs
+        self._taken = False  # an entry was taken out: the data section is compacted
+        self._closer = weakref.finalize(self, os.close, fd)
+
+    def __enter__(self) -> TensorFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def close(self) -> None:
+        self._closer()
+
+    def take(self, name: str) -> tuple[TensorSpec, bytes]:
+        """Take the checked entry ``name`` out of the file: it is neither written by
+        :meth:`write` nor mapped by :meth:`tensors`. Returns its spec and its bytes, read
+        from the memfd by the checked offsets (no torch). Raises KeyError if absent."""
+        spec = next((s for s in self.specs if s.name == name), None)
+        if spec is None:
+            raise KeyError(name)
+        length = spec.end - spec.begin
+        chunks, done = [], 0
+        while done < length:  # one pread returns at most ~2 GiB
+            chunk = os.pread(self.fd, min(length - done, 1 << 30), self.start + spec.begin + done)
+            if not chunk:
+                raise _bad(f"tensor {_show(name)}: the file ended early", name)
+            chunks.append(chunk)
+            done += len(chunk)
+        data = b"".join(chunks)
+        self.specs.remove(spec)
+        self._taken = True
+        return spec, data
+
+    def _layout(self) -> list[tuple[TensorSpec, int]]:
+        """Each entry with its offset in the written data section. As checked, unless an
+        entry was taken out: then the rest are packed without the gap, largest item size
+        first (each length is a multiple of its item size, so every entry stays aligned
+        in a data section that starts 8-aligned)."""
+        if not self._taken:
+            return [(spec, spec.begin) for spec in self.specs]
+        offset, layout = 0, []
+        for spec in sorted(self.specs, key=lambda s: (-dtypes.ITEMSIZE[s.dtype], s.begin)):
+            layout.append((spec, offset))
+            offset += spec.end - spec.begin
+        return layout
+
+    def header(self) -> bytes:
+        """The header safehub writes: rebuilt from the checked entries (never the
+        child's own bytes), in the reported order, ``{"format": "pt"}`` metadata as
+        ``safetensors.torch.save_file`` writes, padded so the data starts 8-aligned."""
+        return self._header(dict((spec.name, begin) for spec, begin in self._layout()))
+
+    def _header(self, offsets: dict[str, int]) -> bytes:
+        entries: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+        for spec in self.specs:
+            begin = offsets[spec.name]
+            entries[spec.name] = {"dtype": spec.dtype, "shape": list(spec.shape),
+                                  "data_offsets": [begin, begin + spec.end - spec.begin]}
+        head = json.dumps(entries, separators=(",", ":"), ensure_ascii=False).encode()
+        return head + b" " * (-(8 + len(head)) % 8)
+
+    def write(self, path: str | os.PathLike[str]) -> int:
+        """Write the tensors to ``path`` as safetensors, atomically: the rebuilt header,
+        then the data section copied from the memfd in the kernel. Returns the size."""
+        from safehub._tree import write_atomic
+
+        layout = self._layout()
+        head = self._header(dict((spec.name, begin) for spec, begin in layout))
+        # What to copy: the whole checked data section, or (an entry taken out) each
+        # remaining entry's bytes in the new order.
+        ranges = ([(self.start, self.size - self.start)] if not self._taken else
+                  [(self.start + spec.begin, spec.end - spec.begin) for spec, _ in layout])
+        data = sum(length for _, length in ranges)
+
+        def write(fh: BinaryIO, _tmp: str) -> None:
+            fh.write(struct.pack("<Q", len(head)) + head)
+            fh.flush()
+            out = fh.fileno()
+            for offset, left in ranges:
+                while left:
+                    moved = os.sendfile(out, self.fd, offset, min(left, 1 << 30))
+                    if moved <= 0:
+                        raise OSError(errno.EIO, "the result file ended early")
+                    offset += moved
+                    left -= moved
+
+        write_atomic(Path(path), write)
+        return 8 + len(head) + data
+
+    def tensors(self) -> dict[str, Any]:
+        """The tensors as views of a private (copy-on-write) mapping of the file."""
+        import torch
+
+        mapping = (mmap.mmap(self.fd, self.size, mmap.MAP_PRIVATE,
+                             mmap.PROT_READ | mmap.PROT_WRITE)
+                   if self.size > self.start else None)
+        tensors: dict[str, Any] = {}
+        for spec in self.specs:
+            dtype = dtypes.from_name(spec.dtype)
+            count = (spec.end - spec.begin) // dtype.itemsize
+            try:
+                if count == 0 or mapping is None:
+                    tensors[spec.name] = torch.empty(spec.shape, dtype=dtype)
+                    continue
+                t = torch.frombuffer(mapping, dtype=dtype, count=count,
+                                     offset=self.start + spec.begin)
+                tensors[spec.name] = t.view(spec.shape)
+            except (RuntimeError, TypeError, ValueError, OverflowError) as exc:
+                # The checks should leave torch nothing to refuse; if it still does, the
+                # result is refused by name rather than crashing the parent.
+                raise _bad(f"tensor {_show(spec.name)}: torch refused it "
+                           f"({clean_text(exc, 300)})", spec.name) from None
+        return tensors
 
 
 def _bad(message: str, key: str | None = None) -> BadResult:
@@ -89,10 +258,8 @@ def _check_shape(name: str, shape: list[int], itemsize: int) -> None:
             raise _bad(f"tensor {_show(name)}: shape {shape} overflows 64 bits", name)
 
 
-def _read(fd: int, order: Sequence[str] | None, max_header: int,
-          max_tensors: int) -> dict[str, Any]:
-    import torch
-
+def _check(fd: int, order: Sequence[str] | None, max_header: int,
+           max_tensors: int) -> tuple[list[TensorSpec], int, int]:
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         raise _bad("the result descriptor is not a memory file")
     try:
@@ -128,39 +295,31 @@ def _read(fd: int, order: Sequence[str] | None, max_header: int,
             raise _bad("the reported key order does not match the tensors in the file")
         names = list(order)
 
-    specs: list[tuple[str, Any, list[int], int, int]] = []
+    specs: list[TensorSpec] = []
     for name in names:
         info: Any = parsed[name]
         _check_name(name)
-        try:
-            dtype = dtypes.from_name(info["dtype"])
-        except KeyError:
-            raise _bad(f"tensor {_show(name)}: dtype {info['dtype']} is not accepted",
-                       name) from None
-        _check_shape(name, info["shape"], dtype.itemsize)
+        itemsize = dtypes.ITEMSIZE.get(info["dtype"])
+        if itemsize is None:
+            raise _bad(f"tensor {_show(name)}: dtype {info['dtype']} is not accepted", name)
+        _check_shape(name, info["shape"], itemsize)
         begin, end = info["data_offsets"]
-        itemsize = dtype.itemsize
         if (start + begin) % itemsize:
             raise _bad(f"tensor {_show(name)} is not aligned for {info['dtype']}", name)
-        specs.append((name, dtype, info["shape"], begin, (end - begin) // itemsize))
+        if info["dtype"] == "BOOL" and end > begin:
+            _check_booleans(fd, name, start + begin, end - begin)
+        specs.append(TensorSpec(name, info["dtype"], tuple(info["shape"]), begin, end))
+    return specs, size, start
 
-    data = size - start
-    mapping = (mmap.mmap(fd, size, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE)
-               if data else None)
-    tensors: dict[str, Any] = {}
-    for name, dtype, shape, begin, count in specs:
-        try:
-            if count == 0 or mapping is None:
-                tensors[name] = torch.empty(shape, dtype=dtype)
-                continue
-            t = torch.frombuffer(mapping, dtype=dtype, count=count, offset=start + begin)
-            t = t.view(shape)
-        except (RuntimeError, TypeError, ValueError, OverflowError) as exc:
-            # The checks above should leave torch nothing to refuse; if it still does, the
-            # result is refused by name rather than crashing the parent.
-            raise _bad(f"tensor {_show(name)}: torch refused it ({clean_text(exc, 300)})",
-                       name) from None
-        if dtype == torch.bool and bool((t.view(torch.uint8) > 1).any()):
+
+def _check_booleans(fd: int, name: str, offset: int, length: int) -> None:
+    """torch reads any byte other than 0 and 1 as an undefined boolean: refused here, on
+    the raw bytes, so the file written without torch holds only what torch accepts."""
+    done = 0
+    while done < length:
+        chunk = os.pread(fd, min(length - done, 1 << 24), offset + done)
+        if not chunk:
+            raise _bad(f"tensor {_show(name)}: the file ended early", name)
+        if chunk.translate(None, b"\x00\x01"):
             raise _bad(f"tensor {_show(name)}: booleans other than 0 and 1", name)
-        tensors[name] = t
-    return tensors
+        done += len(chunk)

@@ -179,6 +179,8 @@ class SandboxRequest:
     ``required_layers`` must all be applied or the call refuses to run (SH500);
     missing optional layers are reported in the result. ``unsafe_skip_layers``
     leaves layers out on purpose (diagnosis and tests only; it logs a warning).
+    ``as_file`` (load): the result comes back as the checked safetensors file
+    (``SandboxResult.file``) instead of torch tensors, so the caller needs no torch.
     """
 
     repo_dir: Path
@@ -190,6 +192,7 @@ class SandboxRequest:
     required_layers: frozenset[Layer] = frozenset()
     unsafe_skip_layers: frozenset[Layer] = frozenset()
     seed: int | None = None
+    as_file: bool = False
     # load: TorchScript modules also send their archive (the caller scans it; only where
     # the policy accepts TorchScript)
     script_archives: bool = False
@@ -273,6 +276,8 @@ class SandboxResult:
     now has its own copy); ``fetched`` the URLs and repos the broker served.
     ``shape`` (load) is the structure the entrypoint returned: which key prefix was
     which element, which leaves were dropped and why (see :mod:`safehub._sandbox.shape`).
+    ``file`` (load with ``as_file``): the checked result as a
+    :class:`~safehub._sandbox.result.TensorFile` (``tensors`` is then empty).
     """
 
     op: Operation
@@ -286,5 +291,6 @@ class SandboxResult:
     aliased: tuple[tuple[str, ...], ...] = ()
     fetched: tuple[str, ...] = ()
     shape: Any = None
+    file: Any = None
     # load: TorchScript archives by module prefix, scanned and allowed (safehub._hub.torchscript)
     torchscript: Mapping[str, bytes] = field(default_factory=dict)

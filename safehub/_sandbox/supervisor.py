@@ -23,9 +23,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, NoReturn, TypeGuard
+from typing import Any, NoReturn, TypeAlias, TypeGuard
 
 from safehub._sandbox import bytecode, shape
 from safehub._sandbox.broker import Broker, BrokerService
@@ -41,7 +42,6 @@ from safehub._sandbox.errors import (
     UnknownEntrypoint,
     clean_text,
 )
-from safehub._sandbox.result import read_tensors
 from safehub._sandbox.spec import (
     Layer,
     LayerStatus,
@@ -56,6 +56,8 @@ from safehub.errors import InternalError, SafehubError, SandboxError
 __all__ = ["Sandbox", "default_sandbox", "probe_layers", "run_sandboxed"]
 
 log = logging.getLogger("safehub")
+
+LayerCheck: TypeAlias = Callable[[dict[Layer, LayerStatus]], None]
 
 _EXIT_WAIT_S = 10.0
 _GRACE_S = 1.0
@@ -249,18 +251,28 @@ class Sandbox:
 
     # --- running ------------------------------------------------------------------------
 
-    def run(self, request: SandboxRequest, broker: Broker | None = None) -> SandboxResult:
+    def run(self, request: SandboxRequest, broker: Broker | None = None, *,
+            check_layers: LayerCheck | None = None) -> SandboxResult:
         """Run ``request`` in a fresh sandboxed child; raises a SandboxError subclass when
-        it cannot run, hits a limit, fails, or returns something that is not tensors."""
+        it cannot run, hits a limit, fails, or returns something that is not tensors.
+
+        ``check_layers`` is called with the layers this very child got (every layer,
+        unavailable ones with the reason), after its sandbox is in place and before it
+        receives the call: an exception it raises ends the child before any repository
+        code runs. (It replaces a separate probe: no extra child, and the layers judged
+        are the ones the code runs under.)
+        """
         with self._lock:
-            return _Run(self, request, broker).execute()
+            return _Run(self, request, broker, check_layers).execute()
 
 
 class _Run:
     """One request's life: spawn, handshake, broker, result, cleanup."""
 
-    def __init__(self, sandbox: Sandbox, request: SandboxRequest | None, broker: Broker | None):
+    def __init__(self, sandbox: Sandbox, request: SandboxRequest | None, broker: Broker | None,
+                 check_layers: LayerCheck | None = None):
         self.sb = sandbox
+        self.check_layers = check_layers
         self.request = request
         self.limits = request.limits if request else SandboxLimits()
         self.workdir = Path(tempfile.mkdtemp(prefix="safehub-sandbox-"))
@@ -516,6 +528,18 @@ class _Run:
             raise IsolationUnavailable(f"required sandbox layers missing: {', '.join(absent)}",
                                        layer=Layer(absent[0]), reason="not applied",
                                        subject=self.subject)
+        if self.check_layers is not None:
+            got = {layer: LayerStatus(layer, True, detail)
+                   for layer, detail in message["applied"].items()}
+            got.update((layer, LayerStatus(layer, False, reason))
+                       for layer, reason in message["missing"].items())
+            try:
+                self.check_layers({layer: got.get(layer, LayerStatus(layer, False, "not "
+                                                                     "reported"))
+                                   for layer in Layer})
+            except BaseException:
+                self._kill()  # the call was never sent: no repository code ran
+                raise
         self._send_call()
 
     def _result(self, message: dict[str, Any], fds: list[int]) -> SandboxResult:
@@ -526,6 +550,7 @@ class _Run:
             raise self._protocol("result for another operation")
         received = time.monotonic()
         tensors: dict[str, Any] = {}
+        file = None
         entrypoints: tuple[str, ...] = ()
         doc: str | None = None
         aliased: tuple[tuple[str, ...], ...] = ()
@@ -535,8 +560,13 @@ class _Run:
             if len(fds) != 1 or not _str_list(keys) or not isinstance(groups, list) or not all(
                     _str_list(g) for g in groups):
                 raise self._protocol("malformed load result")
-            fd = fds.pop()
-            tensors = read_tensors(fd, order=keys)
+            from safehub._sandbox.result import check_result  # the scanner's header checks
+
+            file = check_result(fds.pop(), order=keys)
+            if not request.as_file:
+                with file:
+                    tensors = file.tensors()
+                file = None
             try:
                 result_shape = shape.parse(message.get("shape"), keys)
             except shape.ShapeError as exc:
@@ -575,7 +605,7 @@ class _Run:
             op=request.op, tensors=tensors, entrypoints=entrypoints, doc=doc,
             layers_applied=dict(self.ready["applied"]), layers_missing=dict(self.ready["missing"]),
             timings=dict(self.times), usage=usage, aliased=aliased,
-            fetched=tuple(self.service.fetched), shape=result_shape)
+            fetched=tuple(self.service.fetched), shape=result_shape, file=file)
 
     # failures
 

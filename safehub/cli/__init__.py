@@ -113,6 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             require_torch(_NEEDS_TORCH[args.command])
         _check_outputs(args)
+        if args.command in _NEEDS_TORCH and hasattr(args, "repo"):
+            from safehub._hub.warm import prestart
+
+            prestart(args.repo, args.source)  # the zygote first; the rest overlaps its start
         code = int(args.run(args))
         if getattr(args, "policy_note", None):  # the policy a hub command ran under
             log.info("policy: %s", args.policy_note)

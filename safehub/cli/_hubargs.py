@@ -8,12 +8,12 @@ import logging
 from typing import TYPE_CHECKING
 
 from safehub._format.escape import escape_line
-from safehub.policy import Policy, load_policy
 
 __all__ = ["add_repo_options", "entrypoint_name", "parse_kwargs", "policy_for", "run_call"]
 
 if TYPE_CHECKING:
     from safehub._hub.runner import HubCall
+    from safehub.policy import Policy
     from safehub.sandbox import SandboxResult
 
 log = logging.getLogger("safehub")
@@ -49,6 +49,8 @@ def entrypoint_name(value: str) -> str:
 
 
 def policy_for(args: argparse.Namespace) -> Policy:
+    from safehub.policy import load_policy
+
     policy = load_policy(args.policy)
     # Said when the command ends (safehub.cli.main): an error before then stays one line.
     args.policy_note = policy.describe()

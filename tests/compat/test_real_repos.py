@@ -63,6 +63,9 @@ CASES = [
     Case("rwightman/gen-efficientnet-pytorch",
          (("tf_efficientnet_b0", {"pretrained": False}), ("mobilenetv3_large_100", {}),
           ("mixnet_s", {"pretrained": False})), help="mixnet_s"),
+    # torch.hub itself cannot import silero-vad here: its hubconf imports torchaudio, whose
+    # published wheels (up to 2.11.1) are built for torch 2.11 with CUDA; none loads with
+    # torch 2.13.0+cpu (libc10_cuda.so is missing), so it is skipped with that reason.
     Case("snakers4/silero-vad", (("silero_vad", {}),), help="silero_vad",
          needs=("torchaudio",)),
     # MiDaS_small fetches its backbone's ImageNet weights even with pretrained=False (so
@@ -71,6 +74,26 @@ CASES = [
                            ("DPT_Hybrid", {"pretrained": False})), help="MiDaS_small",
          needs=("timm", "torchvision"),
          nested=(("rwightman/gen-efficientnet-pytorch", "master"),)),
+    # A sparse snapshot (hubconf.py and the torchvision package's Python sources, see
+    # benchmarks/prepare_repos.py): the repo's own torchvision/ is imported, as torch.hub does.
+    Case("pytorch/vision", (("resnet18", {}), ("mobilenet_v3_small", {}),
+                            ("shufflenet_v2_x0_5", {}), ("squeezenet1_1", {})),
+         help="resnet18"),
+    Case("facebookresearch/dino", (("dino_vits16", {"pretrained": False}),
+                                   ("dino_vits8", {"pretrained": False})),
+         help="dino_vits16", needs=("torchvision",)),
+    Case("mateuszbuda/brain-segmentation-pytorch", (("unet", {}),
+                                                    ("unet", {"init_features": 8})),
+         help="unet"),
+    Case("chenyaofo/pytorch-cifar-models", (("cifar10_resnet20", {"pretrained": False}),
+                                            ("cifar100_mobilenetv2_x0_5", {"pretrained": False})),
+         help="cifar10_resnet20"),
+    Case("lukemelas/EfficientNet-PyTorch", (("efficientnet_b0", {"pretrained": None}),
+                                            ("efficientnet_b1", {"pretrained": None,
+                                                                 "num_classes": 10})),
+         help="efficientnet_b0"),
+    Case("milesial/Pytorch-UNet", (("unet_carvana", {"pretrained": False}),),
+         help="unet_carvana"),
     Case("facebookresearch/detr", (("detr_resnet50", {"pretrained": False}),),
          help="detr_resnet50", needs=("torchvision", "scipy")),
 ]

@@ -94,7 +94,7 @@ def test_writer_names_every_bad_key() -> None:
 VALID = {"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}
 
 
-@pytest.mark.parametrize("data, seals, words", [
+MALFORMED = [
     (safetensors_bytes(VALID, b"\0" * 8), 0, "not sealed"),
     (safetensors_bytes(VALID, b"\0" * 8),
      fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL, "not sealed"),
@@ -121,7 +121,10 @@ VALID = {"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}
     (safetensors_bytes(b'{"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, '
                        b'"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}',
                        b"\0" * 8), SEALS, "twice"),
-])
+]
+
+
+@pytest.mark.parametrize("data, seals, words", MALFORMED)
 def test_reader_refuses_malformed_results(data: bytes, seals: int, words: str) -> None:
     with pytest.raises(BadResult, match=words) as info:
         read_tensors(memfd(data, seals))
