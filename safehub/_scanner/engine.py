@@ -41,7 +41,7 @@ from safehub._scanner.nonmodel import (
 )
 from safehub._scanner.pickle_vm import FRAMES_BYTES, PickleCursor
 from safehub._scanner.source import ByteSource, FileRegion
-from safehub._scanner.zipdir import ZipError, find_eocd, read_directory
+from safehub._scanner.zipdir import NoDirectory, ZipError, find_eocd, read_directory
 from safehub.findings import FileReport, Finding, ScanReport, Skipped, Verdict
 from safehub.rules import RULES
 
@@ -123,7 +123,8 @@ def _scan_peek_reading(scan: FileScan, fh: BinaryIO, size: int) -> None:
     (SH160) can differ; the streams this reading starts elsewhere are judged here.
     """
     starts = set()
-    cursor = PickleCursor(FileRegion(fh, 0, size), limits=scan.options.limits)
+    cursor = PickleCursor(FileRegion(fh, 0, size), limits=scan.options.limits,
+                          python_reading=True)
     for _ in range(_PEEK_STREAMS):
         if cursor.at_eof():
             break
@@ -132,7 +133,7 @@ def _scan_peek_reading(scan: FileScan, fh: BinaryIO, size: int) -> None:
         if not res.stopped or res.limit:
             break
     cursor = PickleCursor(FileRegion(fh, 0, size), limits=scan.options.limits,
-                          frames=FRAMES_BYTES)
+                          frames=FRAMES_BYTES, python_reading=True)
     for _ in range(_PEEK_STREAMS):
         if cursor.at_eof():
             break
@@ -183,7 +184,10 @@ def _scan_as_pickle(scan: FileScan, fh: BinaryIO, size: int) -> None:
     fails, and then reads up to five consecutive pickles (magic number, protocol, system
     info, object, storage keys): every one of them is probed.
     """
-    cursor = PickleCursor(FileRegion(fh, 0, size), limits=scan.options.limits)
+    # joblib.load and dill read it with pickle._Unpickler: streams where its parsing
+    # differs from _pickle.c's are read its way too (python_reading).
+    cursor = PickleCursor(FileRegion(fh, 0, size), limits=scan.options.limits,
+                          python_reading=True)
     streams = [cursor.stream()]
     while (streams[-1].stopped and not streams[-1].limit and len(streams) < _LEGACY_STREAMS
            and not cursor.at_eof()):
@@ -218,21 +222,32 @@ def _scan_zip_file(scan: FileScan, fh: BinaryIO, *, primary: bool) -> None:
         return
     try:
         directory = read_directory(fh, scan.size, eocd)
-    except ZipError as exc:
+    except NoDirectory as exc:
+        # Bytes that merely contain the end-record signature: no reader finds a directory.
         if primary:
             scan.format = "zip"
             scan.add("SH110", f"zip directory cannot be read: {exc}", offset=eocd)
         return
-    if not primary:
-        if not directory.entries:
-            return
-        scan.add("SH114", "a zip archive is hidden in this file; zip readers (numpy, zipfile) "
-                 "would load it", offset=directory.prefix, subject="hidden-zip")
-        hidden_format = scan_zip(scan, fh, directory)
-        if scan.format == "unknown":
-            scan.format = hidden_format
+    except ZipError as exc:
+        # A central directory is where the end record says, but it cannot be read: a
+        # loader may read it otherwise (fail closed, never "no zip").
+        if primary:
+            scan.format = "zip"
+        else:
+            scan.add("SH114", "a zip archive is hidden in this file; zip readers (torch, "
+                     "numpy, zipfile) may load it", offset=eocd, subject="hidden-zip")
+        scan.add("SH110", f"zip directory cannot be read: {exc}", offset=eocd)
         return
-    scan.format = scan_zip(scan, fh, directory)
+    for reading in (directory, *directory.others):
+        if not primary:
+            if not reading.entries:
+                continue
+            scan.add("SH114", "a zip archive is hidden in this file; zip readers (torch, "
+                     "numpy, zipfile) would load it", offset=reading.prefix,
+                     subject="hidden-zip")
+        fmt = scan_zip(scan, fh, reading)
+        if scan.format in ("unknown", "zip") or (primary and reading is directory):
+            scan.format = fmt
 
 
 def _scan_hidden_zip(scan: FileScan, fh: BinaryIO) -> None:
@@ -331,9 +346,12 @@ def _dead_non_model(fh: BinaryIO, size: int) -> bool:
     if eocd is None:
         return True
     try:
-        return not read_directory(fh, size, eocd).entries
-    except ZipError:
+        directory = read_directory(fh, size, eocd)
+    except NoDirectory:
         return True
+    except ZipError:
+        return False  # a directory no reader may be denied: scanned, never skipped
+    return not any(d.entries for d in (directory, *directory.others))
 
 
 # What the walk says about an entry: scan it, leave it out (with a reason), or report it

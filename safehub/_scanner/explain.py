@@ -52,7 +52,8 @@ def record_bytes(fh: BinaryIO, size: int, location: str) -> bytes | None:
     except ZipError:
         return None
     for entry in reversed(directory.entries):  # the last of duplicate names is what loads
-        if entry.name == location and entry.method in (0, 8) and entry.size <= MAX_DECOMPILE:
+        if (entry.name == location and entry.method in (0, 8) and entry.data_offset >= 0
+                and entry.size <= MAX_DECOMPILE):
             src, _ = open_entry(fh, entry, MAX_DECOMPILE)
             return src.read(MAX_DECOMPILE)
     return None

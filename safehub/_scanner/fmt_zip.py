@@ -49,6 +49,8 @@ def scan_zip(scan: FileScan, fh: BinaryIO, directory: ZipDirectory) -> str:
     loader = Loader.TORCHSCRIPT if torchscript else Loader.TORCH_ZIP
     analyzed = 0
     for entry in entries:
+        if entry.data_offset < 0:
+            continue  # its local header is unreadable (an SH115 anomaly): no loader opens it
         if entry.method not in (0, 8) and not entry.name.endswith("/"):
             # Its content cannot be checked; zipfile (numpy) reads bzip2 and lzma members,
             # so an object array could hide in one.

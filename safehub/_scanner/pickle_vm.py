@@ -304,6 +304,7 @@ class PickleCursor:
         torch_names: bool = False,
         joblib: bool = False,
         frames: str = FRAMES_FILE,
+        python_reading: bool = False,
     ):
         self.src = src
         self.frames = frames
@@ -319,6 +320,10 @@ class PickleCursor:
         self.limits = limits or Limits()
         self.torch_names = torch_names
         self.joblib = joblib
+        # Re-read divergent streams as pickle._Unpickler (joblib.load) does: always for
+        # joblib files, and for readings of any file from its byte 0 (joblib.load reads a
+        # tar or zip-less container as a pickle too).
+        self.python_reading = joblib or python_reading
         self.buf = b""
         self.i = 0
         self.buf_pos = src.tell()  # source position of buf[0]
@@ -645,7 +650,7 @@ class PickleCursor:
             if res.frame_splits:
                 other = FRAMES_BYTES if self.frames == FRAMES_FILE else FRAMES_FILE
                 self._other_reading(res, start_pos, state, other, py=False)
-            if self.divergent and self.joblib:
+            if self.divergent and self.python_reading:
                 self._other_reading(res, start_pos, state, self.frames, py=True)
         return res
 
@@ -661,7 +666,8 @@ class PickleCursor:
         if src is None:
             return  # a forward-only source; the split itself is reported
         other = PickleCursor(src, base=self.base, limits=self.limits,
-                             torch_names=self.torch_names, joblib=self.joblib, frames=frames)
+                             torch_names=self.torch_names, joblib=self.joblib or py,
+                             frames=frames)
         other.py = py
         other.alternate = True
         other.depth = self.depth

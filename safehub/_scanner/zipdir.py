@@ -18,7 +18,8 @@ from typing import BinaryIO
 
 from safehub._scanner.source import ByteSource, FileRegion, StreamSource
 
-__all__ = ["ZipDirectory", "ZipEntry", "ZipError", "find_eocd", "read_directory", "zip64_sizes"]
+__all__ = ["NoDirectory", "ZipDirectory", "ZipEntry", "ZipError", "find_eocd", "read_directory",
+           "zip64_sizes"]
 
 _EOCD = b"PK\x05\x06"
 _EOCD64_LOCATOR = b"PK\x06\x07"
@@ -31,6 +32,10 @@ _MAX_ENTRIES = 1_000_000
 
 class ZipError(Exception):
     """The archive's directory cannot be read (internal)."""
+
+
+class NoDirectory(ZipError):
+    """An end-record signature with no central directory where it says (not a zip)."""
 
 
 @dataclass
@@ -60,6 +65,8 @@ class ZipDirectory:
     prefix: int  # bytes before the archive (its start offset in the file)
     anomalies: list[tuple[str, int | None]] = field(default_factory=list)  # (message, offset)
     end: int = 0  # offset just after the end-of-central-directory record and comment
+    # Other readers' readings of the same end record that find other records.
+    others: list[ZipDirectory] = field(default_factory=list)
 
 
 def find_eocd(fh: BinaryIO, size: int) -> int | None:
@@ -79,7 +86,17 @@ def find_eocd(fh: BinaryIO, size: int) -> int | None:
 
 
 def read_directory(fh: BinaryIO, size: int, eocd: int) -> ZipDirectory:
-    """Parse the central directory that the record at ``eocd`` describes."""
+    """Parse the central directory that the record at ``eocd`` describes.
+
+    zipfile (numpy) and miniz (torch) can locate different directories from one end
+    record: zipfile takes a zip64 record exactly 76 bytes back and shifts offsets by the
+    bytes before the archive; miniz takes the zip64 record the locator points at, falls
+    back to the classic record when that one's signature is wrong, and uses offsets as
+    they are. Every distinct reading that parses is returned (the first, the others in
+    ``others``). ``NoDirectory`` means no reading finds a central record at all (bytes
+    that merely contain the end-record signature); any other ``ZipError`` is an archive
+    the scanner cannot read, which callers report.
+    """
     fh.seek(eocd)
     rec = fh.read(22)
     (_, disk, cd_disk, n_disk, n_total, cd_size, cd_offset, comment_len) = struct.unpack(
@@ -90,32 +107,87 @@ def read_directory(fh: BinaryIO, size: int, eocd: int) -> ZipDirectory:
     if end > size:
         anomalies.append(("end-of-directory comment runs past the end of the file", eocd))
         end = size
-    cd_end = eocd
-    # torch writes a zip64 end record even for small archives; readers use it when its
-    # locator sits right before the classic record (zipfile looks exactly 76 bytes back).
+    if disk != 0 or cd_disk != 0 or n_disk != n_total:
+        anomalies.append(("multi-disk archive fields are set", eocd))
+    classic = (n_total, cd_size, cd_offset)
+    # (entries, directory size, directory offset, bytes before the archive) per reader.
+    readings: list[tuple[int, int, int, int]] = []
     fh.seek(max(0, eocd - 20))
     locator = fh.read(20) if eocd >= 20 else b""
     if locator[:4] == _EOCD64_LOCATOR:
-        rec64_at = eocd - 20 - 56
-        fh.seek(max(0, rec64_at))
-        rec64 = fh.read(56)
-        if rec64_at < 0 or len(rec64) < 56 or rec64[:4] != _EOCD64:
-            raise ZipError("zip64 end-of-directory record is missing")
-        if struct.unpack_from("<Q", locator, 8)[0] != rec64_at:
+        # zipfile: the record 76 bytes back, else the classic record; offsets shifted.
+        fixed_at = eocd - 20 - 56
+        fixed = _zip64_record(fh, fixed_at)
+        if fixed is None:
+            anomalies.append(("zip64 end record is missing or invalid; readers fall back to "
+                              "the classic end record", eocd - 20))
+            readings.append((*classic, eocd - cd_size - cd_offset))
+        else:
+            readings.append((*fixed, fixed_at - fixed[1] - fixed[2]))
+        # miniz: the record the locator names (an offset past the file ends the read).
+        (located_at,) = struct.unpack_from("<Q", locator, 8)
+        if located_at != fixed_at:
             anomalies.append(("zip64 locator points elsewhere than its record", eocd - 20))
-        n_total, cd_size, cd_offset = struct.unpack_from("<QQQ", rec64, 32)
-        n_disk = n_total
-        cd_end = rec64_at
-    elif n_total == 0xFFFF or cd_size == 0xFFFFFFFF or cd_offset == 0xFFFFFFFF:
-        raise ZipError("zip64 archive without its locator")
-    if disk != 0 or cd_disk != 0 or n_disk != n_total:
-        anomalies.append(("multi-disk archive fields are set", eocd))
+        if located_at <= size - 56:
+            located = _zip64_record(fh, located_at)
+            readings.append((*(located or classic), 0))
+    else:
+        if n_total == 0xFFFF or cd_size == 0xFFFFFFFF or cd_offset == 0xFFFFFFFF:
+            anomalies.append(("zip64 values without a zip64 locator", eocd))
+        readings.append((*classic, eocd - cd_size - cd_offset))
+        readings.append((*classic, 0))
+    directories: list[ZipDirectory] = []
+    errors: list[str] = []
+    found_central = False
+    for reading in dict.fromkeys(readings):
+        count, dir_size, dir_offset, prefix = reading
+        if prefix < 0 or dir_offset + prefix >= size:
+            continue
+        fh.seek(dir_offset + prefix)
+        if not ((count == 0 and dir_size == 0) or fh.read(4) == _CENTRAL):
+            continue
+        found_central = True
+        try:
+            directories.append(_read_reading(fh, size, reading, list(anomalies), end))
+        except ZipError as exc:
+            errors.append(str(exc))
+    if not directories:
+        if not found_central:
+            raise NoDirectory("no central directory where the end record says")
+        raise ZipError("; ".join(dict.fromkeys(errors)))
+    first, *rest = directories
+    seen = {_key(first)}
+    for other in rest:
+        if _key(other) not in seen:
+            seen.add(_key(other))
+            first.others.append(other)
+            first.anomalies.append(("zip readers locate different central directories "
+                                    "(zipfile and miniz)", eocd))
+    return first
+
+
+def _key(directory: ZipDirectory) -> tuple[tuple[str, int, int], ...]:
+    return tuple((e.name, e.header_offset, e.compressed_size) for e in directory.entries)
+
+
+def _zip64_record(fh: BinaryIO, at: int) -> tuple[int, int, int] | None:
+    """(entries, directory size, directory offset) of a zip64 end record, or None when
+    there is none at ``at``."""
+    if at < 0:
+        return None
+    fh.seek(at)
+    rec64 = fh.read(56)
+    if len(rec64) < 56 or rec64[:4] != _EOCD64:
+        return None
+    n_total, cd_size, cd_offset = struct.unpack_from("<QQQ", rec64, 32)
+    return n_total, cd_size, cd_offset
+
+
+def _read_reading(fh: BinaryIO, size: int, reading: tuple[int, int, int, int],
+                  anomalies: list[tuple[str, int | None]], end: int) -> ZipDirectory:
+    n_total, cd_size, cd_offset, prefix = reading
     if n_total > _MAX_ENTRIES:
         raise ZipError(f"archive declares {n_total} entries")
-    # Data before the archive: zipfile shifts every offset by it; torch refuses such files.
-    prefix = cd_end - cd_size - cd_offset
-    if prefix < 0:
-        raise ZipError("central directory lies outside the file")
     fh.seek(cd_offset + prefix)
     central = fh.read(cd_size)
     if len(central) < cd_size:
@@ -194,11 +266,15 @@ def zip64_sizes(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int,
 def _read_local_headers(
     fh: BinaryIO, size: int, entries: list[ZipEntry], anomalies: list[tuple[str, int | None]]
 ) -> None:
+    # Loaders read a local header only when they open its entry: a bad one makes that
+    # entry unreadable (data_offset stays -1), never the whole archive.
     for entry in entries:
         fh.seek(entry.header_offset)
         header = fh.read(30)
         if len(header) < 30 or header[:4] != _LOCAL:
-            raise ZipError(f"{entry.name}: local header missing at {entry.header_offset}")
+            anomalies.append((f"{entry.name}: local header missing at {entry.header_offset}",
+                              entry.header_offset))
+            continue
         local_flags, _method = struct.unpack_from("<HH", header, 6)
         name_len, extra_len = struct.unpack_from("<HH", header, 26)
         entry.local_flags = local_flags
@@ -212,7 +288,9 @@ def _read_local_headers(
             anomalies.append((f"{entry.name}: local header encryption flag differs from the "
                               "central directory", entry.header_offset))
         if entry.data_offset + entry.compressed_size > size:
-            raise ZipError(f"{entry.name}: data extends past the end of the file")
+            anomalies.append((f"{entry.name}: data extends past the end of the file",
+                              entry.header_offset))
+            entry.data_offset = -1
 
 
 def _check_layout(
@@ -227,7 +305,8 @@ def _check_layout(
         if entry.method == 0 and entry.compressed_size != entry.size:
             anomalies.append((f"{entry.name}: stored entry whose sizes differ",
                               entry.header_offset))
-    spans = sorted((e.header_offset, e.data_offset + e.compressed_size, e.name) for e in entries)
+    spans = sorted((e.header_offset, e.data_offset + e.compressed_size, e.name) for e in entries
+                   if e.data_offset >= 0)
     for (_, end_a, name_a), (start_b, _, name_b) in itertools.pairwise(spans):
         if start_b < end_a:
             anomalies.append((f"entries {name_a!r} and {name_b!r} overlap", start_b))

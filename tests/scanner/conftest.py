@@ -48,6 +48,9 @@ for path, loader, setup in cases:
         elif loader == "joblib":
             import joblib
             joblib.load(path)
+        elif loader == "torch-package":  # torch.package's miniz reader, its pickle "res/obj.pkl"
+            from torch.package import PackageImporter
+            PackageImporter(path).load_pickle("res", "obj.pkl")
         elif loader == "safetensors":
             import safetensors.numpy
             safetensors.numpy.load_file(path)
