@@ -41,6 +41,7 @@ from safehub._scanner.nonmodel import (
 )
 from safehub._scanner.pickle_vm import FRAMES_BYTES, PickleCursor
 from safehub._scanner.source import ByteSource, FileRegion
+from safehub._scanner.textpickle import dead_text_names
 from safehub._scanner.zipdir import ZipError, find_eocd, read_directory
 from safehub.findings import FileReport, Finding, ScanReport, Skipped, Verdict
 from safehub.rules import RULES
@@ -166,6 +167,15 @@ def _scan_pickle_or_unknown(scan: FileScan, fh: BinaryIO, size: int) -> None:
     def reopen(start: int, length: int) -> ByteSource:
         return FileRegion(fh, start, length)
 
+    names = dead_text_names(fh, size, scan.options.limits)
+    if names is not None:
+        # Source code, YAML, prose whose first bytes are opcodes: no loader gets anywhere.
+        scan.format = "unknown"
+        looked_up = (f"; {', '.join(map(repr, names))}, which a reader would ask "
+                     "__import__ for, can name no installed module" if names else "")
+        scan.add("SH190", "content is text, not a model format: read as a pickle, every "
+                 f"loader stops before it completes a record or imports a module{looked_up}")
+        return
     _, is_pickle = scan_pickle_file(scan, FileRegion(fh, 0, size), reopen=reopen)
     if not is_pickle:
         scan.format = "unknown"
