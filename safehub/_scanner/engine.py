@@ -215,8 +215,9 @@ def _scan_as_pickle(scan: FileScan, fh: BinaryIO, size: int) -> None:
 
 
 def _importable(name: str) -> bool:
-    """Whether an import could succeed: every dotted part a Python identifier."""
-    return all(part.isidentifier() for part in name.split("."))
+    """Whether an import could succeed: every dotted part a Python identifier (after a
+    leading dot: ``__import__('.antigravity')`` finds and runs ``antigravity``)."""
+    return all(part.isidentifier() for part in name.removeprefix(".").split("."))
 
 
 def _scan_zip_file(scan: FileScan, fh: BinaryIO, *, primary: bool) -> None:

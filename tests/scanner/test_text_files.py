@@ -143,3 +143,24 @@ def test_import_can_run_matches_the_real_import(tmp_path: Path, module: str) -> 
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, timeout=60,
                    env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert (tmp_path / "ran").exists() == import_can_run(module)
+
+
+def test_leading_dot_import_in_a_tar_polyglot_is_caught(tmp_path: Path, fire: Fire) -> None:
+    """``__import__('.mod')`` finds and runs ``mod``: a tar whose header reads as GLOBAL
+    ``.mod`` is a pickle polyglot (the probe used to take the empty first part as proof
+    that nothing could be imported)."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        info = tarfile.TarInfo("c.shmark_tar\nx\n")
+        info.size = 1
+        tf.addfile(info, io.BytesIO(b"x"))
+    path = tmp_path / "archive.tar"
+    path.write_bytes(buf.getvalue())
+    setup = ("import sys; open('shmark_tar.py', 'w').write(\"open('tarfired', 'w').close()\");"
+             " sys.path.insert(0, '.')")
+    assert "tarfired" in fire([(path, "pickle", setup)])
+    report = scan_one(path)
+    assert report.verdict is Verdict.UNSAFE and "SH114" in rules(report)
