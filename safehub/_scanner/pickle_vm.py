@@ -114,7 +114,7 @@ class Global:
 
     __slots__ = ("effective", "module", "offset", "opcode", "raw")
 
-    def __init__(self, raw: str, effective: str, offset: int, opcode: str, module: str = ""):
+    def __init__(self, raw: str, effective: str, offset: int, opcode: str, module: str):
         self.raw = raw  # as written in the stream
         self.module = module  # the module line as written (what __import__ is first asked)
         self.effective = effective  # after the loader's renames
