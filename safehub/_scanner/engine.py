@@ -41,6 +41,7 @@ from safehub._scanner.nonmodel import (
 )
 from safehub._scanner.pickle_vm import FRAMES_BYTES, PickleCursor
 from safehub._scanner.source import ByteSource, FileRegion
+from safehub._scanner.textpickle import dead_text_names
 from safehub._scanner.zipdir import NoDirectory, ZipError, find_eocd, read_directory
 from safehub.findings import FileReport, Finding, ScanReport, Skipped, Verdict
 from safehub.rules import RULES
@@ -167,6 +168,15 @@ def _scan_pickle_or_unknown(scan: FileScan, fh: BinaryIO, size: int) -> None:
     def reopen(start: int, length: int) -> ByteSource:
         return FileRegion(fh, start, length)
 
+    names = dead_text_names(fh, size, scan.options.limits)
+    if names is not None:
+        # Source code, YAML, prose whose first bytes are opcodes: no loader gets anywhere.
+        scan.format = "unknown"
+        looked_up = (f"; {', '.join(map(repr, names))}, which a reader would ask "
+                     "__import__ for, can name no installed module" if names else "")
+        scan.add("SH190", "content is text, not a model format: read as a pickle, every "
+                 f"loader stops before it completes a record or imports a module{looked_up}")
+        return
     _, is_pickle = scan_pickle_file(scan, FileRegion(fh, 0, size), reopen=reopen)
     if not is_pickle:
         scan.format = "unknown"
@@ -209,8 +219,9 @@ def _scan_as_pickle(scan: FileScan, fh: BinaryIO, size: int) -> None:
 
 
 def _importable(name: str) -> bool:
-    """Whether an import could succeed: every dotted part a Python identifier."""
-    return all(part.isidentifier() for part in name.split("."))
+    """Whether an import could succeed: every dotted part a Python identifier (after a
+    leading dot: ``__import__('.antigravity')`` finds and runs ``antigravity``)."""
+    return all(part.isidentifier() for part in name.removeprefix(".").split("."))
 
 
 def _scan_zip_file(scan: FileScan, fh: BinaryIO, *, primary: bool) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import codecs
 from typing import BinaryIO
 
-__all__ = ["MODEL_NAMES", "dead_magic_kind", "identify_non_model", "is_model_name"]
+__all__ = ["MODEL_NAMES", "dead_magic_kind", "identify_non_model", "is_model_name", "is_text"]
 
 # Names that announce a model file: such a file is never skipped, whatever its content.
 MODEL_NAMES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib", ".npy", ".npz",
@@ -73,14 +73,14 @@ def identify_non_model(fh: BinaryIO, size: int) -> str | None:
     for magic, kind in (*_DEAD_MAGIC, *_LATE_MAGIC):
         if head.startswith(magic):
             return kind
-    if _is_text(fh, size):
+    if is_text(fh, size):
         return "text"
     if _is_sentencepiece(fh, size):
         return "sentencepiece tokenizer model"
     return None
 
 
-def _is_text(fh: BinaryIO, size: int) -> bool:
+def is_text(fh: BinaryIO, size: int) -> bool:
     """The whole file is UTF-8 text without NUL or other binary control characters."""
     if size > _TEXT_LIMIT:
         return False

@@ -112,10 +112,11 @@ class AnalysisLimit(Exception):
 class Global:
     """A name the loader would import: ``find_class(module, name)``."""
 
-    __slots__ = ("effective", "offset", "opcode", "raw")
+    __slots__ = ("effective", "module", "offset", "opcode", "raw")
 
-    def __init__(self, raw: str, effective: str, offset: int, opcode: str):
+    def __init__(self, raw: str, effective: str, offset: int, opcode: str, module: str):
         self.raw = raw  # as written in the stream
+        self.module = module  # the module line as written (what __import__ is first asked)
         self.effective = effective  # after the loader's renames
         self.offset = offset
         self.opcode = opcode
@@ -1126,6 +1127,7 @@ class PickleCursor:
         self, res: StreamResult, module: str, name: str, proto: int, at: int, opcode: str
     ) -> Global:
         raw = f"{module}.{name}"
+        written = module
         if proto < 3:
             mapped = _compat_pickle.NAME_MAPPING.get((module, name))
             if mapped is not None:
@@ -1134,7 +1136,7 @@ class PickleCursor:
                 module = _compat_pickle.IMPORT_MAPPING[module]
         if self.torch_names:
             module = _TORCH_MODULE_RENAMES.get(module, module)
-        g = Global(raw, f"{module}.{name}", at, opcode)
+        g = Global(raw, f"{module}.{name}", at, opcode, written)
         res.globals.append(g)
         return g
 

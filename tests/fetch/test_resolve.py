@@ -179,3 +179,24 @@ def test_model_files_in_a_checkout_are_scanned_and_decided(
     with pytest.raises(PolicyViolation) as err:
         make_fetcher().fetch_repo(f"acme/net:{evil}")
     assert "notes.txt" in err.value.diagnostics() and "SH100" in err.value.diagnostics()
+
+
+def test_source_files_starting_with_opcode_letters_do_not_block_a_checkout(
+        hub: FakeHub, make_fetcher: Callable[..., Fetcher], checkpoint: bytes) -> None:
+    """``import os`` reads as protocol 0 INST, ``checkpoint:`` as GLOBAL: no loader gets
+    anywhere with them (tests/scanner/test_text_files.py), so they are not model files."""
+    files = {"hubconf.py": b"import os\nimport torch\n\ndependencies = ['torch']\n",
+             "models/net.py": b"class Net:\n    pass\n",
+             "configs/base.yaml": b"checkpoint: weights/net.pt\nlr: 0.1\n",
+             "scripts/run.sh": b"cd /opt\nif [ -n \"$X\" ]; then\n  echo hi\nfi\n",
+             "requirements.txt": b"Flask==2.0\nSphinx\n",
+             "weights/net.pt": checkpoint}
+    sha = hub.add_repo("acme/net", files)
+    checkout = make_fetcher().fetch_repo(f"acme/net:{sha}")
+    assert [r.path.rsplit("/", 1)[-1] for r in checkout.reports] == ["net.pt"]
+    # Text that a loader does run stays refused, whatever its name.
+    evil = hub.add_repo("acme/net", {**files, "configs/evil.yaml":
+                                     b"cos\nsystem\n(S'echo hi'\ntR."}, ref="evil")
+    with pytest.raises(PolicyViolation) as err:
+        make_fetcher().fetch_repo(f"acme/net:{evil}")
+    assert "evil.yaml" in err.value.diagnostics() and "SH100" in err.value.diagnostics()

@@ -1,0 +1,70 @@
+"""Text whose first bytes happen to be pickle opcodes: source code, YAML, prose.
+
+``import os`` is protocol 0 INST (``i``), ``class``/``config:`` is GLOBAL (``c``), ``(``
+is MARK, ``I``/``F``/``L``/``S``/``N`` push values. What the real loaders do with such
+text decides (the oracle, tests/scanner/test_text_files.py, runs them):
+
+- ``_pickle.c`` (torch.load, pickle.load, numpy.load) calls ``marker()`` before it reads
+  INST's lines, so ``import os`` fails with "could not find MARK" having read nothing;
+  GLOBAL reads its two lines and asks ``__import__`` for the first one.
+- ``pickle._Unpickler`` (joblib.load) reads INST's lines and calls ``find_class`` before
+  it looks for the MARK, so it asks ``__import__`` for ``mport os``.
+
+``__import__`` first looks up the shortest prefix of the name that has no parent
+(``a`` of ``a.b``; ``.a`` of ``.a.b``, found by its last part ``a``). When that part is
+not a Python identifier (``mport os``, ``lass Foo:``, ``nclude "x``) no installed module
+has that name: only a file of that literal name placed on the import path can answer,
+the same trust as a ``numpy.py`` planted next to any checkpoint, which no scan of the
+checkpoint decides. Such a lookup fails, and the loader with it.
+
+So a file that is wholly text is not a pickle when every reading of it (the C reader
+from a file and from bytes, the pure-Python reader) stops before completing a record,
+looks up no name an installed module could answer, computes no name and reaches no
+extension code. Text that completes a record, or looks up a name like ``os`` or
+``antigravity`` in any reading, stays judged as a pickle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import BinaryIO
+
+from safehub._scanner.nonmodel import is_text
+from safehub._scanner.pickle_vm import Limits, OpBudget, PickleCursor, StreamResult
+from safehub._scanner.source import FileRegion
+
+__all__ = ["dead_text_names", "import_can_run"]
+
+
+def import_can_run(module: str) -> bool:
+    """Whether ``__import__(module)`` can find an installed module (and so run code):
+    the first lookup's name, the part before the first dot (after a leading dot), is a
+    Python identifier."""
+    first = module[1:] if module.startswith(".") else module
+    return first.split(".", 1)[0].isidentifier()
+
+
+def _dead(res: StreamResult) -> bool:
+    return (not res.stopped and not res.limit and not res.computed and not res.extensions
+            and not any(import_can_run(g.module) for g in res.globals))
+
+
+def dead_text_names(fh: BinaryIO, size: int, limits: Limits) -> list[str] | None:
+    """For text on which every loader stops having loaded and imported nothing: the module
+    names some reader would ask ``__import__`` for in vain (often none). None for
+    anything else."""
+    if size == 0 or not is_text(fh, size):
+        return None
+    names: list[str] = []
+    # Its own budget: a long protocol 0 pickle read here is read again as a pickle, and
+    # the file's budget is for that reading.
+    limits = replace(limits, budget=OpBudget(limits.max_ops))
+    for python in (False, True):
+        # The C reading re-reads split frames as bytes itself (PickleCursor.stream).
+        cursor = PickleCursor(FileRegion(fh, 0, size), limits=limits)
+        cursor.py = python
+        res = cursor.stream()
+        if not _dead(res):
+            return None
+        names.extend(g.module for g in res.globals if g.module not in names)
+    return names
