@@ -419,11 +419,13 @@ class Fetcher:
                   file_name: str | None, check_hash: bool, hash_prefix: str | None
                   ) -> list[Expected]:
         expected = []
-        pin = decision.requirement("sha256")
-        if pin is not None:
+        pins = [r for r in decision.requirements if r.kind == "sha256"]
+        for pin in pins:
             source = "the lockfile" if pin.rule == "lockfile" else f"policy {pin.rule}"
-            expected.append(Expected(pin.value, source))
-        if locked is not None and (pin is None or pin.value != locked.sha256):
+            # A pin on the caller's file_name binds the bytes but not to this URL: it is
+            # required, but cannot vouch for torch.hub's copy standing in for the URL.
+            expected.append(Expected(pin.value, source, vouches=not pin.by_file_name))
+        if locked is not None and all(pin.value != locked.sha256 for pin in pins):
             expected.append(Expected(locked.sha256, f"lockfile {self.lockfile_path}"))
         if hash_prefix is not None:
             if not all(c in "0123456789abcdefABCDEF" for c in hash_prefix) or \
@@ -436,7 +438,11 @@ class Fetcher:
             name = file_name or os.path.basename(urlsplit(url).path)
             prefix = hash_prefix_of(name)
             if prefix:
-                expected.append(Expected(prefix, f"the hash prefix in the file name {name!r}"))
+                # The caller's file_name is any name it likes: its prefix is checked, as
+                # torch.hub checks it, but vouches for nothing (torch_cache reads the URL's
+                # own name for that).
+                expected.append(Expected(prefix, f"the hash prefix in the file name {name!r}",
+                                         vouches=False))
         return expected
 
     # --- helpers -------------------------------------------------------------------------
