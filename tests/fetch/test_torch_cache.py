@@ -307,19 +307,33 @@ def _lock_torch_checkout(hub: FakeHub, policy_file: Path, tmp_path: Path, checkp
     return sha, lock, folder
 
 
-def test_offline_repo_from_a_torch_hub_folder_the_lockfile_verifies(
-        locked_repo: tuple[str, Path, Path], policy_file: Path, safehub_cache: Path,
-        cli: Callable[..., CliResult]) -> None:
-    sha, lock, folder = locked_repo
+def test_a_torch_hub_folder_the_lockfile_verifies_is_imported_once_its_commit_is_checked(
+        hub: FakeHub, policy_file: Path, tmp_path: Path, checkpoints: Path,
+        safehub_cache: Path, cli: Callable[..., CliResult],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    sha, lock, folder = _lock_torch_checkout(hub, policy_file, tmp_path, checkpoints,
+                                             monkeypatch)
+    # Offline, the lockfile's commit was never checked against forks in this cache (the
+    # lockfile is an input): refused before the folder is read, naming the online check.
+    with pytest.raises(FetchError, match="has not confirmed") as info:
+        Fetcher(policy_file, lockfile=lock, offline=True).fetch_repo("acme/net:main")
+    assert "safehub lock --frozen" in (info.value.fix or "")
+    assert leftovers(safehub_cache) == []
     (folder / "__pycache__").mkdir(exist_ok=True)  # what torch's in-place import leaves
     (folder / "__pycache__" / "hubconf.cpython-3.pyc").write_bytes(b"bytecode")
-    got = Fetcher(policy_file, lockfile=lock, offline=True).fetch_repo("acme/net:main")
+    # Online: the commit is checked (API requests only) and the folder imported, recorded
+    # as the repo's own: offline runs then use safehub's entry.
+    archives = hub.count("/codeload/")
+    got = Fetcher(policy_file, lockfile=lock).fetch_repo("acme/net:main")
+    assert hub.count("/codeload/") == archives
+    hub.close()
     assert got.commit == sha and not got.from_cache
     assert sorted(p.name for p in got.path.iterdir()) == ["README.md", "hubconf.py", "pkg"]
     [record_path] = (safehub_cache / "repos").glob("*/*/*.json")
     record = json.loads(record_path.read_text())
     assert record["provenance"]["path"] == str(folder)
     assert str(lock) in record["provenance"]["vouched_by"]
+    assert record["in_repo"] is True
     # The second run is safehub's own verified entry; the audit checks it by its record.
     again = Fetcher(policy_file, lockfile=lock, offline=True).fetch_repo("acme/net:main")
     assert again.from_cache
@@ -340,8 +354,15 @@ def test_online_a_verified_torch_hub_folder_is_used_before_the_network(
                                               monkeypatch)
     before = hub.count()
     got = Fetcher(policy_file, lockfile=lock).fetch_repo("acme/net:main")
-    assert hub.count() == before  # the lockfile names the commit, torch.hub has the files
+    # The lockfile names the commit and torch.hub has the files: no archive is downloaded;
+    # the only requests are the fork check of the locked commit (the repository's identity,
+    # one compare with its default branch), which this cache now records.
+    assert [r.path for r in hub.log[before:] if "/compare/" not in r.path and
+            not r.path.endswith("/repos/acme/net")] == []
     assert got.commit == sha and not got.from_cache
+    again = hub.count()
+    assert Fetcher(policy_file, lockfile=lock).fetch_repo("acme/net:main").from_cache
+    assert hub.count() == again
 
 
 def test_torch_hub_folder_without_a_lockfile_entry_is_refused_offline(
@@ -356,18 +377,21 @@ def test_torch_hub_folder_without_a_lockfile_entry_is_refused_offline(
 
 
 def test_changed_torch_hub_folder_is_refused_and_not_imported(
-        locked_repo: tuple[str, Path, Path], policy_file: Path, safehub_cache: Path) -> None:
-    _sha, lock, folder = locked_repo
+        hub: FakeHub, policy_file: Path, tmp_path: Path, checkpoints: Path,
+        safehub_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Online (offline, a lockfile commit is refused before any folder is read): a changed
+    folder is passed over and the archive downloaded instead."""
+    _sha, lock, folder = _lock_torch_checkout(hub, policy_file, tmp_path, checkpoints,
+                                              monkeypatch)
     (folder / "pkg" / "util.py").write_bytes(b"import os; os.system('true')\n")
-    with pytest.raises(IntegrityError, match="SH542") as info:
-        Fetcher(policy_file, lockfile=lock, offline=True).fetch_repo("acme/net:main")
-    assert "tree sha256" in str(info.value) and "not imported" in str(info.value)
-    assert leftovers(safehub_cache) == []
-    # A link smuggled in is refused as well.
-    (folder / "pkg" / "util.py").write_bytes(b"X = 1\n")
-    (folder / "pkg" / "link.py").symlink_to("/etc/hostname")
-    with pytest.raises(IntegrityError, match="link"):
-        Fetcher(policy_file, lockfile=lock, offline=True).fetch_repo("acme/net:main")
+    (folder / "pkg" / "link.py").symlink_to("/etc/hostname")  # and a link smuggled in
+    archives = hub.count("/codeload/")
+    got = Fetcher(policy_file, lockfile=lock).fetch_repo("acme/net:main")
+    assert hub.count("/codeload/") == archives + 1
+    assert (got.path / "pkg" / "util.py").read_bytes() == b"X = 1\n"
+    assert not (got.path / "pkg" / "link.py").exists()
+    [record_path] = (safehub_cache / "repos").glob("*/*/*.json")
+    assert not json.loads(record_path.read_text()).get("provenance")
 
 
 def test_sandboxed_entrypoint_gets_weights_from_torch_hub_offline(
