@@ -201,8 +201,11 @@ class Fetcher:
             commit, parsed, branch = self._commit_for(parsed, pin.value if pin else None, locked)
         except FetchError as exc:
             raise self._torch_folder_unverified(parsed) or exc from None
-        if branch != _ESTABLISHED:  # chosen by SHA: it must be the repo's own, not a fork's
-            parsed = self._require_in_repo(parsed, commit, branch)
+        # Chosen by SHA (asked for, pinned, or named by a lockfile, which anyone who can edit
+        # it controls): it must be the repo's own, not a fork's. The record says so only once
+        # the API answered a name for it or this check passed.
+        if branch != _ESTABLISHED:
+            parsed = self._require_in_repo(parsed, commit, branch, locked)
         if pin is not None and commit != pin.value:
             raise IntegrityError(
                 f"SH300 {parsed} resolved to commit {commit}, but the policy pins {pin.value}",
@@ -211,7 +214,7 @@ class Fetcher:
                 "the new commit")
         source = RepoSource(
             api=self.api_base, archive_url=self._github.archive_url(parsed, commit),
-            in_repo=True,
+            in_repo=True,  # established above: a head the API named, or the fork check
             download=None if self.offline else self._archive_downloader(parsed, commit))
 
         hop_check = api_hops(self.policy, self.api_base)
@@ -272,13 +275,14 @@ class Fetcher:
                     ) -> tuple[str, RepoSpec, str | None]:
         """The commit to use, the spec spelled as the API (or the lockfile) names it, and
         whether the commit is known to be the repository's own: ``_ESTABLISHED`` (a branch
-        or tag head the API answered, a lockfile entry), else the default branch when it
-        is already known (None when not)."""
+        or tag head the API answered, now or in a cached checkout recorded as the repo's
+        own), else the default branch when it is already known (None when not). A lockfile
+        commit is not established: the file is an input (a pull request can change it),
+        so it is checked as a SHA would be."""
         if spec.pinned and spec.ref is not None:
             return spec.ref, spec, None
-        if locked is not None:  # checked when it was locked
-            return locked.commit, RepoSpec(spec.id.confirmed_by(locked.repo), spec.ref), \
-                _ESTABLISHED
+        if locked is not None:
+            return locked.commit, RepoSpec(spec.id.confirmed_by(locked.repo), spec.ref), None
         if spec.ref is None and pinned is not None:
             return pinned, spec, None  # the policy pins it: no default-branch lookup
         by_name = spec.ref is None or names_branch_or_tag(spec.ref)
@@ -288,7 +292,11 @@ class Fetcher:
                 if record.ref == ref:
                     log.info("offline: %s resolves to %s (cached %s)", spec, record.commit,
                              record.time)
-                    return record.commit, spec, _ESTABLISHED if by_name else None
+                    # Only a record that says the commit was established as the repo's
+                    # own vouches for it (one written before safehub recorded that, e.g.
+                    # from an unchecked lockfile entry, says nothing).
+                    return record.commit, spec, \
+                        _ESTABLISHED if by_name and record.in_repo else None
             raise FetchError(
                 f"offline: cannot resolve {spec}: no cached checkout of "
                 f"{'the default branch' if not spec.ref else repr(spec.ref)}",
@@ -300,13 +308,22 @@ class Fetcher:
         commit = self._github.resolve(confirmed, spec.ref or default_branch)
         return commit, confirmed, _ESTABLISHED if by_name else default_branch
 
-    def _require_in_repo(self, spec: RepoSpec, commit: str, default_branch: str | None
-                         ) -> RepoSpec:
+    def _require_in_repo(self, spec: RepoSpec, commit: str, default_branch: str | None,
+                         locked: LockedRepo | None = None) -> RepoSpec:
         """Refuse a commit that only a fork holds (SH307; see safehub._fetch.github). A
         checkout record that says it was established costs no request."""
         record = self._repos.record(spec.owner, spec.name, commit)
         if record is not None and record.in_repo:
             return spec
+        if self.offline and locked is not None:
+            raise FetchError(
+                f"offline: {self.lockfile_path or 'the lockfile'} names commit {commit} for "
+                f"{repo_key(spec.repo, spec.ref)}, but safehub has not confirmed that it "
+                f"belongs to {spec.repo} and not to a fork (a lockfile is an input: anyone "
+                "who can edit it chooses the commit)", subject=f"{spec.repo}:{commit}",
+                fix=f"run once online with this lockfile (`safehub lock --frozen --lockfile "
+                f"{self.lockfile_path or 'safehub.lock'}`, or the same load without "
+                "SAFEHUB_OFFLINE): the check is recorded in the cache for later offline runs")
         if self.offline:
             raise FetchError(
                 f"offline: cannot confirm that commit {commit} belongs to {spec.repo} and not "
@@ -419,11 +436,13 @@ class Fetcher:
                   file_name: str | None, check_hash: bool, hash_prefix: str | None
                   ) -> list[Expected]:
         expected = []
-        pin = decision.requirement("sha256")
-        if pin is not None:
+        pins = [r for r in decision.requirements if r.kind == "sha256"]
+        for pin in pins:
             source = "the lockfile" if pin.rule == "lockfile" else f"policy {pin.rule}"
-            expected.append(Expected(pin.value, source))
-        if locked is not None and (pin is None or pin.value != locked.sha256):
+            # A pin on the caller's file_name binds the bytes but not to this URL: it is
+            # required, but cannot vouch for torch.hub's copy standing in for the URL.
+            expected.append(Expected(pin.value, source, vouches=not pin.by_file_name))
+        if locked is not None and all(pin.value != locked.sha256 for pin in pins):
             expected.append(Expected(locked.sha256, f"lockfile {self.lockfile_path}"))
         if hash_prefix is not None:
             if not all(c in "0123456789abcdefABCDEF" for c in hash_prefix) or \
@@ -436,7 +455,11 @@ class Fetcher:
             name = file_name or os.path.basename(urlsplit(url).path)
             prefix = hash_prefix_of(name)
             if prefix:
-                expected.append(Expected(prefix, f"the hash prefix in the file name {name!r}"))
+                # The caller's file_name is any name it likes: its prefix is checked, as
+                # torch.hub checks it, but vouches for nothing (torch_cache reads the URL's
+                # own name for that).
+                expected.append(Expected(prefix, f"the hash prefix in the file name {name!r}",
+                                         vouches=False))
         return expected
 
     # --- helpers -------------------------------------------------------------------------

@@ -125,7 +125,7 @@ class RepoCache:
                 source="github", api=source.api, owner=owner, name=name, ref=ref,
                 commit=commit, archive_sha256=got.archive_sha256, archive_size=0,
                 tree_sha256=got.tree_sha256, time=now_iso(), files=got.files,
-                provenance=dict(got.provenance))
+                provenance=dict(got.provenance), in_repo=source.in_repo)
             accept(record)
             self._install(tree, record, tag)
             return Checkout(self.layout.repo_dir(owner, name, commit), record, False)

@@ -6,11 +6,14 @@ records nothing else. When safehub's cache misses a URL (online: before going to
 network; offline: instead of it) that file is used only once verified as safehub
 verifies its own downloads:
 
-1. a digest vouches for it: a pin (policy ``downloads.pins``, the lockfile, an
-   explicit ``hash_prefix``) or torch's SHA-256 prefix in the file name (8 to 64 hex
-   digits with a letter, as ``safehub audit`` reads it). A file with neither is not a
-   source: nothing ties its bytes to the URL (SH541);
-2. the bytes, read once into a private sealed snapshot, match every such digest
+1. a digest tied to the URL vouches for it: a pin (policy ``downloads.pins`` for the
+   URL or its own file name, the lockfile, an explicit ``hash_prefix``) or torch's
+   SHA-256 prefix in the URL's own file name (8 to 64 hex digits with a letter, as
+   ``safehub audit`` reads it). A caller's ``file_name`` (and a pin or prefix reached
+   through it) vouches for nothing: it picks which file is read, and a file named
+   ``b-<prefix of B>.pth`` proves only that it holds another URL's bytes. A file with no
+   voucher is not a source (SH541);
+2. the bytes, read once into a private sealed snapshot, match every expected digest
    (SH540 otherwise: the file is not imported; offline that is an error, online the URL
    is downloaded instead);
 3. the scan of those same bytes is allowed by the policy (a refusal is an error, online
@@ -43,7 +46,8 @@ from safehub._policy.decide import FileRequest
 from safehub._policy.policy import Policy
 from safehub.errors import FetchError, IntegrityError, PolicyViolation
 
-__all__ = ["SOURCE", "checkpoint_path", "checkpoint_source", "imported_from", "name_prefix"]
+__all__ = ["SOURCE", "checkpoint_path", "checkpoint_source", "imported_from", "name_prefix",
+           "url_file_name"]
 
 log = logging.getLogger("safehub.fetch")
 
@@ -62,10 +66,15 @@ def name_prefix(name: str) -> str | None:
     return match.group(1)
 
 
+def url_file_name(url: str) -> str:
+    """The name torch.hub gives ``url``'s download when no file_name is passed."""
+    return os.path.basename(urlsplit(url).path)
+
+
 def checkpoint_path(model_dir: Path, url: str, file_name: str | None) -> Path | None:
     """Where ``load_state_dict_from_url(url, model_dir, file_name=file_name)`` keeps the
     file (None when that name could not be a plain file in ``model_dir``)."""
-    name = file_name if file_name is not None else os.path.basename(urlsplit(url).path)
+    name = file_name if file_name is not None else url_file_name(url)
     if not name or name in (".", "..") or "/" in name or "\0" in name:
         return None
     return model_dir / name
@@ -87,15 +96,24 @@ def _import(path: Path, out: BinaryIO, *, url: str, expected: list[Expected], po
     from safehub._scanner.entry import scan_file
     from safehub._snapshot import Snapshot
 
-    vouchers = list(expected)
-    prefix = name_prefix(path.name)
-    if prefix is not None and not any(v.digest.lower() == prefix for v in vouchers):
-        vouchers.append(Expected(prefix, f"the SHA-256 prefix in torch.hub's file name "
-                                 f"{path.name!r}"))
+    # Only what is tied to the URL vouches: its pins, and the prefix in the URL's own file
+    # name. The name of the file read here may be the caller's file_name, which any caller
+    # (a sandboxed hubconf too) chooses: another URL's download, whose prefix proves those
+    # bytes are that URL's, not this one's. Every expected digest must still match.
+    required = list(expected)
+    own_name = url_file_name(url)
+    prefix = name_prefix(own_name)
+    if prefix is not None and not any(v.vouches and v.digest.lower() == prefix for v in required):
+        required.append(Expected(prefix, f"the SHA-256 prefix in the URL's file name "
+                                 f"{own_name!r}"))
+    vouchers = [v for v in required if v.vouches]
     if not vouchers:
+        named = "" if path.name == own_name else \
+            f" (the file_name {path.name!r} it was asked under is not the URL's own)"
         return _unusable(
-            path, url, offline, "SH541 torch-cache-unvouched: its name carries no SHA-256 "
-            "prefix and no pin names its digest, so nothing ties these bytes to the URL",
+            path, url, offline, "SH541 torch-cache-unvouched: the URL's file name carries no "
+            "SHA-256 prefix and no pin names its digest, so nothing ties these bytes to the "
+            f"URL{named}",
             f"pin its SHA-256 in policy [downloads.pins] or the lockfile (`safehub lock "
             f"--url {url}` online), or run online so safehub downloads it itself")
     try:
@@ -119,7 +137,7 @@ def _import(path: Path, out: BinaryIO, *, url: str, expected: list[Expected], po
         os.close(fd)
     with snap:
         sha256 = snap.sha256
-        wrong = [v for v in vouchers if not v.matches(sha256)]
+        wrong = [v for v in required if not v.matches(sha256)]
         if wrong:
             message = (f"SH540 torch-cache-mismatch: torch.hub's copy of {url} has SHA-256 "
                        f"{sha256}, but {wrong[0].source} requires {wrong[0].digest}; it was "

@@ -73,6 +73,11 @@ class Expected:
 
     digest: str
     source: str  # "policy downloads.pins.<key>", "lockfile", "file-name hash prefix", ...
+    # Whether the digest is tied to the URL (a pin of the URL or its own file name, the
+    # lockfile, an explicit hash_prefix), so that bytes from elsewhere (torch.hub's
+    # checkpoints) that match it may stand in for the URL's. A digest reached through a
+    # caller-chosen file_name is checked, but vouches for nothing.
+    vouches: bool = True
 
     def matches(self, sha256: str) -> bool:
         """Whether a file with this SHA-256 satisfies the expectation."""

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
+from urllib.parse import unquote
 
 from safehub._policy.loader import LoadedPolicy
 from safehub._policy.paths import path_scope_matches
@@ -110,6 +111,9 @@ class Requirement:
     public_keys: tuple[str, ...] = ()
     certificate_chains: tuple[str, ...] = ()
     ignore_unsigned_files: bool = False
+    # For sha256: matched only through the caller's ``file_name`` (not the URL or its own
+    # file name), so it binds the bytes without tying them to the URL.
+    by_file_name: bool = False
 
     @property
     def anchors(self) -> tuple[str, ...]:
@@ -428,25 +432,47 @@ def _decide_download(policy: LoadedPolicy, req: DownloadRequest) -> Decision:
     t.add("allow", f"matches allowed prefix {prefix!r}", "downloads", "allowed_urls", prefix)
     t.add("note", f"must finish within {d.deadline_s:g} s plus 1 s per {d.min_rate_kb_s} KiB "
           "received", "downloads", "deadline_s")
-    keys = _pin_keys(d.pins, url)
-    if len({d.pins[k] for k in keys}) > 1:
-        t.deny(f"downloads.pins {', '.join(repr(k) for k in keys)} all name {url} with "
-               "different digests", f"keep one pin for {url} in {pfile}", "downloads", "pins")
+    # Every pin that names this download applies, and all must agree: pins keyed by the URL,
+    # by the URL's own file name (torch.hub's default name), and by the caller's
+    # ``file_name`` (torch.hub's cache name, which the caller, or a sandboxed hubconf,
+    # chooses freely: a pin on it binds the bytes, but says nothing about which URL they
+    # belong to, so it does not make torch.hub's copy stand in for this URL).
+    pins = [(k, False) for k in _pin_keys(d.pins, url)]
+    pins += [(k, False) for k in _name_keys(d.pins, url_file_names(parsed))]
+    if req.file_name and req.file_name in d.pins and "://" not in req.file_name and \
+            all(k != req.file_name for k, _ in pins):
+        pins.append((req.file_name, True))
+    if len({d.pins[k] for k, _ in pins}) > 1:
+        t.deny(f"downloads.pins {', '.join(repr(k) for k, _ in pins)} all name {url}"
+               f"{f' (file_name {req.file_name!r})' if req.file_name else ''} with different "
+               "digests", f"keep one digest for {url} in {pfile}", "downloads", "pins")
         return t.decision(req.url, url)
-    pin_key = keys[0] if keys else (
-        req.file_name if req.file_name and req.file_name in d.pins else None)
-    if pin_key is not None:
-        t.requirements.append(Requirement("sha256", d.pins[pin_key],
-                                          f"downloads.pins.{pin_key}"))
-        t.add("require", f"SHA-256 must be {d.pins[pin_key]}", "downloads", "pins", pin_key)
-    elif req.known_digest:
+    for pin_key, by_file_name in pins:
+        t.requirements.append(Requirement("sha256", d.pins[pin_key], f"downloads.pins.{pin_key}",
+                                          by_file_name=by_file_name))
+        why = "" if "://" in pin_key else (f" (the caller's file_name {pin_key!r})"
+                                           if by_file_name else " (the URL's file name)")
+        t.add("require", f"SHA-256 must be {d.pins[pin_key]}{why}", "downloads", "pins",
+              pin_key)
+    if not pins and req.known_digest:
         t.requirements.append(Requirement("sha256", req.known_digest, "lockfile"))
         t.add("require", f"SHA-256 must be {req.known_digest} (lockfile)", "downloads")
-    elif d.require_digests:
+    elif not pins and d.require_digests:
         t.deny("the file has no SHA-256 pin and the policy requires one",
                f"add \"{url}\" = \"<sha256>\" under [downloads.pins] in {pfile}, or lock "
                "it with `safehub lock`", "downloads", "require_digests")
     return t.decision(req.url, url)
+
+
+def url_file_names(parsed: CanonicalURL) -> list[str]:
+    """The file name torch.hub gives a download of ``parsed`` (the path's last segment, as
+    the URL spells it) and, when different, that name with its %-escapes decoded."""
+    raw = parsed.path.rsplit("/", 1)[-1]
+    return list(dict.fromkeys(n for n in (raw, unquote(raw)) if n))
+
+
+def _name_keys(pins: Mapping[str, str], names: list[str]) -> list[str]:
+    return [n for n in names if "://" not in n and n in pins]
 
 
 def _pin_keys(pins: Mapping[str, str], url: str) -> list[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from safehub.errors import FetchError, IntegrityError
+from safehub.errors import FetchError, IntegrityError, PolicyViolation
 from safehub.fetch import Fetcher
 from tests.fetch.fakehub import FakeHub, Fault
 from tests.fetch.helpers import torch_bytes, write_policy
@@ -189,3 +189,27 @@ def test_a_checkout_cache_hit_re_decides_the_archive_redirect_hops(
         Fetcher(pol_b, cache_dir=cache_dir, http=FAST, offline=offline
                 ).fetch_repo(f"acme/net:{sha}")
     assert other_hub.count("/codeload/") == 1, "the refusal needs no request"
+
+
+def test_file_name_pin_binds_the_url_whatever_file_name_is_given(
+        hub: FakeHub, tmp_path: Path) -> None:
+    """policy ``downloads.pins`` "net.pth" binds a download named net.pth by its URL
+    (torch.hub's default, file_name=None) and under any file_name a caller (a sandboxed
+    hubconf too) passes: tampered bytes from the server are refused every way."""
+    good, evil = torch_bytes({"w": [1.0]}), torch_bytes({"w": [666.0]})
+    url = hub.add_file("/models/net.pth", evil)
+    pin = hashlib.sha256(good).hexdigest()
+    policy = write_policy(tmp_path / "p.toml", hub, body=f'[downloads.pins]\n"net.pth" = "{pin}"\n')
+    for i, kwargs in enumerate(({}, {"file_name": "net.pth"}, {"file_name": "other.pth"})):
+        cache = tmp_path / f"cache{i}"
+        with pytest.raises(IntegrityError, match=r"downloads\.pins\.net\.pth"):
+            Fetcher(policy, cache_dir=cache).fetch_url(url, **kwargs)
+        assert not list(cache.glob("files/*/*.json")), kwargs
+    # A pin on the caller's file_name that disagrees with the URL's: refused before any
+    # request.
+    conflicting = write_policy(tmp_path / "c.toml", hub, body=(
+        f'[downloads.pins]\n"net.pth" = "{pin}"\n"other.pth" = "{"ab" * 32}"\n'))
+    before = hub.count()
+    with pytest.raises(PolicyViolation, match="different digests"):
+        Fetcher(conflicting, cache_dir=tmp_path / "c").fetch_url(url, file_name="other.pth")
+    assert hub.count() == before

@@ -5,7 +5,8 @@ GitHub serves every commit of a fork network under the parent's URLs
 ``acme/net:<sha pushed to a fork>`` runs the fork's code under ``acme``'s trust. The fake
 hub serves fork commits the same way (the first test shows it); safehub refuses them
 (SH307) and says to load the fork by its own name. Branch and tag names, and commits
-already established (cache record, lockfile), cost no extra request."""
+already established (a cache record of a check or of a name's head), cost no extra
+request; a lockfile's commit is checked once per cache (the file is an input)."""
 
 from __future__ import annotations
 
@@ -101,11 +102,18 @@ def test_branch_and_tag_names_and_established_commits_cost_no_check(
     before = hub.count()
     assert fetcher.fetch_repo(f"acme/net:{sha}").from_cache
     assert hub.count() == before
-    # A locked commit was checked when it was locked.
+    # A locked commit is checked once per cache, like a SHA (the lockfile is an input, see
+    # test_a_lockfile_entry_naming_a_fork_commit_is_refused): one compare with the default
+    # branch, recorded, so the next load from that cache asks nothing.
     lock = Lockfile(tmp_path / "safehub.lock")
     make_fetcher(lockfile=lock, cache_dir=tmp_path / "other").fetch_repo("acme/net:main")
+    assert sum(hub.count(p) for p in checks) == 0, "locking by name is established by the API"
     make_fetcher(lockfile=lock, cache_dir=tmp_path / "third").fetch_repo("acme/net:main")
-    assert sum(hub.count(p) for p in checks) == 0
+    assert hub.count("/api/repos/acme/net/compare/main...") == 1
+    before = hub.count()
+    assert make_fetcher(lockfile=lock, cache_dir=tmp_path / "third").fetch_repo(
+        "acme/net:main").from_cache
+    assert hub.count() == before
 
 
 def test_offline_cannot_confirm_an_unchecked_commit(
@@ -127,3 +135,75 @@ def test_offline_cannot_confirm_an_unchecked_commit(
     assert make_fetcher().fetch_repo(f"acme/net:{sha}").from_cache  # online: checked again
     assert json.loads(record_path.read_text())["in_repo"] is True, "and recorded"
     assert make_fetcher(offline=True).fetch_repo(f"acme/net:{sha}").from_cache
+
+
+def _lock_to(tmp_path: Path, hub: FakeHub, commit: str) -> Path:
+    """A lockfile entry for acme/net:main naming ``commit`` (as an edit to it would)."""
+    import hashlib
+
+    from safehub._fetch.cache import tree_digest
+    from safehub._fetch.lockfile import LockedRepo
+
+    tree = tree_digest({k: (hashlib.sha256(v).hexdigest(), len(v)) for k, v in EVIL.items()})
+    lock = Lockfile.load(tmp_path / "safehub.lock", missing_ok=True)
+    lock.add_repo(LockedRepo(repo="acme/net", api=hub.api, ref="main", commit=commit,
+                             archive_sha256="0" * 64, tree_sha256=tree))
+    lock.save()
+    return lock.path
+
+
+def test_a_lockfile_entry_naming_a_fork_commit_is_refused(
+        tmp_path: Path, hub: FakeHub, fork: str, make_fetcher: Callable[..., Fetcher],
+        cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lockfile edited (in a pull request) to point acme/net:main at a fork's commit: the
+    commit is checked as a SHA is, frozen or not, and nothing is recorded as acme's own."""
+    monkeypatch.delenv("SAFEHUB_FORK_MARKER", raising=False)
+    lock = _lock_to(tmp_path, hub, fork)
+    for frozen in (True, False):
+        with pytest.raises(IntegrityError, match="SH307"):
+            make_fetcher(lockfile=lock, frozen=frozen).fetch_repo("acme/net:main")
+    assert hub.count("/codeload/") == 0 and leftovers(cache_dir) == []
+    # Nothing was recorded: the fork SHA is still refused without the lockfile.
+    with pytest.raises(IntegrityError, match="SH307"):
+        make_fetcher().fetch_repo(f"acme/net:{fork}")
+    assert not list(cache_dir.glob("repos/**/*.json"))
+
+
+def test_offline_a_lockfile_commit_needs_an_online_check_first(
+        tmp_path: Path, hub: FakeHub, fork: str, make_fetcher: Callable[..., Fetcher],
+        cache_dir: Path) -> None:
+    # A fork's commit and acme's own (locked by name elsewhere): offline, with no record
+    # of a check in this cache, neither can be confirmed.
+    own_lock = Lockfile(tmp_path / "own.lock")
+    make_fetcher(lockfile=own_lock, cache_dir=tmp_path / "ci").fetch_repo("acme/net:main")
+    own_lock.save()
+    for lock in (_lock_to(tmp_path, hub, fork), own_lock.path):
+        with pytest.raises(FetchError, match="has not confirmed") as err:
+            make_fetcher(lockfile=lock, offline=True).fetch_repo("acme/net:main")
+        assert f"safehub lock --frozen --lockfile {lock}" in (err.value.fix or "")
+    assert leftovers(cache_dir) == []
+    # Online once: checked (one compare) and recorded; offline then serves it.
+    before = hub.count("/api/repos/acme/net/compare/")
+    online = make_fetcher(lockfile=own_lock.path, frozen=True).fetch_repo("acme/net:main")
+    assert hub.count("/api/repos/acme/net/compare/") == before + 1
+    offline = make_fetcher(lockfile=own_lock.path, offline=True).fetch_repo("acme/net:main")
+    assert offline.from_cache and offline.commit == online.commit
+
+
+def test_offline_a_cached_name_resolves_only_through_an_established_record(
+        hub: FakeHub, make_fetcher: Callable[..., Fetcher], cache_dir: Path) -> None:
+    """Offline, ``acme/net:main`` resolves through the newest cached checkout of ``main``:
+    only one recorded as the repo's own (a record written from a lockfile entry before
+    those were checked says nothing about which repository the commit is in)."""
+    import json
+
+    sha = hub.add_repo("acme/net", {"hubconf.py": b"x = 1\n"})
+    make_fetcher().fetch_repo("acme/net:main")
+    assert make_fetcher(offline=True).fetch_repo("acme/net:main").commit == sha
+    (record_path,) = (cache_dir / "repos").rglob(f"{sha}.json")
+    record = json.loads(record_path.read_text())
+    record_path.chmod(0o644)
+    record["in_repo"] = False
+    record_path.write_text(json.dumps(record))
+    with pytest.raises(FetchError, match="cannot confirm"):
+        make_fetcher(offline=True).fetch_repo("acme/net:main")

@@ -40,7 +40,7 @@ def test_lock_cli_writes_commits_and_digests(
                                   "size": len(checkpoint)}
 
 
-def test_locked_ref_uses_the_locked_commit_without_an_api_call(
+def test_locked_ref_uses_the_locked_commit_without_resolving_the_ref(
         tmp_path: Path, hub: FakeHub, policy_file: Path, make_fetcher: Callable[..., Fetcher],
         cli: Callable[..., CliResult]) -> None:
     old = hub.add_repo("acme/net", {"hubconf.py": b"old = 1\n"})
@@ -50,6 +50,10 @@ def test_locked_ref_uses_the_locked_commit_without_an_api_call(
     hub.log.clear()
     checkout = make_fetcher(lockfile=lock).fetch_repo("acme/net:main")
     assert checkout.commit == old and hub.count("/api/repos/acme/net/commits") == 0
+    # The API requests besides the archive: the locked commit's fork check in this (fresh)
+    # cache, the repository's identity and one compare with its default branch (test_forks).
+    assert [r.path for r in hub.requests_to("/api/") if "/zipball/" not in r.path] == [
+        "/api/repos/acme/net", f"/api/repos/acme/net/compare/main...{old}"]
     # `safehub lock` (no arguments) updates every entry to what the refs point at now.
     assert cli("lock", "--lockfile", lock, "--policy", policy_file).code == 0
     assert Lockfile.load(lock).repo("acme/net", "main").commit == new  # type: ignore[union-attr]

@@ -84,7 +84,7 @@ def test_offline_load_imports_what_torch_hub_downloaded(
     assert isinstance(prov, dict)
     assert prov["source"] == "torch.hub checkpoint"
     assert prov["path"] == str(checkpoints / name)
-    assert "SHA-256 prefix in torch.hub's file name" in prov["vouched_by"]
+    assert "SHA-256 prefix in the URL's file name" in prov["vouched_by"]
     assert prov["scan"].startswith("clean")
 
     # A second run is served by safehub's own entry (torch's copy is no longer needed),
@@ -307,19 +307,33 @@ def _lock_torch_checkout(hub: FakeHub, policy_file: Path, tmp_path: Path, checkp
     return sha, lock, folder
 
 
-def test_offline_repo_from_a_torch_hub_folder_the_lockfile_verifies(
-        locked_repo: tuple[str, Path, Path], policy_file: Path, safehub_cache: Path,
-        cli: Callable[..., CliResult]) -> None:
-    sha, lock, folder = locked_repo
+def test_a_torch_hub_folder_the_lockfile_verifies_is_imported_once_its_commit_is_checked(
+        hub: FakeHub, policy_file: Path, tmp_path: Path, checkpoints: Path,
+        safehub_cache: Path, cli: Callable[..., CliResult],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    sha, lock, folder = _lock_torch_checkout(hub, policy_file, tmp_path, checkpoints,
+                                             monkeypatch)
+    # Offline, the lockfile's commit was never checked against forks in this cache (the
+    # lockfile is an input): refused before the folder is read, naming the online check.
+    with pytest.raises(FetchError, match="has not confirmed") as info:
+        Fetcher(policy_file, lockfile=lock, offline=True).fetch_repo("acme/net:main")
+    assert "safehub lock --frozen" in (info.value.fix or "")
+    assert leftovers(safehub_cache) == []
     (folder / "__pycache__").mkdir(exist_ok=True)  # what torch's in-place import leaves
     (folder / "__pycache__" / "hubconf.cpython-3.pyc").write_bytes(b"bytecode")
-    got = Fetcher(policy_file, lockfile=lock, offline=True).fetch_repo("acme/net:main")
+    # Online: the commit is checked (API requests only) and the folder imported, recorded
+    # as the repo's own: offline runs then use safehub's entry.
+    archives = hub.count("/codeload/")
+    got = Fetcher(policy_file, lockfile=lock).fetch_repo("acme/net:main")
+    assert hub.count("/codeload/") == archives
+    hub.close()
     assert got.commit == sha and not got.from_cache
     assert sorted(p.name for p in got.path.iterdir()) == ["README.md", "hubconf.py", "pkg"]
     [record_path] = (safehub_cache / "repos").glob("*/*/*.json")
     record = json.loads(record_path.read_text())
     assert record["provenance"]["path"] == str(folder)
     assert str(lock) in record["provenance"]["vouched_by"]
+    assert record["in_repo"] is True
     # The second run is safehub's own verified entry; the audit checks it by its record.
     again = Fetcher(policy_file, lockfile=lock, offline=True).fetch_repo("acme/net:main")
     assert again.from_cache
@@ -340,8 +354,15 @@ def test_online_a_verified_torch_hub_folder_is_used_before_the_network(
                                               monkeypatch)
     before = hub.count()
     got = Fetcher(policy_file, lockfile=lock).fetch_repo("acme/net:main")
-    assert hub.count() == before  # the lockfile names the commit, torch.hub has the files
+    # The lockfile names the commit and torch.hub has the files: no archive is downloaded;
+    # the only requests are the fork check of the locked commit (the repository's identity,
+    # one compare with its default branch), which this cache now records.
+    assert [r.path for r in hub.log[before:] if "/compare/" not in r.path and
+            not r.path.endswith("/repos/acme/net")] == []
     assert got.commit == sha and not got.from_cache
+    again = hub.count()
+    assert Fetcher(policy_file, lockfile=lock).fetch_repo("acme/net:main").from_cache
+    assert hub.count() == again
 
 
 def test_torch_hub_folder_without_a_lockfile_entry_is_refused_offline(
@@ -356,18 +377,21 @@ def test_torch_hub_folder_without_a_lockfile_entry_is_refused_offline(
 
 
 def test_changed_torch_hub_folder_is_refused_and_not_imported(
-        locked_repo: tuple[str, Path, Path], policy_file: Path, safehub_cache: Path) -> None:
-    _sha, lock, folder = locked_repo
+        hub: FakeHub, policy_file: Path, tmp_path: Path, checkpoints: Path,
+        safehub_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Online (offline, a lockfile commit is refused before any folder is read): a changed
+    folder is passed over and the archive downloaded instead."""
+    _sha, lock, folder = _lock_torch_checkout(hub, policy_file, tmp_path, checkpoints,
+                                              monkeypatch)
     (folder / "pkg" / "util.py").write_bytes(b"import os; os.system('true')\n")
-    with pytest.raises(IntegrityError, match="SH542") as info:
-        Fetcher(policy_file, lockfile=lock, offline=True).fetch_repo("acme/net:main")
-    assert "tree sha256" in str(info.value) and "not imported" in str(info.value)
-    assert leftovers(safehub_cache) == []
-    # A link smuggled in is refused as well.
-    (folder / "pkg" / "util.py").write_bytes(b"X = 1\n")
-    (folder / "pkg" / "link.py").symlink_to("/etc/hostname")
-    with pytest.raises(IntegrityError, match="link"):
-        Fetcher(policy_file, lockfile=lock, offline=True).fetch_repo("acme/net:main")
+    (folder / "pkg" / "link.py").symlink_to("/etc/hostname")  # and a link smuggled in
+    archives = hub.count("/codeload/")
+    got = Fetcher(policy_file, lockfile=lock).fetch_repo("acme/net:main")
+    assert hub.count("/codeload/") == archives + 1
+    assert (got.path / "pkg" / "util.py").read_bytes() == b"X = 1\n"
+    assert not (got.path / "pkg" / "link.py").exists()
+    [record_path] = (safehub_cache / "repos").glob("*/*/*.json")
+    assert not json.loads(record_path.read_text()).get("provenance")
 
 
 def test_sandboxed_entrypoint_gets_weights_from_torch_hub_offline(
@@ -421,3 +445,122 @@ def test_audit_holds_the_torch_hub_file_to_the_imported_digest(
     assert "SH401" not in rules() and "SH400" not in rules()  # the full digest is known now
     torch_file.write_bytes(data + b"\0")
     assert "SH400" in rules()
+
+
+# --- a caller's file_name picks the file, never what vouches for it -----------------------
+
+
+def _two_downloads(hub: FakeHub) -> tuple[bytes, str, bytes, str]:
+    """URL A (never downloaded by torch) and B, which torch.hub really downloaded."""
+    a, b = _checkpoint(20), _checkpoint(21)
+    url_a = hub.add_file(f"/models/{_prefixed('a', a)}", a)
+    url_b = hub.add_file(f"/models/{_prefixed('b', b)}", b)
+    _torch_download(url_b, check_hash=True)
+    return a, url_a, b, url_b
+
+
+def test_file_name_of_another_download_does_not_vouch_for_a_url(
+        hub: FakeHub, policy_file: Path, checkpoints: Path, tmp_path: Path) -> None:
+    a, url_a, b, url_b = _two_downloads(hub)
+    name_b = url_b.rsplit("/", 1)[1]
+    # torch.hub itself serves B's file for A when asked under B's name.
+    torch_got, b_state = _torch_download(url_a, file_name=name_b), torch_load_bytes(b)
+    assert all((torch_got[k] == v).all() for k, v in b_state.items())  # type: ignore[attr-defined]
+    sha_a, sha_b = hashlib.sha256(a).hexdigest(), hashlib.sha256(b).hexdigest()
+    lock = tmp_path / "safehub.lock"
+    fetcher = Fetcher(policy_file, lockfile=lock)
+    with fetcher.open_url(url_a, file_name=name_b) as opened:
+        assert opened.info.sha256 == sha_a and opened.file.read() == a
+    assert hub.count(url_a.split(hub.url, 1)[1]) == 1  # downloaded, not taken from B's file
+    assert fetcher.lockfile is not None
+    fetcher.lockfile.save()
+    assert sha_a in lock.read_text() and sha_b not in lock.read_text()
+    # The URL-keyed entry is A's: a plain load (another caller) gets A's bytes.
+    with Fetcher(policy_file).open_url(url_a) as opened:
+        assert opened.file.read() == a
+
+
+def test_file_name_with_check_hash_checks_but_does_not_vouch(
+        hub: FakeHub, policy_file: Path, safehub_cache: Path) -> None:
+    """check_hash reads the prefix of the caller's name (as torch.hub): B's prefix is then
+    required of A's download, which does not have it; B's file is still not taken."""
+    _a, url_a, _b, url_b = _two_downloads(hub)
+    with pytest.raises(IntegrityError, match="SH300"):
+        Fetcher(policy_file).fetch_url(url_a, file_name=url_b.rsplit("/", 1)[1],
+                                       check_hash=True)
+    assert _records(safehub_cache) == [] and leftovers(safehub_cache) == []
+
+
+def test_offline_file_name_of_another_download_is_not_imported(
+        hub: FakeHub, policy_file: Path, checkpoints: Path, safehub_cache: Path,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _a, url_a, b, url_b = _two_downloads(hub)
+    name_b = url_b.rsplit("/", 1)[1]
+    plain_url = hub.add_file("/models/plain.pt", _checkpoint(22))  # no prefix in its name
+    hub.close()
+    monkeypatch.setenv("SAFEHUB_OFFLINE", "1")
+    # A's own name carries A's prefix: B's bytes do not match it.
+    with pytest.raises(IntegrityError, match="SH540"):
+        Fetcher(policy_file).fetch_url(url_a, file_name=name_b)
+    # A URL without a prefix: B's name vouches for nothing, and neither does a pin on it.
+    with pytest.raises(FetchError, match="SH541") as info:
+        Fetcher(policy_file).fetch_url(plain_url, file_name=name_b)
+    assert "not the URL's own" in info.value.message
+    by_name = write_policy(tmp_path / "by-name.toml", hub, body=(
+        f'[downloads.pins]\n"{name_b}" = "{hashlib.sha256(b).hexdigest()}"\n'))
+    with pytest.raises(FetchError, match="SH541"):
+        Fetcher(by_name).fetch_url(plain_url, file_name=name_b)
+    assert _records(safehub_cache) == [] and leftovers(safehub_cache) == []
+
+
+def test_file_name_copy_of_the_url_itself_is_imported_when_the_url_is_pinned(
+        hub: FakeHub, tmp_path: Path, checkpoints: Path, safehub_cache: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.hub keeps ``url`` under the caller's file_name: a pin of the URL (or of its own
+    file name) vouches for that copy."""
+    data = _checkpoint(23)
+    url = hub.add_file("/models/plain.pt", data)
+    _torch_download(url, file_name="mine.pt")
+    hub.close()
+    monkeypatch.setenv("SAFEHUB_OFFLINE", "1")
+    sha = hashlib.sha256(data).hexdigest()
+    for key in (url, "plain.pt"):
+        if safehub_cache.exists():
+            shutil_rm(safehub_cache)
+        pinned = write_policy(tmp_path / "pinned.toml", hub,
+                              body=f'[downloads.pins]\n"{key}" = "{sha}"\n')
+        got = Fetcher(pinned).fetch_url(url, file_name="mine.pt")
+        assert got.sha256 == sha
+        assert _records(safehub_cache)[0]["provenance"]["path"] == str(  # type: ignore[index]
+            checkpoints / "mine.pt")
+
+
+def test_sandboxed_hubconf_cannot_bind_a_url_to_another_download(
+        hub: FakeHub, policy_file: Path, tmp_path: Path) -> None:
+    """End to end: an untrusted hubconf, in the sandbox, asks for A under B's file name; the
+    parent's later plain load of A gets A."""
+    a, url_a, _b, url_b = _two_downloads(hub)
+    repo = tmp_path / "evil"
+    repo.mkdir()
+    (repo / "hubconf.py").write_text(textwrap.dedent(f"""
+        dependencies = ["torch"]
+        import torch
+
+
+        def net():
+            torch.hub.load_state_dict_from_url({url_a!r}, file_name={url_b.rsplit("/", 1)[1]!r})
+            return torch.nn.Linear(1, 1)
+    """))
+    safehub.load(str(repo), "net", source="local", policy=str(policy_file), trust_repo=True)
+    state = safehub.load_state_dict_from_url(url_a, policy=str(policy_file))
+    expected = torch_load_bytes(a)
+    assert sorted(state) == sorted(expected)
+    assert all((state[k] == v).all() for k, v in expected.items())  # type: ignore[attr-defined]
+
+
+def torch_load_bytes(data: bytes) -> dict[str, Any]:
+    import io
+
+    import torch
+
+    return dict(torch.load(io.BytesIO(data), weights_only=True))

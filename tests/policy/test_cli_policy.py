@@ -62,6 +62,18 @@ def test_explain_user_policy_golden(cli: Cli, tmp_path: Path) -> None:
     check_golden("explain_user_policy.txt", result.out.replace(str(tmp_path), "<TMP>"))
 
 
+def test_explain_url_shows_a_file_name_pin(cli: Cli, tmp_path: Path) -> None:
+    """A pin keyed by the URL's file name is a requirement of the URL itself."""
+    policy = tmp_path / "pins.toml"
+    policy.write_text('schema = 1\nname = "pins"\nextends = "default"\n[downloads.pins]\n'
+                      '"net.pth" = "' + "ab" * 32 + '"\n')
+    result = cli("policy", "explain", "--url", "https://download.pytorch.org/models/net.pth",
+                 "--policy", str(policy))
+    assert result.code == 0, result.out + result.err
+    assert f"requires sha256: {'ab' * 32} (downloads.pins.net.pth)" in result.out
+    assert "(the URL's file name)" in result.out
+
+
 def test_explain_json(cli: Cli) -> None:
     result = cli("policy", "explain", "pytorch/vision", "-f", "json")
     assert result.code == 0

@@ -160,6 +160,35 @@ def test_pins_by_url_and_by_file_name(tmp_path: Path) -> None:
     assert by_name.requirement("sha256").value == "cd" * 32  # type: ignore[union-attr]
 
 
+def test_file_name_pin_applies_to_the_url_basename_and_to_any_file_name(
+        tmp_path: Path) -> None:
+    """A pin keyed by a file name binds a download named so by its URL (torch.hub's default
+    file name) as well as one the caller names so; every pin that applies must hold."""
+    other = "cd" * 32
+    policy = policy_from(tmp_path, f'[downloads.pins]\n"net.pth" = "{DIGEST}"\n'
+                         f'"other.pth" = "{other}"\n"same.pth" = "{DIGEST}"\n')
+    url = "https://download.pytorch.org/models/net.pth"
+    for file_name in (None, "net.pth", "unpinned.pth", "same.pth"):
+        d = policy.decide(DownloadRequest(url, file_name=file_name))
+        assert d.allowed, file_name
+        assert {r.value for r in d.requirements if r.kind == "sha256"} == {DIGEST}
+        assert any(r.rule == "downloads.pins.net.pth" and not r.by_file_name
+                   for r in d.requirements)
+    # The caller's name alone: required, but marked as not naming the URL.
+    [by_name] = policy.decide(DownloadRequest("https://download.pytorch.org/m/x.pth",
+                                              file_name="other.pth")).requirements
+    assert by_name.value == other and by_name.by_file_name
+    # Two pins that disagree: refused, naming both keys.
+    conflict = policy.decide(DownloadRequest(url, file_name="other.pth"))
+    assert not conflict.allowed
+    assert "'net.pth'" in conflict.trail[-1].message and "'other.pth'" in conflict.trail[-1].message
+    # The basename is the canonical URL's (query, fragment and dot segments do not hide it),
+    # and its %-decoded spelling is matched too.
+    for spelled in (f"{url}?x=1", f"{url}#frag", "https://download.pytorch.org/models/a/../net.pth",
+                    "https://download.pytorch.org/models/n%65t.pth"):
+        assert policy.decide(DownloadRequest(spelled)).requirement("sha256") is not None, spelled
+
+
 def test_offline_by_policy_and_by_environment(tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     url = "https://download.pytorch.org/models/r.pth"
