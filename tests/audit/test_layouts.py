@@ -185,6 +185,8 @@ def test_a_cache_written_by_huggingface_hub_itself(cli: Cli, tmp_path: Path,
 
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    # Generous timeouts: the loopback server answers slowly on a saturated machine.
+    monkeypatch.setattr(hub.constants, "HF_HUB_DOWNLOAD_TIMEOUT", 300)
     repo = tmp_path / "upstream"
     repo.mkdir()
     (repo / "pytorch_model.bin").write_bytes(clean_checkpoint(41))
@@ -196,7 +198,7 @@ def test_a_cache_written_by_huggingface_hub_itself(cli: Cli, tmp_path: Path,
             "config.json": repo / "config.json"})
         hf_home = tmp_path / "home" / ".cache" / "huggingface"
         snap = Path(hub.snapshot_download("acme/real", cache_dir=hf_home / "hub",
-                                          endpoint=server.url))
+                                          endpoint=server.url, etag_timeout=300))
     finally:
         server.close()
     link = snap / "pytorch_model.bin"
