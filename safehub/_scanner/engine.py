@@ -41,7 +41,7 @@ from safehub._scanner.nonmodel import (
 )
 from safehub._scanner.pickle_vm import FRAMES_BYTES, PickleCursor
 from safehub._scanner.source import ByteSource, FileRegion
-from safehub._scanner.textpickle import dead_text_names
+from safehub._scanner.textpickle import dead_text_names, import_can_run
 from safehub._scanner.zipdir import NoDirectory, ZipError, find_eocd, read_directory
 from safehub.findings import FileReport, Finding, ScanReport, Skipped, Verdict
 from safehub.rules import RULES
@@ -219,9 +219,9 @@ def _scan_as_pickle(scan: FileScan, fh: BinaryIO, size: int) -> None:
 
 
 def _importable(name: str) -> bool:
-    """Whether an import could succeed: every dotted part a Python identifier (after a
-    leading dot: ``__import__('.antigravity')`` finds and runs ``antigravity``)."""
-    return all(part.isidentifier() for part in name.removeprefix(".").split("."))
+    """Whether an import could succeed and run code (``__import__('.antigravity')`` finds
+    and runs ``antigravity``; ``site-packages.pip`` imports a folder on the path)."""
+    return import_can_run(name)
 
 
 def _scan_zip_file(scan: FileScan, fh: BinaryIO, *, primary: bool) -> None:

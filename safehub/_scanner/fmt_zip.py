@@ -51,7 +51,7 @@ def scan_zip(scan: FileScan, fh: BinaryIO, directory: ZipDirectory) -> str:
     for entry in entries:
         if entry.data_offset < 0:
             continue  # its local header is unreadable (an SH115 anomaly): no loader opens it
-        if entry.method not in (0, 8) and not entry.name.endswith("/"):
+        if entry.method not in (0, 8) and entry.compressed_size:
             # Its content cannot be checked; zipfile (numpy) reads bzip2 and lzma members,
             # so an object array could hide in one.
             scan.add("SH116", f"{entry.name}: compression method {entry.method}",
@@ -100,11 +100,11 @@ def scan_zip(scan: FileScan, fh: BinaryIO, directory: ZipDirectory) -> str:
 
 def _record_kind(fh: BinaryIO, entry: ZipEntry) -> str | None:
     """What a loader could do with this record: 'pickle', 'npy', 'hidden-pickle' or None."""
-    name = entry.lower
+    # zipfile (numpy.load) cuts a name at its first NUL, and numpy opens members whose
+    # names end in "/" like any other: the bytes decide, never the name's shape.
+    name = entry.lower.split("\0", 1)[0]
     if name.endswith(".pkl"):
         return "pickle"
-    if name.endswith("/"):
-        return None
     head = _peek(fh, entry)
     if head.startswith(NPY_MAGIC):
         return "npy"

@@ -130,6 +130,12 @@ def _judge_globals(
         info = knowledge.lookup(name) or knowledge.lookup(g.raw)
         severity = info.severity if info else Severity.MEDIUM
         explanation = info.explanation if info else "not needed to rebuild tensors or containers"
+        if not name.removeprefix(".").split(".", 1)[0].isidentifier():
+            # `site-packages.x`, `lib-dynload.y`: a folder on the import path reaches any
+            # installed module under a name no knowledge table lists.
+            severity = Severity.CRITICAL
+            explanation = ("imported through a folder or file on the import path whose name "
+                           "is not a package name (it reaches modules under other names)")
         if id(g) in misused:
             explanation = ("a defaultdict whose default factory is not a plain value type or "
                            "is set by BUILD (the factory is called on every missing key)")

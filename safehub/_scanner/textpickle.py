@@ -12,10 +12,13 @@ text decides (the oracle, tests/scanner/test_text_files.py, runs them):
 
 ``__import__`` first looks up the shortest prefix of the name that has no parent
 (``a`` of ``a.b``; ``.a`` of ``.a.b``, found by its last part ``a``). When that part is
-not a Python identifier (``mport os``, ``lass Foo:``, ``nclude "x``) no installed module
-has that name: only a file of that literal name placed on the import path can answer,
-the same trust as a ``numpy.py`` planted next to any checkpoint, which no scan of the
-checkpoint decides. Such a lookup fails, and the loader with it.
+not a Python identifier (``mport os``, ``lass Foo:``, ``nclude "x``) no installed package
+has that name, but folders and files on the import path can (``site-packages`` is a
+folder inside the standard library's, importable as a namespace package): such names are
+looked up on this interpreter's path with ``importlib.util.find_spec``, which runs no
+module code. A name found nowhere fails, and the loader with it; a file of that literal
+name planted elsewhere is the same trust as a ``numpy.py`` planted next to any
+checkpoint, which no scan of the checkpoint decides.
 
 So a file that is wholly text is not a pickle when every reading of it (the C reader
 from a file and from bytes, the pure-Python reader) stops before completing a record,
@@ -37,16 +40,36 @@ __all__ = ["dead_text_names", "import_can_run"]
 
 
 def import_can_run(module: str) -> bool:
-    """Whether ``__import__(module)`` can find an installed module (and so run code):
-    the first lookup's name, the part before the first dot (after a leading dot), is a
-    Python identifier."""
-    first = module[1:] if module.startswith(".") else module
-    return first.split(".", 1)[0].isidentifier()
+    """Whether ``__import__(module)`` can find a module (and so run code).
+
+    The first lookup is for the part before the first dot (after a leading dot). A Python
+    identifier is assumed importable (it may be installed where the file is loaded). Any
+    other spelling is looked up on this interpreter's import path: folders on ``sys.path``
+    are importable as namespace packages under names that are not identifiers
+    (``site-packages``, ``lib-dynload``, ``*-stubs``), and so are files such as
+    ``_sysconfigdata__linux_x86_64-linux-gnu.py``.
+    """
+    first = (module[1:] if module.startswith(".") else module).split(".", 1)[0]
+    if first.isidentifier():
+        return True
+    if not first or "\0" in first:
+        return False  # __import__ refuses the name before any lookup
+    return _found_on_path(first)
+
+
+def _found_on_path(name: str) -> bool:
+    import importlib.util
+
+    try:
+        # For a name without a dot this asks the finders only: no module code runs.
+        return importlib.util.find_spec(name) is not None
+    except Exception:  # a finder failing on a strange name: assume it can be found
+        return True
 
 
 def _dead(res: StreamResult) -> bool:
     return (not res.stopped and not res.limit and not res.computed and not res.extensions
-            and not any(import_can_run(g.module) for g in res.globals))
+            and not res.calls and not any(import_can_run(g.module) for g in res.globals))
 
 
 def dead_text_names(fh: BinaryIO, size: int, limits: Limits) -> list[str] | None:
