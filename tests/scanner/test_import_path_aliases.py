@@ -13,6 +13,7 @@ Each attack first runs for real (a marker file appears), then the scanner must r
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import subprocess
@@ -114,10 +115,8 @@ def test_npz_members_named_like_folders_are_read(member: str, tmp_path: Path) ->
     # Without safehub: numpy lists the member and its pickle runs.
     with np.load(path, allow_pickle=True) as npz:
         key = next(k for k in npz.files if k.startswith("evil"))
-        try:
+        with contextlib.suppress(Exception):  # the pickle returns a file, not an array
             npz[key]
-        except Exception:
-            pass
     assert marker.exists()
     marker.unlink()
     with open(path, "rb") as fh:
