@@ -29,15 +29,16 @@ from safehub.findings import Skipped
 __all__ = ["discover", "layout_of"]
 
 
-def layout_of(root: str, *, torch_hub: str | None = None) -> str:
-    """``huggingface``, ``torch-hub``, ``safehub-cache`` or ``plain``."""
+def layout_of(root: str, *, torch_hub: str | None = None, above: bool = False) -> str:
+    """``huggingface``, ``torch-hub``, ``safehub-cache`` or ``plain``. ``above``: ``root``
+    is a folder above the path being audited, so only torch.hub's own markers count."""
     if not os.path.isdir(root):
         return "plain"
     if is_hf_repo(root) or is_hf_cache(root):
         return "huggingface"
     if torch_hub is not None and _same(root, torch_hub):
         return "torch-hub"
-    if is_torch_hub_dir(root):
+    if is_torch_hub_dir(root, by_checkouts=not above):
         return "torch-hub"
     if is_safehub_cache(root) and os.path.basename(os.path.normpath(root)) == "safehub":
         return "safehub-cache"
@@ -95,7 +96,7 @@ def enclosing_layout(path: str, *, torch_hub: str | None = None) -> tuple[str, s
             return "huggingface", current
         # A Hugging Face cache folder owns only its repo folders: what else lies in it is
         # audited as itself, so only a repo folder encloses.
-        layout = layout_of(current, torch_hub=torch_hub)
+        layout = layout_of(current, torch_hub=torch_hub, above=True)
         if layout in ("torch-hub", "safehub-cache"):
             return layout, current
         parent = os.path.dirname(current)

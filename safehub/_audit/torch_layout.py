@@ -77,11 +77,13 @@ def parse_repo_folder(folder: str, known: set[str]) -> tuple[str, str] | None:
     return f"{owner}/{name}", ref
 
 
-def is_torch_hub_dir(root: str) -> bool:
+def is_torch_hub_dir(root: str, *, by_checkouts: bool = True) -> bool:
     """Whether a folder looks like torch's hub directory: a ``trusted_list``, safehub's
-    cache, an ``<owner>_<repo>_<ref>/hubconf.py`` checkout, or a ``checkpoints/`` folder
-    that is torch's (the folder is named ``hub``, as ``get_dir`` names it, or a file in
-    it carries torch's ``-<sha256 prefix>.`` download name)."""
+    cache, an ``<owner>_<repo>_<ref>/hubconf.py`` checkout (only with ``by_checkouts``:
+    any folder of projects can hold one, so it is not evidence for a folder far above
+    the path being audited), or a ``checkpoints/`` folder that is torch's (the folder is
+    named ``hub``, as ``get_dir`` names it, or a file in it carries torch's
+    ``-<sha256 prefix>.`` download name)."""
     if os.path.isfile(os.path.join(root, "trusted_list")):
         return True
     if is_safehub_cache(os.path.join(root, SAFEHUB_SUBDIR)):
@@ -90,7 +92,7 @@ def is_torch_hub_dir(root: str) -> bool:
         names = os.listdir(root)
     except OSError:
         return False
-    if any(parse_repo_folder(n, set()) is not None and
+    if by_checkouts and any(parse_repo_folder(n, set()) is not None and
            os.path.isfile(os.path.join(root, n, "hubconf.py")) for n in names):
         return True
     checkpoints = os.path.join(root, "checkpoints")

@@ -186,7 +186,9 @@ def test_a_cache_written_by_huggingface_hub_itself(cli: Cli, tmp_path: Path,
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
     # Generous timeouts: the loopback server answers slowly on a saturated machine.
-    monkeypatch.setattr(hub.constants, "HF_HUB_DOWNLOAD_TIMEOUT", 300)
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_DOWNLOAD_TIMEOUT", 300)
     repo = tmp_path / "upstream"
     repo.mkdir()
     (repo / "pytorch_model.bin").write_bytes(clean_checkpoint(41))

@@ -210,6 +210,10 @@ def test_malformed_is_a_finding_per_folder_in_audit(cli: Cli, forged: Any, key: 
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     m, _, variants = forged
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    # A checkout-looking folder beside an ancestor (pytest's own tmp folders can hold one)
+    # must not make that ancestor a torch.hub directory enclosing the audited folders.
+    (tmp_path / "acme_model_main").mkdir()
+    (tmp_path / "acme_model_main" / "hubconf.py").write_text("")
     root = tmp_path / "store"
     keyed = [c for c in CASES if variants[c][1] == "key"]
     for case in keyed:
