@@ -136,12 +136,13 @@ class TransferLimits:
     def allowed(self, received: int) -> float:
         return self.deadline + received / self.min_rate
 
-    def error(self, url: str, received: int) -> FetchError:
-        """The error for a request that ran past its deadline."""
+    def error(self, url: str, received: int, *, counted: str = "received") -> FetchError:
+        """The error for a request that ran past its deadline (``counted``: what the
+        byte count is, where the allowance was for bytes requested, not received)."""
         return FetchError(
             f"{url} did not finish within its overall deadline of "
             f"{self.allowed(received):.1f} s ({self.deadline_from} = {self.deadline:g} s, "
-            f"plus the {received} bytes received at {self.min_rate_from} = "
+            f"plus the {received} bytes {counted} at {self.min_rate_from} = "
             f"{self.min_rate / 1024:g} KiB/s)", subject=url,
             fix="use a faster server or network; if this server is known to be this slow, "
             "raise downloads.deadline_s or lower downloads.min_rate_kb_s in the policy (a "

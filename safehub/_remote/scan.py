@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from safehub._fetch.http import HttpSettings
+from safehub._fetch.http import HttpSettings, transfer_limits
 from safehub._policy.policy import Policy
 from safehub._remote.http import HttpRangeClient, Stats, get_json
 from safehub._remote.plan import HEAD, TAIL, zip_plan
@@ -115,7 +115,7 @@ def list_remote(spec: str, policy: Policy, stats: Stats, *,
     from safehub._remote.s3 import list_objects, s3_filesystem
 
     fs = fs or s3_filesystem()
-    objects = list_objects(fs, ref.bucket, ref.path, policy, stats)
+    objects = list_objects(fs, ref.bucket, ref.path, policy, stats, transfer_limits(http, policy))
     named = len(objects) == 1 and objects[0][0] == ref.path
     endpoint = s3_endpoint()
     return [RemoteItem(f"s3://{ref.bucket}/{key}", "s3", bucket=ref.bucket, key=key,
@@ -152,7 +152,8 @@ def scan_item(item: RemoteItem, policy: Policy, options: ScanOptions, *,
 
             client = S3RangeClient(fs or s3_filesystem(item.endpoint or None), item.bucket,
                                    item.key, item.size or 0, policy,
-                                   endpoint=item.endpoint or None)
+                                   endpoint=item.endpoint or None,
+                                   limits=transfer_limits(http, policy))
             if item.size is None:
                 raise FetchError("object size unknown", subject=item.display)
         else:

@@ -77,6 +77,35 @@ def test_a_trickling_server_ends_the_remote_scan_at_the_deadline(
     assert "overall deadline" in report.error and "HttpSettings.deadline" in report.error
 
 
+@pytest.mark.parametrize("step", ["listing", "read"])
+def test_a_trickling_s3_endpoint_ends_at_the_deadline(
+        step: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """botocore's timeouts are per socket read, which a byte every 0.2 s never trips: the
+    deadline is what ends the listing (fs.info) and the range reads (cat_ranges)."""
+    pytest.importorskip("s3fs", reason="the S3 tests need the s3 extra (dev extra)")
+    from safehub._remote.scan import RemoteItem, scan_item
+
+    server = Trickler(b"HTTP/1.1 200 OK\r\nX-Slow: ", b"a")
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", server.url)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        policy = load_policy(write_policy(tmp_path / "p.toml", server.url))
+        if step == "listing":
+            result = scan_remote(["s3://models/m.pt"], policy=policy,
+                                 options=policy.scan_options(), http=SHORT)
+            (report,) = result.report.files
+        else:  # listed already: straight to the reads
+            item = RemoteItem("s3://models/m.pt", "s3", bucket="models", key="m.pt",
+                              size=5 << 20, endpoint=server.url)
+            report, _ = scan_item(item, policy, policy.scan_options(), http=SHORT)
+    finally:
+        server.close()
+    assert report.verdict is not Verdict.CLEAN and report.error, report
+    assert "overall deadline" in report.error and "HttpSettings.deadline" in report.error
+
+
 @pytest.mark.parametrize("command", ["scan", "audit"])
 def test_deadline_flag_tightens_the_policy_for_a_remote_scan(
         command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
