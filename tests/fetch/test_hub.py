@@ -21,8 +21,9 @@ FUNCTIONS = ["get_dir", "set_dir", "download_url_to_file", "load_state_dict_from
              "list", "help"]
 # Keyword-only additions: every function takes policy=; load takes into=; list and help take
 # source= (torch.hub's only read GitHub; safehub's also read local folders).
-EXTRAS = {"load": ["policy", "into", "seed", "trust_nested"], "list": ["source", "policy"],
-          "help": ["source", "policy"]}
+EXTRAS = {"load": ["policy", "into", "seed", "trust_nested", "lockfile", "frozen"],
+          "list": ["source", "policy", "lockfile", "frozen"],
+          "help": ["source", "policy", "lockfile", "frozen"]}
 # Where safehub deliberately differs from torch.hub (documented in each docstring).
 DOCUMENTED_DEFAULTS = {("load_state_dict_from_url", "weights_only"): (False, True)}
 
@@ -37,7 +38,7 @@ def test_signatures_match_torch_hub(name: str) -> None:
     assert extra in ([], ["policy"], EXTRAS.get(name))
     for added in extra:
         assert ours[added].kind is inspect.Parameter.KEYWORD_ONLY, added
-        assert ours[added].default in (None, "github"), added
+        assert ours[added].default in (None, "github", False), added
     assert [p for p in ours if p not in extra] == list(theirs), "same names, same order"
     for pname, theirs_p in theirs.items():
         ours_p = ours[pname]
