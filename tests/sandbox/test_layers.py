@@ -109,6 +109,22 @@ def filesystem_and_network(secret, outside, tcp_port, udp_port):
     return _out(read=_try(lambda: open(secret, "rb").read()),
                 write=_try(lambda: open(outside, "w").close()), tcp=_try(tcp), udp=_try(udp))
 
+def metadata(target):
+    def fchmod():
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            os.fchmod(fd, 0o666)
+        finally:
+            os.close(fd)
+    def fchmodat2():  # the call glibc uses for fchmodat(AT_SYMLINK_NOFOLLOW)
+        libc.syscall.restype = ctypes.c_long
+        if libc.syscall(452, -100, target.encode(), 0o666, 0) != 0:
+            raise OSError(ctypes.get_errno(), "fchmodat2")
+    return _out(chmod=_try(lambda: os.chmod(target, 0o666)), fchmod=_try(fchmod),
+                fchmodat2=_try(fchmodat2), chown=_try(lambda: os.chown(target, -1, -1)),
+                utime=_try(lambda: os.utime(target, (0, 0))),
+                xattr=_try(lambda: os.setxattr(target, "user.planted", b"1")))
+
 def syscalls():
     return _out(exec=_try(lambda: subprocess.run(["/bin/true"], check=True)),
                 socket=_try(lambda: socket.socket().close()),
@@ -338,3 +354,30 @@ def test_seccomp(sandbox: Sandbox, repo: Path) -> None:
     if IS_ROOT:  # without any layer the child is root: everything works
         without, _ = run(sandbox, repo, "syscalls", None)
         assert without == {"exec": [1], "socket": [1], "setsid": [1], "unshare": [1]}
+
+
+def test_seccomp_denies_changing_file_metadata(sandbox: Sandbox, repo: Path,
+                                               public_dir: Path) -> None:
+    # Landlock does not mediate a file's mode, owner, times or extended attributes: by
+    # path they work on any file the sandbox's uid owns, even one it cannot read
+    # (chmod 0666 ~/.ssh/authorized_keys, when the sandbox runs as the user).
+    target = public_dir / "authorized_keys"
+    target.write_text("ssh-ed25519 AAAA owner")
+    target.chmod(0o600)
+    before = target.stat()
+    names = ("chmod", "fchmod", "fchmodat2", "chown", "utime", "xattr")
+    flags, applied = run(sandbox, repo, "metadata", {Layer.SECCOMP, Layer.LANDLOCK},
+                         target=str(target))
+    assert Layer.SECCOMP in applied and Layer.LANDLOCK in applied
+    # fchmod needs read access, which Landlock alone denies here.
+    assert {name: flag(flags, name) for name in names} == dict.fromkeys(names, 0)
+    after = target.stat()
+    assert (after.st_mode, after.st_mtime_ns) == (before.st_mode, before.st_mtime_ns)
+    assert not os.listxattr(target)
+    if IS_ROOT:  # without seccomp, as the file's owner, Landlock lets it all through
+        without, _ = run(sandbox, repo, "metadata", {Layer.LANDLOCK}, target=str(target))
+        assert {name: flag(without, name) for name in ("chmod", "fchmodat2", "chown",
+                                                       "utime", "xattr")} == \
+            dict.fromkeys(("chmod", "fchmodat2", "chown", "utime", "xattr"), 1)
+        assert target.stat().st_mode & 0o777 == 0o666
+
