@@ -55,6 +55,12 @@ DENIED_SYSCALLS: dict[str, tuple[str, ...]] = {
                                     "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr"),
     "use io_uring": ("io_uring_setup", "io_uring_enter", "io_uring_register"),
     "use the kernel keyring": ("keyctl", "add_key", "request_key"),
+    # Without an IPC namespace (hosts that refuse user namespaces) these reach the host's
+    # objects: the user's shared memory and queues, and segments that outlive the sandbox.
+    "use System V or POSIX message IPC": (
+        "shmget", "shmat", "shmctl", "shmdt", "semget", "semop", "semtimedop", "semctl",
+        "msgget", "msgsnd", "msgrcv", "msgctl", "ipc", "mq_open", "mq_unlink",
+        "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr"),
     "load kernel programs or profile": ("bpf", "perf_event_open", "userfaultfd"),
     "leave the process group": ("setsid", "setpgid"),
     "open files by handle": ("open_by_handle_at", "name_to_handle_at"),

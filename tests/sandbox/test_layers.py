@@ -109,6 +109,17 @@ def filesystem_and_network(secret, outside, tcp_port, udp_port):
     return _out(read=_try(lambda: open(secret, "rb").read()),
                 write=_try(lambda: open(outside, "w").close()), tcp=_try(tcp), udp=_try(udp))
 
+def sysv_ipc():
+    libc.shmget.restype = ctypes.c_int
+    shm = libc.shmget(0, 1 << 20, 0o1600)  # IPC_PRIVATE, IPC_CREAT | 0600
+    if shm != -1:
+        libc.shmat.restype = ctypes.c_void_p
+        address = libc.shmat(shm, None, 0)
+        ctypes.memset(address, 0x5A, 1 << 20)  # pages that stay when this process ends
+    msg, sem = libc.msgget(0, 0o1600), libc.semget(0, 1, 0o1600)
+    return _out(shm=shm != -1, msg=msg != -1, sem=sem != -1, shm_id=shm, msg_id=msg,
+                sem_id=sem)
+
 def metadata(target):
     def fchmod():
         fd = os.open(target, os.O_RDONLY)
@@ -381,3 +392,29 @@ def test_seccomp_denies_changing_file_metadata(sandbox: Sandbox, repo: Path,
             dict.fromkeys(("chmod", "fchmodat2", "chown", "utime", "xattr"), 1)
         assert target.stat().st_mode & 0o777 == 0o666
 
+
+def test_seccomp_denies_system_v_ipc(sandbox: Sandbox, repo: Path) -> None:
+    # Without an IPC namespace (a host that refuses user namespaces) System V objects are
+    # the host's: a segment the sandbox creates outlives it, memory its limits never see.
+    names = ("shm", "msg", "sem")
+    libc = ctypes.CDLL(None, use_errno=True)
+    created: list[dict[str, Any]] = []
+    try:
+        flags, applied = run(sandbox, repo, "sysv_ipc", {Layer.SECCOMP})
+        created.append(flags)
+        assert Layer.SECCOMP in applied and Layer.IPCNS not in applied
+        assert {name: flag(flags, name) for name in names} == dict.fromkeys(names, 0)
+        without, _ = run(sandbox, repo, "sysv_ipc", None)
+        created.append(without)
+        assert {name: flag(without, name) for name in names} == dict.fromkeys(names, 1)
+        stat = ctypes.create_string_buffer(256)  # struct shmid_ds
+        assert libc.shmctl(flag(without, "shm_id"), 2, stat) == 0, (  # IPC_STAT
+            "the segment outlived the sandbox")
+    finally:  # IPC_RMID on whatever was created
+        for ids in created:
+            if flag(ids, "shm"):
+                libc.shmctl(flag(ids, "shm_id"), 0, None)
+            if flag(ids, "msg"):
+                libc.msgctl(flag(ids, "msg_id"), 0, None)
+            if flag(ids, "sem"):
+                libc.semctl(flag(ids, "sem_id"), 0, 0)
