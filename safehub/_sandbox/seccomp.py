@@ -9,9 +9,11 @@ needs and sandbox escapes use: starting programs, new sockets, ptrace and other
 processes' memory, namespaces and mounts, io_uring, the kernel keyring, System V
 IPC and POSIX message queues (host-wide without an IPC namespace), bpf,
 perf, userfaultfd, leaving the process group (setsid, setpgid, which would escape
-the kill of the whole tree), making itself dumpable again, and terminal input
-injection. ``clone`` with namespace flags is denied; ``clone3`` answers ENOSYS so
-that glibc falls back to ``clone``, whose flags the filter can inspect.
+the kill of the whole tree), making itself dumpable again, terminal input
+injection, and setting another process's resource limits or priorities (prlimit,
+setpriority and ioprio_set for anything but the caller itself). ``clone`` with
+namespace flags is denied; ``clone3`` answers ENOSYS so that glibc falls back to
+``clone``, whose flags the filter can inspect.
 
 Changing a file's mode, owner, times or extended attributes (ACLs included) is
 denied too: Landlock does not mediate them, and they work by path on any file the
@@ -84,7 +86,10 @@ _GENERIC_TABLE_MACHINES = frozenset({"x86_64", "aarch64", "arm64", "riscv64", "p
 
 _NS_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000,
              0x40000000)  # CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET
+_CMP_NE = 1
 _PR_SET_DUMPABLE = 4
+_PRIO_PROCESS = 0
+_IOPRIO_WHO_PROCESS = 1
 _TIOCSTI = 0x5412
 _TIOCLINUX = 0x541C
 
@@ -164,6 +169,13 @@ def apply_filter() -> SeccompApplied:
             add("clone", eperm, (0, _CMP_MASKED_EQ, flag, flag))
         add("clone3", _act_errno(errno.ENOSYS))
         add("prctl", eperm, (0, _CMP_EQ, _PR_SET_DUMPABLE, 0))
+        # Resource controls of other processes are not scoped by Landlock: without a PID
+        # namespace they reach the parent (its pid is the channel's peer) and every
+        # process of the uid. The calling process's own stay allowed.
+        add("prlimit64", eperm, (0, _CMP_NE, 0, 0))
+        for call, who in (("setpriority", _PRIO_PROCESS), ("ioprio_set", _IOPRIO_WHO_PROCESS)):
+            add(call, eperm, (0, _CMP_NE, who, 0))
+            add(call, eperm, (1, _CMP_NE, 0, 0))
         for request in (_TIOCSTI, _TIOCLINUX):
             add("ioctl", eperm, (1, _CMP_MASKED_EQ, 0xFFFFFFFF, request))
         rc = lib.seccomp_load(ctx)

@@ -5,6 +5,7 @@ it allowed. The full combination is exercised by the hostile suite."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import shutil
 import signal
@@ -108,6 +109,34 @@ def filesystem_and_network(secret, outside, tcp_port, udp_port):
         socket.create_connection(("127.0.0.1", tcp_port), timeout=2).close()
     return _out(read=_try(lambda: open(secret, "rb").read()),
                 write=_try(lambda: open(outside, "w").close()), tcp=_try(tcp), udp=_try(udp))
+
+def other_processes(limit):
+    # The peer of the channel is the parent; without a PID namespace its real pid.
+    peer = socket.socket(fileno=3)
+    try:
+        pid = int.from_bytes(peer.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)[:4],
+                             "little")
+    finally:
+        peer.detach()
+    import resource
+    def prlimit():
+        hard = resource.prlimit(pid, resource.RLIMIT_CORE)[1]
+        resource.prlimit(pid, resource.RLIMIT_CORE, (limit, hard))
+    nobody = 0x7EFFFFFF  # a uid without processes: the kernel answers ESRCH, seccomp EPERM
+    def errno_of(call):
+        try:
+            call()
+        except OSError as exc:
+            return exc.errno
+        return 0
+    def ioprio_user():
+        if libc.syscall(251, 3, nobody, 0) != 0:  # ioprio_set(IOPRIO_WHO_USER, ...)
+            raise OSError(ctypes.get_errno(), "ioprio_set")
+    own = _try(lambda: resource.prlimit(0, resource.RLIMIT_CORE, (0, 0)))
+    return _out(pid=pid, prlimit=_try(prlimit), own=own,
+                renice_user=errno_of(lambda: os.setpriority(os.PRIO_USER, nobody, 0)),
+                ioprio_user=errno_of(ioprio_user),
+                nice_self=_try(lambda: os.setpriority(os.PRIO_PROCESS, 0, 1)))
 
 def sysv_ipc():
     libc.shmget.restype = ctypes.c_int
@@ -418,3 +447,28 @@ def test_seccomp_denies_system_v_ipc(sandbox: Sandbox, repo: Path) -> None:
                 libc.msgctl(flag(ids, "msg_id"), 0, None)
             if flag(ids, "sem"):
                 libc.semctl(flag(ids, "sem_id"), 0, 0)
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the probe calls ioprio_set by number")
+def test_seccomp_keeps_resource_controls_to_the_sandbox(sandbox: Sandbox, repo: Path) -> None:
+    # Without a PID namespace (a host that refuses user namespaces) the parent's pid is
+    # the channel's peer, and prlimit(), setpriority(PRIO_USER) and ioprio_set(WHO_USER)
+    # reach it and every process of the uid: Landlock scopes signals, not these.
+    import resource
+
+    before = resource.getrlimit(resource.RLIMIT_CORE)
+    layers = {Layer.SECCOMP, Layer.LANDLOCK, Layer.CAPS, Layer.RLIMITS, Layer.FDS}
+    try:
+        flags, applied = run(sandbox, repo, "other_processes", layers, limit=4242)
+        assert Layer.SECCOMP in applied and Layer.PIDNS not in applied
+        assert flag(flags, "pid") == os.getpid()
+        assert flag(flags, "prlimit") == 0
+        assert (flag(flags, "renice_user"), flag(flags, "ioprio_user")) == (errno.EPERM,) * 2
+        assert resource.getrlimit(resource.RLIMIT_CORE) == before
+        assert (flag(flags, "own"), flag(flags, "nice_self")) == (1, 1)  # its own: as before
+        without, _ = run(sandbox, repo, "other_processes", layers - {Layer.SECCOMP}, limit=4242)
+        assert flag(without, "prlimit") == 1
+        assert (flag(without, "renice_user"), flag(without, "ioprio_user")) == (errno.ESRCH,) * 2
+        assert resource.getrlimit(resource.RLIMIT_CORE)[0] == 4242, "the parent was reached"
+    finally:
+        resource.setrlimit(resource.RLIMIT_CORE, before)
