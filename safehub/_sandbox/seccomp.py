@@ -10,8 +10,8 @@ processes' memory, namespaces and mounts, io_uring, the kernel keyring, System V
 IPC and POSIX message queues (host-wide without an IPC namespace), bpf,
 perf, userfaultfd, leaving the process group (setsid, setpgid, which would escape
 the kill of the whole tree), making itself dumpable again, terminal input
-injection, and setting another process's resource limits or priorities (prlimit,
-setpriority and ioprio_set for anything but the caller itself). ``clone`` with
+injection, and setting another process's resource limits, priorities or scheduling
+(prlimit, setpriority, ioprio_set, sched_set* for anything but the caller itself). ``clone`` with
 namespace flags is denied; ``clone3`` answers ENOSYS so that glibc falls back to
 ``clone``, whose flags the filter can inspect.
 
@@ -172,7 +172,9 @@ def apply_filter() -> SeccompApplied:
         # Resource controls of other processes are not scoped by Landlock: without a PID
         # namespace they reach the parent (its pid is the channel's peer) and every
         # process of the uid. The calling process's own stay allowed.
-        add("prlimit64", eperm, (0, _CMP_NE, 0, 0))
+        for call in ("prlimit64", "sched_setaffinity", "sched_setscheduler", "sched_setparam",
+                     "sched_setattr"):
+            add(call, eperm, (0, _CMP_NE, 0, 0))
         for call, who in (("setpriority", _PRIO_PROCESS), ("ioprio_set", _IOPRIO_WHO_PROCESS)):
             add(call, eperm, (0, _CMP_NE, who, 0))
             add(call, eperm, (1, _CMP_NE, 0, 0))

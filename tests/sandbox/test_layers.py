@@ -134,6 +134,10 @@ def other_processes(limit):
             raise OSError(ctypes.get_errno(), "ioprio_set")
     own = _try(lambda: resource.prlimit(0, resource.RLIMIT_CORE, (0, 0)))
     return _out(pid=pid, prlimit=_try(prlimit), own=own,
+                affinity=errno_of(lambda: os.sched_setaffinity(pid, os.sched_getaffinity(pid))),
+                scheduler=errno_of(lambda: os.sched_setscheduler(
+                    pid, os.sched_getscheduler(pid), os.sched_getparam(pid))),
+                sched_self=_try(lambda: os.sched_setaffinity(0, os.sched_getaffinity(0))),
                 renice_user=errno_of(lambda: os.setpriority(os.PRIO_USER, nobody, 0)),
                 ioprio_user=errno_of(ioprio_user),
                 nice_self=_try(lambda: os.setpriority(os.PRIO_PROCESS, 0, 1)))
@@ -452,22 +456,29 @@ def test_seccomp_denies_system_v_ipc(sandbox: Sandbox, repo: Path) -> None:
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="the probe calls ioprio_set by number")
 def test_seccomp_keeps_resource_controls_to_the_sandbox(sandbox: Sandbox, repo: Path) -> None:
     # Without a PID namespace (a host that refuses user namespaces) the parent's pid is
-    # the channel's peer, and prlimit(), setpriority(PRIO_USER) and ioprio_set(WHO_USER)
-    # reach it and every process of the uid: Landlock scopes signals, not these.
+    # the channel's peer, and prlimit(), sched_set*(), setpriority(PRIO_USER) and
+    # ioprio_set(WHO_USER) reach it and every process of the uid: Landlock scopes
+    # signals, not these.
     import resource
 
     before = resource.getrlimit(resource.RLIMIT_CORE)
-    layers = {Layer.SECCOMP, Layer.LANDLOCK, Layer.CAPS, Layer.RLIMITS, Layer.FDS}
+    # No capability layer: as root it would stop the scheduling calls on its own (the
+    # child's capabilities are no superset of the parent's); an unprivileged user's
+    # sandbox and parent hold none, where nothing but seccomp stops them.
+    layers = {Layer.SECCOMP, Layer.LANDLOCK, Layer.RLIMITS, Layer.FDS}
     try:
         flags, applied = run(sandbox, repo, "other_processes", layers, limit=4242)
         assert Layer.SECCOMP in applied and Layer.PIDNS not in applied
         assert flag(flags, "pid") == os.getpid()
         assert flag(flags, "prlimit") == 0
+        assert (flag(flags, "affinity"), flag(flags, "scheduler")) == (errno.EPERM,) * 2
         assert (flag(flags, "renice_user"), flag(flags, "ioprio_user")) == (errno.EPERM,) * 2
         assert resource.getrlimit(resource.RLIMIT_CORE) == before
-        assert (flag(flags, "own"), flag(flags, "nice_self")) == (1, 1)  # its own: as before
+        assert (flag(flags, "own"), flag(flags, "nice_self"), flag(flags, "sched_self")) == \
+            (1, 1, 1)  # its own: as before
         without, _ = run(sandbox, repo, "other_processes", layers - {Layer.SECCOMP}, limit=4242)
-        assert flag(without, "prlimit") == 1
+        assert (flag(without, "prlimit"), flag(without, "affinity"),
+                flag(without, "scheduler")) == (1, 0, 0)
         assert (flag(without, "renice_user"), flag(without, "ioprio_user")) == (errno.ESRCH,) * 2
         assert resource.getrlimit(resource.RLIMIT_CORE)[0] == 4242, "the parent was reached"
     finally:
