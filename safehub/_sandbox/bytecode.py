@@ -8,6 +8,13 @@ repository; the child reads it through Landlock's read-only rules and checks eac
 file against its source's size and mtime as Python always does (a changed source is
 compiled in memory again). A failure or a slow tree (a FIFO named ``x.py``) only
 means no cache: the call goes on without one.
+
+The compile runs with the caller's rights, outside the sandbox: a module that is a
+symbolic link to a file outside the repository (``helper.py -> ~/project/settings.py``)
+is not compiled (``compileall -e``). Its bytecode, constants and all, would otherwise
+sit in the folder the child may read, and the child's import would take it (the
+cached size and mtime match the link's target) without ever opening the source that
+Landlock denies it.
 """
 
 from __future__ import annotations
@@ -64,10 +71,12 @@ def compiled(repo_dir: str) -> str | None:
         prefix = os.path.join(_private_root(), str(len(_done)))
         os.mkdir(prefix, 0o755)
         # Whatever was compiled before a failure or the timeout is used; the rest
-        # compiles in the child.
+        # compiles in the child. Links leaving the repo are skipped (-e): only what the
+        # child could read itself is compiled for it.
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             subprocess.run([sys.executable, "-I", "-X", f"pycache_prefix={prefix}", "-m",
-                            "compileall", "-q", "-r", "32", repo_dir],
+                            "compileall", "-q", "-r", "32", "-e", os.path.realpath(repo_dir),
+                            repo_dir],
                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, timeout=_TIMEOUT_S, cwd="/",
                            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})

@@ -6,11 +6,24 @@ x32 and foreign-ABI entry points that a hand-written BPF filter easily forgets.
 
 The filter allows by default and denies, with EPERM, what repository code never
 needs and sandbox escapes use: starting programs, new sockets, ptrace and other
-processes' memory, namespaces and mounts, io_uring, the kernel keyring, bpf,
+processes' memory, namespaces and mounts, io_uring, the kernel keyring, System V
+IPC and POSIX message queues (host-wide without an IPC namespace), bpf,
 perf, userfaultfd, leaving the process group (setsid, setpgid, which would escape
-the kill of the whole tree), making itself dumpable again, and terminal input
-injection. ``clone`` with namespace flags is denied; ``clone3`` answers ENOSYS so
-that glibc falls back to ``clone``, whose flags the filter can inspect.
+the kill of the whole tree), making itself dumpable again, terminal input
+injection, and setting another process's resource limits, priorities or scheduling
+(prlimit, setpriority, ioprio_set, sched_set* for anything but the caller itself). ``clone`` with
+namespace flags is denied; ``clone3`` answers ENOSYS so that glibc falls back to
+``clone``, whose flags the filter can inspect.
+
+Changing a file's mode, owner, times or extended attributes (ACLs included) is
+denied too: Landlock does not mediate them, and they work by path on any file the
+sandbox's uid owns, readable or not (``chmod ~/.ssh/authorized_keys 0666`` from a
+hubconf, when the sandbox runs as the user), and through any descriptor it holds.
+
+System calls newer than the installed libseccomp are added by number
+(:data:`_GENERIC_NUMBERS`: since Linux 5.1 every architecture but alpha, ia64 and
+mips numbers new calls alike); a name the library cannot resolve is otherwise
+reported as unknown.
 """
 
 from __future__ import annotations
@@ -18,6 +31,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import platform
 from dataclasses import dataclass
 
 __all__ = ["DENIED_SYSCALLS", "SeccompApplied", "apply_filter", "library"]
@@ -39,22 +53,43 @@ DENIED_SYSCALLS: dict[str, tuple[str, ...]] = {
     "inspect or control other processes": ("ptrace", "process_vm_readv", "process_vm_writev",
                                            "pidfd_getfd", "kcmp"),
     "change namespaces or mounts": ("unshare", "setns", "mount", "umount2", "pivot_root",
-                                    "chroot", "open_tree", "move_mount", "fsopen", "fsconfig",
-                                    "fsmount", "fspick", "mount_setattr"),
+                                    "chroot", "open_tree", "open_tree_attr", "move_mount",
+                                    "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr"),
     "use io_uring": ("io_uring_setup", "io_uring_enter", "io_uring_register"),
     "use the kernel keyring": ("keyctl", "add_key", "request_key"),
+    # Without an IPC namespace (hosts that refuse user namespaces) these reach the host's
+    # objects: the user's shared memory and queues, and segments that outlive the sandbox.
+    "use System V or POSIX message IPC": (
+        "shmget", "shmat", "shmctl", "shmdt", "semget", "semop", "semtimedop", "semctl",
+        "msgget", "msgsnd", "msgrcv", "msgctl", "ipc", "mq_open", "mq_unlink",
+        "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr"),
     "load kernel programs or profile": ("bpf", "perf_event_open", "userfaultfd"),
     "leave the process group": ("setsid", "setpgid"),
     "open files by handle": ("open_by_handle_at", "name_to_handle_at"),
+    "change a file's mode, owner, times or attributes": (
+        "chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "lchown", "fchownat",
+        "utime", "utimes", "futimesat", "utimensat", "setxattr", "lsetxattr", "fsetxattr",
+        "setxattrat", "removexattr", "lremovexattr", "fremovexattr", "removexattrat",
+        "file_setattr"),
     "administer the machine": ("kexec_load", "kexec_file_load", "init_module", "finit_module",
                                "delete_module", "reboot", "swapon", "swapoff", "acct",
                                "quotactl", "syslog", "iopl", "ioperm", "modify_ldt", "vhangup",
                                "lookup_dcookie"),
 }
 
+# Calls that libseccomp releases older than the kernel may not know by name: their numbers
+# in the table shared by every architecture since Linux 5.1 (asm-generic, x86, arm, ...).
+_GENERIC_NUMBERS = {"fchmodat2": 452, "setxattrat": 463, "removexattrat": 466,
+                    "open_tree_attr": 467, "file_setattr": 469}
+_GENERIC_TABLE_MACHINES = frozenset({"x86_64", "aarch64", "arm64", "riscv64", "ppc64le",
+                                     "ppc64", "s390x", "loongarch64", "armv7l", "i686"})
+
 _NS_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000,
              0x40000000)  # CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET
+_CMP_NE = 1
 _PR_SET_DUMPABLE = 4
+_PRIO_PROCESS = 0
+_IOPRIO_WHO_PROCESS = 1
 _TIOCSTI = 0x5412
 _TIOCLINUX = 0x541C
 
@@ -113,6 +148,9 @@ def apply_filter() -> SeccompApplied:
 
     def add(name: str, action: int, *cmps: tuple[int, int, int, int]) -> None:
         nr = lib.seccomp_syscall_resolve_name(name.encode())
+        if nr < 0 and name in _GENERIC_NUMBERS and \
+                platform.machine() in _GENERIC_TABLE_MACHINES:
+            nr = _GENERIC_NUMBERS[name]
         if nr < 0:
             unknown.append(name)
             return
@@ -131,6 +169,15 @@ def apply_filter() -> SeccompApplied:
             add("clone", eperm, (0, _CMP_MASKED_EQ, flag, flag))
         add("clone3", _act_errno(errno.ENOSYS))
         add("prctl", eperm, (0, _CMP_EQ, _PR_SET_DUMPABLE, 0))
+        # Resource controls of other processes are not scoped by Landlock: without a PID
+        # namespace they reach the parent (its pid is the channel's peer) and every
+        # process of the uid. The calling process's own stay allowed.
+        for call in ("prlimit64", "sched_setaffinity", "sched_setscheduler", "sched_setparam",
+                     "sched_setattr"):
+            add(call, eperm, (0, _CMP_NE, 0, 0))
+        for call, who in (("setpriority", _PRIO_PROCESS), ("ioprio_set", _IOPRIO_WHO_PROCESS)):
+            add(call, eperm, (0, _CMP_NE, who, 0))
+            add(call, eperm, (1, _CMP_NE, 0, 0))
         for request in (_TIOCSTI, _TIOCLINUX):
             add("ioctl", eperm, (1, _CMP_MASKED_EQ, 0xFFFFFFFF, request))
         rc = lib.seccomp_load(ctx)

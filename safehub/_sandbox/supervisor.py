@@ -141,7 +141,12 @@ class Sandbox:
             self._shutdown()
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             root = str(Path(__file__).resolve().parents[2])
-            code = (f"import sys; sys.path.append({root!r}); "
+            # The zygote runs this very safehub, not another copy earlier on the path (an
+            # installed release under a checkout): the child's layers and protocol are
+            # those the parent checks. Imported first from its own folder, which then goes
+            # to the end of the path so that it shadows nothing else.
+            code = (f"import sys; sys.path.insert(0, {root!r}); import safehub; "
+                    f"sys.path.remove({root!r}); sys.path.append({root!r}); "
                     "from safehub._sandbox.zygote import main; "
                     f"main({theirs.fileno()}, preload_torch={self.preload_torch!r}, "
                     f"packages={self.packages!r})")

@@ -234,3 +234,19 @@ def test_entrypoint_errors_are_reported_with_the_traceback(repo: Path, sandbox: 
 def test_module_level_convenience(repo: Path) -> None:
     result = run_sandboxed(SandboxRequest.for_list(repo, limits=FAST))
     assert "linear" in result.entrypoints and "zoo" in result.entrypoints
+
+
+def test_the_child_runs_the_parents_own_safehub(tmp_path: Path, sandbox: Sandbox) -> None:
+    # The zygote imports safehub from the folder this process imported it from, even when
+    # another copy (an installed release, an editable install of another checkout) comes
+    # earlier on the path: the layers the child applies are the ones this code expects.
+    import safehub
+
+    repo = make_repo(tmp_path / "repo", """
+        import sys, torch
+        def where():
+            path = sys.modules["safehub"].__file__.encode()
+            return {"path": torch.frombuffer(bytearray(path), dtype=torch.uint8)}
+    """)
+    tensors = sandbox.run(SandboxRequest.for_load(repo, "where", limits=FAST)).tensors
+    assert bytes(tensors["path"].tolist()).decode() == str(Path(safehub.__file__).resolve())

@@ -269,6 +269,34 @@ def test_symlink_escape(kind: str, tmp_path: Path, world_marker: Path, sandbox: 
     contained(info, "Error")
 
 
+
+IMPORT_LINKED = """
+    import torch
+    def model():
+        import helper  # a link to a Python file outside the repo
+        return {"leak": torch.frombuffer(bytearray(helper.TOKEN.encode()), dtype=torch.uint8)}
+"""
+
+
+def test_module_linked_from_outside_is_not_compiled_for_the_child(
+        tmp_path: Path, world_marker: Path, sandbox: Sandbox, plain_hub: PlainHub) -> None:
+    # The parent compiles the repo's modules for the child, with the caller's rights and
+    # outside the sandbox. A module that links to a file outside the repo must not be
+    # compiled: the child would import its bytecode (the source's size and mtime, read
+    # through the link, match) without ever opening the source Landlock denies it.
+    world_marker.write_text('TOKEN = "AKIA-settings-outside-the-repo"\n')
+    world_marker.chmod(0o600)  # even a file the sandbox's own uid could not read
+    repo = make_repo(tmp_path / "repo", IMPORT_LINKED)
+    (repo / "helper.py").symlink_to(world_marker)
+    plain = plain_hub.run("load", repo, "model")
+    assert tensor_bytes(plain.tensors["leak"]) == b"AKIA-settings-outside-the-repo"
+
+    with pytest.raises(RepoCodeError) as info:
+        load(sandbox, repo, "model")
+    contained(info, "Error")
+    assert "AKIA" not in info.value.diagnostics()
+
+
 # --- environment and other processes ---------------------------------------------------------
 
 READ_ENV = """

@@ -5,6 +5,7 @@ it allowed. The full combination is exercised by the hostile suite."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import shutil
 import signal
@@ -108,6 +109,65 @@ def filesystem_and_network(secret, outside, tcp_port, udp_port):
         socket.create_connection(("127.0.0.1", tcp_port), timeout=2).close()
     return _out(read=_try(lambda: open(secret, "rb").read()),
                 write=_try(lambda: open(outside, "w").close()), tcp=_try(tcp), udp=_try(udp))
+
+def other_processes(limit):
+    # The peer of the channel is the parent; without a PID namespace its real pid.
+    peer = socket.socket(fileno=3)
+    try:
+        pid = int.from_bytes(peer.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)[:4],
+                             "little")
+    finally:
+        peer.detach()
+    import resource
+    def prlimit():
+        hard = resource.prlimit(pid, resource.RLIMIT_CORE)[1]
+        resource.prlimit(pid, resource.RLIMIT_CORE, (limit, hard))
+    nobody = 0x7EFFFFFF  # a uid without processes: the kernel answers ESRCH, seccomp EPERM
+    def errno_of(call):
+        try:
+            call()
+        except OSError as exc:
+            return exc.errno
+        return 0
+    def ioprio_user():
+        if libc.syscall(251, 3, nobody, 0) != 0:  # ioprio_set(IOPRIO_WHO_USER, ...)
+            raise OSError(ctypes.get_errno(), "ioprio_set")
+    own = _try(lambda: resource.prlimit(0, resource.RLIMIT_CORE, (0, 0)))
+    return _out(pid=pid, prlimit=_try(prlimit), own=own,
+                affinity=errno_of(lambda: os.sched_setaffinity(pid, os.sched_getaffinity(pid))),
+                scheduler=errno_of(lambda: os.sched_setscheduler(
+                    pid, os.sched_getscheduler(pid), os.sched_getparam(pid))),
+                sched_self=_try(lambda: os.sched_setaffinity(0, os.sched_getaffinity(0))),
+                renice_user=errno_of(lambda: os.setpriority(os.PRIO_USER, nobody, 0)),
+                ioprio_user=errno_of(ioprio_user),
+                nice_self=_try(lambda: os.setpriority(os.PRIO_PROCESS, 0, 1)))
+
+def sysv_ipc():
+    libc.shmget.restype = ctypes.c_int
+    shm = libc.shmget(0, 1 << 20, 0o1600)  # IPC_PRIVATE, IPC_CREAT | 0600
+    if shm != -1:
+        libc.shmat.restype = ctypes.c_void_p
+        address = libc.shmat(shm, None, 0)
+        ctypes.memset(address, 0x5A, 1 << 20)  # pages that stay when this process ends
+    msg, sem = libc.msgget(0, 0o1600), libc.semget(0, 1, 0o1600)
+    return _out(shm=shm != -1, msg=msg != -1, sem=sem != -1, shm_id=shm, msg_id=msg,
+                sem_id=sem)
+
+def metadata(target):
+    def fchmod():
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            os.fchmod(fd, 0o666)
+        finally:
+            os.close(fd)
+    def fchmodat2():  # the call glibc uses for fchmodat(AT_SYMLINK_NOFOLLOW)
+        libc.syscall.restype = ctypes.c_long
+        if libc.syscall(452, -100, target.encode(), 0o666, 0) != 0:
+            raise OSError(ctypes.get_errno(), "fchmodat2")
+    return _out(chmod=_try(lambda: os.chmod(target, 0o666)), fchmod=_try(fchmod),
+                fchmodat2=_try(fchmodat2), chown=_try(lambda: os.chown(target, -1, -1)),
+                utime=_try(lambda: os.utime(target, (0, 0))),
+                xattr=_try(lambda: os.setxattr(target, "user.planted", b"1")))
 
 def syscalls():
     return _out(exec=_try(lambda: subprocess.run(["/bin/true"], check=True)),
@@ -338,3 +398,88 @@ def test_seccomp(sandbox: Sandbox, repo: Path) -> None:
     if IS_ROOT:  # without any layer the child is root: everything works
         without, _ = run(sandbox, repo, "syscalls", None)
         assert without == {"exec": [1], "socket": [1], "setsid": [1], "unshare": [1]}
+
+
+def test_seccomp_denies_changing_file_metadata(sandbox: Sandbox, repo: Path,
+                                               public_dir: Path) -> None:
+    # Landlock does not mediate a file's mode, owner, times or extended attributes: by
+    # path they work on any file the sandbox's uid owns, even one it cannot read
+    # (chmod 0666 ~/.ssh/authorized_keys, when the sandbox runs as the user).
+    target = public_dir / "authorized_keys"
+    target.write_text("ssh-ed25519 AAAA owner")
+    target.chmod(0o600)
+    before = target.stat()
+    names = ("chmod", "fchmod", "fchmodat2", "chown", "utime", "xattr")
+    flags, applied = run(sandbox, repo, "metadata", {Layer.SECCOMP, Layer.LANDLOCK},
+                         target=str(target))
+    assert Layer.SECCOMP in applied and Layer.LANDLOCK in applied
+    # fchmod needs read access, which Landlock alone denies here.
+    assert {name: flag(flags, name) for name in names} == dict.fromkeys(names, 0)
+    after = target.stat()
+    assert (after.st_mode, after.st_mtime_ns) == (before.st_mode, before.st_mtime_ns)
+    assert not os.listxattr(target)
+    if IS_ROOT:  # without seccomp, as the file's owner, Landlock lets it all through
+        without, _ = run(sandbox, repo, "metadata", {Layer.LANDLOCK}, target=str(target))
+        assert {name: flag(without, name) for name in ("chmod", "fchmodat2", "chown",
+                                                       "utime", "xattr")} == \
+            dict.fromkeys(("chmod", "fchmodat2", "chown", "utime", "xattr"), 1)
+        assert target.stat().st_mode & 0o777 == 0o666
+
+
+def test_seccomp_denies_system_v_ipc(sandbox: Sandbox, repo: Path) -> None:
+    # Without an IPC namespace (a host that refuses user namespaces) System V objects are
+    # the host's: a segment the sandbox creates outlives it, memory its limits never see.
+    names = ("shm", "msg", "sem")
+    libc = ctypes.CDLL(None, use_errno=True)
+    created: list[dict[str, Any]] = []
+    try:
+        flags, applied = run(sandbox, repo, "sysv_ipc", {Layer.SECCOMP})
+        created.append(flags)
+        assert Layer.SECCOMP in applied and Layer.IPCNS not in applied
+        assert {name: flag(flags, name) for name in names} == dict.fromkeys(names, 0)
+        without, _ = run(sandbox, repo, "sysv_ipc", None)
+        created.append(without)
+        assert {name: flag(without, name) for name in names} == dict.fromkeys(names, 1)
+        stat = ctypes.create_string_buffer(256)  # struct shmid_ds
+        assert libc.shmctl(flag(without, "shm_id"), 2, stat) == 0, (  # IPC_STAT
+            "the segment outlived the sandbox")
+    finally:  # IPC_RMID on whatever was created
+        for ids in created:
+            if flag(ids, "shm"):
+                libc.shmctl(flag(ids, "shm_id"), 0, None)
+            if flag(ids, "msg"):
+                libc.msgctl(flag(ids, "msg_id"), 0, None)
+            if flag(ids, "sem"):
+                libc.semctl(flag(ids, "sem_id"), 0, 0)
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the probe calls ioprio_set by number")
+def test_seccomp_keeps_resource_controls_to_the_sandbox(sandbox: Sandbox, repo: Path) -> None:
+    # Without a PID namespace (a host that refuses user namespaces) the parent's pid is
+    # the channel's peer, and prlimit(), sched_set*(), setpriority(PRIO_USER) and
+    # ioprio_set(WHO_USER) reach it and every process of the uid: Landlock scopes
+    # signals, not these.
+    import resource
+
+    before = resource.getrlimit(resource.RLIMIT_CORE)
+    # No capability layer: as root it would stop the scheduling calls on its own (the
+    # child's capabilities are no superset of the parent's); an unprivileged user's
+    # sandbox and parent hold none, where nothing but seccomp stops them.
+    layers = {Layer.SECCOMP, Layer.LANDLOCK, Layer.RLIMITS, Layer.FDS}
+    try:
+        flags, applied = run(sandbox, repo, "other_processes", layers, limit=4242)
+        assert Layer.SECCOMP in applied and Layer.PIDNS not in applied
+        assert flag(flags, "pid") == os.getpid()
+        assert flag(flags, "prlimit") == 0
+        assert (flag(flags, "affinity"), flag(flags, "scheduler")) == (errno.EPERM,) * 2
+        assert (flag(flags, "renice_user"), flag(flags, "ioprio_user")) == (errno.EPERM,) * 2
+        assert resource.getrlimit(resource.RLIMIT_CORE) == before
+        assert (flag(flags, "own"), flag(flags, "nice_self"), flag(flags, "sched_self")) == \
+            (1, 1, 1)  # its own: as before
+        without, _ = run(sandbox, repo, "other_processes", layers - {Layer.SECCOMP}, limit=4242)
+        assert (flag(without, "prlimit"), flag(without, "affinity"),
+                flag(without, "scheduler")) == (1, 0, 0)
+        assert (flag(without, "renice_user"), flag(without, "ioprio_user")) == (errno.ESRCH,) * 2
+        assert resource.getrlimit(resource.RLIMIT_CORE)[0] == 4242, "the parent was reached"
+    finally:
+        resource.setrlimit(resource.RLIMIT_CORE, before)
