@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -41,7 +41,14 @@ from safehub._fetch.offline import cached_download_decision, offline_requested
 from safehub._fetch.repos import Checkout, RepoCache, RepoSource
 from safehub._fetch.torch_repos import LocalTree
 from safehub._fetch.weights import Expected, FileCache, LocalSource, hash_prefix_of
-from safehub._policy.decide import Decision, DownloadRequest, FileRequest, RepoRequest, TrustRepo
+from safehub._policy.decide import (
+    Decision,
+    DownloadRequest,
+    FileRequest,
+    RepoRequest,
+    Requirement,
+    TrustRepo,
+)
 from safehub._policy.paths import canonical_path
 from safehub._policy.policy import Policy, load_policy
 from safehub._policy.urls import canonical_url
@@ -358,12 +365,15 @@ class Fetcher:
     # --- files ---------------------------------------------------------------------------
 
     def open_url(self, url: str, *, file_name: str | None = None, check_hash: bool = False,
-                 hash_prefix: str | None = None, repo: str | None = None) -> OpenedFile:
+                 hash_prefix: str | None = None, repo: str | None = None,
+                 also_required: Sequence[Requirement] = ()) -> OpenedFile:
         """The verified, scanned and allowed file for ``url``, open for loading.
 
         ``file_name`` is torch.hub's: it is matched against ``downloads.pins`` and,
         with ``check_hash``, its ``-<hex>.`` part is a required SHA-256 prefix
         (``hash_prefix`` gives one directly). The cache itself is keyed by URL.
+        ``also_required``: SHA-256 pins other policies require of the same download
+        (outer ``enforce()`` scopes), applied as this policy's own are.
         ``repo`` is the ``owner/name`` on whose behalf the file is fetched: its
         policy rules (extra allowed globals) apply to the scan.
 
@@ -381,6 +391,9 @@ class Fetcher:
         decision = (cached_download_decision(self.policy, request) if self.offline
                     else self.policy.decide(request)).raise_if_denied()
         expected = self._expected(url, decision, locked, file_name, check_hash, hash_prefix)
+        expected += [Expected(pin.value, f"an outer enforce() policy's {pin.rule}",
+                              vouches=not pin.by_file_name)
+                     for pin in also_required if pin.kind == "sha256"]
         check = weights_hops(self.policy)
 
         def download(fh: BinaryIO) -> DownloadResult:

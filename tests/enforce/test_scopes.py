@@ -195,6 +195,47 @@ def test_model_zoo_and_hub_urls_are_decided_by_every_active_policy(
         server.close()
 
 
+def test_an_outer_scopes_download_pins_hold_under_an_inner_scope_without_them(
+        tmp_path: Path, isolated_torch_home: Path) -> None:
+    """An inner ``enforce()`` whose policy has no pin for a URL does not drop the outer
+    policy's pin: the bytes loaded (load_state_dict_from_url) or written
+    (download_url_to_file) must have it."""
+    import hashlib
+
+    from safehub.errors import IntegrityError
+    from tests.fetch.fakehub import FakeHub
+    from tests.fetch.helpers import torch_bytes, write_policy
+
+    reviewed = torch_bytes({"w": torch.ones(2)})
+    swapped = torch_bytes({"w": torch.full((2,), 666.0)})
+    server = FakeHub("127.0.0.1")
+    try:
+        url = server.add_file("/models/net.pt", swapped)
+        pin = hashlib.sha256(reviewed).hexdigest()
+        outer = write_policy(tmp_path / "outer.toml", server,
+                             body=f'[downloads.pins]\n"{url}" = "{pin}"\n')
+        inner = write_policy(tmp_path / "inner.toml", server)
+        dst = tmp_path / "net.pt"
+        with safehub.enforce(outer):
+            with pytest.raises(IntegrityError):
+                torch.hub.load_state_dict_from_url(url)  # the outer policy alone
+            with safehub.enforce(inner):
+                with pytest.raises(IntegrityError, match="outer enforce"):
+                    torch.hub.load_state_dict_from_url(url)
+                with pytest.raises(IntegrityError, match="outer enforce"):
+                    lsdfu_bound_early(url, file_name="other.pt")
+                with pytest.raises(IntegrityError, match="outer enforce"):
+                    torch.hub.download_url_to_file(url, str(dst))
+                assert not dst.exists()
+                server.add_file("/models/net.pt", reviewed)  # the pinned bytes load
+                assert torch.equal(lsdfu_bound_early(url, file_name="net2.pt")["w"],
+                                   torch.ones(2))
+                torch.hub.download_url_to_file(url, str(dst))
+                assert hashlib.sha256(dst.read_bytes()).hexdigest() == pin
+    finally:
+        server.close()
+
+
 def test_torchscript_loads_from_the_snapshot_only_when_every_policy_allows_it(
         tmp_path: Path) -> None:
     scripted = torch.jit.script(torch.nn.Linear(2, 2))
