@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from safehub._enforce.loaders import distinct, scan_snapshot, weights_only_globals
+from safehub._hub.runner import also_policies
 from safehub._hub.scoped_globals import scoped_globals
 from safehub._policy.decide import Requirement
 from safehub._policy.policy import Policy
@@ -120,11 +121,10 @@ def load_state_dict_from_url(original: Callable[..., Any], policies: Policies, u
     from safehub._fetch.fetcher import Fetcher
 
     cache_dir = os.path.join(os.path.expanduser(model_dir), "safehub") if model_dir else None
-    fetcher = Fetcher(chosen[-1], cache_dir=cache_dir)
+    fetcher = Fetcher(chosen[-1], cache_dir=cache_dir, also=chosen[:-1])
     # The fetch layer serves a private snapshot; it is copied once more here (the reader
     # is not a Snapshot), scanned under the outer policies, and loaded from those bytes.
-    with fetcher.open_url(url, file_name=file_name, check_hash=check_hash,
-                          also_required=pins) as opened, \
+    with fetcher.open_url(url, file_name=file_name, check_hash=check_hash) as opened, \
             Snapshot.of_fileobj(opened.file, url) as snap:
         _require_outer_pins(pins, snap.sha256, url, chosen)
         reports = [opened.info.report, *scan_snapshot(snap, url, chosen[:-1])]
@@ -165,13 +165,12 @@ def download_url_to_file(original: Callable[..., Any], policies: Policies, url: 
     pins = _outer_download_checks(chosen, url, None)
     from safehub._fetch.fetcher import Fetcher
 
-    # As load_state_dict_from_url: the bytes written are the ones every policy checked
-    # (the outer policies' pins and scans too, not only the innermost's).
-    fetcher = Fetcher(chosen[-1], progress=hub.progress_callback(progress))
-    with fetcher.open_url(url, hash_prefix=hash_prefix, also_required=pins) as opened, \
+    # The fetch layer applies every policy (decisions, pins, redirect hops, scans); the
+    # bytes written are the ones checked.
+    fetcher = Fetcher(chosen[-1], progress=hub.progress_callback(progress), also=chosen[:-1])
+    with fetcher.open_url(url, hash_prefix=hash_prefix) as opened, \
             Snapshot.of_fileobj(opened.file, url) as snap:
         _require_outer_pins(pins, snap.sha256, url, chosen)
-        scan_snapshot(snap, url, chosen[:-1])
         with snap.open() as reader:
             hub.write_atomically(reader, os.path.expanduser(dst))
 
@@ -185,9 +184,11 @@ def hub_load(original: Callable[..., Any], policies: Policies, repo_or_dir: str,
 
     chosen = distinct(policies)
     _outer_repo_checks(chosen, repo_or_dir, source, model, trust_repo)
-    return hub.load(repo_or_dir, model, *args, source=source, trust_repo=trust_repo,
-                    force_reload=force_reload, verbose=verbose,
-                    skip_validation=skip_validation, policy=_strictest_sandbox(chosen), **kwargs)
+    with also_policies(chosen[:-1]):
+        return hub.load(repo_or_dir, model, *args, source=source, trust_repo=trust_repo,
+                        force_reload=force_reload, verbose=verbose,
+                        skip_validation=skip_validation, policy=_strictest_sandbox(chosen),
+                        **kwargs)
 
 
 def hub_list(original: Callable[..., Any], policies: Policies, github: str,
@@ -198,8 +199,9 @@ def hub_list(original: Callable[..., Any], policies: Policies, github: str,
 
     chosen = distinct(policies)
     _outer_repo_checks(chosen, github, "github", None, trust_repo)
-    return hub.list(github, force_reload, skip_validation, trust_repo, verbose,
-                    policy=_strictest_sandbox(chosen))
+    with also_policies(chosen[:-1]):
+        return hub.list(github, force_reload, skip_validation, trust_repo, verbose,
+                        policy=_strictest_sandbox(chosen))
 
 
 def hub_help(original: Callable[..., Any], policies: Policies, github: str, model: str,
@@ -210,5 +212,6 @@ def hub_help(original: Callable[..., Any], policies: Policies, github: str, mode
 
     chosen = distinct(policies)
     _outer_repo_checks(chosen, github, "github", model, trust_repo)
-    return hub.help(github, model, force_reload, skip_validation, trust_repo,
-                    policy=_strictest_sandbox(chosen))
+    with also_policies(chosen[:-1]):
+        return hub.help(github, model, force_reload, skip_validation, trust_repo,
+                        policy=_strictest_sandbox(chosen))

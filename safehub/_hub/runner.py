@@ -17,7 +17,8 @@ import os
 import sys
 import tempfile
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -39,9 +40,25 @@ if TYPE_CHECKING:
     )
     from safehub._sandbox.supervisor import Sandbox
 
-__all__ = ["HubCall", "PolicyBroker", "prestart", "run_hub_call", "verify_signatures"]
+__all__ = ["HubCall", "PolicyBroker", "also_policies", "prestart", "run_hub_call",
+           "verify_signatures"]
 
 log = logging.getLogger("safehub")
+
+# Policies that must allow a hub call besides the one it runs under (the outer scopes of
+# nested enforce() calls): their repo and download decisions, pins, signature rules and
+# scans apply too (see Fetcher's ``also``).
+_ALSO: ContextVar[tuple[Policy, ...]] = ContextVar("safehub_also_policies", default=())
+
+
+@contextlib.contextmanager
+def also_policies(policies: Sequence[Policy]) -> Iterator[None]:
+    """Hub calls made in this context (this thread or task) must satisfy ``policies`` too."""
+    token = _ALSO.set((*_ALSO.get(), *policies))
+    try:
+        yield
+    finally:
+        _ALSO.reset(token)
 
 Source = Literal["github", "local"]
 
@@ -170,7 +187,8 @@ def _limits(policy: Policy, call: HubCall) -> SandboxLimits:
     return limits.tightened(timeout_s=call.timeout_s, memory_mb=call.memory_mb)
 
 
-def _local_repo(policy: Policy, call: HubCall, stack: contextlib.ExitStack) -> Path:
+def _local_repo(policy: Policy, call: HubCall, stack: contextlib.ExitStack,
+                also: Sequence[Policy] = ()) -> Path:
     """The folder to run. When a signature is required, a private read-only copy is made
     and verified, and the sandbox runs that copy: what was verified is what runs, whatever
     happens to the original folder in between."""
@@ -187,7 +205,11 @@ def _local_repo(policy: Policy, call: HubCall, stack: contextlib.ExitStack) -> P
             + (f" (and {len(leaving) - 1} more files)" if len(leaving) > 1 else ""),
             subject=str(path),
             fix="load a copy without hard links (cp -r, or git clone --no-hardlinks)")
-    decision = policy.check(RepoRequest(str(path), entrypoint=call.entrypoint, source="local"))
+    request = RepoRequest(str(path), entrypoint=call.entrypoint, source="local")
+    decision = policy.check(request)
+    signatures = [r for other in also for r in other.check(request).requirements
+                  if r.kind == "signature"]
+    decision = replace(decision, requirements=(*decision.requirements, *signatures))
     if decision.requirement("signature") is None:
         return path
     private = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="safehub-repo-")))
@@ -257,11 +279,11 @@ def run_hub_call(call: HubCall, policy: Policy | str | os.PathLike[str] | None =
     importer = (_import_torch_meanwhile() if call.op.value == "load" and not call.as_file
                 else None)
     policy = load_policy(policy)
-    fetcher = fetcher or Fetcher(policy, hub_dir=get_dir())
+    fetcher = fetcher or Fetcher(policy, hub_dir=get_dir(), also=_ALSO.get())
     with contextlib.ExitStack() as stack:
         requester: str | None
         if call.source == "local":
-            repo_dir = _local_repo(policy, call, stack)
+            repo_dir = _local_repo(policy, call, stack, fetcher.also)
             requester = None
         elif call.source == "github":
             checkout = fetcher.fetch_repo(call.repo_or_dir, force_reload=call.force_reload,

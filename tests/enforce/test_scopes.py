@@ -236,6 +236,46 @@ def test_an_outer_scopes_download_pins_hold_under_an_inner_scope_without_them(
         server.close()
 
 
+def test_an_outer_scopes_repo_pin_and_url_rules_hold_for_torch_hub_load_in_an_inner_scope(
+        tmp_path: Path, isolated_torch_home: Path) -> None:
+    """An inner ``enforce()`` that trusts a repository without a pin does not drop the outer
+    policy's commit pin, and the downloads the repository's code asks for still need the
+    outer policy's allowlist: torch.hub calls run under every active policy."""
+    from safehub.errors import IntegrityError
+    from tests.fetch.fakehub import FakeHub
+    from tests.fetch.helpers import torch_bytes, write_policy
+
+    def hubconf(value: float) -> bytes:
+        return ("dependencies = ['torch']\nimport torch\n\n\ndef m():\n"
+                "    layer = torch.nn.Linear(1, 1)\n"
+                f"    torch.nn.init.constant_(layer.weight, {value})\n    return layer\n\n\n"
+                "def fetched(url):\n    return torch.hub.load_state_dict_from_url(url)\n"
+                ).encode()
+
+    hub, elsewhere = FakeHub("127.0.0.1"), FakeHub("127.0.0.1")
+    try:
+        reviewed = hub.add_repo("acme/det", {"hubconf.py": hubconf(1.0)})
+        hub.add_repo("acme/det", {"hubconf.py": hubconf(666.0)})  # main moves on
+        url = elsewhere.add_file("/w.pt", torch_bytes({"w": torch.ones(1)}))
+        outer = write_policy(tmp_path / "outer.toml", hub,
+                             body=f'[repos."acme/det"]\ncommit = "{reviewed}"\n')
+        inner = write_policy(tmp_path / "inner.toml", hub, elsewhere)
+        with safehub.enforce(outer):
+            assert torch.hub.load("acme/det", "m")["weight"].item() == 1.0
+            with safehub.enforce(inner):
+                assert torch.hub.load("acme/det", "m")["weight"].item() == 1.0
+                with pytest.raises(IntegrityError, match=reviewed):
+                    torch.hub.load("acme/det:main", "m")
+                with pytest.raises(PolicyViolation, match="allowed_urls"):
+                    torch.hub.load("acme/det", "fetched", url)
+        with safehub.enforce(inner):  # the inner policy alone allows both
+            assert torch.hub.load("acme/det:main", "m")["weight"].item() == 666.0
+            assert torch.equal(torch.hub.load("acme/det", "fetched", url)["w"], torch.ones(1))
+    finally:
+        hub.close()
+        elsewhere.close()
+
+
 def test_torchscript_loads_from_the_snapshot_only_when_every_policy_allows_it(
         tmp_path: Path) -> None:
     scripted = torch.jit.script(torch.nn.Linear(2, 2))
