@@ -74,6 +74,21 @@ def test_explain_url_shows_a_file_name_pin(cli: Cli, tmp_path: Path) -> None:
     assert "(the URL's file name)" in result.out
 
 
+
+def test_a_pin_that_can_match_no_download_makes_the_policy_invalid(cli: Cli,
+                                                                   tmp_path: Path) -> None:
+    """A pin key copied with a trailing space (or a user@ part) matched no download: the
+    file it was meant for was downloaded unpinned while `policy check` said all was well."""
+    url = "https://download.pytorch.org/models/net.pth"
+    policy = tmp_path / "pins.toml"
+    policy.write_text('schema = 1\nname = "pins"\nextends = "default"\n[downloads.pins]\n'
+                      f'"{url} " = "' + "ab" * 32 + '"\n')
+    result = cli("policy", "check", str(policy))
+    assert result.code == 2, result.out + result.err
+    assert "pin nothing" in result.out + result.err
+    result = cli("policy", "explain", "--url", url, "--policy", str(policy))
+    assert result.code == 2, result.out + result.err
+
 def test_explain_json(cli: Cli) -> None:
     result = cli("policy", "explain", "pytorch/vision", "-f", "json")
     assert result.code == 0
