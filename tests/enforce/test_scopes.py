@@ -276,6 +276,40 @@ def test_an_outer_scopes_repo_pin_and_url_rules_hold_for_torch_hub_load_in_an_in
         elsewhere.close()
 
 
+def test_an_outer_scopes_signature_rule_holds_for_a_local_torch_hub_load_in_an_inner_scope(
+        tmp_path: Path) -> None:
+    """An outer policy that requires a signature on local repository folders is not dropped
+    by an inner ``enforce()`` whose policy requires none: the unsigned folder is refused."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from safehub.errors import IntegrityError
+    from safehub.signing import sign
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    private = tmp_path / "signer.pem"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    (tmp_path / "signer.pub").write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    outer = tmp_path / "outer.toml"
+    outer.write_text('schema = 1\nextends = "default"\n[[signatures]]\n'
+                     f'scope = "path:{tmp_path}/*"\npublic_keys = ["signer.pub"]\n')
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "hubconf.py").write_text(
+        "import torch\n\n\ndef m():\n    return torch.nn.Linear(1, 1)\n")
+    with safehub.enforce(outer):
+        with pytest.raises(IntegrityError, match="not signed"):
+            torch.hub.load(str(repo), "m", source="local")
+        with safehub.enforce("default"):
+            with pytest.raises(IntegrityError, match="not signed"):
+                torch.hub.load(str(repo), "m", source="local")
+            sign(repo, private_key=private)
+            assert torch.hub.load(str(repo), "m", source="local")["weight"].shape == (1, 1)
+
+
 def test_torchscript_loads_from_the_snapshot_only_when_every_policy_allows_it(
         tmp_path: Path) -> None:
     scripted = torch.jit.script(torch.nn.Linear(2, 2))
