@@ -40,6 +40,7 @@ from safehub._fetch.lockfile import (
 )
 from safehub._fetch.offline import cached_download_decision, offline_requested
 from safehub._fetch.repos import Checkout, RepoCache, RepoSource
+from safehub._fetch.torch_cache import MIN_VOUCHING_PREFIX
 from safehub._fetch.torch_repos import LocalTree
 from safehub._fetch.weights import Expected, FileCache, LocalSource, hash_prefix_of
 from safehub._policy.decide import (
@@ -517,7 +518,11 @@ class Fetcher:
                 raise FetchError(f"hash_prefix {hash_prefix!r} is not a hex SHA-256 prefix",
                                  subject=url, fix="pass the file's SHA-256 (or a prefix)")
             if hash_prefix:
-                expected.append(Expected(hash_prefix.lower(), "hash_prefix"))
+                # Required whatever its length; it vouches for torch.hub's copy standing in
+                # for the URL only from 8 hex digits on (the bar a prefix in the URL's own
+                # name must reach): a 1-digit prefix matches one file in 16.
+                expected.append(Expected(hash_prefix.lower(), "hash_prefix",
+                                         vouches=len(hash_prefix) >= MIN_VOUCHING_PREFIX))
         if check_hash:
             name = file_name or os.path.basename(urlsplit(url).path)
             prefix = hash_prefix_of(name)
