@@ -543,9 +543,11 @@ class Fetcher:
 
     # --- local folders ---------------------------------------------------------------------
 
-    def check_local(self, path: str | os.PathLike[str]) -> str | None:
+    def check_local(self, path: str | os.PathLike[str],
+                    contents: str | os.PathLike[str] | None = None) -> str | None:
         """A local repository folder against the lockfile's ``[paths]`` entry (looked up by
-        canonical real path); returns its ``tree_sha256`` when it was hashed.
+        canonical real path); returns its ``tree_sha256`` when it was hashed. ``contents``:
+        a copy of the folder to hash instead (the copy that will run).
 
         A locked folder whose files differ is an :class:`IntegrityError`; with ``frozen``,
         an unlisted folder is refused. Without a lockfile (or entry) nothing is hashed."""
@@ -556,7 +558,7 @@ class Fetcher:
             if self.frozen:
                 self._refuse_unlocked(canonical_path(path), f"`safehub lock --path {path}`")
             return None
-        actual = local_tree_sha256(path)
+        actual = local_tree_sha256(path if contents is None else contents)
         if actual != locked.tree_sha256:
             raise IntegrityError(
                 f"SH300 the files of {canonical_path(path)} differ from {self.lockfile_path} "

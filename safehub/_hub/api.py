@@ -151,6 +151,7 @@ def load(repo_or_dir: str, model: str, *args: Any, source: str = "github",
          trust_repo: TrustRepo = "check", force_reload: bool = False, verbose: bool = True,
          skip_validation: bool = False, policy: PolicyArg = None, into: Any = None,
          seed: int | None = None, trust_nested: Sequence[str] | None = None,
+         lockfile: str | os.PathLike[str] | None = None, frozen: bool = False,
          **kwargs: Any) -> Any:
     """Load a model from a torch.hub repository, running its code in the sandbox.
 
@@ -185,6 +186,12 @@ def load(repo_or_dir: str, model: str, *args: Any, source: str = "github",
     only, as ``trust_repo=True`` would for the outer repo (the policy's pins and
     denials still apply).
 
+    ``lockfile`` names a ``safehub.lock`` (written by ``safehub lock``) the call is
+    verified against: a locked ref resolves to its locked commit, the checkout, the
+    files the code downloads and a locked local folder must match their digests
+    (a local folder then runs from a verified private copy); ``frozen=True`` also
+    refuses any repository, download or folder the lockfile does not list.
+
     Differences from ``torch.hub.load``:
 
     - repo code never runs in your process, so what comes back is tensors, not the
@@ -198,7 +205,8 @@ def load(repo_or_dir: str, model: str, *args: Any, source: str = "github",
       commit through the API (or the lockfile), never trusted from the cache name;
     - ``verbose`` is accepted and ignored: safehub never prints, it logs to the
       ``safehub`` logger, which the application configures;
-    - keyword-only ``policy``, ``into``, ``seed`` and ``trust_nested`` are safehub's;
+    - keyword-only ``policy``, ``into``, ``seed``, ``trust_nested``, ``lockfile`` and
+      ``frozen`` are safehub's;
       entrypoint keyword arguments with those names cannot be passed.
     """
     from safehub._hub.runner import HubCall, run_hub_call
@@ -213,7 +221,8 @@ def load(repo_or_dir: str, model: str, *args: Any, source: str = "github",
                    args=tuple(check_json(builtins.list(args), "args") or ()),  # type: ignore[arg-type]
                    kwargs=check_json(kwargs, "kwargs"),  # type: ignore[arg-type]
                    source=_source(source), trust_repo=trust_repo, force_reload=force_reload,
-                   seed=seed, trust_nested=tuple(trust_nested))
+                   seed=seed, trust_nested=tuple(trust_nested),
+                   lockfile=_lockfile_arg(lockfile), frozen=frozen)
     result = run_hub_call(call, policy)
     state = LoadedState(result.tensors, result.shape, result.torchscript)
     if into is None:
@@ -225,25 +234,28 @@ def load(repo_or_dir: str, model: str, *args: Any, source: str = "github",
 
 def list(github: str, force_reload: bool = False, skip_validation: bool = False,
          trust_repo: TrustRepo = "check", verbose: bool = True, *, source: str = "github",
-         policy: PolicyArg = None) -> builtins.list[str]:
+         policy: PolicyArg = None, lockfile: str | os.PathLike[str] | None = None,
+         frozen: bool = False) -> builtins.list[str]:
     """The entrypoints of a repository's ``hubconf.py``, found by importing it in the sandbox.
 
     Differences from ``torch.hub.list``: ``hubconf.py`` is imported in the sandbox, not
     in your process (import-time code is contained); ``source="local"`` (keyword-only)
-    lists a local folder; trust, ``skip_validation`` and ``verbose`` as in :func:`load`.
+    lists a local folder; trust, ``lockfile``, ``frozen``, ``skip_validation`` and
+    ``verbose`` as in :func:`load`.
     """
     from safehub._hub.runner import HubCall, run_hub_call
     from safehub._sandbox.spec import Operation
 
     del skip_validation, verbose
     call = HubCall(github, Operation.LIST, source=_source(source), trust_repo=trust_repo,
-                   force_reload=force_reload)
+                   force_reload=force_reload, lockfile=_lockfile_arg(lockfile), frozen=frozen)
     return builtins.list(run_hub_call(call, policy).entrypoints)
 
 
 def help(github: str, model: str, force_reload: bool = False,
          skip_validation: bool = False, trust_repo: TrustRepo = "check", *,
-         source: str = "github", policy: PolicyArg = None) -> str | None:
+         source: str = "github", policy: PolicyArg = None,
+         lockfile: str | os.PathLike[str] | None = None, frozen: bool = False) -> str | None:
     """The docstring of one entrypoint, read by importing ``hubconf.py`` in the sandbox;
     ``None`` when it has none (as torch.hub's).
 
@@ -254,8 +266,12 @@ def help(github: str, model: str, force_reload: bool = False,
 
     del skip_validation
     call = HubCall(github, Operation.HELP, model, source=_source(source), trust_repo=trust_repo,
-                   force_reload=force_reload)
+                   force_reload=force_reload, lockfile=_lockfile_arg(lockfile), frozen=frozen)
     return run_hub_call(call, policy).doc
+
+
+def _lockfile_arg(lockfile: str | os.PathLike[str] | None) -> str | None:
+    return None if lockfile is None else os.fspath(lockfile)
 
 
 def _source(source: str) -> Literal["github", "local"]:

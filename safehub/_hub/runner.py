@@ -30,6 +30,7 @@ from safehub.errors import FetchError, IntegrityError, PolicyViolation, SafehubE
 
 if TYPE_CHECKING:
     from safehub._fetch.fetcher import Fetcher
+    from safehub._fetch.lockfile import Lockfile
     from safehub._sandbox.spec import (
         JSONValue,
         Layer,
@@ -40,7 +41,8 @@ if TYPE_CHECKING:
     )
     from safehub._sandbox.supervisor import Sandbox
 
-__all__ = ["HubCall", "PolicyBroker", "also_policies", "prestart", "run_hub_call",
+__all__ = ["HubCall", "PolicyBroker", "also_policies", "hub_lockfile", "prestart",
+           "run_hub_call",
            "verify_signatures"]
 
 log = logging.getLogger("safehub")
@@ -80,6 +82,8 @@ class HubCall:
     seed: int | None = None  # torch/random/numpy seeded in the child before the import
     trust_nested: tuple[str, ...] = ()  # repos the entrypoint may torch.hub.load, this call
     as_file: bool = False  # load: the checked safetensors file, not tensors (no torch here)
+    lockfile: str | None = None  # safehub.lock: commits, file digests, local folders' trees
+    frozen: bool = False  # refuse whatever the lockfile does not list
 
 
 class PolicyBroker:
@@ -187,11 +191,26 @@ def _limits(policy: Policy, call: HubCall) -> SandboxLimits:
     return limits.tightened(timeout_s=call.timeout_s, memory_mb=call.memory_mb)
 
 
+def hub_lockfile(call: HubCall) -> Lockfile | None:
+    """The lockfile a hub call names, which must exist (a mistyped path is an error, not
+    an empty lockfile); None when it names none."""
+    from safehub._fetch.lockfile import Lockfile as LockfileType
+
+    if call.lockfile is None:
+        return None
+    if not os.path.isfile(call.lockfile):
+        raise FetchError(f"lockfile {call.lockfile} not found", subject=call.lockfile,
+                         fix="create it with `safehub lock OWNER/REPO[:REF]` or "
+                         "`safehub lock --path DIR`, or name the right file")
+    return LockfileType.load(call.lockfile, missing_ok=False)
+
+
 def _local_repo(policy: Policy, call: HubCall, stack: contextlib.ExitStack,
-                also: Sequence[Policy] = ()) -> Path:
-    """The folder to run. When a signature is required, a private read-only copy is made
-    and verified, and the sandbox runs that copy: what was verified is what runs, whatever
-    happens to the original folder in between."""
+                fetcher: Fetcher) -> Path:
+    """The folder to run. When a signature is required (by the policy or any of the
+    fetcher's ``also`` policies) or the lockfile binds the folder (or is frozen), a private
+    read-only copy is made and verified, and the sandbox runs that copy: what was verified
+    is what runs, whatever happens to the original folder in between."""
     path = Path(os.path.expanduser(call.repo_or_dir))
     if not (path / "hubconf.py").is_file():
         raise FetchError(f"{path} has no hubconf.py", subject=str(path),
@@ -207,17 +226,24 @@ def _local_repo(policy: Policy, call: HubCall, stack: contextlib.ExitStack,
             fix="load a copy without hard links (cp -r, or git clone --no-hardlinks)")
     request = RepoRequest(str(path), entrypoint=call.entrypoint, source="local")
     decision = policy.check(request)
-    signatures = [r for other in also for r in other.check(request).requirements
+    signatures = [r for other in fetcher.also for r in other.check(request).requirements
                   if r.kind == "signature"]
     decision = replace(decision, requirements=(*decision.requirements, *signatures))
-    if decision.requirement("signature") is None:
+    signed = decision.requirement("signature") is not None
+    locked = fetcher.lockfile is not None and (
+        fetcher.frozen or fetcher.lockfile.local(path) is not None)
+    if not signed and not locked:
         return path
     private = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="safehub-repo-")))
     copy = private / path.name
-    # Links are copied as links: the verifier refuses them rather than following them.
+    # Links are copied as links: the verifier and the lockfile's hash refuse them rather
+    # than following them.
     copy_tree(path, copy)
     _read_only(copy)
-    verify_signatures(decision, copy, str(path))
+    if locked:
+        fetcher.check_local(path, contents=copy)
+    if signed:
+        verify_signatures(decision, copy, str(path))
     return copy
 
 
@@ -279,11 +305,12 @@ def run_hub_call(call: HubCall, policy: Policy | str | os.PathLike[str] | None =
     importer = (_import_torch_meanwhile() if call.op.value == "load" and not call.as_file
                 else None)
     policy = load_policy(policy)
-    fetcher = fetcher or Fetcher(policy, hub_dir=get_dir(), also=_ALSO.get())
+    fetcher = fetcher or Fetcher(policy, hub_dir=get_dir(), lockfile=hub_lockfile(call),
+                                 frozen=call.frozen, also=_ALSO.get())
     with contextlib.ExitStack() as stack:
         requester: str | None
         if call.source == "local":
-            repo_dir = _local_repo(policy, call, stack, fetcher.also)
+            repo_dir = _local_repo(policy, call, stack, fetcher)
             requester = None
         elif call.source == "github":
             checkout = fetcher.fetch_repo(call.repo_or_dir, force_reload=call.force_reload,

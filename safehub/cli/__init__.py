@@ -23,6 +23,7 @@ from safehub._format.escape import Block, escape_block, escape_line
 from safehub._version import __version__
 from safehub.cli._common import EXIT_ERROR, EXIT_INTERRUPTED
 from safehub.cli._exitcodes import exit_code
+from safehub.cli._interrupt import interrupts_outside_imports
 from safehub.errors import SafehubError
 
 __all__ = ["main"]
@@ -95,6 +96,15 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (the library itself never exits)."""
+    with interrupts_outside_imports():
+        try:
+            return _main(argv)
+        except KeyboardInterrupt:  # before logging is set up (while parsing); see _run
+            sys.stderr.write("safehub: interrupted\n")
+            return EXIT_INTERRUPTED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     # Global options are accepted before or after the subcommand.
     args_list = list(sys.argv[1:] if argv is None else argv)
     hoisted = [a for a in args_list if a in ("-q", "--quiet", "-v", "--verbose")]
@@ -106,6 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
         return int(exc.code or 0)
     _configure_logging(args.quiet, args.verbose)
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     log = logging.getLogger("safehub")
     try:
         if args.command in _NEEDS_TORCH:

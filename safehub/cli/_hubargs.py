@@ -35,6 +35,12 @@ def add_repo_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", metavar="NAME|PATH",
                         help="policy preset or file (default: $SAFEHUB_POLICY, [tool.safehub], "
                         "else 'default')")
+    parser.add_argument("--lockfile", metavar="PATH",
+                        help="verify against this safehub.lock: locked refs resolve to their "
+                        "commits, files and local folders must match their digests")
+    parser.add_argument("--frozen", action="store_true",
+                        help="with --lockfile: refuse any repo, download or folder it does not "
+                        "list")
     parser.add_argument("--allow-url", action="append", default=[], metavar="PREFIX",
                         help="also allow downloads under this URL prefix for this run "
                         "(https, or plain http to a loopback address); repeatable")
@@ -60,7 +66,7 @@ def policy_for(args: argparse.Namespace) -> Policy:
 def run_call(call: HubCall, args: argparse.Namespace) -> SandboxResult:
     """Run a hub call for the CLI: on a terminal, say what is happening while the sandbox
     starts and runs, and draw a bar for each download the code asks for."""
-    from safehub._hub.runner import run_hub_call
+    from safehub._hub.runner import hub_lockfile, run_hub_call
     from safehub._progress import DownloadBars, Status, label
     from safehub.cli._common import progress_enabled
     from safehub.fetch import Fetcher
@@ -69,7 +75,8 @@ def run_call(call: HubCall, args: argparse.Namespace) -> SandboxResult:
     policy = policy_for(args)
     enabled = progress_enabled()
     bars = DownloadBars() if enabled else None
-    fetcher = Fetcher(policy, hub_dir=get_dir(), progress=bars)
+    fetcher = Fetcher(policy, hub_dir=get_dir(), progress=bars, lockfile=hub_lockfile(call),
+                      frozen=call.frozen)
     what = {"list": "listing the entrypoints of", "help": "reading the docstring from",
             "load": f"running {label(call.entrypoint or '')} from"}.get(call.op.value, "running")
     status = Status(f"starting the sandbox and {what} {label(call.repo_or_dir)}",

@@ -30,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
 
     call = HubCall(args.repo, Operation.HELP, args.entry, source=args.source,
                    trust_repo=True if args.trust_repo else None, force_reload=args.force_reload,
-                   trust_nested=tuple(args.trust_nested))
+                   trust_nested=tuple(args.trust_nested),
+                   lockfile=args.lockfile, frozen=args.frozen)
     doc = run_call(call, args).doc
     # The docstring is the repository's text: shown as a marked block, every line escaped,
     # so none of it can pass for a line of safehub's own.

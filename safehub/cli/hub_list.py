@@ -29,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
 
     call = HubCall(args.repo, Operation.LIST, source=args.source,
                    trust_repo=True if args.trust_repo else None, force_reload=args.force_reload,
-                   trust_nested=tuple(args.trust_nested))
+                   trust_nested=tuple(args.trust_nested),
+                   lockfile=args.lockfile, frozen=args.frozen)
     names = list(run_call(call, args).entrypoints)
     if args.format == "json":
         body = {"schema_version": "1", "repo": json_text(args.repo),

@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
                    source=args.source, trust_repo=True if args.trust_repo else None,
                    force_reload=args.force_reload, timeout_s=args.timeout,
                    memory_mb=args.max_memory, seed=args.seed,
-                   trust_nested=tuple(args.trust_nested), as_file=True)
+                   trust_nested=tuple(args.trust_nested), as_file=True,
+                   lockfile=args.lockfile, frozen=args.frozen)
     result = run_call(call, args)
     # The sandbox's checked safetensors bytes are written as they are: no torch in this
     # process (the header is rebuilt from the checked entries, the data copied). TorchScript

@@ -394,6 +394,39 @@ def test_ctrl_c_during_a_sandboxed_load_exits_130_leaving_nothing(
     assert not alive, f"sandbox processes left running: {alive}"
 
 
+@pytest.mark.parametrize("after_s", [0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0])
+def test_ctrl_c_at_any_moment_of_a_hub_call_start_exits_130_with_one_line(
+        tmp_path: Path, isolated_torch_home: Path, after_s: float) -> None:
+    # The parent imports the policy engine (pydantic, whose Rust core turns an interrupt
+    # inside its init into a panic and exit 1) while the zygote starts: an interrupt
+    # anywhere in that window is one "interrupted" line and 130.
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("needs /proc")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "hubconf.py").write_text("def tiny():\n    return {}\n")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "safehub", "load", str(repo), "tiny",
+                             "--source", "local", "--out", str(out_dir / "w.safetensors")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)
+    for _ in range(1200):  # main has run once the zygote is there (polls, not timing)
+        if proc.poll() is not None or _children(proc.pid):
+            break
+        time.sleep(0.01)
+    time.sleep(after_s)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:  # the call was done before the interrupt came
+        assert err == ""
+        return
+    assert proc.returncode == 130, err
+    assert err.splitlines() == ["safehub: interrupted"]
+    assert list(out_dir.iterdir()) == []
+
+
 def test_ctrl_c_while_writing_the_report_exits_130_leaving_nothing(tmp_path: Path) -> None:
     model = tmp_path / "m.pkl"
     model.write_bytes(pickle.dumps({"lr": 0.1}))

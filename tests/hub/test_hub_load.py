@@ -349,6 +349,7 @@ def test_verified_local_copy_is_private_and_read_only(tmp_path: Path) -> None:
     import contextlib
 
     from safehub._hub.runner import HubCall, _local_repo
+    from safehub.fetch import Fetcher
     from safehub.policy import load_policy
     from safehub.sandbox import Operation
     from safehub.signing import sign
@@ -360,7 +361,8 @@ def test_verified_local_copy_is_private_and_read_only(tmp_path: Path) -> None:
     sign(repo, private_key=private)
     call = HubCall(str(repo), Operation.LIST, source="local")
     with contextlib.ExitStack() as stack:
-        copy = _local_repo(load_policy(policy_path), call, stack)
+        policy = load_policy(policy_path)
+        copy = _local_repo(policy, call, stack, Fetcher(policy))
         assert copy != repo and copy.name == repo.name
         assert (copy / "hubconf.py").read_text() == HUBCONF
         (repo / "hubconf.py").write_text("import os  # changed after verification\n")

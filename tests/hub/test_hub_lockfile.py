@@ -1,0 +1,100 @@
+"""safehub.load/list/help and `safehub load|list|help` verified against a safehub.lock:
+locked refs run their locked commit, locked local folders run a verified copy, frozen
+refuses the rest. Real sandbox, real CLI, a real loopback GitHub."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import safehub
+from safehub.errors import FetchError, IntegrityError
+from tests.conftest import CliResult
+from tests.fetch.fakehub import FakeHub
+from tests.fetch.helpers import write_policy
+
+Cli = Callable[..., CliResult]
+
+WHERE = textwrap.dedent('''
+    import os
+    import torch
+
+
+    def where():
+        """The folder this hubconf runs from, as bytes, and a version mark."""
+        here = os.path.dirname(os.path.abspath(__file__)).encode()
+        return {"path": torch.tensor(list(here), dtype=torch.uint8),
+                "version": torch.tensor([VERSION])}
+''')
+
+
+def _repo(root: Path, version: int) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "hubconf.py").write_text(f"VERSION = {version}\n" + WHERE)
+    return root
+
+
+def _ran(state: dict[str, object]) -> tuple[str, int]:
+    path = state["path"]
+    version = state["version"]
+    return bytes(path.tolist()).decode(), int(version.item())  # type: ignore[attr-defined]
+
+
+def test_a_locked_local_folder_runs_its_verified_copy_and_a_change_is_refused(
+        tmp_path: Path, cli: Cli) -> None:
+    repo = _repo(tmp_path / "local", 1)
+    lock = tmp_path / "safehub.lock"
+    assert cli("lock", "--path", repo, "--lockfile", lock).code == 0
+    path, version = _ran(safehub.load(str(repo), "where", source="local", lockfile=lock))
+    assert version == 1
+    assert Path(path) != repo and Path(path).name == repo.name, "the verified copy runs"
+    (repo / "hubconf.py").write_text("VERSION = 2\n" + WHERE)  # changed after locking
+    assert _ran(safehub.load(str(repo), "where", source="local"))[1] == 2, \
+        "without the lockfile the change goes unnoticed"
+    with pytest.raises(IntegrityError, match="SH300"):
+        safehub.load(str(repo), "where", source="local", lockfile=lock)
+    with pytest.raises(IntegrityError):
+        safehub.list(str(repo), source="local", lockfile=lock)
+    out = tmp_path / "w.safetensors"
+    result = cli("load", repo, "where", "--source", "local", "--lockfile", lock, "--out", out)
+    assert result.code == 1 and len(result.err.splitlines()) == 1 and "SH300" in result.err
+    assert not out.exists()
+
+
+def test_frozen_refuses_an_unlisted_folder_and_a_missing_lockfile_is_an_error(
+        tmp_path: Path, cli: Cli) -> None:
+    listed = _repo(tmp_path / "listed", 1)
+    other = _repo(tmp_path / "other", 1)
+    lock = tmp_path / "safehub.lock"
+    assert cli("lock", "--path", listed, "--lockfile", lock).code == 0
+    assert safehub.list(str(listed), source="local", lockfile=lock, frozen=True) == ["where"]
+    out = tmp_path / "w.safetensors"
+    result = cli("load", other, "where", "--source", "local", "--lockfile", lock, "--frozen",
+                 "--out", out)
+    assert result.code == 1 and "not in the frozen lockfile" in result.err
+    assert len(result.err.splitlines()) == 1 and not out.exists()
+    missing = tmp_path / "missing.lock"
+    result = cli("list", listed, "--source", "local", "--lockfile", missing)
+    assert result.code == 2 and "not found" in result.err and "safehub lock" in result.err
+    with pytest.raises(FetchError, match="not found"):
+        safehub.help(str(listed), "where", source="local", lockfile=missing)
+
+
+def test_a_locked_ref_runs_its_locked_commit(tmp_path: Path, hub: FakeHub, cli: Cli) -> None:
+    hub.add_repo("acme/net", {"hubconf.py": (f"VERSION = 1\n{WHERE}").encode()})
+    policy = write_policy(tmp_path / "policy.toml", hub)
+    lock = tmp_path / "safehub.lock"
+    assert cli("lock", "acme/net:main", "--lockfile", lock, "--policy", policy).code == 0
+    hub.add_repo("acme/net", {"hubconf.py": (f"VERSION = 2\n{WHERE}").encode()})  # main moves
+    state = safehub.load("acme/net:main", "where", policy=str(policy), lockfile=lock,
+                         force_reload=True)
+    assert _ran(state)[1] == 1
+    assert _ran(safehub.load("acme/net:main", "where", policy=str(policy),
+                             force_reload=True))[1] == 2
+    hub.add_repo("acme/other")
+    result = cli("list", "acme/other", "--policy", policy, "--lockfile", lock, "--frozen")
+    assert result.code == 1 and "not in the frozen lockfile" in result.err
+    assert hub.count("/api/repos/acme/other") == 0
