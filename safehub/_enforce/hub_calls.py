@@ -15,10 +15,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from safehub._enforce.loaders import distinct, scan_snapshot, weights_only_globals
+from safehub._hub.runner import also_policies
 from safehub._hub.scoped_globals import scoped_globals
+from safehub._policy.decide import Requirement
 from safehub._policy.policy import Policy
 from safehub._snapshot import Snapshot
-from safehub.errors import FetchError, UnsafeModel
+from safehub.errors import FetchError, IntegrityError, UnsafeModel
 
 __all__ = ["download_url_to_file", "hub_help", "hub_list", "hub_load",
            "load_state_dict_from_url"]
@@ -26,11 +28,31 @@ __all__ = ["download_url_to_file", "hub_help", "hub_list", "hub_load",
 Policies = Sequence[Policy]
 
 
-def _outer_download_checks(policies: Policies, url: str, file_name: str | None) -> None:
+def _outer_download_checks(policies: Policies, url: str, file_name: str | None
+                           ) -> list[Requirement]:
+    """Every outer policy must allow the download; returns the SHA-256 pins they require
+    (the innermost policy's own are applied by the fetch layer)."""
     from safehub._policy.decide import DownloadRequest
 
+    pins: list[Requirement] = []
     for policy in distinct(policies)[:-1]:
-        policy.check(DownloadRequest(url, file_name=file_name))
+        decision = policy.check(DownloadRequest(url, file_name=file_name))
+        pins += [r for r in decision.requirements if r.kind == "sha256"]
+    return pins
+
+
+def _require_outer_pins(pins: Sequence[Requirement], sha256: str, url: str,
+                        policies: Policies) -> None:
+    """The bytes about to be loaded or written have every outer policy's pin (the fetch
+    layer was given them too; this checks the very bytes that leave)."""
+    names = ", ".join(p.name for p in distinct(policies)[:-1])
+    for pin in pins:
+        if sha256 != pin.value.lower():
+            raise IntegrityError(
+                f"SH300 digest-mismatch: {url} has SHA-256 {sha256}, but {pin.rule} of an "
+                f"outer enforce() policy ({names}) requires {pin.value}", subject=url,
+                fix="do not use this file; if the publisher changed it on purpose, update "
+                f"{pin.rule} after checking the new file")
 
 
 def _outer_repo_checks(policies: Policies, repo_or_dir: str, source: str,
@@ -95,15 +117,16 @@ def load_state_dict_from_url(original: Callable[..., Any], policies: Policies, u
     if len(chosen) == 1:
         return hub.load_state_dict_from_url(url, model_dir, map_location, progress,
                                             check_hash, file_name, True, policy=chosen[0])
-    _outer_download_checks(chosen, url, file_name)
+    pins = _outer_download_checks(chosen, url, file_name)
     from safehub._fetch.fetcher import Fetcher
 
     cache_dir = os.path.join(os.path.expanduser(model_dir), "safehub") if model_dir else None
-    fetcher = Fetcher(chosen[-1], cache_dir=cache_dir)
+    fetcher = Fetcher(chosen[-1], cache_dir=cache_dir, also=chosen[:-1])
     # The fetch layer serves a private snapshot; it is copied once more here (the reader
     # is not a Snapshot), scanned under the outer policies, and loaded from those bytes.
     with fetcher.open_url(url, file_name=file_name, check_hash=check_hash) as opened, \
             Snapshot.of_fileobj(opened.file, url) as snap:
+        _require_outer_pins(pins, snap.sha256, url, chosen)
         reports = [opened.info.report, *scan_snapshot(snap, url, chosen[:-1])]
         try:
             with scoped_globals(weights_only_globals(reports)), snap.open() as fh:
@@ -136,8 +159,20 @@ def download_url_to_file(original: Callable[..., Any], policies: Policies, url: 
     from safehub._hub import api as hub
 
     chosen = distinct(policies)
-    _outer_download_checks(chosen, url, None)
-    hub.download_url_to_file(url, dst, hash_prefix, progress, policy=chosen[-1])
+    if len(chosen) == 1:
+        hub.download_url_to_file(url, dst, hash_prefix, progress, policy=chosen[0])
+        return
+    pins = _outer_download_checks(chosen, url, None)
+    from safehub._fetch.fetcher import Fetcher
+
+    # The fetch layer applies every policy (decisions, pins, redirect hops, scans); the
+    # bytes written are the ones checked.
+    fetcher = Fetcher(chosen[-1], progress=hub.progress_callback(progress), also=chosen[:-1])
+    with fetcher.open_url(url, hash_prefix=hash_prefix) as opened, \
+            Snapshot.of_fileobj(opened.file, url) as snap:
+        _require_outer_pins(pins, snap.sha256, url, chosen)
+        with snap.open() as reader:
+            hub.write_atomically(reader, os.path.expanduser(dst))
 
 
 def hub_load(original: Callable[..., Any], policies: Policies, repo_or_dir: str, model: str,
@@ -149,9 +184,11 @@ def hub_load(original: Callable[..., Any], policies: Policies, repo_or_dir: str,
 
     chosen = distinct(policies)
     _outer_repo_checks(chosen, repo_or_dir, source, model, trust_repo)
-    return hub.load(repo_or_dir, model, *args, source=source, trust_repo=trust_repo,
-                    force_reload=force_reload, verbose=verbose,
-                    skip_validation=skip_validation, policy=_strictest_sandbox(chosen), **kwargs)
+    with also_policies(chosen[:-1]):
+        return hub.load(repo_or_dir, model, *args, source=source, trust_repo=trust_repo,
+                        force_reload=force_reload, verbose=verbose,
+                        skip_validation=skip_validation, policy=_strictest_sandbox(chosen),
+                        **kwargs)
 
 
 def hub_list(original: Callable[..., Any], policies: Policies, github: str,
@@ -162,8 +199,9 @@ def hub_list(original: Callable[..., Any], policies: Policies, github: str,
 
     chosen = distinct(policies)
     _outer_repo_checks(chosen, github, "github", None, trust_repo)
-    return hub.list(github, force_reload, skip_validation, trust_repo, verbose,
-                    policy=_strictest_sandbox(chosen))
+    with also_policies(chosen[:-1]):
+        return hub.list(github, force_reload, skip_validation, trust_repo, verbose,
+                        policy=_strictest_sandbox(chosen))
 
 
 def hub_help(original: Callable[..., Any], policies: Policies, github: str, model: str,
@@ -174,5 +212,6 @@ def hub_help(original: Callable[..., Any], policies: Policies, github: str, mode
 
     chosen = distinct(policies)
     _outer_repo_checks(chosen, github, "github", model, trust_repo)
-    return hub.help(github, model, force_reload, skip_validation, trust_repo,
-                    policy=_strictest_sandbox(chosen))
+    with also_policies(chosen[:-1]):
+        return hub.help(github, model, force_reload, skip_validation, trust_repo,
+                        policy=_strictest_sandbox(chosen))

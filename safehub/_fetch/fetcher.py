@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
@@ -23,6 +23,7 @@ from safehub._fetch.github import GitHubAPI, RepoSpec, names_branch_or_tag
 from safehub._fetch.hops import api_hops, recheck_hops, weights_hops
 from safehub._fetch.http import (
     DownloadResult,
+    HopCheck,
     HttpClient,
     HttpSettings,
     ProgressCallback,
@@ -39,9 +40,16 @@ from safehub._fetch.lockfile import (
 )
 from safehub._fetch.offline import cached_download_decision, offline_requested
 from safehub._fetch.repos import Checkout, RepoCache, RepoSource
+from safehub._fetch.torch_cache import MIN_VOUCHING_PREFIX
 from safehub._fetch.torch_repos import LocalTree
 from safehub._fetch.weights import Expected, FileCache, LocalSource, hash_prefix_of
-from safehub._policy.decide import Decision, DownloadRequest, FileRequest, RepoRequest, TrustRepo
+from safehub._policy.decide import (
+    Decision,
+    DownloadRequest,
+    FileRequest,
+    RepoRequest,
+    TrustRepo,
+)
 from safehub._policy.paths import canonical_path
 from safehub._policy.policy import Policy, load_policy
 from safehub._policy.urls import canonical_url
@@ -137,6 +145,11 @@ class Fetcher:
     ``torch_model_dir``: where torch.hub keeps its downloads (default
     ``<hub_dir>/checkpoints``); a file there is imported, once verified, when the cache
     misses (see :mod:`safehub._fetch.torch_cache`).
+    ``also``: further policies that must allow every repository and download too, whose
+    pins and signature rules apply as ``policy``'s own and whose scans must pass (the
+    outer scopes of nested ``enforce()`` calls). Network settings, the API and the cache
+    are ``policy``'s; an ``also`` policy naming another ``downloads.github_api`` refuses
+    repositories (the same name would be another server's repository).
     """
 
     def __init__(self, policy: Policy | str | os.PathLike[str] | None = None, *,
@@ -148,8 +161,10 @@ class Fetcher:
                  http: HttpSettings | None = None,
                  archive_limits: ArchiveLimits | None = None,
                  tokens: dict[str, str] | None = None,
-                 torch_model_dir: str | os.PathLike[str] | None = None):
+                 torch_model_dir: str | os.PathLike[str] | None = None,
+                 also: Sequence[Policy] = ()):
         self.policy = load_policy(policy)
+        self.also = tuple(p for p in also if p is not self.policy)
         self.hub_dir = Path(os.fspath(hub_dir) if hub_dir is not None else get_dir())
         self.torch_model_dir = Path(os.path.expanduser(os.fspath(torch_model_dir))) \
             if torch_model_dir is not None else self.hub_dir / "checkpoints"
@@ -175,8 +190,7 @@ class Fetcher:
         self._layout = CacheLayout(self.cache_dir)
         self._repos = RepoCache(self._layout, archive_limits or ArchiveLimits())
         self._files = FileCache(self._layout)
-        self._github = GitHubAPI(self.api_base, self._http,
-                                 api_hops(self.policy, self.api_base))
+        self._github = GitHubAPI(self.api_base, self._http, self._api_hops())
 
     # --- repositories --------------------------------------------------------------------
 
@@ -189,9 +203,9 @@ class Fetcher:
         ref given) makes no network request at all.
         """
         parsed = spec if isinstance(spec, RepoSpec) else RepoSpec.parse(spec)
-        decision = self.policy.check(RepoRequest(
-            parsed.repo, ref=parsed.ref, entrypoint=entrypoint, trust_repo=trust_repo,
-            hub_dir=str(self.hub_dir)))
+        request = RepoRequest(parsed.repo, ref=parsed.ref, entrypoint=entrypoint,
+                              trust_repo=trust_repo, hub_dir=str(self.hub_dir))
+        decision = self._all_repo_decisions(request)
         locked = self.lockfile.repo(parsed.repo, parsed.ref) if self.lockfile else None
         if self.frozen and locked is None:
             self._refuse_unlocked(repo_key(parsed.repo, parsed.ref),
@@ -217,7 +231,7 @@ class Fetcher:
             in_repo=True,  # established above: a head the API named, or the fork check
             download=None if self.offline else self._archive_downloader(parsed, commit))
 
-        hop_check = api_hops(self.policy, self.api_base)
+        hop_check = self._api_hops()
 
         def accept(record: RepoRecord) -> None:
             # The redirect chain the archive came through, under today's policy: a cached
@@ -233,6 +247,51 @@ class Fetcher:
         if self.lockfile is not None and not self.frozen:
             self.lockfile.add_repo(_locked_repo(checkout, parsed.ref))
         return _checkout_result(checkout, parsed, decision, reports)
+
+    def _api_hops(self) -> HopCheck:
+        return _every_hop_check([api_hops(p, self.api_base) for p in (self.policy, *self.also)])
+
+    def _all_repo_decisions(self, request: RepoRequest) -> Decision:
+        """``policy``'s decision, with the requirements of every ``also`` policy (each must
+        allow the request); two different commit pins cannot both hold and refuse."""
+        decision = self.policy.check(request)
+        if not self.also:
+            return decision
+        requirements = list(decision.requirements)
+        for other in self.also:
+            api = other.model.downloads.github_api.rstrip("/")
+            if api != self.api_base:
+                raise PolicyViolation(
+                    f"policy {other.name!r} decides repositories of {api}, but this fetch "
+                    f"asks {self.api_base}: its decision about {request.repo} would be about "
+                    "another server's repository", subject=request.repo,
+                    fix="use one downloads.github_api in every active policy",
+                    trail=[f"deny    policy {other.name}: downloads.github_api = {api}"])
+            requirements += [r for r in other.check(request).requirements
+                             if r not in requirements]
+        commits = {r.value for r in requirements if r.kind == "commit"}
+        if len(commits) > 1:
+            raise PolicyViolation(
+                f"the active policies pin {request.repo} to different commits "
+                f"({', '.join(sorted(commits))}): no commit satisfies them all",
+                subject=request.repo, fix="pin the same commit in every policy",
+                trail=[f"deny    {r.rule}: commit {r.value}" for r in requirements
+                       if r.kind == "commit"])
+        return replace(decision, requirements=tuple(requirements))
+
+    def _check_file(self, report: FileReport, repo: str | None) -> Decision:
+        """``policy``'s decision on a scan; every ``also`` policy scans and decides too."""
+        return self.policy.decide(FileRequest(report, repo)).raise_if_denied()
+
+    def _also_scan(self, fh: BinaryIO, name: str, repo: str | None) -> None:
+        """Scan ``fh`` under every ``also`` policy's own options; each must allow it."""
+        from safehub._scanner.entry import scan_file
+
+        for other in self.also:
+            fh.seek(0)
+            report = scan_file(fh, name, options=other.scan_options(repo))
+            other.decide(FileRequest(report, repo)).raise_if_denied()
+        fh.seek(0)
 
     def _torch_folder(self, spec: RepoSpec, commit: str,
                       locked: LockedRepo | None) -> LocalTree | None:
@@ -262,12 +321,13 @@ class Fetcher:
         for rel in sorted(checkout.record.files):
             fd = os.open(checkout.path / rel, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             with os.fdopen(fd, "rb") as fh:
-                report = scan_file(fh, f"{repo}@{checkout.record.commit[:12]}/{rel}",
-                                   options=options)
-            if report.format == "unknown" and not report.error and all(
-                    f.rule_id == "SH190" for f in report.findings):
-                continue  # not a model format: code, text, images
-            self.policy.decide(FileRequest(report, repo)).raise_if_denied()
+                name = f"{repo}@{checkout.record.commit[:12]}/{rel}"
+                report = scan_file(fh, name, options=options)
+                if report.format == "unknown" and not report.error and all(
+                        f.rule_id == "SH190" for f in report.findings):
+                    continue  # not a model format: code, text, images
+                self._check_file(report, repo)
+                self._also_scan(fh, name, repo)
             reports.append(report)
         return tuple(reports)
 
@@ -340,7 +400,7 @@ class Fetcher:
     def _archive_downloader(self, spec: RepoSpec, commit: str
                             ) -> Callable[[BinaryIO], DownloadResult]:
         url = self._github.archive_url(spec, commit)
-        check = api_hops(self.policy, self.api_base)
+        check = self._api_hops()
         # An archive is hardly bigger than what it expands to (zip bombs are judged later).
         cap = min(self.max_bytes, self._repos.limits.max_total_size + (64 << 20))
 
@@ -364,6 +424,8 @@ class Fetcher:
         ``file_name`` is torch.hub's: it is matched against ``downloads.pins`` and,
         with ``check_hash``, its ``-<hex>.`` part is a required SHA-256 prefix
         (``hash_prefix`` gives one directly). The cache itself is keyed by URL.
+        Every ``also`` policy decides the URL and its redirect hops, adds its pins and
+        scans the file too.
         ``repo`` is the ``owner/name`` on whose behalf the file is fetched: its
         policy rules (extra allowed globals) apply to the scan.
 
@@ -380,8 +442,14 @@ class Fetcher:
                                   known_digest=locked.sha256 if locked else None)
         decision = (cached_download_decision(self.policy, request) if self.offline
                     else self.policy.decide(request)).raise_if_denied()
+        also_required = [pin for other in self.also for pin in (
+            cached_download_decision(other, request) if self.offline
+            else other.decide(request)).raise_if_denied().requirements]
         expected = self._expected(url, decision, locked, file_name, check_hash, hash_prefix)
-        check = weights_hops(self.policy)
+        expected += [Expected(pin.value, f"an outer enforce() policy's {pin.rule}",
+                              vouches=not pin.by_file_name)
+                     for pin in also_required if pin.kind == "sha256"]
+        check = _every_hop_check([weights_hops(p) for p in (self.policy, *self.also)])
 
         def download(fh: BinaryIO) -> DownloadResult:
             return self._http.download(url, fh, check=check, max_bytes=self.max_bytes,
@@ -396,8 +464,8 @@ class Fetcher:
             if entry.from_cache:  # the hops the bytes came through, under today's policy
                 recheck_hops(check, url, entry.record.hops, entry.record.final_url)
             report = scan_file(entry.fh, url, options=self.policy.scan_options(repo))
-            file_decision = self.policy.decide(FileRequest(report, repo)).raise_if_denied()
-            entry.fh.seek(0)
+            file_decision = self._check_file(report, repo)
+            self._also_scan(entry.fh, url, repo)
         except BaseException:
             entry.fh.close()
             raise
@@ -450,7 +518,11 @@ class Fetcher:
                 raise FetchError(f"hash_prefix {hash_prefix!r} is not a hex SHA-256 prefix",
                                  subject=url, fix="pass the file's SHA-256 (or a prefix)")
             if hash_prefix:
-                expected.append(Expected(hash_prefix.lower(), "hash_prefix"))
+                # Required whatever its length; it vouches for torch.hub's copy standing in
+                # for the URL only from 8 hex digits on (the bar a prefix in the URL's own
+                # name must reach): a 1-digit prefix matches one file in 16.
+                expected.append(Expected(hash_prefix.lower(), "hash_prefix",
+                                         vouches=len(hash_prefix) >= MIN_VOUCHING_PREFIX))
         if check_hash:
             name = file_name or os.path.basename(urlsplit(url).path)
             prefix = hash_prefix_of(name)
@@ -528,6 +600,17 @@ def _locked_repo(checkout: Checkout, ref: str | None) -> LockedRepo:
     return LockedRepo(repo=f"{r.owner}/{r.name}", source=r.source, api=r.api, ref=ref or "",
                       commit=r.commit, archive_sha256=r.archive_sha256,
                       tree_sha256=r.tree_sha256)
+
+
+def _every_hop_check(checks: list[HopCheck]) -> HopCheck:
+    """A hop check that every one of ``checks`` must pass."""
+    if len(checks) == 1:
+        return checks[0]
+
+    def check(url: str, previous: str | None) -> None:
+        for one in checks:
+            one(url, previous)
+    return check
 
 
 def _checkout_result(checkout: Checkout, spec: RepoSpec, decision: Decision,

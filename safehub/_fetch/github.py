@@ -42,7 +42,7 @@ from safehub._policy.repo_id import RepoId, is_full_sha, looks_like_sha, normali
 from safehub._policy.schema import SHA1_RE
 from safehub.errors import FetchError, IntegrityError, InvalidIdentifier
 
-__all__ = ["MAX_COMPARES", "GitHubAPI", "RepoSpec", "names_branch_or_tag"]
+__all__ = ["MAX_COMPARES", "GitHubAPI", "RepoSpec", "names_branch_or_tag", "valid_ref"]
 
 # Branches and tags (besides the default branch) a commit is compared with, at most.
 MAX_COMPARES = 8
@@ -90,7 +90,7 @@ class RepoSpec:
         except InvalidIdentifier as exc:
             raise InvalidIdentifier(f"{spec!a} is not 'owner/repo[:ref]': {exc.message}",
                                     subject=ascii(spec)[1:-1], fix=exc.fix) from None
-        if sep and not _valid_ref(ref):
+        if sep and not valid_ref(ref):
             raise InvalidIdentifier(f"invalid ref {ref!a}", subject=ascii(spec)[1:-1],
                                     fix="use a branch, tag or commit SHA as the ref")
         return cls(rid, normalize_ref(ref) if sep else None)
@@ -107,7 +107,9 @@ def names_branch_or_tag(ref: str) -> bool:
     return ref.split("/", 1)[0] not in ("refs", "pull")
 
 
-def _valid_ref(ref: str) -> bool:
+def valid_ref(ref: str) -> bool:
+    """Whether ``ref`` is a ref safehub asks the API for (git's rules, minus what is
+    ambiguous in a URL path)."""
     if not _REF_RE.fullmatch(ref) or ref.startswith(("/", "-", ".")) or ref.endswith(("/", ".")):
         return False
     return ".." not in ref and "//" not in ref and "@{" not in ref and not ref.endswith(".lock")
@@ -134,7 +136,7 @@ class GitHubAPI:
                              fix="check downloads.github_api points at a GitHub-compatible API")
         confirmed = spec.id.confirmed_by(data.get("full_name"))
         branch = data.get("default_branch")
-        if not isinstance(branch, str) or not _valid_ref(branch):
+        if not isinstance(branch, str) or not valid_ref(branch):
             raise FetchError(f"the API gave no usable default_branch for {spec.repo}",
                              subject=self._repo_url(spec),
                              fix=f"name the ref explicitly: {spec.repo}:<branch>")
@@ -206,7 +208,7 @@ class GitHubAPI:
                 continue
             name, commit = item.get("name"), item.get("commit")
             sha = commit.get("sha") if isinstance(commit, dict) else None
-            if isinstance(name, str) and _valid_ref(name) and isinstance(sha, str) \
+            if isinstance(name, str) and valid_ref(name) and isinstance(sha, str) \
                     and SHA1_RE.fullmatch(sha):
                 heads.append((name, sha))
         return heads

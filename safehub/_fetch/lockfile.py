@@ -48,6 +48,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from safehub._fetch.github import valid_ref
 from safehub._policy.paths import canonical_path
 from safehub._policy.repo_id import RepoId, normalize_ref
 from safehub._policy.schema import SHA1_RE, SHA256_RE
@@ -94,6 +95,14 @@ class LockedRepo(_Entry):
     def _repo(cls, v: str) -> str:
         if not RepoId.valid(v):
             raise ValueError("must be owner/name")
+        return v
+
+    @field_validator("ref")
+    @classmethod
+    def _ref(cls, v: str) -> str:
+        # An entry no request can name would leave the ref it meant unlocked, silently.
+        if v and not valid_ref(v):
+            raise ValueError(f"{v!a} is not a ref a request can name (a branch, tag or SHA)")
         return v
 
     @field_validator("commit")
@@ -162,6 +171,19 @@ class _LockModel(_Entry):
     repos: dict[str, LockedRepo] = Field(default_factory=dict)
     files: dict[str, LockedFile] = Field(default_factory=dict)
     paths: dict[str, LockedPath] = Field(default_factory=dict)
+
+    @field_validator("files")
+    @classmethod
+    def _urls(cls, files: dict[str, LockedFile]) -> dict[str, LockedFile]:
+        # A key the canonical form refuses (a trailing space, a user@ part) matches no
+        # download: the file it meant would be fetched unlocked, silently.
+        for key in files:
+            try:
+                canonical_url(key)
+            except InvalidIdentifier as exc:
+                raise ValueError(f"file key {key!a} is not a usable URL ({exc.message})"
+                                 ) from None
+        return files
 
     @field_validator("paths")
     @classmethod

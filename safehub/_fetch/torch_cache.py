@@ -7,8 +7,8 @@ network; offline: instead of it) that file is used only once verified as safehub
 verifies its own downloads:
 
 1. a digest tied to the URL vouches for it: a pin (policy ``downloads.pins`` for the
-   URL or its own file name, the lockfile, an explicit ``hash_prefix``) or torch's
-   SHA-256 prefix in the URL's own file name (8 to 64 hex digits with a letter, as
+   URL or its own file name, the lockfile, an explicit ``hash_prefix`` of 8+ hex) or
+   torch's SHA-256 prefix in the URL's own file name (8 to 64 hex digits with a letter, as
    ``safehub audit`` reads it). A caller's ``file_name`` (and a pin or prefix reached
    through it) vouches for nothing: it picks which file is read, and a file named
    ``b-<prefix of B>.pth`` proves only that it holds another URL's bytes. A file with no
@@ -46,7 +46,8 @@ from safehub._policy.decide import FileRequest
 from safehub._policy.policy import Policy
 from safehub.errors import FetchError, IntegrityError, PolicyViolation
 
-__all__ = ["SOURCE", "checkpoint_path", "checkpoint_source", "imported_from", "name_prefix",
+__all__ = ["MIN_VOUCHING_PREFIX", "SOURCE", "checkpoint_path", "checkpoint_source",
+           "imported_from", "name_prefix",
            "url_file_name"]
 
 log = logging.getLogger("safehub.fetch")
@@ -55,6 +56,7 @@ SOURCE = "torch.hub checkpoint"
 
 # torch's HASH_REGEX takes any "-<hex>." ("vit-224.pth" would "carry" 224): only 8+ hex
 # digits with a letter are read as a digest, as safehub audit reads them.
+MIN_VOUCHING_PREFIX = 8
 _PREFIX = re.compile(r"-([a-f0-9]{8,64})\.")
 
 

@@ -78,18 +78,27 @@ def download_url_to_file(url: str, dst: str, hash_prefix: str | None = None,
     from safehub._fetch.fetcher import Fetcher
 
     fetcher = Fetcher(policy, progress=_progress(progress))
-    target = os.path.expanduser(dst)
     with fetcher.open_url(url, hash_prefix=hash_prefix) as opened:
-        tmp = f"{target}.{uuid.uuid4().hex}.partial"
-        try:
-            with open(tmp, "xb") as out:
-                shutil.copyfileobj(opened.file, out, 1 << 20)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_atomically(opened.file, os.path.expanduser(dst))
+
+
+def write_atomically(reader: BinaryIO, target: str) -> None:
+    """Copy ``reader`` to ``target`` through a unique ``.partial`` file, fsync, rename."""
+    tmp = f"{target}.{uuid.uuid4().hex}.partial"
+    try:
+        with open(tmp, "xb") as out:
+            shutil.copyfileobj(reader, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def progress_callback(progress: ProgressArg) -> ProgressCallback | None:
+    """What ``progress=`` of torch.hub's signatures becomes (see :func:`_progress`)."""
+    return _progress(progress)
 
 
 def load_state_dict_from_url(url: str, model_dir: str | None = None,

@@ -17,7 +17,8 @@ import os
 import sys
 import tempfile
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -40,10 +41,26 @@ if TYPE_CHECKING:
     )
     from safehub._sandbox.supervisor import Sandbox
 
-__all__ = ["HubCall", "PolicyBroker", "hub_lockfile", "prestart", "run_hub_call",
+__all__ = ["HubCall", "PolicyBroker", "also_policies", "hub_lockfile", "prestart",
+           "run_hub_call",
            "verify_signatures"]
 
 log = logging.getLogger("safehub")
+
+# Policies that must allow a hub call besides the one it runs under (the outer scopes of
+# nested enforce() calls): their repo and download decisions, pins, signature rules and
+# scans apply too (see Fetcher's ``also``).
+_ALSO: ContextVar[tuple[Policy, ...]] = ContextVar("safehub_also_policies", default=())
+
+
+@contextlib.contextmanager
+def also_policies(policies: Sequence[Policy]) -> Iterator[None]:
+    """Hub calls made in this context (this thread or task) must satisfy ``policies`` too."""
+    token = _ALSO.set((*_ALSO.get(), *policies))
+    try:
+        yield
+    finally:
+        _ALSO.reset(token)
 
 Source = Literal["github", "local"]
 
@@ -190,10 +207,10 @@ def hub_lockfile(call: HubCall) -> Lockfile | None:
 
 def _local_repo(policy: Policy, call: HubCall, stack: contextlib.ExitStack,
                 fetcher: Fetcher) -> Path:
-    """The folder to run. When a signature is required or the lockfile binds the folder
-    (or is frozen), a private read-only copy is made and verified, and the sandbox runs
-    that copy: what was verified is what runs, whatever happens to the original folder
-    in between."""
+    """The folder to run. When a signature is required (by the policy or any of the
+    fetcher's ``also`` policies) or the lockfile binds the folder (or is frozen), a private
+    read-only copy is made and verified, and the sandbox runs that copy: what was verified
+    is what runs, whatever happens to the original folder in between."""
     path = Path(os.path.expanduser(call.repo_or_dir))
     if not (path / "hubconf.py").is_file():
         raise FetchError(f"{path} has no hubconf.py", subject=str(path),
@@ -207,7 +224,11 @@ def _local_repo(policy: Policy, call: HubCall, stack: contextlib.ExitStack,
             + (f" (and {len(leaving) - 1} more files)" if len(leaving) > 1 else ""),
             subject=str(path),
             fix="load a copy without hard links (cp -r, or git clone --no-hardlinks)")
-    decision = policy.check(RepoRequest(str(path), entrypoint=call.entrypoint, source="local"))
+    request = RepoRequest(str(path), entrypoint=call.entrypoint, source="local")
+    decision = policy.check(request)
+    signatures = [r for other in fetcher.also for r in other.check(request).requirements
+                  if r.kind == "signature"]
+    decision = replace(decision, requirements=(*decision.requirements, *signatures))
     signed = decision.requirement("signature") is not None
     locked = fetcher.lockfile is not None and (
         fetcher.frozen or fetcher.lockfile.local(path) is not None)
@@ -285,7 +306,7 @@ def run_hub_call(call: HubCall, policy: Policy | str | os.PathLike[str] | None =
                 else None)
     policy = load_policy(policy)
     fetcher = fetcher or Fetcher(policy, hub_dir=get_dir(), lockfile=hub_lockfile(call),
-                                 frozen=call.frozen)
+                                 frozen=call.frozen, also=_ALSO.get())
     with contextlib.ExitStack() as stack:
         requester: str | None
         if call.source == "local":

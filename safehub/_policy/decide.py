@@ -196,7 +196,13 @@ def repo_rule(policy: LoadedPolicy, repo: str | RepoId) -> tuple[str, RepoRule] 
     """The rule for ``owner/name``, the most specific key first: exact, then ``owner/*``,
     then ``*/name``, then ``*/*``, all compared casefolded (GitHub names are
     case-insensitive). Two keys of one rank naming the same repo (or owner) in different
-    cases make the policy ambiguous: :class:`PolicyError`."""
+    cases make the policy ambiguous: :class:`PolicyError`.
+
+    Across an ``extends`` chain a denial tightens: a matching ``allow = false`` rule set
+    by a file that extends the one that set the most specific rule wins over it (a
+    child's ``[repos."acme/*"] allow = false`` denies the ``acme/det`` its parent lists).
+    Within one file the most specific rule decides (``acme/*`` denied, ``acme/det``
+    allowed as the exception)."""
     rid = repo if isinstance(repo, RepoId) else RepoId.parse(repo)
     ranks: tuple[list[tuple[str, RepoRule]], ...] = ([], [], [], [])
     for key, rule in policy.model.repos.items():
@@ -211,8 +217,23 @@ def repo_rule(policy: LoadedPolicy, repo: str | RepoId) -> tuple[str, RepoRule] 
                               "case-insensitively)", subject=policy.chain[-1],
                               fix="keep one [repos] entry per repository")
         if found:
-            return found[0]
+            key, rule = found[0]
+            if rule.allow:
+                level = _rule_level(policy, key)
+                later = [(k, r) for rank in ranks for k, r in rank
+                         if not r.allow and _rule_level(policy, k) > level]
+                if later:
+                    return later[0]
+            return key, rule
     return None
+
+
+def _rule_level(policy: LoadedPolicy, key: str) -> int:
+    """How deep in the ``extends`` chain the last file setting ``[repos.<key>]`` is
+    (-1 when unknown)."""
+    index = {label: i for i, label in enumerate(policy.chain)}
+    return max((index.get(label, -1) for path, label in policy.provenance.items()
+                if path[:2] == ("repos", key)), default=-1)
 
 
 def _policy_file(policy: LoadedPolicy) -> str:

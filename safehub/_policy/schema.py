@@ -157,10 +157,35 @@ class DownloadsSection(_Section):
     @classmethod
     def _pins(cls, pins: dict[str, str]) -> dict[str, str]:
         for key, digest in pins.items():
+            _pin_key(key)
             value = digest.removeprefix("sha256:")
             if not SHA256_RE.fullmatch(value):
                 raise ValueError(f"pin for {key!r} must be a 64-hex SHA-256")
         return {k: v.removeprefix("sha256:") for k, v in pins.items()}
+
+
+# A file-name pin key that starts like a URL ("https:/x", "https//x"): a mistyped URL.
+_URLISH_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/|https?//", re.IGNORECASE)
+
+
+def _pin_key(key: str) -> None:
+    """A pin key names a download the decision can match, or the policy is invalid: a pin
+    that matches nothing (a URL the canonical form refuses, a copied trailing space) would
+    leave the file it was meant for unpinned, silently."""
+    from safehub._policy.urls import parse_url
+    from safehub.errors import InvalidIdentifier
+
+    if "://" in key:
+        try:
+            parse_url(key)
+        except InvalidIdentifier as exc:
+            raise ValueError(f"pin key {key!a} is not a usable URL ({exc.message}): "
+                             "it would pin nothing") from None
+        return
+    if (not key or key in (".", "..") or key != key.strip() or "\\" in key
+            or not key.isprintable() or _URLISH_RE.match(key)):
+        raise ValueError(f"pin key {key!a} is neither an http(s) URL nor a file name: "
+                         "it would pin nothing")
 
 
 class SignatureRule(_Section):

@@ -195,6 +195,121 @@ def test_model_zoo_and_hub_urls_are_decided_by_every_active_policy(
         server.close()
 
 
+def test_an_outer_scopes_download_pins_hold_under_an_inner_scope_without_them(
+        tmp_path: Path, isolated_torch_home: Path) -> None:
+    """An inner ``enforce()`` whose policy has no pin for a URL does not drop the outer
+    policy's pin: the bytes loaded (load_state_dict_from_url) or written
+    (download_url_to_file) must have it."""
+    import hashlib
+
+    from safehub.errors import IntegrityError
+    from tests.fetch.fakehub import FakeHub
+    from tests.fetch.helpers import torch_bytes, write_policy
+
+    reviewed = torch_bytes({"w": torch.ones(2)})
+    swapped = torch_bytes({"w": torch.full((2,), 666.0)})
+    server = FakeHub("127.0.0.1")
+    try:
+        url = server.add_file("/models/net.pt", swapped)
+        pin = hashlib.sha256(reviewed).hexdigest()
+        outer = write_policy(tmp_path / "outer.toml", server,
+                             body=f'[downloads.pins]\n"{url}" = "{pin}"\n')
+        inner = write_policy(tmp_path / "inner.toml", server)
+        dst = tmp_path / "net.pt"
+        with safehub.enforce(outer):
+            with pytest.raises(IntegrityError):
+                torch.hub.load_state_dict_from_url(url)  # the outer policy alone
+            with safehub.enforce(inner):
+                with pytest.raises(IntegrityError, match="outer enforce"):
+                    torch.hub.load_state_dict_from_url(url)
+                with pytest.raises(IntegrityError, match="outer enforce"):
+                    lsdfu_bound_early(url, file_name="other.pt")
+                with pytest.raises(IntegrityError, match="outer enforce"):
+                    torch.hub.download_url_to_file(url, str(dst))
+                assert not dst.exists()
+                server.add_file("/models/net.pt", reviewed)  # the pinned bytes load
+                assert torch.equal(lsdfu_bound_early(url, file_name="net2.pt")["w"],
+                                   torch.ones(2))
+                torch.hub.download_url_to_file(url, str(dst))
+                assert hashlib.sha256(dst.read_bytes()).hexdigest() == pin
+    finally:
+        server.close()
+
+
+def test_an_outer_scopes_repo_pin_and_url_rules_hold_for_torch_hub_load_in_an_inner_scope(
+        tmp_path: Path, isolated_torch_home: Path) -> None:
+    """An inner ``enforce()`` that trusts a repository without a pin does not drop the outer
+    policy's commit pin, and the downloads the repository's code asks for still need the
+    outer policy's allowlist: torch.hub calls run under every active policy."""
+    from safehub.errors import IntegrityError
+    from tests.fetch.fakehub import FakeHub
+    from tests.fetch.helpers import torch_bytes, write_policy
+
+    def hubconf(value: float) -> bytes:
+        return ("dependencies = ['torch']\nimport torch\n\n\ndef m():\n"
+                "    layer = torch.nn.Linear(1, 1)\n"
+                f"    torch.nn.init.constant_(layer.weight, {value})\n    return layer\n\n\n"
+                "def fetched(url):\n    return torch.hub.load_state_dict_from_url(url)\n"
+                ).encode()
+
+    hub, elsewhere = FakeHub("127.0.0.1"), FakeHub("127.0.0.1")
+    try:
+        reviewed = hub.add_repo("acme/det", {"hubconf.py": hubconf(1.0)})
+        hub.add_repo("acme/det", {"hubconf.py": hubconf(666.0)})  # main moves on
+        url = elsewhere.add_file("/w.pt", torch_bytes({"w": torch.ones(1)}))
+        outer = write_policy(tmp_path / "outer.toml", hub,
+                             body=f'[repos."acme/det"]\ncommit = "{reviewed}"\n')
+        inner = write_policy(tmp_path / "inner.toml", hub, elsewhere)
+        with safehub.enforce(outer):
+            assert torch.hub.load("acme/det", "m")["weight"].item() == 1.0
+            with safehub.enforce(inner):
+                assert torch.hub.load("acme/det", "m")["weight"].item() == 1.0
+                with pytest.raises(IntegrityError, match=reviewed):
+                    torch.hub.load("acme/det:main", "m")
+                with pytest.raises(PolicyViolation, match="allowed_urls"):
+                    torch.hub.load("acme/det", "fetched", url)
+        with safehub.enforce(inner):  # the inner policy alone allows both
+            assert torch.hub.load("acme/det:main", "m")["weight"].item() == 666.0
+            assert torch.equal(torch.hub.load("acme/det", "fetched", url)["w"], torch.ones(1))
+    finally:
+        hub.close()
+        elsewhere.close()
+
+
+def test_an_outer_scopes_signature_rule_holds_for_a_local_torch_hub_load_in_an_inner_scope(
+        tmp_path: Path) -> None:
+    """An outer policy that requires a signature on local repository folders is not dropped
+    by an inner ``enforce()`` whose policy requires none: the unsigned folder is refused."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from safehub.errors import IntegrityError
+    from safehub.signing import sign
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    private = tmp_path / "signer.pem"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    (tmp_path / "signer.pub").write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    outer = tmp_path / "outer.toml"
+    outer.write_text('schema = 1\nextends = "default"\n[[signatures]]\n'
+                     f'scope = "path:{tmp_path}/*"\npublic_keys = ["signer.pub"]\n')
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "hubconf.py").write_text(
+        "import torch\n\n\ndef m():\n    return torch.nn.Linear(1, 1)\n")
+    with safehub.enforce(outer):
+        with pytest.raises(IntegrityError, match="not signed"):
+            torch.hub.load(str(repo), "m", source="local")
+        with safehub.enforce("default"):
+            with pytest.raises(IntegrityError, match="not signed"):
+                torch.hub.load(str(repo), "m", source="local")
+            sign(repo, private_key=private)
+            assert torch.hub.load(str(repo), "m", source="local")["weight"].shape == (1, 1)
+
+
 def test_torchscript_loads_from_the_snapshot_only_when_every_policy_allows_it(
         tmp_path: Path) -> None:
     scripted = torch.jit.script(torch.nn.Linear(2, 2))

@@ -236,3 +236,30 @@ def test_a_locked_local_folder_must_keep_its_files(
         frozen.check_local(other)
     (other / "link").symlink_to(real / "hubconf.py")
     assert cli("lock", "--path", other, "--lockfile", lock, "--policy", policy_file).code != 0
+
+
+def test_a_lockfile_entry_no_request_can_name_makes_the_lockfile_invalid(
+        tmp_path: Path, hub: FakeHub, policy_file: Path, checkpoint: bytes,
+        make_fetcher: Callable[..., Fetcher], cli: Callable[..., CliResult]) -> None:
+    """A file key edited to carry a trailing space (or a ref with one) matched no request:
+    the URL was fetched unlocked, whatever its bytes."""
+    import torch
+
+    from tests.fetch.helpers import torch_bytes
+
+    url = hub.add_file("/models/net.pt", checkpoint)
+    lock = tmp_path / "safehub.lock"
+    assert cli("lock", "--url", url, "--lockfile", lock, "--policy", policy_file).code == 0
+    lock.write_text(lock.read_text().replace(f'"{url}"', f'"{url} "'))
+    hub.files["/models/net.pt"] = torch_bytes({"weight": torch.zeros(1)})  # swapped upstream
+    with pytest.raises(PolicyError) as err:
+        make_fetcher(lockfile=lock, cache_dir=tmp_path / "fresh").fetch_url(url)
+    assert any("not a usable URL" in issue.message for issue in err.value.issues)
+    result = cli("lock", "--frozen", "--lockfile", lock, "--policy", policy_file)
+    assert result.code == 2, result.out + result.err
+    lock.write_text('version = 1\n[repos."acme/net:main "]\nrepo = "acme/net"\napi = "x"\n'
+                    'ref = "main "\ncommit = "' + "a" * 40 + '"\narchive_sha256 = "'
+                    + "a" * 64 + '"\ntree_sha256 = "' + "a" * 64 + '"\n')
+    with pytest.raises(PolicyError) as err:
+        Lockfile.load(lock)
+    assert {issue.key for issue in err.value.issues} == {"repos.acme/net:main .ref"}

@@ -564,3 +564,25 @@ def torch_load_bytes(data: bytes) -> dict[str, Any]:
     import torch
 
     return dict(torch.load(io.BytesIO(data), weights_only=True))
+
+
+def test_a_short_hash_prefix_is_checked_but_does_not_vouch(
+        hub: FakeHub, policy_file: Path, checkpoints: Path, safehub_cache: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.hub keeps B's bytes under A's file name (``file_name=`` of another download).
+    A caller's ``hash_prefix`` of fewer than 8 hex digits (one matches 1 file in 16) is
+    required of the bytes but does not tie torch.hub's copy to A's URL: it is not imported
+    as A's download; 8 or more digits vouch, as a prefix in the URL's own name does."""
+    a, b = _checkpoint(30), _checkpoint(31)
+    url_a = hub.add_file("/models/plain-a.pt", a)
+    url_b = hub.add_file("/models/other.pt", b)
+    _torch_download(url_b, file_name="plain-a.pt")  # B's bytes under A's name
+    assert (checkpoints / "plain-a.pt").read_bytes() == b
+    hub.close()
+    monkeypatch.setenv("SAFEHUB_OFFLINE", "1")
+    sha_b = hashlib.sha256(b).hexdigest()
+    for short in (sha_b[:1], sha_b[:7]):
+        with pytest.raises(FetchError, match="SH541"):
+            Fetcher(policy_file).fetch_url(url_a, hash_prefix=short)
+        assert _records(safehub_cache) == []
+    assert Fetcher(policy_file).fetch_url(url_a, hash_prefix=sha_b[:8]).sha256 == sha_b

@@ -74,6 +74,21 @@ def test_explain_url_shows_a_file_name_pin(cli: Cli, tmp_path: Path) -> None:
     assert "(the URL's file name)" in result.out
 
 
+
+def test_a_pin_that_can_match_no_download_makes_the_policy_invalid(cli: Cli,
+                                                                   tmp_path: Path) -> None:
+    """A pin key copied with a trailing space (or a user@ part) matched no download: the
+    file it was meant for was downloaded unpinned while `policy check` said all was well."""
+    url = "https://download.pytorch.org/models/net.pth"
+    policy = tmp_path / "pins.toml"
+    policy.write_text('schema = 1\nname = "pins"\nextends = "default"\n[downloads.pins]\n'
+                      f'"{url} " = "' + "ab" * 32 + '"\n')
+    result = cli("policy", "check", str(policy))
+    assert result.code == 2, result.out + result.err
+    assert "pin nothing" in result.out + result.err
+    result = cli("policy", "explain", "--url", url, "--policy", str(policy))
+    assert result.code == 2, result.out + result.err
+
 def test_explain_json(cli: Cli) -> None:
     result = cli("policy", "explain", "pytorch/vision", "-f", "json")
     assert result.code == 0
@@ -167,3 +182,28 @@ def test_policy_cli_in_a_real_process(tmp_path: Path) -> None:
     assert result.code == 1
     assert result.out.startswith("policy: default")
     assert result.err == ""
+
+
+def test_a_childs_wildcard_denial_wins_over_its_parents_exact_rule(cli: Cli,
+                                                                   tmp_path: Path) -> None:
+    """A child policy may only tighten: its ``[repos."acme/*"] allow = false`` must deny the
+    ``acme/det`` its parent lists by exact key (before, the parent's more specific rule
+    decided and the repo stayed allowed while `policy check` passed). Within one file the
+    most specific rule still decides (the child's own exception)."""
+    parent = tmp_path / "parent.toml"
+    parent.write_text('schema = 1\nextends = "default"\nloosen = ["repos"]\n'
+                      '[repos."acme/det"]\nentrypoints = ["m"]\n')
+    child = tmp_path / "child.toml"
+    child.write_text('schema = 1\nextends = "parent.toml"\n[repos."acme/*"]\nallow = false\n')
+    assert cli("policy", "check", str(child)).code == 0
+    result = cli("policy", "explain", "acme/det", "--entrypoint", "m", "--policy", str(child))
+    assert result.code == 1, result.out + result.err
+    assert "repo rule 'acme/*' denies it" in result.out
+    assert cli("policy", "explain", "acme/det", "--entrypoint", "m",
+               "--policy", str(parent)).code == 0
+    excepted = tmp_path / "excepted.toml"
+    excepted.write_text('schema = 1\nextends = "parent.toml"\n[repos."acme/*"]\nallow = false\n'
+                        '[repos."acme/det"]\nentrypoints = ["m"]\n')
+    assert cli("policy", "explain", "acme/det", "--entrypoint", "m",
+               "--policy", str(excepted)).code == 0
+    assert cli("policy", "explain", "acme/other", "--policy", str(excepted)).code == 1

@@ -121,6 +121,15 @@ commit = "main"
     ('schema = 2\n', "unsupported schema version"),
     ('name = "no schema"\n', "schema"),
     ('schema = 1\n[downloads.pins]\n"https://x/y" = "abc"\n', "64-hex"),
+    # Pin keys that no download can match would leave the file they meant unpinned.
+    ('schema = 1\n[downloads.pins]\n"https://x/y.pth " = "' + "ab" * 32 + '"\n', "pin nothing"),
+    ('schema = 1\n[downloads.pins]\n"https://me@x/y.pth" = "' + "ab" * 32 + '"\n',
+     "pin nothing"),
+    ('schema = 1\n[downloads.pins]\n"https://x/y.pth\\t" = "' + "ab" * 32 + '"\n',
+     "pin nothing"),
+    ('schema = 1\n[downloads.pins]\n"ftp://x/y.pth" = "' + "ab" * 32 + '"\n', "pin nothing"),
+    ('schema = 1\n[downloads.pins]\n"https:/x/y.pth" = "' + "ab" * 32 + '"\n', "pin nothing"),
+    ('schema = 1\n[downloads.pins]\n"y.pth " = "' + "ab" * 32 + '"\n', "pin nothing"),
 ])
 def test_contradictory_or_invalid_values(tmp_path: Path, text: str, needle: str) -> None:
     p = write(tmp_path / "p.toml", text)
