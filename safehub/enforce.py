@@ -382,7 +382,9 @@ def _torch_patches(torch: ModuleType) -> list[CodePatch | AttrPatch]:
     for name, impl in (("load_state_dict_from_url", hub_calls.load_state_dict_from_url),
                        ("download_url_to_file", hub_calls.download_url_to_file),
                        ("load", hub_calls.hub_load), ("list", hub_calls.hub_list),
-                       ("help", hub_calls.hub_help)):
+                       ("help", hub_calls.hub_help),
+                       # private, but a program can call it: it imports hubconf.py here
+                       ("_load_local", hub_calls.hub_load_local)):
         patches.append(CodePatch(getattr(torch.hub, name), f"torch.hub.{name}",
                                  _enforced(impl)))
     importer = torch.package.PackageImporter

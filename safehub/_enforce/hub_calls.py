@@ -22,7 +22,7 @@ from safehub._policy.policy import Policy
 from safehub._snapshot import Snapshot
 from safehub.errors import FetchError, IntegrityError, UnsafeModel
 
-__all__ = ["download_url_to_file", "hub_help", "hub_list", "hub_load",
+__all__ = ["download_url_to_file", "hub_help", "hub_list", "hub_load", "hub_load_local",
            "load_state_dict_from_url"]
 
 Policies = Sequence[Policy]
@@ -189,6 +189,13 @@ def hub_load(original: Callable[..., Any], policies: Policies, repo_or_dir: str,
                         force_reload=force_reload, verbose=verbose,
                         skip_validation=skip_validation, policy=_strictest_sandbox(chosen),
                         **kwargs)
+
+
+def hub_load_local(original: Callable[..., Any], policies: Policies, hubconf_dir: str,
+                   model: str, *args: Any, **kwargs: Any) -> Any:
+    """``torch.hub._load_local``: what ``torch.hub.load(source="local")`` calls, reachable
+    directly, so it is a local ``hub.load`` (the hubconf imported in the sandbox)."""
+    return hub_load(original, policies, hubconf_dir, model, *args, source="local", **kwargs)
 
 
 def hub_list(original: Callable[..., Any], policies: Policies, github: str,

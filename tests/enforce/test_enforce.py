@@ -137,7 +137,11 @@ def test_weights_only_loader_refusal_is_unsafe_model(tmp_path: Path) -> None:
         torch.load(path)
 
 
-def test_torch_hub_load_runs_in_the_sandbox(tmp_path: Path, marker_dir: Path) -> None:
+@pytest.mark.parametrize("call", [
+    'torch.hub.load({repo!r}, "linear", source="local", trust_repo=True)',
+    'torch.hub._load_local({repo!r}, "linear")',  # private, what load(source="local") calls
+])
+def test_torch_hub_load_runs_in_the_sandbox(tmp_path: Path, marker_dir: Path, call: str) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / "hubconf.py").write_text(textwrap.dedent(f"""
@@ -150,7 +154,7 @@ def test_torch_hub_load_runs_in_the_sandbox(tmp_path: Path, marker_dir: Path) ->
     """))
     program = f"""
         import torch
-        out = torch.hub.load({str(repo)!r}, "linear", source="local", trust_repo=True)
+        out = {call.format(repo=str(repo))}
         # safehub.load returns a dict subclass (LoadedState: the keys plus .shape)
         print("dict" if isinstance(out, dict) else type(out).__name__,
               sorted(out) if isinstance(out, dict) else "")
