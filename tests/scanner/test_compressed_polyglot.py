@@ -1,26 +1,60 @@
 """Files another format claims whose first bytes are also a compressor's magic.
 
 joblib.load chooses its decompressor by the first bytes alone (``_detect_compressor``),
-whatever format those bytes also begin. A safetensors file's header length, read as
-bytes, can spell gzip's magic (``1f 8b 08 00 ...`` is a header of 0x088b1f bytes), and
-its JSON header can carry deflate data: joblib.load then decompresses the file and
-unpickles what comes out, while the scanner read a valid safetensors file.
+whatever format those bytes also begin. A safetensors header length, read as bytes, can
+spell gzip's magic (``1f 8b 08 00 00 00 00 00`` is a header of 0x088b1f bytes) and the
+gzip header's XFL byte can be the ``{`` that starts the JSON: joblib.load decompresses the
+file and unpickles what comes out, while the scanner read it as safetensors only. With a
+malformed JSON header that reading gave one medium finding, which a permissive policy
+(blocking from high) passes: the file scanned clean and ran ``posix.system`` in joblib.
+(Deflate data can also be written so that the JSON stays valid; the decompressed reading
+is judged either way.)
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from safehub.findings import Verdict
+from safehub.rules import Severity
+from safehub.scan import ScanOptions
 from tests.scanner import _builders as B
 from tests.scanner.conftest import rules, scan_one
 
 pytest.importorskip("joblib")
-st = pytest.importorskip("safetensors.numpy")
+
+PERMISSIVE = ScanOptions(block_severity=Severity.HIGH)  # the permissive preset's threshold
+
+
+def _safetensors_gzip(marker: str) -> bytes:
+    """gzip of a pickle (stored, padded past the header length), XFL set to ``{``."""
+    data = bytearray(gzip.compress(B.os_system_p0(marker) + b"\0" * 600_000,
+                                   compresslevel=0, mtime=0))
+    data[8] = ord("{")  # XFL: zlib ignores it
+    assert int.from_bytes(data[:8], "little") == 0x088B1F <= len(data) - 8
+    return bytes(data)
+
+
+def test_safetensors_head_that_is_gzip_is_decompressed_and_judged(
+        tmp_path: Path, fire: object) -> None:
+    path = B.write(tmp_path / "model.safetensors", _safetensors_gzip("st_gzip"))
+    assert "st_gzip" in fire([(path, "joblib")])  # type: ignore[operator]
+    for options in (None, PERMISSIVE):
+        report = scan_one(path, options)
+        assert report.format == "safetensors"
+        assert report.verdict is Verdict.UNSAFE
+        assert {"SH114", "SH100"} <= rules(report), [f.message for f in report.findings]
+    cli = subprocess.run([sys.executable, "-m", "safehub", "scan", "--policy", "permissive",
+                          str(path)], capture_output=True, text=True, timeout=120, check=False)
+    assert cli.returncode == 1, cli.stdout + cli.stderr
+    assert "posix.system" in cli.stdout
 
 def test_safetensors_whose_length_spells_zlib_magic_stays_clean(tmp_path: Path) -> None:
     """A header length whose bytes happen to start like zlib (1 file in 8192) is no
