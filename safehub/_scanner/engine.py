@@ -83,6 +83,7 @@ def scan_fileobj(fh: BinaryIO, display: str, size: int, options: ScanOptions) ->
     # accepts, else a raw pickle. The tar decision is tarfile's own.
     tar = None if head.startswith(b"PK\x03\x04") else probe_tar(fh)
     container = True  # a format whose loaders do not read the file as a pickle
+    compressed = False  # joblib's reading, decompressed, is the primary one
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         _scan_zip_file(scan, fh, primary=True)
         if tar is not None and tar.accepted:
@@ -100,12 +101,15 @@ def scan_fileobj(fh: BinaryIO, display: str, size: int, options: ScanOptions) ->
         scan.format = "safetensors"
         scan_safetensors(scan, fh)
     elif (kind := compression_of(head)) is not None:
+        compressed = True
         scan_compressed(scan, fh, kind)
     else:
         container = False
         _scan_pickle_or_unknown(scan, fh, size)
     if container and not head.startswith(b"PK\x03\x04"):
         _scan_as_pickle(scan, fh, size)
+    if not compressed and (tar is None or not tar.accepted):
+        _scan_compressed_polyglot(scan, fh, head)
     if not head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         _scan_hidden_zip(scan, fh)
         if any(f.rule_id == "SH160" for f in scan.findings):
@@ -146,6 +150,27 @@ def _scan_peek_reading(scan: FileScan, fh: BinaryIO, size: int) -> None:
                          offset=res.start, subject="pickle-polyglot")
         if not res.stopped or res.limit:
             break
+
+
+def _scan_compressed_polyglot(scan: FileScan, fh: BinaryIO, head: bytes) -> None:
+    """joblib.load picks its decompressor by the first bytes alone, whatever format they
+    also begin: a safetensors header length can spell gzip's magic, and its JSON header
+    can hold the deflate data of a pickle. The decompressed reading is judged whenever it
+    is a pickle; when it does not decompress or is no pickle, joblib.load stops before
+    any opcode runs. (A tar archive that spells compressor magic is reported as a
+    polyglot by the tar path.)"""
+    kind = compression_of(head)
+    if kind is None:
+        return
+    probe = FileScan(scan.path, scan.size, scan.options)
+    probe.options = scan.options  # the file's one opcode budget
+    scan_compressed(probe, fh, kind)
+    if probe.format == "unknown":
+        return
+    scan.add("SH114", f"the file is also {kind}-compressed data that joblib.load "
+             "decompresses and unpickles", offset=0, subject="compressed-polyglot")
+    scan.findings.extend(probe.findings)
+    scan.records.extend(probe.records)
 
 
 def _other_format(head: bytes, size: int) -> str:

@@ -23,14 +23,18 @@ _OLD_JOBLIB_HEADER = 2 + 19  # 'ZF' + hex length padded to len(hex(2**64))
 
 
 def compression_of(head: bytes) -> str | None:
-    """The compressor whose magic starts ``head``, if any."""
+    """The compressor whose magic starts ``head``, if any.
+
+    joblib decides by its own prefixes (``_detect_compressor``): an lzma-alone stream is
+    ``]\\x00`` whatever its dictionary size (``]\\x00\\x10\\x00\\x00`` is a 4 KiB dictionary).
+    """
     if head.startswith(b"\x1f\x8b"):
         return "gzip"
     if head.startswith(b"BZh"):
         return "bz2"
     if head.startswith(b"\xfd7zXZ\x00"):
         return "xz"
-    if head.startswith(b"]\x00\x00"):
+    if head.startswith(b"]\x00"):
         return "lzma"
     if head.startswith(b'\x04"M\x18'):
         return "lz4"

@@ -34,6 +34,7 @@ def scan_npy(scan: FileScan, src: ByteSource, location: str, base: int, *,
     """
     cursor = PickleCursor(src, base=base, limits=scan.options.limits)
     where = location or "npy"
+    read_header = False  # the cursor is past the header: the data (or a pickle) follows
     try:
         magic = cursor.take(8)
         if magic[:6] != NPY_MAGIC:
@@ -46,14 +47,27 @@ def scan_npy(scan: FileScan, src: ByteSource, location: str, base: int, *,
         else:
             raise _BadHeader(f"unsupported format version {major}.{magic[7]}")
         if header_len > _MAX_HEADER:
+            # numpy.load(allow_pickle=True) lifts its header limit: it reads on.
+            try:
+                cursor.skip(header_len)
+                read_header = True
+            except Truncated:
+                pass  # numpy fails on the short header too
             raise _BadHeader(f"header of {header_len} bytes is larger than {_MAX_HEADER}")
-        text = cursor.take(header_len).decode("utf-8" if major == 3 else "latin-1")
+        raw = cursor.take(header_len)
+        read_header = True
+        try:
+            text = raw.decode("utf-8" if major == 3 else "latin-1")
+        except UnicodeDecodeError:
+            raise _BadHeader("header is not UTF-8") from None
         itemsize, has_object, count = _parse_header(text, py2=major <= 2)
     except Truncated:
         scan.add("SH111", "the .npy header is truncated", location=location, offset=base)
         return
     except _BadHeader as exc:
         scan.add("SH131", f".npy header: {exc}", location=location, offset=base)
+        if read_header:
+            _probe_undecided_data(scan, cursor, location)
         return
     if has_object:
         scan.add("SH130", "object array: its data is a pickle", location=location,
@@ -83,6 +97,21 @@ def scan_npy(scan: FileScan, src: ByteSource, location: str, base: int, *,
     if not cursor.at_eof():
         scan.add("SH113", "bytes follow the array data", location=location,
                  offset=cursor.offset())
+
+
+def _probe_undecided_data(scan: FileScan, cursor: PickleCursor, location: str) -> None:
+    """After a header this scanner cannot decide, numpy may still read it (a dtype spelled
+    ``'object'``, ``'i4,O'``, ``('O', (2,))``, a header over the size limit) and, for an
+    object dtype, unpickle what follows. Those bytes are read as that pickle: numbers fail
+    within a few opcodes having done nothing; a stream that imports or calls is judged."""
+    result = cursor.stream()
+    if not (result.globals or result.computed or result.calls or result.extensions
+            or result.persistent or result.limit):
+        return
+    scan.add("SH130", "the data after an undecided header reads as a pickle numpy.load "
+             "would run for an object dtype", location=location, offset=result.start,
+             subject="numpy-object-array")
+    judge_stream(scan, result, location, Loader.PICKLE)
 
 
 def _parse_header(text: str, *, py2: bool = False) -> tuple[int, bool, int]:
