@@ -91,6 +91,14 @@ def tree_digest(files: Mapping[str, tuple[str, int]]) -> str:
     return h.hexdigest()
 
 
+def _record_json(record: FileRecord | RepoRecord) -> dict[str, Any]:
+    """A record as written: no ``provenance`` key where nothing came from elsewhere."""
+    out = asdict(record)
+    if not record.provenance:
+        del out["provenance"]
+    return out
+
+
 @dataclass(frozen=True)
 class FileRecord:
     """What was downloaded from where, and its digest."""
@@ -111,10 +119,7 @@ class FileRecord:
 
     def to_json(self) -> dict[str, Any]:
         """The record as written (no ``provenance`` key for plain downloads)."""
-        out = asdict(self)
-        if not self.provenance:
-            del out["provenance"]
-        return out
+        return _record_json(self)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> FileRecord:
@@ -161,10 +166,7 @@ class RepoRecord:
 
     def to_json(self) -> dict[str, Any]:
         """The record as written (no ``provenance`` key for downloaded checkouts)."""
-        out = asdict(self)
-        if not self.provenance:
-            del out["provenance"]
-        return out
+        return _record_json(self)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RepoRecord:

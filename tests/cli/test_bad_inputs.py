@@ -354,6 +354,17 @@ def _interrupt_when_busy(proc: subprocess.Popen[str], busy: Callable[[], bool]) 
     os.killpg(proc.pid, signal.SIGINT)  # as the terminal does: the foreground group
 
 
+def _cli_load_local(repo: Path, entry: str, out_dir: Path) -> subprocess.Popen[str]:
+    """`safehub load REPO ENTRY --source local` into an empty ``out_dir``, in its own
+    session (so that a SIGINT to its group is what a terminal's Ctrl-C is)."""
+    out_dir.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "safehub", "load", str(repo), entry,
+                             "--source", "local", "--out", str(out_dir / "w.safetensors")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)
+
+
 def test_ctrl_c_during_a_sandboxed_load_exits_130_leaving_nothing(
         tmp_path: Path, isolated_torch_home: Path) -> None:
     if not Path("/proc/self/task").is_dir():
@@ -366,12 +377,7 @@ def test_ctrl_c_during_a_sandboxed_load_exits_130_leaving_nothing(
             time.sleep(600)
     """))
     out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "safehub", "load", str(repo), "slow",
-                             "--source", "local", "--out", str(out_dir / "w.safetensors")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, start_new_session=True)
+    proc = _cli_load_local(repo, "slow", out_dir)
     # Busy once the sandbox is up: the CLI has a child (the zygote) with a child of its own.
     spawned: set[int] = set()
 
@@ -406,12 +412,7 @@ def test_ctrl_c_at_any_moment_of_a_hub_call_start_exits_130_with_one_line(
     repo.mkdir()
     (repo / "hubconf.py").write_text("def tiny():\n    return {}\n")
     out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "safehub", "load", str(repo), "tiny",
-                             "--source", "local", "--out", str(out_dir / "w.safetensors")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, start_new_session=True)
+    proc = _cli_load_local(repo, "tiny", out_dir)
     for _ in range(1200):  # main has run once the zygote is there (polls, not timing)
         if proc.poll() is not None or _children(proc.pid):
             break
