@@ -51,7 +51,7 @@ def scan_zip(scan: FileScan, fh: BinaryIO, directory: ZipDirectory) -> str:
     analyzed = 0
     for entry in entries:
         if entry.data_offset < 0:
-            continue  # its local header is unreadable (an SH115 anomaly): no loader opens it
+            continue  # no local header (an SH115 anomaly): zipfile and miniz refuse it
         if entry.method not in (0, 8) and entry.compressed_size:
             # Its content cannot be checked; zipfile (numpy) reads bzip2 and lzma members,
             # so an object array could hide in one.

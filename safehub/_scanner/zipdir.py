@@ -266,8 +266,9 @@ def zip64_sizes(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int,
 def _read_local_headers(
     fh: BinaryIO, size: int, entries: list[ZipEntry], anomalies: list[tuple[str, int | None]]
 ) -> None:
-    # Loaders read a local header only when they open its entry: a bad one makes that
-    # entry unreadable (data_offset stays -1), never the whole archive.
+    # Loaders read a local header only when they open its entry: a missing one makes that
+    # entry unreadable (data_offset stays -1; zipfile and miniz both refuse it), never the
+    # whole archive.
     for entry in entries:
         fh.seek(entry.header_offset)
         header = fh.read(30)
@@ -288,9 +289,11 @@ def _read_local_headers(
             anomalies.append((f"{entry.name}: local header encryption flag differs from the "
                               "central directory", entry.header_offset))
         if entry.data_offset + entry.compressed_size > size:
+            # miniz refuses the entry, but zipfile (numpy.load) reads lazily: a deflated
+            # object array's pickle runs before the missing bytes are asked for. The entry
+            # is analyzed as far as the file goes.
             anomalies.append((f"{entry.name}: data extends past the end of the file",
                               entry.header_offset))
-            entry.data_offset = -1
 
 
 def _check_layout(
