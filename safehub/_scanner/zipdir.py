@@ -67,6 +67,9 @@ class ZipDirectory:
     end: int = 0  # offset just after the end-of-central-directory record and comment
     # Other readers' readings of the same end record that find other records.
     others: list[ZipDirectory] = field(default_factory=list)
+    # Why readings that found a central directory could not be parsed here, when another
+    # reading could: a reader may still read them (zipfile ignores the entry count).
+    unread: list[str] = field(default_factory=list)
 
 
 def find_eocd(fh: BinaryIO, size: int) -> int | None:
@@ -95,7 +98,9 @@ def read_directory(fh: BinaryIO, size: int, eocd: int) -> ZipDirectory:
     they are. Every distinct reading that parses is returned (the first, the others in
     ``others``). ``NoDirectory`` means no reading finds a central record at all (bytes
     that merely contain the end-record signature); any other ``ZipError`` is an archive
-    the scanner cannot read, which callers report.
+    the scanner cannot read, which callers report. A reading that finds a central record
+    it cannot parse while another reading parses is never dropped: it is listed in
+    ``unread`` for callers to report.
     """
     fh.seek(eocd)
     rec = fh.read(22)
@@ -156,6 +161,7 @@ def read_directory(fh: BinaryIO, size: int, eocd: int) -> ZipDirectory:
             raise NoDirectory("no central directory where the end record says")
         raise ZipError("; ".join(dict.fromkeys(errors)))
     first, *rest = directories
+    first.unread = list(dict.fromkeys(errors))
     seen = {_key(first)}
     for other in rest:
         if _key(other) not in seen:

@@ -72,6 +72,68 @@ def test_npz_member_whose_data_runs_past_the_file_end_is_analyzed(
     assert "posix.system" in cli.stdout
 
 
+
+def _zip64_decoy(count: int, marker: str) -> bytes:
+    """An npz whose zip64 locator (miniz's reading) names a record for a decoy directory
+    (b.npy, numbers) while the zip64 record 76 bytes before the end record (zipfile's
+    reading) names the real one (a.npy, an object array) and declares ``count`` entries."""
+    import zlib
+
+    def local(name: str, data: bytes) -> bytes:
+        return struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, 0, 0, 0, zlib.crc32(data),
+                           len(data), len(data), len(name), 0) + name.encode() + data
+
+    def central(name: str, data: bytes, offset: int) -> bytes:
+        return struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, 0, 0, 0, 0,
+                           zlib.crc32(data), len(data), len(data), len(name), 0, 0, 0, 0, 0,
+                           offset) + name.encode()
+
+    def record64(entries: int, size: int, offset: int) -> bytes:
+        return struct.pack("<4sQHHIIQQQQ", b"PK\x06\x06", 44, 45, 45, 0, 0, entries, entries,
+                           size, offset)
+
+    objects = B.npy_bytes("{'descr': '|O', 'fortran_order': False, 'shape': (1,), }",
+                          B.call_prefix(marker) + b"N.")
+    number = B.npy_bytes("{'descr': '<i4', 'fortran_order': False, 'shape': (1,), }",
+                         b"\0" * 4)
+    out = bytearray(local("a.npy", objects))
+    decoy_at = len(out)
+    out += local("b.npy", number)
+    decoy_dir = central("b.npy", number, decoy_at)
+    decoy_dir_at = len(out)
+    out += decoy_dir
+    decoy_record_at = len(out)
+    out += record64(1, len(decoy_dir), decoy_dir_at)
+    real_dir = central("a.npy", objects, 0)
+    real_dir_at = len(out)
+    out += real_dir
+    out += record64(count, len(real_dir), real_dir_at)
+    out += struct.pack("<4sIQI", b"PK\x06\x07", 0, decoy_record_at, 1)
+    out += struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF,
+                       0xFFFFFFFF, 0)
+    return bytes(out)
+
+
+@pytest.mark.parametrize("count", [2, 2_000_000])
+def test_zip_directory_only_a_reader_can_parse_is_not_dropped(
+        count: int, tmp_path: Path, fire: Callable[..., set[str]]) -> None:
+    """zipfile ignores the zip64 entry count; the scanner could not parse that reading
+    with a wrong count (or one over its entry cap), dropped it silently and analyzed the
+    decoy directory miniz's reading finds: one SH115, clean under permissive, while
+    numpy.load ran the object array of the directory zipfile reads."""
+    pytest.importorskip("numpy")
+    marker = f"zip64_count_{count}"
+    path = B.write(tmp_path / "decoy.npz", _zip64_decoy(count, marker))
+    assert fire([(path, "numpy")]) == {marker}
+
+    report = scan_one(path, ScanOptions(block_severity=_PERMISSIVE))
+    assert report.verdict is Verdict.UNSAFE
+    assert "SH110" in rules(report)
+    cli = _cli_permissive(path)
+    assert cli.returncode == 1, cli.stdout + cli.stderr
+    assert "SH110" in cli.stdout
+
+
 # --- the structural guard -------------------------------------------------------------------
 
 # Every place in the scanner that emits a finding below HIGH which does not always block
