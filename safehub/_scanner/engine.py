@@ -287,7 +287,7 @@ def _scan_zip_file(scan: FileScan, fh: BinaryIO, *, primary: bool) -> None:
             if not reading.entries:
                 continue
             scan.add("SH114", "a zip archive is hidden in this file; zip readers (torch, "
-                     "numpy, zipfile) would load it", offset=reading.prefix,
+                     "numpy, zipfile) would load it", offset=max(0, reading.prefix),
                      subject="hidden-zip")
         fmt = scan_zip(scan, fh, reading)
         if scan.format in ("unknown", "zip") or (primary and reading is directory):

@@ -98,7 +98,7 @@ def scan_zip(scan: FileScan, fh: BinaryIO, directory: ZipDirectory) -> str:
             scan.add("SH190", "zip archive without pickle or numpy records")
             return "unknown"
         fmt = "torch-zip" if any(n.endswith(".pkl") for n in names) else "npz"
-    if directory.prefix:
+    if directory.prefix > 0:
         scan.add("SH114", f"{directory.prefix} bytes precede the zip archive", offset=0,
                  subject="data-before-zip")
     if directory.end < scan.size:

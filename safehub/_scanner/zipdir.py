@@ -146,7 +146,9 @@ def read_directory(fh: BinaryIO, size: int, eocd: int) -> ZipDirectory:
     found_central = False
     for reading in dict.fromkeys(readings):
         count, dir_size, dir_offset, prefix = reading
-        if prefix < 0 or dir_offset + prefix >= size:
+        # zipfile reads on with a negative shift (a directory offset larger than where the
+        # directory lies): only a directory starting before the file is refused.
+        if not 0 <= dir_offset + prefix < size:
             continue
         fh.seek(dir_offset + prefix)
         if not ((count == 0 and dir_size == 0) or fh.read(4) == _CENTRAL):
@@ -198,6 +200,10 @@ def _read_reading(fh: BinaryIO, size: int, reading: tuple[int, int, int, int],
     central = fh.read(cd_size)
     if len(central) < cd_size:
         raise ZipError("central directory is truncated")
+    if prefix < 0:
+        anomalies.append((f"the directory lies {-prefix} bytes before where the end record "
+                          "says; zipfile shifts every entry's offset back by as much",
+                          cd_offset + prefix))
     entries = _parse_central(central, n_total, prefix, anomalies, cd_offset + prefix)
     _read_local_headers(fh, size, entries, anomalies)
     _check_layout(entries, anomalies, cd_offset + prefix)
@@ -276,6 +282,10 @@ def _read_local_headers(
     # entry unreadable (data_offset stays -1; zipfile and miniz both refuse it), never the
     # whole archive.
     for entry in entries:
+        if entry.header_offset < 0:  # zipfile's negative seek fails: no loader opens it
+            anomalies.append((f"{entry.name}: local header would lie "
+                              f"{-entry.header_offset} bytes before the file", None))
+            continue
         fh.seek(entry.header_offset)
         header = fh.read(30)
         if len(header) < 30 or header[:4] != _LOCAL:

@@ -134,6 +134,51 @@ def test_zip_directory_only_a_reader_can_parse_is_not_dropped(
     assert "SH110" in cli.stdout
 
 
+
+def test_zip_directory_offset_past_the_directory_is_read_as_zipfile_does(
+        tmp_path: Path, fire: Callable[..., set[str]]) -> None:
+    """An end record whose directory offset lies past the directory (in its own comment,
+    where a decoy directory waits for miniz): zipfile reads the directory right before the
+    end record and shifts every entry offset back; the scanner dropped that reading (a
+    negative shift) and reported nothing at all, while numpy.load ran the object array."""
+    import zlib
+
+    pytest.importorskip("numpy")
+
+    def local(name: str, data: bytes) -> bytes:
+        return struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, 0, 0, 0, zlib.crc32(data),
+                           len(data), len(data), len(name), 0) + name.encode() + data
+
+    def central(name: str, data: bytes, offset: int) -> bytes:
+        return struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, 0, 0, 0, 0,
+                           zlib.crc32(data), len(data), len(data), len(name), 0, 0, 0, 0, 0,
+                           offset) + name.encode()
+
+    objects = B.npy_bytes("{'descr': '|O', 'fortran_order': False, 'shape': (1,), }",
+                          B.call_prefix("zip_negative_shift") + b"N.")
+    number = B.npy_bytes("{'descr': '<i4', 'fortran_order': False, 'shape': (1,), }",
+                         b"\0" * 4)
+    out = bytearray(local("a.npy", objects))
+    decoy_at = len(out)
+    out += local("b.npy", number)
+    size = len(central("a.npy", objects, 0))
+    end_record = len(out) + size
+    said = end_record + 22  # the decoy directory, in the end record's comment
+    out += central("a.npy", objects, said - (end_record - size))  # zipfile: shifted to 0
+    decoy = central("b.npy", number, decoy_at)
+    out += struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, 1, 1, size, said, len(decoy))
+    out += decoy
+    path = B.write(tmp_path / "shifted.npz", bytes(out))
+    assert fire([(path, "numpy")]) == {"zip_negative_shift"}
+
+    report = scan_one(path, ScanOptions(block_severity=_PERMISSIVE))
+    assert report.verdict is Verdict.UNSAFE
+    assert "SH100" in rules(report)
+    cli = _cli_permissive(path)
+    assert cli.returncode == 1, cli.stdout + cli.stderr
+    assert "posix.system" in cli.stdout
+
+
 # --- the structural guard -------------------------------------------------------------------
 
 # Every place in the scanner that emits a finding below HIGH which does not always block
