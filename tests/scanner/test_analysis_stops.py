@@ -179,6 +179,30 @@ def test_zip_directory_offset_past_the_directory_is_read_as_zipfile_does(
     assert "posix.system" in cli.stdout
 
 
+
+def test_compressed_reading_cut_at_the_record_limit_is_not_checked(
+        tmp_path: Path, fire: Callable[..., set[str]]) -> None:
+    """A safetensors head that is also gzip magic, whose decompressed pickle starts with a
+    BINBYTES longer than the record limit: cut there, the first opcode looked like "not a
+    pickle", so the joblib reading was dropped (one SH150, clean under permissive) while
+    joblib.load read on past it and ran the payload."""
+    import gzip
+
+    pytest.importorskip("joblib")
+    pad = 2 << 20
+    body = (b"B" + struct.pack("<I", pad) + b"\0" * pad + b"0"
+            + B.call_prefix("gzip_record_limit") + b"N.")
+    data = bytearray(gzip.compress(body, compresslevel=0, mtime=0))
+    data[8] = ord("{")  # gzip's XFL byte, which zlib ignores: the head reads as safetensors
+    path = B.write(tmp_path / "model.safetensors", bytes(data))
+    assert fire([(path, "joblib")]) == {"gzip_record_limit"}
+
+    report = scan_one(path, ScanOptions(max_record_size=1 << 20, block_severity=_PERMISSIVE))
+    assert report.format == "safetensors"
+    assert report.verdict is not Verdict.CLEAN
+    assert {"SH114", "SH191"} <= rules(report)
+
+
 # --- the structural guard -------------------------------------------------------------------
 
 # Every place in the scanner that emits a finding below HIGH which does not always block
