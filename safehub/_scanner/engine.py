@@ -274,12 +274,20 @@ def _scan_zip_file(scan: FileScan, fh: BinaryIO, *, primary: bool) -> None:
                      "numpy, zipfile) may load it", offset=eocd, subject="hidden-zip")
         scan.add("SH110", f"zip directory cannot be read: {exc}", offset=eocd)
         return
+    for problem in directory.unread:
+        # Another reader's directory, which this scanner cannot parse (a zip64 entry count
+        # zipfile ignores, say), while the one it can parse is a decoy: fail closed.
+        if not primary:
+            scan.add("SH114", "a zip archive is hidden in this file; zip readers (torch, "
+                     "numpy, zipfile) may load it", offset=eocd, subject="hidden-zip")
+        scan.add("SH110", f"a zip reader's central directory cannot be read: {problem}",
+                 offset=eocd)
     for reading in (directory, *directory.others):
         if not primary:
             if not reading.entries:
                 continue
             scan.add("SH114", "a zip archive is hidden in this file; zip readers (torch, "
-                     "numpy, zipfile) would load it", offset=reading.prefix,
+                     "numpy, zipfile) would load it", offset=max(0, reading.prefix),
                      subject="hidden-zip")
         fmt = scan_zip(scan, fh, reading)
         if scan.format in ("unknown", "zip") or (primary and reading is directory):
@@ -387,6 +395,8 @@ def _dead_non_model(fh: BinaryIO, size: int) -> bool:
         return True
     except ZipError:
         return False  # a directory no reader may be denied: scanned, never skipped
+    if directory.unread:
+        return False  # a directory a reader may read and this scanner cannot: scanned
     return not any(d.entries for d in (directory, *directory.others))
 
 

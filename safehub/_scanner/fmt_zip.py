@@ -14,6 +14,7 @@ from safehub._scanner.context import FileScan
 from safehub._scanner.fmt_numpy import NPY_MAGIC, scan_npy
 from safehub._scanner.judge import Loader, judge_stream
 from safehub._scanner.pickle_vm import PickleCursor
+from safehub._scanner.source import StreamSource
 from safehub._scanner.zipdir import ZipDirectory, ZipEntry, open_entry
 
 __all__ = ["scan_zip"]
@@ -50,7 +51,7 @@ def scan_zip(scan: FileScan, fh: BinaryIO, directory: ZipDirectory) -> str:
     analyzed = 0
     for entry in entries:
         if entry.data_offset < 0:
-            continue  # its local header is unreadable (an SH115 anomaly): no loader opens it
+            continue  # no local header (an SH115 anomaly): zipfile and miniz refuse it
         if entry.method not in (0, 8) and entry.compressed_size:
             # Its content cannot be checked; zipfile (numpy) reads bzip2 and lzma members,
             # so an object array could hide in one.
@@ -85,12 +86,19 @@ def scan_zip(scan: FileScan, fh: BinaryIO, directory: ZipDirectory) -> str:
                          location=entry.name, offset=cursor.offset())
         if inflater is not None and inflater.error:
             scan.add("SH110", f"{entry.name}: {inflater.error}", location=entry.name)
+        elif (isinstance(src, StreamSource) and src.exhausted_limit
+              and entry.size > scan.options.max_record_size):
+            # torch and zipfile read the whole record: what lies past the limit would be
+            # unpickled unseen (the cut stream would otherwise read as merely truncated).
+            scan.add("SH191", f"{entry.name}: record of {entry.size} bytes exceeds the "
+                     f"{scan.options.max_record_size}-byte record limit; the rest was not "
+                     "analyzed", location=entry.name)
     if fmt is None:
         if analyzed == 0:
             scan.add("SH190", "zip archive without pickle or numpy records")
             return "unknown"
         fmt = "torch-zip" if any(n.endswith(".pkl") for n in names) else "npz"
-    if directory.prefix:
+    if directory.prefix > 0:
         scan.add("SH114", f"{directory.prefix} bytes precede the zip archive", offset=0,
                  subject="data-before-zip")
     if directory.end < scan.size:

