@@ -51,7 +51,9 @@ def test_a_locked_local_folder_runs_its_verified_copy_and_a_change_is_refused(
     path, version = _ran(safehub.load(str(repo), "where", source="local", lockfile=lock))
     assert version == 1
     assert Path(path) != repo and Path(path).name == repo.name, "the verified copy runs"
-    (repo / "hubconf.py").write_text("VERSION = 2\n" + WHERE)  # changed after locking
+    # Changed after locking (and longer: Python takes a cached .pyc of the same size and
+    # mtime second for its source, in torch.hub as here).
+    (repo / "hubconf.py").write_text("VERSION = 2  # changed\n" + WHERE)
     assert _ran(safehub.load(str(repo), "where", source="local"))[1] == 2, \
         "without the lockfile the change goes unnoticed"
     with pytest.raises(IntegrityError, match="SH300"):
