@@ -10,7 +10,6 @@ later, until it lands outside any import: it is late by at most the rest of the 
 
 from __future__ import annotations
 
-import _thread
 import signal
 import threading
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ class _Handler:
     def __init__(self) -> None:
         self.active = True
         self.timer: threading.Timer | None = None
+        self.main = threading.main_thread().ident or 0
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         if not _importing(frame):
@@ -44,8 +44,12 @@ class _Handler:
         self.timer.start()
 
     def _again(self) -> None:
+        # A real signal to the main thread, not _thread.interrupt_main: that one only runs
+        # the handler once the main thread executes bytecode again, so a main thread
+        # blocked in a system call by then (select on the sandbox, open of a FIFO) would
+        # keep the interrupt until the call returned.
         if self.active:
-            _thread.interrupt_main(signal.SIGINT)  # runs __call__ in the main thread
+            signal.pthread_kill(self.main, signal.SIGINT)
 
     def stop(self) -> None:
         self.active = False
