@@ -243,6 +243,11 @@ def _parse_record(
     )
     raw_name = central[pos + 46 : pos + 46 + name_len]
     extra = central[pos + 46 + name_len : pos + 46 + name_len + extra_len]
+    if _zip64_fields(extra) > 1:
+        # zipfile applies every zip64 field in turn (a value still 0xFFFFFFFF after one is
+        # replaced by the next), miniz only the first: they would read different data.
+        raise ZipError("a central record carries several zip64 extra fields, which zip "
+                       "readers apply differently")
     if csize == 0xFFFFFFFF or usize == 0xFFFFFFFF or lh_offset == 0xFFFFFFFF:
         usize, csize, lh_offset = zip64_sizes(extra, usize, csize, lh_offset)
     name = raw_name.decode("utf-8" if flags & 0x800 else "cp437", "replace")
@@ -254,6 +259,15 @@ def _parse_record(
     if pos > len(central):
         raise ZipError("central directory record is malformed")
     return pos
+
+
+def _zip64_fields(extra: bytes) -> int:
+    count, pos = 0, 0
+    while pos + 4 <= len(extra):
+        tag, length = struct.unpack_from("<HH", extra, pos)
+        count += tag == 0x0001
+        pos += 4 + length
+    return count
 
 
 def zip64_sizes(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int, int, int]:

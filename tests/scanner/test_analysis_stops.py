@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 import subprocess
 import sys
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -317,3 +318,65 @@ def test_every_stop_below_high_blocks_or_is_reviewed() -> None:
         "them 'not checked' (SH191/SH190) or list why no loader reads on: "
         f"{unreviewed}")
     assert not set(_REVIEWED_STOPS) - stops, "reviewed stops that no longer exist"
+
+
+def _local(name: bytes, data: bytes) -> bytes:
+    return struct.pack("<4s5H3I2H", b"PK\x03\x04", 20, 0, 0, 0, 0, zlib.crc32(data),
+                       len(data), len(data), len(name), 0) + name + data
+
+
+def _central(name: bytes, data: bytes, offset: int, extra: bytes = b"",
+             crc: int | None = None) -> bytes:
+    return struct.pack("<4s6H3I5H2I", b"PK\x01\x02", 45, 45, 0, 0, 0, 0,
+                       zlib.crc32(data) if crc is None else crc, len(data), len(data),
+                       len(name), len(extra), 0, 0, 0, 0, offset) + name + extra
+
+
+def _two_zip64_fields(offset: int) -> bytes:
+    # zipfile applies both (the first leaves the offset at 0xFFFFFFFF, the second sets it);
+    # miniz and the scanner's one reading took the first only.
+    return struct.pack("<HHQHHQ", 1, 8, 0xFFFFFFFF, 1, 8, offset)
+
+
+@pytest.mark.parametrize("layout", ["beside-a-harmless-member", "decoy-at-4-GiB"])
+def test_a_record_with_two_zip64_fields_is_not_read_one_way_only(
+        tmp_path: Path, fire: Callable[..., set[str]], layout: str) -> None:
+    """numpy.load (zipfile) applies every zip64 field of a central record, miniz the first:
+    the scanner analyzed another member's bytes than numpy's (found by review: permissive
+    passed the first layout, the default policy the second, with no finding at all)."""
+    pytest.importorskip("numpy")
+    good = B.npy_bytes("{'descr': '<i8', 'fortran_order': False, 'shape': (40,), }",
+                       b"\0" * 320)
+    evil = B.npy_bytes("{'descr': '|O', 'fortran_order': False, 'shape': (1,), }",
+                       B.call_prefix("two_zip64") + b"N.")
+    path = tmp_path / f"{layout}.npz"
+    if layout == "beside-a-harmless-member":
+        body = _local(b"ok.npy", good)
+        at = len(body)
+        body += _local(b"arr.npy", evil)
+        cd = _central(b"ok.npy", good, 0) + _central(b"arr.npy", evil, 0xFFFFFFFF,
+                                                     _two_zip64_fields(at))
+        path.write_bytes(body + cd + struct.pack("<4s4H2IH", b"PK\x05\x06", 0, 0, 2, 2,
+                                                 len(cd), len(body), 0))
+    else:  # the first field's offset lands on a harmless copy 4 GiB in (a sparse file)
+        evil += b" " * (len(good) - len(evil))
+        with path.open("wb") as f:
+            f.write(_local(b"arr.npy", evil))
+            f.seek(0xFFFFFFFF)
+            f.write(_local(b"arr.npy", good))
+            cd = _central(b"arr.npy", good, 0xFFFFFFFF, _two_zip64_fields(0),
+                          crc=zlib.crc32(evil))
+            cd_at = f.tell()
+            f.write(cd)
+            z64 = f.tell()
+            f.write(struct.pack("<4sQ2H2I4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, 1, 1, len(cd),
+                                cd_at)
+                    + struct.pack("<4sIQI", b"PK\x06\x07", 0, z64, 1)
+                    + struct.pack("<4s4H2IH", b"PK\x05\x06", 0, 0, 1, 1, len(cd),
+                                  0xFFFFFFFF, 0))
+    assert fire([(path, "numpy")]) == {"two_zip64"}
+
+    for severity in (_PERMISSIVE, Severity.MEDIUM):
+        report = scan_one(path, ScanOptions(block_severity=severity))
+        assert report.verdict is not Verdict.CLEAN and "SH110" in rules(report)
+    assert _cli_permissive(path).returncode == 1
