@@ -136,37 +136,37 @@ def test_zip_directory_only_a_reader_can_parse_is_not_dropped(
 
 
 
+def _local(name: bytes, data: bytes) -> bytes:
+    return struct.pack("<4s5H3I2H", b"PK\x03\x04", 20, 0, 0, 0, 0, zlib.crc32(data),
+                       len(data), len(data), len(name), 0) + name + data
+
+
+def _central(name: bytes, data: bytes, offset: int, extra: bytes = b"",
+             crc: int | None = None) -> bytes:
+    return struct.pack("<4s6H3I5H2I", b"PK\x01\x02", 45, 45, 0, 0, 0, 0,
+                       zlib.crc32(data) if crc is None else crc, len(data), len(data),
+                       len(name), len(extra), 0, 0, 0, 0, offset) + name + extra
+
+
 def test_zip_directory_offset_past_the_directory_is_read_as_zipfile_does(
         tmp_path: Path, fire: Callable[..., set[str]]) -> None:
     """An end record whose directory offset lies past the directory (in its own comment,
     where a decoy directory waits for miniz): zipfile reads the directory right before the
     end record and shifts every entry offset back; the scanner dropped that reading (a
     negative shift) and reported nothing at all, while numpy.load ran the object array."""
-    import zlib
-
     pytest.importorskip("numpy")
-
-    def local(name: str, data: bytes) -> bytes:
-        return struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, 0, 0, 0, zlib.crc32(data),
-                           len(data), len(data), len(name), 0) + name.encode() + data
-
-    def central(name: str, data: bytes, offset: int) -> bytes:
-        return struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, 0, 0, 0, 0,
-                           zlib.crc32(data), len(data), len(data), len(name), 0, 0, 0, 0, 0,
-                           offset) + name.encode()
-
     objects = B.npy_bytes("{'descr': '|O', 'fortran_order': False, 'shape': (1,), }",
                           B.call_prefix("zip_negative_shift") + b"N.")
     number = B.npy_bytes("{'descr': '<i4', 'fortran_order': False, 'shape': (1,), }",
                          b"\0" * 4)
-    out = bytearray(local("a.npy", objects))
+    out = bytearray(_local(b"a.npy", objects))
     decoy_at = len(out)
-    out += local("b.npy", number)
-    size = len(central("a.npy", objects, 0))
+    out += _local(b"b.npy", number)
+    size = len(_central(b"a.npy", objects, 0))
     end_record = len(out) + size
     said = end_record + 22  # the decoy directory, in the end record's comment
-    out += central("a.npy", objects, said - (end_record - size))  # zipfile: shifted to 0
-    decoy = central("b.npy", number, decoy_at)
+    out += _central(b"a.npy", objects, said - (end_record - size))  # zipfile: shifted to 0
+    decoy = _central(b"b.npy", number, decoy_at)
     out += struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, 1, 1, size, said, len(decoy))
     out += decoy
     path = B.write(tmp_path / "shifted.npz", bytes(out))
@@ -318,18 +318,6 @@ def test_every_stop_below_high_blocks_or_is_reviewed() -> None:
         "them 'not checked' (SH191/SH190) or list why no loader reads on: "
         f"{unreviewed}")
     assert not set(_REVIEWED_STOPS) - stops, "reviewed stops that no longer exist"
-
-
-def _local(name: bytes, data: bytes) -> bytes:
-    return struct.pack("<4s5H3I2H", b"PK\x03\x04", 20, 0, 0, 0, 0, zlib.crc32(data),
-                       len(data), len(data), len(name), 0) + name + data
-
-
-def _central(name: bytes, data: bytes, offset: int, extra: bytes = b"",
-             crc: int | None = None) -> bytes:
-    return struct.pack("<4s6H3I5H2I", b"PK\x01\x02", 45, 45, 0, 0, 0, 0,
-                       zlib.crc32(data) if crc is None else crc, len(data), len(data),
-                       len(name), len(extra), 0, 0, 0, 0, offset) + name + extra
 
 
 def _two_zip64_fields(offset: int) -> bytes:
