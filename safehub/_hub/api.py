@@ -2,6 +2,11 @@
 
 The public module documents the API; the functions live here so that the private
 packages (enforce's torch.hub patches) call them without importing the facade.
+
+This module imports almost nothing at import time: a hub call on a local folder starts
+its sandbox's zygote (seconds: a fresh interpreter importing torch) before the policy
+engine and the fetch layer are imported (a few hundred milliseconds), so that both
+overlap from the first instant of a process's first call.
 """
 
 from __future__ import annotations
@@ -15,14 +20,16 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from safehub._fetch import location as _location
-from safehub._fetch.http import Progress, ProgressCallback
-from safehub._hub.safe_globals import torch_safe_globals
-from safehub._policy.decide import TrustRepo
-from safehub._policy.policy import Policy
 from safehub.errors import FetchError, PolicyViolation, UnsafeModel
 
 if TYPE_CHECKING:
     from safehub._fetch.fetcher import OpenedFile
+    from safehub._fetch.http import Progress, ProgressCallback
+    from safehub._policy.decide import TrustRepo
+    from safehub._policy.policy import Policy
+
+    PolicyArg = Policy | str | os.PathLike[str] | None
+    ProgressArg = bool | ProgressCallback
 
 __all__ = [
     "download_url_to_file",
@@ -33,9 +40,6 @@ __all__ = [
     "load_state_dict_from_url",
     "set_dir",
 ]
-
-PolicyArg = Policy | str | os.PathLike[str] | None
-ProgressArg = bool | ProgressCallback
 
 
 def get_dir() -> str:
@@ -209,6 +213,7 @@ def load(repo_or_dir: str, model: str, *args: Any, source: str = "github",
       ``frozen`` are safehub's;
       entrypoint keyword arguments with those names cannot be passed.
     """
+    _start_early(repo_or_dir, source)
     from safehub._hub.runner import HubCall, run_hub_call
     from safehub._hub.structure import LoadedState, fill_into
     from safehub._sandbox.spec import Operation, check_json
@@ -243,6 +248,7 @@ def list(github: str, force_reload: bool = False, skip_validation: bool = False,
     lists a local folder; trust, ``lockfile``, ``frozen``, ``skip_validation`` and
     ``verbose`` as in :func:`load`.
     """
+    _start_early(github, source)
     from safehub._hub.runner import HubCall, run_hub_call
     from safehub._sandbox.spec import Operation
 
@@ -261,6 +267,7 @@ def help(github: str, model: str, force_reload: bool = False,
 
     Differences from ``torch.hub.help``: as for :func:`list`.
     """
+    _start_early(github, source)
     from safehub._hub.runner import HubCall, run_hub_call
     from safehub._sandbox.spec import Operation
 
@@ -268,6 +275,15 @@ def help(github: str, model: str, force_reload: bool = False,
     call = HubCall(github, Operation.HELP, model, source=_source(source), trust_repo=trust_repo,
                    force_reload=force_reload, lockfile=_lockfile_arg(lockfile), frozen=frozen)
     return run_hub_call(call, policy).doc
+
+
+def _start_early(repo_or_dir: object, source: object) -> None:
+    """Start a local folder's zygote before the rest of the call is even imported (see
+    :mod:`warm`); the call itself validates its arguments and reports any problem."""
+    if source == "local" and isinstance(repo_or_dir, str):
+        from safehub._hub.warm import prestart
+
+        prestart(repo_or_dir, source)
 
 
 def _lockfile_arg(lockfile: str | os.PathLike[str] | None) -> str | None:
@@ -300,6 +316,7 @@ def _load_weights(opened: OpenedFile, map_location: Any) -> dict[str, Any]:
 
     import torch
 
+    from safehub._hub.safe_globals import torch_safe_globals
     from safehub._hub.scoped_globals import scoped_globals
 
     allowed = torch_safe_globals(opened.info.report)

@@ -3,6 +3,9 @@ zygote (site-packages only, never the repo's own modules) and reused across call
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -76,3 +79,32 @@ def test_repo_modules_are_read_from_the_parents_compiled_copy(tmp_path: Path) ->
     assert state["outside_repo"].item() and state["exists"].item()
     assert state["value"].item() == 3
     assert not list(repo.rglob("__pycache__")), "nothing was written into the repo"
+
+
+def test_first_call_starts_the_zygote_before_importing_the_policy_engine(tmp_path: Path) -> None:
+    # A process's first call pays the zygote's start (seconds): it must begin before the
+    # policy engine and the fetch layer are imported, not after them.
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "hubconf.py").write_text("def tiny():\n    return {}\n")
+    script = textwrap.dedent(f'''
+        import sys
+        seen = []
+
+        def hook(event, args):
+            if event == "subprocess.Popen" and not seen:
+                seen.append(sorted(m for m in ("pydantic", "safehub._policy.loader",
+                                               "safehub._fetch.http", "torch")
+                                   if m in sys.modules))
+
+        sys.addaudithook(hook)
+        import safehub
+        try:
+            safehub.list({str(repo)!r}, source="local")
+        finally:
+            print("already imported:", seen[0] if seen else "no zygote started")
+    ''')
+    root = str(Path(safehub.__file__).resolve().parents[1])  # this checkout's safehub
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path, env={**os.environ, "PYTHONPATH": root})
+    assert "already imported: []" in done.stdout, done.stdout + done.stderr
