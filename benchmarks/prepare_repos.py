@@ -13,14 +13,17 @@ pytorch/vision's full history is too large to mirror here, so without a mirror i
 assembled as a sparse snapshot of what its hubconf needs: ``hubconf.py`` (from
 ``benchmarks/.work/sources/pytorch+vision/hubconf.py``, a copy of the repository's
 file, or ``--vision-hubconf``) and the ``torchvision/`` package's Python sources from
-the pinned ``torchvision`` release built for this torch (downloaded by pip, no deps;
-the compiled ops are left out, as in a source checkout that was never built).
+a ``torchvision`` release (downloaded by pip, no deps; the compiled ops are left out, as
+in a source checkout that was never built): by default the release installed beside the
+running interpreter's torch (so run this with the interpreter that runs the compatibility
+suite), else ``--vision-release``'s, else 0.28.0, the release built for torch 2.13.0.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.metadata
 import shutil
 import subprocess
 import sys
@@ -31,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 REPOS_DIR = HERE / ".work" / "repos"
 WHEELS_DIR = HERE / ".work" / "wheels"
 VISION_HUBCONF = HERE / ".work" / "sources" / "pytorch+vision" / "hubconf.py"
-VISION_RELEASE = "torchvision==0.28.0"  # the release built for torch 2.13.0
+VISION_RELEASE = "0.28.0"  # the release built for torch 2.13.0
 REPOS = ("snakers4/silero-vad", "facebookresearch/dinov2", "facebookresearch/detr",
          "isl-org/MiDaS", "rwightman/gen-efficientnet-pytorch", "pytorch/vision",
          "facebookresearch/dino", "mateuszbuda/brain-segmentation-pytorch",
@@ -93,15 +96,25 @@ def checkout(mirror: Path, target: Path) -> str:
     return commit
 
 
-def sparse_vision(hubconf: Path, target: Path) -> str:
-    """Assemble pytorch/vision's hubconf.py and the torchvision package's Python files;
-    returns a label standing for the commit (the hubconf's hash and the release)."""
+def installed_vision_release() -> str:
+    """The torchvision release installed for this interpreter (local label dropped:
+    ``0.29.1+cu130`` is release 0.29.1), else :data:`VISION_RELEASE`."""
+    try:
+        return importlib.metadata.version("torchvision").partition("+")[0]
+    except importlib.metadata.PackageNotFoundError:
+        return VISION_RELEASE
+
+
+def sparse_vision(hubconf: Path, target: Path, release: str = VISION_RELEASE) -> str:
+    """Assemble pytorch/vision's hubconf.py and the Python files of torchvision
+    ``release``; returns a label standing for the commit (the hubconf's hash and the
+    wheel)."""
     WHEELS_DIR.mkdir(parents=True, exist_ok=True)
-    wheels = sorted(WHEELS_DIR.glob("torchvision-0.28.0-*.whl"))
+    wheels = sorted(WHEELS_DIR.glob(f"torchvision-{release}[-+]*.whl"))
     if not wheels:
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d",
-                        str(WHEELS_DIR), VISION_RELEASE], check=True)
-        wheels = sorted(WHEELS_DIR.glob("torchvision-0.28.0-*.whl"))
+                        str(WHEELS_DIR), f"torchvision=={release}"], check=True)
+        wheels = sorted(WHEELS_DIR.glob(f"torchvision-{release}[-+]*.whl"))
     digest = hashlib.sha256(hubconf.read_bytes()).hexdigest()[:12]
     label = f"sparse hubconf.py@{digest} + {wheels[0].name}"
     if (target / ".commit").is_file() and (target / ".commit").read_text().strip() == label:
@@ -135,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder of <owner>+<name>/repo bare mirrors")
     parser.add_argument("--vision-hubconf", type=Path, default=VISION_HUBCONF,
                         help="pytorch/vision's hubconf.py, for its sparse snapshot")
+    parser.add_argument("--vision-release", default=installed_vision_release(),
+                        help="torchvision release whose Python sources the sparse snapshot "
+                             "takes (default: the one installed for this interpreter, else "
+                             f"{VISION_RELEASE})")
     args = parser.parse_args(argv)
     REPOS_DIR.mkdir(parents=True, exist_ok=True)
     missing = []
@@ -143,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         if not (mirror / "HEAD").is_file():
             if repo == "pytorch/vision" and args.vision_hubconf.is_file():
                 folder = REPOS_DIR / repo.replace("/", "_")
-                print(f"{repo}: {sparse_vision(args.vision_hubconf, folder)} -> {folder}")
+                label = sparse_vision(args.vision_hubconf, folder, args.vision_release)
+                print(f"{repo}: {label} -> {folder}")
                 continue
             missing.append(repo)
             continue

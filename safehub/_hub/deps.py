@@ -6,16 +6,23 @@ fork, saves every call the seconds a fresh child spends importing them. Only
 packages installed in this environment's site-packages qualify: never a module of
 the repository itself (the list is read with ``ast``, nothing of the repo runs in
 this process), and never a name the repository also ships at its top level (there
-torch.hub imports the repo's copy, so the child must too).
+torch.hub imports the repo's copy, so the child must too) -- unless the calling
+process already imported the installed package: torch.hub then finds it in
+``sys.modules`` and never imports the repo's copy (``import torchvision`` before
+``torch.hub.load("pytorch/vision", ...)``, whose unbuilt ``torchvision/`` cannot be
+imported), so the zygote preloads the installed one for the child too. Those are
+imported whether declared or not; they are installed code the caller already ran.
 """
 
 from __future__ import annotations
 
 import ast
 import contextlib
+import importlib.machinery
 import importlib.util
 import os
 import site
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -53,27 +60,43 @@ def _declared(hubconf: Path) -> list[str]:
     return names
 
 
+def _installed(spec: importlib.machinery.ModuleSpec | None, sites: list[str]) -> bool:
+    if spec is None:
+        return False
+    where = spec.origin if spec.origin not in (None, "namespace") else next(
+        iter(spec.submodule_search_locations or []), None)
+    if where is None:
+        return False
+    real = os.path.realpath(where)
+    return any(real.startswith(d + os.sep) for d in sites)
+
+
+def _shipped(repo_dir: Path, name: str) -> bool:
+    return (repo_dir / f"{name}.py").exists() or (repo_dir / name).is_dir()
+
+
 def preloadable_dependencies(repo_dir: Path) -> tuple[str, ...]:
     """The declared dependencies of ``repo_dir/hubconf.py`` that are top-level packages
-    installed in site-packages and not shadowed by the repo, sorted (the zygote key)."""
+    installed in site-packages and not shadowed by the repo, plus the repo's top-level
+    names this process already imported from site-packages, sorted (the zygote key)."""
     sites = _site_dirs()
     out = set()
     for name in _declared(repo_dir / "hubconf.py"):
         if not name.isidentifier() or name in _ALREADY:
             continue
-        if (repo_dir / f"{name}.py").exists() or (repo_dir / name).is_dir():
+        if _shipped(repo_dir, name):
             continue  # the repo ships its own: torch.hub would import that one
         try:
             spec = importlib.util.find_spec(name)
         except (ImportError, ValueError):
             continue
-        if spec is None:
+        if _installed(spec, sites):
+            out.add(name)
+    for name, module in list(sys.modules.items()):
+        # torch.hub finds these in sys.modules before it looks at the repo's copy.
+        if "." in name or name in _ALREADY or not name.isidentifier() or \
+                not _shipped(repo_dir, name):
             continue
-        where = spec.origin if spec.origin not in (None, "namespace") else next(
-            iter(spec.submodule_search_locations or []), None)
-        if where is None:
-            continue
-        real = os.path.realpath(where)
-        if any(real.startswith(d + os.sep) for d in sites):
+        if _installed(getattr(module, "__spec__", None), sites):
             out.add(name)
     return tuple(sorted(out))

@@ -330,7 +330,8 @@ class Setup:
             else:
                 try:
                     applied = seccomp.apply_filter()
-                    self.ok(Layer.SECCOMP, f"{len(applied.denied)} system calls denied")
+                    self.ok(Layer.SECCOMP, f"{len(applied.denied)} system calls denied, "
+                                           f"{len(applied.ignored)} ignored")
                 except OSError as exc:
                     self.fail(Layer.SECCOMP, str(exc))
 

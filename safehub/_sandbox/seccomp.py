@@ -15,10 +15,18 @@ injection, and setting another process's resource limits, priorities or scheduli
 namespace flags is denied; ``clone3`` answers ENOSYS so that glibc falls back to
 ``clone``, whose flags the filter can inspect.
 
-Changing a file's mode, owner, times or extended attributes (ACLs included) is
-denied too: Landlock does not mediate them, and they work by path on any file the
-sandbox's uid owns, readable or not (``chmod ~/.ssh/authorized_keys 0666`` from a
-hubconf, when the sandbox runs as the user), and through any descriptor it holds.
+Changing a file's mode, owner, times or extended attributes (ACLs included) is never
+done either: Landlock does not mediate these calls, and they work by path on any file
+the sandbox's uid owns, readable or not (``chmod ~/.ssh/authorized_keys 0666`` from a
+hubconf, when the sandbox runs as the user), and through any descriptor it holds. They
+are not refused but *ignored* (:data:`IGNORED_SYSCALLS`): the filter answers success
+(``SECCOMP_RET_ERRNO`` with errno 0 returns 0 without running the call) and nothing
+changes. torch.hub code copies files with ``shutil.copy``/``copy2``/``copytree`` and
+extracts archives with ``tarfile``, which set modes and times on what they write and
+raise on EPERM; a file the sandbox writes in its private folder then keeps the mode it
+was created with. A seccomp filter cannot tell the child's own files from the user's
+(it sees no paths), so making these calls work for real on the private folder would
+mean a supervisor resolving paths (seccomp user notification) with its own races.
 
 System calls newer than the installed libseccomp are added by number
 (:data:`_GENERIC_NUMBERS`: since Linux 5.1 every architecture but alpha, ia64 and
@@ -34,7 +42,8 @@ import errno
 import platform
 from dataclasses import dataclass
 
-__all__ = ["DENIED_SYSCALLS", "SeccompApplied", "apply_filter", "library"]
+__all__ = ["DENIED_SYSCALLS", "IGNORED_SYSCALLS", "SeccompApplied", "apply_filter",
+           "library"]
 
 _ACT_ALLOW = 0x7FFF0000
 _CMP_EQ = 4
@@ -66,15 +75,19 @@ DENIED_SYSCALLS: dict[str, tuple[str, ...]] = {
     "load kernel programs or profile": ("bpf", "perf_event_open", "userfaultfd"),
     "leave the process group": ("setsid", "setpgid"),
     "open files by handle": ("open_by_handle_at", "name_to_handle_at"),
-    "change a file's mode, owner, times or attributes": (
-        "chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "lchown", "fchownat",
-        "utime", "utimes", "futimesat", "utimensat", "setxattr", "lsetxattr", "fsetxattr",
-        "setxattrat", "removexattr", "lremovexattr", "fremovexattr", "removexattrat",
-        "file_setattr"),
     "administer the machine": ("kexec_load", "kexec_file_load", "init_module", "finit_module",
                                "delete_module", "reboot", "swapon", "swapoff", "acct",
                                "quotactl", "syslog", "iopl", "ioperm", "modify_ldt", "vhangup",
                                "lookup_dcookie"),
+}
+
+# Each call that answers success without running, grouped by what it would change.
+IGNORED_SYSCALLS: dict[str, tuple[str, ...]] = {
+    "a file's mode, owner, times or attributes": (
+        "chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "lchown", "fchownat",
+        "utime", "utimes", "futimesat", "utimensat", "setxattr", "lsetxattr", "fsetxattr",
+        "setxattrat", "removexattr", "lremovexattr", "fremovexattr", "removexattrat",
+        "file_setattr"),
 }
 
 # Calls that libseccomp releases older than the kernel may not know by name: their numbers
@@ -104,6 +117,7 @@ class SeccompApplied:
     """What a successful :func:`apply_filter` installed."""
 
     denied: tuple[str, ...]
+    ignored: tuple[str, ...]  # answer success and change nothing
     unknown: tuple[str, ...]  # names this architecture does not have
 
 
@@ -144,9 +158,11 @@ def apply_filter() -> SeccompApplied:
     if not ctx:
         raise OSError(errno.ENOMEM, "seccomp_init failed")
     denied: list[str] = []
+    ignored: list[str] = []
     unknown: list[str] = []
 
-    def add(name: str, action: int, *cmps: tuple[int, int, int, int]) -> None:
+    def add(name: str, action: int, *cmps: tuple[int, int, int, int],
+            into: list[str] = denied) -> None:
         nr = lib.seccomp_syscall_resolve_name(name.encode())
         if nr < 0 and name in _GENERIC_NUMBERS and \
                 platform.machine() in _GENERIC_TABLE_MACHINES:
@@ -158,13 +174,16 @@ def apply_filter() -> SeccompApplied:
         rc = lib.seccomp_rule_add_array(ctx, action, nr, len(cmps), array)
         if rc < 0:
             raise OSError(-rc, f"seccomp rule for {name}: {errno.errorcode.get(-rc, rc)}")
-        denied.append(name)
+        into.append(name)
 
     try:
         eperm = _act_errno(errno.EPERM)
         for names in DENIED_SYSCALLS.values():
             for name in names:
                 add(name, eperm)
+        for names in IGNORED_SYSCALLS.values():
+            for name in names:
+                add(name, _act_errno(0), into=ignored)
         for flag in _NS_FLAGS:
             add("clone", eperm, (0, _CMP_MASKED_EQ, flag, flag))
         add("clone3", _act_errno(errno.ENOSYS))
@@ -185,4 +204,5 @@ def apply_filter() -> SeccompApplied:
             raise OSError(-rc, f"seccomp_load: {errno.errorcode.get(-rc, rc)}")
     finally:
         lib.seccomp_release(ctx)
-    return SeccompApplied(denied=tuple(sorted(set(denied))), unknown=tuple(unknown))
+    return SeccompApplied(denied=tuple(sorted(set(denied))), ignored=tuple(sorted(ignored)),
+                          unknown=tuple(unknown))

@@ -4,7 +4,8 @@ compatibility suite.
     python _torchhub_oracle.py REQUEST.json
 
 REQUEST: {"repo": dir, "help": entry|null, "loads": [[entry, kwargs], ...],
-"seed": int, "out": dir}. Writes ``out/oracle.json`` (entrypoints, doc, per load the
+"seed": int, "out": dir, "preimport": [package, ...]} (imported first, as a caller
+would have). Writes ``out/oracle.json`` (entrypoints, doc, per load the
 keys with shape and dtype or the error) and ``out/<i>.safetensors`` (the values).
 Returned structures are flattened the way safehub names them (element paths joined
 with '.', a module's state_dict under its path), written here independently.
@@ -12,6 +13,7 @@ with '.', a module's state_dict under its path), written here independently.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -41,6 +43,9 @@ def main() -> None:
     import torch
     import torch.hub as hub
     from safetensors.torch import save_file
+
+    for name in request.get("preimport", []):
+        importlib.import_module(name)
 
     repo = request["repo"]
     # torch.hub.list and help take no source='local': their own steps on the folder.

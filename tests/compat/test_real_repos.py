@@ -48,6 +48,9 @@ class Case:
     help: str | None = None
     needs: tuple[str, ...] = ()  # importable packages the hubconf needs
     nested: tuple[tuple[str, str], ...] = ()  # (owner/name, torch.hub cache ref)
+    # installed packages the calling process imports first (torch.hub then uses them, not
+    # the repo's copies of the same names; so does safehub)
+    preimport: tuple[str, ...] = ()
     memory_mb: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -63,9 +66,9 @@ CASES = [
     Case("rwightman/gen-efficientnet-pytorch",
          (("tf_efficientnet_b0", {"pretrained": False}), ("mobilenetv3_large_100", {}),
           ("mixnet_s", {"pretrained": False})), help="mixnet_s"),
-    # torch.hub itself cannot import silero-vad here: its hubconf imports torchaudio, whose
-    # published wheels (up to 2.11.1) are built for torch 2.11 with CUDA; none loads with
-    # torch 2.13.0+cpu (libc10_cuda.so is missing), so it is skipped with that reason.
+    # Its hubconf imports torchaudio (and numpy): no torchaudio wheel loads with torch
+    # 2.13.0+cpu, so it runs in a venv with torch 2.9.1 and torchaudio 2.9.1 (README);
+    # elsewhere it is skipped with that reason.
     Case("snakers4/silero-vad", (("silero_vad", {}),), help="silero_vad",
          needs=("torchaudio",)),
     # MiDaS_small fetches its backbone's ImageNet weights even with pretrained=False (so
@@ -76,9 +79,15 @@ CASES = [
          nested=(("rwightman/gen-efficientnet-pytorch", "master"),)),
     # A sparse snapshot (hubconf.py and the torchvision package's Python sources, see
     # benchmarks/prepare_repos.py): the repo's own torchvision/ is imported, as torch.hub does.
+    # Plain torch.hub cannot import such a checkout (no compiled ops) in a fresh process:
+    # torchvision's _meta_registrations registers fake kernels for torchvision::nms whether
+    # or not the ops loaded, "operator torchvision::nms does not exist" (pytorch/pytorch
+    # issues 134947 and 157648). It works in a process that imported the installed
+    # torchvision first (the checkout's copy is then never imported), the usual way to
+    # call it: both sides do that here.
     Case("pytorch/vision", (("resnet18", {}), ("mobilenet_v3_small", {}),
                             ("shufflenet_v2_x0_5", {}), ("squeezenet1_1", {})),
-         help="resnet18"),
+         help="resnet18", needs=("torchvision",), preimport=("torchvision",)),
     Case("facebookresearch/dino", (("dino_vits16", {"pretrained": False}),
                                    ("dino_vits8", {"pretrained": False})),
          help="dino_vits16", needs=("torchvision",)),
@@ -122,7 +131,7 @@ def _oracle(case: Case, tmp: Path) -> dict[str, Any]:
     request = tmp / "request.json"
     request.write_text(json.dumps({"repo": str(case.folder), "help": case.help,
                                    "loads": [list(x) for x in case.loads], "seed": SEED,
-                                   "out": str(out)}))
+                                   "out": str(out), "preimport": list(case.preimport)}))
     env = {**os.environ, "TORCH_HOME": str(home)}
     done = subprocess.run([sys.executable, str(HERE / "_torchhub_oracle.py"), str(request)],
                           timeout=900, env=env, cwd=tmp, capture_output=True, text=True)
@@ -156,6 +165,8 @@ def test_safehub_matches_torch_hub(case: Case, tmp_path: Path,
     if reason:
         pytest.skip(reason)
     oracle = _oracle(case, tmp_path)
+    for name in case.preimport:
+        importlib.import_module(name)
     hub = FakeHub("127.0.0.1")
     try:
         policy, nested = _nested_policy(case, tmp_path, hub)

@@ -1,8 +1,10 @@
 """Warm sandboxes: the installed packages a hubconf declares are imported once in the
-zygote (site-packages only, never the repo's own modules) and reused across calls."""
+zygote (site-packages only, never the repo's own modules, unless the caller already
+imported the installed package, as torch.hub then uses it) and reused across calls."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -40,15 +42,67 @@ def test_declared_installed_packages_are_preloaded_and_reused(tmp_path: Path) ->
     assert supervisor._warm[("safetensors",)].zygote_pid == zygote, "the zygote was reused"
 
 
+SHADOWED = textwrap.dedent('''
+    dependencies = ["torch", "tomli_w"]
+    import torch
+    import tomli_w
+
+
+    def probe():
+        return {"from_repo": torch.tensor([getattr(tomli_w, "FROM_REPO", False)])}
+''')
+
+
+def _shadowing_repo(root: Path) -> Path:
+    """A repo shipping its own top-level ``tomli_w`` (an installed package, a safehub
+    dependency that neither safehub nor torch imports for a load)."""
+    repo = root / "repo"
+    (repo / "tomli_w").mkdir(parents=True)
+    (repo / "tomli_w" / "__init__.py").write_text("FROM_REPO = True\n")
+    (repo / "hubconf.py").write_text(SHADOWED)
+    return repo
+
+
+def _from_repo(repo: Path, *, caller_imports: bool, plain_torch_hub: bool) -> bool:
+    """Which tomli_w the entrypoint got, called from a fresh process that imported the
+    installed tomli_w first or not; through safehub or plain torch.hub."""
+    call = (f"torch.hub.load({str(repo)!r}, 'probe', source='local', trust_repo=True)"
+            if plain_torch_hub else f"safehub.load({str(repo)!r}, 'probe', source='local')")
+    code = textwrap.dedent(f"""
+        import json, sys
+        {"import tomli_w" if caller_imports else ""}
+        import torch, safehub
+        from safehub._hub.deps import preloadable_dependencies
+        preload = preloadable_dependencies(__import__("pathlib").Path({str(repo)!r}))
+        state = {call}
+        print(json.dumps([bool(state["from_repo"].item()), list(preload)]))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, cwd=Path(safehub.__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    from_repo, preload = json.loads(done.stdout.strip().splitlines()[-1])
+    if not plain_torch_hub:
+        assert preload == ([] if from_repo else ["tomli_w"])
+    return bool(from_repo)
+
+
 def test_a_package_the_repo_ships_is_never_preloaded(tmp_path: Path) -> None:
-    repo = tmp_path / "repo"
-    (repo / "safetensors").mkdir(parents=True)
-    (repo / "safetensors" / "__init__.py").write_text("FROM_REPO = True\n")
-    (repo / "hubconf.py").write_text(HUBCONF)
-    assert preloadable_dependencies(repo) == ()
-    state = safehub.load(str(repo), "probe", source="local")
-    # As torch.hub: the repo's own copy is imported, not the installed package.
-    assert state["preloaded"].item() is False and state["from_repo"].item() is True
+    repo = _shadowing_repo(tmp_path)
+    # As torch.hub in a fresh process: the repo's own copy is imported, not the
+    # installed package.
+    assert _from_repo(repo, caller_imports=False, plain_torch_hub=True) is True
+    assert _from_repo(repo, caller_imports=False, plain_torch_hub=False) is True
+
+
+def test_an_installed_package_the_caller_imported_wins_over_the_repos_copy(
+        tmp_path: Path) -> None:
+    # torch.hub finds a package the caller already imported in sys.modules and never
+    # imports the repo's copy (`import torchvision` before loading pytorch/vision, whose
+    # checkout has no compiled ops and cannot be imported); the sandboxed child got the
+    # repo's copy. The zygote now preloads the installed one, as the caller's process has it.
+    repo = _shadowing_repo(tmp_path)
+    assert _from_repo(repo, caller_imports=True, plain_torch_hub=True) is False
+    assert _from_repo(repo, caller_imports=True, plain_torch_hub=False) is False
 
 
 def test_hubconf_that_does_not_parse_preloads_nothing(tmp_path: Path) -> None:
