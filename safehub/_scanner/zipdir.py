@@ -26,7 +26,11 @@ _EOCD64_LOCATOR = b"PK\x06\x07"
 _EOCD64 = b"PK\x06\x06"
 _CENTRAL = b"PK\x01\x02"
 _LOCAL = b"PK\x03\x04"
-_MAX_COMMENT = 0xFFFF
+# How far from the end miniz (torch) finds an end record: it searches 4 KiB blocks backward,
+# each 4093 bytes before the last, and gives up only after a block that starts 22 + 0xFFFF
+# bytes or more from the end, so the 17th block reaches 4096 + 16 * 4093 bytes back.
+# zipfile (numpy) searches the last 22 + 0x10000 bytes: both reach past the longest comment.
+_MINIZ_REACH = 4096 + 16 * 4093
 _MAX_ENTRIES = 1_000_000
 
 
@@ -77,11 +81,13 @@ def find_eocd(fh: BinaryIO, size: int) -> int | None:
 
     Like miniz (torch) and zipfile (numpy): the signature closest to the end wins, whatever
     its comment length says. Walking back to an earlier record whose comment "fits" would
-    let a decoy directory hide the one the loaders read (the mismatch is an anomaly).
+    let a decoy directory hide the one the loaders read (the mismatch is an anomaly). The
+    search reaches as far back as miniz's does, farther than the longest comment: a record
+    followed by more than 0xFFFF bytes is still torch's (the bytes after it are SH113).
     """
     if size < 22:
         return None
-    tail_len = min(size, 22 + _MAX_COMMENT)
+    tail_len = min(size, _MINIZ_REACH)
     fh.seek(size - tail_len)
     tail = fh.read(tail_len)
     pos = tail.rfind(_EOCD, 0, len(tail) - 22 + 4)

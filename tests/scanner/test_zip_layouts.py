@@ -1,0 +1,65 @@
+"""Zip layouts where the scanner and the loaders' own zip readers could part ways.
+
+Each test builds the file, shows with the real loader (``fire``) that its payload runs,
+and pins that the scan blocks it under the permissive policy too (which lets findings
+below HIGH through).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from safehub.findings import Verdict
+from safehub.rules import Severity
+from safehub.scan import ScanOptions
+from tests.scanner import _builders as B
+from tests.scanner.conftest import rules, scan_one
+
+_PERMISSIVE = Severity.HIGH  # the permissive policy's block_severity
+
+
+def _torch_zip(marker: str, *, suffix: bytes = b"", storage: int = 100_000) -> bytes:
+    """A torch checkpoint whose data.pkl runs the payload, with a storage record of
+    ``storage`` bytes and ``suffix`` after the end record."""
+    members = [m for m in B.torch_zip_members({}) if not m.name.endswith("data.pkl")]
+    members.insert(0, B.ZipMember("archive/data.pkl", B.os_system_p0(marker)))
+    members.append(B.ZipMember("archive/data/0", b"\1" * storage))
+    return B.build_zip(members, suffix=suffix).data
+
+
+@pytest.mark.parametrize("after", [65536, 66000, 69562])
+def test_end_record_farther_back_than_a_comment_reaches_is_torchs(
+        after: int, tmp_path: Path, fire: Callable[..., set[str]]) -> None:
+    """miniz searches for the end record in 4 KiB blocks and gives up only after a block
+    that starts 65557 bytes or more from the end: it finds a record followed by up to
+    69562 bytes. The scanner searched the last 65557 bytes only, found no end record,
+    reported SH111 (clean under permissive) and analyzed nothing, while torch.load ran
+    data.pkl."""
+    marker = f"eocd_reach_{after}"
+    path = B.write(tmp_path / "model.pt", _torch_zip(marker, suffix=b"\0" * after))
+    assert fire([(path, "torch")]) == {marker}
+
+    report = scan_one(path, ScanOptions(block_severity=_PERMISSIVE))
+    assert report.verdict is Verdict.UNSAFE
+    assert "SH100" in rules(report)
+
+
+def test_end_record_one_byte_past_the_longest_comment_is_numpys(
+        tmp_path: Path, fire: Callable[..., set[str]]) -> None:
+    """zipfile (numpy.load) searches the last 22 + 65536 bytes: one more than a maximal
+    comment allows. An end record with a full comment and one byte after it was found by
+    numpy and not by the scanner."""
+    pytest.importorskip("numpy")
+    objects = B.npy_bytes("{'descr': '|O', 'fortran_order': False, 'shape': (1,), }",
+                          B.call_prefix("eocd_reach_numpy") + b"N.")
+    data = B.build_zip([B.ZipMember("a.npy", objects)], comment=b"\0" * 0xFFFF,
+                       suffix=b"\0").data
+    path = B.write(tmp_path / "arrays.npz", data)
+    assert fire([(path, "numpy")]) == {"eocd_reach_numpy"}
+
+    report = scan_one(path, ScanOptions(block_severity=_PERMISSIVE))
+    assert report.verdict is Verdict.UNSAFE
+    assert "SH100" in rules(report)
