@@ -55,10 +55,18 @@ class ZipEntry:
     data_offset: int = -1  # absolute offset of the data, from the local header's lengths
     local_name: bytes = b""
     local_flags: int = 0
+    external_attr: int = 0
 
     @property
     def lower(self) -> str:
         return self.name.lower()
+
+    @property
+    def miniz_directory(self) -> bool:
+        """Whether miniz (torch) takes the entry for a directory: a name ending in '/' or
+        the DOS directory attribute. It then reads none of the entry's bytes, local header
+        included, and reports success."""
+        return self.name.endswith("/") or bool(self.external_attr & 0x10)
 
 
 @dataclass
@@ -244,9 +252,8 @@ def _parse_record(
     entries: list[ZipEntry],
 ) -> int:
     """Parse the central record at ``pos`` into ``entries``; returns the next position."""
-    (flags, method, csize, usize, name_len, extra_len, comment_len, lh_offset) = (
-        struct.unpack_from("<HH8xIIHHH8xI", central, pos + 8)
-    )
+    (flags, method, csize, usize, name_len, extra_len, comment_len, external_attr,
+     lh_offset) = struct.unpack_from("<HH8xIIHHH4xII", central, pos + 8)
     raw_name = central[pos + 46 : pos + 46 + name_len]
     extra = central[pos + 46 + name_len : pos + 46 + name_len + extra_len]
     if _zip64_fields(extra) > 1:
@@ -260,7 +267,8 @@ def _parse_record(
     if flags & 0x1:
         anomalies.append((f"{name}: marked encrypted in the central directory", base + pos))
     entries.append(ZipEntry(name=name, method=method, flags=flags, compressed_size=csize,
-                            size=usize, header_offset=lh_offset + prefix))
+                            size=usize, header_offset=lh_offset + prefix,
+                            external_attr=external_attr))
     pos += 46 + name_len + extra_len + comment_len
     if pos > len(central):
         raise ZipError("central directory record is malformed")

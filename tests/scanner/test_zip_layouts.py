@@ -7,6 +7,7 @@ below HIGH through).
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -63,3 +64,39 @@ def test_end_record_one_byte_past_the_longest_comment_is_numpys(
     report = scan_one(path, ScanOptions(block_severity=_PERMISSIVE))
     assert report.verdict is Verdict.UNSAFE
     assert "SH100" in rules(report)
+
+
+def _directory_data_pkl(marker: str, size: int = 200_000) -> tuple[bytes, bytes]:
+    """A torch checkpoint whose data.pkl (a harmless string pickle of ``size`` bytes) is
+    marked a directory by its DOS attribute, and whose ``.data/serialization_id`` record
+    (read and freed by torch before data.pkl) holds the payload behind a sled of NONE
+    opcodes. Returns the file and data.pkl's bytes."""
+    data_pkl = b"\x80\x02X" + struct.pack("<I", size - 8) + b"a" * (size - 8) + b"."
+    payload = B.os_system_p0(marker)
+    hidden = (b"N" * (size - 300) + payload).ljust(size, b"N")
+    members = [m for m in B.torch_zip_members({})
+               if not m.name.endswith(("data.pkl", "serialization_id"))]
+    members.insert(0, B.ZipMember("archive/data.pkl", data_pkl, external_attr=0x10))
+    members.append(B.ZipMember("archive/.data/serialization_id", hidden))
+    return B.build_zip(members).data, data_pkl
+
+
+def test_record_miniz_takes_for_a_directory_is_not_what_torch_unpickles(
+        tmp_path: Path, fire: Callable[..., set[str]]) -> None:
+    """miniz reads nothing for an entry it takes for a directory (DOS attribute 0x10 or a
+    trailing '/') and reports success: torch.load allocates data.pkl's declared size and
+    unpickles that memory uninitialized, which holds the bytes of a record torch read and
+    freed just before (``.data/serialization_id``, never analyzed as a pickle). The
+    scanner analyzed data.pkl's own harmless bytes and reported the file clean under
+    every policy while torch.load ran the payload."""
+    torch = pytest.importorskip("torch")
+    data, data_pkl = _directory_data_pkl("zip_directory_record")
+    path = B.write(tmp_path / "model.pt", data)
+    with open(path, "rb") as fh:
+        read = torch._C.PyTorchFileReader(fh).get_record("data.pkl")
+    assert len(read) == len(data_pkl) and read != data_pkl  # not the record's bytes
+    assert fire([(path, "torch")]) == {"zip_directory_record"}
+
+    report = scan_one(path, ScanOptions(block_severity=_PERMISSIVE))
+    assert report.verdict is Verdict.UNSAFE
+    assert "SH110" in rules(report)
