@@ -188,8 +188,12 @@ def read_directory(fh: BinaryIO, size: int, eocd: int) -> ZipDirectory:
     return first
 
 
-def _key(directory: ZipDirectory) -> tuple[tuple[str, int, int], ...]:
-    return tuple((e.name, e.header_offset, e.compressed_size) for e in directory.entries)
+def _key(directory: ZipDirectory) -> tuple[tuple[str | int, ...], ...]:
+    """What makes two readings read the same: every central field a reader acts on. Two
+    directories that agree on names, offsets and sizes can still differ in a method or an
+    attribute that makes miniz read other bytes (a directory's: none at all)."""
+    return tuple((e.name, e.header_offset, e.compressed_size, e.size, e.method, e.flags,
+                  e.external_attr) for e in directory.entries)
 
 
 def _zip64_record(fh: BinaryIO, at: int) -> tuple[int, int, int] | None:

@@ -8,6 +8,7 @@ below HIGH through).
 from __future__ import annotations
 
 import struct
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -96,6 +97,60 @@ def test_record_miniz_takes_for_a_directory_is_not_what_torch_unpickles(
         read = torch._C.PyTorchFileReader(fh).get_record("data.pkl")
     assert len(read) == len(data_pkl) and read != data_pkl  # not the record's bytes
     assert fire([(path, "torch")]) == {"zip_directory_record"}
+
+    report = scan_one(path, ScanOptions(block_severity=_PERMISSIVE))
+    assert report.verdict is Verdict.UNSAFE
+    assert "SH110" in rules(report)
+
+
+def _two_directories(members: list[B.ZipMember], *, miniz_attr: dict[str, int]) -> bytes:
+    """Stored records, a central directory zipfile reads (right before the end record,
+    its offsets shifted by the negative difference) and another one miniz reads (in the
+    end record's comment, where the directory offset points): the same names, offsets
+    and sizes, but miniz's gives the records in ``miniz_attr`` those external
+    attributes."""
+    out = bytearray()
+    offsets = []
+    for m in members:
+        offsets.append(len(out))
+        name = m.name.encode()
+        out += struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, 0, 0, 0, zlib.crc32(m.data),
+                           len(m.data), len(m.data), len(name), 0) + name + m.data
+
+    def directory(shift: int, attrs: dict[str, int]) -> bytes:
+        return b"".join(
+            struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, 0, 0, 0, 0,
+                        zlib.crc32(m.data), len(m.data), len(m.data), len(m.name), 0, 0, 0,
+                        0, attrs.get(m.name, 0), offset + shift) + m.name.encode()
+            for m, offset in zip(members, offsets, strict=True))
+
+    size = len(directory(0, {}))
+    zipfiles = directory(size + 22, {})  # zipfile shifts every offset back by size + 22
+    end_record = len(out) + size
+    minizs = directory(0, miniz_attr)
+    out += zipfiles + struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, len(members),
+                                  len(members), size, end_record + 22, len(minizs)) + minizs
+    return bytes(out)
+
+
+def test_readings_that_differ_only_in_attributes_are_both_analyzed(
+        tmp_path: Path, fire: Callable[..., set[str]]) -> None:
+    """zipfile and miniz read different central directories that agree on every name,
+    offset and compressed size; miniz's marks data.pkl a directory. The scanner took the
+    two readings for one (it compared names, offsets and sizes only), analyzed zipfile's,
+    and reported one SH115 (clean under permissive) while torch.load unpickled the
+    uninitialized memory miniz left in data.pkl's place."""
+    pytest.importorskip("torch")
+    size = 200_000
+    data_pkl = b"\x80\x02X" + struct.pack("<I", size - 8) + b"a" * (size - 8) + b"."
+    hidden = (b"N" * (size - 300) + B.os_system_p0("zip_two_directories")).ljust(size, b"N")
+    members = [m for m in B.torch_zip_members({})
+               if not m.name.endswith(("data.pkl", "serialization_id"))]
+    members.insert(0, B.ZipMember("archive/data.pkl", data_pkl))
+    members.append(B.ZipMember("archive/.data/serialization_id", hidden))
+    data = _two_directories(members, miniz_attr={"archive/data.pkl": 0x10})
+    path = B.write(tmp_path / "model.pt", data)
+    assert fire([(path, "torch")]) == {"zip_two_directories"}
 
     report = scan_one(path, ScanOptions(block_severity=_PERMISSIVE))
     assert report.verdict is Verdict.UNSAFE
