@@ -131,8 +131,12 @@ def read_directory(fh: BinaryIO, size: int, eocd: int) -> ZipDirectory:
     classic = (n_total, cd_size, cd_offset)
     # (entries, directory size, directory offset, bytes before the archive) per reader.
     readings: list[tuple[int, int, int, int]] = []
+    # miniz looks for a zip64 locator only when the end record lies 76 bytes or more into
+    # the file (room for a locator and a zip64 record): nearer the start it reads the
+    # classic record whatever precedes it. (zipfile, finding a locator there, seeks before
+    # the file and fails.)
     fh.seek(max(0, eocd - 20))
-    locator = fh.read(20) if eocd >= 20 else b""
+    locator = fh.read(20) if eocd >= 20 + 56 else b""
     if locator[:4] == _EOCD64_LOCATOR:
         # zipfile: the record 76 bytes back, else the classic record; offsets shifted.
         fixed_at = eocd - 20 - 56

@@ -155,3 +155,49 @@ def test_readings_that_differ_only_in_attributes_are_both_analyzed(
     report = scan_one(path, ScanOptions(block_severity=_PERMISSIVE))
     assert report.verdict is Verdict.UNSAFE
     assert "SH110" in rules(report)
+
+
+def _stored(members: list[B.ZipMember], base: int) -> tuple[bytes, bytes]:
+    """Stored local records laid out from offset ``base``, and their central directory."""
+    local = bytearray()
+    central = bytearray()
+    for m in members:
+        name = m.name.encode()
+        crc = zlib.crc32(m.data)
+        central += struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, 0, 0, 0, 0, crc,
+                               len(m.data), len(m.data), len(name), 0, 0, 0, 0, 0,
+                               base + len(local)) + name
+        local += struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, 0, 0, 0, crc, len(m.data),
+                             len(m.data), len(name), 0) + name + m.data
+    return bytes(local), bytes(central)
+
+
+def test_zip64_locator_before_offset_76_is_ignored_as_miniz_does(
+        tmp_path: Path, fire: Callable[..., set[str]]) -> None:
+    """miniz looks for a zip64 locator only when the end record lies 76 bytes or more into
+    the file. An end record at offset 50 behind a locator that names a zip64 record of a
+    decoy directory (harmless records): torch read the classic record's directory (in
+    the end record's comment, the payload), the scanner the decoy's, with two SH115."""
+    pytest.importorskip("torch")
+    real = [m for m in B.torch_zip_members({}) if not m.name.endswith("data.pkl")]
+    real.insert(0, B.ZipMember("archive/data.pkl", b"\x80\x02"
+                               + B.os_system_p0("zip64_locator_early")))
+    decoy = B.torch_zip_members({})
+    eocd_at = 30 + 20  # a bare local header signature for torch's check, then the locator
+    real_local, real_dir = _stored(real, eocd_at + 22)
+    decoy_local, decoy_dir = _stored(decoy, eocd_at + 22 + len(real_local))
+    real_dir_at = eocd_at + 22 + len(real_local) + len(decoy_local)
+    decoy_dir_at = real_dir_at + len(real_dir)
+    record64_at = decoy_dir_at + len(decoy_dir)
+    tail = (real_local + decoy_local + real_dir + decoy_dir
+            + struct.pack("<4sQHHIIQQQQ", b"PK\x06\x06", 44, 45, 45, 0, 0, len(decoy),
+                          len(decoy), len(decoy_dir), decoy_dir_at))
+    data = (b"PK\x03\x04" + b"\0" * 26 + struct.pack("<4sIQI", b"PK\x06\x07", 0, record64_at, 1)
+            + struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, len(real), len(real),
+                          len(real_dir), real_dir_at, len(tail)) + tail)
+    path = B.write(tmp_path / "model.pt", data)
+    assert fire([(path, "torch")]) == {"zip64_locator_early"}
+
+    report = scan_one(path, ScanOptions(block_severity=_PERMISSIVE))
+    assert report.verdict is Verdict.UNSAFE
+    assert "SH100" in rules(report)
