@@ -50,6 +50,15 @@ def scan_zip(scan: FileScan, fh: BinaryIO, directory: ZipDirectory) -> str:
     loader = Loader.TORCHSCRIPT if torchscript else Loader.TORCH_ZIP
     analyzed = 0
     for entry in entries:
+        if entry.size and entry.miniz_directory:
+            # miniz reads nothing for it and reports success: torch gets a buffer of the
+            # declared size, uninitialized (it can hold a record torch read and freed just
+            # before), and unpickles that. What torch reads cannot be known; zipfile
+            # (numpy) reads the bytes, analyzed below.
+            scan.add("SH110", f"{entry.name}: miniz (torch) takes this {entry.size}-byte "
+                     "record for a directory (DOS attribute or trailing '/') and reads none "
+                     "of its bytes; torch.load would use uninitialized memory in their place",
+                     location=entry.name, offset=max(0, entry.header_offset))
         if entry.data_offset < 0:
             continue  # no local header (an SH115 anomaly): zipfile and miniz refuse it
         if entry.method not in (0, 8) and entry.compressed_size:

@@ -26,7 +26,11 @@ _EOCD64_LOCATOR = b"PK\x06\x07"
 _EOCD64 = b"PK\x06\x06"
 _CENTRAL = b"PK\x01\x02"
 _LOCAL = b"PK\x03\x04"
-_MAX_COMMENT = 0xFFFF
+# How far from the end miniz (torch) finds an end record: it searches 4 KiB blocks backward,
+# each 4093 bytes before the last, and gives up only after a block that starts 22 + 0xFFFF
+# bytes or more from the end, so the 17th block reaches 4096 + 16 * 4093 bytes back.
+# zipfile (numpy) searches the last 22 + 0x10000 bytes: both reach past the longest comment.
+_MINIZ_REACH = 4096 + 16 * 4093
 _MAX_ENTRIES = 1_000_000
 
 
@@ -51,10 +55,18 @@ class ZipEntry:
     data_offset: int = -1  # absolute offset of the data, from the local header's lengths
     local_name: bytes = b""
     local_flags: int = 0
+    external_attr: int = 0
 
     @property
     def lower(self) -> str:
         return self.name.lower()
+
+    @property
+    def miniz_directory(self) -> bool:
+        """Whether miniz (torch) takes the entry for a directory: a name ending in '/' or
+        the DOS directory attribute. It then reads none of the entry's bytes, local header
+        included, and reports success."""
+        return self.name.endswith("/") or bool(self.external_attr & 0x10)
 
 
 @dataclass
@@ -77,11 +89,13 @@ def find_eocd(fh: BinaryIO, size: int) -> int | None:
 
     Like miniz (torch) and zipfile (numpy): the signature closest to the end wins, whatever
     its comment length says. Walking back to an earlier record whose comment "fits" would
-    let a decoy directory hide the one the loaders read (the mismatch is an anomaly).
+    let a decoy directory hide the one the loaders read (the mismatch is an anomaly). The
+    search reaches as far back as miniz's does, farther than the longest comment: a record
+    followed by more than 0xFFFF bytes is still torch's (the bytes after it are SH113).
     """
     if size < 22:
         return None
-    tail_len = min(size, 22 + _MAX_COMMENT)
+    tail_len = min(size, _MINIZ_REACH)
     fh.seek(size - tail_len)
     tail = fh.read(tail_len)
     pos = tail.rfind(_EOCD, 0, len(tail) - 22 + 4)
@@ -117,8 +131,12 @@ def read_directory(fh: BinaryIO, size: int, eocd: int) -> ZipDirectory:
     classic = (n_total, cd_size, cd_offset)
     # (entries, directory size, directory offset, bytes before the archive) per reader.
     readings: list[tuple[int, int, int, int]] = []
+    # miniz looks for a zip64 locator only when the end record lies 76 bytes or more into
+    # the file (room for a locator and a zip64 record): nearer the start it reads the
+    # classic record whatever precedes it. (zipfile, finding a locator there, seeks before
+    # the file and fails.)
     fh.seek(max(0, eocd - 20))
-    locator = fh.read(20) if eocd >= 20 else b""
+    locator = fh.read(20) if eocd >= 20 + 56 else b""
     if locator[:4] == _EOCD64_LOCATOR:
         # zipfile: the record 76 bytes back, else the classic record; offsets shifted.
         fixed_at = eocd - 20 - 56
@@ -174,8 +192,12 @@ def read_directory(fh: BinaryIO, size: int, eocd: int) -> ZipDirectory:
     return first
 
 
-def _key(directory: ZipDirectory) -> tuple[tuple[str, int, int], ...]:
-    return tuple((e.name, e.header_offset, e.compressed_size) for e in directory.entries)
+def _key(directory: ZipDirectory) -> tuple[tuple[str | int, ...], ...]:
+    """What makes two readings read the same: every central field a reader acts on. Two
+    directories that agree on names, offsets and sizes can still differ in a method or an
+    attribute that makes miniz read other bytes (a directory's: none at all)."""
+    return tuple((e.name, e.header_offset, e.compressed_size, e.size, e.method, e.flags,
+                  e.external_attr) for e in directory.entries)
 
 
 def _zip64_record(fh: BinaryIO, at: int) -> tuple[int, int, int] | None:
@@ -238,9 +260,8 @@ def _parse_record(
     entries: list[ZipEntry],
 ) -> int:
     """Parse the central record at ``pos`` into ``entries``; returns the next position."""
-    (flags, method, csize, usize, name_len, extra_len, comment_len, lh_offset) = (
-        struct.unpack_from("<HH8xIIHHH8xI", central, pos + 8)
-    )
+    (flags, method, csize, usize, name_len, extra_len, comment_len, external_attr,
+     lh_offset) = struct.unpack_from("<HH8xIIHHH4xII", central, pos + 8)
     raw_name = central[pos + 46 : pos + 46 + name_len]
     extra = central[pos + 46 + name_len : pos + 46 + name_len + extra_len]
     if _zip64_fields(extra) > 1:
@@ -254,7 +275,8 @@ def _parse_record(
     if flags & 0x1:
         anomalies.append((f"{name}: marked encrypted in the central directory", base + pos))
     entries.append(ZipEntry(name=name, method=method, flags=flags, compressed_size=csize,
-                            size=usize, header_offset=lh_offset + prefix))
+                            size=usize, header_offset=lh_offset + prefix,
+                            external_attr=external_attr))
     pos += 46 + name_len + extra_len + comment_len
     if pos > len(central):
         raise ZipError("central directory record is malformed")

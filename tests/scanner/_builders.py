@@ -104,6 +104,7 @@ class ZipMember:
     crc: int | None = None  # None: the real CRC-32
     compressed: bytes | None = None  # None: compress ``data`` with ``method``
     size: int | None = None  # declared uncompressed size (None: len(data))
+    external_attr: int = 0  # the central record's external attributes (0x10: DOS directory)
 
 
 @dataclass
@@ -161,7 +162,8 @@ def build_zip(members: Sequence[ZipMember], *, prefix: bytes = b"", suffix: byte
         out.write(payload)
         centrals.append(struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, version,
                                     m.central_flags, m.method, 0, 0, crc, len(payload),
-                                    usize, len(name), 0, 0, 0, 0, 0, offset) + name)
+                                    usize, len(name), 0, 0, 0, 0, m.external_attr, offset)
+                        + name)
     cd_offset = out.tell() - len(prefix)
     central = b"".join(centrals)
     out.write(central)

@@ -215,9 +215,10 @@ _REVIEWED_STOPS: dict[tuple[str, str, str], str] = {
         "an image or document signature ends every pickle reader within its first bytes, "
         "with no tar archive or zip directory behind it: nothing is unpickled after it",
     ("engine.py", "_scan_zip_file", "SH111"):
-        "a zip head without an end record: miniz and zipfile refuse the archive; pickle "
-        "readers fail at 'P' (PERSID without persistent_load), and a PK\\x05\\x06 head is "
-        "read as a pickle from byte 0 by _scan_as_pickle anyway",
+        "a zip head without an end record as far back as miniz (69584 bytes) and zipfile "
+        "(65558) search: both refuse the archive; pickle readers fail at 'P' (PERSID "
+        "without persistent_load), and a PK\\x05\\x06 head is read as a pickle from byte 0 "
+        "by _scan_as_pickle anyway",
     ("fmt_numpy.py", "scan_npy", "SH111"):
         "a truncated header or short numeric data: numpy.load fails on the header, and "
         "unpickles nothing after numeric data",
