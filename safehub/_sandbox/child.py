@@ -282,10 +282,15 @@ def _fork_call(warm: Channel, channel: Channel, requester: broker.Requester,
                module: Any) -> None:
     folder = os.path.join(tmp_dir, f"call-{number}")
     os.mkdir(folder, 0o700)
+    # ``random`` reseeds itself in a forked child: the first call keeps the state its
+    # import (and seed) left, as in torch.hub's process.
+    state = random.getstate() if module is not None else None
     pid = os.fork()
     if pid == 0:
         code = EXIT_INTERNAL
         try:
+            if state is not None:
+                random.setstate(state)
             # Nothing of the warm child's own: its channel, its task folder.
             warm.close()
             if tasks >= 0:
