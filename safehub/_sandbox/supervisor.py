@@ -84,6 +84,8 @@ _WARM_IDLE_S = 300.0
 
 _warm_lock = threading.Lock()
 _warm_lru: OrderedDict[_Warm, weakref.ref[Sandbox]] = OrderedDict()
+# A forked copy of this process owns none of them (their zygotes answer the parent).
+os.register_at_fork(after_in_child=_warm_lru.clear)
 
 
 def _zygote_env() -> dict[str, str]:
