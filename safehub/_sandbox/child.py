@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 
 from safehub._sandbox import broker, layers, shape, writer
 from safehub._sandbox.channel import Channel, ChannelClosed
+from safehub._sandbox.spec import Layer
 
 __all__ = ["run_outer"]
 
@@ -100,7 +101,8 @@ def _run_inner(setup: layers.Setup, channel_fd: int, alive_fd: int, started: flo
             "notes": setup.notes,
         })
         if config["op"] == "warm":
-            _serve_warm(channel, config, tasks)
+            _serve_warm(channel, config, tasks,
+                        confine=Layer.LANDLOCK in setup.applied)
         elif config["op"] != "probe":
             _serve(channel, config)
         code = 0
@@ -222,7 +224,8 @@ def _serve_call(channel: Channel, config: dict[str, Any], call: dict[str, Any],
 _OPS = ("list", "help", "load")
 
 
-def _serve_warm(warm: Channel, config: dict[str, Any], tasks: int) -> None:
+def _serve_warm(warm: Channel, config: dict[str, Any], tasks: int, *,
+                confine: bool) -> None:
     """A warm child: import hubconf.py once, then serve each call of this repository in a
     grandchild forked from that state (see ``supervisor``'s reuse). Untrusted code runs
     here (the first import) and in every grandchild.
@@ -255,7 +258,8 @@ def _serve_warm(warm: Channel, config: dict[str, Any], tasks: int) -> None:
         _serve_call(channel, config, _checked_call(_receive_call(channel)), module)
         return
     while True:
-        _fork_call(warm, channel, requester, config, tmp_dir, number, tasks, module)
+        _fork_call(warm, channel, requester, config, tmp_dir, number, tasks, module,
+                   confine)
         del channel
         module = None  # later calls execute hubconf.py afresh, as torch.hub does
         _clear(tmp_dir, kept)
@@ -279,7 +283,7 @@ def _checked_call(call: dict[str, Any]) -> dict[str, Any]:
 
 def _fork_call(warm: Channel, channel: Channel, requester: broker.Requester,
                config: dict[str, Any], tmp_dir: str, number: int, tasks: int,
-               module: Any) -> None:
+               module: Any, confine: bool) -> None:
     folder = os.path.join(tmp_dir, f"call-{number}")
     os.mkdir(folder, 0o700)
     # ``random`` reseeds itself in a forked child: the first call keeps the state its
@@ -296,6 +300,8 @@ def _fork_call(warm: Channel, channel: Channel, requester: broker.Requester,
             if tasks >= 0:
                 os.close(tasks)
             requester.use(channel)
+            if confine:
+                layers.confine_call(config, folder)
             _call_folder(folder)
             _serve_call(channel, config, _checked_call(_receive_call(channel)), module)
             code = 0

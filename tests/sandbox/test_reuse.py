@@ -39,6 +39,10 @@ HUBCONF = '''
     import helper
 
     HUBCONF_TOKEN = int.from_bytes(os.urandom(6), "little")
+    if not os.path.exists("import-made.txt"):  # the warm child's import: its temp folder
+        with open("import-made.txt", "w") as fh:
+            fh.write("made by the import")
+    ABOVE = os.path.join(os.environ["TMPDIR"], "..")
 
 
     def probe():
@@ -77,8 +81,12 @@ HUBCONF = '''
         globals()["HUBCONF_LEFT"] = 1
         with open("left.txt", "w") as fh:
             fh.write("x")
-        with open(os.path.join(os.environ["TMPDIR"], "..", "left-above.txt"), "w") as fh:
-            fh.write("x")
+        for name in ("left-above.txt", "import-made.txt"):
+            try:
+                with open(os.path.join(ABOVE, name), "a") as fh:
+                    fh.write(" changed by a call")
+            except OSError:
+                pass  # read-only for a call
         pid = os.fork()
         if pid == 0:
             try:
@@ -102,7 +110,9 @@ HUBCONF = '''
                 "hubconf_global": torch.tensor(["HUBCONF_LEFT" in globals()]),
                 "cwd_file": torch.tensor([os.path.exists("left.txt")]),
                 "file_above": torch.tensor([os.path.exists(
-                    os.path.join(os.environ["TMPDIR"], "..", "left-above.txt"))]),
+                    os.path.join(ABOVE, "left-above.txt"))]),
+                "import_file_changed": torch.tensor(["changed" in open(
+                    os.path.join(ABOVE, "import-made.txt")).read()]),
                 "leftover_alive": torch.tensor([_alive(leftover)]),
                 "helper": torch.tensor([helper.TOKEN])}
 
@@ -174,7 +184,7 @@ def test_nothing_of_a_call_reaches_the_next(sb: Sandbox, repo: Path) -> None:
     after = load(sb, repo, "clean", leftover=leftover)
     assert after["helper"] == warm, "served by the same warm child"
     assert after == {"module_global": 0, "hubconf_global": 0, "cwd_file": 0, "file_above": 0,
-                     "leftover_alive": 0, "helper": warm}
+                     "import_file_changed": 0, "leftover_alive": 0, "helper": warm}
     # The leftover never got a frame into a later call (it would have failed with 'Forged').
     assert load(sb, repo)["helper"] == warm
 
