@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import gc
 import importlib.util
 import os
 import pickle
@@ -289,6 +290,10 @@ def _fork_call(warm: Channel, channel: Channel, requester: broker.Requester,
     # ``random`` reseeds itself in a forked child: the first call keeps the state its
     # import (and seed) left, as in torch.hub's process.
     state = random.getstate() if module is not None else None
+    # Objects the warm child holds go to the collector's permanent generation: a
+    # collection in the grandchild then leaves their pages shared instead of writing to
+    # each of them (copy-on-write of the whole heap doubled a call's CPU time).
+    gc.freeze()
     pid = os.fork()
     if pid == 0:
         code = EXIT_INTERNAL
