@@ -370,6 +370,22 @@ class Sandbox:
         if warm.rid in self._exits:
             warm.ended = True
             return True
+        if warm.pending:
+            # The last call's end, reported after its result went back: every process of
+            # that call is gone before the next call is handed over, or the child goes.
+            try:
+                message, fds = warm.channel.recv(time.monotonic() + _EXIT_WAIT_S)
+            except (TimeoutError, ChannelClosed, ProtocolError, OSError):
+                return True
+            for fd in fds:
+                os.close(fd)
+            if fds or not _call_done(message, warm.pending):
+                return True
+            warm.pending = 0
+        # Seen by this process in /proc, not told by the sandbox: the warm child is the only
+        # process left in its PID namespace (every process there descends from it).
+        if warm.outer is None or not _alone(warm.outer):
+            return True
         # An idle child sends nothing: a frame or the end of its channel is a reason to go.
         return bool(select.select([warm.channel.sock], [], [], 0)[0])
 
@@ -398,6 +414,7 @@ class _Run:
         self.service = BrokerService(broker, self.workdir / "grants" / grants)
         self.channel: Channel | None = None
         self.rid = -1
+        self.child_pid: int | None = None  # the outer child, as the zygote reports it
         self.exit: dict[str, Any] | None = None
         self.ready: dict[str, Any] | None = None
         self.times: dict[str, float] = {}
@@ -492,6 +509,9 @@ class _Run:
             if message.get("id") != self.rid:
                 continue
             if message["t"] == "spawned":
+                pid = message.get("pid")
+                self.child_pid = pid if isinstance(pid, int) and not isinstance(pid, bool) \
+                    else None
                 break
             if message["t"] == "spawn_failed":
                 raise IsolationUnavailable("the sandbox could not start a child", layer=None,
@@ -877,6 +897,8 @@ class _Warm:
     calls: int = 0
     used: float = field(default_factory=time.monotonic)
     ended: bool = False
+    pending: int = 0  # a call whose call_done is still to be read (before the next call)
+    outer: int | None = None  # the outer child's pid (the zygote's child)
 
 
 class _WarmRun(_Run):
@@ -915,7 +937,8 @@ class _WarmRun(_Run):
                 if self.channel is None:
                     raise InternalError("warm child spawned without a channel")
                 self.wchan, self.channel = self.channel, None
-                self.warm = _Warm(self.key, self.rid, self.wchan, self.workdir)
+                self.warm = _Warm(self.key, self.rid, self.wchan, self.workdir,
+                                  outer=self.child_pid)
             else:
                 self.rid = self.warm.rid
                 self.ready = self.warm.ready
@@ -1029,8 +1052,7 @@ class _WarmRun(_Run):
                 log.info("sandbox: %s is served by a one-off child (reuse is not safe here)",
                          self.subject)
         elif (kind == "call_done" and self.done is None and self.reusable
-              and message.get("n") == self.number and isinstance(message.get("code"), int)
-              and not isinstance(message.get("code"), bool)):
+              and message.get("n") == self.number and _exit_code(message) is not None):
             self.done = {"code": message["code"], **_usage_fields(message)}
         else:
             raise self._protocol(f"unexpected frame '{clean_text(kind, 50)}' from the warm "
@@ -1049,12 +1071,14 @@ class _WarmRun(_Run):
         """After the call's result or error: keep the warm child when it reports the call
         ended (every process of it killed, its folder removed); else end it."""
         with contextlib.suppress(SafehubError):
-            self._wait(lambda: self.reusable is False or (
-                self.reusable is True and self.done is not None), _EXIT_WAIT_S)
+            self._wait(lambda: self.reusable is not None, _EXIT_WAIT_S)
         ready = self.ready or {}
-        if (self.reusable and self.done is not None and self.done["code"] == 0
-                and self.exit is None and not self.doomed
+        if (self.reusable and self.warm is not None and self.exit is None and not self.doomed
+                and (self.done is None or self.done["code"] == 0)
                 and Layer.PIDNS in ready.get("applied", {})):
+            # The grandchild's end (call_done) is read before the next call, not waited
+            # for here: the warm child kills what the call left while the result goes back.
+            self.warm.pending = self.number if self.done is None else 0
             self.kept = True
             return self.done
         self.doomed = True
@@ -1089,6 +1113,36 @@ class _WarmRun(_Run):
             _remove_tree(self.service.grants_dir)
         else:
             self.sb._drop(warm)
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as fh:
+            found += [int(x) for x in fh.read().split()]
+    return found
+
+
+def _alone(outer: int) -> bool:
+    """Whether the sandbox of outer child ``outer`` is down to the outer child and its one
+    child, the warm child, which has no child process. False when it cannot be told (no
+    ``/proc/PID/task/TID/children``, a kernel without CONFIG_PROC_CHILDREN: no reuse)."""
+    try:
+        inner = _children(outer)
+        return len(inner) == 1 and not _children(inner[0])
+    except (OSError, ValueError):
+        return False
+
+
+def _exit_code(message: dict[str, Any]) -> int | None:
+    code = message.get("code")
+    return code if isinstance(code, int) and not isinstance(code, bool) else None
+
+
+def _call_done(message: dict[str, Any], number: int) -> bool:
+    """Whether ``message`` says call ``number`` ended by itself (exit 0)."""
+    return (message.get("t") == "call_done" and message.get("n") == number
+            and _exit_code(message) == 0)
 
 
 def _usage_fields(message: dict[str, Any]) -> dict[str, float]:

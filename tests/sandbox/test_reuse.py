@@ -104,6 +104,10 @@ HUBCONF = '''
         return 1
 
 
+    def _changed(path):
+        return os.path.exists(path) and "changed" in open(path).read()
+
+
     def clean(leftover):
         time.sleep(2)  # the leftover would have spoken by now
         return {"module_global": torch.tensor([hasattr(helper, "LEFT")]),
@@ -111,8 +115,8 @@ HUBCONF = '''
                 "cwd_file": torch.tensor([os.path.exists("left.txt")]),
                 "file_above": torch.tensor([os.path.exists(
                     os.path.join(ABOVE, "left-above.txt"))]),
-                "import_file_changed": torch.tensor(["changed" in open(
-                    os.path.join(ABOVE, "import-made.txt")).read()]),
+                "import_file_changed": torch.tensor([_changed(
+                    os.path.join(ABOVE, "import-made.txt"))]),
                 "leftover_alive": torch.tensor([_alive(leftover)]),
                 "helper": torch.tensor([helper.TOKEN])}
 
@@ -246,3 +250,20 @@ def test_without_a_pid_namespace_there_is_no_reuse(sb: Sandbox, repo: Path) -> N
     first = load(sb, repo, reuse="nopidns", skip=skip)
     second = load(sb, repo, reuse="nopidns", skip=skip)
     assert first["helper"] != second["helper"]
+
+
+def test_a_warm_child_whose_cleanup_was_disabled_is_not_reused(sb: Sandbox,
+                                                              tmp_path: Path) -> None:
+    # Import-time code runs in the warm child itself and can disable its cleanup; the
+    # parent then sees (in /proc, not from the sandbox's word) a process left over from
+    # a call and starts the next call cold.
+    sabotaged = make_repo(tmp_path / "sabotaged", HUBCONF + '''
+    import safehub._sandbox.child as _child
+    _child._end_others = lambda: None
+    ''', {"helper.py": HELPER})
+    warm = load(sb, sabotaged, reuse="sabotaged")["helper"]
+    assert load(sb, sabotaged, reuse="sabotaged")["helper"] == warm  # nothing left yet
+    leftover = load(sb, sabotaged, "dirty", reuse="sabotaged")["leftover"]
+    after = load(sb, sabotaged, "clean", reuse="sabotaged", leftover=leftover)
+    assert after["helper"] != warm, "a new child"
+    assert after["leftover_alive"] == 0
