@@ -300,10 +300,12 @@ def _fork_call(warm: Channel, channel: Channel, requester: broker.Requester,
         try:
             if state is not None:
                 random.setstate(state)
-            # Nothing of the warm child's own: its channel, its task folder.
+            # Nothing of the warm child's own: its channel, its task folder. The call's
+            # channel takes the channel's usual place, as in a one-off child.
             warm.close()
             if tasks >= 0:
                 os.close(tasks)
+            channel = _at_channel_fd(channel)
             requester.use(channel)
             if confine:
                 layers.confine_call(config, folder)
@@ -323,6 +325,14 @@ def _fork_call(warm: Channel, channel: Channel, requester: broker.Requester,
         _end_others()
     warm.send({"t": "call_done", "n": number, "code": os.waitstatus_to_exitcode(status),
                "cpu_s": usage.ru_utime + usage.ru_stime, "max_rss_kb": usage.ru_maxrss})
+
+
+def _at_channel_fd(channel: Channel) -> Channel:
+    fd = channel.sock.detach()
+    if fd != layers.CHANNEL_FD:
+        os.dup2(fd, layers.CHANNEL_FD, inheritable=False)
+        os.close(fd)
+    return Channel.from_fd(layers.CHANNEL_FD)
 
 
 def _call_folder(folder: str) -> None:
