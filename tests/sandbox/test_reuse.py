@@ -5,6 +5,7 @@ the warm child."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -267,3 +268,26 @@ def test_a_warm_child_whose_cleanup_was_disabled_is_not_reused(sb: Sandbox,
     after = load(sb, sabotaged, "clean", reuse="sabotaged", leftover=leftover)
     assert after["helper"] != warm, "a new child"
     assert after["leftover_alive"] == 0
+
+
+def test_a_calls_arguments_never_reach_a_later_call(sb: Sandbox, tmp_path: Path) -> None:
+    # As tests/sandbox/test_memory.py, through one warm child: the arguments go to the
+    # call's grandchild alone, never through the warm child a later grandchild is forked
+    # from. (The oracle leaves out Landlock and not-dumpable to read /proc/self/maps.)
+    from tests.sandbox.test_memory import HUBCONF as SEARCH
+    from tests.sandbox.test_memory import ORACLE
+
+    repo = make_repo(tmp_path / "search", SEARCH)
+
+    def run(entry: str, **kwargs: Any) -> dict[str, Any]:
+        return sb.run(SandboxRequest.for_load(repo, entry, kwargs=kwargs, limits=FAST,
+                                              unsafe_skip_layers=ORACLE),
+                      reuse="memory").tensors
+
+    found = {}
+    for pad in (0, 400, 6000, 30000):
+        secret = "SAFEHUB-arg-" + secrets.token_hex(12)
+        run("take", secret=secret, pad="x" * pad)
+        found[pad] = int(run("search", reversed_secret=secret[::-1])["hits"].item())
+    assert found == dict.fromkeys(found, 1), f"earlier arguments were inherited: {found}"
+    assert sb.warm_children() >= 1
