@@ -247,6 +247,13 @@ def _local_repo(policy: Policy, call: HubCall, stack: contextlib.ExitStack,
     return copy
 
 
+def _local_content(path: Path) -> str | None:
+    from safehub._hub.reuse import local_tree_identity
+
+    digest = local_tree_identity(path)
+    return None if digest is None else f"tree {digest}"
+
+
 def _read_only(tree: Path) -> None:
     private = tree.parent
     private.chmod(0o755)  # the sandbox's unprivileged uid must reach the copy
@@ -288,6 +295,7 @@ def run_hub_call(call: HubCall, policy: Policy | str | os.PathLike[str] | None =
     """Decide, fetch, verify and run one hub call in the sandbox."""
     from safehub._fetch.fetcher import Fetcher
     from safehub._fetch.location import get_dir
+    from safehub._hub.reuse import reuse_identity
     from safehub._hub.torchscript import (
         accepts_torchscript,
         take_archives,
@@ -305,18 +313,24 @@ def run_hub_call(call: HubCall, policy: Policy | str | os.PathLike[str] | None =
     importer = (_import_torch_meanwhile() if call.op.value == "load" and not call.as_file
                 else None)
     policy = load_policy(policy)
+    supplied_fetcher = fetcher is not None
     fetcher = fetcher or Fetcher(policy, hub_dir=get_dir(), lockfile=hub_lockfile(call),
                                  frozen=call.frozen, also=_ALSO.get())
     with contextlib.ExitStack() as stack:
         requester: str | None
+        content: str | None  # what identifies the code a warm child may be reused for
         if call.source == "local":
             repo_dir = _local_repo(policy, call, stack, fetcher)
             requester = None
+            # A private verified copy lives for this call only: never reused.
+            content = None if repo_dir != Path(os.path.expanduser(call.repo_or_dir)) else (
+                _local_content(repo_dir))
         elif call.source == "github":
             checkout = fetcher.fetch_repo(call.repo_or_dir, force_reload=call.force_reload,
                                           trust_repo=call.trust_repo, entrypoint=call.entrypoint)
             verify_signatures(checkout.decision, checkout.path, checkout.repo)
             repo_dir, requester = checkout.path, checkout.repo
+            content = f"commit {checkout.commit} tree {checkout.tree_sha256}"
         else:
             raise SafehubError(f"unknown source {call.source!r}", subject=call.repo_or_dir,
                                fix="use source='github' or source='local'")
@@ -339,8 +353,11 @@ def run_hub_call(call: HubCall, policy: Policy | str | os.PathLike[str] | None =
                                  accepts_torchscript(policy, requester))
         broker = PolicyBroker(fetcher, requester, call.trust_nested,
                               outer=requester or str(repo_dir))
+        reuse = reuse_identity(policy, fetcher, supplied_fetcher=supplied_fetcher,
+                               content=content, requester=requester,
+                               trust_nested=call.trust_nested)
         try:
-            result = sandbox.run(request, broker, check_layers=check_layers)
+            result = sandbox.run(request, broker, check_layers=check_layers, reuse=reuse)
         finally:
             if importer is not None:
                 importer.join()

@@ -255,6 +255,7 @@ def _decide_repo(policy: LoadedPolicy, req: RepoRequest) -> Decision:
     if req.source == "local":
         t.add("allow", "local folder: its code runs only in the sandbox", "source")
         _signature_requirements(t, policy, f"path:{req.repo}", local_path=req.repo)
+        _reuse_note(t, policy)
         t.requirements.append(Requirement("sandbox", "required", "sandbox"))
         return t.decision(subject)
     try:
@@ -290,8 +291,17 @@ def _decide_repo(policy: LoadedPolicy, req: RepoRequest) -> Decision:
                    f"add {req.entrypoint!r} to repos.{key!r}.entrypoints in {pfile}",
                    "repos", key, "entrypoints")
     _signature_requirements(t, policy, rid.key)
+    _reuse_note(t, policy)
     t.requirements.append(Requirement("sandbox", "required", "sandbox"))
     return t.decision(subject, rid.key)
+
+
+def _reuse_note(t: _Trail, policy: LoadedPolicy) -> None:
+    if policy.model.sandbox.reuse == "per-repo":
+        t.add("note", "its calls share one warm sandboxed child (modules imported once, as "
+              "in torch.hub; each call in a process of its own)", "sandbox", "reuse")
+    else:
+        t.add("note", "each call runs in a fresh sandboxed child", "sandbox", "reuse")
 
 
 def _trust(t: _Trail, policy: LoadedPolicy, req: RepoRequest, rid: RepoId,

@@ -250,6 +250,12 @@ class SandboxSection(_Section):
     required_layers: list[str] = Field(default_factory=list, description=(
         f"Layers that must be available or the call refuses to run: any of {', '.join(LAYERS)}"
         ", or 'all'. More is stricter."), json_schema_extra=_dir("superset"))
+    reuse: Literal["per-call", "per-repo"] = Field("per-repo", description=(
+        "'per-repo': calls of one repository (same commit or tree, policy and limits) share "
+        "a warm sandboxed child that imports hubconf.py once and forks one process per "
+        "call, so the repository's modules stay imported between its calls as under "
+        "torch.hub; 'per-call': a fresh sandboxed child for every call, sharing nothing. "
+        "'per-call' is stricter."), json_schema_extra=_dir("order"))
 
     @field_validator("required_layers")
     @classmethod

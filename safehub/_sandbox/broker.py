@@ -35,7 +35,7 @@ from safehub._sandbox.errors import clean_text
 from safehub._tree import copy_tree
 from safehub.errors import FetchError, InternalError, PolicyViolation, SafehubError
 
-__all__ = ["Broker", "BrokerService", "DownloadRefused", "install_stubs"]
+__all__ = ["Broker", "BrokerService", "DownloadRefused", "Requester", "install_stubs"]
 
 _MAX_URL = 8192
 # A first filter only (full match: no trailing newline); the fetch layer validates the name.
@@ -173,8 +173,17 @@ class BrokerService:
 # --- child side -----------------------------------------------------------------------------
 
 
-class _Requester:
+class Requester:
+    """The child's side of the broker: asks the parent on the current call's channel."""
+
     def __init__(self, channel: Channel):
+        self.channel = channel
+        self.next_id = 0
+
+    def use(self, channel: Channel) -> None:
+        """Ask on ``channel`` from now on (a warm child's call: the stubs repository code
+        imported earlier, ``from torch.hub import load_state_dict_from_url``, stay bound to
+        this requester, which then asks the call's own supervisor)."""
         self.channel = channel
         self.next_id = 0
 
@@ -194,15 +203,16 @@ class _Requester:
         return reply, fds
 
 
-def install_stubs(channel: Channel) -> None:
-    """Replace torch.hub's download entry points in this (child) process."""
+def install_stubs(channel: Channel) -> Requester:
+    """Replace torch.hub's download entry points in this (child) process; returns the
+    requester they ask through."""
     import hashlib
 
     import torch
     import torch.hub
     import torch.utils.model_zoo
 
-    requester = _Requester(channel)
+    requester = Requester(channel)
     original_load: Any = torch.hub.load
 
     def _fetch_fd(url: str, file_name: str | None, check_hash: bool) -> int:
@@ -255,3 +265,4 @@ def install_stubs(channel: Channel) -> None:
     for module, names in patches.items():
         for name, stub in names.items():
             setattr(module, name, stub)
+    return requester

@@ -16,10 +16,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import gc
 import importlib.util
 import os
 import pickle
 import random
+import signal
 import sys
 import time
 import traceback
@@ -27,6 +29,7 @@ from typing import Any, NoReturn
 
 from safehub._sandbox import broker, layers, shape, writer
 from safehub._sandbox.channel import Channel, ChannelClosed
+from safehub._sandbox.spec import Layer
 
 __all__ = ["run_outer"]
 
@@ -75,6 +78,12 @@ def _report_abort(channel_fd: int, abort: layers.SetupAbort) -> None:
 def _run_inner(setup: layers.Setup, channel_fd: int, alive_fd: int, started: float) -> NoReturn:
     code = EXIT_INTERNAL
     try:
+        # A warm child counts its threads before it forks a call; /proc is out of reach
+        # once Landlock applies, so its task folder is opened first.
+        tasks = -1
+        if setup.config["op"] == "warm":
+            with contextlib.suppress(OSError):
+                tasks = os.open("/proc/self/task", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             setup.inner(alive_fd)
         except layers.SetupAbort as abort:
@@ -92,7 +101,10 @@ def _run_inner(setup: layers.Setup, channel_fd: int, alive_fd: int, started: flo
             "missing": {k.value: v for k, v in setup.missing.items()},
             "notes": setup.notes,
         })
-        if config["op"] != "probe":
+        if config["op"] == "warm":
+            _serve_warm(channel, config, tasks,
+                        confine=Layer.LANDLOCK in setup.applied)
+        elif config["op"] != "probe":
             _serve(channel, config)
         code = 0
     except (ChannelClosed, BrokenPipeError):
@@ -143,19 +155,36 @@ def _entrypoints(module: Any) -> list[str]:
 def _serve(channel: Channel, config: dict[str, Any]) -> None:
     """Run the operation on the repository and send the result. Untrusted code runs here."""
     call = _receive_call(channel)
-    broker.install_stubs(channel)
+    _prepare(channel, config)
+    _serve_call(channel, config, call)
+
+
+def _prepare(channel: Channel, config: dict[str, Any]) -> broker.Requester:
+    """What every call needs before repository code: the download stubs, mapped loads,
+    the repository's bytecode and its folder on ``sys.path``."""
+    requester = broker.install_stubs(channel)
     _map_loaded_files()
     sys.dont_write_bytecode = True  # leave the repo's folder as it is
     repo = config["repo_dir"]
-    op = config["op"]
+    if isinstance(config.get("pycache_dir"), str):
+        _use_bytecode(repo, config["pycache_dir"])
+    sys.path.insert(0, repo)
+    return requester
+
+
+def _serve_call(channel: Channel, config: dict[str, Any], call: dict[str, Any],
+                module: Any = None) -> None:
+    """Run one call (torch.hub's per-call steps: seed, execute hubconf.py, the operation)
+    and send its result; ``module``: hubconf.py already executed for this call (seed
+    included). Untrusted code runs here."""
+    repo = config["repo_dir"]
+    op = call.get("op", config["op"])
     phase = "import"
     try:
-        if op == "load" and isinstance(call.get("seed"), int):
-            _seed(call["seed"])
-        if isinstance(config.get("pycache_dir"), str):
-            _use_bytecode(repo, config["pycache_dir"])
-        sys.path.insert(0, repo)
-        module = _import_hubconf(repo)
+        if module is None:
+            if op == "load" and isinstance(call.get("seed"), int):
+                _seed(call["seed"])
+            module = _import_hubconf(repo)
         if op == "list":
             channel.send({"t": "result", "op": "list", "entrypoints": _entrypoints(module)})
             return
@@ -191,6 +220,173 @@ def _serve(channel: Channel, config: dict[str, Any]) -> None:
         raise
     except BaseException as exc:  # report any failure of repo code
         channel.send(_describe(exc, phase))
+
+
+_OPS = ("list", "help", "load")
+
+
+def _serve_warm(warm: Channel, config: dict[str, Any], tasks: int, *,
+                confine: bool) -> None:
+    """A warm child: import hubconf.py once, then serve each call of this repository in a
+    grandchild forked from that state (see ``supervisor``'s reuse). Untrusted code runs
+    here (the first import) and in every grandchild.
+
+    Each call comes as a channel of its own (``warm_call`` with one descriptor); its
+    arguments go to the grandchild alone, on that channel. After a grandchild ends,
+    every other process of the sandbox is killed (this child is the init of its PID
+    namespace) and the call's folder removed, then ``call_done`` reports its exit.
+    When reuse is not safe (no PID namespace of our own, threads after the import, an
+    import that failed) the first call is served here, as a one-off child does.
+    """
+    number, channel, first = _next_call(warm, 1)
+    requester = _prepare(channel, config)
+    tmp_dir = os.getcwd()
+    module = None
+    try:
+        # As torch.hub's first call: the seed, then the import (the repo's modules may
+        # draw random numbers as they are imported); the first call uses this module.
+        if isinstance(first.get("seed"), int):
+            _seed(first["seed"])
+        module = _import_hubconf(config["repo_dir"])  # warms sys.modules
+    except BaseException:  # the call reports it when it executes hubconf.py again
+        module = None
+    reusable = module is not None and os.getpid() == 1 and _threads(tasks) == 1
+    if reusable:
+        _end_others()
+    kept = set(os.listdir(tmp_dir))
+    warm.send({"t": "warm", "reusable": reusable})
+    if not reusable:
+        _serve_call(channel, config, _checked_call(_receive_call(channel)), module)
+        return
+    while True:
+        _fork_call(warm, channel, requester, config, tmp_dir, number, tasks, module,
+                   confine)
+        del channel
+        module = None  # later calls execute hubconf.py afresh, as torch.hub does
+        _clear(tmp_dir, kept)
+        number, channel, _ = _next_call(warm, number + 1)
+
+
+def _next_call(warm: Channel, number: int) -> tuple[int, Channel, dict[str, Any]]:
+    message, fds = warm.recv()
+    if message.get("t") != "warm_call" or message.get("n") != number or len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        raise ChannelClosed("the supervisor sent no call channel")
+    return number, Channel.from_fd(fds[0]), message
+
+
+def _checked_call(call: dict[str, Any]) -> dict[str, Any]:
+    if call.get("op") not in _OPS:
+        raise ChannelClosed("a call without an operation")
+    return call
+
+
+def _fork_call(warm: Channel, channel: Channel, requester: broker.Requester,
+               config: dict[str, Any], tmp_dir: str, number: int, tasks: int,
+               module: Any, confine: bool) -> None:
+    folder = os.path.join(tmp_dir, f"call-{number}")
+    os.mkdir(folder, 0o700)
+    # ``random`` reseeds itself in a forked child: the first call keeps the state its
+    # import (and seed) left, as in torch.hub's process.
+    state = random.getstate() if module is not None else None
+    # Objects the warm child holds go to the collector's permanent generation: a
+    # collection in the grandchild then leaves their pages shared instead of writing to
+    # each of them (copy-on-write of the whole heap doubled a call's CPU time).
+    gc.freeze()
+    pid = os.fork()
+    if pid == 0:
+        code = EXIT_INTERNAL
+        try:
+            if state is not None:
+                random.setstate(state)
+            # Nothing of the warm child's own: its channel, its task folder. The call's
+            # channel takes the channel's usual place, as in a one-off child.
+            warm.close()
+            if tasks >= 0:
+                os.close(tasks)
+            channel = _at_channel_fd(channel)
+            requester.use(channel)
+            if confine:
+                layers.confine_call(config, folder)
+            _call_folder(folder)
+            _serve_call(channel, config, _checked_call(_receive_call(channel)), module)
+            code = 0
+        except (ChannelClosed, BrokenPipeError):
+            code = EXIT_CHANNEL
+        except BaseException:  # never unwind into the warm child's loop
+            code = EXIT_INTERNAL
+        finally:
+            os._exit(code)
+    channel.close()  # the grandchild holds the call's only copy
+    try:
+        _, status, usage = os.wait4(pid, 0)
+    finally:
+        _end_others()
+    warm.send({"t": "call_done", "n": number, "code": os.waitstatus_to_exitcode(status),
+               "cpu_s": usage.ru_utime + usage.ru_stime, "max_rss_kb": usage.ru_maxrss})
+
+
+def _at_channel_fd(channel: Channel) -> Channel:
+    fd = channel.sock.detach()
+    if fd != layers.CHANNEL_FD:
+        os.dup2(fd, layers.CHANNEL_FD, inheritable=False)
+        os.close(fd)
+    return Channel.from_fd(layers.CHANNEL_FD)
+
+
+def _call_folder(folder: str) -> None:
+    """The call's own working and temporary folder (removed after the call)."""
+    os.chdir(folder)
+    os.environ.update(HOME=folder, TMPDIR=folder, TORCH_HOME=os.path.join(folder, "torch"),
+                      XDG_CACHE_HOME=os.path.join(folder, ".cache"))
+    import tempfile
+
+    tempfile.tempdir = folder
+
+
+def _end_others() -> None:
+    """Kill and reap every other process of this PID namespace (only its init calls
+    this: ``kill(-1)`` there reaches the namespace's processes and nothing else)."""
+    if os.getpid() != 1:
+        raise ChannelClosed("not the init of a PID namespace: processes cannot be ended")
+    while True:
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except ProcessLookupError:
+            break
+        while True:
+            try:
+                os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+
+
+def _clear(tmp_dir: str, kept: set[str]) -> None:
+    """Remove what calls left in the temporary folder (what the import made stays)."""
+    import shutil
+
+    for name in os.listdir(tmp_dir):
+        if name in kept:
+            continue
+        path = os.path.join(tmp_dir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+def _threads(tasks: int) -> int:
+    if tasks < 0:
+        return 0
+    try:
+        return len(os.listdir(tasks))
+    except OSError:
+        return 0
 
 
 def _use_bytecode(repo: str, prefix: str) -> None:

@@ -37,7 +37,7 @@ from typing import Any
 from safehub._sandbox import landlock, linux, seccomp
 from safehub._sandbox.spec import Layer
 
-__all__ = ["CHANNEL_FD", "Setup", "SetupAbort", "python_read_roots"]
+__all__ = ["CHANNEL_FD", "Setup", "SetupAbort", "confine_call", "python_read_roots"]
 
 CHANNEL_FD = 3
 # Fresh uids for sandboxes started by root: this base plus the outer child's pid, so
@@ -365,6 +365,16 @@ class Setup:
         notes.append("signals and abstract sockets scoped" if done.scoped
                      else "signals not scoped (ABI < 6)")
         self.ok(Layer.LANDLOCK, ", ".join(notes))
+
+
+def confine_call(config: dict[str, Any], folder: str) -> None:
+    """A warm child's call (its grandchild): a second Landlock layer under which the
+    sandbox's temporary folder is read-only but for ``folder``, the call's own; what the
+    first import left there is read, never changed, by later calls."""
+    read_only = [*python_read_roots(), *_SYSTEM_READ, config["tmp_dir"]]
+    read_only += [p for p in (config.get("repo_dir"), config.get("grants_dir"),
+                              config.get("pycache_dir")) if p]
+    landlock.restrict(read_only, [folder], _DEVICES)
 
 
 def _write(path: str, text: str) -> None:

@@ -13,6 +13,7 @@ import atexit
 import contextlib
 import errno
 import logging
+import math
 import os
 import select
 import signal
@@ -23,8 +24,10 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, astuple, dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TypeAlias, TypeGuard
 
@@ -73,6 +76,16 @@ _LIMIT_FIELDS = {"timeout": "timeout_s", "memory": "memory_mb", "cpu": "cpu_s",
                  "processes": "max_processes", "file size": "max_file_mb",
                  "open files": "max_open_files"}
 _ROOT_CHECK_MAX = 200_000
+# Warm children (Sandbox.run's ``reuse``): at most this many per process, least recently
+# used closed first; one idle this long is closed at the next call.
+_MAX_WARM_CHILDREN = 3
+_WARM_IDLE_S = 300.0
+
+
+_warm_lock = threading.Lock()
+_warm_lru: OrderedDict[_Warm, weakref.ref[Sandbox]] = OrderedDict()
+# A forked copy of this process owns none of them (their zygotes answer the parent).
+os.register_at_fork(after_in_child=_warm_lru.clear)
 
 
 def _zygote_env() -> dict[str, str]:
@@ -115,6 +128,8 @@ class Sandbox:
         self._exits: dict[int, dict[str, Any]] = {}
         self._layers: dict[Layer, LayerStatus] | None = None
         self._owner = os.getpid()
+        # Warm children by reuse key, least recently used first (see run's ``reuse``).
+        self._warm: OrderedDict[tuple[object, ...], _Warm] = OrderedDict()
 
     def __enter__(self) -> Sandbox:
         self.start()
@@ -135,6 +150,7 @@ class Sandbox:
                 # A fork of the process that started the zygote: that zygote and its
                 # socket belong to the parent process; this one starts its own.
                 self._proc = self._control = self._stderr = None
+                self._warm = OrderedDict()
                 self._owner = os.getpid()
             if self.zygote_pid is not None and self._control is not None:
                 return
@@ -208,6 +224,11 @@ class Sandbox:
             self._shutdown()
 
     def _shutdown(self) -> None:
+        warm = list(self._warm.values())
+        self._warm.clear()
+        for child in warm:
+            _forget(child)
+            child.channel.close()
         if self._control is not None:
             self._control.close()
             self._control = None
@@ -222,6 +243,8 @@ class Sandbox:
             self._stderr.close()
             self._stderr = None
         self._exits.clear()
+        for child in warm:  # the zygote is gone, and with it every child it had
+            _remove_tree(child.workdir)
 
     def _stderr_tail(self) -> str:
         if self._stderr is None:
@@ -257,33 +280,141 @@ class Sandbox:
     # --- running ------------------------------------------------------------------------
 
     def run(self, request: SandboxRequest, broker: Broker | None = None, *,
-            check_layers: LayerCheck | None = None) -> SandboxResult:
-        """Run ``request`` in a fresh sandboxed child; raises a SandboxError subclass when
-        it cannot run, hits a limit, fails, or returns something that is not tensors.
+            check_layers: LayerCheck | None = None,
+            reuse: str | None = None) -> SandboxResult:
+        """Run ``request`` in a sandboxed child; raises a SandboxError subclass when it
+        cannot run, hits a limit, fails, or returns something that is not tensors.
 
         ``check_layers`` is called with the layers this very child got (every layer,
         unavailable ones with the reason), after its sandbox is in place and before it
         receives the call: an exception it raises ends the child before any repository
         code runs. (It replaces a separate probe: no extra child, and the layers judged
         are the ones the code runs under.)
+
+        ``reuse`` (None: a fresh child for this call alone) lets calls of one repository
+        share a warm child, as torch.hub shares its ``sys.modules``: the child imports
+        hubconf.py once and forks one grandchild per call. It must identify everything
+        outside the request that decides what the code may do and see: the repository
+        content (commit or tree digest) and the policy, fetcher and broker settings. A
+        child is reused only when that string, the repository folder's real path, the
+        limits, the required and skipped layers and the bytecode folder are all equal.
         """
         with self._lock:
-            return _Run(self, request, broker, check_layers).execute()
+            if reuse is None:
+                return _Run(self, request, broker, check_layers).execute()
+            self._expire()
+            key = _reuse_key(request, reuse)
+            warm = self._warm.get(key)
+            if warm is not None and self._doubtful(warm):
+                self._drop(warm)
+                warm = None
+            if warm is not None:
+                self._warm.move_to_end(key)
+            return _WarmRun(self, request, broker, check_layers, key, warm).execute()
+
+    # --- warm children ------------------------------------------------------------------
+
+    def _keep(self, warm: _Warm) -> bool:
+        """Keep ``warm`` for later calls if the process-wide bound allows (the least
+        recently used children are closed to make room)."""
+        self._warm[warm.key] = warm
+        self._warm.move_to_end(warm.key)
+        _remember(self, warm)
+        while len(_warm_lru) > _MAX_WARM_CHILDREN:
+            if not _evict_one(self):
+                break
+        return warm.key in self._warm
+
+    def _drop(self, warm: _Warm) -> None:
+        """End a warm child and everything it started; it serves no other call."""
+        if self._warm.get(warm.key) is warm:
+            del self._warm[warm.key]
+        _forget(warm)
+        control = self._control
+        if control is not None and warm.rid not in self._exits and not warm.ended:
+            with contextlib.suppress(ChannelClosed, OSError):
+                control.send({"t": "kill", "id": warm.rid})
+            deadline = time.monotonic() + _EXIT_WAIT_S
+            while warm.rid not in self._exits and time.monotonic() < deadline:
+                try:
+                    message, fds = control.recv(deadline)
+                except TimeoutError:
+                    break
+                except (ChannelClosed, ProtocolError, OSError):
+                    self._shutdown()
+                    break
+                for fd in fds:
+                    os.close(fd)
+                if message.get("t") == "exit" and isinstance(message.get("id"), int):
+                    self._exits[message["id"]] = message
+        self._exits.pop(warm.rid, None)
+        warm.ended = True
+        warm.channel.close()
+        _remove_tree(warm.workdir)
+
+    def _doubtful(self, warm: _Warm) -> bool:
+        """Whether an idle warm child ended or spoke out of turn since its last call (then
+        it is not used: the call starts a new one)."""
+        control = self._control
+        if self.zygote_pid is None or control is None:
+            return True
+        try:
+            while select.select([control.sock], [], [], 0)[0]:
+                message, fds = control.recv(time.monotonic() + 1)
+                for fd in fds:
+                    os.close(fd)
+                if message.get("t") == "exit" and isinstance(message.get("id"), int):
+                    self._exits[message["id"]] = message
+        except (TimeoutError, ChannelClosed, ProtocolError, OSError):
+            return True
+        if warm.rid in self._exits:
+            warm.ended = True
+            return True
+        if warm.pending:
+            # The last call's end, reported after its result went back: every process of
+            # that call is gone before the next call is handed over, or the child goes.
+            try:
+                message, fds = warm.channel.recv(time.monotonic() + _EXIT_WAIT_S)
+            except (TimeoutError, ChannelClosed, ProtocolError, OSError):
+                return True
+            for fd in fds:
+                os.close(fd)
+            if fds or not _call_done(message, warm.pending):
+                return True
+            warm.pending = 0
+        # Seen by this process in /proc, not told by the sandbox: the warm child is the only
+        # process left in its PID namespace (every process there descends from it).
+        if warm.outer is None or not _alone(warm.outer):
+            return True
+        # An idle child sends nothing: a frame or the end of its channel is a reason to go.
+        return bool(select.select([warm.channel.sock], [], [], 0)[0])
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for warm in [w for w in self._warm.values() if now - w.used > _WARM_IDLE_S]:
+            self._drop(warm)
+
+    def warm_children(self) -> int:
+        """How many warm children this sandbox holds (see :meth:`run`'s ``reuse``)."""
+        with self._lock:
+            return len(self._warm)
 
 
 class _Run:
     """One request's life: spawn, handshake, broker, result, cleanup."""
 
     def __init__(self, sandbox: Sandbox, request: SandboxRequest | None, broker: Broker | None,
-                 check_layers: LayerCheck | None = None):
+                 check_layers: LayerCheck | None = None, *, workdir: Path | None = None,
+                 grants: str = ""):
         self.sb = sandbox
         self.check_layers = check_layers
         self.request = request
         self.limits = request.limits if request else SandboxLimits()
-        self.workdir = Path(tempfile.mkdtemp(prefix="safehub-sandbox-"))
-        self.service = BrokerService(broker, self.workdir / "grants")
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="safehub-sandbox-"))
+        self.service = BrokerService(broker, self.workdir / "grants" / grants)
         self.channel: Channel | None = None
         self.rid = -1
+        self.child_pid: int | None = None  # the outer child, as the zygote reports it
         self.exit: dict[str, Any] | None = None
         self.ready: dict[str, Any] | None = None
         self.times: dict[str, float] = {}
@@ -315,22 +446,24 @@ class _Run:
             raise InternalError("sandbox run without a request")
         try:
             self._check_request(request)
-            if request.unsafe_skip_layers:
-                log.warning("UNSAFE: sandbox layers skipped on request: %s",
-                            ", ".join(sorted(x.value for x in request.unsafe_skip_layers)))
-            limits = asdict(self.limits)
-            limits["threads"] = self.limits.effective_threads
-            # The entrypoint and its arguments are not in this config: the zygote reads
-            # it, and what the zygote reads stays in memory its later children inherit.
-            # They go to the child on its own channel once it is sandboxed (_send_call).
-            self._spawn({
-                "op": request.op.value, "repo_dir": str(request.repo_dir), "limits": limits,
-                "pycache_dir": bytecode.compiled(str(request.repo_dir)),
-                "required": sorted(x.value for x in request.required_layers),
-                "skip": sorted(x.value for x in request.unsafe_skip_layers)})
+            self._spawn(self._config(request, request.op.value))
             return self._loop()
         finally:
             self._finish()
+
+    def _config(self, request: SandboxRequest, op: str) -> dict[str, Any]:
+        if request.unsafe_skip_layers:
+            log.warning("UNSAFE: sandbox layers skipped on request: %s",
+                        ", ".join(sorted(x.value for x in request.unsafe_skip_layers)))
+        limits = asdict(self.limits)
+        limits["threads"] = self.limits.effective_threads
+        # The entrypoint and its arguments are not in this config: the zygote reads
+        # it, and what the zygote reads stays in memory its later children inherit.
+        # They go to the child on its own channel once it is sandboxed (_send_call).
+        return {"op": op, "repo_dir": str(request.repo_dir), "limits": limits,
+                "pycache_dir": bytecode.compiled(str(request.repo_dir)),
+                "required": sorted(x.value for x in request.required_layers),
+                "skip": sorted(x.value for x in request.unsafe_skip_layers)}
 
     # steps
 
@@ -376,6 +509,9 @@ class _Run:
             if message.get("id") != self.rid:
                 continue
             if message["t"] == "spawned":
+                pid = message.get("pid")
+                self.child_pid = pid if isinstance(pid, int) and not isinstance(pid, bool) \
+                    else None
                 break
             if message["t"] == "spawn_failed":
                 raise IsolationUnavailable("the sandbox could not start a child", layer=None,
@@ -526,6 +662,11 @@ class _Run:
         self.ready = message
         self.t_ready = time.monotonic()
         self.times["setup_s"] = self.t_ready - self.t_spawned
+        self._admit(message)
+
+    def _admit(self, message: dict[str, Any]) -> None:
+        """Judge the child's layers (``message`` is its checked ready frame), then send
+        it the call."""
         required = self.request.required_layers if self.request else frozenset()
         absent = sorted(x.value for x in required - set(message["applied"]))
         if absent:  # the child enforces this itself; checked again here
@@ -596,21 +737,22 @@ class _Run:
         done = time.monotonic()
         self.times["run_s"] = received - self.t_ready
         self.times["receive_s"] = done - received
-        # The child ends by itself right after sending; give it a moment (its usage is
-        # only counted once it is reaped), then the tree goes regardless.
-        self._await_exit(_GRACE_S)
-        self._kill()
-        self._await_exit()
+        usage = _usage(self._settle())
         self.times["total_s"] = time.monotonic() - self.t_spawned + self.times["spawn_s"]
-        usage = {}
-        if self.exit is not None:
-            usage = {"cpu_s": float(self.exit.get("cpu_s") or 0.0),
-                     "max_rss_mb": float(self.exit.get("max_rss_kb") or 0) / 1024}
         return SandboxResult(
             op=request.op, tensors=tensors, entrypoints=entrypoints, doc=doc,
             layers_applied=dict(self.ready["applied"]), layers_missing=dict(self.ready["missing"]),
             timings=dict(self.times), usage=usage, aliased=aliased,
             fetched=tuple(self.service.fetched), shape=result_shape, file=file)
+
+    def _settle(self) -> dict[str, Any] | None:
+        """After the result: the child's exit (its usage), the tree ended regardless."""
+        # The child ends by itself right after sending; give it a moment (its usage is
+        # only counted once it is reaped), then the tree goes regardless.
+        self._await_exit(_GRACE_S)
+        self._kill()
+        self._await_exit()
+        return self.exit
 
     # failures
 
@@ -741,6 +883,328 @@ class _Run:
                     self._await_exit()
         finally:
             _remove_tree(self.workdir)
+
+
+@dataclass(eq=False)
+class _Warm:
+    """A warm child: sandboxed once, hubconf.py imported once, one grandchild per call."""
+
+    key: tuple[object, ...]
+    rid: int
+    channel: Channel  # the warm child's own channel (ready, warm, call_done; call channels)
+    workdir: Path
+    ready: dict[str, Any] = field(default_factory=dict)
+    calls: int = 0
+    used: float = field(default_factory=time.monotonic)
+    ended: bool = False
+    pending: int = 0  # a call whose call_done is still to be read (before the next call)
+    outer: int | None = None  # the outer child's pid (the zygote's child)
+
+
+class _WarmRun(_Run):
+    """One call served by a warm child: the first call of a key creates the child (its
+    sandbox as a one-off child's), later calls only hand it a fresh channel.
+
+    The warm child's frames are checked like any child's: it ran repository code (the
+    import), so what it reports (``warm``, ``call_done``) decides nothing but whether
+    the child is kept, and any doubt ends it. The call's result, broker requests and
+    errors travel on the call's own channel, served by this call's own broker.
+    """
+
+    def __init__(self, sandbox: Sandbox, request: SandboxRequest, broker: Broker | None,
+                 check_layers: LayerCheck | None, key: tuple[object, ...],
+                 warm: _Warm | None):
+        self.number = warm.calls + 1 if warm is not None else 1
+        super().__init__(sandbox, request, broker, check_layers,
+                         workdir=warm.workdir if warm is not None else None,
+                         grants=f"call-{self.number}")
+        self.key = key
+        self.warm = warm
+        self.wchan: Channel | None = warm.channel if warm is not None else None
+        self.reusable: bool | None = True if warm is not None else None
+        self.done: dict[str, Any] | None = None
+        self.doomed = False  # the warm child ends with this call
+        self.kept = False
+
+    def execute(self) -> SandboxResult:
+        request = self.request
+        if request is None:
+            raise InternalError("sandbox run without a request")
+        try:
+            self._check_request(request)
+            if self.warm is None:
+                self._spawn(self._config(request, "warm"))
+                if self.channel is None:
+                    raise InternalError("warm child spawned without a channel")
+                self.wchan, self.channel = self.channel, None
+                self.warm = _Warm(self.key, self.rid, self.wchan, self.workdir,
+                                  outer=self.child_pid)
+            else:
+                self.rid = self.warm.rid
+                self.ready = self.warm.ready
+                self.t_spawned = self.t_ready = time.monotonic()
+                self.times.update(spawn_s=0.0, setup_s=0.0)
+                self._admit(self.ready)
+            result = self._loop()
+        except SafehubError as exc:
+            soft = isinstance(exc, (RepoCodeError, UnknownEntrypoint, BadResult)) or not \
+                isinstance(exc, (SandboxError, InternalError))
+            if soft and not self.doomed and self.ready is not None:
+                self._settle()  # the call failed in its grandchild; the warm child may stay
+            else:
+                self.doomed = True
+            raise
+        except BaseException:
+            self.doomed = True
+            raise
+        finally:
+            self._finish()
+        return result
+
+    # the call's channel
+
+    def _send_call(self) -> None:
+        request, warm, wchan = self.request, self.warm, self.wchan
+        if request is None or warm is None or wchan is None or self.ready is None:
+            raise InternalError("warm call without its child")
+        warm.ready = self.ready
+        self.service.grants_dir.mkdir(mode=0o755)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.channel = Channel(ours)
+        wchan.sock.settimeout(max(0.1, self._deadline() - time.monotonic()))
+        try:
+            # The first call's seed goes with it: the warm child seeds before it imports
+            # hubconf.py, as torch.hub's first call does (later calls seed afresh).
+            first = {"seed": request.seed} if self.number == 1 else {}
+            wchan.send({"t": "warm_call", "n": self.number, **first}, [theirs.fileno()])
+        except TimeoutError:
+            raise self._protocol("the warm child stopped reading") from None
+        finally:
+            wchan.sock.settimeout(None)
+            theirs.close()
+        warm.calls = self.number
+        self._send({"t": "call", "op": request.op.value, "entrypoint": request.entrypoint,
+                    "args": list(request.args), "kwargs": dict(request.kwargs),
+                    "seed": request.seed, "scripts": request.script_archives})
+
+    # events
+
+    def _step(self, deadline: float) -> SandboxResult | None:
+        control, wchan = self.sb._control, self.wchan
+        if control is None or wchan is None:
+            raise InternalError("sandbox step without its channels")
+        call = self.channel if self.channel is not None and self.channel.sock.fileno() >= 0 \
+            else None
+        if self.exit is not None and call is None:
+            raise self._crash()
+        watch = [control.sock] + ([wchan.sock] if wchan.sock.fileno() >= 0 else []) + (
+            [call.sock] if call is not None else [])
+        readable = select.select(watch, [], [], max(0.0, deadline - time.monotonic()))[0]
+        if control.sock in readable:
+            self._control_message(time.monotonic() + 5)
+        if wchan.sock in readable:
+            self._warm_frame(deadline)
+        if call is not None and call.sock in readable and call.sock.fileno() >= 0:
+            try:
+                message, fds = call.recv(deadline)
+            except ChannelClosed:
+                call.close()
+                self._wait(lambda: self.done is not None, _EXIT_WAIT_S)
+                raise self._crash() from None
+            except TimeoutError:
+                return None
+            except ProtocolError as exc:
+                raise self._protocol(str(exc)) from None
+            return self._on_frame(message, fds)
+        return None
+
+    def _warm_frame(self, deadline: float) -> None:
+        wchan = self.wchan
+        if wchan is None:
+            return
+        try:
+            message, fds = wchan.recv(deadline)
+        except TimeoutError:
+            return
+        except ChannelClosed:
+            wchan.close()  # the warm child ended: a one-off that served its call, or a crash
+            if not self.reusable:
+                return
+            self.doomed = True
+            if self.ready is None or self.channel is None:
+                self._await_exit()
+                raise self._crash() from None
+            return
+        except ProtocolError as exc:
+            raise self._protocol(str(exc)) from None
+        if self.ready is None:
+            self._on_frame(message, fds)  # ready, or setup_failed
+            return
+        for fd in fds:
+            os.close(fd)
+        kind = message["t"]
+        if fds:
+            raise self._protocol("descriptors from the warm child")
+        if kind == "warm" and self.reusable is None and isinstance(message.get("reusable"),
+                                                                    bool):
+            self.reusable = message["reusable"]
+            if not self.reusable:
+                log.info("sandbox: %s is served by a one-off child (reuse is not safe here)",
+                         self.subject)
+        elif (kind == "call_done" and self.done is None and self.reusable
+              and message.get("n") == self.number and _exit_code(message) is not None):
+            self.done = {"code": message["code"], **_usage_fields(message)}
+        else:
+            raise self._protocol(f"unexpected frame '{clean_text(kind, 50)}' from the warm "
+                                 "child")
+
+    def _wait(self, until: Callable[[], bool], wait_s: float) -> None:
+        deadline = time.monotonic() + wait_s
+        while not until() and self.exit is None and time.monotonic() < deadline:
+            if self.channel is not None and self.channel.sock.fileno() >= 0:
+                self.channel.close()  # nothing more is read from this call
+            self._step(deadline)
+
+    # endings
+
+    def _settle(self) -> dict[str, Any] | None:
+        """After the call's result or error: keep the warm child when it reports the call
+        ended (every process of it killed, its folder removed); else end it."""
+        with contextlib.suppress(SafehubError):
+            self._wait(lambda: self.reusable is not None, _EXIT_WAIT_S)
+        ready = self.ready or {}
+        if (self.reusable and self.warm is not None and self.exit is None and not self.doomed
+                and (self.done is None or self.done["code"] == 0)
+                and Layer.PIDNS in ready.get("applied", {})):
+            # The grandchild's end (call_done) is read before the next call, not waited
+            # for here: the warm child kills what the call left while the result goes back.
+            self.warm.pending = self.number if self.done is None else 0
+            self.kept = True
+            return self.done
+        self.doomed = True
+        super()._settle()
+        return self.done or self.exit
+
+    def _kill(self) -> None:
+        self.doomed = True
+        super()._kill()
+
+    def _crash(self) -> SandboxFailure:
+        self.doomed = True
+        if self.done is None:
+            return super()._crash()
+        saved, self.exit = self.exit, self.done  # the grandchild's exit, as the warm child says
+        try:
+            return super()._crash()
+        finally:
+            self.exit = saved
+
+    def _finish(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+        warm = self.warm
+        if warm is None:  # no child was made
+            super()._finish()
+            return
+        warm.used = time.monotonic()
+        if self.exit is not None:
+            warm.ended = True
+        if self.kept and not self.doomed and self.sb._keep(warm):
+            _remove_tree(self.service.grants_dir)
+        else:
+            self.sb._drop(warm)
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as fh:
+            found += [int(x) for x in fh.read().split()]
+    return found
+
+
+def _alone(outer: int) -> bool:
+    """Whether the sandbox of outer child ``outer`` is down to the outer child and its one
+    child, the warm child, which has no child process. False when it cannot be told (no
+    ``/proc/PID/task/TID/children``, a kernel without CONFIG_PROC_CHILDREN: no reuse)."""
+    try:
+        inner = _children(outer)
+        return len(inner) == 1 and not _children(inner[0])
+    except (OSError, ValueError):
+        return False
+
+
+def _exit_code(message: dict[str, Any]) -> int | None:
+    code = message.get("code")
+    return code if isinstance(code, int) and not isinstance(code, bool) else None
+
+
+def _call_done(message: dict[str, Any], number: int) -> bool:
+    """Whether ``message`` says call ``number`` ended by itself (exit 0)."""
+    return (message.get("t") == "call_done" and message.get("n") == number
+            and _exit_code(message) == 0)
+
+
+def _usage_fields(message: dict[str, Any]) -> dict[str, float]:
+    cpu, rss = message.get("cpu_s"), message.get("max_rss_kb")
+    return {"cpu_s": float(cpu) if _number(cpu) else 0.0,
+            "max_rss_kb": float(rss) if _number(rss) else 0.0}
+
+
+def _reuse_key(request: SandboxRequest, reuse: str) -> tuple[object, ...]:
+    repo = str(request.repo_dir)
+    return (reuse, repo, os.path.realpath(repo), astuple(request.limits),
+            request.limits.effective_threads,
+            tuple(sorted(x.value for x in request.required_layers)),
+            tuple(sorted(x.value for x in request.unsafe_skip_layers)),
+            bytecode.compiled(repo))
+
+
+def _remember(sandbox: Sandbox, warm: _Warm) -> None:
+    with _warm_lock:
+        _warm_lru[warm] = weakref.ref(sandbox)
+        _warm_lru.move_to_end(warm)
+
+
+def _forget(warm: _Warm) -> None:
+    with _warm_lock:
+        _warm_lru.pop(warm, None)
+
+
+def _evict_one(current: Sandbox) -> bool:
+    """Close the least recently used warm child whose sandbox is free (this one's
+    included); False when none can be closed now."""
+    with _warm_lock:
+        candidates = list(_warm_lru.items())
+    for warm, ref in candidates:
+        owner = ref()
+        if owner is None:
+            _forget(warm)
+            return True
+        if owner is current:
+            owner._drop(warm)
+            return True
+        if owner._lock.acquire(blocking=False):
+            try:
+                owner._drop(warm)
+            finally:
+                owner._lock.release()
+            return True
+    return False
+
+
+def _usage(exit: dict[str, Any] | None) -> dict[str, float]:
+    # What the zygote or a warm child says: for reports only, never a decision.
+    if exit is None:
+        return {}
+    cpu, rss = exit.get("cpu_s"), exit.get("max_rss_kb")
+    return {"cpu_s": float(cpu) if _number(cpu) else 0.0,
+            "max_rss_mb": float(rss) / 1024 if _number(rss) else 0.0}
+
+
+def _number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(
+        value)
 
 
 def _str_list(value: object) -> TypeGuard[list[str]]:

@@ -20,6 +20,7 @@ zygote kills every child's process group and exits.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import selectors
 import signal
@@ -127,6 +128,7 @@ def _handle(control: Channel, message: dict[str, Any], fds: list[int],
             f"the zygote has {threads} threads; namespaces and Landlock need exactly one")})
         return
     zygote_pid = os.getpid()
+    gc.freeze()  # a child's collections leave the zygote's pages shared (no copy-on-write)
     pid = os.fork()
     if pid == 0:
         from safehub._sandbox.child import run_outer
