@@ -119,6 +119,7 @@ class Sandbox:
         if not all(isinstance(p, str) and p.isidentifier() for p in self.packages):
             raise ValueError(f"packages must be top-level module names: {self.packages!r}")
         self._starter: threading.Thread | None = None
+        self._starter_lock = threading.Lock()
         self.start_timeout_s = start_timeout_s
         self._lock = threading.RLock()
         self._proc: subprocess.Popen[bytes] | None = None
@@ -202,7 +203,9 @@ class Sandbox:
     def start_in_background(self) -> None:
         """Start the zygote in a thread, so its start overlaps the caller's other work;
         the next :meth:`run` (or :meth:`start`) waits for it. Errors surface there."""
-        with self._lock:
+        # Not under self._lock: the starting thread holds it until the zygote greets, and a
+        # second early start (the API's, then the runner's) must not wait for that.
+        with self._starter_lock:
             if self._starter is not None and self._starter.is_alive():
                 return
             if self.zygote_pid is not None and self._control is not None:

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import safehub
@@ -162,3 +163,21 @@ def test_first_call_starts_the_zygote_before_importing_the_policy_engine(tmp_pat
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=300, cwd=tmp_path, env={**os.environ, "PYTHONPATH": root})
     assert "already imported: []" in done.stdout, done.stdout + done.stderr
+
+
+def test_a_second_early_start_does_not_wait_for_the_zygote() -> None:
+    # The API starts the zygote early, then the runner asks again: that second request must
+    # return at once, not hold the caller until the zygote (importing torch, seconds) greets.
+    sandbox = supervisor.Sandbox()
+    try:
+        sandbox.start_in_background()
+        deadline = time.monotonic() + 60
+        while sandbox._proc is None and time.monotonic() < deadline:
+            time.sleep(0.001)  # the starting thread holds the sandbox's lock from here on
+        sandbox.start_in_background()
+        starter = sandbox._starter
+        assert starter is not None and starter.is_alive(), "the second start waited"
+        sandbox.start()
+        assert sandbox.zygote_pid is not None
+    finally:
+        sandbox.close()
