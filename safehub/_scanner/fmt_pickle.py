@@ -81,7 +81,10 @@ def _scan_extra_streams(scan: FileScan, cursor: PickleCursor, stream: StreamResu
     count = 0
     while True:
         count += 1
-        parsed_something = stream.stopped or bool(stream.globals or stream.calls)
+        # A stream cut short still ran what came before the cut: an EXT import (a module
+        # the loading process registered with copyreg) or a computed one.
+        parsed_something = stream.stopped or bool(stream.globals or stream.calls
+                                                  or stream.extensions or stream.computed)
         if not parsed_something:
             scan.add("SH113", "bytes follow the end of the pickle", location=location,
                      offset=stream.start)
