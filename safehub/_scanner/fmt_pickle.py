@@ -191,6 +191,12 @@ def _probe_inline_arrays(scan: FileScan, stream: StreamResult, location: str,
 
 
 def _judge_plain_probe(scan: FileScan, probe: StreamResult, location: str) -> None:
+    if probe.limit:
+        # Fail closed: the reading was not followed to its end, and what lies past the
+        # limit (the next legacy record, say) would be loaded unseen.
+        scan.add("SH191", f"reading joblib array bytes as plain pickle.load does stopped: "
+                 f"{probe.limit}", location=location, offset=probe.start,
+                 subject="joblib-array")
     if probe.globals or probe.computed or probe.calls or probe.extensions:
         scan.add("SH114", "joblib array bytes also parse as a pickle that plain "
                  "pickle.load (or torch.load's legacy reader) would run", location=location,
