@@ -82,9 +82,11 @@ def _scan_extra_streams(scan: FileScan, cursor: PickleCursor, stream: StreamResu
     while True:
         count += 1
         # A stream cut short still ran what came before the cut: an EXT import (a module
-        # the loading process registered with copyreg) or a computed one.
+        # the loading process registered with copyreg) or a computed one. One the analysis
+        # stopped at a limit is no proof of anything: torch reads on to its end (SH191).
         parsed_something = stream.stopped or bool(stream.globals or stream.calls
-                                                  or stream.extensions or stream.computed)
+                                                  or stream.extensions or stream.computed
+                                                  or stream.limit)
         if not parsed_something:
             scan.add("SH113", "bytes follow the end of the pickle", location=location,
                      offset=stream.start)

@@ -102,3 +102,20 @@ def test_cut_legacy_record_that_only_imports_by_extension_code_is_judged(
     report = scan_one(path, ScanOptions(block_severity=Severity.HIGH))
     assert report.verdict is Verdict.UNSAFE
     assert "SH103" in rules(report)
+
+
+def test_legacy_protocol_record_past_the_opcode_budget_fails_closed(
+        tmp_path: Path, fire: Any) -> None:
+    """A protocol record of more opcodes than the file's analysis budget, which still ends
+    in 1001: the scanner's reading stopped at the budget, took the record for trailing
+    bytes (SH113, clean under permissive) and read no further, while torch.load went on
+    to the object record and ran its payload."""
+    marker = "legacy_protocol_budget"
+    protocol = b"\x80\x02" + b"N0" * 2_600_000 + b"M\xe9\x03."
+    path = B.write(tmp_path / "model.pt", pickle.dumps(0x1950A86A20F9469CFC6C, 2) + protocol
+                   + pickle.dumps({}, 2) + B.os_system_p0(marker) + pickle.dumps([], 2))
+    assert fire([(path, "torch")]) == {marker}
+
+    report = scan_one(path, ScanOptions(block_severity=Severity.HIGH))
+    assert report.verdict is Verdict.UNSAFE
+    assert "SH191" in rules(report)
