@@ -30,6 +30,8 @@ STORAGE_ELEMENT_SIZE = {
     "QUInt2x4": 1, "QUInt4x2": 1, "QUInt8": 1, "Short": 2, "Untyped": 1,
 }
 _MAX_EXTRA_STREAMS = 64
+# Pickles torch's legacy raw reader loads one after another (see the module docstring).
+_LEGACY_READS = 5
 _TO_THE_END = 1 << 62  # a region length that lets a probe read on to the end of the file
 
 
@@ -56,9 +58,9 @@ def scan_pickle_file(scan: FileScan, src: ByteSource, *, location: str = "", bas
     second = cursor.stream()
     if second.stopped and second.value == LEGACY_PROTOCOL and not second.globals:
         scan.format = "torch-legacy"
-        _scan_legacy_rest(scan, cursor, first, second, location)
+        _scan_legacy_rest(scan, cursor, first, second, location, reopen)
         return cursor, True
-    _scan_extra_streams(scan, cursor, second, location)
+    _scan_extra_streams(scan, cursor, second, location, reopen)
     return cursor, True
 
 
@@ -74,12 +76,17 @@ def _name_format(first: StreamResult) -> str:
 
 
 def _scan_extra_streams(scan: FileScan, cursor: PickleCursor, stream: StreamResult,
-                        location: str) -> None:
+                        location: str, reopen: Reopen | None) -> None:
     """Everything after the first STOP: more pickles (SH112) or other bytes (SH113)."""
     count = 0
     while True:
         count += 1
-        parsed_something = stream.stopped or bool(stream.globals or stream.calls)
+        # A stream cut short still ran what came before the cut: an EXT import (a module
+        # the loading process registered with copyreg) or a computed one. One the analysis
+        # stopped at a limit is no proof of anything: torch reads on to its end (SH191).
+        parsed_something = stream.stopped or bool(stream.globals or stream.calls
+                                                  or stream.extensions or stream.computed
+                                                  or stream.limit)
         if not parsed_something:
             scan.add("SH113", "bytes follow the end of the pickle", location=location,
                      offset=stream.start)
@@ -87,6 +94,7 @@ def _scan_extra_streams(scan: FileScan, cursor: PickleCursor, stream: StreamResu
         scan.add("SH112", f"pickle stream #{count + 1} follows the first one",
                  location=location, offset=stream.start, subject=f"stream-{count + 1}")
         judge_stream(scan, stream, location, Loader.PICKLE)
+        _probe_inline_arrays(scan, stream, location, reopen)
         if not stream.stopped or cursor.at_eof():
             return
         if count >= _MAX_EXTRA_STREAMS:
@@ -97,14 +105,16 @@ def _scan_extra_streams(scan: FileScan, cursor: PickleCursor, stream: StreamResu
 
 
 def _scan_legacy_rest(scan: FileScan, cursor: PickleCursor, magic: StreamResult,
-                      protocol: StreamResult, location: str) -> None:
+                      protocol: StreamResult, location: str, reopen: Reopen | None) -> None:
     if magic.value != LEGACY_MAGIC:
         scan.add("SH110", f"legacy torch file whose magic number is {render(magic.value)}, "
                  "not a constant", location=location, offset=magic.start, subject="magic")
     judge_stream(scan, protocol, location, Loader.TORCH_LEGACY)
+    _probe_inline_arrays(scan, protocol, location, reopen)
     streams = [cursor.stream() for _ in range(3)]  # system info, object, storage keys
     for stream in streams:
         judge_stream(scan, stream, location, Loader.TORCH_LEGACY)
+        _probe_inline_arrays(scan, stream, location, reopen)
         if not stream.stopped:
             return
     main, keys_stream = streams[1], streams[2]
@@ -159,15 +169,38 @@ def _probe_inline_arrays(scan: FileScan, stream: StreamResult, location: str,
     to the end of the file. Ordinary numbers fail to parse within a few bytes; a region
     that imports or calls anything is a polyglot. Without a way to re-read the source
     (compressed files), the kept head of the region is probed instead.
+
+    The first array is where the plain reading of the stream leaves joblib's: when that
+    reading stops (a STOP in the array bytes), torch's legacy reader loads the next
+    pickles from there (protocol, system info, the object, storage keys), streams the
+    joblib reading skipped as array data. Those are read and judged too.
     """
-    for array in stream.inline_arrays:
+    for index, array in enumerate(stream.inline_arrays):
         if not array.head:
             continue
         start = array.offset
         src = reopen(start, _TO_THE_END) if reopen is not None else BytesSource(array.head)
-        probe = PickleCursor(src, base=start, limits=scan.options.limits).stream(array.state)
-        if probe.globals or probe.computed or probe.calls or probe.extensions:
-            scan.add("SH114", "joblib array bytes also parse as a pickle that plain "
-                     "pickle.load would run", location=location, offset=start,
-                     subject="joblib-array")
-            judge_stream(scan, probe, location, Loader.PICKLE)
+        cursor = PickleCursor(src, base=start, limits=scan.options.limits)
+        probe = cursor.stream(array.state)
+        _judge_plain_probe(scan, probe, location)
+        if index or reopen is None:
+            continue
+        for _ in range(_LEGACY_READS - 1):
+            if not probe.stopped or probe.limit or cursor.at_eof():
+                break
+            probe = cursor.stream()
+            _judge_plain_probe(scan, probe, location)
+
+
+def _judge_plain_probe(scan: FileScan, probe: StreamResult, location: str) -> None:
+    if probe.limit:
+        # Fail closed: the reading was not followed to its end, and what lies past the
+        # limit (the next legacy record, say) would be loaded unseen.
+        scan.add("SH191", f"reading joblib array bytes as plain pickle.load does stopped: "
+                 f"{probe.limit}", location=location, offset=probe.start,
+                 subject="joblib-array")
+    if probe.globals or probe.computed or probe.calls or probe.extensions:
+        scan.add("SH114", "joblib array bytes also parse as a pickle that plain "
+                 "pickle.load (or torch.load's legacy reader) would run", location=location,
+                 offset=probe.start, subject="joblib-array")
+        judge_stream(scan, probe, location, Loader.PICKLE)

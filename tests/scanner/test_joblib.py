@@ -104,3 +104,64 @@ def test_decompression_bomb_stops_at_the_record_limit(tmp_path: Path) -> None:
     report = scan_one(path, ScanOptions(max_record_size=8 << 20))
     assert report.verdict is Verdict.UNSAFE
     assert rules(report) & {"SH191", "SH111"}
+
+
+def _array_hiding_legacy_streams(marker: str, *, system_info: bytes = b"") -> bytes:
+    """A joblib dump (protocol 2) whose one uint8 array holds, from its padding byte on,
+    what plain ``pickle.load`` reads after the wrapper's BUILD: POPs, torch's legacy magic
+    number and STOP, then the protocol, system-info and object pickles (the object runs
+    the payload) and the storage keys. joblib skips those bytes as padding and data."""
+    import pickle
+    import struct
+
+    magic = 0x1950A86A20F9469CFC6C
+    plain = (b"00\x8a\x0a" + magic.to_bytes(10, "little") + b"." + pickle.dumps(1001, 2)
+             + (system_info or pickle.dumps({}, 2)) + B.os_system_p0(marker)
+             + pickle.dumps([], 2))
+    size = max(len(plain) + 8, 1 << 17)  # a BININT shape, before and after the edit
+    buf = io.BytesIO()
+    joblib.dump({"a": np.full(size, 0xAB, np.uint8)}, buf, protocol=2)
+    data = buf.getvalue()
+    data_at = data.index(b"\xab" * size)
+    pad_at = data.rindex(b"K\x10ub", 0, data_at) + 4  # after the wrapper's BUILD
+    padding = 0x30  # the padding-length byte joblib reads is plain pickle's POP
+    region = (bytes([padding]) + plain).ljust(data_at + size - pad_at, b"\xab")
+    shape = b"shapeq\x07J"
+    assert data.count(shape + struct.pack("<i", size)) == 1
+    data = data.replace(shape + struct.pack("<i", size),
+                        shape + struct.pack("<i", len(region) - 1 - padding))
+    return data[:pad_at] + region + data[data_at + size:]
+
+
+def test_array_bytes_hiding_torch_legacy_streams_are_judged(
+        tmp_path: Path, fire: Any) -> None:
+    """torch.load reads a non-zip file as its legacy record sequence with plain pickle.load:
+    where joblib skips array bytes, it reads them as opcodes. A STOP in those bytes ended
+    torch's first record (the magic number), and the protocol, system info and object
+    records followed, inside what the scanner skipped as array data: it reported the file
+    clean under every policy while torch.load ran the object's payload."""
+    pytest.importorskip("torch")
+    marker = "joblib_array_legacy"
+    path = B.write(tmp_path / "model.pkl", _array_hiding_legacy_streams(marker))
+    assert fire([(path, "torch"), (path, "joblib")]) == {marker}
+
+    report = scan_one(path, replace(WRAPPER, block_severity=Severity.HIGH))
+    assert report.verdict is Verdict.UNSAFE
+    assert {"SH100", "SH114"} <= rules(report)
+
+
+def test_array_bytes_hiding_legacy_streams_past_the_opcode_budget_fail_closed(
+        tmp_path: Path, fire: Any) -> None:
+    """The same file, with a system-info record of more opcodes than the file's analysis
+    budget: the reading of the array bytes as torch's records stopped at the budget
+    without a word, and the object record after it ran under a clean verdict."""
+    pytest.importorskip("torch")
+    marker = "joblib_array_budget"
+    filler = b"\x80\x02" + b"N0" * 2_600_000 + b"}."
+    path = B.write(tmp_path / "model.pkl",
+                   _array_hiding_legacy_streams(marker, system_info=filler))
+    assert fire([(path, "torch")]) == {marker}
+
+    report = scan_one(path, replace(WRAPPER, block_severity=Severity.HIGH))
+    assert report.verdict is Verdict.UNSAFE
+    assert "SH191" in rules(report)
