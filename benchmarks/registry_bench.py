@@ -111,23 +111,57 @@ def policy_file(endpoint: str | None) -> Path:
     return path
 
 
+def drop_cache(folder: Path) -> None:
+    """Drop this registry's pages from the page cache (its files only, nothing else on
+    the machine), so that every disk row starts from a cold cache."""
+    started = time.perf_counter()
+    for path in folder.rglob("*.pt"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # pages not yet written back are not dropped
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    log(f"dropped {folder}'s pages from the page cache in {time.perf_counter() - started:.1f} s")
+
+
+def _proc_io() -> tuple[int, int]:
+    """(bytes asked of read calls, bytes read from storage) by this process so far."""
+    fields = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+    return int(fields["rchar"]), int(fields["read_bytes"])
+
+
+def read_counters(client: object | None) -> tuple[int, int]:
+    """``_proc_io`` summed over the processes that read the files: this one, or the
+    cluster's workers."""
+    if client is None:
+        return _proc_io()
+    counts = client.run(_proc_io).values()  # type: ignore[attr-defined]
+    return sum(c[0] for c in counts), sum(c[1] for c in counts)
+
+
 def measure(targets: list[str], count: int, executor: str | None,
-            policy: Path) -> dict[str, float]:
+            policy: Path, client: object | None = None) -> dict[str, float]:
     from safehub.audit import audit
 
+    io_before = read_counters(client) if sys.platform.startswith("linux") else (0, 0)
     started = time.perf_counter()
     result = audit(targets, policy=policy, incremental=False, workers=1,
                    executor=executor)
     seconds = time.perf_counter() - started
+    io_after = read_counters(client) if sys.platform.startswith("linux") else (0, 0)
     files = len(result.files)
     if files != count or result.report.unscanned:
         raise SystemExit(f"audited {files} files, expected {count}; not checked: "
                          f"{[(u.path, u.error) for u in result.report.unscanned[:3]]}")
     unsafe = len(result.unsafe)
     costs = list(result.remote.values())
-    log(f"{files} files ({unsafe} unsafe) in {seconds:.1f} s: {files / seconds:.1f} files/s")
+    log(f"{files} files ({unsafe} unsafe) in {seconds:.1f} s: {files / seconds:.1f} files/s; "
+        f"load average {os.getloadavg()[0]:.1f}")
     return {"files": files, "unsafe": unsafe, "seconds": seconds,
-            "rate": files / seconds,
+            "rate": files / seconds, "load": os.getloadavg()[0],
+            "read": (io_after[0] - io_before[0]) / files,
+            "disk": (io_after[1] - io_before[1]) / files,
             "requests": sum(r for r, _ in costs) / len(costs) if costs else 0.0,
             "bytes": sum(b for _, b in costs) / len(costs) if costs else 0.0}
 
@@ -156,6 +190,9 @@ def main() -> int:
                         help="apparent size of each checkpoint on disk (MiB)")
     parser.add_argument("--s3-mib", type=float, default=1.0,
                         help="size of each checkpoint on S3 (MiB)")
+    parser.add_argument("--cold", action="store_true",
+                        help="drop the registry's pages from the page cache before each disk "
+                             "row (posix_fadvise DONTNEED on its files only)")
     args = parser.parse_args()
     WORK = args.work
     n_disk = args.disk if args.disk is not None else (100_000 if args.full else 2_000)
@@ -172,6 +209,9 @@ def main() -> int:
     os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench",
                        "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
     clusters = {k: cluster(k) for k in (1, 2)}
+    import distributed
+
+    clients = {address: distributed.Client(local) for local, address in clusters.values()}  # type: ignore[no-untyped-call]
     try:
         pol = policy_file(None)
         for name, executor in (("1 process", None), ("Dask, 1 worker", clusters[1][1]),
@@ -179,8 +219,12 @@ def main() -> int:
             if not n_disk:
                 break
             count = n_disk if executor is None else min(n_disk, args.dask_disk or n_disk)
+            if args.cold:
+                drop_cache(disk)
             log(f"disk: {name}, {count} files")
-            rows.append(("disk", name, measure(shards(disk, count), count, executor, pol)))
+            client = None if executor is None else clients[executor]
+            rows.append(("disk", name, measure(shards(disk, count), count, executor, pol,
+                                               client)))
         if n_s3:
             s3_files = WORK / "s3"
             generate(s3_files, n_s3, args.s3_mib)
@@ -193,6 +237,8 @@ def main() -> int:
                 log(f"s3: {name}")
                 rows.append(("s3", name, measure(["s3://registry/models/"], n_s3, executor, pol)))
     finally:
+        for client in clients.values():
+            client.close()  # type: ignore[no-untyped-call]
         for local, _ in clusters.values():
             local.close()  # type: ignore[attr-defined]
         if proc is not None:
@@ -200,16 +246,21 @@ def main() -> int:
             proc.wait()
 
     print(f"Registry: {n_disk} checkpoints of {args.mib:g} MiB (sparse) on disk, {n_s3} of "
-          f"{args.s3_mib:g} MiB on moto S3; {os.cpu_count()} CPUs.\n")
-    print("| where | how | files | unsafe | s | files/s | vs 1 process | requests/file "
-          "| bytes/file |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+          f"{args.s3_mib:g} MiB on moto S3; {os.cpu_count()} CPUs"
+          f"{'; each disk row from a cold page cache' if args.cold else ''}.\n")
+    print("On disk, bytes/file is what read calls returned (rchar), and in brackets what "
+          "came from storage (read_bytes), summed over the reading processes.\n")
+    print("| where | how | files | unsafe | s | files/s | vs 1 process | load avg "
+          "| requests/file | bytes/file |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     base: dict[str, float] = {}  # files/s are compared, so row sizes may differ
     for where, name, m in rows:
         base.setdefault(where, m["rate"])
+        got = (f"{m['requests']:.1f} | {m['bytes']:,.0f}" if where == "s3" else
+               f"- | {m['read']:,.0f} ({m['disk']:,.0f})")
         print(f"| {where} | {name} | {m['files']:.0f} | {m['unsafe']:.0f} | "
               f"{m['seconds']:.1f} | {m['rate']:.0f} | {m['rate'] / base[where]:.2f}x | "
-              f"{m['requests']:.1f} | {m['bytes']:.0f} |")
+              f"{m['load']:.1f} | {got} |")
     return 0
 
 

@@ -24,6 +24,9 @@ __all__ = ["default_workers", "run_jobs"]
 
 _BATCH_BYTES = 256 << 20  # files are batched until about this much may need hashing
 _BATCH_FILES = 32
+# A Dask task costs more round trips than a pool's (scheduler, result fetched from the
+# worker, release): larger batches, still at least 8 per worker.
+_DASK_BATCH_FILES = 256
 
 
 def default_workers() -> int:
@@ -47,10 +50,10 @@ def _run_batch(jobs: Sequence[Job]) -> list[Outcome]:
     return [run_job(job) for job in jobs]
 
 
-def _batches(jobs: list[Job], workers: int) -> Iterator[list[Job]]:
+def _batches(jobs: list[Job], workers: int, most: int = _BATCH_FILES) -> Iterator[list[Job]]:
     # Small batches keep every worker busy to the end; batching at all saves a round trip
     # per file. Files that need hashing are weighed by size.
-    per = max(1, min(_BATCH_FILES, len(jobs) // (workers * 8) or 1))
+    per = max(1, min(most, len(jobs) // (workers * 8) or 1))
     batch: list[Job] = []
     weight = 0
     for job in jobs:
@@ -91,8 +94,8 @@ def run_jobs(jobs: list[Job], *, workers: int,
     if not pending:
         return results
     if executor is not None:
-        for done_batch in executor.map_unordered(_run_batch,
-                                                 _batches(pending, executor.workers)):
+        batches = _batches(pending, executor.workers, _DASK_BATCH_FILES)
+        for done_batch in executor.map_unordered(_run_batch, batches):
             for outcome in done_batch:
                 report(outcome)
         return results
