@@ -85,21 +85,26 @@ def test_local_headers_are_asked_for_before_the_first_is_read(tmp_path: Path) ->
     with zipfile.ZipFile(path) as zf:
         tensors = [i.header_offset for i in zf.infolist() if "/data/" in i.filename]
     assert len(tensors) == 48 and tensors[1] - tensors[0] > (512 << 10)  # far apart
-    _drop(path, tensors[1:])
     size = path.stat().st_size
-    with _Watched(path, tensors[0], tensors[1:]) as fh:
-        eocd = find_eocd(fh, size)
-        assert eocd is not None
-        directory = read_directory(fh, size, eocd)
-    # Every header is still read and parsed by the scanner itself.
-    assert [e.header_offset for e in directory.entries if "/data/" in e.name] == tensors
-    assert all(e.data_offset > e.header_offset for e in directory.entries)
-    assert not directory.anomalies
-    # When the first tensor's header is read, the kernel already has the others coming
-    # (readahead is best effort: under memory or queue pressure it may drop some; without
-    # the hint none is there).
-    assert fh.seen is not None
-    assert sum(fh.seen) >= len(fh.seen) // 2, f"{sum(fh.seen)} of 47 headers asked for"
+    asked = []
+    for _ in range(3):  # readahead is best effort: a machine under memory pressure may drop it
+        _drop(path, tensors[1:])
+        with _Watched(path, tensors[0], tensors[1:]) as fh:
+            eocd = find_eocd(fh, size)
+            assert eocd is not None
+            directory = read_directory(fh, size, eocd)
+        # Every header is still read and parsed by the scanner itself.
+        assert [e.header_offset for e in directory.entries if "/data/" in e.name] == tensors
+        assert all(e.data_offset > e.header_offset for e in directory.entries)
+        assert not directory.anomalies
+        # When the first tensor's header is read, the kernel already has the others
+        # coming (without the hint none is there).
+        assert fh.seen is not None
+        asked.append(sum(fh.seen))
+        if asked[-1] >= len(fh.seen) // 2:
+            break
+    else:
+        pytest.fail(f"headers already asked for in three tries: {asked} of {len(tensors) - 1}")
 
 
 def test_verdicts_from_a_cold_cache_are_the_same(tmp_path: Path) -> None:
