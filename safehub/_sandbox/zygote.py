@@ -24,6 +24,7 @@ import gc
 import os
 import selectors
 import signal
+import sys
 from typing import Any
 
 from safehub._sandbox.channel import Channel, ChannelClosed, ProtocolError
@@ -104,6 +105,12 @@ def main(control_fd: int, *, preload_torch: bool = True, packages: tuple[str, ..
     finally:
         for _, pid in children.values():
             _kill_group(pid)
+        # Exit at once: finalizing an interpreter that imported torch takes a few hundred
+        # milliseconds, which the parent would wait for at its own exit. Nothing is left
+        # to flush but stderr.
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os._exit(0)
 
 
 def _handle(control: Channel, message: dict[str, Any], fds: list[int],
