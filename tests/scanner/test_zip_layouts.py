@@ -1,8 +1,8 @@
 """Zip layouts where the scanner and the loaders' own zip readers could part ways.
 
-Each test builds the file, shows with the real loader (``fire``) that its payload runs,
-and pins that the scan blocks it under the permissive policy too (which lets findings
-below HIGH through).
+Each test builds the file, shows with the real loader that its payload runs (``fire``) or
+that it reads other bytes than those a reading of the archive gives, and pins that the
+scan blocks it under the permissive policy too (which lets findings below HIGH through).
 """
 
 from __future__ import annotations
@@ -96,7 +96,9 @@ def test_record_miniz_takes_for_a_directory_is_not_what_torch_unpickles(
     with open(path, "rb") as fh:
         read = torch._C.PyTorchFileReader(fh).get_record("data.pkl")
     assert len(read) == len(data_pkl) and read != data_pkl  # not the record's bytes
-    assert fire([(path, "torch")]) == {"zip_directory_record"}
+    # Whether those bytes are the freed record's depends on the allocator reusing it (it
+    # does with glibc in a quiet process, not always under load): shown, not required.
+    assert fire([(path, "torch")]) <= {"zip_directory_record"}
 
     report = scan_one(path, ScanOptions(block_severity=_PERMISSIVE))
     assert report.verdict is Verdict.UNSAFE
@@ -150,7 +152,12 @@ def test_readings_that_differ_only_in_attributes_are_both_analyzed(
     members.append(B.ZipMember("archive/.data/serialization_id", hidden))
     data = _two_directories(members, miniz_attr={"archive/data.pkl": 0x10})
     path = B.write(tmp_path / "model.pt", data)
-    assert fire([(path, "torch")]) == {"zip_two_directories"}
+    torch = pytest.importorskip("torch")
+    with open(path, "rb") as fh:
+        read = torch._C.PyTorchFileReader(fh).get_record("data.pkl")
+    assert len(read) == len(data_pkl) and read != data_pkl  # not zipfile's record's bytes
+    # As above: that torch then runs the freed record's payload depends on the allocator.
+    assert fire([(path, "torch")]) <= {"zip_two_directories"}
 
     report = scan_one(path, ScanOptions(block_severity=_PERMISSIVE))
     assert report.verdict is Verdict.UNSAFE
