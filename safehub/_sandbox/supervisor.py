@@ -84,8 +84,21 @@ _WARM_IDLE_S = 300.0
 
 _warm_lock = threading.Lock()
 _warm_lru: OrderedDict[_Warm, weakref.ref[Sandbox]] = OrderedDict()
-# A forked copy of this process owns none of them (their zygotes answer the parent).
-os.register_at_fork(after_in_child=_warm_lru.clear)
+_sandboxes: weakref.WeakSet[Sandbox] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    # A forked copy of this process owns no zygote and no warm child: their sockets and
+    # folders belong to the parent process, which may be using them right now. Each
+    # Sandbox forgets them before the copy can run, reuse or close anything through them.
+    global _warm_lock
+    _warm_lock = threading.Lock()
+    _warm_lru.clear()
+    for sandbox in list(_sandboxes):
+        sandbox._forget_parent()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def _zygote_env() -> dict[str, str]:
@@ -131,6 +144,19 @@ class Sandbox:
         self._owner = os.getpid()
         # Warm children by reuse key, least recently used first (see run's ``reuse``).
         self._warm: OrderedDict[tuple[object, ...], _Warm] = OrderedDict()
+        _sandboxes.add(self)
+
+    def _forget_parent(self) -> None:
+        """In a forked copy of the process: drop, without closing or killing anything,
+        what belongs to the parent process (its zygote, control socket, warm children and
+        their folders); the next call starts a zygote of this process's own."""
+        self._lock = threading.RLock()  # another thread may have held it at the fork
+        self._starter_lock = threading.Lock()
+        self._starter = None
+        self._proc = self._control = self._stderr = None
+        self._warm = OrderedDict()
+        self._exits = {}
+        self._owner = os.getpid()
 
     def __enter__(self) -> Sandbox:
         self.start()

@@ -291,3 +291,33 @@ def test_a_calls_arguments_never_reach_a_later_call(sb: Sandbox, tmp_path: Path)
         found[pad] = int(run("search", reversed_secret=secret[::-1])["hits"].item())
     assert found == dict.fromkeys(found, 1), f"earlier arguments were inherited: {found}"
     assert sb.warm_children() >= 1
+
+
+def test_a_fork_of_the_caller_never_uses_or_closes_the_parents_warm_child(
+        sb: Sandbox, repo: Path) -> None:
+    # A forked copy of the caller (multiprocessing's fork, a server's worker) inherits the
+    # Sandbox object with the parent's warm children and sockets: it must start its own
+    # zygote and child, and closing its copy must leave the parent's warm child (its
+    # folder included) as it was.
+    import os
+
+    warm = load(sb, repo)["helper"]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read)
+            token = load(sb, repo)["helper"]
+            sb.close()
+            os.write(write, str(token).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as fh:
+        told = fh.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert int(told) != warm, "the fork was served by the parent's warm child"
+    assert load(sb, repo)["helper"] == warm, "the parent's warm child was lost"
