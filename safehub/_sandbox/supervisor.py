@@ -1101,13 +1101,17 @@ class _WarmRun(_Run):
         ended (every process of it killed, its folder removed); else end it."""
         with contextlib.suppress(SafehubError):
             self._wait(lambda: self.reusable is not None, _EXIT_WAIT_S)
+            # As a one-off child: the call's process ends by itself right after its
+            # result, then the warm child kills what it left (call_done). One that runs
+            # on (it sent the result itself, or stalls in its exit) is not left running
+            # past its call, unbounded by the call's time limit: the warm child goes.
+            if self.reusable and not self.doomed and self.exit is None:
+                self._wait(lambda: self.done is not None, _GRACE_S)
         ready = self.ready or {}
         if (self.reusable and self.warm is not None and self.exit is None and not self.doomed
-                and (self.done is None or self.done["code"] == 0)
+                and self.done is not None and self.done["code"] == 0
                 and Layer.PIDNS in ready.get("applied", {})):
-            # The grandchild's end (call_done) is read before the next call, not waited
-            # for here: the warm child kills what the call left while the result goes back.
-            self.warm.pending = self.number if self.done is None else 0
+            self.warm.pending = 0
             self.kept = True
             return self.done
         self.doomed = True

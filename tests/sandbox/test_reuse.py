@@ -321,3 +321,61 @@ def test_a_fork_of_the_caller_never_uses_or_closes_the_parents_warm_child(
     assert os.waitstatus_to_exitcode(status) == 0
     assert int(told) != warm, "the fork was served by the parent's warm child"
     assert load(sb, repo)["helper"] == warm, "the parent's warm child was lost"
+
+
+LINGER = '''
+    import os
+    import time
+
+    import torch
+
+
+    def linger():
+        # Sends its own result on the call's channel, then goes on running: the caller
+        # has its result, but the call must end as a one-off child's does (a short grace,
+        # then the kill), not run on unbounded by the call's time limit.
+        from safehub._sandbox import layers, shape, writer
+        from safehub._sandbox.channel import Channel
+
+        flat, manifest = shape.flatten({"x": torch.zeros(1)}, scripts=False)
+        tensors = writer.check_tensors(flat)
+        packed = writer.pack(tensors)
+        Channel.from_fd(os.dup(layers.CHANNEL_FD)).send(
+            {"t": "result", "op": "load", "keys": list(tensors), "count": packed.count,
+             "size": packed.size, "aliased": packed.aliased, "shape": manifest}, [packed.fd])
+        while True:
+            time.sleep(1)
+'''
+
+
+def _descendants(root: int) -> list[int]:
+    import os
+
+    found: list[int] = []
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as fh:
+                    kids = [int(x) for x in fh.read().split()]
+                found += kids
+                todo += kids
+        except FileNotFoundError:
+            continue
+    return found
+
+
+def test_a_call_that_runs_on_after_its_result_is_ended(tmp_path: Path) -> None:
+    import time
+
+    repo = make_repo(tmp_path / "linger", LINGER)
+    with Sandbox() as sandbox:
+        sandbox.run(SandboxRequest.for_load(repo, "linger", limits=FAST), reuse="linger")
+        time.sleep(3)
+        zygote = sandbox.zygote_pid
+        assert zygote is not None
+        # At most the warm child and its outer child (its PID namespace's parent): the
+        # call's process is gone, as a one-off child's is a moment after its result.
+        left = _descendants(zygote)
+        assert len(left) <= 2, f"the call's process ran on after its result: {left}"
