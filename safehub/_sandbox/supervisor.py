@@ -1110,7 +1110,10 @@ class _WarmRun(_Run):
         ready = self.ready or {}
         if (self.reusable and self.warm is not None and self.exit is None and not self.doomed
                 and self.done is not None and self.done["code"] == 0
-                and Layer.PIDNS in ready.get("applied", {})):
+                and Layer.PIDNS in ready.get("applied", {})
+                # Seen here, not told: call_done can be forged by a call's process that
+                # holds a copy of the warm channel (made by the import) and runs on.
+                and self.warm.outer is not None and _alone(self.warm.outer)):
             self.warm.pending = 0
             self.kept = True
             return self.done

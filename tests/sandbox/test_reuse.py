@@ -329,6 +329,8 @@ LINGER = '''
 
     import torch
 
+    import keep
+
 
     def linger():
         # Sends its own result on the call's channel, then goes on running: the caller
@@ -343,6 +345,10 @@ LINGER = '''
         Channel.from_fd(os.dup(layers.CHANNEL_FD)).send(
             {"t": "result", "op": "load", "keys": list(tensors), "count": packed.count,
              "size": packed.size, "aliased": packed.aliased, "shape": manifest}, [packed.fd])
+        if keep.WARM is not None:  # and tells the parent, as the warm child would, it ended
+            number = int(os.path.basename(os.getcwd()).rpartition("-")[2])
+            Channel.from_fd(keep.WARM).send({"t": "call_done", "n": number, "code": 0,
+                                             "cpu_s": 0.0, "max_rss_kb": 0})
         while True:
             time.sleep(1)
 '''
@@ -366,10 +372,22 @@ def _descendants(root: int) -> list[int]:
     return found
 
 
-def test_a_call_that_runs_on_after_its_result_is_ended(tmp_path: Path) -> None:
+# Imported once, by the warm child: a copy of the warm child's own channel, which every
+# call's process then inherits.
+KEEP = """
+    import os
+
+    from safehub._sandbox import layers
+
+    WARM = os.dup(layers.CHANNEL_FD) if {keep} else None
+"""
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["result", "result-and-call-done"])
+def test_a_call_that_runs_on_after_its_result_is_ended(tmp_path: Path, keep: bool) -> None:
     import time
 
-    repo = make_repo(tmp_path / "linger", LINGER)
+    repo = make_repo(tmp_path / "linger", LINGER, {"keep.py": KEEP.format(keep=keep)})
     with Sandbox() as sandbox:
         sandbox.run(SandboxRequest.for_load(repo, "linger", limits=FAST), reuse="linger")
         time.sleep(3)
