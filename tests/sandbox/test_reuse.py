@@ -397,3 +397,39 @@ def test_a_call_that_runs_on_after_its_result_is_ended(tmp_path: Path, keep: boo
         # call's process is gone, as a one-off child's is a moment after its result.
         left = _descendants(zygote)
         assert len(left) <= 2, f"the call's process ran on after its result: {left}"
+
+
+STASH = '''
+    import os
+
+    import torch
+
+
+    def stash():
+        # A folder its owner may write but not list: the warm child's removal cannot see
+        # into it (chmod is ignored in the sandbox), so its file would outlive the call.
+        os.mkdir("hidden", 0o300)
+        with open(os.path.join("hidden", "big"), "wb") as fh:
+            fh.write(b"x" * (1 << 20))
+        return {"x": torch.zeros(1)}
+
+
+    def look(n):
+        above = os.path.dirname(os.getcwd())
+        return {"left": torch.tensor([sum(
+            os.path.exists(os.path.join(above, f"call-{i}", "hidden", "big"))
+            for i in range(1, n + 1))])}
+'''
+
+
+def test_files_a_call_hides_from_removal_do_not_pile_up(sb: Sandbox, tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "stash", STASH)
+
+    def run(entry: str, **kwargs: Any) -> int:
+        result = sb.run(SandboxRequest.for_load(repo, entry, kwargs=kwargs, limits=FAST),
+                        reuse="stash")
+        return int(next(iter(result.tensors.values())).item())
+
+    for _ in range(3):
+        run("stash")
+    assert run("look", n=3) == 0, "files of earlier calls are still in the sandbox's folder"
