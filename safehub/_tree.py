@@ -114,9 +114,23 @@ def remove_tree(path: str | os.PathLike[str]) -> None:
         if os.path.islink(root) or not os.path.isdir(root):
             os.unlink(root)
             return
-    for directory, dirs, files in walk(root, topdown=False):
+    # Folders are opened up top-down before they are listed: one made without read
+    # permission (sandboxed code cannot change a mode, so it keeps the one it was made
+    # with) could not be listed, and what it holds would be left.
+    stack = [root]
+    while stack:
+        directory = stack.pop()
         with contextlib.suppress(OSError):
             os.chmod(directory, 0o700)
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+    for directory, dirs, files in walk(root, topdown=False):
         for name in files + dirs:
             target = os.path.join(directory, name)
             with contextlib.suppress(OSError):

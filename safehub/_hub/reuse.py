@@ -51,8 +51,13 @@ def local_tree_identity(root: Path) -> str | None:
     had cheaply and surely (too large, special files, unreadable)."""
     lines: list[str] = []
     total = files = 0
+    def unreadable(exc: OSError) -> None:
+        # A folder that cannot be listed may still be read by name (mode 0o711): its
+        # files would change unseen by the digest.
+        raise exc
+
     try:
-        for dirpath, dirnames, filenames in walk(root):
+        for dirpath, dirnames, filenames in walk(root, onerror=unreadable):
             if dirpath == os.fspath(root):
                 dirnames[:] = [d for d in dirnames if d != ".git"]
             for name in filenames + [d for d in dirnames

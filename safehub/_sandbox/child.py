@@ -259,11 +259,10 @@ def _serve_warm(warm: Channel, config: dict[str, Any], tasks: int, *,
         _serve_call(channel, config, _checked_call(_receive_call(channel)), module)
         return
     while True:
-        _fork_call(warm, channel, requester, config, tmp_dir, number, tasks, module,
+        _fork_call(warm, channel, requester, config, tmp_dir, kept, number, tasks, module,
                    confine)
         del channel
         module = None  # later calls execute hubconf.py afresh, as torch.hub does
-        _clear(tmp_dir, kept)
         number, channel, _ = _next_call(warm, number + 1)
 
 
@@ -283,8 +282,8 @@ def _checked_call(call: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fork_call(warm: Channel, channel: Channel, requester: broker.Requester,
-               config: dict[str, Any], tmp_dir: str, number: int, tasks: int,
-               module: Any, confine: bool) -> None:
+               config: dict[str, Any], tmp_dir: str, kept: set[str], number: int,
+               tasks: int, module: Any, confine: bool) -> None:
     folder = os.path.join(tmp_dir, f"call-{number}")
     os.mkdir(folder, 0o700)
     # ``random`` reseeds itself in a forked child: the first call keeps the state its
@@ -323,6 +322,13 @@ def _fork_call(warm: Channel, channel: Channel, requester: broker.Requester,
         _, status, usage = os.wait4(pid, 0)
     finally:
         _end_others()
+    # The call's folder goes before the call counts as done. What this child cannot
+    # remove (a folder the call made without read permission: chmod is ignored in the
+    # sandbox) would pile up call after call: the warm child ends instead, and the
+    # parent, outside the sandbox, removes the whole folder.
+    _clear(tmp_dir, kept)
+    if set(os.listdir(tmp_dir)) - kept:
+        raise ChannelClosed("the call left files in its folder that cannot be removed")
     warm.send({"t": "call_done", "n": number, "code": os.waitstatus_to_exitcode(status),
                "cpu_s": usage.ru_utime + usage.ru_stime, "max_rss_kb": usage.ru_maxrss})
 

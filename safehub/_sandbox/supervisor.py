@@ -84,8 +84,21 @@ _WARM_IDLE_S = 300.0
 
 _warm_lock = threading.Lock()
 _warm_lru: OrderedDict[_Warm, weakref.ref[Sandbox]] = OrderedDict()
-# A forked copy of this process owns none of them (their zygotes answer the parent).
-os.register_at_fork(after_in_child=_warm_lru.clear)
+_sandboxes: weakref.WeakSet[Sandbox] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    # A forked copy of this process owns no zygote and no warm child: their sockets and
+    # folders belong to the parent process, which may be using them right now. Each
+    # Sandbox forgets them before the copy can run, reuse or close anything through them.
+    global _warm_lock
+    _warm_lock = threading.Lock()
+    _warm_lru.clear()
+    for sandbox in list(_sandboxes):
+        sandbox._forget_parent()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def _zygote_env() -> dict[str, str]:
@@ -131,6 +144,19 @@ class Sandbox:
         self._owner = os.getpid()
         # Warm children by reuse key, least recently used first (see run's ``reuse``).
         self._warm: OrderedDict[tuple[object, ...], _Warm] = OrderedDict()
+        _sandboxes.add(self)
+
+    def _forget_parent(self) -> None:
+        """In a forked copy of the process: drop, without closing or killing anything,
+        what belongs to the parent process (its zygote, control socket, warm children and
+        their folders); the next call starts a zygote of this process's own."""
+        self._lock = threading.RLock()  # another thread may have held it at the fork
+        self._starter_lock = threading.Lock()
+        self._starter = None
+        self._proc = self._control = self._stderr = None
+        self._warm = OrderedDict()
+        self._exits = {}
+        self._owner = os.getpid()
 
     def __enter__(self) -> Sandbox:
         self.start()
@@ -1075,13 +1101,20 @@ class _WarmRun(_Run):
         ended (every process of it killed, its folder removed); else end it."""
         with contextlib.suppress(SafehubError):
             self._wait(lambda: self.reusable is not None, _EXIT_WAIT_S)
+            # As a one-off child: the call's process ends by itself right after its
+            # result, then the warm child kills what it left (call_done). One that runs
+            # on (it sent the result itself, or stalls in its exit) is not left running
+            # past its call, unbounded by the call's time limit: the warm child goes.
+            if self.reusable and not self.doomed and self.exit is None:
+                self._wait(lambda: self.done is not None, _GRACE_S)
         ready = self.ready or {}
         if (self.reusable and self.warm is not None and self.exit is None and not self.doomed
-                and (self.done is None or self.done["code"] == 0)
-                and Layer.PIDNS in ready.get("applied", {})):
-            # The grandchild's end (call_done) is read before the next call, not waited
-            # for here: the warm child kills what the call left while the result goes back.
-            self.warm.pending = self.number if self.done is None else 0
+                and self.done is not None and self.done["code"] == 0
+                and Layer.PIDNS in ready.get("applied", {})
+                # Seen here, not told: call_done can be forged by a call's process that
+                # holds a copy of the warm channel (made by the import) and runs on.
+                and self.warm.outer is not None and _alone(self.warm.outer)):
+            self.warm.pending = 0
             self.kept = True
             return self.done
         self.doomed = True

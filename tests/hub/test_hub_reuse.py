@@ -136,3 +136,42 @@ def test_seeded_calls_give_torch_hubs_values_call_after_call(tmp_path: Path) -> 
         assert mine.keys() == theirs.keys()
         for key in theirs:
             assert torch.equal(mine[key], theirs[key]), key
+
+
+def test_a_folder_the_digest_cannot_list_has_no_identity(tmp_path: Path) -> None:
+    # A folder its reader may enter but not list (mode 0o711): the sandbox can import
+    # sub/mod.py by name, so a digest that skipped it would let an edited module go on
+    # being served by a warm child. Computed as an unprivileged uid in a forked process
+    # when the tests run as root (who may list anything).
+    import os
+
+    from safehub._hub.reuse import local_tree_identity
+
+    repo = make_repo(tmp_path / "repo")
+    sub = repo / "sub"
+    sub.mkdir()
+    (sub / "mod.py").write_text("VALUE = 1\n")
+    os.chmod(tmp_path, 0o755)
+    os.chmod(sub, 0o711 if os.geteuid() == 0 else 0o311)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read)
+            os.chdir(tmp_path)  # pytest's folders above it are private to root
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            listed = sorted(os.listdir("repo"))  # the folder itself is readable
+            os.write(write, f"{listed} {local_tree_identity(Path('repo'))!r}".encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as fh:
+        told = fh.read().decode()
+    _, status = os.waitpid(pid, 0)
+    os.chmod(sub, 0o755)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert told == "['helper.py', 'hubconf.py', 'sub'] None"

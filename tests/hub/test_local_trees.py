@@ -149,3 +149,36 @@ def test_hard_links_within_the_repo_are_fine(cli: Cli, tmp_path: Path,
     out = tmp_path / "w.safetensors"
     result = cli("load", repo, "read", "name=copy.txt", "--source", "local", "--out", out)
     assert result.code == 0, result.err
+
+
+def test_remove_tree_removes_folders_their_owner_may_not_list(tmp_path: Path) -> None:
+    # What a sandboxed call leaves (chmod is ignored in the sandbox, so a folder keeps the
+    # mode it was made with): a folder its owner may write but not list, with a file in it.
+    # Removed by its owner, as the parent removes a sandbox's folder (run in a forked
+    # process as an unprivileged uid when the tests run as root, who may list anything).
+    root = tmp_path / "sandbox"
+    hidden = root / "call-1" / "hidden"
+    hidden.parent.mkdir(parents=True)
+    hidden.mkdir(mode=0o300)
+    (hidden / "big").write_bytes(b"x" * 4096)
+    os.chmod(hidden, 0o300)
+    uid = 65534 if os.geteuid() == 0 else None
+    if uid is not None:
+        for path in (tmp_path, root, hidden.parent, hidden, hidden / "big"):
+            os.chown(path, uid, uid)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.chdir(tmp_path)  # pytest's folders above it are private to root
+            if uid is not None:
+                os.setgid(uid)
+                os.setuid(uid)
+            remove_tree(root.name)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    left = [] if not root.exists() else [str(p) for p in root.rglob("*")]
+    assert not root.exists(), f"left behind: {left}"

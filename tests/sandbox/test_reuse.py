@@ -291,3 +291,145 @@ def test_a_calls_arguments_never_reach_a_later_call(sb: Sandbox, tmp_path: Path)
         found[pad] = int(run("search", reversed_secret=secret[::-1])["hits"].item())
     assert found == dict.fromkeys(found, 1), f"earlier arguments were inherited: {found}"
     assert sb.warm_children() >= 1
+
+
+def test_a_fork_of_the_caller_never_uses_or_closes_the_parents_warm_child(
+        sb: Sandbox, repo: Path) -> None:
+    # A forked copy of the caller (multiprocessing's fork, a server's worker) inherits the
+    # Sandbox object with the parent's warm children and sockets: it must start its own
+    # zygote and child, and closing its copy must leave the parent's warm child (its
+    # folder included) as it was.
+    import os
+
+    warm = load(sb, repo)["helper"]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read)
+            token = load(sb, repo)["helper"]
+            sb.close()
+            os.write(write, str(token).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as fh:
+        told = fh.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert int(told) != warm, "the fork was served by the parent's warm child"
+    assert load(sb, repo)["helper"] == warm, "the parent's warm child was lost"
+
+
+LINGER = '''
+    import os
+    import time
+
+    import torch
+
+    import keep
+
+
+    def linger():
+        # Sends its own result on the call's channel, then goes on running: the caller
+        # has its result, but the call must end as a one-off child's does (a short grace,
+        # then the kill), not run on unbounded by the call's time limit.
+        from safehub._sandbox import layers, shape, writer
+        from safehub._sandbox.channel import Channel
+
+        flat, manifest = shape.flatten({"x": torch.zeros(1)}, scripts=False)
+        tensors = writer.check_tensors(flat)
+        packed = writer.pack(tensors)
+        Channel.from_fd(os.dup(layers.CHANNEL_FD)).send(
+            {"t": "result", "op": "load", "keys": list(tensors), "count": packed.count,
+             "size": packed.size, "aliased": packed.aliased, "shape": manifest}, [packed.fd])
+        if keep.WARM is not None:  # and tells the parent, as the warm child would, it ended
+            number = int(os.path.basename(os.getcwd()).rpartition("-")[2])
+            Channel.from_fd(keep.WARM).send({"t": "call_done", "n": number, "code": 0,
+                                             "cpu_s": 0.0, "max_rss_kb": 0})
+        while True:
+            time.sleep(1)
+'''
+
+
+def _descendants(root: int) -> list[int]:
+    import os
+
+    found: list[int] = []
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as fh:
+                    kids = [int(x) for x in fh.read().split()]
+                found += kids
+                todo += kids
+        except FileNotFoundError:
+            continue
+    return found
+
+
+# Imported once, by the warm child: a copy of the warm child's own channel, which every
+# call's process then inherits.
+KEEP = """
+    import os
+
+    from safehub._sandbox import layers
+
+    WARM = os.dup(layers.CHANNEL_FD) if {keep} else None
+"""
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["result", "result-and-call-done"])
+def test_a_call_that_runs_on_after_its_result_is_ended(tmp_path: Path, keep: bool) -> None:
+    import time
+
+    repo = make_repo(tmp_path / "linger", LINGER, {"keep.py": KEEP.format(keep=keep)})
+    with Sandbox() as sandbox:
+        sandbox.run(SandboxRequest.for_load(repo, "linger", limits=FAST), reuse="linger")
+        time.sleep(3)
+        zygote = sandbox.zygote_pid
+        assert zygote is not None
+        # At most the warm child and its outer child (its PID namespace's parent): the
+        # call's process is gone, as a one-off child's is a moment after its result.
+        left = _descendants(zygote)
+        assert len(left) <= 2, f"the call's process ran on after its result: {left}"
+
+
+STASH = '''
+    import os
+
+    import torch
+
+
+    def stash():
+        # A folder its owner may write but not list: the warm child's removal cannot see
+        # into it (chmod is ignored in the sandbox), so its file would outlive the call.
+        os.mkdir("hidden", 0o300)
+        with open(os.path.join("hidden", "big"), "wb") as fh:
+            fh.write(b"x" * (1 << 20))
+        return {"x": torch.zeros(1)}
+
+
+    def look(n):
+        above = os.path.dirname(os.getcwd())
+        return {"left": torch.tensor([sum(
+            os.path.exists(os.path.join(above, f"call-{i}", "hidden", "big"))
+            for i in range(1, n + 1))])}
+'''
+
+
+def test_files_a_call_hides_from_removal_do_not_pile_up(sb: Sandbox, tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "stash", STASH)
+
+    def run(entry: str, **kwargs: Any) -> int:
+        result = sb.run(SandboxRequest.for_load(repo, entry, kwargs=kwargs, limits=FAST),
+                        reuse="stash")
+        return int(next(iter(result.tensors.values())).item())
+
+    for _ in range(3):
+        run("stash")
+    assert run("look", n=3) == 0, "files of earlier calls are still in the sandbox's folder"
