@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 import safehub
 from safehub.errors import PolicyError
 from safehub.policy import load_policy
+from tests.forked import run_forked
 
 HELPER = textwrap.dedent("""
     import os
@@ -153,25 +154,17 @@ def test_a_folder_the_digest_cannot_list_has_no_identity(tmp_path: Path) -> None
     (sub / "mod.py").write_text("VALUE = 1\n")
     os.chmod(tmp_path, 0o755)
     os.chmod(sub, 0o711 if os.geteuid() == 0 else 0o311)
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.close(read)
-            os.chdir(tmp_path)  # pytest's folders above it are private to root
-            if os.geteuid() == 0:
-                os.setgid(65534)
-                os.setuid(65534)
-            listed = sorted(os.listdir("repo"))  # the folder itself is readable
-            os.write(write, f"{listed} {local_tree_identity(Path('repo'))!r}".encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write)
-    with os.fdopen(read, "rb") as fh:
-        told = fh.read().decode()
-    _, status = os.waitpid(pid, 0)
-    os.chmod(sub, 0o755)
-    assert os.waitstatus_to_exitcode(status) == 0
+
+    def work() -> bytes:
+        os.chdir(tmp_path)  # pytest's folders above it are private to root
+        if os.geteuid() == 0:
+            os.setgid(65534)
+            os.setuid(65534)
+        listed = sorted(os.listdir("repo"))  # the folder itself is readable
+        return f"{listed} {local_tree_identity(Path('repo'))!r}".encode()
+
+    try:
+        told = run_forked(work).decode()
+    finally:
+        os.chmod(sub, 0o755)
     assert told == "['helper.py', 'hubconf.py', 'sub'] None"

@@ -12,6 +12,7 @@ import pytest
 
 from safehub._tree import copy_tree, links_leaving, remove_tree, walk
 from tests.conftest import CliResult
+from tests.forked import run_forked
 
 Cli = Callable[..., CliResult]
 
@@ -166,19 +167,14 @@ def test_remove_tree_removes_folders_their_owner_may_not_list(tmp_path: Path) ->
     if uid is not None:
         for path in (tmp_path, root, hidden.parent, hidden, hidden / "big"):
             os.chown(path, uid, uid)
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.chdir(tmp_path)  # pytest's folders above it are private to root
-            if uid is not None:
-                os.setgid(uid)
-                os.setuid(uid)
-            remove_tree(root.name)
-            code = 0
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+
+    def work() -> None:
+        os.chdir(tmp_path)  # pytest's folders above it are private to root
+        if uid is not None:
+            os.setgid(uid)
+            os.setuid(uid)
+        remove_tree(root.name)
+
+    run_forked(work)
     left = [] if not root.exists() else [str(p) for p in root.rglob("*")]
     assert not root.exists(), f"left behind: {left}"

@@ -21,6 +21,7 @@ from safehub.sandbox import (
     Sandbox,
     SandboxRequest,
 )
+from tests.forked import run_forked
 from tests.sandbox.conftest import FAST, make_repo
 
 # helper.py draws a token when it is imported, hubconf.py one each time it is executed.
@@ -299,26 +300,14 @@ def test_a_fork_of_the_caller_never_uses_or_closes_the_parents_warm_child(
     # Sandbox object with the parent's warm children and sockets: it must start its own
     # zygote and child, and closing its copy must leave the parent's warm child (its
     # folder included) as it was.
-    import os
-
     warm = load(sb, repo)["helper"]
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.close(read)
-            token = load(sb, repo)["helper"]
-            sb.close()
-            os.write(write, str(token).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write)
-    with os.fdopen(read, "rb") as fh:
-        told = fh.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+
+    def work() -> bytes:
+        token = load(sb, repo)["helper"]
+        sb.close()
+        return str(token).encode()
+
+    told = run_forked(work)
     assert int(told) != warm, "the fork was served by the parent's warm child"
     assert load(sb, repo)["helper"] == warm, "the parent's warm child was lost"
 
