@@ -354,6 +354,16 @@ class Sandbox:
                 break
         return warm.key in self._warm
 
+    def _control_frame(self, control: Channel, deadline: float) -> dict[str, Any]:
+        """The zygote's next frame: its descriptors closed, an exit report kept in
+        ``_exits`` for whichever run or warm child it names."""
+        message, fds = control.recv(deadline)
+        for fd in fds:
+            os.close(fd)
+        if message.get("t") == "exit" and isinstance(message.get("id"), int):
+            self._exits[message["id"]] = message
+        return message
+
     def _drop(self, warm: _Warm) -> None:
         """End a warm child and everything it started; it serves no other call."""
         if self._warm.get(warm.key) is warm:
@@ -366,16 +376,12 @@ class Sandbox:
             deadline = time.monotonic() + _EXIT_WAIT_S
             while warm.rid not in self._exits and time.monotonic() < deadline:
                 try:
-                    message, fds = control.recv(deadline)
+                    self._control_frame(control, deadline)
                 except TimeoutError:
                     break
                 except (ChannelClosed, ProtocolError, OSError):
                     self._shutdown()
                     break
-                for fd in fds:
-                    os.close(fd)
-                if message.get("t") == "exit" and isinstance(message.get("id"), int):
-                    self._exits[message["id"]] = message
         self._exits.pop(warm.rid, None)
         warm.ended = True
         warm.channel.close()
@@ -554,18 +560,13 @@ class _Run:
         if control is None:
             self._zygote_died()
         try:
-            message, fds = control.recv(deadline)
+            message = self.sb._control_frame(control, deadline)
         except TimeoutError:
             raise
         except (ChannelClosed, ProtocolError, OSError):
             self._zygote_died()
-        for fd in fds:
-            os.close(fd)
-        if message["t"] == "exit":
-            if message.get("id") == self.rid:
-                self.exit = message
-            elif isinstance(message.get("id"), int):
-                self.sb._exits[message["id"]] = message
+        if message["t"] == "exit" and message.get("id") == self.rid:
+            self.exit = self.sb._exits.pop(self.rid)
         return message
 
     def _zygote_died(self) -> NoReturn:
