@@ -27,7 +27,7 @@ def scan_zip(scan: FileScan, fh: BinaryIO, directory: ZipDirectory) -> str:
     """Check every record of the archive; returns its format (``unknown`` without records)."""
     entries = directory.entries
     names = [e.lower for e in entries]
-    torchscript = any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
+    torchscript = any(_torchscript_record(n) for n in names)
     package = any(n.endswith(".data/extern_modules") for n in names)
     seen: set[str] = set()
     for message, offset in directory.anomalies:
@@ -42,8 +42,8 @@ def scan_zip(scan: FileScan, fh: BinaryIO, directory: ZipDirectory) -> str:
                  subject="torch.package", payload=", ".join(modules[:10]))
     elif torchscript:
         fmt = "torchscript"
-        code = [e.name for e in entries if "/code/" in e.lower and not e.lower.endswith(
-            ".debug_pkl")]
+        code = [e.name for e in entries if _torchscript_record(e.lower) and not e.lower.endswith(
+            (".debug_pkl", "/constants.pkl"))]
         allowed = scan.options.allowed_by if scan.options.allow_torchscript else ""
         scan.add("SH120", f"TorchScript archive with {len(code)} code files", subject="torchscript",
                  payload=", ".join(code[:10]), allowed_by=allowed)
@@ -113,6 +113,15 @@ def scan_zip(scan: FileScan, fh: BinaryIO, directory: ZipDirectory) -> str:
     if directory.end < scan.size:
         scan.add("SH113", "bytes follow the end of the zip archive", offset=directory.end)
     return fmt
+
+
+def _torchscript_record(name: str) -> bool:
+    """Whether a TorchScript loader reads this record as code: torch.jit.load compiles
+    ``code/`` and reads ``constants.pkl`` (torch.load hands it such archives), and the lite
+    interpreter (``torch.jit.mobile._load_for_lite_interpreter``) runs the instructions of
+    ``bytecode.pkl`` and needs neither: its ``__torch__`` classes' ``__setstate__`` runs
+    at load."""
+    return "/code/" in name or name.endswith(("/constants.pkl", "/bytecode.pkl"))
 
 
 def _record_kind(fh: BinaryIO, entry: ZipEntry) -> str | None:

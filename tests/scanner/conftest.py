@@ -48,6 +48,9 @@ for path, loader, setup in cases:
         elif loader == "joblib":
             import joblib
             joblib.load(path)
+        elif loader == "torch-lite":  # the mobile (lite) TorchScript interpreter
+            from torch.jit.mobile import _load_for_lite_interpreter
+            _load_for_lite_interpreter(path)
         elif loader == "torch-package":  # torch.package's miniz reader, its pickle "res/obj.pkl"
             from torch.package import PackageImporter
             PackageImporter(path).load_pickle("res", "obj.pkl")
