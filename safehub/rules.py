@@ -106,8 +106,8 @@ RULES: dict[str, Rule] = _rules(
          "A record is compressed with a method safehub cannot read, so it was not checked.",
          "Re-save the file without compression, or with deflate."),
     Rule("SH120", "torchscript-code", Severity.HIGH,
-         "The file is a TorchScript archive: it carries code that runs when it is loaded with "
-         "torch.jit.load (or torch.load).",
+         "The file is a TorchScript archive or flatbuffer module: it carries code that runs "
+         "when it is loaded with torch.jit.load (or torch.load, or the lite interpreter).",
          "Load it only if policy allows TorchScript from this source (`[scanner] "
          "allow_torchscript = true`), and then in the sandbox."),
     Rule("SH121", "python-package", Severity.CRITICAL,

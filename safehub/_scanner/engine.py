@@ -56,6 +56,9 @@ Progress = Callable[[str], None]
 # Opening a FIFO for reading blocks until a writer appears; O_NONBLOCK makes the open return
 # at once (there is no such flag, and no FIFO, on Windows).
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+# torch's file-format test (torch/csrc/jit/mobile/file_format.h): bytes 4-8 of a flatbuffer
+# TorchScript module. It comes before the zip test, so it decides for any file.
+FLATBUFFER_ID = b"PTMF"
 # Pickles torch's legacy raw reader loads one after another before any raw storage bytes.
 _LEGACY_STREAMS = 5
 # Pickles read one after another (torch's legacy records, readers that read on) when a
@@ -71,14 +74,21 @@ def scan_fileobj(fh: BinaryIO, display: str, size: int, options: ScanOptions) ->
         return _report(scan)
     fh.seek(0)
     head = fh.read(512)
+    flatbuffer = head[4:8] == FLATBUFFER_ID
     kind = dead_magic_kind(head)
-    if kind is not None and _dead_non_model(fh, size):
+    if kind is not None and not flatbuffer and _dead_non_model(fh, size):
         # An image named directly: every loader stops inside its signature (the oracle
         # shows none resolves a name), and no tar or zip reader finds anything in it.
         scan.format = "non-model"
         scan.add("SH176", f"not a model: {kind}; every model loader stops in its first "
                  "bytes", offset=0, subject=kind)
         return _report(scan, fh)
+    if flatbuffer:
+        allowed = scan.options.allowed_by if scan.options.allow_torchscript else ""
+        scan.add("SH120", "TorchScript flatbuffer module: torch.jit.load and the lite "
+                 "interpreter read any file with 'PTMF' at byte 4 as one and run its "
+                 "bytecode, whatever else the file is", offset=4, subject="torchscript",
+                 allowed_by=allowed)
     # torch.load's order: a zip (by its first four bytes), else whatever tarfile.open
     # accepts, else a raw pickle. The tar decision is tarfile's own.
     tar = None if head.startswith(b"PK\x03\x04") else probe_tar(fh)
@@ -105,7 +115,7 @@ def scan_fileobj(fh: BinaryIO, display: str, size: int, options: ScanOptions) ->
         scan_compressed(scan, fh, kind)
     else:
         container = False
-        _scan_pickle_or_unknown(scan, fh, size)
+        _scan_pickle_or_unknown(scan, fh, size, flatbuffer)
     if container and not head.startswith(b"PK\x03\x04"):
         _scan_as_pickle(scan, fh, size)
     if not compressed and (tar is None or not tar.accepted):
@@ -189,11 +199,14 @@ def _scan_tar_polyglot(scan: FileScan, tar: TarProbe, other: str) -> None:
     scan_tar(scan, tar)
 
 
-def _scan_pickle_or_unknown(scan: FileScan, fh: BinaryIO, size: int) -> None:
+def _scan_pickle_or_unknown(scan: FileScan, fh: BinaryIO, size: int, flatbuffer: bool) -> None:
     def reopen(start: int, length: int) -> ByteSource:
         return FileRegion(fh, start, length)
 
     names = dead_text_names(fh, size, scan.options.limits)
+    if names is not None and flatbuffer:
+        scan.format = "torchscript"  # a flatbuffer module (SH120) that no pickle reader starts
+        return
     if names is not None:
         # Source code, YAML, prose whose first bytes are opcodes: no loader gets anywhere.
         scan.format = "unknown"
@@ -203,7 +216,9 @@ def _scan_pickle_or_unknown(scan: FileScan, fh: BinaryIO, size: int) -> None:
                  f"loader stops before it completes a record or imports a module{looked_up}")
         return
     _, is_pickle = scan_pickle_file(scan, FileRegion(fh, 0, size), reopen=reopen)
-    if not is_pickle:
+    if not is_pickle and flatbuffer:
+        scan.format = "torchscript"
+    elif not is_pickle:
         scan.format = "unknown"
         scan.add("SH190", "content is not a recognized model format (pickle, torch, numpy, "
                  "joblib, safetensors)")

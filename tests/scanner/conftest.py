@@ -48,6 +48,9 @@ for path, loader, setup in cases:
         elif loader == "joblib":
             import joblib
             joblib.load(path)
+        elif loader == "torch-jit":
+            import torch
+            torch.jit.load(path)
         elif loader == "torch-lite":  # the mobile (lite) TorchScript interpreter
             from torch.jit.mobile import _load_for_lite_interpreter
             _load_for_lite_interpreter(path)

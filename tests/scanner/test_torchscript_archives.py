@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import pickle
+import struct
 import sys
 import zipfile
 from collections.abc import Callable
@@ -97,3 +99,52 @@ def test_lite_interpreter_archive_without_code_or_constants_is_torchscript(
     assert report.format == "torchscript"
     allowed = scan_one(path, ScanOptions(block_severity=_PERMISSIVE, allow_torchscript=True))
     assert allowed.verdict is Verdict.CLEAN
+
+
+def _flatbuffer_pickle(flatbuffer: bytes) -> bytes:
+    """A pickle of ``{}`` that is also the flatbuffer module, moved to where its own first
+    four bytes point.
+
+    A flatbuffer's only absolute offset is its first four bytes (the root table's
+    position); everything else is relative, so the module's bytes after those four can be
+    moved as one block. The pickle's first opcodes end in SHORT_BINUNICODE text whose last
+    four characters are the 'PTMF' torch's format test reads at byte 4: those four bytes
+    then name a position a multiple of 8 (which the flatbuffer verifier needs) away from
+    the module's root table, and the module's bytes go inside a BINBYTES value that puts
+    its root table there.
+    """
+    root = struct.unpack("<I", flatbuffer[:4])[0]
+    assert flatbuffer[4:8] == b"PTMF" and root % 4 == 0
+    # SHORT_BINUNICODE "\0\0PTMF", POP (names 0x068c), or NEWTRUE, "\0PTMF", POP, POP
+    # (names 0x058c88): whichever is a multiple of 8 away from the root table.
+    heads = {4: b"\x8c\x06\x00\x00PTMF0", 0: b"\x88\x8c\x05\x00PTMF00"}
+    head = heads[root % 8]
+    shift = struct.unpack("<I", head[:4])[0] - root
+    blob = b"\x00" * (4 + shift - len(head) - 5) + flatbuffer[4:]
+    return head + b"B" + struct.pack("<I", len(blob)) + blob + b"0}."  # BINBYTES, POP, {}
+
+
+def test_pickle_that_is_also_a_flatbuffer_module_is_torchscript(
+    tmp_path: Path, fire: Callable[..., set[str]]
+) -> None:
+    """torch.jit.load and the lite interpreter read a file as a flatbuffer module when its
+    bytes 4-8 are 'PTMF', before any other test: a pickle of ``{}`` carrying a module there
+    was a CLEAN pickle under every policy, while torch.jit.load ran the module's
+    ``__setstate__``."""
+    module = _scripted(tmp_path, "fb_fired")
+    flat = tmp_path / "module.ff"
+    module._save_for_lite_interpreter(str(flat), _use_flatbuffer=True)
+    data = _flatbuffer_pickle(flat.read_bytes())
+    assert pickle.loads(data) == {}
+    path = tmp_path / "state.pt"
+    path.write_bytes(data)
+    assert fire([(path, "torch-jit")]) == {"fb_fired"}
+
+    report = scan_one(path)
+    assert report.verdict is Verdict.UNSAFE and "SH120" in rules(report)
+    allowed = scan_one(path, ScanOptions(allow_torchscript=True))
+    assert allowed.verdict is Verdict.CLEAN and allowed.format == "pickle"
+    # The module alone is TorchScript too, not an unknown format.
+    alone = scan_one(flat)
+    assert alone.format == "torchscript" and rules(alone) == {"SH120"}
+    assert scan_one(flat, ScanOptions(allow_torchscript=True)).verdict is Verdict.CLEAN
