@@ -130,6 +130,19 @@ def _judge_globals(
         info = knowledge.lookup(name) or knowledge.lookup(g.raw)
         severity = info.severity if info else Severity.MEDIUM
         explanation = info.explanation if info else "not needed to rebuild tensors or containers"
+        chain = _attribute_chain(g)
+        if chain:
+            # ``pathlib`` + ``os.system``: protocol 4 walks the name's attributes from the
+            # module, so the name reaches whatever the module imported, which the knowledge
+            # entry for the module (``pathlib``: a harmless path value) does not describe.
+            reached = max((hit for hit in map(knowledge.lookup, chain) if hit),
+                          key=lambda hit: hit.severity.rank, default=None)
+            if reached is not None and reached.severity.rank > severity.rank:
+                severity, explanation = reached.severity, reached.explanation
+            if severity.rank < Severity.HIGH.rank:
+                severity = Severity.HIGH
+                explanation = ("walks attributes of attributes of the module: it reaches "
+                               "whatever the module imported (os, sys, subprocess)")
         if not name.removeprefix(".").split(".", 1)[0].isidentifier():
             # `site-packages.x`, `lib-dynload.y`: a folder on the import path reaches any
             # installed module under a name no knowledge table lists.
@@ -147,6 +160,20 @@ def _judge_globals(
         scan.add(rule, f"imports {spelled}: {explanation}", location=location, offset=g.offset,
                  subject=name, payload=payload_of(g),
                  severity=severity, allowed_by=allowed_by)
+
+
+def _attribute_chain(g: Global) -> list[str]:
+    """The names a dotted global's attribute walk could stand for, or [] for a plain name.
+
+    ``find_class`` imports the module line and walks the name's dots as attributes
+    (protocol 4+), so ``pathlib`` + ``os.system`` is ``os.system`` reached through what
+    pathlib imported: every tail of the name (``os.system``, ``system``) could be a module
+    or function of its own."""
+    name = g.raw[len(g.module) + 1:]
+    parts = name.split(".")
+    if len(parts) < 2:
+        return []
+    return [".".join(parts[i:]) for i in range(len(parts) - 1)]
 
 
 # Allowed constructors whose arguments size an allocation: (bytes per element, where the
