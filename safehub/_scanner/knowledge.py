@@ -103,6 +103,18 @@ _TABLE: dict[str, Knowledge] = {
     "IPython": _k(C, "code-exec", _EXEC),
     "idlelib": _k(C, "code-exec", "IDE internals that run code and processes"),
     "_osx_support": _k(C, "process", _PROC),
+    # Subinterpreters run code strings: run_string(create(), "import os; ...").
+    "_xxsubinterpreters": _k(C, "code-exec", "runs code strings in a subinterpreter"),
+    "_interpreters": _k(C, "code-exec", "runs code strings in a subinterpreter"),
+    # CPython's own test helpers (installed with most builds): run_in_subinterp(code),
+    # script_helper.assert_python_ok(...) and raw memory access.
+    "_testcapi": _k(C, "code-exec", "CPython test internals: run code strings, touch memory"),
+    "_testinternalcapi": _k(C, "code-exec", "CPython test internals: run code, touch memory"),
+    "test.support": _k(C, "code-exec", "CPython's test helpers: run code strings, processes"),
+    "test.libregrtest": _k(C, "code-exec", "CPython's test runner: runs code and processes"),
+    "tkinter": _k(H, "code-exec", "a Tcl interpreter: Tcl's exec starts processes"),
+    "_tkinter": _k(H, "code-exec", "a Tcl interpreter: Tcl's exec starts processes"),
+    "lib2to3": _k(H, "file", "source refactoring that rewrites files"),
     # --- processes --------------------------------------------------------------------------
     "os": _k(C, "process", "operating-system access: processes, files, environment"),
     "subprocess": _k(C, "process", _PROC),

@@ -62,3 +62,28 @@ def test_dotted_names_without_a_listed_tail_are_high(tmp_path: Path) -> None:
     report = scan_one(B.write(tmp_path / "m.pkl", _call(module, name, "x")), _PERMISSIVE)
     assert report.verdict is Verdict.UNSAFE
     assert [f.severity for f in report.findings if f.rule_id == "SH100"] == [Severity.HIGH]
+
+
+# Standard-library functions that run a code string in one call or two, which no entry of
+# the knowledge table listed: as unlisted names they were medium, so CLEAN under permissive.
+_CODE_RUNNERS = {
+    "subinterp": lambda code: (B.stack_global("_xxsubinterpreters", "run_string")
+                               + B.stack_global("_xxsubinterpreters", "create") + b")R"
+                               + B.binunicode(code) + b"\x86R"),
+    "testcapi": lambda code: (B.stack_global("_testcapi", "run_in_subinterp")
+                              + B.binunicode(code) + b"\x85R"),
+}
+
+
+def test_code_string_runners_of_the_standard_library_are_critical(
+    tmp_path: Path, fire: Callable[..., set[str]]
+) -> None:
+    paths = {}
+    for marker, build in _CODE_RUNNERS.items():
+        pytest.importorskip({"subinterp": "_xxsubinterpreters", "testcapi": "_testcapi"}[marker])
+        code = f"open({marker!r}, 'w').close()"
+        paths[marker] = B.write(tmp_path / f"{marker}.pkl", b"\x80\x04" + build(code) + b".")
+    assert fire([(p, "pickle") for p in paths.values()]) == set(paths)
+    for path in paths.values():
+        report = scan_one(path, _PERMISSIVE)
+        assert report.verdict is Verdict.UNSAFE, report.findings
