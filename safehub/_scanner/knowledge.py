@@ -42,6 +42,8 @@ _MODULE_ALIASES = {
     "_ctypes": "ctypes", "_sqlite3": "sqlite3", "_ssl": "ssl", "_signal": "signal",
     "_asyncio": "asyncio", "_multiprocessing": "multiprocessing", "_winapi": "subprocess",
     "numpy.core": "numpy._core",
+    # numpy 2 moved numpy.lib.format's code here; the old name re-exports it.
+    "numpy.lib._format_impl": "numpy.lib.format",
 }
 
 
@@ -177,6 +179,12 @@ _TABLE: dict[str, Knowledge] = {
     "numpy.lib._npyio_impl": _k(C, "nested-loader", _NESTED),
     "numpy.lib.format": _k(C, "nested-loader", _NESTED),
     "numpy.fromfile": _k(H, "file", _FILE),
+    "numpy.savez_compressed": _k(H, "file", _FILE),
+    "numpy.fromregex": _k(H, "file", _FILE),
+    "numpy._core.multiarray.fromfile": _k(H, "file", _FILE),
+    "numpy._core.records.fromfile": _k(H, "file", _FILE),
+    "numpy._core.memmap": _k(H, "file", _FILE),
+    "numpy.lib._datasource": _k(H, "file", "opens, creates and downloads files"),
     "numpy.memmap": _k(H, "file", _FILE),
     "numpy.save": _k(H, "file", _FILE),
     "numpy.savez": _k(H, "file", _FILE),
@@ -189,6 +197,11 @@ _TABLE: dict[str, Knowledge] = {
     "numpy.dtypes": _k(L, "data", "numpy dtype class"),
     "numpy": _k(M, "unlisted", "numpy name outside array reconstruction"),
     "torch.load": _k(C, "nested-loader", _NESTED),
+    "torch.save": _k(H, "file", _FILE),
+    "torch.from_file": _k(H, "file", "maps a file, creating or extending it when shared"),
+    "torch.compiler": _k(C, "code-exec", "compiler entry points that load and run compiled code"),
+    "torch.utils.benchmark": _k(C, "code-exec", "compiles and runs statements given as strings"),
+    "torch.utils.data.datapipes": _k(H, "file", "data pipes that open files and URLs"),
     "torch.serialization": _k(C, "nested-loader", "torch's loaders (can disable weights_only)"),
     "torch.jit.load": _k(C, "code-exec", "loads TorchScript, which runs code"),
     "torch.jit.unsupported_tensor_ops": _k(C, "code-exec", "execWrapper runs exec()"),
@@ -266,11 +279,16 @@ def canonical(name: str) -> str:
 
 
 def lookup(name: str) -> Knowledge | None:
-    """The most specific knowledge about ``name`` (or its canonical spelling), if any."""
+    """The most specific knowledge about ``name`` and about its canonical spelling, the
+    worse of the two: a general entry for the written name (``numpy``) must not hide a
+    specific one for the module the alias stands for (``numpy.lib.format``)."""
+    found: Knowledge | None = None
     for candidate in (name, canonical(name)):
         parts = candidate.split(".")
         for cut in range(len(parts), 0, -1):
             hit = _TABLE.get(".".join(parts[:cut]))
             if hit is not None:
-                return hit
-    return None
+                if found is None or hit.severity.rank > found.severity.rank:
+                    found = hit
+                break
+    return found

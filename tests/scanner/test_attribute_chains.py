@@ -87,3 +87,23 @@ def test_code_string_runners_of_the_standard_library_are_critical(
     for path in paths.values():
         report = scan_one(path, _PERMISSIVE)
         assert report.verdict is Verdict.UNSAFE, report.findings
+
+
+def test_file_writers_outside_the_listed_names_block_under_permissive(
+    tmp_path: Path, fire: Callable[..., set[str]]
+) -> None:
+    """``numpy.savez_compressed(path)`` writes a file where the pickle says: the table
+    listed ``numpy.savez`` only, so it was an unlisted numpy name (medium) and CLEAN under
+    permissive. numpy 2's ``numpy.lib._format_impl`` (numpy.lib.format's code, whose
+    ``read_array`` unpickles) was rated as plain ``numpy``: the general entry for the
+    written name hid the one for the module its alias stands for."""
+    pytest.importorskip("numpy")
+    path = B.write(tmp_path / "w.pkl", b"\x80\x04" + B.stack_global("numpy", "savez_compressed")
+                   + B.binunicode("written") + b"\x85R.")
+    assert fire([(path, "pickle")]) == {"written.npz"}
+    assert scan_one(path, _PERMISSIVE).verdict is Verdict.UNSAFE
+    for module, name in [("numpy.lib._format_impl", "read_array"), ("torch", "save"),
+                         ("numpy._core.memmap", "memmap"), ("torch", "from_file")]:
+        data = b"\x80\x04" + B.stack_global(module, name) + b")R."
+        report = scan_one(B.write(tmp_path / f"{name}.pkl", data), _PERMISSIVE)
+        assert report.verdict is Verdict.UNSAFE, (module, name)
