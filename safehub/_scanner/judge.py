@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from enum import Enum
 
@@ -16,6 +17,7 @@ from safehub._scanner.pickle_vm import (
     Opaque,
     PersistentRef,
     StreamResult,
+    SymDict,
     render,
 )
 from safehub.rules import Severity
@@ -76,6 +78,11 @@ def judge_stream(scan: FileScan, res: StreamResult, location: str, loader: Loade
                      location=location, offset=mutation.offset, subject=mutation.opcode,
                      payload=render(mutation.target))
     _judge_allocations(scan, res, location)
+    for call in res.calls:
+        problem = _dtype_state_problem(call) if call.builds else ""
+        if problem:
+            scan.add("SH108", problem, location=location, offset=call.offset,
+                     subject="numpy.dtype", payload=render(call)[:200])
     for ref in res.persistent:
         problem = _persistent_problem(ref, loader)
         if problem:
@@ -160,6 +167,129 @@ def _judge_globals(
         scan.add(rule, f"imports {spelled}: {explanation}", location=location, offset=g.offset,
                  subject=name, payload=payload_of(g),
                  severity=severity, allowed_by=allowed_by)
+
+
+# numpy.dtype.__setstate__ takes a dtype's layout (fields, subarray, item size) and its flags
+# from the state without checking them against each other: an object dtype whose flags say
+# "no objects" makes arrays and scalars take raw bytes of the file for object pointers, and
+# a field placed past the item reads and writes memory outside the array. A dtype state is
+# accepted only when its layout is modelled here and matches: every field and subarray
+# inside the item, made of dtypes that pass the same check, and the object flags set exactly
+# when an object is held.
+_OBJECT_FLAGS = 0x0B  # REFCOUNT | LIST_PICKLE | NEEDS_INIT: on every numpy pickle with objects
+_POINTER_FLAGS = 0x07  # REFCOUNT | LIST_PICKLE | ITEM_IS_POINTER: never without objects
+_PLAIN_TYPESTR = re.compile(r"[<>|=]?([?bBiufcmMOSUVa])(\d*)")
+_FIXED_SIZES = {"?": 1, "b": 1, "B": 1, "m": 8, "M": 8, "O": 8}
+_MAX_DTYPE_DEPTH = 32
+
+
+def _dtype_state_problem(call: Call) -> str:
+    """Why the numpy dtype this call makes is given a state numpy would take unchecked."""
+    func = call.func
+    if not isinstance(func, Global) or not (
+            func.effective == "numpy.dtype" or func.effective.startswith("numpy.dtypes.")):
+        return ""
+    layout = _dtype_layout(call, 0)
+    return layout if isinstance(layout, str) else ""
+
+
+def _dtype_layout(value: object, depth: int) -> tuple[int, bool] | str:
+    """(item size, holds objects) of a dtype the pickle builds, or why it cannot be trusted."""
+    if depth > _MAX_DTYPE_DEPTH:
+        return "a numpy dtype nested too deeply"
+    if not (isinstance(value, Call) and isinstance(value.func, Global)
+            and value.func.effective == "numpy.dtype"):
+        return f"a numpy dtype field or subarray made of {render(value)[:80]}"
+    if value.builds > 1:
+        return ("BUILD is applied to one numpy dtype more than once (objects made in between "
+                "see the first state's layout and flags)")
+    ctor = value.args[0] if isinstance(value.args, tuple) and value.args else None
+    plain = _PLAIN_TYPESTR.fullmatch(ctor) if isinstance(ctor, str) else None
+    if plain is None:
+        if value.builds == 0 and depth == 0:
+            return ""  # numpy builds it from its argument alone
+        return f"a numpy dtype made from {render(ctor)[:80]}, not a plain type string"
+    kind, digits = plain.groups()
+    size = _FIXED_SIZES.get(kind, int(digits) * (4 if kind == "U" else 1) if digits else -1)
+    state = value.state
+    if value.builds == 0:
+        return (size, kind == "O") if size >= 0 else "a numpy dtype of unknown size"
+    if not isinstance(state, tuple) or len(state) < 5:
+        return "" if depth == 0 else "a numpy dtype field whose state numpy refuses"
+    if len(state) not in (8, 9):
+        if any(v is not None for v in state[2:min(5, len(state) - 2)]):
+            return "an old-format numpy dtype state with fields or a subarray"
+        return (size, kind == "O") if size >= 0 else "a numpy dtype of unknown size"
+    subarray, names, fields, elsize, flags = state[2], state[3], state[4], state[5], state[7]
+    if not isinstance(flags, int):
+        return "a numpy dtype state whose flags are not an integer"
+    if kind in "SUVa":
+        if not isinstance(elsize, int) or elsize < 0:
+            return "a numpy dtype state with a bad item size"
+        size = elsize
+    elif size < 0:
+        return "a numpy dtype of unknown size"
+    holds_objects = kind == "O"
+    if (subarray is not None or names is not None or fields is not None) and kind != "V":
+        return "a numpy dtype state gives fields or a subarray to a type that has none"
+    if subarray is not None:
+        part = _subarray_layout(subarray, size, depth)
+        if isinstance(part, str):
+            return part
+        holds_objects = holds_objects or part
+    if names is not None or fields is not None:
+        part = _fields_layout(names, fields, size, depth)
+        if isinstance(part, str):
+            return part
+        holds_objects = holds_objects or part
+    if holds_objects and flags & _OBJECT_FLAGS != _OBJECT_FLAGS:
+        return ("a numpy dtype holding objects whose state clears its object flags: arrays "
+                "and scalars of it take raw bytes from the file for object pointers")
+    if not holds_objects and flags & _POINTER_FLAGS:
+        return ("a numpy dtype without objects is given object flags: numpy would treat its "
+                "bytes as object pointers")
+    return size, holds_objects
+
+
+def _subarray_layout(subarray: object, size: int, depth: int) -> bool | str:
+    if not (isinstance(subarray, tuple) and len(subarray) == 2):
+        return "a numpy dtype subarray that is not (dtype, shape)"
+    base, shape = subarray
+    dims = (shape,) if isinstance(shape, int) else shape
+    if not (isinstance(dims, tuple) and all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in dims)):
+        return "a numpy dtype subarray with a bad shape"
+    inner = _dtype_layout(base, depth + 1)
+    if isinstance(inner, str):
+        return inner
+    count = 1
+    for d in dims:
+        count *= d
+    if inner[0] * count > size:
+        return "a numpy dtype subarray larger than its item: it reaches outside the array"
+    return inner[1]
+
+
+def _fields_layout(names: object, fields: object, size: int, depth: int) -> bool | str:
+    if not (isinstance(names, tuple) and isinstance(fields, SymDict)
+            and all(isinstance(n, str) for n in names)):
+        return "numpy dtype fields that are not a tuple of names and a dict"
+    if sorted(names) != sorted(k for k, _ in fields.items if isinstance(k, str)) or len(
+            fields.items) != len(names):
+        return "numpy dtype fields that do not match their names (titles are not modelled)"
+    holds_objects = False
+    for _, spec in fields.items:
+        if not (isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[1], int)
+                and not isinstance(spec[1], bool) and spec[1] >= 0):
+            return "a numpy dtype field that is not (dtype, offset)"
+        inner = _dtype_layout(spec[0], depth + 1)
+        if isinstance(inner, str):
+            return inner
+        if spec[1] + inner[0] > size:
+            return ("a numpy dtype field placed past the end of its item: it reads and "
+                    "writes memory outside the array")
+        holds_objects = holds_objects or inner[1]
+    return holds_objects
 
 
 def _attribute_chain(g: Global) -> list[str]:

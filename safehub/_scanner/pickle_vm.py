@@ -139,7 +139,7 @@ class ComputedGlobal:
 class Call:
     """The result of calling ``func`` (REDUCE, NEWOBJ, NEWOBJ_EX, INST, OBJ)."""
 
-    __slots__ = ("args", "func", "kwargs", "offset", "opcode", "state")
+    __slots__ = ("args", "builds", "func", "kwargs", "offset", "opcode", "state")
 
     def __init__(self, func: object, args: object, kwargs: object, offset: int, opcode: str):
         self.func = func
@@ -148,6 +148,7 @@ class Call:
         self.offset = offset
         self.opcode = opcode
         self.state: object = None  # last BUILD state applied to the result
+        self.builds = 0  # how many BUILDs were applied to the result
 
 
 class Blob:
@@ -932,6 +933,7 @@ class PickleCursor:
                         inst = top(at)
                         self._mutate(res, "BUILD", inst, at)
                         if isinstance(inst, Call):
+                            inst.builds += 1
                             wrapper = _is_joblib_wrapper(inst)
                             # NumpyArrayWrapper has no __setstate__: load_build updates the
                             # instance's __dict__, so attributes of earlier BUILDs remain.

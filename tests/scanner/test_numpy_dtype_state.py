@@ -1,0 +1,115 @@
+"""numpy dtype states numpy takes unchecked (SH108).
+
+``numpy.dtype`` and ``_reconstruct`` are allowlisted (every pickled numpy array needs them),
+and ``numpy.dtype.__setstate__`` takes a dtype's flags and layout from the pickle without
+checking them: an object dtype whose state clears its object flags makes the array that
+follows take eight raw bytes of the file for an object pointer, and a field placed past the
+item reads and writes memory outside the array. Both files scanned CLEAN under the default
+policy; pickle.load and torch.load(weights_only=False) return the array, and touching it
+dereferences the file's pointer (a crash here; with a known address, code execution).
+"""
+
+from __future__ import annotations
+
+import pickle
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from safehub.findings import Verdict
+from tests.scanner.conftest import rules, scan_one
+
+np = pytest.importorskip("numpy")
+
+_POINTER = b"\x41" * 8  # the object pointer the file hands numpy
+
+
+def _dtype(ctor: str, state: tuple[object, ...]) -> object:
+    """A dtype after ``__setstate__(state)``, as unpickling one makes it."""
+    dtype = np.dtype.__new__(np.dtype, ctor)
+    dtype.__setstate__(state)
+    return dtype
+
+
+def _object_without_flags() -> bytes:
+    """numpy's own pickle of an int64 array, its dtype renamed ``O8``: the state numpy wrote
+    for the int64 dtype (flags 0) then makes an object dtype without object flags, and the
+    array's eight raw bytes become its element's pointer."""
+    data = pickle.dumps({"w": np.frombuffer(_POINTER, dtype="<i8")}, protocol=2)
+    assert data.count(b"i8") == 1
+    return data.replace(b"i8", b"O8")
+
+
+def _object_field_without_flags() -> bytes:
+    """A structured dtype with one object field and flags 0."""
+    dtype = _dtype("V8", (3, "|", None, ("a",), {"a": (np.dtype("O"), 0)}, 8, 1, 0))
+    return pickle.dumps({"w": np.frombuffer(_POINTER, dtype=dtype)}, protocol=2)
+
+
+def _field_past_the_item() -> bytes:
+    """A float field 1 MiB past an 8-byte item."""
+    dtype = _dtype("V8", (3, "|", None, ("a",), {"a": (np.dtype("<f8"), 1 << 20)}, 8, 1, 16))
+    return pickle.dumps({"w": np.zeros(1, dtype=dtype)}, protocol=2)
+
+
+def _load_and_touch(path: Path) -> subprocess.CompletedProcess[str]:
+    code = ("import pickle, sys; w = pickle.load(open(sys.argv[1], 'rb'))['w']; "
+            "print(w.dtype.hasobject, w.dtype.itemsize, repr(w.dtype.fields)); w[0]['a'] "
+            "if w.dtype.names else w[0]; print('touched')")
+    return subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+@pytest.mark.parametrize("build", [_object_without_flags, _object_field_without_flags])
+def test_object_dtype_without_object_flags_is_refused(build: object, tmp_path: Path) -> None:
+    path = tmp_path / "w.pkl"
+    path.write_bytes(build())  # type: ignore[operator]
+    run = _load_and_touch(path)
+    assert run.stdout.startswith("False"), run  # loaded: an object dtype without objects
+    assert run.returncode == -signal.SIGSEGV, run  # the file's pointer was dereferenced
+    report = scan_one(path)
+    assert report.verdict is Verdict.UNSAFE and "SH108" in rules(report)
+
+
+def test_field_past_the_item_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "w.pkl"
+    path.write_bytes(_field_past_the_item())
+    run = _load_and_touch(path)
+    assert "1048576" in run.stdout, run  # numpy took the field: reading it reads 1 MiB on
+    assert run.returncode in (0, -signal.SIGSEGV), run
+    report = scan_one(path)
+    assert report.verdict is Verdict.UNSAFE and "SH108" in rules(report)
+
+
+def test_a_second_state_cannot_hide_the_first(tmp_path: Path) -> None:
+    """An array built between two BUILDs of one dtype sees the first state; the dtype
+    ends with the second. Any second BUILD on a dtype is refused."""
+    good = pickle.dumps(np.dtype("O"), protocol=2)
+    first = b"(K\x03X\x01\x00\x00\x00|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+    assert good.count(b"b") >= 1 and good.endswith(b"b.")
+    data = good[:-1] + first[:-1] + b"b."  # the dtype's own state, then flags 0
+    assert pickle.loads(data).hasobject is False
+    path = tmp_path / "twice.pkl"
+    path.write_bytes(data)
+    assert "SH108" in rules(scan_one(path))
+
+
+@pytest.mark.parametrize("value", [
+    np.arange(6, dtype="<f4").reshape(2, 3), np.array(["ab", "c"]), np.array([b"x"]),
+    np.array([1, None, "s"], dtype=object), np.array(["2020-01-01"], dtype="M8[D]"),
+    np.float64(1.5), np.dtype("V8"), np.array([True]),
+    # Structured and subarray dtypes, as numpy pickles them: their layouts are checked.
+    np.zeros(2, dtype=[("a", "<i4"), ("b", "<f8", (2,))]),
+    np.array([(1, None)], dtype=[("a", "<i4"), ("b", "O")]),
+    np.zeros(1, dtype=[("n", [("x", "u1"), ("y", "S3")]), ("o", "O", (2,))]),
+    np.dtype(("<f4", (3,))), np.dtype({"names": ["p"], "formats": ["<i2"], "offsets": [6],
+                                      "itemsize": 8}),
+])
+def test_plain_numpy_pickles_stay_clean(value: object, tmp_path: Path) -> None:
+    path = tmp_path / "v.pkl"
+    path.write_bytes(pickle.dumps({"v": value}, protocol=2))
+    report = scan_one(path)
+    assert report.verdict is Verdict.CLEAN, report.findings
