@@ -127,6 +127,48 @@ def _load_build_checked(self: Any) -> None:
                 "(BUILD on a class, function or module): it would alter this process's code",
                 subject=str(what), fix="do not load this file")
     _pure_load_build(self)
+    if _check[0] is not None and self.stack:
+        _check_dtype_state(self.stack[-1])
+
+
+# What numpy.dtype.__setstate__ takes from the pickle unchecked, compared with what numpy
+# computes for the same layout: REFCOUNT | LIST_PICKLE | ITEM_IS_POINTER | NEEDS_INIT.
+_DTYPE_OBJECT_FLAGS = 0x0F
+
+
+def _check_dtype_state(obj: object) -> None:
+    """A numpy dtype after BUILD must be one numpy would make from its own layout.
+
+    ``numpy.dtype.__setstate__`` takes flags, fields, subarray and item size from the
+    pickle: an object dtype whose state clears its object flags makes arrays that take the
+    file's raw bytes for object pointers, and a field past the item reaches memory outside
+    the array. The dtype is rebuilt from its layout (numpy checks offsets against the item
+    size there) and must match.
+    """
+    numpy = sys.modules.get("numpy")
+    if numpy is None or not isinstance(obj, numpy.dtype):
+        return
+    try:
+        if obj.names is not None:
+            fields = obj.fields
+            fresh = numpy.dtype({"names": list(obj.names),
+                                 "formats": [fields[n][0] for n in obj.names],
+                                 "offsets": [fields[n][1] for n in obj.names],
+                                 "itemsize": obj.itemsize})
+        elif obj.subdtype is not None:
+            fresh = numpy.dtype(obj.subdtype)
+        else:
+            fresh = numpy.dtype(obj.str)
+        same = (fresh.itemsize == obj.itemsize
+                and fresh.flags & _DTYPE_OBJECT_FLAGS == obj.flags & _DTYPE_OBJECT_FLAGS)
+    except (TypeError, ValueError, KeyError):
+        same = False
+    if not same:
+        raise UnsafeModel(
+            f"SH108 unchecked-state: the pickle gives a numpy dtype a state ({obj!r}, flags "
+            f"{obj.flags}) that numpy's own layout rules do not produce: arrays of it would "
+            "take raw bytes for object pointers or reach memory outside their data",
+            subject="numpy.dtype", fix="do not load this file")
 
 
 _pure_load_build = pickle._Unpickler.load_build  # type: ignore[attr-defined]

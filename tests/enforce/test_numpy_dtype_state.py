@@ -1,0 +1,48 @@
+"""Under enforcement, pickle.load refuses numpy dtype states numpy takes unchecked (SH108).
+
+The restricted unpickler allows ``numpy.dtype``, ``_reconstruct`` and ``ndarray`` (every
+pickled array needs them), and ``numpy.dtype.__setstate__`` takes the flags and layout
+from the pickle: numpy's own pickle of an int64 array with its dtype renamed ``O8`` loaded
+under enforcement as an object array of the file's raw bytes (touching it crashed the
+process on the file's pointer). The scanner's side is tests/scanner/test_numpy_dtype_state.py.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+import safehub
+from safehub.errors import UnsafeModel
+
+np = pytest.importorskip("numpy")
+
+
+def _object_array_of_raw_bytes() -> bytes:
+    data = pickle.dumps({"w": np.frombuffer(b"\x41" * 8, dtype="<i8")}, protocol=2)
+    assert data.count(b"i8") == 1
+    return data.replace(b"i8", b"O8")
+
+
+def _field_past_the_item() -> bytes:
+    dtype = np.dtype.__new__(np.dtype, "V8")
+    dtype.__setstate__((3, "|", None, ("a",), {"a": (np.dtype("<f8"), 1 << 20)}, 8, 1, 16))
+    return pickle.dumps({"w": np.zeros(1, dtype=dtype)}, protocol=2)
+
+
+def test_unchecked_dtype_states_are_refused_and_real_ones_load() -> None:
+    hostile = _object_array_of_raw_bytes()
+    loaded = pickle.loads(hostile)["w"]  # without safehub: an object dtype without objects
+    assert loaded.dtype.kind == "O" and not loaded.dtype.hasobject
+    real = {"rec": np.array([(1, None, (2.0, 3.0))],
+                            dtype=[("a", "<i4"), ("o", "O"), ("s", "<f8", (2,))]),
+            "u": np.array(["ab"]), "t": np.array(["2020-01-01"], dtype="M8[D]"),
+            "obj": np.array([1, "x"], dtype=object), "dt": np.dtype(("<f4", (3,)))}
+    with safehub.enforce("default"):
+        for data in (hostile, _field_past_the_item()):
+            with pytest.raises(UnsafeModel, match="SH108"):
+                pickle.loads(data)
+        back = pickle.loads(pickle.dumps(real, protocol=2))
+    assert back["rec"].dtype == real["rec"].dtype and back["rec"][0]["o"] is None
+    assert back["dt"] == real["dt"] and back["t"].dtype == real["t"].dtype
