@@ -33,7 +33,7 @@ import types
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from safehub._enforce.hooks import AttrPatch, ItemPatch
+from safehub._enforce.hooks import AttrPatch, CodePatch
 from safehub.errors import UnsafeModel
 
 __all__ = ["GlobalCheck", "canonical_global", "pickle_patches"]
@@ -129,8 +129,16 @@ def _load_build_checked(self: Any) -> None:
     _pure_load_build(self)
 
 
-_pure_load_build = pickle._Unpickler.load_build  # type: ignore[attr-defined]
+_build_fn: types.FunctionType = pickle._Unpickler.load_build  # type: ignore[attr-defined]
+# A private copy: under enforcement the function object itself runs the check (its code is
+# swapped), and the check must reach BUILD's own code without coming back to itself.
+_pure_load_build = types.FunctionType(_build_fn.__code__, _build_fn.__globals__,
+                                      _build_fn.__name__, _build_fn.__defaults__)
 _BUILD = pickle.BUILD[0]
+
+
+def _build_replacement(original: Callable[..., Any], self: Any) -> None:
+    _load_build_checked(self)
 
 
 class RestrictedUnpickler(pickle._Unpickler):
@@ -213,15 +221,18 @@ def _subclasses(base: type) -> list[type]:
     return found
 
 
-def pickle_patches() -> list[AttrPatch | ItemPatch]:
+def pickle_patches() -> list[AttrPatch | CodePatch]:
     """The patches that route ``pickle``'s entry points through the check."""
-    patches: list[AttrPatch | ItemPatch] = [AttrPatch(owner, name, value)
+    patches: list[AttrPatch | CodePatch] = [AttrPatch(owner, name, value)
                for owner in (pickle, _pickle)
                for name, value in (("load", load), ("loads", loads),
                                    ("Unpickler", RestrictedUnpickler))]
     patches.append(AttrPatch(pickle._Unpickler, "find_class", _python_find_class))
-    # joblib and other pure-Python unpicklers dispatch BUILD through this table.
-    patches.append(ItemPatch(pickle._Unpickler.dispatch, _BUILD, _load_build_checked))
+    # BUILD's function object itself: pure-Python unpicklers reach it through the class's
+    # dispatch table, through copies of that table taken when they were defined, and by
+    # calling ``Unpickler.load_build(self)`` from their own BUILD (joblib's NumpyUnpickler
+    # does both, whenever it was imported): swapping its code reaches every one of them.
+    patches.append(CodePatch(_build_fn, "pickle._Unpickler.load_build", _build_replacement))
 
     def init_subclass(cls: type, /, **kwargs: Any) -> None:
         _guard_class(cls)

@@ -23,17 +23,20 @@ import safehub
 from safehub.errors import SafehubError
 from tests.enforce.payloads import _torchscript
 
-_SITE = Path(__file__).resolve().parents[2] / "examples" / "sitecustomize.py"
+_ROOT = Path(__file__).resolve().parents[2]
+_SITE = _ROOT / "examples" / "sitecustomize.py"
 
 
 def _run(program: str, tmp_path: Path, *, site: bool) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("SAFEHUB_POLICY", "PYTHONPATH")}
     env["TORCH_HOME"] = str(tmp_path / "torch")
+    # The checkout under test, not whichever safehub the interpreter has installed.
+    env["PYTHONPATH"] = str(_ROOT)
     if site:
         folder = tmp_path / "site"
         folder.mkdir(exist_ok=True)
         (folder / "sitecustomize.py").write_text(_SITE.read_text())
-        env["PYTHONPATH"] = str(folder)
+        env["PYTHONPATH"] = os.pathsep.join([str(folder), str(_ROOT)])
     return subprocess.run([sys.executable, "-c", textwrap.dedent(program)], capture_output=True,
                           text=True, env=env, timeout=300, cwd=tmp_path)
 
@@ -360,6 +363,31 @@ def test_build_on_an_allowed_class_or_function_is_refused(tmp_path: Path, entry:
         pickle.loads(_MUTATION)
     assert not hasattr(collections.Counter, "safehub_pwnd")
     assert torch._utils._rebuild_tensor_v2.__defaults__ == defaults
+
+
+@pytest.mark.parametrize("order", ["joblib_first", "enforce_first"])
+def test_build_through_joblib_is_refused(tmp_path: Path, order: str) -> None:
+    # joblib's NumpyUnpickler copies the pure unpickler's dispatch table and its BUILD calls
+    # pickle._Unpickler.load_build(self) directly: a patch of the class's table alone
+    # missed both, whether joblib was imported before enforce() or after.
+    path = tmp_path / "mutation.pkl"
+    path.write_bytes(_MUTATION)
+    setup = "import collections, torch\n" + (
+        "import joblib\nimport safehub\nsafehub.enforce()\n" if order == "joblib_first"
+        else "import safehub\nsafehub.enforce()\nimport joblib\n")
+    check = ("\nprint('MUTATED', hasattr(collections.Counter, 'safehub_pwnd'), "
+             "torch._utils._rebuild_tensor_v2.__defaults__ == ((7,),))\n")
+    load = _guarded(f"joblib.load({str(path)!r})")
+    plain = _run("import collections, torch, joblib\n" + load + check, tmp_path, site=False)
+    assert "MUTATED True True" in plain.stdout, (plain.stdout, plain.stderr)
+
+    enforced = _run(setup + load + check, tmp_path, site=False)
+    assert "REFUSED UnsafeModel" in enforced.stdout, (enforced.stdout, enforced.stderr)
+    assert "MUTATED False False" in enforced.stdout
+    under_site = _run("import collections, torch, joblib\n" + load + check, tmp_path,
+                      site=True)
+    assert "REFUSED UnsafeModel" in under_site.stdout, (under_site.stdout, under_site.stderr)
+    assert "MUTATED False False" in under_site.stdout
 
 
 def _checkpoint_with_pickle(path: Path, data_pkl: bytes) -> Path:
