@@ -86,7 +86,8 @@ def defined_here(obj: Any, module: str, name: str) -> None:
 
     ``torch.distributed.checkpoint.metadata.*`` must not reach ``dataclass`` or ``os``
     bound there by an import: classes and functions must have been defined in
-    ``module``; modules and other callables are refused; plain values are data.
+    ``module``; modules and other callables are refused; of other values only immutable
+    constants pass (never ``__dict__``, ``__builtins__`` or another existing object).
     """
     if isinstance(obj, types.ModuleType):
         owner: Any = obj.__name__
@@ -94,8 +95,19 @@ def defined_here(obj: Any, module: str, name: str) -> None:
         owner = getattr(obj, "__module__", None)
     elif callable(obj):
         owner = None
-    else:
+    elif _constant(obj):
         return
+    else:
+        # An existing object (the module's own namespace as ``__dict__``, the builtins dict
+        # as ``__builtins__``, an enum member, a registry): SETITEMS, APPENDS or BUILD would
+        # change it in place for the whole process (rebinding ``len`` in builtins).
+        raise UnsafeModel(
+            f"SH122 enforce-global-refused: the pickle imports {module}.{name}, an existing "
+            f"{type(obj).__name__} object: a wildcard allowance {module}.* covers the "
+            "classes and functions the module defines and its plain constants, never an "
+            "object the pickle could change in place", subject=f"{module}.{name}",
+            fix="do not load this file; if the object is really needed, allow its exact "
+            "name in the policy's [scanner] allowed_globals")
     if isinstance(obj, types.ModuleType) or owner != module:
         raise UnsafeModel(
             f"SH122 enforce-global-refused: the pickle imports {module}.{name}, which a "
@@ -104,6 +116,18 @@ def defined_here(obj: Any, module: str, name: str) -> None:
             subject=f"{module}.{name}",
             fix="do not load this file; if the object is really needed, allow its defining "
             "module's exact name in the policy's [scanner] allowed_globals")
+
+
+_SCALARS = (type(None), bool, int, float, complex, str, bytes)
+
+
+def _constant(obj: Any, depth: int = 0) -> bool:
+    """Immutable plain data: scalars, and tuples or frozensets of them."""
+    if type(obj) in _SCALARS:
+        return True
+    if type(obj) in (tuple, frozenset) and depth < 4:
+        return all(_constant(item, depth + 1) for item in obj)
+    return False
 
 
 _CODE_OBJECTS = (types.FunctionType, types.BuiltinFunctionType, types.MethodType,

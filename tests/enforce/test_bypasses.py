@@ -390,6 +390,44 @@ def test_build_through_joblib_is_refused(tmp_path: Path, order: str) -> None:
     assert "MUTATED False False" in under_site.stdout
 
 
+def _short(text: str) -> bytes:
+    data = text.encode()
+    return b"\x8c" + bytes([len(data)]) + data
+
+
+_MD = "torch.distributed.checkpoint.metadata"
+
+
+def _namespace_pickle(attribute: str) -> bytes:
+    """Protocol 4: STACK_GLOBAL ``metadata.<attribute>`` (the builtins dict, or the
+    module's own namespace), then SETITEMS on it: ``len`` becomes a dataclass and the
+    module gains a global."""
+    return (b"\x80\x04" + _short(_MD) + _short(attribute) + b"\x93("
+            + _short("len") + _short(_MD) + _short("Metadata") + b"\x93"
+            + _short("safehub_pwnd") + b"\x88u.")
+
+
+@pytest.mark.parametrize("attribute", ["__builtins__", "__dict__"])
+def test_a_wildcard_does_not_reach_a_namespace_to_change_in_place(
+        tmp_path: Path, attribute: str) -> None:
+    # The documented dcp allowance names metadata.*; __builtins__ and __dict__ are
+    # attributes of that module, neither a class nor a function it defines.
+    data = _namespace_pickle(attribute)
+    policy = tmp_path / "dcp.toml"
+    policy.write_text(_DCP_POLICY)
+    owner = "builtins" if attribute == "__builtins__" else _MD
+    program = (f"import builtins, pickle, torch, {_MD}\n" + _guarded(f"pickle.loads({data!r})")
+               + f"\nprint('MUTATED', getattr({owner}, 'len', None) is {_MD}.Metadata, "
+               f"getattr({owner}, 'safehub_pwnd', False))\n")
+    plain = _run(program, tmp_path, site=False)
+    assert "MUTATED True True" in plain.stdout, (plain.stdout, plain.stderr)
+
+    enforced = _run(f"import safehub\nsafehub.enforce({str(policy)!r})\n" + program,
+                    tmp_path, site=False)
+    assert "REFUSED UnsafeModel" in enforced.stdout, (enforced.stdout, enforced.stderr)
+    assert "MUTATED False False" in enforced.stdout
+
+
 def _checkpoint_with_pickle(path: Path, data_pkl: bytes) -> Path:
     """A torch.save zip whose data.pkl is replaced by ``data_pkl``."""
     plain = path.with_suffix(".orig")
