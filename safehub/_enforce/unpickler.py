@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import _compat_pickle
 import _pickle
+import enum
 import importlib
 import io
 import pickle
@@ -136,20 +137,24 @@ _CODE_OBJECTS = (types.FunctionType, types.BuiltinFunctionType, types.MethodType
 
 
 def _load_build_checked(self: Any) -> None:
-    """BUILD under enforcement: never on a class, function or module.
+    """BUILD under enforcement: never on a class, function, module or enum member.
 
     BUILD sets attributes on the object below it; on an imported class or function
     (``Counter.__annotations__``, ``_rebuild_tensor_v2.__defaults__``) that rewrites
-    process-wide state, which no legitimate pickle does.
+    process-wide state, which no legitimate pickle does. An enum member is a
+    process-wide singleton too (calling an allowed enum class returns it), and enums
+    pickle without state.
     """
     if _check[0] is not None and len(self.stack) >= 2:
         inst = self.stack[-2]  # the state is on top, the object below it
-        if isinstance(inst, (type, types.ModuleType, *_CODE_OBJECTS)):
-            what = getattr(inst, "__qualname__", None) or getattr(inst, "__name__", "?")
+        if isinstance(inst, (type, types.ModuleType, enum.Enum, *_CODE_OBJECTS)):
+            what = (f"{type(inst).__qualname__}.{inst._name_}" if isinstance(inst, enum.Enum)
+                    else str(getattr(inst, "__qualname__", None)
+                             or getattr(inst, "__name__", "?")))
             raise UnsafeModel(
                 f"the pickle sets attributes on {getattr(inst, '__module__', '')}.{what} "
-                "(BUILD on a class, function or module): it would alter this process's code",
-                subject=str(what), fix="do not load this file")
+                "(BUILD on a class, function, module or enum member): it would alter this "
+                "process's code or shared state", subject=str(what), fix="do not load this file")
     _pure_load_build(self)
 
 

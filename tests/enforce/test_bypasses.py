@@ -428,6 +428,27 @@ def test_a_wildcard_does_not_reach_a_namespace_to_change_in_place(
     assert "MUTATED False False" in enforced.stdout
 
 
+def test_build_on_an_enum_member_is_refused(tmp_path: Path) -> None:
+    # Calling an allowed enum class returns its process-wide member; BUILD then renamed
+    # and renumbered it for everyone (dcp's own memory-format encoding, under the
+    # documented dcp allowance). Enums pickle without state: no real pickle does this.
+    data = (b"\x80\x04" + _short(_MD) + _short("_MEM_FORMAT_ENCODING") + b"\x93K\x00\x85R}"
+            + _short("_value_") + b"K\x07s" + _short("_name_") + _short("PWNED") + b"sb.")
+    policy = tmp_path / "dcp.toml"
+    policy.write_text(_DCP_POLICY)
+    program = (f"import pickle, torch, {_MD} as md\n" + _guarded(f"pickle.loads({data!r})")
+               + "\nm = md._MEM_FORMAT_ENCODING.TORCH_CONTIGUOUS_FORMAT\n"
+               "print('MUTATED', m.name == 'PWNED', m.value == 7)\n")
+    plain = _run(program, tmp_path, site=False)
+    assert "MUTATED True True" in plain.stdout, (plain.stdout, plain.stderr)
+
+    enforced = _run(f"import safehub\nsafehub.enforce({str(policy)!r})\n" + program,
+                    tmp_path, site=False)
+    assert "REFUSED UnsafeModel" in enforced.stdout, (enforced.stdout, enforced.stderr)
+    assert "enum member" in enforced.stdout
+    assert "MUTATED False False" in enforced.stdout
+
+
 def _checkpoint_with_pickle(path: Path, data_pkl: bytes) -> Path:
     """A torch.save zip whose data.pkl is replaced by ``data_pkl``."""
     plain = path.with_suffix(".orig")
