@@ -65,7 +65,7 @@ from types import ModuleType
 from typing import Any
 
 from safehub._callable_module import make_module_callable
-from safehub._enforce.hooks import AttrPatch, CodePatch, ItemPatch
+from safehub._enforce.hooks import AttrPatch, CodePatch
 from safehub.errors import UnsafeModel
 from safehub.policy import Policy, load_policy
 
@@ -125,7 +125,7 @@ class _State:
         self.stack: list[Enforcement] = []
         self.policies: tuple[Policy, ...] = ()
         self.allowed: tuple[tuple[str, ...], ...] = ()
-        self.base_patches: list[AttrPatch | ItemPatch] = []
+        self.base_patches: list[AttrPatch | CodePatch] = []
         self.torch_patches: list[CodePatch | AttrPatch] = []
         self.finder: _TorchImportHook | None = None
         self.installing = False

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import _compat_pickle
 import _pickle
+import enum
 import importlib
 import io
 import pickle
@@ -33,7 +34,7 @@ import types
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from safehub._enforce.hooks import AttrPatch, ItemPatch
+from safehub._enforce.hooks import AttrPatch, CodePatch
 from safehub.errors import UnsafeModel
 
 __all__ = ["GlobalCheck", "canonical_global", "pickle_patches"]
@@ -86,7 +87,8 @@ def defined_here(obj: Any, module: str, name: str) -> None:
 
     ``torch.distributed.checkpoint.metadata.*`` must not reach ``dataclass`` or ``os``
     bound there by an import: classes and functions must have been defined in
-    ``module``; modules and other callables are refused; plain values are data.
+    ``module``; modules and other callables are refused; of other values only immutable
+    constants pass (never ``__dict__``, ``__builtins__`` or another existing object).
     """
     if isinstance(obj, types.ModuleType):
         owner: Any = obj.__name__
@@ -94,8 +96,19 @@ def defined_here(obj: Any, module: str, name: str) -> None:
         owner = getattr(obj, "__module__", None)
     elif callable(obj):
         owner = None
-    else:
+    elif _constant(obj):
         return
+    else:
+        # An existing object (the module's own namespace as ``__dict__``, the builtins dict
+        # as ``__builtins__``, an enum member, a registry): SETITEMS, APPENDS or BUILD would
+        # change it in place for the whole process (rebinding ``len`` in builtins).
+        raise UnsafeModel(
+            f"SH122 enforce-global-refused: the pickle imports {module}.{name}, an existing "
+            f"{type(obj).__name__} object: a wildcard allowance {module}.* covers the "
+            "classes and functions the module defines and its plain constants, never an "
+            "object the pickle could change in place", subject=f"{module}.{name}",
+            fix="do not load this file; if the object is really needed, allow its exact "
+            "name in the policy's [scanner] allowed_globals")
     if isinstance(obj, types.ModuleType) or owner != module:
         raise UnsafeModel(
             f"SH122 enforce-global-refused: the pickle imports {module}.{name}, which a "
@@ -106,26 +119,42 @@ def defined_here(obj: Any, module: str, name: str) -> None:
             "module's exact name in the policy's [scanner] allowed_globals")
 
 
+_SCALARS = (type(None), bool, int, float, complex, str, bytes)
+
+
+def _constant(obj: Any, depth: int = 0) -> bool:
+    """Immutable plain data: scalars, and tuples or frozensets of them."""
+    if type(obj) in _SCALARS:
+        return True
+    if type(obj) in (tuple, frozenset) and depth < 4:
+        return all(_constant(item, depth + 1) for item in obj)
+    return False
+
+
 _CODE_OBJECTS = (types.FunctionType, types.BuiltinFunctionType, types.MethodType,
                  types.BuiltinMethodType, types.WrapperDescriptorType,
                  types.MethodDescriptorType, types.ClassMethodDescriptorType)
 
 
 def _load_build_checked(self: Any) -> None:
-    """BUILD under enforcement: never on a class, function or module.
+    """BUILD under enforcement: never on a class, function, module or enum member.
 
     BUILD sets attributes on the object below it; on an imported class or function
     (``Counter.__annotations__``, ``_rebuild_tensor_v2.__defaults__``) that rewrites
-    process-wide state, which no legitimate pickle does.
+    process-wide state, which no legitimate pickle does. An enum member is a
+    process-wide singleton too (calling an allowed enum class returns it), and enums
+    pickle without state.
     """
     if _check[0] is not None and len(self.stack) >= 2:
         inst = self.stack[-2]  # the state is on top, the object below it
-        if isinstance(inst, (type, types.ModuleType, *_CODE_OBJECTS)):
-            what = getattr(inst, "__qualname__", None) or getattr(inst, "__name__", "?")
+        if isinstance(inst, (type, types.ModuleType, enum.Enum, *_CODE_OBJECTS)):
+            what = (f"{type(inst).__qualname__}.{inst._name_}" if isinstance(inst, enum.Enum)
+                    else str(getattr(inst, "__qualname__", None)
+                             or getattr(inst, "__name__", "?")))
             raise UnsafeModel(
                 f"the pickle sets attributes on {getattr(inst, '__module__', '')}.{what} "
-                "(BUILD on a class, function or module): it would alter this process's code",
-                subject=str(what), fix="do not load this file")
+                "(BUILD on a class, function, module or enum member): it would alter this "
+                "process's code or shared state", subject=str(what), fix="do not load this file")
     _pure_load_build(self)
     if _check[0] is not None and self.stack:
         _check_dtype_state(self.stack[-1])
@@ -171,8 +200,16 @@ def _check_dtype_state(obj: object) -> None:
             subject="numpy.dtype", fix="do not load this file")
 
 
-_pure_load_build = pickle._Unpickler.load_build  # type: ignore[attr-defined]
+_build_fn: types.FunctionType = pickle._Unpickler.load_build  # type: ignore[attr-defined]
+# A private copy: under enforcement the function object itself runs the check (its code is
+# swapped), and the check must reach BUILD's own code without coming back to itself.
+_pure_load_build = types.FunctionType(_build_fn.__code__, _build_fn.__globals__,
+                                      _build_fn.__name__, _build_fn.__defaults__)
 _BUILD = pickle.BUILD[0]
+
+
+def _build_replacement(original: Callable[..., Any], self: Any) -> None:
+    _load_build_checked(self)
 
 
 class RestrictedUnpickler(pickle._Unpickler):
@@ -255,15 +292,18 @@ def _subclasses(base: type) -> list[type]:
     return found
 
 
-def pickle_patches() -> list[AttrPatch | ItemPatch]:
+def pickle_patches() -> list[AttrPatch | CodePatch]:
     """The patches that route ``pickle``'s entry points through the check."""
-    patches: list[AttrPatch | ItemPatch] = [AttrPatch(owner, name, value)
+    patches: list[AttrPatch | CodePatch] = [AttrPatch(owner, name, value)
                for owner in (pickle, _pickle)
                for name, value in (("load", load), ("loads", loads),
                                    ("Unpickler", RestrictedUnpickler))]
     patches.append(AttrPatch(pickle._Unpickler, "find_class", _python_find_class))
-    # joblib and other pure-Python unpicklers dispatch BUILD through this table.
-    patches.append(ItemPatch(pickle._Unpickler.dispatch, _BUILD, _load_build_checked))
+    # BUILD's function object itself: pure-Python unpicklers reach it through the class's
+    # dispatch table, through copies of that table taken when they were defined, and by
+    # calling ``Unpickler.load_build(self)`` from their own BUILD (joblib's NumpyUnpickler
+    # does both, whenever it was imported): swapping its code reaches every one of them.
+    patches.append(CodePatch(_build_fn, "pickle._Unpickler.load_build", _build_replacement))
 
     def init_subclass(cls: type, /, **kwargs: Any) -> None:
         _guard_class(cls)

@@ -96,11 +96,17 @@ class RepoSpec:
         return cls(rid, normalize_ref(ref) if sep else None)
 
 
+# git reads ``NAME-gHEX`` (``git describe`` output) as the commit abbreviated HEX whenever
+# no ref has that name: any commit the object store holds, a fork's included.
+_DESCRIBE_RE = re.compile(r"-g[0-9a-fA-F]{4,}\Z")
+
+
 def names_branch_or_tag(ref: str) -> bool:
     """Whether the API resolves ``ref`` only through the repository's own branches and tags
     (git tries ``refs/NAME`` first: ``pull/1/head`` is a pull request's head, which lives
-    in the fork that opened it)."""
-    if looks_like_sha(ref) or is_full_sha(ref):
+    in the fork that opened it; ``v1-g1234abcd`` is read as the commit ``1234abcd`` when
+    no branch or tag has that name)."""
+    if looks_like_sha(ref) or is_full_sha(ref) or _DESCRIBE_RE.search(ref):
         return False
     if ref.startswith(("refs/heads/", "refs/tags/")):
         return True
@@ -111,6 +117,10 @@ def valid_ref(ref: str) -> bool:
     """Whether ``ref`` is a ref safehub asks the API for (git's rules, minus what is
     ambiguous in a URL path)."""
     if not _REF_RE.fullmatch(ref) or ref.startswith(("/", "-", ".")) or ref.endswith(("/", ".")):
+        return False
+    # git refuses a component that begins with '.'; in a URL path "x/./y" is requested as
+    # "x/y", another spelling than the one decided on and locked.
+    if any(part.startswith(".") for part in ref.split("/")):
         return False
     return ".." not in ref and "//" not in ref and "@{" not in ref and not ref.endswith(".lock")
 

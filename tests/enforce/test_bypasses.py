@@ -23,17 +23,20 @@ import safehub
 from safehub.errors import SafehubError
 from tests.enforce.payloads import _torchscript
 
-_SITE = Path(__file__).resolve().parents[2] / "examples" / "sitecustomize.py"
+_ROOT = Path(__file__).resolve().parents[2]
+_SITE = _ROOT / "examples" / "sitecustomize.py"
 
 
 def _run(program: str, tmp_path: Path, *, site: bool) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("SAFEHUB_POLICY", "PYTHONPATH")}
     env["TORCH_HOME"] = str(tmp_path / "torch")
+    # The checkout under test, not whichever safehub the interpreter has installed.
+    env["PYTHONPATH"] = str(_ROOT)
     if site:
         folder = tmp_path / "site"
         folder.mkdir(exist_ok=True)
         (folder / "sitecustomize.py").write_text(_SITE.read_text())
-        env["PYTHONPATH"] = str(folder)
+        env["PYTHONPATH"] = os.pathsep.join([str(folder), str(_ROOT)])
     return subprocess.run([sys.executable, "-c", textwrap.dedent(program)], capture_output=True,
                           text=True, env=env, timeout=300, cwd=tmp_path)
 
@@ -360,6 +363,90 @@ def test_build_on_an_allowed_class_or_function_is_refused(tmp_path: Path, entry:
         pickle.loads(_MUTATION)
     assert not hasattr(collections.Counter, "safehub_pwnd")
     assert torch._utils._rebuild_tensor_v2.__defaults__ == defaults
+
+
+@pytest.mark.parametrize("order", ["joblib_first", "enforce_first"])
+def test_build_through_joblib_is_refused(tmp_path: Path, order: str) -> None:
+    # joblib's NumpyUnpickler copies the pure unpickler's dispatch table and its BUILD calls
+    # pickle._Unpickler.load_build(self) directly: a patch of the class's table alone
+    # missed both, whether joblib was imported before enforce() or after.
+    path = tmp_path / "mutation.pkl"
+    path.write_bytes(_MUTATION)
+    setup = "import collections, torch\n" + (
+        "import joblib\nimport safehub\nsafehub.enforce()\n" if order == "joblib_first"
+        else "import safehub\nsafehub.enforce()\nimport joblib\n")
+    check = ("\nprint('MUTATED', hasattr(collections.Counter, 'safehub_pwnd'), "
+             "torch._utils._rebuild_tensor_v2.__defaults__ == ((7,),))\n")
+    load = _guarded(f"joblib.load({str(path)!r})")
+    plain = _run("import collections, torch, joblib\n" + load + check, tmp_path, site=False)
+    assert "MUTATED True True" in plain.stdout, (plain.stdout, plain.stderr)
+
+    enforced = _run(setup + load + check, tmp_path, site=False)
+    assert "REFUSED UnsafeModel" in enforced.stdout, (enforced.stdout, enforced.stderr)
+    assert "MUTATED False False" in enforced.stdout
+    under_site = _run("import collections, torch, joblib\n" + load + check, tmp_path,
+                      site=True)
+    assert "REFUSED UnsafeModel" in under_site.stdout, (under_site.stdout, under_site.stderr)
+    assert "MUTATED False False" in under_site.stdout
+
+
+def _short(text: str) -> bytes:
+    data = text.encode()
+    return b"\x8c" + bytes([len(data)]) + data
+
+
+_MD = "torch.distributed.checkpoint.metadata"
+
+
+def _namespace_pickle(attribute: str) -> bytes:
+    """Protocol 4: STACK_GLOBAL ``metadata.<attribute>`` (the builtins dict, or the
+    module's own namespace), then SETITEMS on it: ``len`` becomes a dataclass and the
+    module gains a global."""
+    return (b"\x80\x04" + _short(_MD) + _short(attribute) + b"\x93("
+            + _short("len") + _short(_MD) + _short("Metadata") + b"\x93"
+            + _short("safehub_pwnd") + b"\x88u.")
+
+
+@pytest.mark.parametrize("attribute", ["__builtins__", "__dict__"])
+def test_a_wildcard_does_not_reach_a_namespace_to_change_in_place(
+        tmp_path: Path, attribute: str) -> None:
+    # The documented dcp allowance names metadata.*; __builtins__ and __dict__ are
+    # attributes of that module, neither a class nor a function it defines.
+    data = _namespace_pickle(attribute)
+    policy = tmp_path / "dcp.toml"
+    policy.write_text(_DCP_POLICY)
+    owner = "builtins" if attribute == "__builtins__" else _MD
+    program = (f"import builtins, pickle, torch, {_MD}\n" + _guarded(f"pickle.loads({data!r})")
+               + f"\nprint('MUTATED', getattr({owner}, 'len', None) is {_MD}.Metadata, "
+               f"getattr({owner}, 'safehub_pwnd', False))\n")
+    plain = _run(program, tmp_path, site=False)
+    assert "MUTATED True True" in plain.stdout, (plain.stdout, plain.stderr)
+
+    enforced = _run(f"import safehub\nsafehub.enforce({str(policy)!r})\n" + program,
+                    tmp_path, site=False)
+    assert "REFUSED UnsafeModel" in enforced.stdout, (enforced.stdout, enforced.stderr)
+    assert "MUTATED False False" in enforced.stdout
+
+
+def test_build_on_an_enum_member_is_refused(tmp_path: Path) -> None:
+    # Calling an allowed enum class returns its process-wide member; BUILD then renamed
+    # and renumbered it for everyone (dcp's own memory-format encoding, under the
+    # documented dcp allowance). Enums pickle without state: no real pickle does this.
+    data = (b"\x80\x04" + _short(_MD) + _short("_MEM_FORMAT_ENCODING") + b"\x93K\x00\x85R}"
+            + _short("_value_") + b"K\x07s" + _short("_name_") + _short("PWNED") + b"sb.")
+    policy = tmp_path / "dcp.toml"
+    policy.write_text(_DCP_POLICY)
+    program = (f"import pickle, torch, {_MD} as md\n" + _guarded(f"pickle.loads({data!r})")
+               + "\nm = md._MEM_FORMAT_ENCODING.TORCH_CONTIGUOUS_FORMAT\n"
+               "print('MUTATED', m.name == 'PWNED', m.value == 7)\n")
+    plain = _run(program, tmp_path, site=False)
+    assert "MUTATED True True" in plain.stdout, (plain.stdout, plain.stderr)
+
+    enforced = _run(f"import safehub\nsafehub.enforce({str(policy)!r})\n" + program,
+                    tmp_path, site=False)
+    assert "REFUSED UnsafeModel" in enforced.stdout, (enforced.stdout, enforced.stderr)
+    assert "enum member" in enforced.stdout
+    assert "MUTATED False False" in enforced.stdout
 
 
 def _checkpoint_with_pickle(path: Path, data_pkl: bytes) -> Path:

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from safehub.errors import FetchError, IntegrityError
+from safehub.errors import FetchError, IntegrityError, InvalidIdentifier
 from safehub.fetch import Fetcher, Lockfile
 from tests.fetch.fakehub import FakeHub
 from tests.fetch.helpers import leftovers, write_policy
@@ -61,6 +61,35 @@ def test_a_fork_commit_is_refused_under_the_parent_name(
     assert "fork by its own name" in (err.value.fix or "")
     assert hub.count("/codeload/") == 0, "no archive of the fork commit is downloaded"
     assert leftovers(cache_dir) == []
+
+
+def test_a_describe_name_of_a_fork_commit_is_refused(
+        hub: FakeHub, fork: str, make_fetcher: Callable[..., Fetcher], cache_dir: Path) -> None:
+    # git reads NAME-gHEX (git describe output) as the commit abbreviated HEX when no ref
+    # has that name (`git rev-parse anything-g<abbrev>` names an unreachable commit): the
+    # fake answers it as git would. It is no branch or tag name, so it gets the fork check.
+    describe = f"v1.0-3-g{fork[:8]}"
+    hub.repos["acme/net"].refs[describe] = fork
+    with pytest.raises(IntegrityError, match="SH307"):
+        make_fetcher().fetch_repo(f"acme/net:{describe}")
+    assert hub.count("/codeload/") == 0
+    assert leftovers(cache_dir) == []
+
+
+def test_a_branch_spelled_like_describe_output_still_loads(
+        hub: FakeHub, make_fetcher: Callable[..., Fetcher]) -> None:
+    sha = hub.add_repo("acme/net", ref="fix-gdeadbeef")
+    assert make_fetcher().fetch_repo("acme/net:fix-gdeadbeef").commit == sha
+
+
+@pytest.mark.parametrize("ref", ["heads/./main", "release/.hidden", "a/.b/c"])
+def test_a_ref_with_a_dot_component_is_refused_before_any_request(
+        ref: str, hub: FakeHub, make_fetcher: Callable[..., Fetcher]) -> None:
+    # git refuses such a component; in the URL "x/./y" would be requested as "x/y".
+    hub.add_repo("acme/net")
+    with pytest.raises(InvalidIdentifier, match="invalid ref"):
+        make_fetcher().fetch_repo(f"acme/net:{ref}")
+    assert hub.count() == 0
 
 
 def test_a_policy_pin_to_a_fork_commit_is_refused(
