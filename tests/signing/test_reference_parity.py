@@ -1,0 +1,195 @@
+"""safehub verifies what model_signing 1.1.1 verifies, and refuses what it refuses.
+
+Each case builds a real model folder and a real bundle (signed with a fresh key or a
+fresh CA), asserts safehub's verdict, and, where the reference tool is installed (a
+dev dependency), asserts that model_signing's own verifier reaches the same verdict on
+the same files: the reference is the oracle, not a description of it.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from safehub.signing import Verification, verify
+from tests.signing.helpers import (
+    KeyPair,
+    file_resources,
+    make_key,
+    make_model,
+    make_pki,
+    pae,
+    statement,
+    write_forged,
+)
+
+
+def reference(model: Path, sig: Path, *, public_key: Path | None = None,
+              certificate_chain: Path | None = None,
+              ignore_unsigned_files: bool = False) -> bool | None:
+    """model_signing's verdict (None when it is not installed), with the hashing
+    configuration the signature names (its API cannot rebuild a sharded or BLAKE2 one
+    from the statement alone) and the signature file ignored, as its CLI does."""
+    try:
+        import model_signing
+    except ImportError:
+        return None
+    config = model_signing.verifying.Config()
+    if public_key is not None:
+        config.use_elliptic_key_verifier(public_key=public_key)
+    else:
+        config.use_certificate_verifier(certificate_chain=[certificate_chain])
+    config.set_ignore_unsigned_files(ignore_unsigned_files)
+    try:
+        doc = json.loads(sig.read_text())
+        ser = json.loads(base64.b64decode(doc["dsseEnvelope"]["payload"]))[
+            "predicate"]["serialization"]
+        algorithm = {"blake2b": "blake2"}.get(ser["hash_type"], ser["hash_type"])
+        hashing = model_signing.hashing.Config()
+        if ser["method"] == "shards":
+            hashing.use_shard_serialization(hashing_algorithm=algorithm,
+                                            shard_size=int(ser["shard_size"]))
+        else:
+            hashing.use_file_serialization(hashing_algorithm=algorithm)
+        hashing.set_ignored_paths(paths=[sig] if sig.parent == model else [])
+        config.set_hashing_config(hashing)
+    except (ValueError, KeyError, TypeError):
+        pass  # a malformed bundle: let the reference's own reading refuse it
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            config.verify(model, sig)
+    except Exception:  # the reference signals every refusal with some exception
+        return False
+    return True
+
+
+def check(expect_ok: bool, model: Path, sig: Path, **trust: Any) -> Verification:
+    """safehub's verdict is ``expect_ok``, and so is the reference tool's."""
+    result = verify(model, signature=sig, **trust)
+    assert result.ok is expect_ok, result.failures
+    verdict = reference(model, sig, **trust)
+    assert verdict in (None, expect_ok), f"model_signing says {verdict}"
+    return result
+
+
+@pytest.fixture
+def key(tmp_path: Path) -> KeyPair:
+    return make_key(tmp_path, "signer")
+
+
+def _signed(tmp_path: Path, key: KeyPair) -> tuple[Path, Path, dict[str, Any]]:
+    """A model, its detached signature (written by safehub's signer), and the bundle."""
+    from safehub.signing import sign
+
+    model = make_model(tmp_path / "model")
+    sig = sign(model, private_key=key.private_path, signature_path=tmp_path / "model.sig")
+    return model, sig, json.loads(sig.read_text())
+
+
+def _rewrite(sig: Path, doc: dict[str, Any], change: Callable[[dict[str, Any]], None]) -> None:
+    doc = json.loads(json.dumps(doc))
+    change(doc)
+    sig.write_text(json.dumps(doc))
+
+
+def _sig_b64(key: KeyPair, message: bytes) -> str:
+    return base64.b64encode(key.key.sign(message, ec.ECDSA(hashes.SHA256()))).decode()
+
+
+# --- the bundle ------------------------------------------------------------------------
+
+def test_a_stated_key_hint_must_be_the_trusted_keys(tmp_path: Path, key: KeyPair) -> None:
+    model, sig, doc = _signed(tmp_path, key)
+    check(True, model, sig, public_key=key.public_path)
+    for hint in ("00" * 32, doc["verificationMaterial"]["publicKey"]["hint"].upper()):
+        _rewrite(sig, doc, lambda d, h=hint: d["verificationMaterial"]["publicKey"].update(
+            hint=h))
+        result = check(False, model, sig, public_key=key.public_path)
+        assert "key mismatch" in result.failures[0].message
+    for empty in ("", None):
+        _rewrite(sig, doc, lambda d, h=empty: d["verificationMaterial"]["publicKey"].update(
+            hint=h))
+        check(True, model, sig, public_key=key.public_path)
+
+
+def test_only_the_first_envelope_signature_counts(tmp_path: Path, key: KeyPair) -> None:
+    model, sig, doc = _signed(tmp_path, key)
+    other = make_key(tmp_path, "other")
+    payload = base64.b64decode(doc["dsseEnvelope"]["payload"])
+    foreign = {"sig": _sig_b64(other, pae(payload)), "keyid": ""}
+    _rewrite(sig, doc, lambda d: d["dsseEnvelope"]["signatures"].insert(0, foreign))
+    check(False, model, sig, public_key=key.public_path)
+    _rewrite(sig, doc, lambda d: d["dsseEnvelope"]["signatures"].append(foreign))
+    check(True, model, sig, public_key=key.public_path)
+
+
+@pytest.mark.parametrize("change", [
+    pytest.param(lambda d: d.update(mediaType="application/vnd.dev.sigstore.bundle+json;"
+                                              "version=0.3"), id="older-media-type"),
+    pytest.param(lambda d: d.update(extra=1), id="unknown-top-level-field"),
+    pytest.param(lambda d: d["dsseEnvelope"].update(extra=1), id="unknown-envelope-field"),
+    pytest.param(lambda d: d["dsseEnvelope"]["signatures"][0].update(keyid=5),
+                 id="keyid-not-a-string"),
+    pytest.param(lambda d: d["verificationMaterial"].update(tlogEntries=[{"logIndex": "1"}]),
+                 id="junk-tlog-entry"),
+    pytest.param(lambda d: d["dsseEnvelope"].update(
+        payload=d["dsseEnvelope"]["payload"].rstrip("=")), id="payload-without-padding"),
+    pytest.param(lambda d: d["dsseEnvelope"]["signatures"][0].update(
+        sig=d["dsseEnvelope"]["signatures"][0]["sig"].replace("+", "-").replace("/", "_")),
+        id="url-safe-alphabet"),
+])
+def test_bundles_the_reference_refuses(tmp_path: Path, key: KeyPair,
+                                       change: Callable[[dict[str, Any]], None]) -> None:
+    model, sig, doc = _signed(tmp_path, key)
+    _rewrite(sig, doc, change)
+    if json.loads(sig.read_text()) == doc:
+        pytest.skip("this signature has no character the URL-safe alphabet changes")
+    check(False, model, sig, public_key=key.public_path)
+
+
+def test_key_trust_needs_a_public_key_bundle(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    model = make_model(tmp_path / "model")
+    sig = write_forged(model, statement(file_resources(model)), pki.leaf_key.key,
+                       certificates=[pki.leaf, pki.intermediate])
+    check(True, model, sig, certificate_chain=pki.root_path)
+    # The certificate's key made the signature, but a key-method verifier reads a key hint.
+    check(False, model, sig, public_key=pki.leaf_key.public_path)
+    # A lone `certificate` (not x509CertificateChain) is not what the certificate method reads.
+    doc = json.loads(sig.read_text())
+    material = doc["verificationMaterial"]
+    material["certificate"] = material.pop("x509CertificateChain")["certificates"][0]
+    sig.write_text(json.dumps(doc))
+    both = tmp_path / "root_and_intermediate.pem"
+    both.write_bytes(pki.root_path.read_bytes() + pki.chain_path.read_bytes())
+    check(False, model, sig, certificate_chain=both)
+
+
+def test_whitespace_in_base64_decodes_as_the_reference_reads_it(tmp_path: Path,
+                                                                 key: KeyPair) -> None:
+    model, sig, doc = _signed(tmp_path, key)
+    text = doc["dsseEnvelope"]["signatures"][0]["sig"]
+    _rewrite(sig, doc, lambda d: d["dsseEnvelope"]["signatures"][0].update(
+        sig=text[:8] + "\n" + text[8:]))
+    check(True, model, sig, public_key=key.public_path)
+
+
+def test_reference_signed_model_still_verifies(tmp_path: Path, key: KeyPair) -> None:
+    model_signing = pytest.importorskip("model_signing")
+    model = make_model(tmp_path / "model")
+    sig = tmp_path / "model.sig"
+    model_signing.signing.Config().use_elliptic_key_signer(
+        private_key=key.private_path).sign(model, sig)
+    check(True, model, sig, public_key=key.public_path)
+    (model / "model.pt").write_bytes(os.urandom(10))
+    check(False, model, sig, public_key=key.public_path)
