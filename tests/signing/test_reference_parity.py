@@ -193,3 +193,91 @@ def test_reference_signed_model_still_verifies(tmp_path: Path, key: KeyPair) -> 
     check(True, model, sig, public_key=key.public_path)
     (model / "model.pt").write_bytes(os.urandom(10))
     check(False, model, sig, public_key=key.public_path)
+
+
+# --- the signed statement --------------------------------------------------------------
+
+def _files(hash_type: str = "sha256", **extra: Any) -> dict[str, Any]:
+    return {"method": "files", "hash_type": hash_type, "allow_symlinks": False,
+            "ignore_paths": [".git", ".gitattributes", ".github", ".gitignore"], **extra}
+
+
+def _shard_resources(model: Path, size: int, algorithm: str) -> list[dict[str, str]]:
+    import hashlib
+
+    out = []
+    for res in file_resources(model):
+        data = (model / res["name"]).read_bytes()
+        for start in range(0, len(data), size):
+            out.append({"name": f"{res['name']}:{start}:{min(start + size, len(data))}",
+                        "algorithm": algorithm,
+                        "digest": hashlib.sha256(data[start:start + size]).hexdigest()})
+    return out
+
+
+def test_root_digest_is_compared_as_written(tmp_path: Path, key: KeyPair) -> None:
+    model = make_model(tmp_path / "model")
+    stmt = statement(file_resources(model), serialization=_files())
+    sig = write_forged(model, stmt, key.key)
+    check(True, model, sig, public_key=key.public_path)
+    stmt["subject"][0]["digest"]["sha256"] = stmt["subject"][0]["digest"]["sha256"].upper()
+    write_forged(model, stmt, key.key)
+    check(False, model, sig, public_key=key.public_path)
+
+
+def test_allow_symlinks_must_be_stated(tmp_path: Path, key: KeyPair) -> None:
+    model = make_model(tmp_path / "model")
+    ser = _files()
+    del ser["allow_symlinks"]
+    sig = write_forged(model, statement(file_resources(model), serialization=ser), key.key)
+    check(False, model, sig, public_key=key.public_path)
+
+
+@pytest.mark.parametrize("hash_type,algorithm", [("blake2b", "blake2"), ("sha256", "SHA256")])
+def test_resource_algorithm_is_the_hashers_own_name(tmp_path: Path, key: KeyPair,
+                                                    hash_type: str, algorithm: str) -> None:
+    import hashlib
+
+    model = make_model(tmp_path / "model")
+    resources = file_resources(model)
+    for res in resources:
+        data = (model / res["name"]).read_bytes()
+        res["algorithm"] = algorithm
+        res["digest"] = (hashlib.blake2b(data) if hash_type == "blake2b"
+                         else hashlib.sha256(data)).hexdigest()
+    sig = write_forged(model, statement(resources, serialization=_files(hash_type)), key.key)
+    check(False, model, sig, public_key=key.public_path)
+    for res in resources:
+        res["algorithm"] = hash_type
+    write_forged(model, statement(resources, serialization=_files(hash_type)), key.key)
+    check(True, model, sig, public_key=key.public_path)
+
+
+def test_shard_algorithm_and_names_as_the_reference_spells_them(tmp_path: Path,
+                                                                 key: KeyPair) -> None:
+    model = make_model(tmp_path / "model", weights=os.urandom(2500))
+    ser = {**_files(), "method": "shards", "shard_size": 1000.0}
+    good = _shard_resources(model, 1000, "sha256-sharded-1000")
+    sig = write_forged(model, statement(good, serialization=ser), key.key)
+    check(True, model, sig, public_key=key.public_path)
+    # "1000.0" is how the size is stored, never how the reference names the algorithm.
+    write_forged(model, statement(_shard_resources(model, 1000, "sha256-sharded-1000.0"),
+                                  serialization=ser), key.key)
+    check(False, model, sig, public_key=key.public_path)
+    # A file name holding a colon cannot be named in a shard manifest.
+    (model / "a:b.bin").write_bytes(b"x" * 10)
+    write_forged(model, statement(_shard_resources(model, 1000, "sha256-sharded-1000"),
+                                  serialization=ser), key.key)
+    check(False, model, sig, public_key=key.public_path)
+
+
+def test_resource_names_are_read_as_posix_paths(tmp_path: Path, key: KeyPair) -> None:
+    model = make_model(tmp_path / "model")
+    for respell in (lambda n: f"./{n}", lambda n: f"{n}/", lambda n: n.replace("/", "/./"),
+                    lambda n: n.replace("/", "//")):
+        resources = file_resources(model)
+        for res in resources:
+            res["name"] = respell(res["name"])
+        sig = write_forged(model, statement(resources, serialization=_files()), key.key)
+        result = check(True, model, sig, public_key=key.public_path)
+        assert "tiny/__init__.py" in result.files

@@ -187,8 +187,10 @@ def test_fifo_is_refused_without_hanging(model: Path, key: KeyPair) -> None:
     assert kinds(result) == [("unsafe-path", "pipe")]
 
 
-@pytest.mark.parametrize("name", ["../outside.txt", "/etc/passwd", "a/../../x", "./model.pt",
-                                  "a//b", "a\\..\\b"])
+# ("./model.pt" and "a//b" are other spellings of paths inside the model, read as
+# model_signing reads them: see test_reference_parity.)
+@pytest.mark.parametrize("name", ["../outside.txt", "/etc/passwd", "a/../../x", "a/..",
+                                  "a\\..\\b", "//etc/passwd"])
 def test_forged_manifest_with_unsafe_path_is_refused_by_path_validation(
         model: Path, key: KeyPair, name: str) -> None:
     forged = {"name": name, "algorithm": "sha256", "digest": hashlib.sha256(b"x").hexdigest()}
