@@ -18,17 +18,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from safehub.signing import Verification, verify
 from tests.signing.helpers import (
+    DAY,
+    NOW,
     KeyPair,
     file_resources,
     make_key,
     make_model,
     make_pki,
     pae,
+    pem,
     statement,
     write_forged,
 )
@@ -281,3 +286,86 @@ def test_resource_names_are_read_as_posix_paths(tmp_path: Path, key: KeyPair) ->
         sig = write_forged(model, statement(resources, serialization=_files()), key.key)
         result = check(True, model, sig, public_key=key.public_path)
         assert "tiny/__init__.py" in result.files
+
+
+# --- certificate chains ----------------------------------------------------------------
+
+def _leaf(pki: Any, *, ku: dict[str, bool] | None = None,
+          eku: list[x509.ObjectIdentifier] | None = None,
+          not_before: Any = None) -> x509.Certificate:
+    """A signing certificate for pki's leaf key, issued by its intermediate."""
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "signer")]))
+               .issuer_name(pki.intermediate.subject).public_key(pki.leaf_key.key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(not_before or NOW - DAY).not_valid_after(NOW + 30 * DAY)
+               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True))
+    if ku is not None:
+        flags = dict.fromkeys(("digital_signature", "content_commitment", "key_encipherment",
+                               "data_encipherment", "key_agreement", "key_cert_sign",
+                               "crl_sign", "encipher_only", "decipher_only"), False)
+        builder = builder.add_extension(x509.KeyUsage(**{**flags, **ku}), critical=True)
+    if eku is not None:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(eku), critical=False)
+    return builder.sign(pki.intermediate_key, hashes.SHA256())
+
+
+def _cert_signed(tmp_path: Path, pki: Any, leaf: x509.Certificate,
+                 *rest: x509.Certificate) -> tuple[Path, Path]:
+    model = make_model(tmp_path / "model")
+    sig = write_forged(model, statement(file_resources(model), serialization=_files()),
+                       pki.leaf_key.key, certificates=[leaf, *(rest or (pki.intermediate,))])
+    return model, sig
+
+
+def test_the_path_must_end_at_a_trusted_self_signed_root(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    model, sig = _cert_signed(tmp_path, pki, pki.leaf)
+    check(True, model, sig, certificate_chain=pki.root_path)
+    for name, certs in (("intermediate", (pki.intermediate,)), ("leaf", (pki.leaf,))):
+        anchor = tmp_path / f"{name}.pem"
+        anchor.write_bytes(pem(*certs))
+        check(False, model, sig, certificate_chain=anchor)
+
+
+def test_the_chain_is_also_valid_at_the_leafs_not_before(tmp_path: Path) -> None:
+    # The leaf claims to predate its issuer: valid now, but not when model_signing looks.
+    pki = make_pki(tmp_path / "pki")
+    leaf = _leaf(pki, ku={"digital_signature": True}, not_before=NOW - 40 * DAY)
+    model, sig = _cert_signed(tmp_path, pki, leaf)
+    result = check(False, model, sig, certificate_chain=pki.root_path)
+    assert "notBefore" in result.failures[0].message
+
+
+@pytest.mark.parametrize("ku,eku,ok", [
+    pytest.param(None, [ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE], False, id="anyEKU-alone"),
+    pytest.param({"content_commitment": True}, None, False, id="no-digitalSignature"),
+    pytest.param({"digital_signature": True}, None, True, id="digitalSignature"),
+    pytest.param(None, [ExtendedKeyUsageOID.CODE_SIGNING], True, id="codeSigning"),
+])
+def test_the_leaf_must_allow_signing_as_the_reference_reads_it(
+        tmp_path: Path, ku: dict[str, bool] | None, eku: list[x509.ObjectIdentifier] | None,
+        ok: bool) -> None:
+    pki = make_pki(tmp_path / "pki")
+    model, sig = _cert_signed(tmp_path, pki, _leaf(pki, ku=ku, eku=eku))
+    check(ok, model, sig, certificate_chain=pki.root_path)
+
+
+def test_ca_with_non_critical_basic_constraints(tmp_path: Path) -> None:
+    # What many openssl configurations write ("basicConstraints = CA:true"): OpenSSL and
+    # so the reference accept it, and a CA:FALSE one is still refused.
+    pki = make_pki(tmp_path / "pki")
+    for ca, ok in ((True, True), (False, False)):
+        key = ec.generate_private_key(ec.SECP256R1())
+        inter = (x509.CertificateBuilder()
+                 .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "int")]))
+                 .issuer_name(pki.root.subject).public_key(key.public_key())
+                 .serial_number(x509.random_serial_number())
+                 .not_valid_before(NOW - 10 * DAY).not_valid_after(NOW + 30 * DAY)
+                 .add_extension(x509.BasicConstraints(ca=ca, path_length=None),
+                                critical=False)
+                 .sign(pki.root_key, hashes.SHA256()))
+        pki.intermediate, pki.intermediate_key = inter, key
+        leaf = _leaf(pki, ku={"digital_signature": True})
+        model, sig = _cert_signed(tmp_path / str(ca), pki, leaf, inter)
+        check(ok, model, sig, certificate_chain=pki.root_path)
