@@ -82,9 +82,12 @@ def _ignore_paths(value: object) -> tuple[str, ...]:
             # resolved against the model when checking, never re-rooted into it.
             out.add(posixpath.normpath(raw))
             continue
-        path = raw.rstrip("/") if raw else raw
-        while path.startswith("./"):
-            path = path[2:]
+        # Spelled as the reference joins it to the model (PurePosixPath: "./a/", "a//b"
+        # name a/b; "" and "." name the whole model).
+        path = str(PurePosixPath(raw))
+        if path == ".":
+            out.add(path)
+            continue
         try:
             out.add(check_relpath(path))
         except UnsafeManifestPath:

@@ -121,8 +121,10 @@ def _decodable(name: str) -> bool:
 def walk(root: Path, *, skip_top: Collection[str] = ()) -> Tree:
     """List every file under ``root`` (or ``root`` itself if it is a file).
 
-    Names in ``skip_top`` are left out at the top level only, without being looked
-    into (the standard's ``.git`` and friends).
+    Names in ``skip_top`` are left out at the top level only (the standard's ``.git``
+    and friends): their files are not listed, but a symlink or special file among them
+    is still refused, as model_signing refuses it (it checks every entry before asking
+    whether it is ignored).
     """
     try:
         st = os.stat(root)
@@ -140,13 +142,16 @@ def walk(root: Path, *, skip_top: Collection[str] = ()) -> Tree:
     unreadable: list[tuple[str, str]] = []
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        pending = [""]  # folders still to list, as model-relative paths
+        # Folders still to list, as model-relative paths, and whether they are skipped
+        # ones (whose files are not listed and whose unreadable folders do not count).
+        pending: list[tuple[str, bool]] = [("", False)]
         while pending:
-            rel_dir = pending.pop()
+            rel_dir, skipped = pending.pop()
             try:
                 dir_fd = _open_dir_beneath(root_fd, rel_dir)
             except OSError as exc:
-                unreadable.append((rel_dir, exc.strerror or str(exc)))
+                if not skipped:
+                    unreadable.append((rel_dir, exc.strerror or str(exc)))
                 continue
             try:
                 with os.scandir(dir_fd) as it:
@@ -154,20 +159,23 @@ def walk(root: Path, *, skip_top: Collection[str] = ()) -> Tree:
                 for entry in entries:
                     name = entry.name
                     rel = f"{rel_dir}/{name}" if rel_dir else name
-                    if not rel_dir and name in skip_top:
-                        continue
-                    if not _decodable(name):
+                    inside = skipped or (not rel_dir and name in skip_top)
+                    if not inside and not _decodable(name):
                         unsafe.append((rel, "the name is not valid UTF-8 or has a backslash"))
                     elif entry.is_symlink():
                         unsafe.append((rel, "symlink"))
                     elif entry.is_dir(follow_symlinks=False):
-                        pending.append(rel)
+                        pending.append((rel, inside))
+                    elif inside:
+                        if not entry.is_file(follow_symlinks=False):
+                            unsafe.append((rel, "special file (FIFO, socket or device)"))
                     elif entry.is_file(follow_symlinks=False):
                         files[rel] = entry.stat(follow_symlinks=False).st_size
                     else:
                         unsafe.append((rel, "special file (FIFO, socket or device)"))
             except OSError as exc:
-                unreadable.append((rel_dir, exc.strerror or str(exc)))
+                if not skipped:
+                    unreadable.append((rel_dir, exc.strerror or str(exc)))
             finally:
                 os.close(dir_fd)
     finally:

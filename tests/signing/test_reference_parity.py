@@ -369,3 +369,50 @@ def test_ca_with_non_critical_basic_constraints(tmp_path: Path) -> None:
         leaf = _leaf(pki, ku={"digital_signature": True})
         model, sig = _cert_signed(tmp_path / str(ca), pki, leaf, inter)
         check(ok, model, sig, certificate_chain=pki.root_path)
+
+
+# --- the model on disk -----------------------------------------------------------------
+
+@pytest.mark.parametrize("plant", [
+    pytest.param(lambda m: os.symlink("/etc/passwd", m / ".git" / "evil"), id="link-in-.git"),
+    pytest.param(lambda m: os.symlink("../../model.pt", m / ".git" / "objects" / "x"),
+                 id="link-deep-in-.git"),
+    pytest.param(lambda m: os.mkfifo(m / ".git" / "fifo"), id="fifo-in-.git"),
+    pytest.param(lambda m: os.symlink("/etc/passwd", m / ".gitignore"), id=".gitignore-link"),
+    pytest.param(lambda m: os.symlink(".git", m / ".github"), id=".github-link"),
+])
+def test_links_and_special_files_in_ignored_git_entries(tmp_path: Path, key: KeyPair,
+                                                        plant: Callable[[Path], None]) -> None:
+    from safehub.errors import SafehubError
+    from safehub.signing import sign
+
+    model = make_model(tmp_path / "model")
+    (model / ".git" / "objects").mkdir(parents=True)
+    (model / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    sig = sign(model, private_key=key.private_path, signature_path=tmp_path / "model.sig")
+    (model / ".git" / "HEAD").write_text("changed: git files are not signed\n")
+    check(True, model, sig, public_key=key.public_path)
+    # model_signing checks every entry (a link, a FIFO) before asking if it is ignored.
+    plant(model)
+    result = check(False, model, sig, public_key=key.public_path)
+    assert [f.kind.value for f in result.failures] == ["unsafe-path"]
+    with pytest.raises(SafehubError, match="refusing to sign"):
+        sign(model, private_key=key.private_path, signature_path=tmp_path / "again.sig")
+
+
+def test_a_signed_file_under_an_ignore_path_is_missing(tmp_path: Path, key: KeyPair) -> None:
+    model = make_model(tmp_path / "model")
+    for ignore, ok in ((["./README.md/"], True), (["config.json"], False), (["."], False),
+                       ([""], False)):
+        resources = [r for r in file_resources(model)
+                     if not (ok and r["name"] == "README.md")]
+        sig = write_forged(model, statement(resources, serialization=_files(
+            ignore_paths=[".git", *ignore])), key.key)
+        result = check(ok, model, sig, public_key=key.public_path)
+        if not ok:
+            assert {f.kind.value for f in result.failures} == {"missing-file"}
+    # The caller's ignore paths act the same way.
+    sig = write_forged(model, statement(file_resources(model), serialization=_files()), key.key)
+    result = verify(model, public_key=key.public_path, ignore_paths=["config.json"])
+    assert [(f.kind.value, f.path) for f in result.failures] == [("missing-file",
+                                                                  "config.json")]
