@@ -29,8 +29,9 @@ What verification refuses: a signature that does not verify with the trusted key
 or chain (certificates are checked for validity *now*, which the reference tool
 does not do); signed files that differ or are missing; files the signature does
 not cover (unless ``ignore_unsigned_files``, and never for Python code unless
-``unsafe_ignore_unsigned_code``); symlinks, special files, and manifests naming
-paths outside the model. The standard's ``.git``, ``.gitattributes``, ``.github``
+``unsafe_ignore_unsigned_code``); symlinks (the model path itself included, unless
+its file is passed in ``open_files``) and special files anywhere, ``.git`` included;
+manifests naming paths outside the model. The standard's ``.git``, ``.gitattributes``, ``.github``
 and ``.gitignore`` entries at the top level and the signature file itself are
 skipped, as are the signer's recorded ``ignore_paths``.
 """

@@ -2,8 +2,8 @@
 
 Every directory is opened relative to its parent with ``O_NOFOLLOW``, and every file
 the same way, so a symlink swapped in after the walk is refused rather than followed
-out of the model. The folder the caller names may itself be a link (that is the
-caller's choice); nothing inside it may be.
+out of the model. Nothing may be a link, the model path itself included (as in
+model_signing): :func:`walk` lists such entries as unsafe.
 """
 
 from __future__ import annotations
@@ -128,17 +128,23 @@ def walk(root: Path, *, skip_top: Collection[str] = ()) -> Tree:
     """
     try:
         st = os.stat(root)
+        # model_signing refuses a model path that is itself a symlink (it checks the path
+        # before anything under it); so does verification, unless the caller hands over
+        # the file it opened (open_files), which check_model honours.
+        top: list[tuple[str, str]] = [(SINGLE_FILE, "the model path itself is a symlink")] \
+            if os.path.islink(root) else []
     except FileNotFoundError:
         raise TreeError(f"model path not found: {root}") from None
     except OSError as exc:
         raise TreeError(f"cannot read the model path {root}: {exc.strerror}") from exc
     if stat.S_ISREG(st.st_mode):
-        return Tree(root=root, single_file=True, files={SINGLE_FILE: st.st_size})
+        return Tree(root=root, single_file=True, files={SINGLE_FILE: st.st_size},
+                    unsafe=tuple(top))
     if not stat.S_ISDIR(st.st_mode):
         raise TreeError(f"model path is neither a file nor a folder: {root}")
 
     files: dict[str, int] = {}
-    unsafe: list[tuple[str, str]] = []
+    unsafe: list[tuple[str, str]] = list(top)
     unreadable: list[tuple[str, str]] = []
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:

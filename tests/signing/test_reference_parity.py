@@ -416,3 +416,22 @@ def test_a_signed_file_under_an_ignore_path_is_missing(tmp_path: Path, key: KeyP
     result = verify(model, public_key=key.public_path, ignore_paths=["config.json"])
     assert [(f.kind.value, f.path) for f in result.failures] == [("missing-file",
                                                                   "config.json")]
+
+
+def test_a_model_path_that_is_itself_a_link(tmp_path: Path, key: KeyPair) -> None:
+    from safehub.signing import sign
+
+    model = make_model(tmp_path / "model")
+    sig = sign(model, private_key=key.private_path, signature_path=tmp_path / "model.sig")
+    (tmp_path / "link").symlink_to(model)
+    check(True, model, sig, public_key=key.public_path)
+    check(False, tmp_path / "link", sig, public_key=key.public_path)
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(os.urandom(100))
+    single = sign(weights, private_key=key.private_path)
+    (tmp_path / "weights.lnk").symlink_to(weights)
+    check(False, tmp_path / "weights.lnk", single, public_key=key.public_path)
+    # A caller that opened the file itself (a Hugging Face snapshot link) decides.
+    with weights.open("rb") as fh:
+        assert verify(tmp_path / "weights.lnk", signature=single, public_key=key.public_path,
+                      open_files={".": fh}).ok
