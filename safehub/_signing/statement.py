@@ -162,8 +162,11 @@ def _resources(raw: object, ser: Serialization) -> tuple[dict[str, FileEntry], l
         digests.append(value)
         if ser.method == "files":
             path = check_relpath(_canonical(name), allow_single=True)
-            if path in whole:
-                raise ManifestError(f"resource {path!r} is listed twice")
+            # The reference keeps one entry per path: a repeat with the same digest says
+            # nothing new; with another digest, which one counts is up to the reader.
+            if whole.get(path, value.hex()) != value.hex():
+                raise ManifestError(f"resource {path!r} is listed twice, with different "
+                                    "digests")
             whole[path] = value.hex()
             continue
         # Exactly three colon-separated parts, as the reference splits them: a path with a
@@ -175,8 +178,8 @@ def _resources(raw: object, ser: Serialization) -> tuple[dict[str, FileEntry], l
         path = check_relpath(_canonical(path), allow_single=True)
         start, end = int(start_text), int(rest)
         ranges = shards.setdefault(path, {})
-        if (start, end) in ranges:
-            raise ManifestError(f"shard {name!r} is listed twice")
+        if ranges.get((start, end), value.hex()) != value.hex():
+            raise ManifestError(f"shard {name!r} is listed twice, with different digests")
         ranges[(start, end)] = value.hex()
     if ser.method == "files":
         return {p: FileEntry(p, digest=d) for p, d in whole.items()}, digests

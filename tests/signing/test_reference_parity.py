@@ -435,3 +435,21 @@ def test_a_model_path_that_is_itself_a_link(tmp_path: Path, key: KeyPair) -> Non
     with weights.open("rb") as fh:
         assert verify(tmp_path / "weights.lnk", signature=single, public_key=key.public_path,
                       open_files={".": fh}).ok
+
+
+def test_a_repeated_resource(tmp_path: Path, key: KeyPair) -> None:
+    # The reference keeps one entry per path: the same digest twice (or under another
+    # spelling of the path) verifies there and here; two digests for one path are
+    # ambiguous and refused here (the reference silently keeps the last one).
+    model = make_model(tmp_path / "model")
+    resources = file_resources(model)
+    again = next(dict(r) for r in resources if r["name"] == "model.pt")
+    sig = write_forged(model, statement([*resources, again], serialization=_files()), key.key)
+    check(True, model, sig, public_key=key.public_path)
+    write_forged(model, statement([*resources, dict(again, name="./model.pt")],
+                                  serialization=_files()), key.key)
+    check(True, model, sig, public_key=key.public_path)
+    write_forged(model, statement([*resources, dict(again, digest="00" * 32)],
+                                  serialization=_files()), key.key)
+    result = verify(model, signature=sig, public_key=key.public_path)
+    assert "different digests" in result.failures[0].message
