@@ -228,8 +228,8 @@ def parse_statement(payload: bytes) -> Manifest:
 
 def _legacy(subjects: object) -> Manifest:
     """The manifest of a model_signing 0.2 statement: each subject is a file."""
-    if not isinstance(subjects, list) or not subjects:
-        raise ManifestError("the legacy statement lists no subjects")
+    if not isinstance(subjects, list):
+        raise ManifestError("the legacy statement has no subject list")
     ser = Serialization("files", "sha256", None, False, ())
     files: dict[str, FileEntry] = {}
     for i, subject in enumerate(subjects):
@@ -245,8 +245,8 @@ def _legacy(subjects: object) -> Manifest:
         if len(value) != DIGEST_SIZES[HASH_ALIASES["sha256"]]:
             raise ManifestError(f"subject {name!r} digest is not a SHA-256")
         path = check_relpath(_canonical(name), allow_single=True)
-        if path in files:
-            raise ManifestError(f"subject {path!r} is listed twice")
+        if path in files and files[path].digest != value.hex():
+            raise ManifestError(f"subject {path!r} is listed twice, with different digests")
         files[path] = FileEntry(path, digest=value.hex())
     return Manifest(model_name=LEGACY_MODEL_NAME, serialization=ser, files=files)
 

@@ -453,3 +453,26 @@ def test_a_repeated_resource(tmp_path: Path, key: KeyPair) -> None:
                                   serialization=_files()), key.key)
     result = verify(model, signature=sig, public_key=key.public_path)
     assert "different digests" in result.failures[0].message
+
+
+def test_legacy_digests_statements_read_as_the_reference_reads_them(tmp_path: Path,
+                                                                    key: KeyPair) -> None:
+    def legacy(model: Path, subjects: list[dict[str, Any]]) -> Path:
+        write_forged(model, {"_type": "https://in-toto.io/Statement/v1", "subject": subjects,
+                             "predicateType": "https://model_signing/Digests/v0.1",
+                             "predicate": {}}, key.key)
+        sig = model.parent / f"{model.name}.sig"  # no ignore_paths to name it in
+        os.replace(model / "model.sig", sig)
+        return sig
+
+    model = make_model(tmp_path / "model")
+    subjects = [{"name": r["name"], "digest": {"sha256": r["digest"]}}
+                for r in file_resources(model)]
+    check(True, model, legacy(model, [*subjects, subjects[0]]), public_key=key.public_path)
+    check(True, model, legacy(model, [dict(s, name=f"./{s['name']}") for s in subjects]),
+          public_key=key.public_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    check(True, empty, legacy(empty, []), public_key=key.public_path)
+    (empty / "weights.bin").write_bytes(b"unsigned")
+    check(False, empty, legacy(empty, []), public_key=key.public_path)
