@@ -131,14 +131,17 @@ def check_model(manifest: Manifest, model: Path, *, signer: Signer,
                 signature: Path | None, ignore_unsigned_files: bool = False,
                 unsafe_ignore_unsigned_code: bool = False,
                 ignore_paths: Collection[str] = (),
+                ignore_git_paths: bool = True,
                 open_files: Mapping[str, Provided] | None = None,
                 max_workers: int | None = None,
                 progress: Callable[[str], None] | None = None) -> Verification:
     """Check ``model`` against ``manifest``; see the module docstring for the rules.
 
-    Raises ``TreeError`` when the model path does not exist (an error, not a verdict).
+    ``ignore_git_paths=False`` checks the top-level ``.git*`` entries like any other
+    (model_signing's ``--no-ignore-git-paths``). Raises ``TreeError`` when the model
+    path does not exist (an error, not a verdict).
     """
-    tree = walk(model, skip_top=DEFAULT_IGNORES)
+    tree = walk(model, skip_top=DEFAULT_IGNORES if ignore_git_paths else ())
     provided = _normalize_provided(open_files, tree.single_file, model)
     ser = manifest.serialization
     failures: list[Failure] = []

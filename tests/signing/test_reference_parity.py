@@ -40,8 +40,8 @@ from tests.signing.helpers import (
 
 
 def reference(model: Path, sig: Path, *, public_key: Path | None = None,
-              certificate_chain: Path | None = None,
-              ignore_unsigned_files: bool = False) -> bool | None:
+              certificate_chain: Path | None = None, ignore_unsigned_files: bool = False,
+              ignore_git_paths: bool = True) -> bool | None:
     """model_signing's verdict (None when it is not installed), with the hashing
     configuration the signature names (its API cannot rebuild a sharded or BLAKE2 one
     from the statement alone) and the signature file ignored, as its CLI does."""
@@ -66,7 +66,8 @@ def reference(model: Path, sig: Path, *, public_key: Path | None = None,
                                             shard_size=int(ser["shard_size"]))
         else:
             hashing.use_file_serialization(hashing_algorithm=algorithm)
-        hashing.set_ignored_paths(paths=[sig] if sig.parent == model else [])
+        hashing.set_ignored_paths(paths=[sig] if sig.parent == model else [],
+                                  ignore_git_paths=ignore_git_paths)
         config.set_hashing_config(hashing)
     except (ValueError, KeyError, TypeError):
         pass  # a malformed bundle: let the reference's own reading refuse it
@@ -476,3 +477,35 @@ def test_legacy_digests_statements_read_as_the_reference_reads_them(tmp_path: Pa
     check(True, empty, legacy(empty, []), public_key=key.public_path)
     (empty / "weights.bin").write_bytes(b"unsigned")
     check(False, empty, legacy(empty, []), public_key=key.public_path)
+
+
+def test_git_paths_can_be_signed_and_checked(tmp_path: Path, key: KeyPair, cli: Any) -> None:
+    from safehub.signing import sign
+
+    model = make_model(tmp_path / "model")
+    (model / ".git").mkdir()
+    (model / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    sig = tmp_path / "model.sig"
+    try:
+        import model_signing
+    except ImportError:
+        sign(model, private_key=key.private_path, signature_path=sig, ignore_git_paths=False)
+    else:  # signed by the reference itself, as `model_signing sign --no-ignore-git-paths`
+        (model_signing.signing.Config().use_elliptic_key_signer(private_key=key.private_path)
+         .set_hashing_config(model_signing.hashing.Config().set_ignored_paths(
+             paths=[], ignore_git_paths=False)).sign(model, sig))
+    check(False, model, sig, public_key=key.public_path)  # .git* skipped: missing
+    result = check(True, model, sig, public_key=key.public_path, ignore_git_paths=False)
+    assert {".gitattributes", ".git/HEAD"} <= set(result.files)
+    (model / ".git" / "HEAD").write_text("tampered\n")
+    check(False, model, sig, public_key=key.public_path, ignore_git_paths=False)
+    # safehub's signer writes the same kind of signature.
+    (model / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    own = sign(model, private_key=key.private_path, signature_path=tmp_path / "own.sig",
+               ignore_git_paths=False)
+    check(True, model, own, public_key=key.public_path, ignore_git_paths=False)
+    assert cli("verify", model, "--signature", own, "--key", key.public_path).code == 1
+    assert cli("sign", model, "--key", key.private_path, "--signature", tmp_path / "cli.sig",
+               "--no-ignore-git-paths").code == 0
+    assert cli("verify", model, "--signature", tmp_path / "cli.sig", "--key", key.public_path,
+               "--no-ignore-git-paths").code == 0
