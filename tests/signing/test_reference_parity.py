@@ -509,3 +509,65 @@ def test_git_paths_can_be_signed_and_checked(tmp_path: Path, key: KeyPair, cli: 
                "--no-ignore-git-paths").code == 0
     assert cli("verify", model, "--signature", tmp_path / "cli.sig", "--key", key.public_path,
                "--no-ignore-git-paths").code == 0
+
+
+# --- many rewritten bundles at once ----------------------------------------------------
+
+_VALUES: list[Any] = [None, 0, 1, "", "x", [], {}, True, "AAAA", "YQ==",
+                      "application/vnd.dev.sigstore.bundle.v0.3+json"]
+
+
+def _json_paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix]
+    items = node.items() if isinstance(node, dict) else \
+        enumerate(node) if isinstance(node, list) else ()
+    for k, v in items:
+        out.extend(_json_paths(v, (*prefix, k)))
+    return out
+
+
+@pytest.mark.parametrize("method", ["key", "certificate"])
+def test_rewritten_bundles_get_the_references_verdict(tmp_path: Path, key: KeyPair,
+                                                      method: str) -> None:
+    """Every field of a reference-signed bundle deleted, retyped or joined by another:
+    safehub and model_signing agree on each (seeded, so every run checks the same)."""
+    import random
+
+    model_signing = pytest.importorskip("model_signing")
+    model = make_model(tmp_path / "model")
+    good = tmp_path / "good.sig"
+    config = model_signing.signing.Config()
+    if method == "key":
+        config.use_elliptic_key_signer(private_key=key.private_path)
+        trust: dict[str, Any] = {"public_key": key.public_path}
+    else:
+        pki = make_pki(tmp_path / "pki")
+        (tmp_path / "leaf.pem").write_bytes(pem(pki.leaf))
+        (tmp_path / "int.pem").write_bytes(pem(pki.intermediate))
+        config.use_certificate_signer(private_key=pki.leaf_key.private_path,
+                                      signing_certificate=tmp_path / "leaf.pem",
+                                      certificate_chain=[tmp_path / "int.pem"])
+        trust = {"certificate_chain": pki.root_path}
+    config.sign(model, good)
+    base = json.loads(good.read_text())
+    rnd = random.Random(f"parity-{method}")
+    sig = tmp_path / "rewritten.sig"
+    for _ in range(60):
+        doc = json.loads(json.dumps(base))
+        where = rnd.choice([p for p in _json_paths(doc) if p and p[-1] != "payload"])
+        parent = doc
+        for part in where[:-1]:
+            parent = parent[part]
+        how = rnd.choice(["delete", "set", "add"])
+        if how == "delete":
+            del parent[where[-1]]
+        elif how == "set":
+            parent[where[-1]] = rnd.choice(_VALUES)
+        elif isinstance(parent[where[-1]], dict):
+            parent[where[-1]][rnd.choice(["extra", "hint", "keyid", "publicKey",
+                                          "certificate"])] = rnd.choice(_VALUES)
+        elif isinstance(parent[where[-1]], list) and parent[where[-1]]:
+            parent[where[-1]].insert(0, json.loads(json.dumps(parent[where[-1]][-1])))
+        sig.write_text(json.dumps(doc))
+        ours = verify(model, signature=sig, **trust).ok
+        assert reference(model, sig, **trust) is ours, (how, where)
