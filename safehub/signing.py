@@ -25,14 +25,18 @@ positional reads, leaving its offset alone). This defeats path swaps (renames,
 symlinks); a file that someone can still write in place should be copied to a
 private, read-only location first.
 
-What verification refuses: a signature that does not verify with the trusted key
-or chain (certificates are checked for validity *now*, which the reference tool
-does not do); signed files that differ or are missing; files the signature does
-not cover (unless ``ignore_unsigned_files``, and never for Python code unless
-``unsafe_ignore_unsigned_code``); symlinks, special files, and manifests naming
-paths outside the model. The standard's ``.git``, ``.gitattributes``, ``.github``
-and ``.gitignore`` entries at the top level and the signature file itself are
-skipped, as are the signer's recorded ``ignore_paths``.
+What verification refuses: everything ``model_signing`` 1.1.1 refuses (the bundle,
+statement and chain are read as it reads them), and more: a signature that does not
+verify with the trusted key or chain (certificates are checked for validity *now*,
+which the reference tool does not do, as well as at the leaf's notBefore, as it
+does); signed files that differ or are missing; files the signature does not cover
+(unless ``ignore_unsigned_files``, and never for Python code unless
+``unsafe_ignore_unsigned_code``); symlinks (the model path itself included, unless
+its file is passed in ``open_files``) and special files anywhere, ``.git``
+included; manifests naming paths outside the model. The standard's ``.git``,
+``.gitattributes``, ``.github`` and ``.gitignore`` entries at the top level and the
+signature file itself are skipped (unless ``ignore_git_paths=False``), as are the
+signer's recorded ``ignore_paths``.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 Only the parts needed for key and certificate verification are read: the media
 type, the verification material (a key hint, or the signing certificate and its
-chain) and the DSSE envelope. Transparency-log entries are not used by the key and
-certificate methods; keyless verification hands the whole bundle to
-``sigstore-python`` instead.
+chain) and the DSSE envelope. The shape is checked as model_signing checks it (unknown
+fields, wrong types and a second kind of material are refused), so both tools refuse
+the same bundles. Keyless verification hands the whole bundle to ``sigstore-python``.
 """
 
 from __future__ import annotations
@@ -21,23 +21,15 @@ from safehub._signing.dsse import Envelope, EnvelopeSignature
 
 __all__ = [
     "BUNDLE_MEDIA_TYPE",
-    "MEDIA_TYPES",
     "Bundle",
     "BundleError",
     "dump_bundle",
     "parse_bundle",
 ]
 
-# What model_signing 1.x writes.
+# What model_signing 1.x writes, and the only media type its key and certificate
+# verifiers accept.
 BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
-# Every media type a Sigstore bundle has had; older model_signing and sigstore releases
-# wrote the ";version=" forms. The structure we read is the same in all of them.
-MEDIA_TYPES = frozenset({
-    BUNDLE_MEDIA_TYPE,
-    "application/vnd.dev.sigstore.bundle+json;version=0.1",
-    "application/vnd.dev.sigstore.bundle+json;version=0.2",
-    "application/vnd.dev.sigstore.bundle+json;version=0.3",
-})
 
 
 class BundleError(ValueError):
@@ -48,40 +40,62 @@ class BundleError(ValueError):
 class Bundle:
     """The parsed parts of a bundle that verification needs.
 
-    ``key_hint`` is the unsigned ``publicKey.hint`` (advisory only); ``certificates``
-    the DER certificates of the verification material, signing certificate first.
+    ``key_hint`` is the unsigned ``publicKey.hint``; ``certificates`` the DER
+    certificates of the verification material, signing certificate first; ``material``
+    which field held them (``publicKey``, ``x509CertificateChain`` or ``certificate``).
     """
 
     media_type: str
     envelope: Envelope
     key_hint: str | None
     certificates: tuple[bytes, ...]
-    has_public_key: bool
+    material: str
+
+    @property
+    def has_public_key(self) -> bool:
+        """Whether the material is a (hinted) public key rather than certificates."""
+        return self.material == "publicKey"
 
 
 def _b64(value: object, what: str) -> bytes:
-    # Protobuf JSON writes bytes as standard base64 and accepts the URL-safe alphabet
-    # and missing padding on input; accept the same, nothing looser.
+    # As the reference reads protobuf bytes (sigstore_models: base64.b64decode without
+    # validate): the standard alphabet, padding required, other characters dropped. The
+    # same text therefore decodes to the same bytes here as there.
     if not isinstance(value, str):
         raise BundleError(f"{what} is not a base64 string")
-    text = value.strip()
-    padded = text + "=" * (-len(text) % 4)
     try:
-        if "-" in text or "_" in text:
-            return base64.b64decode(padded.replace("-", "+").replace("_", "/"), validate=True)
-        return base64.b64decode(padded, validate=True)
+        return base64.b64decode(value)
     except (binascii.Error, ValueError) as exc:
         raise BundleError(f"{what} is not valid base64") from exc
 
 
-def _obj(value: object, what: str) -> dict[str, Any]:
+def _obj(value: object, what: str, allowed: frozenset[str]) -> dict[str, Any]:
+    # The reference validates bundles with extra="forbid" models: an unknown field is
+    # not ignored there, so it is not ignored here.
     if not isinstance(value, dict):
         raise BundleError(f"{what} is not a JSON object")
+    extra = sorted(set(value) - allowed)
+    if extra:
+        raise BundleError(f"{what} has unknown field {extra[0]!r}")
     return value
 
 
+def _str_or_none(value: object, what: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise BundleError(f"{what} is not a string")
+    return value
+
+
+_BUNDLE = frozenset({"mediaType", "verificationMaterial", "dsseEnvelope", "messageSignature"})
+_MATERIAL = frozenset({"publicKey", "x509CertificateChain", "certificate", "tlogEntries",
+                       "timestampVerificationData"})
+# model_signing drops rawBytes and keyDetails from publicKey before validating.
+_PUBLIC_KEY = frozenset({"hint", "rawBytes", "keyDetails"})
+_ENVELOPE = frozenset({"payload", "payloadType", "signatures"})
+
+
 def _envelope(raw: object) -> Envelope:
-    env = _obj(raw, "dsseEnvelope")
+    env = _obj(raw, "dsseEnvelope", _ENVELOPE)
     payload_type = env.get("payloadType")
     if not isinstance(payload_type, str):
         raise BundleError("dsseEnvelope.payloadType is missing")
@@ -90,64 +104,92 @@ def _envelope(raw: object) -> Envelope:
         raise BundleError("dsseEnvelope.signatures is missing or empty")
     signatures = []
     for i, item in enumerate(sigs):
-        entry = _obj(item, f"dsseEnvelope.signatures[{i}]")
-        keyid = entry.get("keyid", "")
+        entry = _obj(item, f"dsseEnvelope.signatures[{i}]", frozenset({"sig", "keyid"}))
+        keyid = _str_or_none(entry.get("keyid"), f"dsseEnvelope.signatures[{i}].keyid")
         signatures.append(EnvelopeSignature(
             sig=_b64(entry.get("sig"), f"dsseEnvelope.signatures[{i}].sig"),
-            keyid=keyid if isinstance(keyid, str) else ""))
+            keyid=keyid or ""))
     return Envelope(payload=_b64(env.get("payload"), "dsseEnvelope.payload"),
                     payload_type=payload_type, signatures=tuple(signatures))
 
 
+def _certificate(raw: object, what: str) -> bytes:
+    return _b64(_obj(raw, what, frozenset({"rawBytes"})).get("rawBytes"), f"{what}.rawBytes")
+
+
+def _timestamps(raw: object) -> None:
+    data = _obj(raw, "timestampVerificationData", frozenset({"rfc3161Timestamps"}))
+    stamps = data.get("rfc3161Timestamps", [])
+    if not isinstance(stamps, list):
+        raise BundleError("timestampVerificationData.rfc3161Timestamps is not a list")
+    for i, stamp in enumerate(stamps):
+        what = f"rfc3161Timestamps[{i}]"
+        _b64(_obj(stamp, what, frozenset({"signedTimestamp"})).get("signedTimestamp"),
+             f"{what}.signedTimestamp")
+
+
 def parse_bundle(data: bytes) -> Bundle:
-    """Parse a bundle's JSON; raise :class:`BundleError` when it is not a usable bundle."""
+    """Parse a bundle's JSON; raise :class:`BundleError` when it is not a usable bundle.
+
+    What is accepted is what model_signing 1.1.1's key and certificate verifiers read:
+    the v0.3 media type, a DSSE envelope, exactly one kind of verification material and
+    no transparency-log entries (those methods write none and check none).
+    """
     try:
         doc = strictjson.loads(data)
     except strictjson.StrictJSONError as exc:
         raise BundleError(f"not a valid JSON bundle: {exc}") from exc
-    doc = _obj(doc, "the bundle")
+    doc = _obj(doc, "the bundle", _BUNDLE)
     media_type = doc.get("mediaType")
-    if not isinstance(media_type, str) or media_type not in MEDIA_TYPES:
-        raise BundleError(f"unsupported bundle media type {media_type!r}")
-    if "dsseEnvelope" not in doc:
-        if "messageSignature" in doc:
-            raise BundleError("the bundle holds a plain message signature, not a DSSE "
-                              "envelope over a model manifest")
+    if media_type != BUNDLE_MEDIA_TYPE:
+        shown = media_type if isinstance(media_type, str) else None
+        raise BundleError(f"unsupported bundle media type {shown!r} (key and certificate "
+                          f"signatures use {BUNDLE_MEDIA_TYPE})")
+    if doc.get("messageSignature") is not None:
+        raise BundleError("the bundle holds a plain message signature, not a DSSE "
+                          "envelope over a model manifest")
+    if doc.get("dsseEnvelope") is None:
         raise BundleError("the bundle has no dsseEnvelope")
     envelope = _envelope(doc["dsseEnvelope"])
-    material = _obj(doc.get("verificationMaterial"), "verificationMaterial")
+    material = _obj(doc.get("verificationMaterial"), "verificationMaterial", _MATERIAL)
+    tlog = material.get("tlogEntries", [])
+    if not isinstance(tlog, list):
+        raise BundleError("verificationMaterial.tlogEntries is not a list")
+    if tlog:
+        raise BundleError("the bundle carries transparency-log entries: that is a keyless "
+                          "(Sigstore) signature, not a key or certificate one")
+    if material.get("timestampVerificationData") is not None:
+        _timestamps(material["timestampVerificationData"])
 
+    kinds = [k for k in ("publicKey", "x509CertificateChain", "certificate")
+             if material.get(k) is not None]
+    if len(kinds) != 1:
+        raise BundleError("the verification material must hold exactly one of a public key, "
+                          "a certificate chain or a certificate")
+    kind = kinds[0]
     hint: str | None = None
-    has_key = "publicKey" in material
-    if has_key:
-        key = _obj(material["publicKey"], "verificationMaterial.publicKey")
-        raw_hint = key.get("hint")
-        hint = raw_hint if isinstance(raw_hint, str) and raw_hint else None
+    certs: list[bytes] = []
+    if kind == "publicKey":
+        key = _obj(material["publicKey"], "verificationMaterial.publicKey", _PUBLIC_KEY)
+        hint = _str_or_none(key.get("hint"), "publicKey.hint") or None
         if hint is not None:
             try:
                 hint.encode("utf-8")
             except UnicodeEncodeError:
                 raise BundleError("publicKey.hint is not valid Unicode (a lone surrogate "
                                   "escape)") from None
-
-    certs: list[bytes] = []
-    if "x509CertificateChain" in material:
-        chain = _obj(material["x509CertificateChain"], "verificationMaterial.x509CertificateChain")
+    elif kind == "x509CertificateChain":
+        chain = _obj(material["x509CertificateChain"],
+                     "verificationMaterial.x509CertificateChain", frozenset({"certificates"}))
         items = chain.get("certificates")
         if not isinstance(items, list) or not items:
             raise BundleError("x509CertificateChain.certificates is missing or empty")
-        for i, item in enumerate(items):
-            certs.append(_b64(_obj(item, "certificate").get("rawBytes"),
-                              f"x509CertificateChain.certificates[{i}].rawBytes"))
-    elif "certificate" in material:  # v0.3 bundles carry the signing certificate alone
-        certs.append(_b64(_obj(material["certificate"], "certificate").get("rawBytes"),
-                          "verificationMaterial.certificate.rawBytes"))
-    if has_key and certs:
-        raise BundleError("the verification material names both a public key and certificates")
-    if not has_key and not certs:
-        raise BundleError("the verification material has neither a public key nor certificates")
+        certs = [_certificate(item, f"x509CertificateChain.certificates[{i}]")
+                 for i, item in enumerate(items)]
+    else:
+        certs = [_certificate(material["certificate"], "verificationMaterial.certificate")]
     return Bundle(media_type=media_type, envelope=envelope, key_hint=hint,
-                  certificates=tuple(certs), has_public_key=has_key)
+                  certificates=tuple(certs), material=kind)
 
 
 def dump_bundle(envelope: Envelope, *, key_hint: str | None = None,

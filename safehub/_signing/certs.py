@@ -1,10 +1,12 @@
 """Certificate chains for the OMS certificate method, validated at a given time.
 
-The reference tool (model_signing 1.1.1) validates the chain at the leaf's
-``notBefore``, so expired certificates verify forever. safehub validates every
-certificate in the path at the verification time (now, unless the caller says
-otherwise), with the RFC 5280 / CA/B profile that ``cryptography`` implements for
-issuers, and checks that the leaf may sign code.
+The reference tool (model_signing 1.1.1) validates the chain with OpenSSL at the
+leaf's ``notBefore``, so expired certificates verify forever. safehub refuses what it
+refuses (the same validation at the leaf's ``notBefore``; a path that must end at a
+self-issued trusted root, as OpenSSL builds it without partial chains; a leaf whose
+key usage or extended key usage must allow signing) and, on top of that, validates
+every certificate in the path at the verification time (now, unless the caller says
+otherwise) and refuses leaves stated for other uses (a CA, a TLS-only certificate).
 """
 
 from __future__ import annotations
@@ -56,8 +58,18 @@ def _ca_key_usage(policy: object, cert: x509.Certificate, usage: x509.KeyUsage |
         raise ValueError("the CA's key usage does not include keyCertSign")
 
 
-_CA_POLICY = verification.ExtensionPolicy.webpki_defaults_ca().may_be_present(
-    x509.KeyUsage, verification.Criticality.AGNOSTIC, _ca_key_usage)
+def _ca_basic_constraints(policy: object, cert: x509.Certificate,
+                          value: x509.BasicConstraints) -> None:
+    # OpenSSL (and so the reference tool) accepts a CA whose basicConstraints is not
+    # marked critical, as many `openssl` configurations write it; it must say CA:TRUE.
+    if not value.ca:
+        raise ValueError("basicConstraints does not say CA:TRUE")
+
+
+_CA_POLICY = (verification.ExtensionPolicy.webpki_defaults_ca()
+              .may_be_present(x509.KeyUsage, verification.Criticality.AGNOSTIC, _ca_key_usage)
+              .require_present(x509.BasicConstraints, verification.Criticality.AGNOSTIC,
+                               _ca_basic_constraints))
 
 
 def load_pem_certificates(data: bytes) -> list[x509.Certificate]:
@@ -105,9 +117,12 @@ def _check_leaf_usage(leaf: x509.Certificate) -> None:
         usage = ext.get_extension_for_class(x509.KeyUsage).value
     with contextlib.suppress(x509.ExtensionNotFound):
         eku = ext.get_extension_for_class(x509.ExtendedKeyUsage).value
-    if usage is None and eku is None:
-        raise CertificateProblem(f"signing certificate {name!r} states neither a key usage nor "
-                                 "an extended key usage allowing signatures")
+    # The reference's rule: digitalSignature in the key usage, or codeSigning in the
+    # extended key usage (anyExtendedKeyUsage alone does not do).
+    if not ((usage is not None and usage.digital_signature)
+            or (eku is not None and ExtendedKeyUsageOID.CODE_SIGNING in eku)):
+        raise CertificateProblem(f"signing certificate {name!r} allows neither digitalSignature "
+                                 "(key usage) nor codeSigning (extended key usage)")
     # Where a usage is stated it must allow signing code: a TLS-only certificate from
     # the same CA must not be able to sign models.
     if usage is not None and not usage.digital_signature:
@@ -139,6 +154,10 @@ def validate_chain(leaf: x509.Certificate, intermediates: Sequence[x509.Certific
                                  f"{display(str(exc))}") from exc
 
 
+def _self_issued(cert: x509.Certificate) -> bool:
+    return cert.subject == cert.issuer
+
+
 def _validate(leaf: x509.Certificate, intermediates: Sequence[x509.Certificate],
               anchors: Sequence[x509.Certificate], now: dt.datetime
               ) -> tuple[ec.EllipticCurvePublicKey, list[x509.Certificate]]:
@@ -151,29 +170,51 @@ def _validate(leaf: x509.Certificate, intermediates: Sequence[x509.Certificate],
         raise CertificateProblem(str(exc)) from exc
     _validity(leaf, now)
     _check_leaf_usage(leaf)
-    # A leaf the caller trusts directly (a pinned signer certificate) needs no path.
-    if any(a == leaf for a in anchors):
+    # As OpenSSL builds the path (no partial chains): it must end at a trusted
+    # self-issued root. A trusted intermediate or signer certificate only helps to build
+    # the path; one that is itself self-issued (a self-signed signer) is a root.
+    roots = [a for a in anchors if _self_issued(a)]
+    helpers = [*intermediates, *(a for a in anchors if not _self_issued(a))]
+    if any(r == leaf for r in roots):
         return key, [leaf]
+    if not roots:
+        raise CertificateProblem(
+            "no trusted root: the trusted certificates are all issued by another CA, and the "
+            "path must end at a self-signed root (pass the root CA's certificate)")
+    # The reference validates at the leaf's notBefore; safehub also validates now.
+    _build(leaf, helpers, roots, leaf.not_valid_before_utc, reference_time=True)
+    chain = _build(leaf, helpers, roots, now, reference_time=False)
+    for cert in chain:
+        _validity(cert, now)
+    return key, chain
+
+
+def _build(leaf: x509.Certificate, helpers: Sequence[x509.Certificate],
+           roots: Sequence[x509.Certificate], when: dt.datetime, *,
+           reference_time: bool) -> list[x509.Certificate]:
     builder = (verification.PolicyBuilder()
-               .store(verification.Store(list(anchors)))
-               .time(now)
+               .store(verification.Store(list(roots)))
+               .time(when)
                .extension_policies(
                    ca_policy=_CA_POLICY,
                    # The leaf's usage is checked above for code signing; the web PKI
                    # end-entity profile (serverAuth/clientAuth, SAN) does not apply.
                    ee_policy=verification.ExtensionPolicy.permit_all()))
     try:
-        verified = builder.build_client_verifier().verify(leaf, list(intermediates))
+        verified = builder.build_client_verifier().verify(leaf, list(helpers))
     except verification.VerificationError as exc:
+        if reference_time:
+            raise CertificateProblem(
+                f"the signing certificate {name_of(leaf.subject)!r} (issued by "
+                f"{name_of(leaf.issuer)!r}) does not chain to a trusted CA at its own "
+                f"notBefore {when.isoformat()} (when model_signing checks it): "
+                f"{display(str(exc))}") from exc
         # Say which certificate's validity is the problem, when that is the problem.
-        for cert in [*intermediates, *anchors]:
+        for cert in [*helpers, *roots]:
             if cert.subject == leaf.issuer:
-                _validity(cert, now)
+                _validity(cert, when)
         raise CertificateProblem(
             f"the signing certificate {name_of(leaf.subject)!r} (issued by "
             f"{name_of(leaf.issuer)!r}) does not chain to a trusted CA: "
             f"{display(str(exc))}") from exc
-    chain = list(verified.chain)
-    for cert in chain:
-        _validity(cert, now)
-    return key, chain
+    return list(verified.chain)

@@ -2,7 +2,8 @@
 
 Rules, in order, for each file found:
 
-1. listed in the manifest: it must match (digest, or size and every shard);
+1. listed in the manifest: it must match (digest, or size and every shard), and must
+   not be under an ignore path (which the reference tool would not hash: missing);
 2. the signature file itself, or under an ignore path (the standard's ``.git*``
    entries, the signer's recorded ``ignore_paths``, the caller's): skipped, except
    code, which is never silently ignored;
@@ -50,8 +51,10 @@ def is_code(path: str) -> bool:
 
 
 def under_prefix(path: str, prefixes: Collection[str]) -> str | None:
+    """The prefix (a model-relative path; ``.`` is the whole model) that ``path`` is
+    under, if any."""
     for prefix in prefixes:
-        if path == prefix or path.startswith(prefix + "/"):
+        if prefix == "." or path == prefix or path.startswith(prefix + "/"):
             return prefix
     return None
 
@@ -128,14 +131,17 @@ def check_model(manifest: Manifest, model: Path, *, signer: Signer,
                 signature: Path | None, ignore_unsigned_files: bool = False,
                 unsafe_ignore_unsigned_code: bool = False,
                 ignore_paths: Collection[str] = (),
+                ignore_git_paths: bool = True,
                 open_files: Mapping[str, Provided] | None = None,
                 max_workers: int | None = None,
                 progress: Callable[[str], None] | None = None) -> Verification:
     """Check ``model`` against ``manifest``; see the module docstring for the rules.
 
-    Raises ``TreeError`` when the model path does not exist (an error, not a verdict).
+    ``ignore_git_paths=False`` checks the top-level ``.git*`` entries like any other
+    (model_signing's ``--no-ignore-git-paths``). Raises ``TreeError`` when the model
+    path does not exist (an error, not a verdict).
     """
-    tree = walk(model, skip_top=DEFAULT_IGNORES)
+    tree = walk(model, skip_top=DEFAULT_IGNORES if ignore_git_paths else ())
     provided = _normalize_provided(open_files, tree.single_file, model)
     ser = manifest.serialization
     failures: list[Failure] = []
@@ -171,6 +177,14 @@ def check_model(manifest: Manifest, model: Path, *, signer: Signer,
     to_hash: list[str] = []
     for rel in sorted(present, key=lambda p: -present[p]):  # largest first: better balance
         if rel in manifest.files:
+            reason = ignores.get(under_prefix(rel, ignores) or "")
+            if reason is not None:
+                # The reference leaves ignored paths out of what it hashes, so a signed
+                # file under one is missing there, whatever its content.
+                failures.append(Failure(
+                    FailureKind.MISSING_FILE,
+                    f"signed file is excluded by {reason}, so it cannot be checked", rel))
+                continue
             to_hash.append(rel)
             continue
         if rel == sig_rel:

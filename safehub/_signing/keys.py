@@ -86,19 +86,21 @@ def pem_hint(key: ec.EllipticCurvePublicKey) -> str:
 
 def envelope_verifies(envelope: Envelope, key: ec.EllipticCurvePublicKey, *,
                       legacy_hash: hashes.HashAlgorithm | None = None) -> bool:
-    """Whether any signature in the envelope verifies with ``key``.
+    """Whether the envelope's first signature verifies with ``key``.
 
-    The standard PAE is tried first with the curve's hash; then the legacy
-    model_signing 0.2 encoding, with ``legacy_hash`` where that release used a fixed
-    hash (certificates: SHA-256).
+    Only the first signature counts, as in model_signing: an envelope whose first
+    signature is not the trusted key's does not verify, whatever follows it. The
+    standard PAE is tried first with the curve's hash; then the legacy model_signing
+    0.2 encoding, with ``legacy_hash`` where that release used a fixed hash
+    (certificates: SHA-256).
     """
     standard, legacy = envelope.signed_messages()
     attempts = ((standard, hash_for(key)), (legacy, legacy_hash or hash_for(key)))
-    for item in envelope.signatures:
-        for message, digest in attempts:
-            try:
-                key.verify(item.sig, message, ec.ECDSA(digest))
-            except InvalidSignature:
-                continue
-            return True
+    first = envelope.signatures[0]
+    for message, digest in attempts:
+        try:
+            key.verify(first.sig, message, ec.ECDSA(digest))
+        except InvalidSignature:
+            continue
+        return True
     return False

@@ -139,6 +139,7 @@ class SignedManifest:
 
     def check(self, model_path: PathLike, *, ignore_unsigned_files: bool = False,
               unsafe_ignore_unsigned_code: bool = False, ignore_paths: Collection[str] = (),
+              ignore_git_paths: bool = True,
               open_files: Mapping[str, Provided] | None = None,
               max_workers: int | None = None,
               progress: Callable[[str], None] | None = None) -> Verification:
@@ -148,7 +149,10 @@ class SignedManifest:
         ``ignore_unsigned_files`` lets files the signature does not cover through,
         except code (``*.py``, bytecode, extension modules), which still fails unless
         ``unsafe_ignore_unsigned_code`` is also set. ``ignore_paths`` are extra
-        model-relative paths to skip (code under them still fails). ``open_files``
+        model-relative paths to skip (code under them still fails); with
+        ``ignore_git_paths=False`` the top-level ``.git``, ``.gitattributes``, ``.github``
+        and ``.gitignore`` are checked like other files, as model_signing's
+        ``--no-ignore-git-paths`` does. ``open_files``
         maps model-relative paths (``.`` for a single file) to file objects or
         descriptors to hash instead of opening the path (see the module docs).
 
@@ -163,8 +167,9 @@ class SignedManifest:
                                signature=self.signature,
                                ignore_unsigned_files=ignore_unsigned_files,
                                unsafe_ignore_unsigned_code=unsafe_ignore_unsigned_code,
-                               ignore_paths=ignore_paths, open_files=open_files,
-                               max_workers=max_workers, progress=progress)
+                               ignore_paths=ignore_paths, ignore_git_paths=ignore_git_paths,
+                               open_files=open_files, max_workers=max_workers,
+                               progress=progress)
         except TreeError as exc:
             raise SafehubError(str(exc), subject=str(model),
                                fix="pass the path of the model folder or file") from exc
@@ -212,6 +217,7 @@ def verify(model_path: PathLike, *, signature: PathLike | None = None,
            public_key: KeyInput | None = None, certificate_chain: ChainInput | None = None,
            trust: Trust | None = None, ignore_unsigned_files: bool = False,
            unsafe_ignore_unsigned_code: bool = False, ignore_paths: Collection[str] = (),
+           ignore_git_paths: bool = True,
            open_files: Mapping[str, Provided] | None = None, now: dt.datetime | None = None,
            max_workers: int | None = None,
            progress: Callable[[str], None] | None = None) -> Verification:
@@ -236,8 +242,8 @@ def verify(model_path: PathLike, *, signature: PathLike | None = None,
                             failures=exc.failures)
     return signed.check(model, ignore_unsigned_files=ignore_unsigned_files,
                         unsafe_ignore_unsigned_code=unsafe_ignore_unsigned_code,
-                        ignore_paths=ignore_paths, open_files=open_files,
-                        max_workers=max_workers, progress=progress)
+                        ignore_paths=ignore_paths, ignore_git_paths=ignore_git_paths,
+                        open_files=open_files, max_workers=max_workers, progress=progress)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -263,7 +269,7 @@ def sign(model_path: PathLike, *, private_key: bytes | PathLike,
          certificate_chain: Iterable[PathLike] | bytes | None = None,
          signature_path: PathLike | None = None, ignore_paths: Collection[str] = (),
          shard_size: int | None = None, password: bytes | None = None,
-         max_workers: int | None = None,
+         ignore_git_paths: bool = True, max_workers: int | None = None,
          progress: Callable[[str], None] | None = None) -> Path:
     """Sign ``model_path`` and write the signature (default :func:`default_signature_path`).
 
@@ -271,7 +277,8 @@ def sign(model_path: PathLike, *, private_key: bytes | PathLike,
     (PEM paths or bytes: the signing certificate, whose key must match, plus its
     intermediates) the certificate method is used, else the key method. ``shard_size``
     switches to sharded hashing. ``ignore_paths`` leaves model-relative paths out of the
-    signature (never code). The result verifies with ``model_signing verify key`` /
+    signature (never code); ``ignore_git_paths=False`` signs the top-level ``.git*``
+    entries too. The result verifies with ``model_signing verify key`` /
     ``verify certificate``. Returns the signature path.
     """
     model = Path(model_path)
@@ -298,8 +305,9 @@ def sign(model_path: PathLike, *, private_key: bytes | PathLike,
     try:
         data, _count = build_signature(model, private_key=key, certificates=chain,
                                        signature_path=sig_path, ignore_paths=ignore_paths,
-                                       shard_size=shard_size, max_workers=max_workers,
-                                       progress=progress)
+                                       shard_size=shard_size,
+                                       ignore_git_paths=ignore_git_paths,
+                                       max_workers=max_workers, progress=progress)
     except SignError as exc:
         raise SafehubError(f"cannot sign: {exc}", subject=str(model),
                            fix="replace links with real files, make every file readable, "

@@ -35,21 +35,21 @@ class SignError(ValueError):
 def build_signature(model: Path, *, private_key: ec.EllipticCurvePrivateKey,
                     certificates: Sequence[x509.Certificate] = (), signature_path: Path,
                     ignore_paths: Collection[str] = (), shard_size: int | None = None,
-                    max_workers: int | None = None,
+                    ignore_git_paths: bool = True, max_workers: int | None = None,
                     progress: Callable[[str], None] | None = None) -> tuple[bytes, int]:
     """The bundle bytes signing ``model``, and how many files it covers.
 
     ``certificates`` is the signing certificate then its chain (certificate method);
     empty for the key method.
     """
-    tree = walk(model, skip_top=DEFAULT_IGNORES)
+    tree = walk(model, skip_top=DEFAULT_IGNORES if ignore_git_paths else ())
     problems = [f"{rel}: {why}" for rel, why in tree.unsafe]
     problems += [f"{rel or '.'}: folder could not be listed ({why})" for rel, why in
                  tree.unreadable]
     if problems:
         raise SignError("refusing to sign a model with entries that cannot be verified: "
                         + "; ".join(problems[:10]))
-    ignored = set(DEFAULT_IGNORES)
+    ignored = set(DEFAULT_IGNORES) if ignore_git_paths else set()
     if not tree.single_file:
         with contextlib.suppress(ValueError):
             ignored.add(signature_path.resolve().relative_to(model.resolve()).as_posix())

@@ -22,6 +22,7 @@ import json
 import math
 import posixpath
 from collections.abc import Iterable
+from pathlib import PurePosixPath
 from typing import Any
 
 from safehub import _strictjson as strictjson
@@ -81,9 +82,12 @@ def _ignore_paths(value: object) -> tuple[str, ...]:
             # resolved against the model when checking, never re-rooted into it.
             out.add(posixpath.normpath(raw))
             continue
-        path = raw.rstrip("/") if raw else raw
-        while path.startswith("./"):
-            path = path[2:]
+        # Spelled as the reference joins it to the model (PurePosixPath: "./a/", "a//b"
+        # name a/b; "" and "." name the whole model).
+        path = str(PurePosixPath(raw))
+        if path == ".":
+            out.add(path)
+            continue
         try:
             out.add(check_relpath(path))
         except UnsafeManifestPath:
@@ -99,7 +103,9 @@ def _serialization(raw: object) -> Serialization:
     hash_type = raw.get("hash_type")
     if not isinstance(hash_type, str) or hash_type not in HASH_ALIASES:
         raise ManifestError(f"unsupported serialization.hash_type {hash_type!r}")
-    allow_symlinks = _bool(raw.get("allow_symlinks", False))
+    if "allow_symlinks" not in raw:  # model_signing reads it unconditionally
+        raise ManifestError("serialization.allow_symlinks is missing")
+    allow_symlinks = _bool(raw["allow_symlinks"])
     ignore = _ignore_paths(raw.get("ignore_paths"))
     if method == "files":
         return Serialization("files", hash_type, None, allow_symlinks, ignore)
@@ -110,14 +116,24 @@ def _serialization(raw: object) -> Serialization:
 
 
 def _algorithm_ok(algorithm: object, ser: Serialization) -> bool:
-    if not isinstance(algorithm, str):
-        return False
+    # The reference compares each resource's algorithm name with the one its hasher
+    # reports ("sha256", "blake2b", "blake3", "sha256-sharded-1024"), so only that exact
+    # spelling can ever verify; BLAKE3 is never sharded there.
+    name = HASH_ALIASES[ser.hash_type]
     if ser.method == "files":
-        return HASH_ALIASES.get(algorithm) == HASH_ALIASES[ser.hash_type]
-    prefix, sep, size = algorithm.rpartition("-sharded-")
-    if not sep or HASH_ALIASES.get(prefix) != HASH_ALIASES[ser.hash_type]:
-        return False
-    return size in (str(ser.shard_size), f"{ser.shard_size}.0")
+        return algorithm == name
+    return name != "blake3" and algorithm == f"{name}-sharded-{ser.shard_size}"
+
+
+def _canonical(name: str) -> str:
+    """A resource name as model_signing reads it (``PurePosixPath``): ``./a``, ``a//b`` and
+    ``a/`` all name ``a/b``-style paths on disk, so they are spelled one way before
+    anything is compared; ``..``, absolute and backslash names stay refused."""
+    if "\x00" in name:
+        raise UnsafeManifestPath(f"{name!r} contains a NUL")
+    if name.startswith("/"):
+        raise UnsafeManifestPath(f"{name!r} is absolute")
+    return str(PurePosixPath(name))
 
 
 def _resources(raw: object, ser: Serialization) -> tuple[dict[str, FileEntry], list[bytes]]:
@@ -145,20 +161,25 @@ def _resources(raw: object, ser: Serialization) -> tuple[dict[str, FileEntry], l
                                 f"{ser.hash_type} has {size}")
         digests.append(value)
         if ser.method == "files":
-            path = check_relpath(name, allow_single=True)
-            if path in whole:
-                raise ManifestError(f"resource {path!r} is listed twice")
+            path = check_relpath(_canonical(name), allow_single=True)
+            # The reference keeps one entry per path: a repeat with the same digest says
+            # nothing new; with another digest, which one counts is up to the reader.
+            if whole.get(path, value.hex()) != value.hex():
+                raise ManifestError(f"resource {path!r} is listed twice, with different "
+                                    "digests")
             whole[path] = value.hex()
             continue
-        path, sep1, rest = name.rpartition(":")
-        path, sep2, start_text = path.rpartition(":")
-        if not (sep1 and sep2 and DECIMAL.fullmatch(start_text) and DECIMAL.fullmatch(rest)):
+        # Exactly three colon-separated parts, as the reference splits them: a path with a
+        # colon in it cannot be named in a shard manifest.
+        parts = name.split(":")
+        if len(parts) != 3 or not (DECIMAL.fullmatch(parts[1]) and DECIMAL.fullmatch(parts[2])):
             raise ManifestError(f"shard resource {name!r} is not PATH:START:END")
-        path = check_relpath(path, allow_single=True)
+        path, start_text, rest = parts
+        path = check_relpath(_canonical(path), allow_single=True)
         start, end = int(start_text), int(rest)
         ranges = shards.setdefault(path, {})
-        if (start, end) in ranges:
-            raise ManifestError(f"shard {name!r} is listed twice")
+        if ranges.get((start, end), value.hex()) != value.hex():
+            raise ManifestError(f"shard {name!r} is listed twice, with different digests")
         ranges[(start, end)] = value.hex()
     if ser.method == "files":
         return {p: FileEntry(p, digest=d) for p, d in whole.items()}, digests
@@ -199,15 +220,16 @@ def parse_statement(payload: bytes) -> Manifest:
         raise ManifestError("the statement has no predicate")
     ser = _serialization(predicate.get("serialization"))
     files, digests = _resources(predicate.get("resources"), ser)
-    if hashlib.sha256(b"".join(digests)).hexdigest() != root.lower():
+    # Compared as written (lowercase hex), as the reference compares it.
+    if hashlib.sha256(b"".join(digests)).hexdigest() != root:
         raise ManifestError("the subject digest does not match the listed resources")
     return Manifest(model_name=name, serialization=ser, files=files)
 
 
 def _legacy(subjects: object) -> Manifest:
     """The manifest of a model_signing 0.2 statement: each subject is a file."""
-    if not isinstance(subjects, list) or not subjects:
-        raise ManifestError("the legacy statement lists no subjects")
+    if not isinstance(subjects, list):
+        raise ManifestError("the legacy statement has no subject list")
     ser = Serialization("files", "sha256", None, False, ())
     files: dict[str, FileEntry] = {}
     for i, subject in enumerate(subjects):
@@ -222,9 +244,9 @@ def _legacy(subjects: object) -> Manifest:
             raise ManifestError(f"subject {name!r} digest is not hex") from None
         if len(value) != DIGEST_SIZES[HASH_ALIASES["sha256"]]:
             raise ManifestError(f"subject {name!r} digest is not a SHA-256")
-        path = check_relpath(name, allow_single=True)
-        if path in files:
-            raise ManifestError(f"subject {path!r} is listed twice")
+        path = check_relpath(_canonical(name), allow_single=True)
+        if path in files and files[path].digest != value.hex():
+            raise ManifestError(f"subject {path!r} is listed twice, with different digests")
         files[path] = FileEntry(path, digest=value.hex())
     return Manifest(model_name=LEGACY_MODEL_NAME, serialization=ser, files=files)
 

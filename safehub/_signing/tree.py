@@ -2,8 +2,8 @@
 
 Every directory is opened relative to its parent with ``O_NOFOLLOW``, and every file
 the same way, so a symlink swapped in after the walk is refused rather than followed
-out of the model. The folder the caller names may itself be a link (that is the
-caller's choice); nothing inside it may be.
+out of the model. Nothing may be a link, the model path itself included (as in
+model_signing): :func:`walk` lists such entries as unsafe.
 """
 
 from __future__ import annotations
@@ -121,32 +121,43 @@ def _decodable(name: str) -> bool:
 def walk(root: Path, *, skip_top: Collection[str] = ()) -> Tree:
     """List every file under ``root`` (or ``root`` itself if it is a file).
 
-    Names in ``skip_top`` are left out at the top level only, without being looked
-    into (the standard's ``.git`` and friends).
+    Names in ``skip_top`` are left out at the top level only (the standard's ``.git``
+    and friends): their files are not listed, but a symlink or special file among them
+    is still refused, as model_signing refuses it (it checks every entry before asking
+    whether it is ignored).
     """
     try:
         st = os.stat(root)
+        # model_signing refuses a model path that is itself a symlink (it checks the path
+        # before anything under it); so does verification, unless the caller hands over
+        # the file it opened (open_files), which check_model honours.
+        top: list[tuple[str, str]] = [(SINGLE_FILE, "the model path itself is a symlink")] \
+            if os.path.islink(root) else []
     except FileNotFoundError:
         raise TreeError(f"model path not found: {root}") from None
     except OSError as exc:
         raise TreeError(f"cannot read the model path {root}: {exc.strerror}") from exc
     if stat.S_ISREG(st.st_mode):
-        return Tree(root=root, single_file=True, files={SINGLE_FILE: st.st_size})
+        return Tree(root=root, single_file=True, files={SINGLE_FILE: st.st_size},
+                    unsafe=tuple(top))
     if not stat.S_ISDIR(st.st_mode):
         raise TreeError(f"model path is neither a file nor a folder: {root}")
 
     files: dict[str, int] = {}
-    unsafe: list[tuple[str, str]] = []
+    unsafe: list[tuple[str, str]] = list(top)
     unreadable: list[tuple[str, str]] = []
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        pending = [""]  # folders still to list, as model-relative paths
+        # Folders still to list, as model-relative paths, and whether they are skipped
+        # ones (whose files are not listed and whose unreadable folders do not count).
+        pending: list[tuple[str, bool]] = [("", False)]
         while pending:
-            rel_dir = pending.pop()
+            rel_dir, skipped = pending.pop()
             try:
                 dir_fd = _open_dir_beneath(root_fd, rel_dir)
             except OSError as exc:
-                unreadable.append((rel_dir, exc.strerror or str(exc)))
+                if not skipped:
+                    unreadable.append((rel_dir, exc.strerror or str(exc)))
                 continue
             try:
                 with os.scandir(dir_fd) as it:
@@ -154,20 +165,23 @@ def walk(root: Path, *, skip_top: Collection[str] = ()) -> Tree:
                 for entry in entries:
                     name = entry.name
                     rel = f"{rel_dir}/{name}" if rel_dir else name
-                    if not rel_dir and name in skip_top:
-                        continue
-                    if not _decodable(name):
+                    inside = skipped or (not rel_dir and name in skip_top)
+                    if not inside and not _decodable(name):
                         unsafe.append((rel, "the name is not valid UTF-8 or has a backslash"))
                     elif entry.is_symlink():
                         unsafe.append((rel, "symlink"))
                     elif entry.is_dir(follow_symlinks=False):
-                        pending.append(rel)
+                        pending.append((rel, inside))
+                    elif inside:
+                        if not entry.is_file(follow_symlinks=False):
+                            unsafe.append((rel, "special file (FIFO, socket or device)"))
                     elif entry.is_file(follow_symlinks=False):
                         files[rel] = entry.stat(follow_symlinks=False).st_size
                     else:
                         unsafe.append((rel, "special file (FIFO, socket or device)"))
             except OSError as exc:
-                unreadable.append((rel_dir, exc.strerror or str(exc)))
+                if not skipped:
+                    unreadable.append((rel_dir, exc.strerror or str(exc)))
             finally:
                 os.close(dir_fd)
     finally:

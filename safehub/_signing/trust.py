@@ -103,10 +103,11 @@ class TrustedKey:
 
 @dataclass(frozen=True)
 class TrustedCertificates:
-    """CA (or pinned signer) certificates that a signing certificate must chain to.
+    """CA certificates that a signing certificate must chain to.
 
-    Every certificate given is a trust anchor: pass the root CA, or an intermediate to
-    trust only what that intermediate issued.
+    As in model_signing (OpenSSL without partial chains), the path must end at one of
+    the self-signed certificates given (a root CA, or a self-signed signer certificate);
+    other certificates given only help to build the path.
     """
 
     certificates: tuple[x509.Certificate, ...] = field(repr=False)

@@ -2,8 +2,8 @@
 
 Order matters: the envelope's signature is checked before a single byte of the
 payload is interpreted, and the payload is only then parsed into a manifest whose
-paths are validated. The bundle's ``publicKey.hint`` is never trusted; it only
-makes the message clearer when the signature does not verify.
+paths are validated. The bundle's ``publicKey.hint`` is never trusted: it can only
+make a bundle fail (a stated hint that is not the trusted key's), as in model_signing.
 """
 
 from __future__ import annotations
@@ -92,17 +92,25 @@ def verify_signature(data: bytes, trust: Trust, *, source: str,
     envelope = bundle.envelope
 
     if isinstance(trust, TrustedKey):
-        # The trusted key decides, whatever verification material the bundle carries.
+        if not bundle.has_public_key:
+            raise _fail(FailureKind.SIGNATURE_INVALID,
+                        "the bundle carries certificates, not a public key: verify it with "
+                        "the certificate chain", source=source, trust=trust)
+        expected_hint = keys.pem_hint(trust.key)
+        hint = bundle.key_hint
+        # model_signing refuses a stated hint that is not the trusted key's (the hint is
+        # unsigned, so it can only make a bundle fail, never pass).
+        if hint is not None and hint != expected_hint:
+            raise _fail(FailureKind.SIGNATURE_INVALID,
+                        f"key mismatch: it appears signed by a different key: the bundle's key "
+                        f"hint is {certs.display(hint)[:200]}, the trusted {trust.describe()} "
+                        f"has hint {expected_hint}",
+                        source=source, trust=trust)
         if not keys.envelope_verifies(envelope, trust.key):
-            hint = bundle.key_hint
-            if hint and hint.lower() != keys.pem_hint(trust.key):
-                why = (f"it appears signed by a different key: the bundle's (unsigned) key hint is "
-                       f"{certs.display(hint)[:200]}, the trusted {trust.describe()} has hint "
-                       f"{keys.pem_hint(trust.key)}")
-            else:
-                why = (f"the DSSE signature does not verify with the trusted "
-                       f"{trust.describe()}: wrong key, or the signed content was altered")
-            raise _fail(FailureKind.SIGNATURE_INVALID, why, source=source, trust=trust)
+            raise _fail(FailureKind.SIGNATURE_INVALID,
+                        f"the DSSE signature does not verify with the trusted "
+                        f"{trust.describe()}: wrong key, or the signed content was altered",
+                        source=source, trust=trust)
         signer = _key_signer(trust)
         return _manifest(envelope.payload_type, envelope.payload, source=source, trust=trust,
                          signer=signer), signer
@@ -113,6 +121,11 @@ def verify_signature(data: bytes, trust: Trust, *, source: str,
         raise _fail(FailureKind.CERTIFICATE_INVALID,
                     "the bundle carries no certificate (it was signed with a bare key), but a "
                     "certificate chain is required", source=source, trust=trust)
+    if bundle.material != "x509CertificateChain":
+        # model_signing's certificate verifier reads x509CertificateChain only.
+        raise _fail(FailureKind.CERTIFICATE_INVALID,
+                    "the bundle holds a lone certificate, not the x509CertificateChain "
+                    "that certificate-method signatures carry", source=source, trust=trust)
     when = now or dt.datetime.now(dt.timezone.utc)
     if when.tzinfo is None:
         raise ValueError("the verification time must be timezone-aware")

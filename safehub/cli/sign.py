@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "file)")
     p.add_argument("--ignore-path", action="append", default=[], metavar="PATH",
                    help="model-relative path to leave out of the signature; repeatable")
+    p.add_argument("--ignore-git-paths", action=argparse.BooleanOptionalAction, default=True,
+                   help="as model_signing: leave the top-level .git, .gitattributes, .github "
+                        "and .gitignore out (default); --no-ignore-git-paths signs them")
     p.add_argument("--shard-size", type=int, metavar="BYTES",
                    help="hash files in shards of this size (model_signing's shard "
                         "serialization)")
@@ -46,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     progress = ProgressLine("hashing")
     path = sign(args.model, private_key=args.key, certificate_chain=args.certificate_chain,
                 signature_path=args.signature, ignore_paths=args.ignore_path,
-                shard_size=args.shard_size, progress=progress)
+                shard_size=args.shard_size, ignore_git_paths=args.ignore_git_paths,
+                progress=progress)
     progress.done()
     if not args.quiet:
         sys.stdout.write(f"{escape_line(os.fspath(path))}\n")

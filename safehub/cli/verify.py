@@ -65,6 +65,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--ignore-path", action="append", default=[], metavar="PATH",
                    help="model-relative path to skip when unsigned (code still fails); "
                         "repeatable")
+    p.add_argument("--ignore-git-paths", action=argparse.BooleanOptionalAction, default=True,
+                   help="as model_signing: skip the top-level .git, .gitattributes, .github "
+                        "and .gitignore (default); --no-ignore-git-paths checks them")
     group = p.add_argument_group("output")
     group.add_argument("-f", "--format", choices=["text", "json"], default="text",
                        help="report format (default: text)")
@@ -135,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
     result = verify(model, signature=signature, trust=anchor,
                     ignore_unsigned_files=args.ignore_unsigned_files,
                     unsafe_ignore_unsigned_code=args.ignore_unsigned_files,
-                    ignore_paths=args.ignore_path, progress=progress)
+                    ignore_paths=args.ignore_path, ignore_git_paths=args.ignore_git_paths,
+                    progress=progress)
     progress.done()
     trusted = anchor.describe()
     if args.format == "json":

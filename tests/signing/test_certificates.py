@@ -39,9 +39,14 @@ def test_chain_to_trusted_root(tmp_path: Path, curve: str) -> None:
     assert result.signer is not None and result.signer.kind == "certificate"
     assert result.signer.subject == pki.leaf.subject.rfc4514_string()
     assert result.signer.chain[-1] == pki.root.subject.rfc4514_string()
-    # Trusting the intermediate alone also works (it is an explicit trust anchor).
+    # As model_signing (OpenSSL without partial chains): the path must end at a trusted
+    # self-signed root, so the intermediate alone is not enough; beside the root it helps.
     (tmp_path / "inter.pem").write_bytes(pem(pki.intermediate))
-    assert verify(m, certificate_chain=tmp_path / "inter.pem").ok
+    result = verify(m, certificate_chain=tmp_path / "inter.pem")
+    assert kinds(result) == [("certificate-invalid", None)]
+    assert "self-signed root" in result.failures[0].message
+    (tmp_path / "both.pem").write_bytes(pem(pki.intermediate, pki.root))
+    assert verify(m, certificate_chain=tmp_path / "both.pem").ok
 
 
 def test_unrelated_ca_is_refused(tmp_path: Path) -> None:
@@ -70,7 +75,7 @@ def _signed_with_leaf(tmp_path: Path, **leaf: object) -> tuple[Path, Path]:
     ({"not_before": NOW - 30 * DAY, "not_after": NOW - DAY}, "expired"),
     ({"not_before": NOW + DAY, "not_after": NOW + 30 * DAY}, "not valid yet"),
     ({"eku": [ExtendedKeyUsageOID.SERVER_AUTH]}, "codeSigning"),
-    ({"eku": [], "key_usage": False}, "neither a key usage"),
+    ({"eku": [], "key_usage": False}, "allows neither digitalSignature"),
 ])
 def test_leaf_validity_and_usage(tmp_path: Path, leaf: dict[str, object], words: str) -> None:
     m, root = _signed_with_leaf(tmp_path, **leaf)
@@ -130,10 +135,16 @@ def test_key_bundle_is_refused_when_a_chain_is_required(tmp_path: Path) -> None:
 
 
 def test_pinned_leaf_certificate(tmp_path: Path) -> None:
+    # A self-signed signer certificate is its own root and can be trusted directly; a leaf
+    # issued by a CA cannot stand in for that CA (model_signing refuses both the same way).
     pki = make_pki(tmp_path / "pki")
     m = make_model(tmp_path / "m")
     sign(m, private_key=pki.leaf_key.private_path, certificate_chain=[pki.chain_path])
-    assert verify(m, trust=TrustedCertificates.from_pem(pem(pki.leaf))).ok
+    assert not verify(m, trust=TrustedCertificates.from_pem(pem(pki.leaf))).ok
+    selfsigned = make_cert(pki.leaf_key.key, "self-signed signer")
+    (tmp_path / "self.pem").write_bytes(pem(selfsigned))
+    sign(m, private_key=pki.leaf_key.private_path, certificate_chain=[tmp_path / "self.pem"])
+    assert verify(m, trust=TrustedCertificates.from_pem(pem(selfsigned))).ok
 
 
 def test_sign_checks_the_certificate(tmp_path: Path) -> None:
