@@ -8,9 +8,11 @@ The filter allows by default and denies, with EPERM, what repository code never
 needs and sandbox escapes use: starting programs, new sockets, ptrace and other
 processes' memory, namespaces and mounts, io_uring, the kernel keyring, System V
 IPC and POSIX message queues (host-wide without an IPC namespace), bpf,
-perf, userfaultfd, leaving the process group (setsid, setpgid, which would escape
-the kill of the whole tree), making itself dumpable again, terminal input
-injection, and setting another process's resource limits, priorities or scheduling
+perf, userfaultfd, memory files (``memfd_create``: pages written to one are counted by
+no rlimit, so 256 of them held the host's memory past ``memory_mb``), leaving the
+process group (setsid, setpgid, which would escape the kill of the whole tree), making
+itself dumpable again, terminal input injection, and setting another process's
+resource limits, priorities or scheduling
 (prlimit, setpriority, ioprio_set, sched_set* for anything but the caller itself). ``clone`` with
 namespace flags is denied; ``clone3`` answers ENOSYS so that glibc falls back to
 ``clone``, whose flags the filter can inspect.
@@ -73,6 +75,9 @@ DENIED_SYSCALLS: dict[str, tuple[str, ...]] = {
         "msgget", "msgsnd", "msgrcv", "msgctl", "ipc", "mq_open", "mq_unlink",
         "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr"),
     "load kernel programs or profile": ("bpf", "perf_event_open", "userfaultfd"),
+    # Memory files hold memory that no address-space limit counts (written, never
+    # mapped), one per descriptor: the result's memfd comes from the parent instead.
+    "hold memory outside the address-space limit": ("memfd_create", "memfd_secret"),
     "leave the process group": ("setsid", "setpgid"),
     "open files by handle": ("open_by_handle_at", "name_to_handle_at"),
     "administer the machine": ("kexec_load", "kexec_file_load", "init_module", "finit_module",

@@ -500,6 +500,17 @@ HOGS = """
         else:
             block = torch.empty(3 << 30, dtype=torch.uint8)
         return {"size": torch.tensor([len(block)])}
+    def memfd_memory(mib):
+        # Memory written into memory files, never mapped: no address-space limit counts
+        # it, and one process may hold a file per descriptor.
+        fds, chunk, held = [], b"\\xa5" * (1 << 20), 0
+        while held < mib:
+            fds.append(os.memfd_create("hog"))
+            for _ in range(min(256, mib - held)):
+                os.write(fds[-1], chunk)
+                held += 1
+        resident = sum(os.fstat(fd).st_blocks for fd in fds) * 512
+        return {"resident": torch.tensor([resident])}
     def forks(n=40):
         made = 0
         for _ in range(n):
@@ -569,6 +580,26 @@ def test_memory_bomb(how: str, tmp_path: Path, sandbox: Sandbox, plain_hub: Plai
              how=how)
     assert info.value.limit == "memory"
     assert "memory_mb" in (info.value.fix or "")
+
+
+def test_memory_in_memory_files_counts_against_no_limit_and_is_refused(
+        tmp_path: Path, sandbox: Sandbox, plain_hub: PlainHub) -> None:
+    repo = make_repo(tmp_path / "repo", HOGS)
+    plain = plain_hub.run("load", repo, "memfd_memory", kwargs={"mib": 64})
+    assert plain.tensors["resident"].tolist() == [64 << 20], "plain torch.hub: memfd works"
+
+    # More than the address-space limit, held in memory files (the host's memory, which
+    # 256 descriptors of 4 GiB each would exhaust): memfd_create is refused.
+    with pytest.raises(SandboxViolation) as info:
+        load(sandbox, repo, "memfd_memory", limits=SandboxLimits(timeout_s=30, memory_mb=2048),
+             mib=2304)
+    assert "Operation not permitted" in info.value.diagnostics()
+    # The result still crosses in a memfd: the parent's, sent with the call.
+    assert load(sandbox, make_repo(tmp_path / "ok", """
+        import torch
+        def model():
+            return {"w": torch.ones(3)}
+    """), "model")["w"].tolist() == [1.0, 1.0, 1.0]  # type: ignore[attr-defined]
 
 
 def test_fork_flood(tmp_path: Path, sandbox: Sandbox, plain_hub: PlainHub) -> None:
@@ -765,12 +796,22 @@ FORGE = """
         head = head.encode() + b" " * (-(8 + len(head)) % 8)
         return struct.pack("<Q", len(head)) + head + b"\\0" * (4 * n)
 
+    def _result_fd():
+        # The memfd the call came with (the sandbox cannot create one): the only memfd.
+        for fd in range(4, 256):
+            try:
+                fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+                return fd
+            except OSError:
+                pass
+        raise RuntimeError("no result memfd")
+
     def _send(fields, fd=None):
         channel = Channel.from_fd(3)
         channel.send({"t": "result", "op": "load", **fields}, [fd] if fd is not None else [])
 
     def unsealed():
-        fd = os.memfd_create("forged", os.MFD_ALLOW_SEALING)
+        fd = _result_fd()
         os.write(fd, _safetensors(1 << 20))
         _send({"keys": ["w"], "aliased": []}, fd)
         os.ftruncate(fd, 0)  # would be SIGBUS in a parent that mapped it
@@ -784,7 +825,7 @@ FORGE = """
         os._exit(0)
 
     def huge_header():
-        fd = os.memfd_create("forged", os.MFD_ALLOW_SEALING)
+        fd = _result_fd()
         os.write(fd, struct.pack("<Q", 1 << 40) + b"{}")
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK
                     | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
@@ -800,7 +841,7 @@ FORGE = """
         os._exit(0)
 
     def wrong_keys():
-        fd = os.memfd_create("forged", os.MFD_ALLOW_SEALING)
+        fd = _result_fd()
         os.write(fd, _safetensors(4))
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK
                     | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
@@ -811,7 +852,7 @@ FORGE = """
 
 @pytest.mark.parametrize("entry, words", [
     ("unsealed", "not sealed"),
-    ("regular_file", "not sealed|not a memfd"),
+    ("regular_file", "not in the memory file sent with the call"),
     ("huge_header", "exceeds"),
     ("garbage_frame", "not valid JSON"),
     ("oversized_frame", "exceeds"),
