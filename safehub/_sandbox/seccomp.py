@@ -9,7 +9,9 @@ needs and sandbox escapes use: starting programs, new sockets, ptrace and other
 processes' memory, namespaces and mounts, io_uring, the kernel keyring, System V
 IPC and POSIX message queues (host-wide without an IPC namespace), bpf,
 perf, userfaultfd, memory files (``memfd_create``: pages written to one are counted by
-no rlimit, so 256 of them held the host's memory past ``memory_mb``), leaving the
+no rlimit, so 256 of them held the host's memory past ``memory_mb``), inotify and
+fanotify watches (Landlock does not mediate them: a watch on a folder Landlock hides
+names each file created there), leaving the
 process group (setsid, setpgid, which would escape the kill of the whole tree), making
 itself dumpable again, terminal input injection, and setting another process's
 resource limits, priorities or scheduling
@@ -80,6 +82,10 @@ DENIED_SYSCALLS: dict[str, tuple[str, ...]] = {
     "hold memory outside the address-space limit": ("memfd_create", "memfd_secret"),
     "leave the process group": ("setsid", "setpgid"),
     "open files by handle": ("open_by_handle_at", "name_to_handle_at"),
+    # Landlock does not mediate watches: one on a folder it hides (the user's home, /tmp)
+    # reported the name of every file created there while the sandbox ran.
+    "watch files and folders": ("inotify_init", "inotify_init1", "inotify_add_watch",
+                                "fanotify_init", "fanotify_mark"),
     "administer the machine": ("kexec_load", "kexec_file_load", "init_module", "finit_module",
                                "delete_module", "reboot", "swapon", "swapoff", "acct",
                                "quotactl", "syslog", "iopl", "ioperm", "modify_ldt", "vhangup",

@@ -10,10 +10,12 @@ nothing to find).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -242,6 +244,64 @@ def test_reading_a_secret_file_into_tensors(tmp_path: Path, world_marker: Path,
         with pytest.raises(SandboxViolation if path == world_marker else RepoCodeError) as info:
             load(sandbox, repo, "model", path=str(path))
         contained(info, "Error")
+
+
+WATCH = """
+    import ctypes, os, select, struct, time, torch
+
+    def watch(folder):
+        # The folder cannot be listed (Landlock), but a watch on it names each file
+        # created there. Waits for the first name (the wait is a hang guard only).
+        try:
+            os.listdir(folder)
+            listed = "listed"
+        except OSError as exc:
+            listed = type(exc).__name__
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = libc.inotify_init1(os.O_NONBLOCK)
+        if fd < 0 or libc.inotify_add_watch(fd, folder.encode(), 0x100) < 0:  # IN_CREATE
+            seen = f"refused: errno {ctypes.get_errno()}"
+        else:
+            seen, end = "", time.monotonic() + 60
+            while not seen and time.monotonic() < end:
+                if select.select([fd], [], [], 0.5)[0]:
+                    data = os.read(fd, 4096)
+                    seen = data[16:16 + struct.unpack_from("I", data, 12)[0]].rstrip(b"\\0")
+                    seen = seen.decode()
+        return {k: torch.frombuffer(bytearray(v.encode() + b"."), dtype=torch.uint8)
+                for k, v in (("listed", listed), ("seen", seen))}
+"""
+
+
+def _text(tensors: dict[str, object], name: str) -> str:
+    return tensor_bytes(tensors[name]).decode()[:-1]
+
+
+def test_watching_a_folder_outside_names_the_files_made_there(
+        tmp_path: Path, sandbox: Sandbox, plain_hub: PlainHub) -> None:
+    outside = Path(tempfile.mkdtemp(prefix="safehub-test-watched-"))
+    outside.chmod(0o755)  # readable by the sandbox's uid: only Landlock keeps it out
+    repo = make_repo(tmp_path / "repo", WATCH)
+    done = threading.Event()
+
+    def someone_else_works_there() -> None:
+        while not done.wait(0.2):
+            name = outside / f"private-{time.monotonic_ns()}"
+            name.write_bytes(b"")
+            name.unlink()
+
+    worker = threading.Thread(target=someone_else_works_there, daemon=True)
+    worker.start()
+    try:
+        plain = plain_hub.run("load", repo, "watch", kwargs={"folder": str(outside)})
+        got = load(sandbox, repo, "watch", folder=str(outside))
+    finally:
+        done.set()
+        worker.join()
+        shutil.rmtree(outside, ignore_errors=True)
+    assert _text(plain.tensors, "seen").startswith("private-"), "plain torch.hub: named"
+    assert _text(got, "listed") == "PermissionError"  # Landlock hides the folder
+    assert _text(got, "seen") == "refused: errno 1"  # and no watch names what is in it
 
 
 @pytest.mark.parametrize("kind", ["absolute", "relative", "directory"])
