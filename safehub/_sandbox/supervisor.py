@@ -446,7 +446,8 @@ class _Run:
         self.request = request
         self.limits = request.limits if request else SandboxLimits()
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="safehub-sandbox-"))
-        self.service = BrokerService(broker, self.workdir / "grants" / grants)
+        self.service = BrokerService(broker, self.workdir / "grants" / grants,
+                                     max_copy_mb=self.limits.max_file_mb)
         self.channel: Channel | None = None
         self.rid = -1
         self.child_pid: int | None = None  # the outer child, as the zygote reports it
