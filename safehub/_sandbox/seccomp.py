@@ -6,7 +6,8 @@ x32 and foreign-ABI entry points that a hand-written BPF filter easily forgets.
 
 The filter allows by default and denies, with EPERM, what repository code never
 needs and sandbox escapes use: starting programs, new sockets, ptrace and other
-processes' memory, namespaces and mounts, io_uring, the kernel keyring, System V
+processes' memory, namespaces and mounts, io_uring and Linux AIO (whose contexts come
+from one pool for the whole host), the kernel keyring, System V
 IPC and POSIX message queues (host-wide without an IPC namespace), bpf,
 perf, userfaultfd, memory files (``memfd_create``: pages written to one are counted by
 no rlimit, so 256 of them held the host's memory past ``memory_mb``), inotify and
@@ -69,6 +70,11 @@ DENIED_SYSCALLS: dict[str, tuple[str, ...]] = {
                                     "chroot", "open_tree", "open_tree_attr", "move_mount",
                                     "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr"),
     "use io_uring": ("io_uring_setup", "io_uring_enter", "io_uring_register"),
+    # Linux AIO contexts come from one pool for the whole host (fs.aio-max-nr): a child
+    # that took it all made every other program's io_setup fail while it ran.
+    "use the host's asynchronous I/O contexts": ("io_setup", "io_destroy", "io_submit",
+                                                 "io_cancel", "io_getevents",
+                                                 "io_pgetevents"),
     "use the kernel keyring": ("keyctl", "add_key", "request_key"),
     # Without an IPC namespace (hosts that refuse user namespaces) these reach the host's
     # objects: the user's shared memory and queues, and segments that outlive the sandbox.

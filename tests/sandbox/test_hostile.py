@@ -9,6 +9,7 @@ nothing to find).
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -660,6 +661,50 @@ def test_memory_in_memory_files_counts_against_no_limit_and_is_refused(
         def model():
             return {"w": torch.ones(3)}
     """), "model")["w"].tolist() == [1.0, 1.0, 1.0]  # type: ignore[attr-defined]
+
+
+AIO = """
+    import ctypes, errno, torch
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    IO_SETUP, IO_DESTROY = 206, 207  # x86_64
+
+    def _setup(n):
+        ctx = ctypes.c_ulong(0)
+        if libc.syscall(ctypes.c_long(IO_SETUP), ctypes.c_long(n), ctypes.byref(ctx)):
+            return None, ctypes.get_errno()
+        return ctx, 0
+
+    def take_the_pool():
+        # Linux AIO contexts come from one pool for the whole host (fs.aio-max-nr).
+        held, taken, refused = [], 0, 0
+        for n in [1 << k for k in range(16, -1, -1)]:
+            while True:
+                ctx, refused = _setup(n)
+                if ctx is None:
+                    break
+                held.append(ctx)
+                taken += n
+        _, other = _setup(1)  # what any other program on the host now gets
+        for ctx in held:
+            libc.syscall(ctypes.c_long(IO_DESTROY), ctx)
+        return {"taken": torch.tensor([taken]), "refused": torch.tensor([refused]),
+                "other": torch.tensor([other])}
+"""
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the probe calls io_setup by number")
+def test_the_hosts_asynchronous_io_pool_is_out_of_reach(tmp_path: Path, sandbox: Sandbox,
+                                                         plain_hub: PlainHub) -> None:
+    repo = make_repo(tmp_path / "repo", AIO)
+    plain = plain_hub.run("load", repo, "take_the_pool")
+    assert plain.tensors["taken"].item() > 0, "plain torch.hub: the pool is taken"
+    assert plain.tensors["other"].item() == errno.EAGAIN, "and nobody else gets a context"
+
+    got = load(sandbox, repo, "take_the_pool")
+    assert got["taken"].tolist() == [0]  # type: ignore[attr-defined]
+    assert got["refused"].tolist() == [errno.EPERM]  # type: ignore[attr-defined]
 
 
 def test_fork_flood(tmp_path: Path, sandbox: Sandbox, plain_hub: PlainHub) -> None:
