@@ -18,7 +18,9 @@ Every member is validated before anything is written. Refused outright:
   ratio than :class:`ArchiveLimits` allows (archive bombs). Declared sizes are
   checked up front and actual sizes while extracting; a zip's central directory is
   measured and its records counted before ``zipfile`` reads it (zipfile makes an
-  object per record first: millions of tiny records cost the parent gigabytes).
+  object per record first: millions of tiny records cost the parent gigabytes), and a
+  tar's extended headers (long names, pax records: tarfile reads their data whole and
+  the header after one recursively) are bounded in size and in how many come in a row.
 
 Extraction writes into a fresh folder with ``O_EXCL | O_NOFOLLOW``; on any
 error that folder is removed, so nothing partial survives.
@@ -35,6 +37,7 @@ import re
 import stat
 import struct
 import tarfile
+import threading
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -382,12 +385,46 @@ def _decompressed(raw: BinaryIO, head: bytes) -> Any:  # a binary file object
     return raw
 
 
+# What tarfile reads into memory whole: a long name's or a pax header's data. Real ones
+# hold a path and a few fields; GitHub's pax header holds the commit.
+_MAX_HEADER_DATA = 1 << 20
+_HEADER_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE,
+                 tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
+
+
+# tarfile reads the header after an extended one recursively: a few thousand in a row
+# ended the parent's call with a RecursionError. Real archives have two or three.
+_MAX_HEADER_CHAIN = 16
+_chain = threading.local()
+
+
+class _BoundedInfo(tarfile.TarInfo):
+    """A member header whose extension data, and run of extended headers, are bounded
+    before tarfile reads them: a 512 MiB long name from a 4 MiB download took 1.6 GiB of
+    the parent's memory."""
+
+    def _proc_member(self, archive: Any) -> Any:  # tarfile's hook for each header
+        if self.type not in _HEADER_TYPES:
+            return super()._proc_member(archive)  # type: ignore[misc]
+        if self.size > _MAX_HEADER_DATA:
+            raise _Refused(f"an extended header of {self.size} bytes (at most "
+                           f"{_MAX_HEADER_DATA})")
+        depth = getattr(_chain, "depth", 0)
+        if depth >= _MAX_HEADER_CHAIN:
+            raise _Refused(f"more than {_MAX_HEADER_CHAIN} extended headers in a row")
+        _chain.depth = depth + 1
+        try:
+            return super()._proc_member(archive)  # type: ignore[misc]
+        finally:
+            _chain.depth = depth
+
+
 @contextmanager
 def _tar_stream(archive: Path, head: bytes, cap: int, what: str) -> Iterator[tarfile.TarFile]:
     with open(archive, "rb") as raw, _decompressed(raw, head) as opened:
         capped: Any = _Capped(opened, cap, what)
         try:
-            with tarfile.open(fileobj=capped, mode="r|") as tf:
+            with tarfile.open(fileobj=capped, mode="r|", tarinfo=_BoundedInfo) as tf:
                 yield tf
         except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError,
                 UnicodeDecodeError, ValueError) as exc:

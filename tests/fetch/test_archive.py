@@ -190,6 +190,34 @@ def test_a_huge_central_directory_is_refused_before_zipfile_reads_it(
     assert peak < len(archive) + (32 << 20), "the records were read into memory"
 
 
+def extended_headers(count: int, size: int) -> bytes:
+    """A tar whose one file follows ``count`` GNU long-name headers of ``size`` bytes each,
+    each naming a file of the repository (each overrides the one before)."""
+    blocks = []
+    for i in range(count):
+        info = tarfile.TarInfo("././@LongLink")
+        info.type = tarfile.GNUTYPE_LONGNAME
+        info.size = size
+        data = f"{TOP}/x{i}.py".encode().ljust(size, b"\0")
+        blocks += [info.tobuf(format=tarfile.GNU_FORMAT), data, b"\0" * (-size % 512)]
+    last = tarfile.TarInfo(f"{TOP}/hubconf.py")
+    blocks += [last.tobuf(format=tarfile.GNU_FORMAT), b"\0" * 1024]
+    return b"".join(blocks)
+
+
+@pytest.mark.parametrize(("count", "size", "expect"), [
+    # tarfile reads a long name's data into memory whole (512 MiB took 1.6 GiB).
+    (1, 2 << 20, "an extended header of 2097152 bytes"),
+    # and reads the header after one recursively: a long run was a RecursionError.
+    (5000, 100, "more than 16 extended headers in a row"),
+])
+def test_extended_tar_headers_are_bounded_before_tarfile_reads_them(
+        count: int, size: int, expect: str, hub: FakeHub,
+        make_fetcher: Callable[..., Fetcher], cache_dir: Path) -> None:
+    text = refused(hub, make_fetcher(), extended_headers(count, size), cache_dir)
+    assert expect in text
+
+
 def test_member_lying_about_its_size_is_refused(
         hub: FakeHub, make_fetcher: Callable[..., Fetcher], cache_dir: Path) -> None:
     archive = bytearray(make_zip(TOP, {"a.py": b"A" * 1000}, comment=b""))
