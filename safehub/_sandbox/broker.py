@@ -21,6 +21,7 @@ the child's account of it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -31,8 +32,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from safehub._policy.urls import canonical_url
 from safehub._sandbox.channel import Channel
-from safehub._sandbox.errors import clean_text
-from safehub._tree import copy_tree
+from safehub._sandbox.errors import LimitExceeded, clean_text
+from safehub._tree import copy_tree, walk
 from safehub.errors import FetchError, InternalError, PolicyViolation, SafehubError
 
 __all__ = ["Broker", "BrokerService", "DownloadRefused", "Requester", "install_stubs"]
@@ -80,10 +81,16 @@ class DownloadRefused(RuntimeError):
 class BrokerService:
     """Serves one child's download requests with the caller's broker (or refuses all)."""
 
-    def __init__(self, broker: Broker | None, grants_dir: Path, *, max_requests: int = 256):
+    def __init__(self, broker: Broker | None, grants_dir: Path, *, max_requests: int = 256,
+                 max_copy_mb: int | None = None):
         self.broker = broker
         self.grants_dir = grants_dir
         self.max_requests = max_requests
+        # Repositories are copied for the child by this (unconfined) process: the copies
+        # count against the sandbox's file limit, and each source is copied once.
+        self.max_copy_mb = max_copy_mb
+        self.copied = 0
+        self.copies: dict[str, Path] = {}
         self.requests = 0
         self.elapsed = 0.0
         self.failures: dict[int, SafehubError] = {}
@@ -162,12 +169,39 @@ class BrokerService:
         source = self.broker.fetch_repo(repo, force_reload=bool(force_reload))
         if not source.is_dir():
             raise FetchError("the approved repo is not a folder", subject=str(source))
-        # A folder the child can only read (Landlock: read-only; created by the parent).
-        target = self.grants_dir / f"{len(self.fetched)}-{re.sub(r'[^A-Za-z0-9_.-]', '_', repo)}"
-        copy_tree(source, target, copy_function=shutil.copyfile,
-                  ignore=shutil.ignore_patterns(".git"))
+        key = os.path.realpath(source)
+        target = self.copies.get(key)
+        if target is None:
+            size = _tree_size(source)
+            if self.max_copy_mb is not None and self.copied + size > self.max_copy_mb << 20:
+                raise LimitExceeded(
+                    f"the repositories the code loads would take more than the sandbox's "
+                    f"{self.max_copy_mb} MiB file limit ({self.copied + size} bytes)",
+                    limit="file size", value=self.max_copy_mb, subject=clean_text(repo, 300),
+                    fix="if the model legitimately needs them, raise policy [sandbox] "
+                        f"max_file_mb (now {self.max_copy_mb})")
+            # A folder the child can only read (Landlock: read-only; made by the parent).
+            target = self.grants_dir / (f"{len(self.copies)}-"
+                                        f"{re.sub(r'[^A-Za-z0-9_.-]', '_', repo)}")
+            copy_tree(source, target, copy_function=shutil.copyfile,
+                      ignore=shutil.ignore_patterns(".git"))
+            self.copied += size
+            self.copies[key] = target
         self.fetched.append(repo)
         return {"dir": str(target)}, []
+
+
+def _tree_size(root: Path) -> int:
+    """Bytes of the regular files under ``root`` that a copy takes (``.git`` left out)."""
+    total = 0
+    for folder, dirs, files in walk(root):
+        dirs[:] = [d for d in dirs if d != ".git"]
+        for name in files:
+            with contextlib.suppress(OSError):
+                info = os.lstat(os.path.join(folder, name))
+                if stat.S_ISREG(info.st_mode):
+                    total += info.st_size
+    return total
 
 
 # --- child side -----------------------------------------------------------------------------

@@ -125,12 +125,14 @@ class _NoSuchEntrypoint(Exception):
 def _receive_call(channel: Channel) -> dict[str, Any]:
     # The call's arguments come straight from the parent on this child's own channel,
     # never through the zygote: nothing of one call stays in memory a later child
-    # inherits.
+    # inherits. A load's call carries the memfd its result is written into (the sandbox
+    # cannot create one); it stays a descriptor, kept under "result_fd".
     message, fds = channel.recv()
-    for fd in fds:
-        os.close(fd)
-    if message.get("t") != "call":
+    if message.get("t") != "call" or len(fds) > 1:
+        for fd in fds:
+            os.close(fd)
         raise ChannelClosed("the supervisor sent no call")
+    message["result_fd"] = fds[0] if fds else None
     return message
 
 
@@ -195,6 +197,9 @@ def _serve_call(channel: Channel, config: dict[str, Any], call: dict[str, Any],
                           "doc": None if doc is None else str(doc)[:_MAX_TEXT * 16]})
             return
         phase = "call"
+        result_fd = call["result_fd"]
+        if not isinstance(result_fd, int):
+            raise ChannelClosed("the supervisor sent no result file with the call")
         value = entry(*call["args"], **call["kwargs"])
         scripts = call.get("scripts") is True
         del call
@@ -202,13 +207,10 @@ def _serve_call(channel: Channel, config: dict[str, Any], call: dict[str, Any],
         flat, manifest = shape.flatten(value, scripts=scripts)
         del value
         tensors = writer.check_tensors(flat)
-        packed = writer.pack(tensors)
-        try:
-            channel.send({"t": "result", "op": "load", "keys": list(tensors),
-                          "count": packed.count, "size": packed.size,
-                          "aliased": packed.aliased, "shape": manifest}, [packed.fd])
-        finally:
-            os.close(packed.fd)
+        packed = writer.pack(tensors, result_fd)
+        channel.send({"t": "result", "op": "load", "keys": list(tensors),
+                      "count": packed.count, "size": packed.size,
+                      "aliased": packed.aliased, "shape": manifest}, [packed.fd])
     except _NoSuchEntrypoint as missing:
         channel.send({"t": "error", "kind": "unknown_entrypoint", "name": missing.name[:200],
                       "entrypoints": [n[:200] for n in missing.names[:1000]]})

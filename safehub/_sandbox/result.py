@@ -42,12 +42,18 @@ from safehub._sandbox.writer import SEALS
 from safehub._scanner.fmt_safetensors import HeaderError, check_header
 
 __all__ = ["MAX_HEADER_BYTES", "MAX_TENSORS", "TensorFile", "TensorSpec", "check_result",
-           "read_tensors"]
+           "new_result_file", "read_tensors"]
 
 MAX_HEADER_BYTES = 16 << 20  # ~100 bytes per tensor: room for 100k+ tensors, parsed in ~0.1 s
 MAX_TENSORS = 100_000
 MAX_DIMS = 64  # torch's own limit on dimensions
 _INT64_MAX = (1 << 63) - 1
+
+
+def new_result_file() -> int:
+    """An empty memfd that can be sealed, for one load's result (the parent makes it and
+    sends it with the call: the sandbox itself may not create memory files)."""
+    return os.memfd_create("safehub-result", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
 
 
 def read_tensors(fd: int, *, order: Sequence[str] | None = None,

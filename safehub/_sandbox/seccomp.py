@@ -6,11 +6,16 @@ x32 and foreign-ABI entry points that a hand-written BPF filter easily forgets.
 
 The filter allows by default and denies, with EPERM, what repository code never
 needs and sandbox escapes use: starting programs, new sockets, ptrace and other
-processes' memory, namespaces and mounts, io_uring, the kernel keyring, System V
+processes' memory, namespaces and mounts, io_uring and Linux AIO (whose contexts come
+from one pool for the whole host), the kernel keyring, System V
 IPC and POSIX message queues (host-wide without an IPC namespace), bpf,
-perf, userfaultfd, leaving the process group (setsid, setpgid, which would escape
-the kill of the whole tree), making itself dumpable again, terminal input
-injection, and setting another process's resource limits, priorities or scheduling
+perf, userfaultfd, memory files (``memfd_create``: pages written to one are counted by
+no rlimit, so 256 of them held the host's memory past ``memory_mb``), inotify and
+fanotify watches (Landlock does not mediate them: a watch on a folder Landlock hides
+names each file created there), leaving the
+process group (setsid, setpgid, which would escape the kill of the whole tree), making
+itself dumpable again, terminal input injection, and setting another process's
+resource limits, priorities or scheduling
 (prlimit, setpriority, ioprio_set, sched_set* for anything but the caller itself). ``clone`` with
 namespace flags is denied; ``clone3`` answers ENOSYS so that glibc falls back to
 ``clone``, whose flags the filter can inspect.
@@ -65,6 +70,11 @@ DENIED_SYSCALLS: dict[str, tuple[str, ...]] = {
                                     "chroot", "open_tree", "open_tree_attr", "move_mount",
                                     "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr"),
     "use io_uring": ("io_uring_setup", "io_uring_enter", "io_uring_register"),
+    # Linux AIO contexts come from one pool for the whole host (fs.aio-max-nr): a child
+    # that took it all made every other program's io_setup fail while it ran.
+    "use the host's asynchronous I/O contexts": ("io_setup", "io_destroy", "io_submit",
+                                                 "io_cancel", "io_getevents",
+                                                 "io_pgetevents"),
     "use the kernel keyring": ("keyctl", "add_key", "request_key"),
     # Without an IPC namespace (hosts that refuse user namespaces) these reach the host's
     # objects: the user's shared memory and queues, and segments that outlive the sandbox.
@@ -73,8 +83,15 @@ DENIED_SYSCALLS: dict[str, tuple[str, ...]] = {
         "msgget", "msgsnd", "msgrcv", "msgctl", "ipc", "mq_open", "mq_unlink",
         "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr"),
     "load kernel programs or profile": ("bpf", "perf_event_open", "userfaultfd"),
+    # Memory files hold memory that no address-space limit counts (written, never
+    # mapped), one per descriptor: the result's memfd comes from the parent instead.
+    "hold memory outside the address-space limit": ("memfd_create", "memfd_secret"),
     "leave the process group": ("setsid", "setpgid"),
     "open files by handle": ("open_by_handle_at", "name_to_handle_at"),
+    # Landlock does not mediate watches: one on a folder it hides (the user's home, /tmp)
+    # reported the name of every file created there while the sandbox ran.
+    "watch files and folders": ("inotify_init", "inotify_init1", "inotify_add_watch",
+                                "fanotify_init", "fanotify_mark"),
     "administer the machine": ("kexec_load", "kexec_file_load", "init_module", "finit_module",
                                "delete_module", "reboot", "swapon", "swapoff", "acct",
                                "quotactl", "syslog", "iopl", "ioperm", "modify_ldt", "vhangup",

@@ -446,11 +446,15 @@ class _Run:
         self.request = request
         self.limits = request.limits if request else SandboxLimits()
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="safehub-sandbox-"))
-        self.service = BrokerService(broker, self.workdir / "grants" / grants)
+        self.service = BrokerService(broker, self.workdir / "grants" / grants,
+                                     max_copy_mb=self.limits.max_file_mb)
         self.channel: Channel | None = None
         self.rid = -1
         self.child_pid: int | None = None  # the outer child, as the zygote reports it
         self.exit: dict[str, Any] | None = None
+        # A load's result memfd, made here and sent with the call (the sandbox may not
+        # make memory files): the only file the result may come back in.
+        self.result_fd: int | None = None
         self.ready: dict[str, Any] | None = None
         self.times: dict[str, float] = {}
         if request is None:
@@ -668,7 +672,31 @@ class _Run:
             return
         self._send({"t": "call", "entrypoint": request.entrypoint, "args": list(request.args),
                     "kwargs": dict(request.kwargs), "seed": request.seed,
-                    "scripts": request.script_archives})
+                    "scripts": request.script_archives}, self._result_file())
+
+    def _result_file(self) -> list[int]:
+        """The memfd a load's result is written into, to send with its call."""
+        if self.request is None or self.request.op is not Operation.LOAD:
+            return []
+        from safehub._sandbox.result import new_result_file
+
+        if self.result_fd is None:
+            self.result_fd = new_result_file()
+        return [self.result_fd]
+
+    def _own_result_file(self, fd: int) -> int:
+        """The result file, once ``fd`` (the child's, closed here) is shown to be the
+        memfd sent with the call; the caller owns the returned descriptor."""
+        own = self.result_fd
+        try:
+            given, ours = os.fstat(fd), os.fstat(own) if own is not None else None
+        finally:
+            os.close(fd)
+        if own is None or ours is None or (given.st_dev, given.st_ino) != (ours.st_dev,
+                                                                          ours.st_ino):
+            raise self._protocol("the result is not in the memory file sent with the call")
+        self.result_fd = None
+        return own
 
     def _refuse(self, message: dict[str, Any]) -> NoReturn:
         try:
@@ -738,7 +766,7 @@ class _Run:
                 raise self._protocol("malformed load result")
             from safehub._sandbox.result import check_result  # the scanner's header checks
 
-            file = check_result(fds.pop(), order=keys)
+            file = check_result(self._own_result_file(fds.pop()), order=keys)
             if not request.as_file:
                 with file:
                     tensors = file.tensors()
@@ -905,6 +933,9 @@ class _Run:
 
     def _finish(self) -> None:
         try:
+            if self.result_fd is not None:
+                os.close(self.result_fd)
+                self.result_fd = None
             if self.channel is not None:
                 self.channel.close()
             if self.rid > 0 and self.exit is None and self.sb._control is not None:
@@ -1015,7 +1046,8 @@ class _WarmRun(_Run):
         warm.calls = self.number
         self._send({"t": "call", "op": request.op.value, "entrypoint": request.entrypoint,
                     "args": list(request.args), "kwargs": dict(request.kwargs),
-                    "seed": request.seed, "scripts": request.script_archives})
+                    "seed": request.seed, "scripts": request.script_archives},
+                   self._result_file())
 
     # events
 
@@ -1137,6 +1169,9 @@ class _WarmRun(_Run):
             self.exit = saved
 
     def _finish(self) -> None:
+        if self.result_fd is not None:
+            os.close(self.result_fd)
+            self.result_fd = None
         if self.channel is not None:
             self.channel.close()
         warm = self.warm

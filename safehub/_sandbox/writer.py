@@ -1,5 +1,8 @@
 """Child side of the result: tensors written as safetensors into a sealed memfd.
 
+The memfd is the parent's: it comes with the call (the sandbox may not create memory
+files, whose pages no rlimit counts), and the parent accepts no other file back.
+
 One copy: the memfd is sized once and each tensor is written (pwrite) straight
 from its own storage into its place (no ``safetensors.save`` bytes, no pipe). Each
 tensor gets its own bytes, which also de-aliases tensors that shared storage. The
@@ -79,8 +82,9 @@ def check_tensors(value: Mapping[Any, Any]) -> dict[str, Any]:
     return out
 
 
-def pack(tensors: Mapping[str, Any]) -> Packed:
-    """Write the tensors into a new sealed memfd; the caller owns the returned fd."""
+def pack(tensors: Mapping[str, Any], fd: int) -> Packed:
+    """Write the tensors into the empty memfd ``fd`` (the parent's, given with the call)
+    and seal it; ``fd`` stays the caller's, returned in :class:`Packed`."""
     order = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
@@ -97,22 +101,17 @@ def pack(tensors: Mapping[str, Any]) -> Packed:
     start = 8 + len(head)
     size = start + offset
 
-    fd = os.memfd_create("safehub-result", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-    try:
-        os.ftruncate(fd, size)
-        _write_all(fd, memoryview(struct.pack("<Q", len(head)) + head), 0)
-        for key, begin, nbytes in spans:
-            if nbytes:
-                # pwrite from the tensor's own memory: the kernel copies once into the
-                # memfd (several times faster than faulting in a shared mapping).
-                t = tensors[key].detach().resolve_conj().resolve_neg().contiguous()
-                raw = (ctypes.c_char * nbytes).from_address(t.data_ptr())
-                _write_all(fd, memoryview(raw).cast("B"), start + begin)
-                del raw, t
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
-    except BaseException:
-        os.close(fd)
-        raise
+    os.ftruncate(fd, size)
+    _write_all(fd, memoryview(struct.pack("<Q", len(head)) + head), 0)
+    for key, begin, nbytes in spans:
+        if nbytes:
+            # pwrite from the tensor's own memory: the kernel copies once into the
+            # memfd (several times faster than faulting in a shared mapping).
+            t = tensors[key].detach().resolve_conj().resolve_neg().contiguous()
+            raw = (ctypes.c_char * nbytes).from_address(t.data_ptr())
+            _write_all(fd, memoryview(raw).cast("B"), start + begin)
+            del raw, t
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
     return Packed(fd=fd, size=size, count=len(order), aliased=_aliased(tensors))
 
 

@@ -103,7 +103,9 @@ def probe_tar(fh: BinaryIO) -> TarProbe:
         return TarProbe(None, None, f"tar headers take more than {MAX_HEADER_READ} bytes to parse")
     # tarfile raises assorted types on hostile headers; torch.load would fail with them
     # rather than fall back, and the scanner cannot say what else a reader would do.
-    except (ValueError, OverflowError, UnicodeError, EOFError, OSError) as exc:
+    # (tarfile reads the header after a long name or pax header recursively: a long run
+    # of them is a RecursionError.)
+    except (ValueError, OverflowError, UnicodeError, EOFError, OSError, RecursionError) as exc:
         return TarProbe(None, None, f"tarfile fails on the first header: {exc!r}")
     return TarProbe(tar, capped)
 
@@ -137,7 +139,7 @@ def read_member(fh: BinaryIO, name: str, limit: int) -> bytes | None:
         data = tar.extractfile(info)
         return data.read(limit) if data is not None else None
     except (KeyError, tarfile.TarError, _HeaderTooBig, _TooManyMembers, ValueError,
-            OverflowError, UnicodeError, EOFError):
+            OverflowError, UnicodeError, EOFError, RecursionError):
         return None
 
 
@@ -162,7 +164,7 @@ def scan_tar(scan: FileScan, probe: TarProbe) -> None:
     except _HeaderTooBig:
         scan.add("SH191", f"tar headers take more than {MAX_HEADER_READ} bytes to parse")
         return
-    except (ValueError, OverflowError, UnicodeError, EOFError) as exc:
+    except (ValueError, OverflowError, UnicodeError, EOFError, RecursionError) as exc:
         scan.add("SH110", f"tar archive cannot be read: {exc!r}")
         return
     capped.capped = False

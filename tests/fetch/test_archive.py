@@ -141,6 +141,83 @@ def test_too_many_members_are_refused(hub: FakeHub, make_fetcher: Callable[..., 
     assert "more than 20 members" in text
 
 
+def directory_only_zip(records: int, name_length: int = 8) -> bytes:
+    """A zip whose central directory has ``records`` records, every one naming the same
+    local header (a folder): a few bytes per record, however many there are."""
+    import struct
+
+    top = f"{TOP}/".encode()
+    out = io.BytesIO()
+    out.write(struct.pack("<4s5H3I2H", b"PK\x03\x04", 20, 0, 0, 0, 0, 0, 0, 0, len(top), 0)
+              + top)
+    start = out.tell()
+    for i in range(records):
+        name = top + f"{i:0{name_length}x}".encode()
+        out.write(struct.pack("<4s6H3I5H2I", b"PK\x01\x02", 20, 20, 0, 0, 0, 0, 0, 0, 0,
+                              len(name), 0, 0, 0, 0, 0, 0) + name)
+    size = out.tell() - start
+    count = min(records, 0xFFFF)
+    out.write(struct.pack("<4s4H2IH", b"PK\x05\x06", 0, 0, count, count, size, start, 0))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(("records", "limits", "expect"), [
+    # A directory bigger than the limits' members could fill: refused on its size.
+    (200_000, ArchiveLimits(max_members=1000, max_path_length=64), "central directory of"),
+    # Within that size but over the member count: refused while walking the records.
+    (1500, ArchiveLimits(max_members=100), "more than 100 members"),
+])
+def test_a_huge_central_directory_is_refused_before_zipfile_reads_it(
+        records: int, limits: ArchiveLimits, expect: str, hub: FakeHub,
+        make_fetcher: Callable[..., Fetcher], cache_dir: Path) -> None:
+    # zipfile reads the whole directory and makes an object per record before the member
+    # count can be checked: 3 million records (196 MiB) took 25 s and 1.5 GiB of the
+    # parent's memory; the archive cap (2 GiB) allows ten times that.
+    import tracemalloc
+
+    archive = directory_only_zip(records)
+    with zipfile.ZipFile(io.BytesIO(archive)) as zf:  # a zip zipfile reads in full
+        assert len(zf.infolist()) == records
+    tracemalloc.start()
+    try:
+        text = refused(hub, make_fetcher(archive_limits=limits), archive, cache_dir)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert expect in text
+    # The download's own buffers take about 16 MiB; zipfile's reading of the first
+    # case's records took 100 MiB.
+    assert peak < len(archive) + (32 << 20), "the records were read into memory"
+
+
+def extended_headers(count: int, size: int) -> bytes:
+    """A tar whose one file follows ``count`` GNU long-name headers of ``size`` bytes each,
+    each naming a file of the repository (each overrides the one before)."""
+    blocks = []
+    for i in range(count):
+        info = tarfile.TarInfo("././@LongLink")
+        info.type = tarfile.GNUTYPE_LONGNAME
+        info.size = size
+        data = f"{TOP}/x{i}.py".encode().ljust(size, b"\0")
+        blocks += [info.tobuf(format=tarfile.GNU_FORMAT), data, b"\0" * (-size % 512)]
+    last = tarfile.TarInfo(f"{TOP}/hubconf.py")
+    blocks += [last.tobuf(format=tarfile.GNU_FORMAT), b"\0" * 1024]
+    return b"".join(blocks)
+
+
+@pytest.mark.parametrize(("count", "size", "expect"), [
+    # tarfile reads a long name's data into memory whole (512 MiB took 1.6 GiB).
+    (1, 2 << 20, "an extended header of 2097152 bytes"),
+    # and reads the header after one recursively: a long run was a RecursionError.
+    (5000, 100, "more than 16 extended headers in a row"),
+])
+def test_extended_tar_headers_are_bounded_before_tarfile_reads_them(
+        count: int, size: int, expect: str, hub: FakeHub,
+        make_fetcher: Callable[..., Fetcher], cache_dir: Path) -> None:
+    text = refused(hub, make_fetcher(), extended_headers(count, size), cache_dir)
+    assert expect in text
+
+
 def test_member_lying_about_its_size_is_refused(
         hub: FakeHub, make_fetcher: Callable[..., Fetcher], cache_dir: Path) -> None:
     archive = bytearray(make_zip(TOP, {"a.py": b"A" * 1000}, comment=b""))

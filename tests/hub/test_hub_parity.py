@@ -4,6 +4,7 @@ plain torch.hub does in a throwaway process (the oracle)."""
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 import textwrap
@@ -230,6 +231,43 @@ def test_nested_load_needs_explicit_trust_for_the_call(tmp_path: Path, hub: Fake
     # Trust for one call only: the next call without the flag is refused again.
     with pytest.raises(PolicyViolation):
         safehub.load(str(repo), "outer", source="local", policy=str(policy))
+
+
+COPIED = textwrap.dedent('''
+    import os
+    import torch
+
+
+    def copies():
+        """How many repository copies the parent made for this call (beside this one)."""
+        grants = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        return {"copies": torch.tensor([len(os.listdir(grants))])}
+
+
+    def again(n):
+        for _ in range(n):
+            last = torch.hub.load("acme/big:main", "copies")
+        return last
+''')
+
+
+def test_nested_loads_are_copied_once_and_within_the_file_limit(tmp_path: Path,
+                                                                  hub: FakeHub) -> None:
+    # The parent copies each nested repository for the child, outside the sandbox's
+    # limits: loading one repository again and again wrote a copy each time (256 loads of
+    # a 2 GiB tree, 512 GiB on the host's disk, under a 4 GiB file limit).
+    from safehub.sandbox import LimitExceeded
+
+    blob = random.Random(0).randbytes(4 << 20)  # 4 MiB that a zip does not shrink
+    hub.add_repo("acme/big", {"hubconf.py": COPIED.encode(), "blob.bin": blob})
+    policy = write_policy(tmp_path / "policy.toml", hub)
+    state = safehub.load("acme/big:main", "again", policy=str(policy), n=6)
+    assert state["copies"].tolist() == [1]
+
+    small = write_policy(tmp_path / "small.toml", hub, body="[sandbox]\nmax_file_mb = 2\n")
+    with pytest.raises(LimitExceeded) as info:
+        safehub.load("acme/big:main", "again", policy=str(small), n=1)
+    assert info.value.limit == "file size" and "max_file_mb" in (info.value.fix or "")
 
 
 def test_loopback_http_refusal_names_allow_url_and_the_policy_key(tmp_path: Path, hub: FakeHub,

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from safehub._sandbox.channel import Channel, ChannelClosed, ProtocolError
-from safehub._sandbox.result import read_tensors
+from safehub._sandbox.result import new_result_file, read_tensors
 from safehub._sandbox.writer import SEALS, TensorProblem, check_tensors, pack
 from safehub.sandbox import BadResult
 from tests.sandbox.conftest import assert_same_tensors
@@ -41,7 +41,7 @@ def safetensors_bytes(header: dict[str, Any] | bytes, data: bytes = b"",
 
 
 def roundtrip(tensors: dict[str, Any]) -> dict[str, Any]:
-    packed = pack(check_tensors(tensors))
+    packed = pack(check_tensors(tensors), new_result_file())
     return read_tensors(packed.fd, order=list(tensors))
 
 
@@ -56,7 +56,7 @@ def test_roundtrip_keeps_values_dtypes_shapes_and_order() -> None:
 
 
 def test_mapped_tensors_are_writable_copy_on_write() -> None:
-    packed = pack({"w": torch.ones(1024)})
+    packed = pack({"w": torch.ones(1024)}, new_result_file())
     fd2 = os.dup(packed.fd)
     out = read_tensors(packed.fd)
     out["w"].mul_(3)  # private mapping: the memfd itself is unchanged
@@ -146,7 +146,7 @@ def test_reader_refuses_a_pipe() -> None:
 
 
 def test_reader_checks_the_reported_key_order() -> None:
-    packed = pack({"a": torch.ones(1), "b": torch.ones(1)})
+    packed = pack({"a": torch.ones(1), "b": torch.ones(1)}, new_result_file())
     with pytest.raises(BadResult, match="key order"):
         read_tensors(packed.fd, order=["a", "a"])
 

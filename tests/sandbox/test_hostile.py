@@ -9,11 +9,14 @@ nothing to find).
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -242,6 +245,64 @@ def test_reading_a_secret_file_into_tensors(tmp_path: Path, world_marker: Path,
         with pytest.raises(SandboxViolation if path == world_marker else RepoCodeError) as info:
             load(sandbox, repo, "model", path=str(path))
         contained(info, "Error")
+
+
+WATCH = """
+    import ctypes, os, select, struct, time, torch
+
+    def watch(folder):
+        # The folder cannot be listed (Landlock), but a watch on it names each file
+        # created there. Waits for the first name (the wait is a hang guard only).
+        try:
+            os.listdir(folder)
+            listed = "listed"
+        except OSError as exc:
+            listed = type(exc).__name__
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = libc.inotify_init1(os.O_NONBLOCK)
+        if fd < 0 or libc.inotify_add_watch(fd, folder.encode(), 0x100) < 0:  # IN_CREATE
+            seen = f"refused: errno {ctypes.get_errno()}"
+        else:
+            seen, end = "", time.monotonic() + 60
+            while not seen and time.monotonic() < end:
+                if select.select([fd], [], [], 0.5)[0]:
+                    data = os.read(fd, 4096)
+                    seen = data[16:16 + struct.unpack_from("I", data, 12)[0]].rstrip(b"\\0")
+                    seen = seen.decode()
+        return {k: torch.frombuffer(bytearray(v.encode() + b"."), dtype=torch.uint8)
+                for k, v in (("listed", listed), ("seen", seen))}
+"""
+
+
+def _text(tensors: dict[str, object], name: str) -> str:
+    return tensor_bytes(tensors[name]).decode()[:-1]
+
+
+def test_watching_a_folder_outside_names_the_files_made_there(
+        tmp_path: Path, sandbox: Sandbox, plain_hub: PlainHub) -> None:
+    outside = Path(tempfile.mkdtemp(prefix="safehub-test-watched-"))
+    outside.chmod(0o755)  # readable by the sandbox's uid: only Landlock keeps it out
+    repo = make_repo(tmp_path / "repo", WATCH)
+    done = threading.Event()
+
+    def someone_else_works_there() -> None:
+        while not done.wait(0.2):
+            name = outside / f"private-{time.monotonic_ns()}"
+            name.write_bytes(b"")
+            name.unlink()
+
+    worker = threading.Thread(target=someone_else_works_there, daemon=True)
+    worker.start()
+    try:
+        plain = plain_hub.run("load", repo, "watch", kwargs={"folder": str(outside)})
+        got = load(sandbox, repo, "watch", folder=str(outside))
+    finally:
+        done.set()
+        worker.join()
+        shutil.rmtree(outside, ignore_errors=True)
+    assert _text(plain.tensors, "seen").startswith("private-"), "plain torch.hub: named"
+    assert _text(got, "listed") == "PermissionError"  # Landlock hides the folder
+    assert _text(got, "seen") == "refused: errno 1"  # and no watch names what is in it
 
 
 @pytest.mark.parametrize("kind", ["absolute", "relative", "directory"])
@@ -500,6 +561,17 @@ HOGS = """
         else:
             block = torch.empty(3 << 30, dtype=torch.uint8)
         return {"size": torch.tensor([len(block)])}
+    def memfd_memory(mib):
+        # Memory written into memory files, never mapped: no address-space limit counts
+        # it, and one process may hold a file per descriptor.
+        fds, chunk, held = [], b"\\xa5" * (1 << 20), 0
+        while held < mib:
+            fds.append(os.memfd_create("hog"))
+            for _ in range(min(256, mib - held)):
+                os.write(fds[-1], chunk)
+                held += 1
+        resident = sum(os.fstat(fd).st_blocks for fd in fds) * 512
+        return {"resident": torch.tensor([resident])}
     def forks(n=40):
         made = 0
         for _ in range(n):
@@ -569,6 +641,70 @@ def test_memory_bomb(how: str, tmp_path: Path, sandbox: Sandbox, plain_hub: Plai
              how=how)
     assert info.value.limit == "memory"
     assert "memory_mb" in (info.value.fix or "")
+
+
+def test_memory_in_memory_files_counts_against_no_limit_and_is_refused(
+        tmp_path: Path, sandbox: Sandbox, plain_hub: PlainHub) -> None:
+    repo = make_repo(tmp_path / "repo", HOGS)
+    plain = plain_hub.run("load", repo, "memfd_memory", kwargs={"mib": 64})
+    assert plain.tensors["resident"].tolist() == [64 << 20], "plain torch.hub: memfd works"
+
+    # More than the address-space limit, held in memory files (the host's memory, which
+    # 256 descriptors of 4 GiB each would exhaust): memfd_create is refused.
+    with pytest.raises(SandboxViolation) as info:
+        load(sandbox, repo, "memfd_memory", limits=SandboxLimits(timeout_s=30, memory_mb=2048),
+             mib=2304)
+    assert "Operation not permitted" in info.value.diagnostics()
+    # The result still crosses in a memfd: the parent's, sent with the call.
+    assert load(sandbox, make_repo(tmp_path / "ok", """
+        import torch
+        def model():
+            return {"w": torch.ones(3)}
+    """), "model")["w"].tolist() == [1.0, 1.0, 1.0]  # type: ignore[attr-defined]
+
+
+AIO = """
+    import ctypes, errno, torch
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    IO_SETUP, IO_DESTROY = 206, 207  # x86_64
+
+    def _setup(n):
+        ctx = ctypes.c_ulong(0)
+        if libc.syscall(ctypes.c_long(IO_SETUP), ctypes.c_long(n), ctypes.byref(ctx)):
+            return None, ctypes.get_errno()
+        return ctx, 0
+
+    def take_the_pool():
+        # Linux AIO contexts come from one pool for the whole host (fs.aio-max-nr).
+        held, taken, refused = [], 0, 0
+        for n in [1 << k for k in range(16, -1, -1)]:
+            while True:
+                ctx, refused = _setup(n)
+                if ctx is None:
+                    break
+                held.append(ctx)
+                taken += n
+        _, other = _setup(1)  # what any other program on the host now gets
+        for ctx in held:
+            libc.syscall(ctypes.c_long(IO_DESTROY), ctx)
+        return {"taken": torch.tensor([taken]), "refused": torch.tensor([refused]),
+                "other": torch.tensor([other])}
+"""
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the probe calls io_setup by number")
+def test_the_hosts_asynchronous_io_pool_is_out_of_reach(tmp_path: Path, sandbox: Sandbox,
+                                                         plain_hub: PlainHub) -> None:
+    repo = make_repo(tmp_path / "repo", AIO)
+    plain = plain_hub.run("load", repo, "take_the_pool")
+    assert plain.tensors["taken"].item() > 0, "plain torch.hub: the pool is taken"
+    assert plain.tensors["other"].item() == errno.EAGAIN, "and nobody else gets a context"
+
+    got = load(sandbox, repo, "take_the_pool")
+    assert got["taken"].tolist() == [0]  # type: ignore[attr-defined]
+    assert got["refused"].tolist() == [errno.EPERM]  # type: ignore[attr-defined]
 
 
 def test_fork_flood(tmp_path: Path, sandbox: Sandbox, plain_hub: PlainHub) -> None:
@@ -765,12 +901,22 @@ FORGE = """
         head = head.encode() + b" " * (-(8 + len(head)) % 8)
         return struct.pack("<Q", len(head)) + head + b"\\0" * (4 * n)
 
+    def _result_fd():
+        # The memfd the call came with (the sandbox cannot create one): the only memfd.
+        for fd in range(4, 256):
+            try:
+                fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+                return fd
+            except OSError:
+                pass
+        raise RuntimeError("no result memfd")
+
     def _send(fields, fd=None):
         channel = Channel.from_fd(3)
         channel.send({"t": "result", "op": "load", **fields}, [fd] if fd is not None else [])
 
     def unsealed():
-        fd = os.memfd_create("forged", os.MFD_ALLOW_SEALING)
+        fd = _result_fd()
         os.write(fd, _safetensors(1 << 20))
         _send({"keys": ["w"], "aliased": []}, fd)
         os.ftruncate(fd, 0)  # would be SIGBUS in a parent that mapped it
@@ -784,7 +930,7 @@ FORGE = """
         os._exit(0)
 
     def huge_header():
-        fd = os.memfd_create("forged", os.MFD_ALLOW_SEALING)
+        fd = _result_fd()
         os.write(fd, struct.pack("<Q", 1 << 40) + b"{}")
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK
                     | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
@@ -800,7 +946,7 @@ FORGE = """
         os._exit(0)
 
     def wrong_keys():
-        fd = os.memfd_create("forged", os.MFD_ALLOW_SEALING)
+        fd = _result_fd()
         os.write(fd, _safetensors(4))
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK
                     | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
@@ -811,7 +957,7 @@ FORGE = """
 
 @pytest.mark.parametrize("entry, words", [
     ("unsealed", "not sealed"),
-    ("regular_file", "not sealed|not a memfd"),
+    ("regular_file", "not in the memory file sent with the call"),
     ("huge_header", "exceeds"),
     ("garbage_frame", "not valid JSON"),
     ("oversized_frame", "exceeds"),

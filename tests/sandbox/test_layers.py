@@ -249,8 +249,9 @@ def test_probe_reports_every_layer() -> None:
 def test_fds(sandbox: Sandbox, repo: Path) -> None:
     with_layer, applied = run(sandbox, repo, "fds", {Layer.FDS})
     assert Layer.FDS in applied
-    # stdin/out/err on /dev/null, the channel at 3, and the one listdir opened.
-    assert set(with_layer["fds"]) <= {0, 1, 2, 3, 4}
+    # stdin/out/err on /dev/null, the channel at 3, the result memfd the call brought, and
+    # the one listdir opened.
+    assert set(with_layer["fds"]) <= {0, 1, 2, 3, 4, 5}
     without, _ = run(sandbox, repo, "fds", None)
     assert len(set(without["fds"]) - {0, 1, 2}) > 2, "the zygote's descriptors leak without it"
 

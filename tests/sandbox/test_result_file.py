@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from safehub._sandbox.result import check_result, read_tensors
+from safehub._sandbox.result import check_result, new_result_file, read_tensors
 from safehub._sandbox.writer import check_tensors, pack
 from safehub.sandbox import BadResult
 from tests.conftest import REPO
@@ -62,13 +62,14 @@ def _tensors() -> dict[str, Any]:
 def test_written_file_equals_the_tensors_and_the_torch_path(tmp_path: Path) -> None:
     tensors = _tensors()
     out = tmp_path / "out.safetensors"
-    with check_result(pack(check_tensors(tensors)).fd, order=list(tensors)) as checked:
+    packed = pack(check_tensors(tensors), new_result_file())
+    with check_result(packed.fd, order=list(tensors)) as checked:
         assert len(checked) == len(tensors)
         size = checked.write(out)
     assert out.stat().st_size == size
     loaded = safetensors_torch.load_file(out)
     assert_same_tensors(loaded, tensors)
-    assert_same_tensors(read_tensors(pack(check_tensors(tensors)).fd), loaded)
+    assert_same_tensors(read_tensors(pack(check_tensors(tensors), new_result_file()).fd), loaded)
 
 
 def test_the_header_is_rebuilt_not_copied(tmp_path: Path) -> None:
@@ -95,7 +96,8 @@ def test_an_entry_taken_out_is_neither_written_nor_mapped(tmp_path: Path) -> Non
     archive = bytes(range(256)) * 3 + b"odd"  # a length that is no multiple of 8
     sent = {"#torchscript": torch.frombuffer(bytearray(archive), dtype=torch.uint8), **tensors}
     out = tmp_path / "out.safetensors"
-    with check_result(pack(check_tensors(sent)).fd, order=list(sent)) as checked:
+    packed = pack(check_tensors(sent), new_result_file())
+    with check_result(packed.fd, order=list(sent)) as checked:
         spec, data = checked.take("#torchscript")
         assert (spec.dtype, spec.shape, data) == ("U8", (len(archive),), archive)
         with pytest.raises(KeyError):
@@ -162,7 +164,7 @@ print(json.dumps({"refused": refused, "torch": "torch" in sys.modules}))
 
 def test_checks_and_write_run_where_torch_cannot_be_imported(tmp_path: Path) -> None:
     tensors = _tensors()
-    packed = pack(check_tensors(tensors))
+    packed = pack(check_tensors(tensors), new_result_file())
     good = os.pread(packed.fd, packed.size, 0)
     os.close(packed.fd)
     cases = [[data.hex(), seals] for data, seals, _ in MALFORMED]

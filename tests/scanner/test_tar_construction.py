@@ -9,6 +9,7 @@ throwaway subprocess, creating a marker file), and the scanner must report it.
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import tarfile
 from collections.abc import Callable
@@ -159,6 +160,35 @@ def test_member_count_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     members = [(f"f{i}", b"") for i in range(10)] + [("pickle", pickle.dumps({}, 2))]
     report = scan_one(B.write(tmp_path / "many.pt", B.tar_bytes(members)))
     assert report.verdict is Verdict.UNSAFE and "SH191" in rules(report)
+
+
+def test_a_long_run_of_long_name_headers_is_a_finding_not_a_crash(tmp_path: Path) -> None:
+    """tarfile reads the header after a GNU long name recursively: thousands in a row are a
+    RecursionError in tarfile (torch.load fails with it too). It was the scanner's own
+    internal error (exit 2), which ended the scan of a whole folder: the real CLI, with
+    Python's default recursion limit, scans a folder holding such a file and a pickle."""
+    import subprocess
+    import sys
+
+    blocks = []
+    for i in range(5000):
+        info = tarfile.TarInfo("././@LongLink")
+        info.type = tarfile.GNUTYPE_LONGNAME
+        name = f"member{i}".encode().ljust(100, b"\0")
+        info.size = len(name)
+        blocks += [info.tobuf(format=tarfile.GNU_FORMAT), name, b"\0" * (-len(name) % 512)]
+    blocks += [tarfile.TarInfo("last").tobuf(format=tarfile.GNU_FORMAT), b"\0" * 1024]
+    folder = tmp_path / "models"
+    folder.mkdir()
+    B.write(folder / "chain.pt", b"".join(blocks))
+    B.write(folder / "evil.pkl", b"cposix\nsystem\n(S'echo pwned'\ntR.")
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "safehub", "scan", str(folder)],
+                          capture_output=True, text=True, timeout=300, cwd=root,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert "internal error" not in done.stderr, done.stderr
+    assert done.returncode == 1
+    assert "SH100" in done.stdout and "chain.pt" in done.stdout
 
 
 def test_tar_that_is_also_numpy_is_a_polyglot(tmp_path: Path) -> None:
