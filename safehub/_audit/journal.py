@@ -20,9 +20,12 @@ from typing import Any
 
 from safehub._audit.state import Entry, report_from_json, report_to_json
 from safehub._audit.work import Outcome
+from safehub._namedfile import check_replaceable, read_named
 from safehub.findings import FileReport
 
 __all__ = ["Journal"]
+
+_MAX_JOURNAL = 16 << 30
 
 
 class Journal:
@@ -38,11 +41,11 @@ class Journal:
         self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
 
     def _load(self) -> None:
-        try:
-            with open(self.path, encoding="utf-8") as fh:
-                lines = fh.read().splitlines()
-        except FileNotFoundError:
+        check_replaceable(self.path, what="journal")  # appended to: a regular file or a new name
+        data = read_named(self.path, what="journal", cap=_MAX_JOURNAL)  # refuses FIFOs, devices
+        if data is None:
             return
+        lines = data.decode("utf-8", "replace").splitlines()
         for line in lines:
             try:
                 data = json.loads(line)

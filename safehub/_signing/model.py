@@ -21,6 +21,7 @@ from typing import TypeAlias
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from safehub._namedfile import check_replaceable
 from safehub._signing import keys
 from safehub._signing.check import check_model
 from safehub._signing.hashing import Provided
@@ -241,6 +242,7 @@ def verify(model_path: PathLike, *, signature: PathLike | None = None,
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
+    check_replaceable(path, what="signature")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
@@ -280,6 +282,7 @@ def sign(model_path: PathLike, *, private_key: bytes | PathLike,
                            fix="pass the path of the model folder or file")
     sig_path = Path(signature_path) if signature_path is not None else \
         default_signature_path(model)
+    check_replaceable(sig_path, what="signature")  # before hashing: never a device or FIFO
     pem = private_key if isinstance(private_key, bytes) else read_input(private_key,
                                                                         "private key file")
     source = "<PEM>" if isinstance(private_key, bytes) else os.fspath(private_key)

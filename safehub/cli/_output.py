@@ -19,12 +19,10 @@ import os
 import stat
 
 from safehub._format.escape import escape_line
+from safehub._namedfile import in_pseudo_fs
 from safehub.errors import SafehubError
 
 __all__ = ["OutputTargetError", "check_folder", "check_target", "write_text"]
-
-_PSEUDO_FS = ("/proc", "/sys")
-
 
 class OutputTargetError(SafehubError):
     """The ``-o`` target cannot take a report (a folder, a missing folder, /proc...)."""
@@ -53,9 +51,10 @@ def check_target(path: str, *, flag: str = "-o") -> tuple[str, bool]:
             # /dev/stdout redirected to a file: write it as `>` would; renaming over the
             # file would leave the shell's descriptor on the old, unlinked one.
             return path, True
+    pseudo = in_pseudo_fs(path)
+    if pseudo is not None:
+        raise _refuse(path, f"{pseudo} is in a kernel pseudo-filesystem, not a file", flag)
     real = os.path.realpath(path)  # symlinks are written through to their target
-    if any(real == root or real.startswith(root + "/") for root in _PSEUDO_FS):
-        raise _refuse(path, f"{real} is in a kernel pseudo-filesystem, not a file", flag)
     try:
         st = os.stat(real)
     except FileNotFoundError:
@@ -84,7 +83,7 @@ def check_folder(path: str, *, flag: str) -> None:
     if not path:
         raise OutputTargetError(f"{flag}: the folder name is empty")
     real = os.path.realpath(path)
-    if any(real == root or real.startswith(root + "/") for root in _PSEUDO_FS):
+    if in_pseudo_fs(real) is not None:
         raise OutputTargetError(f"{flag} {escape_line(path)}: {real} is in a kernel "
                                 f"pseudo-filesystem, not a folder")
     if os.path.lexists(real) and not os.path.isdir(real):

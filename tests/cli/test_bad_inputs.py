@@ -257,9 +257,16 @@ def test_convert_refuses_bad_sources_and_targets(cli: Cli, inputs: dict[str, str
         assert_clean_failure(cli("convert", inputs[kind], tmp_path / "o.safetensors"), 2)
     model = str(Path(inputs["missing"]).parent / "model.pkl")
     assert_clean_failure(cli("convert", model, tmp_path / "missing" / "o.safetensors"), 2)
-    result = cli("convert", model, "/dev/null")
+    existing = tmp_path / "existing.safetensors"
+    existing.write_bytes(b"keep")
+    result = cli("convert", model, existing)
     assert_clean_failure(result, 2)
     assert "--force" in result.err and "overwrite=True" not in result.err
+    # A device is never replaced, forced or not: the fix offered is not --force.
+    result = cli("convert", model, "/dev/null")
+    assert_clean_failure(result, 2)
+    assert "character device" in result.err and "--force" not in result.err
+    assert existing.read_bytes() == b"keep"
     assert_undamaged(inputs)
     assert not (tmp_path / "o.safetensors").exists()
 
