@@ -20,6 +20,7 @@ from typing import Any
 
 from safehub._audit.state import Entry, report_from_json, report_to_json
 from safehub._audit.work import Outcome
+from safehub._format.escape import redact_secrets
 from safehub._namedfile import check_replaceable, read_named
 from safehub.findings import FileReport
 
@@ -60,7 +61,9 @@ class Journal:
                 continue  # a torn or foreign line: that file is checked again
 
     def _write(self, data: dict[str, Any]) -> None:
-        line = json.dumps(data, separators=(",", ":"), allow_nan=False)
+        # A journal is a file CI keeps: the credentials of a URL (a signed redirect target
+        # in an error) are redacted as in every report (a redacted key is checked again).
+        line = redact_secrets(json.dumps(data, separators=(",", ":"), allow_nan=False))
         with self._lock:
             self._fh.write(line + "\n")
             self._fh.flush()
