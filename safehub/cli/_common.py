@@ -20,6 +20,7 @@ __all__ = [
     "add_output_options",
     "emit",
     "exit_code_for",
+    "log_problem_files",
     "progress_enabled",
     "said_it_all",
     "use_color",
@@ -80,6 +81,20 @@ def exit_code_for(report: ScanReport) -> int:
     if not report.files or report.unscanned:
         return EXIT_ERROR
     return EXIT_OK
+
+
+def log_problem_files(report: ScanReport, args: argparse.Namespace, *, not_done: str) -> None:
+    """One stderr line per file that could not be checked (``not_done``: "not scanned"),
+    and, with ``-q``, per unsafe file: errors, so ``-q`` (only errors on stderr) never
+    leaves an unsafe or unchecked file unnamed, as ``safehub -q verify`` names what failed.
+    Without ``-q`` the report names unsafe files itself."""
+    if args.quiet:
+        for file in report.unsafe:
+            first = next((f for f in file.findings if f.blocking), None)
+            log.error("%s: UNSAFE: %s", file.path,
+                      f"{first.rule_id} {first.message}" if first else "unsafe")
+    for item in report.unscanned:
+        log.error("%s: %s: %s", item.path, not_done, item.error or "unrecognized format")
 
 
 def said_it_all(report: ScanReport) -> bool:

@@ -12,6 +12,7 @@ from safehub.cli._common import (
     ProgressLine,
     add_output_options,
     exit_code_for,
+    log_problem_files,
     said_it_all,
     write_report,
 )
@@ -136,8 +137,7 @@ def run(args: argparse.Namespace) -> int:
     progress.done()
     report = replace(report, policy=getattr(args, "policy_source", None) or _DEFAULT_SOURCE)
     write_report(report, args, command="scan")
-    for item in report.unscanned:
-        log.warning("%s: not scanned: %s", item.path, item.error or "unrecognized format")
+    log_problem_files(report, args, not_done="not scanned")
     if not said_it_all(report):
         log.info("%s", summary_line(report))
     return exit_code_for(report)

@@ -120,3 +120,41 @@ def test_the_cli_exits_by_error_class(error, code, cli, monkeypatch: pytest.Monk
     result = cli("doctor")
     assert result.code == code, result.err
     assert "Traceback" not in result.err
+
+
+class _Exploit:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        import os
+
+        return os.system, ("echo never",)
+
+
+@pytest.mark.parametrize("command", ["scan", "audit"])
+def test_quiet_and_json_never_leave_an_unsafe_or_unread_file_unnamed(tmp_path: Path,
+                                                                     command: str) -> None:
+    """Mixed results (one unsafe, one missing) exit 1 ("any file unsafe") in every format,
+    and ``-q`` (only errors on stderr) still names both files, as ``-q verify`` does."""
+    import pickle
+
+    from tests.conftest import run_module
+
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps(_Exploit()))
+    missing = tmp_path / "missing.pkl"
+    extra = ["--no-state"] if command == "audit" else []
+    for quiet in ([], ["-q"]):
+        for fmt in ("text", "json", "sarif"):
+            result = run_module(*quiet, command, evil, missing, "-f", fmt, *extra)
+            assert result.code == 1, (quiet, fmt, result.err)
+            assert "Traceback" not in result.err
+            lines = result.err.splitlines()
+            assert any(str(missing) in line and "not " in line for line in lines), lines
+            if quiet:
+                assert [line for line in lines if f"{evil}: UNSAFE: SH100" in line], lines
+                assert (result.out == "") == (fmt == "text")
+            else:
+                assert "evil.pkl" in result.out
+    clean = tmp_path / "clean.pkl"
+    clean.write_bytes(pickle.dumps({"lr": 0.1}))
+    quiet_clean = run_module("-q", command, clean, *extra)
+    assert (quiet_clean.code, quiet_clean.out, quiet_clean.err) == (0, "", "")
