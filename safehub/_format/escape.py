@@ -35,6 +35,7 @@ __all__ = [
     "escape_char",
     "escape_line",
     "inert_json",
+    "inert_toml",
     "is_inert",
     "json_clean",
     "json_text",
@@ -186,6 +187,18 @@ def inert_json(document: str) -> str:
     # requires them escaped), so they stay.
     return "".join(_json_escape(ch) if ch not in "\n\r\t" and _unsafe(ch) else ch
                    for ch in document)
+
+
+def inert_toml(document: str) -> str:
+    """A TOML document with basic strings only (as ``tomli_w`` writes by default) with every
+    unsafe character written as a ``\\uXXXX`` or ``\\UXXXXXXXX`` escape: the same values
+    for any TOML parser, and nothing that reorders or breaks lines when it is shown. (TOML's
+    structure is ASCII, so outside comments such characters can only sit inside strings;
+    the caller escapes its comments with ``escape_line``.)"""
+    if document.isascii() and "\x7f" not in document:
+        return document
+    return "".join((f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}")
+                   if ch not in "\n\r\t" and _unsafe(ch) else ch for ch in document)
 
 
 def json_clean(value: Any) -> Any:

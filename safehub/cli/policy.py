@@ -70,9 +70,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _show(args: argparse.Namespace) -> int:
     policy = load_policy(args.spec)
     if args.format == "json":
+        from safehub._format.escape import inert_json, json_clean
+
         data = policy.model.model_dump(mode="json", by_alias=True)
-        sys.stdout.write(json.dumps({"schema_version": SCHEMA_VERSION, "chain": policy.chain,
-                                     "policy": data}, indent=2) + "\n")
+        body = json_clean({"schema_version": SCHEMA_VERSION, "chain": policy.chain,
+                           "policy": data})
+        sys.stdout.write(inert_json(json.dumps(body, indent=2)) + "\n")
     else:
         sys.stdout.write(policy.to_toml())
     return EXIT_OK

@@ -253,3 +253,30 @@ def test_policy_explain_and_check_quote_names_inertly(cli: Cli, hostile_folder: 
     refused = cli("policy", "explain", "--url", f"https://h/{HOSTILE}")
     assert refused.code == 2 and len(refused.err.splitlines()) == 1
     assert_streams(refused, "policy explain (malformed URL)")
+
+
+def test_policy_show_is_inert_and_reads_back_the_same(tmp_path: Path) -> None:
+    """``policy show`` prints the effective policy as TOML (people save it): a policy's own
+    strings (name, description) with bidi, line-separator and escape characters, and a
+    folder whose name holds a newline followed by TOML, come out escaped, and the output
+    still parses to the same values, with no key the policy did not have."""
+    import tomllib
+
+    from tests.conftest import run_module
+
+    name, description = "evil\u202e\x1b[2Jx", f"d\u2028\x1b[31mred\n{FORGED}\u2066"
+    folder = tmp_path / 'pol\nextends = "permissive"\n'
+    folder.mkdir()
+    policy = folder / "p.toml"
+    policy.write_text("schema = 1\n" + f"name = {json.dumps(name)}\n"
+                      f"description = {json.dumps(description)}\nextends = \"default\"\n")
+    shown = run_module("policy", "show", policy)
+    assert shown.code == 0, shown.err
+    assert_inert(shown.out, "policy show")
+    parsed = tomllib.loads(shown.out)
+    assert (parsed["name"], parsed["description"]) == (name, description)
+    assert "extends" not in parsed  # the folder's name stayed inside the comment
+    as_json = run_module("policy", "show", policy, "-f", "json")
+    assert as_json.code == 0
+    assert_inert(as_json.out, "policy show -f json")
+    assert json.loads(as_json.out)["policy"]["description"] == description
