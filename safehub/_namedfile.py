@@ -16,10 +16,11 @@ import errno
 import os
 import stat
 from pathlib import Path
+from typing import BinaryIO
 
 from safehub.errors import SafehubError
 
-__all__ = ["check_replaceable", "in_pseudo_fs", "kind_of", "read_named"]
+__all__ = ["check_replaceable", "in_pseudo_fs", "kind_of", "open_named", "read_named"]
 
 _PSEUDO_FS = ("/proc", "/sys")
 
@@ -49,7 +50,7 @@ def kind_of(mode: int) -> str:
 
 def _not_regular(path: str | os.PathLike[str], what: str, mode: int) -> SafehubError:
     return SafehubError(f"the {what} is {kind_of(mode)}, not a regular file", subject=str(path),
-                        fix=f"name a regular file (or a new name) for the {what}")
+                        fix=f"name a regular file for the {what}")
 
 
 def check_replaceable(path: str | os.PathLike[str], *, what: str) -> None:
@@ -60,7 +61,7 @@ def check_replaceable(path: str | os.PathLike[str], *, what: str) -> None:
     if real is not None:
         raise SafehubError(f"the {what} would be written to {real}, in a kernel "
                            f"pseudo-filesystem, not a file", subject=str(path),
-                           fix=f"name a regular file (or a new name) for the {what}")
+                           fix=f"name a regular file for the {what}")
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -72,10 +73,10 @@ def check_replaceable(path: str | os.PathLike[str], *, what: str) -> None:
         raise _not_regular(path, what, st.st_mode)
 
 
-def read_named(path: str | os.PathLike[str], *, what: str, cap: int) -> bytes | None:
-    """The bytes of the regular file at ``path`` (through links), or None when it does not
-    exist. Raises :class:`SafehubError` for anything else that is there (opened without
-    blocking, never read) and for a file larger than ``cap`` bytes."""
+def open_named(path: str | os.PathLike[str], *, what: str) -> BinaryIO | None:
+    """The regular file at ``path`` (through links) open for reading, or None when it does
+    not exist. Raises :class:`SafehubError` for anything else that is there (opened
+    without blocking, never read)."""
     p = Path(path)
     try:
         # O_NONBLOCK: a FIFO in the file's place must not block the open; it is refused.
@@ -92,7 +93,17 @@ def read_named(path: str | os.PathLike[str], *, what: str, cap: int) -> bytes | 
         os.close(fd)
         raise _not_regular(p, what, mode)
     os.set_blocking(fd, True)
-    with os.fdopen(fd, "rb") as fh:
+    return os.fdopen(fd, "rb")
+
+
+def read_named(path: str | os.PathLike[str], *, what: str, cap: int) -> bytes | None:
+    """The bytes of the regular file at ``path`` (:func:`open_named`), or None when it does
+    not exist; raises :class:`SafehubError` for a file larger than ``cap`` bytes."""
+    p = Path(path)
+    opened = open_named(p, what=what)
+    if opened is None:
+        return None
+    with opened as fh:
         try:
             data = fh.read(cap + 1)
         except OSError as exc:

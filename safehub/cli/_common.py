@@ -16,6 +16,7 @@ __all__ = [
     "EXIT_FINDINGS",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
+    "STDOUT",
     "ProgressLine",
     "add_output_options",
     "emit",
@@ -31,6 +32,7 @@ EXIT_OK = 0  # clean, allowed, verified
 EXIT_FINDINGS = 1  # findings, denied, not verified
 EXIT_ERROR = 2  # usage, unreadable input, invalid policy, nothing scanned
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
+STDOUT = "-"  # `-o -`: the report on stdout (never a file named '-')
 
 log = logging.getLogger("safehub")
 
@@ -40,7 +42,7 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("-f", "--format", choices=[f.value for f in OutputFormat],
                        default=OutputFormat.TEXT.value, help="report format (default: text)")
     group.add_argument("-o", "--output", metavar="FILE",
-                       help="write the report to FILE instead of stdout")
+                       help="write the report to FILE instead of stdout ('-': stdout)")
 
 
 def use_color(stream: TextIO) -> bool:
@@ -50,11 +52,15 @@ def use_color(stream: TextIO) -> bool:
 
 def emit(text: str, args: argparse.Namespace) -> None:
     """The report goes to ``--output`` (see ``safehub.cli._output``) or stdout (unless
-    ``-q`` text)."""
+    ``-q`` text); ``-o -`` is stdout, as for most tools, even with ``-q``."""
     if getattr(args, "format", "text") in ("json", "sarif"):
         from safehub._format.escape import inert_json
 
         text = inert_json(text)
+    if args.output == STDOUT:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
     if args.output is not None:
         from safehub.cli._output import write_text
 

@@ -126,3 +126,28 @@ def test_a_regular_state_and_journal_still_work(tmp_path: Path, models: Path) ->
         assert result.code == 0, result.err
     assert state.is_file() and journal.is_file()
     assert "1 unchanged since the last audit" in result.err
+
+
+def test_verify_refuses_a_special_signature_without_reading_it(tmp_path: Path) -> None:
+    from tests.signing.helpers import make_key, make_model
+
+    key = make_key(tmp_path, "k")
+    model = make_model(tmp_path / "model")
+    nodes = _nodes(tmp_path)
+    for kind, path in nodes.items():  # a FIFO blocked verify forever; a device read 64 MiB
+        result = run_module("verify", model, "--key", key.public_path, "--signature", path)
+        assert_clean_failure(result, 2)
+        assert kind.replace("device", "character device").replace("fifo", "FIFO") in result.err
+    _assert_intact(nodes)
+
+
+@pytest.mark.parametrize("command", ["scan", "audit"])
+def test_dash_output_is_stdout_never_a_file_named_dash(tmp_path: Path, models: Path,
+                                                       command: str) -> None:
+    extra = ["--no-state"] if command == "audit" else []
+    for quiet in ([], ["-q"]):  # asked for by name: written even with -q
+        result = run_module(*quiet, command, models, "-f", "json", "-o", "-", *extra,
+                            cwd=tmp_path)
+        assert result.code == 0, result.err
+        assert '"schema_version"' in result.out
+    assert not (tmp_path / "-").exists()
