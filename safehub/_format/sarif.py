@@ -85,12 +85,29 @@ def render_sarif(report: ScanReport) -> str:
         "originalUriBaseIds": {"SRCROOT": {
             "uri": "file://" + quote(_path_bytes(root.as_posix().rstrip("/"))) + "/"}},
         "results": results,
-        "invocations": [{"executionSuccessful": True}],
+        "invocations": [_invocation(report)],
     }
     if report.policy is not None:
         run["properties"] = {"safehub.policy": report.policy.to_json()}
     doc = {"$schema": _SCHEMA, "version": "2.1.0", "runs": [run]}
     return json.dumps(doc, indent=2) + "\n"
+
+
+def _invocation(report: ScanReport) -> dict[str, object]:
+    """The run succeeded only when every file was scanned and there was one: a code-scanning
+    upload of a run that scanned nothing (exit 2) must not read as a clean run."""
+    problems = []
+    if not report.files:
+        problems.append("nothing was scanned: no model file found in "
+                        + (", ".join(escape_line(r) for r in report.roots) or "the input"))
+    if report.unscanned:
+        problems.append(f"{len(report.unscanned)} of {len(report.files)} files could not be "
+                        f"scanned (see the SH19x results)")
+    invocation: dict[str, object] = {"executionSuccessful": not problems}
+    if problems:
+        invocation["toolExecutionNotifications"] = [
+            {"level": "error", "message": {"text": text}} for text in problems]
+    return invocation
 
 
 def _location(path: str, root: Path, finding: Finding | None) -> dict[str, object]:

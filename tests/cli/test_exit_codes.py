@@ -158,3 +158,36 @@ def test_quiet_and_json_never_leave_an_unsafe_or_unread_file_unnamed(tmp_path: P
     clean.write_bytes(pickle.dumps({"lr": 0.1}))
     quiet_clean = run_module("-q", command, clean, *extra)
     assert (quiet_clean.code, quiet_clean.out, quiet_clean.err) == (0, "", "")
+
+
+@pytest.mark.parametrize("command", ["scan", "audit"])
+def test_sarif_of_a_run_that_scanned_nothing_is_not_a_clean_run(tmp_path: Path,
+                                                                command: str) -> None:
+    """Exit 2 "nothing was scanned": the SARIF a CI step uploads says so (the run did not
+    succeed, with an error notification) rather than a successful run with no results."""
+    import json
+    import pickle
+
+    from tests.conftest import SHARED, run_module
+
+    jsonschema = pytest.importorskip("jsonschema")
+    schema_path = SHARED / "schemas" / "sarif-schema-2.1.0.json"
+    if not schema_path.is_file():
+        pytest.skip(f"SARIF schema not found at {schema_path}")
+    schema = json.loads(schema_path.read_text())
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "README.txt").write_text("no models here\n")
+    extra = ["--no-state"] if command == "audit" else []
+    result = run_module(command, notes, "-f", "sarif", *extra)
+    assert result.code == 2, result.err
+    doc = json.loads(result.out)
+    jsonschema.validate(doc, schema)
+    [invocation] = doc["runs"][0]["invocations"]
+    assert invocation["executionSuccessful"] is False
+    assert "nothing was scanned" in invocation["toolExecutionNotifications"][0]["message"]["text"]
+    (notes / "w.pkl").write_bytes(pickle.dumps({"lr": 0.1}))
+    clean = run_module(command, notes, "-f", "sarif", *extra)
+    assert clean.code == 0, clean.err
+    [invocation] = json.loads(clean.out)["runs"][0]["invocations"]
+    assert invocation == {"executionSuccessful": True}
