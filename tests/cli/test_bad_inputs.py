@@ -464,3 +464,16 @@ def test_ctrl_c_while_writing_the_report_exits_130_leaving_nothing(tmp_path: Pat
     assert proc.returncode == 130, err
     assert err.splitlines() == ["safehub: interrupted"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pkl", "report.pipe"]
+
+
+def test_an_empty_policy_name_is_named_as_such(tmp_path: Path) -> None:
+    """'' once resolved to the working folder ("policy /cwd cannot be read: it is a folder;
+    fix: check the file's permissions"): the error now says the name is empty."""
+    from tests.conftest import run_module
+
+    model = tmp_path / "m.pkl"
+    model.write_bytes(pickle.dumps({"lr": 0.1}))
+    for args in (["scan", model, "--policy", ""], ["policy", "show", " "]):
+        result = run_module(*args, cwd=tmp_path)
+        assert_clean_failure(result, 2)
+        assert "the policy name is empty" in result.err and "folder" not in result.err
