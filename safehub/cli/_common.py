@@ -22,6 +22,7 @@ __all__ = [
     "emit",
     "exit_code_for",
     "log_problem_files",
+    "positive_seconds",
     "progress_enabled",
     "said_it_all",
     "use_color",
@@ -43,6 +44,20 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
                        default=OutputFormat.TEXT.value, help="report format (default: text)")
     group.add_argument("-o", "--output", metavar="FILE",
                        help="write the report to FILE instead of stdout ('-': stdout)")
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds above 0 (``nan`` and ``inf`` are not
+    limits: a limit that is silently none is refused)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
+    return value
 
 
 def use_color(stream: TextIO) -> bool:

@@ -477,3 +477,17 @@ def test_an_empty_policy_name_is_named_as_such(tmp_path: Path) -> None:
         result = run_module(*args, cwd=tmp_path)
         assert_clean_failure(result, 2)
         assert "the policy name is empty" in result.err and "folder" not in result.err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e400", "0", "-1"])
+def test_time_limits_must_be_finite_and_positive(tmp_path: Path, value: str) -> None:
+    """``load --timeout nan`` was accepted and silently meant the policy's limit."""
+    from tests.conftest import run_module
+
+    out = tmp_path / "w.safetensors"
+    for args in (["load", tmp_path, "linear", "--source", "local", "--out", out,
+                  "--timeout", value], ["scan", tmp_path, "--deadline", value]):
+        result = run_module(*args, cwd=tmp_path)
+        assert_clean_failure(result, 2)
+        assert "positive number of seconds" in result.err
+    assert not out.exists()
