@@ -154,10 +154,15 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _invalid_input(args: argparse.Namespace) -> str | None:
-    """Why a URL or repo named on the command line has no canonical form (one line)."""
+    """Why a URL or repo named on the command line has no canonical form, or a --file names
+    nothing (an input error, exit 2, as for `safehub scan`; not a denial) (one line)."""
     from safehub._fetch.github import RepoSpec
+    from safehub._format.escape import escape_line
     from safehub._policy.urls import canonical_url
 
+    for path in args.file:
+        if not os.path.lexists(path) and "://" not in path:
+            return f"{escape_line(path)}: no such file or folder (--file)"
     try:
         for url in args.url:
             canonical_url(url)

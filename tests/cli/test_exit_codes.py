@@ -191,3 +191,17 @@ def test_sarif_of_a_run_that_scanned_nothing_is_not_a_clean_run(tmp_path: Path,
     assert clean.code == 0, clean.err
     [invocation] = json.loads(clean.out)["runs"][0]["invocations"]
     assert invocation == {"executionSuccessful": True}
+
+
+def test_policy_explain_of_a_missing_file_is_an_input_error(tmp_path: Path) -> None:
+    """As `safehub scan missing.pkl` (exit 2): a --file that names nothing is an input
+    error in one line, not a DENIED decision (exit 1) about a file that is not there."""
+    from tests.conftest import run_module
+
+    missing = tmp_path / "missing.pkl"
+    for fmt in ("text", "json"):
+        result = run_module("policy", "explain", "--file", missing, "-f", fmt)
+        assert result.code == 2, result.err
+        assert result.out == ""
+        assert result.err.splitlines() == [f"safehub: {missing}: no such file or folder "
+                                           "(--file)"]
