@@ -20,7 +20,8 @@ from typing import BinaryIO
 
 from safehub.errors import SafehubError
 
-__all__ = ["check_replaceable", "in_pseudo_fs", "kind_of", "open_named", "read_named"]
+__all__ = ["NotARegularFile", "check_replaceable", "in_pseudo_fs", "kind_of", "open_named",
+           "read_named"]
 
 _PSEUDO_FS = ("/proc", "/sys")
 
@@ -48,35 +49,38 @@ def kind_of(mode: int) -> str:
     return "not a regular file"
 
 
-def _not_regular(path: str | os.PathLike[str], what: str, mode: int) -> SafehubError:
-    return SafehubError(f"the {what} is {kind_of(mode)}, not a regular file", subject=str(path),
+class NotARegularFile(SafehubError):
+    """The name points at a FIFO, device, socket or folder, or into /proc or /sys: refused
+    whatever the caller's policy for other read or write failures (exit 2)."""
+
+
+def _not_regular(path: str | os.PathLike[str], what: str, mode: int) -> NotARegularFile:
+    return NotARegularFile(f"the {what} is {kind_of(mode)}, not a regular file", subject=str(path),
                         fix=f"name a regular file for the {what}")
 
 
 def check_replaceable(path: str | os.PathLike[str], *, what: str) -> None:
-    """Raise :class:`SafehubError` when renaming a new file onto ``path`` would destroy
+    """Raise :class:`NotARegularFile` when renaming a new file onto ``path`` would destroy
     something that is not a regular file (a device, FIFO, socket or folder). A missing name
-    or a symbolic link (replaced as a link) is fine."""
+    or a symbolic link (replaced as a link) is fine; any other problem (a missing or
+    unreadable folder) is left to the write, which reports its own failure."""
     real = in_pseudo_fs(path)
     if real is not None:
-        raise SafehubError(f"the {what} would be written to {real}, in a kernel "
+        raise NotARegularFile(f"the {what} would be written to {real}, in a kernel "
                            f"pseudo-filesystem, not a file", subject=str(path),
                            fix=f"name a regular file for the {what}")
     try:
         st = os.lstat(path)
-    except FileNotFoundError:
+    except OSError:
         return
-    except OSError as exc:
-        raise SafehubError(f"cannot use the {what}: {exc.strerror}", subject=str(path),
-                           fix="check the path and its permissions") from None
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
         raise _not_regular(path, what, st.st_mode)
 
 
 def open_named(path: str | os.PathLike[str], *, what: str) -> BinaryIO | None:
     """The regular file at ``path`` (through links) open for reading, or None when it does
-    not exist. Raises :class:`SafehubError` for anything else that is there (opened
-    without blocking, never read)."""
+    not exist. Raises :class:`NotARegularFile` for anything else that is there (opened
+    without blocking, never read), :class:`SafehubError` when it cannot be opened."""
     p = Path(path)
     try:
         # O_NONBLOCK: a FIFO in the file's place must not block the open; it is refused.

@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safehub._namedfile import check_replaceable, read_named
+from safehub._namedfile import NotARegularFile, check_replaceable, read_named
 from safehub._version import __version__
+from safehub.errors import SafehubError
 from safehub.findings import FileReport, Finding
 from safehub.rules import RULES, Severity
 
@@ -153,7 +154,14 @@ class State:
         if path is None:
             return cls(None)
         check_replaceable(path, what="audit state")  # before any work: it is written after
-        raw = read_named(path, what="audit state", cap=_MAX_STATE)  # refuses FIFOs, devices
+        try:
+            raw = read_named(path, what="audit state", cap=_MAX_STATE)
+        except NotARegularFile:  # a FIFO, device or folder: refused, never read
+            raise
+        except SafehubError as exc:  # unreadable: the audit goes on, checking everything
+            log.warning("ignoring the audit state %s (%s): everything is checked again",
+                        path, exc.message)
+            return cls(path)
         if raw is None:
             return cls(path)
         try:

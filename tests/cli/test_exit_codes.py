@@ -46,6 +46,7 @@ DOCUMENTED = {
     "safehub._signing.result.SignatureMissing": 2,
     "safehub._torchdep.TorchMissing": 2,
     "safehub.cli._output.OutputTargetError": 2,
+    "safehub._namedfile.NotARegularFile": 2,
 }
 
 

@@ -151,3 +151,14 @@ def test_dash_output_is_stdout_never_a_file_named_dash(tmp_path: Path, models: P
         assert result.code == 0, result.err
         assert '"schema_version"' in result.out
     assert not (tmp_path / "-").exists()
+
+
+def test_an_unusable_default_state_folder_is_still_a_warning(tmp_path: Path,
+                                                             models: Path) -> None:
+    """HOME=/dev/null (daemons, some CI): the default state's folder cannot exist. The
+    audit runs and warns, as before; only a special file named as the state is refused."""
+    env = {k: v for k, v in os.environ.items() if k != "XDG_STATE_HOME"}
+    env["HOME"] = "/dev/null"
+    result = run_module("audit", models, env=env, cwd=tmp_path)
+    assert result.code == 0, result.err
+    assert "could not save the audit state" in result.err
