@@ -43,10 +43,10 @@ class Journal:
 
     def _load(self) -> None:
         check_replaceable(self.path, what="journal")  # appended to: a regular file or a new name
-        data = read_named(self.path, what="journal", cap=_MAX_JOURNAL)  # refuses FIFOs, devices
-        if data is None:
+        raw = read_named(self.path, what="journal", cap=_MAX_JOURNAL)  # refuses FIFOs, devices
+        if raw is None:
             return
-        lines = data.decode("utf-8", "replace").splitlines()
+        lines = raw.decode("utf-8", "replace").splitlines()
         for line in lines:
             try:
                 data = json.loads(line)
