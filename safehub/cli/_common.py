@@ -72,9 +72,10 @@ def emit(text: str, args: argparse.Namespace) -> None:
         from safehub._format.escape import inert_json
 
         text = inert_json(text)
+    from safehub.cli._output import write_stdout
+
     if args.output == STDOUT:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        write_stdout(text)
         return
     if args.output is not None:
         from safehub.cli._output import write_text
@@ -84,8 +85,7 @@ def emit(text: str, args: argparse.Namespace) -> None:
         return
     if args.quiet and args.format == "text":
         return
-    sys.stdout.write(text)
-    sys.stdout.flush()
+    write_stdout(text)
 
 
 def write_report(report: ScanReport, args: argparse.Namespace, *, command: str) -> None:

@@ -10,19 +10,25 @@ tools do, without damaging anything.
   written; it is never replaced by a regular file.
 - A folder, a missing folder, a block device, a socket, or anything under /proc or /sys is
   refused before any work is done, in one line, and nothing is created.
+
+Stdout itself can fail: a reader that went away (``| head``) ends the output quietly, and
+the exit code still says what was found; a full disk (``> /dev/full``) is one error line.
+Neither is an internal error.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import stat
+import sys
 
 from safehub._format.escape import escape_line
 from safehub._namedfile import in_pseudo_fs
 from safehub.errors import SafehubError
 
-__all__ = ["OutputTargetError", "check_folder", "check_target", "write_text"]
+__all__ = ["OutputTargetError", "check_folder", "check_target", "write_stdout", "write_text"]
 
 class OutputTargetError(SafehubError):
     """The ``-o`` target cannot take a report (a folder, a missing folder, /proc...)."""
@@ -93,6 +99,29 @@ def check_folder(path: str, *, flag: str) -> None:
     if not os.path.exists(real) and not os.path.isdir(parent):
         raise OutputTargetError(f"{flag} {escape_line(path)}: folder {escape_line(parent)} "
                                 f"does not exist (create it first)")
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout's descriptor at /dev/null, so the interpreter's final flush of what is
+    still buffered cannot fail again at exit."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass  # not a real descriptor (a test's StringIO): nothing is flushed at exit
+
+
+def write_stdout(text: str) -> None:
+    """Write ``text`` to stdout and flush it; see the module docstring for failures."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_to_devnull()
+    except OSError as exc:
+        _stdout_to_devnull()
+        raise OutputTargetError(f"cannot write to stdout: {exc.strerror or exc}") from None
 
 
 def write_text(path: str, text: str, *, flag: str = "-o") -> None:

@@ -7,11 +7,11 @@ import json
 import logging
 import os
 import stat
-import sys
 from typing import Any
 
 from safehub._format.escape import escape_line
 from safehub.cli._common import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
+from safehub.cli._output import write_stdout
 from safehub.errors import InvalidIdentifier, PolicyError
 from safehub.policy import (
     Decision,
@@ -75,9 +75,9 @@ def _show(args: argparse.Namespace) -> int:
         data = policy.model.model_dump(mode="json", by_alias=True)
         body = json_clean({"schema_version": SCHEMA_VERSION, "chain": policy.chain,
                            "policy": data})
-        sys.stdout.write(inert_json(json.dumps(body, indent=2)) + "\n")
+        write_stdout(inert_json(json.dumps(body, indent=2)) + "\n")
     else:
-        sys.stdout.write(policy.to_toml())
+        write_stdout(policy.to_toml())
     return EXIT_OK
 
 
@@ -103,7 +103,6 @@ def _check(args: argparse.Namespace) -> int:
     # The report (OK / INVALID with every problem) goes to stdout; a path that cannot be read
     # at all is an input error: one line on stderr, exit 2. Text from the files is escaped.
     status = EXIT_OK
-    out = sys.stdout
     for path in args.paths:
         shown = escape_line(path)
         why = _unreadable(path)
@@ -115,18 +114,18 @@ def _check(args: argparse.Namespace) -> int:
             policy = load_policy(path)
         except PolicyError as exc:
             status = EXIT_ERROR
-            out.write(f"{shown}: INVALID: {escape_line(exc.message)}\n")
+            write_stdout(f"{shown}: INVALID: {escape_line(exc.message)}\n")
             for line in [str(i) for i in exc.issues] or [exc.message]:
-                out.write(f"  {escape_line(line)}\n")
+                write_stdout(f"  {escape_line(line)}\n")
             continue
         problems = _anchor_problems(policy)
         if problems:
             status = EXIT_ERROR
-            out.write(f"{shown}: INVALID: {len(problems)} trust anchors are unusable\n")
-            out.writelines(f"  {escape_line(problem)}\n" for problem in problems)
+            write_stdout(f"{shown}: INVALID: {len(problems)} trust anchors are unusable\n")
+            write_stdout("".join(f"  {escape_line(problem)}\n" for problem in problems))
             continue
         chain = escape_line(" <- ".join(reversed(policy.chain)))
-        out.write(f"{shown}: OK (extends: {chain})\n")
+        write_stdout(f"{shown}: OK (extends: {chain})\n")
     return status
 
 
@@ -149,7 +148,7 @@ def _anchor_problems(policy: Policy) -> list[str]:
 
 
 def _schema(args: argparse.Namespace) -> int:
-    sys.stdout.write(json.dumps(Policy.json_schema(), indent=2) + "\n")
+    write_stdout(json.dumps(Policy.json_schema(), indent=2) + "\n")
     return EXIT_OK
 
 
@@ -198,9 +197,9 @@ def _explain(args: argparse.Namespace) -> int:
     if args.format == "json":
         from safehub._format.escape import json_clean
 
-        sys.stdout.write(json.dumps(json_clean(_json(policy, decisions)), indent=2) + "\n")
+        write_stdout(json.dumps(json_clean(_json(policy, decisions)), indent=2) + "\n")
     else:
-        sys.stdout.write(_text(policy, decisions))
+        write_stdout(_text(policy, decisions))
     return EXIT_OK if all(d.allowed for _, d in decisions) else EXIT_FINDINGS
 
 

@@ -206,3 +206,48 @@ def test_policy_explain_of_a_missing_file_is_an_input_error(tmp_path: Path) -> N
         assert result.out == ""
         assert result.err.splitlines() == [f"safehub: {missing}: no such file or folder "
                                            "(--file)"]
+
+
+def _scan_with_stdout(args: list[str], stdout: object) -> tuple[int, str]:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "safehub", *args], stdout=stdout,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+@pytest.mark.parametrize("command", ["scan", "audit"])
+def test_a_closed_or_full_stdout_is_not_an_internal_error(tmp_path: Path,
+                                                          command: str) -> None:
+    """`safehub scan models | head -1`: the reader goes away. The verdict's exit code stays
+    (1: unsafe), nothing else is said. `> /dev/full`: one line, exit 2. Both were
+    "internal error (please report it)", exit 2."""
+    import os
+    import pickle
+
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps(_Exploit()))
+    extra = ["--no-state"] if command == "audit" else []
+    args = [command, str(evil), *extra]
+    for fmt in ("text", "json"):
+        read, write = os.pipe()
+        os.close(read)  # the reader is gone before anything is written: EPIPE
+        try:
+            code, err = _scan_with_stdout([*args, "-f", fmt], write)
+        finally:
+            os.close(write)
+        assert code == 1, err
+        assert "internal error" not in err and "Traceback" not in err and "Broken" not in err
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    with open("/dev/full", "w") as full:
+        code, err = _scan_with_stdout([*args, "-f", "json"], full)
+    assert code == 2, err
+    assert "safehub: cannot write to stdout: No space left on device" in err.splitlines()
+    assert "internal error" not in err and "Traceback" not in err

@@ -330,3 +330,16 @@ def test_sarif_uris_of_odd_names_are_uri_references(tmp_path: Path) -> None:
         assert not schemed, schemed  # 'c:olon.pkl' must not read as scheme 'c'
         found = {unquote_to_bytes(u).rpartition(b"/")[2] for u in uris[:-1]}
         assert found == set(names)
+
+
+def test_lock_names_a_hostile_folder_inertly(tmp_path: Path) -> None:
+    from tests.conftest import run_module
+
+    folder = tmp_path / f"lk{HOSTILE}"
+    folder.mkdir()
+    (folder / "a.bin").write_bytes(b"x")
+    lockfile = tmp_path / "l.lock"
+    for extra in ([], ["--frozen"]):  # locked, then verified
+        result = run_module("lock", "--path", folder, "--lockfile", lockfile, *extra)
+        assert result.code == 0, result.err
+        assert_streams(result, f"lock {extra}")
