@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from safehub._namedfile import check_replaceable
 from safehub.errors import SafehubError
 
 __all__ = ["copy_tree", "links_leaving", "remove_tree", "walk", "write_atomic"]
@@ -172,8 +173,10 @@ def write_atomic(path: Path, write: Callable[[BinaryIO, str], None], *,
     into place; on any error nothing is left behind.
 
     Raises SafehubError when the file cannot be written (space, permissions, limits):
-    for an OSError, or one of ``failures`` that ``write`` raises.
+    for an OSError, or one of ``failures`` that ``write`` raises; and, before anything is
+    written, when ``path`` is a device, FIFO, socket or folder (never replaced).
     """
+    check_replaceable(path, what="output")
     folder = path.parent
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)

@@ -27,6 +27,7 @@ from safehub._fetch.lockfile import Lockfile
 from safehub._policy.policy import Policy
 from safehub._remote.target import is_remote
 from safehub._scanner.engine import MODEL_SUFFIXES
+from safehub.errors import SafehubError
 from safehub.findings import FileReport, Finding, ScanReport, Skipped, Verdict
 
 __all__ = ["run_audit"]
@@ -132,7 +133,7 @@ def run_audit(paths: Sequence[str | os.PathLike[str]] | None, *, policy: Policy,
     state.prune([r for r in roots if os.path.isdir(r)], seen)
     try:
         state.save()
-    except OSError as exc:
+    except (OSError, SafehubError) as exc:
         log.warning("could not save the audit state %s: %s", state.path, exc)
 
     scan_report = ScanReport(files=tuple(entries[k] for k in sorted(entries)),

@@ -20,9 +20,13 @@ from typing import Any
 
 from safehub._audit.state import Entry, report_from_json, report_to_json
 from safehub._audit.work import Outcome
+from safehub._format.escape import redact_secrets
+from safehub._namedfile import check_replaceable, read_named
 from safehub.findings import FileReport
 
 __all__ = ["Journal"]
+
+_MAX_JOURNAL = 16 << 30
 
 
 class Journal:
@@ -38,11 +42,11 @@ class Journal:
         self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
 
     def _load(self) -> None:
-        try:
-            with open(self.path, encoding="utf-8") as fh:
-                lines = fh.read().splitlines()
-        except FileNotFoundError:
+        check_replaceable(self.path, what="journal")  # appended to: a regular file or a new name
+        raw = read_named(self.path, what="journal", cap=_MAX_JOURNAL)  # refuses FIFOs, devices
+        if raw is None:
             return
+        lines = raw.decode("utf-8", "replace").splitlines()
         for line in lines:
             try:
                 data = json.loads(line)
@@ -57,7 +61,9 @@ class Journal:
                 continue  # a torn or foreign line: that file is checked again
 
     def _write(self, data: dict[str, Any]) -> None:
-        line = json.dumps(data, separators=(",", ":"), allow_nan=False)
+        # A journal is a file CI keeps: the credentials of a URL (a signed redirect target
+        # in an error) are redacted as in every report (a redacted key is checked again).
+        line = redact_secrets(json.dumps(data, separators=(",", ":"), allow_nan=False))
         with self._lock:
             self._fh.write(line + "\n")
             self._fh.flush()

@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safehub._namedfile import NotARegularFile, check_replaceable, read_named
 from safehub._version import __version__
+from safehub.errors import SafehubError
 from safehub.findings import FileReport, Finding
 from safehub.rules import RULES, Severity
 
@@ -42,6 +44,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("safehub.audit")
+_MAX_STATE = 1 << 30
 
 STATE_VERSION = 1
 StatKey = tuple[int, int, int, int, int]
@@ -150,16 +153,24 @@ class State:
         """The state at ``path`` (None: an in-memory state that is never saved)."""
         if path is None:
             return cls(None)
+        check_replaceable(path, what="audit state")  # before any work: it is written after
         try:
-            with open(path, "rb") as fh:
-                data = json.loads(fh.read(1 << 30))
+            raw = read_named(path, what="audit state", cap=_MAX_STATE)
+        except NotARegularFile:  # a FIFO, device or folder: refused, never read
+            raise
+        except SafehubError as exc:  # unreadable: the audit goes on, checking everything
+            log.warning("ignoring the audit state %s (%s): everything is checked again",
+                        path, exc.message)
+            return cls(path)
+        if raw is None:
+            return cls(path)
+        try:
+            data = json.loads(raw)
             if data.get("version") != STATE_VERSION:
                 raise ValueError(f"version {data.get('version')!r}")
             entries = {str(k): Entry.from_json(v) for k, v in dict(data["files"]).items()}
             signatures = {str(k): dict(v) for k, v in dict(data.get("signatures", {})).items()}
-        except FileNotFoundError:
-            return cls(path)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("ignoring the audit state %s (%s): everything is checked again",
                         path, exc)
             return cls(path)
@@ -177,6 +188,7 @@ class State:
         """Write atomically (private file in a private folder); no-op without a path."""
         if self.path is None:
             return
+        check_replaceable(self.path, what="audit state")
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         body = {"version": STATE_VERSION, "safehub": __version__,
                 "files": {k: e.to_json() for k, e in sorted(self.entries.items())},

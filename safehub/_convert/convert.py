@@ -21,6 +21,7 @@ from safehub._convert.writers import (
     write_json,
     write_tensors,
 )
+from safehub._namedfile import check_replaceable
 from safehub._policy.policy import Policy, load_policy
 from safehub.errors import SafehubError, UnsafeModel
 
@@ -129,6 +130,8 @@ def _check_output(source: Path | None, output: Path, overwrite: bool) -> None:
     if not output.parent.is_dir():
         raise SafehubError("the output folder does not exist", subject=str(output.parent),
                            fix="create it first")
+    for path in (output, metadata_path(output)):  # a device or FIFO is never replaced
+        check_replaceable(path, what="output")
     if not overwrite:
         for path in (output, metadata_path(output)):
             if os.path.lexists(path):

@@ -49,11 +49,18 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from safehub._fetch.github import valid_ref
+from safehub._namedfile import check_replaceable, read_named
 from safehub._policy.paths import canonical_path
 from safehub._policy.repo_id import RepoId, normalize_ref
 from safehub._policy.schema import SHA1_RE, SHA256_RE
 from safehub._policy.urls import canonical_url
-from safehub.errors import FetchError, InvalidIdentifier, PolicyError, PolicyIssue
+from safehub.errors import (
+    FetchError,
+    InvalidIdentifier,
+    PolicyError,
+    PolicyIssue,
+    SafehubError,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -62,6 +69,9 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 __all__ = ["LOCKFILE_NAME", "LockedFile", "LockedPath", "LockedRepo", "Lockfile",
            "local_tree_sha256", "repo_key"]
+
+# Far above any real lockfile; a name that points at something endless is refused first.
+_MAX_LOCKFILE = 256 << 20
 
 LOCKFILE_NAME = "safehub.lock"
 LOCK_VERSION = 1
@@ -223,14 +233,17 @@ class Lockfile:
         """
         p = Path(path)
         try:
-            text = p.read_text(encoding="utf-8")
-        except FileNotFoundError:
+            data = read_named(p, what="lockfile", cap=_MAX_LOCKFILE)
+        except SafehubError as exc:  # a FIFO, device or folder: refused, never read
+            raise PolicyError(exc.message, subject=str(p), fix=exc.fix) from None
+        if data is None:
             if missing_ok:
                 return cls(p)
             raise PolicyError("lockfile not found", subject=str(p),
-                              fix="create it with `safehub lock OWNER/REPO[:REF] --url URL`"
-                              ) from None
-        except (OSError, UnicodeDecodeError) as exc:
+                              fix="create it with `safehub lock OWNER/REPO[:REF] --url URL`")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
             raise PolicyError(f"cannot read the lockfile: {exc}", subject=str(p)) from exc
         try:
             raw = tomllib.loads(text)
@@ -336,6 +349,7 @@ class Lockfile:
 
     def save(self) -> None:
         """Write the lockfile atomically (unique temporary file, fsync, rename)."""
+        check_replaceable(self.path, what="lockfile")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
         try:

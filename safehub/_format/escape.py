@@ -12,6 +12,11 @@ not be able to start a new line, move the cursor, reorder what follows or break 
   marked block: every line escaped, every line prefixed, so none starts at column 0.
 - ``json_text`` turns text into something every JSON encoder and decoder accepts (no lone
   surrogates); ``raw_bytes_b64`` gives the original bytes of a name that needed it.
+- Credentials inside URLs never reach a report, a log or an error: every one of these
+  functions first applies ``redact_secrets``, which writes a URL's userinfo
+  (``https://user:token@host``) and the values of query parameters named like credentials
+  (``token``, ``X-Amz-Signature``, ``X-Amz-Security-Token``, Azure's ``sig``, ``api_key``...:
+  what a signed redirect target or a mistyped command line carries) as ``***``.
 """
 
 from __future__ import annotations
@@ -30,10 +35,12 @@ __all__ = [
     "escape_char",
     "escape_line",
     "inert_json",
+    "inert_toml",
     "is_inert",
     "json_clean",
     "json_text",
     "raw_bytes_b64",
+    "redact_secrets",
 ]
 
 # The characters that may not reach a terminal or a line-oriented log unescaped.
@@ -41,6 +48,53 @@ _UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 BLOCK_MARK = "| "
 # A fast path: most text is plain ASCII without controls.
 _PLAIN = re.compile(r"[\x20-\x7e]*")
+
+
+# A URL anywhere in a text: scheme://, then up to whitespace, a quote or a backslash (so in
+# serialized JSON it never reaches past its string).
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>\\]*")
+_URL_PARTS = re.compile(r"([^:]*://)([^/?#]*)(.*)", re.DOTALL)
+_QUERY_PARAM = re.compile(r"(^|[&;])([^=&;#]*)=([^&;#]*)")
+_TRAILING = re.compile(r"[.,;:!)\]]+$")
+# Query parameter names that carry a credential: any name containing one of these words...
+_SECRET_WORDS = ("token", "secret", "signature", "password", "passwd", "credential", "apikey",
+                 "session", "private")
+# ...or one of these as a whole part (between '-', '_' or '.'): 'sig' but not 'design'.
+_SECRET_PARTS = frozenset({"sig", "key", "auth", "pwd", "pass", "authorization"})
+REDACTED = "***"
+
+
+def _secret_name(name: str) -> bool:
+    lower = name.lower()
+    return (any(word in lower for word in _SECRET_WORDS)
+            or any(part in _SECRET_PARTS for part in re.split(r"[-_.]", lower)))
+
+
+def _redact_url(url: str) -> str:
+    tail = _TRAILING.search(url)  # sentence punctuation after a URL is not part of it
+    end = tail.start() if tail else len(url)
+    m = _URL_PARTS.fullmatch(url[:end])
+    if m is None:
+        return url
+    scheme, authority, rest = m.groups()
+    if "@" in authority:
+        authority = REDACTED + "@" + authority.rpartition("@")[2]
+    path, mark, query = rest.partition("?")
+    if mark:
+        query, hash_, fragment = query.partition("#")
+        query = _QUERY_PARAM.sub(
+            lambda p: p.group(1) + p.group(2) + "=" + (
+                REDACTED if _secret_name(p.group(2)) and p.group(3) else p.group(3)), query)
+        rest = path + mark + query + hash_ + fragment
+    return scheme + authority + rest + url[end:]
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with the credentials in its URLs (userinfo, credential query values)
+    written as ``***``; the rest unchanged."""
+    if "://" not in text:
+        return text
+    return _URL.sub(lambda m: _redact_url(m.group()), text)
 
 
 class Block(str):
@@ -70,7 +124,7 @@ def _unsafe(ch: str) -> bool:
 
 def escape_line(text: object, limit: int | None = None) -> str:
     """``text`` as one inert line (see the module docstring); cut to ``limit`` characters."""
-    s = text if isinstance(text, str) else str(text)
+    s = redact_secrets(text if isinstance(text, str) else str(text))
     if limit is not None and len(s) > limit:
         s = s[:limit] + f"... [{len(s) - limit} more characters]"
     if _PLAIN.fullmatch(s):
@@ -98,14 +152,19 @@ def escape_block(text: object, *, indent: str = "    ", limit: int | None = None
     return [f"{indent}{BLOCK_MARK}{escape_line(line.expandtabs(4))}" for line in lines]
 
 
-def json_text(text: str) -> str:
-    """``text`` with lone surrogates replaced by their escapes, so it encodes as UTF-8.
-
-    Other characters are left to the JSON encoder, which escapes controls itself.
-    """
+def _no_surrogates(text: str) -> str:
     if not any(0xD800 <= ord(ch) <= 0xDFFF for ch in text):
         return text
     return "".join(escape_char(ch) if 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in text)
+
+
+def json_text(text: str) -> str:
+    """``text`` with URL credentials redacted and lone surrogates replaced by their
+    escapes, so it encodes as UTF-8.
+
+    Other characters are left to the JSON encoder, which escapes controls itself.
+    """
+    return _no_surrogates(redact_secrets(text))
 
 
 def _json_escape(ch: str) -> str:
@@ -121,12 +180,25 @@ def inert_json(document: str) -> str:
     C1, line separators...) written as a ``\\uXXXX`` escape: the same values for any JSON
     parser, and nothing that reorders or breaks lines when the file is shown as text.
     (JSON's structure is ASCII, so such characters can only sit inside strings.)"""
+    document = redact_secrets(document)  # the net under json_text: every string, any key
     if document.isascii() and "\x7f" not in document:  # JSON escapes C0 itself, not DEL
         return document
     # Raw LF, CR and TAB can only be the document's own whitespace (inside strings JSON
     # requires them escaped), so they stay.
     return "".join(_json_escape(ch) if ch not in "\n\r\t" and _unsafe(ch) else ch
                    for ch in document)
+
+
+def inert_toml(document: str) -> str:
+    """A TOML document with basic strings only (as ``tomli_w`` writes by default) with every
+    unsafe character written as a ``\\uXXXX`` or ``\\UXXXXXXXX`` escape: the same values
+    for any TOML parser, and nothing that reorders or breaks lines when it is shown. (TOML's
+    structure is ASCII, so outside comments such characters can only sit inside strings;
+    the caller escapes its comments with ``escape_line``.)"""
+    if document.isascii() and "\x7f" not in document:
+        return document
+    return "".join((f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}")
+                   if ch not in "\n\r\t" and _unsafe(ch) else ch for ch in document)
 
 
 def json_clean(value: Any) -> Any:
@@ -143,8 +215,10 @@ def json_clean(value: Any) -> Any:
 
 
 def raw_bytes_b64(path: str) -> str | None:
-    """Base64 of the file name's bytes when ``json_text`` had to change it, else None."""
-    if json_text(path) == path:
+    """Base64 of the file name's bytes when ``json_text`` had to change an undecodable
+    byte of it, else None (a redacted credential is never given back here)."""
+    path = redact_secrets(path)
+    if _no_surrogates(path) == path:
         return None
     try:
         raw = path.encode("utf-8", "surrogateescape")

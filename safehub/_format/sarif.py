@@ -4,17 +4,20 @@ Paths are relative to the ``SRCROOT`` base (the working directory) when they can
 be; binary files get ``startLine: 1`` and the byte offset as a property; each
 result carries a stable partial fingerprint so findings do not churn between runs.
 Text from the scanned files is escaped to one line (``escape_line``); URIs percent-encode
-the path's bytes, so a name that is not UTF-8 keeps its exact bytes.
+the path's bytes, so a name that is not UTF-8 keeps its exact bytes. A remote file
+(``https://``, ``hf://``, ``s3://``) is located by its own URL (credentials redacted), never
+as a path under the working directory.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from urllib.parse import quote
 
-from safehub._format.escape import escape_line, json_text
+from safehub._format.escape import escape_line, json_text, redact_secrets
 from safehub._version import __version__
 from safehub.findings import Finding, ScanReport
 from safehub.rules import RULES, Severity
@@ -29,8 +32,19 @@ _SECURITY_SEVERITY = {Severity.CRITICAL: "9.8", Severity.HIGH: "8.0", Severity.M
                       Severity.LOW: "3.0", Severity.INFO: "0.0"}
 
 
+# The remote locations `safehub scan|audit` reads (safehub._remote.target.is_remote).
+_REMOTE = re.compile(r"(?i)(https?|hf|s3)://")
+# Characters a URI may hold as they are (RFC 3986 reserved and unreserved); '%' only as
+# the start of a valid escape.
+_URI_SAFE = ":/?#[]@!$&'()*+,;=~%"
+_BARE_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
 def _uri(path: str, root: Path) -> tuple[str, bool]:
     """(uri, relative?) for a scanned path."""
+    if _REMOTE.match(path):
+        return _BARE_PERCENT.sub("%25", quote(_path_bytes(redact_secrets(path)),
+                                              safe=_URI_SAFE)), False
     absolute = Path(os.path.abspath(path))
     try:
         rel = absolute.relative_to(root)
@@ -71,12 +85,29 @@ def render_sarif(report: ScanReport) -> str:
         "originalUriBaseIds": {"SRCROOT": {
             "uri": "file://" + quote(_path_bytes(root.as_posix().rstrip("/"))) + "/"}},
         "results": results,
-        "invocations": [{"executionSuccessful": True}],
+        "invocations": [_invocation(report)],
     }
     if report.policy is not None:
         run["properties"] = {"safehub.policy": report.policy.to_json()}
     doc = {"$schema": _SCHEMA, "version": "2.1.0", "runs": [run]}
     return json.dumps(doc, indent=2) + "\n"
+
+
+def _invocation(report: ScanReport) -> dict[str, object]:
+    """The run succeeded only when every file was scanned and there was one: a code-scanning
+    upload of a run that scanned nothing (exit 2) must not read as a clean run."""
+    problems = []
+    if not report.files:
+        problems.append("nothing was scanned: no model file found in "
+                        + (", ".join(escape_line(r) for r in report.roots) or "the input"))
+    if report.unscanned:
+        problems.append(f"{len(report.unscanned)} of {len(report.files)} files could not be "
+                        f"scanned (see the SH19x results)")
+    invocation: dict[str, object] = {"executionSuccessful": not problems}
+    if problems:
+        invocation["toolExecutionNotifications"] = [
+            {"level": "error", "message": {"text": text}} for text in problems]
+    return invocation
 
 
 def _location(path: str, root: Path, finding: Finding | None) -> dict[str, object]:

@@ -183,6 +183,10 @@ _MAX_POLICY_BYTES = 16 << 20
 
 
 def _spec_path(spec: str, base: Path) -> Path:
+    if not spec.strip():  # '' would name the working folder itself
+        raise PolicyError("the policy name is empty", subject=repr(spec),
+                          fix=f"use a preset ({', '.join(PRESETS)}) or the path of a policy "
+                              f"file")
     preset = find_preset(spec)
     if preset is not None:
         return preset

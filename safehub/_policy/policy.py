@@ -140,11 +140,16 @@ class Policy:
         """The effective policy as TOML (what ``safehub policy show`` prints)."""
         import tomli_w
 
+        from safehub._format.escape import escape_line, inert_toml
+
         data: dict[str, Any] = self.model.model_dump(by_alias=True, exclude_none=True)
         data.pop("extends", None)
         data.pop("loosen", None)
-        header = f"# effective policy {self.name!r} from: {' <- '.join(reversed(self.chain))}\n"
-        return header + tomli_w.dumps(data)
+        # The chain's paths and the name come from files: escaped, so a newline in either
+        # cannot end the comment and add TOML of its own; string values as TOML escapes.
+        chain = escape_line(" <- ".join(reversed(self.chain)))
+        header = f"# effective policy {escape_line(repr(self.name))} from: {chain}\n"
+        return header + inert_toml(tomli_w.dumps(data))
 
     @staticmethod
     def json_schema() -> dict[str, Any]:

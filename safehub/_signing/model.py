@@ -21,6 +21,7 @@ from typing import TypeAlias
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from safehub._namedfile import check_replaceable, open_named
 from safehub._signing import keys
 from safehub._signing.check import check_model
 from safehub._signing.hashing import Provided
@@ -92,17 +93,15 @@ def _trust(public_key: KeyInput | None, certificate_chain: ChainInput | None,
 
 
 def _read_signature(path: Path) -> bytes:
-    try:
-        with path.open("rb") as fh:
-            data = read_capped(fh, _MAX_SIGNATURE)
-    except FileNotFoundError:
+    opened = open_named(path, what="signature")  # a FIFO or device is refused, never read
+    if opened is None:
         raise SignatureMissing(
             "no signature found", subject=str(path),
             fix="pass the signature's location (--signature), or sign the model with "
-                "`safehub sign`") from None
-    except IsADirectoryError:
-        raise SafehubError("the signature path is a folder", subject=str(path),
-                           fix="pass the signature file (usually model.sig)") from None
+                "`safehub sign`")
+    try:
+        with opened as fh:
+            data = read_capped(fh, _MAX_SIGNATURE)
     except OSError as exc:
         raise SafehubError(f"cannot read the signature: {exc.strerror}", subject=str(path),
                            fix="check the path and its permissions") from exc
@@ -247,6 +246,7 @@ def verify(model_path: PathLike, *, signature: PathLike | None = None,
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
+    check_replaceable(path, what="signature")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
@@ -287,6 +287,7 @@ def sign(model_path: PathLike, *, private_key: bytes | PathLike,
                            fix="pass the path of the model folder or file")
     sig_path = Path(signature_path) if signature_path is not None else \
         default_signature_path(model)
+    check_replaceable(sig_path, what="signature")  # before hashing: never a device or FIFO
     pem = private_key if isinstance(private_key, bytes) else read_input(private_key,
                                                                         "private key file")
     source = "<PEM>" if isinstance(private_key, bytes) else os.fspath(private_key)

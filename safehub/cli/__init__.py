@@ -21,7 +21,7 @@ from typing import NoReturn
 
 from safehub._format.escape import Block, escape_block, escape_line
 from safehub._version import __version__
-from safehub.cli._common import EXIT_ERROR, EXIT_INTERRUPTED
+from safehub.cli._common import EXIT_ERROR, EXIT_INTERRUPTED, STDOUT
 from safehub.cli._exitcodes import exit_code
 from safehub.cli._interrupt import interrupts_outside_imports
 from safehub.errors import SafehubError
@@ -83,7 +83,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
     """Refuse an unusable report or tensor target before any work is done."""
     from safehub.cli._output import check_target
 
-    if (getattr(args, "output", None) is not None and hasattr(args, "format")
+    if (getattr(args, "output", None) not in (None, STDOUT) and hasattr(args, "format")
             and args.command != "convert"):
         check_target(args.output, flag="-o")
     if args.command == "load" and getattr(args, "out", None) is not None:

@@ -16,10 +16,13 @@ __all__ = [
     "EXIT_FINDINGS",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
+    "STDOUT",
     "ProgressLine",
     "add_output_options",
     "emit",
     "exit_code_for",
+    "log_problem_files",
+    "positive_seconds",
     "progress_enabled",
     "said_it_all",
     "use_color",
@@ -30,6 +33,7 @@ EXIT_OK = 0  # clean, allowed, verified
 EXIT_FINDINGS = 1  # findings, denied, not verified
 EXIT_ERROR = 2  # usage, unreadable input, invalid policy, nothing scanned
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
+STDOUT = "-"  # `-o -`: the report on stdout (never a file named '-')
 
 log = logging.getLogger("safehub")
 
@@ -39,7 +43,21 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("-f", "--format", choices=[f.value for f in OutputFormat],
                        default=OutputFormat.TEXT.value, help="report format (default: text)")
     group.add_argument("-o", "--output", metavar="FILE",
-                       help="write the report to FILE instead of stdout")
+                       help="write the report to FILE instead of stdout ('-': stdout)")
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds above 0 (``nan`` and ``inf`` are not
+    limits: a limit that is silently none is refused)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
+    return value
 
 
 def use_color(stream: TextIO) -> bool:
@@ -49,11 +67,16 @@ def use_color(stream: TextIO) -> bool:
 
 def emit(text: str, args: argparse.Namespace) -> None:
     """The report goes to ``--output`` (see ``safehub.cli._output``) or stdout (unless
-    ``-q`` text)."""
+    ``-q`` text); ``-o -`` is stdout, as for most tools, even with ``-q``."""
     if getattr(args, "format", "text") in ("json", "sarif"):
         from safehub._format.escape import inert_json
 
         text = inert_json(text)
+    from safehub.cli._output import write_stdout
+
+    if args.output == STDOUT:
+        write_stdout(text)
+        return
     if args.output is not None:
         from safehub.cli._output import write_text
 
@@ -62,8 +85,7 @@ def emit(text: str, args: argparse.Namespace) -> None:
         return
     if args.quiet and args.format == "text":
         return
-    sys.stdout.write(text)
-    sys.stdout.flush()
+    write_stdout(text)
 
 
 def write_report(report: ScanReport, args: argparse.Namespace, *, command: str) -> None:
@@ -80,6 +102,20 @@ def exit_code_for(report: ScanReport) -> int:
     if not report.files or report.unscanned:
         return EXIT_ERROR
     return EXIT_OK
+
+
+def log_problem_files(report: ScanReport, args: argparse.Namespace, *, not_done: str) -> None:
+    """One stderr line per file that could not be checked (``not_done``: "not scanned"),
+    and, with ``-q``, per unsafe file: errors, so ``-q`` (only errors on stderr) never
+    leaves an unsafe or unchecked file unnamed, as ``safehub -q verify`` names what failed.
+    Without ``-q`` the report names unsafe files itself."""
+    if args.quiet:
+        for file in report.unsafe:
+            first = next((f for f in file.findings if f.blocking), None)
+            log.error("%s: UNSAFE: %s", file.path,
+                      f"{first.rule_id} {first.message}" if first else "unsafe")
+    for item in report.unscanned:
+        log.error("%s: %s: %s", item.path, not_done, item.error or "unrecognized format")
 
 
 def said_it_all(report: ScanReport) -> bool:

@@ -10,21 +10,25 @@ tools do, without damaging anything.
   written; it is never replaced by a regular file.
 - A folder, a missing folder, a block device, a socket, or anything under /proc or /sys is
   refused before any work is done, in one line, and nothing is created.
+
+Stdout itself can fail: a reader that went away (``| head``) ends the output quietly, and
+the exit code still says what was found; a full disk (``> /dev/full``) is one error line.
+Neither is an internal error.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import stat
+import sys
 
 from safehub._format.escape import escape_line
+from safehub._namedfile import in_pseudo_fs
 from safehub.errors import SafehubError
 
-__all__ = ["OutputTargetError", "check_folder", "check_target", "write_text"]
-
-_PSEUDO_FS = ("/proc", "/sys")
-
+__all__ = ["OutputTargetError", "check_folder", "check_target", "write_stdout", "write_text"]
 
 class OutputTargetError(SafehubError):
     """The ``-o`` target cannot take a report (a folder, a missing folder, /proc...)."""
@@ -53,9 +57,10 @@ def check_target(path: str, *, flag: str = "-o") -> tuple[str, bool]:
             # /dev/stdout redirected to a file: write it as `>` would; renaming over the
             # file would leave the shell's descriptor on the old, unlinked one.
             return path, True
+    pseudo = in_pseudo_fs(path)
+    if pseudo is not None:
+        raise _refuse(path, f"{pseudo} is in a kernel pseudo-filesystem, not a file", flag)
     real = os.path.realpath(path)  # symlinks are written through to their target
-    if any(real == root or real.startswith(root + "/") for root in _PSEUDO_FS):
-        raise _refuse(path, f"{real} is in a kernel pseudo-filesystem, not a file", flag)
     try:
         st = os.stat(real)
     except FileNotFoundError:
@@ -84,7 +89,7 @@ def check_folder(path: str, *, flag: str) -> None:
     if not path:
         raise OutputTargetError(f"{flag}: the folder name is empty")
     real = os.path.realpath(path)
-    if any(real == root or real.startswith(root + "/") for root in _PSEUDO_FS):
+    if in_pseudo_fs(real) is not None:
         raise OutputTargetError(f"{flag} {escape_line(path)}: {real} is in a kernel "
                                 f"pseudo-filesystem, not a folder")
     if os.path.lexists(real) and not os.path.isdir(real):
@@ -94,6 +99,29 @@ def check_folder(path: str, *, flag: str) -> None:
     if not os.path.exists(real) and not os.path.isdir(parent):
         raise OutputTargetError(f"{flag} {escape_line(path)}: folder {escape_line(parent)} "
                                 f"does not exist (create it first)")
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout's descriptor at /dev/null, so the interpreter's final flush of what is
+    still buffered cannot fail again at exit."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass  # not a real descriptor (a test's StringIO): nothing is flushed at exit
+
+
+def write_stdout(text: str) -> None:
+    """Write ``text`` to stdout and flush it; see the module docstring for failures."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_to_devnull()
+    except OSError as exc:
+        _stdout_to_devnull()
+        raise OutputTargetError(f"cannot write to stdout: {exc.strerror or exc}") from None
 
 
 def write_text(path: str, text: str, *, flag: str = "-o") -> None:

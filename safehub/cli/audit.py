@@ -14,6 +14,7 @@ from safehub.cli._common import (
     add_output_options,
     emit,
     exit_code_for,
+    log_problem_files,
     said_it_all,
     use_color,
 )
@@ -131,8 +132,7 @@ def run(args: argparse.Namespace) -> int:
         log.info("fetched %d bytes in %d requests: %s", nbytes, requests, path)
     color = use_color(sys.stdout) and not args.output
     emit(render_audit(result, args.format, color=color, verbose=args.verbose), args)
-    for entry in result.report.unscanned:
-        log.warning("%s: not checked: %s", entry.path, entry.error or "unrecognized format")
+    log_problem_files(result.report, args, not_done="not checked")
     if not result.report.files:
         log.warning("nothing to audit in %s", ", ".join(result.report.roots) or "-")
     elif not said_it_all(result.report):  # one error, one line

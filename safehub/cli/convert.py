@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 
 from safehub._format.escape import escape_line, json_clean
 from safehub.cli._common import EXIT_OK
+from safehub.cli._output import write_stdout
 
 __all__ = ["register", "run"]
 
@@ -64,10 +64,10 @@ def run(args: argparse.Namespace) -> int:
                 "metadata": str(result.metadata) if result.metadata else None,
                 "upcast_from_bfloat16": list(result.upcast), "dropped": list(result.dropped),
                 "aliased": [list(g) for g in result.aliased]}
-        sys.stdout.write(json.dumps(json_clean(body), indent=2) + "\n")
+        write_stdout(json.dumps(json_clean(body), indent=2) + "\n")
     elif not args.quiet:
         extra = f"; plain data in {escape_line(result.metadata)}" if result.metadata else ""
-        sys.stdout.write(f"converted {escape_line(result.source)} -> "
+        write_stdout(f"converted {escape_line(result.source)} -> "
                          f"{escape_line(result.output)} ({result.tensors} "
                          f"tensors, sha256 {result.output_sha256}){extra}\n")
     log.info("the original is unchanged; once the new file works for you, retire the pickle")

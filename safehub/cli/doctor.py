@@ -15,6 +15,7 @@ import sys
 
 from safehub._format.escape import escape_line
 from safehub.cli._common import EXIT_FINDINGS, EXIT_OK
+from safehub.cli._output import write_stdout
 from safehub.sandbox import Layer, LayerStatus, probe_layers
 
 __all__ = ["register"]
@@ -61,11 +62,10 @@ def _json(status: dict[Layer, LayerStatus]) -> str:
 def run(args: argparse.Namespace) -> int:
     status = probe_layers()
     if args.format == "json":
-        sys.stdout.write(_json(status))
+        write_stdout(_json(status))
     elif not args.quiet:
         color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-        sys.stdout.write(_text(status, color))
-    sys.stdout.flush()
+        write_stdout(_text(status, color))
     missing = [layer.value for layer, st in status.items() if not st.available]
     if missing:
         log.info("%d of %d layers missing: %s", len(missing), len(status), ", ".join(missing))

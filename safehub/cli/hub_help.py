@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import sys
 
 from safehub._format.escape import escape_block, escape_line
 from safehub.cli._common import EXIT_OK
 from safehub.cli._hubargs import add_repo_options, entrypoint_name, run_call
+from safehub.cli._output import write_stdout
 
 __all__ = ["register"]
 
@@ -36,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
     # The docstring is the repository's text: shown as a marked block, every line escaped,
     # so none of it can pass for a line of safehub's own.
     if not doc:
-        sys.stdout.write(f"{escape_line(args.entry)}: no docstring\n")
+        write_stdout(f"{escape_line(args.entry)}: no docstring\n")
         return EXIT_OK
-    sys.stdout.write(f"{escape_line(args.entry)} (docstring from the repository):\n")
-    sys.stdout.write("".join(line + "\n" for line in escape_block(inspect.cleandoc(doc))))
+    write_stdout(f"{escape_line(args.entry)} (docstring from the repository):\n")
+    write_stdout("".join(line + "\n" for line in escape_block(inspect.cleandoc(doc))))
     return EXIT_OK

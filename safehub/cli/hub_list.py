@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from safehub._format.escape import escape_line, inert_json, json_text
 from safehub.cli._common import EXIT_OK
 from safehub.cli._hubargs import add_repo_options, run_call
+from safehub.cli._output import write_stdout
 
 __all__ = ["register"]
 
@@ -35,9 +35,9 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "json":
         body = {"schema_version": "1", "repo": json_text(args.repo),
                 "entrypoints": [json_text(n) for n in names]}
-        sys.stdout.write(inert_json(json.dumps(body, indent=2)) + "\n")
+        write_stdout(inert_json(json.dumps(body, indent=2)) + "\n")
     else:
         # Names are Python identifiers (the sandbox result is refused otherwise); escaped
         # all the same, so one name is always one line.
-        sys.stdout.write("".join(f"{escape_line(name)}\n" for name in names))
+        write_stdout("".join(f"{escape_line(name)}\n" for name in names))
     return EXIT_OK

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
-from safehub.cli._common import EXIT_ERROR, EXIT_OK
+from safehub.cli._common import EXIT_ERROR, EXIT_OK, positive_seconds
 from safehub.cli._hubargs import add_repo_options, entrypoint_name, parse_kwargs, run_call
 
 __all__ = ["register"]
@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="entrypoint keyword arguments; values are JSON if they parse, else text")
     p.add_argument("--out", required=True, metavar="FILE.safetensors",
                    help="where to write the tensors")
-    p.add_argument("--timeout", type=float, metavar="S",
+    p.add_argument("--timeout", type=positive_seconds, metavar="S",
                    help="wall-clock limit in seconds (can only tighten the policy's)")
     p.add_argument("--seed", type=int, metavar="N",
                    help="seed torch, random and numpy in the sandbox before the repo is imported "

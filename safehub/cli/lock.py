@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
 from safehub._fetch.lockfile import local_tree_sha256
+from safehub._format.escape import escape_line as _e
 from safehub.cli._common import EXIT_ERROR, EXIT_OK, ProgressLine
+from safehub.cli._output import write_stdout
 from safehub.cli.policy import add_policy_option
 from safehub.fetch import (
     LOCKFILE_NAME,
@@ -94,7 +95,6 @@ def run(args: argparse.Namespace) -> int:
     # Fresh resolution ignores the lockfile; --frozen goes through it and may not add to it.
     fetcher = Fetcher(args.policy, lockfile=lockfile if args.frozen else None,
                       frozen=args.frozen, progress=progress)
-    out = sys.stdout
     try:
         for spec in specs:
             checkout = fetcher.fetch_repo(spec, trust_repo=trust)
@@ -104,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
                     commit=checkout.commit, archive_sha256=checkout.archive_sha256,
                     tree_sha256=checkout.tree_sha256))
             verb = "verified" if args.frozen else "locked"
-            out.write(f"{verb} {spec} -> {checkout.commit} (tree {checkout.tree_sha256[:16]})\n")
+            write_stdout(f"{verb} {_e(str(spec))} -> {checkout.commit} "
+                         f"(tree {checkout.tree_sha256[:16]})\n")
         for url in urls:
             previous = lockfile.file(url)
             info = fetcher.fetch_url(url, repo=previous.repo if previous else None)
@@ -112,15 +113,15 @@ def run(args: argparse.Namespace) -> int:
                 lockfile.add_file(url, LockedFile(sha256=info.sha256, size=info.size,
                                                   repo=previous.repo if previous else None))
             verb = "verified" if args.frozen else "locked"
-            out.write(f"{verb} {url} -> sha256 {info.sha256}\n")
+            write_stdout(f"{verb} {_e(url)} -> sha256 {info.sha256}\n")
         for path in paths:
             if args.frozen:
                 tree = fetcher.check_local(path)
-                out.write(f"verified {path} -> tree {(tree or '')[:16]}\n")
+                write_stdout(f"verified {_e(path)} -> tree {(tree or '')[:16]}\n")
             else:
                 tree = local_tree_sha256(path)
                 key = lockfile.add_local(path, LockedPath(tree_sha256=tree))
-                out.write(f"locked {key} -> tree {tree[:16]}\n")
+                write_stdout(f"locked {_e(key)} -> tree {tree[:16]}\n")
     finally:
         line.done()
     if not args.frozen:

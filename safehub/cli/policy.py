@@ -7,11 +7,11 @@ import json
 import logging
 import os
 import stat
-import sys
 from typing import Any
 
 from safehub._format.escape import escape_line
 from safehub.cli._common import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
+from safehub.cli._output import write_stdout
 from safehub.errors import InvalidIdentifier, PolicyError
 from safehub.policy import (
     Decision,
@@ -70,11 +70,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _show(args: argparse.Namespace) -> int:
     policy = load_policy(args.spec)
     if args.format == "json":
+        from safehub._format.escape import inert_json, json_clean
+
         data = policy.model.model_dump(mode="json", by_alias=True)
-        sys.stdout.write(json.dumps({"schema_version": SCHEMA_VERSION, "chain": policy.chain,
-                                     "policy": data}, indent=2) + "\n")
+        body = json_clean({"schema_version": SCHEMA_VERSION, "chain": policy.chain,
+                           "policy": data})
+        write_stdout(inert_json(json.dumps(body, indent=2)) + "\n")
     else:
-        sys.stdout.write(policy.to_toml())
+        write_stdout(policy.to_toml())
     return EXIT_OK
 
 
@@ -100,7 +103,6 @@ def _check(args: argparse.Namespace) -> int:
     # The report (OK / INVALID with every problem) goes to stdout; a path that cannot be read
     # at all is an input error: one line on stderr, exit 2. Text from the files is escaped.
     status = EXIT_OK
-    out = sys.stdout
     for path in args.paths:
         shown = escape_line(path)
         why = _unreadable(path)
@@ -112,18 +114,18 @@ def _check(args: argparse.Namespace) -> int:
             policy = load_policy(path)
         except PolicyError as exc:
             status = EXIT_ERROR
-            out.write(f"{shown}: INVALID: {escape_line(exc.message)}\n")
+            write_stdout(f"{shown}: INVALID: {escape_line(exc.message)}\n")
             for line in [str(i) for i in exc.issues] or [exc.message]:
-                out.write(f"  {escape_line(line)}\n")
+                write_stdout(f"  {escape_line(line)}\n")
             continue
         problems = _anchor_problems(policy)
         if problems:
             status = EXIT_ERROR
-            out.write(f"{shown}: INVALID: {len(problems)} trust anchors are unusable\n")
-            out.writelines(f"  {escape_line(problem)}\n" for problem in problems)
+            write_stdout(f"{shown}: INVALID: {len(problems)} trust anchors are unusable\n")
+            write_stdout("".join(f"  {escape_line(problem)}\n" for problem in problems))
             continue
         chain = escape_line(" <- ".join(reversed(policy.chain)))
-        out.write(f"{shown}: OK (extends: {chain})\n")
+        write_stdout(f"{shown}: OK (extends: {chain})\n")
     return status
 
 
@@ -146,15 +148,20 @@ def _anchor_problems(policy: Policy) -> list[str]:
 
 
 def _schema(args: argparse.Namespace) -> int:
-    sys.stdout.write(json.dumps(Policy.json_schema(), indent=2) + "\n")
+    write_stdout(json.dumps(Policy.json_schema(), indent=2) + "\n")
     return EXIT_OK
 
 
 def _invalid_input(args: argparse.Namespace) -> str | None:
-    """Why a URL or repo named on the command line has no canonical form (one line)."""
+    """Why a URL or repo named on the command line has no canonical form, or a --file names
+    nothing (an input error, exit 2, as for `safehub scan`; not a denial) (one line)."""
     from safehub._fetch.github import RepoSpec
+    from safehub._format.escape import escape_line
     from safehub._policy.urls import canonical_url
 
+    for path in args.file:
+        if not os.path.lexists(path) and "://" not in path:
+            return f"{escape_line(path)}: no such file or folder (--file)"
     try:
         for url in args.url:
             canonical_url(url)
@@ -190,9 +197,9 @@ def _explain(args: argparse.Namespace) -> int:
     if args.format == "json":
         from safehub._format.escape import json_clean
 
-        sys.stdout.write(json.dumps(json_clean(_json(policy, decisions)), indent=2) + "\n")
+        write_stdout(json.dumps(json_clean(_json(policy, decisions)), indent=2) + "\n")
     else:
-        sys.stdout.write(_text(policy, decisions))
+        write_stdout(_text(policy, decisions))
     return EXIT_OK if all(d.allowed for _, d in decisions) else EXIT_FINDINGS
 
 

@@ -12,6 +12,8 @@ from safehub.cli._common import (
     ProgressLine,
     add_output_options,
     exit_code_for,
+    log_problem_files,
+    positive_seconds,
     said_it_all,
     write_report,
 )
@@ -54,21 +56,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def add_deadline_option(p: argparse.ArgumentParser) -> None:
     """``--deadline SECONDS``: the policy's ``downloads.deadline_s`` for this run, tightened
     only (a value above the policy's is ignored with a warning)."""
-    p.add_argument("--deadline", type=_seconds, metavar="SECONDS", help=(
+    p.add_argument("--deadline", type=positive_seconds, metavar="SECONDS", help=(
         "overall time limit per remote request (the policy's downloads.deadline_s for this "
         "run; it can only be lowered)"))
-
-
-def _seconds(text: str) -> float:
-    import math
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
-    return value
 
 
 def with_deadline(policy: Policy, seconds: float | None) -> Policy:
@@ -136,8 +126,7 @@ def run(args: argparse.Namespace) -> int:
     progress.done()
     report = replace(report, policy=getattr(args, "policy_source", None) or _DEFAULT_SOURCE)
     write_report(report, args, command="scan")
-    for item in report.unscanned:
-        log.warning("%s: not scanned: %s", item.path, item.error or "unrecognized format")
+    log_problem_files(report, args, not_done="not scanned")
     if not said_it_all(report):
         log.info("%s", summary_line(report))
     return exit_code_for(report)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 
 from safehub._format.escape import escape_line
 from safehub.cli._common import EXIT_OK, ProgressLine
+from safehub.cli._output import write_stdout
 from safehub.signing import sign
 
 __all__ = ["register", "run"]
@@ -53,8 +53,7 @@ def run(args: argparse.Namespace) -> int:
                 progress=progress)
     progress.done()
     if not args.quiet:
-        sys.stdout.write(f"{escape_line(os.fspath(path))}\n")
-        sys.stdout.flush()
-    log.info("signed %s -> %s (%s method)", args.model, path,
+        write_stdout(f"{escape_line(os.fspath(path))}\n")
+        log.info("signed %s -> %s (%s method)", args.model, path,
              "certificate" if args.certificate_chain else "key")
     return EXIT_OK

@@ -257,9 +257,16 @@ def test_convert_refuses_bad_sources_and_targets(cli: Cli, inputs: dict[str, str
         assert_clean_failure(cli("convert", inputs[kind], tmp_path / "o.safetensors"), 2)
     model = str(Path(inputs["missing"]).parent / "model.pkl")
     assert_clean_failure(cli("convert", model, tmp_path / "missing" / "o.safetensors"), 2)
-    result = cli("convert", model, "/dev/null")
+    existing = tmp_path / "existing.safetensors"
+    existing.write_bytes(b"keep")
+    result = cli("convert", model, existing)
     assert_clean_failure(result, 2)
     assert "--force" in result.err and "overwrite=True" not in result.err
+    # A device is never replaced, forced or not: the fix offered is not --force.
+    result = cli("convert", model, "/dev/null")
+    assert_clean_failure(result, 2)
+    assert "character device" in result.err and "--force" not in result.err
+    assert existing.read_bytes() == b"keep"
     assert_undamaged(inputs)
     assert not (tmp_path / "o.safetensors").exists()
 
@@ -457,3 +464,30 @@ def test_ctrl_c_while_writing_the_report_exits_130_leaving_nothing(tmp_path: Pat
     assert proc.returncode == 130, err
     assert err.splitlines() == ["safehub: interrupted"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pkl", "report.pipe"]
+
+
+def test_an_empty_policy_name_is_named_as_such(tmp_path: Path) -> None:
+    """'' once resolved to the working folder ("policy /cwd cannot be read: it is a folder;
+    fix: check the file's permissions"): the error now says the name is empty."""
+    from tests.conftest import run_module
+
+    model = tmp_path / "m.pkl"
+    model.write_bytes(pickle.dumps({"lr": 0.1}))
+    for args in (["scan", model, "--policy", ""], ["policy", "show", " "]):
+        result = run_module(*args, cwd=tmp_path)
+        assert_clean_failure(result, 2)
+        assert "the policy name is empty" in result.err and "folder" not in result.err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e400", "0", "-1"])
+def test_time_limits_must_be_finite_and_positive(tmp_path: Path, value: str) -> None:
+    """``load --timeout nan`` was accepted and silently meant the policy's limit."""
+    from tests.conftest import run_module
+
+    out = tmp_path / "w.safetensors"
+    for args in (["load", tmp_path, "linear", "--source", "local", "--out", out,
+                  "--timeout", value], ["scan", tmp_path, "--deadline", value]):
+        result = run_module(*args, cwd=tmp_path)
+        assert_clean_failure(result, 2)
+        assert "positive number of seconds" in result.err
+    assert not out.exists()

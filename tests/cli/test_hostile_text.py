@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import pickle
+import re
 import textwrap
 import unicodedata
 from collections.abc import Callable
@@ -253,3 +254,92 @@ def test_policy_explain_and_check_quote_names_inertly(cli: Cli, hostile_folder: 
     refused = cli("policy", "explain", "--url", f"https://h/{HOSTILE}")
     assert refused.code == 2 and len(refused.err.splitlines()) == 1
     assert_streams(refused, "policy explain (malformed URL)")
+
+
+def test_policy_show_is_inert_and_reads_back_the_same(tmp_path: Path) -> None:
+    """``policy show`` prints the effective policy as TOML (people save it): a policy's own
+    strings (name, description) with bidi, line-separator and escape characters, and a
+    folder whose name holds a newline followed by TOML, come out escaped, and the output
+    still parses to the same values, with no key the policy did not have."""
+    import tomllib
+
+    from tests.conftest import run_module
+
+    name, description = "evil\u202e\x1b[2Jx", f"d\u2028\x1b[31mred\n{FORGED}\u2066"
+    folder = tmp_path / 'pol\nextends = "permissive"\n'
+    folder.mkdir()
+    policy = folder / "p.toml"
+    policy.write_text("schema = 1\n" + f"name = {json.dumps(name)}\n"
+                      f"description = {json.dumps(description)}\nextends = \"default\"\n")
+    shown = run_module("policy", "show", policy)
+    assert shown.code == 0, shown.err
+    assert_inert(shown.out, "policy show")
+    parsed = tomllib.loads(shown.out)
+    assert (parsed["name"], parsed["description"]) == (name, description)
+    assert "extends" not in parsed  # the folder's name stayed inside the comment
+    as_json = run_module("policy", "show", policy, "-f", "json")
+    assert as_json.code == 0
+    assert_inert(as_json.out, "policy show -f json")
+    assert json.loads(as_json.out)["policy"]["description"] == description
+
+
+# RFC 3986 URI-reference (no IP literals): what a SARIF artifactLocation.uri must be.
+_PCT, _UNRES, _SUB = r"%[0-9A-Fa-f]{2}", r"[A-Za-z0-9\-._~]", r"[!$&'()*+,;=]"
+_PCHAR = rf"(?:{_UNRES}|{_PCT}|{_SUB}|[:@])"
+_QUERY = rf"(?:{_PCHAR}|[/?])*"
+_AUTH = rf"(?:(?:{_UNRES}|{_PCT}|{_SUB}|:)*@)?(?:{_UNRES}|{_PCT}|{_SUB})*(?::[0-9]*)?"
+_TAIL = rf"(?:\?{_QUERY})?(?:#{_QUERY})?"
+_HIER = rf"(?://{_AUTH}(?:/{_PCHAR}*)*|/(?:{_PCHAR}+(?:/{_PCHAR}*)*)?|{_PCHAR}+(?:/{_PCHAR}*)*|)"
+_NOSCHEME = rf"(?:(?:{_UNRES}|{_PCT}|{_SUB}|@)+(?:/{_PCHAR}*)*)"
+URI_REFERENCE = re.compile(
+    rf"[A-Za-z][A-Za-z0-9+.-]*:{_HIER}{_TAIL}"
+    rf"|(?://{_AUTH}(?:/{_PCHAR}*)*|/(?:{_PCHAR}+(?:/{_PCHAR}*)*)?|{_NOSCHEME}|){_TAIL}")
+
+
+def test_sarif_uris_of_odd_names_are_uri_references(tmp_path: Path) -> None:
+    """Every byte a file name may hold that a URI may not (and ':' in a first segment,
+    which would read as a scheme) is percent-encoded; inside and outside the working
+    folder; and the same file read back from the URI."""
+    from urllib.parse import unquote_to_bytes
+
+    from tests.conftest import run_module
+
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    names = [b"a%zz.pkl", b"q?x#y.pkl", b"sp ace.pkl", b"c:olon.pkl", b"\xff\xfe.pkl",
+             b"[br].pkl", "bidi\u202e.pkl".encode(), b"tab\t.pkl", b"back\\slash.pkl",
+             b"pct%41.pkl"]
+    payload = pickle.dumps(_Exploit())
+    for name in names:
+        with open(os.fsencode(folder) + b"/" + name, "wb") as fh:
+            fh.write(payload)
+    for cwd, target in ((tmp_path, "odd"), (Path("/"), str(folder))):
+        result = run_module("scan", target, "-f", "sarif", cwd=cwd)
+        assert result.code == 1, result.err
+        doc = _check_sarif(result.out)
+        run = doc["runs"][0]
+        uris = [loc["physicalLocation"]["artifactLocation"]["uri"]
+                for r in run["results"] for loc in r["locations"]]
+        uris.append(run["originalUriBaseIds"]["SRCROOT"]["uri"])
+        bad = [u for u in uris if not URI_REFERENCE.fullmatch(u)]
+        assert not bad, bad
+        relative = [loc["physicalLocation"]["artifactLocation"]
+                    for r in run["results"] for loc in r["locations"]]
+        schemed = [a["uri"] for a in relative if "uriBaseId" in a
+                   and re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", a["uri"])]
+        assert not schemed, schemed  # 'c:olon.pkl' must not read as scheme 'c'
+        found = {unquote_to_bytes(u).rpartition(b"/")[2] for u in uris[:-1]}
+        assert found == set(names)
+
+
+def test_lock_names_a_hostile_folder_inertly(tmp_path: Path) -> None:
+    from tests.conftest import run_module
+
+    folder = tmp_path / f"lk{HOSTILE}"
+    folder.mkdir()
+    (folder / "a.bin").write_bytes(b"x")
+    lockfile = tmp_path / "l.lock"
+    for extra in ([], ["--frozen"]):  # locked, then verified
+        result = run_module("lock", "--path", folder, "--lockfile", lockfile, *extra)
+        assert result.code == 0, result.err
+        assert_streams(result, f"lock {extra}")

@@ -114,8 +114,10 @@ def test_output_file(cli: Cli, files: dict[str, Path], tmp_path: Path) -> None:
 
 
 def test_quiet(cli: Cli, files: dict[str, Path]) -> None:
-    r = cli("-q", "scan", files["evil"])
-    assert r.code == 1 and r.out == "" and r.err == ""
+    r = cli("-q", "scan", files["evil"])  # no report; the unsafe file named, one line
+    assert r.code == 1 and r.out == ""
+    assert r.err.splitlines() == [f"safehub: {files['evil']}: UNSAFE: " + r.err.split(
+        ": UNSAFE: ", 1)[1].rstrip("\n")]
     r = cli("scan", files["clean"], "-q")
     assert r.code == 0 and r.out == "" and r.err == ""
 
