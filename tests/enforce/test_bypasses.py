@@ -54,6 +54,17 @@ else:
 def _guarded(body: str) -> str:
     return _GUARDED.format(body=textwrap.indent(textwrap.dedent(body).strip(), "    "))
 
+def _plain_and_under_dcp_policy(program: str, tmp_path: Path
+                                ) -> tuple[subprocess.CompletedProcess[str],
+                                           subprocess.CompletedProcess[str]]:
+    """``program`` run plainly, then under ``enforce()`` of the documented dcp policy."""
+    policy = tmp_path / "dcp.toml"
+    policy.write_text(_DCP_POLICY)
+    plain = _run(program, tmp_path, site=False)
+    enforced = _run(f"import safehub\nsafehub.enforce({str(policy)!r})\n" + program,
+                    tmp_path, site=False)
+    return plain, enforced
+
 
 # --- 1. the torch import hook survives lookups of torch ---------------------------------
 
@@ -310,13 +321,13 @@ def test_dcp_metadata_cannot_reach_imports_through_a_wildcard(tmp_path: Path,
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     (ckpt / ".metadata").write_bytes(_dcp_dataclass_pickle(marker))
-    policy = tmp_path / "dcp.toml"
-    policy.write_text(_DCP_POLICY)
     load = _guarded(f"""
         import warnings, torch, torch.distributed.checkpoint as dcp
         warnings.simplefilter("ignore")
         dcp.load({{"w": torch.zeros(2)}}, checkpoint_id={str(ckpt)!r})
     """)
+    policy = tmp_path / "dcp.toml"
+    policy.write_text(_DCP_POLICY)
     plain = _run(load, tmp_path, site=False)
     assert marker.exists(), (plain.stdout, plain.stderr)
     marker.unlink()
@@ -413,17 +424,13 @@ def test_a_wildcard_does_not_reach_a_namespace_to_change_in_place(
     # The documented dcp allowance names metadata.*; __builtins__ and __dict__ are
     # attributes of that module, neither a class nor a function it defines.
     data = _namespace_pickle(attribute)
-    policy = tmp_path / "dcp.toml"
-    policy.write_text(_DCP_POLICY)
     owner = "builtins" if attribute == "__builtins__" else _MD
     program = (f"import builtins, pickle, torch, {_MD}\n" + _guarded(f"pickle.loads({data!r})")
                + f"\nprint('MUTATED', getattr({owner}, 'len', None) is {_MD}.Metadata, "
                f"getattr({owner}, 'safehub_pwnd', False))\n")
-    plain = _run(program, tmp_path, site=False)
+    plain, enforced = _plain_and_under_dcp_policy(program, tmp_path)
     assert "MUTATED True True" in plain.stdout, (plain.stdout, plain.stderr)
 
-    enforced = _run(f"import safehub\nsafehub.enforce({str(policy)!r})\n" + program,
-                    tmp_path, site=False)
     assert "REFUSED UnsafeModel" in enforced.stdout, (enforced.stdout, enforced.stderr)
     assert "MUTATED False False" in enforced.stdout
 
@@ -434,16 +441,12 @@ def test_build_on_an_enum_member_is_refused(tmp_path: Path) -> None:
     # documented dcp allowance). Enums pickle without state: no real pickle does this.
     data = (b"\x80\x04" + _short(_MD) + _short("_MEM_FORMAT_ENCODING") + b"\x93K\x00\x85R}"
             + _short("_value_") + b"K\x07s" + _short("_name_") + _short("PWNED") + b"sb.")
-    policy = tmp_path / "dcp.toml"
-    policy.write_text(_DCP_POLICY)
     program = (f"import pickle, torch, {_MD} as md\n" + _guarded(f"pickle.loads({data!r})")
                + "\nm = md._MEM_FORMAT_ENCODING.TORCH_CONTIGUOUS_FORMAT\n"
                "print('MUTATED', m.name == 'PWNED', m.value == 7)\n")
-    plain = _run(program, tmp_path, site=False)
+    plain, enforced = _plain_and_under_dcp_policy(program, tmp_path)
     assert "MUTATED True True" in plain.stdout, (plain.stdout, plain.stderr)
 
-    enforced = _run(f"import safehub\nsafehub.enforce({str(policy)!r})\n" + program,
-                    tmp_path, site=False)
     assert "REFUSED UnsafeModel" in enforced.stdout, (enforced.stdout, enforced.stderr)
     assert "enum member" in enforced.stdout
     assert "MUTATED False False" in enforced.stdout
@@ -466,15 +469,11 @@ def test_torch_load_gets_no_wildcard_import_from_the_policy(tmp_path: Path) -> N
     # dataclass(Counter) rewrites Counter process-wide: the observable effect.
     ckpt = _checkpoint_with_pickle(tmp_path / "ckpt.pt", _wildcard_only_dataclass_pickle(
         tmp_path / "unused"))
-    policy = tmp_path / "dcp.toml"
-    policy.write_text(_DCP_POLICY)
     program = ("import collections, torch\n" + _guarded(
         f"torch.load({str(ckpt)!r}, weights_only=False)")
         + "\nprint('MUTATED', '__dataclass_fields__' in vars(collections.Counter))\n")
-    plain = _run(program, tmp_path, site=False)
+    plain, enforced = _plain_and_under_dcp_policy(program, tmp_path)
     assert "MUTATED True" in plain.stdout, (plain.stdout, plain.stderr)
 
-    enforced = _run(f"import safehub\nsafehub.enforce({str(policy)!r})\n" + program, tmp_path,
-                    site=False)
     assert "REFUSED" in enforced.stdout, (enforced.stdout, enforced.stderr)
     assert "MUTATED False" in enforced.stdout
