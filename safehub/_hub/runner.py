@@ -255,14 +255,16 @@ def _local_content(path: Path) -> str | None:
 
 
 def _read_only(tree: Path) -> None:
+    from safehub._sandbox.sharing import folder_mode, read_only_file_mode, read_only_folder_mode
+
     private = tree.parent
-    private.chmod(0o755)  # the sandbox's unprivileged uid must reach the copy
+    private.chmod(folder_mode())  # the sandbox reaches the copy through it
     for directory, _dirs, files in walk(tree):
         for name in files:
             target = Path(directory) / name
             if not target.is_symlink():
-                target.chmod(0o444)
-        Path(directory).chmod(0o555)
+                target.chmod(read_only_file_mode())
+        Path(directory).chmod(read_only_folder_mode())
 
 
 def _import_torch_meanwhile() -> threading.Thread | None:

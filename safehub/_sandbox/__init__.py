@@ -10,6 +10,7 @@ One concept per module:
 - ``child``: what runs inside the child (import hubconf, run the operation, pack tensors).
 - ``writer``: safetensors into a sealed memfd with one copy (child side).
 - ``result``: checking and mapping that memfd (parent side).
+- ``sharing``: modes of what the parent prepares for the sandbox to read.
 - ``broker``: downloads the child asks for, served by the parent.
 - ``supervisor``: the parent side of a run (deadline, kill, broker, result).
 - ``errors``: the sandbox's error types.

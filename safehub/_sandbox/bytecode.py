@@ -28,6 +28,8 @@ import sys
 import tempfile
 import threading
 
+from safehub._sandbox.sharing import folder_mode, read_only_file_mode
+
 __all__ = ["compile_in_background", "compiled"]
 
 _TIMEOUT_S = 20.0
@@ -41,7 +43,7 @@ def _private_root() -> str:
     global _root
     if _root is None:
         _root = tempfile.mkdtemp(prefix="safehub-pyc-")
-        os.chmod(_root, 0o755)  # the sandbox's unprivileged uid reads it
+        os.chmod(_root, folder_mode())  # the sandbox reads it (as another uid when root)
         atexit.register(shutil.rmtree, _root, True)
     return _root
 
@@ -69,7 +71,7 @@ def compiled(repo_dir: str) -> str | None:
         if repo_dir in _done:
             return _done[repo_dir]
         prefix = os.path.join(_private_root(), str(len(_done)))
-        os.mkdir(prefix, 0o755)
+        os.mkdir(prefix, folder_mode())
         # Whatever was compiled before a failure or the timeout is used; the rest
         # compiles in the child. Links leaving the repo are skipped (-e): only what the
         # child could read itself is compiled for it.
@@ -82,8 +84,8 @@ def compiled(repo_dir: str) -> str | None:
                            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
         for folder, dirs, files in os.walk(prefix):
             for name in dirs:
-                os.chmod(os.path.join(folder, name), 0o755)
+                os.chmod(os.path.join(folder, name), folder_mode())
             for name in files:
-                os.chmod(os.path.join(folder, name), 0o444)
+                os.chmod(os.path.join(folder, name), read_only_file_mode())
         _done[repo_dir] = prefix
         return prefix

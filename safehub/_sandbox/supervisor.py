@@ -45,6 +45,7 @@ from safehub._sandbox.errors import (
     UnknownEntrypoint,
     clean_text,
 )
+from safehub._sandbox.sharing import folder_mode
 from safehub._sandbox.spec import (
     Layer,
     LayerStatus,
@@ -525,8 +526,8 @@ class _Run:
         if control is None:
             raise InternalError("sandbox started without a control channel")
         (self.workdir / "tmp").mkdir(mode=0o700)
-        (self.workdir / "grants").mkdir(mode=0o755)
-        os.chmod(self.workdir, 0o755)  # the unprivileged uid must pass through it
+        (self.workdir / "grants").mkdir(mode=folder_mode())
+        os.chmod(self.workdir, folder_mode())  # the sandbox passes through it
         config.setdefault("limits", {**asdict(self.limits), "threads": 1})
         config.update(tmp_dir=str(self.workdir / "tmp"), grants_dir=str(self.workdir / "grants"))
         self.sb._next_id += 1
@@ -1029,7 +1030,7 @@ class _WarmRun(_Run):
         if request is None or warm is None or wchan is None or self.ready is None:
             raise InternalError("warm call without its child")
         warm.ready = self.ready
-        self.service.grants_dir.mkdir(mode=0o755)
+        self.service.grants_dir.mkdir(mode=folder_mode())
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.channel = Channel(ours)
         wchan.sock.settimeout(max(0.1, self._deadline() - time.monotonic()))
