@@ -26,6 +26,7 @@ import logging
 import re
 import unicodedata
 from typing import Any
+from urllib.parse import unquote_plus
 
 __all__ = [
     "BLOCK_MARK",
@@ -54,6 +55,9 @@ _PLAIN = re.compile(r"[\x20-\x7e]*")
 # serialized JSON it never reaches past its string).
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>\\]*")
 _URL_PARTS = re.compile(r"([^:]*://)([^/?#]*)(.*)", re.DOTALL)
+# A URL's userinfo, found on its own: RFC 3986 allows "'" there (a sub-delimiter), which
+# ends a URL match above, so "https://u:pa'ss@h" showed the whole password.
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s\"<>\\]*@")
 _QUERY_PARAM = re.compile(r"(^|[&;])([^=&;#]*)=([^&;#]*)")
 _TRAILING = re.compile(r"[.,;:!)\]]+$")
 # Query parameter names that carry a credential: any name containing one of these words...
@@ -65,7 +69,8 @@ REDACTED = "***"
 
 
 def _secret_name(name: str) -> bool:
-    lower = name.lower()
+    # As the server reads the name: percent-decoded ('%74oken' is 'token').
+    lower = unquote_plus(name).lower()
     return (any(word in lower for word in _SECRET_WORDS)
             or any(part in _SECRET_PARTS for part in re.split(r"[-_.]", lower)))
 
@@ -82,11 +87,18 @@ def _redact_url(url: str) -> str:
     path, mark, query = rest.partition("?")
     if mark:
         query, hash_, fragment = query.partition("#")
-        query = _QUERY_PARAM.sub(
-            lambda p: p.group(1) + p.group(2) + "=" + (
-                REDACTED if _secret_name(p.group(2)) and p.group(3) else p.group(3)), query)
-        rest = path + mark + query + hash_ + fragment
+        rest = path + mark + _redact_params(query) + hash_ + _redact_params(fragment)
+    else:
+        path, hash_, fragment = rest.partition("#")
+        # OAuth's implicit flow hands out tokens in the fragment (#access_token=...).
+        rest = path + hash_ + _redact_params(fragment)
     return scheme + authority + rest + url[end:]
+
+
+def _redact_params(params: str) -> str:
+    return _QUERY_PARAM.sub(
+        lambda p: p.group(1) + p.group(2) + "=" + (
+            REDACTED if _secret_name(p.group(2)) and p.group(3) else p.group(3)), params)
 
 
 def redact_secrets(text: str) -> str:
@@ -94,6 +106,7 @@ def redact_secrets(text: str) -> str:
     written as ``***``; the rest unchanged."""
     if "://" not in text:
         return text
+    text = _USERINFO.sub(lambda m: m.group(1) + REDACTED + "@", text)
     return _URL.sub(lambda m: _redact_url(m.group()), text)
 
 

@@ -141,3 +141,27 @@ def test_redaction_keeps_everything_else() -> None:
         "https://***@h/x?sig=***&api_key=***&X-Goog-Signature=***.")
     # The escaper redacts before it escapes: a control character cannot split a secret off.
     assert escape_line("https://u:tok\x1b[2K@h/x\n") == "https://***@h/x\\n"
+
+
+def test_a_password_with_an_apostrophe_is_not_echoed(tmp_path: Path) -> None:
+    # RFC 3986 allows "'" in userinfo (a sub-delimiter) and clients send it as typed; the
+    # URL match stopped there, so the authority had no '@' and the password was shown.
+    url = f"https://alice:it's-{SECRETS[3]}@example.com/m.bin"
+    for fmt in ("text", "json", "sarif"):
+        result = _run(tmp_path, "scan", url, "-f", fmt)
+        assert result.code == 2, result.err
+        _assert_no_secret(f"scan {fmt}", result.out + result.err)
+
+
+def test_credentials_in_other_spellings_are_redacted() -> None:
+    from safehub._format.escape import redact_secrets
+
+    # A parameter name as the server decodes it, and tokens handed out in the fragment
+    # (OAuth's implicit flow) with or without a query.
+    assert redact_secrets(f"https://h/m?%74oken={SECRETS[2]}&X%2DAmz%2DSignature="
+                          f"{SECRETS[0]}&a=1") == "https://h/m?%74oken=***&X%2DAmz%2DSignature=***&a=1"
+    assert redact_secrets(f"https://h/cb#access_token={SECRETS[2]}&state=1") == (
+        "https://h/cb#access_token=***&state=1")
+    assert redact_secrets(f"https://h/cb?a=1#id_token={SECRETS[2]}") == (
+        "https://h/cb?a=1#id_token=***")
+    assert redact_secrets("https://h/p#section-2") == "https://h/p#section-2"
