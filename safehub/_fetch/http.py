@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, Protocol
 from urllib.parse import urljoin, urlsplit
 
 from safehub._fetch.credentials import ENV_PREFIX, Credentials, Origin
+from safehub._format.escape import redact_reference
 from safehub._policy.urls import CanonicalURL, is_loopback_http, parse_url
 from safehub._version import __version__
 from safehub.errors import FetchError, InvalidIdentifier
@@ -516,7 +517,9 @@ class HttpClient:
                 raise FetchError(f"HTTP {resp.status} redirect without a Location", subject=url)
             # urljoin would silently drop tabs and newlines: refuse them in the raw header.
             if any(not ("!" <= c <= "~") for c in location.strip(" ")):
-                raise FetchError(f"refused a redirect to {location!a}: it holds control "
+                # Quoted as received, so a relative one is redacted here (no '://').
+                shown = ascii(redact_reference(location))
+                raise FetchError(f"refused a redirect to {shown}: it holds control "
                                  "characters, whitespace or non-ASCII text", subject=url,
                                  fix="download from the final URL directly")
             previous, url = url, urljoin(url, location.strip(" "))

@@ -110,6 +110,30 @@ def redact_secrets(text: str) -> str:
     return _URL.sub(lambda m: _redact_url(m.group()), text)
 
 
+def redact_reference(ref: str) -> str:
+    """``ref``, a URL reference as a server sent it (absolute, ``//host/...``, ``/path?...``
+    or ``path?...``), with its credentials redacted as :func:`redact_secrets` redacts an
+    absolute URL's: a relative one has no ``://`` for that to find."""
+    # Read as one reference (a header value): whitespace does not end it here.
+    m = _REFERENCE.fullmatch(ref)
+    if m is None:  # the pattern matches any text; kept for the type checker
+        return redact_secrets(ref)
+    scheme, authority, rest = m.group(1) or "", m.group(2) or "", m.group(3)
+    if "@" in authority:
+        authority = "//" + REDACTED + "@" + authority.rpartition("@")[2]
+    path, mark, query = rest.partition("?")
+    if not mark:
+        path, query = "", rest
+    query, hash_, fragment = query.partition("#")
+    if not mark and not hash_:
+        return scheme + authority + rest
+    return (scheme + authority + path + mark + (_redact_params(query) if mark else query)
+            + hash_ + _redact_params(fragment))
+
+
+_REFERENCE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*:)?(//[^/?#]*)?(.*)", re.DOTALL)
+
+
 class Block(str):
     """Text whose line structure is safehub's own (e.g. ``SafehubError.diagnostics()``):
     each line is already escaped, and its lines after the first are indented."""

@@ -229,3 +229,19 @@ def test_unsafe_file_is_denied_after_the_scan(
         make_fetcher().fetch_url(url)
     assert "SH100" in err.value.diagnostics()
     assert not (marker_dir / "pwned").exists()
+
+
+@pytest.mark.parametrize("location", ["/cdn/mod\u00e8le.pt?X-Amz-Signature=SIGSECRET0123",
+                                      "/cdn/mo del.pt?token=TOKSECRET89"])
+def test_a_refused_relative_redirect_does_not_show_its_credentials(
+        location: str, hub: FakeHub, make_fetcher: Callable[..., Fetcher],
+        cache_dir: Path) -> None:
+    # A relative Location (a CDN's signed query, a raw non-ASCII file name) holds no '://':
+    # quoted as received in the refusal, its credentials were not redacted.
+    url = hub.add_file("/jump.pt", b"", Fault(redirect=location))
+    with pytest.raises(FetchError) as err:
+        make_fetcher().fetch_url(url)
+    text = err.value.diagnostics()
+    assert "refused a redirect" in text
+    assert "SECRET" not in text, text
+    assert leftovers(cache_dir) == []
