@@ -188,7 +188,9 @@ def _check_dtype_state(obj: object) -> None:
             fresh = numpy.dtype(obj.subdtype)
         else:
             fresh = numpy.dtype(obj.str)
-        same = (fresh.itemsize == obj.itemsize
+        # byte order too: numpy keeps the state's order even on an object dtype ('>O'),
+        # and a copy or cast then byte-swaps its object pointers
+        same = (fresh.itemsize == obj.itemsize and fresh.byteorder == obj.byteorder
                 and fresh.flags & _DTYPE_OBJECT_FLAGS == obj.flags & _DTYPE_OBJECT_FLAGS)
     except (TypeError, ValueError, KeyError):
         same = False

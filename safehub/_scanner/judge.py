@@ -180,6 +180,7 @@ _OBJECT_FLAGS = 0x0B  # REFCOUNT | LIST_PICKLE | NEEDS_INIT: on every numpy pick
 _POINTER_FLAGS = 0x07  # REFCOUNT | LIST_PICKLE | ITEM_IS_POINTER: never without objects
 _PLAIN_TYPESTR = re.compile(r"[<>|=]?([?bBiufcmMOSUVa])(\d*)")
 _FIXED_SIZES = {"?": 1, "b": 1, "B": 1, "m": 8, "M": 8, "O": 8}
+_UNORDERED_KINDS = "?bBOSVa"  # numpy's own pickles of these say byte order '|'
 _MAX_DTYPE_DEPTH = 32
 
 
@@ -216,11 +217,31 @@ def _dtype_layout(value: object, depth: int) -> tuple[int, bool] | str:
         return (size, kind == "O") if size >= 0 else "a numpy dtype of unknown size"
     if not isinstance(state, tuple) or len(state) < 5:
         return "" if depth == 0 else "a numpy dtype field whose state numpy refuses"
-    if len(state) not in (8, 9):
-        if any(v is not None for v in state[2:min(5, len(state) - 2)]):
+    if len(state) > 9:
+        return "a numpy dtype state of an unknown format"
+    # numpy reads each length of state tuple with its own layout (descriptor.c setstate):
+    # 5 is (endian, subarray, fields, elsize, alignment), 6 adds a version in front, 7 adds
+    # names, 8 and 9 add flags (and metadata). Indices are taken per length, never assumed.
+    old = len(state) < 8
+    endian = state[0] if len(state) == 5 else state[1]
+    subarray = state[1] if len(state) == 5 else state[2]
+    names = state[3] if len(state) >= 7 else None
+    fields = state[2] if len(state) == 5 else state[3] if len(state) == 6 else state[4]
+    elsize = state[len(state) - 2] if old else state[5]
+    flags = None if old else state[7]
+    if kind in _UNORDERED_KINDS and endian != "|":
+        # numpy stores the byte order as given: an object dtype marked '>' makes numpy
+        # byte-swap the object pointers on a copy or cast (a crash on a real pickle's objects)
+        return (f"a numpy dtype of kind {kind!r} given byte order {render(endian)[:8]}: numpy "
+                "only makes these with '|', and a swapped object dtype swaps its pointers")
+    if old:
+        if subarray is not None or fields is not None or names is not None:
             return "an old-format numpy dtype state with fields or a subarray"
+        if kind in "SUVa":
+            if not isinstance(elsize, int) or isinstance(elsize, bool) or elsize < 0:
+                return "a numpy dtype state with a bad item size"
+            size = elsize
         return (size, kind == "O") if size >= 0 else "a numpy dtype of unknown size"
-    subarray, names, fields, elsize, flags = state[2], state[3], state[4], state[5], state[7]
     if not isinstance(flags, int):
         return "a numpy dtype state whose flags are not an integer"
     if kind in "SUVa":
