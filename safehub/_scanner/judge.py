@@ -299,6 +299,7 @@ def _fields_layout(names: object, fields: object, size: int, depth: int) -> bool
             fields.items) != len(names):
         return "numpy dtype fields that do not match their names (titles are not modelled)"
     holds_objects = False
+    spans: list[tuple[int, int, bool]] = []
     for _, spec in fields.items:
         if not (isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[1], int)
                 and not isinstance(spec[1], bool) and spec[1] >= 0):
@@ -309,6 +310,13 @@ def _fields_layout(names: object, fields: object, size: int, depth: int) -> bool
         if spec[1] + inner[0] > size:
             return ("a numpy dtype field placed past the end of its item: it reads and "
                     "writes memory outside the array")
+        # numpy refuses a dtype whose object field overlaps another field (its own
+        # constructor says so): the other field's bytes would be written over the pointer
+        for start, length, objects in spans:
+            if (objects or inner[1]) and spec[1] < start + length and start < spec[1] + inner[0]:
+                return ("numpy dtype fields that overlap an object field: writing one field "
+                        "writes raw bytes over an object pointer")
+        spans.append((spec[1], inner[0], inner[1]))
         holds_objects = holds_objects or inner[1]
     return holds_objects
 

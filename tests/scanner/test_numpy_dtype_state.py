@@ -165,3 +165,28 @@ def test_swapped_numbers_stay_clean(value: object, tmp_path: Path) -> None:
     path = tmp_path / "v.pkl"
     path.write_bytes(pickle.dumps({"v": value}, protocol=2))
     assert scan_one(path).verdict is Verdict.CLEAN
+
+
+class _OverlappingObjectField:
+    """An array whose dtype puts an int64 field over its object field (numpy's constructor
+    refuses that layout, its __setstate__ takes it): ndarray.__setstate__ writes the item's
+    fields in order, so the int64 lands on the pointer."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        from numpy._core.multiarray import _reconstruct
+        dtype = _dtype("V8", (3, "|", None, ("o", "i"),
+                              {"o": (np.dtype("O"), 0), "i": (np.dtype("<i8"), 0)}, 8, 1, 63))
+        return (_reconstruct, (np.ndarray, (0,), b"b"),
+                (1, (1,), dtype, False, [(None, int.from_bytes(_POINTER, "little"))]))
+
+
+def test_field_over_an_object_field_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="overlapping object fields"):
+        np.dtype({"names": ["o", "i"], "formats": ["O", "<i8"], "offsets": [0, 0]})
+    path = tmp_path / "w.pkl"
+    path.write_bytes(pickle.dumps({"w": _OverlappingObjectField()}, protocol=2))
+    run = _load_and_touch(path)
+    assert run.stdout.startswith("True 8"), run  # loaded: an object field under an int64
+    assert run.returncode == -signal.SIGSEGV, run  # w[0]['o'] read the file's pointer
+    report = scan_one(path)
+    assert report.verdict is Verdict.UNSAFE and "SH108" in rules(report)
