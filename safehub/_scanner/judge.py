@@ -79,6 +79,10 @@ def judge_stream(scan: FileScan, res: StreamResult, location: str, loader: Loade
                      payload=render(mutation.target))
     _judge_allocations(scan, res, location)
     for call in res.calls:
+        target = _rebuild_target_problem(call)
+        if target:
+            scan.add("SH105", target, location=location, offset=call.offset,
+                     subject=_REBUILD_FROM_TYPE, payload=render(call)[:200])
         problem = _dtype_state_problem(call) if call.builds else ""
         if problem:
             scan.add("SH108", problem, location=location, offset=call.offset,
@@ -167,6 +171,25 @@ def _judge_globals(
         scan.add(rule, f"imports {spelled}: {explanation}", location=location, offset=g.offset,
                  subject=name, payload=payload_of(g),
                  severity=severity, allowed_by=allowed_by)
+
+
+# torch's own BUILD: _rebuild_from_type_v2(func, new_type, args, state) calls func(*args) and
+# sets the state's attributes on what it returns. torch pickles only tensors this way (func
+# is one of torch._utils' _rebuild_* functions, which make a new tensor); any other allowed
+# callable may return a process-wide object (calling an allowed enum class returns its
+# member), whose attributes the state would then rewrite for the whole process.
+_REBUILD_FROM_TYPE = "torch._tensor._rebuild_from_type_v2"
+
+
+def _rebuild_target_problem(call: Call) -> str:
+    func = call.func
+    if not (isinstance(func, Global) and func.effective == _REBUILD_FROM_TYPE):
+        return ""
+    first = call.args[0] if isinstance(call.args, tuple) and call.args else None
+    if isinstance(first, Global) and first.effective.startswith("torch._utils._rebuild_"):
+        return ""
+    return (f"{_REBUILD_FROM_TYPE} sets a state on what {render(first)[:80]} returns, not on "
+            "a tensor torch._utils rebuilds: it can rewrite a process-wide object")
 
 
 # numpy.dtype.__setstate__ takes a dtype's layout (fields, subarray, item size) and its flags
