@@ -82,6 +82,35 @@ def _resolve(module: str, name: str, wildcard: bool = False) -> Any:
     return obj
 
 
+def _rebuild_from_type_checked(func: Any, new_type: Any, args: Any, state: Any) -> Any:
+    """torch's ``_rebuild_from_type_v2``, only for tensors ``torch._utils`` rebuilds.
+
+    It calls ``func(*args)`` and sets the state's attributes on the result, as BUILD
+    would: torch pickles tensors this way (``func`` is one of ``torch._utils``'
+    ``_rebuild_*``, which make a new tensor), while another allowed callable may return a
+    process-wide object (an allowed enum class returns its member) that the state would
+    rename and renumber for the whole process.
+    """
+    if not (getattr(func, "__module__", None) == "torch._utils"
+            and str(getattr(func, "__name__", "")).startswith("_rebuild_")):
+        raise UnsafeModel(
+            f"SH105 global-mutation: the pickle asks {_REBUILD_FROM_TYPE} to set a state on "
+            f"what {func!r} returns, not on a tensor torch._utils rebuilds: it could rewrite "
+            "a process-wide object", subject=_REBUILD_FROM_TYPE, fix="do not load this file")
+    rebuild: Any = importlib.import_module("torch._tensor")._rebuild_from_type_v2
+    return rebuild(func, new_type, args, state)
+
+
+_REBUILD_FROM_TYPE = "torch._tensor._rebuild_from_type_v2"
+# Allowed callables replaced by a checked version when a pickle imports them.
+_CHECKED_CALLABLES: dict[str, Callable[..., Any]] = {
+    _REBUILD_FROM_TYPE: _rebuild_from_type_checked}
+
+
+def _checked_callable(module: str, name: str, obj: Any) -> Any:
+    return _CHECKED_CALLABLES.get(f"{module}.{name}", obj)
+
+
 def defined_here(obj: Any, module: str, name: str) -> None:
     """A ``module.*`` allowance covers what ``module`` defines, never what it imports.
 
@@ -188,7 +217,9 @@ def _check_dtype_state(obj: object) -> None:
             fresh = numpy.dtype(obj.subdtype)
         else:
             fresh = numpy.dtype(obj.str)
-        same = (fresh.itemsize == obj.itemsize
+        # byte order too: numpy keeps the state's order even on an object dtype ('>O'),
+        # and a copy or cast then byte-swaps its object pointers
+        same = (fresh.itemsize == obj.itemsize and fresh.byteorder == obj.byteorder
                 and fresh.flags & _DTYPE_OBJECT_FLAGS == obj.flags & _DTYPE_OBJECT_FLAGS)
     except (TypeError, ValueError, KeyError):
         same = False
@@ -227,7 +258,7 @@ class RestrictedUnpickler(pickle._Unpickler):
         if checked is None:
             return _pure_find_class(self, module, name)
         sys.audit("pickle.find_class", checked[0], checked[1])
-        return _resolve(*checked)
+        return _checked_callable(checked[0], checked[1], _resolve(*checked))
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -266,9 +297,11 @@ def _wrap(find_class: Callable[..., Any]) -> Callable[..., Any]:
     def find_class_checked(self: Any, module: str, name: str) -> Any:
         checked = _checked(module, name)
         obj = find_class(self, module, name)
-        if checked is not None and checked[2]:
+        if checked is None:
+            return obj
+        if checked[2]:
             defined_here(obj, checked[0], checked[1])
-        return obj
+        return _checked_callable(checked[0], checked[1], obj)
 
     setattr(find_class_checked, _WRAPPED, find_class)
     return find_class_checked

@@ -79,6 +79,10 @@ def judge_stream(scan: FileScan, res: StreamResult, location: str, loader: Loade
                      payload=render(mutation.target))
     _judge_allocations(scan, res, location)
     for call in res.calls:
+        target = _rebuild_target_problem(call)
+        if target:
+            scan.add("SH105", target, location=location, offset=call.offset,
+                     subject=_REBUILD_FROM_TYPE, payload=render(call)[:200])
         problem = _dtype_state_problem(call) if call.builds else ""
         if problem:
             scan.add("SH108", problem, location=location, offset=call.offset,
@@ -169,6 +173,25 @@ def _judge_globals(
                  severity=severity, allowed_by=allowed_by)
 
 
+# torch's own BUILD: _rebuild_from_type_v2(func, new_type, args, state) calls func(*args) and
+# sets the state's attributes on what it returns. torch pickles only tensors this way (func
+# is one of torch._utils' _rebuild_* functions, which make a new tensor); any other allowed
+# callable may return a process-wide object (calling an allowed enum class returns its
+# member), whose attributes the state would then rewrite for the whole process.
+_REBUILD_FROM_TYPE = "torch._tensor._rebuild_from_type_v2"
+
+
+def _rebuild_target_problem(call: Call) -> str:
+    func = call.func
+    if not (isinstance(func, Global) and func.effective == _REBUILD_FROM_TYPE):
+        return ""
+    first = call.args[0] if isinstance(call.args, tuple) and call.args else None
+    if isinstance(first, Global) and first.effective.startswith("torch._utils._rebuild_"):
+        return ""
+    return (f"{_REBUILD_FROM_TYPE} sets a state on what {render(first)[:80]} returns, not on "
+            "a tensor torch._utils rebuilds: it can rewrite a process-wide object")
+
+
 # numpy.dtype.__setstate__ takes a dtype's layout (fields, subarray, item size) and its flags
 # from the state without checking them against each other: an object dtype whose flags say
 # "no objects" makes arrays and scalars take raw bytes of the file for object pointers, and
@@ -180,6 +203,7 @@ _OBJECT_FLAGS = 0x0B  # REFCOUNT | LIST_PICKLE | NEEDS_INIT: on every numpy pick
 _POINTER_FLAGS = 0x07  # REFCOUNT | LIST_PICKLE | ITEM_IS_POINTER: never without objects
 _PLAIN_TYPESTR = re.compile(r"[<>|=]?([?bBiufcmMOSUVa])(\d*)")
 _FIXED_SIZES = {"?": 1, "b": 1, "B": 1, "m": 8, "M": 8, "O": 8}
+_UNORDERED_KINDS = "?bBOSVa"  # numpy's own pickles of these say byte order '|'
 _MAX_DTYPE_DEPTH = 32
 
 
@@ -216,11 +240,31 @@ def _dtype_layout(value: object, depth: int) -> tuple[int, bool] | str:
         return (size, kind == "O") if size >= 0 else "a numpy dtype of unknown size"
     if not isinstance(state, tuple) or len(state) < 5:
         return "" if depth == 0 else "a numpy dtype field whose state numpy refuses"
-    if len(state) not in (8, 9):
-        if any(v is not None for v in state[2:min(5, len(state) - 2)]):
+    if len(state) > 9:
+        return "a numpy dtype state of an unknown format"
+    # numpy reads each length of state tuple with its own layout (descriptor.c setstate):
+    # 5 is (endian, subarray, fields, elsize, alignment), 6 adds a version in front, 7 adds
+    # names, 8 and 9 add flags (and metadata). Indices are taken per length, never assumed.
+    old = len(state) < 8
+    endian = state[0] if len(state) == 5 else state[1]
+    subarray = state[1] if len(state) == 5 else state[2]
+    names = state[3] if len(state) >= 7 else None
+    fields = state[2] if len(state) == 5 else state[3] if len(state) == 6 else state[4]
+    elsize = state[len(state) - 2] if old else state[5]
+    flags = None if old else state[7]
+    if kind in _UNORDERED_KINDS and endian != "|":
+        # numpy stores the byte order as given: an object dtype marked '>' makes numpy
+        # byte-swap the object pointers on a copy or cast (a crash on a real pickle's objects)
+        return (f"a numpy dtype of kind {kind!r} given byte order {render(endian)[:8]}: numpy "
+                "only makes these with '|', and a swapped object dtype swaps its pointers")
+    if old:
+        if subarray is not None or fields is not None or names is not None:
             return "an old-format numpy dtype state with fields or a subarray"
+        if kind in "SUVa":
+            if not isinstance(elsize, int) or isinstance(elsize, bool) or elsize < 0:
+                return "a numpy dtype state with a bad item size"
+            size = elsize
         return (size, kind == "O") if size >= 0 else "a numpy dtype of unknown size"
-    subarray, names, fields, elsize, flags = state[2], state[3], state[4], state[5], state[7]
     if not isinstance(flags, int):
         return "a numpy dtype state whose flags are not an integer"
     if kind in "SUVa":
@@ -278,6 +322,7 @@ def _fields_layout(names: object, fields: object, size: int, depth: int) -> bool
             fields.items) != len(names):
         return "numpy dtype fields that do not match their names (titles are not modelled)"
     holds_objects = False
+    spans: list[tuple[int, int, bool]] = []
     for _, spec in fields.items:
         if not (isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[1], int)
                 and not isinstance(spec[1], bool) and spec[1] >= 0):
@@ -288,6 +333,13 @@ def _fields_layout(names: object, fields: object, size: int, depth: int) -> bool
         if spec[1] + inner[0] > size:
             return ("a numpy dtype field placed past the end of its item: it reads and "
                     "writes memory outside the array")
+        # numpy refuses a dtype whose object field overlaps another field (its own
+        # constructor says so): the other field's bytes would be written over the pointer
+        for start, length, objects in spans:
+            if (objects or inner[1]) and spec[1] < start + length and start < spec[1] + inner[0]:
+                return ("numpy dtype fields that overlap an object field: writing one field "
+                        "writes raw bytes over an object pointer")
+        spans.append((spec[1], inner[0], inner[1]))
         holds_objects = holds_objects or inner[1]
     return holds_objects
 

@@ -452,6 +452,37 @@ def test_build_on_an_enum_member_is_refused(tmp_path: Path) -> None:
     assert "MUTATED False False" in enforced.stdout
 
 
+def test_torch_rebuild_from_type_cannot_set_state_on_an_enum_member(tmp_path: Path) -> None:
+    # torch._tensor._rebuild_from_type_v2 (allowed: tensor subclasses) is torch's own BUILD:
+    # it calls func(*args) and setattr's the state on the result. With the allowed enum
+    # class as func it renamed and renumbered the process-wide member, past BUILD's check.
+    data = (b"\x80\x04" + _short("torch._tensor") + _short("_rebuild_from_type_v2") + b"\x93("
+            + _short(_MD) + _short("_MEM_FORMAT_ENCODING") + b"\x93\x94h\x00K\x00\x85}"
+            + _short("_value_") + b"K\x07s" + _short("_name_") + _short("PWNED") + b"stR.")
+    program = (f"import pickle, torch, {_MD} as md\n" + _guarded(f"pickle.loads({data!r})")
+               + "\nm = md._MEM_FORMAT_ENCODING.TORCH_CONTIGUOUS_FORMAT\n"
+               "print('MUTATED', m.name == 'PWNED', m.value == 7)\n")
+    plain, enforced = _plain_and_under_dcp_policy(program, tmp_path)
+    assert "MUTATED True True" in plain.stdout, (plain.stdout, plain.stderr)
+    assert "REFUSED UnsafeModel" in enforced.stdout, (enforced.stdout, enforced.stderr)
+    assert "SH105" in enforced.stdout and "MUTATED False False" in enforced.stdout
+    path = tmp_path / "enum.pkl"
+    path.write_bytes(data)
+    scan = subprocess.run([sys.executable, "-m", "safehub", "scan", "--policy",
+                           str(tmp_path / "dcp.toml"), str(path)], capture_output=True,
+                          text=True, timeout=300, check=False,
+                          env={**os.environ, "PYTHONPATH": str(_ROOT)})
+    assert scan.returncode == 1 and "SH105" in scan.stdout, (scan.stdout, scan.stderr)
+
+
+def test_torch_rebuild_from_type_still_rebuilds_tensors(tmp_path: Path) -> None:
+    program = ("import torch, safehub\nt = torch.ones(2); t.meta = 'x'\n"
+               "torch.save({'t': t}, 'w.pt')\nsafehub.enforce('default')\n"
+               "print('META', torch.load('w.pt')['t'].meta)\n")
+    run = _run(program, tmp_path, site=False)
+    assert "META x" in run.stdout, (run.stdout, run.stderr)
+
+
 def _checkpoint_with_pickle(path: Path, data_pkl: bytes) -> Path:
     """A torch.save zip whose data.pkl is replaced by ``data_pkl``."""
     plain = path.with_suffix(".orig")

@@ -46,3 +46,18 @@ def test_unchecked_dtype_states_are_refused_and_real_ones_load() -> None:
         back = pickle.loads(pickle.dumps(real, protocol=2))
     assert back["rec"].dtype == real["rec"].dtype and back["rec"][0]["o"] is None
     assert back["dt"] == real["dt"] and back["t"].dtype == real["t"].dtype
+
+
+def test_swapped_object_dtype_is_refused() -> None:
+    """numpy keeps a state's byte order even on an object dtype ('>O'): such an array
+    loaded with its objects, and a cast of it byte-swapped the pointers (a crash)."""
+    data = pickle.dumps({"w": np.array([1, "x"], dtype=object)}, protocol=2)
+    assert data.count(b"X\x01\x00\x00\x00|") == 1
+    hostile = data.replace(b"X\x01\x00\x00\x00|", b"X\x01\x00\x00\x00>")
+    assert pickle.loads(hostile)["w"].dtype.byteorder == ">"  # without safehub
+    swapped = {"f": np.array([1.5], dtype=">f8"), "u": np.array(["ab"], dtype=">U2")}
+    with safehub.enforce("default"):
+        with pytest.raises(UnsafeModel, match="SH108"):
+            pickle.loads(hostile)
+        back = pickle.loads(pickle.dumps(swapped, protocol=2))
+    assert back["f"].tolist() == [1.5] and back["u"].tolist() == ["ab"]

@@ -113,3 +113,80 @@ def test_plain_numpy_pickles_stay_clean(value: object, tmp_path: Path) -> None:
     path.write_bytes(pickle.dumps({"v": value}, protocol=2))
     report = scan_one(path)
     assert report.verdict is Verdict.CLEAN, report.findings
+
+
+def _swapped_object_dtype() -> bytes:
+    """numpy's own pickle of an object array, its dtype's byte order '|' changed to '>':
+    numpy keeps the order, and a copy or cast of the array byte-swaps its object pointers."""
+    data = pickle.dumps({"w": np.array([1, "x"], dtype=object)}, protocol=2)
+    assert data.count(b"X\x01\x00\x00\x00|") == 1
+    return data.replace(b"X\x01\x00\x00\x00|", b"X\x01\x00\x00\x00>")
+
+
+class _OldFormatSubarray:
+    """A 5-item dtype state (endian, subarray, fields, elsize, alignment): numpy reads the
+    subarray from index 1, and a 512 MiB subarray on an 8-byte item reads past the array."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (np.dtype, ("V8", False, True),
+                ("|", (np.dtype("<f8"), (1 << 26,)), None, 8, 1))
+
+
+def test_swapped_object_dtype_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "w.pkl"
+    path.write_bytes(_swapped_object_dtype())
+    code = ("import pickle, sys, numpy; w = pickle.load(open(sys.argv[1], 'rb'))['w']; "
+            "print(w.dtype.str, w.tolist(), flush=True); numpy.asarray(w, dtype=object)")
+    run = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert run.stdout.startswith(">O [1, 'x']"), run  # loaded with its objects, order '>'
+    assert run.returncode == -signal.SIGSEGV, run  # the cast swapped the pointers
+    report = scan_one(path)
+    assert report.verdict is Verdict.UNSAFE and "SH108" in rules(report)
+
+
+def test_old_format_state_is_read_by_its_own_layout(tmp_path: Path) -> None:
+    path = tmp_path / "w.pkl"
+    path.write_bytes(pickle.dumps({"d": _OldFormatSubarray()}, protocol=2))
+    code = ("import pickle, sys, numpy; d = pickle.load(open(sys.argv[1], 'rb'))['d']; "
+            "print(d.itemsize, d.subdtype, flush=True); "
+            "numpy.frombuffer(bytes(8), dtype=d).tolist()")
+    run = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert run.stdout.startswith("8 (dtype('float64'), (67108864,))"), run  # numpy took it
+    assert run.returncode in (0, -signal.SIGSEGV), run
+    report = scan_one(path)
+    assert report.verdict is Verdict.UNSAFE and "SH108" in rules(report)
+
+
+@pytest.mark.parametrize("value", [np.array([1.5], dtype=">f8"), np.array(["ab"], dtype=">U2"),
+                                   np.array([1], dtype=">M8[s]")])
+def test_swapped_numbers_stay_clean(value: object, tmp_path: Path) -> None:
+    path = tmp_path / "v.pkl"
+    path.write_bytes(pickle.dumps({"v": value}, protocol=2))
+    assert scan_one(path).verdict is Verdict.CLEAN
+
+
+class _OverlappingObjectField:
+    """An array whose dtype puts an int64 field over its object field (numpy's constructor
+    refuses that layout, its __setstate__ takes it): ndarray.__setstate__ writes the item's
+    fields in order, so the int64 lands on the pointer."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        from numpy._core.multiarray import _reconstruct
+        dtype = _dtype("V8", (3, "|", None, ("o", "i"),
+                              {"o": (np.dtype("O"), 0), "i": (np.dtype("<i8"), 0)}, 8, 1, 63))
+        return (_reconstruct, (np.ndarray, (0,), b"b"),
+                (1, (1,), dtype, False, [(None, int.from_bytes(_POINTER, "little"))]))
+
+
+def test_field_over_an_object_field_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="overlapping object fields"):
+        np.dtype({"names": ["o", "i"], "formats": ["O", "<i8"], "offsets": [0, 0]})
+    path = tmp_path / "w.pkl"
+    path.write_bytes(pickle.dumps({"w": _OverlappingObjectField()}, protocol=2))
+    run = _load_and_touch(path)
+    assert run.stdout.startswith("True 8"), run  # loaded: an object field under an int64
+    assert run.returncode == -signal.SIGSEGV, run  # w[0]['o'] read the file's pointer
+    report = scan_one(path)
+    assert report.verdict is Verdict.UNSAFE and "SH108" in rules(report)
