@@ -462,6 +462,7 @@ def _expose(paths: list[str], uid: int) -> list[str]:
 
 
 _MiB = 1 << 20
+_SIGNALS_QUEUED = 64
 
 
 def _set_rlimits(limits: dict[str, Any]) -> str:
@@ -474,6 +475,9 @@ def _set_rlimits(limits: dict[str, Any]) -> str:
         resource.RLIMIT_CORE: (0, 0),
         resource.RLIMIT_MEMLOCK: (0, 0),
         resource.RLIMIT_MSGQUEUE: (0, 0),
+        # Queued signals are counted per uid (a POSIX timer reserves one): a non-root
+        # caller's sandbox keeps the caller's uid and must not use up its budget.
+        resource.RLIMIT_SIGPENDING: (_SIGNALS_QUEUED,) * 2,
     }
     for which, (soft, hard) in wanted.items():
         _, current_hard = resource.getrlimit(which)
@@ -483,4 +487,5 @@ def _set_rlimits(limits: dict[str, Any]) -> str:
         resource.setrlimit(which, (soft, hard))
     return (f"address space {limits['memory_mb']} MiB, CPU {limits['cpu_s']} s, "
             f"{limits['max_processes']} processes, files {limits['max_file_mb']} MiB, "
-            f"{limits['max_open_files']} descriptors, no core dumps")
+            f"{limits['max_open_files']} descriptors, {_SIGNALS_QUEUED} queued signals, "
+            "no core dumps")

@@ -707,6 +707,37 @@ def test_the_hosts_asynchronous_io_pool_is_out_of_reach(tmp_path: Path, sandbox:
     assert got["refused"].tolist() == [errno.EPERM]  # type: ignore[attr-defined]
 
 
+TIMERS = """
+    import ctypes, torch
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def take_the_signal_queue(cap=200000):
+        # Each POSIX timer reserves a queued signal from the uid's RLIMIT_SIGPENDING budget
+        # (kernel memory no other rlimit counts); a non-root caller's sandbox shares the
+        # caller's uid, so its timers would use up the budget of all the user's programs.
+        held = []
+        while len(held) < cap:
+            timer = ctypes.c_void_p()
+            if libc.timer_create(1, None, ctypes.byref(timer)):  # CLOCK_MONOTONIC
+                break
+            held.append(timer)
+        for timer in held:
+            libc.timer_delete(timer)
+        return {"made": torch.tensor([len(held)])}
+"""
+
+
+def test_timers_cannot_use_up_the_users_signal_queue(tmp_path: Path, sandbox: Sandbox,
+                                                     plain_hub: PlainHub) -> None:
+    repo = make_repo(tmp_path / "repo", TIMERS)
+    plain = plain_hub.run("load", repo, "take_the_signal_queue")
+    assert plain.tensors["made"].item() > 1000, "plain torch.hub: the uid's whole budget"
+
+    got = load(sandbox, repo, "take_the_signal_queue")
+    assert got["made"].item() <= 64  # type: ignore[attr-defined]
+
+
 def test_fork_flood(tmp_path: Path, sandbox: Sandbox, plain_hub: PlainHub) -> None:
     repo = make_repo(tmp_path / "repo", HOGS)
     plain = plain_hub.run("load", repo, "forks", kwargs={"n": 40})
