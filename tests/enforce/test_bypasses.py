@@ -435,15 +435,21 @@ def test_a_wildcard_does_not_reach_a_namespace_to_change_in_place(
     assert "MUTATED False False" in enforced.stdout
 
 
+def _loads_then_show_the_enum_member(data: bytes) -> str:
+    """A program that unpickles ``data``, then prints whether dcp's process-wide
+    memory-format enum member was renamed and renumbered."""
+    return (f"import pickle, torch, {_MD} as md\n" + _guarded(f"pickle.loads({data!r})")
+            + "\nm = md._MEM_FORMAT_ENCODING.TORCH_CONTIGUOUS_FORMAT\n"
+            "print('MUTATED', m.name == 'PWNED', m.value == 7)\n")
+
+
 def test_build_on_an_enum_member_is_refused(tmp_path: Path) -> None:
     # Calling an allowed enum class returns its process-wide member; BUILD then renamed
     # and renumbered it for everyone (dcp's own memory-format encoding, under the
     # documented dcp allowance). Enums pickle without state: no real pickle does this.
     data = (b"\x80\x04" + _short(_MD) + _short("_MEM_FORMAT_ENCODING") + b"\x93K\x00\x85R}"
             + _short("_value_") + b"K\x07s" + _short("_name_") + _short("PWNED") + b"sb.")
-    program = (f"import pickle, torch, {_MD} as md\n" + _guarded(f"pickle.loads({data!r})")
-               + "\nm = md._MEM_FORMAT_ENCODING.TORCH_CONTIGUOUS_FORMAT\n"
-               "print('MUTATED', m.name == 'PWNED', m.value == 7)\n")
+    program = _loads_then_show_the_enum_member(data)
     plain, enforced = _plain_and_under_dcp_policy(program, tmp_path)
     assert "MUTATED True True" in plain.stdout, (plain.stdout, plain.stderr)
 
@@ -459,9 +465,7 @@ def test_torch_rebuild_from_type_cannot_set_state_on_an_enum_member(tmp_path: Pa
     data = (b"\x80\x04" + _short("torch._tensor") + _short("_rebuild_from_type_v2") + b"\x93("
             + _short(_MD) + _short("_MEM_FORMAT_ENCODING") + b"\x93\x94h\x00K\x00\x85}"
             + _short("_value_") + b"K\x07s" + _short("_name_") + _short("PWNED") + b"stR.")
-    program = (f"import pickle, torch, {_MD} as md\n" + _guarded(f"pickle.loads({data!r})")
-               + "\nm = md._MEM_FORMAT_ENCODING.TORCH_CONTIGUOUS_FORMAT\n"
-               "print('MUTATED', m.name == 'PWNED', m.value == 7)\n")
+    program = _loads_then_show_the_enum_member(data)
     plain, enforced = _plain_and_under_dcp_policy(program, tmp_path)
     assert "MUTATED True True" in plain.stdout, (plain.stdout, plain.stderr)
     assert "REFUSED UnsafeModel" in enforced.stdout, (enforced.stdout, enforced.stderr)
