@@ -36,9 +36,6 @@ REPO_PATTERN_RE = re.compile(rf"^(?:{_OWNER}|\*)/(?:{_REPO_NAME}|\*)$")
 OWNER_RE = re.compile(rf"^{_OWNER}$")
 SHA1_RE = re.compile(r"^[0-9a-f]{40}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-GLOBAL_RE = re.compile(r"^[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*(?:\.\*)?$")
-
-
 # Which way each setting tightens, read by safehub._policy.tighten (one generic comparison of
 # validated effective values). Every leaf field carries one; tests enforce it.
 #   true / false : that boolean value is the stricter one
@@ -332,9 +329,6 @@ def _check_globals(values: list[str]) -> list[str]:
     from safehub._scanner.entry import check_allowable
     from safehub.errors import PolicyError
 
-    for v in values:
-        if not GLOBAL_RE.fullmatch(v):
-            raise ValueError(f"{v!r} is not a dotted Python name (or module.*)")
     try:
         check_allowable(values)
     except PolicyError as exc:

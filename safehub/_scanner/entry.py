@@ -7,6 +7,7 @@ policy schema) use these directly.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from typing import BinaryIO
 
@@ -18,6 +19,9 @@ from safehub.findings import FileReport
 from safehub.rules import Severity
 
 __all__ = ["check_allowable", "scan_file"]
+
+# What an allowance can name: a dotted Python name, or a module's definitions (module.*).
+_GLOBAL_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*(?:\.\*)?")
 
 
 def scan_file(fh: BinaryIO, name: str, *, options: ScanOptions | None = None) -> FileReport:
@@ -32,12 +36,18 @@ def scan_file(fh: BinaryIO, name: str, *, options: ScanOptions | None = None) ->
 
 
 def check_allowable(names: Iterable[str], *, source: str = "allowed_globals") -> None:
-    """Refuse to allow names that execute code, whatever a configuration says.
+    """Refuse to allow names that execute code, whatever a configuration says, and
+    entries that name no global (``''``, ``'*'``: they match nothing and would be
+    silently useless).
 
     Raises :class:`~safehub.errors.PolicyError` listing every such name.
     """
     issues = []
     for name in names:
+        if not _GLOBAL_NAME.fullmatch(name):
+            issues.append(PolicyIssue(source, name,
+                                      "is not a dotted Python name (module.name or module.*)"))
+            continue
         probe = name[:-2] if name.endswith(".*") else name
         info = knowledge.lookup(probe)
         if info is not None and info.severity is Severity.CRITICAL:

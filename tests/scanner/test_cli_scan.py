@@ -207,6 +207,17 @@ def test_critical_names_cannot_be_allowed(cli: Cli, files: dict[str, Path], name
     assert r.out == ""
 
 
+@pytest.mark.parametrize("name", ["", "*", " os.path", "os..path", "torch.*.x", "a-b.c"])
+def test_entries_that_name_no_global_are_refused(cli: Cli, files: dict[str, Path],
+                                                 name: str) -> None:
+    # They match nothing: accepted, they silently allowed nothing (the policy file refused
+    # them; the command line did not).
+    r = cli("scan", "--allow-global", name, files["evil"])
+    assert r.code == 2
+    assert "is not a dotted Python name" in r.err
+    assert r.out == ""
+
+
 def test_allowing_a_name_does_not_allow_a_dangerous_file(cli: Cli, files: dict[str, Path]
                                                          ) -> None:
     assert cli("scan", "--allow-global", "argparse.Namespace", files["evil"]).code == 1
