@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from safehub._fetch.cache import FileDigests, remove_tree, tree_digest
+from safehub._tarheaders import PaxBoundedInfo, TooManyPaxKeys
 from safehub._tree import walk
 from safehub.errors import FetchError
 
@@ -397,22 +398,15 @@ _HEADER_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHD
 _MAX_HEADER_CHAIN = 16
 _chain = threading.local()
 
-# Keys of a pax header, and of the global ones together: tarfile copies the global keys
-# into every member after them (and walks them), so one global header of 60,000 tiny keys
-# before 2,000 empty members (a 156 KB download) took 3.7 GiB of the parent's memory and
-# 45 s, growing with each member. Real headers hold a few fields (path, times, owner,
-# GitHub's commit comment).
-_MAX_PAX_KEYS = 64
 
-
-class _BoundedInfo(tarfile.TarInfo):
+class _BoundedInfo(PaxBoundedInfo):
     """A member header whose extension data, and run of extended headers, are bounded
-    before tarfile reads them: a 512 MiB long name from a 4 MiB download took 1.6 GiB of
-    the parent's memory."""
+    before tarfile reads them (a 512 MiB long name from a 4 MiB download took 1.6 GiB of
+    the parent's memory), and its pax keys as the base class bounds them."""
 
     def _proc_member(self, archive: Any) -> Any:  # tarfile's hook for each header
         if self.type not in _HEADER_TYPES:
-            return super()._proc_member(archive)  # type: ignore[misc]
+            return super()._proc_member(archive)
         if self.size > _MAX_HEADER_DATA:
             raise _Refused(f"an extended header of {self.size} bytes (at most "
                            f"{_MAX_HEADER_DATA})")
@@ -421,13 +415,11 @@ class _BoundedInfo(tarfile.TarInfo):
             raise _Refused(f"more than {_MAX_HEADER_CHAIN} extended headers in a row")
         _chain.depth = depth + 1
         try:
-            member = super()._proc_member(archive)  # type: ignore[misc]
+            return super()._proc_member(archive)
+        except TooManyPaxKeys as exc:
+            raise _Refused(str(exc)) from None
         finally:
             _chain.depth = depth
-        # Refused at the first header over the bound, before another member copies it.
-        if max(len(archive.pax_headers), len(member.pax_headers)) > _MAX_PAX_KEYS:
-            raise _Refused(f"a pax header of more than {_MAX_PAX_KEYS} fields")
-        return member
 
 
 @contextmanager

@@ -27,6 +27,7 @@ from safehub._scanner.fmt_pickle import STORAGE_ELEMENT_SIZE
 from safehub._scanner.judge import Loader, judge_stream
 from safehub._scanner.pickle_vm import Global, PickleCursor, StreamResult
 from safehub._scanner.source import ByteSource, Truncated
+from safehub._tarheaders import PaxBoundedInfo, TooManyPaxKeys
 
 __all__ = ["MAX_HEADER_READ", "MAX_MEMBERS", "TarProbe", "probe_tar", "read_member", "scan_tar"]
 
@@ -42,23 +43,14 @@ class _HeaderTooBig(Exception):
     """tarfile asked for more header bytes in one read than MAX_HEADER_READ."""
 
 
-# Keys of a pax header, and of the global ones together: tarfile copies the global keys
-# into every member after them, so one global header of 60,000 tiny keys before 2,000
-# empty members (a 1.7 MB file) took the scan 3.7 GiB and 27 s, growing with each member.
-# Real headers hold a few fields; more is refused as headers too big to parse.
-MAX_PAX_KEYS = 64
-_PAX_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
+class _PaxBounded(PaxBoundedInfo):
+    """Too many pax keys are headers too big to parse (SH191), as MAX_HEADER_READ's are."""
 
-
-class _PaxBounded(tarfile.TarInfo):
-    """A member header whose pax keys are bounded before another member copies them."""
-
-    def _proc_member(self, archive: Any) -> Any:  # tarfile's hook for each header
-        member = super()._proc_member(archive)  # type: ignore[misc]
-        if self.type in _PAX_TYPES and max(len(archive.pax_headers),
-                                           len(member.pax_headers)) > MAX_PAX_KEYS:
-            raise _HeaderTooBig()
-        return member
+    def _proc_member(self, archive: Any) -> Any:
+        try:
+            return super()._proc_member(archive)
+        except TooManyPaxKeys:
+            raise _HeaderTooBig() from None
 
 
 class _CappedFile:
