@@ -54,7 +54,6 @@ _PLAIN = re.compile(r"[\x20-\x7e]*")
 # A URL anywhere in a text: scheme://, then up to whitespace, a quote or a backslash (so in
 # serialized JSON it never reaches past its string).
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>\\]*")
-_URL_PARTS = re.compile(r"([^:]*://)([^/?#]*)(.*)", re.DOTALL)
 # A URL's userinfo, found on its own: RFC 3986 allows "'" there (a sub-delimiter), which
 # ends a URL match above, so "https://u:pa'ss@h" showed the whole password.
 _USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s\"<>\\]*@")
@@ -78,21 +77,7 @@ def _secret_name(name: str) -> bool:
 def _redact_url(url: str) -> str:
     tail = _TRAILING.search(url)  # sentence punctuation after a URL is not part of it
     end = tail.start() if tail else len(url)
-    m = _URL_PARTS.fullmatch(url[:end])
-    if m is None:
-        return url
-    scheme, authority, rest = m.groups()
-    if "@" in authority:
-        authority = REDACTED + "@" + authority.rpartition("@")[2]
-    path, mark, query = rest.partition("?")
-    if mark:
-        query, hash_, fragment = query.partition("#")
-        rest = path + mark + _redact_params(query) + hash_ + _redact_params(fragment)
-    else:
-        path, hash_, fragment = rest.partition("#")
-        # OAuth's implicit flow hands out tokens in the fragment (#access_token=...).
-        rest = path + hash_ + _redact_params(fragment)
-    return scheme + authority + rest + url[end:]
+    return redact_reference(url[:end]) + url[end:]
 
 
 def _redact_params(params: str) -> str:
@@ -112,8 +97,9 @@ def redact_secrets(text: str) -> str:
 
 def redact_reference(ref: str) -> str:
     """``ref``, a URL reference as a server sent it (absolute, ``//host/...``, ``/path?...``
-    or ``path?...``), with its credentials redacted as :func:`redact_secrets` redacts an
-    absolute URL's: a relative one has no ``://`` for that to find."""
+    or ``path?...``), with its credentials (userinfo, credential query and fragment values)
+    redacted; :func:`redact_secrets` applies it to each absolute URL in a text (a relative
+    one has no ``://`` for it to find)."""
     # Read as one reference (a header value): whitespace does not end it here.
     m = _REFERENCE.fullmatch(ref)
     if m is None:  # the pattern matches any text; kept for the type checker
