@@ -2,7 +2,7 @@
 
 Each child imports the repository afresh (nothing of an earlier call survives),
 and with bytecode writing off it compiled every module from source on every call.
-The parent compiles the tree once, in a short ``python -I -m compileall``
+The parent compiles the tree once, in a short ``python -I`` compileall
 subprocess (compiling runs no repository code), into a private folder outside the
 repository; the child reads it through Landlock's read-only rules and checks each
 file against its source's size and mtime as Python always does (a changed source is
@@ -11,10 +11,10 @@ means no cache: the call goes on without one.
 
 The compile runs with the caller's rights, outside the sandbox: a module that is a
 symbolic link to a file outside the repository (``helper.py -> ~/project/settings.py``)
-is not compiled (``compileall -e``). Its bytecode, constants and all, would otherwise
-sit in the folder the child may read, and the child's import would take it (the
-cached size and mtime match the link's target) without ever opening the source that
-Landlock denies it.
+is not compiled (compileall's ``limit_sl_dest``). Its bytecode, constants and all,
+would otherwise sit in the folder the child may read, and the child's import would
+take it (the cached size and mtime match the link's target) without ever opening the
+source that Landlock denies it.
 """
 
 from __future__ import annotations
@@ -33,6 +33,14 @@ from safehub._sandbox.sharing import folder_mode, read_only_file_mode
 __all__ = ["compile_in_background", "compiled"]
 
 _TIMEOUT_S = 20.0
+# compileall over the repo, its bytecode under the prefix (32 folder levels; links
+# leaving the repo skipped). The prefix is set after the imports: with ``-X
+# pycache_prefix`` the interpreter looked for its own standard library's bytecode there
+# too, found none, and compiled every module compileall imports from source (0.2 s of
+# CPU, beside the zygote's start) and wrote them into the folder the child reads.
+_COMPILE = ("import sys, compileall; sys.pycache_prefix = sys.argv[1]; "
+            "compileall.compile_dir(sys.argv[2], maxlevels=32, quiet=1, "
+            "limit_sl_dest=sys.argv[3])")
 _lock = threading.Lock()
 _root: str | None = None
 _done: dict[str, str | None] = {}
@@ -52,33 +60,47 @@ def compile_in_background(repo_dir: str) -> None:
     """Start compiling ``repo_dir`` now, so the compile overlaps the zygote's start and
     the caller's other work; :func:`compiled` then waits for it."""
     with _lock:
-        if repo_dir in _done or repo_dir in _pending:
-            return
-        thread = threading.Thread(target=compiled, args=(repo_dir,), daemon=True,
-                                  name="safehub-compile")
-        _pending[repo_dir] = thread
-    thread.start()
+        _start(repo_dir)
 
 
 def compiled(repo_dir: str) -> str | None:
     """The pycache prefix holding ``repo_dir``'s bytecode (compiled on first use)."""
     with _lock:
-        pending = _pending.get(repo_dir)
-    if pending is not None and pending is not threading.current_thread():
-        pending.join()
-    with _lock:
-        _pending.pop(repo_dir, None)
         if repo_dir in _done:
             return _done[repo_dir]
-        prefix = os.path.join(_private_root(), str(len(_done)))
+        thread = _start(repo_dir)
+    if thread is not None:
+        thread.join()
+    with _lock:
+        return _done.get(repo_dir)
+
+
+def _start(repo_dir: str) -> threading.Thread | None:
+    # Called under _lock, which guards the bookkeeping only: the compile itself runs
+    # outside it, so a second caller (the API's early start, then the runner's) never
+    # waits for a subprocess it did not ask to wait for.
+    if repo_dir in _done:
+        return None
+    thread = _pending.get(repo_dir)
+    if thread is None:
+        prefix = os.path.join(_private_root(), str(len(_done) + len(_pending)))
+        thread = threading.Thread(target=_compile, args=(repo_dir, prefix), daemon=True,
+                                  name="safehub-compile")
+        _pending[repo_dir] = thread
+        thread.start()
+    return thread
+
+
+def _compile(repo_dir: str, prefix: str) -> None:
+    result: str | None = None  # no cache, not an error: the child compiles in memory
+    try:
         os.mkdir(prefix, folder_mode())
         # Whatever was compiled before a failure or the timeout is used; the rest
         # compiles in the child. Links leaving the repo are skipped (-e): only what the
         # child could read itself is compiled for it.
         with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run([sys.executable, "-I", "-X", f"pycache_prefix={prefix}", "-m",
-                            "compileall", "-q", "-r", "32", "-e", os.path.realpath(repo_dir),
-                            repo_dir],
+            subprocess.run([sys.executable, "-I", "-c", _COMPILE, prefix, repo_dir,
+                            os.path.realpath(repo_dir)],
                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, timeout=_TIMEOUT_S, cwd="/",
                            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
@@ -87,5 +109,10 @@ def compiled(repo_dir: str) -> str | None:
                 os.chmod(os.path.join(folder, name), folder_mode())
             for name in files:
                 os.chmod(os.path.join(folder, name), read_only_file_mode())
-        _done[repo_dir] = prefix
-        return prefix
+        result = prefix
+    except OSError:
+        pass
+    finally:
+        with _lock:
+            _pending.pop(repo_dir, None)
+            _done[repo_dir] = result
