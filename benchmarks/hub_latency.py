@@ -173,6 +173,17 @@ def big_model(tmp: Path, tiny: Path, mib: int, runs: int) -> list[str]:
             f"{safe['peak_rss_mib']:.0f} MiB | {safe['peak_rss_mib'] / hub['peak_rss_mib']:.2f} |"]
 
 
+def compile_safehub() -> None:
+    """Compile the safehub the drivers import, as installing it does: a checkout run
+    with ``PYTHONDONTWRITEBYTECODE`` would otherwise compile its modules from source in
+    every process (0.2 s the API side paid and torch's installed modules did not)."""
+    spec = importlib.util.find_spec("safehub")
+    if spec is not None and spec.submodule_search_locations:
+        for folder in spec.submodule_search_locations:
+            subprocess.run([sys.executable, "-m", "compileall", "-q", folder], check=True,
+                           stdout=subprocess.DEVNULL)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=5)
@@ -181,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="size of the big model's weights (0: leave it out)")
     parser.add_argument("--only", help="run only the cases whose repo:entry contains this")
     args = parser.parse_args(argv)
+    compile_safehub()
     load_before = os.getloadavg()
     lines = [f"Python {platform.python_version()}, {os.cpu_count()} CPUs, "
              f"{args.calls} calls per process, whole-process median of {args.runs}.", "",
