@@ -71,8 +71,20 @@ def _installed(spec: importlib.machinery.ModuleSpec | None, sites: list[str]) ->
     return any(real.startswith(d + os.sep) for d in sites)
 
 
-def _shipped(repo_dir: Path, name: str) -> bool:
+def _shipped(repo_dir: Path, name: str, entries: frozenset[str]) -> bool:
+    # ``entries`` (the folder's listing) answers most names without a stat: this runs
+    # for every top-level module the process imported, twice per call. Exact names, as
+    # the import system's own finder matches them on Linux.
+    if f"{name}.py" not in entries and name not in entries:
+        return False
     return (repo_dir / f"{name}.py").exists() or (repo_dir / name).is_dir()
+
+
+def _entries(repo_dir: Path) -> frozenset[str]:
+    try:
+        return frozenset(os.listdir(repo_dir))
+    except OSError:
+        return frozenset()
 
 
 def preloadable_dependencies(repo_dir: Path) -> tuple[str, ...]:
@@ -80,11 +92,12 @@ def preloadable_dependencies(repo_dir: Path) -> tuple[str, ...]:
     installed in site-packages and not shadowed by the repo, plus the repo's top-level
     names this process already imported from site-packages, sorted (the zygote key)."""
     sites = _site_dirs()
+    entries = _entries(repo_dir)
     out = set()
     for name in _declared(repo_dir / "hubconf.py"):
         if not name.isidentifier() or name in _ALREADY:
             continue
-        if _shipped(repo_dir, name):
+        if _shipped(repo_dir, name, entries):
             continue  # the repo ships its own: torch.hub would import that one
         try:
             spec = importlib.util.find_spec(name)
@@ -95,7 +108,7 @@ def preloadable_dependencies(repo_dir: Path) -> tuple[str, ...]:
     for name, module in list(sys.modules.items()):
         # torch.hub finds these in sys.modules before it looks at the repo's copy.
         if "." in name or name in _ALREADY or not name.isidentifier() or \
-                not _shipped(repo_dir, name):
+                not _shipped(repo_dir, name, entries):
             continue
         if _installed(getattr(module, "__spec__", None), sites):
             out.add(name)
