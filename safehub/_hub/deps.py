@@ -5,8 +5,9 @@ torch.hub repos name what they need in ``hubconf.py``'s ``dependencies`` list
 fork, saves every call the seconds a fresh child spends importing them. Only
 packages installed in this environment's site-packages qualify: never a module of
 the repository itself (the list is read with ``ast``, nothing of the repo runs in
-this process), and never a name the repository also ships at its top level (there
-torch.hub imports the repo's copy, so the child must too) -- unless the calling
+this process), and never a name the repository also ships at its top level as a
+module the import system finds (source, sourceless bytecode, extension module or
+folder: there torch.hub imports the repo's copy, so the child must too) -- unless the calling
 process already imported the installed package: torch.hub then finds it in
 ``sys.modules`` and never imports the repo's copy (``import torchvision`` before
 ``torch.hub.load("pytorch/vision", ...)``, whose unbuilt ``torchvision/`` cannot be
@@ -71,13 +72,22 @@ def _installed(spec: importlib.machinery.ModuleSpec | None, sites: list[str]) ->
     return any(real.startswith(d + os.sep) for d in sites)
 
 
+# Every file name the import system's path finder takes as a top-level module, in its
+# order: extension modules (``name.cpython-311-x86_64-linux-gnu.so``, ``name.abi3.so``,
+# ``name.so``), source (``name.py``) and sourceless bytecode (``name.pyc``). A repository
+# shipping ``yaml.pyc`` has torch.hub import that file, not the installed yaml.
+_MODULE_SUFFIXES = tuple(importlib.machinery.all_suffixes())
+
+
 def _shipped(repo_dir: Path, name: str, entries: frozenset[str]) -> bool:
     # ``entries`` (the folder's listing) answers most names without a stat: this runs
     # for every top-level module the process imported, twice per call. Exact names, as
-    # the import system's own finder matches them on Linux.
-    if f"{name}.py" not in entries and name not in entries:
-        return False
-    return (repo_dir / f"{name}.py").exists() or (repo_dir / name).is_dir()
+    # the import system's own finder matches them on Linux. Counting a name too many is
+    # harmless: a declared one is left to the child's own import, and one the caller
+    # imported is preloaded, as torch.hub takes it from sys.modules either way.
+    if any(name + suffix in entries for suffix in _MODULE_SUFFIXES):
+        return True
+    return name in entries and (repo_dir / name).is_dir()
 
 
 def _entries(repo_dir: Path) -> frozenset[str]:

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import py_compile
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
+
+import pytest
 
 import safehub
 from safehub._hub.deps import preloadable_dependencies
@@ -54,12 +57,19 @@ SHADOWED = textwrap.dedent('''
 ''')
 
 
-def _shadowing_repo(root: Path) -> Path:
+def _shadowing_repo(root: Path, shipped_as: str = "package") -> Path:
     """A repo shipping its own top-level ``tomli_w`` (an installed package, a safehub
-    dependency that neither safehub nor torch imports for a load)."""
+    dependency that neither safehub nor torch imports for a load): a package folder, or
+    sourceless bytecode (``tomli_w.pyc``, which the import system takes as the module)."""
     repo = root / "repo"
-    (repo / "tomli_w").mkdir(parents=True)
-    (repo / "tomli_w" / "__init__.py").write_text("FROM_REPO = True\n")
+    repo.mkdir(parents=True)
+    if shipped_as == "package":
+        (repo / "tomli_w").mkdir()
+        (repo / "tomli_w" / "__init__.py").write_text("FROM_REPO = True\n")
+    else:
+        source = root / "tomli_w_source.py"
+        source.write_text("FROM_REPO = True\n")
+        py_compile.compile(str(source), cfile=str(repo / "tomli_w.pyc"), doraise=True)
     (repo / "hubconf.py").write_text(SHADOWED)
     return repo
 
@@ -87,8 +97,11 @@ def _from_repo(repo: Path, *, caller_imports: bool, plain_torch_hub: bool) -> bo
     return bool(from_repo)
 
 
-def test_a_package_the_repo_ships_is_never_preloaded(tmp_path: Path) -> None:
-    repo = _shadowing_repo(tmp_path)
+@pytest.mark.parametrize("shipped_as", ["package", "sourceless"])
+def test_a_package_the_repo_ships_is_never_preloaded(tmp_path: Path, shipped_as: str) -> None:
+    # A sourceless ``tomli_w.pyc`` was not seen as shipped: the zygote preloaded the
+    # installed tomli_w, and the entrypoint ran with it instead of the repo's module.
+    repo = _shadowing_repo(tmp_path, shipped_as)
     # As torch.hub in a fresh process: the repo's own copy is imported, not the
     # installed package.
     assert _from_repo(repo, caller_imports=False, plain_torch_hub=True) is True
@@ -186,3 +199,4 @@ def test_a_second_early_start_does_not_wait_for_the_zygote() -> None:
         assert sandbox.zygote_pid is not None
     finally:
         sandbox.close()
+
