@@ -200,3 +200,27 @@ def test_a_second_early_start_does_not_wait_for_the_zygote() -> None:
     finally:
         sandbox.close()
 
+
+def test_a_large_hubconf_costs_the_caller_nothing(tmp_path: Path) -> None:
+    # The parent parses the hubconf for its ``dependencies`` before any sandbox exists: a
+    # 4 MiB list literal cost the caller's own process 16 s of CPU and 2 GB of memory, at
+    # every call. Above the bound nothing is parsed (and nothing preloaded).
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    filler = "x = [" + "0," * (512 << 10) + "]\n"  # 1 MiB, ~500 MB to parse
+    (repo / "hubconf.py").write_text('dependencies = ["safetensors"]\n' + filler)
+    code = textwrap.dedent(f"""
+        import resource, sys
+        from pathlib import Path
+        from safehub._hub.deps import preloadable_dependencies
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        found = preloadable_dependencies(Path({str(repo)!r}))
+        grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+        print(list(found), grew // 1024)
+    """)
+    root = str(Path(safehub.__file__).resolve().parents[1])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": root})
+    assert done.returncode == 0, done.stderr[-2000:]
+    found, grew_mb = done.stdout.split("] ")
+    assert found == "[" and int(grew_mb) < 64, done.stdout
