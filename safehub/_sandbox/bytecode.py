@@ -1,4 +1,4 @@
-"""Repository bytecode compiled once per process, read-only to every child.
+"""Repository bytecode compiled once per folder, read-only to every child.
 
 Each child imports the repository afresh (nothing of an earlier call survives),
 and with bytecode writing off it compiled every module from source on every call.
@@ -7,7 +7,9 @@ subprocess (compiling runs no repository code), into a private folder outside th
 repository; the child reads it through Landlock's read-only rules and checks each
 file against its source's size and mtime as Python always does (a changed source is
 compiled in memory again). A failure or a slow tree (a FIFO named ``x.py``) only
-means no cache: the call goes on without one.
+means no cache: the call goes on without one. A folder's bytecode lives as long as
+the folder: once it is gone (a call's private verified copy, a conversion's entry
+folder) or replaced at its path, the next compile removes it.
 
 The compile runs with the caller's rights, outside the sandbox: a module that is a
 symbolic link to a file outside the repository (``helper.py -> ~/project/settings.py``)
@@ -21,12 +23,14 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import itertools
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
+from typing import NamedTuple
 
 from safehub._sandbox.sharing import folder_mode, read_only_file_mode
 
@@ -43,8 +47,14 @@ _COMPILE = ("import sys, compileall; sys.pycache_prefix = sys.argv[1]; "
             "limit_sl_dest=sys.argv[3])")
 _lock = threading.Lock()
 _root: str | None = None
-_done: dict[str, str | None] = {}
+_done: dict[str, _Compiled] = {}
 _pending: dict[str, threading.Thread] = {}
+_names = itertools.count()
+
+
+class _Compiled(NamedTuple):
+    prefix: str | None  # None: no cache (the child compiles in memory)
+    folder: tuple[int, int, int] | None  # the repository folder's identity when compiled
 
 
 def _private_root() -> str:
@@ -60,19 +70,34 @@ def compile_in_background(repo_dir: str) -> None:
     """Start compiling ``repo_dir`` now, so the compile overlaps the zygote's start and
     the caller's other work; :func:`compiled` then waits for it."""
     with _lock:
+        stale = _forget_gone()
         _start(repo_dir)
+    _remove(stale)
 
 
 def compiled(repo_dir: str) -> str | None:
     """The pycache prefix holding ``repo_dir``'s bytecode (compiled on first use)."""
     with _lock:
-        if repo_dir in _done:
-            return _done[repo_dir]
+        stale = _forget_gone()
         thread = _start(repo_dir)
-    if thread is not None:
-        thread.join()
+        prefix = _done[repo_dir].prefix if thread is None else None
+    _remove(stale)
+    if thread is None:
+        return prefix
+    thread.join()
     with _lock:
-        return _done.get(repo_dir)
+        done = _done.get(repo_dir)
+        return None if done is None else done.prefix
+
+
+def _identity(folder: str) -> tuple[int, int, int] | None:
+    # The inode alone is no identity: a folder removed and made again at its path often
+    # gets the same number back. Its change time moves with every entry added or removed.
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_ctime_ns)
 
 
 def _start(repo_dir: str) -> threading.Thread | None:
@@ -83,7 +108,7 @@ def _start(repo_dir: str) -> threading.Thread | None:
         return None
     thread = _pending.get(repo_dir)
     if thread is None:
-        prefix = os.path.join(_private_root(), str(len(_done) + len(_pending)))
+        prefix = os.path.join(_private_root(), str(next(_names)))
         thread = threading.Thread(target=_compile, args=(repo_dir, prefix), daemon=True,
                                   name="safehub-compile")
         _pending[repo_dir] = thread
@@ -91,8 +116,26 @@ def _start(repo_dir: str) -> threading.Thread | None:
     return thread
 
 
+def _forget_gone() -> list[str]:
+    """Under _lock: forget the bytecode of each folder that no longer exists or was
+    replaced by another folder at its path (compiled again when asked for); returns the
+    prefixes to remove. Each call of a verified private copy (a fresh temporary folder)
+    and each conversion left a whole compiled copy here until the process ended, a
+    repository's worth of disk per call."""
+    gone = [repo for repo, done in _done.items()
+            if done.folder is None or _identity(repo) != done.folder]
+    return [prefix for prefix in (_done.pop(repo).prefix for repo in gone)
+            if prefix is not None]
+
+
+def _remove(prefixes: list[str]) -> None:
+    for prefix in prefixes:  # outside _lock: a large tree takes a while
+        shutil.rmtree(prefix, ignore_errors=True)
+
+
 def _compile(repo_dir: str, prefix: str) -> None:
     result: str | None = None  # no cache, not an error: the child compiles in memory
+    identity = _identity(repo_dir)
     try:
         os.mkdir(prefix, folder_mode())
         # Whatever was compiled before a failure or the timeout is used; the rest
@@ -115,4 +158,4 @@ def _compile(repo_dir: str, prefix: str) -> None:
     finally:
         with _lock:
             _pending.pop(repo_dir, None)
-            _done[repo_dir] = result
+            _done[repo_dir] = _Compiled(result, identity)

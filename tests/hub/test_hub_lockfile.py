@@ -100,3 +100,20 @@ def test_a_locked_ref_runs_its_locked_commit(tmp_path: Path, hub: FakeHub, cli: 
     result = cli("list", "acme/other", "--policy", policy, "--lockfile", lock, "--frozen")
     assert result.code == 1 and "not in the frozen lockfile" in result.err
     assert hub.count("/api/repos/acme/other") == 0
+
+
+def test_a_verified_copys_bytecode_does_not_outlive_its_call(tmp_path: Path, cli: Cli) -> None:
+    # Each call runs a fresh private copy, compiled into the process's bytecode folder:
+    # every call left its whole compiled copy there until the process ended (a large
+    # locked repository filled the temporary folder call after call).
+    from safehub._sandbox import bytecode
+
+    repo = _repo(tmp_path / "local", 1)
+    lock = tmp_path / "safehub.lock"
+    assert cli("lock", "--path", repo, "--lockfile", lock).code == 0
+    kept = []
+    for _ in range(3):
+        assert _ran(safehub.load(str(repo), "where", source="local", lockfile=lock))[1] == 1
+        root = Path(bytecode._private_root())
+        kept.append(sum(1 for _ in root.rglob("hubconf.*.pyc")))
+    assert kept[-1] == kept[0], f"compiled copies kept after each call: {kept}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -63,3 +64,24 @@ def test_a_second_start_does_not_wait_for_the_compile(tmp_path: Path,
     assert not waited, "a second start waited for the running compile"
     assert prefix is not None
     assert any(Path(prefix).rglob("hubconf.*.pyc"))
+
+
+def test_a_folders_bytecode_goes_when_the_folder_goes(tmp_path: Path) -> None:
+    # Each call of a verified private copy (a fresh temporary folder) and each conversion
+    # left its whole compiled copy in the process's bytecode folder until exit.
+    first = _repo(tmp_path / "first")
+    old = Path(bytecode.compiled(str(first)) or "")
+    assert any(old.rglob("*.pyc"))
+    shutil.rmtree(first)
+    assert bytecode.compiled(str(_repo(tmp_path / "second"))) is not None
+    assert not old.exists(), "a removed folder's bytecode was kept"
+
+
+def test_a_folder_replaced_at_its_path_is_compiled_again(tmp_path: Path) -> None:
+    repo = _repo(tmp_path / "x")
+    old = Path(bytecode.compiled(str(repo)) or "")
+    shutil.rmtree(repo)
+    _repo(tmp_path / "x")
+    new = bytecode.compiled(str(repo))
+    assert new is not None and Path(new) != old and not old.exists()
+    assert any(Path(new).rglob("model.*.pyc"))
