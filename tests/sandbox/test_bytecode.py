@@ -4,8 +4,12 @@ who waits for the compile."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
+import subprocess
+import sys
+import textwrap
 import threading
 from pathlib import Path
 
@@ -85,3 +89,27 @@ def test_a_folder_replaced_at_its_path_is_compiled_again(tmp_path: Path) -> None
     new = bytecode.compiled(str(repo))
     assert new is not None and Path(new) != old and not old.exists()
     assert any(Path(new).rglob("model.*.pyc"))
+
+
+def test_the_compile_is_bounded_and_a_module_over_the_bound_is_left_to_the_child(
+        tmp_path: Path) -> None:
+    # The compile runs outside every sandbox limit: a 4 MiB list literal took 2 GB (a
+    # 20 MB one 8 GB). Measured in a fresh process, whose only child is the compile.
+    repo = _repo(tmp_path)
+    (repo / "big.py").write_text("x = [" + "0," * (2 << 20) + "]\n")
+    code = textwrap.dedent(f"""
+        import json, resource
+        from pathlib import Path
+        from safehub._sandbox import bytecode
+        prefix = Path(bytecode.compiled({str(repo)!r}))  # removed as this process exits
+        print(json.dumps([resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
+                          sorted(p.name for p in prefix.rglob("*.pyc"))]))
+    """)
+    root = str(Path(bytecode.__file__).resolve().parents[2])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": root})
+    assert done.returncode == 0, done.stderr[-2000:]
+    peak, found = json.loads(done.stdout)
+    assert peak <= bytecode._MEMORY, f"the compile used {peak >> 20} MiB"
+    model = Path(importlib.util.cache_from_source(str(repo / "pkg" / "model.py"))).name
+    assert model in found and not any(name.startswith("big.") for name in found)
