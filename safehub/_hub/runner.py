@@ -230,9 +230,13 @@ def _local_repo(policy: Policy, call: HubCall, stack: contextlib.ExitStack,
                   if r.kind == "signature"]
     decision = replace(decision, requirements=(*decision.requirements, *signatures))
     signed = decision.requirement("signature") is not None
-    locked = fetcher.lockfile is not None and (
-        fetcher.frozen or fetcher.lockfile.local(path) is not None)
-    if not signed and not locked:
+    listed = fetcher.lockfile is not None and fetcher.lockfile.local(path) is not None
+    if not listed:
+        # A frozen lockfile refuses an unlisted folder here, before anything is copied:
+        # the copy reads and writes every byte of the folder (a sparse 4 GB file, 8 KB on
+        # disk, became 4 GB of temporary files and 26 s of work before that refusal).
+        fetcher.check_local(path)
+    if not signed and not listed:
         return path
     private = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="safehub-repo-")))
     copy = private / path.name
@@ -240,7 +244,7 @@ def _local_repo(policy: Policy, call: HubCall, stack: contextlib.ExitStack,
     # than following them.
     copy_tree(path, copy)
     _read_only(copy)
-    if locked:
+    if listed:
         fetcher.check_local(path, contents=copy)
     if signed:
         verify_signatures(decision, copy, str(path))

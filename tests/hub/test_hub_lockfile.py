@@ -4,6 +4,9 @@ refuses the rest. Real sandbox, real CLI, a real loopback GitHub."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -117,3 +120,30 @@ def test_a_verified_copys_bytecode_does_not_outlive_its_call(tmp_path: Path, cli
         root = Path(bytecode._private_root())
         kept.append(sum(1 for _ in root.rglob("hubconf.*.pyc")))
     assert kept[-1] == kept[0], f"compiled copies kept after each call: {kept}"
+
+
+def test_frozen_refuses_an_unlisted_folder_before_copying_it(tmp_path: Path, cli: Cli) -> None:
+    # The refusal came after the folder was copied for verification: a sparse 4 GB file
+    # (8 KB on disk) became 4 GB of temporary files first. Here the process may write no
+    # file over 64 MB, so a copy fails with "File too large" instead of being refused.
+    listed = _repo(tmp_path / "listed", 1)
+    other = _repo(tmp_path / "other", 1)
+    with open(other / "weights.bin", "wb") as fh:
+        fh.truncate(1 << 30)
+    lock = tmp_path / "safehub.lock"
+    assert cli("lock", "--path", listed, "--lockfile", lock).code == 0
+    code = textwrap.dedent(f"""
+        import resource, signal
+        import safehub
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 20, 64 << 20))
+        try:
+            safehub.list({str(other)!r}, source="local", lockfile={str(lock)!r}, frozen=True)
+        except Exception as exc:
+            print(type(exc).__name__, exc)
+    """)
+    root = str(Path(safehub.__file__).resolve().parents[1])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": root})
+    assert done.stdout.startswith("PolicyViolation") and "not in the frozen lockfile" in \
+        done.stdout, done.stdout + done.stderr[-2000:]
