@@ -399,15 +399,23 @@ def _threads(tasks: int) -> int:
 
 def _use_bytecode(repo: str, prefix: str) -> None:
     """Read the repository's modules from the parent's compiled copy (see ``bytecode``);
-    every other module keeps its own ``__pycache__``."""
+    every other module keeps its own ``__pycache__``.
+
+    A module is the repository's by its real path, however the import spelled it: a
+    hubconf that puts ``os.path.realpath(here)/src`` on ``sys.path`` (the repo reached
+    through a symbolic link) had its modules' bytecode looked up in the repository's own
+    ``__pycache__``, where a shipped unchecked-hash ``.pyc`` ran in place of the source."""
     import importlib._bootstrap_external as external
 
     original = external.cache_from_source
     inside = repo.rstrip(os.sep) + os.sep
+    real_inside = os.path.realpath(repo).rstrip(os.sep) + os.sep
 
     def cache_from_source(path: str, debug_override: Any = None, *,
                           optimization: Any = None) -> str:
-        if not str(path).startswith(inside):
+        spelled = str(path)
+        if not spelled.startswith(inside) and not os.path.realpath(
+                os.path.abspath(spelled)).startswith(real_inside):
             return original(path, debug_override, optimization=optimization)
         saved = sys.pycache_prefix
         sys.pycache_prefix = prefix

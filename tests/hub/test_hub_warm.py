@@ -4,6 +4,7 @@ imported the installed package, as torch.hub then uses it) and reused across cal
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import py_compile
@@ -224,3 +225,37 @@ def test_a_large_hubconf_costs_the_caller_nothing(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     found, grew_mb = done.stdout.split("] ")
     assert found == "[" and int(grew_mb) < 64, done.stdout
+
+
+def test_a_shipped_pyc_never_runs_in_place_of_its_source(tmp_path: Path) -> None:
+    # The child read the parent's bytecode only for paths spelled under the repo folder:
+    # reached through a symbolic link, a hubconf putting its real path on sys.path had its
+    # modules' bytecode looked up in the repo's own __pycache__, where an unchecked-hash
+    # .pyc (never compared with its source) ran instead of the source.
+    real = tmp_path / "real"
+    (real / "src").mkdir(parents=True)
+    (real / "hubconf.py").write_text(textwrap.dedent('''
+        import os, sys
+        import torch
+        sys.path.insert(0, os.path.join(os.path.realpath(os.path.dirname(__file__)), "src"))
+        import helper
+
+
+        def probe():
+            return {"value": torch.tensor([helper.VALUE])}
+    '''))
+    (real / "src" / "helper.py").write_text("VALUE = 1\n")
+    shipped = tmp_path / "shipped.py"
+    shipped.write_text("VALUE = 666\n")
+    py_compile.compile(str(shipped), doraise=True,
+                       cfile=importlib.util.cache_from_source(str(real / "src" / "helper.py")),
+                       invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    link = real / "again"  # the repo reached through a link (one the sandbox may follow)
+    link.symlink_to(".")
+    plain = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.hub.load("
+         f"{str(link)!r}, 'probe', source='local', trust_repo=True)['value'].item())"],
+        capture_output=True, text=True, timeout=300)
+    assert plain.stdout.split()[-1:] == ["666"], plain.stderr[-2000:]  # torch.hub takes it
+    assert safehub.load(str(link), "probe", source="local")["value"].item() == 1
+    assert safehub.load(str(real), "probe", source="local")["value"].item() == 1
