@@ -14,8 +14,9 @@ After :func:`enforce`:
 - ``torch.jit.load`` and ``torch.package.PackageImporter`` run code stored in the file:
   refused, unless the policy allows TorchScript (``scanner.allow_torchscript``) and
   the scan of the snapshot passes (a package's Python modules are always findings).
-  ``torch.jit.mobile._load_for_lite_interpreter`` and
-  ``torch.jit.jit_module_from_flatbuffer`` follow the same rule.
+  ``torch.jit.mobile._load_for_lite_interpreter``,
+  ``torch.jit.jit_module_from_flatbuffer`` and the mobile bytecode backports follow the
+  same rule; torch._C's TorchScript readers refuse outside a load that took it.
 - AOTInductor packages (``torch._inductor.aoti_load_package``, ``torch.export.load`` of a
   .pt2 with compiled models, ``torch._export.aot_load``) load a shared library: always
   refused, at ``torch._C._aoti``'s loader classes.
@@ -371,7 +372,18 @@ def _torch_patches(torch: ModuleType) -> list[CodePatch | AttrPatch]:
                   "torch.jit.mobile._load_for_lite_interpreter", _enforced(loaders.lite_load)),
         CodePatch(torch.jit._serialization.jit_module_from_flatbuffer,
                   "torch.jit.jit_module_from_flatbuffer", _enforced(loaders.flatbuffer_load)),
+        CodePatch(torch.jit.mobile._backport_for_mobile,
+                  "torch.jit.mobile._backport_for_mobile",
+                  _enforced(loaders.backport_for_mobile)),
+        CodePatch(torch.jit.mobile._backport_for_mobile_to_buffer,
+                  "torch.jit.mobile._backport_for_mobile_to_buffer",
+                  _enforced(loaders.backport_for_mobile_to_buffer)),
     ]
+    # TorchScript's readers, where every Python route to them ends: outside a load that
+    # took the TorchScript rule above they refuse.
+    patches += [AttrPatch(torch._C, name, loaders.ScannedOnlyReader(
+                    getattr(torch._C, name), f"torch._C.{name}"))
+                for name in loaders.TORCHSCRIPT_READERS if hasattr(torch._C, name)]
     # AOTInductor: every Python route (aoti_load_package, torch.export.load, aot_load)
     # constructs one of these C classes through the module attribute.
     aoti = getattr(torch._C, "_aoti", None)

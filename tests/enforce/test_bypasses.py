@@ -187,6 +187,12 @@ _SCRIPT_LOADS = [
     ("lite", "from torch.jit.mobile import _load_for_lite_interpreter as L; L(open(P, 'rb'))"),
     ("flatbuffer", "import torch; torch.jit.jit_module_from_flatbuffer(P)"),
     ("flatbuffer", "from torch.jit._serialization import jit_module_from_flatbuffer as J; J(P)"),
+    # The bytecode backports load the archive as TorchScript to rewrite it.
+    ("lite", "import torch.jit.mobile; torch.jit.mobile._backport_for_mobile(P, P + '.v5', 5)"),
+    ("lite", "from torch.jit.mobile import _backport_for_mobile_to_buffer as B; "
+             "B(open(P, 'rb'), 5)"),
+    # A route enforcement does not wrap ends in torch._C's reader, which refuses.
+    ("lite", "import torch; torch._C._backport_for_mobile_to_buffer(P, 5)"),
 ]
 
 

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import pytest
 import torch
+import torch.jit.mobile
 from torch import load as load_bound_early  # bound before any enforce()
 from torch.hub import load_state_dict_from_url as lsdfu_bound_early
 
@@ -385,6 +386,13 @@ def test_torchscript_loads_from_the_snapshot_only_when_every_policy_allows_it(
         assert torch.equal(loaded.weight, scripted.weight)
         with safehub.enforce("default"), pytest.raises(PolicyViolation, match="TorchScript"):
             torch.jit.load(path)
+        # The mobile routes take the same rule; torch._C's readers serve them inside it.
+        lite = tmp_path / "ts.ptl"
+        scripted._save_for_lite_interpreter(str(lite))
+        assert torch.jit.mobile._load_for_lite_interpreter(str(lite)) is not None
+        assert torch.jit.mobile._backport_for_mobile_to_buffer(str(lite), 5)
+        with pytest.raises(PolicyViolation, match="outside a load safehub scanned"):
+            torch._C._backport_for_mobile_to_buffer(str(lite), 5)
 
 
 def test_a_legitimate_dcp_checkpoint_loads_when_the_policy_allows_its_classes(
