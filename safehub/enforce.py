@@ -242,8 +242,29 @@ def enforce(policy: Policy | str | os.PathLike[str] | None = None) -> Enforcemen
     """
     enforcement = Enforcement(load_policy(policy))
     _state.push(enforcement)
+    _finish_torch_import()
     _say_what_is_guarded(enforcement)
     return enforcement
+
+
+def _finish_torch_import() -> None:
+    """Patch torch now if another thread is importing it (a warm-up thread).
+
+    Its spec was found before the import hook existed, so the hook never wraps it, and
+    the patches would wait for some later import: until then torch.jit.load and
+    torch.hub ran unguarded. Wait for that import as a second ``import torch`` would
+    (the module's import lock; outside ``_lock``, which the importing thread's hook
+    takes), then patch. In the importing thread itself the lock is not waited for.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None or _state.torch_patches or not _state.stack:
+        return
+    if not getattr(getattr(torch, "__spec__", None), "_initializing", False):
+        return
+    wait = getattr(getattr(importlib, "_bootstrap", None), "_lock_unlock_module", None)
+    if wait is not None:
+        wait("torch")
+    _install_if_imported()
 
 
 def _say_what_is_guarded(enforcement: Enforcement) -> None:

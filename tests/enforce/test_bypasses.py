@@ -139,6 +139,50 @@ def test_probing_for_torch_under_sitecustomize_keeps_every_patch(
             "safehub.enforce") in out.stdout
 
 
+_WARM_UP_THREAD = """
+import importlib.abc, sys, threading, time
+import safehub
+
+started = threading.Event()
+
+
+class Pause(importlib.abc.MetaPathFinder):
+    # Scaffolding that makes the race certain: the warm-up thread's import of torch stops
+    # halfway until enforce() has put its import hook in place.
+    def find_spec(self, name, path, target=None):
+        if name == "torch.serialization" and threading.current_thread().name == "warmup":
+            started.set()
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not any(
+                    type(f).__name__ == "_TorchImportHook" for f in sys.meta_path):
+                time.sleep(0.01)
+        return None
+
+
+sys.meta_path.insert(0, Pause())
+warmup = threading.Thread(target=lambda: __import__("torch"), name="warmup")
+warmup.start()
+started.wait()
+enforcement = safehub.enforce()
+warmup.join()
+import torch
+print("WAITING", enforcement.waiting_for_torch)
+"""
+
+
+def test_enforce_while_another_thread_imports_torch_patches_torch(
+        tmp_path: Path, torchscript: tuple[Path, Path]) -> None:
+    """torch's spec was found before the hook existed: the patches waited for some later
+    import, and torch.jit.load ran the archive's __setstate__ under enforce()."""
+    path, marker = torchscript
+    marker.unlink(missing_ok=True)
+    out = _run(_WARM_UP_THREAD + _guarded(f"torch.jit.load({str(path)!r})"), tmp_path,
+               site=False)
+    assert "WAITING False" in out.stdout, (out.stdout, out.stderr)
+    assert "REFUSED PolicyViolation" in out.stdout, (out.stdout, out.stderr)
+    assert not marker.exists()
+
+
 # --- 2. TorchScript lite/flatbuffer loaders and AOTInductor packages --------------------
 
 _BUILD_SCRIPT = '''
