@@ -27,8 +27,8 @@ from safehub.findings import FileReport
 
 __all__ = ["TORCHSCRIPT_READERS", "RefusedNativeLoader", "ScannedOnlyReader",
            "backport_for_mobile", "backport_for_mobile_to_buffer", "flatbuffer_load",
-           "jit_load", "lite_load", "package_importer_init", "scan_snapshot", "snapshot_of",
-           "torch_load", "weights_only_globals"]
+           "jit_load", "lite_load", "package_importer_init", "refused_exported_program",
+           "scan_snapshot", "snapshot_of", "torch_load", "weights_only_globals"]
 
 log = logging.getLogger("safehub")
 
@@ -243,6 +243,22 @@ def backport_for_mobile_to_buffer(original: Callable[..., Any], policies: Polici
     """``torch.jit.mobile._backport_for_mobile_to_buffer``: as :func:`backport_for_mobile`."""
     return _load_scanned("torch.jit.mobile._backport_for_mobile_to_buffer", f_input,
                          policies, lambda source: original(source, to_version))
+
+
+def refused_exported_program(*args: Any, **kwargs: Any) -> Any:
+    """``ExportedProgramDeserializer.deserialize`` under enforcement: always refused.
+
+    An ExportedProgram (``torch.export.load``, ``load_pt2``, the models of an
+    ``aoti_load_package`` archive) is code: torch evaluates its symbolic shapes with
+    ``sympy.sympify`` (Python ``eval``) while loading, and its graph calls whatever its
+    targets name under ``torch``. The scanner does not read it.
+    """
+    raise PolicyViolation(
+        "loading an ExportedProgram is refused under enforcement: torch evaluates the "
+        "file's shape expressions as Python (sympy.sympify) and runs the calls its graph "
+        "names", subject="<ExportedProgram>", fix="load the model's weights (safetensors "
+        "or a weights-only checkpoint) into a model built from trusted code",
+        trail=["deny    enforce: ExportedPrograms are code"])
 
 
 class RefusedNativeLoader:

@@ -335,6 +335,77 @@ def test_aotinductor_is_refused_in_process_even_when_torchscript_is_allowed(
     assert not marker.exists()
 
 
+def _exported_program(path: Path, marker: Path) -> Path:
+    """A real torch.export archive whose symbolic shape expressions create ``marker``."""
+    import json
+
+    class Double(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 2
+
+    batch = torch.export.Dim("b", min=2, max=100)
+    program = torch.export.export(Double(), (torch.ones(4, 3),),
+                                  dynamic_shapes={"x": {0: batch}})
+    clean = path.with_suffix(".clean.pt2")
+    torch.export.save(program, str(clean))
+    payload = ("sympify.__globals__['__builtins__']['exec']"
+               f"('open(\"{marker}\", \"w\").close()')")
+
+    def poison(node: object) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "expr_str":
+                    node[key] = payload
+                else:
+                    poison(value)
+        elif isinstance(node, list):
+            for value in node:
+                poison(value)
+
+    with zipfile.ZipFile(clean) as zin, zipfile.ZipFile(path, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            if info.filename.endswith("models/model.json"):
+                tree = json.loads(data)
+                poison(tree)
+                data = json.dumps(tree).encode()
+            zout.writestr(info.filename, data)
+    return path
+
+
+_EXPORT_LOADS = [
+    "import torch; torch.export.load(P)",
+    "import torch._inductor; torch._inductor.aoti_load_package(P)",
+    "from torch.export.pt2_archive._package import load_pt2; load_pt2(P)",
+]
+
+
+@pytest.mark.parametrize("load", _EXPORT_LOADS)
+def test_an_exported_program_is_refused_before_its_expressions_are_evaluated(
+        tmp_path: Path, marker_dir: Path, load: str) -> None:
+    """torch.export's deserializer evals the file's shape expressions (sympy.sympify): the
+    archive ran its code under enforce(), and the scanner does not read it."""
+    marker = marker_dir / "fired"
+    path = _exported_program(tmp_path / "evil.pt2", marker)
+    program = f"P = {str(path)!r}\n" + _guarded(load)
+    plain = _run(program, tmp_path, site=False)
+    assert marker.exists(), (plain.stdout, plain.stderr)
+    marker.unlink()
+
+    # The deserializer's module is imported by the load, after enforcement began.
+    enforced = _run(program, tmp_path, site=True)
+    assert "REFUSED PolicyViolation" in enforced.stdout, (enforced.stdout, enforced.stderr)
+    assert "ExportedProgram" in enforced.stdout
+    assert not marker.exists()
+
+    # And when it was imported before.
+    import torch._export.serde.serialize  # noqa: F401
+
+    with safehub.enforce(), pytest.raises(SafehubError, match="ExportedProgram"):
+        exec(load, {"P": str(path)})
+    assert not marker.exists()
+
+
 # --- 3. wildcard allowances and BUILD on classes or functions ---------------------------
 
 def _binunicode(text: str) -> bytes:
