@@ -14,11 +14,15 @@ After :func:`enforce`:
 - ``torch.jit.load`` and ``torch.package.PackageImporter`` run code stored in the file:
   refused, unless the policy allows TorchScript (``scanner.allow_torchscript``) and
   the scan of the snapshot passes (a package's Python modules are always findings).
-  ``torch.jit.mobile._load_for_lite_interpreter`` and
-  ``torch.jit.jit_module_from_flatbuffer`` follow the same rule.
+  ``torch.jit.mobile._load_for_lite_interpreter``,
+  ``torch.jit.jit_module_from_flatbuffer`` and the mobile bytecode backports follow the
+  same rule; torch._C's TorchScript readers refuse outside a load that took it.
 - AOTInductor packages (``torch._inductor.aoti_load_package``, ``torch.export.load`` of a
   .pt2 with compiled models, ``torch._export.aot_load``) load a shared library: always
   refused, at ``torch._C._aoti``'s loader classes.
+- ExportedPrograms (``torch.export.load``, ``load_pt2``) are code (their shape
+  expressions are evaluated as Python while loading): always refused, at torch's
+  deserializer, patched when its module is imported.
 - ``pickle.load``, ``pickle.loads``, ``pickle.Unpickler`` (and so ``numpy.load`` with
   ``allow_pickle=True``, ``joblib.load`` and ``torch.distributed.checkpoint``'s
   metadata) resolve only the globals every policy allows: the scanner's default
@@ -128,6 +132,8 @@ class _State:
         self.base_patches: list[AttrPatch | CodePatch] = []
         self.torch_patches: list[CodePatch | AttrPatch] = []
         self.finder: _TorchImportHook | None = None
+        self.late_finder: _LateImportHook | None = None
+        self.late_done: set[str] = set()
         self.installing = False
 
     def push(self, enforcement: Enforcement) -> None:
@@ -186,13 +192,34 @@ class _State:
             if self.finder is not None and self.finder in sys.meta_path:
                 sys.meta_path.remove(self.finder)
             self.finder = None
+            self.late_finder = _LateImportHook()
+            sys.meta_path.insert(0, self.late_finder)
+            for name in _LATE_PATCHES:
+                late = sys.modules.get(name)
+                if late is not None and not _initializing(late):
+                    self.install_late(late)
             log.debug("safehub enforcement active (policies %s)",
                       ", ".join(p.name for p in self.policies))
+
+    def install_late(self, module: ModuleType) -> None:
+        """Patch a torch module that ``import torch`` does not load (it just was)."""
+        with _lock:
+            if not self.torch_patches or module.__name__ in self.late_done:
+                return
+            patches = _LATE_PATCHES[module.__name__](module)
+            for patch in patches:
+                patch.install()
+            self.torch_patches.extend(patches)  # undone with torch's
+            self.late_done.add(module.__name__)
 
     def _uninstall(self) -> None:
         from safehub._enforce import unpickler
 
         unpickler.set_check(None)
+        if self.late_finder is not None and self.late_finder in sys.meta_path:
+            sys.meta_path.remove(self.late_finder)
+        self.late_finder = None
+        self.late_done.clear()
         for torch_patch in reversed(self.torch_patches):
             torch_patch.uninstall()
         for base_patch in reversed(self.base_patches):
@@ -241,8 +268,29 @@ def enforce(policy: Policy | str | os.PathLike[str] | None = None) -> Enforcemen
     """
     enforcement = Enforcement(load_policy(policy))
     _state.push(enforcement)
+    _finish_torch_import()
     _say_what_is_guarded(enforcement)
     return enforcement
+
+
+def _finish_torch_import() -> None:
+    """Patch torch now if another thread is importing it (a warm-up thread).
+
+    Its spec was found before the import hook existed, so the hook never wraps it, and
+    the patches would wait for some later import: until then torch.jit.load and
+    torch.hub ran unguarded. Wait for that import as a second ``import torch`` would
+    (the module's import lock; outside ``_lock``, which the importing thread's hook
+    takes), then patch. In the importing thread itself the lock is not waited for.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None or _state.torch_patches or not _state.stack:
+        return
+    if not getattr(getattr(torch, "__spec__", None), "_initializing", False):
+        return
+    wait = getattr(getattr(importlib, "_bootstrap", None), "_lock_unlock_module", None)
+    if wait is not None:
+        wait("torch")
+    _install_if_imported()
 
 
 def _say_what_is_guarded(enforcement: Enforcement) -> None:
@@ -297,15 +345,68 @@ class _TorchImportHook(importlib.abc.MetaPathFinder):
         finally:
             self._busy.on = False
         if spec is not None and spec.loader is not None:
-            _patch_after_exec(spec.loader)
+            _patch_after_exec(spec.loader, _state.install_torch)
+        return spec
+
+
+def _find_spec_elsewhere(finder: Any, busy: threading.local, fullname: str,
+                         path: Sequence[str] | None,
+                         target: ModuleType | None) -> importlib.machinery.ModuleSpec | None:
+    """The spec the other finders on ``sys.meta_path`` find for ``fullname``."""
+    busy.on = True
+    try:
+        for other in list(sys.meta_path):
+            found = getattr(other, "find_spec", None)
+            if other is finder or found is None:
+                continue
+            spec: importlib.machinery.ModuleSpec | None = found(fullname, path, target)
+            if spec is not None:
+                return spec
+        return None
+    finally:
+        busy.on = False
+
+
+def _refuse_exported_programs(serialize: ModuleType) -> list[AttrPatch]:
+    from safehub._enforce import loaders
+
+    return [AttrPatch(serialize.ExportedProgramDeserializer, "deserialize",
+                      loaders.refused_exported_program)]
+
+
+# torch modules that ``import torch`` does not load, patched when they are imported.
+# ExportedProgram deserialization (torch.export.load, load_pt2, aoti_load_package) evals
+# the file's sympy expressions (sympy.sympify) and resolves call targets by name.
+_LATE_PATCHES: dict[str, Callable[[ModuleType], list[AttrPatch]]] = {
+    "torch._export.serde.serialize": _refuse_exported_programs,
+}
+
+
+def _initializing(module: ModuleType) -> bool:
+    return bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
+
+
+class _LateImportHook(importlib.abc.MetaPathFinder):
+    """Applies :data:`_LATE_PATCHES` the moment such a module's body has run."""
+
+    def __init__(self) -> None:
+        self._busy = threading.local()
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None,
+                  target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in _LATE_PATCHES or getattr(self._busy, "on", False):
+            return None
+        spec = _find_spec_elsewhere(self, self._busy, fullname, path, target)
+        if spec is not None and spec.loader is not None:
+            _patch_after_exec(spec.loader, _state.install_late)
         return spec
 
 
 _WRAPPED_EXEC = "_safehub_enforce_exec"
 
 
-def _patch_after_exec(loader: Any) -> None:
-    """Make ``loader.exec_module`` apply the torch patches right after torch's body ran."""
+def _patch_after_exec(loader: Any, then: Callable[[ModuleType], None]) -> None:
+    """Make ``loader.exec_module`` call ``then(module)`` right after the module's body ran."""
     if getattr(loader, _WRAPPED_EXEC, False):
         return
     own = vars(loader).get("exec_module") if hasattr(loader, "__dict__") else None
@@ -321,7 +422,7 @@ def _patch_after_exec(loader: Any) -> None:
         except (AttributeError, TypeError):
             pass
         exec_module(module)
-        _state.install_torch(module)
+        then(module)
 
     try:
         loader.exec_module = exec_and_patch
@@ -371,7 +472,18 @@ def _torch_patches(torch: ModuleType) -> list[CodePatch | AttrPatch]:
                   "torch.jit.mobile._load_for_lite_interpreter", _enforced(loaders.lite_load)),
         CodePatch(torch.jit._serialization.jit_module_from_flatbuffer,
                   "torch.jit.jit_module_from_flatbuffer", _enforced(loaders.flatbuffer_load)),
+        CodePatch(torch.jit.mobile._backport_for_mobile,
+                  "torch.jit.mobile._backport_for_mobile",
+                  _enforced(loaders.backport_for_mobile)),
+        CodePatch(torch.jit.mobile._backport_for_mobile_to_buffer,
+                  "torch.jit.mobile._backport_for_mobile_to_buffer",
+                  _enforced(loaders.backport_for_mobile_to_buffer)),
     ]
+    # TorchScript's readers, where every Python route to them ends: outside a load that
+    # took the TorchScript rule above they refuse.
+    patches += [AttrPatch(torch._C, name, loaders.ScannedOnlyReader(
+                    getattr(torch._C, name), f"torch._C.{name}"))
+                for name in loaders.TORCHSCRIPT_READERS if hasattr(torch._C, name)]
     # AOTInductor: every Python route (aoti_load_package, torch.export.load, aot_load)
     # constructs one of these C classes through the module attribute.
     aoti = getattr(torch._C, "_aoti", None)

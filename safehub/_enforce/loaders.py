@@ -10,10 +10,12 @@ torch's own allowlist reach torch's weights-only loader for this call only
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from safehub._hub.scoped_globals import scoped_globals
@@ -23,9 +25,10 @@ from safehub._snapshot import Snapshot
 from safehub.errors import PolicyViolation, UnsafeModel
 from safehub.findings import FileReport
 
-__all__ = ["RefusedNativeLoader", "flatbuffer_load", "jit_load", "lite_load",
-           "package_importer_init", "scan_snapshot", "snapshot_of", "torch_load",
-           "weights_only_globals"]
+__all__ = ["TORCHSCRIPT_READERS", "RefusedNativeLoader", "ScannedOnlyReader",
+           "backport_for_mobile", "backport_for_mobile_to_buffer", "flatbuffer_load",
+           "jit_load", "lite_load", "package_importer_init", "refused_exported_program",
+           "scan_snapshot", "snapshot_of", "torch_load", "weights_only_globals"]
 
 log = logging.getLogger("safehub")
 
@@ -138,6 +141,57 @@ def _refuse_torchscript(loader: str, name: str, policies: Policies) -> None:
             trail=[f"deny    policy {n}: scanner.allow_torchscript = false" for n in refused])
 
 
+# torch._C's functions that read a TorchScript archive and run its code (``__setstate__``,
+# methods): every Python route to TorchScript (torch.jit.load, the mobile loaders, the
+# bytecode backports, future ones) ends in one of them.
+TORCHSCRIPT_READERS = (
+    "import_ir_module", "import_ir_module_from_buffer",
+    "_load_for_lite_interpreter", "_load_for_lite_interpreter_from_buffer",
+    "_load_jit_module_from_file", "_load_jit_module_from_bytes",
+    "_load_mobile_module_from_file", "_load_mobile_module_from_bytes",
+    "_backport_for_mobile", "_backport_for_mobile_from_buffer",
+    "_backport_for_mobile_to_buffer", "_backport_for_mobile_from_buffer_to_buffer",
+)
+_scanned = threading.local()  # depth of the scanned TorchScript loads this thread is in
+
+
+@contextlib.contextmanager
+def _reading_scanned_snapshot() -> Iterator[None]:
+    _scanned.depth = getattr(_scanned, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _scanned.depth -= 1
+
+
+class ScannedOnlyReader:
+    """Stands in for one of :data:`TORCHSCRIPT_READERS` under enforcement.
+
+    It reads only inside a load that took the TorchScript rule (every policy allows
+    TorchScript, the snapshot passed the scan, the reader gets the snapshot): a Python
+    route to TorchScript that enforcement does not wrap is refused here, never run.
+    """
+
+    def __init__(self, real: Any, key: str):
+        self._real = real
+        self._key = key
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if getattr(_scanned, "depth", 0) > 0:
+            return self._real(*args, **kwargs)
+        subject = str(args[0]) if args and isinstance(args[0], (str, os.PathLike)) else \
+            "<TorchScript archive>"
+        raise PolicyViolation(
+            f"{self._key} is refused under enforcement: it reads a TorchScript archive, "
+            "whose code runs in this process, outside a load safehub scanned",
+            subject=subject, fix="load it with torch.jit.load (refused unless the policy "
+            "allows TorchScript), or convert it in the sandbox: safehub convert FILE",
+            trail=["deny    enforce: TorchScript read outside a scanned load"])
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
 def _load_scanned(loader: str, f: Any, policies: Policies,
                   call: Callable[[Any], Any]) -> Any:
     """Refuse unless TorchScript is allowed; else scan the snapshot and load it."""
@@ -147,7 +201,8 @@ def _load_scanned(loader: str, f: Any, policies: Policies,
         scan_snapshot(snap, name, policies)
         source = _source(snap)
         try:
-            return call(source)
+            with _reading_scanned_snapshot():
+                return call(source)
         finally:
             if not isinstance(source, str):
                 source.close()
@@ -173,6 +228,37 @@ def lite_load(original: Callable[..., Any], policies: Policies, f: Any,
 def flatbuffer_load(original: Callable[..., Any], policies: Policies, f: Any) -> Any:
     """``torch.jit.jit_module_from_flatbuffer``: the same rule as ``torch.jit.load``."""
     return _load_scanned("torch.jit.jit_module_from_flatbuffer", f, policies, original)
+
+
+def backport_for_mobile(original: Callable[..., Any], policies: Policies, f_input: Any,
+                        f_output: Any, to_version: int) -> Any:
+    """``torch.jit.mobile._backport_for_mobile``: it loads the archive as TorchScript (its
+    ``__setstate__`` runs) to rewrite it, so the same rule as ``torch.jit.load``."""
+    return _load_scanned("torch.jit.mobile._backport_for_mobile", f_input, policies,
+                         lambda source: original(source, f_output, to_version))
+
+
+def backport_for_mobile_to_buffer(original: Callable[..., Any], policies: Policies,
+                                  f_input: Any, to_version: int) -> Any:
+    """``torch.jit.mobile._backport_for_mobile_to_buffer``: as :func:`backport_for_mobile`."""
+    return _load_scanned("torch.jit.mobile._backport_for_mobile_to_buffer", f_input,
+                         policies, lambda source: original(source, to_version))
+
+
+def refused_exported_program(*args: Any, **kwargs: Any) -> Any:
+    """``ExportedProgramDeserializer.deserialize`` under enforcement: always refused.
+
+    An ExportedProgram (``torch.export.load``, ``load_pt2``, the models of an
+    ``aoti_load_package`` archive) is code: torch evaluates its symbolic shapes with
+    ``sympy.sympify`` (Python ``eval``) while loading, and its graph calls whatever its
+    targets name under ``torch``. The scanner does not read it.
+    """
+    raise PolicyViolation(
+        "loading an ExportedProgram is refused under enforcement: torch evaluates the "
+        "file's shape expressions as Python (sympy.sympify) and runs the calls its graph "
+        "names", subject="<ExportedProgram>", fix="load the model's weights (safetensors "
+        "or a weights-only checkpoint) into a model built from trusted code",
+        trail=["deny    enforce: ExportedPrograms are code"])
 
 
 class RefusedNativeLoader:

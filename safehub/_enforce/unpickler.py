@@ -293,18 +293,64 @@ def _python_find_class(self: Any, module: str, name: str) -> Any:
     return _resolve(*checked)
 
 
+def _find_checked(find_class: Callable[[str, str], Any], module: str, name: str) -> Any:
+    """``find_class(module, name)`` after the name passed the check, the object after
+    the wildcard check."""
+    checked = _checked(module, name)
+    obj = find_class(module, name)
+    if checked is None:
+        return obj
+    if checked[2]:
+        defined_here(obj, checked[0], checked[1])
+    return _checked_callable(checked[0], checked[1], obj)
+
+
 def _wrap(find_class: Callable[..., Any]) -> Callable[..., Any]:
     def find_class_checked(self: Any, module: str, name: str) -> Any:
-        checked = _checked(module, name)
-        obj = find_class(self, module, name)
-        if checked is None:
-            return obj
-        if checked[2]:
-            defined_here(obj, checked[0], checked[1])
-        return _checked_callable(checked[0], checked[1], obj)
+        # As the class attribute would bind: a function, a staticmethod, C's descriptor.
+        bind = getattr(find_class, "__get__", None)
+        return _find_checked(find_class if bind is None else bind(self, type(self)),
+                             module, name)
 
     setattr(find_class_checked, _WRAPPED, find_class)
     return find_class_checked
+
+
+class _CheckedImports:
+    """The unpickler as its import opcodes see it: ``find_class`` checked, all else its own.
+
+    Wrapping ``find_class`` per class misses one that is not in the class's own namespace
+    (a mixin's, an instance attribute, one assigned after the class was made); the import
+    opcodes of ``pickle._Unpickler`` are where every pure-Python unpickler resolves a name,
+    whatever ``self.find_class`` turns out to be.
+    """
+
+    __slots__ = ("_unpickler",)
+
+    def __init__(self, unpickler: Any):
+        object.__setattr__(self, "_unpickler", unpickler)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._unpickler, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._unpickler, name, value)  # pop_mark rebinds stack and append
+
+    def find_class(self, module: str, name: str) -> Any:
+        return _find_checked(self._unpickler.find_class, module, name)
+
+
+def _import_replacement(original: Callable[..., Any], self: Any, *args: Any) -> Any:
+    if _check[0] is None:
+        return original(self, *args)
+    return original(_CheckedImports(self), *args)
+
+
+# The opcodes of the pure-Python unpickler that call ``self.find_class``: GLOBAL,
+# STACK_GLOBAL, INST and EXT1/2/4 (through get_extension).
+_IMPORT_OPCODES: tuple[types.FunctionType, ...] = tuple(
+    getattr(pickle._Unpickler, name)
+    for name in ("load_global", "load_stack_global", "load_inst", "get_extension"))
 
 
 def _guard_class(cls: type) -> None:
@@ -337,6 +383,10 @@ def pickle_patches() -> list[AttrPatch | CodePatch]:
     # calling ``Unpickler.load_build(self)`` from their own BUILD (joblib's NumpyUnpickler
     # does both, whenever it was imported): swapping its code reaches every one of them.
     patches.append(CodePatch(_build_fn, "pickle._Unpickler.load_build", _build_replacement))
+    # The import opcodes' function objects, for the same reason: every pure-Python
+    # unpickler resolves names there, whichever find_class it ends up calling.
+    patches += [CodePatch(fn, f"pickle._Unpickler.{fn.__name__}", _import_replacement)
+                for fn in _IMPORT_OPCODES]
 
     def init_subclass(cls: type, /, **kwargs: Any) -> None:
         _guard_class(cls)
@@ -351,7 +401,11 @@ def pickle_patches() -> list[AttrPatch | CodePatch]:
             own = vars(cls).get("find_class")
             if own is not None and not getattr(own, _WRAPPED, None):
                 patches.append(AttrPatch(cls, "find_class", _wrap(own)))
-            elif own is None and getattr(cls, "find_class", None) is _pickle.Unpickler.find_class:
-                # C's default find_class cannot be patched; give the subclass a checked one.
-                patches.append(AttrPatch(cls, "find_class", _wrap(_pickle.Unpickler.find_class)))
+            elif own is None and base is _pickle.Unpickler:
+                # The C opcodes call whatever find_class the class resolves: C's own
+                # (which cannot be patched) or a mixin's. Give the subclass a checked one.
+                resolved = next(vars(k)["find_class"] for k in cls.__mro__
+                                if "find_class" in vars(k))
+                if not getattr(resolved, _WRAPPED, None):
+                    patches.append(AttrPatch(cls, "find_class", _wrap(resolved)))
     return patches

@@ -139,6 +139,50 @@ def test_probing_for_torch_under_sitecustomize_keeps_every_patch(
             "safehub.enforce") in out.stdout
 
 
+_WARM_UP_THREAD = """
+import importlib.abc, sys, threading, time
+import safehub
+
+started = threading.Event()
+
+
+class Pause(importlib.abc.MetaPathFinder):
+    # Scaffolding that makes the race certain: the warm-up thread's import of torch stops
+    # halfway until enforce() has put its import hook in place.
+    def find_spec(self, name, path, target=None):
+        if name == "torch.serialization" and threading.current_thread().name == "warmup":
+            started.set()
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not any(
+                    type(f).__name__ == "_TorchImportHook" for f in sys.meta_path):
+                time.sleep(0.01)
+        return None
+
+
+sys.meta_path.insert(0, Pause())
+warmup = threading.Thread(target=lambda: __import__("torch"), name="warmup")
+warmup.start()
+started.wait()
+enforcement = safehub.enforce()
+warmup.join()
+import torch
+print("WAITING", enforcement.waiting_for_torch)
+"""
+
+
+def test_enforce_while_another_thread_imports_torch_patches_torch(
+        tmp_path: Path, torchscript: tuple[Path, Path]) -> None:
+    """torch's spec was found before the hook existed: the patches waited for some later
+    import, and torch.jit.load ran the archive's __setstate__ under enforce()."""
+    path, marker = torchscript
+    marker.unlink(missing_ok=True)
+    out = _run(_WARM_UP_THREAD + _guarded(f"torch.jit.load({str(path)!r})"), tmp_path,
+               site=False)
+    assert "WAITING False" in out.stdout, (out.stdout, out.stderr)
+    assert "REFUSED PolicyViolation" in out.stdout, (out.stdout, out.stderr)
+    assert not marker.exists()
+
+
 # --- 2. TorchScript lite/flatbuffer loaders and AOTInductor packages --------------------
 
 _BUILD_SCRIPT = '''
@@ -187,6 +231,12 @@ _SCRIPT_LOADS = [
     ("lite", "from torch.jit.mobile import _load_for_lite_interpreter as L; L(open(P, 'rb'))"),
     ("flatbuffer", "import torch; torch.jit.jit_module_from_flatbuffer(P)"),
     ("flatbuffer", "from torch.jit._serialization import jit_module_from_flatbuffer as J; J(P)"),
+    # The bytecode backports load the archive as TorchScript to rewrite it.
+    ("lite", "import torch.jit.mobile; torch.jit.mobile._backport_for_mobile(P, P + '.v5', 5)"),
+    ("lite", "from torch.jit.mobile import _backport_for_mobile_to_buffer as B; "
+             "B(open(P, 'rb'), 5)"),
+    # A route enforcement does not wrap ends in torch._C's reader, which refuses.
+    ("lite", "import torch; torch._C._backport_for_mobile_to_buffer(P, 5)"),
 ]
 
 
@@ -282,6 +332,77 @@ def test_aotinductor_is_refused_in_process_even_when_torchscript_is_allowed(
 
     with safehub.enforce(policy), pytest.raises(SafehubError, match="native code"):
         torch._inductor.aoti_load_package(str(pt2))
+    assert not marker.exists()
+
+
+def _exported_program(path: Path, marker: Path) -> Path:
+    """A real torch.export archive whose symbolic shape expressions create ``marker``."""
+    import json
+
+    class Double(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 2
+
+    batch = torch.export.Dim("b", min=2, max=100)
+    program = torch.export.export(Double(), (torch.ones(4, 3),),
+                                  dynamic_shapes={"x": {0: batch}})
+    clean = path.with_suffix(".clean.pt2")
+    torch.export.save(program, str(clean))
+    payload = ("sympify.__globals__['__builtins__']['exec']"
+               f"('open(\"{marker}\", \"w\").close()')")
+
+    def poison(node: object) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "expr_str":
+                    node[key] = payload
+                else:
+                    poison(value)
+        elif isinstance(node, list):
+            for value in node:
+                poison(value)
+
+    with zipfile.ZipFile(clean) as zin, zipfile.ZipFile(path, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            if info.filename.endswith("models/model.json"):
+                tree = json.loads(data)
+                poison(tree)
+                data = json.dumps(tree).encode()
+            zout.writestr(info.filename, data)
+    return path
+
+
+_EXPORT_LOADS = [
+    "import torch; torch.export.load(P)",
+    "import torch._inductor; torch._inductor.aoti_load_package(P)",
+    "from torch.export.pt2_archive._package import load_pt2; load_pt2(P)",
+]
+
+
+@pytest.mark.parametrize("load", _EXPORT_LOADS)
+def test_an_exported_program_is_refused_before_its_expressions_are_evaluated(
+        tmp_path: Path, marker_dir: Path, load: str) -> None:
+    """torch.export's deserializer evals the file's shape expressions (sympy.sympify): the
+    archive ran its code under enforce(), and the scanner does not read it."""
+    marker = marker_dir / "fired"
+    path = _exported_program(tmp_path / "evil.pt2", marker)
+    program = f"P = {str(path)!r}\n" + _guarded(load)
+    plain = _run(program, tmp_path, site=False)
+    assert marker.exists(), (plain.stdout, plain.stderr)
+    marker.unlink()
+
+    # The deserializer's module is imported by the load, after enforcement began.
+    enforced = _run(program, tmp_path, site=True)
+    assert "REFUSED PolicyViolation" in enforced.stdout, (enforced.stdout, enforced.stderr)
+    assert "ExportedProgram" in enforced.stdout
+    assert not marker.exists()
+
+    # And when it was imported before.
+    import torch._export.serde.serialize  # noqa: F401
+
+    with safehub.enforce(), pytest.raises(SafehubError, match="ExportedProgram"):
+        exec(load, {"P": str(path)})
     assert not marker.exists()
 
 

@@ -8,10 +8,11 @@ import io
 import pickle
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import torch
+import torch.jit.mobile
 from torch import load as load_bound_early  # bound before any enforce()
 from torch.hub import load_state_dict_from_url as lsdfu_bound_early
 
@@ -129,6 +130,66 @@ def test_a_custom_unpickler_subclass_is_checked_too(tmp_path: Path, marker_dir: 
     with safehub.enforce("default"), pytest.raises(UnsafeModel, match="SH122"):
         Permissive(io.BytesIO(blob)).load()
     assert not (marker_dir / "fired").exists()
+
+
+class _ResolvesItself:
+    """A program's compatibility mixin: it maps old module names and imports the rest."""
+
+    RENAMES: ClassVar[dict[str, str]] = {"mypkg.old": "mypkg.new"}
+
+    def find_class(self, module: str, name: str) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(self.RENAMES.get(module, module)), name)
+
+
+class _CompatUnpickler(_ResolvesItself, pickle.Unpickler):
+    pass
+
+
+def _mixin_load(path: Path) -> Any:
+    with path.open("rb") as fh:
+        return _CompatUnpickler(fh).load()
+
+
+def _instance_load(path: Path) -> Any:
+    with path.open("rb") as fh:
+        unpickler = pickle._Unpickler(fh)  # type: ignore[attr-defined]
+        unpickler.find_class = _ResolvesItself().find_class
+        return unpickler.load()
+
+
+def _mixin_made_later_load(path: Path) -> Any:
+    class Later(_ResolvesItself, pickle.Unpickler):  # under enforce(): pure Python
+        pass
+
+    with path.open("rb") as fh:
+        return Later(fh).load()
+
+
+@pytest.mark.parametrize("load", [_mixin_load, _mixin_made_later_load, _instance_load],
+                         ids=["mixin", "mixin_made_later", "instance"])
+def test_a_find_class_outside_the_unpicklers_own_class_is_checked_too(
+        tmp_path: Path, marker_dir: Path, load: Any) -> None:
+    """find_class from a mixin (on the C unpickler before enforce(), on the pure-Python
+    one after) or set on the instance: the class has none of its own to wrap, and the
+    pickle's imports are checked all the same."""
+    from tests.enforce.payloads import _System
+
+    marker = marker_dir / "fired"
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps({"x": _System(marker)}))
+    load(path)
+    assert marker.exists()  # the program's own resolver runs the payload without safehub
+    marker.unlink()
+
+    clean = tmp_path / "clean.pkl"
+    clean.write_bytes(pickle.dumps({"x": [1, 2]}, protocol=0))  # GLOBAL and INST-free
+    with safehub.enforce("default"):
+        with pytest.raises(UnsafeModel, match="SH122"):
+            load(path)
+        assert load(clean) == {"x": [1, 2]}
+    assert not marker.exists()
 
 
 def test_extra_globals_are_not_visible_to_other_threads(tmp_path: Path) -> None:
@@ -325,6 +386,13 @@ def test_torchscript_loads_from_the_snapshot_only_when_every_policy_allows_it(
         assert torch.equal(loaded.weight, scripted.weight)
         with safehub.enforce("default"), pytest.raises(PolicyViolation, match="TorchScript"):
             torch.jit.load(path)
+        # The mobile routes take the same rule; torch._C's readers serve them inside it.
+        lite = tmp_path / "ts.ptl"
+        scripted._save_for_lite_interpreter(str(lite))
+        assert torch.jit.mobile._load_for_lite_interpreter(str(lite)) is not None
+        assert torch.jit.mobile._backport_for_mobile_to_buffer(str(lite), 5)
+        with pytest.raises(PolicyViolation, match="outside a load safehub scanned"):
+            torch._C._backport_for_mobile_to_buffer(str(lite), 5)
 
 
 def test_a_legitimate_dcp_checkpoint_loads_when_the_policy_allows_its_classes(
