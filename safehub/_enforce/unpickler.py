@@ -101,10 +101,26 @@ def _rebuild_from_type_checked(func: Any, new_type: Any, args: Any, state: Any) 
     return rebuild(func, new_type, args, state)
 
 
+def _rebuild_sparse_refused(*args: Any, **kwargs: Any) -> Any:
+    """torch's ``_rebuild_sparse_tensor``, refused as the scanner refuses it (SH108).
+
+    torch builds the sparse tensor unchecked and checks its indices afterwards only under
+    ``torch.sparse.check_sparse_tensor_invariants`` (off by default): indices outside the
+    tensor make its first ``to_dense()`` or ``coalesce()`` read and write memory outside
+    its data. A pickle here has no end of load at which torch would check them.
+    """
+    raise UnsafeModel(
+        f"SH108 unchecked-state: the pickle builds a sparse tensor ({_REBUILD_SPARSE}), "
+        "whose indices torch does not check: invalid ones make its first use read and "
+        "write memory outside its data", subject=_REBUILD_SPARSE,
+        fix="re-save the tensor dense (safetensors), or load the file only in the sandbox")
+
+
 _REBUILD_FROM_TYPE = "torch._tensor._rebuild_from_type_v2"
+_REBUILD_SPARSE = "torch._utils._rebuild_sparse_tensor"
 # Allowed callables replaced by a checked version when a pickle imports them.
 _CHECKED_CALLABLES: dict[str, Callable[..., Any]] = {
-    _REBUILD_FROM_TYPE: _rebuild_from_type_checked}
+    _REBUILD_FROM_TYPE: _rebuild_from_type_checked, _REBUILD_SPARSE: _rebuild_sparse_refused}
 
 
 def _checked_callable(module: str, name: str, obj: Any) -> Any:

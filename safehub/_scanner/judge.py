@@ -78,6 +78,10 @@ def judge_stream(scan: FileScan, res: StreamResult, location: str, loader: Loade
                      location=location, offset=mutation.offset, subject=mutation.opcode,
                      payload=render(mutation.target))
     _judge_allocations(scan, res, location)
+    sparse = next((g for g in res.globals if g.effective == SPARSE_REBUILD), None)
+    if sparse is not None:
+        scan.add("SH108", SPARSE_PROBLEM, location=location, offset=sparse.offset,
+                 subject=SPARSE_REBUILD, payload=payload_of(sparse)[:200])
     for call in res.calls:
         target = _rebuild_target_problem(call)
         if target:
@@ -190,6 +194,23 @@ def _rebuild_target_problem(call: Call) -> str:
         return ""
     return (f"{_REBUILD_FROM_TYPE} sets a state on what {render(first)[:80]} returns, not on "
             "a tensor torch._utils rebuilds: it can rewrite a process-wide object")
+
+
+# torch._utils._rebuild_sparse_tensor builds a sparse tensor from the file's index and value
+# tensors with check_invariants=False; torch.load checks the indices afterwards only under
+# torch.sparse.check_sparse_tensor_invariants, which is off by default (weights_only too).
+# Indices outside the tensor, or compressed indices that run past the values, make the first
+# to_dense(), coalesce() or matrix product read and write memory outside the tensor's data
+# (the process crashes). The indices are tensor data, which this scan never reads: it cannot
+# vouch for them, so it does not pass the name however it is reached (called directly, given
+# to _rebuild_from_type_v2, stored as a hook).
+SPARSE_REBUILD = "torch._utils._rebuild_sparse_tensor"
+SPARSE_PROBLEM = (
+    "builds a sparse tensor whose indices torch.load does not check (torch.sparse."
+    "check_sparse_tensor_invariants is off by default, weights_only included): indices "
+    "outside the tensor make its first to_dense(), coalesce() or product read and write "
+    "memory outside its data; this scan does not read tensor data, so it cannot vouch for "
+    "them")
 
 
 # numpy.dtype.__setstate__ takes a dtype's layout (fields, subarray, item size) and its flags

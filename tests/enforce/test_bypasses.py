@@ -512,3 +512,32 @@ def test_torch_load_gets_no_wildcard_import_from_the_policy(tmp_path: Path) -> N
 
     assert "REFUSED" in enforced.stdout, (enforced.stdout, enforced.stderr)
     assert "MUTATED False" in enforced.stdout
+
+
+# A 2x2 CSR tensor whose row pointers say 10**8 values where there is one, made only of
+# allowed names (the legacy constructors, torch's layout lookup, its sparse rebuild).
+_SPARSE_CSR = (b"\x80\x02ctorch._utils\n_rebuild_sparse_tensor\nctorch.serialization\n"
+               b"_get_layout\n" + _binunicode("torch.sparse_csr") + b"\x85R(ctorch\nLongTensor"
+               b"\n]q\x00(K\x00J\x00\xe1\xf5\x05J\x00\xe1\xf5\x05e\x85Rctorch\nLongTensor\n]"
+               b"K\x00a\x85Rctorch\nFloatTensor\n]G?\xf0\x00\x00\x00\x00\x00\x00a\x85RK\x02K"
+               b"\x02\x86t\x86R.")
+
+
+@pytest.mark.parametrize("entry", ["pickle.loads(D)", "torch.load(P, weights_only=False)"])
+def test_sparse_tensor_with_unchecked_indices_is_refused(tmp_path: Path, entry: str) -> None:
+    # torch builds it with check_invariants=False and checks it afterwards only under
+    # torch.sparse.check_sparse_tensor_invariants (off by default): its first use reads and
+    # writes outside its data. The scanner and the restricted unpickler both refuse it.
+    torch.save({"w": pickle.loads(_SPARSE_CSR)}, tmp_path / "w.pt")
+    program = ("import pickle, warnings, torch\nwarnings.simplefilter('ignore')\n"
+               f"D = {_SPARSE_CSR!r}\nP = 'w.pt'\n"
+               + _guarded(f"t = {entry}\nt = t if isinstance(t, torch.Tensor) else t['w']\n"
+                          "print('LOADED', flush=True)\nt.to_dense()"))
+    plain = _run(program, tmp_path, site=False)
+    assert plain.stdout.startswith("LOADED"), (plain.stdout, plain.stderr)
+    assert plain.returncode < 0, (plain.stdout, plain.stderr)  # the process crashed
+
+    enforced = _run(program, tmp_path, site=True)
+    # pickle: the restricted unpickler (UnsafeModel); torch.load: the scan (PolicyViolation)
+    assert "REFUSED" in enforced.stdout, (enforced.stdout, enforced.stderr)
+    assert "SH108" in enforced.stdout and enforced.returncode == 0
