@@ -306,7 +306,9 @@ def _python_find_class(self: Any, module: str, name: str) -> Any:
     if checked is None:
         return _pure_find_class(self, module, name)
     sys.audit("pickle.find_class", checked[0], checked[1])
-    return _resolve(*checked)
+    # The same checked callables as the C unpickler's subclass: pickle._loads and joblib.load
+    # resolve through here.
+    return _checked_callable(checked[0], checked[1], _resolve(*checked))
 
 
 def _wrap(find_class: Callable[..., Any]) -> Callable[..., Any]:

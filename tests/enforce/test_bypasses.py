@@ -435,10 +435,10 @@ def test_a_wildcard_does_not_reach_a_namespace_to_change_in_place(
     assert "MUTATED False False" in enforced.stdout
 
 
-def _loads_then_show_the_enum_member(data: bytes) -> str:
-    """A program that unpickles ``data``, then prints whether dcp's process-wide
-    memory-format enum member was renamed and renumbered."""
-    return (f"import pickle, torch, {_MD} as md\n" + _guarded(f"pickle.loads({data!r})")
+def _loads_then_show_the_enum_member(data: bytes, entry: str = "pickle.loads(D)") -> str:
+    """A program that unpickles ``data`` (as ``D``) with ``entry``, then prints whether
+    dcp's process-wide memory-format enum member was renamed and renumbered."""
+    return (f"import io, joblib, pickle, torch, {_MD} as md\nD = {data!r}\n" + _guarded(entry)
             + "\nm = md._MEM_FORMAT_ENCODING.TORCH_CONTIGUOUS_FORMAT\n"
             "print('MUTATED', m.name == 'PWNED', m.value == 7)\n")
 
@@ -458,14 +458,19 @@ def test_build_on_an_enum_member_is_refused(tmp_path: Path) -> None:
     assert "MUTATED False False" in enforced.stdout
 
 
-def test_torch_rebuild_from_type_cannot_set_state_on_an_enum_member(tmp_path: Path) -> None:
+# The pure-Python unpickler (pickle._loads, joblib.load) resolves names through the
+# replaced pickle._Unpickler.find_class: it got torch's own _rebuild_from_type_v2, unchecked.
+@pytest.mark.parametrize("entry", ["pickle.loads(D)", "pickle._loads(D)",
+                                   "joblib.load(io.BytesIO(D))"])
+def test_torch_rebuild_from_type_cannot_set_state_on_an_enum_member(tmp_path: Path,
+                                                                     entry: str) -> None:
     # torch._tensor._rebuild_from_type_v2 (allowed: tensor subclasses) is torch's own BUILD:
     # it calls func(*args) and setattr's the state on the result. With the allowed enum
     # class as func it renamed and renumbered the process-wide member, past BUILD's check.
     data = (b"\x80\x04" + _short("torch._tensor") + _short("_rebuild_from_type_v2") + b"\x93("
             + _short(_MD) + _short("_MEM_FORMAT_ENCODING") + b"\x93\x94h\x00K\x00\x85}"
             + _short("_value_") + b"K\x07s" + _short("_name_") + _short("PWNED") + b"stR.")
-    program = _loads_then_show_the_enum_member(data)
+    program = _loads_then_show_the_enum_member(data, entry)
     plain, enforced = _plain_and_under_dcp_policy(program, tmp_path)
     assert "MUTATED True True" in plain.stdout, (plain.stdout, plain.stderr)
     assert "REFUSED UnsafeModel" in enforced.stdout, (enforced.stdout, enforced.stderr)
