@@ -102,7 +102,8 @@ def _rebuild_from_type_checked(func: Any, new_type: Any, args: Any, state: Any) 
 
 
 def _rebuild_sparse_refused(*args: Any, **kwargs: Any) -> Any:
-    """torch's ``_rebuild_sparse_tensor``, refused as the scanner refuses it (SH108).
+    """torch's ``_rebuild_sparse_tensor`` and the legacy sparse constructors, refused as the
+    scanner refuses them (SH108).
 
     torch builds the sparse tensor unchecked and checks its indices afterwards only under
     ``torch.sparse.check_sparse_tensor_invariants`` (off by default): indices outside the
@@ -110,7 +111,8 @@ def _rebuild_sparse_refused(*args: Any, **kwargs: Any) -> Any:
     its data. A pickle here has no end of load at which torch would check them.
     """
     raise UnsafeModel(
-        f"SH108 unchecked-state: the pickle builds a sparse tensor ({_REBUILD_SPARSE}), "
+        "SH108 unchecked-state: the pickle builds a sparse tensor (torch's sparse rebuild "
+        "function or a legacy sparse constructor), "
         "whose indices torch does not check: invalid ones make its first use read and "
         "write memory outside its data", subject=_REBUILD_SPARSE,
         fix="re-save the tensor dense (safetensors), or load the file only in the sandbox")
@@ -118,13 +120,20 @@ def _rebuild_sparse_refused(*args: Any, **kwargs: Any) -> Any:
 
 _REBUILD_FROM_TYPE = "torch._tensor._rebuild_from_type_v2"
 _REBUILD_SPARSE = "torch._utils._rebuild_sparse_tensor"
+# The legacy sparse constructors the allowlist names (safehub._scanner.allowlist's
+# unchecked_sparse: the scanner's SH108 for the same names).
+_SPARSE_CONSTRUCTORS = ("torch.sparse.", "torch.cuda.sparse.")
 # Allowed callables replaced by a checked version when a pickle imports them.
 _CHECKED_CALLABLES: dict[str, Callable[..., Any]] = {
     _REBUILD_FROM_TYPE: _rebuild_from_type_checked, _REBUILD_SPARSE: _rebuild_sparse_refused}
 
 
 def _checked_callable(module: str, name: str, obj: Any) -> Any:
-    return _CHECKED_CALLABLES.get(f"{module}.{name}", obj)
+    full = f"{module}.{name}"
+    if full.startswith(_SPARSE_CONSTRUCTORS) and full.endswith("Tensor"):
+        # torch.sparse.FloatTensor(indices, values, size): the same unchecked sparse tensor
+        return _rebuild_sparse_refused
+    return _CHECKED_CALLABLES.get(full, obj)
 
 
 def defined_here(obj: Any, module: str, name: str) -> None:

@@ -7,7 +7,12 @@ from collections.abc import Callable, Iterable
 from enum import Enum
 
 from safehub._scanner import knowledge
-from safehub._scanner.allowlist import DEFAULT_ALLOWED, TORCHSCRIPT_ALLOWED, matches
+from safehub._scanner.allowlist import (
+    DEFAULT_ALLOWED,
+    TORCHSCRIPT_ALLOWED,
+    matches,
+    unchecked_sparse,
+)
 from safehub._scanner.context import FileScan
 from safehub._scanner.harmless import DEFAULTDICT, DEFAULTDICT_FACTORIES, HARMLESS
 from safehub._scanner.pickle_vm import (
@@ -77,11 +82,11 @@ def judge_stream(scan: FileScan, res: StreamResult, location: str, loader: Loade
             scan.add("SH105", f"{mutation.opcode} modifies {render(mutation.target)}",
                      location=location, offset=mutation.offset, subject=mutation.opcode,
                      payload=render(mutation.target))
-    _judge_allocations(scan, res, location)
-    sparse = next((g for g in res.globals if g.effective == SPARSE_REBUILD), None)
+    sparse = next((g for g in res.globals if unchecked_sparse(g.effective)), None)
     if sparse is not None:
         scan.add("SH108", SPARSE_PROBLEM, location=location, offset=sparse.offset,
-                 subject=SPARSE_REBUILD, payload=payload_of(sparse)[:200])
+                 subject=sparse.effective, payload=payload_of(sparse)[:200])
+    _judge_allocations(scan, res, location)
     for call in res.calls:
         target = _rebuild_target_problem(call)
         if target:
@@ -196,15 +201,15 @@ def _rebuild_target_problem(call: Call) -> str:
             "a tensor torch._utils rebuilds: it can rewrite a process-wide object")
 
 
-# torch._utils._rebuild_sparse_tensor builds a sparse tensor from the file's index and value
-# tensors with check_invariants=False; torch.load checks the indices afterwards only under
-# torch.sparse.check_sparse_tensor_invariants, which is off by default (weights_only too).
-# Indices outside the tensor, or compressed indices that run past the values, make the first
-# to_dense(), coalesce() or matrix product read and write memory outside the tensor's data
-# (the process crashes). The indices are tensor data, which this scan never reads: it cannot
-# vouch for them, so it does not pass the name however it is reached (called directly, given
-# to _rebuild_from_type_v2, stored as a hook).
-SPARSE_REBUILD = "torch._utils._rebuild_sparse_tensor"
+# torch._utils._rebuild_sparse_tensor and the legacy sparse constructors (torch.sparse.
+# FloatTensor(indices, values, size)) build a sparse tensor from the file's index and value
+# tensors unchecked; torch.load checks the indices afterwards only under torch.sparse.
+# check_sparse_tensor_invariants, which is off by default (weights_only too), and plain pickle
+# never. Indices outside the tensor, or compressed indices that run past the values, make the
+# first to_dense(), coalesce() or matrix product read and write memory outside the tensor's
+# data (the process crashes). The indices are tensor data, which this scan never reads: it
+# cannot vouch for them, so it does not pass these names however they are reached (called
+# directly, given to _rebuild_from_type_v2, stored as a hook).
 SPARSE_PROBLEM = (
     "builds a sparse tensor whose indices torch.load does not check (torch.sparse."
     "check_sparse_tensor_invariants is off by default, weights_only included): indices "

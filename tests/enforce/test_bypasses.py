@@ -526,18 +526,32 @@ _SPARSE_CSR = (b"\x80\x02ctorch._utils\n_rebuild_sparse_tensor\nctorch.serializa
                b"\n]q\x00(K\x00J\x00\xe1\xf5\x05J\x00\xe1\xf5\x05e\x85Rctorch\nLongTensor\n]"
                b"K\x00a\x85Rctorch\nFloatTensor\n]G?\xf0\x00\x00\x00\x00\x00\x00a\x85RK\x02K"
                b"\x02\x86t\x86R.")
+# A 4x4 COO tensor with an index of 10**8, from the legacy sparse constructor
+# torch.sparse.FloatTensor(indices, values, size).
+_SPARSE_LEGACY = (b"\x80\x02ctorch.sparse\nFloatTensor\nctorch\nLongTensor\n](](K\x00J\x00"
+                  b"\xe1\xf5\x05e](K\x00J\x00\xe1\xf5\x05ee\x85Rctorch\nFloatTensor\n](G?\xf0"
+                  b"\x00\x00\x00\x00\x00\x00G@\x00\x00\x00\x00\x00\x00\x00e\x85RK\x04K\x04\x86"
+                  b"\x87R.")
 
 
-@pytest.mark.parametrize("entry", ["pickle.loads(D)", "torch.load(P, weights_only=False)"])
-def test_sparse_tensor_with_unchecked_indices_is_refused(tmp_path: Path, entry: str) -> None:
-    # torch builds it with check_invariants=False and checks it afterwards only under
-    # torch.sparse.check_sparse_tensor_invariants (off by default): its first use reads and
-    # writes outside its data. The scanner and the restricted unpickler both refuse it.
-    torch.save({"w": pickle.loads(_SPARSE_CSR)}, tmp_path / "w.pt")
-    program = ("import pickle, warnings, torch\nwarnings.simplefilter('ignore')\n"
-               f"D = {_SPARSE_CSR!r}\nP = 'w.pt'\n"
+@pytest.mark.parametrize(("payload", "entry"), [
+    ("_SPARSE_CSR", "pickle.loads(D)"), ("_SPARSE_CSR", "pickle._loads(D)"),
+    ("_SPARSE_CSR", "torch.load(P, weights_only=False)"),
+    ("_SPARSE_LEGACY", "pickle.loads(D)"), ("_SPARSE_LEGACY", "joblib.load(io.BytesIO(D))"),
+    ("_SPARSE_LEGACY", "torch.load(P)")])
+def test_sparse_tensor_with_unchecked_indices_is_refused(tmp_path: Path, payload: str,
+                                                        entry: str) -> None:
+    # torch builds it unchecked and checks it afterwards only under
+    # torch.sparse.check_sparse_tensor_invariants (off by default; weights_only loads the
+    # legacy constructor too): its first use reads and writes outside its data. The scanner
+    # and the restricted unpickler (every pure-Python one included) refuse it.
+    data = globals()[payload]
+    _checkpoint_with_pickle(tmp_path / "w.pt", data)
+    program = ("import io, joblib, pickle, warnings, torch\nwarnings.simplefilter('ignore')\n"
+               f"D = {data!r}\nP = 'w.pt'\n"
                + _guarded(f"t = {entry}\nt = t if isinstance(t, torch.Tensor) else t['w']\n"
-                          "print('LOADED', flush=True)\nt.to_dense()"))
+                          "print('LOADED', flush=True)\n"
+                          "(t.coalesce() if t.layout == torch.sparse_coo else t).to_dense()"))
     plain = _run(program, tmp_path, site=False)
     assert plain.stdout.startswith("LOADED"), (plain.stdout, plain.stderr)
     assert plain.returncode < 0, (plain.stdout, plain.stderr)  # the process crashed

@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 
 from safehub.findings import Verdict
+from safehub.rules import Severity
+from safehub.scan import ScanOptions
 from tests.scanner.conftest import rules, scan_one
 
 torch = pytest.importorskip("torch")
@@ -75,4 +77,24 @@ def test_the_rebuild_function_is_refused_however_it_is_reached(tmp_path: Path) -
     path = tmp_path / "indirect.pkl"
     path.write_bytes(pickle.dumps({"w": indirect}, protocol=2))
     report = scan_one(path)
+    assert report.verdict is Verdict.UNSAFE and "SH108" in rules(report)
+
+
+def test_legacy_sparse_constructor_is_refused_under_the_permissive_policy(
+        tmp_path: Path) -> None:
+    # torch.sparse.FloatTensor(indices, values, size) (allowed, and in torch's weights-only
+    # set) builds the same unchecked tensor; its only finding was SH177 (medium: its
+    # arguments are tensors), which the permissive policy lets through.
+    built = _Reduce(torch.sparse.FloatTensor, (
+        _Reduce(torch.LongTensor, ([[0, 10**8], [0, 10**8]],)),
+        _Reduce(torch.FloatTensor, ([1.0, 2.0],)), (4, 4)))
+    path = tmp_path / "legacy.pkl"
+    path.write_bytes(pickle.dumps({"w": built}, protocol=2))
+    code = ("import pickle, sys, warnings; warnings.simplefilter('ignore'); import torch; "
+            "w = pickle.load(open(sys.argv[1], 'rb'))['w']; print('loaded', flush=True); "
+            "w.coalesce().to_dense()")
+    run = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert run.stdout.startswith("loaded") and run.returncode == -signal.SIGSEGV, run
+    report = scan_one(path, ScanOptions(block_severity=Severity.HIGH))
     assert report.verdict is Verdict.UNSAFE and "SH108" in rules(report)
