@@ -262,10 +262,33 @@ _build_fn: types.FunctionType = pickle._Unpickler.load_build  # type: ignore[att
 _pure_load_build = types.FunctionType(_build_fn.__code__, _build_fn.__globals__,
                                       _build_fn.__name__, _build_fn.__defaults__)
 _BUILD = pickle.BUILD[0]
+_newobj_ex_fn: types.FunctionType = pickle._Unpickler.load_newobj_ex  # type: ignore[attr-defined]
 
 
 def _build_replacement(original: Callable[..., Any], self: Any) -> None:
     _load_build_checked(self)
+
+
+def _newobj_ex_replacement(original: Callable[..., Any], self: Any) -> None:
+    """NEWOBJ_EX under enforcement: no keyword arguments to a torch class.
+
+    ``torch.Tensor(cdata=N)`` and the legacy typed tensors adopt the tensor at address N,
+    and ``UntypedStorage(n, allocator=N)`` calls through the allocator at address N: any
+    address a pickle of allowed names likes (SH108; the scanner says the same). torch never
+    pickles its classes with keywords.
+    """
+    if _check[0] is not None and len(self.stack) >= 3:
+        cls, kwargs = self.stack[-3], self.stack[-1]
+        module = str(getattr(cls, "__module__", None) or "")
+        if (module == "torch" or module.startswith("torch.")) and not (
+                type(kwargs) is dict and not kwargs):
+            raise UnsafeModel(
+                f"SH108 unchecked-state: the pickle passes keyword arguments to {module}."
+                f"{getattr(cls, '__qualname__', '?')} (NEWOBJ_EX): torch's constructors take "
+                "raw memory addresses as keywords (Tensor(cdata=...), UntypedStorage("
+                "allocator=...)) and use them unchecked", subject="NEWOBJ_EX",
+                fix="do not load this file")
+    original(self)
 
 
 class RestrictedUnpickler(pickle._Unpickler):
@@ -364,6 +387,9 @@ def pickle_patches() -> list[AttrPatch | CodePatch]:
     # calling ``Unpickler.load_build(self)`` from their own BUILD (joblib's NumpyUnpickler
     # does both, whenever it was imported): swapping its code reaches every one of them.
     patches.append(CodePatch(_build_fn, "pickle._Unpickler.load_build", _build_replacement))
+    # NEWOBJ_EX's the same way: keyword arguments to torch's constructors are addresses.
+    patches.append(CodePatch(_newobj_ex_fn, "pickle._Unpickler.load_newobj_ex",
+                             _newobj_ex_replacement))
 
     def init_subclass(cls: type, /, **kwargs: Any) -> None:
         _guard_class(cls)

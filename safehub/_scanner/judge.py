@@ -92,6 +92,12 @@ def judge_stream(scan: FileScan, res: StreamResult, location: str, loader: Loade
         if target:
             scan.add("SH105", target, location=location, offset=call.offset,
                      subject=_REBUILD_FROM_TYPE, payload=render(call)[:200])
+        if call.kwargs is not None and _torch_keywords(call):
+            scan.add("SH108", f"passes keyword arguments to {render(call.func)} (NEWOBJ_EX): "
+                     "torch's constructors take raw memory addresses as keywords (Tensor("
+                     "cdata=...), UntypedStorage(allocator=...)) and use them unchecked; torch "
+                     "never pickles its classes with keywords", location=location,
+                     offset=call.offset, subject="NEWOBJ_EX", payload=render(call)[:200])
         problem = _dtype_state_problem(call) if call.builds else ""
         if problem:
             scan.add("SH108", problem, location=location, offset=call.offset,
@@ -216,6 +222,17 @@ SPARSE_PROBLEM = (
     "outside the tensor make its first to_dense(), coalesce() or product read and write "
     "memory outside its data; this scan does not read tensor data, so it cannot vouch for "
     "them")
+
+
+def _torch_keywords(call: Call) -> bool:
+    """Whether NEWOBJ_EX gives a torch class keyword arguments. ``torch.Tensor(cdata=N)``
+    and the legacy typed tensors take N as the address of a tensor to adopt, and
+    ``UntypedStorage(n, allocator=N)`` as the address of an allocator to call: a pickle
+    of allowed names reads and calls through any address it likes."""
+    func = call.func
+    if not (isinstance(func, Global) and func.effective.startswith("torch.")):
+        return False
+    return not (isinstance(call.kwargs, SymDict) and not call.kwargs.items)
 
 
 # numpy.dtype.__setstate__ takes a dtype's layout (fields, subarray, item size) and its flags

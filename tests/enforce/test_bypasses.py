@@ -560,3 +560,29 @@ def test_sparse_tensor_with_unchecked_indices_is_refused(tmp_path: Path, payload
     # pickle: the restricted unpickler (UnsafeModel); torch.load: the scan (PolicyViolation)
     assert "REFUSED" in enforced.stdout, (enforced.stdout, enforced.stderr)
     assert "SH108" in enforced.stdout and enforced.returncode == 0
+
+
+# NEWOBJ_EX: torch.Tensor.__new__(torch.Tensor, cdata=0x4141414141), the tensor at that
+# address adopted; UntypedStorage(8, allocator=0x4141414141), its allocator called there.
+_CDATA = b"\x80\x04" + _short("torch") + _short("Tensor") + b"\x93)}" + _short(
+    "cdata") + b"\x8a\x05AAAAAs\x92."
+_ALLOCATOR = b"\x80\x04" + _short("torch.storage") + _short("UntypedStorage") + (
+    b"\x93K\x08\x85}") + _short("allocator") + b"\x8a\x05AAAAAs\x92."
+
+
+@pytest.mark.parametrize(("payload", "entry"), [
+    ("_CDATA", "pickle.loads(D)"), ("_CDATA", "joblib.load(io.BytesIO(D))"),
+    ("_ALLOCATOR", "pickle._loads(D)"), ("_ALLOCATOR", "torch.load(P, weights_only=False)")])
+def test_raw_addresses_for_torch_constructors_are_refused(tmp_path: Path, payload: str,
+                                                          entry: str) -> None:
+    data = globals()[payload]
+    _checkpoint_with_pickle(tmp_path / "w.pt", data)
+    program = (f"import io, joblib, pickle, torch\nD = {data!r}\nP = 'w.pt'\n"
+               "print('LOADING', flush=True)\n" + _guarded(entry))
+    plain = _run(program, tmp_path, site=False)
+    assert plain.stdout.startswith("LOADING"), (plain.stdout, plain.stderr)
+    assert plain.returncode < 0, (plain.stdout, plain.stderr)  # the address was used
+
+    enforced = _run(program, tmp_path, site=True)
+    assert "REFUSED" in enforced.stdout and "SH108" in enforced.stdout, (
+        enforced.stdout, enforced.stderr)
