@@ -81,10 +81,12 @@ RULES: dict[str, Rule] = _rules(
          "The pickle uses out-of-band buffers (protocol 5), which file loaders do not supply.",
          "Re-save the data without out-of-band buffers."),
     Rule("SH108", "unchecked-state", Severity.HIGH,
-         "BUILD gives an allowed class a state it takes without checking (a numpy dtype's "
-         "fields, subarray or object flags): the object it makes reads or writes memory "
-         "outside its data, or takes raw bytes for object pointers.",
-         "Re-save the data as plain arrays (safetensors), or load it only in the sandbox."),
+         "An allowed class or rebuild function is given a state it takes without checking "
+         "(a numpy dtype's fields, subarray or object flags; a sparse tensor's indices): the "
+         "object it makes reads or writes memory outside its data, or takes raw bytes for "
+         "object pointers.",
+         "Re-save the data as plain dense arrays (safetensors), or load it only in the "
+         "sandbox."),
     Rule("SH110", "malformed-pickle", Severity.HIGH,
          "The pickle stream is malformed. A loader executes everything before the error, and "
          "scanners that stop early miss it.",

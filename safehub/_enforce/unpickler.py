@@ -101,14 +101,39 @@ def _rebuild_from_type_checked(func: Any, new_type: Any, args: Any, state: Any) 
     return rebuild(func, new_type, args, state)
 
 
+def _rebuild_sparse_refused(*args: Any, **kwargs: Any) -> Any:
+    """torch's ``_rebuild_sparse_tensor`` and the legacy sparse constructors, refused as the
+    scanner refuses them (SH108).
+
+    torch builds the sparse tensor unchecked and checks its indices afterwards only under
+    ``torch.sparse.check_sparse_tensor_invariants`` (off by default): indices outside the
+    tensor make its first ``to_dense()`` or ``coalesce()`` read and write memory outside
+    its data. A pickle here has no end of load at which torch would check them.
+    """
+    raise UnsafeModel(
+        "SH108 unchecked-state: the pickle builds a sparse tensor (torch's sparse rebuild "
+        "function or a legacy sparse constructor), "
+        "whose indices torch does not check: invalid ones make its first use read and "
+        "write memory outside its data", subject=_REBUILD_SPARSE,
+        fix="re-save the tensor dense (safetensors), or load the file only in the sandbox")
+
+
 _REBUILD_FROM_TYPE = "torch._tensor._rebuild_from_type_v2"
+_REBUILD_SPARSE = "torch._utils._rebuild_sparse_tensor"
+# The legacy sparse constructors the allowlist names (safehub._scanner.allowlist's
+# unchecked_sparse: the scanner's SH108 for the same names).
+_SPARSE_CONSTRUCTORS = ("torch.sparse.", "torch.cuda.sparse.")
 # Allowed callables replaced by a checked version when a pickle imports them.
 _CHECKED_CALLABLES: dict[str, Callable[..., Any]] = {
-    _REBUILD_FROM_TYPE: _rebuild_from_type_checked}
+    _REBUILD_FROM_TYPE: _rebuild_from_type_checked, _REBUILD_SPARSE: _rebuild_sparse_refused}
 
 
 def _checked_callable(module: str, name: str, obj: Any) -> Any:
-    return _CHECKED_CALLABLES.get(f"{module}.{name}", obj)
+    full = f"{module}.{name}"
+    if full.startswith(_SPARSE_CONSTRUCTORS) and full.endswith("Tensor"):
+        # torch.sparse.FloatTensor(indices, values, size): the same unchecked sparse tensor
+        return _rebuild_sparse_refused
+    return _CHECKED_CALLABLES.get(full, obj)
 
 
 def defined_here(obj: Any, module: str, name: str) -> None:
@@ -237,10 +262,33 @@ _build_fn: types.FunctionType = pickle._Unpickler.load_build  # type: ignore[att
 _pure_load_build = types.FunctionType(_build_fn.__code__, _build_fn.__globals__,
                                       _build_fn.__name__, _build_fn.__defaults__)
 _BUILD = pickle.BUILD[0]
+_newobj_ex_fn: types.FunctionType = pickle._Unpickler.load_newobj_ex  # type: ignore[attr-defined]
 
 
 def _build_replacement(original: Callable[..., Any], self: Any) -> None:
     _load_build_checked(self)
+
+
+def _newobj_ex_replacement(original: Callable[..., Any], self: Any) -> None:
+    """NEWOBJ_EX under enforcement: no keyword arguments to a torch class.
+
+    ``torch.Tensor(cdata=N)`` and the legacy typed tensors adopt the tensor at address N,
+    and ``UntypedStorage(n, allocator=N)`` calls through the allocator at address N: any
+    address a pickle of allowed names likes (SH108; the scanner says the same). torch never
+    pickles its classes with keywords.
+    """
+    if _check[0] is not None and len(self.stack) >= 3:
+        cls, kwargs = self.stack[-3], self.stack[-1]
+        module = str(getattr(cls, "__module__", None) or "")
+        if (module == "torch" or module.startswith("torch.")) and not (
+                type(kwargs) is dict and not kwargs):
+            raise UnsafeModel(
+                f"SH108 unchecked-state: the pickle passes keyword arguments to {module}."
+                f"{getattr(cls, '__qualname__', '?')} (NEWOBJ_EX): torch's constructors take "
+                "raw memory addresses as keywords (Tensor(cdata=...), UntypedStorage("
+                "allocator=...)) and use them unchecked", subject="NEWOBJ_EX",
+                fix="do not load this file")
+    original(self)
 
 
 class RestrictedUnpickler(pickle._Unpickler):
@@ -290,7 +338,9 @@ def _python_find_class(self: Any, module: str, name: str) -> Any:
     if checked is None:
         return _pure_find_class(self, module, name)
     sys.audit("pickle.find_class", checked[0], checked[1])
-    return _resolve(*checked)
+    # The same checked callables as the C unpickler's subclass: pickle._loads and joblib.load
+    # resolve through here.
+    return _checked_callable(checked[0], checked[1], _resolve(*checked))
 
 
 def _find_checked(find_class: Callable[[str, str], Any], module: str, name: str) -> Any:
@@ -387,6 +437,9 @@ def pickle_patches() -> list[AttrPatch | CodePatch]:
     # unpickler resolves names there, whichever find_class it ends up calling.
     patches += [CodePatch(fn, f"pickle._Unpickler.{fn.__name__}", _import_replacement)
                 for fn in _IMPORT_OPCODES]
+    # NEWOBJ_EX's the same way: keyword arguments to torch's constructors are addresses.
+    patches.append(CodePatch(_newobj_ex_fn, "pickle._Unpickler.load_newobj_ex",
+                             _newobj_ex_replacement))
 
     def init_subclass(cls: type, /, **kwargs: Any) -> None:
         _guard_class(cls)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["DEFAULT_ALLOWED", "TORCHSCRIPT_ALLOWED", "allowed_reason", "matches"]
+__all__ = ["DEFAULT_ALLOWED", "TORCHSCRIPT_ALLOWED", "allowed_reason", "matches",
+           "unchecked_sparse"]
 
 _TORCH_STORAGE_TYPES = (
     "BFloat16", "Bool", "Byte", "Char", "ComplexDouble", "ComplexFloat", "Double", "Float",
@@ -123,3 +124,15 @@ def matches(pattern: str, name: str) -> bool:
         prefix = pattern[:-1]
         return name.startswith(prefix) and "." not in name[len(prefix):] and len(name) > len(prefix)
     return pattern == name
+
+
+_SPARSE_CONSTRUCTORS = ("torch.sparse.", "torch.cuda.sparse.")
+
+
+def unchecked_sparse(name: str) -> bool:
+    """Whether an allowed name builds a sparse tensor from the file's indices unchecked:
+    torch's sparse rebuild function and the legacy sparse constructors. torch checks the
+    indices only under ``torch.sparse.check_sparse_tensor_invariants`` (off by default), and
+    bad ones make the tensor's first use read and write outside its data (SH108)."""
+    return name == "torch._utils._rebuild_sparse_tensor" or (
+        name.startswith(_SPARSE_CONSTRUCTORS) and name in DEFAULT_ALLOWED)

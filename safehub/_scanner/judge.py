@@ -7,7 +7,12 @@ from collections.abc import Callable, Iterable
 from enum import Enum
 
 from safehub._scanner import knowledge
-from safehub._scanner.allowlist import DEFAULT_ALLOWED, TORCHSCRIPT_ALLOWED, matches
+from safehub._scanner.allowlist import (
+    DEFAULT_ALLOWED,
+    TORCHSCRIPT_ALLOWED,
+    matches,
+    unchecked_sparse,
+)
 from safehub._scanner.context import FileScan
 from safehub._scanner.harmless import DEFAULTDICT, DEFAULTDICT_FACTORIES, HARMLESS
 from safehub._scanner.pickle_vm import (
@@ -77,12 +82,22 @@ def judge_stream(scan: FileScan, res: StreamResult, location: str, loader: Loade
             scan.add("SH105", f"{mutation.opcode} modifies {render(mutation.target)}",
                      location=location, offset=mutation.offset, subject=mutation.opcode,
                      payload=render(mutation.target))
+    sparse = next((g for g in res.globals if unchecked_sparse(g.effective)), None)
+    if sparse is not None:
+        scan.add("SH108", SPARSE_PROBLEM, location=location, offset=sparse.offset,
+                 subject=sparse.effective, payload=payload_of(sparse)[:200])
     _judge_allocations(scan, res, location)
     for call in res.calls:
         target = _rebuild_target_problem(call)
         if target:
             scan.add("SH105", target, location=location, offset=call.offset,
                      subject=_REBUILD_FROM_TYPE, payload=render(call)[:200])
+        if call.kwargs is not None and _torch_keywords(call):
+            scan.add("SH108", f"passes keyword arguments to {render(call.func)} (NEWOBJ_EX): "
+                     "torch's constructors take raw memory addresses as keywords (Tensor("
+                     "cdata=...), UntypedStorage(allocator=...)) and use them unchecked; torch "
+                     "never pickles its classes with keywords", location=location,
+                     offset=call.offset, subject="NEWOBJ_EX", payload=render(call)[:200])
         problem = _dtype_state_problem(call) if call.builds else ""
         if problem:
             scan.add("SH108", problem, location=location, offset=call.offset,
@@ -190,6 +205,34 @@ def _rebuild_target_problem(call: Call) -> str:
         return ""
     return (f"{_REBUILD_FROM_TYPE} sets a state on what {render(first)[:80]} returns, not on "
             "a tensor torch._utils rebuilds: it can rewrite a process-wide object")
+
+
+# torch._utils._rebuild_sparse_tensor and the legacy sparse constructors (torch.sparse.
+# FloatTensor(indices, values, size)) build a sparse tensor from the file's index and value
+# tensors unchecked; torch.load checks the indices afterwards only under torch.sparse.
+# check_sparse_tensor_invariants, which is off by default (weights_only too), and plain pickle
+# never. Indices outside the tensor, or compressed indices that run past the values, make the
+# first to_dense(), coalesce() or matrix product read and write memory outside the tensor's
+# data (the process crashes). The indices are tensor data, which this scan never reads: it
+# cannot vouch for them, so it does not pass these names however they are reached (called
+# directly, given to _rebuild_from_type_v2, stored as a hook).
+SPARSE_PROBLEM = (
+    "builds a sparse tensor whose indices torch.load does not check (torch.sparse."
+    "check_sparse_tensor_invariants is off by default, weights_only included): indices "
+    "outside the tensor make its first to_dense(), coalesce() or product read and write "
+    "memory outside its data; this scan does not read tensor data, so it cannot vouch for "
+    "them")
+
+
+def _torch_keywords(call: Call) -> bool:
+    """Whether NEWOBJ_EX gives a torch class keyword arguments. ``torch.Tensor(cdata=N)``
+    and the legacy typed tensors take N as the address of a tensor to adopt, and
+    ``UntypedStorage(n, allocator=N)`` as the address of an allocator to call: a pickle
+    of allowed names reads and calls through any address it likes."""
+    func = call.func
+    if not (isinstance(func, Global) and func.effective.startswith("torch.")):
+        return False
+    return not (isinstance(call.kwargs, SymDict) and not call.kwargs.items)
 
 
 # numpy.dtype.__setstate__ takes a dtype's layout (fields, subarray, item size) and its flags

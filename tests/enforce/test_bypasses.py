@@ -556,10 +556,10 @@ def test_a_wildcard_does_not_reach_a_namespace_to_change_in_place(
     assert "MUTATED False False" in enforced.stdout
 
 
-def _loads_then_show_the_enum_member(data: bytes) -> str:
-    """A program that unpickles ``data``, then prints whether dcp's process-wide
-    memory-format enum member was renamed and renumbered."""
-    return (f"import pickle, torch, {_MD} as md\n" + _guarded(f"pickle.loads({data!r})")
+def _loads_then_show_the_enum_member(data: bytes, entry: str = "pickle.loads(D)") -> str:
+    """A program that unpickles ``data`` (as ``D``) with ``entry``, then prints whether
+    dcp's process-wide memory-format enum member was renamed and renumbered."""
+    return (f"import io, joblib, pickle, torch, {_MD} as md\nD = {data!r}\n" + _guarded(entry)
             + "\nm = md._MEM_FORMAT_ENCODING.TORCH_CONTIGUOUS_FORMAT\n"
             "print('MUTATED', m.name == 'PWNED', m.value == 7)\n")
 
@@ -579,14 +579,19 @@ def test_build_on_an_enum_member_is_refused(tmp_path: Path) -> None:
     assert "MUTATED False False" in enforced.stdout
 
 
-def test_torch_rebuild_from_type_cannot_set_state_on_an_enum_member(tmp_path: Path) -> None:
+# The pure-Python unpickler (pickle._loads, joblib.load) resolves names through the
+# replaced pickle._Unpickler.find_class: it got torch's own _rebuild_from_type_v2, unchecked.
+@pytest.mark.parametrize("entry", ["pickle.loads(D)", "pickle._loads(D)",
+                                   "joblib.load(io.BytesIO(D))"])
+def test_torch_rebuild_from_type_cannot_set_state_on_an_enum_member(tmp_path: Path,
+                                                                     entry: str) -> None:
     # torch._tensor._rebuild_from_type_v2 (allowed: tensor subclasses) is torch's own BUILD:
     # it calls func(*args) and setattr's the state on the result. With the allowed enum
     # class as func it renamed and renumbered the process-wide member, past BUILD's check.
     data = (b"\x80\x04" + _short("torch._tensor") + _short("_rebuild_from_type_v2") + b"\x93("
             + _short(_MD) + _short("_MEM_FORMAT_ENCODING") + b"\x93\x94h\x00K\x00\x85}"
             + _short("_value_") + b"K\x07s" + _short("_name_") + _short("PWNED") + b"stR.")
-    program = _loads_then_show_the_enum_member(data)
+    program = _loads_then_show_the_enum_member(data, entry)
     plain, enforced = _plain_and_under_dcp_policy(program, tmp_path)
     assert "MUTATED True True" in plain.stdout, (plain.stdout, plain.stderr)
     assert "REFUSED UnsafeModel" in enforced.stdout, (enforced.stdout, enforced.stderr)
@@ -633,3 +638,72 @@ def test_torch_load_gets_no_wildcard_import_from_the_policy(tmp_path: Path) -> N
 
     assert "REFUSED" in enforced.stdout, (enforced.stdout, enforced.stderr)
     assert "MUTATED False" in enforced.stdout
+
+
+# A 2x2 CSR tensor whose row pointers say 10**8 values where there is one, made only of
+# allowed names (the legacy constructors, torch's layout lookup, its sparse rebuild).
+_SPARSE_CSR = (b"\x80\x02ctorch._utils\n_rebuild_sparse_tensor\nctorch.serialization\n"
+               b"_get_layout\n" + _binunicode("torch.sparse_csr") + b"\x85R(ctorch\nLongTensor"
+               b"\n]q\x00(K\x00J\x00\xe1\xf5\x05J\x00\xe1\xf5\x05e\x85Rctorch\nLongTensor\n]"
+               b"K\x00a\x85Rctorch\nFloatTensor\n]G?\xf0\x00\x00\x00\x00\x00\x00a\x85RK\x02K"
+               b"\x02\x86t\x86R.")
+# A 4x4 COO tensor with an index of 10**8, from the legacy sparse constructor
+# torch.sparse.FloatTensor(indices, values, size).
+_SPARSE_LEGACY = (b"\x80\x02ctorch.sparse\nFloatTensor\nctorch\nLongTensor\n](](K\x00J\x00"
+                  b"\xe1\xf5\x05e](K\x00J\x00\xe1\xf5\x05ee\x85Rctorch\nFloatTensor\n](G?\xf0"
+                  b"\x00\x00\x00\x00\x00\x00G@\x00\x00\x00\x00\x00\x00\x00e\x85RK\x04K\x04\x86"
+                  b"\x87R.")
+
+
+@pytest.mark.parametrize(("payload", "entry"), [
+    ("_SPARSE_CSR", "pickle.loads(D)"), ("_SPARSE_CSR", "pickle._loads(D)"),
+    ("_SPARSE_CSR", "torch.load(P, weights_only=False)"),
+    ("_SPARSE_LEGACY", "pickle.loads(D)"), ("_SPARSE_LEGACY", "joblib.load(io.BytesIO(D))"),
+    ("_SPARSE_LEGACY", "torch.load(P)")])
+def test_sparse_tensor_with_unchecked_indices_is_refused(tmp_path: Path, payload: str,
+                                                        entry: str) -> None:
+    # torch builds it unchecked and checks it afterwards only under
+    # torch.sparse.check_sparse_tensor_invariants (off by default; weights_only loads the
+    # legacy constructor too): its first use reads and writes outside its data. The scanner
+    # and the restricted unpickler (every pure-Python one included) refuse it.
+    data = globals()[payload]
+    _checkpoint_with_pickle(tmp_path / "w.pt", data)
+    program = ("import io, joblib, pickle, warnings, torch\nwarnings.simplefilter('ignore')\n"
+               f"D = {data!r}\nP = 'w.pt'\n"
+               + _guarded(f"t = {entry}\nt = t if isinstance(t, torch.Tensor) else t['w']\n"
+                          "print('LOADED', flush=True)\n"
+                          "(t.coalesce() if t.layout == torch.sparse_coo else t).to_dense()"))
+    plain = _run(program, tmp_path, site=False)
+    assert plain.stdout.startswith("LOADED"), (plain.stdout, plain.stderr)
+    assert plain.returncode < 0, (plain.stdout, plain.stderr)  # the process crashed
+
+    enforced = _run(program, tmp_path, site=True)
+    # pickle: the restricted unpickler (UnsafeModel); torch.load: the scan (PolicyViolation)
+    assert "REFUSED" in enforced.stdout, (enforced.stdout, enforced.stderr)
+    assert "SH108" in enforced.stdout and enforced.returncode == 0
+
+
+# NEWOBJ_EX: torch.Tensor.__new__(torch.Tensor, cdata=0x4141414141), the tensor at that
+# address adopted; UntypedStorage(8, allocator=0x4141414141), its allocator called there.
+_CDATA = b"\x80\x04" + _short("torch") + _short("Tensor") + b"\x93)}" + _short(
+    "cdata") + b"\x8a\x05AAAAAs\x92."
+_ALLOCATOR = b"\x80\x04" + _short("torch.storage") + _short("UntypedStorage") + (
+    b"\x93K\x08\x85}") + _short("allocator") + b"\x8a\x05AAAAAs\x92."
+
+
+@pytest.mark.parametrize(("payload", "entry"), [
+    ("_CDATA", "pickle.loads(D)"), ("_CDATA", "joblib.load(io.BytesIO(D))"),
+    ("_ALLOCATOR", "pickle._loads(D)"), ("_ALLOCATOR", "torch.load(P, weights_only=False)")])
+def test_raw_addresses_for_torch_constructors_are_refused(tmp_path: Path, payload: str,
+                                                          entry: str) -> None:
+    data = globals()[payload]
+    _checkpoint_with_pickle(tmp_path / "w.pt", data)
+    program = (f"import io, joblib, pickle, torch\nD = {data!r}\nP = 'w.pt'\n"
+               "print('LOADING', flush=True)\n" + _guarded(entry))
+    plain = _run(program, tmp_path, site=False)
+    assert plain.stdout.startswith("LOADING"), (plain.stdout, plain.stderr)
+    assert plain.returncode < 0, (plain.stdout, plain.stderr)  # the address was used
+
+    enforced = _run(program, tmp_path, site=True)
+    assert "REFUSED" in enforced.stdout and "SH108" in enforced.stdout, (
+        enforced.stdout, enforced.stderr)

@@ -60,8 +60,7 @@ OBJECTS: dict[str, Callable[[], Any]] = {
     "optimizer_rmsprop": lambda: _optimizer("rmsprop"),
     "all_dtypes": _dtypes,
     "quantized": _quantized,
-    "sparse_coo": lambda: {"s": torch.eye(3).to_sparse()},
-    "sparse_csr": lambda: {"s": torch.eye(3).to_sparse_csr()},
+    # Sparse tensors: SH108, tests/scanner/test_sparse_tensors.py.
     "shared_views": lambda: (lambda t: {"t": t, "view": t[1:], "tr": t.t()})(torch.ones(3, 3)),
     "parameters": lambda: {"p": torch.nn.Parameter(torch.ones(2)),
                            "frozen": torch.nn.Parameter(torch.ones(2), requires_grad=False)},
