@@ -145,8 +145,8 @@ class _State:
                 self._install_base()
             if not self.torch_patches and self.finder is None:
                 torch = sys.modules.get("torch")
-                initializing = getattr(getattr(torch, "__spec__", None), "_initializing", False)
-                if torch is not None and hasattr(torch, "serialization") and not initializing:
+                if torch is not None and hasattr(torch, "serialization") and \
+                        not _initializing(torch):
                     self.install_torch(torch)
                 else:
                     self.finder = _TorchImportHook()
@@ -285,7 +285,7 @@ def _finish_torch_import() -> None:
     torch = sys.modules.get("torch")
     if torch is None or _state.torch_patches or not _state.stack:
         return
-    if not getattr(getattr(torch, "__spec__", None), "_initializing", False):
+    if not _initializing(torch):
         return
     wait = getattr(getattr(importlib, "_bootstrap", None), "_lock_unlock_module", None)
     if wait is not None:
@@ -332,18 +332,7 @@ class _TorchImportHook(importlib.abc.MetaPathFinder):
         _install_if_imported()
         if fullname != "torch":
             return None
-        self._busy.on = True  # find the real spec with the other finders
-        try:
-            spec = None
-            for finder in list(sys.meta_path):
-                found = getattr(finder, "find_spec", None)
-                if finder is self or found is None:
-                    continue
-                spec = found(fullname, path, target)
-                if spec is not None:
-                    break
-        finally:
-            self._busy.on = False
+        spec = _find_spec_elsewhere(self, self._busy, fullname, path, target)
         if spec is not None and spec.loader is not None:
             _patch_after_exec(spec.loader, _state.install_torch)
         return spec

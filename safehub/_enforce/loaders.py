@@ -164,17 +164,25 @@ def _reading_scanned_snapshot() -> Iterator[None]:
         _scanned.depth -= 1
 
 
-class ScannedOnlyReader:
+class _StandIn:
+    """Stands in for one of torch's callables (``key`` names it) under enforcement; its
+    other attributes are the real one's."""
+
+    def __init__(self, real: Any, key: str):
+        self._real = real
+        self._key = key
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+class ScannedOnlyReader(_StandIn):
     """Stands in for one of :data:`TORCHSCRIPT_READERS` under enforcement.
 
     It reads only inside a load that took the TorchScript rule (every policy allows
     TorchScript, the snapshot passed the scan, the reader gets the snapshot): a Python
     route to TorchScript that enforcement does not wrap is refused here, never run.
     """
-
-    def __init__(self, real: Any, key: str):
-        self._real = real
-        self._key = key
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if getattr(_scanned, "depth", 0) > 0:
@@ -187,9 +195,6 @@ class ScannedOnlyReader:
             subject=subject, fix="load it with torch.jit.load (refused unless the policy "
             "allows TorchScript), or convert it in the sandbox: safehub convert FILE",
             trail=["deny    enforce: TorchScript read outside a scanned load"])
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
 
 
 def _load_scanned(loader: str, f: Any, policies: Policies,
@@ -261,7 +266,7 @@ def refused_exported_program(*args: Any, **kwargs: Any) -> Any:
         trail=["deny    enforce: ExportedPrograms are code"])
 
 
-class RefusedNativeLoader:
+class RefusedNativeLoader(_StandIn):
     """Stands in for one of ``torch._C._aoti``'s loader classes under enforcement.
 
     AOTInductor packages (``torch._inductor.aoti_load_package``, ``torch.export.load`` of
@@ -269,10 +274,6 @@ class RefusedNativeLoader:
     the file: native code that no scan can judge. Constructing one is always refused;
     its static helpers (reading a package's metadata) still work.
     """
-
-    def __init__(self, real: Any, key: str):
-        self._real = real
-        self._key = key
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         subject = str(args[0]) if args else "<AOTInductor package>"
@@ -282,9 +283,6 @@ class RefusedNativeLoader:
             subject=subject, fix="load the model's weights (safetensors or a weights-only "
             "checkpoint) into a model built from trusted code",
             trail=["deny    enforce: native code (AOTInductor) is never loaded"])
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
 
 
 def package_importer_init(original: Callable[..., Any], policies: Policies, importer: Any,

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from safehub._enforce.hooks import AttrPatch, CodePatch
+from safehub._scanner.allowlist import SPARSE_CONSTRUCTORS
 from safehub.errors import UnsafeModel
 
 __all__ = ["GlobalCheck", "canonical_global", "pickle_patches"]
@@ -120,9 +121,6 @@ def _rebuild_sparse_refused(*args: Any, **kwargs: Any) -> Any:
 
 _REBUILD_FROM_TYPE = "torch._tensor._rebuild_from_type_v2"
 _REBUILD_SPARSE = "torch._utils._rebuild_sparse_tensor"
-# The legacy sparse constructors the allowlist names (safehub._scanner.allowlist's
-# unchecked_sparse: the scanner's SH108 for the same names).
-_SPARSE_CONSTRUCTORS = ("torch.sparse.", "torch.cuda.sparse.")
 # Allowed callables replaced by a checked version when a pickle imports them.
 _CHECKED_CALLABLES: dict[str, Callable[..., Any]] = {
     _REBUILD_FROM_TYPE: _rebuild_from_type_checked, _REBUILD_SPARSE: _rebuild_sparse_refused}
@@ -130,7 +128,7 @@ _CHECKED_CALLABLES: dict[str, Callable[..., Any]] = {
 
 def _checked_callable(module: str, name: str, obj: Any) -> Any:
     full = f"{module}.{name}"
-    if full.startswith(_SPARSE_CONSTRUCTORS) and full.endswith("Tensor"):
+    if full.startswith(SPARSE_CONSTRUCTORS) and full.endswith("Tensor"):
         # torch.sparse.FloatTensor(indices, values, size): the same unchecked sparse tensor
         return _rebuild_sparse_refused
     return _CHECKED_CALLABLES.get(full, obj)

@@ -25,7 +25,6 @@ import atexit
 import contextlib
 import itertools
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ import threading
 from typing import NamedTuple
 
 from safehub._sandbox.sharing import folder_mode, read_only_file_mode
+from safehub._tree import remove_tree
 
 __all__ = ["compile_in_background", "compiled"]
 
@@ -69,26 +69,19 @@ def _private_root() -> str:
     if _root is None:
         _root = tempfile.mkdtemp(prefix="safehub-pyc-")
         os.chmod(_root, folder_mode())  # the sandbox reads it (as another uid when root)
-        atexit.register(shutil.rmtree, _root, True)
+        atexit.register(remove_tree, _root)
     return _root
 
 
 def compile_in_background(repo_dir: str) -> None:
     """Start compiling ``repo_dir`` now, so the compile overlaps the zygote's start and
     the caller's other work; :func:`compiled` then waits for it."""
-    with _lock:
-        stale = _forget_gone()
-        _start(repo_dir)
-    _remove(stale)
+    _begin(repo_dir)
 
 
 def compiled(repo_dir: str) -> str | None:
     """The pycache prefix holding ``repo_dir``'s bytecode (compiled on first use)."""
-    with _lock:
-        stale = _forget_gone()
-        thread = _start(repo_dir)
-        prefix = _done[repo_dir].prefix if thread is None else None
-    _remove(stale)
+    thread, prefix = _begin(repo_dir)
     if thread is None:
         return prefix
     thread.join()
@@ -107,10 +100,24 @@ def _identity(folder: str) -> tuple[int, int, int] | None:
     return (st.st_dev, st.st_ino, st.st_ctime_ns)
 
 
+def _begin(repo_dir: str) -> tuple[threading.Thread | None, str | None]:
+    """The compile of ``repo_dir`` under way (its thread), or done (None, its prefix).
+
+    _lock guards the bookkeeping only: the compile itself runs outside it, so a second
+    caller (the API's early start, then the runner's) never waits for a subprocess it
+    did not ask to wait for; the bytecode of folders that are gone is removed outside it
+    too."""
+    with _lock:
+        stale = _forget_gone()
+        thread = _start(repo_dir)
+        prefix = _done[repo_dir].prefix if thread is None else None
+    for gone in stale:  # a large tree takes a while
+        remove_tree(gone)
+    return thread, prefix
+
+
 def _start(repo_dir: str) -> threading.Thread | None:
-    # Called under _lock, which guards the bookkeeping only: the compile itself runs
-    # outside it, so a second caller (the API's early start, then the runner's) never
-    # waits for a subprocess it did not ask to wait for.
+    # Under _lock.
     if repo_dir in _done:
         return None
     thread = _pending.get(repo_dir)
@@ -133,11 +140,6 @@ def _forget_gone() -> list[str]:
             if done.folder is None or _identity(repo) != done.folder]
     return [prefix for prefix in (_done.pop(repo).prefix for repo in gone)
             if prefix is not None]
-
-
-def _remove(prefixes: list[str]) -> None:
-    for prefix in prefixes:  # outside _lock: a large tree takes a while
-        shutil.rmtree(prefix, ignore_errors=True)
 
 
 def _compile(repo_dir: str, prefix: str) -> None:

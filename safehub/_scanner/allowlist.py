@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["DEFAULT_ALLOWED", "TORCHSCRIPT_ALLOWED", "allowed_reason", "matches",
-           "unchecked_sparse"]
+__all__ = ["DEFAULT_ALLOWED", "SPARSE_CONSTRUCTORS", "TORCHSCRIPT_ALLOWED", "allowed_reason",
+           "matches", "unchecked_sparse"]
 
 _TORCH_STORAGE_TYPES = (
     "BFloat16", "Bool", "Byte", "Char", "ComplexDouble", "ComplexFloat", "Double", "Float",
@@ -126,7 +126,8 @@ def matches(pattern: str, name: str) -> bool:
     return pattern == name
 
 
-_SPARSE_CONSTRUCTORS = ("torch.sparse.", "torch.cuda.sparse.")
+# The modules of the legacy sparse constructors (torch.sparse.FloatTensor, ...).
+SPARSE_CONSTRUCTORS = ("torch.sparse.", "torch.cuda.sparse.")
 
 
 def unchecked_sparse(name: str) -> bool:
@@ -135,4 +136,4 @@ def unchecked_sparse(name: str) -> bool:
     indices only under ``torch.sparse.check_sparse_tensor_invariants`` (off by default), and
     bad ones make the tensor's first use read and write outside its data (SH108)."""
     return name == "torch._utils._rebuild_sparse_tensor" or (
-        name.startswith(_SPARSE_CONSTRUCTORS) and name in DEFAULT_ALLOWED)
+        name.startswith(SPARSE_CONSTRUCTORS) and name in DEFAULT_ALLOWED)
