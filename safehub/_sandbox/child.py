@@ -168,8 +168,8 @@ def _prepare(channel: Channel, config: dict[str, Any]) -> broker.Requester:
     _map_loaded_files()
     sys.dont_write_bytecode = True  # leave the repo's folder as it is
     repo = config["repo_dir"]
-    if isinstance(config.get("pycache_dir"), str):
-        _use_bytecode(repo, config["pycache_dir"])
+    prefix = config.get("pycache_dir")
+    _use_bytecode(repo, prefix if isinstance(prefix, str) else _NO_BYTECODE)
     sys.path.insert(0, repo)
     return requester
 
@@ -395,6 +395,13 @@ def _threads(tasks: int) -> int:
         return len(os.listdir(tasks))
     except OSError:
         return 0
+
+
+# Where the repository's bytecode is looked up when the parent has no compiled copy (its
+# folder could not be made: /tmp full, say): a path procfs never holds, so each module
+# compiles from its source. Without a prefix the lookup was the repository's own
+# __pycache__, where a shipped unchecked-hash .pyc runs in place of its source.
+_NO_BYTECODE = "/proc/self/safehub-no-bytecode"
 
 
 def _use_bytecode(repo: str, prefix: str) -> None:

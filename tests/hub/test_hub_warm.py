@@ -259,3 +259,30 @@ def test_a_shipped_pyc_never_runs_in_place_of_its_source(tmp_path: Path) -> None
     assert plain.stdout.split()[-1:] == ["666"], plain.stderr[-2000:]  # torch.hub takes it
     assert safehub.load(str(link), "probe", source="local")["value"].item() == 1
     assert safehub.load(str(real), "probe", source="local")["value"].item() == 1
+
+
+def test_without_a_compiled_copy_a_shipped_pyc_still_never_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # When the parent cannot make the bytecode folder (/tmp full), the child fell back to
+    # the repository's own __pycache__, where an unchecked-hash .pyc (never compared with
+    # its source) ran instead of the source.
+    from safehub._sandbox import bytecode
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "hubconf.py").write_text(textwrap.dedent('''
+        import torch
+        import helper
+
+
+        def probe():
+            return {"value": torch.tensor([helper.VALUE])}
+    '''))
+    (repo / "helper.py").write_text("VALUE = 1\n")
+    shipped = tmp_path / "shipped.py"
+    shipped.write_text("VALUE = 666\n")
+    py_compile.compile(str(shipped), doraise=True,
+                       cfile=importlib.util.cache_from_source(str(repo / "helper.py")),
+                       invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    monkeypatch.setattr(bytecode, "compiled", lambda repo_dir: None)
+    assert safehub.load(str(repo), "probe", source="local")["value"].item() == 1
