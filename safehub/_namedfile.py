@@ -16,12 +16,12 @@ import errno
 import os
 import stat
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TextIO
 
 from safehub.errors import SafehubError
 
-__all__ = ["NotARegularFile", "check_replaceable", "in_pseudo_fs", "kind_of", "open_named",
-           "read_named"]
+__all__ = ["NotARegularFile", "append_named", "check_replaceable", "in_pseudo_fs", "kind_of",
+           "open_named", "read_named"]
 
 _PSEUDO_FS = ("/proc", "/sys")
 
@@ -81,23 +81,49 @@ def open_named(path: str | os.PathLike[str], *, what: str) -> BinaryIO | None:
     """The regular file at ``path`` (through links) open for reading, or None when it does
     not exist. Raises :class:`NotARegularFile` for anything else that is there (opened
     without blocking, never read), :class:`SafehubError` when it cannot be opened."""
+    fd = _open_regular(path, os.O_RDONLY, what=what, verb="read")
+    return None if fd is None else os.fdopen(fd, "rb")
+
+
+def append_named(path: str | os.PathLike[str], *, what: str) -> TextIO:
+    """The regular file at ``path`` (through links; created when missing) open for
+    appending text. Raises :class:`NotARegularFile` for anything else that is there: a
+    FIFO swapped in after a check (:func:`check_replaceable`) would block a plain open
+    forever, waiting for a reader."""
+    fd = _open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, what=what, verb="write")
+    if fd is None:  # with O_CREAT: the folder is missing
+        raise SafehubError(f"cannot write the {what}: its folder does not exist",
+                           subject=str(path), fix="name a file in an existing folder")
+    return os.fdopen(fd, "a", encoding="utf-8")
+
+
+def _open_regular(path: str | os.PathLike[str], flags: int, *, what: str,
+                  verb: str) -> int | None:
     p = Path(path)
     try:
         # O_NONBLOCK: a FIFO in the file's place must not block the open; it is refused.
-        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(p, flags | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        if exc.errno == errno.ENXIO:  # a socket
-            raise _not_regular(p, what, stat.S_IFSOCK) from None
-        raise SafehubError(f"cannot read the {what}: {exc.strerror}", subject=str(p),
+        if exc.errno == errno.ENXIO:  # a socket, or a FIFO without a reader (for writing)
+            mode = stat.S_IFSOCK if stat.S_ISSOCK(_lmode(p)) else stat.S_IFIFO
+            raise _not_regular(p, what, mode) from None
+        raise SafehubError(f"cannot {verb} the {what}: {exc.strerror}", subject=str(p),
                            fix="check the path and its permissions") from None
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
         raise _not_regular(p, what, mode)
     os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb")
+    return fd
+
+
+def _lmode(path: Path) -> int:
+    try:
+        return os.stat(path).st_mode
+    except OSError:
+        return 0
 
 
 def read_named(path: str | os.PathLike[str], *, what: str, cap: int) -> bytes | None:

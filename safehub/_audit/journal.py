@@ -21,7 +21,7 @@ from typing import Any
 from safehub._audit.state import Entry, report_from_json, report_to_json
 from safehub._audit.work import Outcome
 from safehub._format.escape import redact_secrets
-from safehub._namedfile import check_replaceable, read_named
+from safehub._namedfile import append_named, check_replaceable, read_named
 from safehub.findings import FileReport
 
 __all__ = ["Journal"]
@@ -39,7 +39,9 @@ class Journal:
         self._lock = threading.Lock()
         self._load()
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
+        # Opened without blocking and refused unless regular: what _load checked may have
+        # been swapped for a FIFO since, whose open would wait for a reader forever.
+        self._fh = append_named(path, what="journal")
 
     def _load(self) -> None:
         check_replaceable(self.path, what="journal")  # appended to: a regular file or a new name

@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 import pickle
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -162,3 +164,35 @@ def test_an_unusable_default_state_folder_is_still_a_warning(tmp_path: Path,
     result = run_module("audit", models, env=env, cwd=tmp_path)
     assert result.code == 0, result.err
     assert "could not save the audit state" in result.err
+
+
+def test_a_journal_swapped_for_a_fifo_after_its_check_is_refused_not_waited_on(
+        tmp_path: Path) -> None:
+    # The journal was checked (and read) by name, then opened again to append: a FIFO put
+    # in its place between the two made the plain open wait for a reader forever. The
+    # swap is made deterministic by doing it right after the check.
+    journal = tmp_path / "audit.jsonl"
+    code = f"""
+import os
+from pathlib import Path
+from safehub._audit import journal as module
+from safehub._namedfile import NotARegularFile
+
+path = Path({str(journal)!r})
+checked = module.Journal._load
+
+def load_then_swap(self):
+    checked(self)
+    os.mkfifo(path)
+
+module.Journal._load = load_then_swap
+try:
+    module.Journal(path)
+except NotARegularFile as exc:
+    print("refused:", exc)
+"""
+    root = str(Path(__file__).resolve().parents[2])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": root})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "refused:" in done.stdout and "FIFO" in done.stdout.upper(), done.stdout
