@@ -16,6 +16,7 @@ import importlib
 import logging
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -72,6 +73,17 @@ def _configure_logging(quiet: bool, verbose: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO)
     root.propagate = False
+    # Python warnings (torch's, numpy's: their text can quote a file's or a server's) go
+    # through the same escaping as every record; printed as they were, a newline in one
+    # started a line of their choosing. (logging.captureWarnings logs the text as the
+    # record's own message, which is not escaped.)
+    warnings.showwarning = _log_warning
+
+
+def _log_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: object = None, line: str | None = None) -> None:
+    logging.getLogger("safehub").warning("%s (%s:%d): %s", category.__name__, filename,
+                                         lineno, str(message))
 
 
 # Subcommands that run PyTorch (in the sandbox or here); the others never import it.

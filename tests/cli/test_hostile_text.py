@@ -343,3 +343,32 @@ def test_lock_names_a_hostile_folder_inertly(tmp_path: Path) -> None:
         result = run_module("lock", "--path", folder, "--lockfile", lockfile, *extra)
         assert result.code == 0, result.err
         assert_streams(result, f"lock {extra}")
+
+
+def test_a_third_party_warning_cannot_forge_stderr(tmp_path: Path) -> None:
+    # Warnings from the libraries the CLI runs (torch, numpy) were printed by Python's own
+    # warning machinery, unescaped: text from a file or server in one started a line.
+    import subprocess
+    import sys
+
+    model = tmp_path / "m.pkl"
+    model.write_bytes(pickle.dumps({"lr": 0.1}))
+    code = textwrap.dedent(f"""
+        import importlib, sys, warnings
+        from safehub.cli import main
+        api = importlib.import_module("safehub.scan")  # the CLI's scan imports it later
+        real = api.scan
+
+        def warns_then_scans(*args, **kwargs):
+            warnings.warn({HOSTILE!r}, UserWarning)
+            return real(*args, **kwargs)
+
+        api.scan = warns_then_scans
+        sys.exit(main(["scan", {str(model)!r}]))
+    """)
+    root = str(Path(__file__).resolve().parents[2])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": root})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "UserWarning" in done.stderr and FORGED in done.stderr, done.stderr
+    assert_inert(done.stderr, "stderr")
