@@ -17,6 +17,11 @@ is not compiled (compileall's ``limit_sl_dest``). Its bytecode, constants and al
 would otherwise sit in the folder the child may read, and the child's import would
 take it (the cached size and mtime match the link's target) without ever opening the
 source that Landlock denies it.
+
+A repository with little Python source (a hubconf of a few functions) is not compiled:
+the child compiles it in memory in less time than the compile subprocess takes to
+start, and that subprocess's CPU came out of the call's own start (the zygote's and the
+caller's imports) on a machine with few CPUs.
 """
 
 from __future__ import annotations
@@ -32,11 +37,13 @@ import threading
 from typing import NamedTuple
 
 from safehub._sandbox.sharing import folder_mode, read_only_file_mode
-from safehub._tree import remove_tree
+from safehub._tree import remove_tree, walk
 
 __all__ = ["compile_in_background", "compiled"]
 
 _TIMEOUT_S = 20.0
+# Below this much Python source in the tree, the child compiles it (a few milliseconds).
+_SMALL_SOURCE = 16 << 10
 # The compile's address space. It runs outside every sandbox limit, and compiling costs
 # up to ~400 bytes of memory per source byte (a 20 MB list literal took 8 GB and a
 # minute; 4.5 GB within the timeout). A module over the limit is skipped (compileall
@@ -142,10 +149,32 @@ def _forget_gone() -> list[str]:
             if prefix is not None]
 
 
+def _little_source(repo_dir: str) -> bool:
+    """Whether the tree's ``.py`` files (as compileall finds them) hold at most
+    _SMALL_SOURCE bytes; stops counting past it, or past 4096 entries (a large tree is
+    left to the compile and its timeout)."""
+    total = entries = 0
+    for folder, dirs, files in walk(repo_dir):
+        entries += len(dirs) + len(files)
+        if entries > 4096:
+            return False
+        for name in files:
+            if name.endswith(".py"):
+                try:
+                    total += os.stat(os.path.join(folder, name)).st_size
+                except OSError:
+                    continue
+                if total > _SMALL_SOURCE:
+                    return False
+    return True
+
+
 def _compile(repo_dir: str, prefix: str) -> None:
     result: str | None = None  # no cache, not an error: the child compiles in memory
     identity = _identity(repo_dir)
     try:
+        if _little_source(repo_dir):
+            return
         os.mkdir(prefix, folder_mode())
         # Whatever was compiled before a failure or the timeout is used; the rest
         # compiles in the child. Links leaving the repo are skipped (-e): only what the

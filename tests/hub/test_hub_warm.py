@@ -130,7 +130,8 @@ def test_hubconf_that_does_not_parse_preloads_nothing(tmp_path: Path) -> None:
 def test_repo_modules_are_read_from_the_parents_compiled_copy(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()
-    (repo / "helper.py").write_text("VALUE = 3\n")
+    # More source than the child is left to compile itself (bytecode._SMALL_SOURCE).
+    (repo / "helper.py").write_text("VALUE = 3\n" + "# padding\n" * 4000)
     (repo / "hubconf.py").write_text(textwrap.dedent('''
         import os
         import torch

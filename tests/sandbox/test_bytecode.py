@@ -18,13 +18,22 @@ import pytest
 from safehub._sandbox import bytecode
 
 
-def _repo(root: Path) -> Path:
+def _repo(root: Path, *, source_kib: int = 32) -> Path:
+    """A repository holding ``source_kib`` KiB of Python source (more than the child is
+    left to compile by default)."""
     repo = root / "repo"
     (repo / "pkg").mkdir(parents=True)
     (repo / "hubconf.py").write_text("import pkg.model\n")
     (repo / "pkg" / "__init__.py").write_text("")
-    (repo / "pkg" / "model.py").write_text("SIZE = 2\n")
+    (repo / "pkg" / "model.py").write_text("SIZE = 2\n" + "# padding\n" * (source_kib * 100))
     return repo
+
+
+def test_little_source_is_left_to_the_child(tmp_path: Path) -> None:
+    # The compile subprocess costs more CPU than compiling a few functions in the child,
+    # and that CPU came out of the call's own start.
+    assert bytecode.compiled(str(_repo(tmp_path / "small", source_kib=4))) is None
+    assert bytecode.compiled(str(_repo(tmp_path / "large", source_kib=32))) is not None
 
 
 def test_the_folder_holds_the_repositorys_bytecode_and_nothing_else(tmp_path: Path) -> None:

@@ -41,7 +41,8 @@ def test_a_non_root_callers_bytecode_and_repository_copy_are_its_own(open_tmp: P
     repo = open_tmp / "repo"
     (repo / "pkg").mkdir(parents=True)
     (repo / "hubconf.py").write_text("import pkg.model\n")
-    (repo / "pkg" / "model.py").write_text("SIZE = 2\n")
+    # More source than the child is left to compile itself (bytecode._SMALL_SOURCE).
+    (repo / "pkg" / "model.py").write_text("SIZE = 2\n" + "# padding\n" * 4000)
     copy = open_tmp / "private" / "repo"
     copy.parent.mkdir()
     (copy / "pkg").mkdir(parents=True)
