@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from safehub._fetch import location as _location
+from safehub._namedfile import check_replaceable
 from safehub.errors import FetchError, PolicyViolation, UnsafeModel
 
 if TYPE_CHECKING:
@@ -77,13 +78,18 @@ def download_url_to_file(url: str, dst: str, hash_prefix: str | None = None,
       on every use), then are copied to ``dst`` atomically (``.partial`` + rename);
     - ``progress=True`` draws a bar on stderr when stderr is a terminal (as torch.hub
       does) and otherwise reports through the ``safehub.fetch`` logger; a callable
-      receives :class:`~safehub.fetch.Progress` reports and nothing is drawn.
+      receives :class:`~safehub.fetch.Progress` reports and nothing is drawn;
+    - ``dst`` must be a regular file or a new name: a device, FIFO, socket or folder
+      there is refused before anything is downloaded (torch.hub's rename, as root,
+      replaced ``/dev/null`` itself with the download).
     """
     from safehub._fetch.fetcher import Fetcher
 
+    target = os.path.expanduser(dst)
+    check_replaceable(target, what="download destination")
     fetcher = Fetcher(policy, progress=_progress(progress))
     with fetcher.open_url(url, hash_prefix=hash_prefix) as opened:
-        write_atomically(opened.file, os.path.expanduser(dst))
+        write_atomically(opened.file, target)
 
 
 def write_atomically(reader: BinaryIO, target: str) -> None:
@@ -94,6 +100,7 @@ def write_atomically(reader: BinaryIO, target: str) -> None:
             shutil.copyfileobj(reader, out, 1 << 20)
             out.flush()
             os.fsync(out.fileno())
+        check_replaceable(target, what="download destination")  # again: it may have changed
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

@@ -199,3 +199,30 @@ def test_progress_callable_receives_byte_counts(
                                  policy=policy_file)
     assert seen and seen[-1].done == seen[-1].total == len(big_checkpoint)
     assert [p.done for p in seen] == sorted(p.done for p in seen)
+
+
+def test_download_url_to_file_never_replaces_a_special_file(
+        hub: FakeHub, policy_file: Path, checkpoint: bytes, tmp_path: Path) -> None:
+    # torch.hub renames the download onto dst: as root, dst=/dev/null replaced the
+    # system's device node with the file. The test's own nodes stand in for it.
+    import stat
+
+    url = hub.add_file("/models/net.pt", checkpoint)
+    nodes = tmp_path / "nodes"
+    nodes.mkdir()
+    fifo = nodes / "fifo"
+    os.mkfifo(fifo)
+    targets = [fifo, nodes / "folder"]
+    targets[1].mkdir()
+    try:
+        os.mknod(nodes / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        targets.append(nodes / "null")
+    except OSError:  # not root: no device could be replaced either
+        pass
+    before = {p: os.lstat(p).st_mode for p in targets}
+    for target in targets:
+        with pytest.raises(safehub.errors.SafehubError, match="download destination"):
+            safehub.download_url_to_file(url, str(target), progress=False, policy=policy_file)
+    assert {p: os.lstat(p).st_mode for p in targets} == before
+    assert sorted(p.name for p in nodes.iterdir()) == sorted(p.name for p in targets), (
+        "no .partial left")
