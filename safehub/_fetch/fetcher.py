@@ -36,6 +36,7 @@ from safehub._fetch.lockfile import (
     LockedRepo,
     Lockfile,
     local_tree_sha256,
+    local_tree_size,
     repo_key,
 )
 from safehub._fetch.offline import cached_download_decision, offline_requested
@@ -566,6 +567,24 @@ class Fetcher:
                 subject=os.fspath(path), fix="do not use it; if the change is expected, "
                 "re-lock with `safehub lock --path` after reviewing it")
         return actual
+
+    def locked_size(self, path: str | os.PathLike[str]) -> int | None:
+        """A locked folder's recorded total size, once its files' present total is shown
+        to equal it (:class:`IntegrityError` if not: nothing read or copied); None when
+        the lockfile has no size for it (written before sizes were recorded)."""
+        locked = self.lockfile.local(path) if self.lockfile is not None else None
+        if locked is None or locked.size is None:
+            return None
+        actual = local_tree_size(path)
+        if actual != locked.size:
+            raise self.size_mismatch(path, f"{actual} bytes, locked {locked.size}")
+        return locked.size
+
+    def size_mismatch(self, path: str | os.PathLike[str], what: str) -> IntegrityError:
+        return IntegrityError(
+            f"SH300 the files of {canonical_path(path)} differ from {self.lockfile_path} "
+            f"({what})", subject=os.fspath(path), fix="do not use it; if the change is "
+            "expected, re-lock with `safehub lock --path` after reviewing it")
 
     def _refuse_unlocked(self, what: str, command: str) -> None:
         raise PolicyViolation(

@@ -40,7 +40,9 @@ list.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 import sys
 import uuid
 from pathlib import Path
@@ -54,6 +56,7 @@ from safehub._policy.paths import canonical_path
 from safehub._policy.repo_id import RepoId, normalize_ref
 from safehub._policy.schema import SHA1_RE, SHA256_RE
 from safehub._policy.urls import canonical_url
+from safehub._tree import walk
 from safehub.errors import (
     FetchError,
     InvalidIdentifier,
@@ -67,8 +70,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
-__all__ = ["LOCKFILE_NAME", "LockedFile", "LockedPath", "LockedRepo", "Lockfile",
-           "local_tree_sha256", "repo_key"]
+__all__ = ["LOCKFILE_NAME", "UNLOCKED_TOP", "LockedFile", "LockedPath", "LockedRepo",
+           "Lockfile", "local_tree", "local_tree_sha256", "local_tree_size", "repo_key"]
 
 # Far above any real lockfile; a name that points at something endless is refused first.
 _MAX_LOCKFILE = 256 << 20
@@ -146,9 +149,12 @@ class LockedFile(_Entry):
 
 
 class LockedPath(_Entry):
-    """A local folder and the digest of its files (see ``tree_digest``)."""
+    """A local folder and the digest of its files (see ``tree_digest``); ``size``: their
+    total bytes (absent in lockfiles written before it was recorded), checked before the
+    folder is copied for a call, so a file added or grown since costs nothing to refuse."""
 
     tree_sha256: str
+    size: int | None = Field(None, ge=0)
 
     @field_validator("tree_sha256")
     @classmethod
@@ -158,22 +164,47 @@ class LockedPath(_Entry):
         return v
 
 
+# What a local folder's lock leaves out: git's own data, never part of what runs.
+UNLOCKED_TOP = frozenset({".git"})
+
+
 def local_tree_sha256(path: str | os.PathLike[str]) -> str:
     """The ``tree_sha256`` of a local folder: every regular file's path, size and SHA-256
     (a top-level ``.git`` folder left out). A link or special file in it is refused, as
     in a fetched archive: what is locked is exactly the bytes that run."""
+    return local_tree(path).tree_sha256
+
+
+def local_tree(path: str | os.PathLike[str]) -> LockedPath:
+    """The lock entry of a local folder: its ``tree_sha256`` and total size."""
     from safehub._fetch.cache import hash_tree, tree_digest
 
     root = Path(canonical_path(path))
     if not root.is_dir():
         raise FetchError(f"{root} is not a folder", subject=os.fspath(path),
                          fix="lock a repository folder (one with hubconf.py)")
-    files, odd = hash_tree(root, skip_top=frozenset({".git"}))
+    files, odd = hash_tree(root, skip_top=UNLOCKED_TOP)
     if odd:
         raise FetchError(f"{root} holds links or special files: {', '.join(odd[:5])}",
                          subject=str(root),
                          fix="replace links with the files they point to, then lock it")
-    return tree_digest(files)
+    return LockedPath(tree_sha256=tree_digest(files),
+                      size=sum(size for _, size in files.values()))
+
+
+def local_tree_size(path: str | os.PathLike[str]) -> int:
+    """The total size of the regular files :func:`local_tree` would hash (no reading)."""
+    root = os.fspath(path)
+    total = 0
+    for folder, dirs, files in walk(root):
+        if folder == root:
+            dirs[:] = [d for d in dirs if d not in UNLOCKED_TOP]
+        for name in files:
+            with contextlib.suppress(OSError):
+                st = os.lstat(os.path.join(folder, name))
+                if stat.S_ISREG(st.st_mode):
+                    total += st.st_size
+    return total
 
 
 class _LockModel(_Entry):
@@ -344,7 +375,8 @@ class Lockfile:
             "files": {k: self.files[k].model_dump(exclude_none=True) for k in sorted(self.files)},
         }
         if self.paths:
-            data["paths"] = {k: self.paths[k].model_dump() for k in sorted(self.paths)}
+            data["paths"] = {k: self.paths[k].model_dump(exclude_none=True)
+                             for k in sorted(self.paths)}
         return _HEADER + tomli_w.dumps(data)
 
     def save(self) -> None:

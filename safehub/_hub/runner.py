@@ -14,10 +14,12 @@ import contextlib
 import importlib
 import logging
 import os
+import shutil
+import stat
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -238,16 +240,56 @@ def _local_repo(policy: Policy, call: HubCall, stack: contextlib.ExitStack,
         fetcher.check_local(path)
     if not signed and not listed:
         return path
+    budget = fetcher.locked_size(path) if listed else None
     private = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="safehub-repo-")))
     copy = private / path.name
     # Links are copied as links: the verifier and the lockfile's hash refuse them rather
-    # than following them.
-    copy_tree(path, copy)
+    # than following them. A locked folder's copy stops at its locked size (a file added
+    # or grown since, a sparse terabyte, would otherwise be written out in full before
+    # the hash refused it), and leaves out git's data, which the lock does not cover.
+    if budget is None:
+        copy_tree(path, copy)
+    else:
+        copy_tree(path, copy, ignore=_unlocked_top(path),
+                  copy_function=_bounded_copy(budget, path, fetcher))
     _read_only(copy)
     if listed:
         fetcher.check_local(path, contents=copy)
     if signed:
         verify_signatures(decision, copy, str(path))
+    return copy
+
+
+def _unlocked_top(root: Path) -> Callable[[str, list[str]], set[str]]:
+    from safehub._fetch.lockfile import UNLOCKED_TOP
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        return set(UNLOCKED_TOP) & set(names) if folder == os.fspath(root) else set()
+
+    return ignore
+
+
+def _bounded_copy(budget: int, root: Path, fetcher: Fetcher) -> Callable[[str, str], None]:
+    """A copy function that refuses (SH300) once the files copied exceed ``budget``
+    bytes, whatever they claimed when the folder was checked."""
+    left = budget
+
+    def copy(source: str, target: str) -> None:
+        nonlocal left
+        # Without blocking: a FIFO swapped in for a file since the walk is refused.
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise fetcher.size_mismatch(root, f"{source} is no longer a regular file")
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb") as src, open(target, "xb") as dst:
+            while chunk := src.read(min(1 << 20, left + 1)):
+                left -= len(chunk)
+                if left < 0:
+                    raise fetcher.size_mismatch(root, f"more than its locked {budget} bytes")
+                dst.write(chunk)
+        shutil.copystat(source, target)
+
     return copy
 
 

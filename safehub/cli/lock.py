@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from safehub._fetch.lockfile import local_tree_sha256
+from safehub._fetch.lockfile import local_tree
 from safehub._format.escape import escape_line as _e
 from safehub.cli._common import EXIT_ERROR, EXIT_OK, ProgressLine
 from safehub.cli._output import write_stdout
@@ -27,7 +27,6 @@ from safehub.fetch import (
     LOCKFILE_NAME,
     Fetcher,
     LockedFile,
-    LockedPath,
     LockedRepo,
     Lockfile,
     Progress,
@@ -119,9 +118,9 @@ def run(args: argparse.Namespace) -> int:
                 tree = fetcher.check_local(path)
                 write_stdout(f"verified {_e(path)} -> tree {(tree or '')[:16]}\n")
             else:
-                tree = local_tree_sha256(path)
-                key = lockfile.add_local(path, LockedPath(tree_sha256=tree))
-                write_stdout(f"locked {_e(key)} -> tree {tree[:16]}\n")
+                entry = local_tree(path)
+                key = lockfile.add_local(path, entry)
+                write_stdout(f"locked {_e(key)} -> tree {entry.tree_sha256[:16]}\n")
     finally:
         line.done()
     if not args.frozen:
