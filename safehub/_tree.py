@@ -28,7 +28,7 @@ from typing import BinaryIO
 from safehub._namedfile import check_replaceable
 from safehub.errors import SafehubError
 
-__all__ = ["copy_tree", "links_leaving", "remove_tree", "walk", "write_atomic"]
+__all__ = ["copy_tree", "links_leaving", "remove_tree", "tree_size", "walk", "write_atomic"]
 
 
 def walk(top: str | os.PathLike[str], *, topdown: bool = True,
@@ -71,6 +71,23 @@ def walk(top: str | os.PathLike[str], *, topdown: bool = True,
             child = os.path.join(path, name)
             if not os.path.islink(child):
                 stack.append((child, False))
+
+
+def tree_size(root: str | os.PathLike[str], *, leave_out: frozenset[str] = frozenset(),
+              everywhere: bool = False) -> int:
+    """Bytes of the regular files under ``root`` (lstat only, nothing read), leaving out
+    the folders named in ``leave_out`` at the top (or at every level: ``everywhere``)."""
+    top = os.fspath(root)
+    total = 0
+    for folder, dirs, files in walk(top):
+        if everywhere or folder == top:
+            dirs[:] = [d for d in dirs if d not in leave_out]
+        for name in files:
+            with contextlib.suppress(OSError):
+                info = os.lstat(os.path.join(folder, name))
+                if stat.S_ISREG(info.st_mode):
+                    total += info.st_size
+    return total
 
 
 def copy_tree(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,

@@ -40,9 +40,7 @@ list.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import stat
 import sys
 import uuid
 from pathlib import Path
@@ -56,7 +54,7 @@ from safehub._policy.paths import canonical_path
 from safehub._policy.repo_id import RepoId, normalize_ref
 from safehub._policy.schema import SHA1_RE, SHA256_RE
 from safehub._policy.urls import canonical_url
-from safehub._tree import walk
+from safehub._tree import tree_size
 from safehub.errors import (
     FetchError,
     InvalidIdentifier,
@@ -194,17 +192,7 @@ def local_tree(path: str | os.PathLike[str]) -> LockedPath:
 
 def local_tree_size(path: str | os.PathLike[str]) -> int:
     """The total size of the regular files :func:`local_tree` would hash (no reading)."""
-    root = os.fspath(path)
-    total = 0
-    for folder, dirs, files in walk(root):
-        if folder == root:
-            dirs[:] = [d for d in dirs if d not in UNLOCKED_TOP]
-        for name in files:
-            with contextlib.suppress(OSError):
-                st = os.lstat(os.path.join(folder, name))
-                if stat.S_ISREG(st.st_mode):
-                    total += st.st_size
-    return total
+    return tree_size(path, leave_out=UNLOCKED_TOP)
 
 
 class _LockModel(_Entry):

@@ -21,7 +21,6 @@ the child's account of it.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
@@ -33,7 +32,7 @@ from typing import Any, Protocol, runtime_checkable
 from safehub._policy.urls import canonical_url
 from safehub._sandbox.channel import Channel
 from safehub._sandbox.errors import LimitExceeded, clean_text
-from safehub._tree import copy_tree, walk
+from safehub._tree import copy_tree, tree_size
 from safehub.errors import FetchError, InternalError, PolicyViolation, SafehubError
 
 __all__ = ["Broker", "BrokerService", "DownloadRefused", "Requester", "install_stubs"]
@@ -193,15 +192,7 @@ class BrokerService:
 
 def _tree_size(root: Path) -> int:
     """Bytes of the regular files under ``root`` that a copy takes (``.git`` left out)."""
-    total = 0
-    for folder, dirs, files in walk(root):
-        dirs[:] = [d for d in dirs if d != ".git"]
-        for name in files:
-            with contextlib.suppress(OSError):
-                info = os.lstat(os.path.join(folder, name))
-                if stat.S_ISREG(info.st_mode):
-                    total += info.st_size
-    return total
+    return tree_size(root, leave_out=frozenset({".git"}), everywhere=True)
 
 
 # --- child side -----------------------------------------------------------------------------
