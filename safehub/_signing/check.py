@@ -12,7 +12,8 @@ Rules, in order, for each file found:
    caller explicitly passes ``unsafe_ignore_unsigned_code``.
 
 Then every listed file that was not found is missing, and every symlink, special
-file or unreadable folder is a failure of its own.
+file or unreadable folder is a failure of its own. A shard signature checked with
+``ignore_unsigned_files`` fails as a whole, as in model_signing (see ``check_model``).
 """
 
 from __future__ import annotations
@@ -147,6 +148,18 @@ def check_model(manifest: Manifest, model: Path, *, signer: Signer,
     failures: list[Failure] = []
     skipped: list[str] = []
     unsigned_ignored: list[str] = []
+
+    if ignore_unsigned_files and ser.method == "shards" and \
+            any(entry.shards for entry in manifest.files.values()):
+        # model_signing 1.1.1 checks only the listed resources here, by opening each
+        # name as a file: a shard's name is PATH:START:END, which is no file, so it
+        # refuses every such model. safehub refuses it too rather than accept what the
+        # reference rejects; naming the extra files in ignore_paths works in both.
+        failures.append(Failure(
+            FailureKind.SIGNATURE_INVALID,
+            "a shard signature cannot be checked with ignore_unsigned_files (model_signing "
+            "refuses every such model); verify without it, leaving extra files out with "
+            "ignore_paths (--ignore-path), or have the model signed with the files method"))
 
     sig_rel: str | None = None
     if signature is not None and not tree.single_file:
