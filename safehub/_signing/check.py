@@ -102,7 +102,9 @@ def _normalize_provided(provided: Mapping[str, Provided] | None, single_file: bo
                         root: Path) -> dict[str, Provided]:
     out: dict[str, Provided] = {}
     for key, value in (provided or {}).items():
-        rel = key.replace("\\", "/") if isinstance(key, str) else str(key)
+        rel = key if isinstance(key, str) else str(key)
+        if os.sep == "\\":  # a Windows caller's separator; on POSIX an ordinary character
+            rel = rel.replace("\\", "/")
         if single_file and rel in (SINGLE_FILE, root.name):
             out[SINGLE_FILE] = value
             continue

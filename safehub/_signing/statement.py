@@ -128,7 +128,7 @@ def _algorithm_ok(algorithm: object, ser: Serialization) -> bool:
 def _canonical(name: str) -> str:
     """A resource name as model_signing reads it (``PurePosixPath``): ``./a``, ``a//b`` and
     ``a/`` all name ``a/b``-style paths on disk, so they are spelled one way before
-    anything is compared; ``..``, absolute and backslash names stay refused."""
+    anything is compared; ``..`` and absolute names stay refused."""
     if "\x00" in name:
         raise UnsafeManifestPath(f"{name!r} contains a NUL")
     if name.startswith("/"):
