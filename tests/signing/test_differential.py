@@ -1,0 +1,170 @@
+"""safehub's verdict against model_signing 1.1.1's on models the reference signed itself.
+
+Generated cases (``tests/signing/differential.py``): layouts (single file, nested
+folders, empty files and folders, unicode and odd names, dotfiles, ``.git*`` entries,
+links), hashing (SHA-256, BLAKE2, BLAKE3; files or shards of 1 byte to larger than any
+file), signer and verifier ignore paths, ``ignore_git_paths``, ``allow_symlinks``, keys
+on P-256/P-384 and certificate chains of depth 1 to 3 (and the shared PKI), the
+signature inside the model or beside it, ``ignore_unsigned_files``; then a change to
+the files or to the bundle, or a rewritten statement signed by the trusted key. Both
+tools verify; safehub never verifies what the reference refuses, and refuses what the
+reference verifies only for a documented reason (:func:`deliberate`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from safehub.signing import sign, verify
+from tests.conftest import SHARED
+from tests.signing.differential import (
+    Case,
+    cases,
+    deliberate,
+    make_signer,
+    reference_verify,
+    run_case,
+)
+
+model_signing = pytest.importorskip("model_signing", reason="model-signing (dev extra) missing")
+pytest.importorskip("OpenSSL", reason="pyOpenSSL (dev extra) missing")
+
+_SHARED_SIGNING = SHARED / "signing"
+
+
+def _shared() -> Path | None:
+    return _SHARED_SIGNING if (_SHARED_SIGNING / "pki" / "ca.pem").is_file() else None
+
+
+def _check(case: Case, where: Path) -> str:
+    outcome = run_case(case, where, shared=_shared())
+    if outcome.skipped:
+        return "skipped"
+    why = deliberate(outcome)
+    assert outcome.agrees or why, (
+        f"{outcome.kind} {case.label()}: reference {outcome.reference} "
+        f"({outcome.reference_error}); safehub {outcome.safehub} {outcome.safehub_failures}")
+    return "agree" if outcome.agrees else f"deliberate: {why}"
+
+
+# A hand-picked set that reaches each dimension at least once, so the fast run covers
+# what the seeded sweep below covers by chance.
+_PICKED = [
+    Case(layout="single", mutation="none"),
+    Case(layout="single", shard_size=1000, mutation="edit"),
+    Case(layout="nested", hash="blake2", shard_size=7, mutation="swap-shards"),
+    Case(layout="nested", hash="blake3", mutation="rename"),
+    Case(layout="empty", shard_size=256, mutation="add-empty"),
+    Case(layout="empty", mutation="truncate"),
+    Case(layout="unicode", mutation="none"),
+    Case(layout="unicode", mutation="remove", seed=3),
+    Case(layout="dotfiles", signer="key-P-384", mutation="add-dotfile"),
+    Case(layout="git", ignore_git_paths=False, mutation="edit-git"),
+    Case(layout="git", mutation="add-nested-git"),
+    Case(layout="symlinks", allow_symlinks=True, mutation="none"),
+    Case(layout="big", shard_size=256, ignore_unsigned=True, mutation="add-data"),
+    Case(layout="big", shard_size=10_000, mutation="append"),
+    Case(layout="nested", ignore_paths=("a/b",), mutation="add-under-ignored"),
+    Case(layout="nested", ignore_paths=("a/b/c/deep.bin",), mutation="edit-ignored"),
+    Case(layout="nested", verify_ignore=("weights.bin",), mutation="none"),
+    Case(layout="nested", sig_inside=True, sig_recorded=False, mutation="none"),
+    Case(layout="nested", ignore_unsigned=True, mutation="add-symlink"),
+    Case(layout="nested", signer="cert-1", mutation="drop-intermediate"),
+    Case(layout="nested", signer="cert-3", mutation="reverse-chain"),
+    Case(layout="nested", signer="cert-3-root", mutation="extra-cert"),
+    Case(layout="nested", signer="cert-shared", mutation="none"),
+    Case(layout="nested", mutation="sig-flip"),
+    Case(layout="nested", mutation="media-type-0.2"),
+    Case(layout="nested", mutation="other-hint"),
+    Case(layout="nested", mutation="second-signature"),
+    Case(layout="nested", mutation="statement-v0.1"),
+    Case(layout="nested", mutation="duplicate-resource"),
+    Case(layout="nested", mutation="ignore-add-all"),
+    Case(layout="nested", mutation="digest-uppercase"),
+    Case(layout="nested", hash="blake2", mutation="hash-type-alias"),
+    Case(layout="big", shard_size=256, mutation="shard-size-float"),
+    Case(layout="nested", mutation="compat-predicate"),
+]
+
+
+@pytest.mark.parametrize("case", _PICKED, ids=lambda c: c.label())
+def test_picked_cases_agree(tmp_path: Path, case: Case) -> None:
+    logging.disable(logging.WARNING)
+    try:
+        _check(case, tmp_path)
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def test_a_seeded_sample_agrees(tmp_path: Path) -> None:
+    """Forty generated cases (the same forty on every run)."""
+    seen = {}
+    for i, case in enumerate(cases(40, seed=7)):
+        seen[case.label()] = _check(case, tmp_path / str(i))
+    assert sum(v == "agree" for v in seen.values()) >= 15, seen
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(4))
+def test_a_large_seeded_sweep_agrees(tmp_path: Path, seed: int) -> None:
+    """The wide run: 400 generated cases per seed."""
+    for i, case in enumerate(cases(400, seed=100 + seed)):
+        _check(case, tmp_path / str(i))
+
+
+# --- regressions found by the generator ---------------------------------------------------
+
+def test_shard_signature_with_ignore_unsigned_files_fails_as_in_the_reference(
+        tmp_path: Path) -> None:
+    """model_signing 1.1.1 checks only listed resources under ignore_unsigned_files by
+    opening each name as a file; a shard is named PATH:START:END, so it refuses every
+    sharded model that way, even one left exactly as signed. safehub verified it: it
+    must not accept what the reference refuses."""
+    for shard_size, mutation in ((256, "none"), (1, "add-data"), (10_000, "none")):
+        case = Case(layout="big", shard_size=shard_size, ignore_unsigned=True,
+                    mutation=mutation)
+        outcome = run_case(case, tmp_path / f"{shard_size}-{mutation}", shared=None)
+        assert outcome.reference is False, outcome.reference_error
+        assert outcome.safehub is False
+        assert [k for k, _p, _m in outcome.safehub_failures] == ["signature-invalid"]
+    # Without the option both verify; naming the extra file works in both tools.
+    ok = run_case(Case(layout="big", shard_size=256, mutation="add-data",
+                       verify_ignore=("added.bin",)), tmp_path / "named", shared=None)
+    assert ok.reference is True and ok.safehub is True
+    # safehub's own shard signatures behave the same way.
+    signer = make_signer(tmp_path / "own-signer", "key-P-256", None)
+    model = tmp_path / "own"
+    model.mkdir()
+    (model / "w.bin").write_bytes(b"x" * 1000)
+    sig = sign(model, private_key=signer.private, shard_size=300)
+    result = verify(model, public_key=signer.trust_key, ignore_unsigned_files=True)
+    assert [f.kind.value for f in result.failures] == ["signature-invalid"]
+    assert verify(model, public_key=signer.trust_key).ok
+    assert reference_verify(model_signing, Case(shard_size=300, ignore_unsigned=True),
+                            model, sig, signer)[0] is False
+
+
+def test_backslash_in_a_file_name_is_an_ordinary_character(tmp_path: Path) -> None:
+    """On POSIX ``back\\slash.bin`` is one file name: the reference signs and verifies
+    it, and safehub refused it as an unsafe path. A name that climbs out where a
+    backslash separates (``a\\..\\b``) stays refused."""
+    case = Case(layout="unicode", mutation="none")
+    outcome = run_case(case, tmp_path / "ref", shared=None)
+    assert outcome.reference is True and outcome.safehub is True, outcome.safehub_failures
+    edited = run_case(Case(layout="unicode", mutation="edit", seed=1), tmp_path / "edit",
+                      shared=None)
+    assert edited.reference is False and edited.safehub is False
+    # safehub signs such a model, and the reference verifies it.
+    signer = make_signer(tmp_path / "own-signer", "key-P-256", None)
+    model = tmp_path / "own"
+    model.mkdir()
+    (model / "back\\slash.bin").write_bytes(b"weights")
+    sig = sign(model, private_key=signer.private)
+    assert verify(model, public_key=signer.trust_key).ok
+    assert reference_verify(model_signing, Case(), model, sig, signer)[0] is True
+    (model / "a\\..\\b").write_bytes(b"x")
+    result = verify(model, public_key=signer.trust_key, ignore_unsigned_files=True)
+    assert [(f.kind.value, f.path) for f in result.failures] == [("unsafe-path", "a\\..\\b")]
