@@ -31,13 +31,14 @@ from safehub._signing.manifest import (
     Manifest,
     UnsafeManifestPath,
     check_relpath,
+    ignore_form,
     shard_ranges,
 )
 from safehub._signing.result import Failure, FailureKind, Signer, Verification
 from safehub._signing.tree import walk
 from safehub.errors import InternalError
 
-__all__ = ["CODE_SUFFIXES", "check_model", "is_code", "under_prefix"]
+__all__ = ["CODE_SUFFIXES", "check_model", "inside_model", "is_code", "under_prefix"]
 
 log = logging.getLogger("safehub.signing")
 
@@ -115,7 +116,7 @@ def _normalize_provided(provided: Mapping[str, Provided] | None, single_file: bo
     return out
 
 
-def _inside_model(path: str, model: Path, single_file: bool) -> str | None:
+def inside_model(path: str, model: Path, single_file: bool) -> str | None:
     """A signer's absolute ignore path, relative to the model when it resolves strictly
     inside it; otherwise None (it ignores nothing: never re-rooted into the model)."""
     if single_file:
@@ -171,15 +172,17 @@ def check_model(manifest: Manifest, model: Path, *, signer: Signer,
             sig_rel = None
     ignores: dict[str, str] = {}
     for path in ser.ignore_paths:
-        inside = path if not path.startswith("/") else _inside_model(path, model,
+        inside = path if not path.startswith("/") else inside_model(path, model,
                                                                      tree.single_file)
         if inside is not None:
             ignores[inside] = "the signer's ignore_paths"
     for raw in ignore_paths:
-        try:
-            ignores.setdefault(check_relpath(raw.strip("/")), "the caller's ignore paths")
-        except UnsafeManifestPath:
-            continue
+        # Spelled as the signer's are (and as model_signing reads both): "./a/" is "a".
+        form = ignore_form(raw)
+        if form is not None and form.startswith("/"):
+            form = inside_model(form, model, tree.single_file)
+        if form is not None:
+            ignores.setdefault(form, "the caller's ignore paths")
 
     present = dict(tree.files)
     for rel in provided:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import posixpath
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -31,6 +33,7 @@ __all__ = [
     "UnsafeManifestPath",
     "check_relpath",
     "hash_factory",
+    "ignore_form",
     "plain_name",
     "shard_ranges",
 ]
@@ -84,6 +87,24 @@ def plain_name(component: str) -> bool:
     if "\\" not in component:
         return True
     return not any(p in ("", ".", "..") for p in component.split("\\"))
+
+
+def ignore_form(raw: str) -> str | None:
+    """An ignore path spelled once, as model_signing joins it to the model
+    (``PurePosixPath``): ``./a/``, ``a//b`` and ``a/b/`` all name ``a/b``; ``""`` and ``.``
+    name the whole model (``.``). An absolute path comes back normalised, for the caller
+    to resolve against the model (never re-rooted into it). ``None`` for one that
+    climbs out (``..``) or is not a plain path: it ignores nothing, as in the reference.
+    """
+    if raw.startswith("/"):
+        return posixpath.normpath(raw)
+    path = str(PurePosixPath(raw))
+    if path == SINGLE_FILE:
+        return path
+    try:
+        return check_relpath(path)
+    except UnsafeManifestPath:
+        return None
 
 
 def hash_factory(hash_type: str) -> Callable[[], Any]:
