@@ -62,12 +62,17 @@ def build_signature(model: Path, *, private_key: ec.EllipticCurvePrivateKey,
             raise SignError(f"ignore path {raw!r} is not a path inside the model")
         ignored.add(form)
     paths = []
-    for rel in tree.files:
+    for rel, size in tree.files.items():
         if not tree.single_file and under_prefix(rel, ignored) is not None:
             if is_code(rel):
                 raise SignError(f"{rel} is code and would be left unsigned by the ignore "
                                 "paths; safehub verifiers refuse unsigned code")
             continue
+        if shard_size is not None and ":" in rel and size > 0:
+            # A shard is named PATH:START:END and read back split at every colon (by
+            # model_signing and by safehub), so no verifier could read this signature.
+            raise SignError(f"{rel} has a colon in its name, which a shard signature cannot "
+                            "name; sign with the files method (no shard size)")
         paths.append(rel)
     digests = hash_files(model, paths, single_file=tree.single_file, hash_type="sha256",
                          shard_size=shard_size, max_workers=max_workers, progress=progress)
