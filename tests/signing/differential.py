@@ -40,8 +40,8 @@ __all__ = ["Case", "Outcome", "cases", "deliberate", "run_case"]
 
 LAYOUTS = ("single", "nested", "empty", "unicode", "dotfiles", "git", "symlinks", "big")
 HASHES = ("sha256", "blake2", "blake3")
-SIGNERS = ("key-P-256", "key-P-384", "cert-1", "cert-2", "cert-3", "cert-3-root",
-           "cert-shared")
+SIGNERS = ("key-P-256", "key-P-384", "key-P-521", "cert-1", "cert-2", "cert-3",
+           "cert-3-root", "cert-2-p384", "cert-3-trustall", "cert-shared")
 FILE_MUTATIONS = ("none", "edit", "append", "truncate", "add-data", "add-code", "add-empty",
                   "add-empty-dir", "remove", "rename", "swap-shards", "edit-ignored",
                   "add-under-ignored", "edit-git", "add-nested-git", "add-symlink",
@@ -73,6 +73,8 @@ class Case:
     signer: str = "key-P-256"
     sig_inside: bool = True
     sig_recorded: bool = True  # the signature file is in the signer's ignore_paths
+    sig_sub: bool = False  # inside the model, in a sub-folder (sigs/model.sig)
+    tool: str = "reference"  # who signs: the reference, or safehub (verified by both)
     ignore_unsigned: bool = False
     verify_ignore: tuple[str, ...] = ()  # the verifier's own ignore paths (--ignore-paths)
     mutation: str = "none"
@@ -80,7 +82,7 @@ class Case:
 
     def label(self) -> str:
         """A short, unique description for reports."""
-        return (f"{self.layout}/{self.hash}/{self.shard_size or 'files'}/"
+        return (f"{self.tool}:{self.layout}/{self.hash}/{self.shard_size or 'files'}/"
                 f"ign={','.join(self.ignore_paths) or '-'}/git={int(self.ignore_git_paths)}/"
                 f"sym={int(self.allow_symlinks)}/{self.signer}/in={int(self.sig_inside)}"
                 f"{'' if self.sig_recorded else '(unrecorded)'}/"
@@ -212,7 +214,8 @@ class Signer:
 
 
 def make_signer(where: Path, name: str, shared: Path | None) -> Signer:
-    """Keys on two curves, certificate chains of depth 1 to 3, and the shared PKI."""
+    """Keys on three curves, certificate chains of depth 1 to 3 (P-256 or P-384 leaf, the
+    root in the bundle or not, intermediates trusted or not), and the shared PKI."""
     where.mkdir(parents=True, exist_ok=True)
     if name.startswith("key-"):
         pair = make_key(where, "signer", name[4:])
@@ -228,7 +231,7 @@ def make_signer(where: Path, name: str, shared: Path | None) -> Signer:
     depth = int(name.split("-")[1])
     # The reference's signer needs a chain; with a root-issued leaf it is the root itself.
     with_root = depth == 1 or name.endswith("-root")
-    leaf = make_key(where, "leaf", "P-256")
+    leaf = make_key(where, "leaf", "P-384" if name.endswith("-p384") else "P-256")
     root_key = ec.generate_private_key(CURVES["P-384"])
     root = make_cert(root_key, "diff root", ca=True, path_length=depth)
     issuer_key, issuer = root_key, root
@@ -249,8 +252,12 @@ def make_signer(where: Path, name: str, shared: Path | None) -> Signer:
     (where / "root.pem").write_bytes(pem(root))
     if with_root:
         paths.append(where / "root.pem")
+    trust = where / "root.pem"
+    if name.endswith("-trustall"):  # the verifier's file holds the intermediates too
+        trust = where / "trust.pem"
+        trust.write_bytes(pem(root, *chain))
     return Signer(private=leaf.private_path, certificate=where / "leaf-cert.pem", chain=paths,
-                  trust_chain=where / "root.pem", key=leaf.key)
+                  trust_chain=trust, key=leaf.key)
 
 
 # --- the reference ----------------------------------------------------------------------
@@ -296,7 +303,7 @@ def reference_verify(ms: Any, case: Case, model: Path, sig: Path,
     else:
         config.use_certificate_verifier(certificate_chain=[signer.trust_chain])
     ignore = [Path(p) for p in case.verify_ignore] if model.is_dir() else []
-    if model.is_dir() and sig.parent == model:
+    if model.is_dir() and sig.is_relative_to(model):  # the CLI ignores --signature
         ignore.append(sig.relative_to(model))
     config.set_hashing_config(_hashing(ms, case, ignore, case.ignore_git_paths))
     config.set_ignore_unsigned_files(case.ignore_unsigned)
@@ -324,6 +331,23 @@ def reference_guess(ms: Any, case: Case, model: Path, sig: Path,
     except Exception as exc:
         return False, f"{type(exc).__name__}: {exc}"[:300]
     return True, ""
+
+
+def safehub_sign(case: Case, model: Path, sig: Path, signer: Signer) -> str:
+    """Sign with safehub; a reason when it cannot sign this case ('' when it signed)."""
+    from safehub.errors import SafehubError
+    from safehub.signing import sign
+
+    if case.hash != "sha256" or case.allow_symlinks:
+        return "safehub signs SHA-256 without links only"
+    chain = None if signer.certificate is None else [signer.certificate, *signer.chain]
+    try:
+        sign(model, private_key=signer.private, certificate_chain=chain, signature_path=sig,
+             ignore_paths=case.ignore_paths, shard_size=case.shard_size,
+             ignore_git_paths=case.ignore_git_paths)
+    except SafehubError as exc:  # links, code left out by ignore paths, empty code
+        return f"safehub cannot sign: {exc.message}"[:200]
+    return ""
 
 
 def safehub_verify(case: Case, model: Path, sig: Path,
@@ -568,16 +592,24 @@ def run_case(case: Case, where: Path, *, shared: Path | None = None) -> Outcome:
     if model.is_file() and not case.sig_inside:
         return Outcome(case, None, None, skipped="single file: signature is beside it")
     sig = (model / "model.sig") if model.is_dir() and case.sig_inside else where / "model.sig"
+    if model.is_dir() and case.sig_inside and case.sig_sub:
+        sig = model / "sigs" / "model.sig"
+        sig.parent.mkdir()
     if model.is_file():
         sig = model.with_name(model.name + ".sig")
     try:
         signer = make_signer(where / "signer", case.signer, shared)
     except LookupError as exc:
         return Outcome(case, None, None, skipped=str(exc))
-    try:
-        reference_sign(ms, case, model, sig, signer)
-    except Exception as exc:  # the reference cannot sign this model (links, odd names)
-        return Outcome(case, None, None, skipped=f"reference cannot sign: {exc}"[:200])
+    if case.tool == "safehub":
+        problem = safehub_sign(case, model, sig, signer)
+        if problem:
+            return Outcome(case, None, None, skipped=problem)
+    else:
+        try:
+            reference_sign(ms, case, model, sig, signer)
+        except Exception as exc:  # the reference cannot sign this model (links, odd names)
+            return Outcome(case, None, None, skipped=f"reference cannot sign: {exc}"[:200])
     if case.mutation in FILE_MUTATIONS:
         applied = mutate_files(case, model, rnd)
     else:
@@ -602,11 +634,13 @@ def cases(count: int, seed: int = 0) -> list[Case]:
                                               ("sub",), ("weights.bin",), ("hubconf.py",),
                                               ("nope/missing",), ("./a//b/",)])
         out.append(Case(
+            tool="safehub" if rnd.random() < 0.2 else "reference", sig_sub=rnd.random() < 0.15,
             layout=layout, hash=rnd.choice(HASHES), shard_size=shard, ignore_paths=ignore,
             ignore_git_paths=rnd.random() < 0.8, allow_symlinks=rnd.random() < 0.3,
             signer=rnd.choice(SIGNERS), sig_inside=rnd.random() < 0.7,
             sig_recorded=rnd.random() < 0.8, ignore_unsigned=rnd.random() < 0.3,
             verify_ignore=rnd.choice([(), (), (), ("added.bin",), ("sub",), ("a/b/c",),
-                                      ("weights.bin",)]),
+                                      ("weights.bin",), ("./added.bin",), ("sub/",),
+                                      ("a//b",), ("x/../weights.bin",)]),
             mutation=rnd.choice(MUTATIONS), seed=i))
     return out

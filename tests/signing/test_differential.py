@@ -168,3 +168,66 @@ def test_backslash_in_a_file_name_is_an_ordinary_character(tmp_path: Path) -> No
     (model / "a\\..\\b").write_bytes(b"x")
     result = verify(model, public_key=signer.trust_key, ignore_unsigned_files=True)
     assert [(f.kind.value, f.path) for f in result.failures] == [("unsafe-path", "a\\..\\b")]
+
+
+def test_safehub_refuses_to_shard_sign_a_name_with_a_colon(tmp_path: Path) -> None:
+    """safehub wrote a shard signature for ``colon:name.bin`` that no verifier can read
+    (shards are named PATH:START:END and split at every colon, by the reference too).
+    It now refuses, pointing at the files method, whose signature both tools verify."""
+    from safehub.errors import SafehubError
+
+    signer = make_signer(tmp_path / "signer", "key-P-256", None)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "colon:name.bin").write_bytes(b"weights")
+    (model / "empty:too.bin").write_bytes(b"")  # no shard, nothing to name: fine
+    with pytest.raises(SafehubError, match="colon in its name"):
+        sign(model, private_key=signer.private, shard_size=4)
+    assert not (model / "model.sig").exists()
+    (model / "empty:too.bin").unlink()
+    sig = sign(model, private_key=signer.private)
+    assert verify(model, public_key=signer.trust_key).ok
+    assert reference_verify(model_signing, Case(), model, sig, signer)[0] is True
+    # Left out by an ignore path, the name does not matter.
+    sign(model, private_key=signer.private, shard_size=4, ignore_paths=["colon:name.bin"])
+
+
+@pytest.mark.parametrize(("spelling", "mutation", "expect"), [
+    ("./weights.bin", "none", False),  # a signed file left out: missing in both
+    ("a//b/c", "none", False),
+    ("weights.bin/", "none", False),
+    ("./added.bin", "add-data", True),  # the extra file left out: verifies in both
+    ("sub/../added.bin", "add-data", False),  # '..' ignores nothing, in both
+])
+def test_verifier_ignore_paths_are_read_as_the_reference_reads_them(
+        tmp_path: Path, spelling: str, mutation: str, expect: bool) -> None:
+    """The caller's ignore paths were checked as written (``./weights.bin`` ignored
+    nothing, so safehub verified a file the reference had left out, and failed on an
+    extra file the reference ignored); they are now spelled as the signer's are."""
+    outcome = run_case(Case(layout="nested", verify_ignore=(spelling,), mutation=mutation),
+                       tmp_path, shared=None)
+    assert (outcome.reference, outcome.safehub) == (expect, expect), outcome
+
+
+def test_signer_ignore_paths_are_read_as_the_reference_reads_them(tmp_path: Path) -> None:
+    """``sign(ignore_paths=["./a//b/"])`` was refused, and an absolute path was re-rooted
+    into the model; the reference signs both (``a/b``, and the absolute path where it lies
+    inside the model). An absolute path outside the model, or one that climbs, is refused."""
+    from safehub.errors import SafehubError
+
+    signer = make_signer(tmp_path / "signer", "key-P-256", None)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "a" / "b").mkdir(parents=True)
+    (model / "a" / "b" / "notes.txt").write_text("left out\n")
+    (model / "w.bin").write_bytes(b"weights")
+    for spelling in ("./a//b/", str(model / "a" / "b")):
+        sig = sign(model, private_key=signer.private, signature_path=tmp_path / "model.sig",
+                   ignore_paths=[spelling])
+        (model / "a" / "b" / "notes.txt").write_text(f"changed for {spelling}\n")
+        assert verify(model, signature=sig, public_key=signer.trust_key).ok, spelling
+        assert reference_verify(model_signing, Case(), model, sig, signer)[0] is True
+    for bad in (str(tmp_path / "elsewhere"), "../outside", "a/../../x"):
+        with pytest.raises(SafehubError, match="not a path inside the model"):
+            sign(model, private_key=signer.private, signature_path=tmp_path / "x.sig",
+                 ignore_paths=[bad])
