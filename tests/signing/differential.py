@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.signing.helpers import CURVES, HASH_OF, make_cert, make_key, pem
 
-__all__ = ["Case", "Outcome", "cases", "deliberate", "run_case"]
+__all__ = ["Case", "Outcome", "cases", "deliberate", "deliberate_failures", "run_case"]
 
 LAYOUTS = ("single", "nested", "empty", "unicode", "dotfiles", "git", "symlinks", "big")
 HASHES = ("sha256", "blake2", "blake3")
@@ -98,6 +98,8 @@ class Outcome:
     reference: bool | None  # None: the reference could not sign this case
     safehub: bool | None
     reference_error: str = ""
+    cli: bool | None = None  # `safehub verify` (exit 0), where asked for
+    cli_failures: list[tuple[str, str, str]] = field(default_factory=list)
     guessed: bool | None = None  # the reference API reading the serialization itself
     guessed_error: str = ""
     safehub_failures: list[tuple[str, str, str]] = field(default_factory=list)
@@ -124,8 +126,14 @@ def deliberate(outcome: Outcome) -> str | None:
     """
     if outcome.kind != "SAFEHUB_REFUSES":
         return None
+    return deliberate_failures(outcome.safehub_failures)
+
+
+def deliberate_failures(failures: list[tuple[str, str, str]]) -> str | None:
+    """The documented reasons behind ``failures`` (kind, path, message); None when any
+    failure is not one of them."""
     reasons = set()
-    for kind, _path, message in outcome.safehub_failures:
+    for kind, _path, message in failures:
         if kind == "unsigned-code":
             reasons.add("unsigned code")
         elif kind == "unsafe-path" and "symlink" in message:
@@ -362,6 +370,27 @@ def safehub_verify(case: Case, model: Path, sig: Path,
     return result.ok, [(f.kind.value, f.path or "", f.message[:160]) for f in result.failures]
 
 
+def safehub_cli_verify(case: Case, model: Path, sig: Path,
+                       signer: Signer) -> tuple[int, list[tuple[str, str, str]]]:
+    """``safehub verify`` in-process, as a user would type it: exit code and failures."""
+    from safehub.cli import main
+
+    args = ["verify", str(model), "--signature", str(sig), "-f", "json"]
+    args += (["--key", str(signer.trust_key)] if signer.trust_key else
+             ["--certificate-chain", str(signer.trust_chain)])
+    if case.ignore_unsigned:
+        args.append("--ignore-unsigned-files")
+    if not case.ignore_git_paths:
+        args.append("--no-ignore-git-paths")
+    for path in case.verify_ignore:
+        args += ["--ignore-path", path]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(args)
+    failures = json.loads(out.getvalue()).get("failures", []) if out.getvalue() else []
+    return code, [(f["kind"], f.get("path") or "", f["message"][:160]) for f in failures]
+
+
 # --- mutations --------------------------------------------------------------------------
 
 def _files(model: Path) -> list[Path]:
@@ -583,8 +612,10 @@ def _mutate_statement(m: str, stmt: dict[str, Any], rnd: random.Random) -> bool:
 
 # --- running ----------------------------------------------------------------------------
 
-def run_case(case: Case, where: Path, *, shared: Path | None = None) -> Outcome:
-    """Build, sign (reference), mutate and verify (both) one case under ``where``."""
+def run_case(case: Case, where: Path, *, shared: Path | None = None,
+             cli: bool = False) -> Outcome:
+    """Build, sign (reference), mutate and verify (both) one case under ``where``; with
+    ``cli``, ``safehub verify`` too."""
     import model_signing as ms
 
     rnd = random.Random(case.seed)
@@ -619,8 +650,13 @@ def run_case(case: Case, where: Path, *, shared: Path | None = None) -> Outcome:
     ref, why = reference_verify(ms, case, model, sig, signer)
     ours, failures = safehub_verify(case, model, sig, signer)
     guessed, guess_why = reference_guess(ms, case, model, sig, signer) if ours else (None, "")
-    return Outcome(case, ref, ours, reference_error=why, guessed=guessed,
-                   guessed_error=guess_why, safehub_failures=failures)
+    outcome = Outcome(case, ref, ours, reference_error=why, guessed=guessed,
+                      guessed_error=guess_why, safehub_failures=failures)
+    if cli:
+        code, outcome.cli_failures = safehub_cli_verify(case, model, sig, signer)
+        assert code in (0, 1), (code, case.label())
+        outcome.cli = code == 0
+    return outcome
 
 
 def cases(count: int, seed: int = 0) -> list[Case]:

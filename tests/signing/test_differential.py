@@ -24,6 +24,7 @@ from tests.signing.differential import (
     Case,
     cases,
     deliberate,
+    deliberate_failures,
     make_signer,
     reference_verify,
     run_case,
@@ -105,6 +106,27 @@ def test_a_seeded_sample_agrees(tmp_path: Path) -> None:
     for i, case in enumerate(cases(40, seed=7)):
         seen[case.label()] = _check(case, tmp_path / str(i))
     assert sum(v == "agree" for v in seen.values()) >= 15, seen
+
+
+def test_the_cli_agrees_too(tmp_path: Path) -> None:
+    """``safehub verify`` (exit 0 or 1, never 2) on thirty generated cases: it never
+    verifies what the reference refuses, and refuses what it verifies only for a
+    documented reason. (Its --ignore-unsigned-files lets unsigned code through with a
+    warning, as the reference does; the library does not.)"""
+    logging.disable(logging.WARNING)
+    try:
+        for i, case in enumerate(cases(30, seed=8)):
+            outcome = run_case(case, tmp_path / str(i), shared=_shared(), cli=True)
+            if outcome.skipped:
+                continue
+            assert outcome.cli is not None
+            if outcome.cli:
+                assert outcome.reference, (case.label(), outcome.reference_error)
+            elif outcome.reference:
+                assert deliberate_failures(outcome.cli_failures), (
+                    case.label(), outcome.cli_failures)
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 @pytest.mark.slow
