@@ -38,17 +38,20 @@ from tests.signing.helpers import CURVES, HASH_OF, make_cert, make_key, pem
 
 __all__ = ["Case", "Outcome", "cases", "deliberate", "deliberate_failures", "run_case"]
 
-LAYOUTS = ("single", "nested", "empty", "unicode", "dotfiles", "git", "symlinks", "big")
+LAYOUTS = ("single", "nested", "empty", "unicode", "dotfiles", "git", "gitfile", "symlinks",
+           "big")
 HASHES = ("sha256", "blake2", "blake3")
 SIGNERS = ("key-P-256", "key-P-384", "key-P-521", "cert-1", "cert-2", "cert-3",
            "cert-3-root", "cert-2-p384", "cert-3-trustall", "cert-shared")
 FILE_MUTATIONS = ("none", "edit", "append", "truncate", "add-data", "add-code", "add-empty",
                   "add-empty-dir", "remove", "rename", "swap-shards", "edit-ignored",
                   "add-under-ignored", "edit-git", "add-nested-git", "add-symlink",
-                  "replace-with-symlink", "add-dotfile")
+                  "replace-with-symlink", "add-dotfile", "add-fifo", "file-to-folder",
+                  "add-hardlink", "case-rename")
 BUNDLE_MUTATIONS = ("sig-flip", "payload-type", "media-type-0.1", "media-type-0.2",
                     "media-type-0.3-alt", "drop-hint", "other-hint", "drop-intermediate",
-                    "reverse-chain", "extra-cert", "keyid", "second-signature")
+                    "reverse-chain", "extra-cert", "keyid", "second-signature", "bom",
+                    "utf16", "compact", "ascii-escaped", "payload-b64-newlines")
 # Statement rewrites, re-signed with the trusted key: what a (legitimate but odd) signer
 # could publish, so the reference's reading of the statement is what is compared.
 STATEMENT_MUTATIONS = ("subject-name", "two-subjects", "statement-v0.1", "predicate-extra",
@@ -121,8 +124,9 @@ def deliberate(outcome: Outcome) -> str | None:
 
     Each reason is documented in SECURITY.md and README.md: code is never left unsigned
     (not by the signer's ignore paths, not as an unlisted empty file of a shard
-    signature, not by ``ignore_unsigned_files`` in the library), links are never
-    followed, and a statement that contradicts itself is not read at all.
+    signature, not by ``ignore_unsigned_files`` in the library), links and special
+    files are refused wherever they are, and a statement that contradicts itself is not
+    read at all.
     """
     if outcome.kind != "SAFEHUB_REFUSES":
         return None
@@ -138,6 +142,8 @@ def deliberate_failures(failures: list[tuple[str, str, str]]) -> str | None:
             reasons.add("unsigned code")
         elif kind == "unsafe-path" and "symlink" in message:
             reasons.add("symlink")
+        elif kind == "unsafe-path" and "special file" in message:
+            reasons.add("special file")
         elif kind == "signature-invalid" and "shard_size" in message:
             reasons.add("self-contradicting statement")
         else:
@@ -195,6 +201,10 @@ def build_layout(root: Path, layout: str, rnd: random.Random) -> Path:
         _write(model, ".github/workflows/ci.yml", b"on: push\n")
         _write(model, "sub/.git/config", b"[core]\n")
         _write(model, "sub/.gitignore", b"x\n")
+    elif layout == "gitfile":  # a worktree's or submodule's .git is a file
+        _write(model, ".git", b"gitdir: ../.git/worktrees/model\n")
+        _write(model, ".github", b"not a folder\n")
+        _write(model, "sub/.git", b"gitdir: elsewhere\n")
     elif layout == "symlinks":
         _write(model, "real/target.bin", blob(200))
         os.symlink("real/target.bin", model / "link.bin")
@@ -477,6 +487,20 @@ def mutate_files(case: Case, model: Path, rnd: random.Random) -> bool:
         shutil.copyfile(path, copy)
         path.unlink()
         os.symlink(".shadow-weights", path)
+    elif m == "add-fifo":
+        os.mkfifo(folder / "pipe")
+    elif m == "file-to-folder":
+        path = rnd.choice(targets)
+        data = path.read_bytes()
+        path.unlink()
+        _write(folder, str(path.relative_to(folder) / "inner.bin"), data)
+    elif m == "add-hardlink":
+        os.link(rnd.choice(targets), folder / "hardlink.bin")
+    elif m == "case-rename":
+        path = rnd.choice(targets)
+        if path.name.upper() == path.name:
+            return False
+        path.rename(path.with_name(path.name.upper()))
     else:
         raise ValueError(m)
     return True
@@ -534,6 +558,16 @@ def mutate_bundle(case: Case, sig: Path, signer: Signer, rnd: random.Random) -> 
         env["signatures"][0]["keyid"] = "someone-else"
     elif m == "second-signature":
         env["signatures"].append({"sig": env["signatures"][0]["sig"], "keyid": ""})
+    elif m in ("bom", "utf16", "compact", "ascii-escaped"):
+        # The same JSON in other encodings and spellings.
+        text = {"compact": json.dumps(doc, separators=(",", ":")),
+                "ascii-escaped": json.dumps(doc).replace("m", "\\u006d")}.get(m, json.dumps(doc))
+        sig.write_bytes({"bom": b"\xef\xbb\xbf" + text.encode(),
+                         "utf16": text.encode("utf-16")}.get(m, text.encode()))
+        return True
+    elif m == "payload-b64-newlines":
+        raw = env["payload"]
+        env["payload"] = "\n".join(raw[i:i + 76] for i in range(0, len(raw), 76))
     elif m in STATEMENT_MUTATIONS:
         assert signer.key is not None
         stmt = json.loads(base64.b64decode(env["payload"]))

@@ -26,6 +26,7 @@ from tests.signing.differential import (
     deliberate,
     deliberate_failures,
     make_signer,
+    reference_sign,
     reference_verify,
     run_case,
 )
@@ -253,3 +254,41 @@ def test_signer_ignore_paths_are_read_as_the_reference_reads_them(tmp_path: Path
         with pytest.raises(SafehubError, match="not a path inside the model"):
             sign(model, private_key=signer.private, signature_path=tmp_path / "x.sig",
                  ignore_paths=[bad])
+
+
+def test_load_with_a_required_signature_gets_the_same_verdicts(tmp_path: Path) -> None:
+    """``safehub.load`` under a policy requiring a signature on a local folder: a model
+    the reference signed with a backslash in a data file's name loads (it was refused as
+    an unsafe path), and a shard signature under a rule with ignore_unsigned_files is
+    refused, as the reference refuses it (it loaded)."""
+    import safehub
+    from safehub.errors import IntegrityError
+
+    signer = make_signer(tmp_path / "signer", "key-P-256", None)
+    models = tmp_path / "models"
+    repo = models / "det"
+    repo.mkdir(parents=True)
+    (repo / "hubconf.py").write_text(
+        "dependencies = ['torch']\n\ndef linear():\n    import torch\n"
+        "    torch.manual_seed(0)\n    return torch.nn.Linear(2, 3)\n")
+    (repo / "back\\slash.json").write_text('{"note": 1}\n')
+
+    def policy(ignore_unsigned: bool) -> str:
+        path = tmp_path / f"policy-{ignore_unsigned}.toml"
+        path.write_text(f'schema = 1\nname = "diff"\nextends = "default"\n'
+                        f'[[signatures]]\nscope = "path:{models}/*"\n'
+                        f'public_keys = ["{signer.trust_key}"]\n'
+                        f'ignore_unsigned_files = {str(ignore_unsigned).lower()}\n')
+        return str(path)
+
+    reference_sign(model_signing, Case(), repo, repo / "model.sig", signer)
+    state = safehub.load(str(repo), "linear", source="local", policy=policy(False))
+    assert state["weight"].shape == (3, 2)
+    reference_sign(model_signing, Case(shard_size=16), repo, repo / "model.sig", signer)
+    assert safehub.load(str(repo), "linear", source="local",
+                        policy=policy(False))["weight"].shape == (3, 2)
+    assert reference_verify(model_signing, Case(shard_size=16, ignore_unsigned=True), repo,
+                            repo / "model.sig", signer)[0] is False
+    with pytest.raises(IntegrityError, match="not signed") as info:
+        safehub.load(str(repo), "linear", source="local", policy=policy(True))
+    assert "cannot be checked with ignore_unsigned_files" in (info.value.fix or "")
