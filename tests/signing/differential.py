@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime as dt
 import hashlib
 import io
 import json
@@ -31,8 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.signing.helpers import CURVES, HASH_OF, make_cert, make_key, pem
 
@@ -80,6 +83,7 @@ class Case:
     tool: str = "reference"  # who signs: the reference, or safehub (verified by both)
     ignore_unsigned: bool = False
     verify_ignore: tuple[str, ...] = ()  # the verifier's own ignore paths (--ignore-paths)
+    verify_git: bool | None = None  # the verifier's ignore_git_paths (None: the signer's)
     mutation: str = "none"
     seed: int = 0
 
@@ -90,7 +94,14 @@ class Case:
                 f"sym={int(self.allow_symlinks)}/{self.signer}/in={int(self.sig_inside)}"
                 f"{'' if self.sig_recorded else '(unrecorded)'}/"
                 f"unsigned={int(self.ignore_unsigned)}/"
-                f"vign={','.join(self.verify_ignore) or '-'}/{self.mutation}#{self.seed}")
+                f"vign={','.join(self.verify_ignore) or '-'}/"
+                f"{'' if self.verify_git is None else f'vgit={int(self.verify_git)}/'}"
+                f"{self.mutation}#{self.seed}")
+
+    @property
+    def verifier_git(self) -> bool:
+        """Whether the verifier skips the top-level .git* entries."""
+        return self.ignore_git_paths if self.verify_git is None else self.verify_git
 
 
 @dataclass
@@ -278,6 +289,62 @@ def make_signer(where: Path, name: str, shared: Path | None) -> Signer:
                   trust_chain=trust, key=leaf.key)
 
 
+def _custom_cert(key: ec.EllipticCurvePrivateKey, cn: str,
+                 issuer_key: ec.EllipticCurvePrivateKey, issuer: x509.Name, *,
+                 bc: tuple[bool, bool] | None, ku: str | None,
+                 eku: list[x509.ObjectIdentifier] | None = None, pathlen: int | None = None,
+                 unknown_critical: bool = False) -> x509.Certificate:
+    now = dt.datetime.now(dt.timezone.utc)
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+               .issuer_name(issuer).public_key(key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(days=1))
+               .not_valid_after(now + dt.timedelta(days=30))
+               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                              critical=False)
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                   issuer_key.public_key()), critical=False))
+    if bc is not None:
+        builder = builder.add_extension(x509.BasicConstraints(ca=bc[0], path_length=pathlen),
+                                        critical=bc[1])
+    if ku is not None:
+        builder = builder.add_extension(x509.KeyUsage(
+            digital_signature=ku == "sign", content_commitment=False, key_encipherment=False,
+            data_encipherment=False, key_agreement=False, key_cert_sign=ku == "ca",
+            crl_sign=ku == "ca", encipher_only=False, decipher_only=False), critical=True)
+    if eku:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(eku), critical=False)
+    if unknown_critical:
+        builder = builder.add_extension(x509.UnrecognizedExtension(
+            x509.ObjectIdentifier("1.3.6.1.4.1.99999.1"), b"\x05\x00"), critical=True)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def profile_signer(where: Path, root: dict[str, Any], inter: dict[str, Any],
+                   leaf: dict[str, Any]) -> Signer:
+    """root -> intermediate -> leaf with the given extensions (``_custom_cert``'s keywords
+    over a CA or code-signing default), for certificate-profile cases."""
+    where.mkdir(parents=True, exist_ok=True)
+    keys = [ec.generate_private_key(CURVES["P-256"]) for _ in range(3)]
+    ca: dict[str, Any] = {"bc": (True, True), "ku": "ca"}
+    root_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "profile root")])
+    root_cert = _custom_cert(keys[0], "profile root", keys[0], root_name, **{**ca, **root})
+    inter_cert = _custom_cert(keys[1], "profile intermediate", keys[0], root_cert.subject,
+                              **{**ca, **inter})
+    leaf_cert = _custom_cert(keys[2], "profile signer", keys[1], inter_cert.subject,
+                             **{"bc": (False, True), "ku": "sign",
+                                "eku": [ExtendedKeyUsageOID.CODE_SIGNING], **leaf})
+    private = where / "leaf-key.pem"
+    private.write_bytes(keys[2].private_bytes(serialization.Encoding.PEM,
+                                              serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption()))
+    for name, cert in (("leaf-cert", leaf_cert), ("int", inter_cert), ("root", root_cert)):
+        (where / f"{name}.pem").write_bytes(pem(cert))
+    return Signer(private=private, certificate=where / "leaf-cert.pem",
+                  chain=[where / "int.pem"], trust_chain=where / "root.pem", key=keys[2])
+
+
 # --- the reference ----------------------------------------------------------------------
 
 def _hashing(ms: Any, case: Case, ignore: list[Path], ignore_git_paths: bool) -> Any:
@@ -323,7 +390,7 @@ def reference_verify(ms: Any, case: Case, model: Path, sig: Path,
     ignore = [Path(p) for p in case.verify_ignore] if model.is_dir() else []
     if model.is_dir() and sig.is_relative_to(model):  # the CLI ignores --signature
         ignore.append(sig.relative_to(model))
-    config.set_hashing_config(_hashing(ms, case, ignore, case.ignore_git_paths))
+    config.set_hashing_config(_hashing(ms, case, ignore, case.verifier_git))
     config.set_ignore_unsigned_files(case.ignore_unsigned)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
@@ -375,7 +442,7 @@ def safehub_verify(case: Case, model: Path, sig: Path,
     trust: dict[str, Any] = ({"public_key": signer.trust_key} if signer.trust_key else
                              {"certificate_chain": signer.trust_chain})
     result = verify(model, signature=sig, ignore_unsigned_files=case.ignore_unsigned,
-                    ignore_git_paths=case.ignore_git_paths, ignore_paths=case.verify_ignore,
+                    ignore_git_paths=case.verifier_git, ignore_paths=case.verify_ignore,
                     **trust)
     return result.ok, [(f.kind.value, f.path or "", f.message[:160]) for f in result.failures]
 
@@ -390,7 +457,7 @@ def safehub_cli_verify(case: Case, model: Path, sig: Path,
              ["--certificate-chain", str(signer.trust_chain)])
     if case.ignore_unsigned:
         args.append("--ignore-unsigned-files")
-    if not case.ignore_git_paths:
+    if not case.verifier_git:
         args.append("--no-ignore-git-paths")
     for path in case.verify_ignore:
         args += ["--ignore-path", path]
@@ -712,5 +779,6 @@ def cases(count: int, seed: int = 0) -> list[Case]:
             verify_ignore=rnd.choice([(), (), (), ("added.bin",), ("sub",), ("a/b/c",),
                                       ("weights.bin",), ("./added.bin",), ("sub/",),
                                       ("a//b",), ("x/../weights.bin",)]),
+            verify_git=rnd.choice([None, None, None, True, False]),
             mutation=rnd.choice(MUTATIONS), seed=i))
     return out

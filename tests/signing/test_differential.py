@@ -17,18 +17,22 @@ import logging
 from pathlib import Path
 
 import pytest
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from safehub.signing import sign, verify
 from tests.conftest import SHARED
 from tests.signing.differential import (
     Case,
+    build_layout,
     cases,
     deliberate,
     deliberate_failures,
     make_signer,
+    profile_signer,
     reference_sign,
     reference_verify,
     run_case,
+    safehub_verify,
 )
 
 model_signing = pytest.importorskip("model_signing", reason="model-signing (dev extra) missing")
@@ -128,6 +132,56 @@ def test_the_cli_agrees_too(tmp_path: Path) -> None:
                     case.label(), outcome.cli_failures)
     finally:
         logging.disable(logging.NOTSET)
+
+
+_SERVER = ExtendedKeyUsageOID.SERVER_AUTH
+
+
+@pytest.mark.parametrize(("name", "root", "inter", "leaf", "reference_ok", "safehub_ok"), [
+    ("as issued", {}, {}, {}, True, True),
+    ("intermediate basicConstraints not critical, no keyUsage", {},
+     {"bc": (True, False), "ku": None}, {}, True, True),
+    ("leaf without basicConstraints", {}, {}, {"bc": None}, True, True),
+    ("leaf basicConstraints not critical", {}, {}, {"bc": (False, False)}, True, True),
+    ("intermediate without basicConstraints", {}, {"bc": None}, {}, False, False),
+    ("intermediate CA:FALSE", {}, {"bc": (False, True)}, {}, False, False),
+    ("root CA:FALSE", {"bc": (False, True)}, {}, {}, False, False),
+    ("root without basicConstraints or keyUsage", {"bc": None, "ku": None}, {}, {},
+     False, False),
+    ("root pathlen 0 over an intermediate", {"pathlen": 0}, {}, {}, False, False),
+    ("unknown critical extension in the leaf", {}, {}, {"unknown_critical": True},
+     False, False),
+    ("unknown critical extension in the intermediate", {}, {"unknown_critical": True}, {},
+     False, False),
+    ("leaf with neither keyUsage nor extendedKeyUsage", {}, {}, {"ku": None, "eku": None},
+     False, False),
+    # safehub refuses more, on purpose (SECURITY.md): a leaf stated for other uses, a CA
+    # as the signer, and a trusted root without basicConstraints (cryptography's verifier
+    # requires it of every CA; OpenSSL takes a root whose keyUsage allows keyCertSign).
+    ("leaf keyUsage digitalSignature, extendedKeyUsage serverAuth only", {}, {},
+     {"eku": [_SERVER]}, True, False),
+    ("leaf CA:TRUE", {}, {}, {"bc": (True, True)}, True, False),
+    ("root without basicConstraints, keyUsage keyCertSign", {"bc": None}, {}, {},
+     True, False),
+])
+def test_certificate_profiles(tmp_path: Path, name: str, root: dict[str, object],
+                              inter: dict[str, object], leaf: dict[str, object],
+                              reference_ok: bool, safehub_ok: bool) -> None:
+    """Chains whose certificates carry other extensions: each tool's verdict, pinned."""
+    import random
+
+    signer = profile_signer(tmp_path / "pki", root, inter, leaf)
+    model = build_layout(tmp_path / "tree", "nested", random.Random(0))
+    reference_sign(model_signing, Case(), model, model / "model.sig", signer)
+    logging.disable(logging.WARNING)
+    try:
+        ref = reference_verify(model_signing, Case(), model, model / "model.sig", signer)
+    finally:
+        logging.disable(logging.NOTSET)
+    assert ref[0] is reference_ok, ref
+    ours = safehub_verify(Case(), model, model / "model.sig", signer)
+    assert ours[0] is safehub_ok, ours
+    assert not (ours[0] and not ref[0])
 
 
 @pytest.mark.slow
