@@ -31,9 +31,10 @@ verify with the trusted key or chain (certificates are checked for validity *now
 which the reference tool does not do, as well as at the leaf's notBefore, as it
 does); signed files that differ or are missing; files the signature does not cover
 (unless ``ignore_unsigned_files``, and never for Python code unless
-``unsafe_ignore_unsigned_code``); symlinks (the model path itself included, unless
-its file is passed in ``open_files``) and special files anywhere, ``.git``
-included; manifests naming paths outside the model. The standard's ``.git``,
+``unsafe_ignore_unsigned_code``; a shard signature cannot be checked that way at all,
+as in model_signing: leave extra files out with ``ignore_paths``); symlinks (the model
+path itself included, unless its file is passed in ``open_files``) and special files
+anywhere, ``.git`` included; manifests naming paths outside the model. The standard's ``.git``,
 ``.gitattributes``, ``.github`` and ``.gitignore`` entries at the top level and the
 signature file itself are skipped (unless ``ignore_git_paths=False``), as are the
 signer's recorded ``ignore_paths``.

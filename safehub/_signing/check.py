@@ -12,7 +12,8 @@ Rules, in order, for each file found:
    caller explicitly passes ``unsafe_ignore_unsigned_code``.
 
 Then every listed file that was not found is missing, and every symlink, special
-file or unreadable folder is a failure of its own.
+file or unreadable folder is a failure of its own. A shard signature checked with
+``ignore_unsigned_files`` fails as a whole, as in model_signing (see ``check_model``).
 """
 
 from __future__ import annotations
@@ -30,13 +31,14 @@ from safehub._signing.manifest import (
     Manifest,
     UnsafeManifestPath,
     check_relpath,
+    ignore_form,
     shard_ranges,
 )
 from safehub._signing.result import Failure, FailureKind, Signer, Verification
 from safehub._signing.tree import walk
 from safehub.errors import InternalError
 
-__all__ = ["CODE_SUFFIXES", "check_model", "is_code", "under_prefix"]
+__all__ = ["CODE_SUFFIXES", "check_model", "inside_model", "is_code", "under_prefix"]
 
 log = logging.getLogger("safehub.signing")
 
@@ -101,7 +103,9 @@ def _normalize_provided(provided: Mapping[str, Provided] | None, single_file: bo
                         root: Path) -> dict[str, Provided]:
     out: dict[str, Provided] = {}
     for key, value in (provided or {}).items():
-        rel = key.replace("\\", "/") if isinstance(key, str) else str(key)
+        rel = key if isinstance(key, str) else str(key)
+        if os.sep == "\\":  # a Windows caller's separator; on POSIX an ordinary character
+            rel = rel.replace("\\", "/")
         if single_file and rel in (SINGLE_FILE, root.name):
             out[SINGLE_FILE] = value
             continue
@@ -112,7 +116,7 @@ def _normalize_provided(provided: Mapping[str, Provided] | None, single_file: bo
     return out
 
 
-def _inside_model(path: str, model: Path, single_file: bool) -> str | None:
+def inside_model(path: str, model: Path, single_file: bool) -> str | None:
     """A signer's absolute ignore path, relative to the model when it resolves strictly
     inside it; otherwise None (it ignores nothing: never re-rooted into the model)."""
     if single_file:
@@ -148,6 +152,18 @@ def check_model(manifest: Manifest, model: Path, *, signer: Signer,
     skipped: list[str] = []
     unsigned_ignored: list[str] = []
 
+    if ignore_unsigned_files and ser.method == "shards" and \
+            any(entry.shards for entry in manifest.files.values()):
+        # model_signing 1.1.1 checks only the listed resources here, by opening each
+        # name as a file: a shard's name is PATH:START:END, which is no file, so it
+        # refuses every such model. safehub refuses it too rather than accept what the
+        # reference rejects; naming the extra files in ignore_paths works in both.
+        failures.append(Failure(
+            FailureKind.SIGNATURE_INVALID,
+            "a shard signature cannot be checked with ignore_unsigned_files (model_signing "
+            "refuses every such model); verify without it, leaving extra files out with "
+            "ignore_paths (--ignore-path), or have the model signed with the files method"))
+
     sig_rel: str | None = None
     if signature is not None and not tree.single_file:
         try:
@@ -156,15 +172,17 @@ def check_model(manifest: Manifest, model: Path, *, signer: Signer,
             sig_rel = None
     ignores: dict[str, str] = {}
     for path in ser.ignore_paths:
-        inside = path if not path.startswith("/") else _inside_model(path, model,
+        inside = path if not path.startswith("/") else inside_model(path, model,
                                                                      tree.single_file)
         if inside is not None:
             ignores[inside] = "the signer's ignore_paths"
     for raw in ignore_paths:
-        try:
-            ignores.setdefault(check_relpath(raw.strip("/")), "the caller's ignore paths")
-        except UnsafeManifestPath:
-            continue
+        # Spelled as the signer's are (and as model_signing reads both): "./a/" is "a".
+        form = ignore_form(raw)
+        if form is not None and form.startswith("/"):
+            form = inside_model(form, model, tree.single_file)
+        if form is not None:
+            ignores.setdefault(form, "the caller's ignore paths")
 
     present = dict(tree.files)
     for rel in provided:

@@ -2,7 +2,8 @@
 
 Names in a manifest are untrusted until the signature verifies, and even then they
 are only accepted as plain relative POSIX paths inside the model: never absolute,
-never with ``..``, ``.`` or empty components. The one exception is the name ``.``,
+never with ``..``, ``.`` or empty components (read with ``/`` and, where a name has
+one, with a backslash as the separator). The one exception is the name ``.``,
 which model_signing gives the only resource of a single-file model.
 """
 
@@ -10,9 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import posixpath
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -30,6 +33,8 @@ __all__ = [
     "UnsafeManifestPath",
     "check_relpath",
     "hash_factory",
+    "ignore_form",
+    "plain_name",
     "shard_ranges",
 ]
 
@@ -58,14 +63,48 @@ def check_relpath(name: str, *, allow_single: bool = False) -> str:
         return name
     if not name:
         raise UnsafeManifestPath("empty path")
-    if "\x00" in name or "\\" in name:
-        raise UnsafeManifestPath(f"{name!r} contains a NUL or backslash")
+    if "\x00" in name:
+        raise UnsafeManifestPath(f"{name!r} contains a NUL")
     if name.startswith("/"):
         raise UnsafeManifestPath(f"{name!r} is absolute")
     parts = name.split("/")
     if any(p in ("", ".", "..") for p in parts):
         raise UnsafeManifestPath(f"{name!r} has an empty, '.' or '..' component")
+    if any(not plain_name(p) for p in parts):
+        raise UnsafeManifestPath(f"{name!r} read with backslashes as separators has an "
+                                 "empty, '.' or '..' component")
     return name
+
+
+def plain_name(component: str) -> bool:
+    """Whether one path component is a plain name under both readings of a backslash.
+
+    On POSIX a backslash is an ordinary character, and model_signing signs and verifies
+    such names (``back\\slash.bin``), so safehub does too. A name that would climb or
+    be absolute where a backslash separates (``a\\..\\b``, ``\\x``) is still refused: the
+    same manifest must not name a file outside the model on any system that reads it.
+    """
+    if "\\" not in component:
+        return True
+    return not any(p in ("", ".", "..") for p in component.split("\\"))
+
+
+def ignore_form(raw: str) -> str | None:
+    """An ignore path spelled once, as model_signing joins it to the model
+    (``PurePosixPath``): ``./a/``, ``a//b`` and ``a/b/`` all name ``a/b``; ``""`` and ``.``
+    name the whole model (``.``). An absolute path comes back normalised, for the caller
+    to resolve against the model (never re-rooted into it). ``None`` for one that
+    climbs out (``..``) or is not a plain path: it ignores nothing, as in the reference.
+    """
+    if raw.startswith("/"):
+        return posixpath.normpath(raw)
+    path = str(PurePosixPath(raw))
+    if path == SINGLE_FILE:
+        return path
+    try:
+        return check_relpath(path)
+    except UnsafeManifestPath:
+        return None
 
 
 def hash_factory(hash_type: str) -> Callable[[], Any]:

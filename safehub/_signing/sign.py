@@ -12,15 +12,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from safehub._signing import keys
 from safehub._signing.bundle import dump_bundle
-from safehub._signing.check import is_code, under_prefix
+from safehub._signing.check import inside_model, is_code, under_prefix
 from safehub._signing.dsse import IN_TOTO_PAYLOAD_TYPE, Envelope, EnvelopeSignature, pae
 from safehub._signing.hashing import hash_files
 from safehub._signing.manifest import (
     DEFAULT_IGNORES,
     FileEntry,
     Serialization,
-    UnsafeManifestPath,
-    check_relpath,
+    ignore_form,
 )
 from safehub._signing.statement import dump_statement
 from safehub._signing.tree import walk
@@ -54,17 +53,27 @@ def build_signature(model: Path, *, private_key: ec.EllipticCurvePrivateKey,
         with contextlib.suppress(ValueError):
             ignored.add(signature_path.resolve().relative_to(model.resolve()).as_posix())
     for raw in ignore_paths:
-        try:
-            ignored.add(check_relpath(raw.strip("/")))
-        except UnsafeManifestPath as exc:
-            raise SignError(f"ignore path {raw!r}: {exc}") from None
+        # One spelling, as model_signing joins it to the model ("./a//b/" is "a/b"); an
+        # absolute path counts where it resolves inside the model, never re-rooted.
+        form = ignore_form(raw)
+        if form is not None and form.startswith("/"):
+            form = inside_model(form, model, tree.single_file)
+        if form is None:
+            raise SignError(f"ignore path {raw!r} is not a path inside the model")
+        ignored.add(form)
     paths = []
-    for rel in tree.files:
-        if tree.single_file or under_prefix(rel, ignored) is None:
-            paths.append(rel)
-        elif is_code(rel):
-            raise SignError(f"{rel} is code and would be left unsigned by the ignore paths; "
-                            "safehub verifiers refuse unsigned code")
+    for rel, size in tree.files.items():
+        if not tree.single_file and under_prefix(rel, ignored) is not None:
+            if is_code(rel):
+                raise SignError(f"{rel} is code and would be left unsigned by the ignore "
+                                "paths; safehub verifiers refuse unsigned code")
+            continue
+        if shard_size is not None and ":" in rel and size > 0:
+            # A shard is named PATH:START:END and read back split at every colon (by
+            # model_signing and by safehub), so no verifier could read this signature.
+            raise SignError(f"{rel} has a colon in its name, which a shard signature cannot "
+                            "name; sign with the files method (no shard size)")
+        paths.append(rel)
     digests = hash_files(model, paths, single_file=tree.single_file, hash_type="sha256",
                          shard_size=shard_size, max_workers=max_workers, progress=progress)
     entries = []

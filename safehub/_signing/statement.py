@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import posixpath
 from collections.abc import Iterable
 from pathlib import PurePosixPath
 from typing import Any
@@ -37,6 +36,7 @@ from safehub._signing.manifest import (
     Shard,
     UnsafeManifestPath,
     check_relpath,
+    ignore_form,
 )
 from safehub.errors import InternalError
 
@@ -75,25 +75,9 @@ def _ignore_paths(value: object) -> tuple[str, ...]:
         return ()
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ManifestError("serialization.ignore_paths is not a list of strings")
-    out = set()
-    for raw in value:
-        if raw.startswith("/"):
-            # Absolute (model_signing records what the signer passed): kept as is and
-            # resolved against the model when checking, never re-rooted into it.
-            out.add(posixpath.normpath(raw))
-            continue
-        # Spelled as the reference joins it to the model (PurePosixPath: "./a/", "a//b"
-        # name a/b; "" and "." name the whole model).
-        path = str(PurePosixPath(raw))
-        if path == ".":
-            out.add(path)
-            continue
-        try:
-            out.add(check_relpath(path))
-        except UnsafeManifestPath:
-            # Like the reference tool: an ignore path outside the model ignores nothing.
-            continue
-    return tuple(sorted(out))
+    # Absolute paths (model_signing records what the signer passed) are resolved against
+    # the model when checking; one outside the model ignores nothing, as in the reference.
+    return tuple(sorted({form for raw in value if (form := ignore_form(raw)) is not None}))
 
 
 def _serialization(raw: object) -> Serialization:
@@ -128,7 +112,7 @@ def _algorithm_ok(algorithm: object, ser: Serialization) -> bool:
 def _canonical(name: str) -> str:
     """A resource name as model_signing reads it (``PurePosixPath``): ``./a``, ``a//b`` and
     ``a/`` all name ``a/b``-style paths on disk, so they are spelled one way before
-    anything is compared; ``..``, absolute and backslash names stay refused."""
+    anything is compared; ``..`` and absolute names stay refused."""
     if "\x00" in name:
         raise UnsafeManifestPath(f"{name!r} contains a NUL")
     if name.startswith("/"):

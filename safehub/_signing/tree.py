@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from safehub._signing.manifest import SINGLE_FILE, UnsafeManifestPath, check_relpath
+from safehub._signing.manifest import SINGLE_FILE, UnsafeManifestPath, check_relpath, plain_name
 
 __all__ = ["RootDir", "Tree", "TreeError", "walk"]
 
@@ -115,7 +115,7 @@ def _decodable(name: str) -> bool:
         name.encode("utf-8")
     except UnicodeEncodeError:
         return False
-    return "\\" not in name
+    return plain_name(name)  # a backslash is a plain character, but never a way out
 
 
 def walk(root: Path, *, skip_top: Collection[str] = ()) -> Tree:
@@ -167,7 +167,8 @@ def walk(root: Path, *, skip_top: Collection[str] = ()) -> Tree:
                     rel = f"{rel_dir}/{name}" if rel_dir else name
                     inside = skipped or (not rel_dir and name in skip_top)
                     if not inside and not _decodable(name):
-                        unsafe.append((rel, "the name is not valid UTF-8 or has a backslash"))
+                        unsafe.append((rel, "the name is not valid UTF-8, or climbs out of the "
+                                            "model where a backslash separates"))
                     elif entry.is_symlink():
                         unsafe.append((rel, "symlink"))
                     elif entry.is_dir(follow_symlinks=False):
