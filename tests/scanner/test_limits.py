@@ -220,3 +220,44 @@ def test_one_large_deflated_record_fits_the_budget() -> None:
     archive = _shared_deflate_zip(data, 11 + length, ["a/data.pkl"])
     report = _scan(archive)
     assert "SH191" not in rules(report, blocking=False)  # type: ignore[arg-type]
+
+
+def test_npy_headers_parsed_under_many_names_spend_the_budget() -> None:
+    """scanattack6: an .npz whose central records all name one stored member with a
+    53 KB many-field header (shape (0,): no data) had that header parsed anew for each
+    name, outside any budget (70 ms each: 60,000 names in a 3.4 MB archive, over an
+    hour). Parsing a header now spends the file's opcode budget (SH191 when spent)."""
+    import numpy as np
+
+    array = np.zeros(0, dtype=[(f"f{i}", "<f8") for i in range(3000)])
+    buf = io.BytesIO()
+    np.save(buf, array)
+    member = buf.getvalue()
+    names = [f"a{i}.npy" for i in range(64)]
+    archive = _shared_stored_zip(member, names)
+    loaded = np.load(io.BytesIO(archive), allow_pickle=True)  # a real npz to numpy
+    assert loaded["a0"].dtype == array.dtype
+    report = _scan(archive, ScanOptions(limits=Limits(max_ops=500_000)))
+    spent = [f for f in report.findings if f.rule_id == "SH191"]  # type: ignore[attr-defined]
+    assert spent and "opcodes spent" in spent[0].message
+    one = _scan(_shared_stored_zip(member, names[:1]))
+    assert one.verdict is Verdict.CLEAN  # type: ignore[attr-defined]
+
+
+def _shared_stored_zip(data: bytes, names: list[str]) -> bytes:
+    """A zip whose central records all name one stored local member."""
+    import struct
+    import zlib
+
+    crc = zlib.crc32(data)
+    first = names[0].encode()
+    local = struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, 0, 0, 0, crc, len(data),
+                        len(data), len(first), 0) + first
+    central = b"".join(
+        struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, 0, 0, 0, 0, crc,
+                    len(data), len(data), len(name.encode()), 0, 0, 0, 0, 0, 0)
+        + name.encode() for name in names)
+    body = local + data
+    end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, len(names), len(names), len(central),
+                      len(body), 0)
+    return body + central + end
