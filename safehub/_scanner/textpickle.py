@@ -37,17 +37,18 @@ from safehub._scanner.nonmodel import is_text
 from safehub._scanner.pickle_vm import Limits, OpBudget, PickleCursor, StreamResult
 from safehub._scanner.source import FileRegion
 
-__all__ = ["any_import_can_run", "dead_text_names", "import_can_run"]
+__all__ = ["MAX_LOOKUPS", "any_import_can_run", "dead_text_names", "import_can_run"]
 
 
 # Path searches one question "can any of these imports run?" may make. Each costs a
-# find_spec (a fraction of a millisecond); a stream can name a million modules.
-_MAX_LOOKUPS = 64
+# find_spec (a fraction of a millisecond); a stream can name a million modules. Real text
+# read as a pickle dies long before it names this many (past it, text is judged).
+MAX_LOOKUPS = 1024
 
 
 def any_import_can_run(modules: Iterable[str]) -> bool:
     """Whether ``import_can_run`` holds for any of ``modules``, each first part searched
-    for once. Past ``_MAX_LOOKUPS`` distinct names that need a search, the answer is yes
+    for once. Past ``MAX_LOOKUPS`` distinct names that need a search, the answer is yes
     (fail closed): a text of a million unfindable names once kept a scan busy for hours,
     one path search and one list scan per name."""
     searched: set[str] = set()
@@ -57,7 +58,7 @@ def any_import_can_run(modules: Iterable[str]) -> bool:
             return True
         if not first or "\0" in first or first in searched:
             continue
-        if len(searched) >= _MAX_LOOKUPS:
+        if len(searched) >= MAX_LOOKUPS:
             return True
         searched.add(first)
         if _found_on_path(first):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from safehub._scanner.textpickle import import_can_run
+from safehub._scanner.textpickle import MAX_LOOKUPS, import_can_run
 from safehub.cli import main
 from safehub.findings import Verdict
 from tests.scanner.conftest import rules, scan_one
@@ -180,7 +180,7 @@ def test_many_unfindable_names_cost_a_bounded_number_of_path_searches(
     text is judged as a pickle, never skipped as dead)."""
     import importlib.util
 
-    data = _unfindable_names(2000)
+    data = _unfindable_names(MAX_LOOKUPS * 4)
     for load in (__import__("pickle").loads, __import__("pickle")._loads):
         with pytest.raises(ModuleNotFoundError):  # every reader stops at the first name
             load(data)
@@ -195,7 +195,7 @@ def test_many_unfindable_names_cost_a_bounded_number_of_path_searches(
     path = tmp_path / "notes.txt"
     path.write_bytes(data)
     report = scan_one(path)
-    assert len(searched) <= 4 * 64  # a bound per question, not one search per name
+    assert len(searched) <= 3 * MAX_LOOKUPS  # a bound per question, not one per name
     assert report.verdict is Verdict.UNSAFE  # past the bound: judged, not called dead
     few = tmp_path / "few.txt"
     few.write_bytes(_unfindable_names(3))
