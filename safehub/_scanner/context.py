@@ -39,8 +39,10 @@ class FileScan:
     def __init__(self, path: str, size: int, options: ScanOptions):
         self.path = path
         self.size = size
-        # One opcode budget for the whole file, however many records and readings it has.
-        limits = replace(options.limits, budget=OpBudget(options.limits.max_ops))
+        # One budget (opcodes, decompression) for the whole file, however many records and
+        # readings it has.
+        limits = replace(options.limits, budget=OpBudget(options.limits.max_ops,
+                                                           options.limits.max_inflate))
         self.options = replace(options, limits=limits)
         self.findings: list[Finding] = []
         self.records: list[str] = []

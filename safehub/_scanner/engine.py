@@ -41,7 +41,7 @@ from safehub._scanner.nonmodel import (
 )
 from safehub._scanner.pickle_vm import FRAMES_BYTES, PickleCursor
 from safehub._scanner.source import ByteSource, FileRegion
-from safehub._scanner.textpickle import dead_text_names, import_can_run
+from safehub._scanner.textpickle import any_import_can_run, dead_text_names
 from safehub._scanner.zipdir import NoDirectory, ZipError, find_eocd, read_directory
 from safehub.findings import FileReport, Finding, ScanReport, Skipped, Verdict
 from safehub.rules import RULES
@@ -210,8 +210,10 @@ def _scan_pickle_or_unknown(scan: FileScan, fh: BinaryIO, size: int, flatbuffer:
     if names is not None:
         # Source code, YAML, prose whose first bytes are opcodes: no loader gets anywhere.
         scan.format = "unknown"
-        looked_up = (f"; {', '.join(map(repr, names))}, which a reader would ask "
-                     "__import__ for, can name no installed module" if names else "")
+        shown = ", ".join(map(repr, names[:10])) + (
+            f" and {len(names) - 10} more" if len(names) > 10 else "")
+        looked_up = (f"; {shown}, which a reader would ask __import__ for, can name no "
+                     "installed module" if names else "")
         scan.add("SH190", "content is text, not a model format: read as a pickle, every "
                  f"loader stops before it completes a record or imports a module{looked_up}")
         return
@@ -246,9 +248,8 @@ def _scan_as_pickle(scan: FileScan, fh: BinaryIO, size: int) -> None:
         if probe.limit:  # fail closed: the probe could not follow the parser to its end
             scan.add("SH191", f"reading the file as a pickle stopped: {probe.limit}",
                      offset=probe.start, subject="pickle-polyglot")
-    if not any(probe.computed or probe.extensions or any(_importable(g.raw)
-                                                           for g in probe.globals)
-               for probe in streams):
+    if not any(probe.computed or probe.extensions
+               or any_import_can_run(g.raw for g in probe.globals) for probe in streams):
         return
     scan.add("SH114", "the file also parses as a pickle that pickle.load, joblib.load or "
              "torch.load would run", offset=0, subject="pickle-polyglot")
@@ -256,12 +257,6 @@ def _scan_as_pickle(scan: FileScan, fh: BinaryIO, size: int) -> None:
         judge_stream(scan, probe, "", Loader.PICKLE)
     if scan.format == "unknown":
         scan.format = "pickle"
-
-
-def _importable(name: str) -> bool:
-    """Whether an import could succeed and run code (``__import__('.antigravity')`` finds
-    and runs ``antigravity``; ``site-packages.pip`` imports a folder on the path)."""
-    return import_can_run(name)
 
 
 def _scan_zip_file(scan: FileScan, fh: BinaryIO, *, primary: bool) -> None:

@@ -18,6 +18,13 @@ NPY_MAGIC = b"\x93NUMPY"
 _MAX_HEADER = 1 << 16  # numpy itself refuses headers over 10,000 bytes by default
 _TYPESTR = re.compile(r"^[<>|=]?([?bBiufcmMOSUVa])(\d*)(?:\[\w+\])?$")
 _FIXED = {"?": 1, "b": 1, "B": 1}
+# What parsing a header byte costs in opcodes of the file's budget: ast.literal_eval and
+# the dtype walk take about twice an opcode's time per byte of a many-field header.
+_HEADER_BYTE_COST = 2
+# Header bytes parsed free of charge: numpy writes 118 for a plain array, and an .npz of
+# 50,000 arrays must not spend the budget on headers. A shorter header costs about what
+# its zip record does; only longer ones are charged.
+_FREE_HEADER = 256
 
 
 class _BadHeader(Exception):
@@ -54,6 +61,11 @@ def scan_npy(scan: FileScan, src: ByteSource, location: str, base: int, *,
             except Truncated:
                 pass  # numpy fails on the short header too
             raise _BadHeader(f"header of {header_len} bytes is larger than {_MAX_HEADER}")
+        if _header_budget_spent(scan, header_len):
+            scan.add("SH191", f"analysis budget of {scan.options.limits.max_ops} opcodes spent "
+                     "before this .npy header; it was not parsed", location=location,
+                     offset=base)
+            return
         raw = cursor.take(header_len)
         read_header = True
         try:
@@ -97,6 +109,17 @@ def scan_npy(scan: FileScan, src: ByteSource, location: str, base: int, *,
     if not cursor.at_eof():
         scan.add("SH113", "bytes follow the array data", location=location,
                  offset=cursor.offset())
+
+
+def _header_budget_spent(scan: FileScan, header_len: int) -> bool:
+    """Charge parsing a long header to the file's opcode budget, as its cost in opcodes:
+    an .npz can list one 64 KiB header under tens of thousands of names, each parsed anew
+    (a 3 MB archive took over an hour). Whether the budget is spent."""
+    budget = scan.options.limits.budget
+    if budget is None:
+        return False
+    budget.left -= _HEADER_BYTE_COST * max(0, header_len - _FREE_HEADER)
+    return budget.left < 0
 
 
 def _probe_undecided_data(scan: FileScan, cursor: PickleCursor, location: str) -> None:

@@ -13,7 +13,7 @@ from typing import BinaryIO
 from safehub._scanner.context import FileScan
 from safehub._scanner.fmt_numpy import NPY_MAGIC, scan_npy
 from safehub._scanner.judge import Loader, judge_stream
-from safehub._scanner.pickle_vm import PickleCursor
+from safehub._scanner.pickle_vm import OpBudget, PickleCursor
 from safehub._scanner.source import StreamSource
 from safehub._scanner.zipdir import ZipDirectory, ZipEntry, open_entry
 
@@ -68,17 +68,19 @@ def scan_zip(scan: FileScan, fh: BinaryIO, directory: ZipDirectory) -> str:
                      location=entry.name, subject=f"method-{entry.method}")
             analyzed += 1
             continue
-        kind = _record_kind(fh, entry)
+        budget = scan.options.limits.budget
+        kind = _record_kind(fh, entry, budget)
+        if _inflation_spent(scan, entry, "before"):
+            break
         if kind is None:
             continue
-        budget = scan.options.limits.budget
         if budget is not None and budget.left <= 0:
             scan.add("SH191", f"analysis budget of {scan.options.limits.max_ops} opcodes spent "
                      f"before record {entry.name}; the rest of the archive was not analyzed",
                      location=entry.name)
             break
         analyzed += 1
-        src, inflater = open_entry(fh, entry, scan.options.max_record_size)
+        src, inflater = open_entry(fh, entry, scan.options.max_record_size, budget)
         scan.records.append(entry.name)
         if kind == "npy":
             scan_npy(scan, src, entry.name, 0,
@@ -102,6 +104,8 @@ def scan_zip(scan: FileScan, fh: BinaryIO, directory: ZipDirectory) -> str:
             scan.add("SH191", f"{entry.name}: record of {entry.size} bytes exceeds the "
                      f"{scan.options.max_record_size}-byte record limit; the rest was not "
                      "analyzed", location=entry.name)
+        if _inflation_spent(scan, entry, "inside"):
+            break
     if fmt is None:
         if analyzed == 0:
             scan.add("SH190", "zip archive without pickle or numpy records")
@@ -115,6 +119,18 @@ def scan_zip(scan: FileScan, fh: BinaryIO, directory: ZipDirectory) -> str:
     return fmt
 
 
+def _inflation_spent(scan: FileScan, entry: ZipEntry, where: str) -> bool:
+    """Whether the file's decompression budget ran out (then reported: the records from
+    ``entry`` on were not, or not wholly, read)."""
+    budget = scan.options.limits.budget
+    if budget is None or budget.inflate_left > 0:
+        return False
+    scan.add("SH191", f"decompression budget of {scan.options.limits.max_inflate} bytes spent "
+             f"{where} record {entry.name}; the rest of the archive was not analyzed",
+             location=entry.name)
+    return True
+
+
 def _torchscript_record(name: str) -> bool:
     """Whether a TorchScript loader reads this record as code: torch.jit.load compiles
     ``code/`` and reads ``constants.pkl`` (torch.load hands it such archives), and the lite
@@ -124,14 +140,14 @@ def _torchscript_record(name: str) -> bool:
     return "/code/" in name or name.endswith(("/constants.pkl", "/bytecode.pkl"))
 
 
-def _record_kind(fh: BinaryIO, entry: ZipEntry) -> str | None:
+def _record_kind(fh: BinaryIO, entry: ZipEntry, budget: OpBudget | None) -> str | None:
     """What a loader could do with this record: 'pickle', 'npy', 'hidden-pickle' or None."""
     # zipfile (numpy.load) cuts a name at its first NUL, and numpy opens members whose
     # names end in "/" like any other: the bytes decide, never the name's shape.
     name = entry.lower.split("\0", 1)[0]
     if name.endswith(".pkl"):
         return "pickle"
-    head = _peek(fh, entry)
+    head = _peek(fh, entry, budget)
     if head.startswith(NPY_MAGIC):
         return "npy"
     tail = name.split("/", 1)[-1]
@@ -142,11 +158,11 @@ def _record_kind(fh: BinaryIO, entry: ZipEntry) -> str | None:
     return None
 
 
-def _peek(fh: BinaryIO, entry: ZipEntry) -> bytes:
+def _peek(fh: BinaryIO, entry: ZipEntry, budget: OpBudget | None) -> bytes:
     if entry.method == 0:
         fh.seek(entry.data_offset)
         return fh.read(min(8, entry.compressed_size))
     if entry.method == 8:
-        src, _ = open_entry(fh, entry, 8)
+        src, _ = open_entry(fh, entry, 8, budget)
         return src.read(8)
     return b""

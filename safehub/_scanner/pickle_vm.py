@@ -61,12 +61,16 @@ _ARRAY_HEAD = 1 << 16
 
 
 class OpBudget:
-    """Opcodes left to one file's analysis, shared by all its streams and readings."""
+    """What one file's analysis may still spend, shared by all its streams and readings:
+    opcodes (``left``) and bytes of decompression work (``inflate_left``: compressed bytes
+    consumed plus bytes produced). Zip records can all point at one deflate stream, so
+    without the second bound a small archive repeats the same inflation without end."""
 
-    __slots__ = ("left",)
+    __slots__ = ("inflate_left", "left")
 
-    def __init__(self, left: int):
+    def __init__(self, left: int, inflate_left: int = 1 << 62):
         self.left = left
+        self.inflate_left = inflate_left
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,10 @@ class Limits:
     max_line: int = 1 << 20  # text-opcode argument length
     max_inline: int = 1 << 16  # longer str/bytes arguments are skipped, not kept
     max_depth: int = 8  # nested streams (joblib object arrays)
+    # Bytes of decompression work per file (zip records, all readings together): twice
+    # the largest record the scanner reads (ScanOptions.max_record_size), and at worst
+    # some twenty seconds of inflation (empty deflate blocks, the slowest input).
+    max_inflate: int = 8 << 30
     # The file's shared budget (FileScan gives each file its own); None: max_ops per stream
     budget: OpBudget | None = field(default=None, compare=False)
 

@@ -29,6 +29,7 @@ extension code. Text that completes a record, or looks up a name like ``os`` or
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import BinaryIO
 
@@ -36,7 +37,37 @@ from safehub._scanner.nonmodel import is_text
 from safehub._scanner.pickle_vm import Limits, OpBudget, PickleCursor, StreamResult
 from safehub._scanner.source import FileRegion
 
-__all__ = ["dead_text_names", "import_can_run"]
+__all__ = ["MAX_LOOKUPS", "any_import_can_run", "dead_text_names", "import_can_run"]
+
+
+# Path searches one question "can any of these imports run?" may make. Each costs a
+# find_spec (a fraction of a millisecond); a stream can name a million modules. Real text
+# read as a pickle dies long before it names this many (past it, text is judged).
+MAX_LOOKUPS = 1024
+
+
+def any_import_can_run(modules: Iterable[str]) -> bool:
+    """Whether ``import_can_run`` holds for any of ``modules``, each first part searched
+    for once. Past ``MAX_LOOKUPS`` distinct names that need a search, the answer is yes
+    (fail closed): a text of a million unfindable names once kept a scan busy for hours,
+    one path search and one list scan per name."""
+    searched: set[str] = set()
+    for module in modules:
+        first = _first_part(module)
+        if first.isidentifier():
+            return True
+        if not first or "\0" in first or first in searched:
+            continue
+        if len(searched) >= MAX_LOOKUPS:
+            return True
+        searched.add(first)
+        if _found_on_path(first):
+            return True
+    return False
+
+
+def _first_part(module: str) -> str:
+    return (module[1:] if module.startswith(".") else module).split(".", 1)[0]
 
 
 def import_can_run(module: str) -> bool:
@@ -49,7 +80,7 @@ def import_can_run(module: str) -> bool:
     (``site-packages``, ``lib-dynload``, ``*-stubs``), and so are files such as
     ``_sysconfigdata__linux_x86_64-linux-gnu.py``.
     """
-    first = (module[1:] if module.startswith(".") else module).split(".", 1)[0]
+    first = _first_part(module)
     if first.isidentifier():
         return True
     if not first or "\0" in first:
@@ -69,7 +100,7 @@ def _found_on_path(name: str) -> bool:
 
 def _dead(res: StreamResult) -> bool:
     return (not res.stopped and not res.limit and not res.computed and not res.extensions
-            and not res.calls and not any(import_can_run(g.module) for g in res.globals))
+            and not res.calls and not any_import_can_run(g.module for g in res.globals))
 
 
 def dead_text_names(fh: BinaryIO, size: int, limits: Limits) -> list[str] | None:
@@ -89,5 +120,5 @@ def dead_text_names(fh: BinaryIO, size: int, limits: Limits) -> list[str] | None
         res = cursor.stream()
         if not _dead(res):
             return None
-        names.extend(g.module for g in res.globals if g.module not in names)
-    return names
+        names.extend(g.module for g in res.globals)
+    return list(dict.fromkeys(names))

@@ -16,6 +16,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from safehub._scanner.pickle_vm import OpBudget
 from safehub._scanner.source import ByteSource, FileRegion, StreamSource, prefetch
 
 __all__ = ["NoDirectory", "ZipDirectory", "ZipEntry", "ZipError", "find_eocd", "read_directory",
@@ -378,20 +379,31 @@ def _check_layout(
 
 
 class _Inflater:
-    """A raw-deflate stream over a file region, decompressing on demand with bounded output."""
+    """A raw-deflate stream over a file region, decompressing on demand with bounded output.
 
-    def __init__(self, region: FileRegion):
+    Every compressed byte consumed and every byte produced is charged to the file's
+    ``budget``: records may share one deflate stream (empty stored blocks cost input and
+    give nothing; a long run of zeros costs output), so the work is bounded per file, not
+    per record. When the budget is spent the stream ends and ``spent`` says so.
+    """
+
+    def __init__(self, region: FileRegion, budget: OpBudget | None = None):
         self._region = region
         self._z = zlib.decompressobj(-15)
         self._pending = b""
         self._done = False
+        self._budget = budget
         self.error = ""
+        self.spent = False
 
     def read(self, n: int) -> bytes:
         out = [self._pending[:n]]
         have = len(out[0])
         self._pending = self._pending[have:]
         while have < n and not self._done and not self._z.eof:
+            if self._budget is not None and self._budget.inflate_left <= 0:
+                self.spent = True
+                break
             data = self._z.unconsumed_tail or self._region.read(1 << 16)
             try:
                 if data:
@@ -404,21 +416,26 @@ class _Inflater:
             except zlib.error as exc:
                 self.error = f"deflate data is corrupt: {exc}"
                 break
+            if self._budget is not None:
+                consumed = len(data) - len(self._z.unconsumed_tail)
+                self._budget.inflate_left -= consumed + len(chunk)
             self._pending = chunk[n - have:]
             out.append(chunk[: n - have])
             have += len(out[-1])
         return b"".join(out)
 
 
-def open_entry(fh: BinaryIO, entry: ZipEntry, limit: int) -> tuple[ByteSource, _Inflater | None]:
-    """A source over the entry's uncompressed bytes (method 0 or 8), capped at ``limit``."""
+def open_entry(fh: BinaryIO, entry: ZipEntry, limit: int, budget: OpBudget | None = None,
+               ) -> tuple[ByteSource, _Inflater | None]:
+    """A source over the entry's uncompressed bytes (method 0 or 8), capped at ``limit``;
+    inflation is charged to ``budget`` (the file's)."""
     region = FileRegion(fh, entry.data_offset, entry.compressed_size)
     if entry.method == 0:
         return FileRegion(fh, entry.data_offset, min(entry.size, entry.compressed_size)), None
-    inflater = _Inflater(region)
+    inflater = _Inflater(region, budget)
 
     def restart() -> _Inflater:
-        return _Inflater(FileRegion(fh, entry.data_offset, entry.compressed_size))
+        return _Inflater(FileRegion(fh, entry.data_offset, entry.compressed_size), budget)
 
     return (StreamSource(inflater, min(limit, entry.size), restart),  # type: ignore[arg-type]
             inflater)

@@ -165,3 +165,99 @@ def test_text_opcodes_cost_more_of_the_budget() -> None:
     for op in (b"S''\n", b"F0\n", b"I0\n", b"L0\n", b"V\n", b"S'\\q'\n"):
         report = _scan(op * count + b".", ScanOptions(limits=limits))
         assert "SH191" in rules(report, blocking=False), op  # type: ignore[arg-type]
+
+
+def _shared_deflate_zip(deflated: bytes, size: int, names: list[str]) -> bytes:
+    """A zip whose central records all point at one local header and its deflate data:
+    the archive is a few bytes per record, the inflation work it asks for is per record."""
+    import struct
+
+    crc = 0
+    first = names[0].encode()
+    local = struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, 8, 0, 0, crc, len(deflated),
+                        size, len(first), 0) + first
+    central = b"".join(
+        struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, 0, 8, 0, 0, crc,
+                    len(deflated), size, len(name.encode()), 0, 0, 0, 0, 0, 0) + name.encode()
+        for name in names)
+    body = local + deflated
+    end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, len(names), len(names), len(central),
+                      len(body), 0)
+    return body + central + end
+
+
+@pytest.mark.parametrize("kind", ["empty-blocks", "zeros"])
+def test_records_sharing_one_deflate_stream_spend_one_budget(kind: str) -> None:
+    """scanattack6: every central record may point at the same deflate data. Empty stored
+    blocks cost input and give no output (peeking a record's first bytes inflated all of
+    them), and a pickle record's long BINBYTES8 of zeros is skipped by inflating it: a
+    13 MB archive of 60,000 records took hours. Decompression is charged to the file's
+    budget; when it is spent the rest of the archive is not analyzed (SH191)."""
+    import zlib
+
+    if kind == "empty-blocks":
+        stream = zlib.compressobj(9, zlib.DEFLATED, -15)
+        data = b"\x00\x00\x00\xff\xff" * 50_000 + stream.compress(b"data") + stream.flush()
+        size, names = 4, [f"a/r{i}" for i in range(64)]
+    else:
+        length = 4 << 20
+        data = B.deflate_bomb(b"\x80\x04\x8e" + length.to_bytes(8, "little"), length)
+        size, names = 11 + length, [f"a/d{i}.pkl" for i in range(64)]
+    archive = _shared_deflate_zip(data, size, names)
+    assert len(archive) < 512 << 10
+    budget = 8 << 20  # 64 records would ask for 16 MB (blocks) or 256 MB (zeros)
+    report = _scan(archive, ScanOptions(limits=Limits(max_inflate=budget)))
+    spent = [f for f in report.findings if f.rule_id == "SH191"]  # type: ignore[attr-defined]
+    assert spent and "decompression budget" in spent[0].message
+    assert report.verdict is Verdict.UNSAFE  # type: ignore[attr-defined]
+
+
+def test_one_large_deflated_record_fits_the_budget() -> None:
+    """A single record inflating to more than the opcodes it holds (a long BINBYTES) is
+    read to its end within the default budget."""
+    length = 64 << 20
+    data = B.deflate_bomb(b"\x80\x04\x8e" + length.to_bytes(8, "little"), length)
+    archive = _shared_deflate_zip(data, 11 + length, ["a/data.pkl"])
+    report = _scan(archive)
+    assert "SH191" not in rules(report, blocking=False)  # type: ignore[arg-type]
+
+
+def test_npy_headers_parsed_under_many_names_spend_the_budget() -> None:
+    """scanattack6: an .npz whose central records all name one stored member with a
+    53 KB many-field header (shape (0,): no data) had that header parsed anew for each
+    name, outside any budget (70 ms each: 60,000 names in a 3.4 MB archive, over an
+    hour). Parsing a header now spends the file's opcode budget (SH191 when spent)."""
+    import numpy as np
+
+    array = np.zeros(0, dtype=[(f"f{i}", "<f8") for i in range(3000)])
+    buf = io.BytesIO()
+    np.save(buf, array)
+    member = buf.getvalue()
+    names = [f"a{i}.npy" for i in range(64)]
+    archive = _shared_stored_zip(member, names)
+    loaded = np.load(io.BytesIO(archive), allow_pickle=True)  # a real npz to numpy
+    assert loaded["a0"].dtype == array.dtype
+    report = _scan(archive, ScanOptions(limits=Limits(max_ops=500_000)))
+    spent = [f for f in report.findings if f.rule_id == "SH191"]  # type: ignore[attr-defined]
+    assert spent and "opcodes spent" in spent[0].message
+    one = _scan(_shared_stored_zip(member, names[:1]))
+    assert one.verdict is Verdict.CLEAN  # type: ignore[attr-defined]
+
+
+def _shared_stored_zip(data: bytes, names: list[str]) -> bytes:
+    """A zip whose central records all name one stored local member."""
+    import struct
+    import zlib
+
+    crc = zlib.crc32(data)
+    first = names[0].encode()
+    local = struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, 0, 0, 0, crc, len(data),
+                        len(data), len(first), 0) + first
+    central = b"".join(
+        struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, 0, 0, 0, 0, crc,
+                    len(data), len(data), len(name.encode()), 0, 0, 0, 0, 0, 0)
+        + name.encode() for name in names)
+    body = local + data
+    end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, len(names), len(names), len(central),
+                      len(body), 0)
+    return body + central + end

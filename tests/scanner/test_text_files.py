@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from safehub._scanner.textpickle import import_can_run
+from safehub._scanner.textpickle import MAX_LOOKUPS, import_can_run
 from safehub.cli import main
 from safehub.findings import Verdict
 from tests.scanner.conftest import rules, scan_one
@@ -164,3 +164,39 @@ def test_leading_dot_import_in_a_tar_polyglot_is_caught(tmp_path: Path, fire: Fi
     assert "tarfired" in fire([(path, "pickle", setup)])
     report = scan_one(path)
     assert report.verdict is Verdict.UNSAFE and "SH114" in rules(report)
+
+
+def _unfindable_names(count: int) -> bytes:
+    """Protocol-0 text naming ``count`` distinct modules no finder answers (``-m0``, ...)."""
+    return b"".join(b"c-m%d\nx\n0" % i for i in range(count))
+
+
+def test_many_unfindable_names_cost_a_bounded_number_of_path_searches(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """scanattack6: every name a text read as a pickle asks for was searched on the import
+    path (a find_spec each) and collected in a list scanned once per name: a 2.5 MB text
+    of 200,000 such names kept ``safehub scan`` busy for over ten minutes. The searches are
+    bounded per question; past the bound the names count as findable (fail closed: the
+    text is judged as a pickle, never skipped as dead)."""
+    import importlib.util
+
+    data = _unfindable_names(MAX_LOOKUPS * 4)
+    for load in (__import__("pickle").loads, __import__("pickle")._loads):
+        with pytest.raises(ModuleNotFoundError):  # every reader stops at the first name
+            load(data)
+    searched: list[str] = []
+    real_find_spec = importlib.util.find_spec
+
+    def counting_find_spec(name: str, package: str | None = None) -> object:
+        searched.append(name)
+        return real_find_spec(name, package)
+
+    monkeypatch.setattr(importlib.util, "find_spec", counting_find_spec)
+    path = tmp_path / "notes.txt"
+    path.write_bytes(data)
+    report = scan_one(path)
+    assert len(searched) <= 3 * MAX_LOOKUPS  # a bound per question, not one per name
+    assert report.verdict is Verdict.UNSAFE  # past the bound: judged, not called dead
+    few = tmp_path / "few.txt"
+    few.write_bytes(_unfindable_names(3))
+    assert "SH190" in rules(scan_one(few))  # a handful is still searched, and dead
