@@ -17,7 +17,7 @@ from safehub._scanner.pickle_vm import PickleCursor
 from safehub._scanner.source import StreamSource
 from safehub._scanner.zipdir import ZipDirectory, ZipEntry, open_entry
 
-__all__ = ["scan_zip"]
+__all__ = ["ZipStorages", "scan_zip"]
 
 _METADATA = {"version", ".format_version", ".storage_alignment", "byteorder",
              ".data/serialization_id", ".data/version", ".data/python_version"}
@@ -89,7 +89,8 @@ def scan_zip(scan: FileScan, fh: BinaryIO, directory: ZipDirectory) -> str:
             # torch.load never reads other pickles in a checkpoint, so they are judged as
             # plain pickles; torch.jit.load reads its .debug_pkl records itself.
             hidden = kind == "hidden-pickle" and not torchscript
-            judge_stream(scan, result, entry.name, Loader.PICKLE if hidden else loader)
+            judge_stream(scan, result, entry.name, Loader.PICKLE if hidden else loader,
+                         ZipStorages(fh, directory, entry))
             if result.stopped and not cursor.at_eof():
                 scan.add("SH113", "bytes follow the pickle inside the record",
                          location=entry.name, offset=cursor.offset())
@@ -113,6 +114,92 @@ def scan_zip(scan: FileScan, fh: BinaryIO, directory: ZipDirectory) -> str:
     if directory.end < scan.size:
         scan.add("SH113", "bytes follow the end of the zip archive", offset=directory.end)
     return fmt
+
+
+def _ascii_lower(name: str) -> str:
+    """miniz compares names case-insensitively in ASCII only (its MZ_TOLOWER)."""
+    return name.translate(_ASCII_LOWER)
+
+
+_ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
+
+
+class ZipStorages:
+    """The storage records torch.load reads for an archive's pickle, as torch finds them.
+
+    torch takes the archive's folder from the central directory's first name (up to its
+    first '/'), reads ``<folder>/data.pkl`` and, for storage key K, ``<folder>/data/K``,
+    looked up case-insensitively (miniz). Storages are read from the stored bytes; a
+    record torch could read otherwise (compressed: ``mmap=True`` maps the raw bytes, a
+    name several records answer to, a record miniz takes for a folder, a size other than
+    the pickle's) is not read but reported as a reason the data is unknown.
+    """
+
+    def __init__(self, fh: BinaryIO, directory: ZipDirectory, pickle: ZipEntry):
+        self._fh = fh
+        self._names: dict[str, list[ZipEntry]] = {}
+        for e in directory.entries:
+            self._names.setdefault(_ascii_lower(e.name), []).append(e)
+        first = directory.entries[0].name if directory.entries else ""
+        folder, slash, _ = first.partition("/")
+        self._prefix = folder + "/"
+        self._problem = ""
+        if not slash or "\0" in folder:
+            self._problem = "the archive's first record is in no folder torch can name"
+        elif self._names.get(_ascii_lower(self._prefix + "data.pkl")) != [pickle]:
+            self._problem = (f"{pickle.name} is not the one data.pkl torch.load reads from "
+                             f"folder {folder!r}")
+        self._byteorder: str | None = None
+
+    def _entry(self, name: str) -> ZipEntry | str | None:
+        found = self._names.get(_ascii_lower(self._prefix + name), [])
+        if len(found) > 1:
+            return f"several records answer to {self._prefix + name!r} (miniz picks one)"
+        return found[0] if found else None
+
+    @property
+    def byteorder(self) -> str:
+        if self._byteorder is None:
+            self._byteorder = self._read_byteorder()
+        return self._byteorder
+
+    def _read_byteorder(self) -> str:
+        if self._problem:
+            return self._problem
+        entry = self._entry("byteorder")
+        if entry is None:
+            return "<"  # torch's default load endianness
+        if isinstance(entry, str):
+            return entry
+        if entry.data_offset < 0 or entry.miniz_directory or entry.method not in (0, 8):
+            return "the byteorder record cannot be read as torch reads it"
+        src, _ = open_entry(self._fh, entry, 16)
+        mark = src.read(16)
+        if entry.size != len(mark) or mark not in (b"little", b"big"):
+            return "the byteorder record says neither 'little' nor 'big'"
+        return "<" if mark == b"little" else ">"
+
+    def read(self, key: str, nbytes: int, start: int, length: int) -> bytes | str:
+        """``length`` bytes from ``start`` of storage ``key``, or why they are unknown."""
+        if self._problem:
+            return self._problem
+        entry = self._entry("data/" + key)
+        if not isinstance(entry, ZipEntry):
+            return entry or f"no storage record data/{key} in the archive"
+        if entry.data_offset < 0 or entry.miniz_directory:
+            return (f"storage record data/{key} is not read as stored (no local header, or "
+                    "a folder to miniz)")
+        if entry.method != 0 or entry.compressed_size != entry.size:
+            return (f"storage record data/{key} is compressed: torch.load(mmap=True) would "
+                    "read its raw bytes")
+        if entry.size != nbytes:
+            return (f"storage record data/{key} holds {entry.size} bytes, the pickle says "
+                    f"{nbytes}")
+        self._fh.seek(entry.data_offset + start)
+        data = self._fh.read(length)
+        if len(data) != length:
+            return f"storage record data/{key} is truncated"
+        return data
 
 
 def _torchscript_record(name: str) -> bool:
