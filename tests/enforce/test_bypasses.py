@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import os
 import pickle
+import pickletools
 import shutil
 import subprocess
 import sys
@@ -707,3 +708,57 @@ def test_raw_addresses_for_torch_constructors_are_refused(tmp_path: Path, payloa
     enforced = _run(program, tmp_path, site=True)
     assert "REFUSED" in enforced.stdout and "SH108" in enforced.stdout, (
         enforced.stdout, enforced.stderr)
+
+
+# The same CSR tensor with valid row pointers ([0, 1, 1]): torch's validation passes.
+_SPARSE_CSR_VALID = _SPARSE_CSR.replace(b"J\x00\xe1\xf5\x05J\x00\xe1\xf5\x05e",
+                                        b"K\x01K\x01e")
+
+
+def _write_after_rebuild(data: bytes) -> bytes:
+    """``crow[1] = 10**8`` by SETITEM on the row pointer tensor once the sparse tensor is
+    built from it: the pickle's last REDUCE, then GET of the first LongTensor's memo."""
+    ops = list(pickletools.genops(data))
+    first = next(i for i, (op, arg, _) in enumerate(ops)
+                 if op.name == "GLOBAL" and arg == "torch LongTensor")
+    reduce_at = next(i for i in range(first, len(ops)) if ops[i][0].name == "REDUCE")
+    crow = data[:ops[reduce_at][2] + 1] + b"q\x07" + data[ops[reduce_at][2] + 1:]
+    at = crow.rindex(b"R.") + 1
+    return crow[:at] + b"h\x07K\x01J\x00\xe1\xf5\x05s0" + crow[at:]
+
+
+@pytest.mark.parametrize(("payload", "entry"), [
+    ("_SPARSE_CSR_VALID", "pickle.loads(D)"), ("_SPARSE_CSR_VALID", "pickle._loads(D)"),
+    ("_SPARSE_CSR_WRITTEN", "pickle.loads(D)"), ("_SPARSE_CSR_WRITTEN", "pickle._loads(D)")])
+def test_a_valid_sparse_tensor_loads_and_leaves_nothing_queued(
+        tmp_path: Path, payload: str, entry: str) -> None:
+    # enforce() builds it, validates it with torch's own check, and takes it off torch's
+    # process-wide queue (a plain pickle load never empties it). A write into the row
+    # pointers after the rebuild (SETITEM on the memoized index tensor) crashes a plain
+    # load's first to_dense(); under enforce() the tensor was built from a copy.
+    data = (_write_after_rebuild(_SPARSE_CSR_VALID) if payload == "_SPARSE_CSR_WRITTEN"
+            else _SPARSE_CSR_VALID)
+    program = ("import io, pickle, warnings, torch\nwarnings.simplefilter('ignore')\n"
+               f"D = {data!r}\n"
+               + _guarded(f"t = {entry}\nprint('BUILT', flush=True)\nt.to_dense()")
+               + "\nprint('QUEUED', len(torch._utils._sparse_tensors_to_validate))\n")
+    enforced = _run(program, tmp_path, site=True)
+    assert "LOADED" in enforced.stdout, (enforced.stdout, enforced.stderr)
+    assert "QUEUED 0" in enforced.stdout, (enforced.stdout, enforced.stderr)
+    if payload == "_SPARSE_CSR_WRITTEN":
+        plain = _run(program, tmp_path, site=False)
+        assert plain.stdout.startswith("BUILT") and plain.returncode < 0, (
+            plain.stdout, plain.stderr)
+
+
+def test_a_valid_sparse_checkpoint_loads_under_enforce(tmp_path: Path) -> None:
+    # The scan passes torch.save's sparse tensors (their index records checked), and the
+    # load then validates each with torch's own check.
+    tensors = {"coo": torch.eye(3).to_sparse(), "csr": torch.eye(3).to_sparse_csr(),
+               "bsc": torch.eye(4).to_sparse_bsc((2, 2))}
+    torch.save(tensors, tmp_path / "sparse.pt")
+    program = ("import warnings, torch\nwarnings.simplefilter('ignore')\n" + _guarded(
+        "t = torch.load('sparse.pt')\nassert all(v.to_dense().equal(torch.eye(len(v))) "
+        "for v in t.values())"))
+    enforced = _run(program, tmp_path, site=True)
+    assert "LOADED" in enforced.stdout, (enforced.stdout, enforced.stderr)

@@ -172,6 +172,6 @@ def test_scanner_agrees_with_torchs_sparse_validation(tmp_path: Path) -> None:
             disagree.append((path.name, oracle[str(path)], sorted(rules(report)),
                              [f.message[-160:] for f in report.findings]))
     outcomes = list(oracle.values())
-    # the corpus exercises both sides of the check, crashes included
+    # the generated files exercise both sides of the check
     assert outcomes.count("pass") > 150 and outcomes.count("fail") > 150, outcomes
     assert not disagree, disagree
