@@ -163,11 +163,35 @@ def _rebuild_sparse_checked(layout: Any, data: Any) -> Any:
     return tensor
 
 
+def _rebuild_nested_checked(buffer: Any, sizes: Any, strides: Any, offsets: Any) -> Any:
+    """torch's ``_rebuild_nested_tensor``, its metadata's shapes checked first.
+
+    ``torch._nested_view_from_buffer`` reads each row's strides as wide as ``sizes`` before
+    it compares the two shapes: a wider ``sizes`` reads past the strides tensor (heap bytes
+    in its error message, a crash further on). Each component view is bounds-checked by
+    torch itself once the shapes agree; the metadata is passed contiguous, as it reads it.
+    """
+    torch: Any = importlib.import_module("torch")
+    utils: Any = importlib.import_module("torch._utils")
+    meta = (sizes, strides, offsets)
+    if not (all(isinstance(m, torch.Tensor) and m.dtype is torch.int64
+                and m.layout is torch.strided for m in meta)
+            and sizes.dim() == 2 and strides.shape == sizes.shape
+            and offsets.dim() == 1 and offsets.shape[0] == sizes.shape[0]):
+        raise UnsafeModel(
+            "SH108 unchecked-state: the pickle builds a nested tensor whose sizes, strides "
+            "and offsets are not int64 tensors of matching shapes: torch reads its strides "
+            "past their end", subject=_REBUILD_NESTED, fix="do not load this file")
+    return utils._rebuild_nested_tensor(buffer, *(m.contiguous() for m in meta))
+
+
 _REBUILD_FROM_TYPE = "torch._tensor._rebuild_from_type_v2"
 _REBUILD_SPARSE = "torch._utils._rebuild_sparse_tensor"
+_REBUILD_NESTED = "torch._utils._rebuild_nested_tensor"
 # Allowed callables replaced by a checked version when a pickle imports them.
 _CHECKED_CALLABLES: dict[str, Callable[..., Any]] = {
-    _REBUILD_FROM_TYPE: _rebuild_from_type_checked, _REBUILD_SPARSE: _rebuild_sparse_checked}
+    _REBUILD_FROM_TYPE: _rebuild_from_type_checked, _REBUILD_SPARSE: _rebuild_sparse_checked,
+    _REBUILD_NESTED: _rebuild_nested_checked}
 
 
 def _checked_callable(module: str, name: str, obj: Any) -> Any:

@@ -25,7 +25,12 @@ from safehub._scanner.pickle_vm import (
     SymDict,
     render,
 )
-from safehub._scanner.sparse import REBUILD_SPARSE, StorageRecords, sparse_problems
+from safehub._scanner.unchecked_index import (
+    REBUILD_NESTED,
+    REBUILD_SPARSE,
+    StorageRecords,
+    unchecked_index_problems,
+)
 from safehub.rules import Severity
 
 __all__ = ["Loader", "judge_stream"]
@@ -94,9 +99,13 @@ def judge_stream(scan: FileScan, res: StreamResult, location: str, loader: Loade
         scan.add("SH108", f"{SPARSE_PROBLEM}: {LEGACY_SPARSE}", location=location,
                  offset=legacy.offset, subject=legacy.effective,
                  payload=payload_of(legacy)[:200])
-    for where, why in sparse_problems(res, records if loader is Loader.TORCH_ZIP else None):
-        scan.add("SH108", f"{SPARSE_PROBLEM}: {why}", location=location, offset=where.offset,
-                 subject=REBUILD_SPARSE, payload=payload_of(where)[:200])
+    for where, why in unchecked_index_problems(
+            res, records if loader is Loader.TORCH_ZIP else None):
+        func = where.func if isinstance(where, Call) else where
+        name = func.effective if isinstance(func, Global) else REBUILD_SPARSE
+        problem = NESTED_PROBLEM if name == REBUILD_NESTED else SPARSE_PROBLEM
+        scan.add("SH108", f"{problem}: {why}", location=location, offset=where.offset,
+                 subject=name, payload=payload_of(where)[:200])
     _judge_allocations(scan, res, location)
     for call in res.calls:
         target = _rebuild_target_problem(call)
@@ -233,6 +242,14 @@ SPARSE_PROBLEM = (
     "check_sparse_tensor_invariants is off by default, weights_only included): indices "
     "outside the tensor make its first to_dense(), coalesce() or product read and write "
     "memory outside its data, and these are not shown valid")
+# torch._utils._rebuild_nested_tensor(buffer, sizes, strides, offsets): torch reads each
+# row's strides as wide as sizes before it compares the two tensors' shapes, past the end of
+# the strides tensor (heap bytes in its error message, a crash further on), on
+# torch.load(weights_only=True) itself. Checked the same way (safehub._scanner.unchecked_index).
+NESTED_PROBLEM = (
+    "builds a nested tensor from size, stride and offset tensors torch reads unchecked "
+    "(a sizes tensor wider than the strides makes torch.load read past the strides: heap "
+    "bytes in its error, or a crash), and these are not shown valid")
 LEGACY_SPARSE = ("a legacy sparse constructor (torch.sparse.*Tensor(indices, values, size)), "
                  "which torch.save never writes")
 

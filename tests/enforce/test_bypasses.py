@@ -762,3 +762,37 @@ def test_a_valid_sparse_checkpoint_loads_under_enforce(tmp_path: Path) -> None:
         "for v in t.values())"))
     enforced = _run(program, tmp_path, site=True)
     assert "LOADED" in enforced.stdout, (enforced.stdout, enforced.stderr)
+
+
+class _Reduce:
+    def __init__(self, func: object, args: tuple[object, ...]):
+        self.func, self.args = func, args
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return self.func, self.args
+
+
+def _nested_pickle(width: int) -> bytes:
+    """A nested tensor whose sizes row is ``width`` wide and whose strides row is one wide,
+    its tensors from the legacy constructors (allowed names only)."""
+    return pickle.dumps(_Reduce(torch._utils._rebuild_nested_tensor, (
+        _Reduce(torch.FloatTensor, ([0.0] * 8,)), _Reduce(torch.LongTensor, ([[2] * width],)),
+        _Reduce(torch.LongTensor, ([[1]],)), _Reduce(torch.LongTensor, ([0],)))), protocol=2)
+
+
+@pytest.mark.parametrize("entry", ["pickle.loads(D)", "pickle._loads(D)"])
+def test_nested_metadata_read_past_its_end_is_refused(tmp_path: Path, entry: str) -> None:
+    # torch reads the strides as wide as sizes before comparing their shapes: the heap past
+    # the strides tensor shows up in its error (a crash when far enough). enforce() checks
+    # the shapes first.
+    data = _nested_pickle(64)
+    program = ("import io, pickle, re, warnings, torch\nwarnings.simplefilter('ignore')\n"
+               f"D = {data!r}\n" + _guarded(f"{entry}")
+               + "\n")
+    plain = _run(program, tmp_path, site=False)
+    assert "REFUSED RuntimeError" in plain.stdout and "strides" in plain.stdout, (
+        plain.stdout, plain.stderr)
+    enforced = _run(program, tmp_path, site=True)
+    assert "REFUSED UnsafeModel SH108" in enforced.stdout, (enforced.stdout, enforced.stderr)
+    valid = _run(program.replace(repr(data), repr(_nested_pickle(1))), tmp_path, site=True)
+    assert "LOADED" in valid.stdout, (valid.stdout, valid.stderr)

@@ -1,4 +1,5 @@
-"""Sparse tensors: the index checks torch skips when it loads them, done on the file's bytes.
+"""Sparse and nested tensors: the index checks torch skips when it loads them, done on the
+file's bytes.
 
 ``torch._utils._rebuild_sparse_tensor`` builds a COO, CSR, CSC, BSR or BSC tensor from the
 file's index and value tensors with ``check_invariants=False``, and torch.load validates the
@@ -12,6 +13,12 @@ shape and the size are read from the pickle, the index bytes from the storage re
 torch would read, and torch's own validation (``_validate_sparse_coo_tensor_args``,
 ``_validate_sparse_compressed_tensor_args``) is applied to them. Anything the model cannot
 resolve exactly, or index data past a cap, is a problem: it fails closed (SH108).
+
+``torch._utils._rebuild_nested_tensor(buffer, sizes, strides, offsets)`` is checked the same
+way: torch's ``_nested_view_from_buffer`` reads each row's strides as many as ``sizes`` has
+columns before it compares the two shapes (a wider ``sizes`` reads past the strides
+tensor: heap bytes in its error message, a crash when far enough), so the metadata must be
+Long, shaped alike, and every component inside the buffer.
 """
 
 from __future__ import annotations
@@ -33,9 +40,12 @@ from safehub._scanner.pickle_vm import (
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["MAX_INDEX_BYTES", "REBUILD_SPARSE", "StorageRecords", "sparse_problems"]
+__all__ = ["MAX_INDEX_BYTES", "REBUILD_NESTED", "REBUILD_SPARSE", "StorageRecords",
+           "unchecked_index_problems"]
 
 REBUILD_SPARSE = "torch._utils._rebuild_sparse_tensor"
+REBUILD_NESTED = "torch._utils._rebuild_nested_tensor"
+_CHECKED = (REBUILD_SPARSE, REBUILD_NESTED)
 _REBUILD_TENSOR = "torch._utils._rebuild_tensor_v2"
 _GET_LAYOUT = "torch.serialization._get_layout"
 _LAYOUTS = {"torch.sparse_coo": "coo", "torch.sparse_csr": "csr", "torch.sparse_csc": "csc",
@@ -66,11 +76,11 @@ class _Unproven(Exception):
     """Why a sparse rebuild cannot be vouched for (internal)."""
 
 
-def sparse_problems(res: StreamResult, records: StorageRecords | None) -> Iterator[
+def unchecked_index_problems(res: StreamResult, records: StorageRecords | None) -> Iterator[
         tuple[Global | Call, str]]:
-    """(where, why) for each use of a sparse rebuild in the stream that is not shown to
-    pass torch's sparse tensor validation."""
-    sparse = [g for g in res.globals if g.effective == REBUILD_SPARSE]
+    """(where, why) for each use of a sparse or nested rebuild in the stream that is not
+    shown to pass torch's validation of its index data."""
+    sparse = [g for g in res.globals if g.effective in _CHECKED]
     if not sparse:
         return
     if records is None:
@@ -97,7 +107,12 @@ def sparse_problems(res: StreamResult, records: StorageRecords | None) -> Iterat
         if id(call.func) not in ids:
             continue
         try:
-            _check_rebuild(call, records, storages, budget)
+            if call.builds:
+                raise _Unproven("BUILD sets a state on the rebuilt tensor")
+            if isinstance(call.func, Global) and call.func.effective == REBUILD_NESTED:
+                _check_nested(call, records, storages, budget)
+            else:
+                _check_rebuild(call, records, storages, budget)
         except _Unproven as exc:
             yield call, str(exc)
 
@@ -107,7 +122,7 @@ def _stray_use(res: StreamResult, ids: set[int]) -> str:
     ``_rebuild_from_type_v2``, kept in a container or state, BUILD or NEWOBJ on it."""
     for call in res.calls:
         if id(call.func) in ids and (call.opcode != "REDUCE" or call.kwargs is not None):
-            return f"the sparse rebuild function is called by {call.opcode}, not REDUCE"
+            return f"the rebuild function is called by {call.opcode}, not REDUCE"
     seen: set[int] = set()
     todo: list[object] = [res.value]
     for call in res.calls:
@@ -117,8 +132,8 @@ def _stray_use(res: StreamResult, ids: set[int]) -> str:
     while todo:
         value = todo.pop()
         if id(value) in ids:
-            return ("the sparse rebuild function is passed on as a value, not called "
-                    "directly: what calls it, and with what, is not modelled")
+            return ("the rebuild function is passed on as a value, not called directly: "
+                    "what calls it, and with what, is not modelled")
         if id(value) in seen or isinstance(value, (str, bytes, int, float)) or value is None:
             continue
         seen.add(id(value))
@@ -189,8 +204,6 @@ def _storage_ref(pid: object) -> tuple[str, str, int] | None:
 
 def _check_rebuild(call: Call, records: StorageRecords, storages: dict[str, tuple[str, int]],
                    budget: list[int]) -> None:
-    if call.builds:
-        raise _Unproven("BUILD sets a state on the rebuilt sparse tensor")
     args = call.args
     if not (isinstance(args, tuple) and len(args) == 2 and isinstance(args[1], tuple)):
         raise _Unproven("the sparse rebuild's arguments are not (layout, data)")
@@ -271,7 +284,7 @@ class _Index:
 
 
 def _index_tensor(value: object, records: StorageRecords, storages: dict[str, tuple[str, int]],
-                  budget: list[int]) -> _Index:
+                  budget: list[int], types: tuple[str, ...] = ("Int", "Long")) -> _Index:
     import numpy as np
 
     args = _tensor_call(value, "index")
@@ -281,9 +294,9 @@ def _index_tensor(value: object, records: StorageRecords, storages: dict[str, tu
         raise _Unproven("the index tensor's storage is not a storage record reference")
     key = parsed[0]
     type_name, numel = storages.get(key, parsed[1:])
-    code = _INDEX_TYPES.get(type_name)
+    code = _INDEX_TYPES.get(type_name) if type_name in types else None
     if code is None:
-        raise _Unproven(f"index storage {key!r} holds {type_name}, not Int or Long")
+        raise _Unproven(f"index storage {key!r} holds {type_name}, not {' or '.join(types)}")
     offset = args[1]
     if not (isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0):
         raise _Unproven("the index tensor's storage offset is not a non-negative integer")
@@ -402,3 +415,47 @@ def _check_compressed(layout: str, compressed: _Index, plain: _Index,
     rising = np.diff(flat_i, axis=1) > 0
     if not bool((rising | starts[:, 1:nnz]).all()):
         raise _Unproven("plain indices within a compressed slice are unsorted or repeated")
+
+
+_MAX_BUFFER = 1 << 50  # elements; past it float64 extents would not be exact
+
+
+def _check_nested(call: Call, records: StorageRecords, storages: dict[str, tuple[str, int]],
+                  budget: list[int]) -> None:
+    """torch's ``_nested_view_from_buffer``: a 1-D contiguous buffer, Long metadata with
+    ``sizes`` and ``strides`` of one (rows, dims) shape and one offset per row (checked
+    here before anything is read: torch reads strides as wide as ``sizes`` first), every
+    non-empty component view inside the buffer."""
+    import numpy as np
+
+    args = call.args
+    if not (isinstance(args, tuple) and len(args) == 4):
+        raise _Unproven("the nested rebuild's arguments are not (buffer, sizes, strides, "
+                        "offsets)")
+    buffer = _tensor_call(args[0], "buffer")
+    shape = _ints(buffer[2], "buffer shape")
+    if len(shape) != 1 or _ints(buffer[3], "buffer strides") != (1,) or shape[0] >= _MAX_BUFFER:
+        raise _Unproven("the nested tensor's buffer is not one contiguous dimension")
+    meta = [_index_tensor(a, records, storages, budget, ("Long",)) for a in args[1:]]
+    for part, name in zip(meta, ("sizes", "strides", "offsets"), strict=True):
+        expected = tuple(int(np.prod(part.array.shape[i + 1:], dtype=np.int64))
+                         for i in range(part.array.ndim))
+        if any(n > 1 and s != e for n, s, e in zip(part.array.shape, part.strides, expected,
+                                                    strict=True)):
+            raise _Unproven(f"the nested tensor's {name} are not contiguous")
+    sizes, strides, offsets = (m.array for m in meta)
+    if sizes.ndim != 2 or strides.shape != sizes.shape or offsets.shape != sizes.shape[:1]:
+        raise _Unproven("nested sizes, strides and offsets differ in shape (torch reads "
+                        "strides as wide as sizes before comparing them)")
+    if (sizes.size and (int(sizes.min()) < 0 or int(strides.min()) < 0)) or (
+            offsets.size and int(offsets.min()) < 0):
+        raise _Unproven("nested sizes, strides or offsets are negative")
+    if not sizes.size:
+        return
+    live = (sizes > 0).all(axis=1)
+    # float64 is exact here: every term is non-negative and anything past the buffer
+    # (fewer than 2**50 elements) is refused, so a sum that rounds stays past it
+    extent = offsets.astype(np.float64) + ((sizes.astype(np.float64) - 1)
+                                           * strides.astype(np.float64)).sum(axis=1)
+    if bool((live & (extent >= shape[0])).any()):
+        raise _Unproven("a nested tensor component reaches past its buffer")
