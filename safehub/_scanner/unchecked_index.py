@@ -55,7 +55,7 @@ _LAYOUTS = {"torch.sparse_coo": "coo", "torch.sparse_csr": "csr", "torch.sparse_
 _INDEX_TYPES = {"Long": "i8", "Int": "i4"}
 # Index bytes read for one file, all sparse tensors together. Real sparse checkpoints are
 # small next to this; past it the indices are not vouched for (SH108).
-MAX_INDEX_BYTES = 256 << 20
+MAX_INDEX_BYTES = 128 << 20
 _INT64_MAX = (1 << 63) - 1
 _INT32_MAX = (1 << 31) - 1
 
@@ -213,8 +213,8 @@ def _check_rebuild(call: Call, records: StorageRecords, storages: dict[str, tupl
         if len(data) not in (3, 4):
             raise _Unproven("COO data is not (indices, values, size[, is_coalesced])")
         coalesced = data[3] if len(data) == 4 else None
-        if coalesced not in (True, False, None):
-            raise _Unproven("COO is_coalesced is not a constant")
+        if not (coalesced is True or coalesced is False or coalesced is None):
+            raise _Unproven("COO is_coalesced is not True, False or None")
         indices = _index_tensor(data[0], records, storages, budget)
         _check_coo(indices, _values_shape(data[1]), _size(data[2]), coalesced is True)
         return
@@ -314,9 +314,12 @@ def _index_tensor(value: object, records: StorageRecords, storages: dict[str, tu
     if last >= numel:
         raise _Unproven(f"the index tensor reaches past its storage {key!r}")
     length = (last - offset + 1) * width
-    if length > budget[0]:
+    # What is read, and what the view expands to (a zero stride repeats one value over
+    # any count of elements), both count against the limit.
+    cost = max(length, count * 8)
+    if cost > budget[0]:
         raise _Unproven(f"index data past the {MAX_INDEX_BYTES}-byte limit on what is read")
-    budget[0] -= length
+    budget[0] -= cost
     if records.byteorder not in ("<", ">"):
         raise _Unproven(records.byteorder)
     data = records.read(key, numel * width, offset * width, length)

@@ -184,3 +184,21 @@ def test_legacy_sparse_constructor_is_refused_under_the_permissive_policy(
     assert run.stdout.startswith("loaded") and run.returncode == -signal.SIGSEGV, run
     report = scan_one(path, ScanOptions(block_severity=Severity.HIGH))
     assert report.verdict is Verdict.UNSAFE and "SH108" in rules(report)
+
+
+def test_a_zero_stride_index_view_does_not_expand_in_the_scanner(tmp_path: Path) -> None:
+    # indices of shape (2, 10**10) with strides (0, 0) over two stored values: 16 bytes to
+    # read, 160 GB once expanded. The expansion counts against the limit on index data.
+    valid = tmp_path / "valid.pt"
+    torch.save({"w": torch.eye(2).to_sparse()}, valid)
+    path = tmp_path / "expanded.pt"
+    view = b"K\x00K\x02K\x02\x86q\x0dK\x02K\x01\x86"
+    huge = b"K\x00K\x02\x8a\x05\x00\xe4\x0bT\x02\x86q\x0dK\x00K\x00\x86"
+
+    def edit(data: bytes) -> bytes:
+        assert data.count(view) == 1
+        return data.replace(view, huge)
+
+    _with_data_pkl(valid, path, edit)
+    report = scan_one(path)
+    assert rules(report) == {"SH108"} and "limit" in report.findings[0].message
