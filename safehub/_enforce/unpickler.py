@@ -126,12 +126,24 @@ def _rebuild_sparse_checked(layout: Any, data: Any) -> Any:
     """
     torch: Any = importlib.import_module("torch")
     utils: Any = importlib.import_module("torch._utils")
-    if isinstance(data, tuple):
-        # The index tensors are the data's leading members (COO: indices; compressed:
-        # compressed and plain indices); values and size follow.
-        count = 1 if layout is torch.sparse_coo else 2
-        data = tuple(d.clone() if i < count and isinstance(d, torch.Tensor) else d
-                     for i, d in enumerate(data))
+    if not isinstance(data, (tuple, list)):
+        raise UnsafeModel("SH108 unchecked-state: the pickle gives torch's sparse rebuild "
+                          f"{type(data).__name__} data, not a tuple", subject=_REBUILD_SPARSE,
+                          fix="do not load this file")
+    # The index tensors are the data's leading members (COO: indices; compressed:
+    # compressed and plain indices), copied: a SETITEM writes into their storage. The
+    # values follow, as a new tensor over the same data: a compressed tensor keeps the
+    # very tensors it is given, so a BUILD on the file's values (Tensor.__setstate__ calls
+    # set_) would shrink its values under its row pointers; writes into the data itself
+    # stay inside it.
+    count = 1 if layout is torch.sparse_coo else 2
+
+    def own(i: int, d: Any) -> Any:
+        if not isinstance(d, torch.Tensor) or i > count:
+            return d
+        return d.clone() if i < count else d.detach()
+
+    data = tuple(own(i, d) for i, d in enumerate(data))
     tensor = utils._rebuild_sparse_tensor(layout, data)
     pending = utils._sparse_tensors_to_validate
     for i in range(len(pending) - 1, -1, -1):

@@ -796,3 +796,39 @@ def test_nested_metadata_read_past_its_end_is_refused(tmp_path: Path, entry: str
     assert "REFUSED UnsafeModel SH108" in enforced.stdout, (enforced.stdout, enforced.stderr)
     valid = _run(program.replace(repr(data), repr(_nested_pickle(1))), tmp_path, site=True)
     assert "LOADED" in valid.stdout, (valid.stdout, valid.stderr)
+
+
+def _csr_values_shrunk_after_rebuild() -> bytes:
+    """A valid 3x3 CSR tensor (three values) from allowed names, then BUILD on its values
+    tensor with the legacy state (FloatStorage([1.0]), 0, (1,), (1,)): Tensor.__setstate__
+    calls set_, and the CSR tensor holds that very tensor."""
+    values = _Reduce(torch.FloatTensor, ([1.0, 2.0, 3.0],))
+    data = pickle.dumps(_Reduce(torch._utils._rebuild_sparse_tensor, (
+        _Reduce(torch.serialization._get_layout, ("torch.sparse_csr",)),
+        (_Reduce(torch.LongTensor, ([0, 1, 2, 3],)), _Reduce(torch.LongTensor, ([0, 1, 2],)),
+         values, (3, 3)))), protocol=2)
+    ops = list(pickletools.genops(data))
+    first = next(i for i, (op, arg, _) in enumerate(ops)
+                 if op.name == "GLOBAL" and arg == "torch FloatTensor")
+    memo = next(ops[i + 1][1] for i in range(first, len(ops)) if ops[i][0].name == "REDUCE")
+    state = (b"(ctorch\nFloatStorage\n]G?\xf0\x00\x00\x00\x00\x00\x00a\x85R"
+             b"K\x00K\x01\x85K\x01\x85t")
+    return data[:-1] + b"h" + bytes([memo]) + state + b"b0."
+
+
+@pytest.mark.parametrize("entry", ["pickle.loads(D)", "pickle._loads(D)"])
+def test_a_build_on_the_values_does_not_reach_the_sparse_tensor(tmp_path: Path,
+                                                                 entry: str) -> None:
+    data = _csr_values_shrunk_after_rebuild()
+    program = ("import io, pickle, warnings, torch\nwarnings.simplefilter('ignore')\n"
+               f"D = {data!r}\n" + _guarded(
+                   f"t = {entry}\nprint('VALUES', tuple(t.values().shape), flush=True)\n"
+                   "torch._validate_sparse_compressed_tensor_args(t.crow_indices(), "
+                   "t.col_indices(), t.values(), t.size(), t.layout)"))
+    plain = _run(program, tmp_path, site=False)
+    # the loaded tensor's values shrank under its row pointers: torch's own check fails
+    assert "VALUES (1,)" in plain.stdout and "REFUSED RuntimeError" in plain.stdout, (
+        plain.stdout, plain.stderr)
+    enforced = _run(program, tmp_path, site=True)
+    assert "VALUES (3,)" in enforced.stdout and "LOADED" in enforced.stdout, (
+        enforced.stdout, enforced.stderr)

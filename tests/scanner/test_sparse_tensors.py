@@ -202,3 +202,41 @@ def test_a_zero_stride_index_view_does_not_expand_in_the_scanner(tmp_path: Path)
     _with_data_pkl(valid, path, edit)
     report = scan_one(path)
     assert rules(report) == {"SH108"} and "limit" in report.findings[0].message
+
+
+def _shrink_values(data: bytes) -> bytes:
+    """After the whole state dict is built, BUILD on the CSR's values tensor (its memo)
+    with the legacy state (storage, 0, (1,), (1,)): torch's weights-only loader calls
+    ``values.set_(*state)``, and the CSR tensor holds that very tensor. Stored under a new
+    key, so the pickle needs no POP (which the weights-only loader lacks)."""
+    ops = list(pickletools.genops(data))
+    memos = [ops[i + 1][1] for i, (op, _, _) in enumerate(ops)
+             if op.name == "REDUCE" and ops[i - 2][0].name == "TUPLE"
+             and ops[i + 1][0].name == "BINPUT"]
+    storage = (b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x002"
+               b"X\x03\x00\x00\x00cpuK\x09tQ")
+    state = b"(" + storage + b"K\x00K\x01\x85K\x01\x85t"
+    at = data.rindex(b".")
+    return (data[:at] + b"X\x04\x00\x00\x00junkh" + bytes([memos[2]]) + state + b"bs"
+            + data[at:])
+
+
+def test_a_build_shrinking_the_values_after_the_rebuild_is_refused(tmp_path: Path) -> None:
+    # Index records and values are valid when read; BUILD then shrinks the values tensor
+    # the CSR tensor holds to one element under row pointers that say three. The default
+    # torch.load (weights_only=True) runs it, and to_dense() reads past the values.
+    valid = tmp_path / "valid.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.save({"w": torch.eye(3).to_sparse_csr()}, valid)
+    path = tmp_path / "shrunk.pt"
+    _with_data_pkl(valid, path, _shrink_values)
+    code = ("import sys, warnings; warnings.simplefilter('ignore'); import torch; "
+            "w = torch.load(sys.argv[1])['w']; print('loaded', tuple(w.values().shape), "
+            "flush=True); (w @ torch.ones(3, 10**6)).sum(); print(w.to_dense())")
+    run = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert run.stdout.startswith("loaded (1,)") and run.returncode == -signal.SIGSEGV, run
+    report = scan_one(path)
+    assert report.verdict is Verdict.UNSAFE and "SH108" in rules(report)
+    assert "BUILD" in report.findings[0].message
