@@ -181,7 +181,7 @@ def _rebuild_nested_checked(buffer: Any, sizes: Any, strides: Any, offsets: Any)
     ``torch._nested_view_from_buffer`` reads each row's strides as wide as ``sizes`` before
     it compares the two shapes: a wider ``sizes`` reads past the strides tensor (heap bytes
     in its error message, a crash further on). Each component view is bounds-checked by
-    torch itself once the shapes agree; the metadata is passed contiguous, as it reads it.
+    torch itself once the shapes agree; the metadata is passed as contiguous copies.
     """
     torch: Any = importlib.import_module("torch")
     utils: Any = importlib.import_module("torch._utils")
@@ -194,7 +194,10 @@ def _rebuild_nested_checked(buffer: Any, sizes: Any, strides: Any, offsets: Any)
             "SH108 unchecked-state: the pickle builds a nested tensor whose sizes, strides "
             "and offsets are not int64 tensors of matching shapes: torch reads its strides "
             "past their end", subject=_REBUILD_NESTED, fix="do not load this file")
-    return utils._rebuild_nested_tensor(buffer, *(m.contiguous() for m in meta))
+    # Copies, contiguous: the nested tensor keeps the tensors it is given, and a later
+    # SETITEM into the file's sizes would change its components after torch checked them.
+    return utils._rebuild_nested_tensor(
+        buffer, *(m.clone(memory_format=torch.contiguous_format) for m in meta))
 
 
 _REBUILD_FROM_TYPE = "torch._tensor._rebuild_from_type_v2"
