@@ -17,7 +17,7 @@ from safehub._scanner.pickle_vm import PickleCursor
 from safehub._scanner.source import StreamSource
 from safehub._scanner.zipdir import ZipDirectory, ZipEntry, open_entry
 
-__all__ = ["ZipStorages", "scan_zip"]
+__all__ = ["RecordNames", "ZipStorages", "scan_zip"]
 
 _METADATA = {"version", ".format_version", ".storage_alignment", "byteorder",
              ".data/serialization_id", ".data/version", ".data/python_version"}
@@ -48,6 +48,7 @@ def scan_zip(scan: FileScan, fh: BinaryIO, directory: ZipDirectory) -> str:
         scan.add("SH120", f"TorchScript archive with {len(code)} code files", subject="torchscript",
                  payload=", ".join(code[:10]), allowed_by=allowed)
     loader = Loader.TORCHSCRIPT if torchscript else Loader.TORCH_ZIP
+    by_name = RecordNames(directory)
     analyzed = 0
     for entry in entries:
         if entry.size and entry.miniz_directory:
@@ -90,7 +91,7 @@ def scan_zip(scan: FileScan, fh: BinaryIO, directory: ZipDirectory) -> str:
             # plain pickles; torch.jit.load reads its .debug_pkl records itself.
             hidden = kind == "hidden-pickle" and not torchscript
             judge_stream(scan, result, entry.name, Loader.PICKLE if hidden else loader,
-                         ZipStorages(fh, directory, entry))
+                         ZipStorages(fh, by_name, entry))
             if result.stopped and not cursor.at_eof():
                 scan.add("SH113", "bytes follow the pickle inside the record",
                          location=entry.name, offset=cursor.offset())
@@ -124,6 +125,22 @@ def _ascii_lower(name: str) -> str:
 _ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
 
 
+class RecordNames:
+    """The archive's records by name as miniz matches them, indexed once per directory
+    and only when a sparse or nested rebuild asks (most archives never do)."""
+
+    def __init__(self, directory: ZipDirectory):
+        self.directory = directory
+        self._names: dict[str, list[ZipEntry]] | None = None
+
+    def index(self) -> dict[str, list[ZipEntry]]:
+        if self._names is None:
+            self._names = {}
+            for e in self.directory.entries:
+                self._names.setdefault(_ascii_lower(e.name), []).append(e)
+        return self._names
+
+
 class ZipStorages:
     """The storage records torch.load reads for an archive's pickle, as torch finds them.
 
@@ -135,24 +152,32 @@ class ZipStorages:
     the pickle's) is not read but reported as a reason the data is unknown.
     """
 
-    def __init__(self, fh: BinaryIO, directory: ZipDirectory, pickle: ZipEntry):
+    def __init__(self, fh: BinaryIO, names: RecordNames, pickle: ZipEntry):
         self._fh = fh
-        self._names: dict[str, list[ZipEntry]] = {}
-        for e in directory.entries:
-            self._names.setdefault(_ascii_lower(e.name), []).append(e)
-        first = directory.entries[0].name if directory.entries else ""
-        folder, slash, _ = first.partition("/")
-        self._prefix = folder + "/"
+        self._names = names
+        self._pickle = pickle
+        self._ready = False
+        self._prefix = ""
         self._problem = ""
-        if not slash or "\0" in folder:
-            self._problem = "the archive's first record is in no folder torch can name"
-        elif self._names.get(_ascii_lower(self._prefix + "data.pkl")) != [pickle]:
-            self._problem = (f"{pickle.name} is not the one data.pkl torch.load reads from "
-                             f"folder {folder!r}")
         self._byteorder: str | None = None
 
+    def _index(self) -> dict[str, list[ZipEntry]]:
+        names = self._names.index()
+        if self._ready:
+            return names
+        self._ready = True
+        entries = self._names.directory.entries
+        folder, slash, _ = (entries[0].name if entries else "").partition("/")
+        self._prefix = folder + "/"
+        if not slash or "\0" in folder:
+            self._problem = "the archive's first record is in no folder torch can name"
+        elif names.get(_ascii_lower(self._prefix + "data.pkl")) != [self._pickle]:
+            self._problem = (f"{self._pickle.name} is not the one data.pkl torch.load reads "
+                             f"from folder {folder!r}")
+        return names
+
     def _entry(self, name: str) -> ZipEntry | str | None:
-        found = self._names.get(_ascii_lower(self._prefix + name), [])
+        found = self._index().get(_ascii_lower(self._prefix + name), [])
         if len(found) > 1:
             return f"several records answer to {self._prefix + name!r} (miniz picks one)"
         return found[0] if found else None
@@ -164,6 +189,7 @@ class ZipStorages:
         return self._byteorder
 
     def _read_byteorder(self) -> str:
+        self._index()
         if self._problem:
             return self._problem
         entry = self._entry("byteorder")
@@ -181,6 +207,7 @@ class ZipStorages:
 
     def read(self, key: str, nbytes: int, start: int, length: int) -> bytes | str:
         """``length`` bytes from ``start`` of storage ``key``, or why they are unknown."""
+        self._index()
         if self._problem:
             return self._problem
         entry = self._entry("data/" + key)
