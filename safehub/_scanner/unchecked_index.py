@@ -161,7 +161,7 @@ def _written_tensor(res: StreamResult) -> str:
     for m in res.mutations:
         return f"{m.opcode} at offset {m.offset} writes into a loaded object"
     for call in res.calls:
-        if call.writes and not _plain_container(call):
+        if call.writes and _torch_object(call):
             return f"{call.writes} writes into what {render(call.func)[:80]} returns"
         if call.builds and isinstance(call.func, Global) and call.func.effective.startswith(
                 "torch."):
@@ -169,10 +169,12 @@ def _written_tensor(res: StreamResult) -> str:
     return ""
 
 
-def _plain_container(call: Call) -> bool:
+def _torch_object(call: Call) -> bool:
+    """What a torch callable (or a computed one) returns: a tensor or storage, whose
+    __setitem__ writes into loaded data. Containers (OrderedDict, defaultdict, list) and
+    numpy's arrays hold no torch storage."""
     func = call.func
-    return isinstance(func, Global) and func.effective in (
-        "collections.OrderedDict", "collections.Counter", "builtins.set")
+    return not isinstance(func, Global) or func.effective.startswith("torch.")
 
 
 def _storage_types(res: StreamResult) -> dict[str, tuple[str, int]]:
