@@ -757,11 +757,22 @@ def test_a_valid_sparse_checkpoint_loads_under_enforce(tmp_path: Path) -> None:
     tensors = {"coo": torch.eye(3).to_sparse(), "csr": torch.eye(3).to_sparse_csr(),
                "bsc": torch.eye(4).to_sparse_bsc((2, 2))}
     torch.save(tensors, tmp_path / "sparse.pt")
-    program = ("import warnings, torch\nwarnings.simplefilter('ignore')\n" + _guarded(
-        "t = torch.load('sparse.pt')\nassert all(v.to_dense().equal(torch.eye(len(v))) "
-        "for v in t.values())"))
+    # torch's end-of-load validation is watched: under enforce() it runs with the sparse
+    # invariant checks on (a second check after every opcode ran), then they are off again
+    program = ("import warnings, torch\nwarnings.simplefilter('ignore')\n"
+               "validate = torch._utils._validate_loaded_sparse_tensors\n"
+               "def watched():\n"
+               "    print('VALIDATES', torch.sparse.check_sparse_tensor_invariants.is_enabled(),"
+               " len(torch._utils._sparse_tensors_to_validate))\n"
+               "    validate()\n"
+               "torch._utils._validate_loaded_sparse_tensors = watched\n" + _guarded(
+                   "t = torch.load('sparse.pt')\nassert all(v.to_dense().equal(torch.eye("
+                   "len(v))) for v in t.values())")
+               + "\nprint('AFTER', torch.sparse.check_sparse_tensor_invariants.is_enabled())\n")
     enforced = _run(program, tmp_path, site=True)
     assert "LOADED" in enforced.stdout, (enforced.stdout, enforced.stderr)
+    assert "VALIDATES True 3" in enforced.stdout and "AFTER False" in enforced.stdout, (
+        enforced.stdout, enforced.stderr)
 
 
 class _Reduce:
