@@ -73,7 +73,7 @@ class StorageRecords(Protocol):
 
 
 class _Unproven(Exception):
-    """Why a sparse rebuild cannot be vouched for (internal)."""
+    """Why a sparse or nested rebuild cannot be vouched for (internal)."""
 
 
 def unchecked_index_problems(res: StreamResult, records: StorageRecords | None) -> Iterator[
