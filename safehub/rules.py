@@ -82,11 +82,12 @@ RULES: dict[str, Rule] = _rules(
          "Re-save the data without out-of-band buffers."),
     Rule("SH108", "unchecked-state", Severity.HIGH,
          "An allowed class or rebuild function is given a state it takes without checking "
-         "(a numpy dtype's fields, subarray or object flags; a sparse tensor's indices): the "
+         "(a numpy dtype's fields, subarray or object flags; a sparse tensor's indices that "
+         "fail torch's validation or cannot be read from a torch zip checkpoint): the "
          "object it makes reads or writes memory outside its data, or takes raw bytes for "
          "object pointers.",
-         "Re-save the data as plain dense arrays (safetensors), or load it only in the "
-         "sandbox."),
+         "Re-save the data as plain dense arrays (safetensors), or sparse tensors with "
+         "torch.save's zip format, or load it only in the sandbox."),
     Rule("SH110", "malformed-pickle", Severity.HIGH,
          "The pickle stream is malformed. A loader executes everything before the error, and "
          "scanners that stop early miss it.",

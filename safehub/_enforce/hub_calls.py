@@ -17,6 +17,7 @@ from typing import Any
 from safehub._enforce.loaders import distinct, scan_snapshot, weights_only_globals
 from safehub._hub.runner import also_policies
 from safehub._hub.scoped_globals import scoped_globals
+from safehub._hub.sparse_checks import sparse_checked
 from safehub._policy.decide import Requirement
 from safehub._policy.policy import Policy
 from safehub._snapshot import Snapshot
@@ -129,7 +130,8 @@ def load_state_dict_from_url(original: Callable[..., Any], policies: Policies, u
         _require_outer_pins(pins, snap.sha256, url, chosen)
         reports = [opened.info.report, *scan_snapshot(snap, url, chosen[:-1])]
         try:
-            with scoped_globals(weights_only_globals(reports)), snap.open() as fh:
+            with scoped_globals(weights_only_globals(reports)), snap.open() as fh, \
+                    sparse_checked():
                 return _torch_load_original()(fh, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError as exc:
             raise UnsafeModel(f"torch's weights-only loader refused the file: {exc}",

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from safehub._hub.scoped_globals import scoped_globals
+from safehub._hub.sparse_checks import sparse_checked
 from safehub._policy.decide import FileRequest
 from safehub._policy.policy import Policy
 from safehub._snapshot import Snapshot
@@ -116,7 +117,7 @@ def torch_load(original: Callable[..., Any], policies: Policies, f: Any,
             # second copy of every tensor. torch maps only its zip format.
             mmap = reports[0].format == "torch-zip" if reports else False
         try:
-            with scoped_globals(weights_only_globals(reports)):
+            with scoped_globals(weights_only_globals(reports)), sparse_checked():
                 return original(source, map_location=map_location, weights_only=True,
                                 mmap=bool(mmap) and isinstance(source, str),
                                 **pickle_load_args)

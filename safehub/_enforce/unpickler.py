@@ -103,27 +103,110 @@ def _rebuild_from_type_checked(func: Any, new_type: Any, args: Any, state: Any) 
 
 
 def _rebuild_sparse_refused(*args: Any, **kwargs: Any) -> Any:
-    """torch's ``_rebuild_sparse_tensor`` and the legacy sparse constructors, refused as the
-    scanner refuses them (SH108).
-
-    torch builds the sparse tensor unchecked and checks its indices afterwards only under
-    ``torch.sparse.check_sparse_tensor_invariants`` (off by default): indices outside the
-    tensor make its first ``to_dense()`` or ``coalesce()`` read and write memory outside
-    its data. A pickle here has no end of load at which torch would check them.
-    """
+    """The legacy sparse constructors (``torch.sparse.FloatTensor(indices, values, size)``),
+    refused as the scanner refuses them (SH108): torch builds the tensor unchecked, and
+    ``torch.save`` never writes them."""
     raise UnsafeModel(
-        "SH108 unchecked-state: the pickle builds a sparse tensor (torch's sparse rebuild "
-        "function or a legacy sparse constructor), "
-        "whose indices torch does not check: invalid ones make its first use read and "
-        "write memory outside its data", subject=_REBUILD_SPARSE,
-        fix="re-save the tensor dense (safetensors), or load the file only in the sandbox")
+        "SH108 unchecked-state: the pickle builds a sparse tensor with a legacy sparse "
+        "constructor, whose indices torch does not check: invalid ones make its first use "
+        "read and write memory outside its data", subject="torch.sparse",
+        fix="re-save the tensor with torch.save, or load the file only in the sandbox")
+
+
+def _rebuild_sparse_checked(layout: Any, data: Any) -> Any:
+    """torch's ``_rebuild_sparse_tensor``, then torch's own validation of the result.
+
+    torch builds the sparse tensor unchecked and queues it on the process-wide
+    ``torch._utils._sparse_tensors_to_validate``, which ``torch.load`` checks at its end
+    only under ``torch.sparse.check_sparse_tensor_invariants`` (off by default) and a
+    plain pickle load never empties. Invalid indices make the tensor's first
+    ``to_dense()`` or ``coalesce()`` read and write memory outside its data. Here the
+    indices are copied first (later opcodes writing into the file's index tensors cannot
+    reach the sparse tensor), the tensor is taken off torch's queue and validated at once.
+    """
+    torch: Any = importlib.import_module("torch")
+    utils: Any = importlib.import_module("torch._utils")
+    if not isinstance(data, (tuple, list)):
+        raise UnsafeModel("SH108 unchecked-state: the pickle gives torch's sparse rebuild "
+                          f"{type(data).__name__} data, not a tuple", subject=_REBUILD_SPARSE,
+                          fix="do not load this file")
+    # The index tensors are the data's leading members (COO: indices; compressed:
+    # compressed and plain indices), copied: a SETITEM writes into their storage. The
+    # values follow, as a new tensor over the same data: a compressed tensor keeps the
+    # very tensors it is given, so a BUILD on the file's values (Tensor.__setstate__ calls
+    # set_) would shrink its values under its row pointers; writes into the data itself
+    # stay inside it.
+    count = 1 if layout is torch.sparse_coo else 2
+
+    def own(i: int, d: Any) -> Any:
+        if not isinstance(d, torch.Tensor) or i > count:
+            return d
+        return d.clone() if i < count else d.detach()
+
+    data = tuple(own(i, d) for i, d in enumerate(data))
+    tensor = utils._rebuild_sparse_tensor(layout, data)
+    pending = utils._sparse_tensors_to_validate
+    for i in range(len(pending) - 1, -1, -1):
+        if pending[i] is tensor:
+            del pending[i]
+            break
+    try:
+        if tensor.layout is torch.sparse_coo:
+            torch._validate_sparse_coo_tensor_args(
+                tensor._indices(), tensor._values(), tensor.size(), tensor.is_coalesced(),
+                check_pinning=False)
+        else:
+            row = tensor.layout in (torch.sparse_csr, torch.sparse_bsr)
+            compressed = tensor.crow_indices() if row else tensor.ccol_indices()
+            plain = tensor.col_indices() if row else tensor.row_indices()
+            # First in int64: torch checks int32 row pointers in int32 arithmetic, where a
+            # step that wraps around passes and its slice check reads past the plain
+            # indices. Then as stored, for the int32 overflow checks.
+            for pair in ((compressed.long(), plain.long()), (compressed, plain)):
+                torch._validate_sparse_compressed_tensor_args(
+                    *pair, tensor.values(), tensor.size(), tensor.layout,
+                    check_pinning=False)
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        raise UnsafeModel(
+            "SH108 unchecked-state: the pickle builds a sparse tensor whose indices fail "
+            f"torch's own validation ({str(exc)[:200]}): its first use would read and "
+            "write memory outside its data", subject=_REBUILD_SPARSE,
+            fix="do not load this file") from exc
+    return tensor
+
+
+def _rebuild_nested_checked(buffer: Any, sizes: Any, strides: Any, offsets: Any) -> Any:
+    """torch's ``_rebuild_nested_tensor``, its metadata's shapes checked first.
+
+    ``torch._nested_view_from_buffer`` reads each row's strides as wide as ``sizes`` before
+    it compares the two shapes: a wider ``sizes`` reads past the strides tensor (heap bytes
+    in its error message, a crash further on). Each component view is bounds-checked by
+    torch itself once the shapes agree; the metadata is passed as contiguous copies.
+    """
+    torch: Any = importlib.import_module("torch")
+    utils: Any = importlib.import_module("torch._utils")
+    meta = (sizes, strides, offsets)
+    if not (all(isinstance(m, torch.Tensor) and m.dtype is torch.int64
+                and m.layout is torch.strided for m in meta)
+            and sizes.dim() == 2 and strides.shape == sizes.shape
+            and offsets.dim() == 1 and offsets.shape[0] == sizes.shape[0]):
+        raise UnsafeModel(
+            "SH108 unchecked-state: the pickle builds a nested tensor whose sizes, strides "
+            "and offsets are not int64 tensors of matching shapes: torch reads its strides "
+            "past their end", subject=_REBUILD_NESTED, fix="do not load this file")
+    # Copies, contiguous: the nested tensor keeps the tensors it is given, and a later
+    # SETITEM into the file's sizes would change its components after torch checked them.
+    return utils._rebuild_nested_tensor(
+        buffer, *(m.clone(memory_format=torch.contiguous_format) for m in meta))
 
 
 _REBUILD_FROM_TYPE = "torch._tensor._rebuild_from_type_v2"
 _REBUILD_SPARSE = "torch._utils._rebuild_sparse_tensor"
+_REBUILD_NESTED = "torch._utils._rebuild_nested_tensor"
 # Allowed callables replaced by a checked version when a pickle imports them.
 _CHECKED_CALLABLES: dict[str, Callable[..., Any]] = {
-    _REBUILD_FROM_TYPE: _rebuild_from_type_checked, _REBUILD_SPARSE: _rebuild_sparse_refused}
+    _REBUILD_FROM_TYPE: _rebuild_from_type_checked, _REBUILD_SPARSE: _rebuild_sparse_checked,
+    _REBUILD_NESTED: _rebuild_nested_checked}
 
 
 def _checked_callable(module: str, name: str, obj: Any) -> Any:

@@ -325,12 +325,13 @@ def _load_weights(opened: OpenedFile, map_location: Any) -> dict[str, Any]:
 
     from safehub._hub.safe_globals import torch_safe_globals
     from safehub._hub.scoped_globals import scoped_globals
+    from safehub._hub.sparse_checks import sparse_checked
 
     allowed = torch_safe_globals(opened.info.report)
     fh: BinaryIO = opened.file
     try:
         # Extra globals for this call (this thread) only, never process-wide.
-        with scoped_globals(allowed):
+        with scoped_globals(allowed), sparse_checked():
             result = torch.load(fh, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         raise UnsafeModel(f"torch's weights-only loader refused the file: {exc}",

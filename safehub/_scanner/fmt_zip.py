@@ -17,7 +17,7 @@ from safehub._scanner.pickle_vm import OpBudget, PickleCursor
 from safehub._scanner.source import StreamSource
 from safehub._scanner.zipdir import ZipDirectory, ZipEntry, open_entry
 
-__all__ = ["scan_zip"]
+__all__ = ["RecordNames", "ZipStorages", "scan_zip"]
 
 _METADATA = {"version", ".format_version", ".storage_alignment", "byteorder",
              ".data/serialization_id", ".data/version", ".data/python_version"}
@@ -48,6 +48,7 @@ def scan_zip(scan: FileScan, fh: BinaryIO, directory: ZipDirectory) -> str:
         scan.add("SH120", f"TorchScript archive with {len(code)} code files", subject="torchscript",
                  payload=", ".join(code[:10]), allowed_by=allowed)
     loader = Loader.TORCHSCRIPT if torchscript else Loader.TORCH_ZIP
+    by_name = RecordNames(directory)
     analyzed = 0
     for entry in entries:
         if entry.size and entry.miniz_directory:
@@ -91,7 +92,8 @@ def scan_zip(scan: FileScan, fh: BinaryIO, directory: ZipDirectory) -> str:
             # torch.load never reads other pickles in a checkpoint, so they are judged as
             # plain pickles; torch.jit.load reads its .debug_pkl records itself.
             hidden = kind == "hidden-pickle" and not torchscript
-            judge_stream(scan, result, entry.name, Loader.PICKLE if hidden else loader)
+            judge_stream(scan, result, entry.name, Loader.PICKLE if hidden else loader,
+                         ZipStorages(fh, by_name, entry))
             if result.stopped and not cursor.at_eof():
                 scan.add("SH113", "bytes follow the pickle inside the record",
                          location=entry.name, offset=cursor.offset())
@@ -129,6 +131,118 @@ def _inflation_spent(scan: FileScan, entry: ZipEntry, where: str) -> bool:
              f"{where} record {entry.name}; the rest of the archive was not analyzed",
              location=entry.name)
     return True
+
+
+def _ascii_lower(name: str) -> str:
+    """miniz compares names case-insensitively in ASCII only (its MZ_TOLOWER)."""
+    return name.translate(_ASCII_LOWER)
+
+
+_ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
+
+
+class RecordNames:
+    """The archive's records by name as miniz matches them, indexed once per directory
+    and only when a sparse or nested rebuild asks (most archives never do)."""
+
+    def __init__(self, directory: ZipDirectory):
+        self.directory = directory
+        self._names: dict[str, list[ZipEntry]] | None = None
+
+    def index(self) -> dict[str, list[ZipEntry]]:
+        if self._names is None:
+            self._names = {}
+            for e in self.directory.entries:
+                self._names.setdefault(_ascii_lower(e.name), []).append(e)
+        return self._names
+
+
+class ZipStorages:
+    """The storage records torch.load reads for an archive's pickle, as torch finds them.
+
+    torch takes the archive's folder from the central directory's first name (up to its
+    first '/'), reads ``<folder>/data.pkl`` and, for storage key K, ``<folder>/data/K``,
+    looked up case-insensitively (miniz). Storages are read from the stored bytes; a
+    record torch could read otherwise (compressed: ``mmap=True`` maps the raw bytes, a
+    name several records answer to, a record miniz takes for a folder, a size other than
+    the pickle's) is not read but reported as a reason the data is unknown.
+    """
+
+    def __init__(self, fh: BinaryIO, names: RecordNames, pickle: ZipEntry):
+        self._fh = fh
+        self._names = names
+        self._pickle = pickle
+        self._ready = False
+        self._prefix = ""
+        self._problem = ""
+        self._byteorder: str | None = None
+
+    def _index(self) -> dict[str, list[ZipEntry]]:
+        names = self._names.index()
+        if self._ready:
+            return names
+        self._ready = True
+        entries = self._names.directory.entries
+        folder, slash, _ = (entries[0].name if entries else "").partition("/")
+        self._prefix = folder + "/"
+        if not slash or "\0" in folder:
+            self._problem = "the archive's first record is in no folder torch can name"
+        elif names.get(_ascii_lower(self._prefix + "data.pkl")) != [self._pickle]:
+            self._problem = (f"{self._pickle.name} is not the one data.pkl torch.load reads "
+                             f"from folder {folder!r}")
+        return names
+
+    def _entry(self, name: str) -> ZipEntry | str | None:
+        found = self._index().get(_ascii_lower(self._prefix + name), [])
+        if len(found) > 1:
+            return f"several records answer to {self._prefix + name!r} (miniz picks one)"
+        return found[0] if found else None
+
+    @property
+    def byteorder(self) -> str:
+        if self._byteorder is None:
+            self._byteorder = self._read_byteorder()
+        return self._byteorder
+
+    def _read_byteorder(self) -> str:
+        self._index()
+        if self._problem:
+            return self._problem
+        entry = self._entry("byteorder")
+        if entry is None:
+            return "<"  # torch's default load endianness
+        if isinstance(entry, str):
+            return entry
+        if entry.data_offset < 0 or entry.miniz_directory or entry.method not in (0, 8):
+            return "the byteorder record cannot be read as torch reads it"
+        src, _ = open_entry(self._fh, entry, 16)
+        mark = src.read(16)
+        if entry.size != len(mark) or mark not in (b"little", b"big"):
+            return "the byteorder record says neither 'little' nor 'big'"
+        return "<" if mark == b"little" else ">"
+
+    def read(self, key: str, nbytes: int, start: int, length: int) -> bytes | str:
+        """``length`` bytes from ``start`` of storage ``key``, or why they are unknown."""
+        self._index()
+        if self._problem:
+            return self._problem
+        entry = self._entry("data/" + key)
+        if not isinstance(entry, ZipEntry):
+            return entry or f"no storage record data/{key} in the archive"
+        if entry.data_offset < 0 or entry.miniz_directory:
+            return (f"storage record data/{key} is not read as stored (no local header, or "
+                    "a folder to miniz)")
+        if entry.method != 0 or entry.compressed_size != entry.size:
+            return (f"storage record data/{key} is compressed: torch.load(mmap=True) would "
+                    "read its raw bytes")
+        if entry.size != nbytes:
+            return (f"storage record data/{key} holds {entry.size} bytes, the pickle says "
+                    f"{nbytes}")
+        self._fh.seek(entry.data_offset + start)
+        data = self._fh.read(length)
+        if len(data) != length:
+            return f"storage record data/{key} is truncated"
+        return data
 
 
 def _torchscript_record(name: str) -> bool:

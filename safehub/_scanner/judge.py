@@ -25,6 +25,12 @@ from safehub._scanner.pickle_vm import (
     SymDict,
     render,
 )
+from safehub._scanner.unchecked_index import (
+    REBUILD_NESTED,
+    REBUILD_SPARSE,
+    StorageRecords,
+    unchecked_index_problems,
+)
 from safehub.rules import Severity
 
 __all__ = ["Loader", "judge_stream"]
@@ -42,8 +48,13 @@ class Loader(Enum):
     TORCHSCRIPT = "torchscript"  # torch.jit.load: __torch__ classes resolve to archive code
 
 
-def judge_stream(scan: FileScan, res: StreamResult, location: str, loader: Loader) -> bool:
-    """Add findings for one analyzed stream; returns True when the stream raised none."""
+def judge_stream(scan: FileScan, res: StreamResult, location: str, loader: Loader,
+                 records: StorageRecords | None = None) -> bool:
+    """Add findings for one analyzed stream; returns True when the stream raised none.
+
+    ``records`` are the storage records the loader reads for this stream's persistent
+    ids (a torch zip's ``data/<key>``): with them, sparse tensors are checked on their
+    index data; without them, every sparse rebuild is reported (SH108)."""
     before = len(scan.findings)
     calls_by_func: dict[int, Call] = {}
     calls_by_arg: dict[int, Call] = {}
@@ -82,10 +93,19 @@ def judge_stream(scan: FileScan, res: StreamResult, location: str, loader: Loade
             scan.add("SH105", f"{mutation.opcode} modifies {render(mutation.target)}",
                      location=location, offset=mutation.offset, subject=mutation.opcode,
                      payload=render(mutation.target))
-    sparse = next((g for g in res.globals if unchecked_sparse(g.effective)), None)
-    if sparse is not None:
-        scan.add("SH108", SPARSE_PROBLEM, location=location, offset=sparse.offset,
-                 subject=sparse.effective, payload=payload_of(sparse)[:200])
+    legacy = next((g for g in res.globals if unchecked_sparse(g.effective)
+                   and g.effective != REBUILD_SPARSE), None)
+    if legacy is not None:
+        scan.add("SH108", f"{SPARSE_PROBLEM}: {LEGACY_SPARSE}", location=location,
+                 offset=legacy.offset, subject=legacy.effective,
+                 payload=payload_of(legacy)[:200])
+    for where, why in unchecked_index_problems(
+            res, records if loader is Loader.TORCH_ZIP else None):
+        func = where.func if isinstance(where, Call) else where
+        name = func.effective if isinstance(func, Global) else REBUILD_SPARSE
+        problem = NESTED_PROBLEM if name == REBUILD_NESTED else SPARSE_PROBLEM
+        scan.add("SH108", f"{problem}: {why}", location=location, offset=where.offset,
+                 subject=name, payload=payload_of(where)[:200])
     _judge_allocations(scan, res, location)
     for call in res.calls:
         target = _rebuild_target_problem(call)
@@ -213,15 +233,25 @@ def _rebuild_target_problem(call: Call) -> str:
 # check_sparse_tensor_invariants, which is off by default (weights_only too), and plain pickle
 # never. Indices outside the tensor, or compressed indices that run past the values, make the
 # first to_dense(), coalesce() or matrix product read and write memory outside the tensor's
-# data (the process crashes). The indices are tensor data, which this scan never reads: it
-# cannot vouch for them, so it does not pass these names however they are reached (called
-# directly, given to _rebuild_from_type_v2, stored as a hook).
+# data (the process crashes). A rebuild in a torch zip checkpoint is checked on the archive's
+# index data as torch's own validation would (safehub._scanner.sparse); any other use of
+# these names (another format, the legacy constructors, a call the model cannot resolve) is
+# reported.
 SPARSE_PROBLEM = (
     "builds a sparse tensor whose indices torch.load does not check (torch.sparse."
     "check_sparse_tensor_invariants is off by default, weights_only included): indices "
     "outside the tensor make its first to_dense(), coalesce() or product read and write "
-    "memory outside its data; this scan does not read tensor data, so it cannot vouch for "
-    "them")
+    "memory outside its data, and these are not shown valid")
+# torch._utils._rebuild_nested_tensor(buffer, sizes, strides, offsets): torch reads each
+# row's strides as wide as sizes before it compares the two tensors' shapes, past the end of
+# the strides tensor (heap bytes in its error message, a crash further on), on
+# torch.load(weights_only=True) itself. Checked the same way (safehub._scanner.unchecked_index).
+NESTED_PROBLEM = (
+    "builds a nested tensor from size, stride and offset tensors torch reads unchecked "
+    "(a sizes tensor wider than the strides makes torch.load read past the strides: heap "
+    "bytes in its error, or a crash), and these are not shown valid")
+LEGACY_SPARSE = ("a legacy sparse constructor (torch.sparse.*Tensor(indices, values, size)), "
+                 "which torch.save never writes")
 
 
 def _torch_keywords(call: Call) -> bool:

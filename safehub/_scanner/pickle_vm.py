@@ -147,7 +147,7 @@ class ComputedGlobal:
 class Call:
     """The result of calling ``func`` (REDUCE, NEWOBJ, NEWOBJ_EX, INST, OBJ)."""
 
-    __slots__ = ("args", "builds", "func", "kwargs", "offset", "opcode", "state")
+    __slots__ = ("args", "builds", "func", "kwargs", "offset", "opcode", "state", "writes")
 
     def __init__(self, func: object, args: object, kwargs: object, offset: int, opcode: str):
         self.func = func
@@ -157,6 +157,9 @@ class Call:
         self.opcode = opcode
         self.state: object = None  # last BUILD state applied to the result
         self.builds = 0  # how many BUILDs were applied to the result
+        # The first SETITEM(S), APPEND(S) or ADDITEMS applied to the result: on a loaded
+        # tensor its __setitem__ writes into the storage (which other tensors share).
+        self.writes = ""
 
 
 class Blob:
@@ -1158,7 +1161,10 @@ class PickleCursor:
         return call
 
     def _mutate(self, res: StreamResult, opcode: str, target: object, at: int) -> None:
-        if isinstance(target, (Global, ComputedGlobal, PersistentRef, Opaque)):
+        if isinstance(target, Call):
+            if opcode != "BUILD" and not target.writes:
+                target.writes = opcode
+        elif isinstance(target, (Global, ComputedGlobal, PersistentRef, Opaque)):
             res.mutations.append(Mutation(opcode, target, at))
 
     def _joblib_array(self, res: StreamResult, wrapper: Call, at: int,

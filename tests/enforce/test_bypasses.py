@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import os
 import pickle
+import pickletools
 import shutil
 import subprocess
 import sys
@@ -706,4 +707,139 @@ def test_raw_addresses_for_torch_constructors_are_refused(tmp_path: Path, payloa
 
     enforced = _run(program, tmp_path, site=True)
     assert "REFUSED" in enforced.stdout and "SH108" in enforced.stdout, (
+        enforced.stdout, enforced.stderr)
+
+
+# The same CSR tensor with valid row pointers ([0, 1, 1]): torch's validation passes.
+_SPARSE_CSR_VALID = _SPARSE_CSR.replace(b"J\x00\xe1\xf5\x05J\x00\xe1\xf5\x05e",
+                                        b"K\x01K\x01e")
+
+
+def _write_after_rebuild(data: bytes) -> bytes:
+    """``crow[1] = 10**8`` by SETITEM on the row pointer tensor once the sparse tensor is
+    built from it: the pickle's last REDUCE, then GET of the first LongTensor's memo."""
+    ops = list(pickletools.genops(data))
+    first = next(i for i, (op, arg, _) in enumerate(ops)
+                 if op.name == "GLOBAL" and arg == "torch LongTensor")
+    reduce_at = next(i for i in range(first, len(ops)) if ops[i][0].name == "REDUCE")
+    crow = data[:ops[reduce_at][2] + 1] + b"q\x07" + data[ops[reduce_at][2] + 1:]
+    at = crow.rindex(b"R.") + 1
+    return crow[:at] + b"h\x07K\x01J\x00\xe1\xf5\x05s0" + crow[at:]
+
+
+@pytest.mark.parametrize(("payload", "entry"), [
+    ("_SPARSE_CSR_VALID", "pickle.loads(D)"), ("_SPARSE_CSR_VALID", "pickle._loads(D)"),
+    ("_SPARSE_CSR_WRITTEN", "pickle.loads(D)"), ("_SPARSE_CSR_WRITTEN", "pickle._loads(D)")])
+def test_a_valid_sparse_tensor_loads_and_leaves_nothing_queued(
+        tmp_path: Path, payload: str, entry: str) -> None:
+    # enforce() builds it, validates it with torch's own check, and takes it off torch's
+    # process-wide queue (a plain pickle load never empties it). A write into the row
+    # pointers after the rebuild (SETITEM on the memoized index tensor) crashes a plain
+    # load's first to_dense(); under enforce() the tensor was built from a copy.
+    data = (_write_after_rebuild(_SPARSE_CSR_VALID) if payload == "_SPARSE_CSR_WRITTEN"
+            else _SPARSE_CSR_VALID)
+    program = ("import io, pickle, warnings, torch\nwarnings.simplefilter('ignore')\n"
+               f"D = {data!r}\n"
+               + _guarded(f"t = {entry}\nprint('BUILT', flush=True)\nt.to_dense()")
+               + "\nprint('QUEUED', len(torch._utils._sparse_tensors_to_validate))\n")
+    enforced = _run(program, tmp_path, site=True)
+    assert "LOADED" in enforced.stdout, (enforced.stdout, enforced.stderr)
+    assert "QUEUED 0" in enforced.stdout, (enforced.stdout, enforced.stderr)
+    if payload == "_SPARSE_CSR_WRITTEN":
+        plain = _run(program, tmp_path, site=False)
+        assert plain.stdout.startswith("BUILT") and plain.returncode < 0, (
+            plain.stdout, plain.stderr)
+
+
+def test_a_valid_sparse_checkpoint_loads_under_enforce(tmp_path: Path) -> None:
+    # The scan passes torch.save's sparse tensors (their index records checked), and the
+    # load then validates each with torch's own check.
+    tensors = {"coo": torch.eye(3).to_sparse(), "csr": torch.eye(3).to_sparse_csr(),
+               "bsc": torch.eye(4).to_sparse_bsc((2, 2))}
+    torch.save(tensors, tmp_path / "sparse.pt")
+    # torch's end-of-load validation is watched: under enforce() it runs with the sparse
+    # invariant checks on (a second check after every opcode ran), then they are off again
+    program = ("import warnings, torch\nwarnings.simplefilter('ignore')\n"
+               "validate = torch._utils._validate_loaded_sparse_tensors\n"
+               "def watched():\n"
+               "    print('VALIDATES', torch.sparse.check_sparse_tensor_invariants.is_enabled(),"
+               " len(torch._utils._sparse_tensors_to_validate))\n"
+               "    validate()\n"
+               "torch._utils._validate_loaded_sparse_tensors = watched\n" + _guarded(
+                   "t = torch.load('sparse.pt')\nassert all(v.to_dense().equal(torch.eye("
+                   "len(v))) for v in t.values())")
+               + "\nprint('AFTER', torch.sparse.check_sparse_tensor_invariants.is_enabled())\n")
+    enforced = _run(program, tmp_path, site=True)
+    assert "LOADED" in enforced.stdout, (enforced.stdout, enforced.stderr)
+    assert "VALIDATES True 3" in enforced.stdout and "AFTER False" in enforced.stdout, (
+        enforced.stdout, enforced.stderr)
+
+
+class _Reduce:
+    def __init__(self, func: object, args: tuple[object, ...]):
+        self.func, self.args = func, args
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return self.func, self.args
+
+
+def _nested_pickle(width: int) -> bytes:
+    """A nested tensor whose sizes row is ``width`` wide and whose strides row is one wide,
+    its tensors from the legacy constructors (allowed names only)."""
+    return pickle.dumps(_Reduce(torch._utils._rebuild_nested_tensor, (
+        _Reduce(torch.FloatTensor, ([0.0] * 8,)), _Reduce(torch.LongTensor, ([[2] * width],)),
+        _Reduce(torch.LongTensor, ([[1]],)), _Reduce(torch.LongTensor, ([0],)))), protocol=2)
+
+
+@pytest.mark.parametrize("entry", ["pickle.loads(D)", "pickle._loads(D)"])
+def test_nested_metadata_read_past_its_end_is_refused(tmp_path: Path, entry: str) -> None:
+    # torch reads the strides as wide as sizes before comparing their shapes: the heap past
+    # the strides tensor shows up in its error (a crash when far enough). enforce() checks
+    # the shapes first.
+    data = _nested_pickle(64)
+    program = ("import io, pickle, re, warnings, torch\nwarnings.simplefilter('ignore')\n"
+               f"D = {data!r}\n" + _guarded(f"{entry}")
+               + "\n")
+    plain = _run(program, tmp_path, site=False)
+    assert "REFUSED RuntimeError" in plain.stdout and "strides" in plain.stdout, (
+        plain.stdout, plain.stderr)
+    enforced = _run(program, tmp_path, site=True)
+    assert "REFUSED UnsafeModel SH108" in enforced.stdout, (enforced.stdout, enforced.stderr)
+    valid = _run(program.replace(repr(data), repr(_nested_pickle(1))), tmp_path, site=True)
+    assert "LOADED" in valid.stdout, (valid.stdout, valid.stderr)
+
+
+def _csr_values_shrunk_after_rebuild() -> bytes:
+    """A valid 3x3 CSR tensor (three values) from allowed names, then BUILD on its values
+    tensor with the legacy state (FloatStorage([1.0]), 0, (1,), (1,)): Tensor.__setstate__
+    calls set_, and the CSR tensor holds that very tensor."""
+    values = _Reduce(torch.FloatTensor, ([1.0, 2.0, 3.0],))
+    data = pickle.dumps(_Reduce(torch._utils._rebuild_sparse_tensor, (
+        _Reduce(torch.serialization._get_layout, ("torch.sparse_csr",)),
+        (_Reduce(torch.LongTensor, ([0, 1, 2, 3],)), _Reduce(torch.LongTensor, ([0, 1, 2],)),
+         values, (3, 3)))), protocol=2)
+    ops = list(pickletools.genops(data))
+    first = next(i for i, (op, arg, _) in enumerate(ops)
+                 if op.name == "GLOBAL" and arg == "torch FloatTensor")
+    memo = next(ops[i + 1][1] for i in range(first, len(ops)) if ops[i][0].name == "REDUCE")
+    state = (b"(ctorch\nFloatStorage\n]G?\xf0\x00\x00\x00\x00\x00\x00a\x85R"
+             b"K\x00K\x01\x85K\x01\x85t")
+    return data[:-1] + b"h" + bytes([memo]) + state + b"b0."
+
+
+@pytest.mark.parametrize("entry", ["pickle.loads(D)", "pickle._loads(D)"])
+def test_a_build_on_the_values_does_not_reach_the_sparse_tensor(tmp_path: Path,
+                                                                 entry: str) -> None:
+    data = _csr_values_shrunk_after_rebuild()
+    program = ("import io, pickle, warnings, torch\nwarnings.simplefilter('ignore')\n"
+               f"D = {data!r}\n" + _guarded(
+                   f"t = {entry}\nprint('VALUES', tuple(t.values().shape), flush=True)\n"
+                   "torch._validate_sparse_compressed_tensor_args(t.crow_indices(), "
+                   "t.col_indices(), t.values(), t.size(), t.layout)"))
+    plain = _run(program, tmp_path, site=False)
+    # the loaded tensor's values shrank under its row pointers: torch's own check fails
+    assert "VALUES (1,)" in plain.stdout and "REFUSED RuntimeError" in plain.stdout, (
+        plain.stdout, plain.stderr)
+    enforced = _run(program, tmp_path, site=True)
+    assert "VALUES (3,)" in enforced.stdout and "LOADED" in enforced.stdout, (
         enforced.stdout, enforced.stderr)

@@ -226,3 +226,33 @@ def test_download_url_to_file_never_replaces_a_special_file(
     assert {p: os.lstat(p).st_mode for p in targets} == before
     assert sorted(p.name for p in nodes.iterdir()) == sorted(p.name for p in targets), (
         "no .partial left")
+
+
+def test_load_state_dict_from_url_validates_sparse_tensors(
+        hub: FakeHub, policy_file: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The scan checks a sparse tensor's index data; the load then runs torch's own check
+    # at its end (check_sparse_tensor_invariants on), watched here through torch's hook.
+    import io
+    import warnings
+
+    import torch
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sparse compressed support is in beta
+        torch.save({"coo": torch.eye(3).to_sparse(), "csr": torch.eye(3).to_sparse_csr()},
+                   buffer)
+    url = hub.add_file("/models/sparse.pt", buffer.getvalue())
+    seen: list[tuple[bool, int]] = []
+    validate = torch._utils._validate_loaded_sparse_tensors
+
+    def watched() -> None:
+        seen.append((torch.sparse.check_sparse_tensor_invariants.is_enabled(),
+                     len(torch._utils._sparse_tensors_to_validate)))
+        validate()
+
+    monkeypatch.setattr(torch._utils, "_validate_loaded_sparse_tensors", watched)
+    state = safehub.load_state_dict_from_url(url, policy=policy_file)
+    assert all(t.to_dense().equal(torch.eye(3)) for t in state.values())
+    assert seen == [(True, 2)] and not torch.sparse.check_sparse_tensor_invariants.is_enabled()

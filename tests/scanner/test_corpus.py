@@ -28,11 +28,6 @@ HARMLESS_BY_DEFAULT = {
 }
 KNOWN_MISLABELS.update(HARMLESS_BY_DEFAULT)
 
-# Sparse tensors: their indices are tensor data the scan never reads, and torch.load does
-# not check them by default (bad ones crash the loading process on first use): SH108, see
-# tests/scanner/test_sparse_tensors.py. A good file cannot be told from a bad one.
-KNOWN_MISLABELS["benign/b_sparse_coo.pt"] = Verdict.UNSAFE
-
 STRICT = ScanOptions(block_severity=Severity.INFO)
 
 

@@ -5,17 +5,23 @@ tensor, and torch's weights-only loader allows it. It builds the tensor with
 ``check_invariants=False``, and ``torch.load`` checks the indices afterwards only under
 ``torch.sparse.check_sparse_tensor_invariants``, which is off by default: a checkpoint whose
 compressed indices run past its values loads, and its first ``to_dense()`` reads and writes
-memory outside the tensor. The indices are tensor data, which the scan never reads, so a
-sparse tensor is never passed as clean, however the rebuild function is reached.
+memory outside the tensor. In a torch zip checkpoint the scan reads the index records and
+applies torch's own validation (test_sparse_differential.py checks it against torch's);
+anything it cannot resolve exactly is refused, as is every other way of reaching the
+rebuild function.
 """
 
 from __future__ import annotations
 
+import collections
 import pickle
+import pickletools
 import signal
 import subprocess
 import sys
 import warnings
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -51,14 +57,99 @@ def test_sparse_tensor_with_bad_indices_crashes_its_loader_and_is_refused(
     assert report.verdict is Verdict.UNSAFE and "SH108" in rules(report)
 
 
-@pytest.mark.parametrize("layout", ["coo", "csr"])
-def test_real_sparse_checkpoints_are_not_vouched_for(layout: str, tmp_path: Path) -> None:
-    # The scan cannot tell good indices from bad ones without reading tensor data.
-    dense = torch.eye(3)
+_LAYOUTS = {
+    "coo": lambda d: d.to_sparse(), "coo-coalesced": lambda d: d.to_sparse().coalesce(),
+    "csr": lambda d: d.to_sparse_csr(), "csc": lambda d: d.to_sparse_csc(),
+    "bsr": lambda d: d.to_sparse_bsr((2, 2)), "bsc": lambda d: d.to_sparse_bsc((2, 1)),
+    "csr-int32": lambda d: torch.sparse_csr_tensor(
+        d.to_sparse_csr().crow_indices().int(), d.to_sparse_csr().col_indices().int(),
+        d.to_sparse_csr().values(), d.shape),
+    "empty": lambda d: torch.zeros_like(d).to_sparse_csr(),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(_LAYOUTS))
+def test_real_sparse_checkpoints_scan_clean(layout: str, tmp_path: Path) -> None:
+    # torch.save's own sparse tensors, their index data read and found valid
+    dense = torch.eye(4) + torch.diag(torch.ones(3), 1)
     path = tmp_path / f"{layout}.pt"
-    torch.save({"s": dense.to_sparse() if layout == "coo" else dense.to_sparse_csr()}, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sparse compressed support is in beta
+        # containers filled by SETITEMS sit beside it (writes into them are not writes
+        # into tensor data)
+        torch.save({"s": _LAYOUTS[layout](dense), "d": dense,
+                    "counts": collections.defaultdict(int, {"steps": 3}),
+                    "state": collections.OrderedDict(w=dense)}, path)
     report = scan_one(path)
-    assert report.verdict is Verdict.UNSAFE and rules(report) == {"SH108"}
+    assert report.verdict is Verdict.CLEAN and "SH108" not in rules(report), report.findings
+
+
+def _with_data_pkl(src: Path, dst: Path, edit: Callable[[bytes], bytes]) -> None:
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            body = zin.read(info)
+            zout.writestr(info, edit(body) if info.filename.endswith("/data.pkl") else body)
+
+
+def _write_after(target: str) -> Callable[[bytes], bytes]:
+    """SETITEM of index 10**8 into the first tensor of the pickle (its indices), or into
+    the storage under it: ``t[0, 0] = 10**8`` / ``storage[0] = 10**8``."""
+    def edit(data: bytes) -> bytes:
+        ops = list(pickletools.genops(data))
+        first = next(i for i, (op, arg, _) in enumerate(ops)
+                     if op.name == "GLOBAL" and arg == "torch._utils _rebuild_tensor_v2")
+        if target == "tensor":
+            at = [pos for op, _, pos in ops[first:] if op.name == "REDUCE"][1] + 1
+            key = b"K\x00K\x00\x86"
+        else:
+            at = next(pos for op, _, pos in ops[first:] if op.name == "BINPERSID") + 1
+            key = b"K\x00"
+        return data[:at] + key + b"J\x00\xe1\xf5\x05s" + data[at:]
+    return edit
+
+
+@pytest.mark.parametrize("target", ["tensor", "storage"])
+def test_a_write_into_valid_index_data_is_refused(target: str, tmp_path: Path) -> None:
+    # The index record is valid; the pickle then writes an index of 10**8 into the loaded
+    # index tensor (or its storage) with SETITEM, which torch.load(weights_only=False)
+    # runs: the checked bytes are not what the sparse tensor gets.
+    valid = tmp_path / "valid.pt"
+    torch.save({"w": torch.eye(2).to_sparse()}, valid)
+    path = tmp_path / "written.pt"
+    _with_data_pkl(valid, path, _write_after(target))
+    code = ("import sys, warnings; warnings.simplefilter('ignore'); import torch; "
+            "w = torch.load(sys.argv[1], weights_only=False)['w']; print('loaded', flush=True);"
+            " w.to_dense()")
+    run = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert run.stdout.startswith("loaded") and run.returncode == -signal.SIGSEGV, run
+    report = scan_one(path)
+    assert report.verdict is Verdict.UNSAFE and "SH108" in rules(report)
+    assert "writes into" in report.findings[0].message
+
+
+def test_index_data_read_otherwise_by_torch_fails_closed(tmp_path: Path) -> None:
+    # A compressed index record: torch.load reads it inflated, torch.load(mmap=True) maps
+    # its raw bytes. torch.save never compresses records; the scan does not vouch for it.
+    valid = tmp_path / "valid.pt"
+    torch.save({"w": torch.eye(3).to_sparse()}, valid)
+    path = tmp_path / "deflated.pt"
+    with zipfile.ZipFile(valid) as zin, zipfile.ZipFile(path, "w") as zout:
+        for info in zin.infolist():
+            deflate = info.filename.endswith("/data/0")
+            zout.writestr(info.filename, zin.read(info),
+                          zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED)
+    assert torch.load(path)["w"].to_dense().equal(torch.eye(3))
+    report = scan_one(path)
+    assert rules(report) == {"SH108"} and "compressed" in report.findings[0].message
+
+
+def test_sparse_tensors_in_the_legacy_format_are_not_vouched_for(tmp_path: Path) -> None:
+    # Only torch zip checkpoints have their index records read; the legacy format (and
+    # plain pickles, tar, TorchScript) keep the blanket refusal.
+    path = tmp_path / "legacy.pt"
+    torch.save({"w": torch.eye(3).to_sparse()}, path, _use_new_zipfile_serialization=False)
+    assert rules(scan_one(path)) == {"SH108"}
 
 
 class _Reduce:
@@ -98,3 +189,59 @@ def test_legacy_sparse_constructor_is_refused_under_the_permissive_policy(
     assert run.stdout.startswith("loaded") and run.returncode == -signal.SIGSEGV, run
     report = scan_one(path, ScanOptions(block_severity=Severity.HIGH))
     assert report.verdict is Verdict.UNSAFE and "SH108" in rules(report)
+
+
+def test_a_zero_stride_index_view_does_not_expand_in_the_scanner(tmp_path: Path) -> None:
+    # indices of shape (2, 10**10) with strides (0, 0) over two stored values: 16 bytes to
+    # read, 160 GB once expanded. The expansion counts against the limit on index data.
+    valid = tmp_path / "valid.pt"
+    torch.save({"w": torch.eye(2).to_sparse()}, valid)
+    path = tmp_path / "expanded.pt"
+    view = b"K\x00K\x02K\x02\x86q\x0dK\x02K\x01\x86"
+    huge = b"K\x00K\x02\x8a\x05\x00\xe4\x0bT\x02\x86q\x0dK\x00K\x00\x86"
+
+    def edit(data: bytes) -> bytes:
+        assert data.count(view) == 1
+        return data.replace(view, huge)
+
+    _with_data_pkl(valid, path, edit)
+    report = scan_one(path)
+    assert rules(report) == {"SH108"} and "limit" in report.findings[0].message
+
+
+def _shrink_values(data: bytes) -> bytes:
+    """After the whole state dict is built, BUILD on the CSR's values tensor (its memo)
+    with the legacy state (storage, 0, (1,), (1,)): torch's weights-only loader calls
+    ``values.set_(*state)``, and the CSR tensor holds that very tensor. Stored under a new
+    key, so the pickle needs no POP (which the weights-only loader lacks)."""
+    ops = list(pickletools.genops(data))
+    memos = [ops[i + 1][1] for i, (op, _, _) in enumerate(ops)
+             if op.name == "REDUCE" and ops[i - 2][0].name == "TUPLE"
+             and ops[i + 1][0].name == "BINPUT"]
+    storage = (b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x002"
+               b"X\x03\x00\x00\x00cpuK\x09tQ")
+    state = b"(" + storage + b"K\x00K\x01\x85K\x01\x85t"
+    at = data.rindex(b".")
+    return (data[:at] + b"X\x04\x00\x00\x00junkh" + bytes([memos[2]]) + state + b"bs"
+            + data[at:])
+
+
+def test_a_build_shrinking_the_values_after_the_rebuild_is_refused(tmp_path: Path) -> None:
+    # Index records and values are valid when read; BUILD then shrinks the values tensor
+    # the CSR tensor holds to one element under row pointers that say three. The default
+    # torch.load (weights_only=True) runs it, and to_dense() reads past the values.
+    valid = tmp_path / "valid.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.save({"w": torch.eye(3).to_sparse_csr()}, valid)
+    path = tmp_path / "shrunk.pt"
+    _with_data_pkl(valid, path, _shrink_values)
+    code = ("import sys, warnings; warnings.simplefilter('ignore'); import torch; "
+            "w = torch.load(sys.argv[1])['w']; print('loaded', tuple(w.values().shape), "
+            "flush=True); (w @ torch.ones(3, 10**6)).sum(); print(w.to_dense())")
+    run = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert run.stdout.startswith("loaded (1,)") and run.returncode == -signal.SIGSEGV, run
+    report = scan_one(path)
+    assert report.verdict is Verdict.UNSAFE and "SH108" in rules(report)
+    assert "BUILD" in report.findings[0].message
