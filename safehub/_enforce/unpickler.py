@@ -276,6 +276,44 @@ def _build_replacement(original: Callable[..., Any], self: Any) -> None:
     _load_build_checked(self)
 
 
+def _refuse_array_on_a_buffer(cls: Any, args: Any, kwargs: Any = None) -> None:
+    """No numpy array class called on a buffer: numpy pickles arrays as ``_reconstruct``
+    and a state, never by calling ``ndarray``.
+
+    ``ndarray(shape, dtype, buffer)`` takes the buffer as the array's memory unchecked
+    for an object dtype (``ndarray((4,), 'O', b'A' * 32)``): its elements are the file's
+    bytes read as object pointers, dereferenced on first use (SH108). Arguments other than
+    a tuple, and any keyword, count as a buffer.
+    """
+    numpy = sys.modules.get("numpy")
+    if numpy is None or not (isinstance(cls, type) and issubclass(cls, numpy.ndarray)):
+        return
+    plain = type(args) is tuple and (len(args) < 3 or args[2] is None) and (
+        kwargs is None or (type(kwargs) is dict and not kwargs))
+    if not plain:
+        raise UnsafeModel(
+            f"SH108 unchecked-state: the pickle calls the numpy array class "
+            f"{cls.__module__}.{cls.__qualname__} on a buffer: ndarray(shape, dtype, buffer) "
+            "takes the file's bytes as the array's memory (as object pointers for an object "
+            "dtype); numpy pickles arrays through _reconstruct and a state",
+            subject=f"{cls.__module__}.{cls.__qualname__}", fix="do not load this file")
+
+
+def _call_replacement(original: Callable[..., Any], self: Any) -> None:
+    """REDUCE and NEWOBJ under enforcement: the callable below its arguments checked."""
+    if _check[0] is not None and len(self.stack) >= 2:
+        _refuse_array_on_a_buffer(self.stack[-2], self.stack[-1])
+    original(self)
+
+
+def _instantiate_replacement(original: Callable[..., Any], self: Any, klass: Any,
+                             args: Any) -> None:
+    """INST and OBJ under enforcement: ``klass(*args)`` checked as REDUCE is."""
+    if _check[0] is not None:
+        _refuse_array_on_a_buffer(klass, args)
+    original(self, klass, args)
+
+
 def _newobj_ex_replacement(original: Callable[..., Any], self: Any) -> None:
     """NEWOBJ_EX under enforcement: no keyword arguments to a torch class.
 
@@ -286,6 +324,7 @@ def _newobj_ex_replacement(original: Callable[..., Any], self: Any) -> None:
     """
     if _check[0] is not None and len(self.stack) >= 3:
         cls, kwargs = self.stack[-3], self.stack[-1]
+        _refuse_array_on_a_buffer(cls, self.stack[-2], kwargs)
         torch_base = _torch_class_in(cls)
         if torch_base is not None and not (type(kwargs) is dict and not kwargs):
             raise UnsafeModel(
@@ -375,7 +414,7 @@ def _find_checked(find_class: Callable[[str, str], Any], module: str, name: str)
 
 def _substitute(obj: Any) -> bool:
     """One of safehub's checked callables (an inner find_class already substituted it)."""
-    return obj is _rebuild_sparse_refused or any(obj is f for f in _CHECKED_CALLABLES.values())
+    return isinstance(obj, types.FunctionType) and obj.__module__ == __name__
 
 
 def _wrap(find_class: Callable[..., Any]) -> Callable[..., Any]:
@@ -603,6 +642,12 @@ def pickle_patches() -> list[AttrPatch | BasesPatch | CodePatch]:
     # NEWOBJ_EX's the same way: keyword arguments to torch's constructors are addresses.
     patches.append(CodePatch(_newobj_ex_fn, "pickle._Unpickler.load_newobj_ex",
                              _newobj_ex_replacement))
+    # The other calls a pickle makes: REDUCE (func below its args), NEWOBJ (cls below its
+    # args), INST and OBJ (through _instantiate).
+    patches += [CodePatch(getattr(pickle._Unpickler, name), f"pickle._Unpickler.{name}",
+                          _call_replacement) for name in ("load_reduce", "load_newobj")]
+    patches.append(CodePatch(pickle._Unpickler._instantiate,  # type: ignore[attr-defined]
+                             "pickle._Unpickler._instantiate", _instantiate_replacement))
 
     def init_subclass(cls: type, /, **kwargs: Any) -> None:
         _guard_class(cls)
