@@ -30,6 +30,7 @@ from __future__ import annotations
 import _compat_pickle
 import _pickle
 import contextlib
+import copyreg
 import enum
 import importlib
 import io
@@ -315,25 +316,46 @@ def _instantiate_replacement(original: Callable[..., Any], self: Any, klass: Any
 
 
 def _newobj_ex_replacement(original: Callable[..., Any], self: Any) -> None:
-    """NEWOBJ_EX under enforcement: no keyword arguments to a torch class.
+    """NEWOBJ_EX under enforcement: :func:`_refuse_keyword_call` on its class and arguments."""
+    if _check[0] is not None and len(self.stack) >= 3:
+        _refuse_keyword_call(self.stack[-3], self.stack[-2], self.stack[-1])
+    original(self)
+
+
+def _refuse_keyword_call(cls: Any, args: Any, kwargs: Any) -> None:
+    """``cls.__new__(cls, *args, **kwargs)``: no keyword arguments to a torch class, no
+    numpy array on a buffer.
 
     ``torch.Tensor(cdata=N)`` and the legacy typed tensors adopt the tensor at address N,
     and ``UntypedStorage(n, allocator=N)`` calls through the allocator at address N: any
     address a pickle of allowed names likes (SH108; the scanner says the same). torch never
     pickles its classes with keywords.
     """
-    if _check[0] is not None and len(self.stack) >= 3:
-        cls, kwargs = self.stack[-3], self.stack[-1]
-        _refuse_array_on_a_buffer(cls, self.stack[-2], kwargs)
-        torch_base = _torch_class_in(cls)
-        if torch_base is not None and not (type(kwargs) is dict and not kwargs):
-            raise UnsafeModel(
-                f"SH108 unchecked-state: the pickle passes keyword arguments to "
-                f"{getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', '?')} "
-                f"(NEWOBJ_EX), a {torch_base}: torch's constructors take raw memory "
-                "addresses as keywords (Tensor(cdata=...), UntypedStorage(allocator=...)) "
-                "and use them unchecked", subject="NEWOBJ_EX", fix="do not load this file")
-    original(self)
+    _refuse_array_on_a_buffer(cls, args, kwargs)
+    torch_base = _torch_class_in(cls)
+    if torch_base is not None and not (type(kwargs) is dict and not kwargs):
+        raise UnsafeModel(
+            f"SH108 unchecked-state: the pickle passes keyword arguments to "
+            f"{getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', '?')} "
+            f"(NEWOBJ_EX), a {torch_base}: torch's constructors take raw memory "
+            "addresses as keywords (Tensor(cdata=...), UntypedStorage(allocator=...)) "
+            "and use them unchecked", subject="NEWOBJ_EX", fix="do not load this file")
+
+
+def _copyreg_newobj_ex_checked(cls: Any, args: Any, kwargs: Any) -> Any:
+    """``copyreg.__newobj_ex__`` (NEWOBJ_EX as a function, for a policy that allows it)."""
+    _refuse_keyword_call(cls, args, kwargs)
+    return copyreg.__newobj_ex__(cls, args, kwargs)  # type: ignore[attr-defined]
+
+
+def _copyreg_newobj_checked(cls: Any, *args: Any) -> Any:
+    """``copyreg.__newobj__`` (NEWOBJ as a function, for a policy that allows it)."""
+    _refuse_array_on_a_buffer(cls, args)
+    return copyreg.__newobj__(cls, *args)  # type: ignore[attr-defined]
+
+
+_CHECKED_CALLABLES.update({"copyreg.__newobj_ex__": _copyreg_newobj_ex_checked,
+                           "copyreg.__newobj__": _copyreg_newobj_checked})
 
 
 def _torch_class_in(cls: Any) -> str | None:

@@ -161,6 +161,24 @@ def test_raw_addresses_for_an_allowed_tensor_subclass_are_refused(tmp_path: Path
         enforced.stdout, enforced.stderr)
 
 
+def test_copyreg_newobj_ex_allowed_by_a_policy_gets_the_keyword_check(tmp_path: Path) -> None:
+    # copyreg.__newobj_ex__(cls, args, kwargs) is NEWOBJ_EX as a function: a policy that
+    # allowed it let REDUCE do torch.Tensor.__new__(torch.Tensor, cdata=N).
+    policy = tmp_path / "copyreg.toml"
+    policy.write_text('schema = 1\nextends = "default"\nloosen = ["scanner.allowed_globals"]\n'
+                      '[scanner]\nallowed_globals = ["copyreg.__newobj_ex__"]\n')
+    data = (b"\x80\x04" + _short("copyreg") + _short("__newobj_ex__") + b"\x93" + _short("torch")
+            + _short("Tensor") + b"\x93)}" + _short("cdata") + b"\x8a\x05AAAAAs\x87R.")
+    tail = f"D = {data!r}\nprint('LOADING', flush=True)\n" + _guarded("pickle.loads(D)")
+    plain = _run("import pickle, torch\n" + tail, tmp_path, site=False)
+    assert plain.stdout.startswith("LOADING") and plain.returncode < 0, (plain.stdout,
+                                                                         plain.stderr)
+    enforced = _run(f"import pickle, torch, safehub\nsafehub.enforce({str(policy)!r})\n" + tail,
+                    tmp_path, site=False)
+    assert "REFUSED UnsafeModel" in enforced.stdout and "SH108" in enforced.stdout, (
+        enforced.stdout, enforced.stderr)
+
+
 # --- legitimate loads through unpicklers made before enforce() --------------------------
 
 class AppUnpickler(pickle.Unpickler):
