@@ -21,13 +21,18 @@ After :func:`enforce`:
   .pt2 with compiled models, ``torch._export.aot_load``) load a shared library: always
   refused, at ``torch._C._aoti``'s loader classes.
 - ExportedPrograms (``torch.export.load``, ``load_pt2``) are code (their shape
-  expressions are evaluated as Python while loading): always refused, at torch's
-  deserializer, patched when its module is imported.
+  expressions are evaluated as Python while loading): always refused, an archive before
+  any of its models is read, patched when torch's modules are imported. A dynamic shapes
+  spec (``_load_dynamic_shapes``) reaches ``sympy.sympify`` only as names and
+  ``a*name + b``; compile cache artifacts (``torch.compiler.load_cache_artifacts``) are
+  always refused.
 - ``pickle.load``, ``pickle.loads``, ``pickle.Unpickler`` (and so ``numpy.load`` with
   ``allow_pickle=True``, ``joblib.load`` and ``torch.distributed.checkpoint``'s
   metadata) resolve only the globals every policy allows: the scanner's default
   allowlist plus ``[scanner] allowed_globals``; a ``module.*`` allowance reaches only
   what ``module`` defines, and BUILD never sets attributes on a class or function.
+  Subclasses of the C unpickler defined before :func:`enforce` load through the same
+  restricted unpickler.
 - ``torch.hub.load_state_dict_from_url`` (``torch.utils.model_zoo.load_url``) and
   ``download_url_to_file`` go through :mod:`safehub.hub`: the URL and every redirect
   decided by the policy, pins checked, the file scanned.
@@ -69,7 +74,7 @@ from types import ModuleType
 from typing import Any
 
 from safehub._callable_module import make_module_callable
-from safehub._enforce.hooks import AttrPatch, CodePatch
+from safehub._enforce.hooks import AttrPatch, BasesPatch, CodePatch
 from safehub.errors import UnsafeModel
 from safehub.policy import Policy, load_policy
 
@@ -129,7 +134,7 @@ class _State:
         self.stack: list[Enforcement] = []
         self.policies: tuple[Policy, ...] = ()
         self.allowed: tuple[tuple[str, ...], ...] = ()
-        self.base_patches: list[AttrPatch | CodePatch] = []
+        self.base_patches: list[AttrPatch | BasesPatch | CodePatch] = []
         self.torch_patches: list[CodePatch | AttrPatch] = []
         self.finder: _TorchImportHook | None = None
         self.late_finder: _LateImportHook | None = None
@@ -356,18 +361,55 @@ def _find_spec_elsewhere(finder: Any, busy: threading.local, fullname: str,
         busy.on = False
 
 
-def _refuse_exported_programs(serialize: ModuleType) -> list[AttrPatch]:
+def _refuse_exported_programs(serialize: ModuleType) -> list[AttrPatch | CodePatch]:
     from safehub._enforce import loaders
 
     return [AttrPatch(serialize.ExportedProgramDeserializer, "deserialize",
                       loaders.refused_exported_program)]
 
 
-# torch modules that ``import torch`` does not load, patched when they are imported.
+def _refuse_archived_programs(package: ModuleType) -> list[AttrPatch | CodePatch]:
+    from safehub._enforce import loaders
+
+    load = getattr(package, "_load_exported_programs", None)
+    if load is None:  # another torch: the deserializer's refusal still stands
+        return []
+    return [CodePatch(load, "torch.export.pt2_archive._package._load_exported_programs",
+                      _enforced(loaders.exported_programs_refused(
+                          str(getattr(package, "MODELS_DIR", "models/")))))]
+
+
+def _check_dynamic_shapes(module: ModuleType) -> list[AttrPatch | CodePatch]:
+    from safehub._enforce import loaders
+
+    load = getattr(module, "_load_dynamic_shapes", None)
+    if load is None:
+        return []
+    return [CodePatch(load, "torch._export.serde.dynamic_shapes._load_dynamic_shapes",
+                      _enforced(loaders.checked_dynamic_shapes))]
+
+
+def _refuse_cache_artifacts(cache: ModuleType) -> list[AttrPatch | CodePatch]:
+    from safehub._enforce import loaders
+
+    manager = getattr(cache, "CacheArtifactManager", None)
+    if manager is None or not hasattr(manager, "deserialize"):
+        return []
+    return [AttrPatch(manager, "deserialize", staticmethod(loaders.refused_cache_artifacts))]
+
+
+# torch modules that ``import torch`` may not load, patched when they are imported (or
+# with torch's patches when they already are).
 # ExportedProgram deserialization (torch.export.load, load_pt2, aoti_load_package) evals
-# the file's sympy expressions (sympy.sympify) and resolves call targets by name.
-_LATE_PATCHES: dict[str, Callable[[ModuleType], list[AttrPatch]]] = {
+# the file's sympy expressions (sympy.sympify) and resolves call targets by name; the
+# archive's models are refused before their constants are read. A dynamic shapes spec is
+# evaluated with sympy.sympify too. Compile cache artifacts are written where their keys
+# say and run later as torch.compile's own cache.
+_LATE_PATCHES: dict[str, Callable[[ModuleType], list[AttrPatch | CodePatch]]] = {
     "torch._export.serde.serialize": _refuse_exported_programs,
+    "torch.export.pt2_archive._package": _refuse_archived_programs,
+    "torch._export.serde.dynamic_shapes": _check_dynamic_shapes,
+    "torch.compiler._cache": _refuse_cache_artifacts,
 }
 
 
@@ -473,6 +515,11 @@ def _torch_patches(torch: ModuleType) -> list[CodePatch | AttrPatch]:
     patches += [AttrPatch(torch._C, name, loaders.ScannedOnlyReader(
                     getattr(torch._C, name), f"torch._C.{name}"))
                 for name in loaders.TORCHSCRIPT_READERS if hasattr(torch._C, name)]
+    # TorchScript's native unpickler: torch's only caller reads an ExportedProgram's
+    # constants (refused before that); reached any other way it refuses too.
+    if hasattr(torch._C, "_pickle_load_obj"):
+        patches.append(AttrPatch(torch._C, "_pickle_load_obj", loaders.RefusedNativeUnpickler(
+            torch._C._pickle_load_obj, "torch._C._pickle_load_obj")))
     # AOTInductor: every Python route (aoti_load_package, torch.export.load, aot_load)
     # constructs one of these C classes through the module attribute.
     aoti = getattr(torch._C, "_aoti", None)

@@ -16,7 +16,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["DISPATCH", "AttrPatch", "CodePatch", "ItemPatch", "installed_original"]
+__all__ = ["DISPATCH", "AttrPatch", "BasesPatch", "CodePatch", "ItemPatch", "installed_original"]
 
 # The name the trampolines look up in the patched function's module globals.
 DISPATCH = "__safehub_enforce_dispatch__"
@@ -153,4 +153,24 @@ class ItemPatch:
             self.table.pop(self.key, None)
         else:
             self.table[self.key] = self._old
+        self.installed = False
+
+
+class BasesPatch:
+    """Set ``cls.__bases__`` (a base put in under an existing class); undo restores them."""
+
+    def __init__(self, cls: type, bases: tuple[type, ...]):
+        self.cls = cls
+        self.bases = bases
+        self._old = cls.__bases__
+        self.installed = False
+
+    def install(self) -> None:
+        self.cls.__bases__ = self.bases
+        self.installed = True
+
+    def uninstall(self) -> None:
+        if not self.installed:
+            return
+        self.cls.__bases__ = self._old
         self.installed = False

@@ -11,9 +11,11 @@ torch's own allowlist reach torch's weights-only loader for this call only
 from __future__ import annotations
 
 import contextlib
+import keyword
 import logging
 import os
 import pickle
+import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -26,10 +28,12 @@ from safehub._snapshot import Snapshot
 from safehub.errors import PolicyViolation, UnsafeModel
 from safehub.findings import FileReport
 
-__all__ = ["TORCHSCRIPT_READERS", "RefusedNativeLoader", "ScannedOnlyReader",
-           "backport_for_mobile", "backport_for_mobile_to_buffer", "flatbuffer_load",
-           "jit_load", "lite_load", "package_importer_init", "refused_exported_program",
-           "scan_snapshot", "snapshot_of", "torch_load", "weights_only_globals"]
+__all__ = ["TORCHSCRIPT_READERS", "RefusedNativeLoader", "RefusedNativeUnpickler",
+           "ScannedOnlyReader", "backport_for_mobile", "backport_for_mobile_to_buffer",
+           "checked_dynamic_shapes", "exported_programs_refused", "flatbuffer_load",
+           "jit_load", "lite_load", "package_importer_init", "refused_cache_artifacts",
+           "refused_exported_program", "scan_snapshot", "snapshot_of", "torch_load",
+           "weights_only_globals"]
 
 log = logging.getLogger("safehub")
 
@@ -265,6 +269,91 @@ def refused_exported_program(*args: Any, **kwargs: Any) -> Any:
         "names", subject="<ExportedProgram>", fix="load the model's weights (safetensors "
         "or a weights-only checkpoint) into a model built from trusted code",
         trail=["deny    enforce: ExportedPrograms are code"])
+
+
+def exported_programs_refused(models_dir: str) -> Callable[..., Any]:
+    """``torch.export.pt2_archive._package._load_exported_programs`` under enforcement.
+
+    Every archive route to an ExportedProgram (``torch.export.load``, ``load_pt2``,
+    ``aoti_load_package``) reads its models here, and reads each model's constants
+    (``custom_obj_*`` go to TorchScript's native unpickler) before the deserializer: an
+    archive with models is refused before any of it is read. One without (AOTInductor
+    only) goes on, to the refusal of its native code.
+    """
+
+    def impl(original: Callable[..., Any], policies: Policies, archive_reader: Any,
+             file_names: Sequence[str], *rest: Any, **kwargs: Any) -> Any:
+        if any(str(name).startswith(models_dir) for name in file_names):
+            refused_exported_program()
+        return original(archive_reader, file_names, *rest, **kwargs)
+
+    return impl
+
+
+# What torch's own _dump_dynamic_shapes writes: a dimension's name, and its derived
+# dimensions as ``a*name + b`` (sympy's spelling of the linear forms torch accepts).
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}\Z")
+_DERIVED = re.compile(r"\s*(?:[0-9]{1,18}\s*\*\s*)?([A-Za-z_][A-Za-z0-9_]{0,99})"
+                      r"(?:\s*[-+]\s*[0-9]{1,18})?\s*\Z")
+
+
+def checked_dynamic_shapes(original: Callable[..., Any], policies: Policies, spec: Any,
+                           *rest: Any, **kwargs: Any) -> Any:
+    """``torch._export.serde.dynamic_shapes._load_dynamic_shapes`` under enforcement.
+
+    It evaluates every dimension name and derived expression of the spec with
+    ``sympy.sympify`` (Python's ``eval``): only a plain name, and ``a*name + b`` of that
+    name, are handed to it; anything else is refused.
+    """
+    dims = spec.get("dims") if isinstance(spec, dict) else getattr(spec, "dims", None)
+    for name, info in dims.items() if isinstance(dims, dict) else [(dims, None)]:
+        derived = info.get("derived") if isinstance(info, dict) else getattr(
+            info, "derived", None)
+        plain = isinstance(name, str) and bool(_NAME.match(name)) and \
+            not keyword.iskeyword(name)
+        for expr in derived if isinstance(derived, (list, tuple)) else ():
+            match = _DERIVED.match(expr) if isinstance(expr, str) else None
+            plain = plain and match is not None and match.group(1) == name
+        if not plain:
+            raise PolicyViolation(
+                f"a dynamic shapes spec with dimension {str(name)[:80]!r} is refused under "
+                "enforcement: torch evaluates its names and derived expressions as Python "
+                "(sympy.sympify), and these are not a plain name and a*name + b",
+                subject="<dynamic shapes spec>", fix="load only a spec torch wrote "
+                "(_dump_dynamic_shapes): names, and derived dimensions a*name + b",
+                trail=["deny    enforce: dynamic shapes expressions are evaluated"])
+    return original(spec, *rest, **kwargs)
+
+
+def refused_cache_artifacts(*args: Any, **kwargs: Any) -> Any:
+    """``torch.compiler._cache.CacheArtifactManager.deserialize`` under enforcement
+    (``torch.compiler.load_cache_artifacts``): always refused.
+
+    The artifacts are compiled graphs, pickles and autotuning records that torch writes
+    where their keys say (an absolute key is any path, the content any bytes) and that
+    torch.compile later imports and unpickles as its own cache: nothing safehub can scan.
+    """
+    raise PolicyViolation(
+        "loading compile cache artifacts is refused under enforcement: torch writes each "
+        "artifact's bytes to the path its key names (any path) and later runs them as its "
+        "own compiled code and pickles", subject="<cache artifacts>",
+        fix="let torch.compile build its cache in this process",
+        trail=["deny    enforce: compile cache artifacts are code"])
+
+
+class RefusedNativeUnpickler(_StandIn):
+    """Stands in for ``torch._C._pickle_load_obj`` under enforcement: TorchScript's native
+    unpickler (it makes ``torch.classes`` objects and runs their native ``__setstate__``),
+    whose only caller in torch reads an ExportedProgram archive's ``custom_obj_*``
+    constants, which enforcement refuses. Reached another way it refuses too."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise PolicyViolation(
+            f"{self._key} is refused under enforcement: it unpickles bytes with "
+            "TorchScript's native unpickler (torch.classes objects and their __setstate__), "
+            "which safehub does not restrict", subject="<TorchScript pickle>",
+            fix="load tensors with torch.load (weights-only) or safetensors",
+            trail=["deny    enforce: TorchScript's native unpickler"])
 
 
 class RefusedNativeLoader(_StandIn):

@@ -17,24 +17,31 @@ and programs calling ``pickle`` directly all reach it:
 - ``pickle._Unpickler.find_class`` (the pure-Python unpickler, which joblib and
   ``pickle._load`` use) is replaced on the class, which reaches every subclass that
   does not define its own;
-- subclasses of either that define ``find_class`` (now or later) get it wrapped, so the
-  check runs before their own resolution.
+- subclasses of either whose ``find_class`` is their own or a mixin's (now or later) get
+  it wrapped, so the check runs before their own resolution;
+- subclasses of the C unpickler that exist when enforcement starts (defined at import,
+  before ``enforce()``) get :class:`CUnpicklerUnderEnforcement` put in as their base: their
+  ``load`` runs the restricted pure-Python unpickler, since the C one's BUILD and
+  NEWOBJ_EX cannot be intercepted.
 """
 
 from __future__ import annotations
 
 import _compat_pickle
 import _pickle
+import contextlib
+import copyreg
 import enum
 import importlib
 import io
 import pickle
 import sys
+import threading
 import types
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from safehub._enforce.hooks import AttrPatch, CodePatch
+from safehub._enforce.hooks import AttrPatch, BasesPatch, CodePatch
 from safehub._scanner.allowlist import SPARSE_CONSTRUCTORS
 from safehub.errors import UnsafeModel
 
@@ -45,6 +52,9 @@ __all__ = ["GlobalCheck", "canonical_global", "pickle_patches"]
 GlobalCheck = Callable[[str], bool]
 _check: list[GlobalCheck | None] = [None]
 _WRAPPED = "_safehub_checked"
+# The C unpickler type itself: ``_pickle.Unpickler`` names the restricted one under enforcement.
+_C_UNPICKLER: Any = _pickle.Unpickler
+_C_FIND_CLASS = vars(_C_UNPICKLER)["find_class"]
 
 
 def set_check(check: GlobalCheck | None) -> None:
@@ -350,26 +360,95 @@ def _build_replacement(original: Callable[..., Any], self: Any) -> None:
     _load_build_checked(self)
 
 
+def _refuse_array_on_a_buffer(cls: Any, args: Any, kwargs: Any = None) -> None:
+    """No numpy array class called on a buffer: numpy pickles arrays as ``_reconstruct``
+    and a state, never by calling ``ndarray``.
+
+    ``ndarray(shape, dtype, buffer)`` takes the buffer as the array's memory unchecked
+    for an object dtype (``ndarray((4,), 'O', b'A' * 32)``): its elements are the file's
+    bytes read as object pointers, dereferenced on first use (SH108). Arguments other than
+    a tuple, and any keyword, count as a buffer.
+    """
+    numpy = sys.modules.get("numpy")
+    if numpy is None or not (isinstance(cls, type) and issubclass(cls, numpy.ndarray)):
+        return
+    plain = type(args) is tuple and (len(args) < 3 or args[2] is None) and (
+        kwargs is None or (type(kwargs) is dict and not kwargs))
+    if not plain:
+        raise UnsafeModel(
+            f"SH108 unchecked-state: the pickle calls the numpy array class "
+            f"{cls.__module__}.{cls.__qualname__} on a buffer: ndarray(shape, dtype, buffer) "
+            "takes the file's bytes as the array's memory (as object pointers for an object "
+            "dtype); numpy pickles arrays through _reconstruct and a state",
+            subject=f"{cls.__module__}.{cls.__qualname__}", fix="do not load this file")
+
+
+def _call_replacement(original: Callable[..., Any], self: Any) -> None:
+    """REDUCE and NEWOBJ under enforcement: the callable below its arguments checked."""
+    if _check[0] is not None and len(self.stack) >= 2:
+        _refuse_array_on_a_buffer(self.stack[-2], self.stack[-1])
+    original(self)
+
+
+def _instantiate_replacement(original: Callable[..., Any], self: Any, klass: Any,
+                             args: Any) -> None:
+    """INST and OBJ under enforcement: ``klass(*args)`` checked as REDUCE is."""
+    if _check[0] is not None:
+        _refuse_array_on_a_buffer(klass, args)
+    original(self, klass, args)
+
+
 def _newobj_ex_replacement(original: Callable[..., Any], self: Any) -> None:
-    """NEWOBJ_EX under enforcement: no keyword arguments to a torch class.
+    """NEWOBJ_EX under enforcement: :func:`_refuse_keyword_call` on its class and arguments."""
+    if _check[0] is not None and len(self.stack) >= 3:
+        _refuse_keyword_call(self.stack[-3], self.stack[-2], self.stack[-1])
+    original(self)
+
+
+def _refuse_keyword_call(cls: Any, args: Any, kwargs: Any) -> None:
+    """``cls.__new__(cls, *args, **kwargs)``: no keyword arguments to a torch class, no
+    numpy array on a buffer.
 
     ``torch.Tensor(cdata=N)`` and the legacy typed tensors adopt the tensor at address N,
     and ``UntypedStorage(n, allocator=N)`` calls through the allocator at address N: any
     address a pickle of allowed names likes (SH108; the scanner says the same). torch never
     pickles its classes with keywords.
     """
-    if _check[0] is not None and len(self.stack) >= 3:
-        cls, kwargs = self.stack[-3], self.stack[-1]
-        module = str(getattr(cls, "__module__", None) or "")
-        if (module == "torch" or module.startswith("torch.")) and not (
-                type(kwargs) is dict and not kwargs):
-            raise UnsafeModel(
-                f"SH108 unchecked-state: the pickle passes keyword arguments to {module}."
-                f"{getattr(cls, '__qualname__', '?')} (NEWOBJ_EX): torch's constructors take "
-                "raw memory addresses as keywords (Tensor(cdata=...), UntypedStorage("
-                "allocator=...)) and use them unchecked", subject="NEWOBJ_EX",
-                fix="do not load this file")
-    original(self)
+    _refuse_array_on_a_buffer(cls, args, kwargs)
+    torch_base = _torch_class_in(cls)
+    if torch_base is not None and not (type(kwargs) is dict and not kwargs):
+        raise UnsafeModel(
+            f"SH108 unchecked-state: the pickle passes keyword arguments to "
+            f"{getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', '?')} "
+            f"(NEWOBJ_EX), a {torch_base}: torch's constructors take raw memory "
+            "addresses as keywords (Tensor(cdata=...), UntypedStorage(allocator=...)) "
+            "and use them unchecked", subject="NEWOBJ_EX", fix="do not load this file")
+
+
+def _copyreg_newobj_ex_checked(cls: Any, args: Any, kwargs: Any) -> Any:
+    """``copyreg.__newobj_ex__`` (NEWOBJ_EX as a function, for a policy that allows it)."""
+    _refuse_keyword_call(cls, args, kwargs)
+    return copyreg.__newobj_ex__(cls, args, kwargs)  # type: ignore[attr-defined]
+
+
+def _copyreg_newobj_checked(cls: Any, *args: Any) -> Any:
+    """``copyreg.__newobj__`` (NEWOBJ as a function, for a policy that allows it)."""
+    _refuse_array_on_a_buffer(cls, args)
+    return copyreg.__newobj__(cls, *args)  # type: ignore[attr-defined]
+
+
+_CHECKED_CALLABLES.update({"copyreg.__newobj_ex__": _copyreg_newobj_ex_checked,
+                           "copyreg.__newobj__": _copyreg_newobj_checked})
+
+
+def _torch_class_in(cls: Any) -> str | None:
+    """The torch class ``cls`` is or derives from (its ``__new__`` may be torch's: a tensor
+    subclass another library defines takes ``cdata=`` too), else None."""
+    for klass in getattr(cls, "__mro__", None) or (cls,):
+        module = str(getattr(klass, "__module__", None) or "")
+        if module == "torch" or module.startswith("torch."):
+            return f"{module}.{getattr(klass, '__qualname__', '?')}"
+    return None
 
 
 class RestrictedUnpickler(pickle._Unpickler):
@@ -424,6 +503,8 @@ def _python_find_class(self: Any, module: str, name: str) -> Any:
     return _checked_callable(checked[0], checked[1], _resolve(*checked))
 
 
+setattr(_python_find_class, _WRAPPED, True)
+setattr(RestrictedUnpickler.find_class, _WRAPPED, True)
 def _find_checked(find_class: Callable[[str, str], Any], module: str, name: str) -> Any:
     """``find_class(module, name)`` after the name passed the check, the object after
     the wildcard check."""
@@ -431,13 +512,20 @@ def _find_checked(find_class: Callable[[str, str], Any], module: str, name: str)
     obj = find_class(module, name)
     if checked is None:
         return obj
-    if checked[2]:
+    if checked[2] and not _substitute(obj):
         defined_here(obj, checked[0], checked[1])
     return _checked_callable(checked[0], checked[1], obj)
 
 
+def _substitute(obj: Any) -> bool:
+    """One of safehub's checked callables (an inner find_class already substituted it)."""
+    return isinstance(obj, types.FunctionType) and obj.__module__ == __name__
+
+
 def _wrap(find_class: Callable[..., Any]) -> Callable[..., Any]:
     def find_class_checked(self: Any, module: str, name: str) -> Any:
+        if isinstance(self, _C_UNPICKLER):
+            _refuse_c_load(self)
         # As the class attribute would bind: a function, a staticmethod, C's descriptor.
         bind = getattr(find_class, "__get__", None)
         return _find_checked(find_class if bind is None else bind(self, type(self)),
@@ -445,6 +533,28 @@ def _wrap(find_class: Callable[..., Any]) -> Callable[..., Any]:
 
     setattr(find_class_checked, _WRAPPED, find_class)
     return find_class_checked
+
+
+_reading = threading.local()  # .unpickler: the C unpickler the restricted one reads for
+
+
+def _refuse_c_load(unpickler: Any) -> None:
+    """Under enforcement a C unpickler's names resolve only for the restricted unpickler
+    reading on its behalf (:class:`CUnpicklerUnderEnforcement`).
+
+    Anything else asking is the C load itself, reached by a name bound before
+    ``enforce()`` (``StockUnpickler.load(self)``, as dill's ``Unpickler.load`` does):
+    its BUILD and NEWOBJ_EX cannot be checked, so it gets no global at all, and without
+    globals a pickle makes only plain data.
+    """
+    if _check[0] is not None and getattr(_reading, "unpickler", None) is not unpickler:
+        raise UnsafeModel(
+            f"SH122 enforce-global-refused: {type(unpickler).__qualname__} runs the C "
+            "pickle.Unpickler's own load (called through a name bound before enforce()), "
+            "whose BUILD and NEWOBJ_EX safehub cannot check: under enforcement it resolves "
+            "no global", subject=type(unpickler).__qualname__,
+            fix="load through the unpickler's class (super().load()), or start enforcement "
+            "before the program imports its unpicklers (sitecustomize.py)")
 
 
 class _CheckedImports:
@@ -484,10 +594,27 @@ _IMPORT_OPCODES: tuple[types.FunctionType, ...] = tuple(
     for name in ("load_global", "load_stack_global", "load_inst", "get_extension"))
 
 
+def _unchecked_find_class(cls: type) -> Any:
+    """The ``find_class`` that ``cls`` resolves when it is not a checked one, else None.
+
+    Its own, a mixin's (an unpickler whose own GLOBAL calls ``self.find_class`` reaches
+    it without the import opcodes' check), or the C unpickler's.
+    """
+    if cls.__module__ == __name__:
+        return None
+    resolved = next(vars(k)["find_class"] for k in cls.__mro__ if "find_class" in vars(k))
+    if getattr(resolved, _WRAPPED, None) or resolved is _pure_find_class:
+        return None  # checked, or pickle._Unpickler's (replaced by a checked one)
+    if resolved is _C_FIND_CLASS:
+        # What the class resolves once CUnpicklerUnderEnforcement is its base.
+        return CUnpicklerUnderEnforcement.find_class
+    return resolved
+
+
 def _guard_class(cls: type) -> None:
-    own = vars(cls).get("find_class")
-    if own is not None and not getattr(own, _WRAPPED, None):
-        cls.find_class = _wrap(own)  # type: ignore[attr-defined]
+    resolved = _unchecked_find_class(cls)
+    if resolved is not None:
+        cls.find_class = _wrap(resolved)  # type: ignore[attr-defined]
 
 
 def _subclasses(base: type) -> list[type]:
@@ -502,9 +629,108 @@ def _subclasses(base: type) -> list[type]:
     return found
 
 
-def pickle_patches() -> list[AttrPatch | CodePatch]:
+_ARGS = "_safehub_unpickler_arguments"
+
+
+class CUnpicklerUnderEnforcement(_C_UNPICKLER):  # type: ignore[misc]
+    """The base put in under the C unpickler's subclasses that existed before enforcement.
+
+    ``class AppUnpickler(pickle.Unpickler)`` executed at import binds the C type, whose
+    BUILD and NEWOBJ_EX cannot be intercepted (``torch.Tensor(cdata=N)`` through
+    NEWOBJ_EX adopts the tensor at address N; BUILD sets attributes on an allowed class).
+    With this class between such a subclass and the C type, its ``__init__`` (also through
+    ``super().__init__``) records the arguments, and its ``load`` reads the same file with
+    the restricted pure-Python unpickler, resolving names through the instance's own
+    ``find_class`` (checked there) and its ``persistent_load``.
+    """
+
+    __slots__ = ()  # the C type's layout: __bases__ can be reassigned both ways
+
+    def __init__(self, file: Any, *, fix_imports: bool = True, encoding: str = "ASCII",
+                 errors: str = "strict", buffers: Any = ()) -> None:
+        arguments = {"fix_imports": fix_imports, "encoding": encoding, "errors": errors,
+                     "buffers": buffers}
+        _C_UNPICKLER.__init__(self, file, **arguments)
+        # __slots__ without __dict__: nothing recorded, load refuses (fail closed)
+        with contextlib.suppress(AttributeError):
+            self.__dict__[_ARGS] = (file, arguments)
+
+    def find_class(self, module: str, name: str) -> Any:
+        """The C unpickler's resolution (protocol-2 renames, dotted names) in Python."""
+        if _check[0] is None:
+            return _C_FIND_CLASS(self, module, name)
+        module, name = canonical_global(module, name)
+        sys.audit("pickle.find_class", module, name)
+        return _resolve(module, name)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _guard_class(cls)  # a subclass made under enforcement, with its own find_class
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "find_class" and _check[0] is not None and callable(value):
+            value = _instance_find_class(self, value)
+        super().__setattr__(name, value)
+
+    def load(self) -> Any:
+        if _check[0] is None:
+            return _C_UNPICKLER.load(self)
+        recorded = getattr(self, "__dict__", {}).get(_ARGS)
+        if recorded is None:
+            raise UnsafeModel(
+                f"{type(self).__qualname__} (a subclass of the C pickle.Unpickler) cannot load "
+                "under enforcement: this unpickler was made before enforce(), or its class "
+                "has no __dict__, so safehub cannot read its file with the restricted "
+                "unpickler", subject=type(self).__qualname__,
+                fix="create the unpickler after safehub.enforce() (sitecustomize.py does)")
+        file, arguments = recorded
+        inner = _OnBehalfOf(self, file, **arguments)
+        memo = getattr(self, "memo", None)
+        if memo is not None:
+            inner.memo = dict(memo.copy())  # type: ignore[attr-defined]
+        try:
+            return inner.load()
+        finally:
+            self.memo = inner.memo  # type: ignore[attr-defined]
+
+
+def _instance_find_class(unpickler: Any, find_class: Callable[..., Any]
+                         ) -> Callable[[str, str], Any]:
+    """A ``find_class`` set on a C unpickler's instance, as the C load would call it:
+    checked, and only for the restricted unpickler reading on its behalf."""
+
+    def find_class_checked(module: str, name: str) -> Any:
+        _refuse_c_load(unpickler)
+        return _find_checked(find_class, module, name)
+
+    setattr(find_class_checked, _WRAPPED, find_class)
+    return find_class_checked
+
+
+class _OnBehalfOf(RestrictedUnpickler):
+    """The restricted unpickler reading for a C unpickler's subclass: its names resolve
+    through that unpickler's ``find_class`` (the import opcodes check them first), its
+    persistent ids through its ``persistent_load``."""
+
+    def __init__(self, outer: Any, file: Any, **arguments: Any):
+        super().__init__(file, **arguments)
+        self._outer = outer
+        persistent_load = getattr(outer, "persistent_load", None)
+        if persistent_load is not None:
+            self.persistent_load = persistent_load  # type: ignore[method-assign]
+
+    def find_class(self, module: str, name: str) -> Any:
+        previous = getattr(_reading, "unpickler", None)
+        _reading.unpickler = self._outer
+        try:
+            return self._outer.find_class(module, name)
+        finally:
+            _reading.unpickler = previous
+
+
+def pickle_patches() -> list[AttrPatch | BasesPatch | CodePatch]:
     """The patches that route ``pickle``'s entry points through the check."""
-    patches: list[AttrPatch | CodePatch] = [AttrPatch(owner, name, value)
+    patches: list[AttrPatch | BasesPatch | CodePatch] = [AttrPatch(owner, name, value)
                for owner in (pickle, _pickle)
                for name, value in (("load", load), ("loads", loads),
                                    ("Unpickler", RestrictedUnpickler))]
@@ -521,25 +747,30 @@ def pickle_patches() -> list[AttrPatch | CodePatch]:
     # NEWOBJ_EX's the same way: keyword arguments to torch's constructors are addresses.
     patches.append(CodePatch(_newobj_ex_fn, "pickle._Unpickler.load_newobj_ex",
                              _newobj_ex_replacement))
+    # The other calls a pickle makes: REDUCE (func below its args), NEWOBJ (cls below its
+    # args), INST and OBJ (through _instantiate).
+    patches += [CodePatch(getattr(pickle._Unpickler, name), f"pickle._Unpickler.{name}",
+                          _call_replacement) for name in ("load_reduce", "load_newobj")]
+    patches.append(CodePatch(pickle._Unpickler._instantiate,  # type: ignore[attr-defined]
+                             "pickle._Unpickler._instantiate", _instantiate_replacement))
 
     def init_subclass(cls: type, /, **kwargs: Any) -> None:
         _guard_class(cls)
 
     patches.append(AttrPatch(pickle._Unpickler, "__init_subclass__",
                              classmethod(init_subclass)))
-    # Subclasses that exist already and define their own find_class.
-    for base in (_pickle.Unpickler, pickle._Unpickler):
+    # Subclasses that exist already: a checked find_class in place of the one they resolve
+    # (their own, a mixin's, the C unpickler's); the C unpickler's direct subclasses get
+    # CUnpicklerUnderEnforcement as their base, so that every one of them loads through
+    # the restricted unpickler.
+    for base in (_C_UNPICKLER, pickle._Unpickler):
         for cls in _subclasses(base):
-            if cls is RestrictedUnpickler or cls.__module__ == __name__:
-                continue
-            own = vars(cls).get("find_class")
-            if own is not None and not getattr(own, _WRAPPED, None):
-                patches.append(AttrPatch(cls, "find_class", _wrap(own)))
-            elif own is None and base is _pickle.Unpickler:
-                # The C opcodes call whatever find_class the class resolves: C's own
-                # (which cannot be patched) or a mixin's. Give the subclass a checked one.
-                resolved = next(vars(k)["find_class"] for k in cls.__mro__
-                                if "find_class" in vars(k))
-                if not getattr(resolved, _WRAPPED, None):
-                    patches.append(AttrPatch(cls, "find_class", _wrap(resolved)))
+            resolved = _unchecked_find_class(cls)
+            if resolved is not None:
+                patches.append(AttrPatch(cls, "find_class", _wrap(resolved)))
+            if base is _C_UNPICKLER and _C_UNPICKLER in cls.__bases__ and \
+                    cls.__module__ != __name__:
+                patches.append(BasesPatch(cls, tuple(
+                    CUnpicklerUnderEnforcement if b is _C_UNPICKLER else b
+                    for b in cls.__bases__)))
     return patches

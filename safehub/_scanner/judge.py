@@ -118,6 +118,12 @@ def judge_stream(scan: FileScan, res: StreamResult, location: str, loader: Loade
                      "cdata=...), UntypedStorage(allocator=...)) and use them unchecked; torch "
                      "never pickles its classes with keywords", location=location,
                      offset=call.offset, subject="NEWOBJ_EX", payload=render(call)[:200])
+        if _array_constructor(call):
+            scan.add("SH108", f"calls the numpy array class {render(call.func)} on a buffer "
+                     f"({call.opcode}): ndarray(shape, dtype, buffer) takes the file's bytes "
+                     "as the array's memory, as object pointers for an object dtype; numpy "
+                     "pickles arrays through _reconstruct and a state", location=location,
+                     offset=call.offset, subject=render(call.func), payload=render(call)[:200])
         problem = _dtype_state_problem(call) if call.builds else ""
         if problem:
             scan.add("SH108", problem, location=location, offset=call.offset,
@@ -263,6 +269,27 @@ def _torch_keywords(call: Call) -> bool:
     if not (isinstance(func, Global) and func.effective.startswith("torch.")):
         return False
     return not (isinstance(call.kwargs, SymDict) and not call.kwargs.items)
+
+
+# numpy's array classes, whose constructors take a buffer as the array's memory.
+_ARRAY_CLASSES = frozenset(
+    f"numpy.{name}" for name in ("ndarray", "core.multiarray.ndarray",
+                                 "_core.multiarray.ndarray", "matrix", "recarray", "memmap",
+                                 "char.chararray", "ma.MaskedArray", "ma.core.MaskedArray"))
+
+
+def _array_constructor(call: Call) -> bool:
+    """Whether the call makes an array on a buffer by calling its class: numpy's own
+    pickles pass the class to ``_reconstruct``, and ``ndarray((4,), 'O', b'A' * 32)``
+    reads the file's bytes as object pointers. Arguments that cannot be read as a tuple
+    count as a buffer."""
+    if not (isinstance(call.func, Global) and call.func.effective in _ARRAY_CLASSES):
+        return False
+    if call.kwargs is not None and not (isinstance(call.kwargs, SymDict)
+                                        and not call.kwargs.items):
+        return True
+    args = call.args
+    return not isinstance(args, tuple) or (len(args) > 2 and args[2] is not None)
 
 
 # numpy.dtype.__setstate__ takes a dtype's layout (fields, subarray, item size) and its flags

@@ -9,12 +9,17 @@ process on the file's pointer). The scanner's side is tests/scanner/test_numpy_d
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 import safehub
 from safehub.errors import UnsafeModel
+from tests.enforce.test_bypasses import _ROOT, _run
 
 np = pytest.importorskip("numpy")
 
@@ -61,3 +66,61 @@ def test_swapped_object_dtype_is_refused() -> None:
             pickle.loads(hostile)
         back = pickle.loads(pickle.dumps(swapped, protocol=2))
     assert back["f"].tolist() == [1.5] and back["u"].tolist() == ["ab"]
+
+
+# numpy.ndarray((4,), 'O', b'A' * 32): the allowed array class called directly takes the
+# buffer as the array's memory, read as object pointers (numpy refuses that only in
+# frombuffer). Every call opcode: REDUCE, NEWOBJ, NEWOBJ_EX (buffer as a keyword), INST.
+_BUFFER = b"C\x20" + b"A" * 32
+_ARRAY_CALLS = {
+    "reduce": b"\x80\x02cnumpy\nndarray\n(K\x04\x85X\x01\x00\x00\x00O" + _BUFFER + b"tR.",
+    "newobj": b"\x80\x02cnumpy\nndarray\n(K\x04\x85X\x01\x00\x00\x00O" + _BUFFER + b"t\x81.",
+    "newobj_ex": b"\x80\x04\x8c\x05numpy\x8c\x07ndarray\x93K\x04\x85\x8c\x01O\x86}\x8c\x06buffer"
+                 + _BUFFER + b"s\x92.",
+    "inst": b"((I4\ntVO\n" + _BUFFER + b"inumpy\nndarray\n.",
+}
+
+
+@pytest.mark.parametrize(("call", "entry"), [
+    ("reduce", "pickle.loads(D)"), ("newobj", "numpy.load(io.BytesIO(D), allow_pickle=True)"),
+    ("newobj_ex", "joblib.load(io.BytesIO(D))"), ("inst", "pickle._loads(D)")])
+def test_an_array_made_on_the_files_bytes_is_refused(tmp_path: Path, call: str,
+                                                     entry: str) -> None:
+    data = _ARRAY_CALLS[call]
+    # numpy.load re-raises what the unpickler raised as its cause
+    program = (f"import io, pickle, joblib, numpy\nD = {data!r}\ntry:\n    a = {entry}\n"
+               "except Exception as exc:\n    print('REFUSED', repr(exc), repr(exc.__cause__))\n"
+               "else:\n    print('LOADED', a.dtype, flush=True)\n    print(a[0])\n")
+    plain = _run(program, tmp_path, site=False)
+    assert plain.stdout.startswith("LOADED object"), (plain.stdout, plain.stderr)
+    assert plain.returncode < 0, (plain.stdout, plain.stderr)  # the file's bytes as a pointer
+
+    enforced = _run(program, tmp_path, site=True)
+    assert "REFUSED" in enforced.stdout and "UnsafeModel(\"SH108" in enforced.stdout, (
+        enforced.stdout, enforced.stderr)
+    path = tmp_path / "array.pkl"
+    path.write_bytes(data)
+    scan = subprocess.run([sys.executable, "-m", "safehub", "scan", str(path)],
+                          capture_output=True, text=True, timeout=300, check=False,
+                          env={**os.environ, "PYTHONPATH": str(_ROOT)})
+    assert scan.returncode == 1 and "SH108" in scan.stdout, (scan.stdout, scan.stderr)
+
+
+def test_an_array_made_on_the_files_bytes_is_refused_in_a_torch_checkpoint(
+        tmp_path: Path) -> None:
+    """torch.load under enforce() hands torch's weights-only loader numpy's array names
+    (scoped to the call): the direct ndarray call loaded and crashed on first use."""
+    from tests.enforce.test_bypasses import _checkpoint_with_pickle
+
+    buffer = b"c_codecs\nencode\nX\x20\x00\x00\x00" + b"A" * 32 + b"X\x06\x00\x00\x00latin1\x86R"
+    data = b"\x80\x02cnumpy\nndarray\n(K\x04\x85X\x01\x00\x00\x00O" + buffer + b"tR."
+    _checkpoint_with_pickle(tmp_path / "w.pt", data)
+    program = "import torch\n" + (
+        "try:\n    a = torch.load('w.pt'{})\nexcept Exception as exc:\n    print('REFUSED', exc)\n"
+        "else:\n    print('LOADED', a.dtype, flush=True)\n    print(a[0])\n")
+    plain = _run(program.format(", weights_only=False"), tmp_path, site=False)
+    assert plain.stdout.startswith("LOADED object") and plain.returncode < 0, (
+        plain.stdout, plain.stderr)
+    enforced = _run(program.format(""), tmp_path, site=True)
+    assert "REFUSED" in enforced.stdout and "SH108" in enforced.stdout, (enforced.stdout,
+                                                                         enforced.stderr)
