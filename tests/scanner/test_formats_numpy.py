@@ -98,3 +98,32 @@ def test_numpy_real_world_test_data(tmp_path: Path) -> None:
         assert report.verdict in (Verdict.CLEAN, Verdict.UNSAFE), path
         if report.verdict is Verdict.UNSAFE:  # object arrays of Python 2 or 3 objects
             assert "SH130" in {f.rule_id for f in report.findings}, path
+
+
+def test_npz_keys_that_differ_only_in_case_are_clean(tmp_path: Path) -> None:
+    """numpy.savez(w=..., W=...) writes w.npy and W.npy: two arrays to zipfile (numpy),
+    which matches names exactly. Only miniz (torch) folds case, and torch reads an archive
+    only through its .pkl records, which an npz has none of; the pair was SH115."""
+    path = tmp_path / "weights.npz"
+    np.savez(path, w=np.ones(2), W=np.zeros(3))
+    with np.load(path, allow_pickle=False) as loaded:
+        assert sorted(loaded.files) == ["W", "w"] and loaded["W"].shape == (3,)
+    report = scan_one(path)
+    assert report.verdict is Verdict.CLEAN, [f.message for f in report.findings]
+
+
+@pytest.mark.parametrize("names", [
+    ("x.npy", "x.npy"),  # zipfile keeps the last, miniz either
+    ("x.npy\0a", "x.npy\0b"),  # zipfile cuts a name at its NUL: the same name twice
+    ("a.npy", "A.npy", "archive/data.pkl"),  # a .pkl: torch reads it, and folds case
+], ids=["exact", "nul", "case-with-pkl"])
+def test_npz_names_a_reader_takes_for_one_stay_flagged(names: tuple[str, ...],
+                                                       tmp_path: Path) -> None:
+    plain = io.BytesIO()
+    np.save(plain, np.ones(2))
+    members = [B.ZipMember(n, plain.getvalue() if n.endswith("npy") or "\0" in n
+                           else b"\x80\x02}q\x00.") for n in names]
+    path = tmp_path / "w.npz"
+    path.write_bytes(B.build_zip(members).data)
+    report = scan_one(path)
+    assert "SH115" in rules(report) and report.verdict is Verdict.UNSAFE
