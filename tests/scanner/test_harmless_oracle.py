@@ -29,7 +29,8 @@ pytest.importorskip("joblib")
 
 from tests.scanner.oracle.harmless_gen import Case, cases, oracle_accepts
 
-_SUFFIX = {"numpy": ".npy", "joblib": ".joblib", "pickle": ".pkl"}
+_SUFFIX = {"numpy": ".npy", "joblib": ".joblib", "pickle": ".pkl",
+           "safetensors": ".safetensors"}
 
 
 def _scan(case: Case, options: ScanOptions | None = None) -> Verdict:

@@ -31,7 +31,7 @@ __all__ = ["Case", "cases", "oracle_accepts"]
 @dataclass(frozen=True)
 class Case:
     name: str
-    loader: str  # torch | numpy | pickle | joblib | torchscript
+    loader: str  # torch | numpy | pickle | joblib | safetensors | torchscript
     data: bytes
 
 
@@ -229,8 +229,35 @@ def _numpy_values() -> dict[str, Any]:
     }
 
 
+def _shapes() -> dict[str, Any]:
+    """Larger and odder shapes real checkpoints have: many entries (memo indices past
+    65,535), a tokenizer vocabulary, deep config trees, keys of every plain type."""
+    shared = torch.arange(4, dtype=torch.int32)
+    deep: Any = {"leaf": torch.ones(1)}
+    for i in range(60):
+        deep = {f"level{i}": deep, "i": i}
+    return {
+        "many_tensors": collections.OrderedDict(
+            (f"layers.{i}.weight", torch.full((2,), float(i))) for i in range(12000)),
+        "vocab": {"vocab": {f"tok{i}": i for i in range(50000)},
+                  "merges": [f"a{i} b{i}" for i in range(5000)], "text": "x" * (1 << 20)},
+        "deep_config": deep,
+        "odd_keys": {0: torch.ones(1), (1, "a"): 2, None: 3, True: 4, 2.5: 5, b"k": 6,
+                     frozenset({1}): 7, -1: [], 2 ** 64: {}},
+        "dtype_views": {"i": shared, "f": shared.view(torch.float32),
+                        "bytes": shared.view(torch.uint8)},
+        "view_as_real": torch.view_as_real(torch.tensor([1 + 2j, 3 - 1j])),
+        "nonleaf": torch.ones(2, requires_grad=True) * 2,
+        "dtype_objects": [getattr(torch, n) for n in (
+            *(f"uint{i}" for i in range(1, 8)), *(f"int{i}" for i in range(1, 8)),
+            "bits8", "bits16", "bits1x8", "bits2x4", "bits4x2", "float4_e2m1fn_x2",
+            "float8_e8m0fnu", "cfloat", "cdouble", "chalf", "half", "long")],
+    }
+
+
 def _torch_objects() -> dict[str, Any]:
     objs: dict[str, Any] = {}
+    objs.update(_shapes())
     objs["dtype_tensors"] = {str(d): _t(d) for d in _DTYPES}
     objs["float4"] = torch.empty(2, 2, dtype=torch.float4_e2m1fn_x2)
     objs["bits"] = {str(d): torch.empty(2, dtype=d) for d in
@@ -300,6 +327,7 @@ def cases(quick: bool = False) -> Iterator[Case]:
         for proto in protocols if not quick else [2, 4, 5]:
             yield Case(f"pickle/{name}/p{proto}", "pickle", pickle.dumps(obj, protocol=proto))
     yield from _joblib_cases(arrays, numpy_vals, quick)
+    yield from _safetensors_cases(torch_objs)
     yield Case("torchscript/scripted", "torchscript", _torchscript())
 
 
@@ -323,6 +351,23 @@ def _joblib_cases(arrays: dict[str, np.ndarray], numpy_vals: dict[str, Any],
             joblib.dump(obj, buf, compress=comp)
             tag = comp if isinstance(comp, int) else comp[0]
             yield Case(f"joblib/{name}/{tag}", "joblib", buf.getvalue())
+
+
+def _safetensors_cases(torch_objs: dict[str, Any]) -> Iterator[Case]:
+    from safetensors.torch import _SIZE, save
+
+    tensors = {k: v.contiguous() for k, v in torch_objs["dtype_tensors"].items()
+               if v.dtype in _SIZE}
+    yield Case("safetensors/dtypes", "safetensors", save(tensors, metadata={"format": "pt"}))
+    yield Case("safetensors/empty", "safetensors", save({}))
+    yield Case("safetensors/zero_d", "safetensors",
+               save({"s": torch.tensor(1.0), "e": torch.empty(0, 3)}))
+
+
+def _safetensors(data: bytes) -> None:
+    from safetensors.torch import load
+
+    load(data)
 
 
 def _weights_only_pickle(data: bytes) -> None:
@@ -371,6 +416,7 @@ _ORACLES: dict[str, Callable[[bytes], object]] = {
     "numpy": _numpy,
     "pickle": _weights_only_pickle,
     "joblib": _joblib_restricted,
+    "safetensors": _safetensors,
 }
 
 
