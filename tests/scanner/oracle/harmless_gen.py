@@ -316,6 +316,10 @@ def cases(quick: bool = False) -> Iterator[Case]:
         buf = io.BytesIO()
         np.save(buf, arr)
         yield Case(f"npy/{name}", "numpy", buf.getvalue())
+    buf = io.BytesIO()
+    for arr in list(arrays.values())[:6]:  # numpy.save appends to an open file
+        np.save(buf, arr)
+    yield Case("npy/appended", "numpy", buf.getvalue())
     for save in (np.savez, np.savez_compressed):
         buf = io.BytesIO()
         save(buf, **arrays)
