@@ -316,8 +316,9 @@ def _check_dtype_state(obj: object) -> None:
     ``numpy.dtype.__setstate__`` takes flags, fields, subarray and item size from the
     pickle: an object dtype whose state clears its object flags makes arrays that take the
     file's raw bytes for object pointers, and a field past the item reaches memory outside
-    the array. The dtype is rebuilt from its layout (numpy checks offsets against the item
-    size there) and must match.
+    the array, as does a title's entry that is not its field's own. The dtype is rebuilt from
+    its layout (numpy checks offsets against the item size there) and must match, every
+    fields key included.
     """
     numpy = sys.modules.get("numpy")
     if numpy is None or not isinstance(obj, numpy.dtype):
@@ -328,7 +329,13 @@ def _check_dtype_state(obj: object) -> None:
             fresh = numpy.dtype({"names": list(obj.names),
                                  "formats": [fields[n][0] for n in obj.names],
                                  "offsets": [fields[n][1] for n in obj.names],
+                                 "titles": [fields[n][2] if len(fields[n]) > 2 else None
+                                            for n in obj.names],
                                  "itemsize": obj.itemsize})
+            # Every key, titles included: a title's entry is read as a field of its own
+            # (arr["title"]), and the state may place it anywhere or add keys no name has.
+            if fresh.fields != fields:
+                raise ValueError("fields")
         elif obj.subdtype is not None:
             fresh = numpy.dtype(obj.subdtype)
         else:

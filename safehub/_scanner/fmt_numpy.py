@@ -26,6 +26,8 @@ _HEADER_BYTE_COST = 2
 # its zip record does; only longer ones are charged.
 _FREE_HEADER = 256
 
+_MAX_RECORDS = 65536  # arrays appended to one file that are analyzed
+
 
 class _BadHeader(Exception):
     pass
@@ -40,7 +42,24 @@ def scan_npy(scan: FileScan, src: ByteSource, location: str, base: int, *,
     and a decompression bomb would cost its full size).
     """
     cursor = PickleCursor(src, base=base, limits=scan.options.limits)
+    record = 1
+    # numpy.save appends to an open file and numpy.load reads one array per call (numpy's
+    # own documented way to keep several arrays in one file): each following .npy record
+    # is read and checked as that next call reads it.
+    while _scan_record(scan, cursor, location if record == 1 else
+                       f"{location or 'npy'} (array {record})", declared):
+        record += 1
+        if record > _MAX_RECORDS:
+            scan.add("SH191", f"more than {_MAX_RECORDS} arrays follow one another; the rest "
+                     "was not analyzed", location=location, offset=cursor.offset())
+            return
+
+
+def _scan_record(scan: FileScan, cursor: PickleCursor, location: str,
+                 declared: int | None) -> bool:
+    """Check one .npy record; True when another one follows it, as numpy.load reads on."""
     where = location or "npy"
+    base = cursor.offset()
     read_header = False  # the cursor is past the header: the data (or a pickle) follows
     try:
         magic = cursor.take(8)
@@ -65,7 +84,7 @@ def scan_npy(scan: FileScan, src: ByteSource, location: str, base: int, *,
             scan.add("SH191", f"analysis budget of {scan.options.limits.max_ops} opcodes spent "
                      "before this .npy header; it was not parsed", location=location,
                      offset=base)
-            return
+            return False
         raw = cursor.take(header_len)
         read_header = True
         try:
@@ -75,12 +94,12 @@ def scan_npy(scan: FileScan, src: ByteSource, location: str, base: int, *,
         itemsize, has_object, count = _parse_header(text, py2=major <= 2)
     except Truncated:
         scan.add("SH111", "the .npy header is truncated", location=location, offset=base)
-        return
+        return False
     except _BadHeader as exc:
         scan.add("SH131", f".npy header: {exc}", location=location, offset=base)
         if read_header:
             _probe_undecided_data(scan, cursor, location)
-        return
+        return False
     if has_object:
         scan.add("SH130", "object array: its data is a pickle", location=location,
                  offset=cursor.offset(), subject="numpy-object-array")
@@ -90,7 +109,7 @@ def scan_npy(scan: FileScan, src: ByteSource, location: str, base: int, *,
         if result.stopped and not cursor.at_eof():
             scan.add("SH113", "bytes follow the object array's pickle", location=location,
                      offset=cursor.offset())
-        return
+        return False
     nbytes = count * itemsize
     if declared is not None:
         end = cursor.offset() - base + nbytes
@@ -99,16 +118,33 @@ def scan_npy(scan: FileScan, src: ByteSource, location: str, base: int, *,
                      location=location, offset=cursor.offset())
         elif end < declared:
             scan.add("SH113", "bytes follow the array data", location=location, offset=end)
-        return
+        return False
     try:
         cursor.skip(nbytes)
     except Truncated:
         scan.add("SH111", f"array data is shorter than its header's {nbytes} bytes",
                  location=location, offset=cursor.offset())
-        return
-    if not cursor.at_eof():
-        scan.add("SH113", "bytes follow the array data", location=location,
-                 offset=cursor.offset())
+        return False
+    if cursor.at_eof():
+        return False
+    head = cursor.peek(len(NPY_MAGIC))
+    if head == NPY_MAGIC:
+        return True
+    scan.add("SH113", "bytes follow the array data", location=location,
+             offset=cursor.offset())
+    if not head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        _judge_following_pickle(scan, cursor, location)
+    return False
+
+
+def _judge_following_pickle(scan: FileScan, cursor: PickleCursor, location: str) -> None:
+    """numpy.load called again on the same open file reads on from the array's end: a
+    .npy record, a zip, or anything else as a pickle (allow_pickle=True). Bytes that
+    import or call are judged as that pickle (SH113 alone passes a permissive policy)."""
+    result = cursor.stream()
+    if (result.globals or result.computed or result.calls or result.extensions
+            or result.persistent or result.limit):
+        judge_stream(scan, result, location, Loader.PICKLE)
 
 
 def _header_budget_spent(scan: FileScan, header_len: int) -> bool:

@@ -418,30 +418,63 @@ def _fields_layout(names: object, fields: object, size: int, depth: int) -> bool
     if not (isinstance(names, tuple) and isinstance(fields, SymDict)
             and all(isinstance(n, str) for n in names)):
         return "numpy dtype fields that are not a tuple of names and a dict"
-    if sorted(names) != sorted(k for k, _ in fields.items if isinstance(k, str)) or len(
-            fields.items) != len(names):
-        return "numpy dtype fields that do not match their names (titles are not modelled)"
+    specs = _field_specs(names, fields)
+    if isinstance(specs, str):
+        return specs
     holds_objects = False
     spans: list[tuple[int, int, bool]] = []
-    for _, spec in fields.items:
-        if not (isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[1], int)
-                and not isinstance(spec[1], bool) and spec[1] >= 0):
-            return "a numpy dtype field that is not (dtype, offset)"
-        inner = _dtype_layout(spec[0], depth + 1)
+    for dtype, offset, title in specs:
+        inner = _dtype_layout(dtype, depth + 1)
         if isinstance(inner, str):
             return inner
-        if spec[1] + inner[0] > size:
+        if title is not None and inner[1]:
+            # numpy tells a title's entry from a field by identity (NPY_TITLE_KEY): were
+            # it taken for a field, its object pointers would be counted twice
+            return "a titled numpy dtype field holding objects"
+        if offset + inner[0] > size:
             return ("a numpy dtype field placed past the end of its item: it reads and "
                     "writes memory outside the array")
         # numpy refuses a dtype whose object field overlaps another field (its own
         # constructor says so): the other field's bytes would be written over the pointer
         for start, length, objects in spans:
-            if (objects or inner[1]) and spec[1] < start + length and start < spec[1] + inner[0]:
+            if (objects or inner[1]) and offset < start + length and start < offset + inner[0]:
                 return ("numpy dtype fields that overlap an object field: writing one field "
                         "writes raw bytes over an object pointer")
-        spans.append((spec[1], inner[0], inner[1]))
+        spans.append((offset, inner[0], inner[1]))
         holds_objects = holds_objects or inner[1]
     return holds_objects
+
+
+def _field_specs(names: tuple[str, ...], fields: SymDict
+                 ) -> list[tuple[object, int, str | None]] | str:
+    """The (dtype, offset, title or None) of each named field, once each, or why the fields dict
+    is not one numpy makes. numpy's pickle of a titled field (``np.dtype({'names': ...,
+    'titles': ...})``) keys the same spec under the name and under its title: the title's
+    entry must be that spec, so checking the named ones checks every entry."""
+    by_key: dict[str, object] = {}
+    for key, value in fields.items:
+        if not isinstance(key, str) or key in by_key:
+            return "numpy dtype fields that do not match their names"
+        by_key[key] = value
+    specs: list[tuple[object, int, str | None]] = []
+    titles: set[str] = set()
+    for name in names:
+        spec = by_key.get(name)
+        if not (isinstance(spec, tuple) and len(spec) in (2, 3) and isinstance(spec[1], int)
+                and not isinstance(spec[1], bool) and spec[1] >= 0):
+            return "a numpy dtype field that is not (dtype, offset)"
+        title = spec[2] if len(spec) == 3 else None
+        if len(spec) == 3:
+            twin = by_key.get(title) if isinstance(title, str) else None
+            if not (isinstance(title, str) and title not in names and title not in titles
+                    and isinstance(twin, tuple) and len(twin) == 3 and twin[0] is spec[0]
+                    and twin[1] == spec[1] and twin[2] == title):
+                return "a titled numpy dtype field whose title entry is not the field's own"
+            titles.add(title)
+        specs.append((spec[0], spec[1], title))
+    if len(set(names)) != len(names) or set(by_key) != set(names) | titles:
+        return "numpy dtype fields that do not match their names"
+    return specs
 
 
 def _attribute_chain(g: Global) -> list[str]:

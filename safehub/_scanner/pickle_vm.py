@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import _compat_pickle
 import codecs
+import contextlib
 import functools
 import re
 import struct
@@ -562,6 +563,12 @@ class PickleCursor:
         self.buf_pos += skipped
         if skipped < rest:
             raise Truncated()
+
+    def peek(self, n: int) -> bytes:
+        """Up to ``n`` next bytes, left unread (fewer at the end of the source)."""
+        with contextlib.suppress(Truncated):
+            self._fill(n)
+        return self.buf[self.i : self.i + n]
 
     def at_eof(self) -> bool:
         if self.i < len(self.buf):

@@ -360,12 +360,20 @@ def _read_local_headers(
 def _check_layout(
     entries: list[ZipEntry], anomalies: list[tuple[str, int | None]], cd_start: int
 ) -> None:
-    seen: dict[str, ZipEntry] = {}
+    # miniz (torch) finds a name case-insensitively, zipfile (numpy) exactly: names that
+    # differ only in case are one name to torch, which reads an archive only through its
+    # .pkl records (torch.load, TorchScript, torch.package); an archive without one is read
+    # by zipfile alone, where ``w.npy`` and ``W.npy`` are two arrays (numpy.savez keys).
+    # zipfile cuts a name at its first NUL.
+    miniz_reads = any(".pkl" in e.lower for e in entries)
+    seen: set[str] = set()
     for entry in entries:
-        key = entry.lower  # miniz compares names case-insensitively
-        if key in seen:
+        keys = {"zipfile:" + entry.name.split("\0", 1)[0]}
+        if miniz_reads:
+            keys.add("miniz:" + entry.lower)
+        if keys & seen:
             anomalies.append((f"duplicate entry name {entry.name!r}", entry.header_offset))
-        seen[key] = entry
+        seen |= keys
         if entry.method == 0 and entry.compressed_size != entry.size:
             anomalies.append((f"{entry.name}: stored entry whose sizes differ",
                               entry.header_offset))

@@ -124,3 +124,40 @@ def test_an_array_made_on_the_files_bytes_is_refused_in_a_torch_checkpoint(
     enforced = _run(program.format(""), tmp_path, site=True)
     assert "REFUSED" in enforced.stdout and "SH108" in enforced.stdout, (enforced.stdout,
                                                                          enforced.stderr)
+
+
+def _title_state(title_spec: tuple[object, ...], extra: dict[str, object] | None = None
+                 ) -> bytes:
+    i4 = np.dtype("<i4")
+    dtype = np.dtype.__new__(np.dtype, "V8")
+    fields = {"a": (i4, 0, "T"), "T": title_spec, **(extra or {})}
+    dtype.__setstate__((3, "|", None, ("a",), fields, 8, 1, 16))
+    return pickle.dumps({"w": np.zeros(1, dtype=dtype)}, protocol=2)
+
+
+def test_title_entries_are_checked_like_fields() -> None:
+    """A titled field's title is a fields key of its own (``arr['T']``), and its entry came
+    from the pickle unchecked: the layout rebuilt from the names matched, so a title entry
+    1 TiB past the item loaded under enforcement and reading ``w[0]['T']`` crashed the
+    process (shown in a subprocess). Now every key must be numpy's own; real titled
+    arrays load."""
+    import subprocess
+    import sys
+
+    far = _title_state((np.dtype("<i4"), 1 << 40, "T"))
+    code = ("import pickle, sys, safehub; safehub.enforce('default'); "
+            "w = pickle.loads(sys.stdin.buffer.read())['w']; w[0]['T']")
+    before = subprocess.run([sys.executable, "-c", code.replace("safehub.enforce('default'); ",
+                                                                "")],
+                            input=far, capture_output=True, timeout=120, check=False)
+    assert before.returncode < 0, before  # without safehub: the read crashes
+    hostile = [far, _title_state((np.dtype("<f8"), 0, "T")),
+               _title_state((np.dtype("<i4"), 0, "T"), {"x": (np.dtype("<i4"), 4)})]
+    titled = np.dtype({"names": ["a", "b"], "formats": ["<i4", "O"], "titles": ["T", None]})
+    real = np.array([(1, "x")], dtype=titled)
+    with safehub.enforce("default"):
+        for data in hostile:
+            with pytest.raises(UnsafeModel, match="SH108"):
+                pickle.loads(data)
+        back = pickle.loads(pickle.dumps(real, protocol=2))
+    assert back.dtype == titled and back[0]["T"] == 1 and back[0]["b"] == "x"

@@ -219,17 +219,18 @@ _REVIEWED_STOPS: dict[tuple[str, str, str], str] = {
         "(65558) search: both refuse the archive; pickle readers fail at 'P' (PERSID "
         "without persistent_load), and a PK\\x05\\x06 head is read as a pickle from byte 0 "
         "by _scan_as_pickle anyway",
-    ("fmt_numpy.py", "scan_npy", "SH111"):
+    ("fmt_numpy.py", "_scan_record", "SH111"):
         "a truncated header or short numeric data: numpy.load fails on the header, and "
         "unpickles nothing after numeric data",
-    ("fmt_numpy.py", "scan_npy", "SH131"):
+    ("fmt_numpy.py", "_scan_record", "SH131"):
         "an undecided header's data was read as numpy's object pickle first; without a "
         "header (unsupported version) numpy.load refuses the file",
-    ("fmt_numpy.py", "scan_npy", "SH130"):
+    ("fmt_numpy.py", "_scan_record", "SH130"):
         "after the object array's pickle: numpy.load unpickles exactly one stream",
-    ("fmt_numpy.py", "scan_npy", "SH113"):
-        "bytes after the object array's one pickle, or after numeric data: numpy.load "
-        "reads no further",
+    ("fmt_numpy.py", "_scan_record", "SH113"):
+        "bytes after the object array's one pickle, or after numeric data: a .npy record "
+        "there is scanned as the next numpy.load reads it, and other bytes that import or "
+        "call are judged as the pickle it would read (allow_pickle=True)",
     ("fmt_zip.py", "scan_zip", "SH113"):
         "bytes after the zip archive's end record, at the end of the analysis: zip readers "
         "do not read them, and the engine analyzes the file's other readings",

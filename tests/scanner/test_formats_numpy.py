@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from safehub.findings import Verdict
+from safehub.rules import Severity
 from safehub.scan import ScanOptions
 from tests.scanner import _builders as B
 from tests.scanner.conftest import rules, scan_one
@@ -98,3 +99,88 @@ def test_numpy_real_world_test_data(tmp_path: Path) -> None:
         assert report.verdict in (Verdict.CLEAN, Verdict.UNSAFE), path
         if report.verdict is Verdict.UNSAFE:  # object arrays of Python 2 or 3 objects
             assert "SH130" in {f.rule_id for f in report.findings}, path
+
+
+def test_npz_keys_that_differ_only_in_case_are_clean(tmp_path: Path) -> None:
+    """numpy.savez(w=..., W=...) writes w.npy and W.npy: two arrays to zipfile (numpy),
+    which matches names exactly. Only miniz (torch) folds case, and torch reads an archive
+    only through its .pkl records, which an npz has none of; the pair was SH115."""
+    path = tmp_path / "weights.npz"
+    np.savez(path, w=np.ones(2), W=np.zeros(3))
+    with np.load(path, allow_pickle=False) as loaded:
+        assert sorted(loaded.files) == ["W", "w"] and loaded["W"].shape == (3,)
+    report = scan_one(path)
+    assert report.verdict is Verdict.CLEAN, [f.message for f in report.findings]
+
+
+@pytest.mark.parametrize("names", [
+    ("x.npy", "x.npy"),  # zipfile keeps the last, miniz either
+    ("x.npy\0a", "x.npy\0b"),  # zipfile cuts a name at its NUL: the same name twice
+    ("a.npy", "A.npy", "archive/data.pkl"),  # a .pkl: torch reads it, and folds case
+], ids=["exact", "nul", "case-with-pkl"])
+def test_npz_names_a_reader_takes_for_one_stay_flagged(names: tuple[str, ...],
+                                                       tmp_path: Path) -> None:
+    plain = io.BytesIO()
+    np.save(plain, np.ones(2))
+    members = [B.ZipMember(n, plain.getvalue() if n.endswith("npy") or "\0" in n
+                           else b"\x80\x02}q\x00.") for n in names]
+    path = tmp_path / "w.npz"
+    path.write_bytes(B.build_zip(members).data)
+    report = scan_one(path)
+    assert "SH115" in rules(report) and report.verdict is Verdict.UNSAFE
+
+
+def _appended(*arrays: object) -> io.BytesIO:
+    buf = io.BytesIO()
+    for arr in arrays:
+        np.save(buf, arr, allow_pickle=True)
+    return buf
+
+
+def test_arrays_appended_to_one_file_are_clean(tmp_path: Path) -> None:
+    """numpy.save to an open file appends, and numpy.load reads one array per call (numpy's
+    documented way to keep several arrays in one file). Every array after the first was
+    SH113 'bytes follow the array data': the file scanned UNSAFE."""
+    arrays = [np.ones(3), np.arange(4, dtype="<i2").reshape(2, 2), np.array(["ab"]),
+              np.zeros((0, 2)), np.array(2.5)]
+    path = tmp_path / "several.npy"
+    path.write_bytes(_appended(*arrays).getvalue())
+    with path.open("rb") as f:
+        for arr in arrays:
+            assert np.array_equal(np.load(f, allow_pickle=False), arr)
+    report = scan_one(path)
+    assert report.verdict is Verdict.CLEAN, [f.message for f in report.findings]
+
+
+class _Marker:
+    def __reduce__(self) -> tuple[object, ...]:
+        return (os.system, ("true",))
+
+
+@pytest.mark.parametrize(("tail", "rule"), [
+    (_appended(np.array([_Marker()], dtype=object)).getvalue(), "SH100"),  # judged as read
+    (__import__("pickle").dumps(_Marker()), "SH113"),  # numpy.load would unpickle it
+    (b"junk", "SH113"),
+    (b"\x93NUMPY", "SH111"),
+], ids=["object-array", "pickle", "junk", "bare-magic"])
+def test_what_follows_appended_arrays_is_still_judged(tail: bytes, rule: str,
+                                                       tmp_path: Path) -> None:
+    path = tmp_path / "x.npy"
+    path.write_bytes(_appended(np.ones(2), np.ones(3)).getvalue() + tail)
+    report = scan_one(path)
+    assert report.verdict is Verdict.UNSAFE and rule in rules(report), report.findings
+
+
+def test_pickle_after_an_array_blocks_under_every_policy(
+        tmp_path: Path, fire: object) -> None:
+    """numpy.load(f, allow_pickle=True) called again on the same open file unpickles what
+    follows the array: the payload ran, and its only finding was SH113 (medium), which the
+    permissive policy lets through."""
+    path = tmp_path / "x.npy"
+    path.write_bytes(_appended(np.ones(2)).getvalue()
+                     + B.os_system_p0(B.marker_cmd("npy_then_pickle")))
+    setup = ("import numpy as np\nf = open(path, 'rb')\nnp.load(f)\n"
+             "np.load(f, allow_pickle=True)")
+    assert "npy_then_pickle" in fire([(path, "numpy", setup)])  # type: ignore[operator]
+    report = scan_one(path, ScanOptions(block_severity=Severity.HIGH))
+    assert report.verdict is Verdict.UNSAFE and "SH100" in rules(report)

@@ -190,3 +190,70 @@ def test_field_over_an_object_field_is_refused(tmp_path: Path) -> None:
     assert run.returncode == -signal.SIGSEGV, run  # w[0]['o'] read the file's pointer
     report = scan_one(path)
     assert report.verdict is Verdict.UNSAFE and "SH108" in rules(report)
+
+
+_TITLED = np.dtype({"names": ["a", "b"], "formats": ["<i4", "<f8"], "titles": ["Alpha", None]})
+
+
+@pytest.mark.parametrize("how", ["pickle", "joblib"])
+def test_titled_fields_as_numpy_writes_them_are_clean(how: str, tmp_path: Path) -> None:
+    """numpy's pickle of a titled field keys the one (dtype, offset, title) tuple under the
+    name and under the title: that second key was taken for a field numpy never made
+    (SH108), so joblib.dump of such an array, which joblib.load limited to numpy's array
+    globals loads, was UNSAFE."""
+    value = np.zeros(2, dtype=_TITLED)
+    path = tmp_path / f"t.{how}"
+    if how == "joblib":
+        joblib = pytest.importorskip("joblib")
+        joblib.dump({"v": value}, path)
+    else:
+        path.write_bytes(pickle.dumps({"v": value}, protocol=2))
+    report = scan_one(path)
+    assert report.verdict is Verdict.CLEAN, [f.message for f in report.findings]
+
+
+_I4 = np.dtype("<i4")
+
+
+@pytest.mark.parametrize("fields", [
+    # The title's entry is not the field's: another offset (1 TiB past the item), another
+    # (wider, object) dtype, a title that is also a name, a key no name or title explains.
+    {"a": (_I4, 0, "T"), "T": (_I4, 1 << 40, "T")},
+    {"a": (_I4, 0, "T"), "T": (np.dtype("<f8"), 0, "T")},
+    {"a": (np.dtype("<i8"), 0, "T"), "T": (np.dtype("O"), 0, "T")},
+    {"a": (_I4, 0, "b"), "b": (_I4, 4)},
+    {"a": (_I4, 0), "x": (_I4, 4)},
+], ids=["far", "wider", "object", "title-is-a-name", "extra-key"])
+def test_title_entries_that_are_not_the_fields_own_are_refused(fields: dict[str, object],
+                                                               tmp_path: Path) -> None:
+    names = ("a", "b") if "b" in fields else ("a",)
+    item = 8
+    flags = 27 if any(v[0] == np.dtype("O") for v in fields.values()) else 16  # type: ignore[index]
+    dtype = _dtype("V8", (3, "|", None, names, fields, item, 1, flags))
+    path = tmp_path / "w.pkl"
+    path.write_bytes(pickle.dumps({"w": np.zeros(1, dtype=dtype)}, protocol=2))
+    report = scan_one(path)
+    assert report.verdict is Verdict.UNSAFE and "SH108" in rules(report), report.findings
+
+
+def test_far_title_entry_reads_outside_the_array(tmp_path: Path) -> None:
+    """What the refusal prevents: numpy takes the title's offset as given."""
+    dtype = _dtype("V8", (3, "|", None, ("a",), {"a": (_I4, 0, "T"), "T": (_I4, 1 << 40, "T")},
+                          8, 1, 16))
+    path = tmp_path / "w.pkl"
+    path.write_bytes(pickle.dumps({"w": np.zeros(1, dtype=dtype)}, protocol=2))
+    code = "import pickle, sys; w = pickle.load(open(sys.argv[1], 'rb'))['w']; w[0]['T']"
+    run = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert run.returncode == -signal.SIGSEGV, run
+    assert "SH108" in rules(scan_one(path))
+
+
+def test_titled_object_fields_stay_refused(tmp_path: Path) -> None:
+    """numpy tells a title's entry from a field by identity; a titled object field is kept
+    refused rather than trusting that identity (taken for a field, its pointers would be
+    counted twice)."""
+    dtype = np.dtype({"names": ["a"], "formats": ["O"], "titles": ["T"]})
+    path = tmp_path / "w.pkl"
+    path.write_bytes(pickle.dumps({"w": np.array([(1,)], dtype=dtype)}, protocol=2))
+    assert "SH108" in rules(scan_one(path))

@@ -34,6 +34,34 @@ def test_torch_safetensors_is_clean(tmp_path: Path) -> None:
     assert scan_one(path).verdict is Verdict.CLEAN
 
 
+def test_every_dtype_the_reference_reads_is_known() -> None:
+    """The dtype names the reference implementation accepts (its error for an unknown one
+    lists them) are exactly the scanner's: F8_E4M3FNUZ and F8_E5M2FNUZ, which
+    safetensors.torch writes for torch.float8_e4m3fnuz/e5m2fnuz, were SH150 "unknown
+    dtype", so such a file that safetensors loads scanned UNSAFE."""
+    import re
+
+    from safehub._scanner.fmt_safetensors import DTYPE_BITS
+
+    header = _h(t={"dtype": "NOT_A_DTYPE", "shape": [1], "data_offsets": [0, 1]})
+    with pytest.raises(Exception, match="expected one of") as caught:
+        st.load(_file(header, b"\0"))
+    assert set(re.findall(r"`([A-Z0-9_]+)`", str(caught.value))) - {"NOT_A_DTYPE"} == set(
+        DTYPE_BITS)
+
+
+@pytest.mark.parametrize("dtype", ["float8_e4m3fnuz", "float8_e5m2fnuz"])
+def test_torch_fnuz_float8_safetensors_is_clean(dtype: str, tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "fp8.safetensors"
+    save_file({"w": torch.ones(4, 2).to(getattr(torch, dtype))}, path)
+    assert load_file(path)["w"].dtype == getattr(torch, dtype)
+    report = scan_one(path)
+    assert report.verdict is Verdict.CLEAN, [f.message for f in report.findings]
+
+
 def _file(header: bytes | str, data: bytes) -> bytes:
     raw = header.encode() if isinstance(header, str) else header
     return struct.pack("<Q", len(raw)) + raw + data
