@@ -14,9 +14,11 @@ rebuild function.
 from __future__ import annotations
 
 import collections
+import io
 import pickle
 import pickletools
 import signal
+import struct
 import subprocess
 import sys
 import warnings
@@ -245,3 +247,96 @@ def test_a_build_shrinking_the_values_after_the_rebuild_is_refused(tmp_path: Pat
     report = scan_one(path)
     assert report.verdict is Verdict.UNSAFE and "SH108" in rules(report)
     assert "BUILD" in report.findings[0].message
+
+
+class _Pid:
+    """An object pickled as the persistent id ``pid``."""
+
+    def __init__(self, pid: tuple[object, ...]):
+        self.pid = pid
+
+
+class _PidPickler(pickle.Pickler):
+    def persistent_id(self, obj: object) -> object:
+        return obj.pid if isinstance(obj, _Pid) else None
+
+
+def _view(pid: tuple[object, ...], offset: int, length: int) -> _Reduce:
+    return _Reduce(torch._utils._rebuild_tensor_v2, (_Pid(pid), offset, (length,), (1,),
+                                                     False, collections.OrderedDict()))
+
+
+def _csr_over(first: Callable[[str, int], tuple[object, ...]], protocol: int = 2) -> bytes:
+    """A 2x2 CSR tensor whose index tensors name LongStorage records '0' and '1' holding
+    valid int64 indices ([0, 1, 2] and [0, 1]) at element offsets 3 and 2, after a
+    ``first(key, nbytes)`` reference to each record. Read with another element type, the
+    same offsets point at bytes [0, 2, 2] and [0, 255]: two columns in row 0, one of them
+    255."""
+    def long(key: str, numel: int) -> tuple[object, ...]:
+        return ("storage", torch.LongStorage, key, "cpu", numel)
+
+    layout = _Reduce(torch.serialization._get_layout, ("torch.sparse_csr",))
+    sparse = _Reduce(torch._utils._rebuild_sparse_tensor, (layout, (
+        _view(long("0", 6), 3, 3), _view(long("1", 4), 2, 2),
+        _view(("storage", torch.FloatStorage, "2", "cpu", 2), 0, 2), (2, 2))))
+    buf = io.BytesIO()
+    _PidPickler(buf, protocol=protocol).dump({"a": _Pid(first("0", 48)), "b": _Pid(first("1", 32)),
+                                       "w": sparse})
+    return buf.getvalue()
+
+
+def _write_archive(path: Path, data_pkl: bytes) -> None:
+    records = {"data.pkl": data_pkl, "byteorder": b"little", "version": b"3\n",
+               "data/0": bytes([7, 7, 7, 0, 2, 2]) + bytes(18) + struct.pack("<3q", 0, 1, 2),
+               "data/1": bytes([9, 9, 0, 255]) + bytes(12) + struct.pack("<2q", 0, 1),
+               "data/2": struct.pack("<2f", 1.0, 2.0)}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for name, body in records.items():
+            z.writestr(f"archive/{name}", body)
+
+
+def test_index_storage_loaded_first_with_another_type_is_refused(tmp_path: Path) -> None:
+    # torch's persistent_load keeps the type of a key's first reference: an untyped
+    # storage (torch.storage.UntypedStorage, allowed by weights_only) loads records '0'
+    # and '1' as bytes, and the LongStorage views over them are uint8 index tensors,
+    # which the sparse constructor takes. The scan read the indices as the int64 the
+    # views name (valid) and passed the file: torch.load's default crashed on first use.
+    path = tmp_path / "untyped-first.pt"
+    _write_archive(path, _csr_over(
+        lambda key, nbytes: ("storage", torch.UntypedStorage, key, "cpu", nbytes)))
+    code = ("import sys, warnings; warnings.simplefilter('ignore'); import torch; "
+            "w = torch.load(sys.argv[1])['w']; print('loaded', w.col_indices().tolist(), "
+            "flush=True); (w @ torch.ones(2, 10**6)).sum()")
+    run = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert run.stdout.startswith("loaded [0, 255]") and run.returncode == -signal.SIGSEGV, run
+    report = scan_one(path)
+    assert report.verdict is Verdict.UNSAFE and "SH108" in rules(report)
+    assert "Untyped" in report.findings[0].message
+
+
+def test_index_storage_first_referenced_in_a_form_not_read_is_refused(
+        tmp_path: Path) -> None:
+    # b'storage' (protocol 3 BINBYTES) is 'storage' to torch.load(weights_only=False):
+    # an IntStorage reference so spelled loads the records as int32, and the scan, which
+    # did not read that reference, took the LongStorage views for int64 (valid).
+    path = tmp_path / "bytes-first.pt"
+    data = _csr_over(lambda key, nbytes: (b"storage", torch.IntStorage, key, "cpu",
+                                          nbytes // 4), protocol=3)
+    _write_archive(path, data)
+    code = ("import sys, warnings; warnings.simplefilter('ignore'); import torch; "
+            "w = torch.load(sys.argv[1], weights_only=False)['w']; "
+            "print('loaded', w.col_indices().dtype, flush=True)")
+    run = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert run.stdout.startswith("loaded torch.int32"), run
+    report = scan_one(path)
+    assert report.verdict is Verdict.UNSAFE and "SH108" in rules(report)
+    assert rules(report) == {"SH108"} and "not read here" in report.findings[0].message
+
+
+def test_an_untyped_storage_beside_a_sparse_tensor_scans_clean(tmp_path: Path) -> None:
+    path = tmp_path / "beside.pt"
+    torch.save({"u": torch.UntypedStorage(8), "w": torch.eye(3).to_sparse()}, path)
+    report = scan_one(path)
+    assert report.verdict is Verdict.CLEAN, report.findings
