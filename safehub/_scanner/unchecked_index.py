@@ -166,7 +166,26 @@ def _written_tensor(res: StreamResult) -> str:
         if call.builds and isinstance(call.func, Global) and call.func.effective.startswith(
                 "torch."):
             return f"BUILD sets the state of a torch object (offset {call.offset})"
+        if _sets_tensor_state(call):
+            return (f"{render(call.func)[:80]} sets attributes on a tensor (offset "
+                    f"{call.offset}): Tensor's real and imag setters copy into its storage, "
+                    "which index tensors share")
     return ""
+
+
+# torch's rebuilds that setattr a state's entries on the tensor they make (torch.save
+# writes a state only for tensor subclasses and tensors with Python attributes, and
+# torch._utils._set_obj_state applies it whatever its keys).
+_STATE_REBUILDS = ("torch._tensor._rebuild_from_type_v2",
+                   "torch._utils._rebuild_parameter_with_state")
+
+
+def _sets_tensor_state(call: Call) -> bool:
+    if not (isinstance(call.func, Global) and call.func.effective in _STATE_REBUILDS):
+        return False
+    state = call.args[3] if isinstance(call.args, tuple) and len(call.args) == 4 else call.args
+    parts = state if isinstance(state, tuple) and len(state) == 2 else (state,)
+    return not all(p is None or (isinstance(p, SymDict) and not p.items) for p in parts)
 
 
 def _torch_object(call: Call) -> bool:

@@ -340,3 +340,75 @@ def test_an_untyped_storage_beside_a_sparse_tensor_scans_clean(tmp_path: Path) -
     torch.save({"u": torch.UntypedStorage(8), "w": torch.eye(3).to_sparse()}, path)
     report = scan_one(path)
     assert report.verdict is Verdict.CLEAN, report.findings
+
+
+def _long(key: str, numel: int) -> tuple[object, ...]:
+    return ("storage", torch.LongStorage, key, "cpu", numel)
+
+
+_STATE_WRITERS: dict[str, Callable[[object, object], _Reduce]] = {
+    "from_type": lambda tensor_args, state: _Reduce(torch._tensor._rebuild_from_type_v2, (
+        torch._utils._rebuild_tensor_v2, torch.Tensor, tensor_args, state)),
+    "parameter": lambda tensor_args, state: _Reduce(
+        torch._utils._rebuild_parameter_with_state, (
+            _Reduce(torch._utils._rebuild_tensor_v2, tensor_args), False,
+            collections.OrderedDict(), state)),
+}
+
+
+@pytest.mark.parametrize("writer", sorted(_STATE_WRITERS))
+def test_a_state_setting_real_on_a_tensor_over_the_indices_is_refused(
+        writer: str, tmp_path: Path) -> None:
+    # Valid CSR index records; another tensor over the column indices' storage is rebuilt
+    # with the state {'real': [0, 10**8]}: torch's _set_obj_state does setattr, and
+    # Tensor.real's setter copies into the storage the CSR tensor's indices share. Every
+    # global is allowed and the pickle has no SETITEM or BUILD; the scan passed it, and
+    # torch.load's default crashed on the first product.
+    layout = _Reduce(torch.serialization._get_layout, ("torch.sparse_csr",))
+    sparse = _Reduce(torch._utils._rebuild_sparse_tensor, (layout, (
+        _view(_long("0", 3), 0, 3), _view(_long("1", 2), 0, 2),
+        _view(("storage", torch.FloatStorage, "2", "cpu", 2), 0, 2), (2, 2))))
+    over = (_Pid(_long("1", 2)), 0, (2,), (1,), False, collections.OrderedDict())
+    buf = io.BytesIO()
+    _PidPickler(buf, protocol=2).dump({"w": sparse, "x": _STATE_WRITERS[writer](
+        over, {"real": _view(_long("3", 2), 0, 2)})})
+    path = tmp_path / "real-setter.pt"
+    records = {"data.pkl": buf.getvalue(), "byteorder": b"little", "version": b"3\n",
+               "data/0": struct.pack("<3q", 0, 1, 2), "data/1": struct.pack("<2q", 0, 1),
+               "data/2": struct.pack("<2f", 1.0, 2.0), "data/3": struct.pack("<2q", 0, 10**8)}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for name, body in records.items():
+            z.writestr(f"archive/{name}", body)
+    code = ("import sys, warnings; warnings.simplefilter('ignore'); import torch; "
+            "w = torch.load(sys.argv[1])['w']; print('loaded', w.col_indices().tolist(), "
+            "flush=True); (w @ torch.ones(2, 10**6)).sum()")
+    run = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert (run.stdout.startswith("loaded [0, 100000000]")
+            and run.returncode == -signal.SIGSEGV), run
+    report = scan_one(path)
+    assert report.verdict is Verdict.UNSAFE and rules(report) == {"SH108"}
+    assert "sets attributes on a tensor" in report.findings[0].message
+
+
+def test_an_empty_tensor_state_beside_a_sparse_tensor_scans_clean(tmp_path: Path) -> None:
+    # what torch.save writes for a tensor subclass: _rebuild_from_type_v2 with state {}
+    valid = tmp_path / "valid.pt"
+    torch.save({"w": torch.eye(2).to_sparse()}, valid)
+    args = (_Pid(("storage", torch.FloatStorage, "9", "cpu", 1)), 0, (1,), (1,), False,
+            collections.OrderedDict())
+    buf = io.BytesIO()
+    _PidPickler(buf, protocol=2).dump(_STATE_WRITERS["from_type"](args, {}))
+    extra = buf.getvalue()[2:-1]  # the call alone, stored under a new key
+
+    def edit(data: bytes) -> bytes:
+        at = data.rindex(b".")
+        return data[:at] + b"X\x01\x00\x00\x00z" + extra + b"s" + data[at:]
+
+    path = tmp_path / "beside.pt"
+    _with_data_pkl(valid, path, edit)
+    with zipfile.ZipFile(path, "a") as z:
+        z.writestr("valid/data/9", struct.pack("<f", 1.0))
+    assert torch.load(path)["z"].tolist() == [1.0]
+    report = scan_one(path)
+    assert report.verdict is Verdict.CLEAN, report.findings
