@@ -412,3 +412,34 @@ def test_an_empty_tensor_state_beside_a_sparse_tensor_scans_clean(tmp_path: Path
     assert torch.load(path)["z"].tolist() == [1.0]
     report = scan_one(path)
     assert report.verdict is Verdict.CLEAN, report.findings
+
+
+def test_a_storage_key_with_a_nul_reads_the_record_torch_reads(tmp_path: Path) -> None:
+    # Column indices under key '1\x00zz': torch looks the record up as a C string and
+    # reads data/1 (column 10**8); the scan read the valid record named data/1\x00zz.
+    # Its only other finding (SH115, the name zipfile cuts to data/1) is medium: the
+    # permissive policy passed the file, and torch.load's default crashed on first use.
+    layout = _Reduce(torch.serialization._get_layout, ("torch.sparse_csr",))
+    sparse = _Reduce(torch._utils._rebuild_sparse_tensor, (layout, (
+        _view(_long("0", 3), 0, 3), _view(_long("1\0zz", 2), 0, 2),
+        _view(("storage", torch.FloatStorage, "2", "cpu", 2), 0, 2), (2, 2))))
+    buf = io.BytesIO()
+    _PidPickler(buf, protocol=2).dump({"w": sparse})
+    records = {"data.pkl": buf.getvalue(), "byteorder": b"little", "version": b"3\n",
+               "data/0": struct.pack("<3q", 0, 1, 2), "data/1": struct.pack("<2q", 0, 10**8),
+               "data/1Yzz": struct.pack("<2q", 0, 1), "data/2": struct.pack("<2f", 1.0, 2.0)}
+    path = tmp_path / "nul-key.pt"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for name, body in records.items():
+            z.writestr(f"archive/{name}", body)
+    path.write_bytes(path.read_bytes().replace(b"data/1Yzz", b"data/1\0zz"))
+    code = ("import sys, warnings; warnings.simplefilter('ignore'); import torch; "
+            "w = torch.load(sys.argv[1])['w']; print('loaded', w.col_indices().tolist(), "
+            "flush=True); (w @ torch.ones(2, 10**6)).sum()")
+    run = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert (run.stdout.startswith("loaded [0, 100000000]")
+            and run.returncode == -signal.SIGSEGV), run
+    report = scan_one(path, ScanOptions(block_severity=Severity.HIGH))
+    assert report.verdict is Verdict.UNSAFE and "SH108" in rules(report)
+    assert any("outside the plain dimension" in f.message for f in report.findings)
