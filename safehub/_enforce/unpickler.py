@@ -326,6 +326,12 @@ def _check_dtype_state(obj: object) -> None:
     try:
         if obj.names is not None:
             fields = obj.fields
+            # numpy takes each entry's first member for a dtype without looking, and a
+            # dtype compares equal to its string ('<i4'): the comparison below would pass
+            # a string where numpy then reads a dtype's memory (copy() crashes)
+            if not all(type(v) is tuple and len(v) in (2, 3) and isinstance(v[0], numpy.dtype)
+                       and type(v[1]) is int for v in fields.values()):
+                raise ValueError("fields")
             fresh = numpy.dtype({"names": list(obj.names),
                                  "formats": [fields[n][0] for n in obj.names],
                                  "offsets": [fields[n][1] for n in obj.names],
@@ -347,8 +353,12 @@ def _check_dtype_state(obj: object) -> None:
     except (TypeError, ValueError, KeyError):
         same = False
     if not same:
+        try:
+            shown = repr(obj)
+        except Exception:  # its repr reads the very fields that are wrong
+            shown = "a dtype numpy cannot show"
         raise UnsafeModel(
-            f"SH108 unchecked-state: the pickle gives a numpy dtype a state ({obj!r}, flags "
+            f"SH108 unchecked-state: the pickle gives a numpy dtype a state ({shown}, flags "
             f"{obj.flags}) that numpy's own layout rules do not produce: arrays of it would "
             "take raw bytes for object pointers or reach memory outside their data",
             subject="numpy.dtype", fix="do not load this file")
