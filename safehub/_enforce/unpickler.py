@@ -176,6 +176,12 @@ def _rebuild_sparse_checked(layout: Any, data: Any) -> Any:
                 torch._validate_sparse_compressed_tensor_args(
                     *pair, tensor.values(), tensor.size(), tensor.layout,
                     check_pinning=False)
+            # torch's check passes an empty block, and its kernels divide by the block
+            # size (to_dense() dies of SIGFPE); to_sparse_bsr never makes one
+            batch = compressed.dim() - 1
+            if tensor.layout in (torch.sparse_bsr, torch.sparse_bsc) and \
+                    0 in tuple(tensor.values().shape[batch + 1:batch + 3]):
+                raise ValueError("a block of the values has a zero dimension")
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         raise UnsafeModel(
             "SH108 unchecked-state: the pickle builds a sparse tensor whose indices fail "

@@ -429,7 +429,11 @@ def _check_compressed(layout: str, compressed: _Index, plain: _Index,
         raise _Unproven("the size has other than batch + 2 + dense dimensions")
     if not (size[:batch] == cidx.shape[:batch] == idx.shape[:batch] == values[:batch]):
         raise _Unproven("batch dimensions differ between indices, values and size")
-    blocks = (max(1, values[batch + 1]), max(1, values[batch + 2])) if block else (1, 1)
+    if block and not (values[batch + 1] and values[batch + 2]):
+        # torch's validation passes an empty block, and its kernels divide by the block
+        # size (to_dense() dies of SIGFPE); torch never makes one (to_sparse_bsr refuses)
+        raise _Unproven("a block of the values has a zero dimension")
+    blocks = (values[batch + 1], values[batch + 2]) if block else (1, 1)
     if block and (size[batch] % blocks[0] or size[batch + 1] % blocks[1]):
         raise _Unproven("the size is not made of whole blocks")
     if tuple(values[batch + 1 + block:]) != size[batch + 2:]:

@@ -443,3 +443,25 @@ def test_a_storage_key_with_a_nul_reads_the_record_torch_reads(tmp_path: Path) -
     report = scan_one(path, ScanOptions(block_severity=Severity.HIGH))
     assert report.verdict is Verdict.UNSAFE and "SH108" in rules(report)
     assert any("outside the plain dimension" in f.message for f in report.findings)
+
+
+def test_a_bsr_tensor_with_empty_blocks_is_refused(tmp_path: Path) -> None:
+    # Blocks of 1x0 values: torch's own validation (check_sparse_tensor_invariants)
+    # passes the tensor, so the scan, which applies it, passed the file; torch.load's
+    # default loads it and the first to_dense() divides by the block width (SIGFPE).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bsr = torch.sparse_bsr_tensor(torch.tensor([0, 1, 2, 2, 2]), torch.tensor([0, 1]),
+                                      torch.ones(2, 1, 0), (4, 4), check_invariants=False)
+    path = tmp_path / "empty-blocks.pt"
+    torch.save({"w": bsr}, path)
+    code = ("import sys, warnings; warnings.simplefilter('ignore'); import torch\n"
+            "with torch.sparse.check_sparse_tensor_invariants(True):\n"
+            "    w = torch.load(sys.argv[1])['w']\n"
+            "print('loaded', flush=True); w.to_dense()")
+    run = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert run.stdout.startswith("loaded") and run.returncode == -signal.SIGFPE, run
+    report = scan_one(path)
+    assert report.verdict is Verdict.UNSAFE and rules(report) == {"SH108"}
+    assert "zero dimension" in report.findings[0].message
