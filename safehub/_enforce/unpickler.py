@@ -176,6 +176,12 @@ def _rebuild_sparse_checked(layout: Any, data: Any) -> Any:
                 torch._validate_sparse_compressed_tensor_args(
                     *pair, tensor.values(), tensor.size(), tensor.layout,
                     check_pinning=False)
+            # torch's check passes an empty block, and its kernels divide by the block
+            # size (to_dense() dies of SIGFPE); to_sparse_bsr never makes one
+            batch = compressed.dim() - 1
+            if tensor.layout in (torch.sparse_bsr, torch.sparse_bsc) and \
+                    0 in tuple(tensor.values().shape[batch + 1:batch + 3]):
+                raise ValueError("a block of the values has a zero dimension")
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         raise UnsafeModel(
             "SH108 unchecked-state: the pickle builds a sparse tensor whose indices fail "
@@ -326,6 +332,12 @@ def _check_dtype_state(obj: object) -> None:
     try:
         if obj.names is not None:
             fields = obj.fields
+            # numpy takes each entry's first member for a dtype without looking, and a
+            # dtype compares equal to its string ('<i4'): the comparison below would pass
+            # a string where numpy then reads a dtype's memory (copy() crashes)
+            if not all(type(v) is tuple and len(v) in (2, 3) and isinstance(v[0], numpy.dtype)
+                       and type(v[1]) is int for v in fields.values()):
+                raise ValueError("fields")
             fresh = numpy.dtype({"names": list(obj.names),
                                  "formats": [fields[n][0] for n in obj.names],
                                  "offsets": [fields[n][1] for n in obj.names],
@@ -347,8 +359,12 @@ def _check_dtype_state(obj: object) -> None:
     except (TypeError, ValueError, KeyError):
         same = False
     if not same:
+        try:
+            shown = repr(obj)
+        except Exception:  # its repr reads the very fields that are wrong
+            shown = "a dtype numpy cannot show"
         raise UnsafeModel(
-            f"SH108 unchecked-state: the pickle gives a numpy dtype a state ({obj!r}, flags "
+            f"SH108 unchecked-state: the pickle gives a numpy dtype a state ({shown}, flags "
             f"{obj.flags}) that numpy's own layout rules do not produce: arrays of it would "
             "take raw bytes for object pointers or reach memory outside their data",
             subject="numpy.dtype", fix="do not load this file")

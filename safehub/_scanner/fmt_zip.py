@@ -193,9 +193,12 @@ class ZipStorages:
         return names
 
     def _entry(self, name: str) -> ZipEntry | str | None:
-        found = self._index().get(_ascii_lower(self._prefix + name), [])
+        # torch hands miniz the name as a C string: a storage key with a NUL names the
+        # record up to it ('0\x00x' reads data/0, not a record named data/0\x00x)
+        name = (self._prefix + name).split("\0", 1)[0]
+        found = self._index().get(_ascii_lower(name), [])
         if len(found) > 1:
-            return f"several records answer to {self._prefix + name!r} (miniz picks one)"
+            return f"several records answer to {name!r} (miniz picks one)"
         return found[0] if found else None
 
     @property

@@ -101,7 +101,7 @@ def unchecked_index_problems(res: StreamResult, records: StorageRecords | None) 
     if written:
         yield sparse[0], written
         return
-    storages = _storage_types(res)
+    storages = _Storages(res)
     budget = [MAX_INDEX_BYTES]
     for call in res.calls:
         if id(call.func) not in ids:
@@ -166,7 +166,26 @@ def _written_tensor(res: StreamResult) -> str:
         if call.builds and isinstance(call.func, Global) and call.func.effective.startswith(
                 "torch."):
             return f"BUILD sets the state of a torch object (offset {call.offset})"
+        if _sets_tensor_state(call):
+            return (f"{render(call.func)[:80]} sets attributes on a tensor (offset "
+                    f"{call.offset}): Tensor's real and imag setters copy into its storage, "
+                    "which index tensors share")
     return ""
+
+
+# torch's rebuilds that setattr a state's entries on the tensor they make (torch.save
+# writes a state only for tensor subclasses and tensors with Python attributes, and
+# torch._utils._set_obj_state applies it whatever its keys).
+_STATE_REBUILDS = ("torch._tensor._rebuild_from_type_v2",
+                   "torch._utils._rebuild_parameter_with_state")
+
+
+def _sets_tensor_state(call: Call) -> bool:
+    if not (isinstance(call.func, Global) and call.func.effective in _STATE_REBUILDS):
+        return False
+    state = call.args[3] if isinstance(call.args, tuple) and len(call.args) == 4 else call.args
+    parts = state if isinstance(state, tuple) and len(state) == 2 else (state,)
+    return not all(p is None or (isinstance(p, SymDict) and not p.items) for p in parts)
 
 
 def _torch_object(call: Call) -> bool:
@@ -177,20 +196,41 @@ def _torch_object(call: Call) -> bool:
     return not isinstance(func, Global) or func.effective.startswith("torch.")
 
 
-def _storage_types(res: StreamResult) -> dict[str, tuple[str, int]]:
+class _Storages:
     """Storage key -> (type name, element count) as torch's persistent_load decides them:
     the first reference to a key loads it, later ones get that storage back whatever
     type and size they name. Empty storages are not remembered (their data pointer is
-    null), so each reference to one loads its own."""
-    types: dict[str, tuple[str, int]] = {}
-    for ref in res.persistent:
-        parsed = _storage_ref(ref.pid)
-        if parsed is None:
-            continue
-        key, type_name, numel = parsed
-        if key not in types and numel > 0:
-            types[key] = (type_name, numel)
-    return types
+    null), so each reference to one loads its own.
+
+    A reference not read exactly here (``b'storage'``, a bool count, a storage class
+    named otherwise) may still be the one torch loads first, with its own type: its key
+    is ``unread``, and a key that is not a plain string (torch takes any) makes every
+    key unread, so that no index from such a storage is vouched for."""
+
+    def __init__(self, res: StreamResult):
+        self.types: dict[str, tuple[str, int]] = {}
+        self.unread: set[str] = set()
+        self.any_unread = False
+        for ref in res.persistent:
+            parsed = _storage_ref(ref.pid)
+            if parsed is None:
+                pid = ref.pid
+                key = pid[2] if isinstance(pid, tuple) and len(pid) == 5 else None
+                if isinstance(key, str):
+                    self.unread.add(key)
+                else:
+                    self.any_unread = True
+                continue
+            key, type_name, numel = parsed
+            if key not in self.types and key not in self.unread and numel > 0:
+                self.types[key] = (type_name, numel)
+
+    def first(self, key: str, named: tuple[str, int]) -> tuple[str, int]:
+        """The type and count of the storage torch gives a reference to ``key``."""
+        if self.any_unread or key in self.unread:
+            raise _Unproven(f"index storage {key!r} may be loaded first by a storage "
+                            "reference not read here, with the type that one names")
+        return self.types.get(key, named)
 
 
 def _storage_ref(pid: object) -> tuple[str, str, int] | None:
@@ -199,12 +239,13 @@ def _storage_ref(pid: object) -> tuple[str, str, int] | None:
             and isinstance(pid[4], int) and not isinstance(pid[4], bool) and pid[4] >= 0):
         return None
     module, _, name = pid[1].effective.rpartition(".")
-    if module not in ("torch", "torch.cuda") or not name.endswith("Storage"):
+    # torch.UntypedStorage pickles as torch.storage.UntypedStorage (uint8 elements)
+    if module not in ("torch", "torch.cuda", "torch.storage") or not name.endswith("Storage"):
         return None
     return pid[2], name[: -len("Storage")], pid[4]
 
 
-def _check_rebuild(call: Call, records: StorageRecords, storages: dict[str, tuple[str, int]],
+def _check_rebuild(call: Call, records: StorageRecords, storages: _Storages,
                    budget: list[int]) -> None:
     args = call.args
     if not (isinstance(args, tuple) and len(args) == 2 and isinstance(args[1], tuple)):
@@ -285,7 +326,7 @@ class _Index:
         self.strides = strides
 
 
-def _index_tensor(value: object, records: StorageRecords, storages: dict[str, tuple[str, int]],
+def _index_tensor(value: object, records: StorageRecords, storages: _Storages,
                   budget: list[int], types: tuple[str, ...] = ("Int", "Long")) -> _Index:
     import numpy as np
 
@@ -295,7 +336,8 @@ def _index_tensor(value: object, records: StorageRecords, storages: dict[str, tu
     if parsed is None:
         raise _Unproven("the index tensor's storage is not a storage record reference")
     key = parsed[0]
-    type_name, numel = storages.get(key, parsed[1:])
+    first = storages.first(key, parsed[1:])
+    type_name, numel = first
     code = _INDEX_TYPES.get(type_name) if type_name in types else None
     if code is None:
         raise _Unproven(f"index storage {key!r} holds {type_name}, not {' or '.join(types)}")
@@ -387,7 +429,11 @@ def _check_compressed(layout: str, compressed: _Index, plain: _Index,
         raise _Unproven("the size has other than batch + 2 + dense dimensions")
     if not (size[:batch] == cidx.shape[:batch] == idx.shape[:batch] == values[:batch]):
         raise _Unproven("batch dimensions differ between indices, values and size")
-    blocks = (max(1, values[batch + 1]), max(1, values[batch + 2])) if block else (1, 1)
+    if block and not (values[batch + 1] and values[batch + 2]):
+        # torch's validation passes an empty block, and its kernels divide by the block
+        # size (to_dense() dies of SIGFPE); torch never makes one (to_sparse_bsr refuses)
+        raise _Unproven("a block of the values has a zero dimension")
+    blocks = (values[batch + 1], values[batch + 2]) if block else (1, 1)
     if block and (size[batch] % blocks[0] or size[batch + 1] % blocks[1]):
         raise _Unproven("the size is not made of whole blocks")
     if tuple(values[batch + 1 + block:]) != size[batch + 2:]:
@@ -425,7 +471,7 @@ def _check_compressed(layout: str, compressed: _Index, plain: _Index,
 _MAX_BUFFER = 1 << 50  # elements; past it float64 extents would not be exact
 
 
-def _check_nested(call: Call, records: StorageRecords, storages: dict[str, tuple[str, int]],
+def _check_nested(call: Call, records: StorageRecords, storages: _Storages,
                   budget: list[int]) -> None:
     """torch's ``_nested_view_from_buffer``: a 1-D contiguous buffer, Long metadata with
     ``sizes`` and ``strides`` of one (rows, dims) shape and one offset per row (checked

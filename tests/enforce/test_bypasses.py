@@ -655,8 +655,18 @@ _SPARSE_LEGACY = (b"\x80\x02ctorch.sparse\nFloatTensor\nctorch\nLongTensor\n](](
                   b"\x00\x00\x00\x00\x00\x00G@\x00\x00\x00\x00\x00\x00\x00e\x85RK\x04K\x04\x86"
                   b"\x87R.")
 
+# A 4x4 BSR tensor whose blocks are 1x0: torch's own validation passes it, and to_dense()
+# divides by the block width (SIGFPE). to_sparse_bsr never makes an empty block.
+_SPARSE_BSR_EMPTY_BLOCKS = (
+    b"\x80\x02ctorch._utils\n_rebuild_sparse_tensor\nctorch.serialization\n_get_layout\n"
+    + _binunicode("torch.sparse_bsr") + b"\x85R(ctorch\nLongTensor\n](K\x00K\x01K\x02K\x02"
+    b"K\x02e\x85Rctorch\nLongTensor\n](K\x00K\x01e\x85Rctorch\nFloatTensor\n](]]a]]ae"
+    b"\x85RK\x04K\x04\x86t\x86R.")
+
 
 @pytest.mark.parametrize(("payload", "entry"), [
+    ("_SPARSE_BSR_EMPTY_BLOCKS", "pickle.loads(D)"),
+    ("_SPARSE_BSR_EMPTY_BLOCKS", "torch.load(P, weights_only=False)"),
     ("_SPARSE_CSR", "pickle.loads(D)"), ("_SPARSE_CSR", "pickle._loads(D)"),
     ("_SPARSE_CSR", "torch.load(P, weights_only=False)"),
     ("_SPARSE_LEGACY", "pickle.loads(D)"), ("_SPARSE_LEGACY", "joblib.load(io.BytesIO(D))"),

@@ -161,3 +161,24 @@ def test_title_entries_are_checked_like_fields() -> None:
                 pickle.loads(data)
         back = pickle.loads(pickle.dumps(real, protocol=2))
     assert back.dtype == titled and back[0]["T"] == 1 and back[0]["b"] == "x"
+
+
+def test_a_field_whose_dtype_is_a_string_is_refused() -> None:
+    """numpy's ``dtype.__setstate__`` keeps a field entry ``('<i4', 0)`` as given, and a
+    dtype compares equal to its string: the state matched the layout rebuilt from it,
+    pickle.load under enforcement returned the array, and its first ``copy()`` crashed
+    (numpy reads the string as a dtype). Each field's dtype must be a dtype."""
+    dtype = np.dtype.__new__(np.dtype, "V4")
+    dtype.__setstate__((3, "|", None, ("a",), {"a": ("<i4", 0)}, 4, 1, 16))
+    data = pickle.dumps({"w": np.zeros(2, dtype=dtype)}, protocol=2)
+    code = ("import pickle, sys, safehub; safehub.enforce('default'); "
+            "w = pickle.loads(sys.stdin.buffer.read())['w']; print('loaded', flush=True); "
+            "w.copy()")
+    before = subprocess.run([sys.executable, "-c", code.replace("safehub.enforce('default'); ",
+                                                                "")],
+                            input=data, capture_output=True, timeout=120, check=False)
+    assert before.stdout == b"loaded\n" and before.returncode < 0, before
+    env = {**os.environ, "PYTHONPATH": str(_ROOT)}
+    enforced = subprocess.run([sys.executable, "-c", code], input=data, capture_output=True,
+                              timeout=120, check=False, env=env)
+    assert enforced.returncode == 1 and b"UnsafeModel: SH108" in enforced.stderr, enforced

@@ -14,9 +14,11 @@ rebuild function.
 from __future__ import annotations
 
 import collections
+import io
 import pickle
 import pickletools
 import signal
+import struct
 import subprocess
 import sys
 import warnings
@@ -245,3 +247,221 @@ def test_a_build_shrinking_the_values_after_the_rebuild_is_refused(tmp_path: Pat
     report = scan_one(path)
     assert report.verdict is Verdict.UNSAFE and "SH108" in rules(report)
     assert "BUILD" in report.findings[0].message
+
+
+class _Pid:
+    """An object pickled as the persistent id ``pid``."""
+
+    def __init__(self, pid: tuple[object, ...]):
+        self.pid = pid
+
+
+class _PidPickler(pickle.Pickler):
+    def persistent_id(self, obj: object) -> object:
+        return obj.pid if isinstance(obj, _Pid) else None
+
+
+def _view(pid: tuple[object, ...], offset: int, length: int) -> _Reduce:
+    return _Reduce(torch._utils._rebuild_tensor_v2, (_Pid(pid), offset, (length,), (1,),
+                                                     False, collections.OrderedDict()))
+
+
+def _csr_over(first: Callable[[str, int], tuple[object, ...]], protocol: int = 2) -> bytes:
+    """A 2x2 CSR tensor whose index tensors name LongStorage records '0' and '1' holding
+    valid int64 indices ([0, 1, 2] and [0, 1]) at element offsets 3 and 2, after a
+    ``first(key, nbytes)`` reference to each record. Read with another element type, the
+    same offsets point at bytes [0, 2, 2] and [0, 255]: two columns in row 0, one of them
+    255."""
+    def long(key: str, numel: int) -> tuple[object, ...]:
+        return ("storage", torch.LongStorage, key, "cpu", numel)
+
+    layout = _Reduce(torch.serialization._get_layout, ("torch.sparse_csr",))
+    sparse = _Reduce(torch._utils._rebuild_sparse_tensor, (layout, (
+        _view(long("0", 6), 3, 3), _view(long("1", 4), 2, 2),
+        _view(("storage", torch.FloatStorage, "2", "cpu", 2), 0, 2), (2, 2))))
+    buf = io.BytesIO()
+    _PidPickler(buf, protocol=protocol).dump({"a": _Pid(first("0", 48)), "b": _Pid(first("1", 32)),
+                                       "w": sparse})
+    return buf.getvalue()
+
+
+def _write_archive(path: Path, data_pkl: bytes) -> None:
+    records = {"data.pkl": data_pkl, "byteorder": b"little", "version": b"3\n",
+               "data/0": bytes([7, 7, 7, 0, 2, 2]) + bytes(18) + struct.pack("<3q", 0, 1, 2),
+               "data/1": bytes([9, 9, 0, 255]) + bytes(12) + struct.pack("<2q", 0, 1),
+               "data/2": struct.pack("<2f", 1.0, 2.0)}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for name, body in records.items():
+            z.writestr(f"archive/{name}", body)
+
+
+def test_index_storage_loaded_first_with_another_type_is_refused(tmp_path: Path) -> None:
+    # torch's persistent_load keeps the type of a key's first reference: an untyped
+    # storage (torch.storage.UntypedStorage, allowed by weights_only) loads records '0'
+    # and '1' as bytes, and the LongStorage views over them are uint8 index tensors,
+    # which the sparse constructor takes. The scan read the indices as the int64 the
+    # views name (valid) and passed the file: torch.load's default crashed on first use.
+    path = tmp_path / "untyped-first.pt"
+    _write_archive(path, _csr_over(
+        lambda key, nbytes: ("storage", torch.UntypedStorage, key, "cpu", nbytes)))
+    code = ("import sys, warnings; warnings.simplefilter('ignore'); import torch; "
+            "w = torch.load(sys.argv[1])['w']; print('loaded', w.col_indices().tolist(), "
+            "flush=True); (w @ torch.ones(2, 10**6)).sum()")
+    run = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert run.stdout.startswith("loaded [0, 255]") and run.returncode == -signal.SIGSEGV, run
+    report = scan_one(path)
+    assert report.verdict is Verdict.UNSAFE and "SH108" in rules(report)
+    assert "Untyped" in report.findings[0].message
+
+
+def test_index_storage_first_referenced_in_a_form_not_read_is_refused(
+        tmp_path: Path) -> None:
+    # b'storage' (protocol 3 BINBYTES) is 'storage' to torch.load(weights_only=False):
+    # an IntStorage reference so spelled loads the records as int32, and the scan, which
+    # did not read that reference, took the LongStorage views for int64 (valid).
+    path = tmp_path / "bytes-first.pt"
+    data = _csr_over(lambda key, nbytes: (b"storage", torch.IntStorage, key, "cpu",
+                                          nbytes // 4), protocol=3)
+    _write_archive(path, data)
+    code = ("import sys, warnings; warnings.simplefilter('ignore'); import torch; "
+            "w = torch.load(sys.argv[1], weights_only=False)['w']; "
+            "print('loaded', w.col_indices().dtype, flush=True)")
+    run = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert run.stdout.startswith("loaded torch.int32"), run
+    report = scan_one(path)
+    assert report.verdict is Verdict.UNSAFE and "SH108" in rules(report)
+    assert rules(report) == {"SH108"} and "not read here" in report.findings[0].message
+
+
+def test_an_untyped_storage_beside_a_sparse_tensor_scans_clean(tmp_path: Path) -> None:
+    path = tmp_path / "beside.pt"
+    torch.save({"u": torch.UntypedStorage(8), "w": torch.eye(3).to_sparse()}, path)
+    report = scan_one(path)
+    assert report.verdict is Verdict.CLEAN, report.findings
+
+
+def _long(key: str, numel: int) -> tuple[object, ...]:
+    return ("storage", torch.LongStorage, key, "cpu", numel)
+
+
+_STATE_WRITERS: dict[str, Callable[[object, object], _Reduce]] = {
+    "from_type": lambda tensor_args, state: _Reduce(torch._tensor._rebuild_from_type_v2, (
+        torch._utils._rebuild_tensor_v2, torch.Tensor, tensor_args, state)),
+    "parameter": lambda tensor_args, state: _Reduce(
+        torch._utils._rebuild_parameter_with_state, (
+            _Reduce(torch._utils._rebuild_tensor_v2, tensor_args), False,
+            collections.OrderedDict(), state)),
+}
+
+
+@pytest.mark.parametrize("writer", sorted(_STATE_WRITERS))
+def test_a_state_setting_real_on_a_tensor_over_the_indices_is_refused(
+        writer: str, tmp_path: Path) -> None:
+    # Valid CSR index records; another tensor over the column indices' storage is rebuilt
+    # with the state {'real': [0, 10**8]}: torch's _set_obj_state does setattr, and
+    # Tensor.real's setter copies into the storage the CSR tensor's indices share. Every
+    # global is allowed and the pickle has no SETITEM or BUILD; the scan passed it, and
+    # torch.load's default crashed on the first product.
+    layout = _Reduce(torch.serialization._get_layout, ("torch.sparse_csr",))
+    sparse = _Reduce(torch._utils._rebuild_sparse_tensor, (layout, (
+        _view(_long("0", 3), 0, 3), _view(_long("1", 2), 0, 2),
+        _view(("storage", torch.FloatStorage, "2", "cpu", 2), 0, 2), (2, 2))))
+    over = (_Pid(_long("1", 2)), 0, (2,), (1,), False, collections.OrderedDict())
+    buf = io.BytesIO()
+    _PidPickler(buf, protocol=2).dump({"w": sparse, "x": _STATE_WRITERS[writer](
+        over, {"real": _view(_long("3", 2), 0, 2)})})
+    path = tmp_path / "real-setter.pt"
+    records = {"data.pkl": buf.getvalue(), "byteorder": b"little", "version": b"3\n",
+               "data/0": struct.pack("<3q", 0, 1, 2), "data/1": struct.pack("<2q", 0, 1),
+               "data/2": struct.pack("<2f", 1.0, 2.0), "data/3": struct.pack("<2q", 0, 10**8)}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for name, body in records.items():
+            z.writestr(f"archive/{name}", body)
+    code = ("import sys, warnings; warnings.simplefilter('ignore'); import torch; "
+            "w = torch.load(sys.argv[1])['w']; print('loaded', w.col_indices().tolist(), "
+            "flush=True); (w @ torch.ones(2, 10**6)).sum()")
+    run = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert (run.stdout.startswith("loaded [0, 100000000]")
+            and run.returncode == -signal.SIGSEGV), run
+    report = scan_one(path)
+    assert report.verdict is Verdict.UNSAFE and rules(report) == {"SH108"}
+    assert "sets attributes on a tensor" in report.findings[0].message
+
+
+def test_an_empty_tensor_state_beside_a_sparse_tensor_scans_clean(tmp_path: Path) -> None:
+    # what torch.save writes for a tensor subclass: _rebuild_from_type_v2 with state {}
+    valid = tmp_path / "valid.pt"
+    torch.save({"w": torch.eye(2).to_sparse()}, valid)
+    args = (_Pid(("storage", torch.FloatStorage, "9", "cpu", 1)), 0, (1,), (1,), False,
+            collections.OrderedDict())
+    buf = io.BytesIO()
+    _PidPickler(buf, protocol=2).dump(_STATE_WRITERS["from_type"](args, {}))
+    extra = buf.getvalue()[2:-1]  # the call alone, stored under a new key
+
+    def edit(data: bytes) -> bytes:
+        at = data.rindex(b".")
+        return data[:at] + b"X\x01\x00\x00\x00z" + extra + b"s" + data[at:]
+
+    path = tmp_path / "beside.pt"
+    _with_data_pkl(valid, path, edit)
+    with zipfile.ZipFile(path, "a") as z:
+        z.writestr("valid/data/9", struct.pack("<f", 1.0))
+    assert torch.load(path)["z"].tolist() == [1.0]
+    report = scan_one(path)
+    assert report.verdict is Verdict.CLEAN, report.findings
+
+
+def test_a_storage_key_with_a_nul_reads_the_record_torch_reads(tmp_path: Path) -> None:
+    # Column indices under key '1\x00zz': torch looks the record up as a C string and
+    # reads data/1 (column 10**8); the scan read the valid record named data/1\x00zz.
+    # Its only other finding (SH115, the name zipfile cuts to data/1) is medium: the
+    # permissive policy passed the file, and torch.load's default crashed on first use.
+    layout = _Reduce(torch.serialization._get_layout, ("torch.sparse_csr",))
+    sparse = _Reduce(torch._utils._rebuild_sparse_tensor, (layout, (
+        _view(_long("0", 3), 0, 3), _view(_long("1\0zz", 2), 0, 2),
+        _view(("storage", torch.FloatStorage, "2", "cpu", 2), 0, 2), (2, 2))))
+    buf = io.BytesIO()
+    _PidPickler(buf, protocol=2).dump({"w": sparse})
+    records = {"data.pkl": buf.getvalue(), "byteorder": b"little", "version": b"3\n",
+               "data/0": struct.pack("<3q", 0, 1, 2), "data/1": struct.pack("<2q", 0, 10**8),
+               "data/1Yzz": struct.pack("<2q", 0, 1), "data/2": struct.pack("<2f", 1.0, 2.0)}
+    path = tmp_path / "nul-key.pt"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for name, body in records.items():
+            z.writestr(f"archive/{name}", body)
+    path.write_bytes(path.read_bytes().replace(b"data/1Yzz", b"data/1\0zz"))
+    code = ("import sys, warnings; warnings.simplefilter('ignore'); import torch; "
+            "w = torch.load(sys.argv[1])['w']; print('loaded', w.col_indices().tolist(), "
+            "flush=True); (w @ torch.ones(2, 10**6)).sum()")
+    run = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert (run.stdout.startswith("loaded [0, 100000000]")
+            and run.returncode == -signal.SIGSEGV), run
+    report = scan_one(path, ScanOptions(block_severity=Severity.HIGH))
+    assert report.verdict is Verdict.UNSAFE and "SH108" in rules(report)
+    assert any("outside the plain dimension" in f.message for f in report.findings)
+
+
+def test_a_bsr_tensor_with_empty_blocks_is_refused(tmp_path: Path) -> None:
+    # Blocks of 1x0 values: torch's own validation (check_sparse_tensor_invariants)
+    # passes the tensor, so the scan, which applies it, passed the file; torch.load's
+    # default loads it and the first to_dense() divides by the block width (SIGFPE).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bsr = torch.sparse_bsr_tensor(torch.tensor([0, 1, 2, 2, 2]), torch.tensor([0, 1]),
+                                      torch.ones(2, 1, 0), (4, 4), check_invariants=False)
+    path = tmp_path / "empty-blocks.pt"
+    torch.save({"w": bsr}, path)
+    code = ("import sys, warnings; warnings.simplefilter('ignore'); import torch\n"
+            "with torch.sparse.check_sparse_tensor_invariants(True):\n"
+            "    w = torch.load(sys.argv[1])['w']\n"
+            "print('loaded', flush=True); w.to_dense()")
+    run = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert run.stdout.startswith("loaded") and run.returncode == -signal.SIGFPE, run
+    report = scan_one(path)
+    assert report.verdict is Verdict.UNSAFE and rules(report) == {"SH108"}
+    assert "zero dimension" in report.findings[0].message
