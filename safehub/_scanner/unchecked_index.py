@@ -391,14 +391,17 @@ def _check_coo(indices: _Index, values: tuple[int, ...], size: tuple[int, ...],
         raise _Unproven("COO size has other than sparse_dim + dense_dim dimensions")
     if nnz != values[0] or tuple(values[1:]) != size[sparse_dim:]:
         raise _Unproven("COO values do not match the indices' nnz and the dense sizes")
-    if ind.size == 0:
-        return
-    if int(ind.min()) < 0:
-        raise _Unproven("COO indices hold a negative index")
-    bounds = np.array(size[:sparse_dim], dtype=np.int64)
-    if bool((ind.max(axis=1) >= bounds).any()):
-        raise _Unproven("COO indices hold an index past the size")
+    if ind.size:
+        if int(ind.min()) < 0:
+            raise _Unproven("COO indices hold a negative index")
+        bounds = np.array(size[:sparse_dim], dtype=np.int64)
+        if bool((ind.max(axis=1) >= bounds).any()):
+            raise _Unproven("COO indices hold an index past the size")
     if coalesced and nnz > 1:
+        # With no sparse dims every entry has the same (empty) index: torch's validation
+        # lets that pass as coalesced, and its kernels then add all the entries into one
+        # place from several threads unsynchronized (to_dense() sums come out wrong);
+        # torch's coalesce() never leaves more than one entry there.
         # flatten_indices: row-major linear index over the sparse dims, int64 arithmetic
         linear = np.zeros(nnz, dtype=np.int64)
         with np.errstate(over="ignore"):

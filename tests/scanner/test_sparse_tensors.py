@@ -465,3 +465,32 @@ def test_a_bsr_tensor_with_empty_blocks_is_refused(tmp_path: Path) -> None:
     report = scan_one(path)
     assert report.verdict is Verdict.UNSAFE and rules(report) == {"SH108"}
     assert "zero dimension" in report.findings[0].message
+
+
+def test_a_coalesced_coo_tensor_without_sparse_dims_holding_several_entries_is_refused(
+        tmp_path: Path) -> None:
+    # No sparse dims: every entry sits at the one empty index. torch's validation passes it
+    # marked coalesced (so the scan, which mirrors it, did too), and torch's kernels trust
+    # the mark: coalesce() keeps every entry, and to_dense() adds them into one place from
+    # several threads unsynchronized, so its sums come out wrong and vary from run to run.
+    n = 1000
+    bad = torch.sparse_coo_tensor(torch.zeros(0, n, dtype=torch.long), torch.ones(n, 3), (3,),
+                                  check_invariants=False, is_coalesced=True)
+    path = tmp_path / "scalar.pt"
+    torch.save({"w": bad}, path)
+    code = ("import sys, torch; w = torch.load(sys.argv[1])['w']; "
+            "print(w.is_coalesced(), w.coalesce()._nnz())")
+    run = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert run.stdout.split() == ["True", str(n)], run
+    report = scan_one(path)  # was CLEAN
+    assert report.verdict is Verdict.UNSAFE and "SH108" in rules(report)
+    # torch's own such tensors, coalesced to one entry or not marked, still scan clean
+    good = torch.sparse_coo_tensor(
+        torch.zeros(0, 1, dtype=torch.long), torch.full((1, 3), float(n)), (3,),
+        is_coalesced=True)
+    uncoalesced = torch.sparse_coo_tensor(torch.zeros(0, n, dtype=torch.long),
+                                          torch.ones(n, 3), (3,))
+    for i, ok in enumerate((good, uncoalesced)):
+        torch.save({"w": ok}, tmp_path / f"ok{i}.pt")
+        assert scan_one(tmp_path / f"ok{i}.pt").verdict is Verdict.CLEAN
