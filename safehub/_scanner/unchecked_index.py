@@ -115,6 +115,44 @@ def unchecked_index_problems(res: StreamResult, records: StorageRecords | None) 
                 _check_rebuild(call, records, storages, budget)
         except _Unproven as exc:
             yield call, str(exc)
+    shared = _shared_index_storage(res, storages)
+    if shared:
+        yield sparse[0], shared
+
+
+def _shared_index_storage(res: StreamResult, storages: _Storages) -> str:
+    """Why a storage holding index data is reachable other than through index tensors: a
+    values tensor, nested buffer or dense tensor over it lets an in-place op on that
+    tensor (``sparse.mul_(k)`` scales its own values) rewrite the indices checked here."""
+    if not storages.index_keys:
+        return ""
+    seen: set[int] = set()
+    todo: list[object] = [res.value]
+    for call in res.calls:
+        if id(call) not in storages.index_calls:
+            todo.extend((call.args, call.kwargs, call.state))
+    todo.extend(m.target for m in res.mutations)
+    while todo:
+        value = todo.pop()
+        if id(value) in seen or isinstance(value, (str, bytes, int, float)) or value is None:
+            continue
+        seen.add(id(value))
+        if isinstance(value, PersistentRef):
+            parsed = _storage_ref(value.pid)
+            if parsed is not None and parsed[0] in storages.index_keys:
+                return (f"storage {parsed[0]!r} holds index data and also backs a tensor "
+                        "that is not an index tensor: an in-place op on it rewrites the "
+                        "indices")
+        elif isinstance(value, tuple):
+            todo.extend(value)
+        elif isinstance(value, (SymList, SymSet)):
+            todo.extend(value.items)
+        elif isinstance(value, SymDict):
+            for k, v in value.items:
+                todo.extend((k, v))
+        elif isinstance(value, Call) and id(value) not in storages.index_calls:
+            todo.extend((value.args, value.kwargs, value.state))
+    return ""
 
 
 def _stray_use(res: StreamResult, ids: set[int]) -> str:
@@ -211,6 +249,9 @@ class _Storages:
         self.types: dict[str, tuple[str, int]] = {}
         self.unread: set[str] = set()
         self.any_unread = False
+        # the storages index tensors read, and those tensors' rebuild calls
+        self.index_keys: set[str] = set()
+        self.index_calls: set[int] = set()
         for ref in res.persistent:
             parsed = _storage_ref(ref.pid)
             if parsed is None:
@@ -336,6 +377,8 @@ def _index_tensor(value: object, records: StorageRecords, storages: _Storages,
     if parsed is None:
         raise _Unproven("the index tensor's storage is not a storage record reference")
     key = parsed[0]
+    storages.index_keys.add(key)
+    storages.index_calls.add(id(value))
     first = storages.first(key, parsed[1:])
     type_name, numel = first
     code = _INDEX_TYPES.get(type_name) if type_name in types else None

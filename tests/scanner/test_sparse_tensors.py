@@ -494,3 +494,32 @@ def test_a_coalesced_coo_tensor_without_sparse_dims_holding_several_entries_is_r
     for i, ok in enumerate((good, uncoalesced)):
         torch.save({"w": ok}, tmp_path / f"ok{i}.pt")
         assert scan_one(tmp_path / f"ok{i}.pt").verdict is Verdict.CLEAN
+
+
+def test_values_over_the_index_storage_are_refused(tmp_path: Path) -> None:
+    # Valid indices whose storage also backs the values (or a dense tensor beside them):
+    # torch.save keeps the aliasing, torch's validation passes it, and a common in-place
+    # op on the values (w.mul_(k), scaling a weight) rewrites the row pointers, so the
+    # next to_dense() reads far outside the tensor.
+    s = torch.tensor([0, 1, 1, 0])  # crow_indices [0, 1, 1], col_indices [0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sparse CSR support is in beta
+        aliased = torch.sparse_csr_tensor(s[0:3], s[3:4], s[1:2], (2, 2))  # value: crow[1]
+        plain = torch.sparse_csr_tensor(torch.tensor([0, 1, 1]), torch.tensor([0]),
+                                        torch.tensor([1]), (2, 2))
+    path = tmp_path / "aliased.pt"
+    torch.save({"w": aliased}, path)
+    code = ("import sys, warnings; warnings.simplefilter('ignore'); import torch; "
+            "w = torch.load(sys.argv[1])['w']; w.to_dense(); print('loaded', flush=True); "
+            "w.mul_(10**8); w.to_dense()")
+    run = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert run.stdout.startswith("loaded"), run
+    assert run.returncode == -signal.SIGSEGV, run
+    report = scan_one(path)  # was CLEAN
+    assert report.verdict is Verdict.UNSAFE and "SH108" in rules(report)
+    # a dense tensor over the index storage beside the sparse one: refused too
+    torch.save({"w": plain, "d": plain.crow_indices()}, tmp_path / "dense.pt")
+    assert "SH108" in rules(scan_one(tmp_path / "dense.pt"))
+    torch.save({"w": plain, "d": plain.crow_indices().clone()}, tmp_path / "apart.pt")
+    assert scan_one(tmp_path / "apart.pt").verdict is Verdict.CLEAN
