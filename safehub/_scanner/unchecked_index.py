@@ -23,7 +23,7 @@ Long, shaped alike, and every component inside the buffer.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
 from safehub._scanner.pickle_vm import (
@@ -126,32 +126,20 @@ def _shared_index_storage(res: StreamResult, storages: _Storages) -> str:
     tensor (``sparse.mul_(k)`` scales its own values) rewrite the indices checked here."""
     if not storages.index_keys:
         return ""
-    seen: set[int] = set()
-    todo: list[object] = [res.value]
-    for call in res.calls:
-        if id(call) not in storages.index_calls:
-            todo.extend((call.args, call.kwargs, call.state))
-    todo.extend(m.target for m in res.mutations)
-    while todo:
-        value = todo.pop()
-        if id(value) in seen or isinstance(value, (str, bytes, int, float)) or value is None:
-            continue
-        seen.add(id(value))
+
+    def parts(call: Call) -> tuple[object, ...]:
+        return () if id(call) in storages.index_calls else (call.args, call.kwargs,
+                                                           call.state)
+
+    roots: list[object] = [res.value, *(part for call in res.calls for part in parts(call)),
+                           *(m.target for m in res.mutations)]
+    for value in _reachable(roots, parts):
         if isinstance(value, PersistentRef):
             parsed = _storage_ref(value.pid)
             if parsed is not None and parsed[0] in storages.index_keys:
                 return (f"storage {parsed[0]!r} holds index data and also backs a tensor "
                         "that is not an index tensor: an in-place op on it rewrites the "
                         "indices")
-        elif isinstance(value, tuple):
-            todo.extend(value)
-        elif isinstance(value, (SymList, SymSet)):
-            todo.extend(value.items)
-        elif isinstance(value, SymDict):
-            for k, v in value.items:
-                todo.extend((k, v))
-        elif isinstance(value, Call) and id(value) not in storages.index_calls:
-            todo.extend((value.args, value.kwargs, value.state))
     return ""
 
 
@@ -161,20 +149,37 @@ def _stray_use(res: StreamResult, ids: set[int]) -> str:
     for call in res.calls:
         if id(call.func) in ids and (call.opcode != "REDUCE" or call.kwargs is not None):
             return f"the rebuild function is called by {call.opcode}, not REDUCE"
-    seen: set[int] = set()
-    todo: list[object] = [res.value]
+
+    def parts(call: Call) -> tuple[object, ...]:
+        # calling it is the use checked here; every call is in res.calls
+        func = () if id(call.func) in ids else (call.func,)
+        return (*func, call.args, call.kwargs, call.state)
+
+    roots: list[object] = [res.value]
     for call in res.calls:
-        todo.extend((call.args, call.kwargs, call.state))
-    todo.extend(ref.pid for ref in res.persistent)
-    todo.extend(m.target for m in res.mutations)
-    while todo:
-        value = todo.pop()
+        roots.extend((call.args, call.kwargs, call.state))
+    roots.extend(ref.pid for ref in res.persistent)
+    roots.extend(m.target for m in res.mutations)
+    for value in _reachable(roots, parts, lambda ref: (ref.pid,)):
         if id(value) in ids:
             return ("the rebuild function is passed on as a value, not called directly: "
                     "what calls it, and with what, is not modelled")
+    return ""
+
+
+def _reachable(roots: list[object], call_parts: Callable[[Call], tuple[object, ...]],
+               ref_parts: Callable[[PersistentRef], tuple[object, ...]] = lambda ref: ()
+               ) -> Iterator[object]:
+    """Each object reachable from ``roots`` through the VM's containers, once (scalars and
+    None left out); what a Call or a persistent reference leads on to is the caller's."""
+    seen: set[int] = set()
+    todo = list(roots)
+    while todo:
+        value = todo.pop()
         if id(value) in seen or isinstance(value, (str, bytes, int, float)) or value is None:
             continue
         seen.add(id(value))
+        yield value
         if isinstance(value, tuple):
             todo.extend(value)
         elif isinstance(value, (SymList, SymSet)):
@@ -183,13 +188,9 @@ def _stray_use(res: StreamResult, ids: set[int]) -> str:
             for k, v in value.items:
                 todo.extend((k, v))
         elif isinstance(value, Call):
-            # calling it is the use checked here; every call is in res.calls
-            if id(value.func) not in ids:
-                todo.append(value.func)
-            todo.extend((value.args, value.kwargs, value.state))
+            todo.extend(call_parts(value))
         elif isinstance(value, PersistentRef):
-            todo.append(value.pid)
-    return ""
+            todo.extend(ref_parts(value))
 
 
 def _written_tensor(res: StreamResult) -> str:
